@@ -1,0 +1,208 @@
+"""Typed, frozen settings, read once at the edge.
+
+Sources, later ones winning: the defaults below (documented in ``config/mailbox-worker.toml``),
+a TOML file (``--config`` or ``MAILBOX_WORKER_CONFIG``), then environment variables named
+``MAILBOX_WORKER_<SECTION>__<KEY>`` (e.g. ``MAILBOX_WORKER_DATABASE__URL``). A wrong or
+unknown setting raises ``ConfigError`` naming it; the CLI prints that one line and exits.
+Each component receives only its own section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mailbox_worker.errors import ConfigError
+from mailbox_worker.policy.scopes import BROADER_THAN_NEEDED
+
+ENV_PREFIX = "MAILBOX_WORKER_"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite+aiosqlite:///var/mailbox-worker.db"
+    pool_size: int = 10
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    max_request_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 8
+    per_mailbox_concurrency: int = 4
+    poll_interval: float = 1.0
+    lease_seconds: float = 120.0
+    shutdown_grace: float = 25.0
+    max_attempts: int = 8
+    retry_initial: float = 5.0
+    retry_max: float = 1800.0
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    source: str = "keyring"
+    keyring_service: str = "mailbox-worker"
+    file: str = "var/keys.json"
+    create_if_missing: bool = False
+
+
+@dataclass(frozen=True)
+class MicrosoftSettings:
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    authority: str = "https://login.microsoftonline.com/organizations"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    ca_file: str = ""
+    extra_scopes: tuple[str, ...] = ()
+    request_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = DatabaseSettings()
+    server: ServerSettings = ServerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    keys: KeySettings = KeySettings()
+    microsoft: MicrosoftSettings = MicrosoftSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build validated settings from defaults, an optional TOML file and the environment."""
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
+        path = Path(environ[ENV_PREFIX + "CONFIG"])
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                document = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError("config", f"file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError("config", f"{path} is not valid TOML ({error})") from None
+        for section, values in document.items():
+            if not isinstance(values, dict):
+                raise ConfigError(section, "must be a [section] table")
+            raw.setdefault(section, {}).update(values)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        raw.setdefault(section, {})[key] = value
+    settings = _build(Settings, raw)
+    _validate(settings)
+    return settings
+
+
+def _build(cls: type[Settings], raw: dict[str, dict[str, Any]]) -> Settings:
+    sections: dict[str, Any] = {}
+    known = {section.name: section for section in dataclasses.fields(cls)}
+    for section_name, values in raw.items():
+        if section_name not in known:
+            raise ConfigError(section_name, "unknown section")
+        section_type = typing.get_type_hints(cls)[section_name]
+        section_fields = {item.name: item for item in dataclasses.fields(section_type)}
+        hints = typing.get_type_hints(section_type)
+        converted: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in section_fields:
+                raise ConfigError(f"{section_name}.{key}", "unknown setting")
+            converted[key] = _coerce(f"{section_name}.{key}", hints[key], value)
+        sections[section_name] = section_type(**converted)
+    return cls(**sections)
+
+
+def _coerce(setting: str, hint: Any, value: Any) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(setting, "must be true or false")
+    if hint is int or hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(setting, f"must be a number, not {value!r}")
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(setting, "must be a number") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(setting, "must be a string")
+        return value
+    if typing.get_origin(hint) is tuple or isinstance(hint, types.GenericAlias):
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(setting, "must be a list of strings")
+        return tuple(value)
+    raise ConfigError(setting, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+def _validate(settings: Settings) -> None:
+    if not settings.database.url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            "database.url", "must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+        )
+    if not 0 <= settings.server.port <= 65535:
+        raise ConfigError("server.port", "must be between 0 and 65535")
+    if urlsplit(settings.server.public_url).scheme not in {"http", "https"}:
+        raise ConfigError("server.public_url", "must be an http(s) URL")
+    for name in ("concurrency", "per_mailbox_concurrency", "max_attempts"):
+        if getattr(settings.worker, name) < 1:
+            raise ConfigError(f"worker.{name}", "must be at least 1")
+    for name in ("poll_interval", "lease_seconds", "retry_initial", "retry_max"):
+        if getattr(settings.worker, name) <= 0:
+            raise ConfigError(f"worker.{name}", "must be positive")
+    if settings.keys.source not in {"keyring", "file", "env"}:
+        raise ConfigError("keys.source", "must be one of keyring, file, env")
+    for name in ("authority", "graph_url"):
+        if urlsplit(getattr(settings.microsoft, name)).scheme != "https":
+            raise ConfigError(f"microsoft.{name}", "must be an https URL")
+    if settings.microsoft.ca_file and not Path(settings.microsoft.ca_file).is_file():
+        raise ConfigError("microsoft.ca_file", "file does not exist")
+    broader = BROADER_THAN_NEEDED.intersection(
+        scope.lower() for scope in settings.microsoft.extra_scopes
+    )
+    if broader:
+        raise ConfigError(
+            "microsoft.extra_scopes",
+            f"asks for {', '.join(sorted(broader))}, broader than sending invoices needs",
+        )
+    if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("logging.level", "must be DEBUG, INFO, WARNING or ERROR")
+
+
+def require_microsoft_app(settings: MicrosoftSettings) -> None:
+    """Raise unless a Microsoft OAuth app (client id and secret) is configured."""
+    if not settings.client_id:
+        raise ConfigError("microsoft.client_id", "is required to connect Microsoft mailboxes")
+    if not settings.client_secret:
+        raise ConfigError(
+            "microsoft.client_secret",
+            "is required (set MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET)",
+        )

@@ -1,0 +1,174 @@
+"""Accounts, API keys and the audit trail: every query about who may do what, in one place.
+
+API keys look like ``mwk_<key id>_<secret>``; only the SHA-256 digest of the whole key is
+stored (the secret has 256 bits of entropy, so a fast digest is the right tool), and it is
+shown once, at creation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailbox_worker.db.models import Account, ApiKey, AuditEvent
+
+PERMISSIONS: frozenset[str] = frozenset(
+    {"jobs:read", "jobs:write", "mailboxes:read", "mailboxes:write"}
+)
+KEY_PREFIX = "mwk_"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A random, URL-safe identifier such as ``job_3f9c...``."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of the API."""
+
+    account_id: str
+    key_id: str
+    permissions: frozenset[str]
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key_id: str
+    account_id: str
+    secret: str  # shown once; never stored
+
+    def __repr__(self) -> str:
+        return f"IssuedKey(key_id={self.key_id!r}, account_id={self.account_id!r})"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class AccountStore:
+    """Accounts, API keys and audit events."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create_account(self, name: str) -> Account:
+        """Create an account and audit it."""
+        account = Account(id=new_id("acc"), name=name, created_at=utcnow())
+        async with self._sessions.begin() as session:
+            session.add(account)
+            session.add(_audit("cli", account.id, "account.created", account.id, {}))
+        return account
+
+    async def get_account(self, account_id: str) -> Account | None:
+        async with self._sessions() as session:
+            return await session.get(Account, account_id)
+
+    async def list_accounts(self) -> list[Account]:
+        async with self._sessions() as session:
+            return list((await session.scalars(select(Account).order_by(Account.created_at))).all())
+
+    async def create_api_key(
+        self, account_id: str, name: str, permissions: frozenset[str]
+    ) -> IssuedKey:
+        """Issue a key with ``permissions`` (subset of ``PERMISSIONS``); the secret is shown once."""
+        unknown = permissions - PERMISSIONS
+        if unknown:
+            raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))}")
+        key_id = uuid.uuid4().hex[:16]
+        secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        async with self._sessions.begin() as session:
+            if await session.get(Account, account_id) is None:
+                raise LookupError(f"no account {account_id}")
+            session.add(
+                ApiKey(
+                    id=key_id,
+                    account_id=account_id,
+                    name=name,
+                    secret_sha256=_digest(secret),
+                    permissions=sorted(permissions),
+                    created_at=utcnow(),
+                )
+            )
+            session.add(
+                _audit(
+                    "cli",
+                    account_id,
+                    "api_key.created",
+                    key_id,
+                    {"permissions": sorted(permissions)},
+                )
+            )
+        return IssuedKey(key_id=key_id, account_id=account_id, secret=secret)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        async with self._sessions.begin() as session:
+            key = await session.get(ApiKey, key_id)
+            if key is None or key.revoked_at is not None:
+                return False
+            key.revoked_at = utcnow()
+            session.add(_audit("cli", key.account_id, "api_key.revoked", key_id, {}))
+        return True
+
+    async def authenticate(self, presented: str) -> Principal | None:
+        """The principal for a presented key, or None for an unknown, malformed or revoked key."""
+        if not presented.startswith(KEY_PREFIX):
+            return None
+        key_id, _, rest = presented[len(KEY_PREFIX) :].partition("_")
+        if not key_id or not rest:
+            return None
+        async with self._sessions() as session:
+            key = await session.get(ApiKey, key_id)
+        if key is None or key.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(key.secret_sha256, _digest(presented)):
+            return None
+        return Principal(
+            account_id=key.account_id, key_id=key.id, permissions=frozenset(key.permissions)
+        )
+
+    async def audit(
+        self,
+        actor: str,
+        account_id: str | None,
+        action: str,
+        target: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one audit event (never a secret nor message content in ``detail``)."""
+        async with self._sessions.begin() as session:
+            session.add(_audit(actor, account_id, action, target, detail or {}))
+
+    async def audit_events(self, account_id: str | None = None) -> list[AuditEvent]:
+        query = select(AuditEvent).order_by(AuditEvent.id)
+        if account_id is not None:
+            query = query.where(AuditEvent.account_id == account_id)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+
+def _audit(
+    actor: str, account_id: str | None, action: str, target: str | None, detail: dict[str, Any]
+) -> AuditEvent:
+    return AuditEvent(
+        at=utcnow(), actor=actor, account_id=account_id, action=action, target=target, detail=detail
+    )
+
+
+def audit_row(
+    actor: str, account_id: str | None, action: str, target: str | None, detail: dict[str, Any]
+) -> AuditEvent:
+    """An audit row to add inside a caller's own transaction."""
+    return _audit(actor, account_id, action, target, detail)

@@ -1,0 +1,65 @@
+"""Engine and session factory for SQLite (embedded, default) and PostgreSQL.
+
+SQLite runs in WAL mode with foreign keys on, and every transaction starts with
+``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy timeout instead of failing
+with "database is locked" when a read transaction later tries to write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from mailbox_worker.config import DatabaseSettings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """An engine for ``settings.url``; creates the SQLite file's folder when needed."""
+    url = make_url(settings.url)
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, echo=settings.echo)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, below, decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def is_postgresql(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,149 @@
+"""Mailboxes and their pending OAuth authorizations: every mailbox query in one place.
+
+Mailbox states: ``pending_consent → connected ⇄ reauth_required → disconnected`` (terminal).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailbox_worker.db.accounts import audit_row, new_id, utcnow
+from mailbox_worker.db.models import Mailbox, OAuthState
+
+PENDING_CONSENT = "pending_consent"
+CONNECTED = "connected"
+REAUTH_REQUIRED = "reauth_required"
+DISCONNECTED = "disconnected"
+
+
+def state_digest(state: str) -> str:
+    """OAuth ``state`` values are stored only as digests; the raw value is a bearer secret."""
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+class MailboxStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create(
+        self, account_id: str, provider: str, capabilities: Sequence[str], actor: str
+    ) -> Mailbox:
+        """A new mailbox waiting for its admin's consent."""
+        now = utcnow()
+        mailbox = Mailbox(
+            id=new_id("mbx"),
+            account_id=account_id,
+            provider=provider,
+            capabilities=sorted(set(capabilities)),
+            address=None,
+            state=PENDING_CONSENT,
+            state_reason=None,
+            granted_scopes=[],
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._sessions.begin() as session:
+            session.add(mailbox)
+            session.add(
+                audit_row(
+                    actor,
+                    account_id,
+                    "mailbox.created",
+                    mailbox.id,
+                    {"provider": provider, "capabilities": mailbox.capabilities},
+                )
+            )
+        return mailbox
+
+    async def get(self, mailbox_id: str, account_id: str | None = None) -> Mailbox | None:
+        """The mailbox, or None when it does not exist or belongs to another account."""
+        async with self._sessions() as session:
+            mailbox = await session.get(Mailbox, mailbox_id)
+        if mailbox is None or (account_id is not None and mailbox.account_id != account_id):
+            return None
+        return mailbox
+
+    async def list(self, account_id: str) -> list[Mailbox]:
+        query = select(Mailbox).where(Mailbox.account_id == account_id).order_by(Mailbox.created_at)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def set_state(
+        self, mailbox_id: str, state: str, reason: str | None, *, expected: Sequence[str]
+    ) -> bool:
+        """Move the mailbox to ``state`` if it is in one of ``expected``; True if it moved."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == mailbox_id, Mailbox.state.in_(expected))
+                .values(state=state, state_reason=reason, updated_at=utcnow())
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def mark_connected(
+        self, mailbox_id: str, address: str, granted_scopes: Sequence[str]
+    ) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == mailbox_id)
+                .values(
+                    state=CONNECTED,
+                    state_reason=None,
+                    address=address,
+                    granted_scopes=sorted(granted_scopes),
+                    updated_at=utcnow(),
+                )
+            )
+
+    async def save_authorization(
+        self,
+        state: str,
+        account_id: str,
+        mailbox_id: str,
+        sealed_flow: bytes,
+        return_url: str | None,
+        lifetime: dt.timedelta,
+    ) -> None:
+        """Remember a pending authorization under the digest of its ``state``."""
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            session.add(
+                OAuthState(
+                    state_sha256=state_digest(state),
+                    account_id=account_id,
+                    mailbox_id=mailbox_id,
+                    sealed_flow=sealed_flow,
+                    return_url=return_url,
+                    created_at=now,
+                    expires_at=now + lifetime,
+                )
+            )
+
+    async def consume_authorization(self, state: str) -> OAuthState | None:
+        """Take a pending authorization exactly once: it is deleted as it is read.
+
+        Returns None for an unknown or already used ``state``; the caller checks expiry.
+        """
+        async with self._sessions.begin() as session:
+            row = await session.get(OAuthState, state_digest(state))
+            if row is None:
+                return None
+            result = await session.execute(
+                delete(OAuthState).where(OAuthState.state_sha256 == row.state_sha256)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return None  # another request consumed it first
+        return row
+
+    async def purge_expired_authorizations(self) -> int:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(OAuthState).where(OAuthState.expires_at < utcnow())
+            )
+        return int(result.rowcount)  # type: ignore[attr-defined]

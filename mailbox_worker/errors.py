@@ -1,0 +1,179 @@
+"""The one exception tree of mailbox-worker.
+
+Every error we raise on purpose derives from ``MailboxWorkerError`` and carries a stable,
+machine-readable ``code`` (used in API answers, job results and metric labels) and a human
+``message``. Neither ever contains a secret (token, key, API key) nor message content.
+
+    MailboxWorkerError
+    ├── ConfigError                 a setting is wrong or missing; start-up stops, naming it
+    ├── DeliveryError               the outcome of one provider call, as the queue must treat it
+    │   ├── TransientError          the only thing retried (network, 5xx before processing, quota)
+    │   │   ├── Throttled           the provider asked us to wait (429 / Retry-After)
+    │   │   └── AccessTokenRejected the API refused the access token (401): refresh, then retry
+    │   ├── PermanentError          retrying cannot help (bad recipient, too large, scope missing)
+    │   ├── ReauthRequired          the grant is gone (invalid_grant, consent revoked): hold jobs
+    │   └── OutcomeUnknown          the request may have reached the provider; never retried blindly
+    ├── PolicyViolation             an operation our privacy rules forbid was attempted
+    └── VaultError                  token storage problems; fail closed
+        ├── KeyUnavailable          the key-encryption key named by a record is not available
+        └── DecryptionFailed        ciphertext, key or associated data do not match
+
+API-level problems (bad input, missing resource, conflict) are ``RequestError`` subclasses
+with an HTTP status; the API turns them into JSON ``{"error": {"code", "message"}}``.
+
+    MailboxWorkerError
+    └── RequestError                answered to the client as a 4xx
+        ├── InvalidRequest          400
+        ├── Unauthenticated         401
+        ├── Forbidden               403
+        ├── NotFound                404
+        ├── Conflict                409
+        └── PayloadTooLarge         413
+"""
+
+from __future__ import annotations
+
+
+class MailboxWorkerError(Exception):
+    """Base of every error mailbox-worker raises on purpose."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ConfigError(MailboxWorkerError):
+    """A setting is missing or invalid. ``setting`` names it (e.g. ``database.url``)."""
+
+    code = "config_invalid"
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"setting {setting!r}: {message}")
+        self.setting = setting
+
+
+class DeliveryError(MailboxWorkerError):
+    """The outcome of a provider call, classified for the queue."""
+
+    code = "delivery_error"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, provider_status: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.provider_status = provider_status
+
+
+class TransientError(DeliveryError):
+    """Retry later. ``retry_after`` (seconds) is the provider's wish when it stated one."""
+
+    code = "transient"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        provider_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, provider_status=provider_status)
+        self.retry_after = retry_after
+
+
+class Throttled(TransientError):
+    """The provider throttled us; wait ``retry_after`` seconds. Never counts as a failure."""
+
+    code = "throttled"
+
+
+class AccessTokenRejected(TransientError):
+    """The provider answered 401 to our access token; drop it, refresh, retry at once."""
+
+    code = "access_token_rejected"
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help; the job fails with ``code``."""
+
+    code = "permanent"
+
+
+class ReauthRequired(DeliveryError):
+    """The mailbox's grant is no longer valid; the admin must connect it again."""
+
+    code = "reauth_required"
+
+
+class OutcomeUnknown(DeliveryError):
+    """The request may have reached the provider and we cannot tell whether it took effect."""
+
+    code = "outcome_unknown"
+
+
+class PolicyViolation(MailboxWorkerError):
+    """An operation forbidden by our privacy rules (e.g. a Gmail call outside the allow-list)."""
+
+    code = "policy_violation"
+
+
+class VaultError(MailboxWorkerError):
+    """Token storage failed closed."""
+
+    code = "vault_error"
+
+
+class KeyUnavailable(VaultError):
+    """The key-encryption key a record names is not available from the key source."""
+
+    code = "key_unavailable"
+
+
+class DecryptionFailed(VaultError):
+    """Ciphertext, key and associated data do not match (tampering or a wrong key)."""
+
+    code = "decryption_failed"
+
+
+class RequestError(MailboxWorkerError):
+    """A client request that cannot be served; answered as JSON with ``status``."""
+
+    status: int = 400
+    code = "invalid_request"
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid_request"
+
+
+class Unauthenticated(RequestError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(RequestError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(RequestError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"

@@ -1,0 +1,505 @@
+"""The job queue: every job query in one place, on SQLite and PostgreSQL alike.
+
+Job states (DESIGN.md): ``queued → running → sent | drafted``; ``running → queued`` (retry);
+``running → failed``; ``queued|running → held`` (mailbox needs consent) ``→ queued``;
+``queued|held → cancelled``; ``running → unknown``. Every transition is one guarded
+``UPDATE … WHERE state IN (…)`` plus one ``job_events`` row in the same transaction, so a
+transition happens at most once even when two workers race. A worker's updates also check
+``lease_owner``: a worker that lost its lease cannot overwrite what another recorded.
+Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer serialises it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailbox_worker.db.accounts import new_id, utcnow
+from mailbox_worker.db.mailboxes import CONNECTED
+from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
+from mailbox_worker.errors import Conflict
+
+QUEUED = "queued"
+RUNNING = "running"
+SENT = "sent"
+DRAFTED = "drafted"
+FAILED = "failed"
+HELD = "held"
+CANCELLED = "cancelled"
+UNKNOWN = "unknown"
+TERMINAL: frozenset[str] = frozenset({SENT, DRAFTED, FAILED, CANCELLED, UNKNOWN})
+STATES: tuple[str, ...] = (QUEUED, RUNNING, HELD, SENT, DRAFTED, FAILED, CANCELLED, UNKNOWN)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    account_id: str
+    mailbox_id: str
+    mode: str
+    payload: dict[str, Any]
+    request_sha256: str
+    message_id_domain: str
+    idempotency_key: str | None = None
+    reference: str | None = None
+    deadline: dt.datetime | None = None
+    held: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job: Job
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to record when a job leaves ``running``."""
+
+    state: str
+    code: str | None = None
+    message: str | None = None
+    provider_status: int | None = None
+    provider_message_id: str | None = None
+    provider_draft_id: str | None = None
+    web_link: str | None = None
+
+
+def message_id_for(job_id: str, domain: str) -> str:
+    """The deterministic ``Message-ID`` of a job's message: the same on every attempt."""
+    return f"<{job_id}@{domain}>"
+
+
+class JobStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    # -- enqueue and read ---------------------------------------------------------------
+
+    async def enqueue(self, new: NewJob) -> tuple[Job, bool]:
+        """Commit a job (and its content) and return ``(job, created)``.
+
+        With an idempotency key already used by the account, returns the first job and
+        ``created=False`` when the request is the same, and raises ``Conflict`` otherwise.
+        """
+        if new.idempotency_key is not None:
+            existing = await self._by_idempotency_key(new.account_id, new.idempotency_key)
+            if existing is not None:
+                return self._replay(existing, new), False
+        now = utcnow()
+        job_id = new_id("job")
+        state = HELD if new.held else QUEUED
+        job = Job(
+            id=job_id,
+            account_id=new.account_id,
+            mailbox_id=new.mailbox_id,
+            mode=new.mode,
+            state=state,
+            reference=new.reference,
+            idempotency_key=new.idempotency_key,
+            request_sha256=new.request_sha256,
+            message_id=message_id_for(job_id, new.message_id_domain),
+            attempts=0,
+            transient_failures=0,
+            run_after=now,
+            deadline=new.deadline,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with self._sessions.begin() as session:
+                session.add(job)
+                await session.flush()
+                session.add(JobContent(job_id=job_id, payload=new.payload))
+                session.add(_event(job_id, "state", None, state, code="enqueued"))
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            existing = await self._by_idempotency_key(new.account_id, new.idempotency_key)
+            if existing is None:
+                raise
+            return self._replay(existing, new), False
+        return job, True
+
+    @staticmethod
+    def _replay(existing: Job, new: NewJob) -> Job:
+        if existing.request_sha256 != new.request_sha256:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request",
+                code="idempotency_key_reused",
+            )
+        return existing
+
+    async def _by_idempotency_key(self, account_id: str, key: str) -> Job | None:
+        query = select(Job).where(Job.account_id == account_id, Job.idempotency_key == key)
+        async with self._sessions() as session:
+            return (await session.scalars(query)).one_or_none()
+
+    async def get(self, job_id: str, account_id: str | None = None) -> Job | None:
+        """The job, or None when it does not exist or belongs to another account."""
+        async with self._sessions() as session:
+            job = await session.get(Job, job_id)
+        if job is None or (account_id is not None and job.account_id != account_id):
+            return None
+        return job
+
+    async def events(self, job_id: str) -> list[JobEvent]:
+        query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def payload(self, job_id: str) -> dict[str, Any] | None:
+        async with self._sessions() as session:
+            content = await session.get(JobContent, job_id)
+        return None if content is None else content.payload
+
+    async def count_by_state(self) -> dict[str, int]:
+        query = select(Job.state, func.count()).group_by(Job.state)
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({state: int(count) for state, count in rows})
+        return counts
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    async def claim(self, worker: str, limit: int, lease: dt.timedelta) -> list[ClaimedJob]:
+        """Lease up to ``limit`` due jobs of connected mailboxes to ``worker``."""
+        if limit <= 0:
+            return []
+        now = utcnow()
+        due = (
+            select(Job.id)
+            .join(Mailbox, Mailbox.id == Job.mailbox_id)
+            .where(Job.state == QUEUED, Job.run_after <= now, Mailbox.state == CONNECTED)
+            .order_by(Job.run_after, Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=Job)
+        )
+        claim = (
+            update(Job)
+            .where(Job.id.in_(due.scalar_subquery()), Job.state == QUEUED)
+            .values(state=RUNNING, lease_owner=worker, lease_expires_at=now + lease, updated_at=now)
+            .returning(Job)
+        )
+        async with self._sessions.begin() as session:
+            jobs = list((await session.scalars(claim)).all())
+            if not jobs:
+                return []
+            contents = await session.scalars(
+                select(JobContent).where(JobContent.job_id.in_([job.id for job in jobs]))
+            )
+            payloads = {content.job_id: content.payload for content in contents}
+            for job in jobs:
+                session.add(_event(job.id, "state", QUEUED, RUNNING, worker=worker))
+        return [ClaimedJob(job, payloads[job.id]) for job in jobs if job.id in payloads]
+
+    async def renew_leases(self, worker: str, job_ids: Sequence[str], lease: dt.timedelta) -> int:
+        """Extend the leases ``worker`` still holds; returns how many it still holds."""
+        if not job_ids:
+            return 0
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids), Job.state == RUNNING, Job.lease_owner == worker)
+                .values(lease_expires_at=now + lease)
+            )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def start_attempt(self, job_id: str, worker: str) -> bool:
+        """Record that a provider request is about to leave. False if the lease was lost.
+
+        From here until an outcome is recorded the job is "in flight": a worker that dies
+        now leaves the job ``unknown`` rather than risk sending it twice.
+        """
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Job)
+                .where(_held_by(job_id, worker))
+                .values(in_flight_since=now, attempts=Job.attempts + 1, updated_at=now)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return False
+            session.add(_event(job_id, "attempt", code="started", worker=worker))
+        return True
+
+    async def finish(self, job_id: str, worker: str, outcome: Outcome) -> bool:
+        """Leave ``running`` for ``outcome.state``; False if ``worker`` no longer holds the job."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "state": outcome.state,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "in_flight_since": None,
+            "updated_at": now,
+            "last_error_code": outcome.code,
+            "last_error_message": outcome.message,
+        }
+        if outcome.state in TERMINAL:
+            values["finished_at"] = now
+        for name in ("provider_message_id", "provider_draft_id", "web_link"):
+            if getattr(outcome, name) is not None:
+                values[name] = getattr(outcome, name)
+        return await self._leave_running(job_id, worker, values, outcome)
+
+    async def retry_later(
+        self, job_id: str, worker: str, run_after: dt.datetime, outcome: Outcome, *, failure: bool
+    ) -> bool:
+        """Back to ``queued`` until ``run_after``; ``failure`` counts it toward the retry limit."""
+        values: dict[str, Any] = {
+            "state": QUEUED,
+            "run_after": run_after,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "in_flight_since": None,
+            "updated_at": utcnow(),
+            "last_error_code": outcome.code,
+            "last_error_message": outcome.message,
+        }
+        if failure:
+            values["transient_failures"] = Job.transient_failures + 1
+        return await self._leave_running(job_id, worker, values, outcome)
+
+    async def _leave_running(
+        self, job_id: str, worker: str, values: dict[str, Any], outcome: Outcome
+    ) -> bool:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Job).where(_held_by(job_id, worker)).values(**values)
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return False
+            session.add(
+                _event(
+                    job_id,
+                    "state",
+                    RUNNING,
+                    str(values["state"]),
+                    code=outcome.code,
+                    detail=outcome.message,
+                    provider_status=outcome.provider_status,
+                    worker=worker,
+                )
+            )
+        return True
+
+    async def record_provider_ids(self, job_id: str, worker: str, outcome: Outcome) -> bool:
+        """Persist ids the provider returned before the job's final transition (resume aid)."""
+        values = {
+            name: getattr(outcome, name)
+            for name in ("provider_message_id", "provider_draft_id", "web_link")
+            if getattr(outcome, name) is not None
+        }
+        if not values:
+            return True
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Job).where(_held_by(job_id, worker)).values(**values)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def recover_expired_leases(self) -> tuple[int, int]:
+        """Jobs whose worker vanished: back to ``queued`` if no request was in flight,
+        otherwise ``unknown`` (the request may have reached the provider).
+
+        Returns ``(requeued, unknown)``.
+        """
+        now = utcnow()
+        expired = and_(Job.state == RUNNING, Job.lease_expires_at < now)
+        requeued = await self._recover(
+            and_(expired, Job.in_flight_since.is_(None)),
+            {"state": QUEUED, "run_after": now},
+            QUEUED,
+            "lease_expired",
+            "the worker stopped before calling the provider; retrying",
+        )
+        unknown = await self._recover(
+            and_(expired, Job.in_flight_since.is_not(None)),
+            {"state": UNKNOWN, "finished_at": now, "last_error_code": "worker_lost"},
+            UNKNOWN,
+            "worker_lost",
+            "the worker stopped while the provider request was in flight",
+        )
+        return requeued, unknown
+
+    async def _recover(
+        self,
+        where: ColumnElement[bool],
+        values: dict[str, Any],
+        to_state: str,
+        code: str,
+        detail: str,
+    ) -> int:
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            ids = list(
+                (
+                    await session.scalars(
+                        select(Job.id).where(where).with_for_update(skip_locked=True)
+                    )
+                ).all()
+            )
+            if not ids:
+                return 0
+            await session.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.state == RUNNING)
+                .values(
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    in_flight_since=None,
+                    updated_at=now,
+                    **values,
+                )
+            )
+            for job_id in ids:
+                session.add(_event(job_id, "state", RUNNING, to_state, code=code, detail=detail))
+        return len(ids)
+
+    async def fail_past_deadline(self) -> int:
+        """Queued or held jobs whose deadline passed become ``failed`` (deadline_exceeded)."""
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(Job.id, Job.state)
+                    .where(Job.state.in_([QUEUED, HELD]), Job.deadline < now)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for job_id, state in rows:
+                await session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == state)
+                    .values(
+                        state=FAILED,
+                        finished_at=now,
+                        updated_at=now,
+                        last_error_code="deadline_exceeded",
+                        last_error_message="the job's deadline passed before it could be sent",
+                    )
+                )
+                session.add(_event(job_id, "state", state, FAILED, code="deadline_exceeded"))
+        return len(rows)
+
+    # -- mailbox-wide and client actions ----------------------------------------------------
+
+    async def hold_for_mailbox(self, mailbox_id: str, code: str) -> int:
+        """Queued jobs of a mailbox that needs consent wait in ``held``."""
+        return await self._move_for_mailbox(mailbox_id, [QUEUED], HELD, code)
+
+    async def release_held(self, mailbox_id: str) -> int:
+        """Held jobs of a reconnected mailbox go back to ``queued``."""
+        return await self._move_for_mailbox(mailbox_id, [HELD], QUEUED, "mailbox_reconnected")
+
+    async def cancel_pending_for_mailbox(self, mailbox_id: str, code: str) -> int:
+        """Queued and held jobs of a mailbox become ``cancelled`` (e.g. mailbox_disconnected)."""
+        return await self._move_for_mailbox(mailbox_id, [QUEUED, HELD], CANCELLED, code)
+
+    async def _move_for_mailbox(
+        self, mailbox_id: str, from_states: list[str], to_state: str, code: str
+    ) -> int:
+        now = utcnow()
+        terminal = {"finished_at": now} if to_state in TERMINAL else {}
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(Job.id, Job.state)
+                    .where(Job.mailbox_id == mailbox_id, Job.state.in_(from_states))
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for job_id, state in rows:
+                await session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == state)
+                    .values(state=to_state, updated_at=now, last_error_code=code, **terminal)
+                )
+                session.add(_event(job_id, "state", state, to_state, code=code))
+        return len(rows)
+
+    async def hold(self, job_id: str, worker: str, code: str, message: str) -> bool:
+        """A running job whose mailbox lost its grant waits in ``held``."""
+        values: dict[str, Any] = {
+            "state": HELD,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "in_flight_since": None,
+            "updated_at": utcnow(),
+            "last_error_code": code,
+            "last_error_message": message,
+        }
+        return await self._leave_running(job_id, worker, values, Outcome(HELD, code, message))
+
+    async def cancel(self, job_id: str, account_id: str, actor: str) -> Job | None:
+        """Cancel a queued or held job of ``account_id``.
+
+        Returns the job as it now is (unchanged if it had already left ``queued``/``held``),
+        or None if the account has no such job.
+        """
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            job = (
+                await session.scalars(
+                    select(Job)
+                    .where(Job.id == job_id, Job.account_id == account_id)
+                    .with_for_update()
+                )
+            ).one_or_none()
+            if job is None:
+                return None
+            if job.state in (QUEUED, HELD):
+                previous = job.state
+                job.state = CANCELLED
+                job.finished_at = now
+                job.updated_at = now
+                job.last_error_code = "cancelled_by_client"
+                session.add(
+                    _event(
+                        job_id,
+                        "state",
+                        previous,
+                        CANCELLED,
+                        code="cancelled_by_client",
+                        detail=actor,
+                    )
+                )
+        return job
+
+
+def _held_by(job_id: str, worker: str) -> ColumnElement[bool]:
+    return and_(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == worker)
+
+
+def _event(
+    job_id: str,
+    kind: str,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    *,
+    code: str | None = None,
+    detail: str | None = None,
+    provider_status: int | None = None,
+    worker: str | None = None,
+) -> JobEvent:
+    return JobEvent(
+        job_id=job_id,
+        at=utcnow(),
+        kind=kind,
+        from_state=from_state,
+        to_state=to_state,
+        code=code,
+        detail=detail,
+        provider_status=provider_status,
+        worker=worker,
+    )
+
+
+__all__ = ["ClaimedJob", "JobStore", "NewJob", "Outcome", "message_id_for"]

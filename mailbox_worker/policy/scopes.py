@@ -1,0 +1,77 @@
+"""Which OAuth scopes a mailbox needs: a pure function of provider and capabilities.
+
+Least privilege (privacy PP-1, LU-1): `send` needs only the permission to send; `draft` adds
+the permission to create drafts. Nothing that reads, lists or deletes mail is ever asked for.
+msal adds the sign-in scopes (openid, profile, offline_access) itself and refuses them when
+passed explicitly, so they are listed separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+Provider = Literal["microsoft"]
+Capability = Literal["send", "draft"]
+
+PROVIDERS: frozenset[str] = frozenset({"microsoft"})
+CAPABILITIES: frozenset[str] = frozenset({"send", "draft"})
+
+GRAPH = "https://graph.microsoft.com/"
+GRAPH_MAIL_SEND = GRAPH + "Mail.Send"
+GRAPH_MAIL_READWRITE = GRAPH + "Mail.ReadWrite"
+MICROSOFT_SIGN_IN_SCOPES: tuple[str, ...] = ("openid", "profile", "offline_access")
+
+# Scopes no configuration may add: they read, modify or administer whole mailboxes.
+BROADER_THAN_NEEDED: frozenset[str] = frozenset(
+    scope.lower()
+    for scope in (
+        GRAPH + "Mail.Read",
+        GRAPH + "Mail.ReadBasic",
+        GRAPH + "Mail.ReadWrite.Shared",
+        GRAPH + "Mail.Send.Shared",
+        GRAPH + "MailboxSettings.ReadWrite",
+        GRAPH + "Directory.ReadWrite.All",
+        GRAPH + "User.ReadWrite.All",
+        "Mail.Read",
+        "Mail.ReadWrite.Shared",
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "https://outlook.office.com/POP.AccessAsUser.All",
+        "https://mail.google.com/",
+        "https://www.googleapis.com/auth/gmail.modify",
+        "https://www.googleapis.com/auth/gmail.readonly",
+        "https://www.googleapis.com/auth/gmail.metadata",
+    )
+)
+
+
+def required_scopes(provider: str, capabilities: Iterable[str]) -> tuple[str, ...]:
+    """The API scopes (without sign-in scopes) a mailbox with ``capabilities`` needs, sorted.
+
+    Raises ``ValueError`` for an unknown provider or capability.
+    """
+    wanted = frozenset(capabilities)
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}")
+    unknown = wanted - CAPABILITIES
+    if unknown or not wanted:
+        raise ValueError(f"capabilities must be a non-empty subset of {sorted(CAPABILITIES)}")
+    scopes = {GRAPH_MAIL_SEND}
+    if "draft" in wanted:
+        scopes.add(GRAPH_MAIL_READWRITE)
+    return tuple(sorted(scopes))
+
+
+def missing_scopes(required: Iterable[str], granted: Iterable[str]) -> tuple[str, ...]:
+    """Scopes in ``required`` that ``granted`` lacks.
+
+    Comparison ignores case and accepts Graph's short form (``Mail.Send``) for the full URI,
+    since the token endpoint may echo either.
+    """
+    granted_normalised = {_normalise(scope) for scope in granted}
+    return tuple(scope for scope in required if _normalise(scope) not in granted_normalised)
+
+
+def _normalise(scope: str) -> str:
+    lowered = scope.lower()
+    return lowered[len(GRAPH) :] if lowered.startswith(GRAPH) else lowered
