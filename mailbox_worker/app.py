@@ -1,0 +1,181 @@
+"""The composition root: builds every component from settings, and nothing else does.
+
+``App.build`` wires engine → stores → vault → identity clients → providers → intake,
+mailbox service and worker; ``App.serve`` runs the HTTP API and the worker until asked to
+stop. Components receive what they need through their constructors; there are no
+module-level singletons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import ClientTimeout, web
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from mailbox_worker.api.app import create_app
+from mailbox_worker.api.services import ApiServices
+from mailbox_worker.config import Settings
+from mailbox_worker.db import migrate
+from mailbox_worker.db.accounts import AccountStore
+from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.errors import ConfigError
+from mailbox_worker.jobs.intake import JobIntake
+from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.jobs.worker import Worker
+from mailbox_worker.mailboxes.service import MailboxService
+from mailbox_worker.metrics import Metrics
+from mailbox_worker.providers.base import MailProvider
+from mailbox_worker.providers.graph import GraphProvider
+from mailbox_worker.tokens.keys import EnvKeySource, FileKeySource, KeyringKeySource, KeySource
+from mailbox_worker.tokens.microsoft import MicrosoftIdentity
+from mailbox_worker.tokens.service import AccessTokens
+from mailbox_worker.tokens.vault import TokenVault
+
+log = logging.getLogger(__name__)
+
+CALLBACK_PATH = "/oauth/callback"
+
+
+def key_source(settings: Settings, environ: Mapping[str, str] | None = None) -> KeySource:
+    """The key-encryption-key source the settings name."""
+    environ = os.environ if environ is None else environ
+    keys = settings.keys
+    if keys.source == "file":
+        return FileKeySource(Path(keys.file), create_if_missing=keys.create_if_missing)
+    if keys.source == "env":
+        value = environ.get("MAILBOX_WORKER_KEYS")
+        if not value:
+            raise ConfigError("keys.source", "is 'env' but MAILBOX_WORKER_KEYS is not set")
+        return EnvKeySource(value)
+    return KeyringKeySource(keys.keyring_service, create_if_missing=keys.create_if_missing)
+
+
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    registry: CollectorRegistry
+    metrics: Metrics
+    keys: KeySource
+    accounts: AccountStore
+    mailboxes: MailboxStore
+    jobs: JobStore
+    vault: TokenVault
+    tokens: AccessTokens
+    providers: dict[str, MailProvider]
+    intake: JobIntake
+    mailbox_service: MailboxService
+    worker: Worker
+
+    @classmethod
+    def build(cls, settings: Settings, keys: KeySource | None = None) -> App:
+        engine = create_engine(settings.database)
+        sessions = create_session_factory(engine)
+        registry = CollectorRegistry()
+        metrics = Metrics.create(registry)
+        accounts = AccountStore(sessions)
+        mailboxes = MailboxStore(sessions)
+        jobs = JobStore(sessions)
+        keys = keys or key_source(settings)
+        vault = TokenVault(sessions, keys)
+        microsoft = MicrosoftIdentity(settings.microsoft) if settings.microsoft.client_id else None
+        tokens = AccessTokens(vault, microsoft, metrics)
+        providers: dict[str, MailProvider] = {
+            "microsoft": GraphProvider(
+                settings.microsoft.graph_url,
+                ssl_context=_ssl_context(settings.microsoft.ca_file),
+                timeout=ClientTimeout(total=settings.microsoft.request_timeout),
+            )
+        }
+        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics)
+        intake = JobIntake(
+            jobs,
+            mailboxes,
+            lambda provider, mode: providers[provider].max_message_bytes(
+                "send" if mode == "send" else "draft"
+            ),
+            metrics,
+            wake_worker=worker.wake,
+        )
+        redirect_uri = settings.server.public_url.rstrip("/") + CALLBACK_PATH
+        mailbox_service = MailboxService(
+            mailboxes, jobs, accounts, vault, tokens, microsoft, redirect_uri
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            registry=registry,
+            metrics=metrics,
+            keys=keys,
+            accounts=accounts,
+            mailboxes=mailboxes,
+            jobs=jobs,
+            vault=vault,
+            tokens=tokens,
+            providers=providers,
+            intake=intake,
+            mailbox_service=mailbox_service,
+            worker=worker,
+        )
+
+    async def migrate(self) -> None:
+        await migrate.upgrade(self.engine)
+
+    async def readiness(self) -> Mapping[str, bool]:
+        """Named readiness checks: the database answers and its schema is current."""
+        checks = {"database": False, "migrations": False}
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            checks["database"] = True
+            checks["migrations"] = not await migrate.pending(self.engine)
+        except Exception as error:  # readiness reports, it does not raise
+            log.warning("readiness check failed: %s", type(error).__name__)
+        return checks
+
+    def web_app(self) -> web.Application:
+        return create_app(
+            ApiServices(
+                accounts=self.accounts,
+                jobs=self.intake,
+                mailboxes=self.mailbox_service,
+                registry=self.registry,
+                ready=self.readiness,
+                max_request_bytes=self.settings.server.max_request_bytes,
+            )
+        )
+
+    async def serve(self, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
+        """Run the API and the worker until ``stop`` is set; drain, then return."""
+        runner = web.AppRunner(self.web_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.server.host, self.settings.server.port)
+        await site.start()
+        log.info("listening on %s", self.settings.server.public_url)
+        if started is not None:
+            started.set()
+        try:
+            await self.worker.run(stop)
+        finally:
+            await runner.cleanup()
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+        await self.engine.dispose()

@@ -1,0 +1,163 @@
+"""Accepting dispatch jobs: the rules between a validated request and a committed job row.
+
+The API has already checked the request's shape against the OpenAPI document; the intake
+checks what needs the database and the provider: the mailbox is the caller's and can take
+jobs, the mode is one of its capabilities, ``from`` is its address, attachments decode and
+the built message fits the provider's limit. A job row is committed before this returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mailbox_worker.db.accounts import Principal, utcnow
+from mailbox_worker.db.mailboxes import (
+    CONNECTED,
+    DISCONNECTED,
+    PENDING_CONSENT,
+    REAUTH_REQUIRED,
+    MailboxStore,
+)
+from mailbox_worker.db.models import Job, JobEvent
+from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from mailbox_worker.jobs.mime import build_message
+from mailbox_worker.jobs.queue import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
+from mailbox_worker.metrics import Metrics
+
+MessageLimit = Callable[[str, str], int]
+"""``(provider, mode) -> largest message in bytes`` the provider's transport accepts."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated enqueue request (the JSON body of ``POST /v1/jobs``)."""
+
+    body: Mapping[str, Any]
+    idempotency_key: str | None
+
+
+class JobIntake:
+    def __init__(
+        self,
+        jobs: JobStore,
+        mailboxes: MailboxStore,
+        message_limit: MessageLimit,
+        metrics: Metrics,
+        wake_worker: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._jobs = jobs
+        self._mailboxes = mailboxes
+        self._message_limit = message_limit
+        self._metrics = metrics
+        self._wake_worker = wake_worker
+
+    async def submit(self, principal: Principal, submission: Submission) -> tuple[Job, bool]:
+        body = submission.body
+        mailbox = await self._mailboxes.get(str(body["mailbox_id"]), principal.account_id)
+        if mailbox is None:
+            raise NotFound("no such mailbox in this account", code="mailbox_not_found")
+        if mailbox.state == PENDING_CONSENT or mailbox.address is None:
+            raise Conflict(
+                "the mailbox is not connected yet: its admin must complete the consent",
+                code="mailbox_not_connected",
+            )
+        if mailbox.state == DISCONNECTED:
+            raise Conflict("the mailbox was disconnected", code="mailbox_disconnected")
+        mode = str(body["mode"])
+        if mode not in mailbox.capabilities:
+            raise InvalidRequest(
+                f"the mailbox was connected without the {mode!r} capability",
+                code="capability_missing",
+            )
+        message: dict[str, Any] = dict(body["message"])
+        sender = (message.get("from") or {}).get("address")
+        if sender is not None and sender.lower() != mailbox.address.lower():
+            raise InvalidRequest(
+                "message.from must be the mailbox's own address", code="from_mismatch"
+            )
+        deadline = _parse_deadline(body.get("deadline"))
+        domain = mailbox.address.rpartition("@")[2]
+        self._check_size(message, mailbox.address, mailbox.provider, mode, domain)
+        job, created = await self._jobs.enqueue(
+            NewJob(
+                account_id=principal.account_id,
+                mailbox_id=mailbox.id,
+                mode=mode,
+                payload=message,
+                request_sha256=_request_digest(body),
+                message_id_domain=domain,
+                idempotency_key=submission.idempotency_key,
+                reference=body.get("reference"),
+                deadline=deadline,
+                held=mailbox.state == REAUTH_REQUIRED,
+            )
+        )
+        if created:
+            self._metrics.jobs_enqueued.labels(mode=mode).inc()
+            if mailbox.state == CONNECTED:
+                self._wake_worker()
+        return job, created
+
+    def _check_size(
+        self, message: dict[str, Any], sender: str, provider: str, mode: str, domain: str
+    ) -> None:
+        try:
+            size = len(
+                build_message(
+                    message, message_id=message_id_for("job_" + "0" * 32, domain), sender=sender
+                )
+            )
+        except ValueError as error:
+            raise InvalidRequest(
+                "an attachment's content_base64 is not valid base64", code="invalid_attachment"
+            ) from error
+        limit = self._message_limit(provider, mode)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the message would be {size} bytes; this mailbox's provider accepts at most "
+                f"{limit} bytes per message",
+                code="message_too_large",
+            )
+
+    async def get(self, principal: Principal, job_id: str) -> tuple[Job, list[JobEvent]]:
+        job = await self._jobs.get(job_id, principal.account_id)
+        if job is None:
+            raise NotFound("no such job in this account", code="job_not_found")
+        return job, await self._jobs.events(job.id)
+
+    async def cancel(self, principal: Principal, job_id: str) -> Job:
+        job = await self._jobs.cancel(job_id, principal.account_id, actor=principal.key_id)
+        if job is None:
+            raise NotFound("no such job in this account", code="job_not_found")
+        if job.state != CANCELLED:
+            raise Conflict(
+                f"the job is {job.state}; only {QUEUED} or {HELD} jobs can be cancelled",
+                code="job_not_cancellable",
+            )
+        return job
+
+
+def _request_digest(body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _parse_deadline(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        deadline = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            "deadline must be an RFC 3339 date-time", code="invalid_deadline"
+        ) from None
+    if deadline.tzinfo is None:
+        raise InvalidRequest("deadline needs a time zone offset", code="invalid_deadline")
+    if deadline <= utcnow():
+        raise InvalidRequest("deadline is in the past", code="invalid_deadline")
+    return deadline.astimezone(dt.UTC)

@@ -1,0 +1,322 @@
+"""The worker: claims due jobs, sends each through its provider, records the outcome.
+
+Only the loop, concurrency, lease renewal and shutdown live here; every state change goes
+through ``JobStore``. A job's provider request is marked "in flight" in the database just
+before it leaves, so that if this process dies the job becomes ``unknown`` instead of being
+sent a second time. On stop, the worker claims nothing more, lets in-flight jobs finish
+within the grace period, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+
+from mailbox_worker.config import WorkerSettings
+from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.db.mailboxes import CONNECTED, DISCONNECTED, REAUTH_REQUIRED, MailboxStore
+from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.errors import (
+    AccessTokenRejected,
+    DeliveryError,
+    OutcomeUnknown,
+    PermanentError,
+    ReauthRequired,
+    Throttled,
+    TransientError,
+)
+from mailbox_worker.jobs.mime import build_message
+from mailbox_worker.jobs.queue import (
+    CANCELLED,
+    DRAFTED,
+    FAILED,
+    QUEUED,
+    SENT,
+    UNKNOWN,
+    ClaimedJob,
+    JobStore,
+    Outcome,
+)
+from mailbox_worker.jobs.retry import retry_delay
+from mailbox_worker.metrics import Metrics
+from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
+from mailbox_worker.tokens.service import AccessTokens
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL = 5.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        jobs: JobStore,
+        mailboxes: MailboxStore,
+        tokens: AccessTokens,
+        providers: Mapping[str, MailProvider],
+        settings: WorkerSettings,
+        metrics: Metrics,
+        name: str | None = None,
+    ) -> None:
+        self._jobs = jobs
+        self._mailboxes = mailboxes
+        self._tokens = tokens
+        self._providers = providers
+        self._settings = settings
+        self._metrics = metrics
+        self.name = name or worker_name()
+        self._wakeup = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._mailbox_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.per_mailbox_concurrency)
+        )
+        self._lease = dt.timedelta(seconds=settings.lease_seconds)
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll (called after an enqueue)."""
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then drain in-flight jobs within the grace period."""
+        log.info("worker %s started (concurrency %d)", self.name, self._settings.concurrency)
+        renewer = asyncio.create_task(self._renew_leases(stop), name="lease-renewal")
+        last_housekeeping = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
+                    await self._housekeeping()
+                    last_housekeeping = time.monotonic()
+                claimed = await self._claim()
+                if claimed:
+                    continue  # there may be more due work: claim again before sleeping
+                await self._sleep(stop)
+        finally:
+            await self._drain()
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            log.info("worker %s stopped", self.name)
+
+    async def run_until_idle(self) -> None:
+        """Process every job that is due now, then return (for tests; wrap in a timeout)."""
+        while True:
+            await self._housekeeping()
+            claimed = await self._claim()
+            if not claimed and not self._in_flight:
+                return
+            if self._in_flight:
+                await asyncio.wait(
+                    list(self._in_flight.values()), return_when=asyncio.FIRST_COMPLETED
+                )
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        self._wakeup.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+        try:
+            await asyncio.wait(
+                waiters, timeout=self._settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _claim(self) -> int:
+        free = self._settings.concurrency - len(self._in_flight)
+        if free <= 0:
+            return 0
+        claimed = await self._jobs.claim(self.name, free, self._lease)
+        for item in claimed:
+            task = asyncio.create_task(self._guarded(item), name=f"job-{item.job.id}")
+            self._in_flight[item.job.id] = task
+            task.add_done_callback(functools.partial(self._done, item.job.id))
+        self._metrics.worker_in_flight.set(len(self._in_flight))
+        return len(claimed)
+
+    def _done(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(job_id, None)
+        self._metrics.worker_in_flight.set(len(self._in_flight))
+        self._wakeup.set()
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        log.info(
+            "waiting up to %.0fs for %d jobs", self._settings.shutdown_grace, len(self._in_flight)
+        )
+        _, pending = await asyncio.wait(
+            list(self._in_flight.values()), timeout=self._settings.shutdown_grace
+        )
+        for task in pending:
+            task.cancel()  # their leases expire; recovery decides queued or unknown
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _housekeeping(self) -> None:
+        requeued, unknown = await self._jobs.recover_expired_leases()
+        expired = await self._jobs.fail_past_deadline()
+        if requeued or unknown or expired:
+            log.warning(
+                "recovered jobs: %d requeued, %d unknown (worker lost in flight), %d past deadline",
+                requeued,
+                unknown,
+                expired,
+            )
+        for state, count in (await self._jobs.count_by_state()).items():
+            self._metrics.jobs_by_state.labels(state=state).set(count)
+
+    async def _renew_leases(self, stop: asyncio.Event) -> None:
+        interval = max(self._settings.lease_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            if self._in_flight:
+                await self._jobs.renew_leases(self.name, list(self._in_flight), self._lease)
+
+    async def _guarded(self, claimed: ClaimedJob) -> None:
+        try:
+            async with self._mailbox_slots[claimed.job.mailbox_id]:
+                await self._process(claimed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: unexpected error outside the provider call", claimed.job.id)
+            await self._retry(claimed.job, TransientError("internal error", code="internal_error"))
+
+    async def _process(self, claimed: ClaimedJob) -> None:
+        job = claimed.job
+        mailbox = await self._mailboxes.get(job.mailbox_id)
+        if mailbox is None or mailbox.state == DISCONNECTED:
+            await self._finish(
+                job, Outcome(CANCELLED, "mailbox_disconnected", "the mailbox is gone")
+            )
+            return
+        if mailbox.state != CONNECTED or mailbox.address is None:
+            await self._jobs.hold(
+                job.id, self.name, "mailbox_reauth_required", "waiting for consent"
+            )
+            return
+        provider = self._providers[mailbox.provider]
+        mime = build_message(claimed.payload, message_id=job.message_id, sender=mailbox.address)
+        try:
+            token = await self._tokens.get(mailbox)
+        except ReauthRequired as error:
+            await self._lose_grant(mailbox, job, error)
+            return
+        except TransientError as error:
+            await self._retry(job, error)
+            return
+        if not await self._jobs.start_attempt(job.id, self.name):
+            log.warning("job %s: lease lost before sending; another worker owns it", job.id)
+            return
+        message = OutgoingMessage(job_id=job.id, mime=mime, message_id=job.message_id)
+        operation = "send" if job.mode == "send" else "create_draft"
+        started = time.perf_counter()
+        try:
+            if job.mode == "send":
+                receipt = await provider.send(token, message)
+            else:
+                receipt = await provider.create_draft(token, message)
+        except DeliveryError as error:
+            self._count_call(mailbox, operation, error.code, started)
+            await self._delivery_failed(mailbox, job, error)
+            return
+        except Exception:
+            # We cannot tell whether the request reached the provider: never retry blindly.
+            log.exception("job %s: unexpected error during the provider call", job.id)
+            self._count_call(mailbox, operation, "internal_error", started)
+            await self._finish(
+                job, Outcome(UNKNOWN, "internal_error", "unexpected error in flight")
+            )
+            return
+        self._count_call(mailbox, operation, "ok", started)
+        await self._finish(job, _success(receipt))
+
+    async def _delivery_failed(self, mailbox: Mailbox, job: Job, error: DeliveryError) -> None:
+        if isinstance(error, AccessTokenRejected):
+            self._tokens.forget(mailbox.id)
+        if isinstance(error, TransientError):
+            await self._retry(job, error)
+        elif isinstance(error, ReauthRequired):
+            await self._lose_grant(mailbox, job, error)
+        elif isinstance(error, OutcomeUnknown):
+            await self._finish(job, _outcome(UNKNOWN, error))
+        elif isinstance(error, PermanentError):
+            await self._finish(job, _outcome(FAILED, error))
+        else:  # pragma: no cover - the tree has no other DeliveryError
+            await self._finish(job, _outcome(UNKNOWN, error))
+
+    async def _retry(self, job: Job, error: TransientError) -> None:
+        throttled = isinstance(error, Throttled)
+        failures = job.transient_failures + (0 if throttled else 1)
+        if not throttled and failures >= self._settings.max_attempts:
+            await self._finish(
+                job,
+                Outcome(
+                    FAILED,
+                    "retries_exhausted",
+                    f"gave up after {failures} transient errors (last: {error.code})",
+                    error.provider_status,
+                ),
+            )
+            return
+        delay = retry_delay(error, failures, self._settings)
+        if isinstance(error, AccessTokenRejected):
+            delay = 0.0
+        run_after = utcnow() + dt.timedelta(seconds=delay)
+        moved = await self._jobs.retry_later(
+            job.id, self.name, run_after, _outcome(QUEUED, error), failure=not throttled
+        )
+        if moved:
+            self._metrics.job_transitions.labels(state=QUEUED, code=error.code).inc()
+
+    async def _lose_grant(self, mailbox: Mailbox, job: Job, error: ReauthRequired) -> None:
+        self._tokens.forget(mailbox.id)
+        if await self._mailboxes.set_state(
+            mailbox.id, REAUTH_REQUIRED, error.code, expected=[CONNECTED]
+        ):
+            log.warning("mailbox %s needs consent again (%s)", mailbox.id, error.code)
+            self._metrics.mailbox_reauth.labels(provider=mailbox.provider, reason=error.code).inc()
+        await self._jobs.hold(job.id, self.name, error.code, error.message)
+        await self._jobs.hold_for_mailbox(mailbox.id, error.code)
+        self._metrics.job_transitions.labels(state="held", code=error.code).inc()
+
+    async def _finish(self, job: Job, outcome: Outcome) -> None:
+        if await self._jobs.finish(job.id, self.name, outcome):
+            self._metrics.job_transitions.labels(
+                state=outcome.state, code=outcome.code or "ok"
+            ).inc()
+        else:
+            log.warning("job %s: lease lost; outcome %s not recorded", job.id, outcome.state)
+
+    def _count_call(self, mailbox: Mailbox, operation: str, outcome: str, started: float) -> None:
+        self._metrics.provider_requests.labels(
+            provider=mailbox.provider, operation=operation, outcome=outcome
+        ).inc()
+        self._metrics.provider_latency.labels(
+            provider=mailbox.provider, operation=operation
+        ).observe(time.perf_counter() - started)
+
+
+def _success(receipt: DeliveryReceipt) -> Outcome:
+    return Outcome(
+        SENT if receipt.state == "sent" else DRAFTED,
+        provider_message_id=receipt.provider_message_id,
+        provider_draft_id=receipt.provider_draft_id,
+        web_link=receipt.web_link,
+    )
+
+
+def _outcome(state: str, error: DeliveryError) -> Outcome:
+    return Outcome(state, error.code, error.message, error.provider_status)

@@ -1,0 +1,48 @@
+"""Logging set-up: one line per record, and a last line of defence against leaked secrets.
+
+Nothing in mailbox-worker logs a token on purpose; ``RedactSecrets`` masks anything that
+still looks like a bearer token, an OAuth parameter or one of our API keys, whatever logger
+(ours or a library's) emitted it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(
+        r"(?i)((?:access_token|refresh_token|id_token|client_secret|code_verifier|code|token)"
+        r"[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
+    ),
+    re.compile(r"mwk_[A-Za-z0-9]+_[A-Za-z0-9_-]+"),
+)
+
+
+def redact(text: str) -> str:
+    for pattern in SECRET_PATTERNS:
+        text = pattern.sub(
+            lambda match: (match.group(1) if match.groups() else "") + "[redacted]", text
+        )
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def configure(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("msal", "urllib3", "aiohttp.access", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Mailbox lifecycle: connect (OAuth consent), reconnect, disconnect."""

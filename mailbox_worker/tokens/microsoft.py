@@ -1,0 +1,178 @@
+"""Microsoft identity platform through msal: authorization-code flow with PKCE, and refresh.
+
+msal does the protocol work (PKCE, nonce and state checks, token cache, refresh-token
+rotation); this module only gives it an HTTP client that trusts the configured CA and
+translates its answers into our error tree. Each mailbox has its own serialized msal token
+cache, which the vault stores encrypted. msal is synchronous: callers run these functions in
+a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import msal
+import requests
+
+from mailbox_worker.config import MicrosoftSettings
+from mailbox_worker.errors import PermanentError, ReauthRequired, TransientError
+
+log = logging.getLogger(__name__)
+
+# Hosts msal knows; anything else (the sandbox, a sovereign-cloud proxy) skips instance discovery.
+KNOWN_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.chinacloudapi.cn",
+        "login-us.microsoftonline.com",
+        "login.microsoftonline.us",
+    }
+)
+# `error` values meaning the grant is gone until the admin consents again.
+REAUTH_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required"})
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str
+    expires_at: float  # epoch seconds
+
+    def __repr__(self) -> str:
+        return f"AccessToken(expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A redeemed authorization: the serialized token cache and what it tells."""
+
+    cache: str
+    address: str
+    granted_scopes: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"Grant(address={self.address!r}, granted_scopes={self.granted_scopes!r})"
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    access_token: AccessToken
+    cache: str | None  # the new serialized cache when msal changed it (rotation), else None
+    from_identity_provider: bool
+
+
+class MicrosoftIdentity:
+    """One Entra app registration, used for every Microsoft mailbox."""
+
+    def __init__(self, settings: MicrosoftSettings) -> None:
+        self._settings = settings
+        self._http = requests.Session()
+        # REQUESTS_CA_BUNDLE would otherwise override `verify` (requests' env merge).
+        self._http.trust_env = False
+        self._http.verify = settings.ca_file or True
+        self._http_cache: dict[Any, Any] = {}
+        self._cache_lock = threading.Lock()
+        host = urlsplit(settings.authority).hostname or ""
+        self._instance_discovery = host in KNOWN_AUTHORITY_HOSTS
+
+    def _app(self, cache: msal.SerializableTokenCache | None = None) -> Any:
+        with self._cache_lock:
+            return msal.ConfidentialClientApplication(
+                self._settings.client_id,
+                client_credential=self._settings.client_secret,
+                authority=self._settings.authority,
+                token_cache=cache,
+                http_client=self._http,
+                http_cache=self._http_cache,
+                instance_discovery=self._instance_discovery,
+                timeout=self._settings.request_timeout,
+            )
+
+    def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
+        """A new authorization-code flow (msal's dict, with PKCE verifier, nonce and state)."""
+        try:
+            flow: dict[str, Any] = self._app().initiate_auth_code_flow(
+                scopes, redirect_uri=redirect_uri, login_hint=login_hint, prompt="select_account"
+            )
+        except (requests.RequestException, ValueError) as error:
+            raise TransientError(
+                f"the Microsoft authority is unreachable ({type(error).__name__})",
+                code="identity_unavailable",
+            ) from None
+        return flow
+
+    def redeem(self, flow: dict[str, Any], response: dict[str, str]) -> Grant:
+        """Exchange the redirect's code for tokens; raises on a denied or invalid answer."""
+        cache = msal.SerializableTokenCache()
+        app = self._app(cache)
+        try:
+            result = app.acquire_token_by_auth_code_flow(flow, response)
+        except requests.RequestException as error:
+            raise TransientError(
+                f"token endpoint unreachable ({type(error).__name__})", code="identity_unavailable"
+            ) from None
+        except ValueError:
+            raise PermanentError(
+                "the authorization response does not match the flow", code="state_invalid"
+            ) from None
+        if "error" in result:
+            raise PermanentError(
+                f"the identity platform refused the code ({result['error']})", code="code_rejected"
+            )
+        claims = result.get("id_token_claims") or {}
+        address = str(claims.get("preferred_username") or claims.get("email") or "")
+        granted = tuple(str(result.get("scope", "")).split())
+        return Grant(cache=cache.serialize(), address=address, granted_scopes=granted)
+
+    def refresh(self, cache_blob: str, scopes: list[str], *, force: bool) -> Refreshed:
+        """A valid access token from the cache, refreshing (and rotating) when needed."""
+        cache = msal.SerializableTokenCache()
+        cache.deserialize(cache_blob)
+        app = self._app(cache)
+        accounts = app.get_accounts()
+        if not accounts:
+            raise ReauthRequired("no account in the token cache", code="no_grant")
+        try:
+            result = app.acquire_token_silent_with_error(scopes, accounts[0], force_refresh=force)
+        except requests.RequestException as error:
+            raise TransientError(
+                f"token endpoint unreachable ({type(error).__name__})", code="identity_unavailable"
+            ) from None
+        except ValueError:
+            raise TransientError(
+                "the token endpoint answered something that is not JSON",
+                code="identity_unavailable",
+            ) from None
+        if result is None:
+            raise ReauthRequired("the token cache holds no refresh token", code="no_grant")
+        if "error" in result:
+            raise _refresh_error(result)
+        token = AccessToken(
+            token=str(result["access_token"]),
+            expires_at=time.time() + float(result.get("expires_in", 0)),
+        )
+        from_idp = result.get("token_source") == "identity_provider"
+        return Refreshed(
+            access_token=token,
+            cache=cache.serialize() if cache.has_state_changed else None,
+            from_identity_provider=from_idp,
+        )
+
+
+def _refresh_error(result: dict[str, Any]) -> Exception:
+    error = str(result.get("error"))
+    codes = result.get("error_codes") or []
+    detail = f"{error} (AADSTS{codes[0]})" if codes else error
+    if error in REAUTH_ERRORS:
+        return ReauthRequired(f"the grant is no longer valid: {detail}", code=error)
+    if error in TRANSIENT_ERRORS:
+        return TransientError(f"the identity platform is unavailable: {detail}", code=error)
+    return TransientError(
+        f"the identity platform refused the refresh: {detail}; check the app registration",
+        code="identity_rejected",
+    )

@@ -1,0 +1,127 @@
+"""Fresh access tokens for mailboxes: cached in memory, refreshed once at a time, persisted.
+
+``AccessTokens.get`` answers from memory while a token has more than ``REFRESH_MARGIN`` left,
+otherwise it refreshes under the mailbox's lock (one refresh per mailbox at a time in this
+process), re-reading the vault first so a refresh done meanwhile is reused, and stores
+msal's rotated cache before answering. Transient identity failures are retried with
+exponential backoff; they never mark a mailbox broken. A dead grant raises ``ReauthRequired``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from mailbox_worker.db.models import Mailbox
+from mailbox_worker.errors import AccessTokenRejected, Conflict, ReauthRequired, TransientError
+from mailbox_worker.metrics import Metrics
+from mailbox_worker.policy.scopes import required_scopes
+from mailbox_worker.tokens.microsoft import AccessToken, MicrosoftIdentity
+from mailbox_worker.tokens.vault import TokenVault
+
+log = logging.getLogger(__name__)
+
+REFRESH_MARGIN = 300.0  # seconds: refresh ahead of expiry, as msal does
+
+
+class AccessTokens:
+    def __init__(
+        self,
+        vault: TokenVault,
+        microsoft: MicrosoftIdentity | None,
+        metrics: Metrics,
+        *,
+        attempts: int = 4,
+        initial_wait: float = 0.5,
+    ) -> None:
+        self._vault = vault
+        self._microsoft = microsoft
+        self._metrics = metrics
+        self._cache: dict[str, AccessToken] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._attempts = attempts
+        self._initial_wait = initial_wait
+
+    async def get(self, mailbox: Mailbox, *, force_refresh: bool = False) -> str:
+        """An access token valid for at least a few minutes for ``mailbox``."""
+        cached = self._cache.get(mailbox.id)
+        if cached is not None and not force_refresh and _fresh(cached):
+            return cached.token
+        async with self._locks[mailbox.id]:
+            cached = self._cache.get(mailbox.id)
+            if cached is not None and _fresh(cached) and not force_refresh:
+                return cached.token  # another task refreshed while we waited
+            if force_refresh and cached is not None and not _fresh(cached, margin=0):
+                force_refresh = False  # it expired anyway: a plain refresh will do
+            token = await self._refresh_with_retries(mailbox, force_refresh)
+            self._cache[mailbox.id] = token
+            return token.token
+
+    def forget(self, mailbox_id: str) -> None:
+        """Drop the cached access token (on 401, disconnect, re-consent)."""
+        self._cache.pop(mailbox_id, None)
+
+    def reject(self, mailbox_id: str, rejected: AccessTokenRejected) -> None:
+        log.info("access token rejected for mailbox %s; will refresh", mailbox_id)
+        self.forget(mailbox_id)
+
+    async def _refresh_with_retries(self, mailbox: Mailbox, force: bool) -> AccessToken:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((TransientError, Conflict)),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(initial=self._initial_wait, max=10.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._refresh_once(mailbox, force)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _refresh_once(self, mailbox: Mailbox, force: bool) -> AccessToken:
+        if mailbox.provider != "microsoft" or self._microsoft is None:
+            raise ReauthRequired(
+                f"no identity client configured for {mailbox.provider}",
+                code="provider_unconfigured",
+            )
+        stored = await self._vault.load_tokens(mailbox.id)
+        if stored is None:
+            raise ReauthRequired("the mailbox holds no tokens", code="no_grant")
+        scopes = list(required_scopes(mailbox.provider, mailbox.capabilities))
+        try:
+            refreshed = await asyncio.to_thread(
+                self._microsoft.refresh, stored.plaintext.decode(), scopes, force=force
+            )
+        except ReauthRequired as error:
+            # Re-read before declaring the grant dead: another process may have rotated it.
+            latest = await self._vault.load_tokens(mailbox.id)
+            if latest is not None and latest.version != stored.version:
+                raise Conflict("tokens rotated concurrently", code="token_conflict") from error
+            self._metrics.token_refreshes.labels(
+                provider=mailbox.provider, outcome=error.code
+            ).inc()
+            raise
+        except TransientError as error:
+            self._metrics.token_refreshes.labels(
+                provider=mailbox.provider, outcome=error.code
+            ).inc()
+            raise
+        if refreshed.cache is not None:
+            await self._vault.store_tokens(
+                mailbox.id, refreshed.cache.encode(), expected_version=stored.version
+            )
+        if refreshed.from_identity_provider:
+            self._metrics.token_refreshes.labels(provider=mailbox.provider, outcome="ok").inc()
+        return refreshed.access_token
+
+
+def _fresh(token: AccessToken, margin: float = REFRESH_MARGIN) -> bool:
+    return token.expires_at - time.time() > margin

@@ -1,0 +1,218 @@
+"""The token vault: OAuth tokens at rest, only ever as AES-256-GCM ciphertext.
+
+Each mailbox has its own random data key, stored wrapped by a key-encryption key (KEK) from
+the key source, with the KEK's id beside it (``mailbox_keys``). Token records and pending
+authorizations are sealed with that data key, the mailbox id and the record's purpose bound
+in as associated data, so ciphertext copied to another mailbox or purpose does not open.
+Erasing a mailbox deletes its data key with its ciphertext (crypto-erasure). Unwrapped data
+keys are cached in memory only; ``forget`` drops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.db.models import MailboxKey, OAuthState, TokenRecord
+from mailbox_worker.errors import Conflict, KeyUnavailable
+from mailbox_worker.tokens.envelope import (
+    encode_fields,
+    new_data_key,
+    open_sealed,
+    seal,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from mailbox_worker.tokens.keys import KeySource
+
+TOKENS = "tokens"
+AUTHORIZATION = "authorization"
+
+
+@dataclass(frozen=True)
+class StoredTokens:
+    plaintext: bytes
+    version: int
+
+    def __repr__(self) -> str:
+        return f"StoredTokens(version={self.version}, plaintext=<{len(self.plaintext)} bytes>)"
+
+
+@dataclass(frozen=True)
+class RewrapReport:
+    rewrapped: int
+    already_current: int
+
+
+class TokenVault:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], keys: KeySource) -> None:
+        self._sessions = sessions
+        self._keys = keys
+        self._data_keys: dict[str, bytes] = {}
+        self._lock = asyncio.Lock()
+
+    # -- sealing -------------------------------------------------------------------------
+
+    async def seal(self, mailbox_id: str, purpose: str, plaintext: bytes) -> bytes:
+        """Ciphertext of ``plaintext`` for ``mailbox_id``/``purpose``; creates the data key."""
+        data_key = await self._data_key(mailbox_id, create=True)
+        return seal(data_key, plaintext, associated_data=encode_fields(purpose, mailbox_id))
+
+    async def open(self, mailbox_id: str, purpose: str, sealed: bytes) -> bytes:
+        """Plaintext of ``sealed``; raises ``DecryptionFailed`` or ``KeyUnavailable``."""
+        data_key = await self._data_key(mailbox_id, create=False)
+        return open_sealed(data_key, sealed, associated_data=encode_fields(purpose, mailbox_id))
+
+    async def _data_key(self, mailbox_id: str, *, create: bool) -> bytes:
+        cached = self._data_keys.get(mailbox_id)
+        if cached is not None:
+            return cached
+        async with self._lock:
+            async with self._sessions() as session:
+                row = await session.get(MailboxKey, mailbox_id)
+            if row is not None:
+                kek = await asyncio.to_thread(self._keys.get, row.kek_id)
+                data_key = unwrap_data_key(kek, row.wrapped_key, mailbox_id=mailbox_id)
+            elif create:
+                data_key = new_data_key()
+                kek = await asyncio.to_thread(self._keys.active_key)
+                async with self._sessions.begin() as session:
+                    session.add(
+                        MailboxKey(
+                            mailbox_id=mailbox_id,
+                            kek_id=kek.key_id,
+                            wrapped_key=wrap_data_key(kek, data_key, mailbox_id=mailbox_id),
+                            created_at=utcnow(),
+                        )
+                    )
+            else:
+                raise KeyUnavailable(
+                    f"mailbox {mailbox_id} has no data key (its tokens were erased)",
+                    code="data_key_missing",
+                )
+            self._data_keys[mailbox_id] = data_key
+            return data_key
+
+    # -- token records ---------------------------------------------------------------------
+
+    async def load_tokens(self, mailbox_id: str) -> StoredTokens | None:
+        """The mailbox's token record, decrypted, or None when it holds none."""
+        async with self._sessions() as session:
+            record = await session.get(TokenRecord, mailbox_id)
+        if record is None:
+            return None
+        plaintext = await self.open(mailbox_id, TOKENS, record.ciphertext)
+        return StoredTokens(plaintext, record.version)
+
+    async def store_tokens(
+        self, mailbox_id: str, plaintext: bytes, *, expected_version: int | None
+    ) -> int:
+        """Replace the token record atomically; returns its new version.
+
+        ``expected_version`` is the version the caller read (None: there was none); if
+        another writer stored a newer record meanwhile, raises ``Conflict`` and stores nothing.
+        """
+        sealed = await self.seal(mailbox_id, TOKENS, plaintext)
+        kek_id = await self._kek_id(mailbox_id)
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            if expected_version is None:
+                if await session.get(TokenRecord, mailbox_id) is not None:
+                    raise Conflict("token record changed concurrently", code="token_conflict")
+                session.add(
+                    TokenRecord(
+                        mailbox_id=mailbox_id,
+                        kek_id=kek_id,
+                        ciphertext=sealed,
+                        version=1,
+                        updated_at=now,
+                    )
+                )
+                return 1
+            result = await session.execute(
+                update(TokenRecord)
+                .where(
+                    TokenRecord.mailbox_id == mailbox_id,
+                    TokenRecord.version == expected_version,
+                )
+                .values(
+                    ciphertext=sealed, kek_id=kek_id, version=expected_version + 1, updated_at=now
+                )
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                raise Conflict("token record changed concurrently", code="token_conflict")
+        return expected_version + 1
+
+    async def replace_tokens(self, mailbox_id: str, plaintext: bytes) -> int:
+        """Store a fresh grant (after consent), whatever was there before."""
+        async with self._sessions.begin() as session:
+            await session.execute(delete(TokenRecord).where(TokenRecord.mailbox_id == mailbox_id))
+        return await self.store_tokens(mailbox_id, plaintext, expected_version=None)
+
+    async def _kek_id(self, mailbox_id: str) -> str:
+        async with self._sessions() as session:
+            kek_id = await session.scalar(
+                select(MailboxKey.kek_id).where(MailboxKey.mailbox_id == mailbox_id)
+            )
+        if kek_id is None:
+            raise KeyUnavailable(f"mailbox {mailbox_id} has no data key", code="data_key_missing")
+        return kek_id
+
+    async def erase(self, mailbox_id: str) -> None:
+        """Delete the mailbox's tokens, pending authorizations and data key. Idempotent."""
+        async with self._sessions.begin() as session:
+            await session.execute(delete(TokenRecord).where(TokenRecord.mailbox_id == mailbox_id))
+            await session.execute(delete(OAuthState).where(OAuthState.mailbox_id == mailbox_id))
+            await session.execute(delete(MailboxKey).where(MailboxKey.mailbox_id == mailbox_id))
+        self._data_keys.pop(mailbox_id, None)
+
+    def forget(self, mailbox_id: str) -> None:
+        """Drop the cached data key of a mailbox."""
+        self._data_keys.pop(mailbox_id, None)
+
+    # -- key rotation ----------------------------------------------------------------------
+
+    async def rewrap_all(self) -> RewrapReport:
+        """Re-wrap every data key under the key source's active KEK, online.
+
+        Each data key is re-wrapped in its own short transaction guarded by its old key id,
+        so a concurrent erase or rewrap is never overwritten. Token ciphertext is untouched
+        (it is sealed with the data key, which does not change).
+        """
+        active = await asyncio.to_thread(self._keys.active_key)
+        async with self._sessions() as session:
+            rows = (await session.execute(select(MailboxKey.mailbox_id, MailboxKey.kek_id))).all()
+        rewrapped = current = 0
+        for mailbox_id, kek_id in rows:
+            if kek_id == active.key_id:
+                current += 1
+                continue
+            async with self._sessions.begin() as session:
+                row = await session.get(MailboxKey, mailbox_id, with_for_update=True)
+                if row is None or row.kek_id != kek_id:
+                    continue
+                old = await asyncio.to_thread(self._keys.get, kek_id)
+                data_key = unwrap_data_key(old, row.wrapped_key, mailbox_id=mailbox_id)
+                row.wrapped_key = wrap_data_key(active, data_key, mailbox_id=mailbox_id)
+                row.kek_id = active.key_id
+                row.rewrapped_at = utcnow()
+                await session.execute(
+                    update(TokenRecord)
+                    .where(TokenRecord.mailbox_id == mailbox_id)
+                    .values(kek_id=active.key_id)
+                )
+            rewrapped += 1
+        return RewrapReport(rewrapped=rewrapped, already_current=current)
+
+    async def key_usage(self) -> dict[str, int]:
+        """How many data keys each KEK wraps (to know when an old KEK can be retired)."""
+        async with self._sessions() as session:
+            rows = (await session.execute(select(MailboxKey.kek_id))).scalars().all()
+        usage: dict[str, int] = {}
+        for kek_id in rows:
+            usage[kek_id] = usage.get(kek_id, 0) + 1
+        return usage

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from mailbox_worker.config import DatabaseSettings
+from mailbox_worker.db import migrate
+from mailbox_worker.db.accounts import AccountStore
+from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.db.models import Mailbox
+from mailbox_worker.jobs.queue import JobStore
+
+
+@dataclass
+class Stores:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    accounts: AccountStore
+    mailboxes: MailboxStore
+    jobs: JobStore
+
+    async def connected_mailbox(
+        self,
+        account_id: str,
+        address: str = "billing@contoso.example",
+        capabilities: tuple[str, ...] = ("send", "draft"),
+    ) -> Mailbox:
+        mailbox = await self.mailboxes.create(
+            account_id, "microsoft", list(capabilities), actor="test"
+        )
+        await self.mailboxes.mark_connected(mailbox.id, address, ["Mail.Send", "Mail.ReadWrite"])
+        found = await self.mailboxes.get(mailbox.id)
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def stores(engine: AsyncEngine) -> Stores:
+    sessions = create_session_factory(engine)
+    return Stores(
+        engine, sessions, AccountStore(sessions), MailboxStore(sessions), JobStore(sessions)
+    )

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailbox_worker.config import Settings, load_settings
+from mailbox_worker.errors import ConfigError
+
+SHIPPED = Path(__file__).parents[2] / "config" / "mailbox-worker.toml"
+
+
+def test_shipped_file_documents_exactly_the_defaults() -> None:
+    assert load_settings(SHIPPED, environ={}) == Settings()
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[worker]\nconcurrency = 3\n[server]\nport = 9000\n")
+    settings = load_settings(
+        path, environ={"MAILBOX_WORKER_WORKER__CONCURRENCY": "5", "MAILBOX_WORKER_KEYS": "x"}
+    )
+    assert settings.worker.concurrency == 5
+    assert settings.server.port == 9000
+
+
+def test_config_file_named_by_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[logging]\nlevel = "DEBUG"\n')
+    assert load_settings(environ={"MAILBOX_WORKER_CONFIG": str(path)}).logging.level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting"),
+    [
+        ({"MAILBOX_WORKER_WORKER__CONCURRENCY": "many"}, "worker.concurrency"),
+        ({"MAILBOX_WORKER_WORKER__CONCURRENCY": "0"}, "worker.concurrency"),
+        ({"MAILBOX_WORKER_SERVER__PORT": "70000"}, "server.port"),
+        ({"MAILBOX_WORKER_SERVER__PROT": "80"}, "server.prot"),
+        ({"MAILBOX_WORKER_NOPE__X": "1"}, "nope"),
+        ({"MAILBOX_WORKER_DATABASE__URL": "mysql://x"}, "database.url"),
+        ({"MAILBOX_WORKER_KEYS__SOURCE": "vault"}, "keys.source"),
+        ({"MAILBOX_WORKER_DATABASE__ECHO": "maybe"}, "database.echo"),
+        ({"MAILBOX_WORKER_MICROSOFT__AUTHORITY": "http://login"}, "microsoft.authority"),
+        (
+            {"MAILBOX_WORKER_MICROSOFT__EXTRA_SCOPES": "https://graph.microsoft.com/Mail.Read"},
+            "microsoft.extra_scopes",
+        ),
+    ],
+)
+def test_a_wrong_setting_is_named(environ: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    assert caught.value.setting == setting
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[worker]\nconcurency = 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.setting == "worker.concurency"
+
+
+def test_secret_is_not_in_repr() -> None:
+    settings = load_settings(environ={"MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET": "s3cr3t-value"})
+    assert settings.microsoft.client_secret == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(settings)

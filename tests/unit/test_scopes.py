@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from mailbox_worker.policy.scopes import missing_scopes, required_scopes
+
+SEND = "https://graph.microsoft.com/Mail.Send"
+READWRITE = "https://graph.microsoft.com/Mail.ReadWrite"
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [(["send"], (SEND,)), (["draft"], (SEND, READWRITE)), (["send", "draft"], (SEND, READWRITE))],
+)
+def test_scopes_are_exactly_what_the_capabilities_need(
+    capabilities: list[str], expected: tuple[str, ...]
+) -> None:
+    assert required_scopes("microsoft", capabilities) == tuple(sorted(expected))
+
+
+@pytest.mark.parametrize("capabilities", [[], ["read"], ["send", "delete"]])
+def test_unknown_or_empty_capabilities_are_refused(capabilities: list[str]) -> None:
+    with pytest.raises(ValueError, match="capabilities"):
+        required_scopes("microsoft", capabilities)
+
+
+def test_unknown_provider_is_refused() -> None:
+    with pytest.raises(ValueError, match="provider"):
+        required_scopes("yahoo", ["send"])
+
+
+def test_granted_scopes_may_come_back_short_or_in_other_case() -> None:
+    assert missing_scopes([SEND, READWRITE], ["mail.send", "Mail.ReadWrite", "openid"]) == ()
+    assert missing_scopes([SEND, READWRITE], [SEND, "openid", "profile"]) == (READWRITE,)
