@@ -1,0 +1,203 @@
+"""The job queue on real databases: the same tests on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from sqlalchemy import update
+
+from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.db.mailboxes import REAUTH_REQUIRED
+from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.errors import Conflict
+from mailbox_worker.jobs.queue import NewJob, Outcome
+
+from .conftest import Stores
+
+LEASE = dt.timedelta(seconds=60)
+
+
+def new_job(mailbox: Mailbox, key: str | None = None, subject: str = "Invoice 1") -> NewJob:
+    payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": subject, "text": "hi"}
+    return NewJob(
+        account_id=mailbox.account_id,
+        mailbox_id=mailbox.id,
+        mode="send",
+        payload=payload,
+        request_sha256=subject,
+        message_id_domain="contoso.example",
+        idempotency_key=key,
+    )
+
+
+async def setup(stores: Stores) -> Mailbox:
+    account = await stores.accounts.create_account("acme")
+    return await stores.connected_mailbox(account.id)
+
+
+async def test_enqueue_commits_job_content_and_event(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    job, created = await stores.jobs.enqueue(new_job(mailbox))
+    assert created
+    assert job.state == "queued"
+    assert job.message_id == f"<{job.id}@contoso.example>"
+    assert (await stores.jobs.payload(job.id)) == new_job(mailbox).payload
+    events = await stores.jobs.events(job.id)
+    assert [(e.from_state, e.to_state) for e in events] == [(None, "queued")]
+
+
+async def test_idempotency_key_returns_the_first_job(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    first, created = await stores.jobs.enqueue(new_job(mailbox, key="k1"))
+    again, created_again = await stores.jobs.enqueue(new_job(mailbox, key="k1"))
+    assert created and not created_again
+    assert again.id == first.id
+    with pytest.raises(Conflict) as caught:
+        await stores.jobs.enqueue(new_job(mailbox, key="k1", subject="other"))
+    assert caught.value.code == "idempotency_key_reused"
+
+
+async def test_concurrent_enqueues_with_one_key_make_one_job(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    results = await asyncio.gather(
+        *(stores.jobs.enqueue(new_job(mailbox, key="race")) for _ in range(8))
+    )
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_two_workers_never_claim_the_same_job(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    for number in range(30):
+        await stores.jobs.enqueue(new_job(mailbox, subject=f"n{number}"))
+    claims = await asyncio.gather(*(stores.jobs.claim(f"worker-{n}", 7, LEASE) for n in range(6)))
+    ids = [claimed.job.id for batch in claims for claimed in batch]
+    assert len(ids) == len(set(ids)) == 30
+    assert all(claimed.payload["to"] for batch in claims for claimed in batch)
+
+
+async def test_claim_skips_future_jobs_and_mailboxes_without_consent(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    due, _ = await stores.jobs.enqueue(new_job(mailbox, subject="due"))
+    later, _ = await stores.jobs.enqueue(new_job(mailbox, subject="later"))
+    async with stores.sessions.begin() as session:
+        await session.execute(
+            update(Job).where(Job.id == later.id).values(run_after=utcnow() + dt.timedelta(hours=1))
+        )
+    other = await stores.mailboxes.create(mailbox.account_id, "microsoft", ["send"], actor="t")
+    await stores.jobs.enqueue(new_job(other, subject="pending consent"))
+    claimed = await stores.jobs.claim("w", 10, LEASE)
+    assert [c.job.id for c in claimed] == [due.id]
+
+
+async def test_outcome_is_recorded_only_by_the_lease_holder(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    job, _ = await stores.jobs.enqueue(new_job(mailbox))
+    assert len(await stores.jobs.claim("w1", 1, LEASE)) == 1
+    assert not await stores.jobs.start_attempt(job.id, "w2")
+    assert await stores.jobs.start_attempt(job.id, "w1")
+    assert not await stores.jobs.finish(job.id, "w2", Outcome("sent"))
+    assert await stores.jobs.finish(job.id, "w1", Outcome("sent", provider_message_id="m-1"))
+    assert not await stores.jobs.finish(job.id, "w1", Outcome("failed"))  # once only
+    stored = await stores.jobs.get(job.id)
+    assert stored is not None
+    assert (stored.state, stored.attempts, stored.provider_message_id) == ("sent", 1, "m-1")
+    assert stored.finished_at is not None
+    kinds = [(e.kind, e.code, e.to_state) for e in await stores.jobs.events(job.id)]
+    assert kinds == [
+        ("state", "enqueued", "queued"),
+        ("state", None, "running"),
+        ("attempt", "started", None),
+        ("state", None, "sent"),
+    ]
+
+
+async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    job, _ = await stores.jobs.enqueue(new_job(mailbox))
+    await stores.jobs.claim("w", 1, LEASE)
+    run_after = utcnow() + dt.timedelta(minutes=5)
+    await stores.jobs.retry_later(
+        job.id, "w", run_after, Outcome("queued", "throttled"), failure=False
+    )
+    stored = await stores.jobs.get(job.id)
+    assert stored is not None
+    assert (stored.state, stored.transient_failures, stored.last_error_code) == (
+        "queued",
+        0,
+        "throttled",
+    )
+    assert abs((stored.run_after - run_after).total_seconds()) < 1
+    assert await stores.jobs.claim("w", 1, LEASE) == []
+    async with stores.sessions.begin() as session:
+        await session.execute(update(Job).values(run_after=utcnow()))
+    assert len(await stores.jobs.claim("w", 1, LEASE)) == 1
+    await stores.jobs.retry_later(job.id, "w", utcnow(), Outcome("queued", "network"), failure=True)
+    stored = await stores.jobs.get(job.id)
+    assert stored is not None and stored.transient_failures == 1
+
+
+async def test_expired_leases_requeue_or_become_unknown(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    idle, _ = await stores.jobs.enqueue(new_job(mailbox, subject="idle"))
+    in_flight, _ = await stores.jobs.enqueue(new_job(mailbox, subject="in flight"))
+    await stores.jobs.claim("dead-worker", 2, dt.timedelta(seconds=-1))
+    assert await stores.jobs.start_attempt(in_flight.id, "dead-worker")
+    assert await stores.jobs.recover_expired_leases() == (1, 1)
+    idle_now, flight_now = await stores.jobs.get(idle.id), await stores.jobs.get(in_flight.id)
+    assert idle_now is not None and flight_now is not None
+    assert idle_now.state == "queued"
+    assert (flight_now.state, flight_now.last_error_code) == ("unknown", "worker_lost")
+    assert not await stores.jobs.finish(in_flight.id, "dead-worker", Outcome("sent"))
+
+
+async def test_hold_release_and_cancel_for_a_mailbox(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    jobs = [(await stores.jobs.enqueue(new_job(mailbox, subject=f"s{n}")))[0] for n in range(3)]
+    await stores.mailboxes.set_state(
+        mailbox.id, REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
+    )
+    assert await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant") == 3
+    assert await stores.jobs.claim("w", 10, LEASE) == []
+    assert await stores.jobs.release_held(mailbox.id) == 3
+    assert await stores.jobs.cancel_pending_for_mailbox(mailbox.id, "mailbox_disconnected") == 3
+    for job in jobs:
+        stored = await stores.jobs.get(job.id)
+        assert stored is not None
+        assert (stored.state, stored.last_error_code) == ("cancelled", "mailbox_disconnected")
+
+
+async def test_client_cancel_only_before_running(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    queued, _ = await stores.jobs.enqueue(new_job(mailbox, subject="a"))
+    cancelled = await stores.jobs.cancel(queued.id, mailbox.account_id, actor="key")
+    assert cancelled is not None and cancelled.state == "cancelled"
+    running, _ = await stores.jobs.enqueue(new_job(mailbox, subject="b"))
+    await stores.jobs.claim("w", 1, LEASE)
+    still = await stores.jobs.cancel(running.id, mailbox.account_id, actor="key")
+    assert still is not None and still.state == "running"
+    assert await stores.jobs.cancel(running.id, "acc_other", actor="key") is None
+
+
+async def test_deadline_fails_waiting_jobs(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    job, _ = await stores.jobs.enqueue(new_job(mailbox))
+    async with stores.sessions.begin() as session:
+        await session.execute(
+            update(Job).where(Job.id == job.id).values(deadline=utcnow() - dt.timedelta(seconds=1))
+        )
+    assert await stores.jobs.fail_past_deadline() == 1
+    stored = await stores.jobs.get(job.id)
+    assert stored is not None
+    assert (stored.state, stored.last_error_code) == ("failed", "deadline_exceeded")
+
+
+async def test_jobs_are_scoped_to_their_account(stores: Stores) -> None:
+    mailbox = await setup(stores)
+    job, _ = await stores.jobs.enqueue(new_job(mailbox))
+    assert await stores.jobs.get(job.id, mailbox.account_id) is not None
+    assert await stores.jobs.get(job.id, "acc_someone_else") is None
+    counts = await stores.jobs.count_by_state()
+    assert counts["queued"] == 1 and counts["sent"] == 0
