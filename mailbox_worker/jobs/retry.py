@@ -11,7 +11,7 @@ from mailbox_worker.errors import TransientError
 def backoff_delay(failures: int, settings: WorkerSettings) -> float:
     """Seconds to wait after the ``failures``-th transient failure (1-based)."""
     strategy = wait_exponential_jitter(
-        initial=settings.retry_initial, max=settings.retry_max, jitter=settings.retry_initial
+        multiplier=settings.retry_initial, max=settings.retry_max, jitter=settings.retry_initial
     )
     state = RetryCallState(retry_object=AsyncRetrying(), fn=None, args=(), kwargs={})
     state.attempt_number = max(1, failures)

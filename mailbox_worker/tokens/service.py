@@ -78,7 +78,7 @@ class AccessTokens:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((TransientError, Conflict)),
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(initial=self._initial_wait, max=10.0),
+            wait=wait_exponential_jitter(multiplier=self._initial_wait, max=10.0),
             reraise=True,
         )
         async for attempt in retrying:

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email
+from email import policy
+
+import pytest
+
+from mailbox_worker.jobs.mime import build_message, recipients
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
+
+
+def payload(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "from": {"address": "billing@contoso.example", "name": "Contoso Billing"},
+        "to": [{"address": "ap@fabrikam.example", "name": "Fabrikam, AP"}],
+        "cc": [{"address": "cfo@fabrikam.example"}],
+        "bcc": [{"address": "archive@contoso.example"}],
+        "reply_to": [{"address": "help@contoso.example"}],
+        "subject": "Invoice INV-1 — €120",
+        "text": "Please find the invoice attached.",
+        "html": "<p>Please find the invoice attached.</p>",
+        "attachments": [
+            {
+                "filename": "INV-1.pdf",
+                "content_type": "application/pdf",
+                "content_base64": base64.b64encode(PDF).decode(),
+            }
+        ],
+    }
+    base.update(overrides)
+    return base
+
+
+def parse(raw: bytes) -> email.message.EmailMessage:
+    message = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
+def test_message_carries_headers_bodies_and_the_exact_pdf() -> None:
+    raw = build_message(
+        payload(), message_id="<job_1@contoso.example>", sender="billing@contoso.example"
+    )
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+    message = parse(raw)
+    assert message["Message-ID"] == "<job_1@contoso.example>"
+    assert message["From"] == "Contoso Billing <billing@contoso.example>"
+    assert message["To"] == '"Fabrikam, AP" <ap@fabrikam.example>'
+    assert message["Bcc"] == "archive@contoso.example"
+    assert message["Subject"] == "Invoice INV-1 — €120"
+    body = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert body is not None and "attached" in body.get_content()
+    assert html is not None and "<p>" in html.get_content()
+    [attachment] = list(message.iter_attachments())
+    assert attachment.get_filename() == "INV-1.pdf"
+    assert attachment.get_content() == PDF
+
+
+def test_same_job_same_message_id_whatever_the_date() -> None:
+    first = build_message(
+        payload(),
+        message_id="<j@x>",
+        sender="billing@contoso.example",
+        date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+    second = build_message(
+        payload(),
+        message_id="<j@x>",
+        sender="billing@contoso.example",
+        date=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+    )
+    assert parse(first)["Message-ID"] == parse(second)["Message-ID"]
+
+
+def test_html_only_and_text_only() -> None:
+    html_only = parse(
+        build_message(payload(text=None, attachments=[]), message_id="<a@b>", sender="b@c.d")
+    )
+    assert html_only.get_content_type() == "text/html"
+    text_only = parse(
+        build_message(payload(html=None, attachments=[]), message_id="<a@b>", sender="b@c.d")
+    )
+    assert text_only.get_content_type() == "text/plain"
+
+
+def test_a_body_is_required() -> None:
+    with pytest.raises(ValueError, match="body"):
+        build_message(payload(text=None, html=None), message_id="<a@b>", sender="b@c.d")
+
+
+def test_bad_base64_is_refused() -> None:
+    bad = [{"filename": "a.pdf", "content_type": "application/pdf", "content_base64": "***"}]
+    with pytest.raises(ValueError):
+        build_message(payload(attachments=bad), message_id="<a@b>", sender="b@c.d")
+
+
+def test_header_injection_is_impossible() -> None:
+    with pytest.raises(ValueError):
+        build_message(
+            payload(subject="x\r\nBcc: evil@example.com"), message_id="<a@b>", sender="b@c.d"
+        )
+
+
+def test_recipients_cover_to_cc_bcc() -> None:
+    assert recipients(payload()) == [
+        "ap@fabrikam.example",
+        "cfo@fabrikam.example",
+        "archive@contoso.example",
+    ]
