@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Protocol
 
 from mailbox_worker.config import WorkerSettings
 from mailbox_worker.db.accounts import utcnow
@@ -49,11 +50,18 @@ from mailbox_worker.jobs.queue import (
 from mailbox_worker.jobs.retry import retry_delay
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
-from mailbox_worker.tokens.service import AccessTokens
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 5.0
+
+
+class AccessTokenSource(Protocol):
+    """Where the worker gets access tokens (``tokens.service.AccessTokens``)."""
+
+    async def get(self, mailbox: Mailbox, *, force_refresh: bool = False) -> str: ...
+
+    def forget(self, mailbox_id: str) -> None: ...
 
 
 def worker_name() -> str:
@@ -65,7 +73,7 @@ class Worker:
         self,
         jobs: JobStore,
         mailboxes: MailboxStore,
-        tokens: AccessTokens,
+        tokens: AccessTokenSource,
         providers: Mapping[str, MailProvider],
         settings: WorkerSettings,
         metrics: Metrics,

@@ -1,0 +1,242 @@
+"""The worker loop against the real queue (both databases) with a recording provider.
+
+The provider and the token source here are fakes that record what they were asked and
+answer what each test scripts; the queue, the database and the MIME building are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from mailbox_worker.config import WorkerSettings
+from mailbox_worker.db.mailboxes import CONNECTED
+from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.errors import (
+    AccessTokenRejected,
+    OutcomeUnknown,
+    PermanentError,
+    ReauthRequired,
+    Throttled,
+    TransientError,
+)
+from mailbox_worker.jobs.queue import TERMINAL, NewJob
+from mailbox_worker.jobs.worker import Worker
+from mailbox_worker.metrics import Metrics
+from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
+
+from .conftest import Stores
+
+FAST = WorkerSettings(
+    poll_interval=0.02, retry_initial=0.01, retry_max=0.05, max_attempts=3, lease_seconds=30
+)
+Script = deque[Exception | Callable[[], None]]
+
+
+@dataclass
+class RecordingProvider:
+    """Answers each call from ``script`` (an exception to raise), else accepts."""
+
+    name: str = "microsoft"
+    script: Script = field(default_factory=deque)
+    calls: list[tuple[str, str, OutgoingMessage]] = field(default_factory=list)
+    delay: float = 0.0
+
+    def max_message_bytes(self, mode: DeliveryMode) -> int:
+        return 3_000_000
+
+    async def _call(self, operation: str, token: str, message: OutgoingMessage) -> None:
+        self.calls.append((operation, token, message))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.script:
+            step = self.script.popleft()
+            if isinstance(step, Exception):
+                raise step
+            step()
+
+    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+        await self._call("send", access_token, message)
+        return DeliveryReceipt(state="sent")
+
+    async def create_draft(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+        await self._call("draft", access_token, message)
+        return DeliveryReceipt(
+            state="drafted", provider_message_id="AAMk-draft-1", web_link="https://x"
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class RecordingTokens:
+    script: Script = field(default_factory=deque)
+    issued: int = 0
+    forgotten: list[str] = field(default_factory=list)
+
+    async def get(self, mailbox: Mailbox, *, force_refresh: bool = False) -> str:
+        if self.script:
+            step = self.script.popleft()
+            if isinstance(step, Exception):
+                raise step
+        self.issued += 1
+        return f"token-{self.issued}"
+
+    def forget(self, mailbox_id: str) -> None:
+        self.forgotten.append(mailbox_id)
+
+
+@dataclass
+class Harness:
+    stores: Stores
+    provider: RecordingProvider
+    tokens: RecordingTokens
+    worker: Worker
+    mailbox: Mailbox
+    stop: asyncio.Event
+
+    async def enqueue(self, mode: str = "send", subject: str = "Invoice") -> Job:
+        payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": subject, "text": "hi"}
+        job, _ = await self.stores.jobs.enqueue(
+            NewJob(
+                self.mailbox.account_id, self.mailbox.id, mode, payload, subject, "contoso.example"
+            )
+        )
+        self.worker.wake()
+        return job
+
+    async def settled(self, job: Job, states: frozenset[str] = TERMINAL) -> Job:
+        async with asyncio.timeout(20):  # a hang guard, not a performance assertion
+            while True:
+                current = await self.stores.jobs.get(job.id)
+                assert current is not None
+                if current.state in states:
+                    return current
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def harness(stores: Stores) -> AsyncIterator[Harness]:
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    provider, tokens = RecordingProvider(), RecordingTokens()
+    metrics = Metrics.create(CollectorRegistry())
+    worker = Worker(
+        stores.jobs, stores.mailboxes, tokens, {"microsoft": provider}, FAST, metrics, "w1"
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    yield Harness(stores, provider, tokens, worker, mailbox, stop)
+    stop.set()
+    await running
+
+
+async def test_send_and_draft(harness: Harness) -> None:
+    sent = await harness.settled(await harness.enqueue("send"))
+    drafted = await harness.settled(await harness.enqueue("draft"))
+    assert (sent.state, sent.attempts) == ("sent", 1)
+    assert (drafted.state, drafted.provider_message_id) == ("drafted", "AAMk-draft-1")
+    operation, token, message = harness.provider.calls[0]
+    assert (operation, token) == ("send", "token-1")
+    assert email.message_from_bytes(message.mime)["Message-ID"] == sent.message_id
+
+
+async def test_throttling_defers_without_counting_as_failure(harness: Harness) -> None:
+    harness.provider.script.extend([Throttled("429", retry_after=0.05)] * 4)
+    job = await harness.settled(await harness.enqueue())
+    assert (job.state, job.transient_failures, job.attempts) == ("sent", 0, 5)
+    codes = [event.code for event in await harness.stores.jobs.events(job.id)]
+    assert codes.count("throttled") == 4
+
+
+async def test_transient_errors_retry_then_give_up(harness: Harness) -> None:
+    harness.provider.script.extend([TransientError("503", code="network")] * 3)
+    job = await harness.settled(await harness.enqueue())
+    assert (job.state, job.last_error_code, job.attempts) == ("failed", "retries_exhausted", 3)
+
+
+async def test_a_transient_error_then_success(harness: Harness) -> None:
+    harness.provider.script.append(TransientError("reset before sending", code="network"))
+    job = await harness.settled(await harness.enqueue())
+    assert (job.state, job.transient_failures, job.attempts) == ("sent", 1, 2)
+
+
+async def test_permanent_error_fails_at_once(harness: Harness) -> None:
+    harness.provider.script.append(PermanentError("bad rcpt", code="invalid_recipients"))
+    job = await harness.settled(await harness.enqueue())
+    assert (job.state, job.last_error_code, job.attempts) == ("failed", "invalid_recipients", 1)
+
+
+async def test_unknown_outcome_is_never_retried(harness: Harness) -> None:
+    harness.provider.script.append(OutcomeUnknown("timeout after sending", code="timeout"))
+    job = await harness.settled(await harness.enqueue())
+    assert (job.state, job.last_error_code) == ("unknown", "timeout")
+    await asyncio.sleep(0.1)
+    assert len(harness.provider.calls) == 1
+
+
+async def test_an_unexpected_error_in_flight_is_unknown_not_retried(harness: Harness) -> None:
+    harness.provider.script.append(RuntimeError("bug"))
+    job = await harness.settled(await harness.enqueue())
+    assert (job.state, job.last_error_code) == ("unknown", "internal_error")
+
+
+async def test_rejected_access_token_is_dropped_and_the_job_retried(harness: Harness) -> None:
+    harness.provider.script.append(AccessTokenRejected("401"))
+    job = await harness.settled(await harness.enqueue())
+    assert job.state == "sent"
+    assert harness.tokens.forgotten == [harness.mailbox.id]
+    assert [token for _, token, _ in harness.provider.calls] == ["token-1", "token-2"]
+
+
+async def test_lost_grant_holds_the_mailbox_jobs_until_reconnect(harness: Harness) -> None:
+    harness.tokens.script.append(ReauthRequired("AADSTS50173", code="invalid_grant"))
+    job = await harness.settled(await harness.enqueue(), frozenset({"held"}))
+    mailbox = await harness.stores.mailboxes.get(harness.mailbox.id)
+    assert mailbox is not None
+    assert (mailbox.state, mailbox.state_reason) == ("reauth_required", "invalid_grant")
+    later = await harness.enqueue(subject="enqueued while broken")
+    await asyncio.sleep(0.1)
+    assert (await harness.stores.jobs.get(later.id)).state == "queued"  # type: ignore[union-attr]
+    assert harness.provider.calls == []
+    await harness.stores.mailboxes.mark_connected(mailbox.id, "billing@contoso.example", [])
+    assert await harness.stores.jobs.release_held(mailbox.id) == 1
+    harness.worker.wake()
+    assert (await harness.settled(job)).state == "sent"
+    assert (await harness.settled(later)).state == "sent"
+    assert (await harness.stores.mailboxes.get(mailbox.id)).state == CONNECTED  # type: ignore[union-attr]
+
+
+async def test_stop_lets_in_flight_jobs_finish(stores: Stores) -> None:
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    provider = RecordingProvider(delay=0.3)
+    worker = Worker(
+        stores.jobs,
+        stores.mailboxes,
+        RecordingTokens(),
+        {"microsoft": provider},
+        FAST,
+        Metrics.create(CollectorRegistry()),
+        "w-stop",
+    )
+    payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"}
+    job, _ = await stores.jobs.enqueue(
+        NewJob(account.id, mailbox.id, "send", payload, "h", "c.example")
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    async with asyncio.timeout(10):
+        while not provider.calls:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    finished = await stores.jobs.get(job.id)
+    assert finished is not None and finished.state == "sent"
