@@ -94,12 +94,12 @@ def test_a_body_is_required() -> None:
 
 def test_bad_base64_is_refused() -> None:
     bad = [{"filename": "a.pdf", "content_type": "application/pdf", "content_base64": "***"}]
-    with pytest.raises(ValueError, match="base64|Incorrect|Invalid"):
+    with pytest.raises(ValueError, match=r"base64|Incorrect|Invalid"):
         build_message(payload(attachments=bad), message_id="<a@b>", sender="b@c.d")
 
 
 def test_header_injection_is_impossible() -> None:
-    with pytest.raises(ValueError, match="linefeed|carriage"):
+    with pytest.raises(ValueError, match=r"linefeed|carriage"):
         build_message(
             payload(subject="x\r\nBcc: evil@example.com"), message_id="<a@b>", sender="b@c.d"
         )
