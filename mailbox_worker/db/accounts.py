@@ -83,7 +83,7 @@ class AccountStore:
     async def create_api_key(
         self, account_id: str, name: str, permissions: frozenset[str]
     ) -> IssuedKey:
-        """Issue a key with ``permissions`` (subset of ``PERMISSIONS``); the secret is shown once."""
+        """Issue a key with ``permissions`` (from ``PERMISSIONS``); its secret is shown once."""
         unknown = permissions - PERMISSIONS
         if unknown:
             raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))}")
