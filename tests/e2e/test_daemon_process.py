@@ -1,0 +1,222 @@
+"""The daemon as a real process: CLI set-up, `serve`, the full path through the sandbox, SIGTERM.
+
+The sandbox runs inside the test (so the test can read what it issued); the daemon runs as
+`mailbox-worker serve` in a subprocess configured only through MAILBOX_WORKER_* variables.
+After the run, every token the sandbox issued is searched for in the database files, the
+daemon's logs and every API answer: none may appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mailbox_worker.demo import play_admin_consent
+from mailbox_worker.invoice_pdf import invoice_pdf
+from mailbox_worker.sandbox import Sandbox
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-m", "mailbox_worker.cli"]
+ADDRESS = "billing@contoso.example"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    base_url: str
+    environment: dict[str, str]
+    log_path: Path
+    database: Path
+    process: subprocess.Popen[bytes] | None = None
+    answers: list[bytes] = field(default_factory=list)
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [*CLI, *args], env=self.environment, capture_output=True, check=True, timeout=60
+        )
+        with self.log_path.open("ab") as log:
+            log.write(done.stderr)
+        return done.stdout.decode().strip()
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    simulator = Sandbox(tmp_path / "sandbox")
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, sandbox: Sandbox) -> Daemon:
+    port = free_port()
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("MAILBOX_WORKER_")
+    }
+    database = tmp_path / "daemon.db"
+    environment.update(
+        {
+            "MAILBOX_WORKER_DATABASE__URL": f"sqlite+aiosqlite:///{database}",
+            "MAILBOX_WORKER_SERVER__PORT": str(port),
+            "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "MAILBOX_WORKER_WORKER__POLL_INTERVAL": "0.1",
+            "MAILBOX_WORKER_KEYS__SOURCE": "file",
+            "MAILBOX_WORKER_KEYS__FILE": str(tmp_path / "keys.json"),
+            "MAILBOX_WORKER_KEYS__CREATE_IF_MISSING": "true",
+            "MAILBOX_WORKER_MICROSOFT__CLIENT_ID": "sandbox-client",
+            "MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET": "sandbox-secret",
+            "MAILBOX_WORKER_MICROSOFT__AUTHORITY": sandbox.authority_url(),
+            "MAILBOX_WORKER_MICROSOFT__GRAPH_URL": sandbox.graph_url,
+            "MAILBOX_WORKER_MICROSOFT__CA_FILE": str(sandbox.ca_path),
+            "MAILBOX_WORKER_LOGGING__LEVEL": "DEBUG",
+        }
+    )
+    return Daemon(f"http://127.0.0.1:{port}", environment, tmp_path / "daemon.log", database)
+
+
+async def start(daemon: Daemon) -> None:
+    log = daemon.log_path.open("ab")
+    daemon.process = subprocess.Popen(
+        [*CLI, "serve"], env=daemon.environment, stdout=log, stderr=log
+    )
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    async with http.get(f"{daemon.base_url}/readyz") as answer:
+                        if answer.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert daemon.process.poll() is None, daemon.log_path.read_text()
+                await asyncio.sleep(0.1)
+
+
+async def call(
+    http: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, **kwargs: Any
+) -> tuple[int, Any]:
+    async with http.request(method, daemon.base_url + path, **kwargs) as answer:
+        body = await answer.read()
+        daemon.answers.append(body)
+        return answer.status, (await answer.json() if body else None)
+
+
+def issued_secrets(sandbox: Sandbox) -> set[str]:
+    """Every access token, refresh token and authorization code the sandbox handed out."""
+    return {secret for secret in sandbox.state.issued_secrets() if len(secret) >= 16}
+
+
+async def test_an_invoice_travels_from_the_api_to_the_mailbox(
+    daemon: Daemon, sandbox: Sandbox
+) -> None:
+    account = daemon.cli("accounts", "create", "Contoso Ltd")
+    api_key = daemon.cli("keys", "create", "--account", account)
+    await start(daemon)
+    assert daemon.process is not None
+    headers = {"Authorization": f"Bearer {api_key}"}
+    sandbox_ssl = ssl.create_default_context(cafile=str(sandbox.ca_path))
+    pdf = invoice_pdf(["Invoice INV-7", "Amount 99.00 EUR"])
+    try:
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            aiohttp.ClientSession() as browser,
+        ):
+            status, created = await call(
+                http,
+                daemon,
+                "POST",
+                "/v1/mailboxes",
+                json={
+                    "provider": "microsoft",
+                    "capabilities": ["send", "draft"],
+                    "login_hint": ADDRESS,
+                },
+            )
+            assert status == 201, created
+            await play_admin_consent(browser, created["authorization_url"], ADDRESS, sandbox_ssl)
+            mailbox_id = created["mailbox"]["id"]
+            status, mailbox = await call(http, daemon, "GET", f"/v1/mailboxes/{mailbox_id}")
+            assert (mailbox["state"], mailbox["address"]) == ("connected", ADDRESS)
+
+            jobs = []
+            for number, mode in enumerate(["send", "draft", "send"]):
+                body = {
+                    "mailbox_id": mailbox_id,
+                    "mode": mode,
+                    "message": {
+                        "to": [{"address": "ap@fabrikam.example"}],
+                        "subject": f"Invoice INV-{number}",
+                        "text": "Attached.",
+                        "attachments": [
+                            {
+                                "filename": "INV.pdf",
+                                "content_type": "application/pdf",
+                                "content_base64": base64.b64encode(pdf).decode(),
+                            }
+                        ],
+                    },
+                }
+                key = {"Idempotency-Key": f"inv-{number}"}
+                status, job = await call(http, daemon, "POST", "/v1/jobs", json=body, headers=key)
+                assert status == 202, job
+                status, again = await call(http, daemon, "POST", "/v1/jobs", json=body, headers=key)
+                assert (status, again["id"]) == (200, job["id"])
+                jobs.append(job)
+
+            async with asyncio.timeout(60):
+                while True:
+                    states = [
+                        (await call(http, daemon, "GET", f"/v1/jobs/{j['id']}"))[1] for j in jobs
+                    ]
+                    if all(s["state"] in {"sent", "drafted", "failed", "unknown"} for s in states):
+                        break
+                    await asyncio.sleep(0.1)
+            assert [s["state"] for s in states] == ["sent", "drafted", "sent"]
+
+            async with browser.get(
+                f"{sandbox.base_url}/_sandbox/messages", ssl=sandbox_ssl
+            ) as answer:
+                held = (await answer.json())["messages"]
+            assert sorted(m["internet_message_id"] for m in held) == sorted(
+                j["message_id"] for j in jobs
+            )
+            for message in held:
+                url = f"{sandbox.base_url}/_sandbox/messages/{message['id']}/attachments/0"
+                async with browser.get(url, ssl=sandbox_ssl) as answer:
+                    assert await answer.read() == pdf
+    finally:
+        daemon.process.send_signal(signal.SIGTERM)
+        exit_code = daemon.process.wait(timeout=60)
+    assert exit_code == 0, daemon.log_path.read_text()[-3000:]
+
+    secrets = issued_secrets(sandbox)
+    assert secrets, "the sandbox issued no token: the test would prove nothing"
+    stored = b"".join(
+        path.read_bytes() for path in daemon.database.parent.glob(daemon.database.name + "*")
+    )
+    logs = daemon.log_path.read_bytes()
+    answers = b"".join(daemon.answers)
+    assert len(logs) > 1000  # DEBUG logs were written, so the search below means something
+    for secret in secrets:
+        for where, haystack in (("database", stored), ("logs", logs), ("API answers", answers)):
+            assert secret.encode() not in haystack, f"a token leaked into the {where}"
+    assert api_key.encode() not in stored + logs + answers
