@@ -27,6 +27,7 @@ from mailbox_worker.config import Settings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.errors import ConfigError
 from mailbox_worker.jobs.intake import JobIntake
@@ -94,7 +95,7 @@ class App:
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys)
         microsoft = MicrosoftIdentity(settings.microsoft) if settings.microsoft.client_id else None
-        tokens = AccessTokens(vault, microsoft, metrics)
+        tokens = AccessTokens(vault, microsoft, metrics, DatabaseLocks(engine))
         providers: dict[str, MailProvider] = {
             "microsoft": GraphProvider(
                 settings.microsoft.graph_url,

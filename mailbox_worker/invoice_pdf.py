@@ -5,9 +5,7 @@ from __future__ import annotations
 
 def invoice_pdf(lines: list[str]) -> bytes:
     """A PDF 1.4 document showing ``lines`` in Helvetica; byte-for-byte deterministic."""
-    escaped = [
-        line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines
-    ]
+    escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines]
     text = ["BT", "/F1 14 Tf", "72 760 Td", "18 TL"]
     text += [f"({line}) Tj T*" for line in escaped]
     text.append("ET")

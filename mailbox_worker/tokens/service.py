@@ -1,9 +1,11 @@
 """Fresh access tokens for mailboxes: cached in memory, refreshed once at a time, persisted.
 
 ``AccessTokens.get`` answers from memory while a token has more than ``REFRESH_MARGIN`` left,
-otherwise it refreshes under the mailbox's lock (one refresh per mailbox at a time in this
-process), re-reading the vault first so a refresh done meanwhile is reused, and stores
-msal's rotated cache before answering. Transient identity failures are retried with
+otherwise it refreshes under the mailbox's lock: an asyncio lock (one refresh per mailbox in
+this process) and a database lock (one across processes on PostgreSQL). Inside the lock it
+reads the vault, so a refresh another process just stored is reused (msal answers from the
+stored cache without calling the token endpoint), and it stores msal's rotated cache before
+answering. Transient identity failures are retried with
 exponential backoff; they never mark a mailbox broken. A dead grant raises ``ReauthRequired``.
 """
 
@@ -21,6 +23,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import AccessTokenRejected, Conflict, ReauthRequired, TransientError
 from mailbox_worker.metrics import Metrics
@@ -39,6 +42,7 @@ class AccessTokens:
         vault: TokenVault,
         microsoft: MicrosoftIdentity | None,
         metrics: Metrics,
+        locks: DatabaseLocks,
         *,
         attempts: int = 4,
         initial_wait: float = 0.5,
@@ -46,6 +50,7 @@ class AccessTokens:
         self._vault = vault
         self._microsoft = microsoft
         self._metrics = metrics
+        self._database_locks = locks
         self._cache: dict[str, AccessToken] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._attempts = attempts
@@ -83,7 +88,8 @@ class AccessTokens:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._refresh_once(mailbox, force)
+                async with self._database_locks.hold(f"token-refresh:{mailbox.id}"):
+                    return await self._refresh_once(mailbox, force)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _refresh_once(self, mailbox: Mailbox, force: bool) -> AccessToken:
