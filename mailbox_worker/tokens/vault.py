@@ -117,9 +117,18 @@ class TokenVault:
         another writer stored a newer record meanwhile, raises ``Conflict`` and stores nothing.
         """
         sealed = await self.seal(mailbox_id, TOKENS, plaintext)
-        kek_id = await self._kek_id(mailbox_id)
         now = utcnow()
         async with self._sessions.begin() as session:
+            # Lock the data key row as key rotation does, so the record's key id is current.
+            kek_id = await session.scalar(
+                select(MailboxKey.kek_id)
+                .where(MailboxKey.mailbox_id == mailbox_id)
+                .with_for_update()
+            )
+            if kek_id is None:
+                raise KeyUnavailable(
+                    f"mailbox {mailbox_id} has no data key", code="data_key_missing"
+                )
             if expected_version is None:
                 if await session.get(TokenRecord, mailbox_id) is not None:
                     raise Conflict("token record changed concurrently", code="token_conflict")
@@ -152,15 +161,6 @@ class TokenVault:
         async with self._sessions.begin() as session:
             await session.execute(delete(TokenRecord).where(TokenRecord.mailbox_id == mailbox_id))
         return await self.store_tokens(mailbox_id, plaintext, expected_version=None)
-
-    async def _kek_id(self, mailbox_id: str) -> str:
-        async with self._sessions() as session:
-            kek_id = await session.scalar(
-                select(MailboxKey.kek_id).where(MailboxKey.mailbox_id == mailbox_id)
-            )
-        if kek_id is None:
-            raise KeyUnavailable(f"mailbox {mailbox_id} has no data key", code="data_key_missing")
-        return kek_id
 
     async def erase(self, mailbox_id: str) -> None:
         """Delete the mailbox's tokens, pending authorizations and data key. Idempotent."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,41 @@ async def test_a_missing_key_fails_closed(stores: Stores, tmp_path: Path) -> Non
     with pytest.raises(KeyUnavailable) as caught:
         await TokenVault(stores.sessions, stranger).load_tokens(mailbox_id)
     assert "very-secret" not in str(caught.value)
+
+
+async def test_rotation_under_concurrent_token_writes_leaves_nothing_under_the_old_key(
+    stores: Stores, tmp_path: Path
+) -> None:
+    keys = FileKeySource(tmp_path / "keys.json", create_if_missing=True)
+    vault = TokenVault(stores.sessions, keys)
+    account = await stores.accounts.create_account("load")
+    mailboxes = [(await stores.connected_mailbox(account.id)).id for _ in range(8)]
+    versions = {}
+    for mailbox_id in mailboxes:
+        versions[mailbox_id] = await vault.store_tokens(mailbox_id, b"v1", expected_version=None)
+    old = keys.active_key().key_id
+
+    async def writer(mailbox_id: str) -> None:
+        for round_number in range(5):
+            versions[mailbox_id] = await vault.store_tokens(
+                mailbox_id, f"v{round_number}".encode(), expected_version=versions[mailbox_id]
+            )
+            await asyncio.sleep(0)
+
+    async def rotate() -> None:
+        await asyncio.sleep(0.01)
+        keys.add_key()
+        await vault.rewrap_all()
+
+    await asyncio.gather(*(writer(m) for m in mailboxes), rotate())
+    await vault.rewrap_all()  # catches data keys created after the first pass, if any
+    new = keys.active_key().key_id
+    assert await vault.key_usage() == {new: len(mailboxes)}
+    async with stores.sessions() as session:
+        assert {r.kek_id for r in (await session.scalars(select(TokenRecord))).all()} == {new}
+    keys.retire(old)
+    fresh = TokenVault(stores.sessions, FileKeySource(tmp_path / "keys.json"))
+    for mailbox_id in mailboxes:
+        loaded = await fresh.load_tokens(mailbox_id)
+        assert loaded is not None
+        assert loaded.plaintext == b"v4"
