@@ -1,0 +1,136 @@
+"""Every failure becomes JSON ``{"error": {"code", "message", "details"?}}``.
+
+``error_middleware`` is the only place that turns exceptions into answers:
+
+- ``RequestError`` (ours, from ``mailbox_worker.errors`` or below) → its ``status`` and ``code``;
+- aiohttp's ``HTTPException`` (unknown route, wrong method, body too large) → a stable code;
+- anything else → ``500 internal_error`` with a generic message. The traceback goes to the
+  server log only, and without the exception's message unless it is one of ours: foreign
+  messages (a database driver's, say) may quote request data.
+
+Messages never contain a secret (API key, token) nor request content: ours are written so by
+contract (``mailbox_worker.errors``), and validation details name fields, never values.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping, Sequence
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from mailbox_worker.errors import InvalidRequest, MailboxWorkerError, RequestError
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES: Mapping[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+HTTP_MESSAGES: Mapping[int, str] = {
+    400: "the request could not be read",
+    404: "no such resource",
+    413: "the request body is too large",
+    415: "unsupported media type",
+}
+# Headers of aiohttp's own exceptions worth keeping (405 must say what is allowed).
+KEPT_HEADERS = ("Allow",)
+
+
+class ValidationFailed(InvalidRequest):
+    """The body does not match the document; ``details`` name each field and its problem."""
+
+    def __init__(
+        self, message: str, details: Sequence[Mapping[str, str]], *, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.details = [dict(detail) for detail in details]
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: Sequence[Mapping[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """The JSON answer for a failure."""
+    error: dict[str, object] = {"code": code, "message": message}
+    if details:
+        error["details"] = [dict(detail) for detail in details]
+    response = web.json_response({"error": error}, status=status, headers=headers)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as error:
+        return error_response(
+            error.status, error.code, error.message, details=getattr(error, "details", None)
+        )
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise  # a redirect raised by aiohttp itself: not a failure
+        return _http_error(request, error)
+    except Exception as error:
+        log.error(
+            "unhandled %s in %s %s\n%s",
+            type(error).__name__,
+            request.method,
+            route_template(request),
+            redacted_traceback(error),
+        )
+        return error_response(500, "internal_error", "internal error; it was logged")
+
+
+def _http_error(request: web.Request, error: web.HTTPException) -> web.Response:
+    status = error.status
+    code = HTTP_CODES.get(status, f"http_{status}")
+    if status == 405:
+        allowed = error.headers.get("Allow", "")
+        message = f"{request.method} is not allowed here; allowed: {allowed or 'none'}"
+    elif status == 413:
+        max_size = request.app._client_max_size  # noqa: SLF001 - aiohttp exposes no getter
+        message = f"the request body exceeds {max_size} bytes"
+    else:
+        message = HTTP_MESSAGES.get(status, error.reason.lower())
+    headers = {name: error.headers[name] for name in KEPT_HEADERS if name in error.headers}
+    return error_response(status, code, message, headers=headers)
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template (``/v1/jobs/{job_id}``), never the raw path or query."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def redacted_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` and its causes; foreign exceptions' messages are left out."""
+    lines: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        if isinstance(current, MailboxWorkerError):
+            summary = f"{type(current).__qualname__}: {current}"
+        else:
+            summary = f"{type(current).__module__}.{type(current).__qualname__} (message withheld)"
+        lines.insert(0, f"{frames}{summary}")
+        current = current.__cause__ or current.__context__
+    return "\n-- which caused --\n".join(lines)

@@ -1,0 +1,269 @@
+"""Connecting a Microsoft mailbox through the sandbox with the real msal, on both databases.
+
+The admin's browser is played with aiohttp on the sandbox's consent page; the daemon side is
+the real MailboxService, vault and AccessTokens (no HTTP server needed: the callback's query
+is handed to ``complete`` as the API would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select, update
+
+from mailbox_worker.app import App
+from mailbox_worker.config import DatabaseSettings
+from mailbox_worker.db.accounts import Principal, utcnow
+from mailbox_worker.db.models import OAuthState, TokenRecord
+from mailbox_worker.demo import _FormParser, demo_settings
+from mailbox_worker.errors import ReauthRequired
+from mailbox_worker.sandbox import Sandbox
+
+ADDRESS = "billing@contoso.example"
+OTHER = "accounts@contoso.example"
+
+
+@dataclasses.dataclass
+class World:
+    app: App
+    sandbox: Sandbox
+    principal: Principal
+    ssl: ssl.SSLContext
+
+    async def consent(
+        self, url: str, *, login: str = ADDRESS, action: str = "accept", untick: str | None = None
+    ) -> dict[str, str]:
+        """Play the admin on the consent page; the query the provider redirects back with."""
+        async with aiohttp.ClientSession() as browser:
+            async with browser.get(url, ssl=self.ssl) as page:
+                assert page.status == 200
+                parser = _FormParser()
+                parser.feed(await page.text())
+            fields = [
+                (name, login if name == "login" else value)
+                for name, value in parser.fields
+                if not (untick and value.endswith(untick))
+            ]
+            fields.append(("action", action))
+            target = urljoin(url, parser.action or "")
+            async with browser.post(
+                target, data=fields, ssl=self.ssl, allow_redirects=False
+            ) as answer:
+                assert answer.status in (302, 303), await answer.text()
+                location = answer.headers["Location"]
+        return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
+
+    async def counters(self) -> dict[str, int]:
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{self.sandbox.base_url}/_sandbox/counters", ssl=self.ssl
+        ) as answer:
+            counters: dict[str, int] = (await answer.json())["counters"]
+        return counters
+
+    async def token_records(self) -> int:
+        async with self.app.sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(TokenRecord)) or 0)
+
+
+@pytest.fixture
+async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    sandbox = Sandbox(tmp_path / "sandbox")
+    await sandbox.start()
+    settings = demo_settings(tmp_path, sandbox, 8080)
+    settings = dataclasses.replace(settings, database=DatabaseSettings(url=database_url))
+    app = App.build(settings)
+    await app.migrate()
+    account = await app.accounts.create_account("acme")
+    principal = Principal(account.id, "test-key", frozenset({"mailboxes:write"}))
+    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
+    try:
+        yield World(app, sandbox, principal, context)
+    finally:
+        await app.close()
+        await sandbox.stop()
+
+
+def requested_scopes(authorization_url: str) -> set[str]:
+    return set(parse_qs(urlsplit(authorization_url).query)["scope"][0].split())
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "api_scopes"),
+    [
+        (["send"], {"https://graph.microsoft.com/Mail.Send"}),
+        (
+            ["send", "draft"],
+            {"https://graph.microsoft.com/Mail.Send", "https://graph.microsoft.com/Mail.ReadWrite"},
+        ),
+    ],
+)
+async def test_connect_asks_exactly_the_minimal_scopes(
+    world: World, capabilities: list[str], api_scopes: set[str]
+) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", capabilities, None, ADDRESS
+    )
+    assert requested_scopes(start.authorization_url) == api_scopes | {
+        "openid",
+        "profile",
+        "offline_access",
+    }
+    result = await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    assert result.outcome == "connected", result.message
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert (mailbox.state, mailbox.address) == ("connected", ADDRESS)
+    assert await world.token_records() == 1
+    actions = [
+        event.action for event in await world.app.accounts.audit_events(world.principal.account_id)
+    ]
+    assert "mailbox.connected" in actions
+
+
+async def test_denied_consent_stores_nothing(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], "https://app.example/done", ADDRESS
+    )
+    result = await world.app.mailbox_service.complete(
+        await world.consent(start.authorization_url, action="cancel")
+    )
+    assert result.outcome == "access_denied"
+    assert result.redirect_url is not None
+    assert "outcome=access_denied" in result.redirect_url
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert (mailbox.state, mailbox.state_reason) == ("pending_consent", "access_denied")
+    assert await world.token_records() == 0
+
+
+async def test_a_grant_missing_a_scope_is_refused(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send", "draft"], None, ADDRESS
+    )
+    query = await world.consent(start.authorization_url, untick="Mail.ReadWrite")
+    result = await world.app.mailbox_service.complete(query)
+    assert result.outcome == "scope_missing"
+    assert "Mail.ReadWrite" in result.message
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert (mailbox.state, mailbox.state_reason) == ("pending_consent", "scope_missing")
+    assert await world.token_records() == 0
+
+
+async def test_state_is_single_use_and_expires(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], None, ADDRESS
+    )
+    query = await world.consent(start.authorization_url)
+    assert (await world.app.mailbox_service.complete(query)).outcome == "connected"
+    replay = await world.app.mailbox_service.complete(query)
+    assert replay.outcome == "state_invalid"
+    assert (await world.app.mailbox_service.complete({"code": "x"})).outcome == "state_invalid"
+
+    again = await world.app.mailbox_service.reconnect(world.principal, start.mailbox.id, None)
+    async with world.app.sessions.begin() as session:
+        await session.execute(update(OAuthState).values(expires_at=utcnow()))
+    late = await world.app.mailbox_service.complete(await world.consent(again.authorization_url))
+    assert late.outcome == "state_expired"
+
+
+async def test_reconnecting_as_another_mailbox_is_refused(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], None, ADDRESS
+    )
+    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    again = await world.app.mailbox_service.reconnect(world.principal, start.mailbox.id, None)
+    result = await world.app.mailbox_service.complete(
+        await world.consent(again.authorization_url, login=OTHER)
+    )
+    assert result.outcome == "address_mismatch"
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert mailbox.address == ADDRESS
+
+
+async def expire_cached_access_token(world: World, mailbox_id: str) -> None:
+    """Make the stored msal cache say its access token expired (as time passing would)."""
+    stored = await world.app.vault.load_tokens(mailbox_id)
+    assert stored is not None
+    cache: dict[str, Any] = json.loads(stored.plaintext)
+    for entry in cache.get("AccessToken", {}).values():
+        entry["expires_on"] = entry["extended_expires_on"] = "1"
+    await world.app.vault.store_tokens(
+        mailbox_id, json.dumps(cache).encode(), expected_version=stored.version
+    )
+    world.app.tokens.forget(mailbox_id)
+
+
+async def test_fifty_concurrent_requests_for_an_expired_token_refresh_once(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], None, ADDRESS
+    )
+    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    before = (await world.counters()).get("identity.token.refresh_token", 0)
+    first = await world.app.tokens.get(mailbox)
+    assert (await world.counters()).get("identity.token.refresh_token", 0) == before  # still valid
+
+    stored_before = await world.app.vault.load_tokens(mailbox.id)
+    await expire_cached_access_token(world, mailbox.id)
+    tokens = await asyncio.gather(*(world.app.tokens.get(mailbox) for _ in range(50)))
+    assert len(set(tokens)) == 1
+    assert tokens[0] != first
+    assert (await world.counters())["identity.token.refresh_token"] == before + 1
+    stored_after = await world.app.vault.load_tokens(mailbox.id)
+    assert stored_before is not None
+    assert stored_after is not None
+    assert stored_after.version == stored_before.version + 2  # our expiry edit, then the rotation
+    old_rt = {e["secret"] for e in json.loads(stored_before.plaintext)["RefreshToken"].values()}
+    new_rt = {e["secret"] for e in json.loads(stored_after.plaintext)["RefreshToken"].values()}
+    assert old_rt.isdisjoint(new_rt), "the rotated refresh token was not persisted"
+
+
+async def test_a_revoked_grant_raises_reauth_required(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], None, ADDRESS
+    )
+    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    async with aiohttp.ClientSession() as http:
+        url = f"{world.sandbox.base_url}/_sandbox/users/{ADDRESS}/scenario"
+        async with http.post(url, json={"scenario": "revoke_sessions"}, ssl=world.ssl) as answer:
+            assert answer.status < 300
+    await expire_cached_access_token(world, mailbox.id)
+    with pytest.raises(ReauthRequired) as caught:
+        await world.app.tokens.get(mailbox)
+    assert caught.value.code == "invalid_grant"
+
+
+async def test_disconnect_erases_every_token_byte(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], None, ADDRESS
+    )
+    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    stored = await world.app.vault.load_tokens(start.mailbox.id)
+    assert stored is not None
+    secrets = [
+        entry["secret"]
+        for kind in ("AccessToken", "RefreshToken", "IdToken")
+        for entry in json.loads(stored.plaintext).get(kind, {}).values()
+    ]
+    assert secrets
+    await world.app.mailbox_service.disconnect(world.principal, start.mailbox.id)
+    await world.app.mailbox_service.disconnect(world.principal, start.mailbox.id)  # idempotent
+    assert await world.token_records() == 0
+    assert await world.app.vault.key_usage() == {}
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert mailbox.state == "disconnected"
