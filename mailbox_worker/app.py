@@ -78,6 +78,7 @@ class App:
     jobs: JobStore
     vault: TokenVault
     tokens: AccessTokens
+    microsoft: MicrosoftIdentity | None
     providers: dict[str, MailProvider]
     intake: JobIntake
     mailbox_service: MailboxService
@@ -129,6 +130,7 @@ class App:
             jobs=jobs,
             vault=vault,
             tokens=tokens,
+            microsoft=microsoft,
             providers=providers,
             intake=intake,
             mailbox_service=mailbox_service,
@@ -177,6 +179,8 @@ class App:
             await runner.cleanup()
 
     async def close(self) -> None:
+        if self.microsoft is not None:
+            self.microsoft.close()
         for provider in self.providers.values():
             await provider.close()
         await self.engine.dispose()

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import re
 import socket
 import ssl
@@ -122,6 +123,7 @@ class Invoice:
 
 
 async def run_demo(*, keep: bool, invoices: int, data_dir: Path | None) -> int:
+    logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own progress
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mw-demo-")))

@@ -24,14 +24,18 @@ with an HTTP status; the API turns them into JSON ``{"error": {"code", "message"
     MailboxWorkerError
     └── RequestError                answered to the client as a 4xx
         ├── InvalidRequest          400
+        │   └── ValidationFailed    400, with ``details`` naming each field at fault
         ├── Unauthenticated         401
         ├── Forbidden               403
         ├── NotFound                404
         ├── Conflict                409
-        └── PayloadTooLarge         413
+        ├── PayloadTooLarge         413
+        └── UnsupportedMediaType    415
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 
 class MailboxWorkerError(Exception):
@@ -177,3 +181,20 @@ class Conflict(RequestError):
 class PayloadTooLarge(RequestError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    """The body is not ``application/json`` in UTF-8."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(InvalidRequest):
+    """The body does not match the document; ``details`` name each field and its problem."""
+
+    def __init__(
+        self, message: str, details: Sequence[Mapping[str, str]], *, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.details = [dict(detail) for detail in details]

@@ -19,9 +19,13 @@ import traceback
 from collections.abc import Mapping, Sequence
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
-from mailbox_worker.errors import InvalidRequest, MailboxWorkerError, RequestError
+from mailbox_worker.errors import (
+    MailboxWorkerError,
+    RequestError,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +39,10 @@ HTTP_CODES: Mapping[int, str] = {
 HTTP_MESSAGES: Mapping[int, str] = {
     400: "the request could not be read",
     404: "no such resource",
-    413: "the request body is too large",
     415: "unsupported media type",
 }
 # Headers of aiohttp's own exceptions worth keeping (405 must say what is allowed).
 KEPT_HEADERS = ("Allow",)
-
-
-class ValidationFailed(InvalidRequest):
-    """The body does not match the document; ``details`` name each field and its problem."""
-
-    def __init__(
-        self, message: str, details: Sequence[Mapping[str, str]], *, code: str | None = None
-    ) -> None:
-        super().__init__(message, code=code)
-        self.details = [dict(detail) for detail in details]
-
-
-class UnsupportedMediaType(RequestError):
-    status = 415
-    code = "unsupported_media_type"
 
 
 def error_response(
@@ -75,38 +63,43 @@ def error_response(
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except RequestError as error:
-        return error_response(
-            error.status, error.code, error.message, details=getattr(error, "details", None)
-        )
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise  # a redirect raised by aiohttp itself: not a failure
-        return _http_error(request, error)
-    except Exception as error:
-        log.error(
-            "unhandled %s in %s %s\n%s",
-            type(error).__name__,
-            request.method,
-            route_template(request),
-            redacted_traceback(error),
-        )
-        return error_response(500, "internal_error", "internal error; it was logged")
+def error_middleware(max_request_bytes: int) -> Middleware:
+    """The middleware; ``max_request_bytes`` is the body limit a 413 answer states."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as error:
+            details = error.details if isinstance(error, ValidationFailed) else None
+            return error_response(error.status, error.code, error.message, details=details)
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise  # a redirect raised by aiohttp itself: not a failure
+            return _http_error(request, error, max_request_bytes)
+        except Exception as error:
+            log.error(
+                "unhandled %s in %s %s\n%s",
+                type(error).__name__,
+                request.method,
+                route_template(request),
+                redacted_traceback(error),
+            )
+            return error_response(500, "internal_error", "internal error; it was logged")
+
+    return middleware
 
 
-def _http_error(request: web.Request, error: web.HTTPException) -> web.Response:
+def _http_error(
+    request: web.Request, error: web.HTTPException, max_request_bytes: int
+) -> web.Response:
     status = error.status
     code = HTTP_CODES.get(status, f"http_{status}")
     if status == 405:
         allowed = error.headers.get("Allow", "")
         message = f"{request.method} is not allowed here; allowed: {allowed or 'none'}"
     elif status == 413:
-        max_size = request.app._client_max_size  # noqa: SLF001 - aiohttp exposes no getter
-        message = f"the request body exceeds {max_size} bytes"
+        message = f"the request body exceeds the limit of {max_request_bytes} bytes"
     else:
         message = HTTP_MESSAGES.get(status, error.reason.lower())
     headers = {name: error.headers[name] for name in KEPT_HEADERS if name in error.headers}

@@ -25,7 +25,7 @@ from mailbox_worker.db.mailboxes import (
 )
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from mailbox_worker.jobs.mime import build_message
+from mailbox_worker.jobs.mime import build_message, decode_attachment
 from mailbox_worker.jobs.queue import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
 from mailbox_worker.metrics import Metrics
 
@@ -106,16 +106,21 @@ class JobIntake:
     def _check_size(
         self, message: dict[str, Any], sender: str, provider: str, mode: str, domain: str
     ) -> None:
+        for attachment in message.get("attachments") or ():
+            try:
+                decode_attachment(attachment["content_base64"])
+            except ValueError:
+                raise InvalidRequest(
+                    f"attachment {attachment.get('filename')!r}: content_base64 is not base64",
+                    code="invalid_attachment",
+                ) from None
+        placeholder = message_id_for("job_" + "0" * 32, domain)
         try:
-            size = len(
-                build_message(
-                    message, message_id=message_id_for("job_" + "0" * 32, domain), sender=sender
-                )
-            )
+            size = len(build_message(message, message_id=placeholder, sender=sender))
         except ValueError as error:
             raise InvalidRequest(
-                "an attachment's content_base64 is not valid base64", code="invalid_attachment"
-            ) from error
+                f"the message cannot be built: {type(error).__name__}", code="invalid_message"
+            ) from None
         limit = self._message_limit(provider, mode)
         if size > limit:
             raise PayloadTooLarge(

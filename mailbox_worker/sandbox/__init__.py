@@ -1,1 +1,9 @@
+"""A faithful local simulator of Microsoft identity (v2.0) and Microsoft Graph mail, over HTTPS.
 
+``Sandbox`` runs it inside an event loop (tests, demos); ``serve`` runs it until interrupted
+(the ``mailbox-worker sandbox`` command). It shares no code with the daemon.
+"""
+
+from .server import Sandbox, serve
+
+__all__ = ["Sandbox", "serve"]

@@ -35,7 +35,9 @@ GRAPH_PERMISSIONS = frozenset(
 
 MAIL_SEND = "mail.send"
 MAIL_READ_WRITE = "mail.readwrite"
-REVOKE_SESSIONS = frozenset({"user.readwrite.all", "directory.readwrite.all", "user.revokesessions.all"})
+REVOKE_SESSIONS = frozenset(
+    {"user.readwrite.all", "directory.readwrite.all", "user.revokesessions.all"}
+)
 
 
 def split(scope_parameter: str) -> list[str]:

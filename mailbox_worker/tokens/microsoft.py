@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,6 +81,10 @@ class MicrosoftIdentity:
         host = urlsplit(settings.authority).hostname or ""
         self._instance_discovery = host in KNOWN_AUTHORITY_HOSTS
 
+    def close(self) -> None:
+        """Close the pooled HTTP connections to the identity platform."""
+        self._http.close()
+
     def _app(self, cache: msal.SerializableTokenCache | None = None) -> Any:
         with self._cache_lock:
             return msal.ConfidentialClientApplication(
@@ -96,9 +101,16 @@ class MicrosoftIdentity:
     def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
         """A new authorization-code flow (msal's dict, with PKCE verifier, nonce and state)."""
         try:
-            flow: dict[str, Any] = self._app().initiate_auth_code_flow(
-                scopes, redirect_uri=redirect_uri, login_hint=login_hint, prompt="select_account"
-            )
+            with warnings.catch_warnings():
+                # msal recommends response_mode=form_post; the query mode we use is protected
+                # by PKCE (S256), a single-use expiring state and the nonce, all checked.
+                warnings.filterwarnings("ignore", message="response_mode", category=UserWarning)
+                flow: dict[str, Any] = self._app().initiate_auth_code_flow(
+                    scopes,
+                    redirect_uri=redirect_uri,
+                    login_hint=login_hint,
+                    prompt="select_account",
+                )
         except (requests.RequestException, ValueError) as error:
             raise TransientError(
                 f"the Microsoft authority is unreachable ({type(error).__name__})",

@@ -63,9 +63,10 @@ class World:
         return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
 
     async def counters(self) -> dict[str, int]:
-        async with aiohttp.ClientSession() as http, http.get(
-            f"{self.sandbox.base_url}/_sandbox/counters", ssl=self.ssl
-        ) as answer:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.sandbox.base_url}/_sandbox/counters", ssl=self.ssl) as answer,
+        ):
             counters: dict[str, int] = (await answer.json())["counters"]
         return counters
 

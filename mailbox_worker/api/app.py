@@ -1,0 +1,57 @@
+"""The HTTP API: ``create_app`` wires routes and middlewares around the services it is given.
+
+Middlewares, outermost first: HTTP metrics (sees the final status), then errors (turns every
+failure into JSON). Routes and their documentation live together: every route here is in
+``openapi.json`` and the other way round (``tests/unit/test_openapi_document.py``).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mailbox_worker.api import jobs, mailboxes, system
+from mailbox_worker.api.context import DOCUMENT, SERVICES
+from mailbox_worker.api.document import ApiDocument
+from mailbox_worker.api.errors import error_middleware
+from mailbox_worker.api.http_metrics import http_metrics_middleware
+from mailbox_worker.api.services import ApiServices
+
+# Identifiers are opaque but made only of these characters (the document's ``Id``):
+# a path segment with any other cannot name anything, and is an unknown route (404).
+JOB = "/v1/jobs/{job_id:[A-Za-z0-9_-]+}"
+MAILBOX = "/v1/mailboxes/{mailbox_id:[A-Za-z0-9_-]+}"
+
+
+def create_app(services: ApiServices) -> web.Application:
+    """The aiohttp application serving the API over ``services``.
+
+    Registers ``mailbox_worker_http_requests_total`` on ``services.registry``, so one
+    registry serves one application.
+    """
+    app = web.Application(
+        client_max_size=services.max_request_bytes,
+        middlewares=[
+            http_metrics_middleware(services.registry),
+            error_middleware(services.max_request_bytes),
+        ],
+    )
+    app[SERVICES] = services
+    app[DOCUMENT] = ApiDocument.packaged()
+    app.router.add_routes(
+        [
+            web.post("/v1/jobs", jobs.enqueue),
+            web.get(JOB, jobs.get, allow_head=False),
+            web.post(f"{JOB}/cancel", jobs.cancel),
+            web.post("/v1/mailboxes", mailboxes.create),
+            web.get("/v1/mailboxes", mailboxes.list_all, allow_head=False),
+            web.get(MAILBOX, mailboxes.get, allow_head=False),
+            web.delete(MAILBOX, mailboxes.disconnect),
+            web.post(f"{MAILBOX}/connect", mailboxes.reconnect),
+            web.get("/oauth/callback", mailboxes.oauth_callback, allow_head=False),
+            web.get("/healthz", system.health, allow_head=False),
+            web.get("/readyz", system.readiness, allow_head=False),
+            web.get("/metrics", system.metrics, allow_head=False),
+            web.get("/openapi.json", system.openapi, allow_head=False),
+        ]
+    )
+    return app

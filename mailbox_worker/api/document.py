@@ -1,0 +1,246 @@
+"""The OpenAPI document shipped with the package, and request validation against it.
+
+The document (``openapi.json``) is the single source of truth for what a request may
+contain: bodies and the ``Idempotency-Key`` header are checked with JSON Schema 2020-12
+against its component schemas, with ``format`` asserted for ``email``, ``date-time`` and
+``uri`` by the checkers below (standard library only, the same on every installation).
+
+Two extension keywords in the document shape the answers: ``x-error-code`` (the stable code
+of a failure in that schema, e.g. ``invalid_address``; ``invalid_request`` otherwise) and
+``x-error-message`` (its human message). A failure's details name the field and the problem,
+never the value sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.errors
+import importlib.resources
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from email.headerregistry import Address
+from typing import Any
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from mailbox_worker.errors import ValidationFailed
+
+DOCUMENT_URI = "urn:mailbox-worker:openapi"
+ROOT_FIELD = "(body)"
+MAX_DETAILS = 50
+MAX_FIELD_NAME = 100
+DEFAULT_CODE = "invalid_request"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
+)
+_URI = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*"
+)
+_TYPE_NAMES = {
+    "object": "an object",
+    "array": "an array",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+def read_document() -> bytes:
+    """The raw bytes of the packaged ``openapi.json``."""
+    return importlib.resources.files("mailbox_worker.api").joinpath("openapi.json").read_bytes()
+
+
+class ApiDocument:
+    """The parsed document, its raw bytes (served as is) and validators built from it."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.content: dict[str, Any] = json.loads(raw)
+        resource: Resource[Any] = Resource.from_contents(
+            self.content, default_specification=DRAFT202012
+        )
+        self._registry: Registry[Any] = Registry().with_resource(DOCUMENT_URI, resource)
+        self._format_checker = format_checker()
+        self._validators: dict[str, Draft202012Validator] = {}
+
+    @classmethod
+    def packaged(cls) -> ApiDocument:
+        return cls(read_document())
+
+    def validate(self, pointer: str, instance: Any) -> None:
+        """Raise ``ValidationFailed`` unless ``instance`` matches the schema at ``pointer``.
+
+        ``pointer`` is a JSON pointer into the document, e.g.
+        ``/components/schemas/JobRequest``.
+        """
+        errors = list(self._validator(pointer).iter_errors(instance))
+        if errors:
+            raise failure(errors)
+
+    def _validator(self, pointer: str) -> Draft202012Validator:
+        validator = self._validators.get(pointer)
+        if validator is None:
+            validator = Draft202012Validator(
+                {"$ref": f"{DOCUMENT_URI}#{pointer}"},
+                registry=self._registry,
+                format_checker=self._format_checker,
+            )
+            self._validators[pointer] = validator
+        return validator
+
+
+def schema_pointer(name: str) -> str:
+    return f"/components/schemas/{name}"
+
+
+# -- formats ------------------------------------------------------------------------------
+
+
+def format_checker() -> FormatChecker:
+    """Assertions for the formats the document uses, and only those."""
+    checker = FormatChecker(formats=())
+    checker.checks("email")(is_email_address)
+    checker.checks("date-time")(is_date_time)
+    checker.checks("uri")(is_uri)
+    return checker
+
+
+def is_email_address(value: object) -> bool:
+    """An ``addr_spec`` the standard library parses back to itself, safe in a header.
+
+    Exactly one ``@``, no control characters (so no CR/LF) and no spaces outside a quoted
+    local part, a domain of non-empty dot-separated labels.
+    """
+    if not isinstance(value, str):
+        return True  # formats constrain strings only; "type" reports the rest
+    if value.count("@") != 1 or _CONTROL.search(value):
+        return False
+    local, _, domain = value.partition("@")
+    if not local or not domain or any(character.isspace() for character in domain):
+        return False
+    if any(not label for label in domain.split(".")):
+        return False
+    try:
+        parsed = Address(addr_spec=value)
+    except (ValueError, IndexError, email.errors.MessageError):
+        return False
+    return parsed.addr_spec == value
+
+
+def is_date_time(value: object) -> bool:
+    """An RFC 3339 date-time with an offset (upper-case ``T`` and ``Z``)."""
+    if not isinstance(value, str):
+        return True
+    if not _RFC3339.fullmatch(value):
+        return False
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def is_uri(value: object) -> bool:
+    """An absolute RFC 3986 URI (ASCII, valid percent-escapes); http(s) ones need a host."""
+    if not isinstance(value, str):
+        return True
+    if not _URI.fullmatch(value):
+        return False
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        return False
+    return parts.scheme.lower() not in {"http", "https"} or bool(parts.hostname)
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+def failure(errors: Iterable[ValidationError]) -> ValidationFailed:
+    """One ``ValidationFailed`` naming every field at fault (at most ``MAX_DETAILS``)."""
+    details = sorted(
+        {(field, code, message) for error in errors for field, code, message in _details(error)}
+    )
+    if not details:
+        details = [(ROOT_FIELD, DEFAULT_CODE, "is invalid")]
+    shown = [{"field": f, "code": c, "message": m} for f, c, m in details[:MAX_DETAILS]]
+    codes = {detail["code"] for detail in shown}
+    code = codes.pop() if len(codes) == 1 else DEFAULT_CODE
+    first = shown[0]
+    summary = f"{first['field']} {first['message']}"
+    if len(details) > 1:
+        summary = f"{len(details)} problems in the request; first: {summary}"
+    return ValidationFailed(summary, shown, code=code)
+
+
+def _details(error: ValidationError) -> Iterator[tuple[str, str, str]]:
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    code = str(schema.get("x-error-code", DEFAULT_CODE))
+    path = list(error.absolute_path)
+    keyword = error.validator
+    if keyword == "required" and isinstance(error.instance, Mapping):
+        for name in error.validator_value:
+            if name not in error.instance:
+                yield field_path([*path, name]), code, "is required"
+    elif keyword == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = schema.get("properties", {})
+        for name in error.instance:
+            if name not in known:
+                yield field_path([*path, str(name)]), code, "is not a known field"
+    else:
+        yield field_path(path), code, _message(keyword, error.validator_value, schema)
+
+
+def _message(keyword: Any, expected: Any, schema: Mapping[str, Any]) -> str:
+    custom = schema.get("x-error-message")
+    if custom and keyword in {"pattern", "format", "not", "anyOf"}:
+        return str(custom)
+    match keyword:
+        case "type":
+            names = [expected] if isinstance(expected, str) else list(expected)
+            return "must be " + " or ".join(_TYPE_NAMES.get(name, name) for name in names)
+        case "enum":
+            return "must be one of: " + ", ".join(json.dumps(value) for value in expected)
+        case "const":
+            return f"must be {json.dumps(expected)}"
+        case "minLength":
+            return f"must have at least {expected} character{_plural(expected)}"
+        case "maxLength":
+            return f"must have at most {expected} character{_plural(expected)}"
+        case "minItems":
+            return f"must have at least {expected} item{_plural(expected)}"
+        case "maxItems":
+            return f"must have at most {expected} item{_plural(expected)}"
+        case "uniqueItems":
+            return "must not repeat an item"
+        case "format":
+            return f"must be a valid {expected}"
+        case "pattern":
+            return "has an invalid form"
+        case _:
+            return "is invalid"
+
+
+def _plural(count: Any) -> str:
+    return "" if count == 1 else "s"
+
+
+def field_path(path: Sequence[str | int]) -> str:
+    """``["message", "to", 0, "address"]`` → ``message.to[0].address``; ``[]`` → ``(body)``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            name = part if len(part) <= MAX_FIELD_NAME else part[:MAX_FIELD_NAME] + "…"
+            text += f".{name}" if text else name
+    return text or ROOT_FIELD

@@ -1,0 +1,100 @@
+"""Reading what a request carries: its JSON body and its ``Idempotency-Key``.
+
+Each step has its own answer, in this order: a body of another media type → 415
+``unsupported_media_type``; a body over ``max_request_bytes`` → 413 ``payload_too_large``
+(raised by aiohttp while reading); bytes that are not UTF-8 I-JSON → 400 ``invalid_json``;
+JSON that does not match the document → 400 with details (see ``document``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from mailbox_worker.api.context import document
+from mailbox_worker.api.document import schema_pointer
+from mailbox_worker.errors import InvalidRequest, UnsupportedMediaType
+
+JSON_MEDIA_TYPE = "application/json"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_SCHEMA = "/components/parameters/IdempotencyKey/schema"
+# Code points json.loads leaves in a string only when a \uXXXX escape was unpaired.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+async def read_json(request: web.Request, schema: str, *, optional: bool = False) -> Any:
+    """The body, validated against the component schema named ``schema``.
+
+    With ``optional``, a request without a body reads as ``{}``.
+    """
+    if optional and not request.body_exists:
+        return {}
+    if request.content_type != JSON_MEDIA_TYPE or (request.charset or "utf-8").lower() != "utf-8":
+        raise UnsupportedMediaType(f"the body must be {JSON_MEDIA_TYPE} (UTF-8)")
+    raw = await request.read()
+    body = parse_json(raw)
+    document(request).validate(schema_pointer(schema), body)
+    return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (RFC 8259 in UTF-8, no NaN/Infinity, no unpaired surrogates) or 400."""
+    if not raw.strip():
+        _invalid_json("the body is empty; a JSON object is expected")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        _invalid_json("the body is not UTF-8")
+    try:
+        body = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        _invalid_json("the body is nested too deeply")
+    except ValueError as error:
+        # The position only: the parser's message may quote the body.
+        position = getattr(error, "pos", None)
+        where = f" at character {position}" if isinstance(position, int) else ""
+        _invalid_json(f"the body is not valid JSON{where}")
+    if _has_unpaired_surrogate(body):
+        _invalid_json("the body contains an unpaired UTF-16 surrogate escape")
+    return body
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _invalid_json(message: str) -> NoReturn:
+    raise InvalidRequest(message, code="invalid_json")
+
+
+def _has_unpaired_surrogate(value: Any) -> bool:
+    pending = [value]
+    while pending:  # iterative: the depth is the client's to choose
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header when sent, checked against the document."""
+    values = request.headers.getall(IDEMPOTENCY_KEY_HEADER, [])
+    if not values:
+        return None
+    message = "Idempotency-Key must be 1 to 200 printable ASCII characters, sent once"
+    if len(values) > 1:
+        raise InvalidRequest(message, code="invalid_idempotency_key")
+    try:
+        document(request).validate(IDEMPOTENCY_KEY_SCHEMA, values[0])
+    except InvalidRequest:
+        raise InvalidRequest(message, code="invalid_idempotency_key") from None
+    return values[0]

@@ -1,0 +1,82 @@
+"""What the API answers about jobs and mailboxes (the document's ``Job`` and ``Mailbox``).
+
+Only metadata: never a token, a key, or the job's message (recipients, subject, bodies,
+attachments), which the client already has. Timestamps are RFC 3339 UTC with ``Z``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from mailbox_worker.db.models import Job, JobEvent, Mailbox
+
+
+def timestamp(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_location(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def mailbox_location(mailbox_id: str) -> str:
+    return f"/v1/mailboxes/{mailbox_id}"
+
+
+def job_json(job: Job, events: Sequence[JobEvent] | None = None) -> dict[str, Any]:
+    """A job; with ``events``, its history too."""
+    last_error = None
+    if job.last_error_code is not None:
+        last_error = {"code": job.last_error_code, "message": job.last_error_message or ""}
+    answer: dict[str, Any] = {
+        "id": job.id,
+        "mailbox_id": job.mailbox_id,
+        "mode": job.mode,
+        "state": job.state,
+        "reference": job.reference,
+        "message_id": job.message_id,
+        "attempts": job.attempts,
+        "created_at": timestamp(job.created_at),
+        "updated_at": timestamp(job.updated_at),
+        "finished_at": timestamp(job.finished_at),
+        "deadline": timestamp(job.deadline),
+        "last_error": last_error,
+        "provider": {
+            "message_id": job.provider_message_id,
+            "draft_id": job.provider_draft_id,
+            "web_link": job.web_link,
+        },
+    }
+    if events is not None:
+        answer["events"] = [event_json(event) for event in events]
+    return answer
+
+
+def event_json(event: JobEvent) -> dict[str, Any]:
+    # ``detail`` and ``worker`` stay internal: free text and host names are not the client's.
+    return {
+        "at": timestamp(event.at),
+        "kind": event.kind,
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "code": event.code,
+        "provider_status": event.provider_status,
+    }
+
+
+def mailbox_json(mailbox: Mailbox) -> dict[str, Any]:
+    return {
+        "id": mailbox.id,
+        "provider": mailbox.provider,
+        "capabilities": list(mailbox.capabilities),
+        "state": mailbox.state,
+        "state_reason": mailbox.state_reason,
+        "address": mailbox.address,
+        "granted_scopes": list(mailbox.granted_scopes),
+        "created_at": timestamp(mailbox.created_at),
+        "updated_at": timestamp(mailbox.updated_at),
+    }

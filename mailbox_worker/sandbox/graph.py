@@ -1,0 +1,326 @@
+"""Microsoft Graph v1.0 mail, under ``/v1.0`` (providers.md B1-B5).
+
+Every path exists as ``/v1.0/me/...`` and ``/v1.0/users/{id-or-upn}/...``:
+
+* ``POST .../sendMail`` — JSON ``{"message":{...},"saveToSentItems":...}`` or ``text/plain``
+  base64 MIME → 202, empty; needs ``Mail.Send``;
+* ``POST .../messages`` — create a draft (JSON or base64 MIME) → 201 + message; ``Mail.ReadWrite``;
+* ``POST .../messages/{id}/send`` — send a draft → 202; ``Mail.Send``;
+* ``POST .../revokeSignInSessions`` → 200; ``User.ReadWrite.All``, ``Directory.ReadWrite.All`` or
+  ``User.RevokeSessions.All``.
+
+Checks, in order: 4 MB body (413), bearer token (401 + WWW-Authenticate), mailbox (404), scope
+(403 ErrorAccessDenied), at most 4 concurrent requests per (client, mailbox) (429
+ApplicationThrottled + Retry-After), queued faults, then the operation itself (400
+ErrorMimeContentInvalidBase64String / ErrorInvalidRecipients, 403 ErrorSendAsDenied, 404
+ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import scopes as scope_rules
+from .faults import with_fault
+from .graph_attachments import AttachmentOperations, draft_of
+from .graph_errors import WWW_AUTHENTICATE, GraphFailure, for_status, read_limited, render
+from .graph_messages import (
+    MessageFormatError,
+    ParsedMessage,
+    decode_mime_upload,
+    graph_id,
+    message_resource,
+    mime_from_json,
+    parse,
+    utc_now,
+)
+from .identity import base_url
+from .state import AccessToken, Fault, SandboxState, StoredMessage, User
+
+REQUEST_BODY_LIMIT = 4 * 1024 * 1024
+CONCURRENT_REQUESTS_PER_MAILBOX = 4
+
+Operation = Callable[[web.Request, AccessToken, User, bytes], Awaitable[web.StreamResponse]]
+
+
+class GraphEndpoints:
+    """Handlers for the Graph mail operations."""
+
+    def __init__(self, state: SandboxState) -> None:
+        self._state = state
+        self._attachments = AttachmentOperations(state)
+
+    def routes(self) -> list[web.RouteDef]:
+        """The aiohttp routes these handlers serve (``/me`` and ``/users/{user}`` forms)."""
+        table: list[tuple[str, str, Operation, frozenset[str]]] = [
+            ("/sendMail", "graph.sendMail", self._send_mail, frozenset({scope_rules.MAIL_SEND})),
+            (
+                "/messages",
+                "graph.createMessage",
+                self._create_message,
+                frozenset({scope_rules.MAIL_READ_WRITE}),
+            ),
+            (
+                "/messages/{message_id}/send",
+                "graph.sendDraft",
+                self._send_draft,
+                frozenset({scope_rules.MAIL_SEND}),
+            ),
+            (
+                "/messages/{message_id}/attachments",
+                "graph.addAttachment",
+                self._attachments.add_attachment,
+                frozenset({scope_rules.MAIL_READ_WRITE}),
+            ),
+            (
+                "/messages/{message_id}/attachments/createUploadSession",
+                "graph.createUploadSession",
+                self._attachments.create_upload_session,
+                frozenset({scope_rules.MAIL_READ_WRITE}),
+            ),
+            (
+                "/revokeSignInSessions",
+                "graph.revokeSignInSessions",
+                self._revoke_sessions,
+                scope_rules.REVOKE_SESSIONS,
+            ),
+        ]
+        routes = self._attachments.routes()
+        for suffix, operation, handler, needed in table:
+            endpoint = self._endpoint(operation, handler, needed)
+            routes.append(web.post(f"/v1.0/me{suffix}", endpoint))
+            routes.append(web.post(f"/v1.0/users/{{user}}{suffix}", endpoint))
+        return routes
+
+    def _endpoint(
+        self, operation: str, handler: Operation, needed: frozenset[str]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            self._state.count(operation)
+            body = await self._body(request)
+            token = self._authenticate(request)
+            user = self._mailbox(request, token, operation == "graph.revokeSignInSessions")
+            if not needed & scope_rules.canonical_set(token.scopes):
+                raise GraphFailure(
+                    403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+                )
+            slot = (token.client_id, user.address.lower())
+            if self._state.in_flight[slot] >= CONCURRENT_REQUESTS_PER_MAILBOX:
+                retry_after = str(self._state.throttle_retry_after)
+                raise GraphFailure(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    {"Retry-After": retry_after},
+                )
+            self._state.in_flight[slot] += 1
+            try:
+                return await with_fault(
+                    request,
+                    self._state,
+                    (operation,),
+                    lambda: handler(request, token, user, body),
+                    lambda fault: self._fault_answer(request, fault),
+                )
+            finally:
+                self._state.in_flight[slot] -= 1
+                if self._state.in_flight[slot] <= 0:
+                    del self._state.in_flight[slot]
+
+        return endpoint
+
+    # -- checks ------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _body(request: web.Request) -> bytes:
+        too_large = GraphFailure(
+            413, "RequestEntityTooLarge", "The maximum request length supported is 4MB."
+        )
+        if (request.content_length or 0) > REQUEST_BODY_LIMIT:
+            raise too_large
+        body = await read_limited(request, REQUEST_BODY_LIMIT)
+        if body is None:
+            raise too_large
+        return body
+
+    def _authenticate(self, request: web.Request) -> AccessToken:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        challenge = {"WWW-Authenticate": WWW_AUTHENTICATE}
+        if scheme.lower() != "bearer" or not value:
+            raise GraphFailure(
+                401, "InvalidAuthenticationToken", "Access token is empty.", challenge
+            )
+        token = self._state.access_tokens.get(value)
+        if token is None:
+            message = (
+                "Access token validation failure."
+                if value.count(".") == 2
+                else "CompactToken parsing failed with error code: 80049217"
+            )
+            raise GraphFailure(401, "InvalidAuthenticationToken", message, challenge)
+        if token.expires_at <= time.time():
+            raise GraphFailure(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired or is not yet valid.",
+                challenge,
+            )
+        return token
+
+    def _mailbox(self, request: web.Request, token: AccessToken, any_user: bool) -> User:
+        """The mailbox the path names; delegated tokens reach only their own user's."""
+        caller = self._state.user_by_object_id(token.object_id)
+        named = request.match_info.get("user")
+        user = caller if named is None else self._state.find_user(named)
+        if user is None:
+            raise GraphFailure(404, "ErrorInvalidUser", f"The requested user '{named}' is invalid.")
+        if user is not caller and not any_user:
+            raise GraphFailure(
+                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
+        if not user.mailbox_enabled and not any_user:
+            raise GraphFailure(
+                404,
+                "MailboxNotEnabledForRESTAPI",
+                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+            )
+        return user
+
+    def _fault_answer(self, request: web.Request, fault: Fault) -> web.Response:
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        elif fault.status == 429:
+            headers["Retry-After"] = str(self._state.throttle_retry_after)
+        return render(request, for_status(fault.status, headers))
+
+    # -- message intake --------------------------------------------------------------------
+
+    def _read_message(self, request: web.Request, user: User, body: bytes, wrapped: bool) -> bytes:
+        """RFC 822 bytes from a base64 MIME or a JSON body (``wrapped``: under ``message``)."""
+        try:
+            if request.content_type == "text/plain":
+                return _with_message_id(decode_mime_upload(body))
+            if not body.strip():
+                raise GraphFailure(400, "BadRequest", "Empty Payload. JSON content expected.")
+            document = json.loads(body)
+            message = document.get("message") if wrapped else document
+            if not isinstance(message, dict):
+                raise GraphFailure(
+                    400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty."
+                )
+            return mime_from_json(message, user.address, user.display_name)
+        except MessageFormatError as problem:
+            raise GraphFailure(400, problem.code, problem.message) from problem
+        except (ValueError, AttributeError) as problem:
+            raise GraphFailure(
+                400,
+                "BadRequest",
+                "Unable to read JSON request payload. Please ensure Content-Type header is set "
+                "and payload is of valid JSON format.",
+            ) from problem
+
+    def _check_sendable(self, user: User, parsed: ParsedMessage, size: int) -> None:
+        if parsed.sender and parsed.sender.lower() != user.address.lower():
+            raise GraphFailure(
+                403,
+                "ErrorSendAsDenied",
+                "The user account which was used to submit this request does not have the right "
+                "to send mail on behalf of the specified sending account. Cannot submit message.",
+            )
+        if not (parsed.to or parsed.cc or parsed.bcc):
+            raise GraphFailure(
+                400,
+                "ErrorInvalidRecipients",
+                "At least one recipient isn't valid., A message can't be sent because it "
+                "contains no recipients.",
+            )
+        if size > self._state.message_size_limit:
+            raise GraphFailure(
+                400,
+                "ErrorMessageSizeExceeded",
+                "The message exceeds the maximum supported size.",
+            )
+
+    def _store(
+        self, token: AccessToken, user: User, raw: bytes, parsed: ParsedMessage, folder: str
+    ) -> StoredMessage:
+        stored = StoredMessage(
+            id=graph_id(),
+            mailbox=user.address,
+            folder="drafts" if folder == "drafts" else "sent",
+            internet_message_id=parsed.message_id or "",
+            conversation_id=graph_id("AAQkA")[:80],
+            subject=parsed.subject,
+            sender=parsed.sender or user.address,
+            to=parsed.to,
+            cc=parsed.cc,
+            bcc=parsed.bcc,
+            created_at=utc_now(),
+            raw=raw,
+            attachments=parsed.attachments,
+            client_id=token.client_id,
+        )
+        self._state.store_message(stored)
+        return stored
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def _send_mail(
+        self, request: web.Request, token: AccessToken, user: User, body: bytes
+    ) -> web.StreamResponse:
+        raw = self._read_message(request, user, body, wrapped=True)
+        parsed = parse(raw)
+        self._check_sendable(user, parsed, len(raw))
+        # Delivered mail is recorded in folder "sent" even with saveToSentItems=false: the
+        # inspection API lists what Graph accepted for delivery.
+        self._store(token, user, raw, parsed, "sent")
+        return web.Response(status=202)
+
+    async def _create_message(
+        self, request: web.Request, token: AccessToken, user: User, body: bytes
+    ) -> web.StreamResponse:
+        raw = self._read_message(request, user, body, wrapped=False)
+        parsed = parse(raw)
+        stored = self._store(token, user, raw, parsed, "drafts")
+        resource = message_resource(
+            stored, base_url(request), user.object_id, user.display_name, parsed.preview
+        )
+        return web.json_response(resource, status=201)
+
+    async def _send_draft(
+        self, request: web.Request, token: AccessToken, user: User, body: bytes
+    ) -> web.StreamResponse:
+        # After sending, Exchange moves the item and its draft id no longer resolves.
+        stored = draft_of(self._state, request.match_info["message_id"], user)
+        self._check_sendable(user, parse(stored.raw), len(stored.raw))
+        stored.folder = "sent"
+        return web.Response(status=202)
+
+    async def _revoke_sessions(
+        self, request: web.Request, token: AccessToken, user: User, body: bytes
+    ) -> web.StreamResponse:
+        self._state.revoke_sign_in_sessions(user)
+        document: dict[str, Any] = {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Edm.Boolean",
+            "value": True,
+        }
+        return web.json_response(document)
+
+
+def _with_message_id(raw: bytes) -> bytes:
+    """Exchange gives a message without a Message-ID one of its own."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].lower()
+    if b"\nmessage-id:" in b"\n" + head:
+        return raw
+    domain = "sandbox.prod.outlook.com"
+    identifier = f"<{graph_id('')[:40].replace('-', '').replace('_', '')}@{domain}>"
+    newline = b"\r\n" if b"\r\n" in raw[:2000] else b"\n"
+    return b"Message-ID: " + identifier.encode("ascii") + newline + raw

@@ -1,0 +1,225 @@
+"""Mail formats Graph accepts and returns: base64 MIME, the JSON ``message`` resource, RFC 822.
+
+Whatever form a message arrives in, the sandbox stores RFC 822 bytes (as Exchange does): a MIME
+upload is stored byte for byte; a JSON message is rendered to MIME here. ``parse`` reads back
+what tests and the Graph answers need (recipients, attachments, Message-ID).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import re
+import secrets
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import getaddresses, make_msgid
+from typing import Any
+from urllib.parse import quote
+
+from .state import StoredAttachment, StoredMessage
+
+_WHITESPACE = re.compile(rb"\s+")
+
+
+class MessageFormatError(ValueError):
+    """The request's message cannot be understood; ``code`` is the Graph error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ParsedMessage:
+    """What the sandbox needs to know about an RFC 822 message."""
+
+    subject: str
+    sender: str
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    message_id: str | None
+    attachments: list[StoredAttachment]
+    preview: str
+
+
+def decode_mime_upload(body: bytes) -> bytes:
+    """The RFC 822 bytes of a ``text/plain`` base64 MIME upload."""
+    compact = _WHITESPACE.sub(b"", body)
+    try:
+        raw = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as problem:
+        raise MessageFormatError(
+            "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."
+        ) from problem
+    if not raw.strip():
+        raise MessageFormatError(
+            "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."
+        )
+    return raw
+
+
+def _addresses(message: EmailMessage, header: str) -> list[str]:
+    values = [str(value) for value in message.get_all(header, [])]
+    return [address for _, address in getaddresses(values) if address]
+
+
+def parse(raw: bytes) -> ParsedMessage:
+    """Recipients, subject, Message-ID and attachments of ``raw``."""
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    attachments = []
+    for part in message.iter_attachments():
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        attachments.append(
+            StoredAttachment(part.get_filename() or "attachment", part.get_content_type(), data)
+        )
+    body = message.get_body(preferencelist=("plain", "html"))
+    try:
+        preview = str(body.get_content()).strip()[:255] if body is not None else ""
+    except (LookupError, ValueError, AttributeError):  # unknown charset, malformed part
+        preview = ""
+    senders = _addresses(message, "From")
+    message_id = message.get("Message-ID")
+    return ParsedMessage(
+        subject=str(message.get("Subject", "")),
+        sender=senders[0] if senders else "",
+        to=_addresses(message, "To"),
+        cc=_addresses(message, "Cc"),
+        bcc=_addresses(message, "Bcc"),
+        message_id=str(message_id).strip() if message_id else None,
+        attachments=attachments,
+        preview=preview,
+    )
+
+
+def _recipient_list(message: dict[str, Any], key: str) -> list[tuple[str, str]]:
+    result = []
+    for entry in message.get(key) or []:
+        email = entry.get("emailAddress", {}) if isinstance(entry, dict) else {}
+        address = email.get("address") if isinstance(email, dict) else None
+        if not isinstance(address, str) or not address:
+            raise MessageFormatError(
+                "ErrorInvalidRecipients", "At least one recipient isn't valid."
+            )
+        result.append((str(email.get("name") or ""), address))
+    return result
+
+
+def _header_value(pairs: list[tuple[str, str]]) -> list[Address]:
+    return [Address(display_name=name, addr_spec=address) for name, address in pairs]
+
+
+def mime_from_json(message: dict[str, Any], mailbox: str, display_name: str) -> bytes:
+    """Render a Graph JSON ``message`` as RFC 822 bytes, the way Exchange stores it."""
+    if not isinstance(message, dict):
+        raise MessageFormatError("ErrorInvalidRequest", "The message property is not valid.")
+    email = EmailMessage()
+    sender = _recipient_list({"from": [message["from"]]}, "from") if message.get("from") else []
+    email["From"] = _header_value(sender or [(display_name, mailbox)])
+    for key, header in (
+        ("toRecipients", "To"),
+        ("ccRecipients", "Cc"),
+        ("bccRecipients", "Bcc"),
+        ("replyTo", "Reply-To"),
+    ):
+        pairs = _recipient_list(message, key)
+        if pairs:
+            email[header] = _header_value(pairs)
+    email["Subject"] = str(message.get("subject") or "")
+    email["Message-ID"] = str(
+        message.get("internetMessageId") or make_msgid(domain="sandbox.local")
+    )
+    for header in message.get("internetMessageHeaders") or []:
+        name, value = header.get("name", ""), header.get("value", "")
+        if not str(name).lower().startswith("x-"):
+            raise MessageFormatError(
+                "InvalidInternetMessageHeader",
+                "The internet message header name should start with 'x-' or 'X-'.",
+            )
+        email[str(name)] = str(value)
+    body = message.get("body") or {}
+    content = str(body.get("content") or "")
+    subtype = "html" if str(body.get("contentType", "text")).lower() == "html" else "plain"
+    email.set_content(content, subtype=subtype)
+    for attachment in message.get("attachments") or []:
+        _attach(email, attachment)
+    return email.as_bytes(policy=policy.SMTP)
+
+
+def _attach(email: EmailMessage, attachment: dict[str, Any]) -> None:
+    try:
+        data = base64.b64decode(str(attachment.get("contentBytes", "")), validate=True)
+    except (binascii.Error, ValueError) as problem:
+        raise MessageFormatError(
+            "ErrorInvalidRequest", "The contentBytes of the attachment is not valid base64."
+        ) from problem
+    content_type = str(attachment.get("contentType") or "application/octet-stream")
+    maintype, _, subtype = content_type.partition("/")
+    email.add_attachment(
+        data,
+        maintype=maintype or "application",
+        subtype=subtype or "octet-stream",
+        filename=str(attachment.get("name") or "attachment"),
+    )
+
+
+def graph_id(prefix: str = "AAMkA") -> str:
+    """An opaque id in the shape of Exchange's (base64, ending in ``=``)."""
+    return prefix + base64.urlsafe_b64encode(secrets.token_bytes(104)).decode("ascii")
+
+
+def utc_now() -> str:
+    """Graph's timestamp format."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _recipients_json(addresses: list[str]) -> list[dict[str, Any]]:
+    return [{"emailAddress": {"name": address, "address": address}} for address in addresses]
+
+
+def message_resource(
+    stored: StoredMessage, origin: str, user_id: str, display_name: str, preview: str
+) -> dict[str, Any]:
+    """The Graph ``message`` JSON the create-message call answers with."""
+    sender = {"emailAddress": {"name": display_name, "address": stored.sender or stored.mailbox}}
+    return {
+        "@odata.context": f"{origin}/v1.0/$metadata#users('{user_id}')/messages/$entity",
+        "@odata.etag": f'W/"{graph_id("CQAAABYAAAA")[:40]}"',
+        "id": stored.id,
+        "createdDateTime": stored.created_at,
+        "lastModifiedDateTime": stored.created_at,
+        "changeKey": graph_id("CQAAABYAAAA")[:40],
+        "categories": [],
+        "receivedDateTime": stored.created_at,
+        "sentDateTime": stored.created_at,
+        "hasAttachments": bool(stored.attachments),
+        "internetMessageId": stored.internet_message_id,
+        "subject": stored.subject,
+        "bodyPreview": preview,
+        "importance": "normal",
+        "parentFolderId": graph_id("AQMkA")[:120],
+        "conversationId": stored.conversation_id,
+        "isDeliveryReceiptRequested": False,
+        "isReadReceiptRequested": False,
+        "isRead": True,
+        "isDraft": stored.folder == "drafts",
+        "webLink": f"{origin}/owa/?ItemID={quote(stored.id, safe='')}"
+        "&exvsurl=1&viewmodel=ReadMessageItem",
+        "inferenceClassification": "focused",
+        "body": {"contentType": "text", "content": preview},
+        "sender": sender,
+        "from": sender,
+        "toRecipients": _recipients_json(stored.to),
+        "ccRecipients": _recipients_json(stored.cc),
+        "bccRecipients": _recipients_json(stored.bcc),
+        "replyTo": [],
+        "flag": {"flagStatus": "notFlagged"},
+    }

@@ -1,0 +1,143 @@
+"""The sandbox HTTPS server: Microsoft identity, Graph mail and the ``/_sandbox/`` API on one port.
+
+``Sandbox`` is for tests and embedding (start and stop it in your event loop); ``serve`` is what
+the ``mailbox-worker sandbox`` command runs until interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from .admin import AdminEndpoints
+from .ca import CertificatePaths, ensure_certificates, server_ssl_context
+from .graph import REQUEST_BODY_LIMIT, GraphEndpoints
+from .graph_errors import graph_middleware
+from .identity import IdentityEndpoints
+from .signing import SigningKey
+from .state import DEFAULT_TENANT, SandboxState
+from .token_endpoint import TokenEndpoint
+
+# aiohttp must accept bodies above Graph's 4 MB so that Graph itself can answer 413.
+_SERVER_BODY_LIMIT = 4 * REQUEST_BODY_LIMIT
+
+
+class Sandbox:
+    """A local, HTTPS, in-memory Microsoft identity + Graph mail service."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        access_token_lifetime: int = 3599,
+    ) -> None:
+        self._data_dir = Path(data_dir)
+        self._host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._certificates: CertificatePaths | None = None
+        self._runner: web.AppRunner | None = None
+        self.state = SandboxState(access_token_lifetime=access_token_lifetime)
+
+    def _application(self, signing_key: SigningKey) -> web.Application:
+        application = web.Application(
+            middlewares=[graph_middleware], client_max_size=_SERVER_BODY_LIMIT
+        )
+        application.add_routes(IdentityEndpoints(self.state, signing_key).routes())
+        application.add_routes(TokenEndpoint(self.state, signing_key).routes())
+        application.add_routes(GraphEndpoints(self.state).routes())
+        application.add_routes(AdminEndpoints(self.state).routes())
+        return application
+
+    async def start(self) -> None:
+        """Create certificates if needed and start listening (port 0 picks a free port)."""
+        if self._runner is not None:
+            raise RuntimeError("the sandbox is already running")
+        extra_names = () if self._host in ("127.0.0.1", "::1", "localhost", "") else (self._host,)
+        self._certificates = await asyncio.to_thread(
+            ensure_certificates, self._data_dir, extra_names
+        )
+        signing_key = await asyncio.to_thread(SigningKey)  # RSA generation takes a while
+        runner = web.AppRunner(self._application(signing_key), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            self._host,
+            self._requested_port,
+            ssl_context=server_ssl_context(self._certificates),
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on (after ``start``)."""
+        if self._port is None:
+            raise RuntimeError("the sandbox has not been started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``https://127.0.0.1:PORT`` (IPv6 hosts in brackets)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate (PEM) that clients must trust."""
+        if self._certificates is None:
+            return self._data_dir / "sandbox-ca.pem"
+        return self._certificates.ca_certificate
+
+    def authority_url(self, tenant: str = DEFAULT_TENANT) -> str:
+        """The msal ``authority`` for ``tenant`` (a name, domain, GUID or ``common``)."""
+        return f"{self.base_url}/{tenant}"
+
+    @property
+    def graph_url(self) -> str:
+        """The Graph v1.0 base URL."""
+        return f"{self.base_url}/v1.0"
+
+
+async def serve(host: str, port: int, data_dir: Path) -> None:
+    """Run a sandbox until cancelled, SIGINT or SIGTERM; prints its base URL and CA path."""
+    sandbox = Sandbox(data_dir, host=host, port=port)
+    await sandbox.start()
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal_number, stopped.set)
+            installed.append(signal_number)
+    try:
+        print(f"sandbox listening on {sandbox.base_url}", flush=True)
+        print(f"sandbox CA certificate: {sandbox.ca_path}", flush=True)
+        await stopped.wait()
+    finally:
+        for signal_number in installed:
+            loop.remove_signal_handler(signal_number)
+        await sandbox.stop()

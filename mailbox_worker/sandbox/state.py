@@ -1,0 +1,392 @@
+"""Everything the sandbox remembers, in memory, plus the operations tests call in-process.
+
+The HTTP handlers (identity, Graph, admin) only read and change this object; tests running the
+sandbox in their own event loop may call the same methods directly (``register_client``,
+``add_user``, ``apply_scenario``, ``queue_fault``, ``messages``, ``counters``, ``reset``...).
+
+A default client and tenant exist so the sandbox works with zero setup: client
+``sandbox-client`` / ``sandbox-secret`` and tenant ``contoso`` with the users
+``billing@contoso.example`` and ``accounts@contoso.example``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Literal, cast
+from urllib.parse import urlsplit
+
+DEFAULT_CLIENT_ID = "sandbox-client"
+DEFAULT_CLIENT_SECRET = "sandbox-secret"
+DEFAULT_TENANT = "contoso"
+DEFAULT_DOMAIN = "contoso.example"
+CODE_LIFETIME = 600
+REFRESH_TOKEN_INACTIVITY = 90 * 24 * 3600
+DEFAULT_ACCESS_TOKEN_LIFETIME = 3599
+
+Scenario = Literal[
+    "revoke_sessions", "refresh_token_inactive", "interaction_required", "consent_removed", "reset"
+]
+SCENARIOS: tuple[str, ...] = (
+    "revoke_sessions",
+    "refresh_token_inactive",
+    "interaction_required",
+    "consent_removed",
+    "reset",
+)
+FaultKind = Literal["status", "reset", "delay", "accept_then_status", "accept_then_reset"]
+FAULT_KINDS: tuple[str, ...] = (
+    "status",
+    "reset",
+    "delay",
+    "accept_then_status",
+    "accept_then_reset",
+)
+
+
+@dataclass
+class Client:
+    """A registered OAuth application. ``client_secret`` None means a public client."""
+
+    client_id: str
+    client_secret: str | None
+    redirect_uris: list[str]
+    name: str
+    # Sandbox convenience, default client only: any http loopback redirect URI is accepted.
+    # Entra requires an exact match with a registered URI (it only ignores the port of
+    # http://localhost for public clients); admin-registered clients get exact matching.
+    accepts_any_loopback_redirect: bool = False
+
+    def accepts_redirect(self, uri: str) -> bool:
+        """True when ``uri`` may receive this client's authorization responses."""
+        if uri in self.redirect_uris:
+            return True
+        if not self.accepts_any_loopback_redirect:
+            return False
+        parts = urlsplit(uri)
+        return parts.scheme == "http" and parts.hostname in {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class Tenant:
+    """A directory; addressed in URLs by name, domain or GUID."""
+
+    name: str
+    tenant_id: str
+    domains: list[str]
+
+
+@dataclass
+class User:
+    """A user with an Exchange Online mailbox (unless ``mailbox_enabled`` is False)."""
+
+    address: str
+    display_name: str
+    object_id: str
+    tenant_id: str
+    mailbox_enabled: bool = True
+    interaction_required: bool = False
+    # Bumped by "revoke sign-in sessions": refresh tokens of an older generation are dead.
+    session_generation: int = 0
+
+
+@dataclass
+class AuthorizationCode:
+    """An issued, not yet redeemed (or already redeemed) authorization code."""
+
+    client_id: str
+    object_id: str
+    redirect_uri: str
+    scopes: list[str]
+    code_challenge: str | None
+    code_challenge_method: str
+    nonce: str | None
+    expires_at: float
+    redeemed: bool = False
+
+
+@dataclass
+class RefreshToken:
+    """A refresh token; rotation issues new ones without killing the old (as Entra does)."""
+
+    client_id: str
+    object_id: str
+    scopes: list[str]
+    session_generation: int
+    last_used_at: float
+    inactive: bool = False
+
+
+@dataclass
+class AccessToken:
+    """A Graph access token; ``scopes`` as granted, compared canonically."""
+
+    client_id: str
+    object_id: str
+    scopes: list[str]
+    expires_at: float
+
+
+@dataclass
+class StoredAttachment:
+    """One attachment of a stored message."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the attachment bytes."""
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class StoredMessage:
+    """A message Graph accepted: a draft, or one handed to transport (folder ``sent``)."""
+
+    id: str
+    mailbox: str
+    folder: Literal["sent", "drafts"]
+    internet_message_id: str
+    conversation_id: str
+    subject: str
+    sender: str
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    created_at: str
+    raw: bytes
+    attachments: list[StoredAttachment]
+    client_id: str
+
+
+@dataclass
+class Fault:
+    """A queued misbehaviour for the next ``times`` calls of ``operation``."""
+
+    operation: str
+    kind: FaultKind
+    status: int = 503
+    retry_after: int | None = None
+    delay: float = 0.0
+    times: int = 1
+
+
+class UnknownUserError(LookupError):
+    """Raised by the in-process API for an address that is not a sandbox user."""
+
+
+@dataclass
+class SandboxState:
+    """The sandbox's memory. Not thread-safe: use it from the sandbox's event loop."""
+
+    access_token_lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME
+    throttle_retry_after: int = 1
+    message_size_limit: int = 35 * 1024 * 1024  # Exchange Online's default (providers.md B3)
+    clients: dict[str, Client] = field(default_factory=dict)
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)
+    codes: dict[str, AuthorizationCode] = field(default_factory=dict)
+    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
+    access_tokens: dict[str, AccessToken] = field(default_factory=dict)
+    consents: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    stored_messages: dict[str, StoredMessage] = field(default_factory=dict)
+    operation_counters: Counter[str] = field(default_factory=Counter)
+    faults: deque[Fault] = field(default_factory=deque)
+    in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if DEFAULT_CLIENT_ID not in self.clients:
+            self.clients[DEFAULT_CLIENT_ID] = Client(
+                DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, [], "Sandbox Invoice Mailer", True
+            )
+        if not self.users:
+            self.add_user("billing@contoso.example", "Contoso Billing")
+            self.add_user("accounts@contoso.example", "Contoso Accounts")
+
+    # -- directory ---------------------------------------------------------------------------
+
+    def register_client(
+        self,
+        client_id: str,
+        client_secret: str | None,
+        redirect_uris: list[str],
+        name: str | None = None,
+    ) -> Client:
+        """Register (or replace) an application; its redirect URIs must match exactly."""
+        client = Client(client_id, client_secret, list(redirect_uris), name or client_id)
+        if client_id == DEFAULT_CLIENT_ID:
+            client.accepts_any_loopback_redirect = True
+        self.clients[client_id] = client
+        return client
+
+    def add_user(
+        self,
+        address: str,
+        display_name: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+        object_id: str | None = None,
+        mailbox_enabled: bool = True,
+    ) -> User:
+        """Add (or replace) a user, creating the tenant by name if it does not exist."""
+        directory = self.find_tenant(tenant) or self._create_tenant(tenant)
+        domain = address.rpartition("@")[2].lower()
+        if domain and domain not in directory.domains:
+            directory.domains.append(domain)
+        user = User(
+            address=address,
+            display_name=display_name or address.partition("@")[0],
+            object_id=object_id or str(uuid.uuid4()),
+            tenant_id=directory.tenant_id,
+            mailbox_enabled=mailbox_enabled,
+        )
+        self.users[address.lower()] = user
+        return user
+
+    def _create_tenant(self, name: str) -> Tenant:
+        directory = Tenant(name, str(uuid.uuid4()), [f"{name}.onmicrosoft.com"])
+        self.tenants[directory.tenant_id] = directory
+        return directory
+
+    def find_tenant(self, segment: str) -> Tenant | None:
+        """The tenant a URL segment names (GUID, name or verified domain), if any."""
+        wanted = segment.lower()
+        for directory in self.tenants.values():
+            if wanted in (directory.tenant_id, directory.name.lower(), *directory.domains):
+                return directory
+        return None
+
+    def find_user(self, address_or_id: str) -> User | None:
+        """A user by address (UPN) or object id."""
+        user = self.users.get(address_or_id.lower())
+        if user is not None:
+            return user
+        for candidate in self.users.values():
+            if candidate.object_id == address_or_id.lower():
+                return candidate
+        return None
+
+    def user_by_object_id(self, object_id: str) -> User:
+        """The user a token belongs to (tokens only ever name existing users)."""
+        for user in self.users.values():
+            if user.object_id == object_id:
+                return user
+        raise UnknownUserError(object_id)
+
+    def _require_user(self, address: str) -> User:
+        user = self.find_user(address)
+        if user is None:
+            raise UnknownUserError(address)
+        return user
+
+    # -- scenario switches ------------------------------------------------------------------
+
+    def apply_scenario(self, address: str, scenario: str) -> None:
+        """Flip one of the per-user switches; see the module docstring of ``identity``."""
+        user = self._require_user(address)
+        if scenario == "revoke_sessions":
+            self.revoke_sign_in_sessions(user)
+        elif scenario == "refresh_token_inactive":
+            for token in self.refresh_tokens.values():
+                if token.object_id == user.object_id:
+                    token.inactive = True
+        elif scenario == "interaction_required":
+            user.interaction_required = True
+        elif scenario == "consent_removed":
+            for key in [key for key in self.consents if key[0] == user.object_id]:
+                del self.consents[key]
+        elif scenario == "reset":
+            user.interaction_required = False
+        else:
+            raise ValueError(f"unknown scenario {scenario!r}")
+
+    def revoke_sign_in_sessions(self, user: User) -> None:
+        """Every refresh token the user holds, for every app, stops working (AADSTS50173)."""
+        user.session_generation += 1
+
+    # -- consent -----------------------------------------------------------------------------
+
+    def grant_consent(self, object_id: str, client_id: str, canonical_scopes: set[str]) -> None:
+        """Record that the user consented to these (canonical) scopes for the client."""
+        self.consents.setdefault((object_id, client_id), set()).update(canonical_scopes)
+
+    def consented_scopes(self, object_id: str, client_id: str) -> set[str]:
+        """Canonical scopes the user consented to for the client (empty after removal)."""
+        return set(self.consents.get((object_id, client_id), set()))
+
+    # -- counters and faults ---------------------------------------------------------------
+
+    def count(self, operation: str) -> None:
+        """Count one call of ``operation``."""
+        self.operation_counters[operation] += 1
+
+    def counters(self) -> dict[str, int]:
+        """All counters, by operation name."""
+        return dict(self.operation_counters)
+
+    def queue_fault(
+        self,
+        operation: str,
+        kind: str,
+        status: int = 503,
+        retry_after: int | None = None,
+        delay: float = 0.0,
+        times: int = 1,
+    ) -> Fault:
+        """Queue a fault for the next ``times`` calls of ``operation`` (FIFO per operation)."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        if times < 1 or not 100 <= status <= 599 or delay < 0:
+            raise ValueError("times must be >= 1, status an HTTP status, delay >= 0")
+        fault = Fault(operation, cast(FaultKind, kind), status, retry_after, delay, times)
+        self.faults.append(fault)
+        return fault
+
+    def take_fault(self, operation: str) -> Fault | None:
+        """The next fault queued for ``operation`` (consuming one of its ``times``)."""
+        for fault in self.faults:
+            if fault.operation == operation:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def clear_faults(self) -> None:
+        """Forget every queued fault."""
+        self.faults.clear()
+
+    # -- messages --------------------------------------------------------------------------
+
+    def store_message(self, message: StoredMessage) -> None:
+        """Keep an accepted message."""
+        self.stored_messages[message.id] = message
+
+    def messages(
+        self, mailbox: str | None = None, folder: str | None = None
+    ) -> list[StoredMessage]:
+        """Stored messages, oldest first, optionally filtered by mailbox and folder."""
+        return [
+            message
+            for message in self.stored_messages.values()
+            if (mailbox is None or message.mailbox.lower() == mailbox.lower())
+            and (folder is None or message.folder == folder)
+        ]
+
+    def message(self, message_id: str) -> StoredMessage | None:
+        """One stored message by its Graph id."""
+        return self.stored_messages.get(message_id)
+
+    def reset(self) -> None:
+        """Forget messages, counters and faults (clients, users and tokens stay)."""
+        self.stored_messages.clear()
+        self.operation_counters.clear()
+        self.faults.clear()
+
+    def now(self) -> float:
+        """Current time (one place, so tests can reason about expiry)."""
+        return time.time()

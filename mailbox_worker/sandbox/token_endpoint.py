@@ -1,0 +1,309 @@
+"""``POST /{tenant}/oauth2/v2.0/token``: the authorization-code and refresh-token grants.
+
+Answers exactly as providers.md A3/A4/A5: ``token_type``, ``scope`` (echoed in the form the
+client used), ``expires_in``, ``ext_expires_in``, ``access_token``; ``refresh_token`` only when
+``offline_access`` was granted; ``id_token`` only for ``openid``; ``client_info`` when the
+client asked with ``client_info=1`` (msal always does).
+
+Refresh tokens rotate: each refresh returns a new one and the old one stays valid, unless a
+scenario switch killed it. Switches (``SandboxState.apply_scenario``) and what they produce:
+
+* ``revoke_sessions`` — every refresh token the user holds → ``invalid_grant`` AADSTS50173;
+* ``refresh_token_inactive`` — the user's current refresh tokens → ``invalid_grant`` AADSTS700082;
+* ``interaction_required`` — any refresh → ``interaction_required`` AADSTS50076 until ``reset``;
+* ``consent_removed`` — refreshes for the removed scopes → ``invalid_grant`` AADSTS65001.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+
+from . import identity_errors as errors
+from . import scopes as scope_rules
+from .faults import with_fault
+from .identity import base_url, resolve_tenant
+from .identity_errors import IdentityError, IdentityFailure
+from .signing import SigningKey, access_token, base64url, client_info, refresh_token
+from .state import (
+    REFRESH_TOKEN_INACTIVITY,
+    AccessToken,
+    Client,
+    Fault,
+    RefreshToken,
+    SandboxState,
+    User,
+)
+
+GRAPH_APPLICATION_ID = "00000003-0000-0000-c000-000000000000"
+ID_TOKEN_LIFETIME = 3600
+
+
+class TokenEndpoint:
+    """The token endpoint handler."""
+
+    def __init__(self, state: SandboxState, signing_key: SigningKey) -> None:
+        self._state = state
+        self._signing_key = signing_key
+
+    def routes(self) -> list[web.RouteDef]:
+        """The aiohttp routes this handler serves."""
+        return [web.post("/{tenant}/oauth2/v2.0/token", self.token)]
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        """Redeem a code or a refresh token."""
+        form = await request.post()
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        grant_type = fields.get("grant_type", "")
+        self._state.count("identity.token")
+        if grant_type:
+            self._state.count(f"identity.token.{grant_type}")
+
+        async def process() -> web.StreamResponse:
+            try:
+                return self._grant(request, grant_type, fields)
+            except IdentityFailure as failure:
+                return errors.json_error(failure.error, request)
+
+        operations = (f"identity.token.{grant_type}", "identity.token")
+        return await with_fault(
+            request,
+            self._state,
+            operations,
+            process,
+            lambda fault: self._fault_answer(request, fault),
+        )
+
+    def _grant(self, request: web.Request, grant_type: str, fields: dict[str, str]) -> web.Response:
+        segment = request.match_info["tenant"]
+        resolve_tenant(self._state, segment)
+        if not grant_type:
+            raise IdentityFailure(errors.missing_parameter("grant_type"))
+        client = self._authenticate(request, fields, segment)
+        if grant_type == "authorization_code":
+            user, scopes, nonce = self._redeem_code(client, fields)
+        elif grant_type == "refresh_token":
+            user, scopes = self._redeem_refresh_token(client, fields)
+            nonce = None
+        else:
+            raise IdentityFailure(errors.UNSUPPORTED_GRANT_TYPE)
+        body = self._issue(request, client, user, scopes, nonce, fields.get("client_info") == "1")
+        return web.json_response(
+            body, headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+        )
+
+    def _authenticate(
+        self, request: web.Request, fields: Mapping[str, str], segment: str
+    ) -> Client:
+        """The calling client; secret from the form or HTTP Basic (RFC 6749 2.3.1)."""
+        client_id, secret = fields.get("client_id", ""), fields.get("client_secret")
+        authorization = request.headers.get("Authorization", "")
+        if authorization.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(authorization[6:], validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError) as problem:
+                raise IdentityFailure(errors.missing_secret()) from problem
+            basic_id, _, basic_secret = decoded.partition(":")
+            client_id = client_id or unquote_plus(basic_id)
+            secret = unquote_plus(basic_secret)
+        if not client_id:
+            raise IdentityFailure(errors.missing_parameter("client_id"))
+        client = self._state.clients.get(client_id)
+        if client is None:
+            raise IdentityFailure(errors.unknown_client(client_id, segment))
+        if client.client_secret is not None:
+            if not secret:
+                raise IdentityFailure(errors.missing_secret())
+            if not hmac.compare_digest(secret.encode(), client.client_secret.encode()):
+                raise IdentityFailure(errors.invalid_secret(client.client_id))
+        return client
+
+    def _redeem_code(
+        self, client: Client, fields: Mapping[str, str]
+    ) -> tuple[User, list[str], str | None]:
+        value = fields.get("code", "")
+        if not value:
+            raise IdentityFailure(errors.missing_parameter("code"))
+        code = self._state.codes.get(value)
+        if code is None or code.client_id != client.client_id:
+            raise IdentityFailure(errors.malformed_grant("code"))
+        if code.redeemed:
+            raise IdentityFailure(errors.CODE_REDEEMED)
+        if code.expires_at < time.time():
+            raise IdentityFailure(errors.CODE_EXPIRED)
+        redirect_uri = fields.get("redirect_uri", "")
+        if not redirect_uri:
+            raise IdentityFailure(errors.missing_parameter("redirect_uri"))
+        if redirect_uri != code.redirect_uri:
+            raise IdentityFailure(errors.malformed_grant("redirect_uri"))
+        if code.code_challenge is not None:
+            verifier = fields.get("code_verifier", "")
+            if not verifier or not hmac.compare_digest(
+                _challenge_of(verifier, code.code_challenge_method), code.code_challenge
+            ):
+                raise IdentityFailure(errors.PKCE_MISMATCH)
+        code.redeemed = True
+        user = self._state.user_by_object_id(code.object_id)
+        return user, list(code.scopes), code.nonce
+
+    def _redeem_refresh_token(
+        self, client: Client, fields: Mapping[str, str]
+    ) -> tuple[User, list[str]]:
+        value = fields.get("refresh_token", "")
+        if not value:
+            raise IdentityFailure(errors.missing_parameter("refresh_token"))
+        token = self._state.refresh_tokens.get(value)
+        if token is None:
+            raise IdentityFailure(
+                errors.invalid_grant(9002313, "Invalid request. Request is malformed or invalid.")
+            )
+        if token.client_id != client.client_id:
+            raise IdentityFailure(errors.malformed_grant("refresh_token"))
+        user = self._state.user_by_object_id(token.object_id)
+        now = time.time()
+        if token.session_generation < user.session_generation:
+            raise IdentityFailure(errors.SESSIONS_REVOKED)
+        if token.inactive or now - token.last_used_at > REFRESH_TOKEN_INACTIVITY:
+            raise IdentityFailure(errors.REFRESH_INACTIVE)
+        if user.interaction_required:
+            raise IdentityFailure(errors.INTERACTION_REQUIRED)
+        requested = scope_rules.split(fields.get("scope", "")) or list(token.scopes)
+        for scope in requested:
+            if not scope_rules.is_known(scope):
+                raise IdentityFailure(errors.invalid_scope(scope))
+        wanted = scope_rules.canonical_set(scope_rules.resource_scopes(requested))
+        consented = self._state.consented_scopes(user.object_id, client.client_id)
+        if not consented or not wanted <= consented:
+            raise IdentityFailure(errors.consent_missing(client.client_id, client.name))
+        token.last_used_at = now
+        return user, requested
+
+    def _issue(
+        self,
+        request: web.Request,
+        client: Client,
+        user: User,
+        granted: list[str],
+        nonce: str | None,
+        with_client_info: bool,
+    ) -> dict[str, Any]:
+        """Mint the tokens for ``granted`` (scopes in the client's own spelling)."""
+        now = int(time.time())
+        lifetime = self._state.access_token_lifetime
+        canonical = scope_rules.canonical_set(granted)
+        resource = scope_rules.resource_scopes(granted)
+        short_names = [scope.rpartition("/")[2] for scope in resource]
+        claims = {
+            "aud": GRAPH_APPLICATION_ID,
+            "iss": f"https://sts.windows.net/{user.tenant_id}/",
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "app_displayname": client.name,
+            "appid": client.client_id,
+            "idtyp": "user",
+            "name": user.display_name,
+            "oid": user.object_id,
+            "scp": " ".join(
+                short_names + [s for s in granted if s not in resource and s != "offline_access"]
+            ),
+            "sub": _pairwise_subject(user.object_id, GRAPH_APPLICATION_ID),
+            "tid": user.tenant_id,
+            "unique_name": user.address,
+            "upn": user.address,
+            "uti": base64url(uuid.uuid4().bytes),
+            "ver": "1.0",
+        }
+        access = access_token(claims)
+        self._state.access_tokens[access] = AccessToken(
+            client.client_id, user.object_id, list(granted), time.time() + lifetime
+        )
+        body: dict[str, Any] = {
+            "token_type": "Bearer",
+            "scope": " ".join(granted),
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": access,
+        }
+        if "offline_access" in canonical:
+            fresh = refresh_token()
+            self._state.refresh_tokens[fresh] = RefreshToken(
+                client.client_id, user.object_id, list(granted), user.session_generation, now
+            )
+            body["refresh_token"] = fresh
+        if "openid" in canonical:
+            body["id_token"] = self._id_token(request, client, user, canonical, nonce, now)
+        if with_client_info:
+            body["client_info"] = client_info(user.object_id, user.tenant_id)
+        return body
+
+    def _id_token(
+        self,
+        request: web.Request,
+        client: Client,
+        user: User,
+        canonical: frozenset[str],
+        nonce: str | None,
+        now: int,
+    ) -> str:
+        claims: dict[str, Any] = {
+            "aud": client.client_id,
+            "iss": f"{base_url(request)}/{user.tenant_id}/v2.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + ID_TOKEN_LIFETIME,
+            "oid": user.object_id,
+            "sub": _pairwise_subject(user.object_id, client.client_id),
+            "tid": user.tenant_id,
+            "uti": base64url(uuid.uuid4().bytes),
+            "ver": "2.0",
+        }
+        if "profile" in canonical:
+            claims["name"] = user.display_name
+            claims["preferred_username"] = user.address
+        if "email" in canonical:
+            claims["email"] = user.address
+        if nonce is not None:
+            claims["nonce"] = nonce
+        return self._signing_key.sign(claims)
+
+    def _fault_answer(self, request: web.Request, fault: Fault) -> web.Response:
+        """The body Entra sends for an overloaded or failing token endpoint."""
+        if fault.status >= 500 and fault.status != 503:
+            failure = IdentityError(
+                "server_error",
+                50000,
+                "There was an error issuing a token or an issue with our sign-in service.",
+                status=fault.status,
+            )
+        else:
+            failure = IdentityError(
+                "temporarily_unavailable",
+                90033,
+                "A transient error has occurred. Please try again.",
+                status=fault.status,
+            )
+        response = errors.json_error(failure, request)
+        if fault.retry_after is not None:
+            response.headers["Retry-After"] = str(fault.retry_after)
+        return response
+
+
+def _challenge_of(verifier: str, method: str) -> str:
+    if method == "S256":
+        return base64url(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
+    return verifier
+
+
+def _pairwise_subject(object_id: str, audience: str) -> str:
+    """Entra's ``sub`` is pairwise: stable per (user, application), different across apps."""
+    return base64url(hashlib.sha256(f"{object_id}:{audience}".encode()).digest())

@@ -1,0 +1,427 @@
+"""``/v1/jobs`` over a real socket, the real intake and a real SQLite database."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailbox_worker.jobs.queue import CANCELLED, QUEUED
+from tests.integration.api_harness import (
+    MESSAGE_LIMIT,
+    Answer,
+    RunningApi,
+    job_request,
+    running_api,
+)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
+    async with running_api(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def caller(api: RunningApi) -> tuple[str, str, str]:
+    """``(account_id, api_key, connected mailbox id)``."""
+    account_id, key = await api.account_with_key()
+    mailbox = await api.connected_mailbox(account_id)
+    return account_id, key, mailbox.id
+
+
+async def enqueue(
+    api: RunningApi, key: str, body: Any, idempotency_key: str | None = None
+) -> Answer:
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    return await api.call("POST", "/v1/jobs", key=key, json_body=body, headers=headers)
+
+
+# -- enqueue --------------------------------------------------------------------------------
+
+
+async def test_an_accepted_job_is_committed_before_the_answer(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    account_id, key, mailbox_id = caller
+
+    answer = await enqueue(api, key, job_request(mailbox_id))
+
+    assert answer.status == 202, answer.body
+    job = answer.json()
+    assert answer.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert (job["mailbox_id"], job["mode"], job["state"]) == (mailbox_id, "send", QUEUED)
+    assert job["reference"] == "INV-2024-0042"
+    assert job["message_id"] == f"<{job['id']}@contoso.example>"
+    assert job["created_at"].endswith("Z")
+    assert job["last_error"] is None
+    assert job["provider"] == {"message_id": None, "draft_id": None, "web_link": None}
+    stored = await api.jobs.get(job["id"], account_id)
+    assert stored is not None and stored.state == QUEUED
+    payload = await api.jobs.payload(job["id"])
+    assert payload is not None and payload["subject"] == "Invoice INV-2024-0042"
+
+
+async def test_the_answer_does_not_echo_the_message(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    answer = await enqueue(api, key, job_request(mailbox_id))
+    assert answer.status == 202
+    assert "message" not in answer.json()
+    for content in (b'Invoice INV-2024-0042"', b"fabrikam", b"JVBERi0xLjQK", b"attached"):
+        assert content not in answer.body
+
+
+async def test_a_replayed_idempotency_key_answers_the_first_job(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    body = job_request(mailbox_id)
+
+    first = await enqueue(api, key, body, idempotency_key="invoice-42")
+    again = await enqueue(api, key, body, idempotency_key="invoice-42")
+
+    assert (first.status, again.status) == (202, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.json() == first.json()
+
+
+async def test_a_reused_idempotency_key_with_another_body_is_a_conflict(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    await enqueue(api, key, job_request(mailbox_id), idempotency_key="invoice-42")
+
+    answer = await enqueue(
+        api, key, job_request(mailbox_id, subject="Another invoice"), idempotency_key="invoice-42"
+    )
+
+    assert (answer.status, answer.error_code) == (409, "idempotency_key_reused")
+
+
+async def test_idempotency_keys_are_per_account(api: RunningApi) -> None:
+    jobs = []
+    for name in ("Contoso", "Northwind"):
+        account_id, key = await api.account_with_key(name=name)
+        mailbox = await api.connected_mailbox(account_id)
+        answer = await enqueue(api, key, job_request(mailbox.id), idempotency_key="same")
+        assert answer.status == 202
+        jobs.append(answer.json()["id"])
+    assert jobs[0] != jobs[1]
+
+
+async def test_without_an_idempotency_key_each_request_is_a_new_job(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    first = await enqueue(api, key, job_request(mailbox_id))
+    second = await enqueue(api, key, job_request(mailbox_id))
+    assert (first.status, second.status) == (202, 202)
+    assert first.json()["id"] != second.json()["id"]
+
+
+async def test_a_deadline_is_answered_in_utc(api: RunningApi, caller: tuple[str, str, str]) -> None:
+    _, key, mailbox_id = caller
+    body = {**job_request(mailbox_id), "deadline": "2100-01-01T12:00:00+02:00"}
+    answer = await enqueue(api, key, body)
+    assert answer.status == 202, answer.body
+    assert answer.json()["deadline"] == "2100-01-01T10:00:00.000Z"
+
+
+# -- malformed or refused requests: a stable 4xx each, never a 5xx ---------------------------
+
+
+def _without(body: dict[str, Any], field: str) -> dict[str, Any]:
+    message = dict(body["message"])
+    del message[field]
+    return {**body, "message": message}
+
+
+def _attachment(
+    content_base64: str = "eA==", filename: str = "a.pdf", content_type: str = "application/pdf"
+) -> list[dict[str, str]]:
+    return [{"filename": filename, "content_type": content_type, "content_base64": content_base64}]
+
+
+def _to(address: str, **extra: str) -> dict[str, Any]:
+    return {"to": [{"address": address, **extra}]}
+
+
+# How to spoil the valid message, the code answered (always with 400) and the field named.
+MALFORMED = [
+    pytest.param(_to("not-an-address"), "invalid_address", "message.to[0].address", id="address"),
+    pytest.param(_to("a@b@fabrikam.example"), "invalid_address", "message.to[0].address", id="2@"),
+    pytest.param(
+        _to("a@fabrikam.example\r\nBcc: x@evil.example"),
+        "invalid_address",
+        "message.to[0].address",
+        id="CRLF in address",
+    ),
+    pytest.param(
+        _to("Ann <ann@fabrikam.example>"),
+        "invalid_address",
+        "message.to[0].address",
+        id="display name in address",
+    ),
+    pytest.param(
+        {"subject": "Invoice\r\nBcc: victim@example.com"},
+        "invalid_request",
+        "message.subject",
+        id="CRLF in subject",
+    ),
+    pytest.param(
+        _to("a@fabrikam.example", name="A\nB"), "invalid_request", "message.to[0].name", id="LF"
+    ),
+    pytest.param({"to": []}, "invalid_request", "message.to", id="no recipient"),
+    pytest.param({"subject": ""}, "invalid_request", "message.subject", id="empty subject"),
+    pytest.param({"priority": 1}, "invalid_request", "message.priority", id="unknown field"),
+    pytest.param({"text": "a\u0000b"}, "invalid_request", "message.text", id="NUL in text"),
+    pytest.param(
+        {"attachments": _attachment("%%%not base64%%%")},
+        "invalid_attachment",
+        "message.attachments[0].content_base64",
+        id="not base64",
+    ),
+    pytest.param(
+        {"attachments": _attachment("JVBERi0xLjQ")},
+        "invalid_attachment",
+        "message.attachments[0].content_base64",
+        id="truncated base64",
+    ),
+    pytest.param(
+        {"attachments": _attachment(filename="../../etc/passwd")},
+        "invalid_request",
+        "message.attachments[0].filename",
+        id="path in filename",
+    ),
+    pytest.param(
+        {"attachments": _attachment(content_type="text/plain; charset=utf-8")},
+        "invalid_request",
+        "message.attachments[0].content_type",
+        id="media type parameters",
+    ),
+    pytest.param(
+        {"attachments": _attachment() * 21},
+        "invalid_request",
+        "message.attachments",
+        id="21 attachments",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "code", "field"), MALFORMED)
+async def test_a_malformed_message_is_refused_naming_the_field(
+    api: RunningApi,
+    caller: tuple[str, str, str],
+    change: dict[str, Any],
+    code: str,
+    field: str,
+) -> None:
+    _, key, mailbox_id = caller
+
+    answer = await enqueue(api, key, job_request(mailbox_id, **change))
+
+    assert (answer.status, answer.error_code) == (400, code), answer.body
+    error = answer.json()["error"]
+    assert field in error["message"]
+    assert field in [detail["field"] for detail in error["details"]]
+
+
+async def test_a_message_without_text_or_html_is_missing_its_body(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    answer = await enqueue(api, key, _without(job_request(mailbox_id), "text"))
+    assert (answer.status, answer.error_code) == (400, "missing_body")
+    assert answer.json()["error"]["details"][0]["field"] == "message"
+
+    html_only = _without(job_request(mailbox_id, html="<p>Invoice</p>"), "text")
+    assert (await enqueue(api, key, html_only)).status == 202
+
+
+async def test_unknown_fields_are_named_and_refused(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    body = {**job_request(mailbox_id), "priority": 1, "callback": "https://x.example"}
+
+    answer = await enqueue(api, key, body)
+
+    assert (answer.status, answer.error_code) == (400, "invalid_request")
+    details = answer.json()["error"]["details"]
+    assert {detail["field"] for detail in details} == {"priority", "callback"}
+    assert b"https://x.example" not in answer.body  # names, never values
+
+
+async def test_several_problems_are_all_detailed(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, _ = caller
+    body = {"mode": "fax", "message": {"to": [{"address": "nope"}], "subject": 7}}
+
+    answer = await enqueue(api, key, body)
+
+    assert (answer.status, answer.error_code) == (400, "invalid_request")
+    fields = {detail["field"]: detail["code"] for detail in answer.json()["error"]["details"]}
+    assert fields == {
+        "mailbox_id": "invalid_request",
+        "mode": "invalid_request",
+        "message": "missing_body",
+        "message.to[0].address": "invalid_address",
+        "message.subject": "invalid_request",
+    }
+
+
+async def test_an_unknown_mailbox_is_not_found(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, _ = caller
+    answer = await enqueue(api, key, job_request("mbx_does_not_exist"))
+    assert (answer.status, answer.error_code) == (404, "mailbox_not_found")
+
+
+async def test_another_accounts_mailbox_answers_as_an_unknown_one(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, _ = caller
+    other_account, _ = await api.account_with_key(name="Northwind")
+    theirs = await api.connected_mailbox(other_account)
+
+    foreign = await enqueue(api, key, job_request(theirs.id))
+    unknown = await enqueue(api, key, job_request("mbx_does_not_exist"))
+
+    assert (foreign.status, foreign.body) == (unknown.status, unknown.body)
+    assert sum((await api.jobs.count_by_state()).values()) == 0
+
+
+async def test_a_mailbox_waiting_for_consent_cannot_take_jobs(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    account_id, key, _ = caller
+    pending = await api.mailboxes.create(account_id, "microsoft", ["send"], actor="test")
+    answer = await enqueue(api, key, job_request(pending.id))
+    assert (answer.status, answer.error_code) == (409, "mailbox_not_connected")
+
+
+async def test_a_message_over_the_providers_limit_is_too_large(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    content = base64.b64encode(b"%PDF" + b"\0" * MESSAGE_LIMIT).decode()
+
+    answer = await enqueue(api, key, job_request(mailbox_id, attachments=_attachment(content)))
+
+    assert (answer.status, answer.error_code) == (413, "message_too_large")
+    assert str(MESSAGE_LIMIT) in answer.json()["error"]["message"]
+
+
+async def test_a_deadline_in_the_past_is_refused(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    past = {**job_request(mailbox_id), "deadline": "2001-01-01T00:00:00Z"}
+    not_a_date = {**job_request(mailbox_id), "deadline": "tomorrow"}
+    for body in (past, not_a_date):
+        answer = await enqueue(api, key, body)
+        assert (answer.status, answer.error_code) == (400, "invalid_deadline"), answer.body
+
+
+async def test_from_must_be_the_mailboxs_own_address(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    spoofed = job_request(mailbox_id, **{"from": {"address": "ceo@contoso.example"}})
+    named = job_request(
+        mailbox_id, **{"from": {"address": "billing@contoso.example", "name": "Contoso Billing"}}
+    )
+    answer = await enqueue(api, key, spoofed)
+    assert (answer.status, answer.error_code) == (400, "from_mismatch")
+    assert (await enqueue(api, key, named)).status == 202
+
+
+@pytest.mark.parametrize(
+    "value", ["", "x" * 201, "caf\u00e9", "tab\there"], ids=["empty", "long", "non-ascii", "tab"]
+)
+async def test_a_malformed_idempotency_key_is_refused(
+    api: RunningApi, caller: tuple[str, str, str], value: str
+) -> None:
+    _, key, mailbox_id = caller
+    answer = await enqueue(api, key, job_request(mailbox_id), idempotency_key=value)
+    assert (answer.status, answer.error_code) == (400, "invalid_idempotency_key"), answer.body
+    assert sum((await api.jobs.count_by_state()).values()) == 0
+
+
+# -- read and cancel ------------------------------------------------------------------------
+
+
+async def test_a_job_is_read_with_its_events(api: RunningApi, caller: tuple[str, str, str]) -> None:
+    _, key, mailbox_id = caller
+    created = (await enqueue(api, key, job_request(mailbox_id))).json()
+
+    answer = await api.call("GET", f"/v1/jobs/{created['id']}", key=key)
+
+    assert answer.status == 200
+    job = answer.json()
+    assert {k: v for k, v in job.items() if k != "events"} == created
+    assert [(e["kind"], e["from_state"], e["to_state"], e["code"]) for e in job["events"]] == [
+        ("state", None, QUEUED, "enqueued")
+    ]
+    assert dt.datetime.fromisoformat(job["events"][0]["at"]).tzinfo is not None
+
+
+async def test_a_queued_job_is_cancelled_once_and_stays_cancelled(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    job_id = (await enqueue(api, key, job_request(mailbox_id))).json()["id"]
+
+    first = await api.call("POST", f"/v1/jobs/{job_id}/cancel", key=key)
+    again = await api.call("POST", f"/v1/jobs/{job_id}/cancel", key=key)
+
+    assert (first.status, first.json()["state"]) == (200, CANCELLED)
+    assert (again.status, again.json()["state"]) == (200, CANCELLED)
+    assert "events" not in first.json()
+    assert first.json()["finished_at"] is not None
+
+
+async def test_a_running_job_cannot_be_cancelled(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    job_id = (await enqueue(api, key, job_request(mailbox_id))).json()["id"]
+    claimed = await api.jobs.claim("worker-1", 1, dt.timedelta(minutes=1))
+    assert [c.job.id for c in claimed] == [job_id]
+
+    answer = await api.call("POST", f"/v1/jobs/{job_id}/cancel", key=key)
+
+    assert (answer.status, answer.error_code) == (409, "job_not_cancellable")
+
+
+async def test_another_accounts_job_is_not_found(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    job_id = (await enqueue(api, key, job_request(mailbox_id))).json()["id"]
+    _, other_key = await api.account_with_key(name="Northwind")
+
+    for method, path in (("GET", f"/v1/jobs/{job_id}"), ("POST", f"/v1/jobs/{job_id}/cancel")):
+        theirs = await api.call(method, path, key=other_key)
+        unknown = await api.call(method, path.replace(job_id, "job_unknown"), key=other_key)
+        assert (theirs.status, theirs.error_code) == (404, "job_not_found")
+        assert theirs.body == unknown.body
+    state = await api.jobs.get(job_id)
+    assert state is not None and state.state == QUEUED
+
+
+async def test_a_job_id_of_impossible_characters_is_an_unknown_route(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, _ = caller
+    answer = await api.call("GET", "/v1/jobs/job%20one", key=key)
+    assert (answer.status, answer.error_code) == (404, "not_found")

@@ -1,0 +1,142 @@
+"""Property-based conformance: the served API against its served OpenAPI document.
+
+Schemathesis (its engine, as ``schemathesis run`` uses it) loads ``/openapi.json`` from the
+running API and runs every phase (examples, coverage, fuzzing, stateful) with a valid API
+key, positive and negative data, a fixed seed and no example database: no 5xx, every status
+documented, every answer of the documented content type, headers and schema, valid data
+accepted and invalid data refused. Only 127.0.0.1 is contacted.
+
+Two documented behaviours differ from what the generic checks assume, and are declared:
+- ``DELETE /v1/mailboxes/{id}`` disconnects: the mailbox stays readable, in state
+  ``disconnected`` (so ``use_after_free`` does not apply to it);
+- ``GET /oauth/callback`` answers 400 (a page) for a failed authorization, and schema-valid
+  random query parameters are a failed authorization.
+Half of the generated jobs are aimed at a connected mailbox (``aim_at_mailbox``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import schemathesis
+from schemathesis.engine import Status, StopReason, events, from_schema
+
+from mailbox_worker.api.document import is_date_time, is_email_address
+from tests.integration.api_harness import MAILBOX_ADDRESS, running_api
+
+SEED = 20240501
+MAX_EXAMPLES = 25
+
+
+@dataclass
+class Report:
+    cases: int = 0
+    problems: list[str] = field(default_factory=list)
+    stop_reason: StopReason | None = None
+
+
+def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str) -> Report:
+    """Run the engine against ``base_url`` (blocking; call it from a thread)."""
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "cache": {"enabled": False},
+            "generation": {
+                "mode": "all",
+                "max-examples": MAX_EXAMPLES,
+                "deterministic": True,
+                "database": "none",
+            },
+            "auth": {"openapi": {"apiKey": {"bearer": api_key}}},
+            "operations": [
+                {
+                    "include-path": "/oauth/callback",
+                    "checks": {
+                        "positive_data_acceptance": {"expected-statuses": ["2xx", "3xx", "400"]}
+                    },
+                },
+                {
+                    "include-path": "/v1/mailboxes/{mailbox_id}",
+                    "checks": {"use_after_free": {"enabled": False}},
+                },
+            ],
+        }
+    )
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", config=config)
+
+    @schema.hook
+    def map_body(context: schemathesis.HookContext, body: Any) -> Any:
+        operation = context.operation
+        if operation is None or (operation.method.upper(), operation.path) != ("POST", "/v1/jobs"):
+            return body
+        return aim_at_mailbox(body, mailbox_id, address)
+
+    report = Report()
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            report.cases += len(event.recorder.cases)
+            for checks in event.recorder.checks.values():
+                for check in checks:
+                    if check.status == Status.FAILURE and check.failure_info is not None:
+                        found = check.failure_info.failure
+                        report.problems.append(
+                            f"[{event.phase.value}] {event.recorder.label} — {check.name}: "
+                            f"{found.title}\n{found.message}\n{check.failure_info.code_sample}"
+                        )
+        elif isinstance(event, events.NonFatalError):
+            report.problems.append(f"error in {event.label}: {event.value!r}")
+        elif isinstance(event, events.FatalError):
+            report.problems.append(f"fatal: {event.exception!r}")
+        elif isinstance(event, events.EngineFinished):
+            report.stop_reason = event.stop_reason
+    return report
+
+
+def aim_at_mailbox(body: Any, mailbox_id: str, address: str) -> Any:
+    """Half of the generated jobs go to the connected mailbox, and keep its rules.
+
+    So fuzzing reaches the intake, the MIME builder and the queue instead of stopping at
+    404; a deadline in the past or a ``from`` that is not the mailbox's own address would
+    be refused there for reasons the schema cannot state, so they are made right.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("mailbox_id"), str):
+        return body
+    if len(body["mailbox_id"]) % 2:
+        return body
+    aimed = {**body, "mailbox_id": mailbox_id}
+    deadline = aimed.get("deadline")
+    if (
+        isinstance(deadline, str)
+        and is_date_time(deadline)
+        and dt.datetime.fromisoformat(deadline.replace("Z", "+00:00")) < dt.datetime.now(dt.UTC)
+    ):
+        aimed["deadline"] = "2100-01-01T00:00:00Z"
+    message = aimed.get("message")
+    if isinstance(message, dict) and isinstance(message.get("from"), dict):
+        sender = message["from"]
+        if isinstance(sender.get("address"), str) and is_email_address(sender["address"]):
+            aimed["message"] = {**message, "from": {**sender, "address": address}}
+    return aimed
+
+
+async def test_the_served_api_conforms_to_its_document(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        account_id, key = await api.account_with_key()
+        mailbox = await api.connected_mailbox(account_id)
+
+        report = await asyncio.to_thread(
+            run_schemathesis, api.base_url, key, mailbox.id, MAILBOX_ADDRESS
+        )
+
+        metrics = (await api.call("GET", "/metrics")).body.decode()
+    unique = sorted(set(report.problems))
+    assert not unique, f"{len(unique)} problem(s):\n\n" + "\n\n".join(unique[:20])
+    assert report.stop_reason == StopReason.COMPLETED
+    assert report.cases > 300, report.cases
+    # The fuzzing went past validation: jobs were enqueued through the real intake.
+    assert 'route="/v1/jobs",status="202"' in metrics
+    assert 'status="5' not in metrics
