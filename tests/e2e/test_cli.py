@@ -1,0 +1,70 @@
+"""The CLI as a user meets it: one clear line for a wrong setting, keys shown once, rotation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def run(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailbox_worker.cli", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def environment(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILBOX_WORKER_")}
+    clean.update(
+        {
+            "MAILBOX_WORKER_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
+            "MAILBOX_WORKER_KEYS__SOURCE": "file",
+            "MAILBOX_WORKER_KEYS__FILE": str(tmp_path / "keys.json"),
+            "MAILBOX_WORKER_KEYS__CREATE_IF_MISSING": "true",
+        }
+    )
+    return clean
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting"),
+    [
+        ("MAILBOX_WORKER_WORKER__CONCURRENCY", "zero", "worker.concurrency"),
+        ("MAILBOX_WORKER_DATABASE__URL", "mysql://db", "database.url"),
+        ("MAILBOX_WORKER_SERVER__PORTT", "1", "server.portt"),
+    ],
+)
+def test_a_wrong_setting_stops_start_up_with_one_line(
+    environment: dict[str, str], variable: str, value: str, setting: str
+) -> None:
+    done = run({**environment, variable: value}, "serve")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert setting in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_accounts_keys_and_key_rotation(environment: dict[str, str]) -> None:
+    account = run(environment, "accounts", "create", "Contoso").stdout.strip()
+    assert account.startswith("acc_")
+    created = run(environment, "keys", "create", "--account", account, "--permissions", "jobs:read")
+    assert created.returncode == 0
+    assert created.stdout.startswith("mwk_")
+    assert "shown once" in created.stderr
+    refused = run(environment, "keys", "create", "--account", account, "--permissions", "root")
+    assert refused.returncode == 2
+    rotated = run(environment, "keys", "rotate")
+    assert rotated.returncode == 0
+    assert "active key kek-" in rotated.stdout
