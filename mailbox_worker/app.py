@@ -33,10 +33,13 @@ from mailbox_worker.errors import ConfigError
 from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.queue import JobStore
 from mailbox_worker.jobs.worker import Worker
+from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import MailProvider
 from mailbox_worker.providers.graph import GraphProvider
+from mailbox_worker.tokens.google import GoogleIdentity
+from mailbox_worker.tokens.identity import IdentityClient
 from mailbox_worker.tokens.keys import EnvKeySource, FileKeySource, KeyringKeySource, KeySource
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
 from mailbox_worker.tokens.service import AccessTokens
@@ -78,7 +81,8 @@ class App:
     jobs: JobStore
     vault: TokenVault
     tokens: AccessTokens
-    microsoft: MicrosoftIdentity | None
+    identities: dict[str, IdentityClient]
+    revocations: Revocations
     providers: dict[str, MailProvider]
     intake: JobIntake
     mailbox_service: MailboxService
@@ -95,8 +99,13 @@ class App:
         jobs = JobStore(sessions)
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys)
-        microsoft = MicrosoftIdentity(settings.microsoft) if settings.microsoft.client_id else None
-        tokens = AccessTokens(vault, microsoft, metrics, DatabaseLocks(engine))
+        identities: dict[str, IdentityClient] = {}
+        if settings.microsoft.client_id:
+            identities["microsoft"] = MicrosoftIdentity(settings.microsoft)
+        if settings.google.client_id:
+            identities["google"] = GoogleIdentity(settings.google)
+        tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
+        revocations = Revocations(sessions, vault, identities, accounts)
         providers: dict[str, MailProvider] = {
             "microsoft": GraphProvider(
                 settings.microsoft.graph_url,
@@ -108,15 +117,17 @@ class App:
         intake = JobIntake(
             jobs,
             mailboxes,
-            lambda provider, mode: providers[provider].max_message_bytes(
-                "send" if mode == "send" else "draft"
+            lambda provider, mode: (
+                providers[provider].max_message_bytes("send" if mode == "send" else "draft")
+                if provider in providers
+                else None
             ),
             metrics,
             wake_worker=worker.wake,
         )
         redirect_uri = settings.server.public_url.rstrip("/") + CALLBACK_PATH
         mailbox_service = MailboxService(
-            mailboxes, jobs, accounts, vault, tokens, microsoft, redirect_uri
+            mailboxes, jobs, accounts, vault, tokens, identities, revocations, redirect_uri
         )
         return cls(
             settings=settings,
@@ -130,7 +141,8 @@ class App:
             jobs=jobs,
             vault=vault,
             tokens=tokens,
-            microsoft=microsoft,
+            identities=identities,
+            revocations=revocations,
             providers=providers,
             intake=intake,
             mailbox_service=mailbox_service,
@@ -173,14 +185,16 @@ class App:
         log.info("listening on %s", self.settings.server.public_url)
         if started is not None:
             started.set()
+        revocations = asyncio.create_task(self.revocations.run(stop), name="revocations")
         try:
             await self.worker.run(stop)
         finally:
+            await revocations
             await runner.cleanup()
 
     async def close(self) -> None:
-        if self.microsoft is not None:
-            self.microsoft.close()
+        for identity in self.identities.values():
+            identity.close()
         for provider in self.providers.values():
             await provider.close()
         await self.engine.dispose()

@@ -73,6 +73,17 @@ class MicrosoftSettings:
 
 
 @dataclass(frozen=True)
+class GoogleSettings:
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
+    revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    ca_file: str = ""
+    request_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     json: bool = False
@@ -85,6 +96,7 @@ class Settings:
     worker: WorkerSettings = WorkerSettings()
     keys: KeySettings = KeySettings()
     microsoft: MicrosoftSettings = MicrosoftSettings()
+    google: GoogleSettings = GoogleSettings()
     logging: LoggingSettings = LoggingSettings()
 
 
@@ -183,8 +195,13 @@ def _validate(settings: Settings) -> None:
     for name in ("authority", "graph_url"):
         if urlsplit(getattr(settings.microsoft, name)).scheme != "https":
             raise ConfigError(f"microsoft.{name}", "must be an https URL")
-    if settings.microsoft.ca_file and not Path(settings.microsoft.ca_file).is_file():
-        raise ConfigError("microsoft.ca_file", "file does not exist")
+    for name in ("auth_url", "token_url", "revoke_url"):
+        if urlsplit(getattr(settings.google, name)).scheme != "https":
+            raise ConfigError(f"google.{name}", "must be an https URL")
+    for section in ("microsoft", "google"):
+        ca_file = getattr(settings, section).ca_file
+        if ca_file and not Path(ca_file).is_file():
+            raise ConfigError(f"{section}.ca_file", "file does not exist")
     broader = BROADER_THAN_NEEDED.intersection(
         scope.lower() for scope in settings.microsoft.extra_scopes
     )

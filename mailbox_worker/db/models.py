@@ -223,3 +223,29 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
     __table_args__ = (Index(None, "at"), Index(None, "account_id", "id"))
+
+
+class PendingRevocation(Base):
+    """A grant to revoke at the provider once it is reachable again (after a disconnect).
+
+    The token is sealed under a data key of its own, wrapped by the key-encryption key
+    ``kek_id``; the row (key and all) is deleted once the provider confirmed the revocation
+    or the token can no longer be alive.
+    """
+
+    __tablename__ = "pending_revocations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    mailbox_id: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[str] = mapped_column(String(40))
+    provider: Mapped[str] = mapped_column(String(20))
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sealed_token: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    give_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index(None, "next_attempt_at"),)

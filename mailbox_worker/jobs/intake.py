@@ -29,8 +29,9 @@ from mailbox_worker.jobs.mime import build_message, decode_attachment
 from mailbox_worker.jobs.queue import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
 from mailbox_worker.metrics import Metrics
 
-MessageLimit = Callable[[str, str], int]
-"""``(provider, mode) -> largest message in bytes`` the provider's transport accepts."""
+MessageLimit = Callable[[str, str], int | None]
+"""``(provider, mode) ->`` the largest message in bytes the provider's transport accepts, or
+None when no transport for that provider exists yet."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,11 @@ class JobIntake:
                 f"the message cannot be built: {type(error).__name__}", code="invalid_message"
             ) from None
         limit = self._message_limit(provider, mode)
+        if limit is None:
+            raise Conflict(
+                f"sending through {provider} mailboxes is not available yet",
+                code="provider_not_supported",
+            )
         if size > limit:
             raise PayloadTooLarge(
                 f"the message would be {size} bytes; this mailbox's provider accepts at most "

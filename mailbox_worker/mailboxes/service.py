@@ -41,8 +41,9 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
-from mailbox_worker.tokens.microsoft import MicrosoftIdentity
+from mailbox_worker.tokens.identity import IdentityClient
 from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import AUTHORIZATION, TokenVault
 
@@ -81,7 +82,8 @@ class MailboxService:
         accounts: AccountStore,
         vault: TokenVault,
         tokens: AccessTokens,
-        microsoft: MicrosoftIdentity | None,
+        identities: Mapping[str, IdentityClient],
+        revocations: Revocations,
         redirect_uri: str,
     ) -> None:
         self._mailboxes = mailboxes
@@ -89,7 +91,8 @@ class MailboxService:
         self._accounts = accounts
         self._vault = vault
         self._tokens = tokens
-        self._microsoft = microsoft
+        self._identities = identities
+        self._revocations = revocations
         self._redirect_uri = redirect_uri
 
     # -- connect -----------------------------------------------------------------------------
@@ -143,12 +146,13 @@ class MailboxService:
         )
         return str(flow["auth_uri"])
 
-    def _identity(self, provider: str) -> MicrosoftIdentity:
-        if provider != "microsoft" or self._microsoft is None:
+    def _identity(self, provider: str) -> IdentityClient:
+        identity = self._identities.get(provider)
+        if identity is None:
             raise Conflict(
                 f"no OAuth app is configured for {provider}", code="provider_not_configured"
             )
-        return self._microsoft
+        return identity
 
     async def complete(self, query: Mapping[str, str]) -> CallbackResult:
         state = query.get("state")
@@ -181,6 +185,8 @@ class MailboxService:
         required = required_scopes(mailbox.provider, mailbox.capabilities)
         missing = missing_scopes(required, grant.granted_scopes)
         if missing:
+            # Google's granular consent: revoke the partial grant rather than keep it.
+            await self._revocations.revoke(mailbox, grant.cache)
             await self._remember_failure(mailbox, "scope_missing")
             return self._result(
                 "scope_missing",
@@ -188,9 +194,11 @@ class MailboxService:
                 pending,
             )
         if not grant.address:
+            await self._revocations.revoke(mailbox, grant.cache)
             await self._remember_failure(mailbox, "address_unknown")
             return self._result("address_unknown", "The sign-in gave no address.", pending)
         if mailbox.address is not None and mailbox.address.lower() != grant.address.lower():
+            await self._revocations.revoke(mailbox, grant.cache)
             await self._remember_failure(mailbox, "address_mismatch")
             return self._result(
                 "address_mismatch",
@@ -248,7 +256,12 @@ class MailboxService:
         return await self.get(principal, mailbox_id)
 
     async def disconnect_mailbox(self, mailbox: Mailbox, actor: str) -> None:
-        """Erase tokens and data key, cancel pending jobs, mark disconnected. Idempotent."""
+        """Revoke at the provider where it can be, erase tokens and data key, cancel pending
+        jobs, mark disconnected, audit. Idempotent; succeeds while the provider is down (the
+        revocation is then retried in the background)."""
+        stored = (
+            await self._vault.load_tokens(mailbox.id) if mailbox.state != DISCONNECTED else None
+        )
         await self._vault.erase(mailbox.id)
         self._tokens.forget(mailbox.id)
         cancelled = await self._jobs.cancel_pending_for_mailbox(mailbox.id, "mailbox_disconnected")
@@ -258,16 +271,15 @@ class MailboxService:
             "disconnected_by_admin",
             expected=[PENDING_CONSENT, CONNECTED, REAUTH_REQUIRED],
         )
-        if moved:
-            await self._accounts.audit(
-                actor,
-                mailbox.account_id,
-                "mailbox.disconnected",
-                mailbox.id,
-                {"cancelled_jobs": cancelled, "provider_revocation": _REVOCATION[mailbox.provider]},
-            )
-
-
-_REVOCATION = {
-    "microsoft": "not_available_without_admin_permissions; tokens destroyed locally",
-}
+        if not moved:
+            return
+        revocation = await self._revocations.revoke(
+            mailbox, stored.plaintext.decode() if stored else None
+        )
+        await self._accounts.audit(
+            actor,
+            mailbox.account_id,
+            "mailbox.disconnected",
+            mailbox.id,
+            {"cancelled_jobs": cancelled, "provider_revocation": revocation},
+        )

@@ -11,16 +11,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-Provider = Literal["microsoft"]
+Provider = Literal["microsoft", "google"]
 Capability = Literal["send", "draft"]
 
 PROVIDERS: frozenset[str] = frozenset({"microsoft"})
+"""Providers a mailbox can be created for (the API document's ``Provider`` enum)."""
+IDENTITY_PROVIDERS: frozenset[str] = frozenset({"microsoft", "google"})
+"""Providers whose OAuth connection is implemented (Google sending comes with Gmail)."""
 CAPABILITIES: frozenset[str] = frozenset({"send", "draft"})
 
 GRAPH = "https://graph.microsoft.com/"
 GRAPH_MAIL_SEND = GRAPH + "Mail.Send"
 GRAPH_MAIL_READWRITE = GRAPH + "Mail.ReadWrite"
 MICROSOFT_SIGN_IN_SCOPES: tuple[str, ...] = ("openid", "profile", "offline_access")
+GMAIL = "https://www.googleapis.com/auth/"
+GMAIL_SEND = GMAIL + "gmail.send"
+GMAIL_COMPOSE = GMAIL + "gmail.compose"
+GOOGLE_SIGN_IN_SCOPES: tuple[str, ...] = ("openid", "email")
 
 # Scopes no configuration may add: they read, modify or administer whole mailboxes.
 BROADER_THAN_NEEDED: frozenset[str] = frozenset(
@@ -51,14 +58,16 @@ def required_scopes(provider: str, capabilities: Iterable[str]) -> tuple[str, ..
     Raises ``ValueError`` for an unknown provider or capability.
     """
     wanted = frozenset(capabilities)
-    if provider not in PROVIDERS:
+    if provider not in IDENTITY_PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}")
     unknown = wanted - CAPABILITIES
     if unknown or not wanted:
         raise ValueError(f"capabilities must be a non-empty subset of {sorted(CAPABILITIES)}")
-    scopes = {GRAPH_MAIL_SEND}
-    if "draft" in wanted:
-        scopes.add(GRAPH_MAIL_READWRITE)
+    if provider == "google":
+        # gmail.send is "sensitive"; gmail.compose (drafts) is "restricted": only for drafts.
+        scopes = {GMAIL_SEND, GMAIL_COMPOSE} if "draft" in wanted else {GMAIL_SEND}
+    else:
+        scopes = {GRAPH_MAIL_SEND, GRAPH_MAIL_READWRITE} if "draft" in wanted else {GRAPH_MAIL_SEND}
     return tuple(sorted(scopes))
 
 

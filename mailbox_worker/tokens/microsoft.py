@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +21,7 @@ import requests
 
 from mailbox_worker.config import MicrosoftSettings
 from mailbox_worker.errors import PermanentError, ReauthRequired, TransientError
+from mailbox_worker.tokens.identity import AccessToken, Grant, Refreshed
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +39,15 @@ REAUTH_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_req
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 
 
-@dataclass(frozen=True)
-class AccessToken:
-    token: str
-    expires_at: float  # epoch seconds
-
-    def __repr__(self) -> str:
-        return f"AccessToken(expires_at={self.expires_at!r})"
-
-
-@dataclass(frozen=True)
-class Grant:
-    """A redeemed authorization: the serialized token cache and what it tells."""
-
-    cache: str
-    address: str
-    granted_scopes: tuple[str, ...]
-
-    def __repr__(self) -> str:
-        return f"Grant(address={self.address!r}, granted_scopes={self.granted_scopes!r})"
-
-
-@dataclass(frozen=True)
-class Refreshed:
-    access_token: AccessToken
-    cache: str | None  # the new serialized cache when msal changed it (rotation), else None
-    from_identity_provider: bool
-
-
 class MicrosoftIdentity:
-    """One Entra app registration, used for every Microsoft mailbox."""
+    """One Entra app registration, used for every Microsoft mailbox.
+
+    Microsoft offers no per-application revocation a non-admin app may call
+    (providers.md A7): ``revoke`` returns False; disconnecting destroys the refresh token we
+    held, and the tenant admin removes the app's consent in Entra to revoke it there too.
+    """
+
+    provider = "microsoft"
 
     def __init__(self, settings: MicrosoftSettings) -> None:
         self._settings = settings
@@ -80,6 +59,15 @@ class MicrosoftIdentity:
         self._cache_lock = threading.Lock()
         host = urlsplit(settings.authority).hostname or ""
         self._instance_discovery = host in KNOWN_AUTHORITY_HOSTS
+
+    def revoke(self, cache_blob: str) -> bool:
+        return False
+
+    def revoke_token(self, token: str) -> None:
+        raise NotImplementedError("Microsoft has no token revocation endpoint for this app")
+
+    def revocable_token(self, cache_blob: str) -> str | None:
+        return None
 
     def close(self) -> None:
         """Close the pooled HTTP connections to the identity platform."""

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 
 from tenacity import (
     AsyncRetrying,
@@ -28,7 +29,7 @@ from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import AccessTokenRejected, Conflict, ReauthRequired, TransientError
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.scopes import required_scopes
-from mailbox_worker.tokens.microsoft import AccessToken, MicrosoftIdentity
+from mailbox_worker.tokens.identity import AccessToken, IdentityClient
 from mailbox_worker.tokens.vault import TokenVault
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class AccessTokens:
     def __init__(
         self,
         vault: TokenVault,
-        microsoft: MicrosoftIdentity | None,
+        identities: Mapping[str, IdentityClient],
         metrics: Metrics,
         locks: DatabaseLocks,
         *,
@@ -48,7 +49,7 @@ class AccessTokens:
         initial_wait: float = 0.5,
     ) -> None:
         self._vault = vault
-        self._microsoft = microsoft
+        self._identities = identities
         self._metrics = metrics
         self._database_locks = locks
         self._cache: dict[str, AccessToken] = {}
@@ -93,9 +94,10 @@ class AccessTokens:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _refresh_once(self, mailbox: Mailbox, force: bool) -> AccessToken:
-        if mailbox.provider != "microsoft" or self._microsoft is None:
+        identity = self._identities.get(mailbox.provider)
+        if identity is None:
             raise ReauthRequired(
-                f"no identity client configured for {mailbox.provider}",
+                f"no OAuth app is configured for {mailbox.provider}",
                 code="provider_unconfigured",
             )
         stored = await self._vault.load_tokens(mailbox.id)
@@ -104,7 +106,7 @@ class AccessTokens:
         scopes = list(required_scopes(mailbox.provider, mailbox.capabilities))
         try:
             refreshed = await asyncio.to_thread(
-                self._microsoft.refresh, stored.plaintext.decode(), scopes, force=force
+                identity.refresh, stored.plaintext.decode(), scopes, force=force
             )
         except ReauthRequired as error:
             # Re-read before declaring the grant dead: another process may have rotated it.

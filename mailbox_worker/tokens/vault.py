@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.db.models import MailboxKey, OAuthState, TokenRecord
+from mailbox_worker.db.models import MailboxKey, OAuthState, PendingRevocation, TokenRecord
 from mailbox_worker.errors import Conflict, KeyUnavailable
 from mailbox_worker.tokens.envelope import (
     encode_fields,
@@ -27,10 +27,11 @@ from mailbox_worker.tokens.envelope import (
     unwrap_data_key,
     wrap_data_key,
 )
-from mailbox_worker.tokens.keys import KeySource
+from mailbox_worker.tokens.keys import KeyEncryptionKey, KeySource
 
 TOKENS = "tokens"
 AUTHORIZATION = "authorization"
+STANDALONE = "standalone"
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,26 @@ class TokenVault:
         """Drop the cached data key of a mailbox."""
         self._data_keys.pop(mailbox_id, None)
 
+    # -- records with a key of their own (pending revocations) -------------------------------
+
+    async def seal_standalone(self, record_id: str, plaintext: bytes) -> tuple[str, bytes, bytes]:
+        """Seal under a fresh data key bound to ``record_id``: ``(kek_id, wrapped_key, sealed)``.
+
+        For secrets that must outlive their mailbox's data key (a token still to revoke).
+        """
+        kek = await asyncio.to_thread(self._keys.active_key)
+        data_key = new_data_key()
+        wrapped = wrap_data_key(kek, data_key, mailbox_id=record_id)
+        sealed = seal(data_key, plaintext, associated_data=encode_fields(STANDALONE, record_id))
+        return kek.key_id, wrapped, sealed
+
+    async def open_standalone(
+        self, record_id: str, kek_id: str, wrapped: bytes, sealed: bytes
+    ) -> bytes:
+        kek = await asyncio.to_thread(self._keys.get, kek_id)
+        data_key = unwrap_data_key(kek, wrapped, mailbox_id=record_id)
+        return open_sealed(data_key, sealed, associated_data=encode_fields(STANDALONE, record_id))
+
     # -- key rotation ----------------------------------------------------------------------
 
     async def rewrap_all(self) -> RewrapReport:
@@ -206,12 +227,36 @@ class TokenVault:
                     .values(kek_id=active.key_id)
                 )
             rewrapped += 1
+        rewrapped += await self._rewrap_standalone(active)
         return RewrapReport(rewrapped=rewrapped, already_current=current)
+
+    async def _rewrap_standalone(self, active: KeyEncryptionKey) -> int:
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(PendingRevocation.id, PendingRevocation.kek_id).where(
+                        PendingRevocation.kek_id != active.key_id
+                    )
+                )
+            ).all()
+        for record_id, kek_id in rows:
+            async with self._sessions.begin() as session:
+                row = await session.get(PendingRevocation, record_id, with_for_update=True)
+                if row is None or row.kek_id != kek_id:
+                    continue
+                old = await asyncio.to_thread(self._keys.get, kek_id)
+                data_key = unwrap_data_key(old, row.wrapped_key, mailbox_id=record_id)
+                row.wrapped_key = wrap_data_key(active, data_key, mailbox_id=record_id)
+                row.kek_id = active.key_id
+        return len(rows)
 
     async def key_usage(self) -> dict[str, int]:
         """How many data keys each KEK wraps (to know when an old KEK can be retired)."""
         async with self._sessions() as session:
-            rows = (await session.execute(select(MailboxKey.kek_id))).scalars().all()
+            rows = [
+                *(await session.execute(select(MailboxKey.kek_id))).scalars().all(),
+                *(await session.execute(select(PendingRevocation.kek_id))).scalars().all(),
+            ]
         usage: dict[str, int] = {}
         for kek_id in rows:
             usage[kek_id] = usage.get(kek_id, 0) + 1

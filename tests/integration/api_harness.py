@@ -44,10 +44,12 @@ from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import NotFound, PermanentError
 from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.metrics import Metrics
+from mailbox_worker.tokens.identity import Grant
 from mailbox_worker.tokens.keys import FileKeySource
-from mailbox_worker.tokens.microsoft import Grant, MicrosoftIdentity
+from mailbox_worker.tokens.microsoft import MicrosoftIdentity
 from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import TokenVault
 
@@ -268,9 +270,18 @@ async def running_api(
     intake = JobIntake(jobs, mailboxes, lambda provider, mode: MESSAGE_LIMIT, metrics)
     identity = FakeMicrosoftIdentity()
     vault = TokenVault(sessions, FileKeySource(tmp_path / "keys.json", create_if_missing=True))
-    tokens = AccessTokens(vault, identity, metrics, DatabaseLocks(engine))
+    identities = {"microsoft": identity}
+    tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
+    revocations = Revocations(sessions, vault, identities, accounts)
     service = MailboxService(
-        mailboxes, jobs, accounts, vault, tokens, identity, f"{PUBLIC_URL}/oauth/callback"
+        mailboxes,
+        jobs,
+        accounts,
+        vault,
+        tokens,
+        identities,
+        revocations,
+        f"{PUBLIC_URL}/oauth/callback",
     )
     chosen: MailboxConnector = service if connector is None else connector(service)
     services = ApiServices(

@@ -32,3 +32,24 @@ def test_unknown_provider_is_refused() -> None:
 def test_granted_scopes_may_come_back_short_or_in_other_case() -> None:
     assert missing_scopes([SEND, READWRITE], ["mail.send", "Mail.ReadWrite", "openid"]) == ()
     assert missing_scopes([SEND, READWRITE], [SEND, "openid", "profile"]) == (READWRITE,)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [
+        (["send"], ("https://www.googleapis.com/auth/gmail.send",)),
+        (
+            ["send", "draft"],
+            (
+                "https://www.googleapis.com/auth/gmail.compose",
+                "https://www.googleapis.com/auth/gmail.send",
+            ),
+        ),
+    ],
+)
+def test_google_scopes_never_include_full_mail_access(
+    capabilities: list[str], expected: tuple[str, ...]
+) -> None:
+    scopes = required_scopes("google", capabilities)
+    assert scopes == expected
+    assert "https://mail.google.com/" not in scopes

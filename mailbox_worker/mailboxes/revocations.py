@@ -1,0 +1,138 @@
+"""Revoking grants at the provider, now or later.
+
+Disconnect tries the provider at once; if it cannot be reached, the token to revoke is kept
+sealed under a key of its own in ``pending_revocations`` and retried with exponential
+backoff until the provider confirms, or until the token cannot be alive any more
+(``GIVE_UP_AFTER``), then the row — ciphertext and key — is deleted and the outcome audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Mapping
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailbox_worker.db.accounts import AccountStore, new_id, utcnow
+from mailbox_worker.db.models import Mailbox, PendingRevocation
+from mailbox_worker.errors import TransientError
+from mailbox_worker.tokens.identity import IdentityClient
+from mailbox_worker.tokens.vault import TokenVault
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY = dt.timedelta(seconds=30)
+LONGEST_WAIT = dt.timedelta(hours=1)
+GIVE_UP_AFTER = dt.timedelta(days=30)
+
+
+class Revocations:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        vault: TokenVault,
+        identities: Mapping[str, IdentityClient],
+        accounts: AccountStore,
+    ) -> None:
+        self._sessions = sessions
+        self._vault = vault
+        self._identities = identities
+        self._accounts = accounts
+
+    async def revoke(self, mailbox: Mailbox, token_blob: str | None) -> str:
+        """Revoke the mailbox's grant; returns ``revoked``, ``not_available`` or ``pending``."""
+        identity = self._identities.get(mailbox.provider)
+        token = identity.revocable_token(token_blob) if identity and token_blob else None
+        if identity is None or token is None:
+            return "not_available"
+        try:
+            await asyncio.to_thread(identity.revoke_token, token)
+        except TransientError as error:
+            await self._defer(mailbox, token, error.code)
+            return "pending"
+        return "revoked"
+
+    async def _defer(self, mailbox: Mailbox, token: str, code: str) -> None:
+        record_id = new_id("rev")
+        kek_id, wrapped, sealed = await self._vault.seal_standalone(record_id, token.encode())
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            session.add(
+                PendingRevocation(
+                    id=record_id,
+                    mailbox_id=mailbox.id,
+                    account_id=mailbox.account_id,
+                    provider=mailbox.provider,
+                    kek_id=kek_id,
+                    wrapped_key=wrapped,
+                    sealed_token=sealed,
+                    attempts=1,
+                    next_attempt_at=now + FIRST_RETRY,
+                    give_up_at=now + GIVE_UP_AFTER,
+                    last_error=code,
+                    created_at=now,
+                )
+            )
+        log.warning("revocation for mailbox %s deferred (%s)", mailbox.id, code)
+
+    async def pending(self) -> list[PendingRevocation]:
+        async with self._sessions() as session:
+            return list((await session.scalars(select(PendingRevocation))).all())
+
+    async def retry_due(self, *, everything: bool = False) -> int:
+        """Retry the revocations that are due (all of them with ``everything``); returns how
+        many were settled (revoked or given up)."""
+        now = utcnow()
+        query = select(PendingRevocation)
+        if not everything:
+            query = query.where(PendingRevocation.next_attempt_at <= now)
+        async with self._sessions() as session:
+            due = list((await session.scalars(query)).all())
+        settled = 0
+        for row in due:
+            settled += await self._retry(row, now)
+        return settled
+
+    async def _retry(self, row: PendingRevocation, now: dt.datetime) -> int:
+        identity = self._identities.get(row.provider)
+        outcome = "gave_up"
+        if identity is not None and now < row.give_up_at:
+            token = await self._vault.open_standalone(
+                row.id, row.kek_id, row.wrapped_key, row.sealed_token
+            )
+            try:
+                await asyncio.to_thread(identity.revoke_token, token.decode())
+                outcome = "revoked"
+            except TransientError as error:
+                wait = min(FIRST_RETRY * 2**row.attempts, LONGEST_WAIT)
+                async with self._sessions.begin() as session:
+                    await session.execute(
+                        update(PendingRevocation)
+                        .where(PendingRevocation.id == row.id)
+                        .values(
+                            attempts=row.attempts + 1,
+                            next_attempt_at=now + wait,
+                            last_error=error.code,
+                        )
+                    )
+                return 0
+        async with self._sessions.begin() as session:
+            await session.execute(delete(PendingRevocation).where(PendingRevocation.id == row.id))
+        await self._accounts.audit(
+            "system", row.account_id, "mailbox.revocation", row.mailbox_id, {"outcome": outcome}
+        )
+        return 1
+
+    async def run(self, stop: asyncio.Event, interval: float = 15.0) -> None:
+        """Retry due revocations every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.retry_due()
+            except Exception:
+                log.exception("revocation retry failed; will try again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)

@@ -1,0 +1,193 @@
+"""Google OAuth 2.0 through google-auth-oauthlib (code + PKCE) and google-auth (refresh).
+
+The libraries do the protocol; this module gives them an HTTP session that trusts the
+configured CA, reads what was *granted* (granular consent may drop scopes: oauthlib reports
+that as a ``Warning`` carrying the token, which we inspect rather than trust blindly), learns
+the address from the id_token received directly from the token endpoint over TLS, and maps
+failures onto our error tree. The stored blob holds the access and refresh tokens only —
+never the client secret, which comes from settings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import google.auth.exceptions
+import google.auth.jwt
+import google.auth.transport.requests
+import google.oauth2.credentials
+import requests
+from google_auth_oauthlib.flow import Flow
+
+from mailbox_worker.config import GoogleSettings
+from mailbox_worker.errors import PermanentError, ReauthRequired, TransientError
+from mailbox_worker.tokens.identity import AccessToken, Grant, Refreshed
+
+REFRESH_MARGIN = 300.0
+
+
+class GoogleIdentity:
+    """One Google OAuth client, used for every Google mailbox."""
+
+    provider = "google"
+
+    def __init__(self, settings: GoogleSettings) -> None:
+        self._settings = settings
+        self._http = requests.Session()
+        self._http.trust_env = False  # REQUESTS_CA_BUNDLE would override `verify`
+        self._http.verify = settings.ca_file or True
+        self._client_config = {
+            "web": {
+                "client_id": settings.client_id,
+                "client_secret": settings.client_secret,
+                "auth_uri": settings.auth_url,
+                "token_uri": settings.token_url,
+            }
+        }
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _flow(self, scopes: list[str], redirect_uri: str, **kwargs: Any) -> Any:
+        flow = Flow.from_client_config(
+            self._client_config, scopes=scopes, redirect_uri=redirect_uri, **kwargs
+        )
+        flow.oauth2session.trust_env = False
+        flow.oauth2session.verify = self._http.verify
+        return flow
+
+    def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
+        everything = [*scopes, "openid", "email"]
+        flow = self._flow(everything, redirect_uri, autogenerate_code_verifier=True)
+        extra = {"login_hint": login_hint} if login_hint else {}
+        url, state = flow.authorization_url(access_type="offline", prompt="consent", **extra)
+        return {
+            "auth_uri": url,
+            "state": state,
+            "scopes": everything,
+            "redirect_uri": redirect_uri,
+            "code_verifier": flow.code_verifier,
+        }
+
+    def redeem(self, flow_state: dict[str, Any], response: dict[str, str]) -> Grant:
+        if response.get("state") != flow_state["state"] or not response.get("code"):
+            raise PermanentError("the authorization response does not match", code="state_invalid")
+        flow = self._flow(
+            list(flow_state["scopes"]),
+            flow_state["redirect_uri"],
+            state=flow_state["state"],
+            code_verifier=flow_state["code_verifier"],
+        )
+        try:
+            token = dict(flow.fetch_token(code=response["code"]))
+        except Warning as changed:  # granted scopes differ from those asked: inspect them
+            token = dict(getattr(changed, "token", {}))
+        except requests.RequestException as error:
+            raise TransientError(
+                f"Google's token endpoint is unreachable ({type(error).__name__})",
+                code="identity_unavailable",
+            ) from None
+        except Exception as error:  # oauthlib raises its own errors for error answers
+            raise PermanentError(
+                f"Google refused the code ({type(error).__name__})", code="code_rejected"
+            ) from None
+        if "access_token" not in token:
+            raise PermanentError("Google answered without an access token", code="code_rejected")
+        scope = token.get("scope") or []
+        granted = tuple(scope.split() if isinstance(scope, str) else scope)
+        claims = (
+            google.auth.jwt.decode(token["id_token"], verify=False) if token.get("id_token") else {}
+        )
+        address = str(claims.get("email") or "") if claims.get("email_verified", True) else ""
+        blob = {
+            "access_token": token["access_token"],
+            "refresh_token": token.get("refresh_token"),
+            "expires_at": time.time() + float(token.get("expires_in", 0)),
+            "scopes": list(granted),
+        }
+        return Grant(cache=json.dumps(blob), address=address, granted_scopes=granted)
+
+    def refresh(self, cache_blob: str, scopes: list[str], *, force: bool) -> Refreshed:
+        blob = json.loads(cache_blob)
+        if not force and blob.get("expires_at", 0) - time.time() > REFRESH_MARGIN:
+            token = AccessToken(blob["access_token"], float(blob["expires_at"]))
+            return Refreshed(token, None, from_identity_provider=False)
+        if not blob.get("refresh_token"):
+            raise ReauthRequired("no refresh token was granted", code="no_grant")
+        credentials = google.oauth2.credentials.Credentials(
+            token=None,
+            refresh_token=blob["refresh_token"],
+            token_uri=self._settings.token_url,
+            client_id=self._settings.client_id,
+            client_secret=self._settings.client_secret,
+            scopes=blob.get("scopes") or None,
+        )
+        try:
+            credentials.refresh(google.auth.transport.requests.Request(self._http))
+        except google.auth.exceptions.RefreshError as error:
+            text = str(error)
+            if "invalid_grant" in text:
+                raise ReauthRequired(
+                    "Google says the grant is gone", code="invalid_grant"
+                ) from None
+            raise TransientError(
+                "Google's token endpoint failed", code="identity_unavailable"
+            ) from None
+        except google.auth.exceptions.TransportError:
+            raise TransientError(
+                "Google's token endpoint is unreachable", code="identity_unavailable"
+            ) from None
+        expiry = credentials.expiry or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        expires_at = expiry.replace(tzinfo=dt.UTC).timestamp()
+        blob.update(
+            access_token=credentials.token,
+            refresh_token=credentials.refresh_token or blob["refresh_token"],
+            expires_at=expires_at,
+        )
+        return Refreshed(
+            AccessToken(str(credentials.token), expires_at),
+            json.dumps(blob),
+            from_identity_provider=True,
+        )
+
+    def revocable_token(self, cache_blob: str) -> str | None:
+        blob = json.loads(cache_blob)
+        token = blob.get("refresh_token") or blob.get("access_token")
+        return str(token) if token else None
+
+    def revoke(self, cache_blob: str) -> bool:
+        token = self.revocable_token(cache_blob)
+        if token:
+            self.revoke_token(token)
+        return True
+
+    def revoke_token(self, token: str) -> None:
+        """Revoke the whole grant; an already dead token counts as revoked."""
+        try:
+            answer = self._http.post(
+                self._settings.revoke_url,
+                data={"token": token},
+                timeout=self._settings.request_timeout,
+            )
+        except requests.RequestException as error:
+            raise TransientError(
+                f"Google's revoke endpoint is unreachable ({type(error).__name__})",
+                code="revoke_unavailable",
+            ) from None
+        if answer.status_code == 200:
+            return
+        if answer.status_code == 400 and _error(answer) == "invalid_token":
+            return  # already revoked or expired: nothing left to revoke
+        raise TransientError(
+            f"Google's revoke endpoint answered {answer.status_code}", code="revoke_failed"
+        )
+
+
+def _error(answer: requests.Response) -> str:
+    try:
+        return str(answer.json().get("error", ""))
+    except ValueError:
+        return ""
