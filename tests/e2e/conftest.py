@@ -1,0 +1,111 @@
+"""The daemon as a real process, for end-to-end tests: configuration, start, API calls.
+
+The sandbox runs inside the test process (so tests can read what it issued); the daemon runs
+as `mailbox-worker serve` in a subprocess configured only through MAILBOX_WORKER_* variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mailbox_worker.sandbox import Sandbox
+
+CLI = [sys.executable, "-m", "mailbox_worker.cli"]
+ADDRESS = "billing@contoso.example"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    base_url: str
+    environment: dict[str, str]
+    log_path: Path
+    database: Path
+    process: subprocess.Popen[bytes] | None = None
+    answers: list[bytes] = field(default_factory=list)
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [*CLI, *args], env=self.environment, capture_output=True, check=True, timeout=60
+        )
+        with self.log_path.open("ab") as log:
+            log.write(done.stderr)
+        return done.stdout.decode().strip()
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    simulator = Sandbox(tmp_path / "sandbox")
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, sandbox: Sandbox) -> Daemon:
+    port = free_port()
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("MAILBOX_WORKER_")
+    }
+    database = tmp_path / "daemon.db"
+    environment.update(
+        {
+            "MAILBOX_WORKER_DATABASE__URL": f"sqlite+aiosqlite:///{database}",
+            "MAILBOX_WORKER_SERVER__PORT": str(port),
+            "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "MAILBOX_WORKER_WORKER__POLL_INTERVAL": "0.1",
+            "MAILBOX_WORKER_KEYS__SOURCE": "file",
+            "MAILBOX_WORKER_KEYS__FILE": str(tmp_path / "keys.json"),
+            "MAILBOX_WORKER_KEYS__CREATE_IF_MISSING": "true",
+            "MAILBOX_WORKER_MICROSOFT__CLIENT_ID": "sandbox-client",
+            "MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET": "sandbox-secret",
+            "MAILBOX_WORKER_MICROSOFT__AUTHORITY": sandbox.authority_url(),
+            "MAILBOX_WORKER_MICROSOFT__GRAPH_URL": sandbox.graph_url,
+            "MAILBOX_WORKER_MICROSOFT__CA_FILE": str(sandbox.ca_path),
+            "MAILBOX_WORKER_LOGGING__LEVEL": "DEBUG",
+        }
+    )
+    return Daemon(f"http://127.0.0.1:{port}", environment, tmp_path / "daemon.log", database)
+
+
+async def start(daemon: Daemon) -> None:
+    with daemon.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+        daemon.process = subprocess.Popen(
+            [*CLI, "serve"], env=daemon.environment, stdout=log, stderr=log
+        )
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    async with http.get(f"{daemon.base_url}/readyz") as answer:
+                        if answer.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert daemon.process.poll() is None, daemon.log_path.read_text()
+                await asyncio.sleep(0.1)
+
+
+async def call(
+    http: aiohttp.ClientSession, daemon: Daemon, method: str, path: str, **kwargs: Any
+) -> tuple[int, Any]:
+    async with http.request(method, daemon.base_url + path, **kwargs) as answer:
+        body = await answer.read()
+        daemon.answers.append(body)
+        return answer.status, (await answer.json() if body else None)

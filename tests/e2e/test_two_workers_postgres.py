@@ -1,0 +1,166 @@
+"""Two daemon processes on one PostgreSQL database share the work and refresh a mailbox's
+expired access token exactly once between them (the advisory lock around refresh)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from mailbox_worker.app import App
+from mailbox_worker.config import load_settings
+from mailbox_worker.db.models import JobEvent
+from mailbox_worker.demo import play_admin_consent
+from mailbox_worker.sandbox import Sandbox
+
+from ..conftest import POSTGRES_URL, create_postgres_database, drop_postgres_database
+from .conftest import ADDRESS, Daemon, call, free_port, start
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+JOBS = 50
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    if not POSTGRES_URL:
+        pytest.skip(
+            "PostgreSQL not configured: set MAILBOX_WORKER_TEST_POSTGRES_URL (.ci/run does)"
+        )
+    url = await create_postgres_database()
+    yield url
+    await drop_postgres_database(url)
+
+
+def second_daemon(first: Daemon, tmp_path: Path) -> Daemon:
+    port = free_port()
+    environment = {
+        **first.environment,
+        "MAILBOX_WORKER_SERVER__PORT": str(port),
+        "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    return Daemon(
+        f"http://127.0.0.1:{port}", environment, tmp_path / "daemon-2.log", first.database
+    )
+
+
+async def expire_stored_access_token(environment: dict[str, str], mailbox_id: str) -> None:
+    app = App.build(load_settings(environ=environment))
+    try:
+        stored = await app.vault.load_tokens(mailbox_id)
+        assert stored is not None
+        cache: dict[str, Any] = json.loads(stored.plaintext)
+        for entry in cache["AccessToken"].values():
+            entry["expires_on"] = entry["extended_expires_on"] = "1"
+        await app.vault.store_tokens(
+            mailbox_id, json.dumps(cache).encode(), expected_version=stored.version
+        )
+    finally:
+        await app.close()
+
+
+async def workers_that_sent(environment: dict[str, str]) -> set[str]:
+    app = App.build(load_settings(environ=environment))
+    try:
+        async with app.sessions() as session:
+            rows = await session.scalars(select(JobEvent.worker).where(JobEvent.to_state == "sent"))
+            return {worker for worker in rows if worker}
+    finally:
+        await app.close()
+
+
+async def counters(
+    http: aiohttp.ClientSession, sandbox: Sandbox, context: ssl.SSLContext
+) -> dict[str, int]:
+    async with http.get(f"{sandbox.base_url}/_sandbox/counters", ssl=context) as answer:
+        return dict((await answer.json())["counters"])
+
+
+async def test_fifty_jobs_two_processes_one_refresh(
+    daemon: Daemon, sandbox: Sandbox, database: str, tmp_path: Path
+) -> None:
+    daemon.environment.update(
+        {
+            "MAILBOX_WORKER_DATABASE__URL": database,
+            "MAILBOX_WORKER_WORKER__PER_MAILBOX_CONCURRENCY": "2",
+            "MAILBOX_WORKER_LOGGING__LEVEL": "INFO",
+        }
+    )
+    other = second_daemon(daemon, tmp_path)
+    account = daemon.cli("accounts", "create", "Contoso Ltd")
+    api_key = daemon.cli("keys", "create", "--account", account)
+    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
+    headers = {"Authorization": f"Bearer {api_key}"}
+    await start(daemon)
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http, aiohttp.ClientSession() as plain:
+            status, created = await call(
+                http,
+                daemon,
+                "POST",
+                "/v1/mailboxes",
+                json={"provider": "microsoft", "capabilities": ["send"], "login_hint": ADDRESS},
+            )
+            assert status == 201
+            await play_admin_consent(plain, created["authorization_url"], ADDRESS, context)
+            mailbox_id = created["mailbox"]["id"]
+            # Stop the first daemon so that neither process holds the token in memory.
+            assert daemon.process is not None
+            daemon.process.send_signal(signal.SIGTERM)
+            assert daemon.process.wait(timeout=60) == 0
+            await expire_stored_access_token(daemon.environment, mailbox_id)
+            before = (await counters(plain, sandbox, context)).get(
+                "identity.token.refresh_token", 0
+            )
+            await asyncio.gather(start(daemon), start(other))
+
+            body = {
+                "mailbox_id": mailbox_id,
+                "mode": "send",
+                "message": {
+                    "to": [{"address": "ap@fabrikam.example"}],
+                    "subject": "Invoice",
+                    "text": "Attached.",
+                    "attachments": [
+                        {
+                            "filename": "i.pdf",
+                            "content_type": "application/pdf",
+                            "content_base64": base64.b64encode(b"%PDF-1.4 tiny").decode(),
+                        }
+                    ],
+                },
+            }
+            jobs = []
+            for number in range(JOBS):
+                target = daemon if number % 2 else other
+                status, job = await call(http, target, "POST", "/v1/jobs", json=body)
+                assert status == 202
+                jobs.append(job["id"])
+            async with asyncio.timeout(120):
+                while True:
+                    states = [
+                        (await call(http, daemon, "GET", f"/v1/jobs/{j}"))[1]["state"] for j in jobs
+                    ]
+                    if all(state in {"sent", "failed", "unknown"} for state in states):
+                        break
+                    await asyncio.sleep(0.2)
+            assert states == ["sent"] * JOBS
+            after = (await counters(plain, sandbox, context))["identity.token.refresh_token"]
+            assert after - before == 1
+            async with plain.get(f"{sandbox.base_url}/_sandbox/messages", ssl=context) as answer:
+                assert len((await answer.json())["messages"]) == JOBS
+    finally:
+        for process in (daemon.process, other.process):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+    assert len(await workers_that_sent(daemon.environment)) == 2
