@@ -268,3 +268,25 @@ async def test_disconnect_erases_every_token_byte(world: World) -> None:
     mailbox = await world.app.mailboxes.get(start.mailbox.id)
     assert mailbox is not None
     assert mailbox.state == "disconnected"
+
+
+@pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 429), ("reset", 503)])
+async def test_transient_token_endpoint_failures_are_retried_and_break_nothing(
+    world: World, kind: str, status: int
+) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], None, ADDRESS
+    )
+    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    await expire_cached_access_token(world, mailbox.id)
+    world.sandbox.state.queue_fault(
+        "identity.token.refresh_token", kind, status=status, retry_after=1
+    )
+    token = await world.app.tokens.get(mailbox)
+    assert token
+    assert not world.sandbox.state.faults  # the fault was really hit
+    still = await world.app.mailboxes.get(mailbox.id)
+    assert still is not None
+    assert still.state == "connected"
