@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msal
+import msal.exceptions
 import requests
 
 from mailbox_worker.config import MicrosoftSettings
@@ -112,9 +113,9 @@ class MicrosoftIdentity:
         app = self._app(cache)
         try:
             result = app.acquire_token_by_auth_code_flow(flow, response)
-        except requests.RequestException as error:
+        except (requests.RequestException, msal.exceptions.MsalServiceError) as error:
             raise TransientError(
-                f"token endpoint unreachable ({type(error).__name__})", code="identity_unavailable"
+                f"token endpoint unavailable ({type(error).__name__})", code="identity_unavailable"
             ) from None
         except ValueError:
             raise PermanentError(
@@ -139,9 +140,11 @@ class MicrosoftIdentity:
             raise ReauthRequired("no account in the token cache", code="no_grant")
         try:
             result = app.acquire_token_silent_with_error(scopes, accounts[0], force_refresh=force)
-        except requests.RequestException as error:
+        except (requests.RequestException, msal.exceptions.MsalServiceError) as error:
+            # MsalServiceError: msal's HTTP layer raising for a 5xx (also replayed from its
+            # short-lived cache of throttled answers).
             raise TransientError(
-                f"token endpoint unreachable ({type(error).__name__})", code="identity_unavailable"
+                f"token endpoint unavailable ({type(error).__name__})", code="identity_unavailable"
             ) from None
         except ValueError:
             raise TransientError(
