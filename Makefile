@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test check lint types imports unit integration e2e bench clean
+.PHONY: setup browser demo test check lint types imports unit integration e2e bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -20,8 +20,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/mailbox-worker demo
 
-test: check
+test: check browser
 	$(BIN)/pytest
+
+# Debian's chromium + chromedriver for the admin-page tests (installed when absent and
+# possible; the test says so visibly when they cannot be had).
+browser:
+	@bash scripts/ensure-chromium
 
 check: lint types imports
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mailbox_worker.api import jobs, mailboxes, system
+from mailbox_worker.api import admin_page, jobs, mailboxes, system
 from mailbox_worker.api.context import DOCUMENT, SERVICES
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import error_middleware
@@ -54,4 +54,5 @@ def create_app(services: ApiServices) -> web.Application:
             web.get("/openapi.json", system.openapi, allow_head=False),
         ]
     )
+    admin_page.install(app, services.accounts)  # /admin: the server-rendered admin page
     return app

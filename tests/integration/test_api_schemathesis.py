@@ -60,6 +60,15 @@ def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str)
                     },
                 },
                 {
+                    # The admin page (/admin: HTML, urlencoded forms, a session cookie the
+                    # engine cannot obtain) is tested in test_api_admin.py. Fuzzed here it
+                    # passes every check but only meets "sign in first" (303), and it shifts
+                    # the seeded run so that no generated job reaches the intake (the 202
+                    # asserted below): it is left out.
+                    "include-path-regex": "^/admin",
+                    "enabled": False,
+                },
+                {
                     "include-path": "/v1/mailboxes/{mailbox_id}",
                     "checks": {"use_after_free": {"enabled": False}},
                 },

@@ -1,0 +1,477 @@
+"""``/admin``: a small server-rendered page where an account admin manages its mailboxes.
+
+No JavaScript, no build step: HTML forms that POST and answer ``303 See Other``.
+
+- ``GET /admin`` shows the sign-in form, or (signed in) the account's mailboxes, a form to
+  connect one, and the outcome of the last consent (its ``outcome`` query parameter).
+- ``POST /admin/session`` signs in with an API key (``admin_session`` holds the design);
+  ``POST /admin/session/delete`` signs out.
+- ``POST /admin/mailboxes`` creates a mailbox and sends the browser to the provider's
+  consent; ``POST /admin/mailboxes/{id}/connect`` does the same for an existing one;
+  ``POST /admin/mailboxes/{id}/disconnect`` disconnects it.
+
+Every form carries the session's CSRF token, and a POST whose ``Origin`` is not ours is
+refused. A ``RequestError`` from the services is shown on the page as its message with its
+status; nothing else about a failure ever is. Every value put in a page is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import importlib.resources
+from collections.abc import Awaitable, Callable, Mapping
+from string import Template
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from mailbox_worker.api.admin_session import COOKIE_NAME, COOKIE_PATH, AdminSessions, Session
+from mailbox_worker.api.auth import MAILBOXES_READ, MAILBOXES_WRITE
+from mailbox_worker.api.context import document, services
+from mailbox_worker.api.document import schema_pointer
+from mailbox_worker.api.representations import timestamp
+from mailbox_worker.db.accounts import AccountStore
+from mailbox_worker.db.models import Mailbox
+from mailbox_worker.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RequestError,
+    Unauthenticated,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+
+ADMIN = "/admin"
+MAILBOX = "/admin/mailboxes/{mailbox_id:[A-Za-z0-9_-]+}"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+RECONNECTABLE = frozenset({"pending_consent", "reauth_required"})
+REQUIRED_PERMISSIONS = frozenset({MAILBOXES_READ, MAILBOXES_WRITE})
+
+SESSIONS = web.AppKey("admin_sessions", AdminSessions)
+PUBLIC_URL = web.AppKey("admin_public_url", str)
+
+# The page may post only to us and send the browser on to an HTTPS consent page; it cannot
+# be framed, and its URL (which may carry an outcome) is never sent as a Referer to another
+# origin. ("no-referrer" would also make browsers send "Origin: null" on our own forms.)
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; form-action 'self' https:; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+REDIRECT_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+OUTCOMES: Mapping[str, str] = {
+    "connected": "The mailbox is connected.",
+    "access_denied": "The consent was cancelled or refused: the mailbox is not connected.",
+    "consent_failed": "The provider reported an error during the consent: the mailbox is "
+    "not connected.",
+    "scope_missing": "The consent did not grant every permission this mailbox needs, so it "
+    "was not connected and the partial grant was discarded. Connect again and keep every "
+    "permission ticked.",
+    "address_mismatch": "You signed in as another mailbox than the one being reconnected: "
+    "nothing was changed.",
+    "address_unknown": "The provider did not say which mailbox signed in: it was not connected.",
+    "state_invalid": "This authorization link is unknown or was already used. Start again.",
+    "state_expired": "The consent took too long. Start again.",
+    "code_rejected": "The provider refused the authorization code. Start again.",
+    "provider_unavailable": "The provider could not be reached. Try again in a moment.",
+    "mailbox_disconnected": "The mailbox was disconnected in the meantime.",
+}
+CAPABILITY_LABELS: Mapping[str, str] = {
+    "send": "send: send invoices from this mailbox",
+    "draft": "draft: leave invoices as drafts for a person to review",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def install(app: web.Application, accounts: AccountStore, public_url: str | None = None) -> None:
+    """Add the page's routes and its session store to ``app``.
+
+    ``public_url`` (the daemon's ``server.public_url``) gives the consent's return URL and
+    whether the cookie is ``Secure``; without it, the origin the browser used is taken.
+    """
+    app[SESSIONS] = AdminSessions(accounts)
+    if public_url:
+        app[PUBLIC_URL] = public_url.rstrip("/")
+    app.router.add_routes(
+        [
+            web.get(ADMIN, show, allow_head=False),
+            web.post(f"{ADMIN}/session", sign_in),
+            web.post(f"{ADMIN}/session/delete", sign_out),
+            web.post(f"{ADMIN}/mailboxes", connect),
+            web.post(f"{MAILBOX}/connect", reconnect),
+            web.post(f"{MAILBOX}/disconnect", disconnect),
+        ]
+    )
+
+
+def _shown_on_failure(handler: Handler) -> Handler:
+    """A ``RequestError`` becomes the page with its message, answered with its status."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as error:
+            notice = _notice("error", error.message)
+            session = await _session(request)
+            if session is None:
+                response = _sign_in_page(notice, error.status)
+            else:
+                response = await _mailboxes_page(request, session, notice, error.status)
+            if error.status == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+
+    return wrapper
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+@_shown_on_failure
+async def show(request: web.Request) -> web.StreamResponse:
+    """200: the sign-in form, or the account's mailboxes and the last consent's outcome."""
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return _bounce_page(request)
+    session = await _session(request)
+    notice = _outcome_notice(request.query)
+    if session is None:
+        return _sign_in_page(notice, 200)
+    return await _mailboxes_page(request, session, notice, 200)
+
+
+@_shown_on_failure
+async def sign_in(request: web.Request) -> web.StreamResponse:
+    """303 to ``/admin`` with the session cookie; 401/403 with the form again."""
+    _check_origin(request)
+    form = await _read_form(request, "AdminSignInForm")
+    sessions = request.app[SESSIONS]
+    session = await sessions.sign_in(form["api_key"])
+    if session is None:
+        raise Unauthenticated("That API key is not valid (unknown, malformed or revoked).")
+    if not REQUIRED_PERMISSIONS.issubset(session.principal.permissions):
+        raise Forbidden(
+            "That API key lacks the mailboxes:read and mailboxes:write permissions this page needs."
+        )
+    response = _see_other(ADMIN)
+    response.set_cookie(
+        COOKIE_NAME,
+        session.cookie,
+        max_age=session.expires_at - int(sessions.clock()),
+        path=COOKIE_PATH,
+        secure=_secure(request),
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
+
+
+@_shown_on_failure
+async def sign_out(request: web.Request) -> web.StreamResponse:
+    """303 to ``/admin``; the session's key is forgotten and the cookie cleared."""
+    signed_in = await _signed_in_form(request, "AdminForm")
+    if signed_in is not None:
+        request.app[SESSIONS].sign_out(signed_in[0])
+    response = _see_other(ADMIN)
+    response.del_cookie(
+        COOKIE_NAME, path=COOKIE_PATH, secure=_secure(request), httponly=True, samesite="Strict"
+    )
+    return response
+
+
+@_shown_on_failure
+async def connect(request: web.Request) -> web.StreamResponse:
+    """303 to the provider's consent page for a new mailbox."""
+    try:
+        signed_in = await _signed_in_form(request, "AdminConnectForm")
+    except ValidationFailed:
+        raise InvalidRequest("Choose a provider and tick at least one capability.") from None
+    if signed_in is None:
+        return _see_other(ADMIN)
+    session, form = signed_in
+    start = await services(request).mailboxes.create(
+        session.principal,
+        form["provider"],
+        sorted(form["capabilities"]),
+        _return_url(request),
+        None,
+    )
+    return _see_other(start.authorization_url)
+
+
+@_shown_on_failure
+async def reconnect(request: web.Request) -> web.StreamResponse:
+    """303 to the provider's consent page for an existing mailbox."""
+    mailbox_id = _mailbox_id(request)
+    signed_in = await _signed_in_form(request, "AdminForm")
+    if signed_in is None:
+        return _see_other(ADMIN)
+    session, _ = signed_in
+    start = await services(request).mailboxes.reconnect(
+        session.principal, mailbox_id, _return_url(request)
+    )
+    return _see_other(start.authorization_url)
+
+
+@_shown_on_failure
+async def disconnect(request: web.Request) -> web.StreamResponse:
+    """303 to ``/admin`` once the mailbox is disconnected (idempotent)."""
+    mailbox_id = _mailbox_id(request)
+    signed_in = await _signed_in_form(request, "AdminForm")
+    if signed_in is None:
+        return _see_other(ADMIN)
+    session, _ = signed_in
+    await services(request).mailboxes.disconnect(session.principal, mailbox_id)
+    return _see_other(ADMIN)
+
+
+# -- sessions, forms and CSRF -----------------------------------------------------------------
+
+
+async def _session(request: web.Request) -> Session | None:
+    session = await request.app[SESSIONS].resume(request.cookies.get(COOKIE_NAME))
+    if session is None or not REQUIRED_PERMISSIONS.issubset(session.principal.permissions):
+        return None
+    return session
+
+
+async def _signed_in_form(request: web.Request, schema: str) -> tuple[Session, Form] | None:
+    """The session and form of a POST whose CSRF token is right; None when not signed in.
+
+    The form is read first, so a malformed one is 400 (or 415) whoever sends it; then
+    ``Forbidden`` for a foreign ``Origin`` or a wrong token.
+    """
+    form = await _read_form(request, schema)
+    _check_origin(request)
+    session = await _session(request)
+    if session is None:
+        return None
+    if not request.app[SESSIONS].csrf_valid(session, str(form.get("csrf_token", ""))):
+        raise Forbidden("This form has expired or did not come from this page. Reload the page.")
+    return session, form
+
+
+Form = dict[str, Any]
+
+
+async def _read_form(request: web.Request, schema: str) -> Form:
+    """The urlencoded body, checked against the document's component ``schema``.
+
+    A field the schema makes an array may repeat; any other appears once. Another media
+    type is 415; a form that does not match is 400 naming the fields at fault.
+    """
+    if request.content_type != FORM_MEDIA_TYPE:
+        raise UnsupportedMediaType(f"the form must be sent as {FORM_MEDIA_TYPE}")
+    try:
+        posted = await request.post()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("The form could not be read.") from None
+    properties = document(request).content["components"]["schemas"][schema]["properties"]
+    form: Form = {}
+    for name, value in posted.items():
+        if not isinstance(value, str):
+            raise InvalidRequest("The form could not be read.")
+        if properties.get(name, {}).get("type") == "array":
+            form.setdefault(name, []).append(value)
+        elif name in form:
+            raise InvalidRequest(f"The form repeats the field {name[:100]!r}.")
+        else:
+            form[name] = value
+    document(request).validate(schema_pointer(schema), form)
+    return form
+
+
+def _mailbox_id(request: web.Request) -> str:
+    """The path's mailbox id; one the document's ``Id`` refuses names nothing (404)."""
+    mailbox_id = request.match_info["mailbox_id"]
+    try:
+        document(request).validate(schema_pointer("Id"), mailbox_id)
+    except ValidationFailed:
+        raise NotFound("no such mailbox in this account", code="mailbox_not_found") from None
+    return mailbox_id
+
+
+def _check_origin(request: web.Request) -> None:
+    """Refuse a POST a browser says came from another origin (defence beside the token)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != _origin(_base_url(request)):
+        raise Forbidden("This form did not come from this page.")
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+def _base_url(request: web.Request) -> str:
+    configured = request.app.get(PUBLIC_URL)
+    if configured:
+        return configured
+    return str(request.url.origin()).rstrip("/")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _return_url(request: web.Request) -> str:
+    return f"{_base_url(request)}{ADMIN}"
+
+
+def _secure(request: web.Request) -> bool:
+    return urlsplit(_base_url(request)).scheme == "https"
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, **REDIRECT_HEADERS})
+
+
+def _enum(request: web.Request, schema: str) -> list[str]:
+    values = document(request).content["components"]["schemas"][schema]["enum"]
+    return [str(value) for value in values]
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _template(name: str) -> Template:
+    source = importlib.resources.files("mailbox_worker.api").joinpath(f"templates/{name}")
+    return Template(source.read_text(encoding="utf-8"))
+
+
+def _page(
+    title: str, content: str, notice: str, status: int, who: str = "", head: str = ""
+) -> web.Response:
+    page = _template("admin_layout.html").substitute(
+        title=html.escape(title), head=head, signed_in_as=who, notice=notice, content=content
+    )
+    return web.Response(
+        text=page, status=status, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
+    )
+
+
+def _bounce_page(request: web.Request) -> web.Response:
+    """The same URL again, reached from our own page.
+
+    A browser coming back from the provider's consent arrives through a cross-site redirect
+    chain, so it withholds the ``SameSite=Strict`` cookie. A navigation our own page starts
+    (a meta refresh: no script needed) is same-site and carries it. Only ``GET /admin``, which
+    changes nothing, is ever bounced.
+    """
+    target = html.escape(request.rel_url.path_qs)
+    content = f'<p><a href="{target}" id="continue">Continue to the admin page</a></p>'
+    refresh = f'<meta http-equiv="refresh" content="0; url={target}">\n'
+    return _page("Mailboxes", content, "", 200, head=refresh)
+
+
+def _sign_in_page(notice: str, status: int) -> web.Response:
+    return _page("Sign in", _template("admin_sign_in.html").substitute(), notice, status)
+
+
+async def _mailboxes_page(
+    request: web.Request, session: Session, notice: str, status: int
+) -> web.Response:
+    csrf = html.escape(request.app[SESSIONS].csrf_token(session))
+    mailboxes = await services(request).mailboxes.list(session.principal)
+    content = _template("admin_mailboxes.html").substitute(
+        table=_table(mailboxes, csrf),
+        csrf_token=csrf,
+        provider_options="".join(
+            f'<option value="{html.escape(p)}">{html.escape(p)}</option>'
+            for p in _enum(request, "Provider")
+        ),
+        capability_boxes="".join(
+            f'<p><label><input type="checkbox" name="capabilities" value="{html.escape(c)}"'
+            f' id="capability-{html.escape(c)}"> {html.escape(CAPABILITY_LABELS.get(c, c))}'
+            "</label></p>"
+            for c in _enum(request, "Capability")
+        ),
+    )
+    who = (
+        f'<p id="signed-in-as">Signed in with API key '
+        f"<code>{html.escape(session.principal.key_id)}</code> of account "
+        f"<code>{html.escape(session.principal.account_id)}</code>.</p>"
+    )
+    return _page("Mailboxes", content, notice, status, who)
+
+
+def _table(mailboxes: list[Mailbox], csrf: str) -> str:
+    if not mailboxes:
+        return '<p id="no-mailboxes">No mailbox is connected to this account yet.</p>'
+    header = "".join(
+        f'<th scope="col">{name}</th>'
+        for name in (
+            "Provider",
+            "Address",
+            "Capabilities",
+            "State",
+            "State reason",
+            "Created",
+            "Actions",
+        )
+    )
+    rows = "".join(_row(mailbox, csrf) for mailbox in mailboxes)
+    return f'<table id="mailboxes"><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _row(mailbox: Mailbox, csrf: str) -> str:
+    mailbox_id = html.escape(mailbox.id)
+    cells = [
+        ("provider", mailbox.provider),
+        ("address", mailbox.address or "(not known yet)"),
+        ("capabilities", ", ".join(mailbox.capabilities)),
+        ("state", mailbox.state),
+        ("state-reason", mailbox.state_reason or ""),
+        ("created", timestamp(mailbox.created_at) or ""),
+    ]
+    shown = "".join(f'<td class="{name}">{html.escape(value)}</td>' for name, value in cells)
+    return (
+        f'<tr id="mailbox-{mailbox_id}" data-mailbox-id="{mailbox_id}">{shown}'
+        f'<td class="actions">{_actions(mailbox, mailbox_id, csrf)}</td></tr>'
+    )
+
+
+def _actions(mailbox: Mailbox, mailbox_id: str, csrf: str) -> str:
+    if mailbox.state == "disconnected":
+        return ""
+    token = f'<input type="hidden" name="csrf_token" value="{csrf}">'
+    actions = ""
+    if mailbox.state in RECONNECTABLE:
+        actions += (
+            f'<form method="post" action="/admin/mailboxes/{mailbox_id}/connect">{token}'
+            '<button type="submit" class="reconnect">Reconnect</button></form>'
+        )
+    actions += (
+        f'<form method="post" action="/admin/mailboxes/{mailbox_id}/disconnect">{token}'
+        '<button type="submit" class="disconnect">'
+        "Disconnect now: revoke access and delete its tokens</button></form>"
+    )
+    return actions
+
+
+def _notice(kind: str, message: str) -> str:
+    role = "alert" if kind == "error" else "status"
+    return f'<p id="notice" class="{kind}" role="{role}">{html.escape(message)}</p>'
+
+
+def _outcome_notice(query: Mapping[str, str]) -> str:
+    """The last consent's outcome in plain words, with its code."""
+    outcome = query.get("outcome")
+    if not outcome:
+        return ""
+    message = OUTCOMES.get(outcome, "The consent did not complete.")
+    kind = "success" if outcome == "connected" else "error"
+    role = "status" if outcome == "connected" else "alert"
+    return (
+        f'<p id="notice" class="{kind}" role="{role}">{html.escape(message)} '
+        f'<small>(outcome: <code class="outcome">{html.escape(outcome)}</code>)</small></p>'
+    )

@@ -1,0 +1,109 @@
+"""Admin page sessions: a signed cookie naming an API key, and CSRF tokens derived from it.
+
+The cookie's value is ``<key id>.<expiry (Unix seconds)>.<HMAC-SHA256>`` where the HMAC,
+keyed with a random secret drawn when the process starts, covers the key id and the expiry.
+It never contains the API key. Because the secret lives only in memory, every session ends
+when the daemon restarts (and a session opened on one process is unknown to another).
+
+``AccountStore.authenticate`` needs the presented key to re-check it, so the key given at
+sign-in is held in this process's memory (never written anywhere) under its key id, for as
+long as a session for it may live. Every request authenticates that key again: a key revoked
+or deleted after sign-in ends its sessions at once. Signing out forgets the key, which ends
+every session opened with it.
+
+A form's CSRF token is an HMAC of the cookie's value under the same secret (with a
+distinct label), so it is bound to one session and useless without its cookie.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mailbox_worker.db.accounts import AccountStore, Principal
+
+COOKIE_NAME = "mailbox_worker_admin"
+COOKIE_PATH = "/admin"
+LIFETIME = dt.timedelta(hours=8)
+_SESSION_LABEL = b"session\x00"
+_CSRF_LABEL = b"csrf\x00"
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in admin: who they are, and the cookie value that proves it."""
+
+    principal: Principal
+    cookie: str
+    expires_at: int
+
+
+@dataclass
+class AdminSessions:
+    """Issues, checks and ends sessions; one instance per running application."""
+
+    accounts: AccountStore
+    clock: Callable[[], float] = time.time
+    _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    # key id -> (API key, latest expiry of a session opened with it). Memory only.
+    _keys: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+
+    async def sign_in(self, api_key: str) -> Session | None:
+        """A new session for ``api_key``, or None when the key is unknown or revoked."""
+        principal = await self.accounts.authenticate(api_key)
+        if principal is None:
+            return None
+        self._forget_expired()
+        expires_at = int(self.clock() + LIFETIME.total_seconds())
+        self._keys[principal.key_id] = (api_key, expires_at)
+        payload = f"{principal.key_id}.{expires_at}"
+        return Session(principal, f"{payload}.{self._sign(_SESSION_LABEL, payload)}", expires_at)
+
+    async def resume(self, cookie: str | None) -> Session | None:
+        """The session a cookie proves, re-checking its key; None when it proves none."""
+        if not cookie:
+            return None
+        key_id, _, rest = cookie.partition(".")
+        expiry, _, signature = rest.partition(".")
+        payload = f"{key_id}.{expiry}"
+        if not key_id or not expiry.isdigit() or len(expiry) > 12:
+            return None
+        if not hmac.compare_digest(
+            signature.encode(), self._sign(_SESSION_LABEL, payload).encode()
+        ):
+            return None
+        expires_at = int(expiry)
+        if expires_at <= self.clock():
+            return None
+        held = self._keys.get(key_id)
+        if held is None:
+            return None
+        principal = await self.accounts.authenticate(held[0])
+        if principal is None or principal.key_id != key_id:
+            self._keys.pop(key_id, None)  # revoked since sign-in: forget the key now
+            return None
+        return Session(principal, cookie, expires_at)
+
+    def sign_out(self, session: Session) -> None:
+        """Forget the session's key: every session opened with it ends."""
+        self._keys.pop(session.principal.key_id, None)
+
+    def csrf_token(self, session: Session) -> str:
+        """The token every form of this session carries."""
+        return self._sign(_CSRF_LABEL, session.cookie)
+
+    def csrf_valid(self, session: Session, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.csrf_token(session).encode())
+
+    def _sign(self, label: bytes, payload: str) -> str:
+        return hmac.new(self._secret, label + payload.encode(), hashlib.sha256).hexdigest()
+
+    def _forget_expired(self) -> None:
+        now = self.clock()
+        for key_id in [k for k, (_, expiry) in self._keys.items() if expiry <= now]:
+            del self._keys[key_id]

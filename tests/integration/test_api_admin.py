@@ -1,0 +1,423 @@
+"""The admin page over HTTP (no browser): sessions, CSRF, escaping, connect and disconnect.
+
+The daemon's real application (``App.build``: SQLite, vault, msal) serves the API on a real
+socket; Microsoft is the sandbox, so the authorization URLs are the ones msal builds. The
+cookie is carried by hand (aiohttp's cookie jar ignores cookies set by an IP address), which
+also lets the tests read its attributes.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from mailbox_worker.api.admin_session import COOKIE_NAME
+from mailbox_worker.app import App
+from mailbox_worker.config import (
+    DatabaseSettings,
+    KeySettings,
+    MicrosoftSettings,
+    ServerSettings,
+    Settings,
+)
+from mailbox_worker.demo import _FormParser
+from mailbox_worker.sandbox import Sandbox
+
+ADDRESS = "billing@contoso.example"
+ALL_PERMISSIONS = frozenset({"jobs:read", "jobs:write", "mailboxes:read", "mailboxes:write"})
+LIMITED_USE = (
+    "mailbox-worker's use and transfer of information received from Google APIs adheres to the "
+    "Google API Services User Data Policy, including the Limited Use requirements."
+)
+GRAPH = "https://graph.microsoft.com/"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    text: str
+    set_cookie: list[str]
+
+
+@dataclass
+class Admin:
+    app: App
+    base_url: str
+    account_id: str
+    key: str
+    sandbox: Sandbox
+    sandbox_ssl: ssl.SSLContext
+    http: aiohttp.ClientSession
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        cookie: str | None = None,
+        form: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        sent = dict(headers or {})
+        if cookie is not None:
+            sent["Cookie"] = f"{COOKIE_NAME}={cookie}"
+        async with self.http.request(
+            method, self.base_url + path, data=form, headers=sent, allow_redirects=False
+        ) as response:
+            return Answer(
+                response.status,
+                dict(response.headers),
+                await response.text(),
+                response.headers.getall("Set-Cookie", []),
+            )
+
+    async def sign_in(self, key: str | None = None) -> str:
+        """The session cookie's value for ``key`` (the fixture's by default)."""
+        answer = await self.request("POST", "/admin/session", form={"api_key": key or self.key})
+        assert answer.status == 303, answer.text
+        return session_cookie(answer)[COOKIE_NAME].value
+
+    async def csrf(self, cookie: str) -> str:
+        page = await self.request("GET", "/admin", cookie=cookie)
+        return field_value(page.text, "csrf_token")
+
+    async def consent(self, url: str, *, action: str = "accept") -> str:
+        """Play the admin on the sandbox's consent page; where it sends the browser back."""
+        async with self.http.get(url, ssl=self.sandbox_ssl) as page:
+            parser = _FormParser()
+            parser.feed(await page.text())
+        fields = [(name, ADDRESS if name == "login" else value) for name, value in parser.fields]
+        fields.append(("action", action))
+        async with self.http.post(
+            urljoin(url, parser.action or ""),
+            data=fields,
+            ssl=self.sandbox_ssl,
+            allow_redirects=False,
+        ) as answer:
+            callback = answer.headers["Location"]
+        async with self.http.get(callback, allow_redirects=False) as done:
+            assert done.status == 303
+            return done.headers["Location"]
+
+
+def session_cookie(answer: Answer) -> SimpleCookie:
+    cookie: SimpleCookie = SimpleCookie()
+    for header in answer.set_cookie:
+        cookie.load(header)
+    return cookie
+
+
+def field_value(page: str, name: str) -> str:
+    marker = f'name="{name}" value="'
+    start = page.index(marker) + len(marker)
+    return page[start : page.index('"', start)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def settings(data_dir: Path, sandbox: Sandbox, port: int) -> Settings:
+    """The daemon on ``port`` with Microsoft played by the sandbox (only what this needs)."""
+    return Settings(
+        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{data_dir / 'admin.db'}"),
+        server=ServerSettings(host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}"),
+        keys=KeySettings(source="file", file=str(data_dir / "keys.json"), create_if_missing=True),
+        microsoft=MicrosoftSettings(
+            client_id="sandbox-client",
+            client_secret="sandbox-secret",  # the sandbox demo app, not a secret
+            authority=sandbox.authority_url(),
+            graph_url=sandbox.graph_url,
+            ca_file=str(sandbox.ca_path),
+        ),
+    )
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    sandbox = Sandbox(tmp_path / "sandbox")
+    await sandbox.start()
+    try:
+        port = free_port()
+        app = App.build(settings(tmp_path, sandbox, port))
+        try:
+            await app.migrate()
+            server = TestServer(app.web_app(), host="127.0.0.1", port=port)
+            await server.start_server()
+            try:
+                account = await app.accounts.create_account("Contoso Ltd")
+                issued = await app.accounts.create_api_key(account.id, "admin", ALL_PERMISSIONS)
+                async with aiohttp.ClientSession() as http:
+                    yield Admin(
+                        app,
+                        f"http://127.0.0.1:{port}",
+                        account.id,
+                        issued.secret,
+                        sandbox,
+                        ssl.create_default_context(cafile=str(sandbox.ca_path)),
+                        http,
+                    )
+            finally:
+                await server.close()
+        finally:
+            await app.close()
+    finally:
+        await sandbox.stop()
+
+
+# -- signing in and out -----------------------------------------------------------------------
+
+
+async def test_the_sign_in_form_is_shown_with_the_limited_use_disclosure(admin: Admin) -> None:
+    page = await admin.request("GET", "/admin")
+
+    assert page.status == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert 'action="/admin/session"' in page.text and 'name="api_key"' in page.text
+    assert LIMITED_USE in re.sub(r"<[^>]+>", "", page.text)
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+
+async def test_a_cross_site_arrival_is_bounced_so_the_strict_cookie_is_sent(
+    admin: Admin,
+) -> None:
+    cookie = await admin.sign_in()
+    back = "/admin?mailbox_id=mbx_1&outcome=connected"
+
+    bounced = await admin.request(
+        "GET", back, cookie=cookie, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    shown = await admin.request(
+        "GET", back, cookie=cookie, headers={"Sec-Fetch-Site": "same-origin"}
+    )
+
+    assert bounced.status == 200
+    assert (
+        '<meta http-equiv="refresh" content="0; url=/admin?mailbox_id=mbx_1&amp;outcome=connected">'
+        in bounced.text
+    )
+    assert 'id="sign-out"' not in bounced.text
+    assert 'id="sign-out"' in shown.text and "The mailbox is connected." in shown.text
+
+
+async def test_a_good_key_opens_a_session_with_a_strict_cookie_that_holds_no_key(
+    admin: Admin,
+) -> None:
+    answer = await admin.request("POST", "/admin/session", form={"api_key": admin.key})
+
+    assert answer.status == 303 and answer.headers["Location"] == "/admin"
+    morsel = session_cookie(answer)[COOKIE_NAME]
+    assert morsel["httponly"] is True
+    assert morsel["samesite"] == "Strict"
+    assert morsel["path"] == "/admin"
+    assert not morsel["secure"]  # the public URL is http here; https sets Secure
+    assert int(morsel["max-age"]) == 8 * 3600
+    key_id, expiry, signature = morsel.value.split(".")
+    assert admin.key.startswith(f"mwk_{key_id}_")
+    assert expiry.isdigit() and len(signature) == 64
+    assert admin.key.split("_", 2)[2] not in morsel.value
+    page = await admin.request("GET", "/admin", cookie=morsel.value)
+    assert page.status == 200 and 'id="sign-out"' in page.text and key_id in page.text
+
+
+async def test_a_bad_key_is_refused_and_no_cookie_is_set(admin: Admin) -> None:
+    for key in ("mwk_nope_nope", "not a key", admin.key + "x"):
+        answer = await admin.request("POST", "/admin/session", form={"api_key": key})
+        assert answer.status == 401
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        assert "not valid" in answer.text and 'name="api_key"' in answer.text
+        assert not answer.set_cookie
+
+
+async def test_a_revoked_key_cannot_sign_in_and_revoking_ends_open_sessions(
+    admin: Admin,
+) -> None:
+    cookie = await admin.sign_in()
+    key_id = cookie.split(".")[0]
+    assert await admin.app.accounts.revoke_api_key(key_id)
+
+    page = await admin.request("GET", "/admin", cookie=cookie)
+    assert 'name="api_key"' in page.text and 'id="sign-out"' not in page.text
+    answer = await admin.request("POST", "/admin/session", form={"api_key": admin.key})
+    assert answer.status == 401 and not answer.set_cookie
+
+
+async def test_a_key_without_mailbox_permissions_is_refused(admin: Admin) -> None:
+    issued = await admin.app.accounts.create_api_key(
+        admin.account_id, "jobs only", frozenset({"jobs:write"})
+    )
+    answer = await admin.request("POST", "/admin/session", form={"api_key": issued.secret})
+    assert answer.status == 403 and "mailboxes:write" in answer.text
+    assert not answer.set_cookie
+
+
+async def test_a_tampered_cookie_is_no_session(admin: Admin) -> None:
+    key_id, expiry, signature = (await admin.sign_in()).split(".")
+    for forged in (f"{key_id}.{int(expiry) + 3600}.{signature}", f"{key_id}.{expiry}.{'0' * 64}"):
+        page = await admin.request("GET", "/admin", cookie=forged)
+        assert 'name="api_key"' in page.text and 'id="sign-out"' not in page.text
+
+
+async def test_signing_out_clears_the_cookie_and_ends_the_session(admin: Admin) -> None:
+    cookie = await admin.sign_in()
+    answer = await admin.request(
+        "POST",
+        "/admin/session/delete",
+        cookie=cookie,
+        form={"csrf_token": await admin.csrf(cookie)},
+    )
+    assert answer.status == 303 and answer.headers["Location"] == "/admin"
+    cleared = session_cookie(answer)[COOKIE_NAME]
+    assert cleared.value == "" and cleared["max-age"] == "0" and cleared["path"] == "/admin"
+    page = await admin.request("GET", "/admin", cookie=cookie)  # the old cookie, replayed
+    assert 'name="api_key"' in page.text and 'id="sign-out"' not in page.text
+
+
+# -- CSRF ---------------------------------------------------------------------------------------
+
+
+async def test_a_post_without_the_right_csrf_token_changes_nothing(admin: Admin) -> None:
+    cookie = await admin.sign_in()
+    other = await admin.sign_in()  # another session's token is not this one's
+    attempts: list[tuple[dict[str, Any] | list[tuple[str, str]], Mapping[str, str], int]] = [
+        ([("csrf_token", "0" * 64), ("provider", "microsoft"), ("capabilities", "send")], {}, 403),
+        ({"provider": "microsoft", "capabilities": "send"}, {}, 400),
+        (
+            [
+                ("csrf_token", await admin.csrf(cookie)),
+                ("provider", "microsoft"),
+                ("capabilities", "send"),
+            ],
+            {"Origin": "https://evil.example"},
+            403,
+        ),
+    ]
+    del other
+    for form, headers, status in attempts:
+        answer = await admin.request(
+            "POST", "/admin/mailboxes", cookie=cookie, form=form, headers=headers
+        )
+        assert answer.status == status, answer.text
+        assert 'role="alert"' in answer.text
+    assert await admin.app.mailboxes.list(admin.account_id) == []
+
+
+async def test_a_post_without_a_session_goes_back_to_sign_in(admin: Admin) -> None:
+    answer = await admin.request(
+        "POST",
+        "/admin/mailboxes",
+        form={"csrf_token": "x", "provider": "microsoft", "capabilities": "send"},
+    )
+    assert answer.status == 303 and answer.headers["Location"] == "/admin"
+    assert await admin.app.mailboxes.list(admin.account_id) == []
+
+
+# -- the mailboxes ------------------------------------------------------------------------------
+
+
+async def test_the_list_escapes_what_it_shows(admin: Admin) -> None:
+    mailbox = await admin.app.mailboxes.create(admin.account_id, "microsoft", ["send"], actor="t")
+    hostile = '"><script>alert(1)</script>@contoso.example'
+    await admin.app.mailboxes.mark_connected(mailbox.id, hostile, [GRAPH + "Mail.Send"])
+
+    page = await admin.request("GET", "/admin", cookie=await admin.sign_in())
+
+    assert "<script>" not in page.text
+    assert "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;@contoso.example" in page.text
+    assert f'id="mailbox-{mailbox.id}"' in page.text
+
+
+async def test_connect_asks_the_minimal_scopes_and_comes_back_connected(admin: Admin) -> None:
+    cookie = await admin.sign_in()
+    scopes_by_capabilities = {
+        ("send",): {GRAPH + "Mail.Send"},
+        ("draft", "send"): {GRAPH + "Mail.Send", GRAPH + "Mail.ReadWrite"},
+    }
+    for capabilities, api_scopes in scopes_by_capabilities.items():
+        form = [("csrf_token", await admin.csrf(cookie)), ("provider", "microsoft")]
+        form += [("capabilities", capability) for capability in capabilities]
+        answer = await admin.request("POST", "/admin/mailboxes", cookie=cookie, form=form)
+        assert answer.status == 303, answer.text
+        location = answer.headers["Location"]
+        assert location.startswith(admin.sandbox.base_url)
+        requested = set(parse_qs(urlsplit(location).query)["scope"][0].split())
+        assert requested - {"openid", "profile", "offline_access"} == api_scopes
+
+    back = await admin.consent(location)
+    assert back.startswith(f"{admin.base_url}/admin?")
+    assert parse_qs(urlsplit(back).query)["outcome"] == ["connected"]
+    page = await admin.request("GET", back.removeprefix(admin.base_url), cookie=cookie)
+    assert "The mailbox is connected." in page.text
+    assert '<td class="state">connected</td>' in page.text
+
+
+async def test_a_cancelled_consent_is_shown_and_can_be_reconnected(admin: Admin) -> None:
+    cookie = await admin.sign_in()
+    form = [
+        ("csrf_token", await admin.csrf(cookie)),
+        ("provider", "microsoft"),
+        ("capabilities", "send"),
+    ]
+    answer = await admin.request("POST", "/admin/mailboxes", cookie=cookie, form=form)
+    back = await admin.consent(answer.headers["Location"], action="cancel")
+
+    page = await admin.request("GET", back.removeprefix(admin.base_url), cookie=cookie)
+    assert "The consent was cancelled or refused" in page.text
+    assert '<code class="outcome">access_denied</code>' in page.text
+    [mailbox] = await admin.app.mailboxes.list(admin.account_id)
+    assert mailbox.state == "pending_consent"
+    again = await admin.request(
+        "POST",
+        f"/admin/mailboxes/{mailbox.id}/connect",
+        cookie=cookie,
+        form={"csrf_token": field_value(page.text, "csrf_token")},
+    )
+    assert again.status == 303 and again.headers["Location"].startswith(admin.sandbox.base_url)
+
+
+async def test_disconnect_goes_back_to_the_page_showing_it_disconnected(admin: Admin) -> None:
+    mailbox = await admin.app.mailboxes.create(admin.account_id, "microsoft", ["send"], actor="t")
+    await admin.app.mailboxes.mark_connected(mailbox.id, ADDRESS, [GRAPH + "Mail.Send"])
+    cookie = await admin.sign_in()
+
+    answer = await admin.request(
+        "POST",
+        f"/admin/mailboxes/{mailbox.id}/disconnect",
+        cookie=cookie,
+        form={"csrf_token": await admin.csrf(cookie)},
+    )
+
+    assert answer.status == 303 and answer.headers["Location"] == "/admin"
+    page = await admin.request("GET", "/admin", cookie=cookie)
+    assert '<td class="state">disconnected</td>' in page.text
+    found = await admin.app.mailboxes.get(mailbox.id)
+    assert found is not None and found.state == "disconnected"
+
+
+async def test_a_service_error_is_a_message_on_the_page(admin: Admin) -> None:
+    cookie = await admin.sign_in()
+    answer = await admin.request(
+        "POST",
+        "/admin/mailboxes/mbx_unknown/disconnect",
+        cookie=cookie,
+        form={"csrf_token": await admin.csrf(cookie)},
+    )
+    assert answer.status == 404
+    assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "no such mailbox in this account" in answer.text
+    assert "Traceback" not in answer.text and 'id="mailboxes"' not in answer.text
