@@ -173,6 +173,7 @@ class App:
                 registry=self.registry,
                 ready=self.readiness,
                 max_request_bytes=self.settings.server.max_request_bytes,
+                public_url=self.settings.server.public_url,
             )
         )
 

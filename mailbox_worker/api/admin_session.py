@@ -5,11 +5,10 @@ keyed with a random secret drawn when the process starts, covers the key id and 
 It never contains the API key. Because the secret lives only in memory, every session ends
 when the daemon restarts (and a session opened on one process is unknown to another).
 
-``AccountStore.authenticate`` needs the presented key to re-check it, so the key given at
-sign-in is held in this process's memory (never written anywhere) under its key id, for as
-long as a session for it may live. Every request authenticates that key again: a key revoked
-or deleted after sign-in ends its sessions at once. Signing out forgets the key, which ends
-every session opened with it.
+The API key is checked once, at sign-in, and never kept. The process remembers only which
+key ids signed in (until their sessions expire); every request looks the key up again by id
+(``AccountStore.principal``): a key revoked or deleted after sign-in ends its sessions at
+once. Signing out forgets the key id, which ends every session opened with it.
 
 A form's CSRF token is an HMAC of the cookie's value under the same secret (with a
 distinct label), so it is bound to one session and useless without its cookie.
@@ -50,8 +49,8 @@ class AdminSessions:
     accounts: AccountStore
     clock: Callable[[], float] = time.time
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
-    # key id -> (API key, latest expiry of a session opened with it). Memory only.
-    _keys: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+    # key id -> latest expiry of a session opened with it. Memory only; no secret.
+    _keys: dict[str, int] = field(default_factory=dict, repr=False)
 
     async def sign_in(self, api_key: str) -> Session | None:
         """A new session for ``api_key``, or None when the key is unknown or revoked."""
@@ -60,7 +59,7 @@ class AdminSessions:
             return None
         self._forget_expired()
         expires_at = int(self.clock() + LIFETIME.total_seconds())
-        self._keys[principal.key_id] = (api_key, expires_at)
+        self._keys[principal.key_id] = expires_at
         payload = f"{principal.key_id}.{expires_at}"
         return Session(principal, f"{payload}.{self._sign(_SESSION_LABEL, payload)}", expires_at)
 
@@ -80,11 +79,10 @@ class AdminSessions:
         expires_at = int(expiry)
         if expires_at <= self.clock():
             return None
-        held = self._keys.get(key_id)
-        if held is None:
+        if key_id not in self._keys:
             return None
-        principal = await self.accounts.authenticate(held[0])
-        if principal is None or principal.key_id != key_id:
+        principal = await self.accounts.principal(key_id)
+        if principal is None:
             self._keys.pop(key_id, None)  # revoked since sign-in: forget the key now
             return None
         return Session(principal, cookie, expires_at)
@@ -105,5 +103,5 @@ class AdminSessions:
 
     def _forget_expired(self) -> None:
         now = self.clock()
-        for key_id in [k for k, (_, expiry) in self._keys.items() if expiry <= now]:
+        for key_id in [k for k, expiry in self._keys.items() if expiry <= now]:
             del self._keys[key_id]

@@ -54,5 +54,5 @@ def create_app(services: ApiServices) -> web.Application:
             web.get("/openapi.json", system.openapi, allow_head=False),
         ]
     )
-    admin_page.install(app, services.accounts)  # /admin: the server-rendered admin page
+    admin_page.install(app, services.accounts, services.public_url or None)  # /admin page
     return app

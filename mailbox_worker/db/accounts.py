@@ -139,6 +139,17 @@ class AccountStore:
             account_id=key.account_id, key_id=key.id, permissions=frozenset(key.permissions)
         )
 
+    async def principal(self, key_id: str) -> Principal | None:
+        """The principal of an existing, unrevoked key, by its id (for sessions that were
+        opened by presenting the full key once)."""
+        async with self._sessions() as session:
+            key = await session.get(ApiKey, key_id)
+        if key is None or key.revoked_at is not None:
+            return None
+        return Principal(
+            account_id=key.account_id, key_id=key.id, permissions=frozenset(key.permissions)
+        )
+
     async def audit(
         self,
         actor: str,
