@@ -270,7 +270,7 @@ async def test_disconnect_erases_every_token_byte(world: World) -> None:
     assert mailbox.state == "disconnected"
 
 
-@pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 429), ("reset", 503)])
+@pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 429)])
 async def test_transient_token_endpoint_failures_are_retried_and_break_nothing(
     world: World, kind: str, status: int
 ) -> None:
