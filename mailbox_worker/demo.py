@@ -31,6 +31,7 @@ import aiohttp
 from mailbox_worker.app import App
 from mailbox_worker.config import (
     DatabaseSettings,
+    GoogleSettings,
     KeySettings,
     LoggingSettings,
     MicrosoftSettings,
@@ -63,6 +64,14 @@ def demo_settings(data_dir: Path, sandbox: Sandbox, port: int) -> Settings:
             client_secret="sandbox-secret",  # noqa: S106 - the sandbox demo app, not a secret
             authority=sandbox.authority_url(),
             graph_url=sandbox.graph_url,
+            ca_file=str(sandbox.ca_path),
+        ),
+        google=GoogleSettings(
+            client_id="sandbox-google-client",
+            client_secret="sandbox-google-secret",  # noqa: S106 - the sandbox demo app
+            auth_url=sandbox.google_auth_url,
+            token_url=sandbox.google_token_url,
+            revoke_url=sandbox.google_revoke_url,
             ca_file=str(sandbox.ca_path),
         ),
         logging=LoggingSettings(level="WARNING"),

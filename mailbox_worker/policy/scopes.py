@@ -14,7 +14,7 @@ from typing import Literal
 Provider = Literal["microsoft", "google"]
 Capability = Literal["send", "draft"]
 
-PROVIDERS: frozenset[str] = frozenset({"microsoft"})
+PROVIDERS: frozenset[str] = frozenset({"microsoft", "google"})
 """Providers a mailbox can be created for (the API document's ``Provider`` enum)."""
 IDENTITY_PROVIDERS: frozenset[str] = frozenset({"microsoft", "google"})
 """Providers whose OAuth connection is implemented (Google sending comes with Gmail)."""

@@ -11,6 +11,8 @@
 * ``POST /_sandbox/settings`` — ``{access_token_lifetime?, throttle_retry_after?}``;
 * ``POST /_sandbox/reset`` — forget messages, counters and faults.
 
+The Google control API (``/_sandbox/google/…``) lives in ``admin_google``.
+
 Every operation is a thin wrapper over a ``SandboxState`` method, which tests may call directly.
 """
 
@@ -51,11 +53,13 @@ def message_summary(message: StoredMessage) -> dict[str, Any]:
     }
 
 
-def _problem(status: int, message: str) -> web.Response:
+def problem_response(status: int, message: str) -> web.Response:
+    """A control-API error: ``{"error": message}`` with ``status``."""
     return web.json_response({"error": message}, status=status)
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 answer."""
     try:
         document = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as problem:
@@ -97,7 +101,7 @@ class AdminEndpoints:
         """Stored messages, oldest first."""
         folder = request.query.get("folder")
         if folder not in (None, "sent", "drafts"):
-            return _problem(400, "folder must be 'sent' or 'drafts'")
+            return problem_response(400, "folder must be 'sent' or 'drafts'")
         messages = self._state.messages(request.query.get("mailbox"), folder)
         return web.json_response({"messages": [message_summary(item) for item in messages]})
 
@@ -119,7 +123,7 @@ class AdminEndpoints:
         try:
             item = message.attachments[int(request.match_info["index"])]
         except (ValueError, IndexError):
-            return _problem(404, "no such attachment")
+            return problem_response(404, "no such attachment")
         response = web.Response(body=item.data)
         response.headers["Content-Type"] = item.content_type
         return response
@@ -130,19 +134,19 @@ class AdminEndpoints:
 
     async def register_client(self, request: web.Request) -> web.Response:
         """Register (or replace) an OAuth client; redirect URIs then match exactly."""
-        document = await _json_object(request)
+        document = await json_object(request)
         client_id, redirect_uris = document.get("client_id"), document.get("redirect_uris", [])
         secret, name = document.get("client_secret"), document.get("name")
         if not isinstance(client_id, str) or not client_id:
-            return _problem(400, "client_id is required")
+            return problem_response(400, "client_id is required")
         if not isinstance(redirect_uris, list) or not all(
             isinstance(uri, str) for uri in redirect_uris
         ):
-            return _problem(400, "redirect_uris must be a list of strings")
+            return problem_response(400, "redirect_uris must be a list of strings")
         if not (secret is None or isinstance(secret, str)) or not (
             name is None or isinstance(name, str)
         ):
-            return _problem(400, "client_secret and name must be strings")
+            return problem_response(400, "client_secret and name must be strings")
         client = self._state.register_client(client_id, secret, redirect_uris, name)
         return web.json_response(
             {
@@ -155,10 +159,10 @@ class AdminEndpoints:
 
     async def add_user(self, request: web.Request) -> web.Response:
         """Add (or replace) a user."""
-        document = await _json_object(request)
+        document = await json_object(request)
         address = document.get("address")
         if not isinstance(address, str) or "@" not in address:
-            return _problem(400, "address is required")
+            return problem_response(400, "address is required")
         user = self._state.add_user(
             address,
             display_name=document.get("display_name"),
@@ -178,19 +182,19 @@ class AdminEndpoints:
 
     async def scenario(self, request: web.Request) -> web.Response:
         """Flip a per-user scenario switch."""
-        document = await _json_object(request)
+        document = await json_object(request)
         scenario = document.get("scenario")
         if scenario not in SCENARIOS:
-            return _problem(400, f"scenario must be one of {', '.join(SCENARIOS)}")
+            return problem_response(400, f"scenario must be one of {', '.join(SCENARIOS)}")
         try:
             self._state.apply_scenario(request.match_info["address"], str(scenario))
         except UnknownUserError:
-            return _problem(404, "no such user")
+            return problem_response(404, "no such user")
         return web.json_response({"address": request.match_info["address"], "scenario": scenario})
 
     async def queue_fault(self, request: web.Request) -> web.Response:
         """Queue a fault for an operation."""
-        document = await _json_object(request)
+        document = await json_object(request)
         try:
             retry_after = document.get("retry_after")
             fault = self._state.queue_fault(
@@ -202,7 +206,7 @@ class AdminEndpoints:
                 times=int(document.get("times", 1)),
             )
         except (KeyError, TypeError, ValueError) as problem:
-            return _problem(400, f"invalid fault: {problem}")
+            return problem_response(400, f"invalid fault: {problem}")
         return web.json_response(
             {
                 "operation": fault.operation,
@@ -222,14 +226,14 @@ class AdminEndpoints:
 
     async def settings(self, request: web.Request) -> web.Response:
         """Change the access-token lifetime or the Retry-After of throttled answers."""
-        document = await _json_object(request)
+        document = await json_object(request)
         try:
             if "access_token_lifetime" in document:
                 self._state.access_token_lifetime = max(1, int(document["access_token_lifetime"]))
             if "throttle_retry_after" in document:
                 self._state.throttle_retry_after = max(0, int(document["throttle_retry_after"]))
         except (TypeError, ValueError):
-            return _problem(400, "settings must be integers")
+            return problem_response(400, "settings must be integers")
         return web.json_response(
             {
                 "access_token_lifetime": self._state.access_token_lifetime,

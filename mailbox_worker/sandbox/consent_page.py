@@ -8,6 +8,10 @@ Entra's real consent page has no per-scope checkbox: a user accepts or cancels t
 The checkboxes are a sandbox switch used to test "the user granted fewer scopes than asked"
 (which in reality happens through admin policies, incremental consent or Google-style granular
 consent).
+
+``render_google_consent_page`` is Google's granular-consent screen (providers.md C6) with the same
+form conventions: the sign-in scopes (openid/email/profile) are listed without a checkbox (always
+granted), every other requested scope gets a ``granted_scope`` checkbox, checked by default.
 """
 
 from __future__ import annotations
@@ -68,6 +72,62 @@ def render_consent_page(
         f'<p><label for="login">Account</label><input type="text" id="login" name="login" '
         f'value="{escape(login)}" size="40" autocomplete="username"></p>{problem}'
         '<p><button type="submit" name="action" value="accept">Accept</button> '
+        '<button type="submit" name="action" value="cancel">Cancel</button></p>'
+        "</form></main></body></html>"
+    )
+
+
+GOOGLE_HIDDEN_FIELDS = (
+    "auth_request",
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "scope",
+    "state",
+    "access_type",
+    "prompt",
+    "include_granted_scopes",
+    "login_hint",
+    "code_challenge",
+    "code_challenge_method",
+)
+
+
+def render_google_consent_page(
+    *,
+    action_url: str,
+    application_name: str,
+    sign_in_scopes: Sequence[str],
+    optional_scopes: Sequence[str],
+    request_fields: Mapping[str, str],
+    login: str,
+    error: str | None = None,
+) -> str:
+    """Google's "Sign in with Google" + granular consent page for ``optional_scopes``."""
+    hidden = "".join(
+        f'<input type="hidden" name="{escape(name)}" value="{escape(request_fields[name])}">'
+        for name in GOOGLE_HIDDEN_FIELDS
+        if name in request_fields
+    )
+    always = "".join(f"<li>{escape(scope)}</li>" for scope in sign_in_scopes)
+    checkboxes = "".join(
+        f'<label><input type="checkbox" name="granted_scope" value="{escape(scope)}" checked> '
+        f"{escape(scope)}</label>"
+        for scope in optional_scopes
+    )
+    problem = f'<p class="error" id="error">{escape(error)}</p>' if error else ""
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Sign in - Google Accounts</title><style>{_STYLE}</style></head><body><main>"
+        "<h1>Sign in with Google</h1>"
+        f"<p><strong id='application'>{escape(application_name)}</strong> "
+        "(sandbox) wants access to your Google Account</p>"
+        f'<form method="post" action="{escape(action_url)}">{hidden}'
+        f"<ul id='sign-in-scopes'>{always}</ul>"
+        f"<fieldset><legend>Select what it can access</legend>{checkboxes}</fieldset>"
+        f'<p><label for="login">Email</label><input type="text" id="login" name="login" '
+        f'value="{escape(login)}" size="40" autocomplete="username"></p>{problem}'
+        '<p><button type="submit" name="action" value="accept">Continue</button> '
         '<button type="submit" name="action" value="cancel">Cancel</button></p>'
         "</form></main></body></html>"
     )

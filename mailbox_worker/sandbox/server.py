@@ -1,4 +1,7 @@
-"""The sandbox HTTPS server: Microsoft identity, Graph mail and the ``/_sandbox/`` API on one port.
+"""The sandbox HTTPS server: Microsoft identity, Graph mail, Google OAuth and the ``/_sandbox/``
+API on one port, path-routed like the real hosts (``/{tenant}/oauth2/v2.0/…`` for
+login.microsoftonline.com, ``/v1.0/…`` for Graph, ``/o/oauth2/v2/auth`` for accounts.google.com,
+``/token`` and ``/revoke`` for oauth2.googleapis.com).
 
 ``Sandbox`` is for tests and embedding (start and stop it in your event loop); ``serve`` is what
 the ``mailbox-worker sandbox`` command runs until interrupted.
@@ -14,7 +17,10 @@ from pathlib import Path
 from aiohttp import web
 
 from .admin import AdminEndpoints
+from .admin_google import GoogleAdminEndpoints
 from .ca import CertificatePaths, ensure_certificates, server_ssl_context
+from .google_oauth import AUTHORIZE_PATH, GoogleAuthorizeEndpoint
+from .google_token import GoogleTokenEndpoints
 from .graph import REQUEST_BODY_LIMIT, GraphEndpoints
 from .graph_errors import graph_middleware
 from .identity import IdentityEndpoints
@@ -27,7 +33,7 @@ _SERVER_BODY_LIMIT = 4 * REQUEST_BODY_LIMIT
 
 
 class Sandbox:
-    """A local, HTTPS, in-memory Microsoft identity + Graph mail service."""
+    """A local, HTTPS, in-memory Microsoft identity + Graph mail + Google OAuth service."""
 
     def __init__(
         self,
@@ -52,6 +58,9 @@ class Sandbox:
         application.add_routes(TokenEndpoint(self.state, signing_key).routes())
         application.add_routes(GraphEndpoints(self.state).routes())
         application.add_routes(AdminEndpoints(self.state).routes())
+        application.add_routes(GoogleAuthorizeEndpoint(self.state).routes())
+        application.add_routes(GoogleTokenEndpoints(self.state, signing_key).routes())
+        application.add_routes(GoogleAdminEndpoints(self.state).routes())
         return application
 
     async def start(self) -> None:
@@ -121,6 +130,21 @@ class Sandbox:
         """The Graph v1.0 base URL."""
         return f"{self.base_url}/v1.0"
 
+    @property
+    def google_auth_url(self) -> str:
+        """Google's authorization endpoint (``accounts.google.com/o/oauth2/v2/auth``)."""
+        return f"{self.base_url}{AUTHORIZE_PATH}"
+
+    @property
+    def google_token_url(self) -> str:
+        """Google's token endpoint (``oauth2.googleapis.com/token``): google-auth ``token_uri``."""
+        return f"{self.base_url}/token"
+
+    @property
+    def google_revoke_url(self) -> str:
+        """Google's revoke endpoint (``oauth2.googleapis.com/revoke``)."""
+        return f"{self.base_url}/revoke"
+
 
 async def serve(host: str, port: int, data_dir: Path) -> None:
     """Run a sandbox until cancelled, SIGINT or SIGTERM; prints its base URL and CA path."""
@@ -136,6 +160,7 @@ async def serve(host: str, port: int, data_dir: Path) -> None:
     try:
         print(f"sandbox listening on {sandbox.base_url}", flush=True)
         print(f"sandbox CA certificate: {sandbox.ca_path}", flush=True)
+        print(f"sandbox Google token URL: {sandbox.google_token_url}", flush=True)
         await stopped.wait()
     finally:
         for signal_number in installed:

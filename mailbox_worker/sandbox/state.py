@@ -7,6 +7,11 @@ sandbox in their own event loop may call the same methods directly (``register_c
 A default client and tenant exist so the sandbox works with zero setup: client
 ``sandbox-client`` / ``sandbox-secret`` and tenant ``contoso`` with the users
 ``billing@contoso.example`` and ``accounts@contoso.example``.
+
+The Google OAuth simulator keeps its own memory in ``SandboxState.google`` (a
+``google_state.GoogleState``: clients, users, grants, codes, tokens, ``refresh_token_cap``,
+``apply_scenario``, ``grant_list``); counters and faults are shared. ``access_token_lifetime``
+applies to both providers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal, cast
-from urllib.parse import urlsplit
+
+from .clients import Client as Client
+from .google_state import GoogleState
 
 DEFAULT_CLIENT_ID = "sandbox-client"
 DEFAULT_CLIENT_SECRET = "sandbox-secret"
@@ -45,29 +52,6 @@ FAULT_KINDS: tuple[str, ...] = (
     "accept_then_status",
     "accept_then_reset",
 )
-
-
-@dataclass
-class Client:
-    """A registered OAuth application. ``client_secret`` None means a public client."""
-
-    client_id: str
-    client_secret: str | None
-    redirect_uris: list[str]
-    name: str
-    # Sandbox convenience, default client only: any http loopback redirect URI is accepted.
-    # Entra requires an exact match with a registered URI (it only ignores the port of
-    # http://localhost for public clients); admin-registered clients get exact matching.
-    accepts_any_loopback_redirect: bool = False
-
-    def accepts_redirect(self, uri: str) -> bool:
-        """True when ``uri`` may receive this client's authorization responses."""
-        if uri in self.redirect_uris:
-            return True
-        if not self.accepts_any_loopback_redirect:
-            return False
-        parts = urlsplit(uri)
-        return parts.scheme == "http" and parts.hostname in {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass
@@ -198,6 +182,7 @@ class SandboxState:
     operation_counters: Counter[str] = field(default_factory=Counter)
     faults: deque[Fault] = field(default_factory=deque)
     in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
+    google: GoogleState = field(default_factory=GoogleState)
 
     def __post_init__(self) -> None:
         if DEFAULT_CLIENT_ID not in self.clients:

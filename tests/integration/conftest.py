@@ -14,6 +14,8 @@ from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.jobs.queue import JobStore
 
+from .oauth_world import world  # noqa: F401 - a fixture shared by the connect tests
+
 
 @dataclass
 class Stores:

@@ -173,7 +173,7 @@ async def test_disconnect_is_immediate_idempotent_and_final(api: RunningApi, key
 @pytest.mark.parametrize(
     ("body", "field", "code"),
     [
-        ({"provider": "google", "capabilities": ["send"]}, "provider", "invalid_request"),
+        ({"provider": "yahoo", "capabilities": ["send"]}, "provider", "invalid_request"),
         ({"provider": "microsoft", "capabilities": []}, "capabilities", "invalid_request"),
         ({"provider": "microsoft", "capabilities": ["read"]}, "capabilities[0]", "invalid_request"),
         (
@@ -285,3 +285,13 @@ async def test_a_connected_outcome_without_return_url_is_a_200_page(
     answer = await api.call("GET", "/oauth/callback?code=c&state=s")
     assert answer.status == 200
     assert "The mailbox is connected." in answer.body.decode()
+
+
+async def test_google_without_a_configured_app_is_a_clear_conflict(
+    api: RunningApi, key: str
+) -> None:
+    answer = await api.call(
+        "POST", "/v1/mailboxes", key=key, json_body={"provider": "google", "capabilities": ["send"]}
+    )
+    assert answer.status == 409
+    assert answer.json()["error"]["code"] == "provider_not_configured"

@@ -8,89 +8,21 @@ is handed to ``complete`` as the API would).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import ssl
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 
-from mailbox_worker.app import App
-from mailbox_worker.config import DatabaseSettings
-from mailbox_worker.db.accounts import Principal, utcnow
-from mailbox_worker.db.models import OAuthState, TokenRecord
-from mailbox_worker.demo import _FormParser, demo_settings
+from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.db.models import OAuthState
 from mailbox_worker.errors import ReauthRequired
-from mailbox_worker.sandbox import Sandbox
 
-ADDRESS = "billing@contoso.example"
+from .oauth_world import ADDRESS, World
+
 OTHER = "accounts@contoso.example"
-
-
-@dataclasses.dataclass
-class World:
-    app: App
-    sandbox: Sandbox
-    principal: Principal
-    ssl: ssl.SSLContext
-
-    async def consent(
-        self, url: str, *, login: str = ADDRESS, action: str = "accept", untick: str | None = None
-    ) -> dict[str, str]:
-        """Play the admin on the consent page; the query the provider redirects back with."""
-        async with aiohttp.ClientSession() as browser:
-            async with browser.get(url, ssl=self.ssl) as page:
-                assert page.status == 200
-                parser = _FormParser()
-                parser.feed(await page.text())
-            fields = [
-                (name, login if name == "login" else value)
-                for name, value in parser.fields
-                if not (untick and value.endswith(untick))
-            ]
-            fields.append(("action", action))
-            target = urljoin(url, parser.action or "")
-            async with browser.post(
-                target, data=fields, ssl=self.ssl, allow_redirects=False
-            ) as answer:
-                assert answer.status in (302, 303), await answer.text()
-                location = answer.headers["Location"]
-        return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
-
-    async def counters(self) -> dict[str, int]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{self.sandbox.base_url}/_sandbox/counters", ssl=self.ssl) as answer,
-        ):
-            counters: dict[str, int] = (await answer.json())["counters"]
-        return counters
-
-    async def token_records(self) -> int:
-        async with self.app.sessions() as session:
-            return int(await session.scalar(select(func.count()).select_from(TokenRecord)) or 0)
-
-
-@pytest.fixture
-async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    sandbox = Sandbox(tmp_path / "sandbox")
-    await sandbox.start()
-    settings = demo_settings(tmp_path, sandbox, 8080)
-    settings = dataclasses.replace(settings, database=DatabaseSettings(url=database_url))
-    app = App.build(settings)
-    await app.migrate()
-    account = await app.accounts.create_account("acme")
-    principal = Principal(account.id, "test-key", frozenset({"mailboxes:write"}))
-    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
-    try:
-        yield World(app, sandbox, principal, context)
-    finally:
-        await app.close()
-        await sandbox.stop()
 
 
 def requested_scopes(authorization_url: str) -> set[str]:

@@ -1,0 +1,126 @@
+"""The sandbox's Google control API, JSON under ``/_sandbox/google/``.
+
+* ``GET /_sandbox/google/grants`` — ``{"grants": [{id, client_id, user, scopes, revoked,
+  revoked_reason, created_at, live_refresh_tokens}]}``, oldest first;
+* ``POST /_sandbox/google/clients`` — ``{client_id, client_secret, redirect_uris, name}``;
+* ``POST /_sandbox/google/users`` — ``{address, display_name?}``;
+* ``POST /_sandbox/google/users/{address}/scenario`` — ``{"scenario": ...}``
+  (``google_state.GOOGLE_SCENARIOS``);
+* ``POST /_sandbox/google/settings`` — ``{refresh_token_cap?}``.
+
+Counters and faults use the shared ``/_sandbox/counters`` and ``/_sandbox/faults``. Every
+operation wraps a ``GoogleState`` method (``SandboxState.google``), which tests may call directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .admin import json_object, problem_response
+from .google_state import GOOGLE_SCENARIOS, GoogleGrant, UnknownGoogleUserError, iso_time
+from .state import SandboxState
+
+
+def grant_summary(state: SandboxState, grant: GoogleGrant) -> dict[str, Any]:
+    """The control API's view of one grant."""
+    return {
+        "id": grant.id,
+        "client_id": grant.client_id,
+        "user": grant.user,
+        "scopes": list(grant.scopes),
+        "revoked": grant.revoked,
+        "revoked_reason": grant.revoked_reason,
+        "created_at": iso_time(grant.created_at),
+        "live_refresh_tokens": len(
+            [
+                token
+                for token in state.google.refresh_tokens.values()
+                if token.grant_id == grant.id and state.google.refresh_token_problem(token) is None
+            ]
+        ),
+    }
+
+
+class GoogleAdminEndpoints:
+    """Handlers for ``/_sandbox/google/``."""
+
+    def __init__(self, state: SandboxState) -> None:
+        self._state = state
+
+    def routes(self) -> list[web.RouteDef]:
+        """The aiohttp routes these handlers serve."""
+        return [
+            web.get("/_sandbox/google/grants", self.grants),
+            web.post("/_sandbox/google/clients", self.register_client),
+            web.post("/_sandbox/google/users", self.add_user),
+            web.post("/_sandbox/google/users/{address}/scenario", self.scenario),
+            web.post("/_sandbox/google/settings", self.settings),
+        ]
+
+    async def grants(self, request: web.Request) -> web.Response:
+        """Every grant, revoked ones included."""
+        listing = [grant_summary(self._state, grant) for grant in self._state.google.grant_list()]
+        return web.json_response({"grants": listing})
+
+    async def register_client(self, request: web.Request) -> web.Response:
+        """Register (or replace) a Google OAuth client; redirect URIs then match exactly."""
+        document = await json_object(request)
+        client_id, redirect_uris = document.get("client_id"), document.get("redirect_uris", [])
+        secret, name = document.get("client_secret"), document.get("name")
+        if not isinstance(client_id, str) or not client_id:
+            return problem_response(400, "client_id is required")
+        if not isinstance(redirect_uris, list) or not all(
+            isinstance(uri, str) for uri in redirect_uris
+        ):
+            return problem_response(400, "redirect_uris must be a list of strings")
+        if not (secret is None or isinstance(secret, str)) or not (
+            name is None or isinstance(name, str)
+        ):
+            return problem_response(400, "client_secret and name must be strings")
+        client = self._state.google.register_client(client_id, secret, redirect_uris, name)
+        return web.json_response(
+            {
+                "client_id": client.client_id,
+                "redirect_uris": client.redirect_uris,
+                "name": client.name,
+            },
+            status=201,
+        )
+
+    async def add_user(self, request: web.Request) -> web.Response:
+        """Add (or replace) a Google Account."""
+        document = await json_object(request)
+        address, display_name = document.get("address"), document.get("display_name")
+        if not isinstance(address, str) or "@" not in address:
+            return problem_response(400, "address is required")
+        if not (display_name is None or isinstance(display_name, str)):
+            return problem_response(400, "display_name must be a string")
+        user = self._state.google.add_user(address, display_name)
+        return web.json_response(
+            {"address": user.address, "display_name": user.display_name, "sub": user.subject},
+            status=201,
+        )
+
+    async def scenario(self, request: web.Request) -> web.Response:
+        """Flip a per-user scenario switch (providers.md C4)."""
+        document = await json_object(request)
+        scenario = document.get("scenario")
+        if scenario not in GOOGLE_SCENARIOS:
+            return problem_response(400, f"scenario must be one of {', '.join(GOOGLE_SCENARIOS)}")
+        try:
+            self._state.google.apply_scenario(request.match_info["address"], str(scenario))
+        except UnknownGoogleUserError:
+            return problem_response(404, "no such user")
+        return web.json_response({"address": request.match_info["address"], "scenario": scenario})
+
+    async def settings(self, request: web.Request) -> web.Response:
+        """Change the live refresh-token cap per (user, client)."""
+        document = await json_object(request)
+        if "refresh_token_cap" in document:
+            cap = document["refresh_token_cap"]
+            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                return problem_response(400, "refresh_token_cap must be a positive integer")
+            self._state.google.refresh_token_cap = cap
+        return web.json_response({"refresh_token_cap": self._state.google.refresh_token_cap})

@@ -1,0 +1,104 @@
+"""Connecting a Google mailbox through the sandbox with google-auth-oauthlib and google-auth.
+
+Granular consent can drop a scope: the mailbox then stays unconnected (scope_missing) and the
+partial grant is revoked at Google. Disconnect revokes the grant; when Google is unreachable
+the revocation waits in the background queue and completes later.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+
+from mailbox_worker.errors import Conflict
+from mailbox_worker.jobs.intake import Submission
+
+from .oauth_world import World
+
+GOOGLE_USER = "invoices@fabrikam.example"
+SEND = "https://www.googleapis.com/auth/gmail.send"
+COMPOSE = "https://www.googleapis.com/auth/gmail.compose"
+
+
+async def grants(world: World) -> list[dict[str, object]]:
+    async with aiohttp.ClientSession() as http:
+        url = f"{world.sandbox.base_url}/_sandbox/google/grants"
+        async with http.get(url, ssl=world.ssl) as answer:
+            return list((await answer.json())["grants"])
+
+
+def requested(url: str) -> set[str]:
+    return set(parse_qs(urlsplit(url).query)["scope"][0].split())
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "api_scopes"), [(["send"], {SEND}), (["send", "draft"], {SEND, COMPOSE})]
+)
+async def test_connect_google_with_minimal_scopes(
+    world: World, capabilities: list[str], api_scopes: set[str]
+) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", capabilities, None, GOOGLE_USER)
+    assert requested(start.authorization_url) == api_scopes | {"openid", "email"}
+    query = await world.consent(start.authorization_url, login=GOOGLE_USER)
+    result = await service.complete(query)
+    assert result.outcome == "connected", result.message
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert (mailbox.state, mailbox.address) == ("connected", GOOGLE_USER)
+    assert api_scopes <= set(mailbox.granted_scopes)
+    assert "https://mail.google.com/" not in mailbox.granted_scopes
+    stored = await world.app.vault.load_tokens(mailbox.id)
+    assert stored is not None
+    assert "client_secret" not in json.loads(stored.plaintext)
+    assert await world.app.tokens.get(mailbox)
+
+
+async def test_a_partial_google_grant_is_refused_and_revoked(world: World) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", ["send", "draft"], None, GOOGLE_USER)
+    query = await world.consent(start.authorization_url, login=GOOGLE_USER, untick="gmail.compose")
+    result = await service.complete(query)
+    assert result.outcome == "scope_missing"
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert (mailbox.state, mailbox.state_reason) == ("pending_consent", "scope_missing")
+    assert await world.token_records() == 0
+    [grant] = await grants(world)
+    assert grant["revoked"] is True
+
+
+async def test_disconnect_revokes_at_google_even_after_an_outage(world: World) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
+    await service.complete(await world.consent(start.authorization_url, login=GOOGLE_USER))
+    world.sandbox.state.queue_fault("google.revoke", "status", status=503)
+    mailbox = await service.disconnect(world.principal, start.mailbox.id)
+    assert mailbox.state == "disconnected"
+    assert await world.token_records() == 0
+    [grant] = await grants(world)
+    assert grant["revoked"] is False  # Google was down: the revocation waits
+    assert len(await world.app.revocations.pending()) == 1
+    assert await world.app.revocations.retry_due(everything=True) == 1
+    [grant] = await grants(world)
+    assert grant["revoked"] is True
+    assert await world.app.revocations.pending() == []
+
+
+async def test_jobs_for_google_mailboxes_are_refused_until_gmail_sending_exists(
+    world: World,
+) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
+    await service.complete(await world.consent(start.authorization_url, login=GOOGLE_USER))
+    body = {
+        "mailbox_id": start.mailbox.id,
+        "mode": "send",
+        "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
+    }
+    with pytest.raises(Conflict) as caught:
+        await world.app.intake.submit(world.principal, Submission(body, None))
+    assert caught.value.code == "provider_not_supported"
