@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,9 +17,10 @@ import aiohttp
 import pytest
 from sqlalchemy import update
 
-from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.db.models import OAuthState
-from mailbox_worker.errors import ReauthRequired
+from mailbox_worker.db.accounts import Principal, utcnow
+from mailbox_worker.db.models import Base, OAuthState
+from mailbox_worker.errors import Conflict, ReauthRequired
+from mailbox_worker.jobs.intake import Submission
 
 from .oauth_world import ADDRESS, World
 
@@ -181,10 +183,9 @@ async def test_a_revoked_grant_raises_reauth_required(world: World) -> None:
 
 
 async def test_disconnect_erases_every_token_byte(world: World) -> None:
-    start = await world.app.mailbox_service.create(
-        world.principal, "microsoft", ["send"], None, ADDRESS
-    )
-    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    await service.complete(await world.consent(start.authorization_url))
     stored = await world.app.vault.load_tokens(start.mailbox.id)
     assert stored is not None
     secrets = [
@@ -193,13 +194,40 @@ async def test_disconnect_erases_every_token_byte(world: World) -> None:
         for entry in json.loads(stored.plaintext).get(kind, {}).values()
     ]
     assert secrets
-    await world.app.mailbox_service.disconnect(world.principal, start.mailbox.id)
-    await world.app.mailbox_service.disconnect(world.principal, start.mailbox.id)  # idempotent
+    jobs_principal = Principal(world.principal.account_id, "k", frozenset({"jobs:write"}))
+    body = {
+        "mailbox_id": start.mailbox.id,
+        "mode": "send",
+        "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
+    }
+    pending, _ = await world.app.intake.submit(jobs_principal, Submission(body, None))
+
+    await service.disconnect(world.principal, start.mailbox.id)
+    await service.disconnect(world.principal, start.mailbox.id)  # idempotent
+
     assert await world.token_records() == 0
     assert await world.app.vault.key_usage() == {}
     mailbox = await world.app.mailboxes.get(start.mailbox.id)
     assert mailbox is not None
     assert mailbox.state == "disconnected"
+    cancelled = await world.app.jobs.get(pending.id)
+    assert cancelled is not None
+    assert (cancelled.state, cancelled.last_error_code) == ("cancelled", "mailbox_disconnected")
+    with pytest.raises(Conflict) as refused:
+        await world.app.intake.submit(jobs_principal, Submission(body, None))
+    assert refused.value.code == "mailbox_disconnected"
+    # No byte of any token anywhere: every row of every table, and the database files.
+    dump = b""
+    async with world.app.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            for row in (await connection.execute(table.select())).all():
+                dump += repr(tuple(row)).encode()
+    database = world.app.engine.url.database
+    if world.app.engine.dialect.name == "sqlite" and database:
+        for path in Path(database).parent.glob(Path(database).name + "*"):
+            dump += path.read_bytes()
+    for secret in secrets:
+        assert secret.encode() not in dump
 
 
 @pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 429)])
@@ -222,3 +250,32 @@ async def test_transient_token_endpoint_failures_are_retried_and_break_nothing(
     still = await world.app.mailboxes.get(mailbox.id)
     assert still is not None
     assert still.state == "connected"
+
+
+async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    await service.complete(await world.consent(start.authorization_url))
+    jobs_principal = Principal(world.principal.account_id, "k", frozenset({"jobs:write"}))
+    body = {
+        "mailbox_id": start.mailbox.id,
+        "mode": "send",
+        "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
+    }
+    job, _ = await world.app.intake.submit(jobs_principal, Submission(body, None))
+    # what the worker does when the grant dies (see test_worker.py)
+    await world.app.mailboxes.set_state(
+        start.mailbox.id, "reauth_required", "invalid_grant", expected=["connected"]
+    )
+    assert await world.app.jobs.hold_for_mailbox(start.mailbox.id, "invalid_grant") == 1
+    later, _ = await world.app.intake.submit(jobs_principal, Submission(body, "while-broken"))
+    assert later.state == "held"
+
+    again = await service.reconnect(world.principal, start.mailbox.id, None)
+    assert (await service.complete(await world.consent(again.authorization_url))).outcome == (
+        "connected"
+    )
+    for job_id in (job.id, later.id):
+        released = await world.app.jobs.get(job_id)
+        assert released is not None
+        assert released.state == "queued"
