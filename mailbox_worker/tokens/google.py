@@ -59,6 +59,13 @@ class GoogleIdentity:
         flow.oauth2session.verify = self._http.verify
         return flow
 
+    @staticmethod
+    def _fetch(flow: Any, code: str) -> dict[str, Any]:
+        try:
+            return dict(flow.fetch_token(code=code))
+        finally:
+            flow.oauth2session.close()  # each Flow owns a requests session: release its socket
+
     def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
         everything = [*scopes, "openid", "email"]
         flow = self._flow(everything, redirect_uri, autogenerate_code_verifier=True)
@@ -82,7 +89,7 @@ class GoogleIdentity:
             code_verifier=flow_state["code_verifier"],
         )
         try:
-            token = dict(flow.fetch_token(code=response["code"]))
+            token = self._fetch(flow, response["code"])
         except Warning as changed:  # granted scopes differ from those asked: inspect them
             token = dict(getattr(changed, "token", {}))
         except requests.RequestException as error:
