@@ -29,7 +29,9 @@ from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import ConfigError
+from mailbox_worker.jobs.callbacks import CallbackDispatcher
 from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.queue import JobStore
 from mailbox_worker.jobs.worker import Worker
@@ -83,6 +85,7 @@ class App:
     tokens: AccessTokens
     identities: dict[str, IdentityClient]
     revocations: Revocations
+    outbox: Outbox
     providers: dict[str, MailProvider]
     intake: JobIntake
     mailbox_service: MailboxService
@@ -113,7 +116,8 @@ class App:
                 timeout=ClientTimeout(total=settings.microsoft.request_timeout),
             )
         }
-        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics)
+        outbox = Outbox(sessions)
+        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics, outbox=outbox)
         intake = JobIntake(
             jobs,
             mailboxes,
@@ -143,6 +147,7 @@ class App:
             tokens=tokens,
             identities=identities,
             revocations=revocations,
+            outbox=outbox,
             providers=providers,
             intake=intake,
             mailbox_service=mailbox_service,
@@ -186,11 +191,14 @@ class App:
         log.info("listening on %s", self.settings.server.public_url)
         if started is not None:
             started.set()
-        revocations = asyncio.create_task(self.revocations.run(stop), name="revocations")
+        background = [asyncio.create_task(self.revocations.run(stop), name="revocations")]
+        if self.settings.callbacks.url:
+            dispatcher = CallbackDispatcher(self.outbox, self.settings.callbacks)
+            background.append(asyncio.create_task(dispatcher.run(stop), name="callbacks"))
         try:
             await self.worker.run(stop)
         finally:
-            await revocations
+            await asyncio.gather(*background)
             await runner.cleanup()
 
     async def close(self) -> None:

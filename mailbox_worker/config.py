@@ -84,6 +84,15 @@ class GoogleSettings:
 
 
 @dataclass(frozen=True)
+class CallbackSettings:
+    url: str = ""
+    secret: str = field(default="", repr=False)
+    timeout: float = 10.0
+    poll_interval: float = 2.0
+    retry_initial: float = 5.0
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     json: bool = False
@@ -97,6 +106,7 @@ class Settings:
     keys: KeySettings = KeySettings()
     microsoft: MicrosoftSettings = MicrosoftSettings()
     google: GoogleSettings = GoogleSettings()
+    callbacks: CallbackSettings = CallbackSettings()
     logging: LoggingSettings = LoggingSettings()
 
 
@@ -210,6 +220,11 @@ def _validate(settings: Settings) -> None:
             "microsoft.extra_scopes",
             f"asks for {', '.join(sorted(broader))}, broader than sending invoices needs",
         )
+    if settings.callbacks.url:
+        if urlsplit(settings.callbacks.url).scheme not in {"http", "https"}:
+            raise ConfigError("callbacks.url", "must be an http(s) URL")
+        if not settings.callbacks.secret:
+            raise ConfigError("callbacks.secret", "is required to sign callbacks")
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level", "must be DEBUG, INFO, WARNING or ERROR")
 

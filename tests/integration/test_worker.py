@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from mailbox_worker.config import WorkerSettings
 from mailbox_worker.db.mailboxes import CONNECTED
 from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
     OutcomeUnknown,
@@ -129,7 +130,14 @@ async def harness(stores: Stores) -> AsyncIterator[Harness]:
     provider, tokens = RecordingProvider(), RecordingTokens()
     metrics = Metrics.create(CollectorRegistry())
     worker = Worker(
-        stores.jobs, stores.mailboxes, tokens, {"microsoft": provider}, FAST, metrics, "w1"
+        stores.jobs,
+        stores.mailboxes,
+        tokens,
+        {"microsoft": provider},
+        FAST,
+        metrics,
+        "w1",
+        outbox=Outbox(stores.sessions),
     )
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
@@ -202,6 +210,11 @@ async def test_lost_grant_holds_the_mailbox_jobs_until_reconnect(harness: Harnes
     mailbox = await harness.stores.mailboxes.get(harness.mailbox.id)
     assert mailbox is not None
     assert (mailbox.state, mailbox.state_reason) == ("reauth_required", "invalid_grant")
+    [event] = await Outbox(harness.stores.sessions).all()
+    assert (event.kind, event.payload) == (
+        "mailbox.reauth_required",
+        {"mailbox_id": mailbox.id, "provider": "microsoft", "reason": "invalid_grant"},
+    )
     later = await harness.enqueue(subject="enqueued while broken")
     await asyncio.sleep(0.1)
     assert (await harness.stores.jobs.get(later.id)).state == "queued"  # type: ignore[union-attr]

@@ -1,0 +1,89 @@
+"""Delivering outbox events to the invoicing app's callback URL.
+
+Each event is POSTed as JSON ``{"id", "type", "account_id", "created_at", "data"}`` with
+``X-Mailbox-Worker-Signature: sha256=<hex HMAC of the body under callbacks.secret>``. A 2xx
+answer acknowledges it; anything else (or no answer) is retried with exponential backoff.
+The callback URL is the only place events go (privacy PP-5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+
+import aiohttp
+
+from mailbox_worker.config import CallbackSettings
+from mailbox_worker.db.models import OutboxEvent
+from mailbox_worker.db.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+LONGEST_WAIT = dt.timedelta(hours=1)
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class CallbackDispatcher:
+    def __init__(self, outbox: Outbox, settings: CallbackSettings) -> None:
+        self._outbox = outbox
+        self._settings = settings
+
+    async def deliver_due(self) -> int:
+        """Send every due event once; returns how many were acknowledged."""
+        due = await self._outbox.due()
+        if not due:
+            return 0
+        delivered = 0
+        timeout = aiohttp.ClientTimeout(total=self._settings.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for event in due:
+                delivered += await self._deliver(http, event)
+        return delivered
+
+    async def _deliver(self, http: aiohttp.ClientSession, event: OutboxEvent) -> int:
+        body = json.dumps(
+            {
+                "id": event.id,
+                "type": event.kind,
+                "account_id": event.account_id,
+                "created_at": event.created_at.isoformat().replace("+00:00", "Z"),
+                "data": event.payload,
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Mailbox-Worker-Signature": signature(self._settings.secret, body),
+        }
+        try:
+            async with http.post(self._settings.url, data=body, headers=headers) as answer:
+                ok = 200 <= answer.status < 300
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("callback for event %d failed: %s", event.id, type(error).__name__)
+            ok = False
+        if ok:
+            await self._outbox.delivered(event.id)
+            return 1
+        attempts = event.attempts + 1
+        wait = min(
+            dt.timedelta(seconds=self._settings.retry_initial) * 2**event.attempts, LONGEST_WAIT
+        )
+        await self._outbox.retry_later(event.id, attempts, wait)
+        return 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.deliver_due()
+            except Exception:
+                log.exception("callback delivery failed; will try again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._settings.poll_interval)
