@@ -20,7 +20,7 @@ from mailbox_worker.tokens.vault import TokenVault
 
 from .conftest import Stores
 
-REFRESH_TOKEN = "1//0-the-refresh-token-to-revoke-0123456789"
+REFRESH_TOKEN = "fake-refresh-token-to-revoke-0123456789"
 
 
 @dataclass
