@@ -13,49 +13,23 @@ skipped, saying why.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from mailbox_worker.sandbox import Sandbox
+from .conftest import ADDRESS, Daemon, start
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CLI = [sys.executable, "-m", "mailbox_worker.cli"]
-ADDRESS = "billing@contoso.example"
 WAIT_SECONDS = 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Daemon:
-    base_url: str
-    environment: dict[str, str]
-    log_path: Path
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [*CLI, *args], env=self.environment, capture_output=True, check=True, timeout=60
-        )
-        return done.stdout.decode().strip()
 
 
 @pytest.fixture
@@ -69,61 +43,19 @@ def browser_paths() -> None:
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    simulator = Sandbox(tmp_path / "sandbox")
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def daemon(tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Daemon]:
-    port = free_port()
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith("MAILBOX_WORKER_")
-    }
-    environment.update(
-        {
-            "MAILBOX_WORKER_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'daemon.db'}",
-            "MAILBOX_WORKER_SERVER__PORT": str(port),
-            "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "MAILBOX_WORKER_KEYS__SOURCE": "file",
-            "MAILBOX_WORKER_KEYS__FILE": str(tmp_path / "keys.json"),
-            "MAILBOX_WORKER_KEYS__CREATE_IF_MISSING": "true",
-            "MAILBOX_WORKER_MICROSOFT__CLIENT_ID": "sandbox-client",
-            "MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET": "sandbox-secret",
-            "MAILBOX_WORKER_MICROSOFT__AUTHORITY": sandbox.authority_url(),
-            "MAILBOX_WORKER_MICROSOFT__GRAPH_URL": sandbox.graph_url,
-            "MAILBOX_WORKER_MICROSOFT__CA_FILE": str(sandbox.ca_path),
-        }
-    )
-    daemon = Daemon(f"http://127.0.0.1:{port}", environment, tmp_path / "daemon.log")
-    daemon.cli("migrate")
-    with daemon.log_path.open("ab") as log:
-        process = subprocess.Popen([*CLI, "serve"], env=environment, stdout=log, stderr=log)
+async def running_daemon(daemon: Daemon) -> AsyncIterator[Daemon]:
+    """The shared e2e daemon (see conftest.py), serving for the duration of the test."""
+    await start(daemon)
     try:
-        await wait_until_ready(daemon, process)
         yield daemon
     finally:
-        process.send_signal(signal.SIGTERM)
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            daemon.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def wait_until_ready(daemon: Daemon, process: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as http, asyncio.timeout(60):
-        while True:
-            try:
-                async with http.get(f"{daemon.base_url}/readyz") as answer:
-                    if answer.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert process.poll() is None, daemon.log_path.read_text()
-            await asyncio.sleep(0.1)
+            daemon.process.kill()
+            daemon.process.wait()
 
 
 @pytest.fixture
@@ -276,8 +208,9 @@ def the_admin_session(driver: Any, base_url: str, api_key: str, screenshot: Path
 
 
 async def test_an_admin_connects_and_disconnects_mailboxes_in_a_browser(
-    daemon: Daemon, chromium: Any, tmp_path: Path
+    running_daemon: Daemon, chromium: Any, tmp_path: Path
 ) -> None:
+    daemon = running_daemon
     account = daemon.cli("accounts", "create", "Contoso Ltd")
     api_key = daemon.cli("keys", "create", "--account", account)
     screenshot = tmp_path / "admin-page.png"
