@@ -50,16 +50,8 @@ def render_consent_page(
     error: str | None = None,
 ) -> str:
     """The HTML page asking the user to sign in and accept ``requested_scopes``."""
-    hidden = "".join(
-        f'<input type="hidden" name="{escape(name)}" value="{escape(request_fields[name])}">'
-        for name in HIDDEN_FIELDS
-        if name in request_fields
-    )
-    checkboxes = "".join(
-        f'<label><input type="checkbox" name="granted_scope" value="{escape(scope)}" checked> '
-        f"{escape(scope)}</label>"
-        for scope in requested_scopes
-    )
+    hidden = _hidden_inputs(request_fields, HIDDEN_FIELDS)
+    checkboxes = _scope_checkboxes(requested_scopes)
     problem = f'<p class="error" id="error">{escape(error)}</p>' if error else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -104,17 +96,9 @@ def render_google_consent_page(
     error: str | None = None,
 ) -> str:
     """Google's "Sign in with Google" + granular consent page for ``optional_scopes``."""
-    hidden = "".join(
-        f'<input type="hidden" name="{escape(name)}" value="{escape(request_fields[name])}">'
-        for name in GOOGLE_HIDDEN_FIELDS
-        if name in request_fields
-    )
+    hidden = _hidden_inputs(request_fields, GOOGLE_HIDDEN_FIELDS)
     always = "".join(f"<li>{escape(scope)}</li>" for scope in sign_in_scopes)
-    checkboxes = "".join(
-        f'<label><input type="checkbox" name="granted_scope" value="{escape(scope)}" checked> '
-        f"{escape(scope)}</label>"
-        for scope in optional_scopes
-    )
+    checkboxes = _scope_checkboxes(optional_scopes)
     problem = f'<p class="error" id="error">{escape(error)}</p>' if error else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -144,4 +128,22 @@ def render_form_post(redirect_uri: str, parameters: Mapping[str, str]) -> str:
         f'<body onload="document.forms[0].submit()"><form method="post" '
         f'action="{escape(redirect_uri)}">{fields}'
         "<noscript><button type='submit'>Continue</button></noscript></form></body></html>"
+    )
+
+
+def _hidden_inputs(request_fields: Mapping[str, str], names: Sequence[str]) -> str:
+    """The request's fields, carried through the form unchanged."""
+    return "".join(
+        f'<input type="hidden" name="{escape(name)}" value="{escape(request_fields[name])}">'
+        for name in names
+        if name in request_fields
+    )
+
+
+def _scope_checkboxes(scopes: Sequence[str]) -> str:
+    """One checked ``granted_scope`` box per scope: the user may untick any of them."""
+    return "".join(
+        f'<label><input type="checkbox" name="granted_scope" value="{escape(scope)}" checked> '
+        f"{escape(scope)}</label>"
+        for scope in scopes
     )

@@ -24,6 +24,7 @@ from google_auth_oauthlib.flow import Flow
 
 from mailbox_worker.config import GoogleSettings
 from mailbox_worker.errors import PermanentError, ReauthRequired, TransientError
+from mailbox_worker.tokens.http import close_session, configure_session, new_session
 from mailbox_worker.tokens.identity import AccessToken, Grant, Refreshed
 
 REFRESH_MARGIN = 300.0
@@ -36,9 +37,7 @@ class GoogleIdentity:
 
     def __init__(self, settings: GoogleSettings) -> None:
         self._settings = settings
-        self._http = requests.Session()
-        self._http.trust_env = False  # REQUESTS_CA_BUNDLE would override `verify`
-        self._http.verify = settings.ca_file or True
+        self._http = new_session(settings.ca_file)
         self._client_config = {
             "web": {
                 "client_id": settings.client_id,
@@ -49,14 +48,13 @@ class GoogleIdentity:
         }
 
     def close(self) -> None:
-        self._http.close()
+        close_session(self._http)
 
     def _flow(self, scopes: list[str], redirect_uri: str, **kwargs: Any) -> Any:
         flow = Flow.from_client_config(
             self._client_config, scopes=scopes, redirect_uri=redirect_uri, **kwargs
         )
-        flow.oauth2session.trust_env = False
-        flow.oauth2session.verify = self._http.verify
+        configure_session(flow.oauth2session, self._settings.ca_file)
         return flow
 
     @staticmethod
@@ -64,7 +62,7 @@ class GoogleIdentity:
         try:
             return dict(flow.fetch_token(code=code))
         finally:
-            flow.oauth2session.close()  # each Flow owns a requests session: release its socket
+            close_session(flow.oauth2session)  # each Flow owns a requests session
 
     def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
         everything = [*scopes, "openid", "email"]

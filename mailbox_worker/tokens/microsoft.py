@@ -22,6 +22,7 @@ import requests
 
 from mailbox_worker.config import MicrosoftSettings
 from mailbox_worker.errors import PermanentError, ReauthRequired, TransientError
+from mailbox_worker.tokens.http import close_session, new_session
 from mailbox_worker.tokens.identity import AccessToken, Grant, Refreshed
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,7 @@ class MicrosoftIdentity:
 
     def __init__(self, settings: MicrosoftSettings) -> None:
         self._settings = settings
-        self._http = requests.Session()
-        # REQUESTS_CA_BUNDLE would otherwise override `verify` (requests' env merge).
-        self._http.trust_env = False
-        self._http.verify = settings.ca_file or True
+        self._http = new_session(settings.ca_file)
         self._http_cache: dict[Any, Any] = {}
         self._cache_lock = threading.Lock()
         host = urlsplit(settings.authority).hostname or ""
@@ -72,7 +70,7 @@ class MicrosoftIdentity:
 
     def close(self) -> None:
         """Close the pooled HTTP connections to the identity platform."""
-        self._http.close()
+        close_session(self._http)
 
     def _app(self, cache: msal.SerializableTokenCache | None = None) -> Any:
         with self._cache_lock:

@@ -24,7 +24,6 @@ from urllib.parse import urljoin
 import aiohttp
 import msal
 import pytest
-import requests
 
 from mailbox_worker.errors import (
     AccessTokenRejected,
@@ -36,6 +35,7 @@ from mailbox_worker.errors import (
 from mailbox_worker.providers.base import OutgoingMessage
 from mailbox_worker.providers.graph import GraphProvider
 from mailbox_worker.sandbox import Sandbox
+from mailbox_worker.tokens.http import close_session, new_session
 
 SENDER = "billing@contoso.example"
 MAIL_SEND = "https://graph.microsoft.com/Mail.Send"
@@ -145,9 +145,7 @@ async def acquire_token(
     sandbox: Sandbox, trust: ssl.SSLContext, scopes: list[str], login: str = SENDER
 ) -> str:
     """A delegated Graph access token for ``login``, obtained as the daemon would (msal)."""
-    http = requests.Session()
-    http.verify = str(sandbox.ca_path)
-    http.trust_env = False  # REQUESTS_CA_BUNDLE would otherwise replace ``verify``
+    http = new_session(str(sandbox.ca_path))
     try:
         # msal is synchronous (discovery runs in its constructor): keep it off the loop
         # that serves the sandbox.
@@ -177,7 +175,7 @@ async def acquire_token(
             application.acquire_token_by_auth_code_flow, flow, callback
         )
     finally:
-        http.close()
+        close_session(http)
     assert "access_token" in result, result.get("error")
     access_token: str = result["access_token"]
     return access_token

@@ -27,6 +27,7 @@ import pytest
 import requests
 
 from mailbox_worker.sandbox import Sandbox
+from mailbox_worker.tokens.http import close_session, new_session
 
 CLIENT_ID = "sandbox-google-client"
 CLIENT_SECRET = "sandbox-google-secret"
@@ -64,13 +65,11 @@ async def http(sandbox: Sandbox) -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def session(sandbox: Sandbox) -> Iterator[requests.Session]:
-    client = requests.Session()
-    client.verify = str(sandbox.ca_path)
-    client.trust_env = False  # REQUESTS_CA_BUNDLE would otherwise override ``verify``
+    client = new_session(str(sandbox.ca_path))
     try:
         yield client
     finally:
-        client.close()
+        close_session(client)
 
 
 # -- helpers -------------------------------------------------------------------------------

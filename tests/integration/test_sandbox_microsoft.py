@@ -28,6 +28,7 @@ import requests
 
 from mailbox_worker.sandbox import Sandbox, serve
 from mailbox_worker.sandbox.ca import ensure_certificates
+from mailbox_worker.tokens.http import close_session, new_session
 
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"
@@ -60,13 +61,11 @@ async def http(sandbox: Sandbox) -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def requests_session(sandbox: Sandbox) -> Iterator[requests.Session]:
-    session = requests.Session()
-    session.verify = str(sandbox.ca_path)
-    session.trust_env = False  # REQUESTS_CA_BUNDLE would otherwise override ``verify``
+    session = new_session(str(sandbox.ca_path))
     try:
         yield session
     finally:
-        session.close()
+        close_session(session)
 
 
 @dataclass
