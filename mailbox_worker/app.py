@@ -117,7 +117,7 @@ class App:
             )
         }
         outbox = Outbox(sessions)
-        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics, outbox=outbox)
+        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics)
         intake = JobIntake(
             jobs,
             mailboxes,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.db.accounts import audit_row, new_id, utcnow
 from mailbox_worker.db.models import Mailbox, OAuthState
+from mailbox_worker.db.outbox import outbox_row
 
 PENDING_CONSENT = "pending_consent"
 CONNECTED = "connected"
@@ -84,6 +85,33 @@ class MailboxStore:
                 .values(state=state, state_reason=reason, updated_at=utcnow())
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def require_consent_again(self, mailbox: Mailbox, reason: str, actor: str) -> bool:
+        """Move a connected mailbox to ``reauth_required``; True if this call moved it.
+
+        The state change, its audit row and the ``mailbox.reauth_required`` event for the
+        invoicing app commit together: the app hears of every lost grant, exactly once.
+        """
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == mailbox.id, Mailbox.state == CONNECTED)
+                .values(state=REAUTH_REQUIRED, state_reason=reason, updated_at=utcnow())
+            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return False
+            detail = {"provider": mailbox.provider, "reason": reason}
+            session.add(
+                audit_row(actor, mailbox.account_id, "mailbox.reauth_required", mailbox.id, detail)
+            )
+            session.add(
+                outbox_row(
+                    mailbox.account_id,
+                    "mailbox.reauth_required",
+                    {"mailbox_id": mailbox.id, **detail},
+                )
+            )
+        return True
 
     async def mark_connected(
         self, mailbox_id: str, address: str, granted_scopes: Sequence[str]

@@ -17,23 +17,26 @@ from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.models import OutboxEvent
 
 
+def outbox_row(account_id: str, kind: str, payload: dict[str, Any]) -> OutboxEvent:
+    """An event to add inside a caller's own transaction, so it exists iff the change does."""
+    now = utcnow()
+    return OutboxEvent(
+        account_id=account_id,
+        kind=kind,
+        payload=payload,
+        created_at=now,
+        attempts=0,
+        next_attempt_at=now,
+    )
+
+
 class Outbox:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
     async def add(self, account_id: str, kind: str, payload: dict[str, Any]) -> None:
-        now = utcnow()
         async with self._sessions.begin() as session:
-            session.add(
-                OutboxEvent(
-                    account_id=account_id,
-                    kind=kind,
-                    payload=payload,
-                    created_at=now,
-                    attempts=0,
-                    next_attempt_at=now,
-                )
-            )
+            session.add(outbox_row(account_id, kind, payload))
 
     async def due(self, limit: int = 50) -> list[OutboxEvent]:
         query = (

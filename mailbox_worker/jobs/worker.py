@@ -24,9 +24,8 @@ from typing import Protocol
 
 from mailbox_worker.config import WorkerSettings
 from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.db.mailboxes import CONNECTED, DISCONNECTED, REAUTH_REQUIRED, MailboxStore
+from mailbox_worker.db.mailboxes import CONNECTED, DISCONNECTED, MailboxStore
 from mailbox_worker.db.models import Job, Mailbox
-from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
     DeliveryError,
@@ -79,7 +78,6 @@ class Worker:
         settings: WorkerSettings,
         metrics: Metrics,
         name: str | None = None,
-        outbox: Outbox | None = None,
     ) -> None:
         self._jobs = jobs
         self._mailboxes = mailboxes
@@ -88,7 +86,6 @@ class Worker:
         self._settings = settings
         self._metrics = metrics
         self.name = name or worker_name()
-        self._outbox = outbox
         self._wakeup = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._mailbox_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
@@ -294,17 +291,9 @@ class Worker:
 
     async def _lose_grant(self, mailbox: Mailbox, job: Job, error: ReauthRequired) -> None:
         self._tokens.forget(mailbox.id)
-        if await self._mailboxes.set_state(
-            mailbox.id, REAUTH_REQUIRED, error.code, expected=[CONNECTED]
-        ):
+        if await self._mailboxes.require_consent_again(mailbox, error.code, f"worker:{self.name}"):
             log.warning("mailbox %s needs consent again (%s)", mailbox.id, error.code)
             self._metrics.mailbox_reauth.labels(provider=mailbox.provider, reason=error.code).inc()
-            if self._outbox is not None:
-                await self._outbox.add(
-                    mailbox.account_id,
-                    "mailbox.reauth_required",
-                    {"mailbox_id": mailbox.id, "provider": mailbox.provider, "reason": error.code},
-                )
         await self._jobs.hold(job.id, self.name, error.code, error.message)
         await self._jobs.hold_for_mailbox(mailbox.id, error.code)
         self._metrics.job_transitions.labels(state="held", code=error.code).inc()

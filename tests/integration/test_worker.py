@@ -137,7 +137,6 @@ async def harness(stores: Stores) -> AsyncIterator[Harness]:
         FAST,
         metrics,
         "w1",
-        outbox=Outbox(stores.sessions),
     )
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
