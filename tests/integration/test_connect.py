@@ -230,7 +230,7 @@ async def test_disconnect_erases_every_token_byte(world: World) -> None:
         assert secret.encode() not in dump
 
 
-@pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 429)])
+@pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 429), ("reset", 500)])
 async def test_transient_token_endpoint_failures_are_retried_and_break_nothing(
     world: World, kind: str, status: int
 ) -> None:
