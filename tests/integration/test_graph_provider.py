@@ -16,7 +16,6 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -36,6 +35,8 @@ from mailbox_worker.providers.base import OutgoingMessage
 from mailbox_worker.providers.graph import GraphProvider
 from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.tokens.http import close_session, new_session
+
+from .consent_form import FormReader
 
 SENDER = "billing@contoso.example"
 MAIL_SEND = "https://graph.microsoft.com/Mail.Send"
@@ -112,31 +113,13 @@ class Admin:
             assert response.status == 201, await response.text()
 
 
-class _HtmlForm(HTMLParser):
-    """The action and the fields a browser would submit from a page's form."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action = ""
-        self.fields: list[tuple[str, str]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {name: value or "" for name, value in attrs}
-        if tag == "form":
-            self.action = attributes.get("action", "")
-        elif tag == "input" and "name" in attributes:
-            kind = attributes.get("type", "text")
-            if kind in ("hidden", "text") or (kind == "checkbox" and "checked" in attributes):
-                self.fields.append((attributes["name"], attributes.get("value", "")))
-
-
 async def _submit_form(
     browser: aiohttp.ClientSession, url: str, method: str, fields: list[tuple[str, str]]
-) -> _HtmlForm:
+) -> FormReader:
     """Request ``url`` like a browser and read the form on the page it answers with."""
     async with browser.request(method, url, data=fields or None) as page:
         assert page.status == 200, await page.text()
-        form = _HtmlForm()
+        form = FormReader()
         form.feed(await page.text())
     return form
 
@@ -168,9 +151,9 @@ async def acquire_token(
             consent = await _submit_form(browser, flow["auth_uri"], "GET", [])
             answer = await _submit_form(
                 browser, urljoin(flow["auth_uri"], consent.action), "POST",
-                [*consent.fields, ("action", "accept")],
+                [*consent.submission, ("action", "accept")],
             )  # fmt: skip
-        callback = dict(answer.fields)  # what the browser would post to our redirect URI
+        callback = dict(answer.submission)  # what the browser would post to our redirect URI
         result = await asyncio.to_thread(
             application.acquire_token_by_auth_code_flow, flow, callback
         )

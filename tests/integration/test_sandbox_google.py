@@ -13,7 +13,6 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
@@ -28,6 +27,8 @@ import requests
 
 from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.tokens.http import close_session, new_session
+
+from .consent_form import FormReader
 
 CLIENT_ID = "sandbox-google-client"
 CLIENT_SECRET = "sandbox-google-secret"
@@ -73,36 +74,6 @@ def session(sandbox: Sandbox) -> Iterator[requests.Session]:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-class FormReader(HTMLParser):
-    """The consent form's action, the fields a browser would submit, and any error shown."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action = ""
-        self.fields: list[tuple[str, str]] = []
-        self.checkboxes: list[str] = []
-        self.error: str | None = None
-        self._in_error = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {name: value or "" for name, value in attrs}
-        if tag == "form":
-            self.action = attributes.get("action", "")
-        elif tag == "input":
-            kind, name = attributes.get("type", "text"), attributes.get("name", "")
-            if kind in ("hidden", "text"):
-                self.fields.append((name, attributes.get("value", "")))
-            elif kind == "checkbox" and "checked" in attributes:
-                self.checkboxes.append(attributes.get("value", ""))
-        elif tag == "p" and attributes.get("id") == "error":
-            self._in_error = True
-
-    def handle_data(self, data: str) -> None:
-        if self._in_error:
-            self.error = data
-            self._in_error = False
 
 
 @dataclass

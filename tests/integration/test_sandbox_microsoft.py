@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -29,6 +28,8 @@ import requests
 from mailbox_worker.sandbox import Sandbox, serve
 from mailbox_worker.sandbox.ca import ensure_certificates
 from mailbox_worker.tokens.http import close_session, new_session
+
+from .consent_form import FormReader
 
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"
@@ -82,36 +83,6 @@ class SignedIn:
     @property
     def refresh_token(self) -> str:
         return str(self.result["refresh_token"])
-
-
-class FormReader(HTMLParser):
-    """Collects the consent form's action and the fields a browser would submit."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action = ""
-        self.fields: list[tuple[str, str]] = []
-        self.checkboxes: list[str] = []
-        self.error: str | None = None
-        self._in_error = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {name: value or "" for name, value in attrs}
-        if tag == "form":
-            self.action = attributes.get("action", "")
-        elif tag == "input":
-            kind, name = attributes.get("type", "text"), attributes.get("name", "")
-            if kind in ("hidden", "text"):
-                self.fields.append((name, attributes.get("value", "")))
-            elif kind == "checkbox" and "checked" in attributes:
-                self.checkboxes.append(attributes.get("value", ""))
-        elif tag == "p" and attributes.get("id") == "error":
-            self._in_error = True
-
-    def handle_data(self, data: str) -> None:
-        if self._in_error:
-            self.error = data
-            self._in_error = False
 
 
 async def new_application(
