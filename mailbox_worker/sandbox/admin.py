@@ -19,10 +19,12 @@ Every operation is a thin wrapper over a ``SandboxState`` method, which tests ma
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from .clients import Client
 from .state import SCENARIOS, SandboxState, StoredMessage, UnknownUserError
 
 
@@ -73,6 +75,30 @@ async def json_object(request: web.Request) -> dict[str, Any]:
             content_type="application/json",
         )
     return document
+
+
+async def register_client(
+    request: web.Request,
+    register: Callable[[str, str | None, list[str], str | None], Client],
+) -> web.Response:
+    """``POST .../clients`` for either provider: validate, ``register``, answer 201."""
+    document = await json_object(request)
+    client_id, redirect_uris = document.get("client_id"), document.get("redirect_uris", [])
+    secret, name = document.get("client_secret"), document.get("name")
+    if not isinstance(client_id, str) or not client_id:
+        return problem_response(400, "client_id is required")
+    uris_ok = isinstance(redirect_uris, list) and all(isinstance(uri, str) for uri in redirect_uris)
+    if not uris_ok:
+        return problem_response(400, "redirect_uris must be a list of strings")
+    if not (secret is None or isinstance(secret, str)) or not (
+        name is None or isinstance(name, str)
+    ):
+        return problem_response(400, "client_secret and name must be strings")
+    client = register(client_id, secret, redirect_uris, name)
+    return web.json_response(
+        {"client_id": client.client_id, "redirect_uris": client.redirect_uris, "name": client.name},
+        status=201,
+    )
 
 
 class AdminEndpoints:
@@ -134,28 +160,7 @@ class AdminEndpoints:
 
     async def register_client(self, request: web.Request) -> web.Response:
         """Register (or replace) an OAuth client; redirect URIs then match exactly."""
-        document = await json_object(request)
-        client_id, redirect_uris = document.get("client_id"), document.get("redirect_uris", [])
-        secret, name = document.get("client_secret"), document.get("name")
-        if not isinstance(client_id, str) or not client_id:
-            return problem_response(400, "client_id is required")
-        if not isinstance(redirect_uris, list) or not all(
-            isinstance(uri, str) for uri in redirect_uris
-        ):
-            return problem_response(400, "redirect_uris must be a list of strings")
-        if not (secret is None or isinstance(secret, str)) or not (
-            name is None or isinstance(name, str)
-        ):
-            return problem_response(400, "client_secret and name must be strings")
-        client = self._state.register_client(client_id, secret, redirect_uris, name)
-        return web.json_response(
-            {
-                "client_id": client.client_id,
-                "redirect_uris": client.redirect_uris,
-                "name": client.name,
-            },
-            status=201,
-        )
+        return await register_client(request, self._state.register_client)
 
     async def add_user(self, request: web.Request) -> web.Response:
         """Add (or replace) a user."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .admin import json_object, problem_response
+from .admin import json_object, problem_response, register_client
 from .google_state import GOOGLE_SCENARIOS, GoogleGrant, UnknownGoogleUserError, iso_time
 from .state import SandboxState
 
@@ -66,28 +66,7 @@ class GoogleAdminEndpoints:
 
     async def register_client(self, request: web.Request) -> web.Response:
         """Register (or replace) a Google OAuth client; redirect URIs then match exactly."""
-        document = await json_object(request)
-        client_id, redirect_uris = document.get("client_id"), document.get("redirect_uris", [])
-        secret, name = document.get("client_secret"), document.get("name")
-        if not isinstance(client_id, str) or not client_id:
-            return problem_response(400, "client_id is required")
-        if not isinstance(redirect_uris, list) or not all(
-            isinstance(uri, str) for uri in redirect_uris
-        ):
-            return problem_response(400, "redirect_uris must be a list of strings")
-        if not (secret is None or isinstance(secret, str)) or not (
-            name is None or isinstance(name, str)
-        ):
-            return problem_response(400, "client_secret and name must be strings")
-        client = self._state.google.register_client(client_id, secret, redirect_uris, name)
-        return web.json_response(
-            {
-                "client_id": client.client_id,
-                "redirect_uris": client.redirect_uris,
-                "name": client.name,
-            },
-            status=201,
-        )
+        return await register_client(request, self._state.google.register_client)
 
     async def add_user(self, request: web.Request) -> web.Response:
         """Add (or replace) a Google Account."""
