@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -669,3 +670,20 @@ async def test_faults_on_token_and_revoke(
     assert grant["revoked"] is False
     done = await post(session, sandbox.google_revoke_url, {"token": tokens["refresh_token"]})
     assert done.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["clients", "google/clients"])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"redirect_uris": []}, "client_id is required"),
+        ({"client_id": "c", "redirect_uris": "https://x"}, "redirect_uris must be a list"),
+        ({"client_id": "c", "redirect_uris": [], "name": 7}, "must be strings"),
+    ],
+)
+async def test_client_registration_refuses_malformed_documents(
+    sandbox: Sandbox, http: aiohttp.ClientSession, path: str, body: dict[str, Any], problem: str
+) -> None:
+    status, document = await admin(http, sandbox, "POST", path, **body)
+    assert status == 400
+    assert problem in json.dumps(document)
