@@ -11,10 +11,7 @@ import base64
 import hashlib
 import json
 import secrets
-import ssl
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
@@ -27,7 +24,6 @@ import pytest
 import requests
 
 from mailbox_worker.sandbox import Sandbox
-from mailbox_worker.tokens.http import close_session, new_session
 
 from .consent_form import FormReader
 
@@ -47,31 +43,8 @@ GRANTED = ["openid", USERINFO_EMAIL, SEND, COMPOSE]
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    running = Sandbox(tmp_path / "sandbox")
-    await running.start()
-    try:
-        yield running
-    finally:
-        await running.stop()
-
-
-@pytest.fixture
-async def http(sandbox: Sandbox) -> AsyncIterator[aiohttp.ClientSession]:
-    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context), trust_env=False
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-def session(sandbox: Sandbox) -> Iterator[requests.Session]:
-    client = new_session(str(sandbox.ca_path))
-    try:
-        yield client
-    finally:
-        close_session(client)
+def session(requests_session: requests.Session) -> requests.Session:
+    return requests_session
 
 
 # -- helpers -------------------------------------------------------------------------------

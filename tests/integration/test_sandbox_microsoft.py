@@ -11,8 +11,6 @@ import hashlib
 import io
 import json
 import secrets
-import ssl
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -27,7 +25,6 @@ import requests
 
 from mailbox_worker.sandbox import Sandbox, serve
 from mailbox_worker.sandbox.ca import ensure_certificates
-from mailbox_worker.tokens.http import close_session, new_session
 
 from .consent_form import FormReader
 
@@ -39,34 +36,6 @@ PDF_BYTES = b"%PDF-1.4\n" + secrets.token_bytes(20_000) + b"\n%%EOF\n"
 
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    running = Sandbox(tmp_path / "sandbox")
-    await running.start()
-    try:
-        yield running
-    finally:
-        await running.stop()
-
-
-@pytest.fixture
-async def http(sandbox: Sandbox) -> AsyncIterator[aiohttp.ClientSession]:
-    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context), trust_env=False
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-def requests_session(sandbox: Sandbox) -> Iterator[requests.Session]:
-    session = new_session(str(sandbox.ca_path))
-    try:
-        yield session
-    finally:
-        close_session(session)
 
 
 @dataclass
