@@ -63,6 +63,8 @@ class AccessTokenSource(Protocol):
 
     def forget(self, mailbox_id: str) -> None: ...
 
+    def reject(self, mailbox_id: str, token: str) -> None: ...
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -238,6 +240,8 @@ class Worker:
                 receipt = await provider.create_draft(token, message)
         except DeliveryError as error:
             self._count_call(mailbox, operation, error.code, started)
+            if isinstance(error, AccessTokenRejected):
+                self._tokens.reject(mailbox.id, token)
             await self._delivery_failed(mailbox, job, error)
             return
         except Exception:
@@ -252,8 +256,6 @@ class Worker:
         await self._finish(job, _success(receipt))
 
     async def _delivery_failed(self, mailbox: Mailbox, job: Job, error: DeliveryError) -> None:
-        if isinstance(error, AccessTokenRejected):
-            self._tokens.forget(mailbox.id)
         if isinstance(error, TransientError):
             await self._retry(job, error)
         elif isinstance(error, ReauthRequired):

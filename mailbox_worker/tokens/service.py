@@ -26,7 +26,7 @@ from tenacity import (
 
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.models import Mailbox
-from mailbox_worker.errors import AccessTokenRejected, Conflict, ReauthRequired, TransientError
+from mailbox_worker.errors import Conflict, ReauthRequired, TransientError
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.scopes import required_scopes
 from mailbox_worker.tokens.identity import AccessToken, IdentityClient
@@ -53,6 +53,7 @@ class AccessTokens:
         self._metrics = metrics
         self._database_locks = locks
         self._cache: dict[str, AccessToken] = {}
+        self._rejected: dict[str, str] = {}  # mailbox id -> the token its provider refused
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._attempts = attempts
         self._initial_wait = initial_wait
@@ -69,16 +70,29 @@ class AccessTokens:
             if force_refresh and cached is not None and not _fresh(cached, margin=0):
                 force_refresh = False  # it expired anyway: a plain refresh will do
             token = await self._refresh_with_retries(mailbox, force_refresh)
+            rejected = self._rejected.pop(mailbox.id, None)
+            if token.token == rejected:
+                # The library's cache still holds the token the provider refused (revoked
+                # early, e.g. by continuous access evaluation): redeem the refresh token.
+                token = await self._refresh_with_retries(mailbox, True)
             self._cache[mailbox.id] = token
             return token.token
 
     def forget(self, mailbox_id: str) -> None:
-        """Drop the cached access token (on 401, disconnect, re-consent)."""
+        """Drop the cached access token (disconnect, lost grant, re-consent)."""
         self._cache.pop(mailbox_id, None)
 
-    def reject(self, mailbox_id: str, rejected: AccessTokenRejected) -> None:
-        log.info("access token rejected for mailbox %s; will refresh", mailbox_id)
-        self.forget(mailbox_id)
+    def reject(self, mailbox_id: str, token: str) -> None:
+        """The provider refused ``token`` (401): the next ``get`` returns a different one.
+
+        Many jobs may report the same refused token at once; only the first causes a refresh,
+        the others find the new token already cached.
+        """
+        cached = self._cache.get(mailbox_id)
+        if cached is None or cached.token == token:
+            log.info("access token rejected for mailbox %s; will refresh", mailbox_id)
+            self._cache.pop(mailbox_id, None)
+            self._rejected[mailbox_id] = token
 
     async def _refresh_with_retries(self, mailbox: Mailbox, force: bool) -> AccessToken:
         retrying = AsyncRetrying(

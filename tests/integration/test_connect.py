@@ -279,3 +279,47 @@ async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
         released = await world.app.jobs.get(job_id)
         assert released is not None
         assert released.state == "queued"
+
+
+async def test_an_access_token_refused_before_its_expiry_is_replaced(world: World) -> None:
+    """Graph may refuse a token msal still deems valid (revoked early): the job must not
+    keep retrying that token; the worker redeems the refresh token once and sends."""
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    await service.complete(await world.consent(start.authorization_url))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    refused = await world.app.tokens.get(mailbox)
+    world.sandbox.state.access_tokens.pop(refused)  # Graph now answers 401 for it
+    refreshes = (await world.counters()).get("identity.token.refresh_token", 0)
+    jobs_principal = Principal(world.principal.account_id, "k", frozenset({"jobs:write"}))
+    body = {
+        "mailbox_id": mailbox.id,
+        "mode": "send",
+        "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
+    }
+    job, _ = await world.app.intake.submit(jobs_principal, Submission(body, None))
+    await asyncio.wait_for(world.app.worker.run_until_idle(), 60)
+    done = await world.app.jobs.get(job.id)
+    assert done is not None
+    assert (done.state, done.attempts) == ("sent", 2)
+    assert (await world.counters()).get("identity.token.refresh_token", 0) == refreshes + 1
+    assert await world.app.tokens.get(mailbox) != refused
+
+
+async def test_many_jobs_refused_the_same_token_cause_one_refresh(world: World) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    await service.complete(await world.consent(start.authorization_url))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    refused = await world.app.tokens.get(mailbox)
+    refreshes = (await world.counters()).get("identity.token.refresh_token", 0)
+
+    async def job_refused() -> str:
+        world.app.tokens.reject(mailbox.id, refused)
+        return await world.app.tokens.get(mailbox)
+
+    tokens = await asyncio.gather(*(job_refused() for _ in range(20)))
+    assert len(set(tokens)) == 1 and refused not in tokens
+    assert (await world.counters()).get("identity.token.refresh_token", 0) == refreshes + 1

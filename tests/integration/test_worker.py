@@ -81,6 +81,7 @@ class RecordingTokens:
     script: Script = field(default_factory=deque)
     issued: int = 0
     forgotten: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
     async def get(self, mailbox: Mailbox, *, force_refresh: bool = False) -> str:
         if self.script:
@@ -92,6 +93,9 @@ class RecordingTokens:
 
     def forget(self, mailbox_id: str) -> None:
         self.forgotten.append(mailbox_id)
+
+    def reject(self, mailbox_id: str, token: str) -> None:
+        self.rejected.append((mailbox_id, token))
 
 
 @dataclass
@@ -199,7 +203,7 @@ async def test_rejected_access_token_is_dropped_and_the_job_retried(harness: Har
     harness.provider.script.append(AccessTokenRejected("401"))
     job = await harness.settled(await harness.enqueue())
     assert job.state == "sent"
-    assert harness.tokens.forgotten == [harness.mailbox.id]
+    assert harness.tokens.rejected == [(harness.mailbox.id, "token-1")]
     assert [token for _, token, _ in harness.provider.calls] == ["token-1", "token-2"]
 
 
