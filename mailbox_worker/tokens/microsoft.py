@@ -125,7 +125,7 @@ class MicrosoftIdentity:
             )
         claims = result.get("id_token_claims") or {}
         address = str(claims.get("preferred_username") or claims.get("email") or "")
-        granted = tuple(str(result.get("scope", "")).split())
+        granted = granted_scopes(result, flow)
         return Grant(cache=cache.serialize(), address=address, granted_scopes=granted)
 
     def refresh(self, cache_blob: str, scopes: list[str], *, force: bool) -> Refreshed:
@@ -177,3 +177,17 @@ def _refresh_error(result: dict[str, Any]) -> Exception:
         f"the identity platform refused the refresh: {detail}; check the app registration",
         code="identity_rejected",
     )
+
+
+def granted_scopes(answer: dict[str, Any], flow: dict[str, Any]) -> tuple[str, ...]:
+    """The scopes a code redemption granted.
+
+    ``scope`` is optional in the token endpoint's answer; absent, it means the scopes the
+    flow requested (RFC 6749 section 5.1, providers.md A3).
+    """
+    scope = answer.get("scope")
+    if scope is None or scope == "":
+        return tuple(str(item) for item in flow.get("scope") or ())
+    if isinstance(scope, str):
+        return tuple(scope.split())
+    return tuple(str(item) for item in scope)
