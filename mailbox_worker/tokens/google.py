@@ -133,8 +133,7 @@ class GoogleIdentity:
         try:
             credentials.refresh(google.auth.transport.requests.Request(self._http))
         except google.auth.exceptions.RefreshError as error:
-            text = str(error)
-            if "invalid_grant" in text:
+            if grant_is_dead(error):
                 raise ReauthRequired(
                     "Google says the grant is gone", code="invalid_grant"
                 ) from None
@@ -189,6 +188,21 @@ class GoogleIdentity:
         raise TransientError(
             f"Google's revoke endpoint answered {answer.status_code}", code="revoke_failed"
         )
+
+
+def grant_is_dead(error: google.auth.exceptions.RefreshError) -> bool:
+    """Whether a refresh failure means the user must consent again (providers.md C4).
+
+    google-auth passes the token endpoint's JSON body as an argument (``invalid_grant`` for a
+    revoked, expired or capped grant) — except for ``invalid_grant`` with ``error_subtype``
+    ``invalid_rapt``/``rapt_required`` (a Workspace reauthentication policy), which it turns
+    into a message of its own.
+    """
+    for detail in error.args:
+        if isinstance(detail, dict) and detail.get("error") == "invalid_grant":
+            return True
+    text = str(error)
+    return "invalid_grant" in text or "Reauthentication is needed" in text
 
 
 def _error(answer: requests.Response) -> str:
