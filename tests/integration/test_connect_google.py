@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from mailbox_worker.errors import Conflict
+from mailbox_worker.errors import Conflict, ReauthRequired
 from mailbox_worker.jobs.intake import Submission
 
 from .oauth_world import World
@@ -102,3 +102,17 @@ async def test_jobs_for_google_mailboxes_are_refused_until_gmail_sending_exists(
     with pytest.raises(Conflict) as caught:
         await world.app.intake.submit(world.principal, Submission(body, None))
     assert caught.value.code == "provider_not_supported"
+
+
+@pytest.mark.parametrize("scenario", ["revoked", "password_changed", "testing_expired"])
+async def test_a_dead_google_grant_raises_reauth_required(world: World, scenario: str) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
+    await service.complete(await world.consent(start.authorization_url, login=GOOGLE_USER))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    assert await world.app.tokens.get(mailbox)
+    world.sandbox.state.google.apply_scenario(GOOGLE_USER, scenario)
+    with pytest.raises(ReauthRequired) as raised:
+        await world.app.tokens.get(mailbox, force_refresh=True)
+    assert raised.value.code == "invalid_grant"
