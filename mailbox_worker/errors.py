@@ -98,6 +98,15 @@ class Throttled(TransientError):
     code = "throttled"
 
 
+class IdentityMisconfigured(TransientError):
+    """The identity platform refuses our app itself (``invalid_client``: an expired secret,
+    ``unauthorized_client``...): no mailbox is at fault and the operator must fix the
+    configuration. Jobs wait ``retry_after`` seconds; like throttling, it never counts as a
+    job failure (a job still ends at its deadline)."""
+
+    code = "identity_misconfigured"
+
+
 class AccessTokenRejected(TransientError):
     """The provider answered 401 to our access token; drop it, refresh, retry at once."""
 

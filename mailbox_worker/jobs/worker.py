@@ -29,6 +29,7 @@ from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
     DeliveryError,
+    IdentityMisconfigured,
     OutcomeUnknown,
     PermanentError,
     ReauthRequired,
@@ -268,7 +269,8 @@ class Worker:
             await self._finish(job, _outcome(UNKNOWN, error))
 
     async def _retry(self, job: Job, error: TransientError) -> None:
-        throttled = isinstance(error, Throttled)
+        # Neither the provider's throttling nor our own misconfiguration is the job's fault.
+        throttled = isinstance(error, (Throttled, IdentityMisconfigured))
         failures = job.transient_failures + (0 if throttled else 1)
         if not throttled and failures >= self._settings.max_attempts:
             await self._finish(

@@ -23,11 +23,23 @@ import requests
 from google_auth_oauthlib.flow import Flow
 
 from mailbox_worker.config import GoogleSettings
-from mailbox_worker.errors import PermanentError, ReauthRequired, TransientError
+from mailbox_worker.errors import (
+    IdentityMisconfigured,
+    PermanentError,
+    ReauthRequired,
+    TransientError,
+)
 from mailbox_worker.tokens.http import close_session, configure_session, new_session
-from mailbox_worker.tokens.identity import AccessToken, Grant, Refreshed
+from mailbox_worker.tokens.identity import (
+    MISCONFIGURED_RETRY_AFTER,
+    AccessToken,
+    Grant,
+    Refreshed,
+)
 
 REFRESH_MARGIN = 300.0
+# Refusals of our OAuth client itself, not of one user's grant (RFC 6749 5.2).
+CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope"})
 
 
 class GoogleIdentity:
@@ -137,6 +149,13 @@ class GoogleIdentity:
                 raise ReauthRequired(
                     "Google says the grant is gone", code="invalid_grant"
                 ) from None
+            refused = _oauth_error(error)
+            if refused in CLIENT_ERRORS:
+                raise IdentityMisconfigured(
+                    f"Google refused our OAuth client ({refused}); check its configuration",
+                    code="identity_misconfigured",
+                    retry_after=MISCONFIGURED_RETRY_AFTER,
+                ) from None
             raise TransientError(
                 "Google's token endpoint failed", code="identity_unavailable"
             ) from None
@@ -190,6 +209,14 @@ class GoogleIdentity:
         )
 
 
+def _oauth_error(error: google.auth.exceptions.RefreshError) -> str:
+    """The ``error`` of the token endpoint's JSON body google-auth attached, if any."""
+    for detail in error.args:
+        if isinstance(detail, dict):
+            return str(detail.get("error", ""))
+    return ""
+
+
 def grant_is_dead(error: google.auth.exceptions.RefreshError) -> bool:
     """Whether a refresh failure means the user must consent again (providers.md C4).
 
@@ -198,9 +225,8 @@ def grant_is_dead(error: google.auth.exceptions.RefreshError) -> bool:
     ``invalid_rapt``/``rapt_required`` (a Workspace reauthentication policy), which it turns
     into a message of its own.
     """
-    for detail in error.args:
-        if isinstance(detail, dict) and detail.get("error") == "invalid_grant":
-            return True
+    if _oauth_error(error) == "invalid_grant":
+        return True
     text = str(error)
     return "invalid_grant" in text or "Reauthentication is needed" in text
 

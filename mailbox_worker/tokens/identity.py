@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# How long jobs wait when the identity platform refuses our app itself (an operator must act).
+MISCONFIGURED_RETRY_AFTER = 300.0
+
 
 @dataclass(frozen=True)
 class AccessToken:

@@ -21,9 +21,19 @@ import msal.exceptions
 import requests
 
 from mailbox_worker.config import MicrosoftSettings
-from mailbox_worker.errors import PermanentError, ReauthRequired, TransientError
+from mailbox_worker.errors import (
+    IdentityMisconfigured,
+    PermanentError,
+    ReauthRequired,
+    TransientError,
+)
 from mailbox_worker.tokens.http import close_session, new_session
-from mailbox_worker.tokens.identity import AccessToken, Grant, Refreshed
+from mailbox_worker.tokens.identity import (
+    MISCONFIGURED_RETRY_AFTER,
+    AccessToken,
+    Grant,
+    Refreshed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +162,7 @@ class MicrosoftIdentity:
         if result is None:
             raise ReauthRequired("the token cache holds no refresh token", code="no_grant")
         if "error" in result:
-            raise _refresh_error(result)
+            raise refresh_error(result)
         token = AccessToken(
             token=str(result["access_token"]),
             expires_at=time.time() + float(result.get("expires_in", 0)),
@@ -165,7 +175,8 @@ class MicrosoftIdentity:
         )
 
 
-def _refresh_error(result: dict[str, Any]) -> Exception:
+def refresh_error(result: dict[str, Any]) -> Exception:
+    """Our error for a refresh answered with an OAuth ``error`` (providers.md A5)."""
     error = str(result.get("error"))
     codes = result.get("error_codes") or []
     detail = f"{error} (AADSTS{codes[0]})" if codes else error
@@ -173,9 +184,10 @@ def _refresh_error(result: dict[str, Any]) -> Exception:
         return ReauthRequired(f"the grant is no longer valid: {detail}", code=error)
     if error in TRANSIENT_ERRORS:
         return TransientError(f"the identity platform is unavailable: {detail}", code=error)
-    return TransientError(
-        f"the identity platform refused the refresh: {detail}; check the app registration",
-        code="identity_rejected",
+    return IdentityMisconfigured(
+        f"the identity platform refused our app: {detail}; check the app registration",
+        code="identity_misconfigured",
+        retry_after=MISCONFIGURED_RETRY_AFTER,
     )
 
 

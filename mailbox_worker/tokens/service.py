@@ -20,13 +20,14 @@ from collections.abc import Mapping
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.models import Mailbox
-from mailbox_worker.errors import Conflict, ReauthRequired, TransientError
+from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired, TransientError
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.scopes import required_scopes
 from mailbox_worker.tokens.identity import AccessToken, IdentityClient
@@ -96,7 +97,9 @@ class AccessTokens:
 
     async def _refresh_with_retries(self, mailbox: Mailbox, force: bool) -> AccessToken:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type((TransientError, Conflict)),
+            # A refusal of our app itself will not pass in seconds: the job waits instead.
+            retry=retry_if_exception_type((TransientError, Conflict))
+            & retry_if_not_exception_type(IdentityMisconfigured),
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential_jitter(multiplier=self._initial_wait, max=10.0),
             reraise=True,

@@ -19,7 +19,7 @@ from sqlalchemy import update
 
 from mailbox_worker.db.accounts import Principal, utcnow
 from mailbox_worker.db.models import Base, OAuthState
-from mailbox_worker.errors import Conflict, ReauthRequired
+from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired
 from mailbox_worker.jobs.intake import Submission
 
 from .oauth_world import ADDRESS, World
@@ -323,3 +323,24 @@ async def test_many_jobs_refused_the_same_token_cause_one_refresh(world: World) 
     tokens = await asyncio.gather(*(job_refused() for _ in range(20)))
     assert len(set(tokens)) == 1 and refused not in tokens
     assert (await world.counters()).get("identity.token.refresh_token", 0) == refreshes + 1
+
+
+async def test_a_refused_app_secret_is_an_operator_problem_not_a_dead_grant(world: World) -> None:
+    start = await world.app.mailbox_service.create(
+        world.principal, "microsoft", ["send"], None, ADDRESS
+    )
+    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    client = world.sandbox.state.clients["sandbox-client"]
+    # The secret expired in Entra (AADSTS7000222): every refresh now answers invalid_client.
+    world.sandbox.state.register_client(
+        client.client_id, "a-newer-secret", client.redirect_uris, client.name
+    )
+    refreshes = (await world.counters()).get("identity.token.refresh_token", 0)
+    with pytest.raises(IdentityMisconfigured) as raised:
+        await world.app.tokens.get(mailbox, force_refresh=True)
+    assert (raised.value.code, raised.value.retry_after) == ("identity_misconfigured", 300.0)
+    assert (await world.counters()).get("identity.token.refresh_token", 0) == refreshes + 1
+    still = await world.app.mailboxes.get(mailbox.id)
+    assert still is not None and still.state == "connected"

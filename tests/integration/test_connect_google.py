@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from mailbox_worker.errors import Conflict, ReauthRequired
+from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired
 from mailbox_worker.jobs.intake import Submission
 
 from .oauth_world import World
@@ -116,3 +116,20 @@ async def test_a_dead_google_grant_raises_reauth_required(world: World, scenario
     with pytest.raises(ReauthRequired) as raised:
         await world.app.tokens.get(mailbox, force_refresh=True)
     assert raised.value.code == "invalid_grant"
+
+
+async def test_a_refused_google_client_is_an_operator_problem(world: World) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
+    await service.complete(await world.consent(start.authorization_url, login=GOOGLE_USER))
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None
+    client = world.sandbox.state.google.clients["sandbox-google-client"]
+    world.sandbox.state.google.register_client(
+        client.client_id, "a-newer-secret", client.redirect_uris, client.name
+    )
+    with pytest.raises(IdentityMisconfigured) as raised:
+        await world.app.tokens.get(mailbox, force_refresh=True)
+    assert raised.value.code == "identity_misconfigured"
+    still = await world.app.mailboxes.get(mailbox.id)
+    assert still is not None and still.state == "connected"

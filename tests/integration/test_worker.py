@@ -7,6 +7,7 @@ answer what each test scripts; the queue, the database and the MIME building are
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -16,11 +17,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mailbox_worker.config import WorkerSettings
+from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.mailboxes import CONNECTED
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
+    IdentityMisconfigured,
     OutcomeUnknown,
     PermanentError,
     ReauthRequired,
@@ -256,3 +259,23 @@ async def test_stop_lets_in_flight_jobs_finish(stores: Stores) -> None:
     await running
     finished = await stores.jobs.get(job.id)
     assert finished is not None and finished.state == "sent"
+
+
+async def test_a_misconfigured_identity_app_defers_jobs_without_failing_them(
+    harness: Harness,
+) -> None:
+    harness.tokens.script.append(
+        IdentityMisconfigured("invalid_client", code="identity_misconfigured", retry_after=300)
+    )
+    job = await harness.enqueue()
+    async with asyncio.timeout(20):  # a hang guard, not a performance assertion
+        while not any(
+            event.code == "identity_misconfigured"
+            for event in await harness.stores.jobs.events(job.id)
+        ):
+            await asyncio.sleep(0.01)
+    waiting = await harness.stores.jobs.get(job.id)
+    assert waiting is not None
+    assert (waiting.state, waiting.transient_failures) == ("queued", 0)
+    assert waiting.run_after - utcnow() > dt.timedelta(seconds=250)
+    assert harness.provider.calls == []
