@@ -3,7 +3,8 @@
 Least privilege (privacy PP-1, LU-1): `send` needs only the permission to send; `draft` adds
 the permission to create drafts. Nothing that reads, lists or deletes mail is ever asked for.
 msal adds the sign-in scopes (openid, profile, offline_access) itself and refuses them when
-passed explicitly, so they are listed separately.
+passed explicitly, so they are listed separately; the OpenID ``email`` scope (an id_token
+claim, no mailbox access) is asked for both providers to learn the mailbox's address.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ GRAPH = "https://graph.microsoft.com/"
 GRAPH_MAIL_SEND = GRAPH + "Mail.Send"
 GRAPH_MAIL_READWRITE = GRAPH + "Mail.ReadWrite"
 MICROSOFT_SIGN_IN_SCOPES: tuple[str, ...] = ("openid", "profile", "offline_access")
+# Asked with the API scopes: its id_token claim is the user's primary SMTP address, which the
+# sign-in name (``preferred_username``, the UPN) need not be.
+MICROSOFT_EMAIL_SCOPE = "email"
 GMAIL = "https://www.googleapis.com/auth/"
 GMAIL_SEND = GMAIL + "gmail.send"
 GMAIL_COMPOSE = GMAIL + "gmail.compose"

@@ -67,11 +67,14 @@ class Tenant:
 class User:
     """A user with an Exchange Online mailbox (unless ``mailbox_enabled`` is False)."""
 
-    address: str
+    address: str  # the mailbox's primary SMTP address (Entra's `mail`)
     display_name: str
     object_id: str
     tenant_id: str
     mailbox_enabled: bool = True
+    # The sign-in name, when it differs from the mail address (common after renames and
+    # in tenants whose UPN suffix is not a mail domain).
+    user_principal_name: str | None = None
     interaction_required: bool = False
     # Bumped by "revoke sign-in sessions": refresh tokens of an older generation are dead.
     session_generation: int = 0
@@ -232,6 +235,12 @@ class SandboxState:
         self.users[address.lower()] = user
         return user
 
+    def set_sign_in_name(self, address: str, user_principal_name: str) -> User:
+        """Give the user of ``address`` a sign-in name (UPN) other than the mail address."""
+        user = self.users[address.lower()]
+        user.user_principal_name = user_principal_name
+        return user
+
     def _create_tenant(self, name: str) -> Tenant:
         directory = Tenant(name, str(uuid.uuid4()), [f"{name}.onmicrosoft.com"])
         self.tenants[directory.tenant_id] = directory
@@ -246,12 +255,14 @@ class SandboxState:
         return None
 
     def find_user(self, address_or_id: str) -> User | None:
-        """A user by address (UPN) or object id."""
-        user = self.users.get(address_or_id.lower())
+        """A user by mail address, sign-in name (UPN) or object id."""
+        key = address_or_id.lower()
+        user = self.users.get(key)
         if user is not None:
             return user
         for candidate in self.users.values():
-            if candidate.object_id == address_or_id.lower():
+            upn = (candidate.user_principal_name or "").lower()
+            if key in (candidate.object_id, upn):
                 return candidate
         return None
 

@@ -269,7 +269,7 @@ class TokenEndpoint:
         }
         if "profile" in canonical:
             claims["name"] = user.display_name
-            claims["preferred_username"] = user.address
+            claims["preferred_username"] = user.user_principal_name or user.address
         if "email" in canonical:
             claims["email"] = user.address
         if nonce is not None:

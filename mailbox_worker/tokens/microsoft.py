@@ -27,6 +27,7 @@ from mailbox_worker.errors import (
     ReauthRequired,
     TransientError,
 )
+from mailbox_worker.policy.scopes import MICROSOFT_EMAIL_SCOPE
 from mailbox_worker.tokens.http import close_session, new_session
 from mailbox_worker.tokens.identity import (
     MISCONFIGURED_RETRY_AFTER,
@@ -103,7 +104,7 @@ class MicrosoftIdentity:
                 # by PKCE (S256), a single-use expiring state and the nonce, all checked.
                 warnings.filterwarnings("ignore", message="response_mode", category=UserWarning)
                 flow: dict[str, Any] = self._app().initiate_auth_code_flow(
-                    scopes,
+                    [*scopes, MICROSOFT_EMAIL_SCOPE],
                     redirect_uri=redirect_uri,
                     login_hint=login_hint,
                     prompt="select_account",
@@ -134,7 +135,9 @@ class MicrosoftIdentity:
                 f"the identity platform refused the code ({result['error']})", code="code_rejected"
             )
         claims = result.get("id_token_claims") or {}
-        address = str(claims.get("preferred_username") or claims.get("email") or "")
+        # `email` is the mail address; `preferred_username` the sign-in name (UPN), used only
+        # when the user has no mail attribute (the address check then decides).
+        address = str(claims.get("email") or claims.get("preferred_username") or "")
         granted = granted_scopes(result, flow)
         return Grant(cache=cache.serialize(), address=address, granted_scopes=granted)
 

@@ -356,7 +356,7 @@ async def test_connect_asks_the_minimal_scopes_and_comes_back_connected(admin: A
         location = answer.headers["Location"]
         assert location.startswith(admin.sandbox.base_url)
         requested = set(parse_qs(urlsplit(location).query)["scope"][0].split())
-        assert requested - {"openid", "profile", "offline_access"} == api_scopes
+        assert requested - {"openid", "profile", "offline_access", "email"} == api_scopes
 
     back = await admin.consent(location)
     assert back.startswith(f"{admin.base_url}/admin?")

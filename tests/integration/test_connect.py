@@ -51,6 +51,7 @@ async def test_connect_asks_exactly_the_minimal_scopes(
         "openid",
         "profile",
         "offline_access",
+        "email",
     }
     result = await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
     assert result.outcome == "connected", result.message
@@ -344,3 +345,29 @@ async def test_a_refused_app_secret_is_an_operator_problem_not_a_dead_grant(worl
     assert (await world.counters()).get("identity.token.refresh_token", 0) == refreshes + 1
     still = await world.app.mailboxes.get(mailbox.id)
     assert still is not None and still.state == "connected"
+
+
+async def test_the_pinned_address_is_the_mail_address_not_the_sign_in_name(world: World) -> None:
+    sign_in_name = "j.smith@contoso.onmicrosoft.com"
+    world.sandbox.state.set_sign_in_name(ADDRESS, sign_in_name)
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, sign_in_name)
+    result = await service.complete(
+        await world.consent(start.authorization_url, login=sign_in_name)
+    )
+    assert result.outcome == "connected", result.message
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None and mailbox.address == ADDRESS
+    jobs_principal = Principal(world.principal.account_id, "k", frozenset({"jobs:write"}))
+    body = {
+        "mailbox_id": mailbox.id,
+        "mode": "send",
+        "from": {"address": ADDRESS},
+        "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
+    }
+    job, _ = await world.app.intake.submit(jobs_principal, Submission(body, None))
+    await asyncio.wait_for(world.app.worker.run_until_idle(), 60)
+    sent = await world.app.jobs.get(job.id)
+    assert sent is not None and sent.state == "sent", sent and sent.last_error_code
+    [message] = world.sandbox.state.messages()
+    assert message.sender == ADDRESS
