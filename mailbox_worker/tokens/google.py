@@ -38,6 +38,10 @@ from mailbox_worker.tokens.identity import (
 )
 
 REFRESH_MARGIN = 300.0
+# `error` values meaning "try again" (google-auth's own retry list, providers.md C3, and 429).
+RETRYABLE_ERRORS = frozenset(
+    {"internal_failure", "server_error", "temporarily_unavailable", "rate_limit_exceeded"}
+)
 # Refusals of our OAuth client itself, not of one user's grant (RFC 6749 5.2).
 CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope"})
 
@@ -108,6 +112,11 @@ class GoogleIdentity:
                 code="identity_unavailable",
             ) from None
         except Exception as error:  # oauthlib raises its own errors for error answers
+            if _google_is_unavailable(error):
+                raise TransientError(
+                    f"Google's token endpoint is unavailable ({type(error).__name__})",
+                    code="identity_unavailable",
+                ) from None
             raise PermanentError(
                 f"Google refused the code ({type(error).__name__})", code="code_rejected"
             ) from None
@@ -207,6 +216,15 @@ class GoogleIdentity:
         raise TransientError(
             f"Google's revoke endpoint answered {answer.status_code}", code="revoke_failed"
         )
+
+
+def _google_is_unavailable(error: Exception) -> bool:
+    """Whether oauthlib's error for a code redemption says "try again", not "refused"."""
+    oauth_error = str(getattr(error, "error", ""))
+    status = getattr(error, "status_code", None)
+    if oauth_error in RETRYABLE_ERRORS:
+        return True
+    return isinstance(status, int) and (status >= 500 or status == 429)
 
 
 def _oauth_error(error: google.auth.exceptions.RefreshError) -> str:

@@ -118,19 +118,25 @@ class MicrosoftIdentity:
 
     def redeem(self, flow: dict[str, Any], response: dict[str, str]) -> Grant:
         """Exchange the redirect's code for tokens; raises on a denied or invalid answer."""
+        if not response.get("state") or response.get("state") != flow.get("state"):
+            raise PermanentError(
+                "the authorization response does not match the flow", code="state_invalid"
+            )
         cache = msal.SerializableTokenCache()
         app = self._app(cache)
         try:
             result = app.acquire_token_by_auth_code_flow(flow, response)
-        except (requests.RequestException, msal.exceptions.MsalServiceError) as error:
+        except (requests.RequestException, msal.exceptions.MsalServiceError, ValueError) as error:
+            # ValueError: an answer that is not JSON (a proxy's 429 or 5xx page).
             raise TransientError(
                 f"token endpoint unavailable ({type(error).__name__})", code="identity_unavailable"
             ) from None
-        except ValueError:
-            raise PermanentError(
-                "the authorization response does not match the flow", code="state_invalid"
-            ) from None
         if "error" in result:
+            if result["error"] in TRANSIENT_ERRORS:
+                raise TransientError(
+                    f"the identity platform is unavailable ({result['error']})",
+                    code=str(result["error"]),
+                )
             raise PermanentError(
                 f"the identity platform refused the code ({result['error']})", code="code_rejected"
             )

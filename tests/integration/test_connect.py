@@ -371,3 +371,17 @@ async def test_the_pinned_address_is_the_mail_address_not_the_sign_in_name(world
     assert sent is not None and sent.state == "sent", sent and sent.last_error_code
     [message] = world.sandbox.state.messages()
     assert message.sender == ADDRESS
+
+
+@pytest.mark.parametrize(("kind", "status"), [("status", 503), ("status", 500), ("reset", 500)])
+async def test_an_unavailable_token_endpoint_during_connect_says_so(
+    world: World, kind: str, status: int
+) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    query = await world.consent(start.authorization_url)
+    world.sandbox.state.queue_fault("identity.token.authorization_code", kind, status=status)
+    result = await service.complete(query)
+    assert result.outcome == "provider_unavailable", result.message
+    assert not world.sandbox.state.faults  # the fault was really hit
+    assert await world.token_records() == 0

@@ -133,3 +133,17 @@ async def test_a_refused_google_client_is_an_operator_problem(world: World) -> N
     assert raised.value.code == "identity_misconfigured"
     still = await world.app.mailboxes.get(mailbox.id)
     assert still is not None and still.state == "connected"
+
+
+@pytest.mark.parametrize("status", [503, 500])
+async def test_an_unavailable_google_token_endpoint_during_connect_says_so(
+    world: World, status: int
+) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
+    query = await world.consent(start.authorization_url, login=GOOGLE_USER)
+    world.sandbox.state.queue_fault("google.token.authorization_code", "status", status=status)
+    result = await service.complete(query)
+    assert result.outcome == "provider_unavailable", result.message
+    assert not world.sandbox.state.faults
+    assert await world.token_records() == 0
