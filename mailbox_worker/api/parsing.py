@@ -41,11 +41,13 @@ async def read_json(request: web.Request, schema: str, *, optional: bool = False
 
 
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (RFC 8259 in UTF-8, no NaN/Infinity, no unpaired surrogates) or 400."""
+    """Strict JSON (RFC 8259 in UTF-8, a leading BOM ignored; no NaN/Infinity, no unpaired
+    surrogates) or 400."""
     if not raw.strip():
         _invalid_json("the body is empty; a JSON object is expected")
     try:
-        text = raw.decode("utf-8")
+        # RFC 8259 8.1 lets a parser ignore a byte order mark; some .NET clients send one.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         _invalid_json("the body is not UTF-8")
     try:

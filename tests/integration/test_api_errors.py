@@ -148,6 +148,19 @@ async def test_a_body_that_is_not_json_is_invalid_json(api: RunningApi, raw: byt
     assert (answer.status, answer.error_code) == (400, "invalid_json"), answer.body
 
 
+async def test_a_leading_byte_order_mark_is_ignored(api: RunningApi) -> None:
+    """RFC 8259 8.1: a parser may ignore a BOM; some .NET clients send one."""
+    _, key = await api.account_with_key()
+    answer = await api.call(
+        "POST",
+        "/v1/jobs",
+        key=key,
+        data=b"\xef\xbb\xbf" + b'{"mailbox_id": "mbx_unknown"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert (answer.status, answer.error_code) == (400, "invalid_request"), answer.body
+
+
 async def test_json_that_is_not_an_object_names_the_body(api: RunningApi) -> None:
     _, key = await api.account_with_key()
     answer = await api.call("POST", "/v1/jobs", key=key, json_body=["mbx_1"])
