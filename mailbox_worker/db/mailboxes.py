@@ -13,7 +13,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.db.accounts import audit_row, new_id, utcnow
-from mailbox_worker.db.models import Mailbox, OAuthState
+from mailbox_worker.db.models import Mailbox, OAuthState, OutboxEvent
 from mailbox_worker.db.outbox import outbox_row
 
 PENDING_CONSENT = "pending_consent"
@@ -75,16 +75,28 @@ class MailboxStore:
             return list((await session.scalars(query)).all())
 
     async def set_state(
-        self, mailbox_id: str, state: str, reason: str | None, *, expected: Sequence[str]
+        self,
+        mailbox_id: str,
+        state: str,
+        reason: str | None,
+        *,
+        expected: Sequence[str],
+        announce: OutboxEvent | None = None,
     ) -> bool:
-        """Move the mailbox to ``state`` if it is in one of ``expected``; True if it moved."""
+        """Move the mailbox to ``state`` if it is in one of ``expected``; True if it moved.
+
+        ``announce`` (an ``outbox_row``) is committed with the move, and only if it moved.
+        """
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Mailbox)
                 .where(Mailbox.id == mailbox_id, Mailbox.state.in_(expected))
                 .values(state=state, state_reason=reason, updated_at=utcnow())
             )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+            moved = bool(result.rowcount)  # type: ignore[attr-defined]
+            if moved and announce is not None:
+                session.add(announce)
+        return moved
 
     async def require_consent_again(self, mailbox: Mailbox, reason: str, actor: str) -> bool:
         """Move a connected mailbox to ``reauth_required``; True if this call moved it.
@@ -114,9 +126,17 @@ class MailboxStore:
         return True
 
     async def mark_connected(
-        self, mailbox_id: str, address: str, granted_scopes: Sequence[str]
+        self,
+        mailbox_id: str,
+        address: str,
+        granted_scopes: Sequence[str],
+        *,
+        announce: OutboxEvent | None = None,
     ) -> None:
+        """Record a completed consent; ``announce`` is committed with it."""
         async with self._sessions.begin() as session:
+            if announce is not None:
+                session.add(announce)
             await session.execute(
                 update(Mailbox)
                 .where(Mailbox.id == mailbox_id)

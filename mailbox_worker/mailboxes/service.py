@@ -33,6 +33,7 @@ from mailbox_worker.db.mailboxes import (
     MailboxStore,
 )
 from mailbox_worker.db.models import Mailbox, OAuthState
+from mailbox_worker.db.outbox import outbox_row
 from mailbox_worker.errors import (
     Conflict,
     DeliveryError,
@@ -207,7 +208,16 @@ class MailboxService:
             )
         await self._vault.replace_tokens(mailbox.id, grant.cache.encode())
         self._tokens.forget(mailbox.id)
-        await self._mailboxes.mark_connected(mailbox.id, grant.address, grant.granted_scopes)
+        await self._mailboxes.mark_connected(
+            mailbox.id,
+            grant.address,
+            grant.granted_scopes,
+            announce=outbox_row(
+                mailbox.account_id,
+                "mailbox.connected",
+                {"mailbox_id": mailbox.id, "provider": mailbox.provider},
+            ),
+        )
         released = await self._jobs.release_held(mailbox.id)
         await self._accounts.audit(
             "admin",
@@ -270,6 +280,15 @@ class MailboxService:
             DISCONNECTED,
             "disconnected_by_admin",
             expected=[PENDING_CONSENT, CONNECTED, REAUTH_REQUIRED],
+            announce=outbox_row(
+                mailbox.account_id,
+                "mailbox.disconnected",
+                {
+                    "mailbox_id": mailbox.id,
+                    "provider": mailbox.provider,
+                    "cancelled_jobs": cancelled,
+                },
+            ),
         )
         if not moved:
             return

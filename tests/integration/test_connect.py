@@ -385,3 +385,19 @@ async def test_an_unavailable_token_endpoint_during_connect_says_so(
     assert result.outcome == "provider_unavailable", result.message
     assert not world.sandbox.state.faults  # the fault was really hit
     assert await world.token_records() == 0
+
+
+async def test_the_invoicing_app_hears_of_connect_and_disconnect_once(world: World) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    await service.complete(await world.consent(start.authorization_url))
+    await service.disconnect(world.principal, start.mailbox.id)
+    await service.disconnect(world.principal, start.mailbox.id)  # idempotent: no second event
+    events = [(event.kind, event.payload) for event in await world.app.outbox.all()]
+    assert events == [
+        ("mailbox.connected", {"mailbox_id": start.mailbox.id, "provider": "microsoft"}),
+        (
+            "mailbox.disconnected",
+            {"mailbox_id": start.mailbox.id, "provider": "microsoft", "cancelled_jobs": 0},
+        ),
+    ]
