@@ -132,14 +132,13 @@ class MailboxStore:
         granted_scopes: Sequence[str],
         *,
         announce: OutboxEvent | None = None,
-    ) -> None:
-        """Record a completed consent; ``announce`` is committed with it."""
+    ) -> bool:
+        """Record a completed consent unless the mailbox was disconnected meanwhile; True if
+        recorded. ``announce`` is committed with it, and only then."""
         async with self._sessions.begin() as session:
-            if announce is not None:
-                session.add(announce)
-            await session.execute(
+            result = await session.execute(
                 update(Mailbox)
-                .where(Mailbox.id == mailbox_id)
+                .where(Mailbox.id == mailbox_id, Mailbox.state != DISCONNECTED)
                 .values(
                     state=CONNECTED,
                     state_reason=None,
@@ -148,6 +147,10 @@ class MailboxStore:
                     updated_at=utcnow(),
                 )
             )
+            recorded = bool(result.rowcount)  # type: ignore[attr-defined]
+            if recorded and announce is not None:
+                session.add(announce)
+        return recorded
 
     async def save_authorization(
         self,

@@ -208,7 +208,7 @@ class MailboxService:
             )
         await self._vault.replace_tokens(mailbox.id, grant.cache.encode())
         self._tokens.forget(mailbox.id)
-        await self._mailboxes.mark_connected(
+        recorded = await self._mailboxes.mark_connected(
             mailbox.id,
             grant.address,
             grant.granted_scopes,
@@ -218,6 +218,11 @@ class MailboxService:
                 {"mailbox_id": mailbox.id, "provider": mailbox.provider},
             ),
         )
+        if not recorded:  # disconnected while the code was being redeemed: keep nothing
+            await self._vault.erase(mailbox.id)
+            self._tokens.forget(mailbox.id)
+            await self._revocations.revoke(mailbox, grant.cache)
+            return self._result("mailbox_disconnected", "The mailbox was disconnected.", pending)
         released = await self._jobs.release_held(mailbox.id)
         await self._accounts.audit(
             "admin",
@@ -292,9 +297,15 @@ class MailboxService:
         )
         if not moved:
             return
+        # A consent completing concurrently may have stored a grant after the erase above.
+        latest = await self._vault.load_tokens(mailbox.id)
+        await self._vault.erase(mailbox.id)
+        self._tokens.forget(mailbox.id)
         revocation = await self._revocations.revoke(
             mailbox, stored.plaintext.decode() if stored else None
         )
+        if latest is not None and (stored is None or latest.plaintext != stored.plaintext):
+            await self._revocations.revoke(mailbox, latest.plaintext.decode())
         await self._accounts.audit(
             actor,
             mailbox.account_id,

@@ -71,6 +71,7 @@ class GoogleIdentity:
             self._client_config, scopes=scopes, redirect_uri=redirect_uri, **kwargs
         )
         configure_session(flow.oauth2session, self._settings.ca_file)
+        flow.oauth2session.register_compliance_hook("access_token_response", raise_if_unavailable)
         return flow
 
     @staticmethod
@@ -216,6 +217,14 @@ class GoogleIdentity:
         raise TransientError(
             f"Google's revoke endpoint answered {answer.status_code}", code="revoke_failed"
         )
+
+
+def raise_if_unavailable(response: requests.Response) -> requests.Response:
+    """Before oauthlib parses a token answer: a 5xx or 429 (an HTML page from a proxy, say)
+    is an outage, not a refusal of the code."""
+    if response.status_code >= 500 or response.status_code == 429:
+        raise requests.HTTPError(f"token endpoint answered {response.status_code}")
+    return response
 
 
 def _google_is_unavailable(error: Exception) -> bool:

@@ -4,9 +4,10 @@ Two things the defaults get wrong for us:
 
 * ``REQUESTS_CA_BUNDLE`` in the environment overrides a session's ``verify``: the session
   must ignore the environment so the configured CA (the sandbox's, or the system's) is used;
-* ``Session.close()`` forgets its connection pools without closing them (urllib3 2.8 leaves
-  that to garbage collection), so idle TLS connections would stay open for an unknown
-  time. ``close_session`` closes every pooled connection now.
+* ``Session.close()`` forgets its connection pools without closing them: urllib3 2.8 closes
+  a pool when it is garbage-collected, and every response still referenced (msal's HTTP
+  cache keeps some) keeps its pool alive, so idle TLS connections would stay open for an
+  unknown time. ``close_session`` closes every pooled connection now.
 """
 
 from __future__ import annotations

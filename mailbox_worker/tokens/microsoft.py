@@ -50,6 +50,9 @@ KNOWN_AUTHORITY_HOSTS = frozenset(
 # `error` values meaning the grant is gone until the admin consents again.
 REAUTH_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required"})
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
+# Refusals of the app registration itself (a wrong or expired secret, AADSTS7000215/7000222;
+# a scope the registration cannot have, AADSTS70011) rather than of one tenant or user.
+CLIENT_ERRORS = frozenset({"invalid_client", "invalid_scope"})
 
 
 class MicrosoftIdentity:
@@ -118,6 +121,8 @@ class MicrosoftIdentity:
 
     def redeem(self, flow: dict[str, Any], response: dict[str, str]) -> Grant:
         """Exchange the redirect's code for tokens; raises on a denied or invalid answer."""
+        if not response.get("code"):
+            raise PermanentError("the authorization response carries no code", code="code_rejected")
         if not response.get("state") or response.get("state") != flow.get("state"):
             raise PermanentError(
                 "the authorization response does not match the flow", code="state_invalid"
@@ -193,10 +198,14 @@ def refresh_error(result: dict[str, Any]) -> Exception:
         return ReauthRequired(f"the grant is no longer valid: {detail}", code=error)
     if error in TRANSIENT_ERRORS:
         return TransientError(f"the identity platform is unavailable: {detail}", code=error)
-    return IdentityMisconfigured(
-        f"the identity platform refused our app: {detail}; check the app registration",
-        code="identity_misconfigured",
-        retry_after=MISCONFIGURED_RETRY_AFTER,
+    if error in CLIENT_ERRORS:
+        return IdentityMisconfigured(
+            f"the identity platform refused our app: {detail}; check the app registration",
+            code="identity_misconfigured",
+            retry_after=MISCONFIGURED_RETRY_AFTER,
+        )
+    return TransientError(
+        f"the identity platform refused the refresh: {detail}", code="identity_rejected"
     )
 
 

@@ -82,6 +82,7 @@ class AccessTokens:
     def forget(self, mailbox_id: str) -> None:
         """Drop the cached access token (disconnect, lost grant, re-consent)."""
         self._cache.pop(mailbox_id, None)
+        self._rejected.pop(mailbox_id, None)
 
     def reject(self, mailbox_id: str, token: str) -> None:
         """The provider refused ``token`` (401): the next ``get`` returns a different one.

@@ -401,3 +401,23 @@ async def test_the_invoicing_app_hears_of_connect_and_disconnect_once(world: Wor
             {"mailbox_id": start.mailbox.id, "provider": "microsoft", "cancelled_jobs": 0},
         ),
     ]
+
+
+async def test_a_disconnect_during_code_redemption_wins(world: World) -> None:
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    query = await world.consent(start.authorization_url)
+    # The token endpoint holds the redemption long enough for the admin to disconnect.
+    world.sandbox.state.queue_fault("identity.token.authorization_code", "delay", delay=1.0)
+    completing = asyncio.create_task(service.complete(query))
+    async with asyncio.timeout(20):  # a hang guard, not a performance assertion
+        while not (await world.counters()).get("identity.token.authorization_code"):
+            await asyncio.sleep(0.01)
+    await service.disconnect(world.principal, start.mailbox.id)
+    result = await completing
+    assert result.outcome == "mailbox_disconnected"
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None and mailbox.state == "disconnected"
+    assert await world.token_records() == 0
+    kinds = [event.kind for event in await world.app.outbox.all()]
+    assert kinds == ["mailbox.disconnected"]

@@ -41,7 +41,11 @@ def test_an_answer_without_scope_satisfies_the_capabilities_requested() -> None:
         ({"error": "interaction_required"}, ReauthRequired, "interaction_required"),
         ({"error": "temporarily_unavailable"}, TransientError, "temporarily_unavailable"),
         ({"error": "invalid_client", "error_codes": [7000222]}, IdentityMisconfigured, None),
-        ({"error": "unauthorized_client"}, IdentityMisconfigured, None),
+        (
+            {"error": "unauthorized_client", "error_codes": [7000112]},
+            TransientError,
+            "identity_rejected",
+        ),
         ({"error": "invalid_scope", "error_codes": [70011]}, IdentityMisconfigured, None),
     ],
 )
