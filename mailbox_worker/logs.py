@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import re
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(
@@ -29,12 +31,35 @@ def redact(text: str) -> str:
 
 
 class RedactSecrets(logging.Filter):
+    """Secrets out of the message and out of any traceback (an exception's text may quote a
+    request header, e.g. aiohttp's "Got more than 8190 bytes when reading: b'Bearer ...'")."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
+
+
+class DropRequestEcho(logging.Filter):
+    """aiohttp's server logs a malformed request with an exception that quotes the request
+    (headers, body: addresses, subjects). Keep only what went wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = "malformed HTTP request refused: %s (status %s)"
+            record.args = (type(error).__name__, error.code)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_FORMATTER = logging.Formatter()
 
 
 def configure(level: str) -> None:
@@ -44,5 +69,6 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("aiohttp.server").addFilter(DropRequestEcho())
     for noisy in ("msal", "urllib3", "aiohttp.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -128,6 +128,11 @@ def is_email_address(value: object) -> bool:
         return False
     if any(not label for label in domain.split(".")):
         return False
+    if not domain.isascii():
+        try:  # an internationalised domain must have an ASCII (IDNA) form for the headers
+            domain.encode("idna")
+        except UnicodeError:
+            return False
     try:
         parsed = Address(addr_spec=value)
     except (ValueError, IndexError, email.errors.MessageError):

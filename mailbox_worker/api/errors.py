@@ -41,6 +41,7 @@ HTTP_MESSAGES: Mapping[int, str] = {
     404: "no such resource",
     415: "unsupported media type",
 }
+CLIENT_CLOSED_REQUEST = 499  # nginx's convention, counted by the HTTP metrics
 # Headers of aiohttp's own exceptions worth keeping (405 must say what is allowed).
 KEPT_HEADERS = ("Allow",)
 
@@ -77,6 +78,13 @@ def error_middleware(max_request_bytes: int) -> Middleware:
             if error.status < 400:
                 raise  # a redirect raised by aiohttp itself: not a failure
             return _http_error(request, error, max_request_bytes)
+        except ConnectionResetError:
+            # The client hung up mid-request (aiohttp's ClientConnectionResetError): no one
+            # is left to answer, and it is not the server's failure.
+            log.info(
+                "client closed the connection during %s %s", request.method, route_template(request)
+            )
+            return web.Response(status=CLIENT_CLOSED_REQUEST)
         except Exception as error:
             log.error(
                 "unhandled %s in %s %s\n%s",

@@ -59,6 +59,14 @@ class JobIntake:
 
     async def submit(self, principal: Principal, submission: Submission) -> tuple[Job, bool]:
         body = submission.body
+        if submission.idempotency_key is not None:
+            # A retried request gets its first answer, whatever happened since (the mailbox
+            # disconnected, the deadline passed): the client must never enqueue it anew.
+            first = await self._jobs.replay(
+                principal.account_id, submission.idempotency_key, _request_digest(body)
+            )
+            if first is not None:
+                return first, False
         mailbox = await self._mailboxes.get(str(body["mailbox_id"]), principal.account_id)
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
@@ -162,8 +170,10 @@ def _parse_deadline(value: Any) -> dt.datetime | None:
     if value is None:
         return None
     try:
-        deadline = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
+        deadline = dt.datetime.fromisoformat(str(value).upper().replace("Z", "+00:00"))
+        if deadline.tzinfo is not None:
+            deadline = deadline.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         raise InvalidRequest(
             "deadline must be an RFC 3339 date-time", code="invalid_deadline"
         ) from None
@@ -171,4 +181,4 @@ def _parse_deadline(value: Any) -> dt.datetime | None:
         raise InvalidRequest("deadline needs a time zone offset", code="invalid_deadline")
     if deadline <= utcnow():
         raise InvalidRequest("deadline is in the past", code="invalid_deadline")
-    return deadline.astimezone(dt.UTC)
+    return deadline

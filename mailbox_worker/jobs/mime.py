@@ -71,7 +71,14 @@ def _set_body(message: EmailMessage, text: str | None, html: str | None) -> None
 
 
 def _address(item: Mapping[str, Any]) -> Address:
-    return Address(display_name=item.get("name") or "", addr_spec=item["address"])
+    local, _, domain = str(item["address"]).rpartition("@")
+    return Address(display_name=item.get("name") or "", username=local, domain=ascii_domain(domain))
+
+
+def ascii_domain(domain: str) -> str:
+    """An internationalised domain in its ASCII (IDNA) form, as mail headers require it:
+    ``bücher.example`` → ``xn--bcher-kva.example``. Raises ``UnicodeError`` if impossible."""
+    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
 
 
 def recipients(payload: Mapping[str, Any]) -> Sequence[str]:

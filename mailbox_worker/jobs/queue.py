@@ -126,6 +126,17 @@ class JobStore:
             return self._replay(existing, new), False
         return job, True
 
+    async def replay(self, account_id: str, key: str, request_sha256: str) -> Job | None:
+        """The job first enqueued under ``key`` (None if none): ``Conflict`` when it was
+        enqueued by a different request."""
+        existing = await self._by_idempotency_key(account_id, key)
+        if existing is not None and existing.request_sha256 != request_sha256:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request",
+                code="idempotency_key_reused",
+            )
+        return existing
+
     @staticmethod
     def _replay(existing: Job, new: NewJob) -> Job:
         if existing.request_sha256 != new.request_sha256:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.jobs.queue import CANCELLED, QUEUED
 from tests.integration.api_harness import (
     MESSAGE_LIMIT,
@@ -90,6 +91,46 @@ async def test_a_replayed_idempotency_key_answers_the_first_job(
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["Location"] == first.headers["Location"]
     assert again.json() == first.json()
+
+
+async def test_a_replay_answers_the_first_job_even_after_the_mailbox_was_disconnected(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    body = job_request(mailbox_id)
+    first = await enqueue(api, key, body, idempotency_key="invoice-42")
+    assert await api.mailboxes.set_state(
+        mailbox_id, "disconnected", "disconnected_by_admin", expected=["connected"]
+    )
+    again = await enqueue(api, key, body, idempotency_key="invoice-42")
+    assert (first.status, again.status) == (202, 200), again.body
+    assert again.json()["id"] == first.json()["id"]
+    fresh = await enqueue(api, key, body, idempotency_key="invoice-43")
+    assert (fresh.status, fresh.error_code) == (409, "mailbox_disconnected")
+
+
+async def test_a_replay_answers_the_first_job_even_after_its_deadline_passed(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, key, mailbox_id = caller
+    deadline = utcnow() + dt.timedelta(hours=1)
+    body = {**job_request(mailbox_id), "deadline": deadline.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    first = await enqueue(api, key, body, idempotency_key="invoice-42")
+    later = utcnow() + dt.timedelta(hours=2)
+    monkeypatch.setattr("mailbox_worker.jobs.intake.utcnow", lambda: later)
+    again = await enqueue(api, key, body, idempotency_key="invoice-42")
+    assert (first.status, again.status) == (202, 200), again.body
+    fresh = await enqueue(api, key, body, idempotency_key="invoice-43")
+    assert (fresh.status, fresh.error_code) == (400, "invalid_deadline")
+
+
+@pytest.mark.parametrize("deadline", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+async def test_a_deadline_out_of_range_is_invalid_not_an_error(
+    api: RunningApi, caller: tuple[str, str, str], deadline: str
+) -> None:
+    _, key, mailbox_id = caller
+    answer = await enqueue(api, key, {**job_request(mailbox_id), "deadline": deadline})
+    assert (answer.status, answer.error_code) == (400, "invalid_deadline"), answer.body
 
 
 async def test_a_reused_idempotency_key_with_another_body_is_a_conflict(
@@ -425,3 +466,17 @@ async def test_a_job_id_of_impossible_characters_is_an_unknown_route(
     _, key, _ = caller
     answer = await api.call("GET", "/v1/jobs/job%20one", key=key)
     assert (answer.status, answer.error_code) == (404, "not_found")
+
+
+@pytest.mark.parametrize("content_type", ["message/rfc822", "multipart/mixed", "Message/partial"])
+async def test_a_composite_attachment_type_is_refused(
+    api: RunningApi, caller: tuple[str, str, str], content_type: str
+) -> None:
+    """message/* and multipart/* parts cannot be base64-encoded (RFC 2046): the content
+    would be lost, so they are refused rather than sent broken."""
+    _, key, mailbox_id = caller
+    body = job_request(mailbox_id)
+    body["message"]["attachments"][0]["content_type"] = content_type
+    answer = await enqueue(api, key, body)
+    assert (answer.status, answer.error_code) == (400, "invalid_request"), answer.body
+    assert "message/*" in answer.json()["error"]["message"]

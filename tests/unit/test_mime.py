@@ -111,3 +111,14 @@ def test_recipients_cover_to_cc_bcc() -> None:
         "cfo@fabrikam.example",
         "archive@contoso.example",
     ]
+
+
+def test_an_internationalised_domain_goes_out_in_its_ascii_form() -> None:
+    raw = build_message(
+        payload(to=[{"address": "ap@bücher.example", "name": "Jörg Müller"}]),
+        message_id="<job_1@contoso.example>",
+        sender="billing@contoso.example",
+    )
+    assert b"xn--bcher-kva.example" in raw
+    assert b"=?utf-8?q?b" not in raw.lower()
+    assert parse(raw)["To"].addresses[0].addr_spec == "ap@xn--bcher-kva.example"
