@@ -48,10 +48,12 @@ def create_app(services: ApiServices) -> web.Application:
             web.delete(MAILBOX, mailboxes.disconnect),
             web.post(f"{MAILBOX}/connect", mailboxes.reconnect),
             web.get("/oauth/callback", mailboxes.oauth_callback, allow_head=False),
-            web.get("/healthz", system.health, allow_head=False),
-            web.get("/readyz", system.readiness, allow_head=False),
-            web.get("/metrics", system.metrics, allow_head=False),
-            web.get("/openapi.json", system.openapi, allow_head=False),
+            # HEAD too on the operations endpoints, for uptime checkers (never on the OAuth
+            # callback: it consumes the authorization's state).
+            web.get("/healthz", system.health),
+            web.get("/readyz", system.readiness),
+            web.get("/metrics", system.metrics),
+            web.get("/openapi.json", system.openapi),
         ]
     )
     admin_page.install(app, services.accounts, services.public_url or None)  # /admin page

@@ -322,3 +322,19 @@ async def test_requests_are_counted_by_route_template_never_by_path(api: Running
     text = metrics.body.decode()
     assert "mailbox_worker_http_requests_total" in text
     assert "job_secret" not in text and "mwk_leak" not in text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json"])
+async def test_operations_endpoints_answer_head_for_uptime_checkers(
+    api: RunningApi, path: str
+) -> None:
+    answer = await api.call("HEAD", path)
+    assert answer.status == 200
+    assert answer.body == b""
+
+
+async def test_the_oauth_callback_refuses_head_which_would_consume_the_state(
+    api: RunningApi,
+) -> None:
+    answer = await api.call("HEAD", "/oauth/callback?state=x&code=y")
+    assert answer.status == 405
