@@ -22,6 +22,16 @@ REQUIRE_POSTGRES = os.environ.get("MAILBOX_WORKER_TEST_REQUIRE_POSTGRES") == "1"
 _postgres_passed = 0
 
 
+def require_postgres() -> None:
+    """Skip (visibly) when no PostgreSQL is configured; fail instead when it is required."""
+    if POSTGRES_URL:
+        return
+    reason = "PostgreSQL not configured: set MAILBOX_WORKER_TEST_POSTGRES_URL (.ci/run does)"
+    if REQUIRE_POSTGRES:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     global _postgres_passed
     if report.when == "call" and report.passed and "postgres" in report.keywords:
@@ -74,10 +84,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
-    if not POSTGRES_URL:
-        pytest.skip(
-            "PostgreSQL not configured: set MAILBOX_WORKER_TEST_POSTGRES_URL (.ci/run does)"
-        )
+    require_postgres()
     url = await create_postgres_database()
     try:
         yield url

@@ -22,7 +22,7 @@ from mailbox_worker.db.models import JobEvent
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 
-from ..conftest import POSTGRES_URL, create_postgres_database, drop_postgres_database
+from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
 from .conftest import ADDRESS, Daemon, call, free_port, start
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -32,10 +32,7 @@ JOBS = 50
 
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
-    if not POSTGRES_URL:
-        pytest.skip(
-            "PostgreSQL not configured: set MAILBOX_WORKER_TEST_POSTGRES_URL (.ci/run does)"
-        )
+    require_postgres()
     url = await create_postgres_database()
     yield url
     await drop_postgres_database(url)

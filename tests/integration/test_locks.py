@@ -12,15 +12,12 @@ from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.engine import create_engine
 from mailbox_worker.db.locks import DatabaseLocks
 
-from ..conftest import POSTGRES_URL, create_postgres_database, drop_postgres_database
+from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 
 @pytest.fixture
 async def two_postgres_engines() -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
-    if not POSTGRES_URL:
-        pytest.skip(
-            "PostgreSQL not configured: set MAILBOX_WORKER_TEST_POSTGRES_URL (.ci/run does)"
-        )
+    require_postgres()
     url = await create_postgres_database()
     first = create_engine(DatabaseSettings(url=url))
     second = create_engine(DatabaseSettings(url=url))  # as if another process
