@@ -38,10 +38,6 @@ from mailbox_worker.tokens.identity import (
 )
 
 REFRESH_MARGIN = 300.0
-# `error` values meaning "try again" (google-auth's own retry list, providers.md C3, and 429).
-RETRYABLE_ERRORS = frozenset(
-    {"internal_failure", "server_error", "temporarily_unavailable", "rate_limit_exceeded"}
-)
 # Refusals of our OAuth client itself, not of one user's grant (RFC 6749 5.2).
 CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope"})
 
@@ -107,17 +103,12 @@ class GoogleIdentity:
             token = self._fetch(flow, response["code"])
         except Warning as changed:  # granted scopes differ from those asked: inspect them
             token = dict(getattr(changed, "token", {}))
-        except requests.RequestException as error:
+        except requests.RequestException as error:  # unreachable, or a 5xx/429 (the hook)
             raise TransientError(
-                f"Google's token endpoint is unreachable ({type(error).__name__})",
+                f"Google's token endpoint is unavailable ({type(error).__name__})",
                 code="identity_unavailable",
             ) from None
         except Exception as error:  # oauthlib raises its own errors for error answers
-            if _google_is_unavailable(error):
-                raise TransientError(
-                    f"Google's token endpoint is unavailable ({type(error).__name__})",
-                    code="identity_unavailable",
-                ) from None
             raise PermanentError(
                 f"Google refused the code ({type(error).__name__})", code="code_rejected"
             ) from None
@@ -225,15 +216,6 @@ def raise_if_unavailable(response: requests.Response) -> requests.Response:
     if response.status_code >= 500 or response.status_code == 429:
         raise requests.HTTPError(f"token endpoint answered {response.status_code}")
     return response
-
-
-def _google_is_unavailable(error: Exception) -> bool:
-    """Whether oauthlib's error for a code redemption says "try again", not "refused"."""
-    oauth_error = str(getattr(error, "error", ""))
-    status = getattr(error, "status_code", None)
-    if oauth_error in RETRYABLE_ERRORS:
-        return True
-    return isinstance(status, int) and (status >= 500 or status == 429)
 
 
 def _oauth_error(error: google.auth.exceptions.RefreshError) -> str:
