@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 from mailbox_worker.app import App
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.accounts import Principal
-from mailbox_worker.db.models import TokenRecord
+from mailbox_worker.db.models import Job, Mailbox, TokenRecord
 from mailbox_worker.demo import _FormParser, demo_settings
+from mailbox_worker.jobs.intake import Submission
 from mailbox_worker.sandbox import Sandbox
 
 ADDRESS = "billing@contoso.example"
@@ -54,6 +55,33 @@ class World:
                 assert answer.status in (302, 303), await answer.text()
                 location = answer.headers["Location"]
         return {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
+
+    async def connected(
+        self,
+        provider: str = "microsoft",
+        capabilities: tuple[str, ...] = ("send",),
+        login: str = ADDRESS,
+    ) -> Mailbox:
+        """A mailbox connected through the real consent flow."""
+        service = self.app.mailbox_service
+        start = await service.create(self.principal, provider, list(capabilities), None, login)
+        result = await service.complete(await self.consent(start.authorization_url, login=login))
+        assert result.outcome == "connected", result.message
+        mailbox = await self.app.mailboxes.get(start.mailbox.id)
+        assert mailbox is not None
+        return mailbox
+
+    async def enqueue(self, mailbox_id: str, **fields: object) -> Job:
+        """A send job for ``mailbox_id`` through the intake, as the API would submit it."""
+        principal = Principal(self.principal.account_id, "k", frozenset({"jobs:write"}))
+        body = {
+            "mailbox_id": mailbox_id,
+            "mode": "send",
+            "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
+            **fields,
+        }
+        job, _ = await self.app.intake.submit(principal, Submission(body, None))
+        return job
 
     async def counters(self) -> dict[str, int]:
         async with (

@@ -141,12 +141,7 @@ async def expire_cached_access_token(world: World, mailbox_id: str) -> None:
 
 
 async def test_fifty_concurrent_requests_for_an_expired_token_refresh_once(world: World) -> None:
-    start = await world.app.mailbox_service.create(
-        world.principal, "microsoft", ["send"], None, ADDRESS
-    )
-    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected()
     before = (await world.counters()).get("identity.token.refresh_token", 0)
     first = await world.app.tokens.get(mailbox)
     assert (await world.counters()).get("identity.token.refresh_token", 0) == before  # still valid
@@ -167,12 +162,7 @@ async def test_fifty_concurrent_requests_for_an_expired_token_refresh_once(world
 
 
 async def test_a_revoked_grant_raises_reauth_required(world: World) -> None:
-    start = await world.app.mailbox_service.create(
-        world.principal, "microsoft", ["send"], None, ADDRESS
-    )
-    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected()
     async with aiohttp.ClientSession() as http:
         url = f"{world.sandbox.base_url}/_sandbox/users/{ADDRESS}/scenario"
         async with http.post(url, json={"scenario": "revoke_sessions"}, ssl=world.ssl) as answer:
@@ -235,12 +225,7 @@ async def test_disconnect_erases_every_token_byte(world: World) -> None:
 async def test_transient_token_endpoint_failures_are_retried_and_break_nothing(
     world: World, kind: str, status: int
 ) -> None:
-    start = await world.app.mailbox_service.create(
-        world.principal, "microsoft", ["send"], None, ADDRESS
-    )
-    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected()
     await expire_cached_access_token(world, mailbox.id)
     world.sandbox.state.queue_fault(
         "identity.token.refresh_token", kind, status=status, retry_after=1
@@ -285,21 +270,11 @@ async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
 async def test_an_access_token_refused_before_its_expiry_is_replaced(world: World) -> None:
     """Graph may refuse a token msal still deems valid (revoked early): the job must not
     keep retrying that token; the worker redeems the refresh token once and sends."""
-    service = world.app.mailbox_service
-    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
-    await service.complete(await world.consent(start.authorization_url))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected()
     refused = await world.app.tokens.get(mailbox)
     world.sandbox.state.access_tokens.pop(refused)  # Graph now answers 401 for it
     refreshes = (await world.counters()).get("identity.token.refresh_token", 0)
-    jobs_principal = Principal(world.principal.account_id, "k", frozenset({"jobs:write"}))
-    body = {
-        "mailbox_id": mailbox.id,
-        "mode": "send",
-        "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
-    }
-    job, _ = await world.app.intake.submit(jobs_principal, Submission(body, None))
+    job = await world.enqueue(mailbox.id)
     await asyncio.wait_for(world.app.worker.run_until_idle(), 60)
     done = await world.app.jobs.get(job.id)
     assert done is not None
@@ -309,11 +284,7 @@ async def test_an_access_token_refused_before_its_expiry_is_replaced(world: Worl
 
 
 async def test_many_jobs_refused_the_same_token_cause_one_refresh(world: World) -> None:
-    service = world.app.mailbox_service
-    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
-    await service.complete(await world.consent(start.authorization_url))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected()
     refused = await world.app.tokens.get(mailbox)
     refreshes = (await world.counters()).get("identity.token.refresh_token", 0)
 
@@ -327,12 +298,7 @@ async def test_many_jobs_refused_the_same_token_cause_one_refresh(world: World) 
 
 
 async def test_a_refused_app_secret_is_an_operator_problem_not_a_dead_grant(world: World) -> None:
-    start = await world.app.mailbox_service.create(
-        world.principal, "microsoft", ["send"], None, ADDRESS
-    )
-    await world.app.mailbox_service.complete(await world.consent(start.authorization_url))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected()
     client = world.sandbox.state.clients["sandbox-client"]
     # The secret expired in Entra (AADSTS7000222): every refresh now answers invalid_client.
     world.sandbox.state.register_client(

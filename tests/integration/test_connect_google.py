@@ -106,11 +106,7 @@ async def test_jobs_for_google_mailboxes_are_refused_until_gmail_sending_exists(
 
 @pytest.mark.parametrize("scenario", ["revoked", "password_changed", "testing_expired"])
 async def test_a_dead_google_grant_raises_reauth_required(world: World, scenario: str) -> None:
-    service = world.app.mailbox_service
-    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
-    await service.complete(await world.consent(start.authorization_url, login=GOOGLE_USER))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected("google", login=GOOGLE_USER)
     assert await world.app.tokens.get(mailbox)
     world.sandbox.state.google.apply_scenario(GOOGLE_USER, scenario)
     with pytest.raises(ReauthRequired) as raised:
@@ -119,11 +115,7 @@ async def test_a_dead_google_grant_raises_reauth_required(world: World, scenario
 
 
 async def test_a_refused_google_client_is_an_operator_problem(world: World) -> None:
-    service = world.app.mailbox_service
-    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
-    await service.complete(await world.consent(start.authorization_url, login=GOOGLE_USER))
-    mailbox = await world.app.mailboxes.get(start.mailbox.id)
-    assert mailbox is not None
+    mailbox = await world.connected("google", login=GOOGLE_USER)
     client = world.sandbox.state.google.clients["sandbox-google-client"]
     world.sandbox.state.google.register_client(
         client.client_id, "a-newer-secret", client.redirect_uris, client.name
