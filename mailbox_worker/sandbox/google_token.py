@@ -38,6 +38,7 @@ from .google_errors import NO_STORE, GoogleFailure, json_error
 from .google_state import GoogleGrant, GoogleUser
 from .signing import SigningKey, base64url
 from .state import Fault, SandboxState
+from .token_endpoint import read_token_form
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 ID_TOKEN_LIFETIME = 3600
@@ -65,12 +66,7 @@ class GoogleTokenEndpoints:
 
     async def token(self, request: web.Request) -> web.StreamResponse:
         """Redeem a code or a refresh token."""
-        form = await request.post()
-        fields = {key: value for key, value in form.items() if isinstance(value, str)}
-        grant_type = fields.get("grant_type", "")
-        self._state.count("google.token")
-        if grant_type:
-            self._state.count(f"google.token.{grant_type}")
+        fields, grant_type = await read_token_form(request, self._state, "google.token")
 
         async def process() -> web.StreamResponse:
             try:

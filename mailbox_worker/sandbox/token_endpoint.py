@@ -61,12 +61,7 @@ class TokenEndpoint:
 
     async def token(self, request: web.Request) -> web.StreamResponse:
         """Redeem a code or a refresh token."""
-        form = await request.post()
-        fields = {key: value for key, value in form.items() if isinstance(value, str)}
-        grant_type = fields.get("grant_type", "")
-        self._state.count("identity.token")
-        if grant_type:
-            self._state.count(f"identity.token.{grant_type}")
+        fields, grant_type = await read_token_form(request, self._state, "identity.token")
 
         async def process() -> web.StreamResponse:
             try:
@@ -307,3 +302,17 @@ def _challenge_of(verifier: str, method: str) -> str:
 def _pairwise_subject(object_id: str, audience: str) -> str:
     """Entra's ``sub`` is pairwise: stable per (user, application), different across apps."""
     return base64url(hashlib.sha256(f"{object_id}:{audience}".encode()).digest())
+
+
+async def read_token_form(
+    request: web.Request, state: SandboxState, counter: str
+) -> tuple[dict[str, str], str]:
+    """A token request's form fields and grant type, counted as ``counter`` and as
+    ``counter.<grant_type>`` (both providers' token endpoints)."""
+    form = await request.post()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    grant_type = fields.get("grant_type", "")
+    state.count(counter)
+    if grant_type:
+        state.count(f"{counter}.{grant_type}")
+    return fields, grant_type
