@@ -298,8 +298,10 @@ class Worker:
         if await self._mailboxes.require_consent_again(mailbox, error.code, f"worker:{self.name}"):
             log.warning("mailbox %s needs consent again (%s)", mailbox.id, error.code)
             self._metrics.mailbox_reauth.labels(provider=mailbox.provider, reason=error.code).inc()
-        await self._jobs.hold(job.id, self.name, error.code, error.message)
+        # The mailbox's other queued jobs first, this job last: once it reads `held`, the
+        # sweep is done (a job enqueued later is held by the intake, not by this sweep).
         await self._jobs.hold_for_mailbox(mailbox.id, error.code)
+        await self._jobs.hold(job.id, self.name, error.code, error.message)
         self._metrics.job_transitions.labels(state="held", code=error.code).inc()
 
     async def _finish(self, job: Job, outcome: Outcome) -> None:
