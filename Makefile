@@ -4,13 +4,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test check lint types imports unit integration e2e bench clean
+.PHONY: setup browser demo test check lint types imports locks-check lock unit integration e2e bench clean
 
-$(STAMP): requirements.lock pyproject.toml
+# Locks (with hashes) are generated from pyproject.toml by `make lock`: requirements/runtime.txt
+# for deployments, requirements/dev.txt (runtime + the dependency group `dev`) for this tree.
+LOCK = $(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --quiet \
+	--custom-compile-command "make lock"
+
+$(STAMP): requirements/dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -28,6 +33,14 @@ browser:
 	@bash scripts/ensure-chromium
 
 check: lint types imports
+
+# Fails when a lock no longer matches pyproject.toml (compiling again would change it).
+locks-check: setup
+	@scripts/check-locks "$(BIN)/uv"
+
+lock: setup
+	$(LOCK) -o requirements/runtime.txt
+	$(LOCK) --group dev -o requirements/dev.txt
 
 lint: setup
 	$(BIN)/ruff check .

@@ -62,7 +62,7 @@ async def running_daemon(daemon: Daemon) -> AsyncIterator[Daemon]:
 def chromium(browser_paths: None, tmp_path: Path) -> Iterator[Any]:
     """A headless Chromium from Debian's packages, in a profile of its own."""
     webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed (it is in requirements.lock)"
+        "selenium.webdriver", reason="selenium is not installed (it is in requirements/dev.txt)"
     )
     from selenium.webdriver.chrome.service import Service
 
