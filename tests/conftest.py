@@ -3,13 +3,20 @@
 PostgreSQL tests are marked ``postgres``; they run when ``MAILBOX_WORKER_TEST_POSTGRES_URL``
 is set (``.ci/run`` sets it) and each gets a database of its own, dropped afterwards. With
 ``MAILBOX_WORKER_TEST_REQUIRE_POSTGRES=1`` the session fails if no PostgreSQL test passed.
+
+``database_url`` is an empty database; ``migrated_database_url`` one at the newest migration,
+copied from a template migrated once per session (a file copy on SQLite, ``CREATE DATABASE …
+TEMPLATE`` on PostgreSQL), as procrastinate does, so each test does not run Alembic again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -53,12 +60,13 @@ def _admin_dsn() -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def create_postgres_database() -> str:
-    """A fresh, empty database; returns its SQLAlchemy URL."""
+async def create_postgres_database(template: str | None = None) -> str:
+    """A fresh database, empty or a copy of ``template`` (a database name); returns its URL."""
     name = f"mw_test_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
     connection = await asyncpg.connect(_admin_dsn())
     try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.execute(f'CREATE DATABASE "{name}"{clause}')
     finally:
         await connection.close()
     return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
@@ -86,6 +94,84 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         return
     require_postgres()
     url = await create_postgres_database()
+    try:
+        yield url
+    finally:
+        await drop_postgres_database(url)
+
+
+def _run_in_own_loop(work: object) -> None:
+    """Run a coroutine to completion on a fresh event loop in a thread of its own (session
+    fixtures are set up while a test's loop may already be running)."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(work)  # type: ignore[arg-type]
+        except BaseException as error:  # handed to the caller below
+            failure.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+async def _migrate(url: str) -> None:
+    from mailbox_worker.config import DatabaseSettings
+    from mailbox_worker.db import migrate
+    from mailbox_worker.db.engine import create_engine
+
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()  # SQLite: the last close checkpoints the WAL into the file
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file at the newest migration, made once per session."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    _run_in_own_loop(_migrate(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """The name of a PostgreSQL database at the newest migration, made once per session."""
+    require_postgres()
+    holder: list[str] = []
+
+    async def make() -> None:
+        url = await create_postgres_database()
+        holder.append(url)
+        await _migrate(url)
+
+    _run_in_own_loop(make())
+    yield str(make_url(holder[0]).database)
+    _run_in_own_loop(drop_postgres_database(holder[0]))
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ]
+)
+async def migrated_database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A database at the newest migration on each backend, copied from a session template."""
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "test.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    require_postgres()
+    url = await create_postgres_database(template=request.getfixturevalue("postgres_template"))
     try:
         yield url
     finally:

@@ -97,11 +97,11 @@ class World:
 
 
 @pytest.fixture
-async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+async def world(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[World]:
     sandbox = Sandbox(tmp_path / "sandbox")
     await sandbox.start()
     settings = demo_settings(tmp_path, sandbox, 8080)
-    settings = dataclasses.replace(settings, database=DatabaseSettings(url=database_url))
+    settings = dataclasses.replace(settings, database=DatabaseSettings(url=migrated_database_url))
     app = App.build(settings)
     await app.migrate()
     account = await app.accounts.create_account("acme")
