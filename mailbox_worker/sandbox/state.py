@@ -220,7 +220,12 @@ class SandboxState:
         object_id: str | None = None,
         mailbox_enabled: bool = True,
     ) -> User:
-        """Add (or replace) a user, creating the tenant by name if it does not exist."""
+        """Add a user, or replace the one holding ``address``; creates the tenant by name.
+
+        A replacement is a new directory object (the old user deleted, another created with
+        the same address, possibly in another tenant): it gets a new object id unless
+        ``object_id`` is given, as Entra never reuses an ``oid``.
+        """
         directory = self.find_tenant(tenant) or self._create_tenant(tenant)
         domain = address.rpartition("@")[2].lower()
         if domain and domain not in directory.domains:
