@@ -78,6 +78,13 @@ OUTCOMES: Mapping[str, str] = {
     "address_mismatch": "You signed in as another mailbox than the one being reconnected: "
     "nothing was changed.",
     "address_unknown": "The provider did not say which mailbox signed in: it was not connected.",
+    "address_invalid": "The provider gave an address that is not a valid mail address: the "
+    "mailbox was not connected.",
+    "identity_unknown": "The provider did not say which account signed in: the mailbox was "
+    "not connected.",
+    "identity_mismatch": "You signed in as another account than the one this mailbox was "
+    "connected with, even if the address is the same: nothing was changed. Sign in as that "
+    "account, or connect a new mailbox.",
     "state_invalid": "This authorization link is unknown or was already used. Start again.",
     "state_expired": "The consent took too long. Start again.",
     "code_rejected": "The provider refused the authorization code. Start again.",

@@ -14,12 +14,10 @@ never the value sent.
 from __future__ import annotations
 
 import datetime as dt
-import email.errors
 import importlib.resources
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from email.headerregistry import Address
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +26,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from mailbox_worker.errors import ValidationFailed
+from mailbox_worker.policy.addresses import is_email_address
 
 DOCUMENT_URI = "urn:mailbox-worker:openapi"
 ROOT_FIELD = "(body)"
@@ -35,7 +34,6 @@ MAX_DETAILS = 50
 MAX_FIELD_NAME = 100
 DEFAULT_CODE = "invalid_request"
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
 )
@@ -111,33 +109,6 @@ def format_checker() -> FormatChecker:
     checker.checks("date-time")(is_date_time)
     checker.checks("uri")(is_uri)
     return checker
-
-
-def is_email_address(value: object) -> bool:
-    """An ``addr_spec`` the standard library parses back to itself, safe in a header.
-
-    Exactly one ``@``, no control characters (so no CR/LF) and no spaces outside a quoted
-    local part, a domain of non-empty dot-separated labels.
-    """
-    if not isinstance(value, str):
-        return True  # formats constrain strings only; "type" reports the rest
-    if value.count("@") != 1 or _CONTROL.search(value):
-        return False
-    local, _, domain = value.partition("@")
-    if not local or not domain or any(character.isspace() for character in domain):
-        return False
-    if any(not label for label in domain.split(".")):
-        return False
-    if not domain.isascii():
-        try:  # an internationalised domain must have an ASCII (IDNA) form for the headers
-            domain.encode("idna")
-        except UnicodeError:
-            return False
-    try:
-        parsed = Address(addr_spec=value)
-    except (ValueError, IndexError, email.errors.MessageError):
-        return False
-    return parsed.addr_spec == value
 
 
 def is_date_time(value: object) -> bool:

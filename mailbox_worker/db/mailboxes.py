@@ -9,12 +9,13 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.db.accounts import audit_row, new_id, utcnow
 from mailbox_worker.db.models import Mailbox, OAuthState, OutboxEvent
 from mailbox_worker.db.outbox import outbox_row
+from mailbox_worker.policy.identities import AccountId
 
 PENDING_CONSENT = "pending_consent"
 CONNECTED = "connected"
@@ -25,6 +26,14 @@ DISCONNECTED = "disconnected"
 def state_digest(state: str) -> str:
     """OAuth ``state`` values are stored only as digests; the raw value is a bearer secret."""
     return hashlib.sha256(state.encode()).hexdigest()
+
+
+def pinned_account(mailbox: Mailbox) -> AccountId | None:
+    """The account ``mailbox`` is pinned to, or None (not yet connected, or connected before
+    pinning existed)."""
+    if mailbox.identity_subject is None:
+        return None
+    return AccountId(mailbox.identity_tenant, mailbox.identity_subject)
 
 
 class MailboxStore:
@@ -42,6 +51,8 @@ class MailboxStore:
             provider=provider,
             capabilities=sorted(set(capabilities)),
             address=None,
+            identity_tenant=None,
+            identity_subject=None,
             state=PENDING_CONSENT,
             state_reason=None,
             granted_scopes=[],
@@ -131,22 +142,38 @@ class MailboxStore:
         address: str,
         granted_scopes: Sequence[str],
         *,
+        account: AccountId | None = None,
         announce: OutboxEvent | None = None,
     ) -> bool:
-        """Record a completed consent unless the mailbox was disconnected meanwhile; True if
-        recorded. ``announce`` is committed with it, and only then."""
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Mailbox)
-                .where(Mailbox.id == mailbox_id, Mailbox.state != DISCONNECTED)
-                .values(
-                    state=CONNECTED,
-                    state_reason=None,
-                    address=address,
-                    granted_scopes=sorted(granted_scopes),
-                    updated_at=utcnow(),
+        """Record a completed consent; True if recorded. ``announce`` is committed with it,
+        and only then.
+
+        Not recorded (False) when the mailbox was disconnected meanwhile, or when ``account``
+        is given and the mailbox is pinned to another account: a pinned account is never
+        replaced. ``account`` pins an unpinned mailbox; None leaves the pinned account as it
+        is (for rows made outside a consent: tests, benchmarks).
+        """
+        conditions = [Mailbox.id == mailbox_id, Mailbox.state != DISCONNECTED]
+        values: dict[str, object] = {
+            "state": CONNECTED,
+            "state_reason": None,
+            "address": address,
+            "granted_scopes": sorted(granted_scopes),
+            "updated_at": utcnow(),
+        }
+        if account is not None:
+            conditions.append(
+                or_(
+                    Mailbox.identity_subject.is_(None),
+                    and_(
+                        Mailbox.identity_subject == account.subject,
+                        Mailbox.identity_tenant.is_not_distinct_from(account.tenant),
+                    ),
                 )
             )
+            values.update(identity_tenant=account.tenant, identity_subject=account.subject)
+        async with self._sessions.begin() as session:
+            result = await session.execute(update(Mailbox).where(*conditions).values(values))
             recorded = bool(result.rowcount)  # type: ignore[attr-defined]
             if recorded and announce is not None:
                 session.add(announce)

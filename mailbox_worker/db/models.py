@@ -89,6 +89,10 @@ class Mailbox(Base):
     provider: Mapped[str] = mapped_column(String(20))
     capabilities: Mapped[list[str]] = mapped_column(JSON)
     address: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    # The account the mailbox is pinned to (Entra tid + oid, Google sub; policy/identities.py).
+    # NULL until its first consent, and for mailboxes connected before pinning existed.
+    identity_tenant: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    identity_subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     state: Mapped[str] = mapped_column(String(20))
     state_reason: Mapped[str | None] = mapped_column(String(60), nullable=True)
     granted_scopes: Mapped[list[str]] = mapped_column(JSON)

@@ -28,6 +28,7 @@ from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadToo
 from mailbox_worker.jobs.mime import build_message, decode_attachment
 from mailbox_worker.jobs.queue import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
 from mailbox_worker.metrics import Metrics
+from mailbox_worker.policy.addresses import same_address
 
 MessageLimit = Callable[[str, str], int | None]
 """``(provider, mode) ->`` the largest message in bytes the provider's transport accepts, or
@@ -85,7 +86,7 @@ class JobIntake:
             )
         message: dict[str, Any] = dict(body["message"])
         sender = (message.get("from") or {}).get("address")
-        if sender is not None and sender.lower() != mailbox.address.lower():
+        if sender is not None and not same_address(sender, mailbox.address):
             raise InvalidRequest(
                 "message.from must be the mailbox's own address", code="from_mismatch"
             )

@@ -17,6 +17,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
+from mailbox_worker.policy.addresses import ascii_domain
+
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
@@ -73,12 +75,6 @@ def _set_body(message: EmailMessage, text: str | None, html: str | None) -> None
 def _address(item: Mapping[str, Any]) -> Address:
     local, _, domain = str(item["address"]).rpartition("@")
     return Address(display_name=item.get("name") or "", username=local, domain=ascii_domain(domain))
-
-
-def ascii_domain(domain: str) -> str:
-    """An internationalised domain in its ASCII (IDNA) form, as mail headers require it:
-    ``bücher.example`` → ``xn--bcher-kva.example``. Raises ``UnicodeError`` if impossible."""
-    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
 
 
 def recipients(payload: Mapping[str, Any]) -> Sequence[str]:

@@ -2,10 +2,12 @@
 
 Connect: a mailbox is created in ``pending_consent`` and its authorization-code flow (PKCE,
 nonce, single-use ``state`` that expires) is sealed in the vault under the state's digest.
-The callback consumes that state exactly once, redeems the code through msal, refuses a
-grant that lacks a needed scope or belongs to another address, stores the tokens encrypted,
-and releases the mailbox's held jobs. Every outcome is a stable code sent back to the
-admin's return URL; no failed attempt leaves a token behind.
+The callback consumes that state exactly once, redeems the code through the provider's
+library, refuses a grant that lacks a needed scope, names no valid address, or belongs to
+another address or another account than the one the mailbox is pinned to (``examine``),
+stores the tokens encrypted, pins the mailbox to the account that signed in, and releases the
+mailbox's held jobs. Every outcome is a stable code (``OUTCOMES``) sent back to the admin's
+return URL; no failed attempt leaves a token behind.
 
 Disconnect erases the tokens with their data key (crypto-erasure), drops cached tokens,
 cancels pending jobs and audits it. Microsoft offers no per-app grant revocation without
@@ -31,6 +33,7 @@ from mailbox_worker.db.mailboxes import (
     PENDING_CONSENT,
     REAUTH_REQUIRED,
     MailboxStore,
+    pinned_account,
 )
 from mailbox_worker.db.models import Mailbox, OAuthState
 from mailbox_worker.db.outbox import outbox_row
@@ -43,8 +46,10 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.jobs.queue import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
+from mailbox_worker.policy.addresses import mailbox_address, same_address
+from mailbox_worker.policy.identities import AccountId, may_connect
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
-from mailbox_worker.tokens.identity import IdentityClient
+from mailbox_worker.tokens.identity import Grant, IdentityClient
 from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import AUTHORIZATION, TokenVault
 
@@ -59,20 +64,99 @@ class ConnectionStart:
     authorization_url: str
 
 
+OUTCOMES: tuple[str, ...] = (
+    "connected",
+    "access_denied",
+    "consent_failed",
+    "scope_missing",
+    "address_unknown",
+    "address_invalid",
+    "address_mismatch",
+    "identity_unknown",
+    "identity_mismatch",
+    "state_invalid",
+    "state_expired",
+    "code_rejected",
+    "provider_unavailable",
+    "mailbox_disconnected",
+)
+"""Every ``CallbackResult.outcome``: ``connected``, else a stable code saying why not.
+
+``access_denied``/``consent_failed``: the consent was refused or failed at the provider;
+``scope_missing``: a permission the capabilities need was not granted; ``address_unknown``:
+the sign-in named no address; ``address_invalid``: it named something that is not a plain
+mail address (an RFC 5322 addr-spec with a dot-atom local part); ``address_mismatch``: a
+reconnect signed in as another address; ``identity_unknown``: the sign-in lacked the
+provider's immutable account ids; ``identity_mismatch``: a reconnect signed in as another
+account (another Entra ``tid``/``oid``, another Google ``sub``) than the one the mailbox is
+pinned to, even with the same address; ``state_invalid``/``state_expired``: the authorization
+link is unknown, used or too old; ``code_rejected``: the provider refused the code;
+``provider_unavailable``: it could not be reached; ``mailbox_disconnected``: the mailbox was
+disconnected meanwhile. No outcome but ``connected`` leaves a token of the attempt behind.
+"""
+
+
 @dataclass(frozen=True)
 class CallbackResult:
     """Where to send the admin's browser after the OAuth callback, and what happened.
 
-    ``outcome`` is ``connected`` or a stable error code (``access_denied``,
-    ``scope_missing``, ``state_invalid``, ``state_expired``, ``address_mismatch``,
-    ``code_rejected``, ``provider_unavailable``). ``redirect_url`` is None when no
-    return URL is known (unknown state): the API then renders a small page instead.
+    ``outcome`` is one of ``OUTCOMES``. ``redirect_url`` is None when no return URL is known
+    (unknown state): the API then renders a small page instead.
     """
 
     outcome: str
     message: str
     redirect_url: str | None
     mailbox_id: str | None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a redeemed grant is not accepted: an outcome code and the admin's message."""
+
+    outcome: str
+    message: str
+
+
+IDENTITY_MISMATCH = Refusal(
+    "identity_mismatch",
+    "You signed in as another account than the one this mailbox was connected with (even if "
+    "the address is the same): nothing was changed.",
+)
+
+
+def examine(mailbox: Mailbox, grant: Grant) -> tuple[str, AccountId] | Refusal:
+    """The address (canonical form) and account a grant connects ``mailbox`` as, or why not.
+
+    Refused: a grant missing a scope the capabilities need; one naming no address, or
+    something that is not a plain mail address; a reconnect as another address (compared in
+    canonical form); one without the provider's immutable account ids; a reconnect as another
+    account than the pinned one. An unpinned mailbox (connected before pinning) accepts the
+    account of a sign-in whose address matches, and is pinned to it (docs/identity.md).
+    """
+    required = required_scopes(mailbox.provider, mailbox.capabilities)
+    missing = missing_scopes(required, grant.granted_scopes)
+    if missing:
+        return Refusal(
+            "scope_missing",
+            f"The consent did not grant {', '.join(missing)}, which this mailbox needs.",
+        )
+    if not grant.address:
+        return Refusal("address_unknown", "The sign-in gave no address.")
+    address = mailbox_address(grant.address)
+    if address is None:
+        return Refusal(
+            "address_invalid", "The sign-in gave an address that is not a valid mail address."
+        )
+    if mailbox.address is not None and not same_address(mailbox.address, address):
+        return Refusal(
+            "address_mismatch", "You signed in as another mailbox than the one being reconnected."
+        )
+    if grant.account is None:
+        return Refusal("identity_unknown", "The sign-in did not say which account signed in.")
+    if not may_connect(pinned_account(mailbox), grant.account):
+        return IDENTITY_MISMATCH
+    return address, grant.account
 
 
 class MailboxService:
@@ -183,46 +267,42 @@ class MailboxService:
             code = "provider_unavailable" if isinstance(error, TransientError) else error.code
             await self._remember_failure(mailbox, code)
             return self._result(code, error.message, pending)
-        required = required_scopes(mailbox.provider, mailbox.capabilities)
-        missing = missing_scopes(required, grant.granted_scopes)
-        if missing:
-            # Google's granular consent: revoke the partial grant rather than keep it.
+        examined = examine(mailbox, grant)
+        if isinstance(examined, Refusal):
+            # Nothing of a refused grant is kept; Google's is revoked (Microsoft has no per-app
+            # revocation: the fresh refresh token is simply never stored).
             await self._revocations.revoke(mailbox, grant.cache)
-            await self._remember_failure(mailbox, "scope_missing")
-            return self._result(
-                "scope_missing",
-                f"The consent did not grant {', '.join(missing)}, which this mailbox needs.",
-                pending,
-            )
-        if not grant.address:
-            await self._revocations.revoke(mailbox, grant.cache)
-            await self._remember_failure(mailbox, "address_unknown")
-            return self._result("address_unknown", "The sign-in gave no address.", pending)
-        if mailbox.address is not None and mailbox.address.lower() != grant.address.lower():
-            await self._revocations.revoke(mailbox, grant.cache)
-            await self._remember_failure(mailbox, "address_mismatch")
-            return self._result(
-                "address_mismatch",
-                "You signed in as another mailbox than the one being reconnected.",
-                pending,
-            )
+            await self._remember_failure(mailbox, examined.outcome)
+            return self._result(examined.outcome, examined.message, pending)
+        address, account = examined
         await self._vault.replace_tokens(mailbox.id, grant.cache.encode())
         self._tokens.forget(mailbox.id)
         recorded = await self._mailboxes.mark_connected(
             mailbox.id,
-            grant.address,
+            address,
             grant.granted_scopes,
+            account=account,
             announce=outbox_row(
                 mailbox.account_id,
                 "mailbox.connected",
                 {"mailbox_id": mailbox.id, "provider": mailbox.provider},
             ),
         )
-        if not recorded:  # disconnected while the code was being redeemed: keep nothing
+        if not recorded:
+            # Disconnected, or pinned to another account by a concurrent consent, while the
+            # code was being redeemed: keep nothing of this grant. The vault already holds it
+            # (written first, so a disconnect can never miss it), so its record goes; in the
+            # concurrent case the mailbox then asks for consent again at its next token.
             await self._vault.erase(mailbox.id)
             self._tokens.forget(mailbox.id)
             await self._revocations.revoke(mailbox, grant.cache)
-            return self._result("mailbox_disconnected", "The mailbox was disconnected.", pending)
+            current = await self._mailboxes.get(mailbox.id)
+            if current is None or current.state == DISCONNECTED:
+                return self._result(
+                    "mailbox_disconnected", "The mailbox was disconnected.", pending
+                )
+            await self._remember_failure(mailbox, IDENTITY_MISMATCH.outcome)
+            return self._result(IDENTITY_MISMATCH.outcome, IDENTITY_MISMATCH.message, pending)
         released = await self._jobs.release_held(mailbox.id)
         await self._accounts.audit(
             "admin",

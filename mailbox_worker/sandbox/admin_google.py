@@ -3,7 +3,8 @@
 * ``GET /_sandbox/google/grants`` — ``{"grants": [{id, client_id, user, scopes, revoked,
   revoked_reason, created_at, live_refresh_tokens}]}``, oldest first;
 * ``POST /_sandbox/google/clients`` — ``{client_id, client_secret, redirect_uris, name}``;
-* ``POST /_sandbox/google/users`` — ``{address, display_name?}``;
+* ``POST /_sandbox/google/users`` — ``{address, display_name?, sub?}``: a new account (one
+  that replaces the address's account gets a new ``sub``, and the old account's grants die);
 * ``POST /_sandbox/google/users/{address}/scenario`` — ``{"scenario": ...}``
   (``google_state.GOOGLE_SCENARIOS``);
 * ``POST /_sandbox/google/settings`` — ``{refresh_token_cap?}``.
@@ -69,14 +70,17 @@ class GoogleAdminEndpoints:
         return await register_client(request, self._state.google.register_client)
 
     async def add_user(self, request: web.Request) -> web.Response:
-        """Add (or replace) a Google Account."""
+        """Add a Google Account, or replace the one holding the address by a new account."""
         document = await json_object(request)
         address, display_name = document.get("address"), document.get("display_name")
+        subject = document.get("sub")
         if not isinstance(address, str) or "@" not in address:
             return problem_response(400, "address is required")
         if not (display_name is None or isinstance(display_name, str)):
             return problem_response(400, "display_name must be a string")
-        user = self._state.google.add_user(address, display_name)
+        if not (subject is None or (isinstance(subject, str) and subject)):
+            return problem_response(400, "sub must be a non-empty string")
+        user = self._state.google.add_user(address, display_name, subject)
         return web.json_response(
             {"address": user.address, "display_name": user.display_name, "sub": user.subject},
             status=201,

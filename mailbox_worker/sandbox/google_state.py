@@ -119,6 +119,17 @@ class PendingAuthorization:
     expires_at: float
 
 
+def _subject_of(address: str) -> str:
+    """A ``sub`` shaped like Google's (21 digits), derived from the first account's address."""
+    digest = hashlib.sha256(address.lower().encode()).digest()
+    return "1" + str(int.from_bytes(digest[:10], "big")).zfill(20)[:20]
+
+
+def _new_subject() -> str:
+    """A fresh ``sub`` for a newly created account."""
+    return "1" + "".join(secrets.choice("0123456789") for _ in range(20))
+
+
 def iso_time(moment: float) -> str:
     """RFC 3339 UTC time for the admin API."""
     return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat().replace("+00:00", "Z")
@@ -161,12 +172,26 @@ class GoogleState:
         self.clients[client_id] = client
         return client
 
-    def add_user(self, address: str, display_name: str | None = None) -> GoogleUser:
-        """Add (or replace) a Google Account."""
-        digest = hashlib.sha256(address.lower().encode()).digest()
-        subject = "1" + str(int.from_bytes(digest[:10], "big")).zfill(20)[:20]
+    def add_user(
+        self, address: str, display_name: str | None = None, subject: str | None = None
+    ) -> GoogleUser:
+        """Add a Google Account, or replace the one holding ``address`` by a new account.
+
+        ``sub`` is never reused (Google: unique among all Google Accounts, never changed): the
+        first account of an address gets one derived from it (the same on every sandbox run),
+        a replacement (the old account deleted, a new one created with the same address) a new
+        one, unless ``subject`` is given. The replaced account's grants die with it.
+        """
+        key = address.lower()
+        replaced = self.users.get(key)
+        if subject is None:
+            subject = _new_subject() if replaced is not None else _subject_of(address)
+        if replaced is not None:
+            for grant in self.grants.values():
+                if grant.user == key:
+                    self.revoke_grant(grant, "account_deleted")
         user = GoogleUser(address, display_name or address.partition("@")[0], subject)
-        self.users[address.lower()] = user
+        self.users[key] = user
         return user
 
     def find_user(self, address: str) -> GoogleUser | None:

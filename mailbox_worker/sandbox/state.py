@@ -54,6 +54,11 @@ FAULT_KINDS: tuple[str, ...] = (
 )
 
 
+def _stable_id(name: str) -> uuid.UUID:
+    """A GUID derived from ``name``: the sandbox's directory is the same on every run."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"https://sandbox.mailbox-worker.invalid/{name}")
+
+
 @dataclass
 class Tenant:
     """A directory; addressed in URLs by name, domain or GUID."""
@@ -220,7 +225,17 @@ class SandboxState:
         object_id: str | None = None,
         mailbox_enabled: bool = True,
     ) -> User:
-        """Add (or replace) a user, creating the tenant by name if it does not exist."""
+        """Add a user, or replace the one holding ``address``; creates the tenant by name.
+
+        The first user of an address gets an object id derived from it (the same on every
+        sandbox run, as a real directory's ids stay put); a replacement is a new directory
+        object (the old user deleted, another created with the same address, possibly in
+        another tenant) with a new object id, as Entra never reuses an ``oid``; ``object_id``
+        overrides both.
+        """
+        if object_id is None:
+            replaced = address.lower() in self.users
+            object_id = str(uuid.uuid4() if replaced else _stable_id(f"user:{address.lower()}"))
         directory = self.find_tenant(tenant) or self._create_tenant(tenant)
         domain = address.rpartition("@")[2].lower()
         if domain and domain not in directory.domains:
@@ -228,7 +243,7 @@ class SandboxState:
         user = User(
             address=address,
             display_name=display_name or address.partition("@")[0],
-            object_id=object_id or str(uuid.uuid4()),
+            object_id=object_id,
             tenant_id=directory.tenant_id,
             mailbox_enabled=mailbox_enabled,
         )
@@ -242,7 +257,9 @@ class SandboxState:
         return user
 
     def _create_tenant(self, name: str) -> Tenant:
-        directory = Tenant(name, str(uuid.uuid4()), [f"{name}.onmicrosoft.com"])
+        directory = Tenant(
+            name, str(_stable_id(f"tenant:{name.lower()}")), [f"{name}.onmicrosoft.com"]
+        )
         self.tenants[directory.tenant_id] = directory
         return directory
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import google.auth.exceptions
@@ -29,6 +31,7 @@ from mailbox_worker.errors import (
     ReauthRequired,
     TransientError,
 )
+from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.tokens.http import close_session, configure_session, new_session
 from mailbox_worker.tokens.identity import (
     MISCONFIGURED_RETRY_AFTER,
@@ -40,6 +43,7 @@ from mailbox_worker.tokens.identity import (
 REFRESH_MARGIN = 300.0
 # Refusals of our OAuth client itself, not of one user's grant (RFC 6749 5.2).
 CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_scope"})
+SUBJECT = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class GoogleIdentity:
@@ -119,14 +123,18 @@ class GoogleIdentity:
         claims = (
             google.auth.jwt.decode(token["id_token"], verify=False) if token.get("id_token") else {}
         )
-        address = str(claims.get("email") or "") if claims.get("email_verified", True) else ""
         blob = {
             "access_token": token["access_token"],
             "refresh_token": token.get("refresh_token"),
             "expires_at": time.time() + float(token.get("expires_in", 0)),
             "scopes": list(granted),
         }
-        return Grant(cache=json.dumps(blob), address=address, granted_scopes=granted)
+        return Grant(
+            cache=json.dumps(blob),
+            address=signed_in_address(claims),
+            granted_scopes=granted,
+            account=signed_in_account(claims),
+        )
 
     def refresh(self, cache_blob: str, scopes: list[str], *, force: bool) -> Refreshed:
         blob = json.loads(cache_blob)
@@ -208,6 +216,27 @@ class GoogleIdentity:
         raise TransientError(
             f"Google's revoke endpoint answered {answer.status_code}", code="revoke_failed"
         )
+
+
+def signed_in_account(claims: Mapping[str, Any]) -> AccountId | None:
+    """Who signed in, from id_token claims: ``sub``, unique among all Google Accounts and
+    never reused. None unless it is 1 to 255 visible ASCII characters (OpenID Connect Core
+    2: at most 255 ASCII characters): such a grant cannot be pinned.
+    """
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
+        return None
+    return AccountId(tenant=None, subject=subject)
+
+
+def signed_in_address(claims: Mapping[str, Any]) -> str:
+    """The verified ``email`` claim, unvalidated; "" when absent or not verified.
+
+    ``email_verified`` is a boolean, which older Google tokens spelt as a string.
+    """
+    value = claims.get("email")
+    verified = str(claims.get("email_verified", True)).lower() != "false"
+    return value if isinstance(value, str) and verified else ""
 
 
 def raise_if_unavailable(response: requests.Response) -> requests.Response:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mailbox_worker.policy.identities import AccountId
+
 # How long jobs wait when the identity platform refuses our app itself (an operator must act).
 MISCONFIGURED_RETRY_AFTER = 300.0
 
@@ -26,11 +28,17 @@ class AccessToken:
 
 @dataclass(frozen=True)
 class Grant:
-    """A redeemed authorization: the token blob to store and what the provider told us."""
+    """A redeemed authorization: the token blob to store and what the provider told us.
+
+    ``address`` is the mailbox address the id_token names, as the provider wrote it ("" when
+    it named none; validated by the caller). ``account`` is who signed in by the provider's
+    immutable ids, or None when the id_token lacked them (the caller refuses such a grant).
+    """
 
     cache: str
     address: str
     granted_scopes: tuple[str, ...]
+    account: AccountId | None
 
     def __repr__(self) -> str:
         return f"Grant(address={self.address!r}, granted_scopes={self.granted_scopes!r})"

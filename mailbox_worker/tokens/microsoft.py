@@ -10,9 +10,11 @@ a worker thread.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +29,7 @@ from mailbox_worker.errors import (
     ReauthRequired,
     TransientError,
 )
+from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.policy.scopes import MICROSOFT_EMAIL_SCOPE
 from mailbox_worker.tokens.http import close_session, new_session
 from mailbox_worker.tokens.identity import (
@@ -53,6 +56,7 @@ TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 # Refusals of the app registration itself (a wrong or expired secret, AADSTS7000215/7000222;
 # a scope the registration cannot have, AADSTS70011) rather than of one tenant or user.
 CLIENT_ERRORS = frozenset({"invalid_client", "invalid_scope"})
+GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
 class MicrosoftIdentity:
@@ -146,11 +150,12 @@ class MicrosoftIdentity:
                 f"the identity platform refused the code ({result['error']})", code="code_rejected"
             )
         claims = result.get("id_token_claims") or {}
-        # `email` is the mail address; `preferred_username` the sign-in name (UPN), used only
-        # when the user has no mail attribute (the address check then decides).
-        address = str(claims.get("email") or claims.get("preferred_username") or "")
-        granted = granted_scopes(result, flow)
-        return Grant(cache=cache.serialize(), address=address, granted_scopes=granted)
+        return Grant(
+            cache=cache.serialize(),
+            address=signed_in_address(claims),
+            granted_scopes=granted_scopes(result, flow),
+            account=signed_in_account(claims),
+        )
 
     def refresh(self, cache_blob: str, scopes: list[str], *, force: bool) -> Refreshed:
         """A valid access token from the cache, refreshing (and rotating) when needed."""
@@ -207,6 +212,35 @@ def refresh_error(result: dict[str, Any]) -> Exception:
     return TransientError(
         f"the identity platform refused the refresh: {detail}", code="identity_rejected"
     )
+
+
+def signed_in_account(claims: Mapping[str, Any]) -> AccountId | None:
+    """Who signed in, from id_token claims: ``tid`` and ``oid``, lower-cased GUIDs.
+
+    Entra documents both as GUIDs it never reuses (``oid`` needs the ``profile`` scope, which
+    msal always asks). None unless both are GUIDs: such a grant cannot be pinned.
+    """
+    tenant, subject = _guid(claims.get("tid")), _guid(claims.get("oid"))
+    if tenant is None or subject is None:
+        return None
+    return AccountId(tenant=tenant, subject=subject)
+
+
+def signed_in_address(claims: Mapping[str, Any]) -> str:
+    """The mailbox address id_token claims name, unvalidated; "" when they name none.
+
+    ``email`` is the mail attribute; ``preferred_username`` the sign-in name (UPN), used only
+    when the user has no mail attribute. Neither is verified by Entra in every tenant: the
+    mailbox is pinned by ``signed_in_account``, the address is only where mail comes from.
+    """
+    value = claims.get("email") or claims.get("preferred_username") or ""
+    return value if isinstance(value, str) else ""
+
+
+def _guid(value: object) -> str | None:
+    if not isinstance(value, str) or not GUID.fullmatch(value):
+        return None
+    return value.lower()
 
 
 def granted_scopes(answer: dict[str, Any], flow: dict[str, Any]) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from mailbox_worker.jobs.queue import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.metrics import Metrics
+from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.tokens.identity import Grant
 from mailbox_worker.tokens.keys import FileKeySource
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
@@ -58,6 +59,8 @@ MESSAGE_LIMIT = 256 * 1024
 MAX_REQUEST_BYTES = 1024 * 1024
 MAILBOX_ADDRESS = "billing@contoso.example"
 PUBLIC_URL = "http://127.0.0.1"
+FAKE_TENANT = "00000000-0000-4000-8000-00000000c0de"
+FAKE_OBJECT_ID = "00000000-0000-4000-8000-0000000000b1"
 
 
 # -- a stand-in for Microsoft's identity platform -------------------------------------------
@@ -73,6 +76,7 @@ class FakeMicrosoftIdentity(MicrosoftIdentity):
     def __init__(self) -> None:
         super().__init__(MicrosoftSettings(client_id="test-client", client_secret="unused"))
         self.address = MAILBOX_ADDRESS
+        self.account: AccountId | None = AccountId(FAKE_TENANT, FAKE_OBJECT_ID)
         self.grant_scopes: tuple[str, ...] | None = None
 
     def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
@@ -87,7 +91,12 @@ class FakeMicrosoftIdentity(MicrosoftIdentity):
         if response.get("code") != f"code-{flow['state']}":
             raise PermanentError("the identity platform refused the code", code="code_rejected")
         scopes = self.grant_scopes if self.grant_scopes is not None else tuple(flow["scopes"])
-        return Grant(cache=json.dumps({"fake": True}), address=self.address, granted_scopes=scopes)
+        return Grant(
+            cache=json.dumps({"fake": True}),
+            address=self.address,
+            granted_scopes=scopes,
+            account=self.account,
+        )
 
 
 def consent_code(authorization_url: str) -> tuple[str, str]:

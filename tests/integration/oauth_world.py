@@ -1,10 +1,12 @@
 """A daemon (the real App) beside the sandbox, and an admin's browser played with aiohttp.
 
-Used by the connect tests of both providers; the ``world`` fixture is exported by conftest.
+Used by the connect tests of both providers; the ``world`` and ``multi_tenant_world`` fixtures
+are exported by conftest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ssl
 from collections.abc import AsyncIterator
@@ -96,12 +98,22 @@ class World:
             return int(await session.scalar(select(func.count()).select_from(TokenRecord)) or 0)
 
 
-@pytest.fixture
-async def world(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def running_world(
+    database_url: str, tmp_path: Path, authority_tenant: str = "contoso"
+) -> AsyncIterator[World]:
+    """The sandbox and a migrated daemon whose Entra authority is ``authority_tenant`` (a
+    tenant, or ``organizations`` for an app open to every work account, the default of
+    ``MicrosoftSettings``)."""
     sandbox = Sandbox(tmp_path / "sandbox")
     await sandbox.start()
     settings = demo_settings(tmp_path, sandbox, 8080)
-    settings = dataclasses.replace(settings, database=DatabaseSettings(url=migrated_database_url))
+    authority = sandbox.authority_url(authority_tenant)
+    settings = dataclasses.replace(
+        settings,
+        database=DatabaseSettings(url=database_url),
+        microsoft=dataclasses.replace(settings.microsoft, authority=authority),
+    )
     app = App.build(settings)
     await app.migrate()
     account = await app.accounts.create_account("acme")
@@ -112,3 +124,16 @@ async def world(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[Wor
     finally:
         await app.close()
         await sandbox.stop()
+
+
+@pytest.fixture
+async def world(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with running_world(migrated_database_url, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def multi_tenant_world(migrated_database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A world whose daemon signs users in at ``organizations`` (any Entra tenant)."""
+    async with running_world(migrated_database_url, tmp_path, "organizations") as running:
+        yield running

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from mailbox_worker.sandbox import Sandbox
+from mailbox_worker.sandbox.google_state import GoogleState
 
 from .consent_form import FormReader
 
@@ -660,3 +661,18 @@ async def test_client_registration_refuses_malformed_documents(
     status, document = await admin(http, sandbox, "POST", path, **body)
     assert status == 400
     assert problem in json.dumps(document)
+
+
+def test_a_recreated_google_account_has_a_new_sub_and_none_of_the_old_grants() -> None:
+    google = GoogleState()
+    first = google.users["invoices@fabrikam.example"]
+    assert GoogleState().users["invoices@fabrikam.example"].subject == first.subject  # stable
+    grant, _ = google.consent(first.address, "sandbox-google-client", ["openid"])
+
+    recreated = google.add_user("invoices@fabrikam.example")
+
+    assert recreated.subject != first.subject  # Google never reuses a sub
+    assert (grant.revoked, grant.revoked_reason) == (True, "account_deleted")
+    assert google.live_grant(first.address, "sandbox-google-client") is None
+    chosen = google.add_user("someone@fabrikam.example", subject="123")
+    assert chosen.subject == "123"

@@ -25,6 +25,7 @@ import requests
 
 from mailbox_worker.sandbox import Sandbox, serve
 from mailbox_worker.sandbox.ca import ensure_certificates
+from mailbox_worker.sandbox.state import SandboxState
 
 from .consent_form import FormReader
 
@@ -671,3 +672,16 @@ async def test_mailbox_without_exchange_online(
     ) as response:
         assert response.status == 404
         assert (await graph_error(response))["code"] == "MailboxNotEnabledForRESTAPI"
+
+
+def test_the_directory_keeps_its_ids_across_runs_and_a_recreated_user_gets_a_new_one() -> None:
+    first, second = SandboxState(), SandboxState()
+    user = first.users["billing@contoso.example"]
+    again = second.users["billing@contoso.example"]
+    assert (user.tenant_id, user.object_id) == (again.tenant_id, again.object_id)
+
+    recreated = first.add_user("billing@contoso.example", "Someone Else")
+
+    assert recreated.object_id != user.object_id  # Entra never reuses an oid
+    assert recreated.tenant_id == user.tenant_id
+    assert first.add_user("x@contoso.example", object_id="chosen").object_id == "chosen"

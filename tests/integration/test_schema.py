@@ -1,4 +1,4 @@
-"""The migrated schema is exactly the models, on both databases, starting from empty."""
+"""The migrated schema is exactly the models, on both databases, and rows survive upgrades."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
-from mailbox_worker.db.engine import create_engine
-from mailbox_worker.db.models import Base
+from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.db.models import Account, Base, Mailbox
 
 
 @pytest.fixture
@@ -39,3 +41,37 @@ async def test_migrations_are_current_and_idempotent(empty_engine: AsyncEngine) 
     assert not await migrate.pending(empty_engine)
     await migrate.upgrade(empty_engine)  # a second run changes nothing and does not fail
     assert not await migrate.pending(empty_engine)
+
+
+async def test_migration_0004_carries_connected_mailboxes_forward_unpinned(
+    database_url: str,
+) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        await migrate.upgrade(engine, "0003")
+        now = utcnow()
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(Account.__table__).values(id="acc_1", name="acme", created_at=now)
+            )
+            await connection.execute(
+                insert(Mailbox.__table__).values(
+                    id="mbx_1",
+                    account_id="acc_1",
+                    provider="microsoft",
+                    capabilities=["send"],
+                    address="billing@contoso.example",
+                    state="connected",
+                    state_reason=None,
+                    granted_scopes=["https://graph.microsoft.com/Mail.Send"],
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        await migrate.upgrade(engine)
+        mailbox = await MailboxStore(create_session_factory(engine)).get("mbx_1")
+    finally:
+        await engine.dispose()
+    assert mailbox is not None
+    assert (mailbox.state, mailbox.address) == ("connected", "billing@contoso.example")
+    assert (mailbox.identity_tenant, mailbox.identity_subject) == (None, None)

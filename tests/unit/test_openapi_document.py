@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -12,6 +13,7 @@ from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 from schemathesis.core.result import Ok
 
+from mailbox_worker.api import admin_page
 from mailbox_worker.api.app import create_app
 from mailbox_worker.api.document import (
     ApiDocument,
@@ -27,6 +29,7 @@ from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.mailboxes import CONNECTED, DISCONNECTED, PENDING_CONSENT, REAUTH_REQUIRED
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.jobs.queue import STATES
+from mailbox_worker.mailboxes.service import OUTCOMES
 from mailbox_worker.policy.scopes import CAPABILITIES, PROVIDERS
 
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -165,6 +168,17 @@ def test_enumerations_match_the_code(schema: str, values: set[str]) -> None:
 @pytest.mark.parametrize("name", [n for n in sorted(SCHEMAS) if "example" in SCHEMAS[n]])
 def test_examples_are_valid(name: str) -> None:
     DOCUMENT.validate(schema_pointer(name), SCHEMAS[name]["example"])
+
+
+def test_every_consent_outcome_is_documented_and_explained_on_the_admin_page() -> None:
+    [outcome] = [
+        parameter
+        for parameter in CONTENT["paths"]["/admin"]["get"]["parameters"]
+        if parameter["name"] == "outcome"
+    ]
+    documented = set(re.findall(r"`([a-z_]+)`", outcome["description"]))
+    assert documented == set(OUTCOMES)
+    assert set(admin_page.OUTCOMES) == set(OUTCOMES)
 
 
 # -- representations match the response schemas -----------------------------------------------

@@ -1,0 +1,83 @@
+"""Which strings are mail addresses, and one spelling of each: pure functions, no I/O.
+
+One validator serves every address that reaches a mail header: the API document asserts its
+``email`` format with ``is_email_address``, and the address an identity provider reports for a
+mailbox must pass ``mailbox_address`` (the same check, narrowed to the plain form a mailbox
+has: a dot-atom local part and a domain name, no quoted local part, no domain literal).
+
+Internationalised domains are accepted and kept in their ASCII (IDNA) form, lower-cased, which
+is what mail headers carry; ``same_address`` compares two addresses in that form, the local
+part case-insensitively (as every provider we speak to treats it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.errors
+import re
+from email.headerregistry import Address
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def is_email_address(value: object) -> bool:
+    """An ``addr_spec`` the standard library parses back to itself, safe in a header.
+
+    Exactly one ``@``, no control characters (so no CR/LF) and no spaces outside a quoted
+    local part, a domain of non-empty dot-separated labels. Non-strings pass (JSON Schema
+    formats constrain strings only; ``type`` reports the rest).
+    """
+    if not isinstance(value, str):
+        return True
+    if value.count("@") != 1 or _CONTROL.search(value):
+        return False
+    local, _, domain = value.partition("@")
+    if not local or not domain or any(character.isspace() for character in domain):
+        return False
+    if any(not label for label in domain.split(".")):
+        return False
+    if not domain.isascii():
+        try:  # an internationalised domain must have an ASCII (IDNA) form for the headers
+            domain.encode("idna")
+        except UnicodeError:
+            return False
+    try:
+        parsed = Address(addr_spec=value)
+    except (ValueError, IndexError, email.errors.MessageError):
+        return False
+    return parsed.addr_spec == value
+
+
+def ascii_domain(domain: str) -> str:
+    """An internationalised domain in its ASCII (IDNA) form, as mail headers require it:
+    ``bücher.example`` becomes ``xn--bcher-kva.example``."""
+    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+
+
+def mailbox_address(value: str) -> str | None:
+    """The canonical form of a mailbox's address, or None when ``value`` is not one.
+
+    Accepted: an RFC 5322 addr-spec (``is_email_address``) whose local part is a dot-atom and
+    whose domain is a name (ASCII or IDNA). Returned: the local part as given, ``@``, the
+    domain in ASCII form, lower-cased. Refused (None): anything else, notably HTML, control
+    characters, display names, quoted local parts and domain literals.
+    """
+    if not value or not isinstance(value, str) or not is_email_address(value):
+        return None
+    local, _, domain = value.partition("@")
+    if local.startswith('"') or domain.startswith("["):
+        return None
+    return f"{local}@{ascii_domain(domain).lower()}"
+
+
+def same_address(first: str, second: str) -> bool:
+    """Whether two valid addresses name the same mailbox (domain in ASCII form, any case)."""
+    return _comparable(first) == _comparable(second)
+
+
+def _comparable(address: str) -> str:
+    local, _, domain = address.rpartition("@")
+    # Not a valid address: compared as written, so it equals no valid one.
+    with contextlib.suppress(UnicodeError):
+        domain = ascii_domain(domain)
+    return f"{local}@{domain}".casefold()

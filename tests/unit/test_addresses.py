@@ -1,0 +1,54 @@
+"""The address an identity provider reports for a mailbox: validated, and kept in one form."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailbox_worker.policy.addresses import mailbox_address, same_address
+
+
+@pytest.mark.parametrize(
+    ("value", "canonical"),
+    [
+        ("billing@contoso.example", "billing@contoso.example"),
+        ("First.Last+tag@Sub.Contoso.Example", "First.Last+tag@sub.contoso.example"),
+        ("rechnung@bücher.example", "rechnung@xn--bcher-kva.example"),
+        ("rechnung@XN--BCHER-KVA.example", "rechnung@xn--bcher-kva.example"),
+        ("o'brien&co@contoso.example", "o'brien&co@contoso.example"),
+    ],
+)
+def test_a_plain_address_is_kept_with_its_domain_in_ascii_lower_case(
+    value: str, canonical: str
+) -> None:
+    assert mailbox_address(value) == canonical
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "<b>billing</b>@contoso.example",
+        '"><script>alert(1)</script>@contoso.example',
+        "billing@contoso.example<img src=x>",
+        "billing@contoso.example\r\nBcc: victim@evil.example",
+        "bill\x00ing@contoso.example",
+        "bill\x1bing@contoso.example",
+        "billing\u2028@contoso.example",
+        '"<b>"@contoso.example',  # a quoted local part is an addr-spec, not a mailbox's
+        '"a b"@contoso.example',
+        "billing@[192.0.2.1]",
+        "Billing <billing@contoso.example>",
+        "billing@contoso..example",
+        "billing",
+        "+14255550100",
+        "",
+    ],
+)
+def test_anything_else_is_refused(value: str) -> None:
+    assert mailbox_address(value) is None
+
+
+def test_the_same_mailbox_compares_equal_in_either_domain_form_and_any_case() -> None:
+    assert same_address("Rechnung@Bücher.example", "rechnung@xn--bcher-kva.example")
+    assert same_address("BILLING@contoso.example", "billing@CONTOSO.example")
+    assert not same_address("billing@contoso.example", "accounts@contoso.example")
+    assert not same_address("billing@contoso.example", "billing@contoso.example.evil")
