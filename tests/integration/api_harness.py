@@ -1,9 +1,9 @@
 """The harness the API integration tests share (this module defines no tests).
 
-``running_api`` serves ``create_app`` on 127.0.0.1 the way the daemon does (``start_server``:
-the guarded server, with ``limits`` and ``body_timeout`` as the test chooses) over real stores
-on a temporary SQLite database, with the real ``JobIntake``. The mailbox connector is either the real
-``MailboxService`` talking to ``FakeMicrosoftIdentity`` (a stand-in for Microsoft's
+``running_api`` serves ``create_app`` on 127.0.0.1 the way the daemon does
+(``start_server``, the guarded server, with ``limits`` and ``body_timeout`` as the test
+chooses) over real stores on a temporary SQLite database, with the real ``JobIntake``. The
+mailbox connector is either the real ``MailboxService`` talking to ``FakeMicrosoftIdentity`` (a stand-in for Microsoft's
 identity platform: no network) or, for tests about the API's own contract, a
 ``RecordingConnector`` that records what the API passed and answers what the test set.
 """
@@ -257,7 +257,7 @@ async def running_api(
     *,
     connector: Callable[[MailboxService], MailboxConnector] | None = None,
     ready: Callable[[], Any] | None = None,
-    limits: ServerLimits = ServerLimits(),
+    limits: ServerLimits | None = None,
     body_timeout: float = 60.0,
 ) -> AsyncIterator[RunningApi]:
     """The API on a real socket over a fresh, migrated SQLite database.
@@ -296,7 +296,9 @@ async def running_api(
         max_request_bytes=MAX_REQUEST_BYTES,
         body_timeout=body_timeout,
     )
-    runner, site = await start_server(create_app(services), "127.0.0.1", 0, limits)
+    runner, site = await start_server(
+        create_app(services), "127.0.0.1", 0, limits or ServerLimits()
+    )
     try:
         base_url = f"http://127.0.0.1:{site.port}"
         async with aiohttp.ClientSession(base_url=base_url) as http:
