@@ -3,9 +3,10 @@
 ``running_api`` serves ``create_app`` on 127.0.0.1 the way the daemon does
 (``start_server``, the guarded server, with ``limits`` and ``body_timeout`` as the test
 chooses) over real stores on a temporary SQLite database, with the real ``JobIntake``. The
-mailbox connector is either the real ``MailboxService`` talking to ``FakeMicrosoftIdentity`` (a stand-in for Microsoft's
-identity platform: no network) or, for tests about the API's own contract, a
-``RecordingConnector`` that records what the API passed and answers what the test set.
+mailbox connector is either the real ``MailboxService`` talking to ``FakeMicrosoftIdentity``
+(a stand-in for Microsoft's identity platform: no network) or, for tests about the API's
+own contract, a ``RecordingConnector`` that records what the API passed and answers what the
+test set.
 """
 
 from __future__ import annotations
