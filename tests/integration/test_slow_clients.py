@@ -167,7 +167,7 @@ def post_head(path: str, key: str, *, length: int) -> bytes:
 
 
 async def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: Path) -> None:
-    async with api(tmp_path, max_connections=3) as (running, port):
+    async with api(tmp_path, max_connections=3) as (_, port):
         async with contextlib.AsyncExitStack() as held:
             for _ in range(3):  # admitted: each answered once, then idle on keep-alive
                 reader, writer = await held.enter_async_context(connection(port))
