@@ -19,13 +19,16 @@ import pytest
 from mailbox_worker.api.server import ServerLimits
 from mailbox_worker.db.accounts import Principal
 from tests.integration.api_harness import RunningApi, running_api
-from tests.integration.raw_http import (
+from tests.raw_http import (
     DEADLINE,
     connection,
     get,
+    healthz_status,
     parse,
+    post_head,
     read_answer,
     read_to_end,
+    trickle,
 )
 
 HEADER_TIMEOUT = 0.5
@@ -73,22 +76,6 @@ async def test_trickling_connections_are_closed_while_the_api_answers(tmp_path: 
         outcomes = [task.result() for task in trickling]
     assert set(outcomes) <= {"answered 408", "reset"}, outcomes
     assert outcomes.count("answered 408") > 0
-
-
-async def trickle(port: int) -> str:
-    """Send a request head a byte at a time, faster than any idle timer, until the server
-    closes the connection; say how it ended."""
-    async with connection(port) as (reader, writer):
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        reading = asyncio.ensure_future(read_to_end(reader))
-        while not reading.done():
-            writer.write(b"a")
-            await asyncio.wait([reading], timeout=0.05)
-        try:
-            raw = reading.result()
-        except ConnectionResetError:  # our trickle crossed the server's close
-            return "reset"
-        return f"answered {parse(raw).status}" if raw else "closed silently"
 
 
 async def test_the_head_deadline_runs_only_while_a_head_is_due(tmp_path: Path) -> None:
@@ -152,17 +139,6 @@ def note_authentication(running: RunningApi, monkeypatch: pytest.MonkeyPatch) ->
     return authenticated
 
 
-def post_head(path: str, key: str, *, length: int) -> bytes:
-    lines = [
-        f"POST {path} HTTP/1.1",
-        "Host: 127.0.0.1",
-        f"Authorization: Bearer {key}",
-        "Content-Type: application/json",
-        f"Content-Length: {length}",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
 # -- the connection limit -----------------------------------------------------------------
 
 
@@ -181,12 +157,6 @@ async def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: 
             while (answer := await healthz_status(port)) != 200:
                 await asyncio.sleep(0.02)
     assert answer == 200
-
-
-async def healthz_status(port: int) -> int:
-    async with connection(port) as (reader, writer):
-        writer.write(get("/healthz", "Connection: close"))
-        return parse(await read_to_end(reader)).status
 
 
 # -- what aiohttp's parser refuses --------------------------------------------------------

@@ -75,3 +75,38 @@ def get(path: str, *extra_headers: str) -> bytes:
     """A complete GET request head (keep-alive, HTTP/1.1)."""
     lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *extra_headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def post_head(path: str, key: str, *, length: int) -> bytes:
+    """A JSON POST request head announcing ``length`` bytes of body."""
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Authorization: Bearer {key}",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def trickle(port: int, interval: float = 0.05) -> str:
+    """Send a request head a byte every ``interval`` seconds (faster than any idle timer)
+    until the server closes the connection; say how it ended."""
+    async with connection(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        reading = asyncio.ensure_future(read_to_end(reader))
+        while not reading.done():
+            writer.write(b"a")
+            await asyncio.wait([reading], timeout=interval)
+        try:
+            raw = reading.result()
+        except ConnectionResetError:  # our trickle crossed the server's close
+            return "reset"
+        return f"answered {parse(raw).status}" if raw else "closed silently"
+
+
+async def healthz_status(port: int) -> int:
+    """The status of ``GET /healthz`` on a new connection."""
+    async with connection(port) as (reader, writer):
+        writer.write(get("/healthz", "Connection: close"))
+        return parse(await read_to_end(reader)).status
