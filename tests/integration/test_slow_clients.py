@@ -100,6 +100,7 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408(tmp_path: Pat
             writer.write(post_head("/v1/jobs", key, length=500) + b'{"mailbox_id": ')
             answer = await read_answer(reader)
     assert (answer.status, answer.error_code) == (408, "request_timeout")
+    assert answer.headers["connection"] == "close"
     assert b"mailbox_id" not in answer.body
 
 
