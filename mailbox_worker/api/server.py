@@ -21,9 +21,12 @@ Why a handler subclass and a site: aiohttp has no setting for a head deadline or
 cap, and ``web.Server`` always builds a plain ``RequestHandler``. ``GuardedSite`` is a
 ``web.BaseSite`` (aiohttp's extension point for accepting connections) that gives
 ``loop.create_server`` its own protocol factory, still registering every connection with the
-runner's ``web.Server`` (so graceful shutdown is aiohttp's). The subclass overrides
+runner's ``web.Server`` (so graceful shutdown is aiohttp's). The handler subclass overrides
 ``connection_made``, ``connection_lost``, ``data_received``, ``finish_response`` and
-``handle_error``, and reads one private counter, ``_request_count`` (heads parsed so far).
+``handle_error``; of aiohttp's private state it reads only ``_request_count`` (heads parsed
+so far) and ``_loop``, and the site uses ``BaseSite``'s ``_runner``, ``_backlog`` and
+``_server``, which are there for subclasses. An aiohttp upgrade is checked by
+``tests/integration/test_slow_clients.py`` (every API integration test serves through this).
 """
 
 from __future__ import annotations
