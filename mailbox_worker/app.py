@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbox_worker.api.app import create_app
+from mailbox_worker.api.server import ServerLimits, start_server
 from mailbox_worker.api.services import ApiServices
 from mailbox_worker.config import Settings
 from mailbox_worker.db import migrate
@@ -178,16 +179,20 @@ class App:
                 registry=self.registry,
                 ready=self.readiness,
                 max_request_bytes=self.settings.server.max_request_bytes,
+                body_timeout=self.settings.server.body_timeout,
                 public_url=self.settings.server.public_url,
             )
         )
 
     async def serve(self, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
         """Run the API and the worker until ``stop`` is set; drain, then return."""
-        runner = web.AppRunner(self.web_app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.server.host, self.settings.server.port)
-        await site.start()
+        server = self.settings.server
+        limits = ServerLimits(
+            header_timeout=server.header_timeout,
+            keepalive_timeout=server.keepalive_timeout,
+            max_connections=server.max_connections,
+        )
+        runner, _ = await start_server(self.web_app(), server.host, server.port, limits)
         log.info("listening on %s", self.settings.server.public_url)
         if started is not None:
             started.set()

@@ -39,6 +39,10 @@ class ServerSettings:
     port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
     max_request_bytes: int = 16 * 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 512
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("server.port", "must be between 0 and 65535")
     if urlsplit(settings.server.public_url).scheme not in {"http", "https"}:
         raise ConfigError("server.public_url", "must be an http(s) URL")
+    for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if getattr(settings.server, name) <= 0:
+            raise ConfigError(f"server.{name}", "must be positive")
+    for name in ("max_request_bytes", "max_connections"):
+        if getattr(settings.server, name) < 1:
+            raise ConfigError(f"server.{name}", "must be at least 1")
     for name in ("concurrency", "per_mailbox_concurrency", "max_attempts"):
         if getattr(settings.worker, name) < 1:
             raise ConfigError(f"worker.{name}", "must be at least 1")

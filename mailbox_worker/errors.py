@@ -28,6 +28,7 @@ with an HTTP status; the API turns them into JSON ``{"error": {"code", "message"
         ├── Unauthenticated         401
         ├── Forbidden               403
         ├── NotFound                404
+        ├── RequestTimeout          408, the body did not arrive in time
         ├── Conflict                409
         ├── PayloadTooLarge         413
         └── UnsupportedMediaType    415
@@ -180,6 +181,13 @@ class Forbidden(RequestError):
 class NotFound(RequestError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(RequestError):
+    """The request body did not arrive within ``server.body_timeout``."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(RequestError):

@@ -31,6 +31,7 @@ from mailbox_worker.api.admin_session import COOKIE_NAME, COOKIE_PATH, AdminSess
 from mailbox_worker.api.auth import MAILBOXES_READ, MAILBOXES_WRITE
 from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
+from mailbox_worker.api.parsing import within_body_timeout
 from mailbox_worker.api.representations import timestamp
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.models import Mailbox
@@ -279,7 +280,7 @@ async def _read_form(request: web.Request, schema: str) -> Form:
     if request.content_type != FORM_MEDIA_TYPE:
         raise UnsupportedMediaType(f"the form must be sent as {FORM_MEDIA_TYPE}")
     try:
-        posted = await request.post()
+        posted = await within_body_timeout(request, request.post())
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("The form could not be read.") from None
     properties = document(request).content["components"]["schemas"][schema]["properties"]

@@ -2,7 +2,8 @@
 
 ``error_middleware`` is the only place that turns exceptions into answers:
 
-- ``RequestError`` (ours, from ``mailbox_worker.errors`` or below) → its ``status`` and ``code``;
+- ``RequestError`` (ours, from ``mailbox_worker.errors`` or below) → its ``status`` and ``code``
+  (``RequestTimeout``, a body too slow, also closes the connection);
 - aiohttp's ``HTTPException`` (unknown route, wrong method, body too large) → a stable code;
 - anything else → ``500 internal_error`` with a generic message. The traceback goes to the
   server log only, and without the exception's message unless it is one of ours: foreign
@@ -24,6 +25,7 @@ from aiohttp.typedefs import Handler, Middleware
 from mailbox_worker.errors import (
     MailboxWorkerError,
     RequestError,
+    RequestTimeout,
     ValidationFailed,
 )
 
@@ -73,7 +75,10 @@ def error_middleware(max_request_bytes: int) -> Middleware:
             return await handler(request)
         except RequestError as error:
             details = error.details if isinstance(error, ValidationFailed) else None
-            return error_response(error.status, error.code, error.message, details=details)
+            response = error_response(error.status, error.code, error.message, details=details)
+            if isinstance(error, RequestTimeout):
+                response.force_close()  # the rest of a body too slow to wait for: not reused
+            return response
         except web.HTTPException as error:
             if error.status < 400:
                 raise  # a redirect raised by aiohttp itself: not a failure

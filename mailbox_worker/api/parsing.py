@@ -2,27 +2,32 @@
 
 Each step has its own answer, in this order: a body of another media type → 415
 ``unsupported_media_type``; a body over ``max_request_bytes`` → 413 ``payload_too_large``
-(raised by aiohttp while reading); bytes that are not UTF-8 I-JSON → 400 ``invalid_json``;
-JSON that does not match the document → 400 with details (see ``document``).
+(raised by aiohttp while reading); a body not received within ``body_timeout`` → 408
+``request_timeout``; bytes that are not UTF-8 I-JSON → 400 ``invalid_json``; JSON that does
+not match the document → 400 with details (see ``document``). A client that hangs up while
+sending is aiohttp's ``ConnectionResetError``, left to the error middleware (499).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from typing import Any, NoReturn
+from collections.abc import Awaitable
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
-from mailbox_worker.api.context import document
+from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
-from mailbox_worker.errors import InvalidRequest, UnsupportedMediaType
+from mailbox_worker.errors import InvalidRequest, RequestTimeout, UnsupportedMediaType
 
 JSON_MEDIA_TYPE = "application/json"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_SCHEMA = "/components/parameters/IdempotencyKey/schema"
 # Code points json.loads leaves in a string only when a \uXXXX escape was unpaired.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+Body = TypeVar("Body")
 
 
 async def read_json(request: web.Request, schema: str, *, optional: bool = False) -> Any:
@@ -34,10 +39,21 @@ async def read_json(request: web.Request, schema: str, *, optional: bool = False
         return {}
     if request.content_type != JSON_MEDIA_TYPE or (request.charset or "utf-8").lower() != "utf-8":
         raise UnsupportedMediaType(f"the body must be {JSON_MEDIA_TYPE} (UTF-8)")
-    raw = await request.read()
+    raw = await within_body_timeout(request, request.read())
     body = parse_json(raw)
     document(request).validate(schema_pointer(schema), body)
     return body
+
+
+async def within_body_timeout(request: web.Request, reading: Awaitable[Body]) -> Body:
+    """``reading`` (of the request's body), or 408 ``request_timeout`` once the server's
+    ``body_timeout`` has passed: a client trickling its body does not hold a handler."""
+    limit = services(request).body_timeout
+    try:
+        async with asyncio.timeout(limit):
+            return await reading
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {limit:g} seconds") from None
 
 
 def parse_json(raw: bytes) -> Any:

@@ -73,6 +73,8 @@ class ApiServices:
     ready: Callable[[], Awaitable[Mapping[str, bool]]]
     """Readiness checks by name (e.g. ``database``, ``migrations``); all True means ready."""
     max_request_bytes: int = 16 * 1024 * 1024
+    body_timeout: float = 60.0
+    """Seconds a handler waits for a request body (``server.body_timeout``)."""
     public_url: str = ""
     """Where browsers reach the daemon (``server.public_url``); empty: the request's origin."""
 

@@ -1,10 +1,12 @@
 """The harness the API integration tests share (this module defines no tests).
 
-``running_api`` serves ``create_app`` on 127.0.0.1 over real stores on a temporary SQLite
-database, with the real ``JobIntake``. The mailbox connector is either the real
-``MailboxService`` talking to ``FakeMicrosoftIdentity`` (a stand-in for Microsoft's
-identity platform: no network) or, for tests about the API's own contract, a
-``RecordingConnector`` that records what the API passed and answers what the test set.
+``running_api`` serves ``create_app`` on 127.0.0.1 the way the daemon does
+(``start_server``, the guarded server, with ``limits`` and ``body_timeout`` as the test
+chooses) over real stores on a temporary SQLite database, with the real ``JobIntake``. The
+mailbox connector is either the real ``MailboxService`` talking to ``FakeMicrosoftIdentity``
+(a stand-in for Microsoft's identity platform: no network) or, for tests about the API's
+own contract, a ``RecordingConnector`` that records what the API passed and answers what the
+test set.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.api.app import create_app
+from mailbox_worker.api.server import ServerLimits, start_server
 from mailbox_worker.api.services import (
     ApiServices,
     CallbackResult,
@@ -265,6 +267,8 @@ async def running_api(
     *,
     connector: Callable[[MailboxService], MailboxConnector] | None = None,
     ready: Callable[[], Any] | None = None,
+    limits: ServerLimits | None = None,
+    body_timeout: float = 60.0,
 ) -> AsyncIterator[RunningApi]:
     """The API on a real socket over a fresh, migrated SQLite database.
 
@@ -300,11 +304,13 @@ async def running_api(
         registry=registry,
         ready=ready or (lambda: _readiness(engine)),
         max_request_bytes=MAX_REQUEST_BYTES,
+        body_timeout=body_timeout,
     )
-    server = TestServer(create_app(services), host="127.0.0.1")
-    await server.start_server()
+    runner, site = await start_server(
+        create_app(services), "127.0.0.1", 0, limits or ServerLimits()
+    )
     try:
-        base_url = str(server.make_url("")).rstrip("/")
+        base_url = f"http://127.0.0.1:{site.port}"
         async with aiohttp.ClientSession(base_url=base_url) as http:
             yield RunningApi(
                 base_url=base_url,
@@ -318,7 +324,7 @@ async def running_api(
                 http=http,
             )
     finally:
-        await server.close()
+        await runner.cleanup()
         await engine.dispose()
 
 
