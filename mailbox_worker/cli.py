@@ -197,7 +197,9 @@ def _print_key_status(status: RotationStatus, now: datetime) -> None:
             retire += " (after re-wrap)"
         times = (_when(key.created_at), _when(key.superseded_at))
         print(f"{key.key_id}\t{state}\t{times[0]}\t{times[1]}\t{key.data_keys}\t{retire}")
-    if not status.scheduled:
+    if not any(key.in_store for key in status.keys):
+        print("next rotation: none yet (the first key is created on first use or by rotate)")
+    elif not status.scheduled:
         print("next rotation: not scheduled (keys.rotate_every_days = 0 or keys.source = env)")
     elif status.next_rotation_at is None:
         print("next rotation: at the daemon's next check, once it records the key's age")
