@@ -70,9 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     accounts.add_argument("name", nargs="?", help="account name (create)")
 
     keys = command(
-        "keys", _keys, "API keys (create, revoke) and encryption keys (rotate, retire, status)"
+        "keys",
+        _keys,
+        "API keys (create, revoke) and encryption keys (rotate, rewrap, retire, status)",
     )
-    keys.add_argument("action", choices=["create", "revoke", "rotate", "retire", "status"])
+    keys.add_argument(
+        "action", choices=["create", "revoke", "rotate", "rewrap", "retire", "status"]
+    )
     keys.add_argument("--account", help="account id (create)")
     keys.add_argument("--name", default="api", help="a label for the API key (create)")
     keys.add_argument(
@@ -162,6 +166,10 @@ async def _keys(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "rotate":
             new_key, report = await app.key_rotation.rotate_now()
             print(f"active key {new_key.key_id}; re-wrapped {report.rewrapped} data keys")
+        elif args.action == "rewrap":
+            report = await app.key_rotation.rewrap_now()
+            active = (await asyncio.to_thread(app.keys.active_key)).key_id
+            print(f"active key {active}; re-wrapped {report.rewrapped} data keys")
         elif args.action == "retire":
             return await _retire_key(app, args.id or "")
         else:

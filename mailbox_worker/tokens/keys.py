@@ -28,10 +28,11 @@ import json
 import os
 import re
 import secrets
+import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,9 @@ from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 from mailbox_worker.errors import ConfigError, KeyUnavailable, VaultError
 from mailbox_worker.tokens.key_times import KeyTimes, times_from_json, times_to_json
+
+if sys.platform != "win32":
+    import fcntl
 
 KEY_LENGTH = 32
 """Bytes of key material in a KEK and in a data key (AES-256)."""
@@ -173,13 +177,20 @@ class StoredKeySource(abc.ABC):
     rotate and retire from one process at a time.
     """
 
-    read_only = False
-
     def __init__(self, *, create_if_missing: bool, clock: Clock) -> None:
         self._create_if_missing = create_if_missing
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: KeySet | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return False
+
+    def _exclusive(self) -> AbstractContextManager[None]:
+        """Keeps other processes from writing the store meanwhile (none by default); held
+        around every read-modify-write, inside the thread lock."""
+        return nullcontext()
 
     @abc.abstractmethod
     def _describe(self) -> str:
@@ -221,7 +232,7 @@ class StoredKeySource(abc.ABC):
             ]
 
     def stamp_missing_times(self) -> list[str]:
-        with self._lock:
+        with self._lock, self._exclusive():
             old = self._refresh()
             if old is None:
                 return []
@@ -240,7 +251,7 @@ class StoredKeySource(abc.ABC):
             return stamped
 
     def add_key(self) -> KeyEncryptionKey:
-        with self._lock:
+        with self._lock, self._exclusive():
             old = self._refresh()
             now = self._clock()
             ids = old.ids if old is not None else ()
@@ -257,7 +268,7 @@ class StoredKeySource(abc.ABC):
             return key
 
     def retire(self, key_id: str) -> None:
-        with self._lock:
+        with self._lock, self._exclusive():
             old = self._refresh()
             if old is None or key_id not in old.ids:
                 raise KeyUnavailable(f"key-encryption key {key_id!r} is not in {self._describe()}")
@@ -283,6 +294,14 @@ class StoredKeySource(abc.ABC):
 
     def _require(self) -> KeySet:
         """Like :meth:`_refresh`, but create the first key or raise when the store is empty."""
+        keyset = self._refresh()
+        if keyset is not None:
+            return keyset
+        with self._exclusive():
+            return self._create_first_key()
+
+    def _create_first_key(self) -> KeySet:
+        """Create the store's first key, unless another process just did (lock held)."""
         keyset = self._refresh()
         if keyset is not None:
             return keyset
@@ -333,6 +352,34 @@ class FileKeySource(StoredKeySource):
     ) -> None:
         super().__init__(create_if_missing=create_if_missing, clock=clock)
         self._path = Path(path)
+
+    @property
+    def read_only(self) -> bool:
+        """True when the file exists in a directory this process cannot write (e.g. a
+        read-only secret mount): it can be read, never rotated."""
+        return self._path.exists() and not os.access(self._path.parent, os.W_OK)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """An advisory lock (``flock``) on ``<file>.lock`` beside the key file, so that two
+        processes (the daemon's scheduled rotation and the CLI) never interleave their
+        read-modify-write cycles and lose a key."""
+        if sys.platform == "win32":  # pragma: no cover - no flock; rotate from one process
+            yield
+            return
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        try:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise ConfigError(
+                FILE_SETTING, f"cannot lock {self._describe()}: {error.strerror}"
+            ) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
 
     def _describe(self) -> str:
         return f"key file {str(self._path)!r}"

@@ -21,7 +21,8 @@ may take between reading the active key and committing what it wrapped with it.
 Several daemons on one database: each check holds the database lock ``key-rotation``
 (:class:`~mailbox_worker.db.locks.DatabaseLocks`), so on PostgreSQL one process rotates at a
 time and the others, once they get the lock, find nothing due. SQLite is one process by design;
-there the lock only yields, and the CLI should not rotate while a daemon is checking.
+there the lock only yields; the file key source locks its own read-modify-write cycles
+(``flock``), so the CLI and a daemon never lose each other's keys.
 
 The bound this gives (``docs/keys.md``): a disconnected mailbox's tokens are unrecoverable from
 any database copy after at most ``rotate_every + grace`` (plus one check interval).
@@ -174,9 +175,10 @@ class KeyRotation:
             return
         if self._keys.read_only:
             log.warning(
-                "scheduled key rotation cannot run: keys come from MAILBOX_WORKER_KEYS, which "
-                "mailbox-worker cannot change; rotate by replacing that variable "
-                "(docs/keys.md), or set keys.rotate_every_days = 0 to silence this warning"
+                "scheduled key rotation cannot run: the key source is read-only (keys from "
+                "MAILBOX_WORKER_KEYS, or a key file in a directory this process cannot write); "
+                "rotate by replacing the keys as docs/keys.md says, or set "
+                "keys.rotate_every_days = 0 to silence this warning"
             )
             return
         while not stop.is_set():
@@ -218,6 +220,12 @@ class KeyRotation:
             infos = await asyncio.to_thread(self._keys.key_infos)
             self._active_created = _active(infos).times.created_at
             return new_key, await self._vault.rewrap_all()
+
+    async def rewrap_now(self) -> RewrapReport:
+        """Re-wrap every data key under the source's active key, adding none (after the
+        deployment put a new key first in ``MAILBOX_WORKER_KEYS``, say)."""
+        async with self._locks.hold(LOCK_NAME):
+            return await self._vault.rewrap_all()
 
     async def retire_now(self, key_id: str) -> int:
         """Retire ``key_id`` now if no record names it, whatever its grace; returns how many

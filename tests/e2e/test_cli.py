@@ -89,3 +89,20 @@ def test_key_status_says_when_rotation_is_not_scheduled(environment: dict[str, s
     status = run(off, "keys", "status")
     assert status.returncode == 0
     assert status.stdout.splitlines()[-1].startswith("next rotation: not scheduled")
+
+
+def test_env_keys_are_rewrapped_not_rotated_by_the_cli(environment: dict[str, str]) -> None:
+    env = {
+        **environment,
+        "MAILBOX_WORKER_KEYS__SOURCE": "env",
+        "MAILBOX_WORKER_KEYS": "k2:" + "B" * 43 + "=,k1:" + "A" * 43 + "=",
+    }
+    rotated = run(env, "keys", "rotate")
+    assert rotated.returncode == 2
+    assert "MAILBOX_WORKER_KEYS" in rotated.stderr
+    rewrapped = run(env, "keys", "rewrap")
+    assert rewrapped.returncode == 0
+    assert rewrapped.stdout.strip() == "active key k2; re-wrapped 0 data keys"
+    status = run(env, "keys", "status").stdout.splitlines()
+    assert [row.split("\t")[:2] for row in status[1:3]] == [["k2", "active"], ["k1", "superseded"]]
+    assert status[3].startswith("next rotation: not scheduled")

@@ -364,3 +364,21 @@ async def test_two_daemons_rotate_once_between_them(world: World, two_daemons: K
     reports = await asyncio.gather(world.rotation.tick(), two_daemons.tick())
     assert len([r for r in reports if r.rotated_to]) == 1
     assert len(world.keys.key_ids()) == 2
+
+
+async def test_env_keys_rotate_by_replacing_the_variable_then_rewrapping(stores: Stores) -> None:
+    old, new = "k1:" + base64.b64encode(bytes(32)).decode(), "k2:" + "B" * 43 + "="
+    before = EnvKeySource(old)
+    account = await stores.accounts.create_account("acme")
+    mailbox_id = (await stores.connected_mailbox(account.id)).id
+    vault = TokenVault(stores.sessions, before)
+    await vault.store_tokens(mailbox_id, SECRET, expected_version=None)
+    both = EnvKeySource(f"{new},{old}")  # step 1: the new key first, the old one kept
+    rotation = KeyRotation(
+        both, TokenVault(stores.sessions, both), DatabaseLocks(stores.engine), SCHEDULE
+    )
+    report = await rotation.rewrap_now()  # step 2: `mailbox-worker keys rewrap`
+    assert report.rewrapped == 1
+    after = EnvKeySource(new)  # step 3: the old key removed from the variable
+    loaded = await TokenVault(stores.sessions, after).load_tokens(mailbox_id)
+    assert loaded is not None and loaded.plaintext == SECRET

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,3 +136,44 @@ def test_env_source_is_read_only_and_knows_no_times() -> None:
     assert source.read_only
     assert source.key_infos() == [KeyInfo("k2", True, KeyTimes()), KeyInfo("k1", False, KeyTimes())]
     assert source.stamp_missing_times() == []
+
+
+ADD_KEYS = """
+import sys
+from pathlib import Path
+from mailbox_worker.tokens.keys import FileKeySource
+source = FileKeySource(Path(sys.argv[1]))
+print(" ".join(source.add_key().key_id for _ in range(10)))
+"""
+
+
+def test_processes_adding_keys_to_one_file_lose_none(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    FileKeySource(path, create_if_missing=True).active_key()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", ADD_KEYS, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    added = set()
+    for process in processes:
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        added.update(output.split())
+    assert len(added) == 40
+    assert added <= set(FileKeySource(path).key_ids())
+
+
+def test_a_key_file_in_a_directory_we_cannot_write_is_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "mounted" / "keys.json"
+    source = FileKeySource(path, create_if_missing=True)
+    source.active_key()
+    assert not source.read_only
+    path.parent.chmod(0o500)
+    try:
+        if os.access(path.parent, os.W_OK):
+            pytest.skip("running as a user that writes anywhere (root)")
+        assert FileKeySource(path).read_only
+    finally:
+        path.parent.chmod(0o700)

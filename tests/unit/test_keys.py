@@ -127,7 +127,8 @@ def test_file_source_rotation_keeps_old_keys_readable(key_file: Path) -> None:
     assert reopened.active_key() == new
     assert reopened.get(old.key_id) == old
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert sorted(p.name for p in key_file.parent.iterdir()) == ["keys.json"]
+    # no temporary file left behind; the lock file is empty and stays
+    assert sorted(p.name for p in key_file.parent.iterdir()) == ["keys.json", "keys.json.lock"]
 
 
 def test_file_source_add_key_creates_the_first_key_without_create_if_missing(
