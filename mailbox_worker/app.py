@@ -41,10 +41,13 @@ from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import MailProvider
 from mailbox_worker.providers.graph import GraphProvider
+from mailbox_worker.tokens.env_keys import EnvKeySource
 from mailbox_worker.tokens.google import GoogleIdentity
 from mailbox_worker.tokens.identity import IdentityClient
-from mailbox_worker.tokens.keys import EnvKeySource, FileKeySource, KeyringKeySource, KeySource
+from mailbox_worker.tokens.keyring_keys import KeyringKeySource
+from mailbox_worker.tokens.keys import FileKeySource, KeySource
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
+from mailbox_worker.tokens.rotation import KeyRotation, RotationSchedule
 from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import TokenVault
 
@@ -91,6 +94,7 @@ class App:
     intake: JobIntake
     mailbox_service: MailboxService
     worker: Worker
+    key_rotation: KeyRotation
 
     @classmethod
     def build(cls, settings: Settings, keys: KeySource | None = None) -> App:
@@ -134,6 +138,12 @@ class App:
         mailbox_service = MailboxService(
             mailboxes, jobs, accounts, vault, tokens, identities, revocations, redirect_uri
         )
+        schedule = RotationSchedule.from_settings(
+            settings.keys.rotate_every_days, settings.keys.retire_grace_hours
+        )
+        key_rotation = KeyRotation(
+            keys, vault, DatabaseLocks(engine), schedule, age_gauge=metrics.active_key_age
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -153,6 +163,7 @@ class App:
             intake=intake,
             mailbox_service=mailbox_service,
             worker=worker,
+            key_rotation=key_rotation,
         )
 
     async def migrate(self) -> None:
@@ -196,7 +207,10 @@ class App:
         log.info("listening on %s", self.settings.server.public_url)
         if started is not None:
             started.set()
-        background = [asyncio.create_task(self.revocations.run(stop), name="revocations")]
+        background = [
+            asyncio.create_task(self.revocations.run(stop), name="revocations"),
+            asyncio.create_task(self.key_rotation.run(stop), name="key-rotation"),
+        ]
         if self.settings.callbacks.url:
             dispatcher = CallbackDispatcher(self.outbox, self.settings.callbacks)
             background.append(asyncio.create_task(dispatcher.run(stop), name="callbacks"))

@@ -11,6 +11,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mailbox_worker import logs
@@ -18,6 +19,7 @@ from mailbox_worker.app import App
 from mailbox_worker.config import Settings, load_settings
 from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.errors import ConfigError, MailboxWorkerError
+from mailbox_worker.tokens.rotation import RotationStatus
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 
@@ -67,8 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     accounts.add_argument("action", choices=["create", "list"])
     accounts.add_argument("name", nargs="?", help="account name (create)")
 
-    keys = command("keys", _keys, "API keys (create, revoke) and encryption keys (rotate, retire)")
-    keys.add_argument("action", choices=["create", "revoke", "rotate", "retire", "status"])
+    keys = command(
+        "keys",
+        _keys,
+        "API keys (create, revoke) and encryption keys (rotate, rewrap, retire, status)",
+    )
+    keys.add_argument(
+        "action", choices=["create", "revoke", "rotate", "rewrap", "retire", "status"]
+    )
     keys.add_argument("--account", help="account id (create)")
     keys.add_argument("--name", default="api", help="a label for the API key (create)")
     keys.add_argument(
@@ -156,20 +164,61 @@ async def _keys(args: argparse.Namespace, settings: Settings) -> int:
             print("revoked" if done else "no such active key")
             return 0 if done else 1
         elif args.action == "rotate":
-            new_key = await asyncio.to_thread(app.keys.add_key)
-            report = await app.vault.rewrap_all()
+            new_key, report = await app.key_rotation.rotate_now()
             print(f"active key {new_key.key_id}; re-wrapped {report.rewrapped} data keys")
+        elif args.action == "rewrap":
+            report = await app.key_rotation.rewrap_now()
+            active = (await asyncio.to_thread(app.keys.active_key)).key_id
+            print(f"active key {active}; re-wrapped {report.rewrapped} data keys")
         elif args.action == "retire":
-            usage = await app.vault.key_usage()
-            if usage.get(args.id or "", 0):
-                print(f"key {args.id} still wraps {usage[args.id]} data keys; run rotate first")
-                return 1
-            await asyncio.to_thread(app.keys.retire, args.id or "")
-            print(f"retired {args.id}")
+            return await _retire_key(app, args.id or "")
         else:
-            for key_id, count in sorted((await app.vault.key_usage()).items()):
-                print(f"{key_id}\t{count} data keys")
+            _print_key_status(await app.key_rotation.status(), datetime.now(UTC))
     return 0
+
+
+async def _retire_key(app: App, key_id: str) -> int:
+    status = await app.key_rotation.status()
+    for state in status.keys:
+        if state.key_id == key_id and state.retire_at and state.retire_at > datetime.now(UTC):
+            print(
+                f"warning: {key_id} was superseded less than keys.retire_grace_hours ago; a "
+                "process that read it just before the rotation may still wrap a data key "
+                "under it (docs/keys.md)",
+                file=sys.stderr,
+            )
+    in_use = await app.key_rotation.retire_now(key_id)
+    if in_use:
+        print(f"key {key_id} still wraps {in_use} data keys; run rotate first")
+        return 1
+    print(f"retired {key_id}")
+    return 0
+
+
+def _print_key_status(status: RotationStatus, now: datetime) -> None:
+    """One tab-separated row per key under a header, then the schedule."""
+    print("KEY\tSTATE\tCREATED\tSUPERSEDED\tDATA KEYS\tRETIRABLE FROM")
+    for key in status.keys:
+        state = "active" if key.active else "superseded" if key.in_store else "MISSING"
+        retire = _when(key.retire_at)
+        if key.retire_at is not None and key.data_keys:
+            retire += " (after re-wrap)"
+        times = (_when(key.created_at), _when(key.superseded_at))
+        print(f"{key.key_id}\t{state}\t{times[0]}\t{times[1]}\t{key.data_keys}\t{retire}")
+    if not any(key.in_store for key in status.keys):
+        print("next rotation: none yet (the first key is created on first use or by rotate)")
+    elif not status.scheduled:
+        print("next rotation: not scheduled (keys.rotate_every_days = 0 or keys.source = env)")
+    elif status.next_rotation_at is None:
+        print("next rotation: at the daemon's next check, once it records the key's age")
+    elif status.next_rotation_at <= now:
+        print("next rotation: due now (at the daemon's next hourly check)")
+    else:
+        print(f"next rotation: {_when(status.next_rotation_at)}")
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _mailboxes(args: argparse.Namespace, settings: Settings) -> int:

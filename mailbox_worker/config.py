@@ -24,6 +24,8 @@ from mailbox_worker.errors import ConfigError
 from mailbox_worker.policy.scopes import BROADER_THAN_NEEDED
 
 ENV_PREFIX = "MAILBOX_WORKER_"
+MAX_ROTATE_EVERY_DAYS = 365
+MAX_RETIRE_GRACE_HOURS = 24 * 7
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class KeySettings:
     keyring_service: str = "mailbox-worker"
     file: str = "var/keys.json"
     create_if_missing: bool = False
+    rotate_every_days: int = 30
+    retire_grace_hours: int = 24
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,16 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"worker.{name}", "must be positive")
     if settings.keys.source not in {"keyring", "file", "env"}:
         raise ConfigError("keys.source", "must be one of keyring, file, env")
+    if not 0 <= settings.keys.rotate_every_days <= MAX_ROTATE_EVERY_DAYS:
+        raise ConfigError(
+            "keys.rotate_every_days",
+            f"must be between 1 and {MAX_ROTATE_EVERY_DAYS} days, or 0 to turn scheduled "
+            "rotation off (it bounds how long database copies stay decryptable)",
+        )
+    if not 1 <= settings.keys.retire_grace_hours <= MAX_RETIRE_GRACE_HOURS:
+        raise ConfigError(
+            "keys.retire_grace_hours", f"must be between 1 and {MAX_RETIRE_GRACE_HOURS} hours"
+        )
     for name in ("authority", "graph_url"):
         if urlsplit(getattr(settings.microsoft, name)).scheme != "https":
             raise ConfigError(f"microsoft.{name}", "must be an https URL")

@@ -21,6 +21,7 @@ class Metrics:
     token_refreshes: Counter
     mailbox_reauth: Counter
     worker_in_flight: Gauge
+    active_key_age: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -70,6 +71,12 @@ class Metrics:
             worker_in_flight=Gauge(
                 "mailbox_worker_worker_in_flight",
                 "Jobs this process is working on now.",
+                registry=registry,
+            ),
+            active_key_age=Gauge(
+                "mailbox_worker_active_key_age_seconds",
+                "Age of the active key-encryption key as of this process's last rotation check "
+                "(NaN when unknown: scheduled rotation off, or keys from MAILBOX_WORKER_KEYS).",
                 registry=registry,
             ),
         )

@@ -3,14 +3,16 @@
 A KEK wraps each mailbox's data key (see :mod:`mailbox_worker.tokens.envelope`); it never sits in
 the database. :class:`KeySource` is the port, with three adapters:
 
-    KeyringKeySource   the operating system's keyring (the default)
-    FileKeySource      a JSON file of mode 0600 (a container's mounted secret, the demo)
-    EnvKeySource       the ``MAILBOX_WORKER_KEYS`` environment variable, read-only
+    KeyringKeySource   the operating system's keyring, the default (``keyring_keys.py``)
+    FileKeySource      a JSON file of mode 0600: a container's mounted secret, the demo (here)
+    EnvKeySource       the ``MAILBOX_WORKER_KEYS`` environment variable, read-only (``env_keys.py``)
 
 Rotation: ``add_key()`` stores a new key and makes it the active one (the key new wraps use);
 older keys stay readable, so data keys wrapped under them still unwrap. Once every record has been
 re-wrapped, ``retire(old_id)`` removes the old key. Retiring a key that records still name makes
-those records unreadable: callers re-wrap first.
+those records unreadable: callers re-wrap first. The writable stores record when each key was
+created and superseded (:mod:`mailbox_worker.tokens.key_times`), from a clock they are given, so
+that :mod:`mailbox_worker.tokens.rotation` can rotate on a schedule (see ``docs/keys.md``).
 
 Every source fails closed: a key it cannot produce raises :class:`KeyUnavailable` naming the key
 id, a misconfigured source raises :class:`ConfigError` naming the setting. No message ever
@@ -26,22 +28,21 @@ import json
 import os
 import re
 import secrets
+import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
-from contextlib import suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
-import keyring
-import keyring.backends.fail
-import keyring.backends.null
-from keyring.backend import KeyringBackend
-from keyring.errors import KeyringError, NoKeyringError, PasswordDeleteError
-
 from mailbox_worker.errors import ConfigError, KeyUnavailable, VaultError
+from mailbox_worker.tokens.key_times import KeyTimes, times_from_json, times_to_json
+
+if sys.platform != "win32":
+    import fcntl
 
 KEY_LENGTH = 32
 """Bytes of key material in a KEK and in a data key (AES-256)."""
@@ -52,10 +53,18 @@ ENV_VAR = "MAILBOX_WORKER_KEYS"
 SOURCE_SETTING = "keys.source"
 FILE_SETTING = "keys.file"
 
-_KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GROUP_OR_OTHER_ACCESS = 0o077
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+
+Clock = Callable[[], datetime]
+"""Returns the current time, timezone-aware (UTC); injected so tests can move time."""
+
+
+def system_clock() -> datetime:
+    """The real current time in UTC."""
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ class KeyEncryptionKey:
     material: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
-        if not _KEY_ID_PATTERN.fullmatch(self.key_id):
+        if not KEY_ID_PATTERN.fullmatch(self.key_id):
             raise ValueError(
                 "a key id is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -80,17 +89,35 @@ class KeyEncryptionKey:
         return f"KeyEncryptionKey(key_id={self.key_id!r})"
 
 
-def generate_key(existing_ids: tuple[str, ...] = ()) -> KeyEncryptionKey:
-    """Return a new random KEK whose id, ``kek-YYYYMMDD-<8 hex>`` (UTC date), is not in
-    ``existing_ids``."""
+@dataclass(frozen=True)
+class KeyInfo:
+    """What a source says about one key, without its material: its id, whether it is the
+    active key, and the times its store recorded (unknown ones are ``None``)."""
+
+    key_id: str
+    active: bool
+    times: KeyTimes
+
+
+def generate_key(
+    existing_ids: tuple[str, ...] = (), *, now: datetime | None = None
+) -> KeyEncryptionKey:
+    """Return a new random KEK whose id, ``kek-YYYYMMDD-<8 hex>`` (UTC date of ``now``, by
+    default the current time), is not in ``existing_ids``."""
+    date = (now or system_clock()).astimezone(UTC)
     while True:
-        key_id = f"kek-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4)}"
+        key_id = f"kek-{date:%Y%m%d}-{secrets.token_hex(4)}"
         if key_id not in existing_ids:
             return KeyEncryptionKey(key_id, secrets.token_bytes(KEY_LENGTH))
 
 
 class KeySource(Protocol):
     """Where KEKs come from. Implementations are safe to call from several threads."""
+
+    @property
+    def read_only(self) -> bool:
+        """True when keys are managed outside mailbox-worker (``add_key``/``retire`` refuse)."""
+        ...
 
     def active_key(self) -> KeyEncryptionKey:
         """The key new wraps use. Raises :class:`KeyUnavailable` when there is none."""
@@ -116,17 +143,31 @@ class KeySource(Protocol):
         """
         ...
 
+    def key_infos(self) -> list[KeyInfo]:
+        """Every stored key, oldest first, with its recorded times (empty when none)."""
+        ...
+
+    def stamp_missing_times(self) -> list[str]:
+        """Record the times the store lacks, as :meth:`KeyTimes.filled` decides.
+
+        Times already recorded never change. Returns the ids whose times were stamped; a
+        read-only source stamps nothing.
+        """
+        ...
+
 
 @dataclass(frozen=True)
-class _KeySet:
-    """What a source holds: the active id, every id oldest first, and the readable keys."""
+class KeySet:
+    """What a source holds: the active id, every id oldest first, the readable keys and the
+    recorded times (keys without any have no entry)."""
 
     active_id: str
     ids: tuple[str, ...]
     keys: Mapping[str, KeyEncryptionKey]
+    times: Mapping[str, KeyTimes] = field(default_factory=dict)
 
 
-class _StoredKeySource(abc.ABC):
+class StoredKeySource(abc.ABC):
     """A source that persists its keys; subclasses only read and write the store.
 
     Keys are cached after the first read. ``get`` answers cached keys without I/O and reads the
@@ -136,21 +177,31 @@ class _StoredKeySource(abc.ABC):
     rotate and retire from one process at a time.
     """
 
-    def __init__(self, *, create_if_missing: bool) -> None:
+    def __init__(self, *, create_if_missing: bool, clock: Clock) -> None:
         self._create_if_missing = create_if_missing
+        self._clock = clock
         self._lock = threading.Lock()
-        self._cache: _KeySet | None = None
+        self._cache: KeySet | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return False
+
+    def _exclusive(self) -> AbstractContextManager[None]:
+        """Keeps other processes from writing the store meanwhile (none by default); held
+        around every read-modify-write, inside the thread lock."""
+        return nullcontext()
 
     @abc.abstractmethod
     def _describe(self) -> str:
         """Where the keys live, for messages (e.g. ``key file /run/keys.json``)."""
 
     @abc.abstractmethod
-    def _read(self, known: Mapping[str, KeyEncryptionKey]) -> _KeySet | None:
+    def _read(self, known: Mapping[str, KeyEncryptionKey]) -> KeySet | None:
         """Read the store; ``None`` when it holds no key. ``known`` keys need not be re-read."""
 
     @abc.abstractmethod
-    def _write(self, new: _KeySet, old: _KeySet | None) -> None:
+    def _write(self, new: KeySet, old: KeySet | None) -> None:
         """Make the store hold ``new`` (it held ``old``)."""
 
     def active_key(self) -> KeyEncryptionKey:
@@ -170,19 +221,54 @@ class _StoredKeySource(abc.ABC):
             keyset = self._refresh()
             return list(keyset.ids) if keyset is not None else []
 
-    def add_key(self) -> KeyEncryptionKey:
+    def key_infos(self) -> list[KeyInfo]:
         with self._lock:
+            keyset = self._refresh()
+            if keyset is None:
+                return []
+            return [
+                KeyInfo(kid, kid == keyset.active_id, keyset.times.get(kid, KeyTimes()))
+                for kid in keyset.ids
+            ]
+
+    def stamp_missing_times(self) -> list[str]:
+        with self._lock, self._exclusive():
             old = self._refresh()
+            if old is None:
+                return []
+            now = self._clock()
+            times = dict(old.times)
+            stamped = []
+            for kid in old.ids:
+                known = times.get(kid, KeyTimes())
+                if not known.is_complete(active=kid == old.active_id):
+                    times[kid] = known.filled(kid, active=kid == old.active_id, now=now)
+                    stamped.append(kid)
+            if stamped:
+                new = replace(old, times=times)
+                self._write(new, old)
+                self._cache = new
+            return stamped
+
+    def add_key(self) -> KeyEncryptionKey:
+        with self._lock, self._exclusive():
+            old = self._refresh()
+            now = self._clock()
             ids = old.ids if old is not None else ()
-            key = generate_key(ids)
+            key = generate_key(ids, now=now)
             keys = {**(old.keys if old is not None else {}), key.key_id: key}
-            new = _KeySet(active_id=key.key_id, ids=(*ids, key.key_id), keys=keys)
+            times = {**(old.times if old is not None else {}), key.key_id: KeyTimes(now)}
+            if old is not None:
+                times[old.active_id] = replace(
+                    times.get(old.active_id, KeyTimes()), superseded_at=now
+                )
+            new = KeySet(active_id=key.key_id, ids=(*ids, key.key_id), keys=keys, times=times)
             self._write(new, old)
             self._cache = new
             return key
 
     def retire(self, key_id: str) -> None:
-        with self._lock:
+        with self._lock, self._exclusive():
             old = self._refresh()
             if old is None or key_id not in old.ids:
                 raise KeyUnavailable(f"key-encryption key {key_id!r} is not in {self._describe()}")
@@ -192,21 +278,30 @@ class _StoredKeySource(abc.ABC):
                     code="key_active",
                 )
             keys = {kid: key for kid, key in old.keys.items() if kid != key_id}
-            new = _KeySet(
+            new = KeySet(
                 active_id=old.active_id,
                 ids=tuple(kid for kid in old.ids if kid != key_id),
                 keys=keys,
+                times={kid: times for kid, times in old.times.items() if kid != key_id},
             )
             self._write(new, old)
             self._cache = new
 
-    def _refresh(self) -> _KeySet | None:
+    def _refresh(self) -> KeySet | None:
         """Read the store (lock held), cache what it holds and return it."""
         self._cache = self._read(self._cache.keys if self._cache is not None else {})
         return self._cache
 
-    def _require(self) -> _KeySet:
+    def _require(self) -> KeySet:
         """Like :meth:`_refresh`, but create the first key or raise when the store is empty."""
+        keyset = self._refresh()
+        if keyset is not None:
+            return keyset
+        with self._exclusive():
+            return self._create_first_key()
+
+    def _create_first_key(self) -> KeySet:
+        """Create the store's first key, unless another process just did (lock held)."""
         keyset = self._refresh()
         if keyset is not None:
             return keyset
@@ -215,13 +310,19 @@ class _StoredKeySource(abc.ABC):
                 f"no key-encryption key in {self._describe()}; run `mailbox-worker keys rotate` "
                 "to create one, or enable keys.create_if_missing"
             )
-        key = generate_key()
-        keyset = _KeySet(active_id=key.key_id, ids=(key.key_id,), keys={key.key_id: key})
+        now = self._clock()
+        key = generate_key(now=now)
+        keyset = KeySet(
+            active_id=key.key_id,
+            ids=(key.key_id,),
+            keys={key.key_id: key},
+            times={key.key_id: KeyTimes(now)},
+        )
         self._write(keyset, None)
         self._cache = keyset
         return keyset
 
-    def _lookup(self, keyset: _KeySet, key_id: str) -> KeyEncryptionKey:
+    def _lookup(self, keyset: KeySet, key_id: str) -> KeyEncryptionKey:
         if key_id in keyset.keys:
             return keyset.keys[key_id]
         if key_id in keyset.ids:
@@ -234,8 +335,11 @@ class _StoredKeySource(abc.ABC):
         )
 
 
-class FileKeySource(_StoredKeySource):
-    """Keys in a JSON file ``{"active": id, "keys": {id: base64 material}}``.
+class FileKeySource(StoredKeySource):
+    """Keys in a JSON file ``{"active": id, "keys": {id: base64 material}, "times": {...}}``.
+
+    ``"times"`` (see :mod:`~mailbox_worker.tokens.key_times`) is optional: files written
+    before it existed are read as they are, their keys' times unknown until stamped.
 
     The file must not be accessible by group or others (mode 0600 or 0400); it is rewritten
     atomically (temporary file, fsync, ``os.replace``) with mode 0600. Errors name the
@@ -243,14 +347,44 @@ class FileKeySource(_StoredKeySource):
     :class:`KeyUnavailable`; with it, the file is created holding one new key.
     """
 
-    def __init__(self, path: Path, create_if_missing: bool = False) -> None:
-        super().__init__(create_if_missing=create_if_missing)
+    def __init__(
+        self, path: Path, create_if_missing: bool = False, *, clock: Clock = system_clock
+    ) -> None:
+        super().__init__(create_if_missing=create_if_missing, clock=clock)
         self._path = Path(path)
+
+    @property
+    def read_only(self) -> bool:
+        """True when the file exists in a directory this process cannot write (e.g. a
+        read-only secret mount): it can be read, never rotated."""
+        return self._path.exists() and not os.access(self._path.parent, os.W_OK)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """An advisory lock (``flock``) on ``<file>.lock`` beside the key file, so that two
+        processes (the daemon's scheduled rotation and the CLI) never interleave their
+        read-modify-write cycles and lose a key."""
+        if sys.platform == "win32":  # pragma: no cover - no flock; rotate from one process
+            yield
+            return
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        try:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise ConfigError(
+                FILE_SETTING, f"cannot lock {self._describe()}: {error.strerror}"
+            ) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
 
     def _describe(self) -> str:
         return f"key file {str(self._path)!r}"
 
-    def _read(self, known: Mapping[str, KeyEncryptionKey]) -> _KeySet | None:
+    def _read(self, known: Mapping[str, KeyEncryptionKey]) -> KeySet | None:
         try:
             mode = self._path.stat().st_mode
             if os.name == "posix" and mode & _GROUP_OR_OTHER_ACCESS:
@@ -268,7 +402,7 @@ class FileKeySource(_StoredKeySource):
             ) from None
         return self._parse(text)
 
-    def _parse(self, text: str) -> _KeySet:
+    def _parse(self, text: str) -> KeySet:
         def malformed(reason: str) -> ConfigError:
             return ConfigError(FILE_SETTING, f"{self._describe()} is malformed: {reason}")
 
@@ -284,17 +418,22 @@ class FileKeySource(_StoredKeySource):
         keys = {}
         for key_id, encoded in encoded_keys.items():
             try:
-                keys[key_id] = _decode_key(key_id, encoded)
+                keys[key_id] = decode_key(key_id, encoded)
             except ValueError as error:
                 raise malformed(str(error)) from None
         if not isinstance(active, str) or active not in keys:
             raise malformed('"active" must name one of "keys"')
-        return _KeySet(active_id=active, ids=tuple(keys), keys=keys)
+        try:
+            times = times_from_json(document.get("times"), keys)
+        except ValueError as error:
+            raise malformed(str(error)) from None
+        return KeySet(active_id=active, ids=tuple(keys), keys=keys, times=times)
 
-    def _write(self, new: _KeySet, old: _KeySet | None) -> None:
+    def _write(self, new: KeySet, old: KeySet | None) -> None:
         document = {
             "active": new.active_id,
-            "keys": {kid: _encode_key(new.keys[kid]) for kid in new.ids},
+            "keys": {kid: encode_key(new.keys[kid]) for kid in new.ids},
+            "times": times_to_json(new.times, new.ids),
         }
         try:
             self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -305,191 +444,13 @@ class FileKeySource(_StoredKeySource):
             ) from None
 
 
-class KeyringKeySource(_StoredKeySource):
-    """Keys in the operating system's keyring, under ``service``.
-
-    Entry ``index`` holds ``{"active": id, "keys": [ids oldest first]}``; entry ``key:<id>``
-    holds each key's base64 material. ``backend`` defaults to ``keyring.get_keyring()`` at each
-    call. No usable backend (``NoKeyringError``, the ``fail`` or ``null`` backend) raises
-    :class:`ConfigError` on ``keys.source``; other keyring failures raise
-    :class:`KeyUnavailable`.
-    """
-
-    _INDEX = "index"
-
-    def __init__(
-        self,
-        service: str = "mailbox-worker",
-        create_if_missing: bool = False,
-        *,
-        backend: KeyringBackend | None = None,
-    ) -> None:
-        super().__init__(create_if_missing=create_if_missing)
-        self._service = service
-        self._explicit_backend = backend
-
-    def _describe(self) -> str:
-        return f"keyring service {self._service!r}"
-
-    def _read(self, known: Mapping[str, KeyEncryptionKey]) -> _KeySet | None:
-        backend = self._backend()
-        raw_index = self._call(backend.get_password, self._service, self._INDEX)
-        if raw_index is None:
-            return None
-        active, ids = self._parse_index(raw_index)
-        keys: dict[str, KeyEncryptionKey] = {}
-        for key_id in ids:
-            if key_id in known:
-                keys[key_id] = known[key_id]
-                continue
-            encoded = self._call(backend.get_password, self._service, f"key:{key_id}")
-            if encoded is None:
-                continue  # reported by _lookup when someone asks for this key
-            try:
-                keys[key_id] = _decode_key(key_id, encoded)
-            except ValueError as error:
-                raise KeyUnavailable(f"{self._describe()}: {error}") from None
-        return _KeySet(active_id=active, ids=ids, keys=keys)
-
-    def _parse_index(self, raw_index: str) -> tuple[str, tuple[str, ...]]:
-        try:
-            index = json.loads(raw_index)
-            active, ids = index["active"], tuple(index["keys"])
-        except (ValueError, TypeError, KeyError):
-            raise KeyUnavailable(f"the key index in {self._describe()} is malformed") from None
-        if not all(isinstance(kid, str) for kid in ids) or active not in ids:
-            raise KeyUnavailable(f"the key index in {self._describe()} is malformed")
-        return active, ids
-
-    def _write(self, new: _KeySet, old: _KeySet | None) -> None:
-        backend = self._backend()
-        old_ids = old.ids if old is not None else ()
-        # Key entries before the index, removals after it: a crash in between leaves an
-        # unused entry, never an index naming a key that is not stored.
-        for key_id in new.ids:
-            if key_id not in old_ids:
-                self._store_key(backend, new.keys[key_id])
-        index = json.dumps({"active": new.active_id, "keys": list(new.ids)})
-        self._call(backend.set_password, self._service, self._INDEX, index)
-        for key_id in old_ids:
-            if key_id not in new.ids:
-                with suppress(PasswordDeleteError):
-                    self._call(backend.delete_password, self._service, f"key:{key_id}")
-
-    def _store_key(self, backend: KeyringBackend, key: KeyEncryptionKey) -> None:
-        username, encoded = f"key:{key.key_id}", _encode_key(key)
-        self._call(backend.set_password, self._service, username, encoded)
-        # A backend that silently drops writes would lose every token wrapped under this key.
-        if self._call(backend.get_password, self._service, username) != encoded:
-            raise ConfigError(
-                SOURCE_SETTING,
-                f"keyring backend {type(backend).__name__} did not keep the key it was given; "
-                'use another keyring backend or keys.source = "file" / "env"',
-            )
-
-    def _backend(self) -> KeyringBackend:
-        try:
-            backend = self._explicit_backend or keyring.get_keyring()
-        except KeyringError:
-            raise _no_keyring_backend() from None
-        if isinstance(backend, keyring.backends.fail.Keyring | keyring.backends.null.Keyring):
-            raise _no_keyring_backend()
-        return backend
-
-    def _call(self, operation: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return operation(*args, **kwargs)
-        except NoKeyringError:
-            raise _no_keyring_backend() from None
-        except PasswordDeleteError:
-            raise
-        except KeyringError as error:
-            # The backend's own message is left out: we cannot vouch for what it contains.
-            raise KeyUnavailable(
-                f"{self._describe()} failed: {type(error).__name__} from the keyring backend"
-            ) from None
-
-
-class EnvKeySource:
-    """Read-only keys from the ``MAILBOX_WORKER_KEYS`` environment variable.
-
-    The caller passes the variable's value: ``id1:base64key1,id2:base64key2`` (standard base64
-    of 32 bytes each; the first key is active). A malformed value raises :class:`ConfigError`
-    naming the variable, without echoing the value. Keys are managed by the deployment, so
-    ``add_key`` and ``retire`` raise :class:`ConfigError`.
-    """
-
-    def __init__(self, value: str) -> None:
-        self._keys = _parse_env_value(value)
-        self._active_id = next(iter(self._keys))
-
-    def active_key(self) -> KeyEncryptionKey:
-        return self._keys[self._active_id]
-
-    def get(self, key_id: str) -> KeyEncryptionKey:
-        try:
-            return self._keys[key_id]
-        except KeyError:
-            raise KeyUnavailable(f"key-encryption key {key_id!r} is not in {ENV_VAR}") from None
-
-    def key_ids(self) -> list[str]:
-        return list(self._keys)
-
-    def add_key(self) -> KeyEncryptionKey:
-        raise _env_keys_are_read_only()
-
-    def retire(self, key_id: str) -> None:
-        raise _env_keys_are_read_only()
-
-
-def _parse_env_value(value: str) -> dict[str, KeyEncryptionKey]:
-    def malformed(reason: str) -> ConfigError:
-        return ConfigError(
-            ENV_VAR, f"{reason}; expected id1:base64key1,id2:base64key2 (first is active)"
-        )
-
-    if not value.strip():
-        raise malformed("is empty")
-    keys: dict[str, KeyEncryptionKey] = {}
-    for position, entry in enumerate(value.split(","), start=1):
-        key_id, separator, encoded = (part.strip() for part in entry.partition(":"))
-        if not separator:
-            raise malformed(f"entry {position} has no ':'")
-        if not _KEY_ID_PATTERN.fullmatch(key_id):
-            # Not echoed: a value written the wrong way round would put the key here.
-            raise malformed(f"entry {position} has an invalid key id")
-        if key_id in keys:
-            raise malformed(f"key id {key_id!r} appears twice")
-        try:
-            keys[key_id] = _decode_key(key_id, encoded)
-        except ValueError as error:
-            raise malformed(str(error)) from None
-    return keys
-
-
-def _env_keys_are_read_only() -> ConfigError:
-    return ConfigError(
-        SOURCE_SETTING,
-        f"keys from {ENV_VAR} are managed by the deployment: change the variable and restart, "
-        'or use keys.source = "keyring" or "file" to manage keys with mailbox-worker',
-    )
-
-
-def _no_keyring_backend() -> ConfigError:
-    return ConfigError(
-        SOURCE_SETTING,
-        "no usable keyring backend; install one (e.g. the Secret Service, macOS Keychain, "
-        'Windows Credential Locker or keyrings.alt) or set keys.source = "file" or "env"',
-    )
-
-
-def _encode_key(key: KeyEncryptionKey) -> str:
+def encode_key(key: KeyEncryptionKey) -> str:
     return base64.b64encode(key.material).decode("ascii")
 
 
-def _decode_key(key_id: object, encoded: object) -> KeyEncryptionKey:
+def decode_key(key_id: object, encoded: object) -> KeyEncryptionKey:
     """Build a KEK from stored text; ``ValueError`` (naming the id, never the text) if bad."""
-    if not isinstance(key_id, str) or not _KEY_ID_PATTERN.fullmatch(key_id):
+    if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
         raise ValueError("a key id is invalid")
     if not isinstance(encoded, str):
         raise ValueError(f"key {key_id!r} is not a base64 string")
@@ -526,5 +487,5 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 if TYPE_CHECKING:
-    # mypy proves each adapter conforms to the port.
-    _conforming: tuple[type[KeySource], ...] = (KeyringKeySource, FileKeySource, EnvKeySource)
+    # mypy proves the adapter conforms to the port.
+    _conforming: type[KeySource] = FileKeySource

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,40 @@ def test_accounts_keys_and_key_rotation(environment: dict[str, str]) -> None:
     rotated = run(environment, "keys", "rotate")
     assert rotated.returncode == 0
     assert "active key kek-" in rotated.stdout
+    rotated = run(environment, "keys", "rotate")  # the first rotate created the first key
+    new_key = rotated.stdout.split()[2].rstrip(";")
+    status = run(environment, "keys", "status").stdout.splitlines()
+    assert status[0] == "KEY\tSTATE\tCREATED\tSUPERSEDED\tDATA KEYS\tRETIRABLE FROM"
+    [old_row, new_row] = [line.split("\t") for line in status[1:3]]
+    assert old_row[1] == "superseded" and old_row[3] == new_row[2] and old_row[5] != "-"
+    assert new_row[:2] == [new_key, "active"] and new_row[3:] == ["-", "0", "-"]
+    assert re.fullmatch(r"next rotation: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", status[3])
+    retired = run(environment, "keys", "retire", "--id", old_row[0])
+    assert retired.stdout.strip() == f"retired {old_row[0]}"
+    assert "superseded less than keys.retire_grace_hours ago" in retired.stderr
+
+
+def test_key_status_says_when_rotation_is_not_scheduled(environment: dict[str, str]) -> None:
+    off = {**environment, "MAILBOX_WORKER_KEYS__ROTATE_EVERY_DAYS": "0"}
+    assert "next rotation: none yet" in run(off, "keys", "status").stdout
+    assert run(off, "keys", "rotate").returncode == 0
+    status = run(off, "keys", "status")
+    assert status.returncode == 0
+    assert status.stdout.splitlines()[-1].startswith("next rotation: not scheduled")
+
+
+def test_env_keys_are_rewrapped_not_rotated_by_the_cli(environment: dict[str, str]) -> None:
+    env = {
+        **environment,
+        "MAILBOX_WORKER_KEYS__SOURCE": "env",
+        "MAILBOX_WORKER_KEYS": "k2:" + "B" * 43 + "=,k1:" + "A" * 43 + "=",
+    }
+    rotated = run(env, "keys", "rotate")
+    assert rotated.returncode == 2
+    assert "MAILBOX_WORKER_KEYS" in rotated.stderr
+    rewrapped = run(env, "keys", "rewrap")
+    assert rewrapped.returncode == 0
+    assert rewrapped.stdout.strip() == "active key k2; re-wrapped 0 data keys"
+    status = run(env, "keys", "status").stdout.splitlines()
+    assert [row.split("\t")[:2] for row in status[1:3]] == [["k2", "active"], ["k1", "superseded"]]
+    assert status[3].startswith("next rotation: not scheduled")

@@ -45,6 +45,11 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
         ({"MAILBOX_WORKER_NOPE__X": "1"}, "nope"),
         ({"MAILBOX_WORKER_DATABASE__URL": "mysql://x"}, "database.url"),
         ({"MAILBOX_WORKER_KEYS__SOURCE": "vault"}, "keys.source"),
+        ({"MAILBOX_WORKER_KEYS__ROTATE_EVERY_DAYS": "-1"}, "keys.rotate_every_days"),
+        ({"MAILBOX_WORKER_KEYS__ROTATE_EVERY_DAYS": "366"}, "keys.rotate_every_days"),
+        ({"MAILBOX_WORKER_KEYS__ROTATE_EVERY_DAYS": "monthly"}, "keys.rotate_every_days"),
+        ({"MAILBOX_WORKER_KEYS__RETIRE_GRACE_HOURS": "0"}, "keys.retire_grace_hours"),
+        ({"MAILBOX_WORKER_KEYS__RETIRE_GRACE_HOURS": "169"}, "keys.retire_grace_hours"),
         ({"MAILBOX_WORKER_DATABASE__ECHO": "maybe"}, "database.echo"),
         ({"MAILBOX_WORKER_MICROSOFT__AUTHORITY": "http://login"}, "microsoft.authority"),
         (
@@ -77,3 +82,9 @@ def test_secret_is_not_in_repr() -> None:
     settings = load_settings(environ={"MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET": "s3cr3t-value"})
     assert settings.microsoft.client_secret == "s3cr3t-value"
     assert "s3cr3t-value" not in repr(settings)
+
+
+def test_scheduled_key_rotation_defaults_to_30_days_and_0_turns_it_off() -> None:
+    assert (Settings().keys.rotate_every_days, Settings().keys.retire_grace_hours) == (30, 24)
+    settings = load_settings(environ={"MAILBOX_WORKER_KEYS__ROTATE_EVERY_DAYS": "0"})
+    assert settings.keys.rotate_every_days == 0

@@ -10,6 +10,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keyring
@@ -21,13 +22,13 @@ from keyring.errors import KeyringLocked, NoKeyringError
 from keyrings.alt.file import PlaintextKeyring
 
 from mailbox_worker.errors import ConfigError, KeyUnavailable, VaultError
+from mailbox_worker.tokens.env_keys import EnvKeySource
 from mailbox_worker.tokens.envelope import new_data_key, unwrap_data_key, wrap_data_key
+from mailbox_worker.tokens.keyring_keys import KeyringKeySource
 from mailbox_worker.tokens.keys import (
     ENV_VAR,
-    EnvKeySource,
     FileKeySource,
     KeyEncryptionKey,
-    KeyringKeySource,
     KeySource,
     generate_key,
 )
@@ -37,6 +38,7 @@ MATERIAL_A = bytes(range(32))
 MATERIAL_B = bytes(range(32, 64))
 B64_A = base64.b64encode(MATERIAL_A).decode()
 B64_B = base64.b64encode(MATERIAL_B).decode()
+CREATED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 # --- KeyEncryptionKey ---------------------------------------------------------------------
@@ -97,13 +99,15 @@ def test_file_source_without_a_file_fails_closed_and_says_how_to_fix(key_file: P
 
 
 def test_file_source_creates_a_0600_file_when_asked(key_file: Path) -> None:
-    key = FileKeySource(key_file, create_if_missing=True).active_key()
+    key = FileKeySource(key_file, create_if_missing=True, clock=lambda: CREATED).active_key()
     assert KEY_ID_FORMAT.fullmatch(key.key_id)
+    assert key.key_id.startswith("kek-20250102-")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     document = json.loads(key_file.read_text())
     assert document == {
         "active": key.key_id,
         "keys": {key.key_id: base64.b64encode(key.material).decode()},
+        "times": {key.key_id: {"created": "2025-01-02T03:04:05+00:00"}},
     }
     reopened = FileKeySource(key_file, create_if_missing=True)
     assert reopened.active_key() == key
@@ -123,7 +127,8 @@ def test_file_source_rotation_keeps_old_keys_readable(key_file: Path) -> None:
     assert reopened.active_key() == new
     assert reopened.get(old.key_id) == old
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert sorted(p.name for p in key_file.parent.iterdir()) == ["keys.json"]
+    # no temporary file left behind; the lock file is empty and stays
+    assert sorted(p.name for p in key_file.parent.iterdir()) == ["keys.json", "keys.json.lock"]
 
 
 def test_file_source_add_key_creates_the_first_key_without_create_if_missing(
@@ -316,10 +321,15 @@ def test_keyring_source_without_keys_fails_closed(file_keyring: PlaintextKeyring
 def test_keyring_source_creates_a_key_and_finds_it_again(
     file_keyring: PlaintextKeyring,
 ) -> None:
-    key = KeyringKeySource("mailbox-worker-test", create_if_missing=True).active_key()
+    source = KeyringKeySource("mailbox-worker-test", create_if_missing=True, clock=lambda: CREATED)
+    key = source.active_key()
     assert KEY_ID_FORMAT.fullmatch(key.key_id)
     index = json.loads(file_keyring.get_password("mailbox-worker-test", "index"))
-    assert index == {"active": key.key_id, "keys": [key.key_id]}
+    assert index == {
+        "active": key.key_id,
+        "keys": [key.key_id],
+        "times": {key.key_id: {"created": "2025-01-02T03:04:05+00:00"}},
+    }
     stored = file_keyring.get_password("mailbox-worker-test", f"key:{key.key_id}")
     assert base64.b64decode(stored) == key.material
     assert KeyringKeySource("mailbox-worker-test").active_key() == key
