@@ -31,6 +31,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mailbox_worker.db.engine import SQLITE_BUSY_TIMEOUT_MS
+
 log = logging.getLogger(__name__)
 
 TOKEN_TABLES = ("token_records", "mailbox_keys", "oauth_states", "pending_revocations")
@@ -89,11 +91,13 @@ class StorageScrubber:
         *,
         lock_timeout_ms: int = 200,
         snapshot_wait: float = 2.0,
-        busy_retries: int = 5,
+        busy_timeout_ms: int = 1000,
+        busy_retries: int = 3,
     ) -> None:
         self._engine = engine
         self._lock_timeout_ms = lock_timeout_ms
         self._snapshot_wait = snapshot_wait
+        self._busy_timeout_ms = busy_timeout_ms
         self._busy_retries = busy_retries
         self._lock = asyncio.Lock()
         self._requested = 0
@@ -149,11 +153,17 @@ class StorageScrubber:
             return done
 
     async def _checkpoint_sqlite(self, connection: AsyncConnection) -> bool:
-        for attempt in range(self._busy_retries):
-            busy = (await connection.exec_driver_sql(SQLITE_CHECKPOINT)).one()[0]
-            if busy == 0:
-                return True
-            await asyncio.sleep(0.05 * 2**attempt)
+        # The checkpoint waits for writers and readers through the busy handler: wait less
+        # than the daemon's transactions do, so that a long one delays the scrub, not the caller.
+        await connection.exec_driver_sql(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        try:
+            for attempt in range(self._busy_retries):
+                busy = (await connection.exec_driver_sql(SQLITE_CHECKPOINT)).one()[0]
+                if busy == 0:
+                    return True
+                await asyncio.sleep(0.05 * 2**attempt)
+        finally:
+            await connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         log.warning("WAL checkpoint stayed busy; the scrub will be retried")
         return False
 
