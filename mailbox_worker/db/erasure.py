@@ -11,9 +11,11 @@ material has committed, and makes the live database hold no copy of it:
   file and truncates it (``PRAGMA wal_checkpoint(TRUNCATE)``), retrying while a reader or a
   writer keeps it busy.
 - **PostgreSQL**: waits until no transaction or snapshot that began before the erasure is
-  left (while one is, ``VACUUM FULL`` copies the erased rows as "recently dead"), rewrites the
-  token tables and their TOAST tables with ``VACUUM FULL`` under a short ``lock_timeout``,
-  checks that each table really got a new file, and that no old snapshot appeared meanwhile.
+  left (while one is, ``VACUUM FULL`` copies the erased rows as "recently dead"; a running
+  transaction in any database of the cluster counts, since it holds back the xmin of the
+  rewrite's own snapshot), rewrites the token tables and their TOAST tables with
+  ``VACUUM FULL`` under a short ``lock_timeout``, checks that each table really got a new
+  file, and that no old snapshot appeared meanwhile.
 
 A scrub that cannot finish now stays pending: ``run`` retries it in the background, and the
 daemon scrubs once at start, since a pending scrub lives only in memory. Nothing here raises
@@ -48,14 +50,13 @@ SQLITE_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 # Above every transaction id that has ended, so above the erasure that asked for the scrub.
 PG_CUTOFF = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
 
-# How many transactions or snapshots older than :cutoff still hold back the removal
-# horizon of this database: running transactions and snapshots of its sessions, standbys'
-# feedback through walsenders, replication slots, prepared transactions.
+# How many transactions or snapshots older than :cutoff still hold back the removal horizon
+# of this database. A transaction running in any database counts: the rewrite's own
+# snapshot starts at the oldest running transaction id of the whole cluster. Snapshots
+# count in this database, in standbys' feedback (walsenders) and in replication slots.
 PG_OLDER_SNAPSHOTS = """
 SELECT count(*) FROM (
-    SELECT backend_xid AS xid FROM pg_stat_activity
-     WHERE pid <> pg_backend_pid()
-       AND (datname = current_database() OR backend_type = 'walsender')
+    SELECT backend_xid AS xid FROM pg_stat_activity WHERE pid <> pg_backend_pid()
     UNION ALL
     SELECT backend_xmin FROM pg_stat_activity
      WHERE pid <> pg_backend_pid()
@@ -63,7 +64,7 @@ SELECT count(*) FROM (
     UNION ALL
     SELECT xmin FROM pg_replication_slots
     UNION ALL
-    SELECT transaction FROM pg_prepared_xacts WHERE database = current_database()
+    SELECT transaction FROM pg_prepared_xacts
 ) AS held
 WHERE xid IS NOT NULL AND age(xid) > age(CAST(:cutoff AS xid))
 """
@@ -119,14 +120,9 @@ class StorageScrubber:
             return True
         return await self._scrub(self._requested)
 
-    async def scrub_everything(self) -> bool:
-        """Scrub whatever earlier runs may have left (a crash loses the pending flag)."""
-        self._requested += 1
-        return await self._scrub(self._requested)
-
     async def run(self, stop: asyncio.Event, interval: float = 30.0) -> None:
         """Scrub once, then retry a pending scrub every ``interval`` seconds until ``stop``."""
-        await self.scrub_everything()
+        await self.after_erasure()  # an erasure before a crash may have gone unscrubbed
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
@@ -145,7 +141,7 @@ class StorageScrubber:
                         done = await self._rewrite_postgresql(outside)
                     else:
                         done = await self._checkpoint_sqlite(outside)
-            except SQLAlchemyError as error:
+            except (SQLAlchemyError, OSError) as error:  # busy, locked, unreachable
                 log.warning("storage scrub failed (%s); will retry", type(error).__name__)
                 done = False
             if done:
