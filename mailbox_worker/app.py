@@ -28,6 +28,7 @@ from mailbox_worker.config import Settings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.outbox import Outbox
@@ -79,6 +80,7 @@ class App:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    scrubber: StorageScrubber
     registry: CollectorRegistry
     metrics: Metrics
     keys: KeySource
@@ -100,20 +102,21 @@ class App:
     def build(cls, settings: Settings, keys: KeySource | None = None) -> App:
         engine = create_engine(settings.database)
         sessions = create_session_factory(engine)
+        scrubber = StorageScrubber(engine)
         registry = CollectorRegistry()
         metrics = Metrics.create(registry)
         accounts = AccountStore(sessions)
         mailboxes = MailboxStore(sessions)
         jobs = JobStore(sessions)
         keys = keys or key_source(settings)
-        vault = TokenVault(sessions, keys)
+        vault = TokenVault(sessions, keys, scrubber)
         identities: dict[str, IdentityClient] = {}
         if settings.microsoft.client_id:
             identities["microsoft"] = MicrosoftIdentity(settings.microsoft)
         if settings.google.client_id:
             identities["google"] = GoogleIdentity(settings.google)
         tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
-        revocations = Revocations(sessions, vault, identities, accounts)
+        revocations = Revocations(sessions, vault, identities, accounts, scrubber)
         providers: dict[str, MailProvider] = {
             "microsoft": GraphProvider(
                 settings.microsoft.graph_url,
@@ -148,6 +151,7 @@ class App:
             settings=settings,
             engine=engine,
             sessions=sessions,
+            scrubber=scrubber,
             registry=registry,
             metrics=metrics,
             keys=keys,
@@ -210,6 +214,7 @@ class App:
         background = [
             asyncio.create_task(self.revocations.run(stop), name="revocations"),
             asyncio.create_task(self.key_rotation.run(stop), name="key-rotation"),
+            asyncio.create_task(self.scrubber.run(stop), name="storage-scrub"),
         ]
         if self.settings.callbacks.url:
             dispatcher = CallbackDispatcher(self.outbox, self.settings.callbacks)

@@ -136,7 +136,7 @@ async def run_demo(*, keep: bool, invoices: int, data_dir: Path | None) -> int:
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mw-demo-")))
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the database and keys
         sandbox = Sandbox(data_dir / "sandbox")
         await sandbox.start()
         try:

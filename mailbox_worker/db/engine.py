@@ -7,6 +7,7 @@ with "database is locked" when a read transaction later tries to write.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,28 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(Path(database).expanduser())
         engine = create_async_engine(url, echo=settings.echo)
         _configure_sqlite(engine)
         return engine
     return create_async_engine(
         url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True
     )
+
+
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file empty, mode 0600, in a folder created 0700, unless it exists.
+
+    SQLite would create it 0644 (under the usual umask), and its unix VFS gives the ``-wal``
+    and ``-shm`` files the main file's mode, so creating the main file first makes all three
+    private without touching the process umask. An existing file keeps its mode.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(descriptor)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -47,12 +63,16 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows are overwritten with zeros, not left in free space (docs/erasure.md).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return  # no transaction at all: a WAL checkpoint cannot run inside one
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -3,7 +3,8 @@
 Disconnect tries the provider at once; if it cannot be reached, the token to revoke is kept
 sealed under a key of its own in ``pending_revocations`` and retried with exponential
 backoff until the provider confirms, or until the token cannot be alive any more
-(``GIVE_UP_AFTER``), then the row — ciphertext and key — is deleted and the outcome audited.
+(``GIVE_UP_AFTER``), then the row — ciphertext and key — is deleted, its freed storage
+scrubbed (docs/erasure.md), and the outcome audited.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.db.accounts import AccountStore, new_id, utcnow
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import Mailbox, PendingRevocation
 from mailbox_worker.errors import TransientError
 from mailbox_worker.tokens.identity import IdentityClient
@@ -37,11 +39,13 @@ class Revocations:
         vault: TokenVault,
         identities: Mapping[str, IdentityClient],
         accounts: AccountStore,
+        scrubber: StorageScrubber,
     ) -> None:
         self._sessions = sessions
         self._vault = vault
         self._identities = identities
         self._accounts = accounts
+        self._scrubber = scrubber
 
     async def revoke(self, mailbox: Mailbox, token_blob: str | None) -> str:
         """Revoke the mailbox's grant; returns ``revoked``, ``not_available`` or ``pending``."""
@@ -122,6 +126,7 @@ class Revocations:
                 return 0
         async with self._sessions.begin() as session:
             await session.execute(delete(PendingRevocation).where(PendingRevocation.id == row.id))
+        await self._scrubber.after_erasure()
         await self._accounts.audit(
             "system", row.account_id, "mailbox.revocation", row.mailbox_id, {"outcome": outcome}
         )

@@ -353,7 +353,9 @@ class MailboxService:
     async def disconnect_mailbox(self, mailbox: Mailbox, actor: str) -> None:
         """Revoke at the provider where it can be, erase tokens and data key, cancel pending
         jobs, mark disconnected, audit. Idempotent; succeeds while the provider is down (the
-        revocation is then retried in the background)."""
+        revocation is then retried in the background). The vault's erase scrubs the freed
+        storage (docs/erasure.md); a token left to revoke waits sealed under a key of its own,
+        and is scrubbed in turn once revoked."""
         stored = (
             await self._vault.load_tokens(mailbox.id) if mailbox.state != DISCONNECTED else None
         )

@@ -43,8 +43,11 @@ class CertificatePaths:
 
 
 def ensure_certificates(directory: Path, extra_names: tuple[str, ...] = ()) -> CertificatePaths:
-    """Return paths to a valid CA + server certificate in ``directory``, creating them if needed."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Return paths to a valid CA + server certificate in ``directory``, creating them if needed.
+
+    A directory it creates is private (0700), and so are the private keys (0600).
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     names = tuple(dict.fromkeys((*DEFAULT_NAMES, *extra_names)))
     paths = CertificatePaths(
         ca_certificate=directory / CA_CERTIFICATE_FILE,

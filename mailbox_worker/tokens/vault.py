@@ -4,8 +4,9 @@ Each mailbox has its own random data key, stored wrapped by a key-encryption key
 the key source, with the KEK's id beside it (``mailbox_keys``). Token records and pending
 authorizations are sealed with that data key, the mailbox id and the record's purpose bound
 in as associated data, so ciphertext copied to another mailbox or purpose does not open.
-Erasing a mailbox deletes its data key with its ciphertext (crypto-erasure). Unwrapped data
-keys are cached in memory only; ``forget`` drops them.
+Erasing a mailbox deletes its data key with its ciphertext (crypto-erasure), then has the
+storage scrubber remove the freed copies from the database files (docs/erasure.md). Unwrapped
+data keys are cached in memory only; ``forget`` drops them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import MailboxKey, OAuthState, PendingRevocation, TokenRecord
 from mailbox_worker.errors import Conflict, KeyUnavailable
 from mailbox_worker.tokens.envelope import (
@@ -50,9 +52,15 @@ class RewrapReport:
 
 
 class TokenVault:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], keys: KeySource) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        keys: KeySource,
+        scrubber: StorageScrubber,
+    ) -> None:
         self._sessions = sessions
         self._keys = keys
+        self._scrubber = scrubber
         self._data_keys: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
 
@@ -164,12 +172,20 @@ class TokenVault:
         return await self.store_tokens(mailbox_id, plaintext, expected_version=None)
 
     async def erase(self, mailbox_id: str) -> None:
-        """Delete the mailbox's tokens, pending authorizations and data key. Idempotent."""
+        """Delete the mailbox's tokens, pending authorizations and data key. Idempotent.
+
+        When something was deleted, the freed storage is scrubbed before this returns, or,
+        if the database does not allow it now, left pending for the scrubber's background
+        retry; the erasure itself has committed either way.
+        """
+        deleted = 0
         async with self._sessions.begin() as session:
-            await session.execute(delete(TokenRecord).where(TokenRecord.mailbox_id == mailbox_id))
-            await session.execute(delete(OAuthState).where(OAuthState.mailbox_id == mailbox_id))
-            await session.execute(delete(MailboxKey).where(MailboxKey.mailbox_id == mailbox_id))
+            for model in (TokenRecord, OAuthState, MailboxKey):
+                result = await session.execute(delete(model).where(model.mailbox_id == mailbox_id))
+                deleted += result.rowcount  # type: ignore[attr-defined]
         self._data_keys.pop(mailbox_id, None)
+        if deleted:
+            await self._scrubber.after_erasure()
 
     def forget(self, mailbox_id: str) -> None:
         """Drop the cached data key of a mailbox."""

@@ -40,6 +40,7 @@ from mailbox_worker.config import DatabaseSettings, MicrosoftSettings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import PERMISSIONS, AccountStore, Principal, new_id
 from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
@@ -282,10 +283,12 @@ async def running_api(
     metrics = Metrics.create(registry)
     intake = JobIntake(jobs, mailboxes, lambda provider, mode: MESSAGE_LIMIT, metrics)
     identity = FakeMicrosoftIdentity()
-    vault = TokenVault(sessions, FileKeySource(tmp_path / "keys.json", create_if_missing=True))
+    scrubber = StorageScrubber(engine)
+    keys = FileKeySource(tmp_path / "keys.json", create_if_missing=True)
+    vault = TokenVault(sessions, keys, scrubber)
     identities = {"microsoft": identity}
     tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
-    revocations = Revocations(sessions, vault, identities, accounts)
+    revocations = Revocations(sessions, vault, identities, accounts, scrubber)
     service = MailboxService(
         mailboxes,
         jobs,

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.jobs.queue import JobStore
@@ -24,6 +25,7 @@ class Stores:
     accounts: AccountStore
     mailboxes: MailboxStore
     jobs: JobStore
+    scrubber: StorageScrubber
 
     async def connected_mailbox(
         self,
@@ -51,5 +53,10 @@ async def engine(migrated_database_url: str) -> AsyncIterator[AsyncEngine]:
 async def stores(engine: AsyncEngine) -> Stores:
     sessions = create_session_factory(engine)
     return Stores(
-        engine, sessions, AccountStore(sessions), MailboxStore(sessions), JobStore(sessions)
+        engine,
+        sessions,
+        AccountStore(sessions),
+        MailboxStore(sessions),
+        JobStore(sessions),
+        StorageScrubber(engine),
     )

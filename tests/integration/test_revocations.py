@@ -63,9 +63,12 @@ async def setup(
     stores: Stores, tmp_path: Path, failures: int
 ) -> tuple[Revocations, FlakyRevoker, TokenVault]:
     keys = FileKeySource(tmp_path / "keys.json", create_if_missing=True)
-    vault = TokenVault(stores.sessions, keys)
+    vault = TokenVault(stores.sessions, keys, stores.scrubber)
     revoker = FlakyRevoker(failures=failures)
-    return Revocations(stores.sessions, vault, {"google": revoker}, stores.accounts), revoker, vault
+    revocations = Revocations(
+        stores.sessions, vault, {"google": revoker}, stores.accounts, stores.scrubber
+    )
+    return revocations, revoker, vault
 
 
 async def test_revoked_at_once_when_the_provider_answers(stores: Stores, tmp_path: Path) -> None:

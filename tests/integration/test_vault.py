@@ -24,7 +24,7 @@ async def vault_and_mailbox(
     keys = FileKeySource(tmp_path / "keys.json", create_if_missing=True)
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
-    return TokenVault(stores.sessions, keys), keys, mailbox.id
+    return TokenVault(stores.sessions, keys, stores.scrubber), keys, mailbox.id
 
 
 async def all_bytes(stores: Stores) -> bytes:
@@ -54,7 +54,7 @@ async def test_tokens_are_stored_only_as_ciphertext(stores: Stores, tmp_path: Pa
         key = await session.get(MailboxKey, mailbox_id)
     assert record is not None and key is not None
     assert record.kek_id == key.kek_id == keys.active_key().key_id
-    fresh = TokenVault(stores.sessions, keys)  # no cached data key
+    fresh = TokenVault(stores.sessions, keys, stores.scrubber)  # no cached data key
     loaded = await fresh.load_tokens(mailbox_id)
     assert loaded is not None and loaded.plaintext == SECRET
     assert "very-secret" not in repr(loaded)
@@ -93,7 +93,7 @@ async def test_erase_is_crypto_erasure(stores: Stores, tmp_path: Path) -> None:
         assert (await session.scalars(select(MailboxKey))).all() == []
     assert sealed not in await all_bytes(stores)
     with pytest.raises(KeyUnavailable):
-        await TokenVault(stores.sessions, keys).open(mailbox_id, TOKENS, sealed)
+        await TokenVault(stores.sessions, keys, stores.scrubber).open(mailbox_id, TOKENS, sealed)
 
 
 async def test_rotation_rewraps_every_data_key_online(stores: Stores, tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ async def test_rotation_rewraps_every_data_key_online(stores: Stores, tmp_path: 
     assert (report.rewrapped, report.already_current) == (2, 0)
     assert await vault.key_usage() == {new: 2}
     keys.retire(old)
-    fresh = TokenVault(stores.sessions, FileKeySource(tmp_path / "keys.json"))
+    fresh = TokenVault(stores.sessions, FileKeySource(tmp_path / "keys.json"), stores.scrubber)
     for mailbox_id in (first, second):
         loaded = await fresh.load_tokens(mailbox_id)
         assert loaded is not None and loaded.plaintext == SECRET + mailbox_id.encode()
@@ -120,7 +120,7 @@ async def test_a_missing_key_fails_closed(stores: Stores, tmp_path: Path) -> Non
     await vault.store_tokens(mailbox_id, SECRET, expected_version=None)
     stranger = FileKeySource(tmp_path / "other-keys.json", create_if_missing=True)
     with pytest.raises(KeyUnavailable) as caught:
-        await TokenVault(stores.sessions, stranger).load_tokens(mailbox_id)
+        await TokenVault(stores.sessions, stranger, stores.scrubber).load_tokens(mailbox_id)
     assert "very-secret" not in str(caught.value)
 
 
@@ -128,7 +128,7 @@ async def test_rotation_under_concurrent_token_writes_leaves_nothing_under_the_o
     stores: Stores, tmp_path: Path
 ) -> None:
     keys = FileKeySource(tmp_path / "keys.json", create_if_missing=True)
-    vault = TokenVault(stores.sessions, keys)
+    vault = TokenVault(stores.sessions, keys, stores.scrubber)
     account = await stores.accounts.create_account("load")
     mailboxes = [(await stores.connected_mailbox(account.id)).id for _ in range(8)]
     versions = {}
@@ -155,7 +155,7 @@ async def test_rotation_under_concurrent_token_writes_leaves_nothing_under_the_o
     async with stores.sessions() as session:
         assert {r.kek_id for r in (await session.scalars(select(TokenRecord))).all()} == {new}
     keys.retire(old)
-    fresh = TokenVault(stores.sessions, FileKeySource(tmp_path / "keys.json"))
+    fresh = TokenVault(stores.sessions, FileKeySource(tmp_path / "keys.json"), stores.scrubber)
     for mailbox_id in mailboxes:
         loaded = await fresh.load_tokens(mailbox_id)
         assert loaded is not None
