@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.errors import KeyUnavailable
 from mailbox_worker.metrics import Metrics
@@ -69,7 +70,7 @@ class World:
 
     async def readable(self, mailbox_id: str) -> bool:
         """Whether a process starting now (no cached data key) opens the mailbox's tokens."""
-        fresh = TokenVault(self.stores.sessions, FileKeySource(self.key_file))
+        fresh = TokenVault(self.stores.sessions, FileKeySource(self.key_file), self.stores.scrubber)
         loaded = await fresh.load_tokens(mailbox_id)
         return loaded is not None and loaded.plaintext == SECRET
 
@@ -83,7 +84,7 @@ async def world(stores: Stores, tmp_path: Path) -> World:
     clock = FakeClock()
     key_file = tmp_path / "keys.json"
     keys = FileKeySource(key_file, create_if_missing=True, clock=clock)
-    vault = TokenVault(stores.sessions, keys)
+    vault = TokenVault(stores.sessions, keys, stores.scrubber)
     registry = CollectorRegistry()
     rotation = KeyRotation(
         keys,
@@ -177,7 +178,9 @@ async def test_a_data_key_wrapped_under_the_old_key_after_the_rotation_stays_rea
     await world.mailbox_with_tokens()
     await world.tick_at(30 * DAY)
     # The other process wraps a new mailbox's data key under the key it read before.
-    late_vault = TokenVault(world.stores.sessions, StaleActiveKey(world.keys, old))
+    late_vault = TokenVault(
+        world.stores.sessions, StaleActiveKey(world.keys, old), world.stores.scrubber
+    )
     late = await world.mailbox_with_tokens(late_vault)
     assert (await world.vault.key_usage())[old.key_id] == 1
     assert await world.readable(late)  # the old key was not retired at the rotation
@@ -212,7 +215,9 @@ async def test_usage_is_counted_again_right_before_retiring(world: World) -> Non
     old = world.keys.active_key()
     await world.mailbox_with_tokens()
     await world.tick_at(30 * DAY)
-    stale = TokenVault(world.stores.sessions, StaleActiveKey(world.keys, old))
+    stale = TokenVault(
+        world.stores.sessions, StaleActiveKey(world.keys, old), world.stores.scrubber
+    )
     await world.mailbox_with_tokens(stale)  # gives the next check something to re-wrap
     racing = LateWrapDuringRewrap(world.vault, stale, world)
     rotation = KeyRotation(
@@ -236,7 +241,7 @@ async def test_keys_from_an_old_file_get_a_grace_from_the_first_check(
     legacy.write_text(json.dumps({"active": IDS[1], "keys": material}))
     legacy.chmod(0o600)
     keys = FileKeySource(legacy, clock=world.clock)
-    vault = TokenVault(world.stores.sessions, keys)
+    vault = TokenVault(world.stores.sessions, keys, world.stores.scrubber)
     rotation = KeyRotation(
         keys, vault, DatabaseLocks(world.stores.engine), SCHEDULE, clock=world.clock
     )
@@ -304,7 +309,9 @@ async def test_a_database_copy_taken_before_the_rotation_no_longer_opens(
         copy_sessions = create_session_factory(copy_engine)
 
         async def open_copy() -> bytes | None:
-            vault = TokenVault(copy_sessions, FileKeySource(world.key_file))
+            vault = TokenVault(
+                copy_sessions, FileKeySource(world.key_file), StorageScrubber(copy_engine)
+            )
             loaded = await vault.load_tokens(mailbox_id)
             return None if loaded is None else loaded.plaintext
 
@@ -326,7 +333,10 @@ async def test_the_loop_does_not_run_without_a_writable_source_or_schedule(
     keys: KeySource = EnvKeySource("k1:" + "A" * 43 + "=")
     schedule = SCHEDULE if source == "env" else None
     rotation = KeyRotation(
-        keys, TokenVault(stores.sessions, keys), DatabaseLocks(stores.engine), schedule
+        keys,
+        TokenVault(stores.sessions, keys, stores.scrubber),
+        DatabaseLocks(stores.engine),
+        schedule,
     )
     with caplog.at_level(logging.INFO, logger="mailbox_worker.tokens.rotation"):
         async with asyncio.timeout(5):
@@ -352,7 +362,7 @@ async def two_daemons(world: World) -> AsyncIterator[KeyRotation]:
         pytest.skip("several daemons share a database only on PostgreSQL")
     engine = create_engine(DatabaseSettings(url=world.stores.engine.url.render_as_string(False)))
     keys = FileKeySource(world.key_file, clock=world.clock)
-    vault = TokenVault(create_session_factory(engine), keys)
+    vault = TokenVault(create_session_factory(engine), keys, StorageScrubber(engine))
     yield KeyRotation(keys, vault, DatabaseLocks(engine), SCHEDULE, clock=world.clock)
     await engine.dispose()
 
@@ -371,14 +381,17 @@ async def test_env_keys_rotate_by_replacing_the_variable_then_rewrapping(stores:
     before = EnvKeySource(old)
     account = await stores.accounts.create_account("acme")
     mailbox_id = (await stores.connected_mailbox(account.id)).id
-    vault = TokenVault(stores.sessions, before)
+    vault = TokenVault(stores.sessions, before, stores.scrubber)
     await vault.store_tokens(mailbox_id, SECRET, expected_version=None)
     both = EnvKeySource(f"{new},{old}")  # step 1: the new key first, the old one kept
     rotation = KeyRotation(
-        both, TokenVault(stores.sessions, both), DatabaseLocks(stores.engine), SCHEDULE
+        both,
+        TokenVault(stores.sessions, both, stores.scrubber),
+        DatabaseLocks(stores.engine),
+        SCHEDULE,
     )
     report = await rotation.rewrap_now()  # step 2: `mailbox-worker keys rewrap`
     assert report.rewrapped == 1
     after = EnvKeySource(new)  # step 3: the old key removed from the variable
-    loaded = await TokenVault(stores.sessions, after).load_tokens(mailbox_id)
+    loaded = await TokenVault(stores.sessions, after, stores.scrubber).load_tokens(mailbox_id)
     assert loaded is not None and loaded.plaintext == SECRET
