@@ -279,7 +279,9 @@ class MailboxService:
         )
         await self._vault.erase(mailbox.id)
         self._tokens.forget(mailbox.id)
-        cancelled = await self._jobs.cancel_pending_for_mailbox(mailbox.id, "mailbox_disconnected")
+        cancelled = await self._jobs.cancel_pending_for_mailbox(
+            mailbox.id, "mailbox_disconnected", "the mailbox was disconnected before the job ran"
+        )
         moved = await self._mailboxes.set_state(
             mailbox.id,
             DISCONNECTED,

@@ -253,7 +253,12 @@ async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
     await world.app.mailboxes.set_state(
         start.mailbox.id, "reauth_required", "invalid_grant", expected=["connected"]
     )
-    assert await world.app.jobs.hold_for_mailbox(start.mailbox.id, "invalid_grant") == 1
+    assert (
+        await world.app.jobs.hold_for_mailbox(
+            start.mailbox.id, "invalid_grant", "the grant was revoked"
+        )
+        == 1
+    )
     later, _ = await world.app.intake.submit(jobs_principal, Submission(body, "while-broken"))
     assert later.state == "held"
 
