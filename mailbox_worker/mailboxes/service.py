@@ -7,6 +7,12 @@ grant that lacks a needed scope or belongs to another address, stores the tokens
 and releases the mailbox's held jobs. Every outcome is a stable code sent back to the
 admin's return URL; no failed attempt leaves a token behind.
 
+A return URL is where the admin's browser goes after the consent: it must be on an origin
+the account declared (``PUT /v1/account/return-origins``, ``mailbox-worker accounts
+origins``) or on the daemon's own (that of ``redirect_uri``, where the admin page lives),
+so the callback cannot be turned into an open redirect. Without a return URL the callback
+answers its own page.
+
 Disconnect erases the tokens with their data key (crypto-erasure), drops cached tokens,
 cancels pending jobs and audits it. Microsoft offers no per-app grant revocation without
 tenant-admin permissions (providers.md A7): the refresh token we held is destroyed here, and
@@ -43,6 +49,7 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.jobs.queue import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
+from mailbox_worker.policy.origins import url_origin
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
 from mailbox_worker.tokens.identity import IdentityClient
 from mailbox_worker.tokens.service import AccessTokens
@@ -95,6 +102,7 @@ class MailboxService:
         self._identities = identities
         self._revocations = revocations
         self._redirect_uri = redirect_uri
+        self._own_origin = url_origin(redirect_uri, http_anywhere=True)
 
     # -- connect -----------------------------------------------------------------------------
 
@@ -111,6 +119,7 @@ class MailboxService:
         except ValueError as error:
             raise InvalidRequest(str(error), code="invalid_capabilities") from None
         self._identity(provider)
+        await self._check_return_url(principal.account_id, return_url)
         mailbox = await self._mailboxes.create(
             principal.account_id, provider, capabilities, actor=f"api_key:{principal.key_id}"
         )
@@ -126,8 +135,35 @@ class MailboxService:
                 "a disconnected mailbox cannot be reconnected; create a new one",
                 code="mailbox_disconnected",
             )
+        await self._check_return_url(principal.account_id, return_url)
         url = await self._start(mailbox, return_url, mailbox.address)
         return ConnectionStart(mailbox=mailbox, authorization_url=url)
+
+    async def _check_return_url(self, account_id: str, return_url: str | None) -> None:
+        """``Conflict`` (``return_url_not_allowed``) unless ``return_url`` is None or on the
+        daemon's own origin or one the account declared; the message names the origin and
+        how to declare it."""
+        if return_url is None:
+            return
+        try:
+            origin = url_origin(return_url, http_anywhere=True)
+        except ValueError as error:
+            raise Conflict(f"the return_url {error}", code="return_url_not_allowed") from None
+        if origin == self._own_origin:
+            return
+        if origin in await self._accounts.return_origins(account_id):
+            return
+        try:
+            url_origin(return_url)
+        except ValueError as error:
+            raise Conflict(f"the return_url {error}", code="return_url_not_allowed") from None
+        raise Conflict(
+            f"the return_url's origin {origin} is not one this account declared; an API key "
+            f"with account:write can add it with PUT /v1/account/return-origins, or the "
+            f"operator with 'mailbox-worker accounts origins --account {account_id} "
+            f"--add {origin}'",
+            code="return_url_not_allowed",
+        )
 
     async def _start(self, mailbox: Mailbox, return_url: str | None, login_hint: str | None) -> str:
         identity = self._identity(mailbox.provider)
