@@ -27,7 +27,8 @@ DEFAULT_PORTS = {HTTPS: 443, HTTP: 80}
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 MAX_HOST_LENGTH = 253
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_IPV4 = re.compile(r"[0-9.]+")
+# WHATWG URL parsing reads a host whose last label is a number as an IPv4 address.
+_ENDS_IN_NUMBER = re.compile(r"(?:^|\.)(?:[0-9]+|0x[0-9a-f]*)$")
 
 
 def normalise_origin(text: str, *, http_anywhere: bool = False) -> str:
@@ -111,7 +112,7 @@ def _host(text: str) -> str:
         except UnicodeError:
             raise ValueError("has a host that is not a valid internationalised name") from None
     host = text.lower()
-    if _IPV4.fullmatch(host):
+    if _ENDS_IN_NUMBER.search(host):
         try:
             return str(ipaddress.IPv4Address(host))
         except ValueError:
