@@ -49,7 +49,7 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.jobs.queue import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
-from mailbox_worker.policy.origins import url_origin
+from mailbox_worker.policy.origins import normalise_origin, url_origin
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
 from mailbox_worker.tokens.identity import IdentityClient
 from mailbox_worker.tokens.service import AccessTokens
@@ -149,14 +149,14 @@ class MailboxService:
             origin = url_origin(return_url, http_anywhere=True)
         except ValueError as error:
             raise Conflict(f"the return_url {error}", code="return_url_not_allowed") from None
-        if origin == self._own_origin:
+        if origin == self._own_origin or origin in await self._accounts.return_origins(account_id):
             return
-        if origin in await self._accounts.return_origins(account_id):
-            return
-        try:
-            url_origin(return_url)
+        try:  # an origin no account could declare (http on a public host): say why
+            normalise_origin(origin)
         except ValueError as error:
-            raise Conflict(f"the return_url {error}", code="return_url_not_allowed") from None
+            raise Conflict(
+                f"the return_url's origin {origin} {error}", code="return_url_not_allowed"
+            ) from None
         raise Conflict(
             f"the return_url's origin {origin} is not one this account declared; an API key "
             f"with account:write can add it with PUT /v1/account/return-origins, or the "

@@ -66,6 +66,9 @@ async def test_connect_asks_exactly_the_minimal_scopes(
 
 
 async def test_denied_consent_stores_nothing(world: World) -> None:
+    await world.app.accounts.set_return_origins(
+        world.principal.account_id, ["https://app.example"], "test"
+    )
     start = await world.app.mailbox_service.create(
         world.principal, "microsoft", ["send"], "https://app.example/done", ADDRESS
     )
