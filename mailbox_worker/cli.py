@@ -19,6 +19,7 @@ from mailbox_worker.app import App
 from mailbox_worker.config import Settings, load_settings
 from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.errors import ConfigError, MailboxWorkerError
+from mailbox_worker.policy.origins import normalise_origin
 from mailbox_worker.tokens.rotation import RotationStatus
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
@@ -65,9 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8443)
     sandbox.add_argument("--data-dir", type=Path, default=Path("var/sandbox"))
 
-    accounts = command("accounts", _accounts, "create or list accounts")
-    accounts.add_argument("action", choices=["create", "list"])
+    accounts = command(
+        "accounts", _accounts, "create or list accounts; show or change an account's origins"
+    )
+    accounts.add_argument("action", choices=["create", "list", "origins"])
     accounts.add_argument("name", nargs="?", help="account name (create)")
+    accounts.add_argument("--account", help="account id (origins)")
+    accounts.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow return URLs on this origin, e.g. https://invoicing.example (origins)",
+    )
+    accounts.add_argument(
+        "--remove", action="append", default=[], metavar="ORIGIN", help="withdraw an origin"
+    )
 
     keys = command(
         "keys",
@@ -140,10 +154,40 @@ async def _accounts(args: argparse.Namespace, settings: Settings) -> int:
                 raise ConfigError("name", "accounts create needs a name")
             account = await app.accounts.create_account(args.name)
             print(account.id)
+        elif args.action == "origins":
+            return await _origins(app, args)
         else:
             for account in await app.accounts.list_accounts():
                 print(f"{account.id}\t{account.name}\t{account.created_at:%Y-%m-%d}")
     return 0
+
+
+async def _origins(app: App, args: argparse.Namespace) -> int:
+    """Print the account's return origins, after adding and removing the given ones."""
+    if not args.account:
+        raise ConfigError("--account", "accounts origins needs --account")
+    if args.add or args.remove:
+        try:
+            removed = {_normalised(origin) for origin in args.remove}
+            current = await app.accounts.return_origins(args.account)
+            wanted = [origin for origin in current if origin not in removed] + args.add
+            await app.accounts.set_return_origins(args.account, wanted, "cli")
+        except (ValueError, LookupError) as error:
+            print(f"mailbox-worker: {error}", file=sys.stderr)
+            return 2
+    elif await app.accounts.get_account(args.account) is None:
+        print(f"mailbox-worker: no account {args.account}", file=sys.stderr)
+        return 2
+    for origin in await app.accounts.return_origins(args.account):
+        print(origin)
+    return 0
+
+
+def _normalised(origin: str) -> str:
+    try:
+        return normalise_origin(origin)
+    except ValueError as error:
+        raise ValueError(f"the origin {origin!r} {error}") from None
 
 
 async def _keys(args: argparse.Namespace, settings: Settings) -> int:

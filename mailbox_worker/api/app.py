@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mailbox_worker.api import admin_page, jobs, mailboxes, system
+from mailbox_worker.api import account, admin_page, jobs, mailboxes, system
 from mailbox_worker.api.context import DOCUMENT, SERVICES
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import error_middleware
@@ -47,6 +47,8 @@ def create_app(services: ApiServices) -> web.Application:
             web.get(MAILBOX, mailboxes.get, allow_head=False),
             web.delete(MAILBOX, mailboxes.disconnect),
             web.post(f"{MAILBOX}/connect", mailboxes.reconnect),
+            web.get("/v1/account", account.get, allow_head=False),
+            web.put("/v1/account/return-origins", account.put_return_origins),
             web.get("/oauth/callback", mailboxes.oauth_callback, allow_head=False),
             # HEAD too on the operations endpoints, for uptime checkers (never on the OAuth
             # callback: it consumes the authorization's state).

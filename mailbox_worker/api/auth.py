@@ -17,6 +17,8 @@ JOBS_READ = "jobs:read"
 JOBS_WRITE = "jobs:write"
 MAILBOXES_READ = "mailboxes:read"
 MAILBOXES_WRITE = "mailboxes:write"
+ACCOUNT_READ = "account:read"
+ACCOUNT_WRITE = "account:write"
 
 
 async def authenticate(request: web.Request) -> Principal:

@@ -2,8 +2,9 @@
 
 The document (``openapi.json``) is the single source of truth for what a request may
 contain: bodies and the ``Idempotency-Key`` header are checked with JSON Schema 2020-12
-against its component schemas, with ``format`` asserted for ``email``, ``date-time`` and
-``uri`` by the checkers below (standard library only, the same on every installation).
+against its component schemas, with ``format`` asserted for ``email``, ``date-time``,
+``uri`` and ``origin`` by the checkers below (standard library only, the same on every
+installation).
 
 Two extension keywords in the document shape the answers: ``x-error-code`` (the stable code
 of a failure in that schema, e.g. ``invalid_address``; ``invalid_request`` otherwise) and
@@ -27,6 +28,7 @@ from referencing.jsonschema import DRAFT202012
 
 from mailbox_worker.errors import ValidationFailed
 from mailbox_worker.policy.addresses import is_email_address
+from mailbox_worker.policy.origins import normalise_origin
 
 DOCUMENT_URI = "urn:mailbox-worker:openapi"
 ROOT_FIELD = "(body)"
@@ -108,6 +110,7 @@ def format_checker() -> FormatChecker:
     checker.checks("email")(is_email_address)
     checker.checks("date-time")(is_date_time)
     checker.checks("uri")(is_uri)
+    checker.checks("origin", raises=ValueError)(is_origin)
     return checker
 
 
@@ -136,6 +139,14 @@ def is_uri(value: object) -> bool:
     except ValueError:
         return False
     return parts.scheme.lower() not in {"http", "https"} or bool(parts.hostname)
+
+
+def is_origin(value: object) -> bool:
+    """An origin an account may declare; otherwise ``normalise_origin``'s ``ValueError``,
+    whose message (it never quotes the value) becomes the failure's detail."""
+    if isinstance(value, str):
+        normalise_origin(value)
+    return True
 
 
 # -- failures -----------------------------------------------------------------------------
@@ -172,6 +183,8 @@ def _details(error: ValidationError) -> Iterator[tuple[str, str, str]]:
         for name in error.instance:
             if name not in known:
                 yield field_path([*path, str(name)]), code, "is not a known field"
+    elif keyword == "format" and isinstance(error.cause, ValueError) and str(error.cause):
+        yield field_path(path), code, str(error.cause)  # the checker's own reason
     else:
         yield field_path(path), code, _message(keyword, error.validator_value, schema)
 

@@ -1,4 +1,5 @@
-"""What the API answers about jobs and mailboxes (the document's ``Job`` and ``Mailbox``).
+"""What the API answers about jobs, mailboxes and accounts (the document's ``Job``,
+``Mailbox`` and ``Account``).
 
 Only metadata: never a token, a key, or the job's message (recipients, subject, bodies,
 attachments), which the client already has. Timestamps are RFC 3339 UTC with ``Z``.
@@ -10,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from mailbox_worker.db.models import Job, JobEvent, Mailbox
+from mailbox_worker.db.models import Account, Job, JobEvent, Mailbox
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
@@ -79,4 +80,14 @@ def mailbox_json(mailbox: Mailbox) -> dict[str, Any]:
         "granted_scopes": list(mailbox.granted_scopes),
         "created_at": timestamp(mailbox.created_at),
         "updated_at": timestamp(mailbox.updated_at),
+    }
+
+
+def account_json(account: Account, return_origins: Sequence[str]) -> dict[str, Any]:
+    """The account's id, name, creation time and declared return origins (sorted)."""
+    return {
+        "id": account.id,
+        "name": account.name,
+        "created_at": timestamp(account.created_at),
+        "return_origins": sorted(return_origins),
     }

@@ -3,6 +3,9 @@
 API keys look like ``mwk_<key id>_<secret>``; only the SHA-256 digest of the whole key is
 stored (the secret has 256 bits of entropy, so a fast digest is the right tool), and it is
 shown once, at creation.
+
+An account also lists the origins its admins may be sent back to after a consent (return
+origins, normalised by ``policy.origins``); the daemon's own origin is allowed besides.
 """
 
 from __future__ import annotations
@@ -15,14 +18,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.db.models import Account, ApiKey, AuditEvent
+from mailbox_worker.db.models import Account, AccountReturnOrigin, ApiKey, AuditEvent
+from mailbox_worker.policy.origins import normalise_origin
 
 PERMISSIONS: frozenset[str] = frozenset(
-    {"jobs:read", "jobs:write", "mailboxes:read", "mailboxes:write"}
+    {
+        "jobs:read",
+        "jobs:write",
+        "mailboxes:read",
+        "mailboxes:write",
+        "account:read",
+        "account:write",
+    }
 )
+MAX_RETURN_ORIGINS = 20
 KEY_PREFIX = "mwk_"
 
 
@@ -79,6 +91,71 @@ class AccountStore:
     async def list_accounts(self) -> list[Account]:
         async with self._sessions() as session:
             return list((await session.scalars(select(Account).order_by(Account.created_at))).all())
+
+    async def return_origins(self, account_id: str) -> list[str]:
+        """The account's declared return origins, normalised and sorted (empty if none)."""
+        query = (
+            select(AccountReturnOrigin.origin)
+            .where(AccountReturnOrigin.account_id == account_id)
+            .order_by(AccountReturnOrigin.origin)
+        )
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def set_return_origins(
+        self, account_id: str, origins: list[str], actor: str
+    ) -> list[str]:
+        """Replace the account's return origins with ``origins`` (normalised, duplicates
+        dropped) in one transaction, audited; returns them as stored.
+
+        ``ValueError`` naming the first origin that is not one (nothing is changed), or
+        for more than ``MAX_RETURN_ORIGINS``; ``LookupError`` for an unknown account.
+        """
+        normalised: set[str] = set()
+        for origin in origins:
+            try:
+                normalised.add(normalise_origin(origin))
+            except ValueError as error:
+                raise ValueError(f"the origin {origin[:300]!r} {error}") from None
+        if len(normalised) > MAX_RETURN_ORIGINS:
+            raise ValueError(f"an account may declare at most {MAX_RETURN_ORIGINS} origins")
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            if await session.get(Account, account_id, with_for_update=True) is None:
+                raise LookupError(f"no account {account_id}")
+            previous = set(
+                (
+                    await session.scalars(
+                        select(AccountReturnOrigin.origin).where(
+                            AccountReturnOrigin.account_id == account_id
+                        )
+                    )
+                ).all()
+            )
+            await session.execute(
+                delete(AccountReturnOrigin).where(
+                    AccountReturnOrigin.account_id == account_id,
+                    AccountReturnOrigin.origin.not_in(normalised),
+                )
+            )
+            for origin in normalised - previous:
+                session.add(
+                    AccountReturnOrigin(account_id=account_id, origin=origin, created_at=now)
+                )
+            if normalised != previous:
+                session.add(
+                    _audit(
+                        actor,
+                        account_id,
+                        "account.return_origins_changed",
+                        account_id,
+                        {
+                            "added": sorted(normalised - previous),
+                            "removed": sorted(previous - normalised),
+                        },
+                    )
+                )
+        return sorted(normalised)
 
     async def create_api_key(
         self, account_id: str, name: str, permissions: frozenset[str]

@@ -69,6 +69,19 @@ class Account(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class AccountReturnOrigin(Base):
+    """An origin (``https://host[:port]``, normalised by ``policy.origins``) the account's
+    admins may be sent back to after a consent (a mailbox's ``return_url``)."""
+
+    __tablename__ = "account_return_origins"
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    origin: Mapped[str] = mapped_column(String(300), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 

@@ -4,7 +4,9 @@ Job states (DESIGN.md): ``queued → running → sent | drafted``; ``running →
 ``running → failed``; ``queued|running → held`` (mailbox needs consent) ``→ queued``;
 ``queued|held → cancelled``; ``running → unknown``. Every transition is one guarded
 ``UPDATE … WHERE state IN (…)`` plus one ``job_events`` row in the same transaction, so a
-transition happens at most once even when two workers race. A worker's updates also check
+transition happens at most once even when two workers race. Every transition writes
+``last_error_code`` and ``last_error_message`` together (both set, or both cleared), so a
+job never shows one attempt's code beside another's message. A worker's updates also check
 ``lease_owner``: a worker that lost its lease cannot overwrite what another recorded.
 Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer serialises it.
 """
@@ -59,7 +61,11 @@ class ClaimedJob:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What to record when a job leaves ``running``."""
+    """What to record when a job leaves ``running``.
+
+    ``code`` and ``message`` go together: both given (the message explains that code), or
+    both None (the transition clears the job's last error). Anything else is a ``ValueError``.
+    """
 
     state: str
     code: str | None = None
@@ -68,6 +74,10 @@ class Outcome:
     provider_message_id: str | None = None
     provider_draft_id: str | None = None
     web_link: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.code is None) != (self.message is None):
+            raise ValueError("an outcome's code and message are given together or not at all")
 
 
 def message_id_for(job_id: str, domain: str) -> str:
@@ -329,14 +339,15 @@ class JobStore:
             {"state": QUEUED, "run_after": now},
             QUEUED,
             "lease_expired",
-            "the worker stopped before calling the provider; retrying",
+            "the worker stopped before calling the provider; the job will be retried",
         )
         unknown = await self._recover(
             and_(expired, Job.in_flight_since.is_not(None)),
-            {"state": UNKNOWN, "finished_at": now, "last_error_code": "worker_lost"},
+            {"state": UNKNOWN, "finished_at": now},
             UNKNOWN,
             "worker_lost",
-            "the worker stopped while the provider request was in flight",
+            "the worker stopped while the provider request was in flight; the message may "
+            "or may not have been sent",
         )
         return requeued, unknown
 
@@ -367,6 +378,8 @@ class JobStore:
                     lease_expires_at=None,
                     in_flight_since=None,
                     updated_at=now,
+                    last_error_code=code,
+                    last_error_message=detail,
                     **values,
                 )
             )
@@ -377,6 +390,7 @@ class JobStore:
     async def fail_past_deadline(self) -> int:
         """Queued or held jobs whose deadline passed become ``failed`` (deadline_exceeded)."""
         now = utcnow()
+        message = "the job's deadline passed before it could be sent"
         async with self._sessions.begin() as session:
             rows = (
                 await session.execute(
@@ -394,28 +408,38 @@ class JobStore:
                         finished_at=now,
                         updated_at=now,
                         last_error_code="deadline_exceeded",
-                        last_error_message="the job's deadline passed before it could be sent",
+                        last_error_message=message,
                     )
                 )
-                session.add(_event(job_id, "state", state, FAILED, code="deadline_exceeded"))
+                session.add(
+                    _event(job_id, "state", state, FAILED, code="deadline_exceeded", detail=message)
+                )
         return len(rows)
 
     # -- mailbox-wide and client actions ----------------------------------------------------
 
-    async def hold_for_mailbox(self, mailbox_id: str, code: str) -> int:
-        """Queued jobs of a mailbox that needs consent wait in ``held``."""
-        return await self._move_for_mailbox(mailbox_id, [QUEUED], HELD, code)
+    async def hold_for_mailbox(self, mailbox_id: str, code: str, message: str) -> int:
+        """Queued jobs of a mailbox that needs consent wait in ``held``, with ``code`` and
+        ``message`` (why the mailbox needs consent) as their last error."""
+        return await self._move_for_mailbox(mailbox_id, [QUEUED], HELD, code, message)
 
     async def release_held(self, mailbox_id: str) -> int:
-        """Held jobs of a reconnected mailbox go back to ``queued``."""
-        return await self._move_for_mailbox(mailbox_id, [HELD], QUEUED, "mailbox_reconnected")
+        """Held jobs of a reconnected mailbox go back to ``queued`` (``mailbox_reconnected``)."""
+        return await self._move_for_mailbox(
+            mailbox_id,
+            [HELD],
+            QUEUED,
+            "mailbox_reconnected",
+            "the mailbox was connected again; the job is queued to be sent",
+        )
 
-    async def cancel_pending_for_mailbox(self, mailbox_id: str, code: str) -> int:
-        """Queued and held jobs of a mailbox become ``cancelled`` (e.g. mailbox_disconnected)."""
-        return await self._move_for_mailbox(mailbox_id, [QUEUED, HELD], CANCELLED, code)
+    async def cancel_pending_for_mailbox(self, mailbox_id: str, code: str, message: str) -> int:
+        """Queued and held jobs of a mailbox become ``cancelled`` with ``code`` and
+        ``message`` as their last error (e.g. ``mailbox_disconnected``)."""
+        return await self._move_for_mailbox(mailbox_id, [QUEUED, HELD], CANCELLED, code, message)
 
     async def _move_for_mailbox(
-        self, mailbox_id: str, from_states: list[str], to_state: str, code: str
+        self, mailbox_id: str, from_states: list[str], to_state: str, code: str, message: str
     ) -> int:
         now = utcnow()
         terminal = {"finished_at": now} if to_state in TERMINAL else {}
@@ -431,9 +455,15 @@ class JobStore:
                 await session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == state)
-                    .values(state=to_state, updated_at=now, last_error_code=code, **terminal)
+                    .values(
+                        state=to_state,
+                        updated_at=now,
+                        last_error_code=code,
+                        last_error_message=message,
+                        **terminal,
+                    )
                 )
-                session.add(_event(job_id, "state", state, to_state, code=code))
+                session.add(_event(job_id, "state", state, to_state, code=code, detail=message))
         return len(rows)
 
     async def hold(self, job_id: str, worker: str, code: str, message: str) -> bool:
@@ -472,6 +502,7 @@ class JobStore:
                 job.finished_at = now
                 job.updated_at = now
                 job.last_error_code = "cancelled_by_client"
+                job.last_error_message = "the client cancelled the job before it was sent"
                 session.add(
                     _event(
                         job_id,

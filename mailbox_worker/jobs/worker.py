@@ -300,7 +300,7 @@ class Worker:
             self._metrics.mailbox_reauth.labels(provider=mailbox.provider, reason=error.code).inc()
         # The mailbox's other queued jobs first, this job last: once it reads `held`, the
         # sweep is done (a job enqueued later is held by the intake, not by this sweep).
-        await self._jobs.hold_for_mailbox(mailbox.id, error.code)
+        await self._jobs.hold_for_mailbox(mailbox.id, error.code, error.message)
         await self._jobs.hold(job.id, self.name, error.code, error.message)
         self._metrics.job_transitions.labels(state="held", code=error.code).inc()
 

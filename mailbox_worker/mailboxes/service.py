@@ -9,6 +9,12 @@ stores the tokens encrypted, pins the mailbox to the account that signed in, and
 mailbox's held jobs. Every outcome is a stable code (``OUTCOMES``) sent back to the admin's
 return URL; no failed attempt leaves a token behind.
 
+A return URL is where the admin's browser goes after the consent: it must be on an origin
+the account declared (``PUT /v1/account/return-origins``, ``mailbox-worker accounts
+origins``) or on the daemon's own (that of ``redirect_uri``, where the admin page lives),
+so the callback cannot be turned into an open redirect. Without a return URL the callback
+answers its own page.
+
 Disconnect erases the tokens with their data key (crypto-erasure), drops cached tokens,
 cancels pending jobs and audits it. Microsoft offers no per-app grant revocation without
 tenant-admin permissions (providers.md A7): the refresh token we held is destroyed here, and
@@ -48,6 +54,7 @@ from mailbox_worker.jobs.queue import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.policy.addresses import mailbox_address, same_address
 from mailbox_worker.policy.identities import AccountId, may_connect
+from mailbox_worker.policy.origins import normalise_origin, url_origin
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
 from mailbox_worker.tokens.identity import Grant, IdentityClient
 from mailbox_worker.tokens.service import AccessTokens
@@ -179,6 +186,7 @@ class MailboxService:
         self._identities = identities
         self._revocations = revocations
         self._redirect_uri = redirect_uri
+        self._own_origin = url_origin(redirect_uri, http_anywhere=True)
 
     # -- connect -----------------------------------------------------------------------------
 
@@ -195,6 +203,7 @@ class MailboxService:
         except ValueError as error:
             raise InvalidRequest(str(error), code="invalid_capabilities") from None
         self._identity(provider)
+        await self._check_return_url(principal.account_id, return_url)
         mailbox = await self._mailboxes.create(
             principal.account_id, provider, capabilities, actor=f"api_key:{principal.key_id}"
         )
@@ -210,8 +219,35 @@ class MailboxService:
                 "a disconnected mailbox cannot be reconnected; create a new one",
                 code="mailbox_disconnected",
             )
+        await self._check_return_url(principal.account_id, return_url)
         url = await self._start(mailbox, return_url, mailbox.address)
         return ConnectionStart(mailbox=mailbox, authorization_url=url)
+
+    async def _check_return_url(self, account_id: str, return_url: str | None) -> None:
+        """``Conflict`` (``return_url_not_allowed``) unless ``return_url`` is None or on the
+        daemon's own origin or one the account declared; the message names the origin and
+        how to declare it."""
+        if return_url is None:
+            return
+        try:
+            origin = url_origin(return_url, http_anywhere=True)
+        except ValueError as error:
+            raise Conflict(f"the return_url {error}", code="return_url_not_allowed") from None
+        if origin == self._own_origin or origin in await self._accounts.return_origins(account_id):
+            return
+        try:  # an origin no account could declare (http on a public host): say why
+            normalise_origin(origin)
+        except ValueError as error:
+            raise Conflict(
+                f"the return_url's origin {origin} {error}", code="return_url_not_allowed"
+            ) from None
+        raise Conflict(
+            f"the return_url's origin {origin} is not one this account declared; an API key "
+            f"with account:write can add it with PUT /v1/account/return-origins, or the "
+            f"operator with 'mailbox-worker accounts origins --account {account_id} "
+            f"--add {origin}'",
+            code="return_url_not_allowed",
+        )
 
     async def _start(self, mailbox: Mailbox, return_url: str | None, login_hint: str | None) -> str:
         identity = self._identity(mailbox.provider)
@@ -361,7 +397,9 @@ class MailboxService:
         )
         await self._vault.erase(mailbox.id)
         self._tokens.forget(mailbox.id)
-        cancelled = await self._jobs.cancel_pending_for_mailbox(mailbox.id, "mailbox_disconnected")
+        cancelled = await self._jobs.cancel_pending_for_mailbox(
+            mailbox.id, "mailbox_disconnected", "the mailbox was disconnected before the job ran"
+        )
         moved = await self._mailboxes.set_state(
             mailbox.id,
             DISCONNECTED,

@@ -106,3 +106,44 @@ def test_env_keys_are_rewrapped_not_rotated_by_the_cli(environment: dict[str, st
     status = run(env, "keys", "status").stdout.splitlines()
     assert [row.split("\t")[:2] for row in status[1:3]] == [["k2", "active"], ["k1", "superseded"]]
     assert status[3].startswith("next rotation: not scheduled")
+
+
+def test_accounts_origins_are_listed_added_normalised_and_removed(
+    environment: dict[str, str],
+) -> None:
+    account = run(environment, "accounts", "create", "Contoso").stdout.strip()
+    assert run(environment, "accounts", "origins", "--account", account).stdout == ""
+    added = run(
+        environment,
+        "accounts",
+        "origins",
+        "--account",
+        account,
+        "--add",
+        "https://Invoicing.example:443",
+        "--add",
+        "http://localhost:3000",
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.splitlines() == ["http://localhost:3000", "https://invoicing.example"]
+    removed = run(
+        environment,
+        "accounts",
+        "origins",
+        "--account",
+        account,
+        "--remove",
+        "http://LOCALHOST:3000",
+    )
+    assert removed.stdout.splitlines() == ["https://invoicing.example"]
+    refused = run(
+        environment, "accounts", "origins", "--account", account, "--add", "http://evil.example"
+    )
+    assert refused.returncode == 2
+    assert "'http://evil.example' must use https" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    unknown = run(environment, "accounts", "origins", "--account", "acc_nobody")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        2,
+        "mailbox-worker: no account acc_nobody",
+    )

@@ -36,7 +36,10 @@ async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
 
 @pytest.fixture
 async def key(api: RunningApi) -> str:
-    return (await api.account_with_key())[1]
+    """A key of an account that declared ``RETURN_URL``'s origin."""
+    account_id, key = await api.account_with_key()
+    await api.accounts.set_return_origins(account_id, ["https://invoicing.example"], "test")
+    return key
 
 
 async def create(api: RunningApi, key: str, **fields: Any) -> dict[str, Any]:

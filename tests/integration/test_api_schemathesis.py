@@ -11,7 +11,9 @@ Two documented behaviours differ from what the generic checks assume, and are de
   ``disconnected`` (so ``use_after_free`` does not apply to it);
 - ``GET /oauth/callback`` answers 400 (a page) for a failed authorization, and schema-valid
   random query parameters are a failed authorization.
-Half of the generated jobs are aimed at a connected mailbox (``aim_at_mailbox``).
+Half of the generated jobs are aimed at a connected mailbox (``aim_at_mailbox``). The
+document's own ``origin`` format (``policy.origins``) gets a strategy of valid origins
+(``ORIGINS``), so generated return origins are accepted when they should be.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis.engine import Status, StopReason, events, from_schema
 
 from mailbox_worker.api.document import is_date_time, is_email_address
@@ -30,6 +33,14 @@ from tests.integration.api_harness import MAILBOX_ADDRESS, running_api
 
 SEED = 20240501
 MAX_EXAMPLES = 25
+ORIGINS = st.one_of(
+    st.from_regex(
+        r"\Ahttps://[a-z][a-z0-9]{0,19}(\.[a-z][a-z0-9]{0,19}){0,3}(:[1-9][0-9]{0,3})?\Z"
+    ),
+    st.sampled_from(
+        ["http://localhost:3000", "https://Bücher.example", "HTTPS://Invoicing.Example:443/"]
+    ),
+)
 
 
 @dataclass
@@ -75,6 +86,7 @@ def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str)
             ],
         }
     )
+    schemathesis.openapi.format("origin", ORIGINS)
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", config=config)
 
     @schema.hook

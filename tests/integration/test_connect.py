@@ -66,6 +66,9 @@ async def test_connect_asks_exactly_the_minimal_scopes(
 
 
 async def test_denied_consent_stores_nothing(world: World) -> None:
+    await world.app.accounts.set_return_origins(
+        world.principal.account_id, ["https://app.example"], "test"
+    )
     start = await world.app.mailbox_service.create(
         world.principal, "microsoft", ["send"], "https://app.example/done", ADDRESS
     )
@@ -253,7 +256,12 @@ async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
     await world.app.mailboxes.set_state(
         start.mailbox.id, "reauth_required", "invalid_grant", expected=["connected"]
     )
-    assert await world.app.jobs.hold_for_mailbox(start.mailbox.id, "invalid_grant") == 1
+    assert (
+        await world.app.jobs.hold_for_mailbox(
+            start.mailbox.id, "invalid_grant", "the grant was revoked"
+        )
+        == 1
+    )
     later, _ = await world.app.intake.submit(jobs_principal, Submission(body, "while-broken"))
     assert later.state == "held"
 

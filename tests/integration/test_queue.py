@@ -120,7 +120,7 @@ async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
     await stores.jobs.claim("w", 1, LEASE)
     run_after = utcnow() + dt.timedelta(minutes=5)
     await stores.jobs.retry_later(
-        job.id, "w", run_after, Outcome("queued", "throttled"), failure=False
+        job.id, "w", run_after, Outcome("queued", "throttled", "HTTP 429"), failure=False
     )
     stored = await stores.jobs.get(job.id)
     assert stored is not None
@@ -134,7 +134,9 @@ async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
     async with stores.sessions.begin() as session:
         await session.execute(update(Job).values(run_after=utcnow()))
     assert len(await stores.jobs.claim("w", 1, LEASE)) == 1
-    await stores.jobs.retry_later(job.id, "w", utcnow(), Outcome("queued", "network"), failure=True)
+    await stores.jobs.retry_later(
+        job.id, "w", utcnow(), Outcome("queued", "network", "connection reset"), failure=True
+    )
     stored = await stores.jobs.get(job.id)
     assert stored is not None and stored.transient_failures == 1
 
@@ -159,10 +161,16 @@ async def test_hold_release_and_cancel_for_a_mailbox(stores: Stores) -> None:
     await stores.mailboxes.set_state(
         mailbox.id, REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
     )
-    assert await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant") == 3
+    assert (
+        await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant", "the grant was revoked")
+        == 3
+    )
     assert await stores.jobs.claim("w", 10, LEASE) == []
     assert await stores.jobs.release_held(mailbox.id) == 3
-    assert await stores.jobs.cancel_pending_for_mailbox(mailbox.id, "mailbox_disconnected") == 3
+    assert (
+        await stores.jobs.cancel_pending_for_mailbox(mailbox.id, "mailbox_disconnected", "gone")
+        == 3
+    )
     for job in jobs:
         stored = await stores.jobs.get(job.id)
         assert stored is not None
