@@ -21,9 +21,9 @@ import uuid
 
 from sqlalchemy import delete, insert, text
 
+from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
-from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.engine import create_engine
 from mailbox_worker.db.erasure import TOKEN_TABLES, StorageScrubber
 from mailbox_worker.db.models import Account, Mailbox, MailboxKey, TokenRecord

@@ -41,9 +41,9 @@ from mailbox_worker.config import (
 )
 from mailbox_worker.invoice_pdf import invoice_pdf
 from mailbox_worker.sandbox import Sandbox
+from mailbox_worker.states import TERMINAL, JobState, MailboxState
 
 DEMO_ADDRESS = "billing@contoso.example"
-TERMINAL = {"sent", "drafted", "failed", "cancelled", "unknown"}
 
 
 def _free_port() -> int:
@@ -127,7 +127,7 @@ class Invoice:
     mode: str
     pdf: bytes
     job_id: str = ""
-    state: str = "queued"
+    state: str = JobState.QUEUED
     message_id: str = ""
 
 
@@ -205,7 +205,7 @@ async def _connect(
         f"   -> {mailbox['state']} as {mailbox['address']} "
         f"(scopes granted: {', '.join(mailbox['granted_scopes'])})"
     )
-    if mailbox["state"] != "connected":
+    if mailbox["state"] != MailboxState.CONNECTED:
         raise RuntimeError(f"the mailbox did not connect: {mailbox.get('state_reason')}")
     return mailbox_id
 
@@ -291,7 +291,7 @@ async def _verify(batch: list[Invoice], sandbox: Sandbox, sandbox_ssl: ssl.SSLCo
                 url = f"{sandbox.base_url}/_sandbox/messages/{copies[0]['id']}/attachments/0"
                 async with http.get(url, ssl=sandbox_ssl) as answer:
                     pdf_ok = await answer.read() == invoice.pdf
-            expected_state = "sent" if invoice.mode == "send" else "drafted"
+            expected_state = JobState.SENT if invoice.mode == "send" else JobState.DRAFTED
             expected_folder = "sent" if invoice.mode == "send" else "drafts"
             derived = bool(
                 re.fullmatch(rf"<{re.escape(invoice.job_id)}@[^>]+>", invoice.message_id)

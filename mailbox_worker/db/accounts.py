@@ -10,7 +10,6 @@ origins, normalised by ``policy.origins``); the daemon's own origin is allowed b
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -21,6 +20,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mailbox_worker.clock import new_id, utcnow
 from mailbox_worker.db.models import Account, AccountReturnOrigin, ApiKey, AuditEvent
 from mailbox_worker.policy.origins import normalise_origin
 
@@ -36,15 +36,6 @@ PERMISSIONS: frozenset[str] = frozenset(
 )
 MAX_RETURN_ORIGINS = 20
 KEY_PREFIX = "mwk_"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def new_id(prefix: str) -> str:
-    """A random, URL-safe identifier such as ``job_3f9c...``."""
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)

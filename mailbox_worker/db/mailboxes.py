@@ -12,15 +12,12 @@ from collections.abc import Sequence
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.db.accounts import audit_row, new_id, utcnow
+from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Mailbox, OAuthState, OutboxEvent
 from mailbox_worker.db.outbox import outbox_row
 from mailbox_worker.policy.identities import AccountId
-
-PENDING_CONSENT = "pending_consent"
-CONNECTED = "connected"
-REAUTH_REQUIRED = "reauth_required"
-DISCONNECTED = "disconnected"
+from mailbox_worker.states import MailboxState
 
 
 def state_digest(state: str) -> str:
@@ -53,7 +50,7 @@ class MailboxStore:
             address=None,
             identity_tenant=None,
             identity_subject=None,
-            state=PENDING_CONSENT,
+            state=MailboxState.PENDING_CONSENT,
             state_reason=None,
             granted_scopes=[],
             created_at=now,
@@ -118,8 +115,10 @@ class MailboxStore:
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Mailbox)
-                .where(Mailbox.id == mailbox.id, Mailbox.state == CONNECTED)
-                .values(state=REAUTH_REQUIRED, state_reason=reason, updated_at=utcnow())
+                .where(Mailbox.id == mailbox.id, Mailbox.state == MailboxState.CONNECTED)
+                .values(
+                    state=MailboxState.REAUTH_REQUIRED, state_reason=reason, updated_at=utcnow()
+                )
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 return False
@@ -153,9 +152,9 @@ class MailboxStore:
         replaced. ``account`` pins an unpinned mailbox; None leaves the pinned account as it
         is (for rows made outside a consent: tests, benchmarks).
         """
-        conditions = [Mailbox.id == mailbox_id, Mailbox.state != DISCONNECTED]
+        conditions = [Mailbox.id == mailbox_id, Mailbox.state != MailboxState.DISCONNECTED]
         values: dict[str, object] = {
-            "state": CONNECTED,
+            "state": MailboxState.CONNECTED,
             "state_reason": None,
             "address": address,
             "granted_scopes": sorted(granted_scopes),

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import OutboxEvent
 
 

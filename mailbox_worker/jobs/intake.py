@@ -15,20 +15,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mailbox_worker.db.accounts import Principal, utcnow
-from mailbox_worker.db.mailboxes import (
-    CONNECTED,
-    DISCONNECTED,
-    PENDING_CONSENT,
-    REAUTH_REQUIRED,
-    MailboxStore,
-)
+from mailbox_worker.clock import utcnow
+from mailbox_worker.db.accounts import Principal
+from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
-from mailbox_worker.jobs.queue import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
+from mailbox_worker.jobs.queue import JobStore, NewJob, message_id_for
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.addresses import same_address
+from mailbox_worker.states import JobState, MailboxState
 
 MessageLimit = Callable[[str, str], int | None]
 """``(provider, mode) ->`` the largest message in bytes the provider's transport accepts, or
@@ -71,12 +67,12 @@ class JobIntake:
         mailbox = await self._mailboxes.get(str(body["mailbox_id"]), principal.account_id)
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
-        if mailbox.state == PENDING_CONSENT or mailbox.address is None:
+        if mailbox.state == MailboxState.PENDING_CONSENT or mailbox.address is None:
             raise Conflict(
                 "the mailbox is not connected yet: its admin must complete the consent",
                 code="mailbox_not_connected",
             )
-        if mailbox.state == DISCONNECTED:
+        if mailbox.state == MailboxState.DISCONNECTED:
             raise Conflict("the mailbox was disconnected", code="mailbox_disconnected")
         mode = str(body["mode"])
         if mode not in mailbox.capabilities:
@@ -104,12 +100,12 @@ class JobIntake:
                 idempotency_key=submission.idempotency_key,
                 reference=body.get("reference"),
                 deadline=deadline,
-                held=mailbox.state == REAUTH_REQUIRED,
+                held=mailbox.state == MailboxState.REAUTH_REQUIRED,
             )
         )
         if created:
             self._metrics.jobs_enqueued.labels(mode=mode).inc()
-            if mailbox.state == CONNECTED:
+            if mailbox.state == MailboxState.CONNECTED:
                 self._wake_worker()
         return job, created
 
@@ -154,9 +150,10 @@ class JobIntake:
         job = await self._jobs.cancel(job_id, principal.account_id, actor=principal.key_id)
         if job is None:
             raise NotFound("no such job in this account", code="job_not_found")
-        if job.state != CANCELLED:
+        if job.state != JobState.CANCELLED:
             raise Conflict(
-                f"the job is {job.state}; only {QUEUED} or {HELD} jobs can be cancelled",
+                f"the job is {job.state}; only {JobState.QUEUED} or {JobState.HELD} jobs can "
+                "be cancelled",
                 code="job_not_cancellable",
             )
         return job

@@ -1,14 +1,15 @@
 """The job queue: every job query in one place, on SQLite and PostgreSQL alike.
 
-Job states (DESIGN.md): ``queued → running → sent | drafted``; ``running → queued`` (retry);
-``running → failed``; ``queued|running → held`` (mailbox needs consent) ``→ queued``;
-``queued|held → cancelled``; ``running → unknown``. Every transition is one guarded
-``UPDATE … WHERE state IN (…)`` plus one ``job_events`` row in the same transaction, so a
-transition happens at most once even when two workers race. Every transition writes
-``last_error_code`` and ``last_error_message`` together (both set, or both cleared), so a
-job never shows one attempt's code beside another's message. A worker's updates also check
-``lease_owner``: a worker that lost its lease cannot overwrite what another recorded.
-Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer serialises it.
+Job states (``states.JobState``, docs/architecture.md#job-states): ``queued → running → sent |
+drafted``; ``running → queued`` (retry); ``running → failed``; ``queued|running → held``
+(mailbox needs consent) ``→ queued``; ``queued|held → cancelled``; ``running → unknown``.
+Every transition is one guarded ``UPDATE … WHERE state IN (…)`` plus one ``job_events`` row
+in the same transaction, so a transition happens at most once even when two workers race.
+Every transition writes ``last_error_code`` and ``last_error_message`` together (both set,
+or both cleared), so a job never shows one attempt's code beside another's message. A
+worker's updates also check ``lease_owner``: a worker that lost its lease cannot overwrite
+what another recorded. Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's
+single writer serialises it.
 """
 
 from __future__ import annotations
@@ -22,21 +23,10 @@ from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.db.accounts import new_id, utcnow
-from mailbox_worker.db.mailboxes import CONNECTED
+from mailbox_worker.clock import new_id, utcnow
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict
-
-QUEUED = "queued"
-RUNNING = "running"
-SENT = "sent"
-DRAFTED = "drafted"
-FAILED = "failed"
-HELD = "held"
-CANCELLED = "cancelled"
-UNKNOWN = "unknown"
-TERMINAL: frozenset[str] = frozenset({SENT, DRAFTED, FAILED, CANCELLED, UNKNOWN})
-STATES: tuple[str, ...] = (QUEUED, RUNNING, HELD, SENT, DRAFTED, FAILED, CANCELLED, UNKNOWN)
+from mailbox_worker.states import CANCELLABLE, TERMINAL, JobState, MailboxState
 
 
 @dataclass(frozen=True)
@@ -67,7 +57,7 @@ class Outcome:
     both None (the transition clears the job's last error). Anything else is a ``ValueError``.
     """
 
-    state: str
+    state: JobState
     code: str | None = None
     message: str | None = None
     provider_status: int | None = None
@@ -103,7 +93,7 @@ class JobStore:
                 return self._replay(existing, new), False
         now = utcnow()
         job_id = new_id("job")
-        state = HELD if new.held else QUEUED
+        state = JobState.HELD if new.held else JobState.QUEUED
         job = Job(
             id=job_id,
             account_id=new.account_id,
@@ -183,7 +173,7 @@ class JobStore:
         query = select(Job.state, func.count()).group_by(Job.state)
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
-        counts = dict.fromkeys(STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(JobState, 0)
         counts.update({state: int(count) for state, count in rows})
         return counts
 
@@ -197,15 +187,24 @@ class JobStore:
         due = (
             select(Job.id)
             .join(Mailbox, Mailbox.id == Job.mailbox_id)
-            .where(Job.state == QUEUED, Job.run_after <= now, Mailbox.state == CONNECTED)
+            .where(
+                Job.state == JobState.QUEUED,
+                Job.run_after <= now,
+                Mailbox.state == MailboxState.CONNECTED,
+            )
             .order_by(Job.run_after, Job.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True, of=Job)
         )
         claim = (
             update(Job)
-            .where(Job.id.in_(due.scalar_subquery()), Job.state == QUEUED)
-            .values(state=RUNNING, lease_owner=worker, lease_expires_at=now + lease, updated_at=now)
+            .where(Job.id.in_(due.scalar_subquery()), Job.state == JobState.QUEUED)
+            .values(
+                state=JobState.RUNNING,
+                lease_owner=worker,
+                lease_expires_at=now + lease,
+                updated_at=now,
+            )
             .returning(Job)
         )
         async with self._sessions.begin() as session:
@@ -217,7 +216,9 @@ class JobStore:
             )
             payloads = {content.job_id: content.payload for content in contents}
             for job in jobs:
-                session.add(_event(job.id, "state", QUEUED, RUNNING, worker=worker))
+                session.add(
+                    _event(job.id, "state", JobState.QUEUED, JobState.RUNNING, worker=worker)
+                )
         return [ClaimedJob(job, payloads[job.id]) for job in jobs if job.id in payloads]
 
     async def renew_leases(self, worker: str, job_ids: Sequence[str], lease: dt.timedelta) -> int:
@@ -228,7 +229,9 @@ class JobStore:
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Job)
-                .where(Job.id.in_(job_ids), Job.state == RUNNING, Job.lease_owner == worker)
+                .where(
+                    Job.id.in_(job_ids), Job.state == JobState.RUNNING, Job.lease_owner == worker
+                )
                 .values(lease_expires_at=now + lease)
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
@@ -275,7 +278,7 @@ class JobStore:
     ) -> bool:
         """Back to ``queued`` until ``run_after``; ``failure`` counts it toward the retry limit."""
         values: dict[str, Any] = {
-            "state": QUEUED,
+            "state": JobState.QUEUED,
             "run_after": run_after,
             "lease_owner": None,
             "lease_expires_at": None,
@@ -301,7 +304,7 @@ class JobStore:
                 _event(
                     job_id,
                     "state",
-                    RUNNING,
+                    JobState.RUNNING,
                     str(values["state"]),
                     code=outcome.code,
                     detail=outcome.message,
@@ -333,18 +336,18 @@ class JobStore:
         Returns ``(requeued, unknown)``.
         """
         now = utcnow()
-        expired = and_(Job.state == RUNNING, Job.lease_expires_at < now)
+        expired = and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
         requeued = await self._recover(
             and_(expired, Job.in_flight_since.is_(None)),
-            {"state": QUEUED, "run_after": now},
-            QUEUED,
+            {"state": JobState.QUEUED, "run_after": now},
+            JobState.QUEUED,
             "lease_expired",
             "the worker stopped before calling the provider; the job will be retried",
         )
         unknown = await self._recover(
             and_(expired, Job.in_flight_since.is_not(None)),
-            {"state": UNKNOWN, "finished_at": now},
-            UNKNOWN,
+            {"state": JobState.UNKNOWN, "finished_at": now},
+            JobState.UNKNOWN,
             "worker_lost",
             "the worker stopped while the provider request was in flight; the message may "
             "or may not have been sent",
@@ -372,7 +375,7 @@ class JobStore:
                 return 0
             await session.execute(
                 update(Job)
-                .where(Job.id.in_(ids), Job.state == RUNNING)
+                .where(Job.id.in_(ids), Job.state == JobState.RUNNING)
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
@@ -384,7 +387,9 @@ class JobStore:
                 )
             )
             for job_id in ids:
-                session.add(_event(job_id, "state", RUNNING, to_state, code=code, detail=detail))
+                session.add(
+                    _event(job_id, "state", JobState.RUNNING, to_state, code=code, detail=detail)
+                )
         return len(ids)
 
     async def fail_past_deadline(self) -> int:
@@ -395,7 +400,7 @@ class JobStore:
             rows = (
                 await session.execute(
                     select(Job.id, Job.state)
-                    .where(Job.state.in_([QUEUED, HELD]), Job.deadline < now)
+                    .where(Job.state.in_([JobState.QUEUED, JobState.HELD]), Job.deadline < now)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
@@ -404,7 +409,7 @@ class JobStore:
                     update(Job)
                     .where(Job.id == job_id, Job.state == state)
                     .values(
-                        state=FAILED,
+                        state=JobState.FAILED,
                         finished_at=now,
                         updated_at=now,
                         last_error_code="deadline_exceeded",
@@ -412,7 +417,14 @@ class JobStore:
                     )
                 )
                 session.add(
-                    _event(job_id, "state", state, FAILED, code="deadline_exceeded", detail=message)
+                    _event(
+                        job_id,
+                        "state",
+                        state,
+                        JobState.FAILED,
+                        code="deadline_exceeded",
+                        detail=message,
+                    )
                 )
         return len(rows)
 
@@ -421,14 +433,16 @@ class JobStore:
     async def hold_for_mailbox(self, mailbox_id: str, code: str, message: str) -> int:
         """Queued jobs of a mailbox that needs consent wait in ``held``, with ``code`` and
         ``message`` (why the mailbox needs consent) as their last error."""
-        return await self._move_for_mailbox(mailbox_id, [QUEUED], HELD, code, message)
+        return await self._move_for_mailbox(
+            mailbox_id, [JobState.QUEUED], JobState.HELD, code, message
+        )
 
     async def release_held(self, mailbox_id: str) -> int:
         """Held jobs of a reconnected mailbox go back to ``queued`` (``mailbox_reconnected``)."""
         return await self._move_for_mailbox(
             mailbox_id,
-            [HELD],
-            QUEUED,
+            [JobState.HELD],
+            JobState.QUEUED,
             "mailbox_reconnected",
             "the mailbox was connected again; the job is queued to be sent",
         )
@@ -436,7 +450,9 @@ class JobStore:
     async def cancel_pending_for_mailbox(self, mailbox_id: str, code: str, message: str) -> int:
         """Queued and held jobs of a mailbox become ``cancelled`` with ``code`` and
         ``message`` as their last error (e.g. ``mailbox_disconnected``)."""
-        return await self._move_for_mailbox(mailbox_id, [QUEUED, HELD], CANCELLED, code, message)
+        return await self._move_for_mailbox(
+            mailbox_id, [JobState.QUEUED, JobState.HELD], JobState.CANCELLED, code, message
+        )
 
     async def _move_for_mailbox(
         self, mailbox_id: str, from_states: list[str], to_state: str, code: str, message: str
@@ -469,7 +485,7 @@ class JobStore:
     async def hold(self, job_id: str, worker: str, code: str, message: str) -> bool:
         """A running job whose mailbox lost its grant waits in ``held``."""
         values: dict[str, Any] = {
-            "state": HELD,
+            "state": JobState.HELD,
             "lease_owner": None,
             "lease_expires_at": None,
             "in_flight_since": None,
@@ -477,7 +493,9 @@ class JobStore:
             "last_error_code": code,
             "last_error_message": message,
         }
-        return await self._leave_running(job_id, worker, values, Outcome(HELD, code, message))
+        return await self._leave_running(
+            job_id, worker, values, Outcome(JobState.HELD, code, message)
+        )
 
     async def cancel(self, job_id: str, account_id: str, actor: str) -> Job | None:
         """Cancel a queued or held job of ``account_id``.
@@ -496,9 +514,9 @@ class JobStore:
             ).one_or_none()
             if job is None:
                 return None
-            if job.state in (QUEUED, HELD):
+            if job.state in CANCELLABLE:
                 previous = job.state
-                job.state = CANCELLED
+                job.state = JobState.CANCELLED
                 job.finished_at = now
                 job.updated_at = now
                 job.last_error_code = "cancelled_by_client"
@@ -508,7 +526,7 @@ class JobStore:
                         job_id,
                         "state",
                         previous,
-                        CANCELLED,
+                        JobState.CANCELLED,
                         code="cancelled_by_client",
                         detail=actor,
                     )
@@ -517,7 +535,7 @@ class JobStore:
 
 
 def _held_by(job_id: str, worker: str) -> ColumnElement[bool]:
-    return and_(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == worker)
+    return and_(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker)
 
 
 def _event(

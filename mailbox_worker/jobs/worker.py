@@ -22,9 +22,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Protocol
 
+from mailbox_worker.clock import utcnow
 from mailbox_worker.config import WorkerSettings
-from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.db.mailboxes import CONNECTED, DISCONNECTED, MailboxStore
+from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
@@ -37,20 +37,11 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.jobs.mime import build_message
-from mailbox_worker.jobs.queue import (
-    CANCELLED,
-    DRAFTED,
-    FAILED,
-    QUEUED,
-    SENT,
-    UNKNOWN,
-    ClaimedJob,
-    JobStore,
-    Outcome,
-)
+from mailbox_worker.jobs.queue import ClaimedJob, JobStore, Outcome
 from mailbox_worker.jobs.retry import retry_delay
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
+from mailbox_worker.states import JobState, MailboxState
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +199,12 @@ class Worker:
     async def _process(self, claimed: ClaimedJob) -> None:
         job = claimed.job
         mailbox = await self._mailboxes.get(job.mailbox_id)
-        if mailbox is None or mailbox.state == DISCONNECTED:
+        if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
             await self._finish(
-                job, Outcome(CANCELLED, "mailbox_disconnected", "the mailbox is gone")
+                job, Outcome(JobState.CANCELLED, "mailbox_disconnected", "the mailbox is gone")
             )
             return
-        if mailbox.state != CONNECTED or mailbox.address is None:
+        if mailbox.state != MailboxState.CONNECTED or mailbox.address is None:
             await self._jobs.hold(
                 job.id, self.name, "mailbox_reauth_required", "waiting for consent"
             )
@@ -250,7 +241,7 @@ class Worker:
             log.exception("job %s: unexpected error during the provider call", job.id)
             self._count_call(mailbox, operation, "internal_error", started)
             await self._finish(
-                job, Outcome(UNKNOWN, "internal_error", "unexpected error in flight")
+                job, Outcome(JobState.UNKNOWN, "internal_error", "unexpected error in flight")
             )
             return
         self._count_call(mailbox, operation, "ok", started)
@@ -262,11 +253,11 @@ class Worker:
         elif isinstance(error, ReauthRequired):
             await self._lose_grant(mailbox, job, error)
         elif isinstance(error, OutcomeUnknown):
-            await self._finish(job, _outcome(UNKNOWN, error))
+            await self._finish(job, _outcome(JobState.UNKNOWN, error))
         elif isinstance(error, PermanentError):
-            await self._finish(job, _outcome(FAILED, error))
+            await self._finish(job, _outcome(JobState.FAILED, error))
         else:  # pragma: no cover - the tree has no other DeliveryError
-            await self._finish(job, _outcome(UNKNOWN, error))
+            await self._finish(job, _outcome(JobState.UNKNOWN, error))
 
     async def _retry(self, job: Job, error: TransientError) -> None:
         # Neither the provider's throttling nor our own misconfiguration is the job's fault.
@@ -276,7 +267,7 @@ class Worker:
             await self._finish(
                 job,
                 Outcome(
-                    FAILED,
+                    JobState.FAILED,
                     "retries_exhausted",
                     f"gave up after {failures} transient errors (last: {error.code})",
                     error.provider_status,
@@ -288,10 +279,10 @@ class Worker:
             delay = 0.0
         run_after = utcnow() + dt.timedelta(seconds=delay)
         moved = await self._jobs.retry_later(
-            job.id, self.name, run_after, _outcome(QUEUED, error), failure=not throttled
+            job.id, self.name, run_after, _outcome(JobState.QUEUED, error), failure=not throttled
         )
         if moved:
-            self._metrics.job_transitions.labels(state=QUEUED, code=error.code).inc()
+            self._metrics.job_transitions.labels(state=JobState.QUEUED, code=error.code).inc()
 
     async def _lose_grant(self, mailbox: Mailbox, job: Job, error: ReauthRequired) -> None:
         self._tokens.forget(mailbox.id)
@@ -302,7 +293,7 @@ class Worker:
         # sweep is done (a job enqueued later is held by the intake, not by this sweep).
         await self._jobs.hold_for_mailbox(mailbox.id, error.code, error.message)
         await self._jobs.hold(job.id, self.name, error.code, error.message)
-        self._metrics.job_transitions.labels(state="held", code=error.code).inc()
+        self._metrics.job_transitions.labels(state=JobState.HELD, code=error.code).inc()
 
     async def _finish(self, job: Job, outcome: Outcome) -> None:
         if await self._jobs.finish(job.id, self.name, outcome):
@@ -323,12 +314,12 @@ class Worker:
 
 def _success(receipt: DeliveryReceipt) -> Outcome:
     return Outcome(
-        SENT if receipt.state == "sent" else DRAFTED,
+        JobState(receipt.state),
         provider_message_id=receipt.provider_message_id,
         provider_draft_id=receipt.provider_draft_id,
         web_link=receipt.web_link,
     )
 
 
-def _outcome(state: str, error: DeliveryError) -> Outcome:
+def _outcome(state: JobState, error: DeliveryError) -> Outcome:
     return Outcome(state, error.code, error.message, error.provider_status)

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.db.accounts import AccountStore, new_id, utcnow
+from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import Mailbox, PendingRevocation
 from mailbox_worker.errors import TransientError

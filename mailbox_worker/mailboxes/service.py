@@ -32,15 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from mailbox_worker.db.accounts import AccountStore, Principal, utcnow
-from mailbox_worker.db.mailboxes import (
-    CONNECTED,
-    DISCONNECTED,
-    PENDING_CONSENT,
-    REAUTH_REQUIRED,
-    MailboxStore,
-    pinned_account,
-)
+from mailbox_worker.clock import utcnow
+from mailbox_worker.db.accounts import AccountStore, Principal
+from mailbox_worker.db.mailboxes import MailboxStore, pinned_account
 from mailbox_worker.db.models import Mailbox, OAuthState
 from mailbox_worker.db.outbox import outbox_row
 from mailbox_worker.errors import (
@@ -56,6 +50,7 @@ from mailbox_worker.policy.addresses import mailbox_address, same_address
 from mailbox_worker.policy.identities import AccountId, may_connect
 from mailbox_worker.policy.origins import normalise_origin, url_origin
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
+from mailbox_worker.states import MailboxState
 from mailbox_worker.tokens.identity import Grant, IdentityClient
 from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import AUTHORIZATION, TokenVault
@@ -214,7 +209,7 @@ class MailboxService:
         self, principal: Principal, mailbox_id: str, return_url: str | None
     ) -> ConnectionStart:
         mailbox = await self.get(principal, mailbox_id)
-        if mailbox.state == DISCONNECTED:
+        if mailbox.state == MailboxState.DISCONNECTED:
             raise Conflict(
                 "a disconnected mailbox cannot be reconnected; create a new one",
                 code="mailbox_disconnected",
@@ -289,7 +284,7 @@ class MailboxService:
         if pending.expires_at < utcnow():
             return self._result("state_expired", "The authorization took too long.", pending)
         mailbox = await self._mailboxes.get(mailbox_id)
-        if mailbox is None or mailbox.state == DISCONNECTED:
+        if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
             return self._result("mailbox_disconnected", "The mailbox was disconnected.", pending)
         if "error" in query:
             code = "access_denied" if query["error"] == "access_denied" else "consent_failed"
@@ -333,7 +328,7 @@ class MailboxService:
             self._tokens.forget(mailbox.id)
             await self._revocations.revoke(mailbox, grant.cache)
             current = await self._mailboxes.get(mailbox.id)
-            if current is None or current.state == DISCONNECTED:
+            if current is None or current.state == MailboxState.DISCONNECTED:
                 return self._result(
                     "mailbox_disconnected", "The mailbox was disconnected.", pending
                 )
@@ -351,7 +346,10 @@ class MailboxService:
 
     async def _remember_failure(self, mailbox: Mailbox, code: str) -> None:
         await self._mailboxes.set_state(
-            mailbox.id, mailbox.state, code, expected=[PENDING_CONSENT, REAUTH_REQUIRED]
+            mailbox.id,
+            mailbox.state,
+            code,
+            expected=[MailboxState.PENDING_CONSENT, MailboxState.REAUTH_REQUIRED],
         )
         await self._accounts.audit(
             "admin", mailbox.account_id, "mailbox.consent_failed", mailbox.id, {"code": code}
@@ -393,7 +391,9 @@ class MailboxService:
         storage (docs/erasure.md); a token left to revoke waits sealed under a key of its own,
         and is scrubbed in turn once revoked."""
         stored = (
-            await self._vault.load_tokens(mailbox.id) if mailbox.state != DISCONNECTED else None
+            await self._vault.load_tokens(mailbox.id)
+            if mailbox.state != MailboxState.DISCONNECTED
+            else None
         )
         await self._vault.erase(mailbox.id)
         self._tokens.forget(mailbox.id)
@@ -402,9 +402,13 @@ class MailboxService:
         )
         moved = await self._mailboxes.set_state(
             mailbox.id,
-            DISCONNECTED,
+            MailboxState.DISCONNECTED,
             "disconnected_by_admin",
-            expected=[PENDING_CONSENT, CONNECTED, REAUTH_REQUIRED],
+            expected=[
+                MailboxState.PENDING_CONSENT,
+                MailboxState.CONNECTED,
+                MailboxState.REAUTH_REQUIRED,
+            ],
             announce=outbox_row(
                 mailbox.account_id,
                 "mailbox.disconnected",

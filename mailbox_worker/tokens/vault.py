@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.db.accounts import utcnow
+from mailbox_worker.clock import utcnow
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import MailboxKey, OAuthState, PendingRevocation, TokenRecord
 from mailbox_worker.errors import Conflict, KeyUnavailable

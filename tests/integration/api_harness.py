@@ -36,9 +36,10 @@ from mailbox_worker.api.services import (
     ConnectionStart,
     MailboxConnector,
 )
+from mailbox_worker.clock import new_id
 from mailbox_worker.config import DatabaseSettings, MicrosoftSettings
 from mailbox_worker.db import migrate
-from mailbox_worker.db.accounts import PERMISSIONS, AccountStore, Principal, new_id
+from mailbox_worker.db.accounts import PERMISSIONS, AccountStore, Principal
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.jobs.queue import CANCELLED, QUEUED
+from mailbox_worker.clock import utcnow
+from mailbox_worker.states import JobState
 from tests.integration.api_harness import (
     MESSAGE_LIMIT,
     Answer,
@@ -55,14 +55,14 @@ async def test_an_accepted_job_is_committed_before_the_answer(
     assert answer.status == 202, answer.body
     job = answer.json()
     assert answer.headers["Location"] == f"/v1/jobs/{job['id']}"
-    assert (job["mailbox_id"], job["mode"], job["state"]) == (mailbox_id, "send", QUEUED)
+    assert (job["mailbox_id"], job["mode"], job["state"]) == (mailbox_id, "send", JobState.QUEUED)
     assert job["reference"] == "INV-2024-0042"
     assert job["message_id"] == f"<{job['id']}@contoso.example>"
     assert job["created_at"].endswith("Z")
     assert job["last_error"] is None
     assert job["provider"] == {"message_id": None, "draft_id": None, "web_link": None}
     stored = await api.jobs.get(job["id"], account_id)
-    assert stored is not None and stored.state == QUEUED
+    assert stored is not None and stored.state == JobState.QUEUED
     payload = await api.jobs.payload(job["id"])
     assert payload is not None and payload["subject"] == "Invoice INV-2024-0042"
 
@@ -411,7 +411,7 @@ async def test_a_job_is_read_with_its_events(api: RunningApi, caller: tuple[str,
     job = answer.json()
     assert {k: v for k, v in job.items() if k != "events"} == created
     assert [(e["kind"], e["from_state"], e["to_state"], e["code"]) for e in job["events"]] == [
-        ("state", None, QUEUED, "enqueued")
+        ("state", None, JobState.QUEUED, "enqueued")
     ]
     assert dt.datetime.fromisoformat(job["events"][0]["at"]).tzinfo is not None
 
@@ -425,8 +425,8 @@ async def test_a_queued_job_is_cancelled_once_and_stays_cancelled(
     first = await api.call("POST", f"/v1/jobs/{job_id}/cancel", key=key)
     again = await api.call("POST", f"/v1/jobs/{job_id}/cancel", key=key)
 
-    assert (first.status, first.json()["state"]) == (200, CANCELLED)
-    assert (again.status, again.json()["state"]) == (200, CANCELLED)
+    assert (first.status, first.json()["state"]) == (200, JobState.CANCELLED)
+    assert (again.status, again.json()["state"]) == (200, JobState.CANCELLED)
     assert "events" not in first.json()
     assert first.json()["finished_at"] is not None
 
@@ -457,7 +457,7 @@ async def test_another_accounts_job_is_not_found(
         assert (theirs.status, theirs.error_code) == (404, "job_not_found")
         assert theirs.body == unknown.body
     state = await api.jobs.get(job_id)
-    assert state is not None and state.state == QUEUED
+    assert state is not None and state.state == JobState.QUEUED
 
 
 async def test_a_job_id_of_impossible_characters_is_an_unknown_route(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mailbox_worker.db.mailboxes import REAUTH_REQUIRED
 from mailbox_worker.db.outbox import Outbox
+from mailbox_worker.states import MailboxState
 
 from .conftest import Stores
 
@@ -22,7 +22,7 @@ async def test_a_lost_grant_is_announced_once_with_the_state_change(stores: Stor
     assert sorted(moved) == [False, False, False, False, True]
     current = await stores.mailboxes.get(mailbox.id)
     assert current is not None
-    assert (current.state, current.state_reason) == (REAUTH_REQUIRED, "invalid_grant")
+    assert (current.state, current.state_reason) == (MailboxState.REAUTH_REQUIRED, "invalid_grant")
     [event] = await Outbox(stores.sessions).all()
     assert (event.account_id, event.kind) == (account.id, "mailbox.reauth_required")
     assert event.payload == {

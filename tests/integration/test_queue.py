@@ -8,11 +8,11 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
-from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.db.mailboxes import REAUTH_REQUIRED
+from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.jobs.queue import NewJob, Outcome
+from mailbox_worker.states import MailboxState
 
 from .conftest import Stores
 
@@ -159,7 +159,7 @@ async def test_hold_release_and_cancel_for_a_mailbox(stores: Stores) -> None:
     mailbox = await setup(stores)
     jobs = [(await stores.jobs.enqueue(new_job(mailbox, subject=f"s{n}")))[0] for n in range(3)]
     await stores.mailboxes.set_state(
-        mailbox.id, REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
+        mailbox.id, MailboxState.REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
     )
     assert (
         await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant", "the grant was revoked")

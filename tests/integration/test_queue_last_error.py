@@ -12,10 +12,10 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
-from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.db.mailboxes import REAUTH_REQUIRED
+from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.jobs.queue import Outcome
+from mailbox_worker.states import MailboxState
 
 from .conftest import Stores
 from .test_queue import LEASE, new_job, setup
@@ -74,7 +74,7 @@ async def test_holding_a_mailbox_shows_why_it_needs_consent(stores: Stores) -> N
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
     await stores.mailboxes.set_state(
-        mailbox.id, REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
+        mailbox.id, MailboxState.REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
     )
     assert await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant", "consent revoked") == 1
     assert await last_error(stores, job.id) == ("held", "invalid_grant", "consent revoked")

@@ -10,9 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
-from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Account, Base, Mailbox

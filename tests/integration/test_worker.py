@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
+from mailbox_worker.clock import utcnow
 from mailbox_worker.config import WorkerSettings
-from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.db.mailboxes import CONNECTED
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import (
@@ -30,10 +29,11 @@ from mailbox_worker.errors import (
     Throttled,
     TransientError,
 )
-from mailbox_worker.jobs.queue import TERMINAL, NewJob
+from mailbox_worker.jobs.queue import NewJob
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
+from mailbox_worker.states import TERMINAL, MailboxState
 
 from .conftest import Stores
 
@@ -230,7 +230,7 @@ async def test_lost_grant_holds_the_mailbox_jobs_until_reconnect(harness: Harnes
     harness.worker.wake()
     assert (await harness.settled(job)).state == "sent"
     assert (await harness.settled(later)).state == "sent"
-    assert (await harness.stores.mailboxes.get(mailbox.id)).state == CONNECTED  # type: ignore[union-attr]
+    assert (await harness.stores.mailboxes.get(mailbox.id)).state == MailboxState.CONNECTED  # type: ignore[union-attr]
 
 
 async def test_stop_lets_in_flight_jobs_finish(stores: Stores) -> None:

@@ -26,11 +26,10 @@ from mailbox_worker.api.errors import ValidationFailed
 from mailbox_worker.api.representations import job_json, mailbox_json
 from mailbox_worker.api.services import ApiServices, JobIntake, MailboxConnector
 from mailbox_worker.db.accounts import AccountStore
-from mailbox_worker.db.mailboxes import CONNECTED, DISCONNECTED, PENDING_CONSENT, REAUTH_REQUIRED
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
-from mailbox_worker.jobs.queue import STATES
 from mailbox_worker.mailboxes.service import OUTCOMES
 from mailbox_worker.policy.scopes import CAPABILITIES, PROVIDERS
+from mailbox_worker.states import JobState, MailboxState
 
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 DOCUMENT = ApiDocument.packaged()
@@ -155,8 +154,8 @@ def test_every_object_schema_refuses_unknown_properties() -> None:
 @pytest.mark.parametrize(
     ("schema", "values"),
     [
-        ("JobState", set(STATES)),
-        ("MailboxState", {PENDING_CONSENT, CONNECTED, REAUTH_REQUIRED, DISCONNECTED}),
+        ("JobState", set(JobState)),
+        ("MailboxState", set(MailboxState)),
         ("Provider", set(PROVIDERS)),
         ("Capability", set(CAPABILITIES)),
     ],
@@ -237,7 +236,7 @@ def test_a_mailbox_is_represented_as_the_document_says() -> None:
         provider="microsoft",
         capabilities=["draft", "send"],
         address="billing@contoso.example",
-        state=CONNECTED,
+        state=MailboxState.CONNECTED,
         state_reason=None,
         granted_scopes=["Mail.Send"],
         created_at=NOW,
