@@ -3,14 +3,18 @@
 ``App.build`` wires engine → stores → vault → identity clients → providers → intake,
 mailbox service and worker; ``App.serve`` runs the HTTP API and the worker until asked to
 stop. Components receive what they need through their constructors; there are no
-module-level singletons.
+module-level singletons. Settings are read once, by the caller (the CLI): nothing here
+reads the environment.
+
+Tests build the same graph through the same ``App.build``, replacing only what reaches
+outside the process or the present moment: the identity clients, the mail providers, the
+clock and the key source (keyword arguments that default to what the settings name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,10 +25,13 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mailbox_worker.accounts import AccountService
+from mailbox_worker.api.admin_session import AdminSessions
 from mailbox_worker.api.app import create_app
 from mailbox_worker.api.server import ServerLimits, start_server
 from mailbox_worker.api.services import ApiServices
-from mailbox_worker.config import Settings
+from mailbox_worker.clock import Clock, utcnow
+from mailbox_worker.config import KEYS_VARIABLE, Settings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
@@ -57,22 +64,41 @@ log = logging.getLogger(__name__)
 CALLBACK_PATH = "/oauth/callback"
 
 
-def key_source(settings: Settings, environ: Mapping[str, str] | None = None) -> KeySource:
+def key_source(settings: Settings) -> KeySource:
     """The key-encryption-key source the settings name."""
-    environ = os.environ if environ is None else environ
     keys = settings.keys
     if keys.source == "file":
         return FileKeySource(Path(keys.file), create_if_missing=keys.create_if_missing)
     if keys.source == "env":
-        value = environ.get("MAILBOX_WORKER_KEYS")
-        if not value:
-            raise ConfigError("keys.source", "is 'env' but MAILBOX_WORKER_KEYS is not set")
-        return EnvKeySource(value)
+        if not keys.env_value:
+            raise ConfigError("keys.source", f"is 'env' but {KEYS_VARIABLE} is not set")
+        return EnvKeySource(keys.env_value)
     return KeyringKeySource(keys.keyring_service, create_if_missing=keys.create_if_missing)
 
 
 def _ssl_context(ca_file: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file or None)
+
+
+def _identities(settings: Settings) -> dict[str, IdentityClient]:
+    """An identity client for each provider whose OAuth app the settings configure."""
+    identities: dict[str, IdentityClient] = {}
+    if settings.microsoft.client_id:
+        identities["microsoft"] = MicrosoftIdentity(settings.microsoft)
+    if settings.google.client_id:
+        identities["google"] = GoogleIdentity(settings.google)
+    return identities
+
+
+def _providers(settings: Settings) -> dict[str, MailProvider]:
+    """The mail transports, by provider name."""
+    return {
+        "microsoft": GraphProvider(
+            settings.microsoft.graph_url,
+            ssl_context=_ssl_context(settings.microsoft.ca_file),
+            timeout=ClientTimeout(total=settings.microsoft.request_timeout),
+        )
+    }
 
 
 @dataclass
@@ -85,6 +111,7 @@ class App:
     metrics: Metrics
     keys: KeySource
     accounts: AccountStore
+    account_service: AccountService
     mailboxes: MailboxStore
     jobs: JobStore
     vault: TokenVault
@@ -97,35 +124,37 @@ class App:
     mailbox_service: MailboxService
     worker: Worker
     key_rotation: KeyRotation
+    admin_sessions: AdminSessions
 
     @classmethod
-    def build(cls, settings: Settings, keys: KeySource | None = None) -> App:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        keys: KeySource | None = None,
+        identities: Mapping[str, IdentityClient] | None = None,
+        providers: Mapping[str, MailProvider] | None = None,
+        clock: Clock = utcnow,
+    ) -> App:
+        """Every component, wired from ``settings``; ``keys``, ``identities`` (by provider
+        name), ``providers`` (by provider name) and ``clock`` replace what the settings name,
+        for tests. Nothing is connected or started until used."""
         engine = create_engine(settings.database)
         sessions = create_session_factory(engine)
         scrubber = StorageScrubber(engine)
         registry = CollectorRegistry()
         metrics = Metrics.create(registry)
-        accounts = AccountStore(sessions)
-        mailboxes = MailboxStore(sessions)
-        jobs = JobStore(sessions)
+        accounts = AccountStore(sessions, clock)
+        mailboxes = MailboxStore(sessions, clock)
+        jobs = JobStore(sessions, clock)
         keys = keys or key_source(settings)
-        vault = TokenVault(sessions, keys, scrubber)
-        identities: dict[str, IdentityClient] = {}
-        if settings.microsoft.client_id:
-            identities["microsoft"] = MicrosoftIdentity(settings.microsoft)
-        if settings.google.client_id:
-            identities["google"] = GoogleIdentity(settings.google)
+        vault = TokenVault(sessions, keys, scrubber, clock)
+        identities = dict(_identities(settings) if identities is None else identities)
         tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
-        revocations = Revocations(sessions, vault, identities, accounts, scrubber)
-        providers: dict[str, MailProvider] = {
-            "microsoft": GraphProvider(
-                settings.microsoft.graph_url,
-                ssl_context=_ssl_context(settings.microsoft.ca_file),
-                timeout=ClientTimeout(total=settings.microsoft.request_timeout),
-            )
-        }
-        outbox = Outbox(sessions)
-        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics)
+        revocations = Revocations(sessions, vault, identities, accounts, scrubber, clock)
+        providers = dict(_providers(settings) if providers is None else providers)
+        outbox = Outbox(sessions, clock)
+        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics, clock=clock)
         intake = JobIntake(
             jobs,
             mailboxes,
@@ -136,11 +165,13 @@ class App:
             ),
             metrics,
             wake_worker=worker.wake,
+            clock=clock,
         )
         redirect_uri = settings.server.public_url.rstrip("/") + CALLBACK_PATH
         mailbox_service = MailboxService(
-            mailboxes, jobs, accounts, vault, tokens, identities, revocations, redirect_uri
+            mailboxes, jobs, accounts, vault, tokens, identities, revocations, redirect_uri, clock
         )
+        account_service = AccountService(accounts)
         schedule = RotationSchedule.from_settings(
             settings.keys.rotate_every_days, settings.keys.retire_grace_hours
         )
@@ -156,6 +187,7 @@ class App:
             metrics=metrics,
             keys=keys,
             accounts=accounts,
+            account_service=account_service,
             mailboxes=mailboxes,
             jobs=jobs,
             vault=vault,
@@ -168,6 +200,7 @@ class App:
             mailbox_service=mailbox_service,
             worker=worker,
             key_rotation=key_rotation,
+            admin_sessions=AdminSessions(account_service),
         )
 
     async def migrate(self) -> None:
@@ -185,19 +218,22 @@ class App:
             log.warning("readiness check failed: %s", type(error).__name__)
         return checks
 
-    def web_app(self) -> web.Application:
-        return create_app(
-            ApiServices(
-                accounts=self.accounts,
-                jobs=self.intake,
-                mailboxes=self.mailbox_service,
-                registry=self.registry,
-                ready=self.readiness,
-                max_request_bytes=self.settings.server.max_request_bytes,
-                body_timeout=self.settings.server.body_timeout,
-                public_url=self.settings.server.public_url,
-            )
+    def api_services(self) -> ApiServices:
+        """What the HTTP API is given: its ports over this app's components."""
+        return ApiServices(
+            accounts=self.account_service,
+            jobs=self.intake,
+            mailboxes=self.mailbox_service,
+            admin_sessions=self.admin_sessions,
+            registry=self.registry,
+            ready=self.readiness,
+            max_request_bytes=self.settings.server.max_request_bytes,
+            body_timeout=self.settings.server.body_timeout,
+            public_url=self.settings.server.public_url,
         )
+
+    def web_app(self) -> web.Application:
+        return create_app(self.api_services())
 
     async def serve(self, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
         """Run the API and the worker until ``stop`` is set; drain, then return."""

@@ -24,6 +24,8 @@ from mailbox_worker.errors import ConfigError
 from mailbox_worker.policy.scopes import BROADER_THAN_NEEDED
 
 ENV_PREFIX = "MAILBOX_WORKER_"
+KEYS_VARIABLE = ENV_PREFIX + "KEYS"
+"""The environment variable the ``env`` key source reads (``id1:base64,id2:base64``)."""
 MAX_ROTATE_EVERY_DAYS = 365
 MAX_RETIRE_GRACE_HOURS = 24 * 7
 
@@ -67,6 +69,8 @@ class KeySettings:
     create_if_missing: bool = False
     rotate_every_days: int = 30
     retire_grace_hours: int = 24
+    env_value: str = field(default="", repr=False)
+    """The keys themselves when ``source`` is ``env``: read from ``MAILBOX_WORKER_KEYS``."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         raw.setdefault(section, {})[key] = value
+    if environ.get(KEYS_VARIABLE):
+        raw.setdefault("keys", {})["env_value"] = environ[KEYS_VARIABLE]
     settings = _build(Settings, raw)
     _validate(settings)
     return settings

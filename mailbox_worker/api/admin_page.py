@@ -33,8 +33,7 @@ from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
 from mailbox_worker.api.parsing import within_body_timeout
 from mailbox_worker.api.representations import timestamp
-from mailbox_worker.db.accounts import AccountStore
-from mailbox_worker.db.models import Mailbox
+from mailbox_worker.api.services import CONNECTED_OUTCOME, MailboxView
 from mailbox_worker.errors import (
     Forbidden,
     InvalidRequest,
@@ -44,11 +43,11 @@ from mailbox_worker.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from mailbox_worker.states import RECONNECTABLE, MailboxState
 
 ADMIN = "/admin"
 MAILBOX = "/admin/mailboxes/{mailbox_id:[A-Za-z0-9_-]+}"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
-RECONNECTABLE = frozenset({"pending_consent", "reauth_required"})
 REQUIRED_PERMISSIONS = frozenset({MAILBOXES_READ, MAILBOXES_WRITE})
 
 SESSIONS = web.AppKey("admin_sessions", AdminSessions)
@@ -69,7 +68,7 @@ PAGE_HEADERS = {
 REDIRECT_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 OUTCOMES: Mapping[str, str] = {
-    "connected": "The mailbox is connected.",
+    CONNECTED_OUTCOME: "The mailbox is connected.",
     "access_denied": "The consent was cancelled or refused: the mailbox is not connected.",
     "consent_failed": "The provider reported an error during the consent: the mailbox is "
     "not connected.",
@@ -100,13 +99,13 @@ CAPABILITY_LABELS: Mapping[str, str] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def install(app: web.Application, accounts: AccountStore, public_url: str | None = None) -> None:
-    """Add the page's routes and its session store to ``app``.
+def install(app: web.Application, sessions: AdminSessions, public_url: str | None = None) -> None:
+    """Add the page's routes to ``app``, with the session store the root built.
 
     ``public_url`` (the daemon's ``server.public_url``) gives the consent's return URL and
     whether the cookie is ``Secure``; without it, the origin the browser used is taken.
     """
-    app[SESSIONS] = AdminSessions(accounts)
+    app[SESSIONS] = sessions
     if public_url:
         app[PUBLIC_URL] = public_url.rstrip("/")
     app.router.add_routes(
@@ -412,7 +411,7 @@ async def _mailboxes_page(
     return _page("Mailboxes", content, notice, status, who)
 
 
-def _table(mailboxes: list[Mailbox], csrf: str) -> str:
+def _table(mailboxes: list[MailboxView], csrf: str) -> str:
     if not mailboxes:
         return '<p id="no-mailboxes">No mailbox is connected to this account yet.</p>'
     header = "".join(
@@ -431,7 +430,7 @@ def _table(mailboxes: list[Mailbox], csrf: str) -> str:
     return f'<table id="mailboxes"><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def _row(mailbox: Mailbox, csrf: str) -> str:
+def _row(mailbox: MailboxView, csrf: str) -> str:
     mailbox_id = html.escape(mailbox.id)
     cells = [
         ("provider", mailbox.provider),
@@ -448,8 +447,8 @@ def _row(mailbox: Mailbox, csrf: str) -> str:
     )
 
 
-def _actions(mailbox: Mailbox, mailbox_id: str, csrf: str) -> str:
-    if mailbox.state == "disconnected":
+def _actions(mailbox: MailboxView, mailbox_id: str, csrf: str) -> str:
+    if mailbox.state == MailboxState.DISCONNECTED:
         return ""
     token = f'<input type="hidden" name="csrf_token" value="{csrf}">'
     actions = ""
@@ -477,8 +476,8 @@ def _outcome_notice(query: Mapping[str, str]) -> str:
     if not outcome:
         return ""
     message = OUTCOMES.get(outcome, "The consent did not complete.")
-    kind = "success" if outcome == "connected" else "error"
-    role = "status" if outcome == "connected" else "alert"
+    kind = "success" if outcome == CONNECTED_OUTCOME else "error"
+    role = "status" if outcome == CONNECTED_OUTCOME else "alert"
     return (
         f'<p id="notice" class="{kind}" role="{role}">{html.escape(message)} '
         f'<small>(outcome: <code class="outcome">{html.escape(outcome)}</code>)</small></p>'

@@ -7,7 +7,7 @@ when the daemon restarts (and a session opened on one process is unknown to anot
 
 The API key is checked once, at sign-in, and never kept. The process remembers only which
 key ids signed in (until their sessions expire); every request looks the key up again by id
-(``AccountStore.principal``): a key revoked or deleted after sign-in ends its sessions at
+(``KeyLookup.principal``): a key revoked or deleted after sign-in ends its sessions at
 once. Signing out forgets the key id, which ends every session opened with it.
 
 A form's CSRF token is an HMAC of the cookie's value under the same secret (with a
@@ -23,14 +23,27 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from mailbox_worker.db.accounts import AccountStore, Principal
+from mailbox_worker.accounts import Principal
 
 COOKIE_NAME = "mailbox_worker_admin"
 COOKIE_PATH = "/admin"
 LIFETIME = dt.timedelta(hours=8)
 _SESSION_LABEL = b"session\x00"
 _CSRF_LABEL = b"csrf\x00"
+
+
+class KeyLookup(Protocol):
+    """Where sessions check API keys (``accounts.AccountService``)."""
+
+    async def authenticate(self, presented: str) -> Principal | None:
+        """The principal of a presented key; None for an unknown, malformed or revoked key."""
+        ...
+
+    async def principal(self, key_id: str) -> Principal | None:
+        """The principal of an existing, unrevoked key, by its id."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class Session:
 class AdminSessions:
     """Issues, checks and ends sessions; one instance per running application."""
 
-    accounts: AccountStore
+    accounts: KeyLookup
     clock: Callable[[], float] = time.time
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     # key id -> latest expiry of a session opened with it. Memory only; no secret.

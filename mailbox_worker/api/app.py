@@ -58,5 +58,5 @@ def create_app(services: ApiServices) -> web.Application:
             web.get("/openapi.json", system.openapi),
         ]
     )
-    admin_page.install(app, services.accounts, services.public_url or None)  # /admin page
+    admin_page.install(app, services.admin_sessions, services.public_url or None)  # /admin
     return app

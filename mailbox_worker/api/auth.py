@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mailbox_worker.api.context import services
-from mailbox_worker.db.accounts import Principal
+from mailbox_worker.api.services import Principal
 from mailbox_worker.errors import Forbidden, Unauthenticated
 
 JOBS_READ = "jobs:read"

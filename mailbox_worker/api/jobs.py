@@ -24,8 +24,8 @@ async def enqueue(request: web.Request) -> web.Response:
 
 async def get(request: web.Request) -> web.Response:
     principal = await require(request, JOBS_READ)
-    job, events = await services(request).jobs.get(principal, request.match_info["job_id"])
-    return web.json_response(job_json(job, events))
+    job = await services(request).jobs.get(principal, request.match_info["job_id"])
+    return web.json_response(job_json(job))
 
 
 async def cancel(request: web.Request) -> web.Response:

@@ -12,9 +12,8 @@ from mailbox_worker.api.auth import MAILBOXES_READ, MAILBOXES_WRITE, require
 from mailbox_worker.api.context import services
 from mailbox_worker.api.parsing import read_json
 from mailbox_worker.api.representations import mailbox_json, mailbox_location
-from mailbox_worker.api.services import ConnectionStart
+from mailbox_worker.api.services import CONNECTED_OUTCOME, ConnectionStart
 
-CONNECTED = "connected"
 # The callback's URL carries a one-time code: keep it out of caches and Referer headers.
 CALLBACK_HEADERS = {
     "Cache-Control": "no-store",
@@ -83,7 +82,7 @@ async def oauth_callback(request: web.Request) -> web.Response:
         return web.Response(
             status=303, headers={"Location": result.redirect_url, **CALLBACK_HEADERS}
         )
-    connected = result.outcome == CONNECTED
+    connected = result.outcome == CONNECTED_OUTCOME
     page = _page_template().substitute(
         title="Mailbox connected" if connected else "Mailbox not connected",
         message=html.escape(result.message),

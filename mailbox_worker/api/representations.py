@@ -8,10 +8,9 @@ attachments), which the client already has. Timestamps are RFC 3339 UTC with ``Z
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from typing import Any
 
-from mailbox_worker.db.models import Account, Job, JobEvent, Mailbox
+from mailbox_worker.api.services import AccountView, JobEventView, JobView, MailboxView
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
@@ -28,8 +27,8 @@ def mailbox_location(mailbox_id: str) -> str:
     return f"/v1/mailboxes/{mailbox_id}"
 
 
-def job_json(job: Job, events: Sequence[JobEvent] | None = None) -> dict[str, Any]:
-    """A job; with ``events``, its history too."""
+def job_json(job: JobView) -> dict[str, Any]:
+    """A job; with its history too when the view carries its events."""
     last_error = None
     if job.last_error_code is not None:
         last_error = {"code": job.last_error_code, "message": job.last_error_message or ""}
@@ -52,13 +51,12 @@ def job_json(job: Job, events: Sequence[JobEvent] | None = None) -> dict[str, An
             "web_link": job.web_link,
         },
     }
-    if events is not None:
-        answer["events"] = [event_json(event) for event in events]
+    if job.events is not None:
+        answer["events"] = [event_json(event) for event in job.events]
     return answer
 
 
-def event_json(event: JobEvent) -> dict[str, Any]:
-    # ``detail`` and ``worker`` stay internal: free text and host names are not the client's.
+def event_json(event: JobEventView) -> dict[str, Any]:
     return {
         "at": timestamp(event.at),
         "kind": event.kind,
@@ -69,7 +67,7 @@ def event_json(event: JobEvent) -> dict[str, Any]:
     }
 
 
-def mailbox_json(mailbox: Mailbox) -> dict[str, Any]:
+def mailbox_json(mailbox: MailboxView) -> dict[str, Any]:
     return {
         "id": mailbox.id,
         "provider": mailbox.provider,
@@ -83,11 +81,11 @@ def mailbox_json(mailbox: Mailbox) -> dict[str, Any]:
     }
 
 
-def account_json(account: Account, return_origins: Sequence[str]) -> dict[str, Any]:
+def account_json(account: AccountView) -> dict[str, Any]:
     """The account's id, name, creation time and declared return origins (sorted)."""
     return {
         "id": account.id,
         "name": account.name,
         "created_at": timestamp(account.created_at),
-        "return_origins": sorted(return_origins),
+        "return_origins": sorted(account.return_origins),
     }

@@ -1,8 +1,11 @@
-"""What the HTTP API needs from the rest of the daemon, as small ports.
+"""What the HTTP API needs from the rest of the daemon, as small ports, and the views they
+answer with.
 
 The composition root (``mailbox_worker.app``) builds an ``ApiServices`` from the real
 components; the API holds no business rules of its own: it authenticates, parses,
-validates against the OpenAPI document, calls these ports and renders their answers.
+validates against the OpenAPI document, calls these ports and renders their answers. The
+answers are small frozen views (``JobView``, ``MailboxView``, ``AccountView``,
+``Principal``) defined beside the services; the API never sees a database row.
 """
 
 from __future__ import annotations
@@ -13,27 +16,36 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
-from mailbox_worker.db.accounts import AccountStore, Principal
-from mailbox_worker.db.models import Job, JobEvent, Mailbox
-from mailbox_worker.jobs.intake import Submission
-from mailbox_worker.mailboxes.service import CallbackResult, ConnectionStart
+from mailbox_worker.accounts import AccountView, Principal
+from mailbox_worker.api.admin_session import AdminSessions, KeyLookup
+from mailbox_worker.jobs.intake import JobEventView, JobView, Submission
+from mailbox_worker.mailboxes.service import (
+    CONNECTED_OUTCOME,
+    CallbackResult,
+    ConnectionStart,
+    MailboxView,
+)
 
 
-class JobIntake(Protocol):
-    async def submit(self, principal: Principal, submission: Submission) -> tuple[Job, bool]:
+class JobOperations(Protocol):
+    """Enqueue, read and cancel jobs (``jobs.intake.JobIntake``)."""
+
+    async def submit(self, principal: Principal, submission: Submission) -> tuple[JobView, bool]:
         """Commit a job and return ``(job, created)``; raises ``RequestError`` subclasses."""
         ...
 
-    async def get(self, principal: Principal, job_id: str) -> tuple[Job, list[JobEvent]]:
-        """The job and its events; ``NotFound`` for another account's or unknown job."""
+    async def get(self, principal: Principal, job_id: str) -> JobView:
+        """The job with its events; ``NotFound`` for another account's or unknown job."""
         ...
 
-    async def cancel(self, principal: Principal, job_id: str) -> Job:
+    async def cancel(self, principal: Principal, job_id: str) -> JobView:
         """Cancel a queued/held job; ``Conflict`` (job_not_cancellable) once it left them."""
         ...
 
 
 class MailboxConnector(Protocol):
+    """Connect, read and disconnect mailboxes (``mailboxes.service.MailboxService``)."""
+
     async def create(
         self,
         principal: Principal,
@@ -51,11 +63,11 @@ class MailboxConnector(Protocol):
         """Start a new authorization for an existing (not disconnected) mailbox."""
         ...
 
-    async def get(self, principal: Principal, mailbox_id: str) -> Mailbox: ...
+    async def get(self, principal: Principal, mailbox_id: str) -> MailboxView: ...
 
-    async def list(self, principal: Principal) -> list[Mailbox]: ...
+    async def list(self, principal: Principal) -> list[MailboxView]: ...
 
-    async def disconnect(self, principal: Principal, mailbox_id: str) -> Mailbox:
+    async def disconnect(self, principal: Principal, mailbox_id: str) -> MailboxView:
         """Revoke, erase tokens, cancel pending jobs; idempotent."""
         ...
 
@@ -64,11 +76,26 @@ class MailboxConnector(Protocol):
         ...
 
 
+class AccountOperations(KeyLookup, Protocol):
+    """Authenticate API keys; read and change the caller's account
+    (``accounts.AccountService``)."""
+
+    async def account(self, principal: Principal) -> AccountView:
+        """The caller's account; ``NotFound`` (account_not_found) once it is deleted."""
+        ...
+
+    async def set_return_origins(self, principal: Principal, origins: list[str]) -> AccountView:
+        """Replace the account's return origins; ``InvalidRequest`` (invalid_origin)."""
+        ...
+
+
 @dataclass(frozen=True)
 class ApiServices:
-    accounts: AccountStore
-    jobs: JobIntake
+    accounts: AccountOperations
+    jobs: JobOperations
     mailboxes: MailboxConnector
+    admin_sessions: AdminSessions
+    """The admin page's sessions (one store per running application)."""
     registry: CollectorRegistry
     ready: Callable[[], Awaitable[Mapping[str, bool]]]
     """Readiness checks by name (e.g. ``database``, ``migrations``); all True means ready."""
@@ -80,10 +107,17 @@ class ApiServices:
 
 
 __all__ = [
+    "CONNECTED_OUTCOME",
+    "AccountOperations",
+    "AccountView",
     "ApiServices",
     "CallbackResult",
     "ConnectionStart",
-    "JobIntake",
+    "JobEventView",
+    "JobOperations",
+    "JobView",
     "MailboxConnector",
+    "MailboxView",
+    "Principal",
     "Submission",
 ]

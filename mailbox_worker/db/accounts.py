@@ -10,6 +10,7 @@ origins, normalised by ``policy.origins``); the daemon's own origin is allowed b
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.models import Account, AccountReturnOrigin, ApiKey, AuditEvent
 from mailbox_worker.policy.origins import normalise_origin
 
@@ -36,15 +37,6 @@ PERMISSIONS: frozenset[str] = frozenset(
 )
 MAX_RETURN_ORIGINS = 20
 KEY_PREFIX = "mwk_"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The authenticated caller of the API."""
-
-    account_id: str
-    key_id: str
-    permissions: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -64,15 +56,18 @@ def _digest(key: str) -> str:
 class AccountStore:
     """Accounts, API keys and audit events."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow) -> None:
         self._sessions = sessions
+        self._clock = clock
 
     async def create_account(self, name: str) -> Account:
         """Create an account and audit it."""
-        account = Account(id=new_id("acc"), name=name, created_at=utcnow())
+        account = Account(id=new_id("acc"), name=name, created_at=self._clock())
         async with self._sessions.begin() as session:
             session.add(account)
-            session.add(_audit("cli", account.id, "account.created", account.id, {}))
+            session.add(
+                _audit("cli", account.id, "account.created", account.id, {}, account.created_at)
+            )
         return account
 
     async def get_account(self, account_id: str) -> Account | None:
@@ -110,7 +105,7 @@ class AccountStore:
                 raise ValueError(f"the origin {origin[:300]!r} {error}") from None
         if len(normalised) > MAX_RETURN_ORIGINS:
             raise ValueError(f"an account may declare at most {MAX_RETURN_ORIGINS} origins")
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             if await session.get(Account, account_id, with_for_update=True) is None:
                 raise LookupError(f"no account {account_id}")
@@ -144,6 +139,7 @@ class AccountStore:
                             "added": sorted(normalised - previous),
                             "removed": sorted(previous - normalised),
                         },
+                        now,
                     )
                 )
         return sorted(normalised)
@@ -167,7 +163,7 @@ class AccountStore:
                     name=name,
                     secret_sha256=_digest(secret),
                     permissions=sorted(permissions),
-                    created_at=utcnow(),
+                    created_at=self._clock(),
                 )
             )
             session.add(
@@ -177,6 +173,7 @@ class AccountStore:
                     "api_key.created",
                     key_id,
                     {"permissions": sorted(permissions)},
+                    self._clock(),
                 )
             )
         return IssuedKey(key_id=key_id, account_id=account_id, secret=secret)
@@ -186,37 +183,32 @@ class AccountStore:
             key = await session.get(ApiKey, key_id)
             if key is None or key.revoked_at is not None:
                 return False
-            key.revoked_at = utcnow()
-            session.add(_audit("cli", key.account_id, "api_key.revoked", key_id, {}))
+            now = self._clock()
+            key.revoked_at = now
+            session.add(_audit("cli", key.account_id, "api_key.revoked", key_id, {}, now))
         return True
 
-    async def authenticate(self, presented: str) -> Principal | None:
-        """The principal for a presented key, or None for an unknown, malformed or revoked key."""
+    async def authenticate(self, presented: str) -> ApiKey | None:
+        """The key row a presented key names, or None for an unknown, malformed or revoked
+        key (the whole key's digest must match)."""
         if not presented.startswith(KEY_PREFIX):
             return None
         key_id, _, rest = presented[len(KEY_PREFIX) :].partition("_")
         if not key_id or not rest:
             return None
-        async with self._sessions() as session:
-            key = await session.get(ApiKey, key_id)
-        if key is None or key.revoked_at is not None:
+        key = await self.active_key(key_id)
+        if key is None or not hmac.compare_digest(key.secret_sha256, _digest(presented)):
             return None
-        if not hmac.compare_digest(key.secret_sha256, _digest(presented)):
-            return None
-        return Principal(
-            account_id=key.account_id, key_id=key.id, permissions=frozenset(key.permissions)
-        )
+        return key
 
-    async def principal(self, key_id: str) -> Principal | None:
-        """The principal of an existing, unrevoked key, by its id (for sessions that were
-        opened by presenting the full key once)."""
+    async def active_key(self, key_id: str) -> ApiKey | None:
+        """An existing, unrevoked key row by its id (for sessions that were opened by
+        presenting the full key once)."""
         async with self._sessions() as session:
             key = await session.get(ApiKey, key_id)
         if key is None or key.revoked_at is not None:
             return None
-        return Principal(
-            account_id=key.account_id, key_id=key.id, permissions=frozenset(key.permissions)
-        )
+        return key
 
     async def audit(
         self,
@@ -228,7 +220,7 @@ class AccountStore:
     ) -> None:
         """Append one audit event (never a secret nor message content in ``detail``)."""
         async with self._sessions.begin() as session:
-            session.add(_audit(actor, account_id, action, target, detail or {}))
+            session.add(_audit(actor, account_id, action, target, detail or {}, self._clock()))
 
     async def audit_events(self, account_id: str | None = None) -> list[AuditEvent]:
         query = select(AuditEvent).order_by(AuditEvent.id)
@@ -239,15 +231,25 @@ class AccountStore:
 
 
 def _audit(
-    actor: str, account_id: str | None, action: str, target: str | None, detail: dict[str, Any]
+    actor: str,
+    account_id: str | None,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any],
+    at: dt.datetime,
 ) -> AuditEvent:
     return AuditEvent(
-        at=utcnow(), actor=actor, account_id=account_id, action=action, target=target, detail=detail
+        at=at, actor=actor, account_id=account_id, action=action, target=target, detail=detail
     )
 
 
 def audit_row(
-    actor: str, account_id: str | None, action: str, target: str | None, detail: dict[str, Any]
+    actor: str,
+    account_id: str | None,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any],
+    at: dt.datetime,
 ) -> AuditEvent:
-    """An audit row to add inside a caller's own transaction."""
-    return _audit(actor, account_id, action, target, detail)
+    """An audit row, made at ``at``, to add inside a caller's own transaction."""
+    return _audit(actor, account_id, action, target, detail, at)

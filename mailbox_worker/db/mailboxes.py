@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Mailbox, OAuthState, OutboxEvent
 from mailbox_worker.db.outbox import outbox_row
@@ -34,14 +34,15 @@ def pinned_account(mailbox: Mailbox) -> AccountId | None:
 
 
 class MailboxStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow) -> None:
         self._sessions = sessions
+        self._clock = clock
 
     async def create(
         self, account_id: str, provider: str, capabilities: Sequence[str], actor: str
     ) -> Mailbox:
         """A new mailbox waiting for its admin's consent."""
-        now = utcnow()
+        now = self._clock()
         mailbox = Mailbox(
             id=new_id("mbx"),
             account_id=account_id,
@@ -65,6 +66,7 @@ class MailboxStore:
                     "mailbox.created",
                     mailbox.id,
                     {"provider": provider, "capabilities": mailbox.capabilities},
+                    now,
                 )
             )
         return mailbox
@@ -99,7 +101,7 @@ class MailboxStore:
             result = await session.execute(
                 update(Mailbox)
                 .where(Mailbox.id == mailbox_id, Mailbox.state.in_(expected))
-                .values(state=state, state_reason=reason, updated_at=utcnow())
+                .values(state=state, state_reason=reason, updated_at=self._clock())
             )
             moved = bool(result.rowcount)  # type: ignore[attr-defined]
             if moved and announce is not None:
@@ -117,20 +119,30 @@ class MailboxStore:
                 update(Mailbox)
                 .where(Mailbox.id == mailbox.id, Mailbox.state == MailboxState.CONNECTED)
                 .values(
-                    state=MailboxState.REAUTH_REQUIRED, state_reason=reason, updated_at=utcnow()
+                    state=MailboxState.REAUTH_REQUIRED,
+                    state_reason=reason,
+                    updated_at=self._clock(),
                 )
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 return False
             detail = {"provider": mailbox.provider, "reason": reason}
             session.add(
-                audit_row(actor, mailbox.account_id, "mailbox.reauth_required", mailbox.id, detail)
+                audit_row(
+                    actor,
+                    mailbox.account_id,
+                    "mailbox.reauth_required",
+                    mailbox.id,
+                    detail,
+                    self._clock(),
+                )
             )
             session.add(
                 outbox_row(
                     mailbox.account_id,
                     "mailbox.reauth_required",
                     {"mailbox_id": mailbox.id, **detail},
+                    self._clock(),
                 )
             )
         return True
@@ -158,7 +170,7 @@ class MailboxStore:
             "state_reason": None,
             "address": address,
             "granted_scopes": sorted(granted_scopes),
-            "updated_at": utcnow(),
+            "updated_at": self._clock(),
         }
         if account is not None:
             conditions.append(
@@ -188,7 +200,7 @@ class MailboxStore:
         lifetime: dt.timedelta,
     ) -> None:
         """Remember a pending authorization under the digest of its ``state``."""
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             session.add(
                 OAuthState(
@@ -221,6 +233,6 @@ class MailboxStore:
     async def purge_expired_authorizations(self) -> int:
         async with self._sessions.begin() as session:
             result = await session.execute(
-                delete(OAuthState).where(OAuthState.expires_at < utcnow())
+                delete(OAuthState).where(OAuthState.expires_at < self._clock())
             )
         return int(result.rowcount)  # type: ignore[attr-defined]

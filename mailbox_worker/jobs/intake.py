@@ -11,12 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailbox_worker.clock import utcnow
-from mailbox_worker.db.accounts import Principal
+from mailbox_worker.accounts import Principal
+from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
@@ -39,6 +39,75 @@ class Submission:
     idempotency_key: str | None
 
 
+@dataclass(frozen=True)
+class JobEventView:
+    """One recorded transition or attempt of a job, as the API shows it (its free-text
+    ``detail`` and the worker's host name stay internal)."""
+
+    at: dt.datetime
+    kind: str
+    from_state: JobState | None
+    to_state: JobState | None
+    code: str | None
+    provider_status: int | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> JobEventView:
+        return cls(
+            at=event.at,
+            kind=event.kind,
+            from_state=None if event.from_state is None else JobState(event.from_state),
+            to_state=None if event.to_state is None else JobState(event.to_state),
+            code=event.code,
+            provider_status=event.provider_status,
+        )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job's metadata (never its message), and its events when they were asked for."""
+
+    id: str
+    mailbox_id: str
+    mode: str
+    state: JobState
+    reference: str | None
+    message_id: str
+    attempts: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+    deadline: dt.datetime | None
+    last_error_code: str | None
+    last_error_message: str | None
+    provider_message_id: str | None
+    provider_draft_id: str | None
+    web_link: str | None
+    events: tuple[JobEventView, ...] | None = None
+
+    @classmethod
+    def of(cls, job: Job, events: Sequence[JobEvent] | None = None) -> JobView:
+        return cls(
+            id=job.id,
+            mailbox_id=job.mailbox_id,
+            mode=job.mode,
+            state=JobState(job.state),
+            reference=job.reference,
+            message_id=job.message_id,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            finished_at=job.finished_at,
+            deadline=job.deadline,
+            last_error_code=job.last_error_code,
+            last_error_message=job.last_error_message,
+            provider_message_id=job.provider_message_id,
+            provider_draft_id=job.provider_draft_id,
+            web_link=job.web_link,
+            events=None if events is None else tuple(JobEventView.of(e) for e in events),
+        )
+
+
 class JobIntake:
     def __init__(
         self,
@@ -47,14 +116,17 @@ class JobIntake:
         message_limit: MessageLimit,
         metrics: Metrics,
         wake_worker: Callable[[], None] = lambda: None,
+        clock: Clock = utcnow,
     ) -> None:
         self._jobs = jobs
         self._mailboxes = mailboxes
         self._message_limit = message_limit
         self._metrics = metrics
         self._wake_worker = wake_worker
+        self._clock = clock
 
-    async def submit(self, principal: Principal, submission: Submission) -> tuple[Job, bool]:
+    async def submit(self, principal: Principal, submission: Submission) -> tuple[JobView, bool]:
+        """Commit a job and return ``(job, created)``; raises ``RequestError`` subclasses."""
         body = submission.body
         if submission.idempotency_key is not None:
             # A retried request gets its first answer, whatever happened since (the mailbox
@@ -63,7 +135,7 @@ class JobIntake:
                 principal.account_id, submission.idempotency_key, _request_digest(body)
             )
             if first is not None:
-                return first, False
+                return JobView.of(first), False
         mailbox = await self._mailboxes.get(str(body["mailbox_id"]), principal.account_id)
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
@@ -86,7 +158,7 @@ class JobIntake:
             raise InvalidRequest(
                 "message.from must be the mailbox's own address", code="from_mismatch"
             )
-        deadline = _parse_deadline(body.get("deadline"))
+        deadline = _parse_deadline(body.get("deadline"), self._clock())
         domain = mailbox.address.rpartition("@")[2]
         self._check_size(message, mailbox.address, mailbox.provider, mode, domain)
         job, created = await self._jobs.enqueue(
@@ -107,7 +179,7 @@ class JobIntake:
             self._metrics.jobs_enqueued.labels(mode=mode).inc()
             if mailbox.state == MailboxState.CONNECTED:
                 self._wake_worker()
-        return job, created
+        return JobView.of(job), created
 
     def _check_size(
         self, message: dict[str, Any], sender: str, provider: str, mode: str, domain: str
@@ -140,13 +212,15 @@ class JobIntake:
                 code="message_too_large",
             )
 
-    async def get(self, principal: Principal, job_id: str) -> tuple[Job, list[JobEvent]]:
+    async def get(self, principal: Principal, job_id: str) -> JobView:
+        """The job with its events; ``NotFound`` for another account's or an unknown job."""
         job = await self._jobs.get(job_id, principal.account_id)
         if job is None:
             raise NotFound("no such job in this account", code="job_not_found")
-        return job, await self._jobs.events(job.id)
+        return JobView.of(job, await self._jobs.events(job.id))
 
-    async def cancel(self, principal: Principal, job_id: str) -> Job:
+    async def cancel(self, principal: Principal, job_id: str) -> JobView:
+        """Cancel a queued or held job; ``Conflict`` (job_not_cancellable) once it left them."""
         job = await self._jobs.cancel(job_id, principal.account_id, actor=principal.key_id)
         if job is None:
             raise NotFound("no such job in this account", code="job_not_found")
@@ -156,7 +230,7 @@ class JobIntake:
                 "be cancelled",
                 code="job_not_cancellable",
             )
-        return job
+        return JobView.of(job)
 
 
 def _request_digest(body: Any) -> str:
@@ -164,7 +238,7 @@ def _request_digest(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _parse_deadline(value: Any) -> dt.datetime | None:
+def _parse_deadline(value: Any, now: dt.datetime) -> dt.datetime | None:
     if value is None:
         return None
     try:
@@ -177,6 +251,6 @@ def _parse_deadline(value: Any) -> dt.datetime | None:
         ) from None
     if deadline.tzinfo is None:
         raise InvalidRequest("deadline needs a time zone offset", code="invalid_deadline")
-    if deadline <= utcnow():
+    if deadline <= now:
         raise InvalidRequest("deadline is in the past", code="invalid_deadline")
     return deadline

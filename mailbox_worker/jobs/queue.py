@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.states import CANCELLABLE, TERMINAL, JobState, MailboxState
@@ -76,8 +76,9 @@ def message_id_for(job_id: str, domain: str) -> str:
 
 
 class JobStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow) -> None:
         self._sessions = sessions
+        self._clock = clock
 
     # -- enqueue and read ---------------------------------------------------------------
 
@@ -91,7 +92,7 @@ class JobStore:
             existing = await self._by_idempotency_key(new.account_id, new.idempotency_key)
             if existing is not None:
                 return self._replay(existing, new), False
-        now = utcnow()
+        now = self._clock()
         job_id = new_id("job")
         state = JobState.HELD if new.held else JobState.QUEUED
         job = Job(
@@ -116,7 +117,7 @@ class JobStore:
                 session.add(job)
                 await session.flush()
                 session.add(JobContent(job_id=job_id, payload=new.payload))
-                session.add(_event(job_id, "state", None, state, code="enqueued"))
+                session.add(self._event(job_id, "state", None, state, code="enqueued"))
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -183,7 +184,7 @@ class JobStore:
         """Lease up to ``limit`` due jobs of connected mailboxes to ``worker``."""
         if limit <= 0:
             return []
-        now = utcnow()
+        now = self._clock()
         due = (
             select(Job.id)
             .join(Mailbox, Mailbox.id == Job.mailbox_id)
@@ -217,7 +218,7 @@ class JobStore:
             payloads = {content.job_id: content.payload for content in contents}
             for job in jobs:
                 session.add(
-                    _event(job.id, "state", JobState.QUEUED, JobState.RUNNING, worker=worker)
+                    self._event(job.id, "state", JobState.QUEUED, JobState.RUNNING, worker=worker)
                 )
         return [ClaimedJob(job, payloads[job.id]) for job in jobs if job.id in payloads]
 
@@ -225,7 +226,7 @@ class JobStore:
         """Extend the leases ``worker`` still holds; returns how many it still holds."""
         if not job_ids:
             return 0
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Job)
@@ -242,7 +243,7 @@ class JobStore:
         From here until an outcome is recorded the job is "in flight": a worker that dies
         now leaves the job ``unknown`` rather than risk sending it twice.
         """
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Job)
@@ -251,12 +252,12 @@ class JobStore:
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 return False
-            session.add(_event(job_id, "attempt", code="started", worker=worker))
+            session.add(self._event(job_id, "attempt", code="started", worker=worker))
         return True
 
     async def finish(self, job_id: str, worker: str, outcome: Outcome) -> bool:
         """Leave ``running`` for ``outcome.state``; False if ``worker`` no longer holds the job."""
-        now = utcnow()
+        now = self._clock()
         values: dict[str, Any] = {
             "state": outcome.state,
             "lease_owner": None,
@@ -283,7 +284,7 @@ class JobStore:
             "lease_owner": None,
             "lease_expires_at": None,
             "in_flight_since": None,
-            "updated_at": utcnow(),
+            "updated_at": self._clock(),
             "last_error_code": outcome.code,
             "last_error_message": outcome.message,
         }
@@ -301,7 +302,7 @@ class JobStore:
             if not result.rowcount:  # type: ignore[attr-defined]
                 return False
             session.add(
-                _event(
+                self._event(
                     job_id,
                     "state",
                     JobState.RUNNING,
@@ -335,7 +336,7 @@ class JobStore:
 
         Returns ``(requeued, unknown)``.
         """
-        now = utcnow()
+        now = self._clock()
         expired = and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
         requeued = await self._recover(
             and_(expired, Job.in_flight_since.is_(None)),
@@ -362,7 +363,7 @@ class JobStore:
         code: str,
         detail: str,
     ) -> int:
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             ids = list(
                 (
@@ -388,13 +389,15 @@ class JobStore:
             )
             for job_id in ids:
                 session.add(
-                    _event(job_id, "state", JobState.RUNNING, to_state, code=code, detail=detail)
+                    self._event(
+                        job_id, "state", JobState.RUNNING, to_state, code=code, detail=detail
+                    )
                 )
         return len(ids)
 
     async def fail_past_deadline(self) -> int:
         """Queued or held jobs whose deadline passed become ``failed`` (deadline_exceeded)."""
-        now = utcnow()
+        now = self._clock()
         message = "the job's deadline passed before it could be sent"
         async with self._sessions.begin() as session:
             rows = (
@@ -417,7 +420,7 @@ class JobStore:
                     )
                 )
                 session.add(
-                    _event(
+                    self._event(
                         job_id,
                         "state",
                         state,
@@ -457,7 +460,7 @@ class JobStore:
     async def _move_for_mailbox(
         self, mailbox_id: str, from_states: list[str], to_state: str, code: str, message: str
     ) -> int:
-        now = utcnow()
+        now = self._clock()
         terminal = {"finished_at": now} if to_state in TERMINAL else {}
         async with self._sessions.begin() as session:
             rows = (
@@ -479,7 +482,9 @@ class JobStore:
                         **terminal,
                     )
                 )
-                session.add(_event(job_id, "state", state, to_state, code=code, detail=message))
+                session.add(
+                    self._event(job_id, "state", state, to_state, code=code, detail=message)
+                )
         return len(rows)
 
     async def hold(self, job_id: str, worker: str, code: str, message: str) -> bool:
@@ -489,7 +494,7 @@ class JobStore:
             "lease_owner": None,
             "lease_expires_at": None,
             "in_flight_since": None,
-            "updated_at": utcnow(),
+            "updated_at": self._clock(),
             "last_error_code": code,
             "last_error_message": message,
         }
@@ -503,7 +508,7 @@ class JobStore:
         Returns the job as it now is (unchanged if it had already left ``queued``/``held``),
         or None if the account has no such job.
         """
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             job = (
                 await session.scalars(
@@ -522,7 +527,7 @@ class JobStore:
                 job.last_error_code = "cancelled_by_client"
                 job.last_error_message = "the client cancelled the job before it was sent"
                 session.add(
-                    _event(
+                    self._event(
                         job_id,
                         "state",
                         previous,
@@ -533,33 +538,33 @@ class JobStore:
                 )
         return job
 
+    def _event(
+        self,
+        job_id: str,
+        kind: str,
+        from_state: str | None = None,
+        to_state: str | None = None,
+        *,
+        code: str | None = None,
+        detail: str | None = None,
+        provider_status: int | None = None,
+        worker: str | None = None,
+    ) -> JobEvent:
+        return JobEvent(
+            job_id=job_id,
+            at=self._clock(),
+            kind=kind,
+            from_state=from_state,
+            to_state=to_state,
+            code=code,
+            detail=detail,
+            provider_status=provider_status,
+            worker=worker,
+        )
+
 
 def _held_by(job_id: str, worker: str) -> ColumnElement[bool]:
     return and_(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker)
-
-
-def _event(
-    job_id: str,
-    kind: str,
-    from_state: str | None = None,
-    to_state: str | None = None,
-    *,
-    code: str | None = None,
-    detail: str | None = None,
-    provider_status: int | None = None,
-    worker: str | None = None,
-) -> JobEvent:
-    return JobEvent(
-        job_id=job_id,
-        at=utcnow(),
-        kind=kind,
-        from_state=from_state,
-        to_state=to_state,
-        code=code,
-        detail=detail,
-        provider_status=provider_status,
-        worker=worker,
-    )
 
 
 __all__ = ["ClaimedJob", "JobStore", "NewJob", "Outcome", "message_id_for"]

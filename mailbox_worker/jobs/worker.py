@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Protocol
 
-from mailbox_worker.clock import utcnow
+from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.config import WorkerSettings
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, Mailbox
@@ -72,6 +72,7 @@ class Worker:
         settings: WorkerSettings,
         metrics: Metrics,
         name: str | None = None,
+        clock: Clock = utcnow,
     ) -> None:
         self._jobs = jobs
         self._mailboxes = mailboxes
@@ -79,6 +80,7 @@ class Worker:
         self._providers = providers
         self._settings = settings
         self._metrics = metrics
+        self._clock = clock
         self.name = name or worker_name()
         self._wakeup = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -277,7 +279,7 @@ class Worker:
         delay = retry_delay(error, failures, self._settings)
         if isinstance(error, AccessTokenRejected):
             delay = 0.0
-        run_after = utcnow() + dt.timedelta(seconds=delay)
+        run_after = self._clock() + dt.timedelta(seconds=delay)
         moved = await self._jobs.retry_later(
             job.id, self.name, run_after, _outcome(JobState.QUEUED, error), failure=not throttled
         )

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import Mailbox, PendingRevocation
@@ -41,12 +41,14 @@ class Revocations:
         identities: Mapping[str, IdentityClient],
         accounts: AccountStore,
         scrubber: StorageScrubber,
+        clock: Clock = utcnow,
     ) -> None:
         self._sessions = sessions
         self._vault = vault
         self._identities = identities
         self._accounts = accounts
         self._scrubber = scrubber
+        self._clock = clock
 
     async def revoke(self, mailbox: Mailbox, token_blob: str | None) -> str:
         """Revoke the mailbox's grant; returns ``revoked``, ``not_available`` or ``pending``."""
@@ -64,7 +66,7 @@ class Revocations:
     async def _defer(self, mailbox: Mailbox, token: str, code: str) -> None:
         record_id = new_id("rev")
         kek_id, wrapped, sealed = await self._vault.seal_standalone(record_id, token.encode())
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             session.add(
                 PendingRevocation(
@@ -91,7 +93,7 @@ class Revocations:
     async def retry_due(self, *, everything: bool = False) -> int:
         """Retry the revocations that are due (all of them with ``everything``); returns how
         many were settled (revoked or given up)."""
-        now = utcnow()
+        now = self._clock()
         query = select(PendingRevocation)
         if not everything:
             query = query.where(PendingRevocation.next_attempt_at <= now)

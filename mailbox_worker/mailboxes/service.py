@@ -17,7 +17,7 @@ answers its own page.
 
 Disconnect erases the tokens with their data key (crypto-erasure), drops cached tokens,
 cancels pending jobs and audits it. Microsoft offers no per-app grant revocation without
-tenant-admin permissions (providers.md A7): the refresh token we held is destroyed here, and
+tenant-admin permissions (docs/providers.md A7): the refresh token we held is destroyed here, and
 the admin should remove the app's consent in Entra (Enterprise applications → Permissions)
 to revoke it at Microsoft as well.
 """
@@ -32,8 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from mailbox_worker.clock import utcnow
-from mailbox_worker.db.accounts import AccountStore, Principal
+from mailbox_worker.accounts import Principal
+from mailbox_worker.clock import Clock, utcnow
+from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.mailboxes import MailboxStore, pinned_account
 from mailbox_worker.db.models import Mailbox, OAuthState
 from mailbox_worker.db.outbox import outbox_row
@@ -61,13 +62,45 @@ AUTHORIZATION_LIFETIME = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
+class MailboxView:
+    """A mailbox as the API shows it: never a token, nor the account it is pinned to."""
+
+    id: str
+    provider: str
+    capabilities: tuple[str, ...]
+    state: MailboxState
+    state_reason: str | None
+    address: str | None
+    granted_scopes: tuple[str, ...]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, mailbox: Mailbox) -> MailboxView:
+        return cls(
+            id=mailbox.id,
+            provider=mailbox.provider,
+            capabilities=tuple(mailbox.capabilities),
+            state=MailboxState(mailbox.state),
+            state_reason=mailbox.state_reason,
+            address=mailbox.address,
+            granted_scopes=tuple(mailbox.granted_scopes),
+            created_at=mailbox.created_at,
+            updated_at=mailbox.updated_at,
+        )
+
+
+@dataclass(frozen=True)
 class ConnectionStart:
-    mailbox: Mailbox
+    mailbox: MailboxView
     authorization_url: str
 
 
+CONNECTED_OUTCOME = "connected"
+"""The one ``CallbackResult.outcome`` that means the mailbox is connected."""
+
 OUTCOMES: tuple[str, ...] = (
-    "connected",
+    CONNECTED_OUTCOME,
     "access_denied",
     "consent_failed",
     "scope_missing",
@@ -172,6 +205,7 @@ class MailboxService:
         identities: Mapping[str, IdentityClient],
         revocations: Revocations,
         redirect_uri: str,
+        clock: Clock = utcnow,
     ) -> None:
         self._mailboxes = mailboxes
         self._jobs = jobs
@@ -181,6 +215,7 @@ class MailboxService:
         self._identities = identities
         self._revocations = revocations
         self._redirect_uri = redirect_uri
+        self._clock = clock
         self._own_origin = url_origin(redirect_uri, http_anywhere=True)
 
     # -- connect -----------------------------------------------------------------------------
@@ -203,12 +238,12 @@ class MailboxService:
             principal.account_id, provider, capabilities, actor=f"api_key:{principal.key_id}"
         )
         url = await self._start(mailbox, return_url, login_hint)
-        return ConnectionStart(mailbox=mailbox, authorization_url=url)
+        return ConnectionStart(mailbox=MailboxView.of(mailbox), authorization_url=url)
 
     async def reconnect(
         self, principal: Principal, mailbox_id: str, return_url: str | None
     ) -> ConnectionStart:
-        mailbox = await self.get(principal, mailbox_id)
+        mailbox = await self._owned(principal, mailbox_id)
         if mailbox.state == MailboxState.DISCONNECTED:
             raise Conflict(
                 "a disconnected mailbox cannot be reconnected; create a new one",
@@ -216,7 +251,7 @@ class MailboxService:
             )
         await self._check_return_url(principal.account_id, return_url)
         url = await self._start(mailbox, return_url, mailbox.address)
-        return ConnectionStart(mailbox=mailbox, authorization_url=url)
+        return ConnectionStart(mailbox=MailboxView.of(mailbox), authorization_url=url)
 
     async def _check_return_url(self, account_id: str, return_url: str | None) -> None:
         """``Conflict`` (``return_url_not_allowed``) unless ``return_url`` is None or on the
@@ -281,7 +316,7 @@ class MailboxService:
                 None,
             )
         mailbox_id = pending.mailbox_id
-        if pending.expires_at < utcnow():
+        if pending.expires_at < self._clock():
             return self._result("state_expired", "The authorization took too long.", pending)
         mailbox = await self._mailboxes.get(mailbox_id)
         if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
@@ -317,6 +352,7 @@ class MailboxService:
                 mailbox.account_id,
                 "mailbox.connected",
                 {"mailbox_id": mailbox.id, "provider": mailbox.provider},
+                self._clock(),
             ),
         )
         if not recorded:
@@ -342,7 +378,7 @@ class MailboxService:
             mailbox.id,
             {"scopes": sorted(grant.granted_scopes), "released_jobs": released},
         )
-        return self._result("connected", "The mailbox is connected.", pending)
+        return self._result(CONNECTED_OUTCOME, "The mailbox is connected.", pending)
 
     async def _remember_failure(self, mailbox: Mailbox, code: str) -> None:
         await self._mailboxes.set_state(
@@ -368,19 +404,24 @@ class MailboxService:
 
     # -- read --------------------------------------------------------------------------------
 
-    async def get(self, principal: Principal, mailbox_id: str) -> Mailbox:
+    async def get(self, principal: Principal, mailbox_id: str) -> MailboxView:
+        """The caller's mailbox; ``NotFound`` for another account's or an unknown one."""
+        return MailboxView.of(await self._owned(principal, mailbox_id))
+
+    async def list(self, principal: Principal) -> list[MailboxView]:
+        return [MailboxView.of(m) for m in await self._mailboxes.list(principal.account_id)]
+
+    async def _owned(self, principal: Principal, mailbox_id: str) -> Mailbox:
         mailbox = await self._mailboxes.get(mailbox_id, principal.account_id)
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
         return mailbox
 
-    async def list(self, principal: Principal) -> list[Mailbox]:
-        return await self._mailboxes.list(principal.account_id)
-
     # -- disconnect ----------------------------------------------------------------------------
 
-    async def disconnect(self, principal: Principal, mailbox_id: str) -> Mailbox:
-        mailbox = await self.get(principal, mailbox_id)
+    async def disconnect(self, principal: Principal, mailbox_id: str) -> MailboxView:
+        """Disconnect the caller's mailbox (``disconnect_mailbox``); idempotent."""
+        mailbox = await self._owned(principal, mailbox_id)
         await self.disconnect_mailbox(mailbox, actor=f"api_key:{principal.key_id}")
         return await self.get(principal, mailbox_id)
 
@@ -417,6 +458,7 @@ class MailboxService:
                     "provider": mailbox.provider,
                     "cancelled_jobs": cancelled,
                 },
+                self._clock(),
             ),
         )
         if not moved:

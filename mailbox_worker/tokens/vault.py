@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.clock import utcnow
+from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import MailboxKey, OAuthState, PendingRevocation, TokenRecord
 from mailbox_worker.errors import Conflict, KeyUnavailable
@@ -57,10 +57,12 @@ class TokenVault:
         sessions: async_sessionmaker[AsyncSession],
         keys: KeySource,
         scrubber: StorageScrubber,
+        clock: Clock = utcnow,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
         self._scrubber = scrubber
+        self._clock = clock
         self._data_keys: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
 
@@ -95,7 +97,7 @@ class TokenVault:
                             mailbox_id=mailbox_id,
                             kek_id=kek.key_id,
                             wrapped_key=wrap_data_key(kek, data_key, mailbox_id=mailbox_id),
-                            created_at=utcnow(),
+                            created_at=self._clock(),
                         )
                     )
             else:
@@ -126,7 +128,7 @@ class TokenVault:
         another writer stored a newer record meanwhile, raises ``Conflict`` and stores nothing.
         """
         sealed = await self.seal(mailbox_id, TOKENS, plaintext)
-        now = utcnow()
+        now = self._clock()
         async with self._sessions.begin() as session:
             # Lock the data key row as key rotation does, so the record's key id is current.
             kek_id = await session.scalar(
@@ -236,7 +238,7 @@ class TokenVault:
                 data_key = unwrap_data_key(old, row.wrapped_key, mailbox_id=mailbox_id)
                 row.wrapped_key = wrap_data_key(active, data_key, mailbox_id=mailbox_id)
                 row.kek_id = active.key_id
-                row.rewrapped_at = utcnow()
+                row.rewrapped_at = self._clock()
                 await session.execute(
                     update(TokenRecord)
                     .where(TokenRecord.mailbox_id == mailbox_id)

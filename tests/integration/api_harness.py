@@ -1,17 +1,20 @@
 """The harness the API integration tests share (this module defines no tests).
 
-``running_api`` serves ``create_app`` on 127.0.0.1 the way the daemon does
+``running_api`` builds the daemon through its own composition root (``App.build``) on a
+temporary SQLite database, and serves its API on 127.0.0.1 the way the daemon does
 (``start_server``, the guarded server, with ``limits`` and ``body_timeout`` as the test
-chooses) over real stores on a temporary SQLite database, with the real ``JobIntake``. The
-mailbox connector is either the real ``MailboxService`` talking to ``FakeMicrosoftIdentity``
-(a stand-in for Microsoft's identity platform: no network) or, for tests about the API's
-own contract, a ``RecordingConnector`` that records what the API passed and answers what the
-test set.
+chooses). Only what reaches outside is replaced, through ``App.build``'s seams: the
+identity platform is ``FakeMicrosoftIdentity`` (no network), the mail transport is
+``IdleProvider`` (its message limit only: no worker runs here), and the clock is a
+``ShiftedClock`` a test can move forward. For tests about the API's own contract, the
+mailbox connector may be replaced by a ``RecordingConnector`` that records what the API
+passed and answers what the test set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -25,38 +28,37 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailbox_worker.accounts import Principal
 from mailbox_worker.api.app import create_app
 from mailbox_worker.api.server import ServerLimits, start_server
 from mailbox_worker.api.services import (
-    ApiServices,
     CallbackResult,
     ConnectionStart,
     MailboxConnector,
+    MailboxView,
 )
-from mailbox_worker.clock import new_id
-from mailbox_worker.config import DatabaseSettings, MicrosoftSettings
-from mailbox_worker.db import migrate
-from mailbox_worker.db.accounts import PERMISSIONS, AccountStore, Principal
-from mailbox_worker.db.engine import create_engine, create_session_factory
-from mailbox_worker.db.erasure import StorageScrubber
-from mailbox_worker.db.locks import DatabaseLocks
+from mailbox_worker.app import App
+from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.config import (
+    DatabaseSettings,
+    KeySettings,
+    MicrosoftSettings,
+    ServerSettings,
+    Settings,
+)
+from mailbox_worker.db.accounts import PERMISSIONS, AccountStore
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import NotFound, PermanentError
-from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.queue import JobStore
-from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
-from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.identities import AccountId
+from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
+from mailbox_worker.states import MailboxState
 from mailbox_worker.tokens.identity import Grant
-from mailbox_worker.tokens.keys import FileKeySource
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
-from mailbox_worker.tokens.service import AccessTokens
-from mailbox_worker.tokens.vault import TokenVault
 
 MESSAGE_LIMIT = 256 * 1024
 """What the intake lets the fake provider accept per message (bytes)."""
@@ -109,39 +111,73 @@ def consent_code(authorization_url: str) -> tuple[str, str]:
     return state, f"code-{state}"
 
 
+# -- a transport that is never asked to deliver, and a clock a test moves -------------------
+
+
+class IdleProvider:
+    """A ``MailProvider`` whose only use here is its message limit (no worker runs)."""
+
+    name = "microsoft"
+
+    def max_message_bytes(self, mode: DeliveryMode) -> int:
+        return MESSAGE_LIMIT
+
+    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+        raise AssertionError("the API harness runs no worker")
+
+    async def create_draft(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+        raise AssertionError("the API harness runs no worker")
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class ShiftedClock:
+    """The system clock moved ``offset`` ahead: a test advances time without sleeping."""
+
+    offset: dt.timedelta = dt.timedelta(0)
+
+    def __call__(self) -> dt.datetime:
+        return utcnow() + self.offset
+
+    def advance(self, by: dt.timedelta) -> None:
+        self.offset += by
+
+
 # -- a connector that records what the API asked ---------------------------------------------
 
 
 @dataclass
 class RecordingConnector:
-    """A ``MailboxConnector`` that records each call and answers from ``mailboxes``."""
+    """A ``MailboxConnector`` that records each call and answers from ``mailboxes`` (each
+    with the account it belongs to)."""
 
     calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    mailboxes: dict[str, Mailbox] = field(default_factory=dict)
+    mailboxes: dict[str, tuple[str, MailboxView]] = field(default_factory=dict)
     callback: CallbackResult = field(
         default_factory=lambda: CallbackResult("connected", "The mailbox is connected.", None, None)
     )
 
-    def add(self, account_id: str, state: str = "pending_consent") -> Mailbox:
+    def add(self, account_id: str, state: str = "pending_consent") -> MailboxView:
         now = dt.datetime.now(dt.UTC)
-        mailbox = Mailbox(
+        mailbox = MailboxView(
             id=new_id("mbx"),
-            account_id=account_id,
             provider="microsoft",
-            capabilities=["send"],
+            capabilities=("send",),
             address=None,
-            state=state,
+            state=MailboxState(state),
             state_reason=None,
-            granted_scopes=[],
+            granted_scopes=(),
             created_at=now,
             updated_at=now,
         )
-        self.mailboxes[mailbox.id] = mailbox
+        self.mailboxes[mailbox.id] = (account_id, mailbox)
         return mailbox
 
-    def _find(self, principal: Principal, mailbox_id: str) -> Mailbox:
-        mailbox = self.mailboxes.get(mailbox_id)
-        if mailbox is None or mailbox.account_id != principal.account_id:
+    def _find(self, principal: Principal, mailbox_id: str) -> MailboxView:
+        account_id, mailbox = self.mailboxes.get(mailbox_id, ("", None))
+        if mailbox is None or account_id != principal.account_id:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
         return mailbox
 
@@ -164,18 +200,20 @@ class RecordingConnector:
         mailbox = self._find(principal, mailbox_id)
         return ConnectionStart(mailbox, f"https://login.identity.test/authorize?m={mailbox.id}")
 
-    async def get(self, principal: Principal, mailbox_id: str) -> Mailbox:
+    async def get(self, principal: Principal, mailbox_id: str) -> MailboxView:
         self.calls.append(("get", (mailbox_id,)))
         return self._find(principal, mailbox_id)
 
-    async def list(self, principal: Principal) -> list[Mailbox]:
+    async def list(self, principal: Principal) -> list[MailboxView]:
         self.calls.append(("list", ()))
-        return [m for m in self.mailboxes.values() if m.account_id == principal.account_id]
+        return [m for a, m in self.mailboxes.values() if a == principal.account_id]
 
-    async def disconnect(self, principal: Principal, mailbox_id: str) -> Mailbox:
+    async def disconnect(self, principal: Principal, mailbox_id: str) -> MailboxView:
         self.calls.append(("disconnect", (mailbox_id,)))
-        mailbox = self._find(principal, mailbox_id)
-        mailbox.state = "disconnected"
+        mailbox = dataclasses.replace(
+            self._find(principal, mailbox_id), state=MailboxState.DISCONNECTED
+        )
+        self.mailboxes[mailbox_id] = (principal.account_id, mailbox)
         return mailbox
 
     async def complete(self, query: Mapping[str, str]) -> CallbackResult:
@@ -203,6 +241,8 @@ class Answer:
 @dataclass
 class RunningApi:
     base_url: str
+    app: App
+    clock: ShiftedClock
     engine: AsyncEngine
     accounts: AccountStore
     mailboxes: MailboxStore
@@ -257,12 +297,6 @@ class RunningApi:
             return Answer(response.status, response.headers, await response.read())
 
 
-async def _readiness(engine: AsyncEngine) -> Mapping[str, bool]:
-    async with engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
-    return {"database": True, "migrations": not await migrate.pending(engine)}
-
-
 @contextlib.asynccontextmanager
 async def running_api(
     tmp_path: Path,
@@ -274,62 +308,60 @@ async def running_api(
 ) -> AsyncIterator[RunningApi]:
     """The API on a real socket over a fresh, migrated SQLite database.
 
-    ``connector`` may replace the real mailbox service (it receives it, to wrap or ignore).
+    ``connector`` may replace the real mailbox service (it receives it, to wrap or ignore);
+    ``ready`` may replace the readiness checks.
     """
-    engine = create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/t.db"))
-    await migrate.upgrade(engine)
-    sessions = create_session_factory(engine)
-    accounts, mailboxes, jobs = AccountStore(sessions), MailboxStore(sessions), JobStore(sessions)
-    registry = CollectorRegistry()
-    metrics = Metrics.create(registry)
-    intake = JobIntake(jobs, mailboxes, lambda provider, mode: MESSAGE_LIMIT, metrics)
+    settings = Settings(
+        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/t.db"),
+        server=ServerSettings(
+            public_url=PUBLIC_URL, max_request_bytes=MAX_REQUEST_BYTES, body_timeout=body_timeout
+        ),
+        keys=KeySettings(source="file", file=str(tmp_path / "keys.json"), create_if_missing=True),
+    )
     identity = FakeMicrosoftIdentity()
-    scrubber = StorageScrubber(engine)
-    keys = FileKeySource(tmp_path / "keys.json", create_if_missing=True)
-    vault = TokenVault(sessions, keys, scrubber)
-    identities = {"microsoft": identity}
-    tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
-    revocations = Revocations(sessions, vault, identities, accounts, scrubber)
-    service = MailboxService(
-        mailboxes,
-        jobs,
-        accounts,
-        vault,
-        tokens,
-        identities,
-        revocations,
-        f"{PUBLIC_URL}/oauth/callback",
-    )
-    chosen: MailboxConnector = service if connector is None else connector(service)
-    services = ApiServices(
-        accounts=accounts,
-        jobs=intake,
-        mailboxes=chosen,
-        registry=registry,
-        ready=ready or (lambda: _readiness(engine)),
-        max_request_bytes=MAX_REQUEST_BYTES,
-        body_timeout=body_timeout,
-    )
-    runner, site = await start_server(
-        create_app(services), "127.0.0.1", 0, limits or ServerLimits()
+    clock = ShiftedClock()
+    app = App.build(
+        settings,
+        identities={"microsoft": identity},
+        providers={"microsoft": IdleProvider()},
+        clock=clock,
     )
     try:
-        base_url = f"http://127.0.0.1:{site.port}"
-        async with aiohttp.ClientSession(base_url=base_url) as http:
-            yield RunningApi(
-                base_url=base_url,
-                engine=engine,
-                accounts=accounts,
-                mailboxes=mailboxes,
-                jobs=jobs,
-                registry=registry,
-                connector=chosen,
-                identity=identity,
-                http=http,
-            )
+        await app.migrate()
+        chosen: MailboxConnector = (
+            app.mailbox_service if connector is None else connector(app.mailbox_service)
+        )
+        # The browser's own origin stands for the daemon's (``public_url`` empty), as the
+        # admin page and cookies see a server on an ephemeral port.
+        services = dataclasses.replace(
+            app.api_services(),
+            mailboxes=chosen,
+            ready=ready or app.readiness,
+            public_url="",
+        )
+        runner, site = await start_server(
+            create_app(services), "127.0.0.1", 0, limits or ServerLimits()
+        )
+        try:
+            base_url = f"http://127.0.0.1:{site.port}"
+            async with aiohttp.ClientSession(base_url=base_url) as http:
+                yield RunningApi(
+                    base_url=base_url,
+                    app=app,
+                    clock=clock,
+                    engine=app.engine,
+                    accounts=app.accounts,
+                    mailboxes=app.mailboxes,
+                    jobs=app.jobs,
+                    registry=app.registry,
+                    connector=chosen,
+                    identity=identity,
+                    http=http,
+                )
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
-        await engine.dispose()
+        await app.close()
 
 
 def job_request(mailbox_id: str, **message: Any) -> dict[str, Any]:

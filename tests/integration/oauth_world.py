@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
+from mailbox_worker.accounts import Principal
 from mailbox_worker.app import App
 from mailbox_worker.config import DatabaseSettings
-from mailbox_worker.db.accounts import Principal
 from mailbox_worker.db.models import Job, Mailbox, TokenRecord
 from mailbox_worker.demo import _FormParser, demo_settings
 from mailbox_worker.jobs.intake import Submission

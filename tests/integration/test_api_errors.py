@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from mailbox_worker.accounts import Principal
 from mailbox_worker.api.document import read_document
-from mailbox_worker.db.accounts import PERMISSIONS, Principal
-from mailbox_worker.db.models import Mailbox
+from mailbox_worker.api.services import MailboxView
+from mailbox_worker.db.accounts import PERMISSIONS
 from tests.integration.api_harness import (
     MAX_REQUEST_BYTES,
     RecordingConnector,
@@ -235,7 +236,7 @@ async def test_a_wrong_method_is_not_allowed_and_says_what_is(api: RunningApi) -
 class CrashingConnector(RecordingConnector):
     password = "hunter" + "2"  # so that the source line a traceback shows does not hold it
 
-    async def list(self, principal: Principal) -> list[Mailbox]:
+    async def list(self, principal: Principal) -> list[MailboxView]:
         raise RuntimeError(f"connection to db failed: password={self.password}")
 
 

@@ -110,14 +110,13 @@ async def test_a_replay_answers_the_first_job_even_after_the_mailbox_was_disconn
 
 
 async def test_a_replay_answers_the_first_job_even_after_its_deadline_passed(
-    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+    api: RunningApi, caller: tuple[str, str, str]
 ) -> None:
     _, key, mailbox_id = caller
     deadline = utcnow() + dt.timedelta(hours=1)
     body = {**job_request(mailbox_id), "deadline": deadline.strftime("%Y-%m-%dT%H:%M:%SZ")}
     first = await enqueue(api, key, body, idempotency_key="invoice-42")
-    later = utcnow() + dt.timedelta(hours=2)
-    monkeypatch.setattr("mailbox_worker.jobs.intake.utcnow", lambda: later)
+    api.clock.advance(dt.timedelta(hours=2))
     again = await enqueue(api, key, body, idempotency_key="invoice-42")
     assert (first.status, again.status) == (202, 200), again.body
     fresh = await enqueue(api, key, body, idempotency_key="invoice-43")

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from sqlalchemy import update
 
+from mailbox_worker.accounts import Principal
 from mailbox_worker.clock import utcnow
-from mailbox_worker.db.accounts import Principal
 from mailbox_worker.db.models import Base, OAuthState
 from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired
 from mailbox_worker.jobs.intake import Submission

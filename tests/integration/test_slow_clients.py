@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from mailbox_worker.accounts import Principal
 from mailbox_worker.api.server import ServerLimits
-from mailbox_worker.db.accounts import Principal
 from tests.integration.api_harness import RunningApi, running_api
 from tests.raw_http import (
     DEADLINE,
@@ -129,14 +129,14 @@ async def test_a_client_hanging_up_mid_body_is_logged_at_info_and_counted_499(
 def note_authentication(running: RunningApi, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     """Set once a handler authenticated; it then reads the body without yielding before."""
     authenticated = asyncio.Event()
-    original = running.accounts.authenticate
+    original = running.app.account_service.authenticate
 
     async def authenticate(presented: str) -> Principal | None:
         principal = await original(presented)
         authenticated.set()
         return principal
 
-    monkeypatch.setattr(running.accounts, "authenticate", authenticate)
+    monkeypatch.setattr(running.app.account_service, "authenticate", authenticate)
     return authenticated
 
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from schemathesis.core.result import Ok
 
 from mailbox_worker.api import admin_page
+from mailbox_worker.api.admin_session import AdminSessions
 from mailbox_worker.api.app import create_app
 from mailbox_worker.api.document import (
     ApiDocument,
@@ -24,8 +25,14 @@ from mailbox_worker.api.document import (
 )
 from mailbox_worker.api.errors import ValidationFailed
 from mailbox_worker.api.representations import job_json, mailbox_json
-from mailbox_worker.api.services import ApiServices, JobIntake, MailboxConnector
-from mailbox_worker.db.accounts import AccountStore
+from mailbox_worker.api.services import (
+    AccountOperations,
+    ApiServices,
+    JobOperations,
+    JobView,
+    MailboxConnector,
+    MailboxView,
+)
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.mailboxes.service import OUTCOMES
 from mailbox_worker.policy.scopes import CAPABILITIES, PROVIDERS
@@ -101,9 +108,10 @@ def test_operation_ids_are_unique() -> None:
 
 def test_the_document_and_the_router_list_the_same_operations() -> None:
     services = ApiServices(
-        accounts=cast(AccountStore, None),
-        jobs=cast(JobIntake, None),
+        accounts=cast(AccountOperations, None),
+        jobs=cast(JobOperations, None),
         mailboxes=cast(MailboxConnector, None),
+        admin_sessions=AdminSessions(cast(AccountOperations, None)),
         registry=CollectorRegistry(),
         ready=cast(Any, None),
     )
@@ -217,10 +225,10 @@ def test_a_job_is_represented_as_the_document_says() -> None:
         worker="host-1",
     )
 
-    represented = job_json(job, [event])
+    represented = job_json(JobView.of(job, [event]))
 
     DOCUMENT.validate(schema_pointer("JobWithEvents"), represented)
-    DOCUMENT.validate(schema_pointer("Job"), job_json(job))
+    DOCUMENT.validate(schema_pointer("Job"), job_json(JobView.of(job)))
     assert represented["created_at"] == "2024-05-01T12:00:00.000Z"
     assert represented["last_error"] == {
         "code": "recipient_rejected",
@@ -242,7 +250,7 @@ def test_a_mailbox_is_represented_as_the_document_says() -> None:
         created_at=NOW,
         updated_at=NOW,
     )
-    represented = mailbox_json(mailbox)
+    represented = mailbox_json(MailboxView.of(mailbox))
     DOCUMENT.validate(schema_pointer("Mailbox"), represented)
     assert "account_id" not in represented
 
