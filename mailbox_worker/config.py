@@ -4,7 +4,9 @@ Sources, later ones winning: the defaults below (documented in ``config/mailbox-
 a TOML file (``--config`` or ``MAILBOX_WORKER_CONFIG``), then environment variables named
 ``MAILBOX_WORKER_<SECTION>__<KEY>`` (e.g. ``MAILBOX_WORKER_DATABASE__URL``). A wrong or
 unknown setting raises ``ConfigError`` naming it; the CLI prints that one line and exits.
-Each component receives only its own section.
+``MAILBOX_WORKER_KEYS`` (the keys themselves, for ``keys.source = "env"``) is read here too,
+into ``keys.env_value``: nothing else reads the environment. Each component receives only
+its own section.
 """
 
 from __future__ import annotations
