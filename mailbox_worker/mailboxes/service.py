@@ -48,6 +48,7 @@ from mailbox_worker.errors import (
     DeliveryError,
     InvalidRequest,
     NotFound,
+    TokenRecordChanged,
     TransientError,
 )
 from mailbox_worker.jobs.queue import JobStore
@@ -311,7 +312,10 @@ class MailboxService:
             await self._remember_failure(mailbox, examined.outcome)
             return self._result(examined.outcome, examined.message, pending)
         address, account = examined
-        await self._vault.replace_tokens(mailbox.id, grant.cache.encode())
+        try:
+            await self._vault.replace_tokens(mailbox.id, grant.cache.encode())
+        except TokenRecordChanged as error:  # a concurrent consent stored its grant first
+            raise Conflict(error.message, code=error.code) from None
         self._tokens.forget(mailbox.id)
         recorded = await self._mailboxes.mark_connected(
             mailbox.id,

@@ -27,7 +27,12 @@ from tenacity import (
 
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.models import Mailbox
-from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired, TransientError
+from mailbox_worker.errors import (
+    IdentityMisconfigured,
+    ReauthRequired,
+    TokenRecordChanged,
+    TransientError,
+)
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.scopes import required_scopes
 from mailbox_worker.tokens.identity import AccessToken, IdentityClient
@@ -99,7 +104,7 @@ class AccessTokens:
     async def _refresh_with_retries(self, mailbox: Mailbox, force: bool) -> AccessToken:
         retrying = AsyncRetrying(
             # A refusal of our app itself will not pass in seconds: the job waits instead.
-            retry=retry_if_exception_type((TransientError, Conflict))
+            retry=retry_if_exception_type((TransientError, TokenRecordChanged))
             & retry_if_not_exception_type(IdentityMisconfigured),
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential_jitter(multiplier=self._initial_wait, max=10.0),
@@ -130,7 +135,7 @@ class AccessTokens:
             # Re-read before declaring the grant dead: another process may have rotated it.
             latest = await self._vault.load_tokens(mailbox.id)
             if latest is not None and latest.version != stored.version:
-                raise Conflict("tokens rotated concurrently", code="token_conflict") from error
+                raise TokenRecordChanged("tokens rotated concurrently") from error
             self._metrics.token_refreshes.labels(
                 provider=mailbox.provider, outcome=error.code
             ).inc()

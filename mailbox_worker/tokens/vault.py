@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import MailboxKey, OAuthState, PendingRevocation, TokenRecord
-from mailbox_worker.errors import Conflict, KeyUnavailable
+from mailbox_worker.errors import KeyUnavailable, TokenRecordChanged
 from mailbox_worker.tokens.envelope import (
     encode_fields,
     new_data_key,
@@ -123,7 +123,8 @@ class TokenVault:
         """Replace the token record atomically; returns its new version.
 
         ``expected_version`` is the version the caller read (None: there was none); if
-        another writer stored a newer record meanwhile, raises ``Conflict`` and stores nothing.
+        another writer stored a newer record meanwhile, raises ``TokenRecordChanged`` and
+        stores nothing.
         """
         sealed = await self.seal(mailbox_id, TOKENS, plaintext)
         now = utcnow()
@@ -140,7 +141,7 @@ class TokenVault:
                 )
             if expected_version is None:
                 if await session.get(TokenRecord, mailbox_id) is not None:
-                    raise Conflict("token record changed concurrently", code="token_conflict")
+                    raise TokenRecordChanged("token record changed concurrently")
                 session.add(
                     TokenRecord(
                         mailbox_id=mailbox_id,
@@ -162,7 +163,7 @@ class TokenVault:
                 )
             )
             if not result.rowcount:  # type: ignore[attr-defined]
-                raise Conflict("token record changed concurrently", code="token_conflict")
+                raise TokenRecordChanged("token record changed concurrently")
         return expected_version + 1
 
     async def replace_tokens(self, mailbox_id: str, plaintext: bytes) -> int:
