@@ -31,25 +31,26 @@ from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import ConfigError
-from mailbox_worker.jobs.callbacks import CallbackDispatcher
+from mailbox_worker.events.delivery import CallbackDispatcher
+from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.intake import JobIntake
-from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import MailProvider
 from mailbox_worker.providers.graph import GraphProvider
-from mailbox_worker.tokens.env_keys import EnvKeySource
+from mailbox_worker.tokens.access_tokens import AccessTokens
 from mailbox_worker.tokens.google import GoogleIdentity
-from mailbox_worker.tokens.identity import IdentityClient
-from mailbox_worker.tokens.keyring_keys import KeyringKeySource
-from mailbox_worker.tokens.keys import FileKeySource, KeySource
+from mailbox_worker.tokens.identity_client import IdentityClient
+from mailbox_worker.tokens.keys.env_source import EnvKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
+from mailbox_worker.tokens.keys.keyring_source import KeyringKeySource
+from mailbox_worker.tokens.keys.port import KeySource
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
 from mailbox_worker.tokens.rotation import KeyRotation, RotationSchedule
-from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import TokenVault
 
 log = logging.getLogger(__name__)

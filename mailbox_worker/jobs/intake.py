@@ -26,7 +26,7 @@ from mailbox_worker.db.mailboxes import (
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
-from mailbox_worker.jobs.queue import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
+from mailbox_worker.jobs.store import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.addresses import same_address
 

@@ -37,7 +37,8 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.jobs.mime import build_message
-from mailbox_worker.jobs.queue import (
+from mailbox_worker.jobs.retry import retry_delay
+from mailbox_worker.jobs.store import (
     CANCELLED,
     DRAFTED,
     FAILED,
@@ -48,7 +49,6 @@ from mailbox_worker.jobs.queue import (
     JobStore,
     Outcome,
 )
-from mailbox_worker.jobs.retry import retry_delay
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
 
@@ -58,7 +58,7 @@ HOUSEKEEPING_INTERVAL = 5.0
 
 
 class AccessTokenSource(Protocol):
-    """Where the worker gets access tokens (``tokens.service.AccessTokens``)."""
+    """Where the worker gets access tokens (``tokens.access_tokens.AccessTokens``)."""
 
     async def get(self, mailbox: Mailbox, *, force_refresh: bool = False) -> str: ...
 

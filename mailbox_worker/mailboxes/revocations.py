@@ -22,7 +22,7 @@ from mailbox_worker.db.accounts import AccountStore, new_id, utcnow
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import Mailbox, PendingRevocation
 from mailbox_worker.errors import TransientError
-from mailbox_worker.tokens.identity import IdentityClient
+from mailbox_worker.tokens.identity_client import IdentityClient
 from mailbox_worker.tokens.vault import TokenVault
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,6 @@ from mailbox_worker.db.mailboxes import (
     pinned_account,
 )
 from mailbox_worker.db.models import Mailbox, OAuthState
-from mailbox_worker.db.outbox import outbox_row
 from mailbox_worker.errors import (
     Conflict,
     DeliveryError,
@@ -51,14 +50,15 @@ from mailbox_worker.errors import (
     TokenRecordChanged,
     TransientError,
 )
-from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.events.outbox import outbox_row
+from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.policy.addresses import mailbox_address, same_address
 from mailbox_worker.policy.identities import AccountId, may_connect
 from mailbox_worker.policy.origins import normalise_origin, url_origin
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
-from mailbox_worker.tokens.identity import Grant, IdentityClient
-from mailbox_worker.tokens.service import AccessTokens
+from mailbox_worker.tokens.access_tokens import AccessTokens
+from mailbox_worker.tokens.identity_client import Grant, IdentityClient
 from mailbox_worker.tokens.vault import AUTHORIZATION, TokenVault
 
 log = logging.getLogger(__name__)

@@ -32,13 +32,13 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.policy.identities import AccountId
-from mailbox_worker.tokens.http import close_session, configure_session, new_session
-from mailbox_worker.tokens.identity import (
+from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
     AccessToken,
     Grant,
     Refreshed,
 )
+from mailbox_worker.tokens.oauth_sessions import close_session, configure_session, new_session
 
 REFRESH_MARGIN = 300.0
 # Refusals of our OAuth client itself, not of one user's grant (RFC 6749 5.2).

@@ -31,13 +31,13 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.policy.scopes import MICROSOFT_EMAIL_SCOPE
-from mailbox_worker.tokens.http import close_session, new_session
-from mailbox_worker.tokens.identity import (
+from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
     AccessToken,
     Grant,
     Refreshed,
 )
+from mailbox_worker.tokens.oauth_sessions import close_session, new_session
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,13 @@ from typing import Protocol
 
 from prometheus_client import Gauge
 
-from mailbox_worker.tokens.keys import Clock, KeyEncryptionKey, KeyInfo, KeySource, system_clock
+from mailbox_worker.tokens.keys.port import (
+    Clock,
+    KeyEncryptionKey,
+    KeyInfo,
+    KeySource,
+    system_clock,
+)
 from mailbox_worker.tokens.vault import RewrapReport
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from mailbox_worker.tokens.envelope import (
     unwrap_data_key,
     wrap_data_key,
 )
-from mailbox_worker.tokens.keys import KeyEncryptionKey, KeySource
+from mailbox_worker.tokens.keys.port import KeyEncryptionKey, KeySource
 
 TOKENS = "tokens"
 AUTHORIZATION = "authorization"

@@ -46,15 +46,15 @@ from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import NotFound, PermanentError
 from mailbox_worker.jobs.intake import JobIntake
-from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.identities import AccountId
-from mailbox_worker.tokens.identity import Grant
-from mailbox_worker.tokens.keys import FileKeySource
+from mailbox_worker.tokens.access_tokens import AccessTokens
+from mailbox_worker.tokens.identity_client import Grant
+from mailbox_worker.tokens.keys.file_source import FileKeySource
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
-from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import TokenVault
 
 MESSAGE_LIMIT = 256 * 1024

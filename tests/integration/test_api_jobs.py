@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mailbox_worker.db.accounts import utcnow
-from mailbox_worker.jobs.queue import CANCELLED, QUEUED
+from mailbox_worker.jobs.store import CANCELLED, QUEUED
 from tests.integration.api_harness import (
     MESSAGE_LIMIT,
     Answer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from mailbox_worker.db.mailboxes import REAUTH_REQUIRED
-from mailbox_worker.db.outbox import Outbox
+from mailbox_worker.events.outbox import Outbox
 
 from .conftest import Stores
 

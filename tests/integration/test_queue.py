@@ -12,7 +12,7 @@ from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.mailboxes import REAUTH_REQUIRED
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
-from mailbox_worker.jobs.queue import NewJob, Outcome
+from mailbox_worker.jobs.store import NewJob, Outcome
 
 from .conftest import Stores
 

@@ -15,7 +15,7 @@ from sqlalchemy import update
 from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.mailboxes import REAUTH_REQUIRED
 from mailbox_worker.db.models import Job, Mailbox
-from mailbox_worker.jobs.queue import Outcome
+from mailbox_worker.jobs.store import Outcome
 
 from .conftest import Stores
 from .test_queue import LEASE, new_job, setup

@@ -25,8 +25,9 @@ from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.errors import KeyUnavailable
 from mailbox_worker.metrics import Metrics
-from mailbox_worker.tokens.env_keys import EnvKeySource
-from mailbox_worker.tokens.keys import FileKeySource, KeyEncryptionKey, KeyInfo, KeySource
+from mailbox_worker.tokens.keys.env_source import EnvKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
+from mailbox_worker.tokens.keys.port import KeyEncryptionKey, KeyInfo, KeySource
 from mailbox_worker.tokens.rotation import KeyRotation, RotationSchedule, TickReport
 from mailbox_worker.tokens.vault import RewrapReport, TokenVault
 

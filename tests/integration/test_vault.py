@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 
 from mailbox_worker.db.models import MailboxKey, TokenRecord
 from mailbox_worker.errors import DecryptionFailed, KeyUnavailable, TokenRecordChanged
-from mailbox_worker.tokens.keys import FileKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
 from mailbox_worker.tokens.vault import TOKENS, TokenVault
 
 from .conftest import Stores

@@ -20,7 +20,6 @@ from mailbox_worker.config import WorkerSettings
 from mailbox_worker.db.accounts import utcnow
 from mailbox_worker.db.mailboxes import CONNECTED
 from mailbox_worker.db.models import Job, Mailbox
-from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
     IdentityMisconfigured,
@@ -30,7 +29,8 @@ from mailbox_worker.errors import (
     Throttled,
     TransientError,
 )
-from mailbox_worker.jobs.queue import TERMINAL, NewJob
+from mailbox_worker.events.outbox import Outbox
+from mailbox_worker.jobs.store import TERMINAL, NewJob
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage

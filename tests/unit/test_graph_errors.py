@@ -24,7 +24,7 @@ from mailbox_worker.providers.graph import (
     graph_error,
     largest_mime_for_base64,
 )
-from mailbox_worker.providers.http import RequestProgress, parse_retry_after, transport_error
+from mailbox_worker.providers.transport import RequestProgress, parse_retry_after, transport_error
 
 NOW = dt.datetime(2025, 3, 4, 10, 0, 0, tzinfo=dt.UTC)
 LEAKY_TEXT = 'Recipient "alice@example.com" isn\'t resolved.'

@@ -28,7 +28,7 @@ from mailbox_worker.api.services import ApiServices, JobIntake, MailboxConnector
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.mailboxes import CONNECTED, DISCONNECTED, PENDING_CONSENT, REAUTH_REQUIRED
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
-from mailbox_worker.jobs.queue import STATES
+from mailbox_worker.jobs.store import STATES
 from mailbox_worker.mailboxes.service import OUTCOMES
 from mailbox_worker.policy.scopes import CAPABILITIES, PROVIDERS
 

@@ -20,7 +20,7 @@ import aiohttp
 
 from mailbox_worker.config import CallbackSettings
 from mailbox_worker.db.models import OutboxEvent
-from mailbox_worker.db.outbox import Outbox
+from mailbox_worker.events.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

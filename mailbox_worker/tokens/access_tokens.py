@@ -35,7 +35,7 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.scopes import required_scopes
-from mailbox_worker.tokens.identity import AccessToken, IdentityClient
+from mailbox_worker.tokens.identity_client import AccessToken, IdentityClient
 from mailbox_worker.tokens.vault import TokenVault
 
 log = logging.getLogger(__name__)
