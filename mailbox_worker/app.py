@@ -39,7 +39,7 @@ from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
-from mailbox_worker.metrics import Metrics
+from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import MailProvider
 from mailbox_worker.providers.graph import GraphProvider
 from mailbox_worker.tokens.access_tokens import AccessTokens
@@ -83,7 +83,7 @@ class App:
     sessions: async_sessionmaker[AsyncSession]
     scrubber: StorageScrubber
     registry: CollectorRegistry
-    metrics: Metrics
+    telemetry: PrometheusTelemetry
     keys: KeySource
     accounts: AccountStore
     mailboxes: MailboxStore
@@ -105,7 +105,7 @@ class App:
         sessions = create_session_factory(engine)
         scrubber = StorageScrubber(engine)
         registry = CollectorRegistry()
-        metrics = Metrics.create(registry)
+        telemetry = PrometheusTelemetry(registry)
         accounts = AccountStore(sessions)
         mailboxes = MailboxStore(sessions)
         jobs = JobStore(sessions)
@@ -116,7 +116,7 @@ class App:
             identities["microsoft"] = MicrosoftIdentity(settings.microsoft)
         if settings.google.client_id:
             identities["google"] = GoogleIdentity(settings.google)
-        tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
+        tokens = AccessTokens(vault, identities, telemetry, DatabaseLocks(engine))
         revocations = Revocations(sessions, vault, identities, accounts, scrubber)
         providers: dict[str, MailProvider] = {
             "microsoft": GraphProvider(
@@ -126,7 +126,7 @@ class App:
             )
         }
         outbox = Outbox(sessions)
-        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics)
+        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, telemetry)
         intake = JobIntake(
             jobs,
             mailboxes,
@@ -135,7 +135,7 @@ class App:
                 if provider in providers
                 else None
             ),
-            metrics,
+            telemetry,
             wake_worker=worker.wake,
         )
         redirect_uri = settings.server.public_url.rstrip("/") + CALLBACK_PATH
@@ -146,7 +146,7 @@ class App:
             settings.keys.rotate_every_days, settings.keys.retire_grace_hours
         )
         key_rotation = KeyRotation(
-            keys, vault, DatabaseLocks(engine), schedule, age_gauge=metrics.active_key_age
+            keys, vault, DatabaseLocks(engine), schedule, telemetry=telemetry
         )
         return cls(
             settings=settings,
@@ -154,7 +154,7 @@ class App:
             sessions=sessions,
             scrubber=scrubber,
             registry=registry,
-            metrics=metrics,
+            telemetry=telemetry,
             keys=keys,
             accounts=accounts,
             mailboxes=mailboxes,
@@ -192,7 +192,8 @@ class App:
                 accounts=self.accounts,
                 jobs=self.intake,
                 mailboxes=self.mailbox_service,
-                registry=self.registry,
+                telemetry=self.telemetry,
+                metrics_page=self.telemetry.render,
                 ready=self.readiness,
                 max_request_bytes=self.settings.server.max_request_bytes,
                 body_timeout=self.settings.server.body_timeout,

@@ -11,12 +11,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry
-
 from mailbox_worker.db.accounts import AccountStore, Principal
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.jobs.intake import Submission
 from mailbox_worker.mailboxes.service import CallbackResult, ConnectionStart
+from mailbox_worker.telemetry import MetricsPage, Telemetry
 
 
 class JobIntake(Protocol):
@@ -69,7 +68,10 @@ class ApiServices:
     accounts: AccountStore
     jobs: JobIntake
     mailboxes: MailboxConnector
-    registry: CollectorRegistry
+    telemetry: Telemetry
+    """Where the API counts the requests it answers."""
+    metrics_page: MetricsPage
+    """Renders ``GET /metrics``."""
     ready: Callable[[], Awaitable[Mapping[str, bool]]]
     """Readiness checks by name (e.g. ``database``, ``migrations``); all True means ready."""
     max_request_bytes: int = 16 * 1024 * 1024

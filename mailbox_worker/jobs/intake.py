@@ -27,8 +27,8 @@ from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
 from mailbox_worker.jobs.store import CANCELLED, HELD, QUEUED, JobStore, NewJob, message_id_for
-from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.addresses import same_address
+from mailbox_worker.telemetry import Telemetry
 
 MessageLimit = Callable[[str, str], int | None]
 """``(provider, mode) ->`` the largest message in bytes the provider's transport accepts, or
@@ -49,13 +49,13 @@ class JobIntake:
         jobs: JobStore,
         mailboxes: MailboxStore,
         message_limit: MessageLimit,
-        metrics: Metrics,
+        telemetry: Telemetry,
         wake_worker: Callable[[], None] = lambda: None,
     ) -> None:
         self._jobs = jobs
         self._mailboxes = mailboxes
         self._message_limit = message_limit
-        self._metrics = metrics
+        self._telemetry = telemetry
         self._wake_worker = wake_worker
 
     async def submit(self, principal: Principal, submission: Submission) -> tuple[Job, bool]:
@@ -108,7 +108,7 @@ class JobIntake:
             )
         )
         if created:
-            self._metrics.jobs_enqueued.labels(mode=mode).inc()
+            self._telemetry.job_enqueued(mode)
             if mailbox.state == CONNECTED:
                 self._wake_worker()
         return job, created

@@ -33,8 +33,8 @@ from mailbox_worker.errors import (
     TokenRecordChanged,
     TransientError,
 )
-from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.scopes import required_scopes
+from mailbox_worker.telemetry import Telemetry
 from mailbox_worker.tokens.identity_client import AccessToken, IdentityClient
 from mailbox_worker.tokens.vault import TokenVault
 
@@ -48,7 +48,7 @@ class AccessTokens:
         self,
         vault: TokenVault,
         identities: Mapping[str, IdentityClient],
-        metrics: Metrics,
+        telemetry: Telemetry,
         locks: DatabaseLocks,
         *,
         attempts: int = 4,
@@ -56,7 +56,7 @@ class AccessTokens:
     ) -> None:
         self._vault = vault
         self._identities = identities
-        self._metrics = metrics
+        self._telemetry = telemetry
         self._database_locks = locks
         self._cache: dict[str, AccessToken] = {}
         self._rejected: dict[str, str] = {}  # mailbox id -> the token its provider refused
@@ -136,21 +136,17 @@ class AccessTokens:
             latest = await self._vault.load_tokens(mailbox.id)
             if latest is not None and latest.version != stored.version:
                 raise TokenRecordChanged("tokens rotated concurrently") from error
-            self._metrics.token_refreshes.labels(
-                provider=mailbox.provider, outcome=error.code
-            ).inc()
+            self._telemetry.token_refresh(mailbox.provider, error.code)
             raise
         except TransientError as error:
-            self._metrics.token_refreshes.labels(
-                provider=mailbox.provider, outcome=error.code
-            ).inc()
+            self._telemetry.token_refresh(mailbox.provider, error.code)
             raise
         if refreshed.cache is not None:
             await self._vault.store_tokens(
                 mailbox.id, refreshed.cache.encode(), expected_version=stored.version
             )
         if refreshed.from_identity_provider:
-            self._metrics.token_refreshes.labels(provider=mailbox.provider, outcome="ok").inc()
+            self._telemetry.token_refresh(mailbox.provider, "ok")
         return refreshed.access_token
 
 

@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from prometheus_client import Gauge
-
+from mailbox_worker.telemetry import Telemetry
 from mailbox_worker.tokens.keys.port import (
     Clock,
     KeyEncryptionKey,
@@ -148,7 +147,7 @@ class KeyRotation:
     (``rotate_now``/``retire_now``, for the CLI). Every operation holds :data:`LOCK_NAME`.
 
     ``schedule`` ``None`` means scheduled rotation is off; ``run`` then returns at once, as it
-    does (with one warning) for a read-only key source. ``age_gauge`` is set to report the
+    does (with one warning) for a read-only key source. ``telemetry`` is told to report the
     active key's age in seconds (NaN while unknown) as of the last operation.
     """
 
@@ -160,7 +159,7 @@ class KeyRotation:
         schedule: RotationSchedule | None,
         *,
         clock: Clock = system_clock,
-        age_gauge: Gauge | None = None,
+        telemetry: Telemetry | None = None,
         check_interval: float = CHECK_INTERVAL,
     ) -> None:
         self._keys = keys
@@ -170,8 +169,8 @@ class KeyRotation:
         self._clock = clock
         self._check_interval = check_interval
         self._active_created: datetime | None = None
-        if age_gauge is not None:
-            age_gauge.set_function(self._active_key_age)
+        if telemetry is not None:
+            telemetry.active_key_age(self._active_key_age)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``check_interval`` seconds until ``stop`` is set; a failed check is

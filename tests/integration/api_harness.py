@@ -49,8 +49,8 @@ from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
-from mailbox_worker.metrics import Metrics
 from mailbox_worker.policy.identities import AccountId
+from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.tokens.access_tokens import AccessTokens
 from mailbox_worker.tokens.identity_client import Grant
 from mailbox_worker.tokens.keys.file_source import FileKeySource
@@ -280,7 +280,7 @@ async def running_api(
     sessions = create_session_factory(engine)
     accounts, mailboxes, jobs = AccountStore(sessions), MailboxStore(sessions), JobStore(sessions)
     registry = CollectorRegistry()
-    metrics = Metrics.create(registry)
+    metrics = PrometheusTelemetry(registry)
     intake = JobIntake(jobs, mailboxes, lambda provider, mode: MESSAGE_LIMIT, metrics)
     identity = FakeMicrosoftIdentity()
     scrubber = StorageScrubber(engine)
@@ -304,7 +304,8 @@ async def running_api(
         accounts=accounts,
         jobs=intake,
         mailboxes=chosen,
-        registry=registry,
+        telemetry=metrics,
+        metrics_page=metrics.render,
         ready=ready or (lambda: _readiness(engine)),
         max_request_bytes=MAX_REQUEST_BYTES,
         body_timeout=body_timeout,

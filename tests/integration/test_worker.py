@@ -32,7 +32,7 @@ from mailbox_worker.errors import (
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.store import TERMINAL, NewJob
 from mailbox_worker.jobs.worker import Worker
-from mailbox_worker.metrics import Metrics
+from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
 
 from .conftest import Stores
@@ -135,7 +135,7 @@ async def harness(stores: Stores) -> AsyncIterator[Harness]:
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
     provider, tokens = RecordingProvider(), RecordingTokens()
-    metrics = Metrics.create(CollectorRegistry())
+    metrics = PrometheusTelemetry(CollectorRegistry())
     worker = Worker(
         stores.jobs,
         stores.mailboxes,
@@ -243,7 +243,7 @@ async def test_stop_lets_in_flight_jobs_finish(stores: Stores) -> None:
         RecordingTokens(),
         {"microsoft": provider},
         FAST,
-        Metrics.create(CollectorRegistry()),
+        PrometheusTelemetry(CollectorRegistry()),
         "w-stop",
     )
     payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"}
