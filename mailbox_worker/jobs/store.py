@@ -1,6 +1,6 @@
-"""The job queue: every job query in one place, on SQLite and PostgreSQL alike.
+"""The job store, ``JobStore``: every job query in one place, on SQLite and PostgreSQL alike.
 
-Job states (DESIGN.md): ``queued → running → sent | drafted``; ``running → queued`` (retry);
+Job states: ``queued → running → sent | drafted``; ``running → queued`` (retry);
 ``running → failed``; ``queued|running → held`` (mailbox needs consent) ``→ queued``;
 ``queued|held → cancelled``; ``running → unknown``. Every transition is one guarded
 ``UPDATE … WHERE state IN (…)`` plus one ``job_events`` row in the same transaction, so a
@@ -9,6 +9,7 @@ transition happens at most once even when two workers race. Every transition wri
 job never shows one attempt's code beside another's message. A worker's updates also check
 ``lease_owner``: a worker that lost its lease cannot overwrite what another recorded.
 Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer serialises it.
+The states and their transitions: docs/architecture.md#job-states.
 """
 
 from __future__ import annotations
@@ -390,31 +391,13 @@ class JobStore:
     async def fail_past_deadline(self) -> int:
         """Queued or held jobs whose deadline passed become ``failed`` (deadline_exceeded)."""
         now = utcnow()
-        message = "the job's deadline passed before it could be sent"
-        async with self._sessions.begin() as session:
-            rows = (
-                await session.execute(
-                    select(Job.id, Job.state)
-                    .where(Job.state.in_([QUEUED, HELD]), Job.deadline < now)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            for job_id, state in rows:
-                await session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == state)
-                    .values(
-                        state=FAILED,
-                        finished_at=now,
-                        updated_at=now,
-                        last_error_code="deadline_exceeded",
-                        last_error_message=message,
-                    )
-                )
-                session.add(
-                    _event(job_id, "state", state, FAILED, code="deadline_exceeded", detail=message)
-                )
-        return len(rows)
+        return await self._move_each(
+            and_(Job.state.in_([QUEUED, HELD]), Job.deadline < now),
+            FAILED,
+            "deadline_exceeded",
+            "the job's deadline passed before it could be sent",
+            now,
+        )
 
     # -- mailbox-wide and client actions ----------------------------------------------------
 
@@ -441,14 +424,30 @@ class JobStore:
     async def _move_for_mailbox(
         self, mailbox_id: str, from_states: list[str], to_state: str, code: str, message: str
     ) -> int:
-        now = utcnow()
+        return await self._move_each(
+            and_(Job.mailbox_id == mailbox_id, Job.state.in_(from_states)),
+            to_state,
+            code,
+            message,
+            utcnow(),
+        )
+
+    async def _move_each(
+        self,
+        where: ColumnElement[bool],
+        to_state: str,
+        code: str,
+        message: str,
+        now: dt.datetime,
+    ) -> int:
+        """Move each job matching ``where`` (rows another transaction holds are skipped) from
+        the state it is in to ``to_state``, with ``code`` and ``message`` as its last error:
+        one update guarded by that state and one event a job. Returns how many."""
         terminal = {"finished_at": now} if to_state in TERMINAL else {}
         async with self._sessions.begin() as session:
             rows = (
                 await session.execute(
-                    select(Job.id, Job.state)
-                    .where(Job.mailbox_id == mailbox_id, Job.state.in_(from_states))
-                    .with_for_update(skip_locked=True)
+                    select(Job.id, Job.state).where(where).with_for_update(skip_locked=True)
                 )
             ).all()
             for job_id, state in rows:

@@ -17,7 +17,7 @@ answers its own page.
 
 Disconnect erases the tokens with their data key (crypto-erasure), drops cached tokens,
 cancels pending jobs and audits it. Microsoft offers no per-app grant revocation without
-tenant-admin permissions (providers.md A7): the refresh token we held is destroyed here, and
+tenant-admin permissions (docs/providers.md A7): the refresh token we held is destroyed here, and
 the admin should remove the app's consent in Entra (Enterprise applications → Permissions)
 to revoke it at Microsoft as well.
 """

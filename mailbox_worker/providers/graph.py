@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=120, connect=15)
 REQUEST_BODY_LIMIT: Final = 4 * 1024 * 1024
-"""Graph refuses request bodies above 4 MB (providers.md B3)."""
+"""Graph refuses request bodies above 4 MB (docs/providers.md B3)."""
 
 PERMANENT_ERROR_CODES: Final[Mapping[str, str]] = {
     "ErrorInvalidRecipients": "invalid_recipients",

@@ -256,7 +256,7 @@ def _oauth_error(error: google.auth.exceptions.RefreshError) -> str:
 
 
 def grant_is_dead(error: google.auth.exceptions.RefreshError) -> bool:
-    """Whether a refresh failure means the user must consent again (providers.md C4).
+    """Whether a refresh failure means the user must consent again (docs/providers.md C4).
 
     google-auth passes the token endpoint's JSON body as an argument (``invalid_grant`` for a
     revoked, expired or capped grant) — except for ``invalid_grant`` with ``error_subtype``

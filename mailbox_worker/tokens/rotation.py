@@ -31,7 +31,6 @@ any database copy after at most ``rotate_every + grace`` (plus one check interva
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from mailbox_worker.periodic import Periodic
 from mailbox_worker.telemetry import Telemetry
 from mailbox_worker.tokens.keys.port import (
     Clock,
@@ -186,13 +186,7 @@ class KeyRotation:
                 "keys.rotate_every_days = 0 to silence this warning"
             )
             return
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("key rotation check failed; will try again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._check_interval)
+        await Periodic("key rotation check", self.tick, self._check_interval, logger=log).run(stop)
 
     async def tick(self) -> TickReport:
         """Do what is due now (see the module docstring); returns what was done."""

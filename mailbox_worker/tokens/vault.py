@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,6 +31,9 @@ from mailbox_worker.tokens.envelope import (
     wrap_data_key,
 )
 from mailbox_worker.tokens.keys.port import KeyEncryptionKey, KeySource
+
+_WrappedKey = TypeVar("_WrappedKey", MailboxKey, PendingRevocation)
+"""A row holding a data key wrapped under a KEK."""
 
 TOKENS = "tokens"
 AUTHORIZATION = "authorization"
@@ -224,28 +228,10 @@ class TokenVault:
         active = await asyncio.to_thread(self._keys.active_key)
         async with self._sessions() as session:
             rows = (await session.execute(select(MailboxKey.mailbox_id, MailboxKey.kek_id))).all()
-        rewrapped = current = 0
-        for mailbox_id, kek_id in rows:
-            if kek_id == active.key_id:
-                current += 1
-                continue
-            async with self._sessions.begin() as session:
-                row = await session.get(MailboxKey, mailbox_id, with_for_update=True)
-                if row is None or row.kek_id != kek_id:
-                    continue
-                old = await asyncio.to_thread(self._keys.get, kek_id)
-                data_key = unwrap_data_key(old, row.wrapped_key, mailbox_id=mailbox_id)
-                row.wrapped_key = wrap_data_key(active, data_key, mailbox_id=mailbox_id)
-                row.kek_id = active.key_id
-                row.rewrapped_at = utcnow()
-                await session.execute(
-                    update(TokenRecord)
-                    .where(TokenRecord.mailbox_id == mailbox_id)
-                    .values(kek_id=active.key_id)
-                )
-            rewrapped += 1
+        stale = [(mailbox_id, kek_id) for mailbox_id, kek_id in rows if kek_id != active.key_id]
+        rewrapped = await self._rewrap_each(MailboxKey, stale, active)
         rewrapped += await self._rewrap_standalone(active)
-        return RewrapReport(rewrapped=rewrapped, already_current=current)
+        return RewrapReport(rewrapped=rewrapped, already_current=len(rows) - len(stale))
 
     async def _rewrap_standalone(self, active: KeyEncryptionKey) -> int:
         async with self._sessions() as session:
@@ -256,16 +242,36 @@ class TokenVault:
                     )
                 )
             ).all()
-        for record_id, kek_id in rows:
+        await self._rewrap_each(PendingRevocation, [(row[0], row[1]) for row in rows], active)
+        return len(rows)
+
+    async def _rewrap_each(
+        self,
+        model: type[_WrappedKey],
+        stale: list[tuple[str, str]],
+        active: KeyEncryptionKey,
+    ) -> int:
+        """Re-wrap each ``(id, kek_id)`` data key under ``active``, each in its own short
+        transaction guarded by its old key id; returns how many were still as listed."""
+        rewrapped = 0
+        for record_id, kek_id in stale:
             async with self._sessions.begin() as session:
-                row = await session.get(PendingRevocation, record_id, with_for_update=True)
+                row = await session.get(model, record_id, with_for_update=True)
                 if row is None or row.kek_id != kek_id:
-                    continue
+                    continue  # erased or re-wrapped meanwhile
                 old = await asyncio.to_thread(self._keys.get, kek_id)
                 data_key = unwrap_data_key(old, row.wrapped_key, mailbox_id=record_id)
                 row.wrapped_key = wrap_data_key(active, data_key, mailbox_id=record_id)
                 row.kek_id = active.key_id
-        return len(rows)
+                if isinstance(row, MailboxKey):  # the mailbox's token record names its KEK too
+                    row.rewrapped_at = utcnow()
+                    await session.execute(
+                        update(TokenRecord)
+                        .where(TokenRecord.mailbox_id == record_id)
+                        .values(kek_id=active.key_id)
+                    )
+            rewrapped += 1
+        return rewrapped
 
     async def key_usage(self) -> dict[str, int]:
         """How many data keys each KEK wraps (to know when an old KEK can be retired)."""
