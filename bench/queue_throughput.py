@@ -21,7 +21,7 @@ from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.jobs.queue import JobStore, NewJob, Outcome
+from mailbox_worker.jobs.store import JobStore, NewJob, Outcome
 
 PAYLOAD = {"to": [{"address": "ap@fabrikam.example"}], "subject": "Invoice", "text": "x" * 500}
 

@@ -38,25 +38,26 @@ from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import ConfigError
-from mailbox_worker.jobs.callbacks import CallbackDispatcher
+from mailbox_worker.events.delivery import CallbackDispatcher
+from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.intake import JobIntake
-from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
-from mailbox_worker.metrics import Metrics
+from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import MailProvider
 from mailbox_worker.providers.graph import GraphProvider
-from mailbox_worker.tokens.env_keys import EnvKeySource
+from mailbox_worker.tokens.access_tokens import AccessTokens
 from mailbox_worker.tokens.google import GoogleIdentity
-from mailbox_worker.tokens.identity import IdentityClient
-from mailbox_worker.tokens.keyring_keys import KeyringKeySource
-from mailbox_worker.tokens.keys import FileKeySource, KeySource
+from mailbox_worker.tokens.identity_client import IdentityClient
+from mailbox_worker.tokens.keys.env_source import EnvKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
+from mailbox_worker.tokens.keys.keyring_source import KeyringKeySource
+from mailbox_worker.tokens.keys.port import KeySource
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
 from mailbox_worker.tokens.rotation import KeyRotation, RotationSchedule
-from mailbox_worker.tokens.service import AccessTokens
 from mailbox_worker.tokens.vault import TokenVault
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class App:
     sessions: async_sessionmaker[AsyncSession]
     scrubber: StorageScrubber
     registry: CollectorRegistry
-    metrics: Metrics
+    telemetry: PrometheusTelemetry
     keys: KeySource
     accounts: AccountStore
     account_service: AccountService
@@ -143,18 +144,18 @@ class App:
         sessions = create_session_factory(engine)
         scrubber = StorageScrubber(engine)
         registry = CollectorRegistry()
-        metrics = Metrics.create(registry)
+        telemetry = PrometheusTelemetry(registry)
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
         jobs = JobStore(sessions, clock)
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)
         identities = dict(_identities(settings) if identities is None else identities)
-        tokens = AccessTokens(vault, identities, metrics, DatabaseLocks(engine))
+        tokens = AccessTokens(vault, identities, telemetry, DatabaseLocks(engine))
         revocations = Revocations(sessions, vault, identities, accounts, scrubber, clock)
         providers = dict(_providers(settings) if providers is None else providers)
         outbox = Outbox(sessions, clock)
-        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, metrics, clock=clock)
+        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, telemetry, clock=clock)
         intake = JobIntake(
             jobs,
             mailboxes,
@@ -163,7 +164,7 @@ class App:
                 if provider in providers
                 else None
             ),
-            metrics,
+            telemetry,
             wake_worker=worker.wake,
             clock=clock,
         )
@@ -176,7 +177,7 @@ class App:
             settings.keys.rotate_every_days, settings.keys.retire_grace_hours
         )
         key_rotation = KeyRotation(
-            keys, vault, DatabaseLocks(engine), schedule, age_gauge=metrics.active_key_age
+            keys, vault, DatabaseLocks(engine), schedule, telemetry=telemetry
         )
         return cls(
             settings=settings,
@@ -184,7 +185,7 @@ class App:
             sessions=sessions,
             scrubber=scrubber,
             registry=registry,
-            metrics=metrics,
+            telemetry=telemetry,
             keys=keys,
             accounts=accounts,
             account_service=account_service,
@@ -225,7 +226,8 @@ class App:
             jobs=self.intake,
             mailboxes=self.mailbox_service,
             admin_sessions=self.admin_sessions,
-            registry=self.registry,
+            telemetry=self.telemetry,
+            metrics_page=self.telemetry.render,
             ready=self.readiness,
             max_request_bytes=self.settings.server.max_request_bytes,
             body_timeout=self.settings.server.body_timeout,

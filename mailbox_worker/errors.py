@@ -16,7 +16,11 @@ machine-readable ``code`` (used in API answers, job results and metric labels) a
     ├── PolicyViolation             an operation our privacy rules forbid was attempted
     └── VaultError                  token storage problems; fail closed
         ├── KeyUnavailable          the key-encryption key named by a record is not available
-        └── DecryptionFailed        ciphertext, key or associated data do not match
+        ├── DecryptionFailed        ciphertext, key or associated data do not match
+        └── TokenRecordChanged      another writer stored the token record first; read it again
+
+``TokenRecordChanged`` is an internal signal, never an answer: access-token refresh retries
+it, and the API edge that can meet it translates it into ``Conflict``.
 
 API-level problems (bad input, missing resource, conflict) are ``RequestError`` subclasses
 with an HTTP status; the API turns them into JSON ``{"error": {"code", "message"}}``.
@@ -154,6 +158,13 @@ class DecryptionFailed(VaultError):
     """Ciphertext, key and associated data do not match (tampering or a wrong key)."""
 
     code = "decryption_failed"
+
+
+class TokenRecordChanged(VaultError):
+    """A token record changed between our read and our write (a concurrent refresh or a
+    concurrent rotation of the grant): nothing was stored; read the record again."""
+
+    code = "token_conflict"
 
 
 class RequestError(MailboxWorkerError):

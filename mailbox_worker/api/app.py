@@ -25,13 +25,12 @@ MAILBOX = "/v1/mailboxes/{mailbox_id:[A-Za-z0-9_-]+}"
 def create_app(services: ApiServices) -> web.Application:
     """The aiohttp application serving the API over ``services``.
 
-    Registers ``mailbox_worker_http_requests_total`` on ``services.registry``, so one
-    registry serves one application.
+    Counts every answered request into ``services.telemetry``.
     """
     app = web.Application(
         client_max_size=services.max_request_bytes,
         middlewares=[
-            http_metrics_middleware(services.registry),
+            http_metrics_middleware(services.telemetry),
             error_middleware(services.max_request_bytes),
         ],
     )

@@ -1,4 +1,4 @@
-"""Counting HTTP requests by method, route template and status, on the registry passed in.
+"""Counting HTTP requests by method, route template and status, through the telemetry port.
 
 Labels stay bounded: the route is the matched template (``/v1/jobs/{job_id}``) or
 ``unmatched`` (no route, or a method the route does not take), and an unusual method is
@@ -11,22 +11,16 @@ import asyncio
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Counter
 
 from mailbox_worker.api.errors import route_template
+from mailbox_worker.telemetry import Telemetry
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention: no answer was sent, and it is not a 5xx
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def http_metrics_middleware(registry: CollectorRegistry) -> Middleware:
-    """Registers ``mailbox_worker_http_requests_total`` on ``registry`` and counts into it."""
-    requests = Counter(
-        "mailbox_worker_http_requests",
-        "HTTP requests answered, by method, route template and status.",
-        ["method", "route", "status"],
-        registry=registry,
-    )
+def http_metrics_middleware(telemetry: Telemetry) -> Middleware:
+    """Counts every answered request into ``telemetry.http_request``."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -43,6 +37,6 @@ def http_metrics_middleware(registry: CollectorRegistry) -> Middleware:
             raise
         finally:
             method = request.method if request.method in METHODS else "other"
-            requests.labels(method=method, route=route_template(request), status=str(status)).inc()
+            telemetry.http_request(method, route_template(request), status)
 
     return middleware

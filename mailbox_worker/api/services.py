@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry
-
 from mailbox_worker.accounts import AccountView, Principal
 from mailbox_worker.api.admin_session import AdminSessions, KeyLookup
 from mailbox_worker.jobs.intake import JobEventView, JobView, Submission
@@ -25,6 +23,7 @@ from mailbox_worker.mailboxes.service import (
     ConnectionStart,
     MailboxView,
 )
+from mailbox_worker.telemetry import MetricsPage, Telemetry
 
 
 class JobOperations(Protocol):
@@ -96,7 +95,10 @@ class ApiServices:
     mailboxes: MailboxConnector
     admin_sessions: AdminSessions
     """The admin page's sessions (one store per running application)."""
-    registry: CollectorRegistry
+    telemetry: Telemetry
+    """Where the API counts the requests it answers."""
+    metrics_page: MetricsPage
+    """Renders ``GET /metrics``."""
     ready: Callable[[], Awaitable[Mapping[str, bool]]]
     """Readiness checks by name (e.g. ``database``, ``migrations``); all True means ready."""
     max_request_bytes: int = 16 * 1024 * 1024

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailbox_worker.api.context import document, services
 
@@ -32,8 +31,8 @@ async def readiness(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(services(request).registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = services(request).metrics_page()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -25,7 +25,6 @@ for a database that is busy or down; it logs and keeps the scrub pending. See do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -34,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailbox_worker.db.engine import SQLITE_BUSY_TIMEOUT_MS
+from mailbox_worker.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,8 @@ class StorageScrubber:
     async def run(self, stop: asyncio.Event, interval: float = 30.0) -> None:
         """Scrub once, then retry a pending scrub every ``interval`` seconds until ``stop``."""
         await self.after_erasure()  # an erasure before a crash may have gone unscrubbed
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            if not stop.is_set():
-                await self.scrub_pending()
+        loop = Periodic("storage scrub", self.scrub_pending, interval, wait_first=True, logger=log)
+        await loop.run(stop)
 
     async def _scrub(self, ticket: int) -> bool:
         async with self._lock:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Mailbox, OAuthState, OutboxEvent
-from mailbox_worker.db.outbox import outbox_row
+from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.states import MailboxState
 

@@ -21,10 +21,10 @@ from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
-from mailbox_worker.jobs.queue import JobStore, NewJob, message_id_for
-from mailbox_worker.metrics import Metrics
+from mailbox_worker.jobs.store import JobStore, NewJob, message_id_for
 from mailbox_worker.policy.addresses import same_address
 from mailbox_worker.states import JobState, MailboxState
+from mailbox_worker.telemetry import Telemetry
 
 MessageLimit = Callable[[str, str], int | None]
 """``(provider, mode) ->`` the largest message in bytes the provider's transport accepts, or
@@ -114,14 +114,14 @@ class JobIntake:
         jobs: JobStore,
         mailboxes: MailboxStore,
         message_limit: MessageLimit,
-        metrics: Metrics,
+        telemetry: Telemetry,
         wake_worker: Callable[[], None] = lambda: None,
         clock: Clock = utcnow,
     ) -> None:
         self._jobs = jobs
         self._mailboxes = mailboxes
         self._message_limit = message_limit
-        self._metrics = metrics
+        self._telemetry = telemetry
         self._wake_worker = wake_worker
         self._clock = clock
 
@@ -176,7 +176,7 @@ class JobIntake:
             )
         )
         if created:
-            self._metrics.jobs_enqueued.labels(mode=mode).inc()
+            self._telemetry.job_enqueued(mode)
             if mailbox.state == MailboxState.CONNECTED:
                 self._wake_worker()
         return JobView.of(job), created

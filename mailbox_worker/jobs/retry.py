@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
+from tenacity import wait_exponential_jitter
 
 from mailbox_worker.config import WorkerSettings
 from mailbox_worker.errors import TransientError
+from mailbox_worker.periodic import wait_seconds
 
 
 def backoff_delay(failures: int, settings: WorkerSettings) -> float:
@@ -13,9 +14,7 @@ def backoff_delay(failures: int, settings: WorkerSettings) -> float:
     strategy = wait_exponential_jitter(
         multiplier=settings.retry_initial, max=settings.retry_max, jitter=settings.retry_initial
     )
-    state = RetryCallState(retry_object=AsyncRetrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = max(1, failures)
-    return float(strategy(state))
+    return wait_seconds(strategy, failures)
 
 
 def retry_delay(error: TransientError, failures: int, settings: WorkerSettings) -> float:

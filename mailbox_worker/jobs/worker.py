@@ -37,11 +37,11 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.jobs.mime import build_message
-from mailbox_worker.jobs.queue import ClaimedJob, JobStore, Outcome
 from mailbox_worker.jobs.retry import retry_delay
-from mailbox_worker.metrics import Metrics
+from mailbox_worker.jobs.store import ClaimedJob, JobStore, Outcome
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
 from mailbox_worker.states import JobState, MailboxState
+from mailbox_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ HOUSEKEEPING_INTERVAL = 5.0
 
 
 class AccessTokenSource(Protocol):
-    """Where the worker gets access tokens (``tokens.service.AccessTokens``)."""
+    """Where the worker gets access tokens (``tokens.access_tokens.AccessTokens``)."""
 
     async def get(self, mailbox: Mailbox, *, force_refresh: bool = False) -> str: ...
 
@@ -70,7 +70,7 @@ class Worker:
         tokens: AccessTokenSource,
         providers: Mapping[str, MailProvider],
         settings: WorkerSettings,
-        metrics: Metrics,
+        telemetry: Telemetry,
         name: str | None = None,
         clock: Clock = utcnow,
     ) -> None:
@@ -79,7 +79,7 @@ class Worker:
         self._tokens = tokens
         self._providers = providers
         self._settings = settings
-        self._metrics = metrics
+        self._telemetry = telemetry
         self._clock = clock
         self.name = name or worker_name()
         self._wakeup = asyncio.Event()
@@ -146,12 +146,12 @@ class Worker:
             task = asyncio.create_task(self._guarded(item), name=f"job-{item.job.id}")
             self._in_flight[item.job.id] = task
             task.add_done_callback(functools.partial(self._done, item.job.id))
-        self._metrics.worker_in_flight.set(len(self._in_flight))
+        self._telemetry.in_flight(len(self._in_flight))
         return len(claimed)
 
     def _done(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(job_id, None)
-        self._metrics.worker_in_flight.set(len(self._in_flight))
+        self._telemetry.in_flight(len(self._in_flight))
         self._wakeup.set()
 
     async def _drain(self) -> None:
@@ -179,7 +179,7 @@ class Worker:
                 expired,
             )
         for state, count in (await self._jobs.count_by_state()).items():
-            self._metrics.jobs_by_state.labels(state=state).set(count)
+            self._telemetry.jobs_in_state(state, count)
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         interval = max(self._settings.lease_seconds / 3, 0.5)
@@ -284,34 +284,29 @@ class Worker:
             job.id, self.name, run_after, _outcome(JobState.QUEUED, error), failure=not throttled
         )
         if moved:
-            self._metrics.job_transitions.labels(state=JobState.QUEUED, code=error.code).inc()
+            self._telemetry.job_transition(JobState.QUEUED, error.code)
 
     async def _lose_grant(self, mailbox: Mailbox, job: Job, error: ReauthRequired) -> None:
         self._tokens.forget(mailbox.id)
         if await self._mailboxes.require_consent_again(mailbox, error.code, f"worker:{self.name}"):
             log.warning("mailbox %s needs consent again (%s)", mailbox.id, error.code)
-            self._metrics.mailbox_reauth.labels(provider=mailbox.provider, reason=error.code).inc()
+            self._telemetry.mailbox_reauth(mailbox.provider, error.code)
         # The mailbox's other queued jobs first, this job last: once it reads `held`, the
         # sweep is done (a job enqueued later is held by the intake, not by this sweep).
         await self._jobs.hold_for_mailbox(mailbox.id, error.code, error.message)
         await self._jobs.hold(job.id, self.name, error.code, error.message)
-        self._metrics.job_transitions.labels(state=JobState.HELD, code=error.code).inc()
+        self._telemetry.job_transition(JobState.HELD, error.code)
 
     async def _finish(self, job: Job, outcome: Outcome) -> None:
         if await self._jobs.finish(job.id, self.name, outcome):
-            self._metrics.job_transitions.labels(
-                state=outcome.state, code=outcome.code or "ok"
-            ).inc()
+            self._telemetry.job_transition(outcome.state, outcome.code or "ok")
         else:
             log.warning("job %s: lease lost; outcome %s not recorded", job.id, outcome.state)
 
     def _count_call(self, mailbox: Mailbox, operation: str, outcome: str, started: float) -> None:
-        self._metrics.provider_requests.labels(
-            provider=mailbox.provider, operation=operation, outcome=outcome
-        ).inc()
-        self._metrics.provider_latency.labels(
-            provider=mailbox.provider, operation=operation
-        ).observe(time.perf_counter() - started)
+        self._telemetry.provider_request(
+            mailbox.provider, operation, outcome, time.perf_counter() - started
+        )
 
 
 def _success(receipt: DeliveryReceipt) -> Outcome:

@@ -10,7 +10,6 @@ scrubbed (docs/erasure.md), and the outcome audited.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -23,7 +22,8 @@ from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import Mailbox, PendingRevocation
 from mailbox_worker.errors import TransientError
-from mailbox_worker.tokens.identity import IdentityClient
+from mailbox_worker.periodic import Periodic, exponential_backoff
+from mailbox_worker.tokens.identity_client import IdentityClient
 from mailbox_worker.tokens.vault import TokenVault
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Revocations:
                 await asyncio.to_thread(identity.revoke_token, token.decode())
                 outcome = "revoked"
             except TransientError as error:
-                wait = min(FIRST_RETRY * 2**row.attempts, LONGEST_WAIT)
+                wait = exponential_backoff(FIRST_RETRY, row.attempts, LONGEST_WAIT)
                 async with self._sessions.begin() as session:
                     await session.execute(
                         update(PendingRevocation)
@@ -137,10 +137,4 @@ class Revocations:
 
     async def run(self, stop: asyncio.Event, interval: float = 15.0) -> None:
         """Retry due revocations every ``interval`` seconds until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.retry_due()
-            except Exception:
-                log.exception("revocation retry failed; will try again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+        await Periodic("revocation retry", self.retry_due, interval, logger=log).run(stop)

@@ -37,23 +37,24 @@ from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.mailboxes import MailboxStore, pinned_account
 from mailbox_worker.db.models import Mailbox, OAuthState
-from mailbox_worker.db.outbox import outbox_row
 from mailbox_worker.errors import (
     Conflict,
     DeliveryError,
     InvalidRequest,
     NotFound,
+    TokenRecordChanged,
     TransientError,
 )
-from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.events.outbox import outbox_row
+from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.policy.addresses import mailbox_address, same_address
 from mailbox_worker.policy.identities import AccountId, may_connect
 from mailbox_worker.policy.origins import normalise_origin, url_origin
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
 from mailbox_worker.states import MailboxState
-from mailbox_worker.tokens.identity import Grant, IdentityClient
-from mailbox_worker.tokens.service import AccessTokens
+from mailbox_worker.tokens.access_tokens import AccessTokens
+from mailbox_worker.tokens.identity_client import Grant, IdentityClient
 from mailbox_worker.tokens.vault import AUTHORIZATION, TokenVault
 
 log = logging.getLogger(__name__)
@@ -341,7 +342,10 @@ class MailboxService:
             await self._remember_failure(mailbox, examined.outcome)
             return self._result(examined.outcome, examined.message, pending)
         address, account = examined
-        await self._vault.replace_tokens(mailbox.id, grant.cache.encode())
+        try:
+            await self._vault.replace_tokens(mailbox.id, grant.cache.encode())
+        except TokenRecordChanged as error:  # a concurrent consent stored its grant first
+            raise Conflict(error.message, code=error.code) from None
         self._tokens.forget(mailbox.id)
         recorded = await self._mailboxes.mark_connected(
             mailbox.id,

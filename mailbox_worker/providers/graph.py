@@ -27,7 +27,7 @@ and the JSON ``error.code`` — never from the message text, which may quote add
 The documented codes decide for any 4xx because Graph's status for some of them varies
 (MailboxNotEnabledForRESTAPI is reported as 404, 403 and 401). A 5xx other than 503 may come after
 Exchange accepted the message, so it is never retried blindly. Network failures are classified by
-``mailbox_worker.providers.http.transport_error``.
+``mailbox_worker.providers.transport.transport_error``.
 
 Each request carries a fresh ``client-request-id``; log records name it and Graph's ``request-id``,
 never the token, the message content or an address.
@@ -57,7 +57,7 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
-from mailbox_worker.providers.http import (
+from mailbox_worker.providers.transport import (
     TRANSPORT_ERRORS,
     RequestProgress,
     create_session,
@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=120, connect=15)
 REQUEST_BODY_LIMIT: Final = 4 * 1024 * 1024
-"""Graph refuses request bodies above 4 MB (providers.md B3)."""
+"""Graph refuses request bodies above 4 MB (docs/providers.md B3)."""
 
 PERMANENT_ERROR_CODES: Final[Mapping[str, str]] = {
     "ErrorInvalidRecipients": "invalid_recipients",

@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mailbox_worker.errors import DecryptionFailed
-from mailbox_worker.tokens.keys import KEY_LENGTH, KeyEncryptionKey
+from mailbox_worker.tokens.keys.port import KEY_LENGTH, KeyEncryptionKey
 
 FORMAT_VERSION = 1
 """The format version written by this module (the first byte of every output)."""

@@ -32,13 +32,13 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.policy.identities import AccountId
-from mailbox_worker.tokens.http import close_session, configure_session, new_session
-from mailbox_worker.tokens.identity import (
+from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
     AccessToken,
     Grant,
     Refreshed,
 )
+from mailbox_worker.tokens.oauth_sessions import close_session, configure_session, new_session
 
 REFRESH_MARGIN = 300.0
 # Refusals of our OAuth client itself, not of one user's grant (RFC 6749 5.2).
@@ -256,7 +256,7 @@ def _oauth_error(error: google.auth.exceptions.RefreshError) -> str:
 
 
 def grant_is_dead(error: google.auth.exceptions.RefreshError) -> bool:
-    """Whether a refresh failure means the user must consent again (providers.md C4).
+    """Whether a refresh failure means the user must consent again (docs/providers.md C4).
 
     google-auth passes the token endpoint's JSON body as an argument (``invalid_grant`` for a
     revoked, expired or capped grant) — except for ``invalid_grant`` with ``error_subtype``

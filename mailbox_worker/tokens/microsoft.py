@@ -31,13 +31,13 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.policy.scopes import MICROSOFT_EMAIL_SCOPE
-from mailbox_worker.tokens.http import close_session, new_session
-from mailbox_worker.tokens.identity import (
+from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
     AccessToken,
     Grant,
     Refreshed,
 )
+from mailbox_worker.tokens.oauth_sessions import close_session, new_session
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class MicrosoftIdentity:
     """One Entra app registration, used for every Microsoft mailbox.
 
     Microsoft offers no per-application revocation a non-admin app may call
-    (providers.md A7): ``revoke`` returns False; disconnecting destroys the refresh token we
+    (docs/providers.md A7): ``revoke`` returns False; disconnecting destroys the refresh token we
     held, and the tenant admin removes the app's consent in Entra to revoke it there too.
     """
 
@@ -195,7 +195,7 @@ class MicrosoftIdentity:
 
 
 def refresh_error(result: dict[str, Any]) -> Exception:
-    """Our error for a refresh answered with an OAuth ``error`` (providers.md A5)."""
+    """Our error for a refresh answered with an OAuth ``error`` (docs/providers.md A5)."""
     error = str(result.get("error"))
     codes = result.get("error_codes") or []
     detail = f"{error} (AADSTS{codes[0]})" if codes else error
@@ -247,7 +247,7 @@ def granted_scopes(answer: dict[str, Any], flow: dict[str, Any]) -> tuple[str, .
     """The scopes a code redemption granted.
 
     ``scope`` is optional in the token endpoint's answer; absent, it means the scopes the
-    flow requested (RFC 6749 section 5.1, providers.md A3).
+    flow requested (RFC 6749 section 5.1, docs/providers.md A3).
     """
     scope = answer.get("scope")
     if scope is None or scope == "":

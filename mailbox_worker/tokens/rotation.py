@@ -31,7 +31,6 @@ any database copy after at most ``rotate_every + grace`` (plus one check interva
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Iterator
@@ -40,9 +39,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from prometheus_client import Gauge
-
-from mailbox_worker.tokens.keys import Clock, KeyEncryptionKey, KeyInfo, KeySource, system_clock
+from mailbox_worker.periodic import Periodic
+from mailbox_worker.telemetry import Telemetry
+from mailbox_worker.tokens.keys.port import (
+    Clock,
+    KeyEncryptionKey,
+    KeyInfo,
+    KeySource,
+    system_clock,
+)
 from mailbox_worker.tokens.vault import RewrapReport
 
 log = logging.getLogger(__name__)
@@ -142,7 +147,7 @@ class KeyRotation:
     (``rotate_now``/``retire_now``, for the CLI). Every operation holds :data:`LOCK_NAME`.
 
     ``schedule`` ``None`` means scheduled rotation is off; ``run`` then returns at once, as it
-    does (with one warning) for a read-only key source. ``age_gauge`` is set to report the
+    does (with one warning) for a read-only key source. ``telemetry`` is told to report the
     active key's age in seconds (NaN while unknown) as of the last operation.
     """
 
@@ -154,7 +159,7 @@ class KeyRotation:
         schedule: RotationSchedule | None,
         *,
         clock: Clock = system_clock,
-        age_gauge: Gauge | None = None,
+        telemetry: Telemetry | None = None,
         check_interval: float = CHECK_INTERVAL,
     ) -> None:
         self._keys = keys
@@ -164,8 +169,8 @@ class KeyRotation:
         self._clock = clock
         self._check_interval = check_interval
         self._active_created: datetime | None = None
-        if age_gauge is not None:
-            age_gauge.set_function(self._active_key_age)
+        if telemetry is not None:
+            telemetry.active_key_age(self._active_key_age)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``check_interval`` seconds until ``stop`` is set; a failed check is
@@ -181,13 +186,7 @@ class KeyRotation:
                 "keys.rotate_every_days = 0 to silence this warning"
             )
             return
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("key rotation check failed; will try again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._check_interval)
+        await Periodic("key rotation check", self.tick, self._check_interval, logger=log).run(stop)
 
     async def tick(self) -> TickReport:
         """Do what is due now (see the module docstring); returns what was done."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.models import MailboxKey, OAuthState, PendingRevocation, TokenRecord
-from mailbox_worker.errors import Conflict, KeyUnavailable
+from mailbox_worker.errors import KeyUnavailable, TokenRecordChanged
 from mailbox_worker.tokens.envelope import (
     encode_fields,
     new_data_key,
@@ -29,7 +30,10 @@ from mailbox_worker.tokens.envelope import (
     unwrap_data_key,
     wrap_data_key,
 )
-from mailbox_worker.tokens.keys import KeyEncryptionKey, KeySource
+from mailbox_worker.tokens.keys.port import KeyEncryptionKey, KeySource
+
+_WrappedKey = TypeVar("_WrappedKey", MailboxKey, PendingRevocation)
+"""A row holding a data key wrapped under a KEK."""
 
 TOKENS = "tokens"
 AUTHORIZATION = "authorization"
@@ -125,7 +129,8 @@ class TokenVault:
         """Replace the token record atomically; returns its new version.
 
         ``expected_version`` is the version the caller read (None: there was none); if
-        another writer stored a newer record meanwhile, raises ``Conflict`` and stores nothing.
+        another writer stored a newer record meanwhile, raises ``TokenRecordChanged`` and
+        stores nothing.
         """
         sealed = await self.seal(mailbox_id, TOKENS, plaintext)
         now = self._clock()
@@ -142,7 +147,7 @@ class TokenVault:
                 )
             if expected_version is None:
                 if await session.get(TokenRecord, mailbox_id) is not None:
-                    raise Conflict("token record changed concurrently", code="token_conflict")
+                    raise TokenRecordChanged("token record changed concurrently")
                 session.add(
                     TokenRecord(
                         mailbox_id=mailbox_id,
@@ -164,7 +169,7 @@ class TokenVault:
                 )
             )
             if not result.rowcount:  # type: ignore[attr-defined]
-                raise Conflict("token record changed concurrently", code="token_conflict")
+                raise TokenRecordChanged("token record changed concurrently")
         return expected_version + 1
 
     async def replace_tokens(self, mailbox_id: str, plaintext: bytes) -> int:
@@ -225,28 +230,10 @@ class TokenVault:
         active = await asyncio.to_thread(self._keys.active_key)
         async with self._sessions() as session:
             rows = (await session.execute(select(MailboxKey.mailbox_id, MailboxKey.kek_id))).all()
-        rewrapped = current = 0
-        for mailbox_id, kek_id in rows:
-            if kek_id == active.key_id:
-                current += 1
-                continue
-            async with self._sessions.begin() as session:
-                row = await session.get(MailboxKey, mailbox_id, with_for_update=True)
-                if row is None or row.kek_id != kek_id:
-                    continue
-                old = await asyncio.to_thread(self._keys.get, kek_id)
-                data_key = unwrap_data_key(old, row.wrapped_key, mailbox_id=mailbox_id)
-                row.wrapped_key = wrap_data_key(active, data_key, mailbox_id=mailbox_id)
-                row.kek_id = active.key_id
-                row.rewrapped_at = self._clock()
-                await session.execute(
-                    update(TokenRecord)
-                    .where(TokenRecord.mailbox_id == mailbox_id)
-                    .values(kek_id=active.key_id)
-                )
-            rewrapped += 1
+        stale = [(mailbox_id, kek_id) for mailbox_id, kek_id in rows if kek_id != active.key_id]
+        rewrapped = await self._rewrap_each(MailboxKey, stale, active)
         rewrapped += await self._rewrap_standalone(active)
-        return RewrapReport(rewrapped=rewrapped, already_current=current)
+        return RewrapReport(rewrapped=rewrapped, already_current=len(rows) - len(stale))
 
     async def _rewrap_standalone(self, active: KeyEncryptionKey) -> int:
         async with self._sessions() as session:
@@ -257,16 +244,36 @@ class TokenVault:
                     )
                 )
             ).all()
-        for record_id, kek_id in rows:
+        await self._rewrap_each(PendingRevocation, [(row[0], row[1]) for row in rows], active)
+        return len(rows)
+
+    async def _rewrap_each(
+        self,
+        model: type[_WrappedKey],
+        stale: list[tuple[str, str]],
+        active: KeyEncryptionKey,
+    ) -> int:
+        """Re-wrap each ``(id, kek_id)`` data key under ``active``, each in its own short
+        transaction guarded by its old key id; returns how many were still as listed."""
+        rewrapped = 0
+        for record_id, kek_id in stale:
             async with self._sessions.begin() as session:
-                row = await session.get(PendingRevocation, record_id, with_for_update=True)
+                row = await session.get(model, record_id, with_for_update=True)
                 if row is None or row.kek_id != kek_id:
-                    continue
+                    continue  # erased or re-wrapped meanwhile
                 old = await asyncio.to_thread(self._keys.get, kek_id)
                 data_key = unwrap_data_key(old, row.wrapped_key, mailbox_id=record_id)
                 row.wrapped_key = wrap_data_key(active, data_key, mailbox_id=record_id)
                 row.kek_id = active.key_id
-        return len(rows)
+                if isinstance(row, MailboxKey):  # the mailbox's token record names its KEK too
+                    row.rewrapped_at = self._clock()
+                    await session.execute(
+                        update(TokenRecord)
+                        .where(TokenRecord.mailbox_id == record_id)
+                        .values(kek_id=active.key_id)
+                    )
+            rewrapped += 1
+        return rewrapped
 
     async def key_usage(self) -> dict[str, int]:
         """How many data keys each KEK wraps (to know when an old KEK can be retired)."""

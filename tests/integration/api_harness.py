@@ -52,12 +52,12 @@ from mailbox_worker.db.accounts import PERMISSIONS, AccountStore
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import NotFound, PermanentError
-from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
 from mailbox_worker.states import MailboxState
-from mailbox_worker.tokens.identity import Grant
+from mailbox_worker.tokens.identity_client import Grant
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
 
 MESSAGE_LIMIT = 256 * 1024

@@ -12,7 +12,7 @@ from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
-from mailbox_worker.jobs.queue import JobStore
+from mailbox_worker.jobs.store import JobStore
 
 from .oauth_world import multi_tenant_world, world  # noqa: F401 - fixtures of the connect tests
 from .sandbox_fixtures import http, requests_session, sandbox  # noqa: F401 - sandbox tests

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from mailbox_worker.sandbox import Sandbox
-from mailbox_worker.tokens.http import close_session, new_session
+from mailbox_worker.tokens.oauth_sessions import close_session, new_session
 
 
 @pytest.fixture

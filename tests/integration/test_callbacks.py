@@ -15,8 +15,8 @@ from sqlalchemy import update
 
 from mailbox_worker.config import CallbackSettings
 from mailbox_worker.db.models import OutboxEvent
-from mailbox_worker.db.outbox import Outbox
-from mailbox_worker.jobs.callbacks import CallbackDispatcher
+from mailbox_worker.events.delivery import CallbackDispatcher
+from mailbox_worker.events.outbox import Outbox
 
 from .conftest import Stores
 

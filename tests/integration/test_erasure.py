@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.db.erasure import TOKEN_TABLES, StorageScrubber
 from mailbox_worker.db.models import MailboxKey, TokenRecord
-from mailbox_worker.tokens.keys import FileKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
 from mailbox_worker.tokens.vault import TOKENS, TokenVault
 
 from .conftest import Stores

@@ -34,7 +34,7 @@ from mailbox_worker.errors import (
 from mailbox_worker.providers.base import OutgoingMessage
 from mailbox_worker.providers.graph import GraphProvider
 from mailbox_worker.sandbox import Sandbox
-from mailbox_worker.tokens.http import close_session, new_session
+from mailbox_worker.tokens.oauth_sessions import close_session, new_session
 
 from .consent_form import FormReader
 

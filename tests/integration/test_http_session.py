@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailbox_worker.tokens.http import close_session, new_session
+from mailbox_worker.tokens.oauth_sessions import close_session, new_session
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mailbox_worker.db.outbox import Outbox
+from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.states import MailboxState
 
 from .conftest import Stores

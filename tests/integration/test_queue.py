@@ -11,7 +11,7 @@ from sqlalchemy import update
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
-from mailbox_worker.jobs.queue import NewJob, Outcome
+from mailbox_worker.jobs.store import NewJob, Outcome
 from mailbox_worker.states import MailboxState
 
 from .conftest import Stores

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
-from mailbox_worker.jobs.queue import Outcome
+from mailbox_worker.jobs.store import Outcome
 from mailbox_worker.states import MailboxState
 
 from .conftest import Stores

@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from mailbox_worker.errors import TransientError
 from mailbox_worker.mailboxes.revocations import Revocations
-from mailbox_worker.tokens.identity import Grant, Refreshed
-from mailbox_worker.tokens.keys import FileKeySource
+from mailbox_worker.tokens.identity_client import Grant, Refreshed
+from mailbox_worker.tokens.keys.file_source import FileKeySource
 from mailbox_worker.tokens.vault import TokenVault
 
 from .conftest import Stores

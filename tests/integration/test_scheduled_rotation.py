@@ -24,9 +24,10 @@ from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.errors import KeyUnavailable
-from mailbox_worker.metrics import Metrics
-from mailbox_worker.tokens.env_keys import EnvKeySource
-from mailbox_worker.tokens.keys import FileKeySource, KeyEncryptionKey, KeyInfo, KeySource
+from mailbox_worker.prometheus import PrometheusTelemetry
+from mailbox_worker.tokens.keys.env_source import EnvKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
+from mailbox_worker.tokens.keys.port import KeyEncryptionKey, KeyInfo, KeySource
 from mailbox_worker.tokens.rotation import KeyRotation, RotationSchedule, TickReport
 from mailbox_worker.tokens.vault import RewrapReport, TokenVault
 
@@ -92,7 +93,7 @@ async def world(stores: Stores, tmp_path: Path) -> World:
         DatabaseLocks(stores.engine),
         SCHEDULE,
         clock=clock,
-        age_gauge=Metrics.create(registry).active_key_age,
+        telemetry=PrometheusTelemetry(registry),
     )
     return World(stores, clock, key_file, keys, vault, rotation, registry)
 

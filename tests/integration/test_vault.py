@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select, text
 
 from mailbox_worker.db.models import MailboxKey, TokenRecord
-from mailbox_worker.errors import Conflict, DecryptionFailed, KeyUnavailable
-from mailbox_worker.tokens.keys import FileKeySource
+from mailbox_worker.errors import DecryptionFailed, KeyUnavailable, TokenRecordChanged
+from mailbox_worker.tokens.keys.file_source import FileKeySource
 from mailbox_worker.tokens.vault import TOKENS, TokenVault
 
 from .conftest import Stores
@@ -64,7 +64,7 @@ async def test_concurrent_writers_cannot_lose_a_rotation(stores: Stores, tmp_pat
     vault, _, mailbox_id = await vault_and_mailbox(stores, tmp_path)
     await vault.store_tokens(mailbox_id, b"v1", expected_version=None)
     assert await vault.store_tokens(mailbox_id, b"v2", expected_version=1) == 2
-    with pytest.raises(Conflict):
+    with pytest.raises(TokenRecordChanged):
         await vault.store_tokens(mailbox_id, b"stale", expected_version=1)
     loaded = await vault.load_tokens(mailbox_id)
     assert loaded is not None and (loaded.plaintext, loaded.version) == (b"v2", 2)

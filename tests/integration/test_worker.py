@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import WorkerSettings
 from mailbox_worker.db.models import Job, Mailbox
-from mailbox_worker.db.outbox import Outbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
     IdentityMisconfigured,
@@ -29,9 +28,10 @@ from mailbox_worker.errors import (
     Throttled,
     TransientError,
 )
-from mailbox_worker.jobs.queue import NewJob
+from mailbox_worker.events.outbox import Outbox
+from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.worker import Worker
-from mailbox_worker.metrics import Metrics
+from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
 from mailbox_worker.states import TERMINAL, MailboxState
 
@@ -135,7 +135,7 @@ async def harness(stores: Stores) -> AsyncIterator[Harness]:
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
     provider, tokens = RecordingProvider(), RecordingTokens()
-    metrics = Metrics.create(CollectorRegistry())
+    metrics = PrometheusTelemetry(CollectorRegistry())
     worker = Worker(
         stores.jobs,
         stores.mailboxes,
@@ -243,7 +243,7 @@ async def test_stop_lets_in_flight_jobs_finish(stores: Stores) -> None:
         RecordingTokens(),
         {"microsoft": provider},
         FAST,
-        Metrics.create(CollectorRegistry()),
+        PrometheusTelemetry(CollectorRegistry()),
         "w-stop",
     )
     payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"}

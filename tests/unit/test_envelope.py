@@ -16,7 +16,7 @@ from mailbox_worker.tokens.envelope import (
     unwrap_data_key,
     wrap_data_key,
 )
-from mailbox_worker.tokens.keys import KeyEncryptionKey
+from mailbox_worker.tokens.keys.port import KeyEncryptionKey
 
 MAILBOX = "mbx-0001"
 RECORD_AD = encode_fields("mbx-0001", "refresh_token")

@@ -24,7 +24,7 @@ from mailbox_worker.providers.graph import (
     graph_error,
     largest_mime_for_base64,
 )
-from mailbox_worker.providers.http import RequestProgress, parse_retry_after, transport_error
+from mailbox_worker.providers.transport import RequestProgress, parse_retry_after, transport_error
 
 NOW = dt.datetime(2025, 3, 4, 10, 0, 0, tzinfo=dt.UTC)
 LEAKY_TEXT = 'Recipient "alice@example.com" isn\'t resolved.'
@@ -46,7 +46,7 @@ def graph_body(code: str, message: str = LEAKY_TEXT) -> bytes:
         (403, "ErrorAccessDenied", PermanentError, "scope_missing"),
         (403, "ErrorSendAsDenied", PermanentError, "send_as_denied"),
         (404, "MailboxNotEnabledForRESTAPI", PermanentError, "mailbox_not_enabled"),
-        # Graph's status for this code varies (providers.md B4): the code decides.
+        # Graph's status for this code varies (docs/providers.md B4): the code decides.
         (401, "MailboxNotEnabledForRESTAPI", PermanentError, "mailbox_not_enabled"),
         (400, "BadRequest", PermanentError, "provider_rejected"),
         (404, "ErrorItemNotFound", PermanentError, "provider_rejected"),

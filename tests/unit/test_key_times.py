@@ -14,10 +14,11 @@ import pytest
 from keyrings.alt.file import PlaintextKeyring
 
 from mailbox_worker.errors import ConfigError, KeyUnavailable
-from mailbox_worker.tokens.env_keys import EnvKeySource
-from mailbox_worker.tokens.key_times import KeyTimes, date_in_key_id
-from mailbox_worker.tokens.keyring_keys import KeyringKeySource
-from mailbox_worker.tokens.keys import FileKeySource, KeyInfo
+from mailbox_worker.tokens.keys.env_source import EnvKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
+from mailbox_worker.tokens.keys.keyring_source import KeyringKeySource
+from mailbox_worker.tokens.keys.port import KeyInfo
+from mailbox_worker.tokens.keys.times import KeyTimes, date_in_key_id
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 MATERIAL = base64.b64encode(bytes(range(32))).decode()
@@ -141,7 +142,7 @@ def test_env_source_is_read_only_and_knows_no_times() -> None:
 ADD_KEYS = """
 import sys
 from pathlib import Path
-from mailbox_worker.tokens.keys import FileKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
 source = FileKeySource(Path(sys.argv[1]))
 print(" ".join(source.add_key().key_id for _ in range(10)))
 """

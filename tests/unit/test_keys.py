@@ -22,16 +22,11 @@ from keyring.errors import KeyringLocked, NoKeyringError
 from keyrings.alt.file import PlaintextKeyring
 
 from mailbox_worker.errors import ConfigError, KeyUnavailable, VaultError
-from mailbox_worker.tokens.env_keys import EnvKeySource
 from mailbox_worker.tokens.envelope import new_data_key, unwrap_data_key, wrap_data_key
-from mailbox_worker.tokens.keyring_keys import KeyringKeySource
-from mailbox_worker.tokens.keys import (
-    ENV_VAR,
-    FileKeySource,
-    KeyEncryptionKey,
-    KeySource,
-    generate_key,
-)
+from mailbox_worker.tokens.keys.env_source import ENV_VAR, EnvKeySource
+from mailbox_worker.tokens.keys.file_source import FileKeySource
+from mailbox_worker.tokens.keys.keyring_source import KeyringKeySource
+from mailbox_worker.tokens.keys.port import KeyEncryptionKey, KeySource, generate_key
 
 KEY_ID_FORMAT = re.compile(r"kek-\d{8}-[0-9a-f]{8}")
 MATERIAL_A = bytes(range(32))

@@ -10,7 +10,6 @@ from typing import Any, cast
 import pytest
 import schemathesis
 from jsonschema import Draft202012Validator
-from prometheus_client import CollectorRegistry
 from schemathesis.core.result import Ok
 
 from mailbox_worker.api import admin_page
@@ -37,6 +36,7 @@ from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.mailboxes.service import OUTCOMES
 from mailbox_worker.policy.scopes import CAPABILITIES, PROVIDERS
 from mailbox_worker.states import JobState, MailboxState
+from mailbox_worker.telemetry import Telemetry
 
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 DOCUMENT = ApiDocument.packaged()
@@ -112,7 +112,8 @@ def test_the_document_and_the_router_list_the_same_operations() -> None:
         jobs=cast(JobOperations, None),
         mailboxes=cast(MailboxConnector, None),
         admin_sessions=AdminSessions(cast(AccountOperations, None)),
-        registry=CollectorRegistry(),
+        telemetry=cast(Telemetry, None),
+        metrics_page=cast(Any, None),
         ready=cast(Any, None),
     )
     app = create_app(services)

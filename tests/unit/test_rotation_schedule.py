@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailbox_worker.tokens.key_times import KeyTimes
-from mailbox_worker.tokens.keys import KeyInfo
+from mailbox_worker.tokens.keys.port import KeyInfo
+from mailbox_worker.tokens.keys.times import KeyTimes
 from mailbox_worker.tokens.rotation import RotationSchedule
 
 CREATED = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)

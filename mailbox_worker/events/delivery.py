@@ -3,13 +3,12 @@
 Each event is POSTed as JSON ``{"id", "type", "account_id", "created_at", "data"}`` with
 ``X-Mailbox-Worker-Signature: sha256=<hex HMAC of the body under callbacks.secret>``. A 2xx
 answer acknowledges it; anything else (or no answer) is retried with exponential backoff.
-The callback URL is the only place events go (privacy PP-5).
+The callback URL is the only place events go (docs/privacy.md PP-5).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -20,7 +19,8 @@ import aiohttp
 
 from mailbox_worker.config import CallbackSettings
 from mailbox_worker.db.models import OutboxEvent
-from mailbox_worker.db.outbox import Outbox
+from mailbox_worker.events.outbox import Outbox
+from mailbox_worker.periodic import Periodic, exponential_backoff
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +73,15 @@ class CallbackDispatcher:
             await self._outbox.delivered(event.id)
             return 1
         attempts = event.attempts + 1
-        wait = min(
-            dt.timedelta(seconds=self._settings.retry_initial) * 2**event.attempts, LONGEST_WAIT
+        wait = exponential_backoff(
+            dt.timedelta(seconds=self._settings.retry_initial), event.attempts, LONGEST_WAIT
         )
         await self._outbox.retry_later(event.id, attempts, wait)
         return 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.deliver_due()
-            except Exception:
-                log.exception("callback delivery failed; will try again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._settings.poll_interval)
+        """Deliver due events every ``callbacks.poll_interval`` seconds until ``stop``."""
+        loop = Periodic(
+            "callback delivery", self.deliver_due, self._settings.poll_interval, logger=log
+        )
+        await loop.run(stop)

@@ -1,4 +1,4 @@
-"""The job queue: every job query in one place, on SQLite and PostgreSQL alike.
+"""The job store, ``JobStore``: every job query in one place, on SQLite and PostgreSQL alike.
 
 Job states (``states.JobState``, docs/architecture.md#job-states): ``queued → running → sent |
 drafted``; ``running → queued`` (retry); ``running → failed``; ``queued|running → held``
@@ -398,38 +398,13 @@ class JobStore:
     async def fail_past_deadline(self) -> int:
         """Queued or held jobs whose deadline passed become ``failed`` (deadline_exceeded)."""
         now = self._clock()
-        message = "the job's deadline passed before it could be sent"
-        async with self._sessions.begin() as session:
-            rows = (
-                await session.execute(
-                    select(Job.id, Job.state)
-                    .where(Job.state.in_([JobState.QUEUED, JobState.HELD]), Job.deadline < now)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            for job_id, state in rows:
-                await session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == state)
-                    .values(
-                        state=JobState.FAILED,
-                        finished_at=now,
-                        updated_at=now,
-                        last_error_code="deadline_exceeded",
-                        last_error_message=message,
-                    )
-                )
-                session.add(
-                    self._event(
-                        job_id,
-                        "state",
-                        state,
-                        JobState.FAILED,
-                        code="deadline_exceeded",
-                        detail=message,
-                    )
-                )
-        return len(rows)
+        return await self._move_each(
+            and_(Job.state.in_([JobState.QUEUED, JobState.HELD]), Job.deadline < now),
+            JobState.FAILED,
+            "deadline_exceeded",
+            "the job's deadline passed before it could be sent",
+            now,
+        )
 
     # -- mailbox-wide and client actions ----------------------------------------------------
 
@@ -460,14 +435,30 @@ class JobStore:
     async def _move_for_mailbox(
         self, mailbox_id: str, from_states: list[str], to_state: str, code: str, message: str
     ) -> int:
-        now = self._clock()
+        return await self._move_each(
+            and_(Job.mailbox_id == mailbox_id, Job.state.in_(from_states)),
+            to_state,
+            code,
+            message,
+            self._clock(),
+        )
+
+    async def _move_each(
+        self,
+        where: ColumnElement[bool],
+        to_state: str,
+        code: str,
+        message: str,
+        now: dt.datetime,
+    ) -> int:
+        """Move each job matching ``where`` (rows another transaction holds are skipped) from
+        the state it is in to ``to_state``, with ``code`` and ``message`` as its last error:
+        one update guarded by that state and one event a job. Returns how many."""
         terminal = {"finished_at": now} if to_state in TERMINAL else {}
         async with self._sessions.begin() as session:
             rows = (
                 await session.execute(
-                    select(Job.id, Job.state)
-                    .where(Job.mailbox_id == mailbox_id, Job.state.in_(from_states))
-                    .with_for_update(skip_locked=True)
+                    select(Job.id, Job.state).where(where).with_for_update(skip_locked=True)
                 )
             ).all()
             for job_id, state in rows:

@@ -8,16 +8,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mailbox_worker.errors import ConfigError, KeyUnavailable
-from mailbox_worker.tokens.key_times import KeyTimes
-from mailbox_worker.tokens.keys import (
-    ENV_VAR,
+from mailbox_worker.tokens.keys.encoding import decode_key
+from mailbox_worker.tokens.keys.port import (
     KEY_ID_PATTERN,
     SOURCE_SETTING,
     KeyEncryptionKey,
     KeyInfo,
     KeySource,
-    decode_key,
 )
+from mailbox_worker.tokens.keys.times import KeyTimes
+
+ENV_VAR = "MAILBOX_WORKER_KEYS"
+"""The environment variable :class:`EnvKeySource` values come from: ``id1:base64,id2:base64``."""
 
 
 class EnvKeySource:

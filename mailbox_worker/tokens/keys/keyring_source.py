@@ -17,18 +17,16 @@ from keyring.backend import KeyringBackend
 from keyring.errors import KeyringError, NoKeyringError, PasswordDeleteError
 
 from mailbox_worker.errors import ConfigError, KeyUnavailable
-from mailbox_worker.tokens.key_times import KeyTimes, times_from_json, times_to_json
-from mailbox_worker.tokens.keys import (
+from mailbox_worker.tokens.keys.encoding import decode_key, encode_key
+from mailbox_worker.tokens.keys.port import (
     SOURCE_SETTING,
     Clock,
     KeyEncryptionKey,
-    KeySet,
     KeySource,
-    StoredKeySource,
-    decode_key,
-    encode_key,
     system_clock,
 )
+from mailbox_worker.tokens.keys.stored import KeySet, StoredKeySource
+from mailbox_worker.tokens.keys.times import KeyTimes, times_from_json, times_to_json
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -38,7 +36,7 @@ class KeyringKeySource(StoredKeySource):
     """Keys in the operating system's keyring, under ``service``.
 
     Entry ``index`` holds ``{"active": id, "keys": [ids oldest first], "times": {...}}``
-    (``"times"``, see :mod:`~mailbox_worker.tokens.key_times`, is absent from indexes written
+    (``"times"``, see :mod:`~mailbox_worker.tokens.keys.times`, is absent from indexes written
     before it existed); entry ``key:<id>`` holds each key's base64 material. ``backend``
     defaults to ``keyring.get_keyring()`` at each call. No usable backend (``NoKeyringError``,
     the ``fail`` or ``null`` backend) raises :class:`ConfigError` on ``keys.source``; other

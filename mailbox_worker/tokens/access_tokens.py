@@ -27,10 +27,15 @@ from tenacity import (
 
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.models import Mailbox
-from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired, TransientError
-from mailbox_worker.metrics import Metrics
+from mailbox_worker.errors import (
+    IdentityMisconfigured,
+    ReauthRequired,
+    TokenRecordChanged,
+    TransientError,
+)
 from mailbox_worker.policy.scopes import required_scopes
-from mailbox_worker.tokens.identity import AccessToken, IdentityClient
+from mailbox_worker.telemetry import Telemetry
+from mailbox_worker.tokens.identity_client import AccessToken, IdentityClient
 from mailbox_worker.tokens.vault import TokenVault
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,7 @@ class AccessTokens:
         self,
         vault: TokenVault,
         identities: Mapping[str, IdentityClient],
-        metrics: Metrics,
+        telemetry: Telemetry,
         locks: DatabaseLocks,
         *,
         attempts: int = 4,
@@ -51,7 +56,7 @@ class AccessTokens:
     ) -> None:
         self._vault = vault
         self._identities = identities
-        self._metrics = metrics
+        self._telemetry = telemetry
         self._database_locks = locks
         self._cache: dict[str, AccessToken] = {}
         self._rejected: dict[str, str] = {}  # mailbox id -> the token its provider refused
@@ -99,7 +104,7 @@ class AccessTokens:
     async def _refresh_with_retries(self, mailbox: Mailbox, force: bool) -> AccessToken:
         retrying = AsyncRetrying(
             # A refusal of our app itself will not pass in seconds: the job waits instead.
-            retry=retry_if_exception_type((TransientError, Conflict))
+            retry=retry_if_exception_type((TransientError, TokenRecordChanged))
             & retry_if_not_exception_type(IdentityMisconfigured),
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential_jitter(multiplier=self._initial_wait, max=10.0),
@@ -130,22 +135,18 @@ class AccessTokens:
             # Re-read before declaring the grant dead: another process may have rotated it.
             latest = await self._vault.load_tokens(mailbox.id)
             if latest is not None and latest.version != stored.version:
-                raise Conflict("tokens rotated concurrently", code="token_conflict") from error
-            self._metrics.token_refreshes.labels(
-                provider=mailbox.provider, outcome=error.code
-            ).inc()
+                raise TokenRecordChanged("tokens rotated concurrently") from error
+            self._telemetry.token_refresh(mailbox.provider, error.code)
             raise
         except TransientError as error:
-            self._metrics.token_refreshes.labels(
-                provider=mailbox.provider, outcome=error.code
-            ).inc()
+            self._telemetry.token_refresh(mailbox.provider, error.code)
             raise
         if refreshed.cache is not None:
             await self._vault.store_tokens(
                 mailbox.id, refreshed.cache.encode(), expected_version=stored.version
             )
         if refreshed.from_identity_provider:
-            self._metrics.token_refreshes.labels(provider=mailbox.provider, outcome="ok").inc()
+            self._telemetry.token_refresh(mailbox.provider, "ok")
         return refreshed.access_token
 
 

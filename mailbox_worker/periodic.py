@@ -1,0 +1,93 @@
+"""Background loops and backoffs, written once.
+
+``Periodic`` runs one step every ``interval`` seconds until a stop event is set: a step that
+raises is logged and tried again (after ``interval``, or as a tenacity wait strategy says),
+and the loop keeps "last success" bookkeeping. The daemon's background duties (revocation
+retries, callback delivery, scheduled key rotation, the storage scrub) all run this way.
+
+``exponential_backoff`` is the wait before the next attempt of one persisted item (an outbox
+event, a pending revocation): doubling from a first wait, never longer than a longest one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
+from tenacity.wait import wait_base
+
+log = logging.getLogger(__name__)
+
+
+def wait_seconds(strategy: wait_base, attempt: int) -> float:
+    """What a tenacity wait ``strategy`` answers after the ``attempt``-th failure (1-based)."""
+    state = RetryCallState(retry_object=AsyncRetrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, attempt)
+    return float(strategy(state))
+
+
+def exponential_backoff(first: dt.timedelta, attempts: int, longest: dt.timedelta) -> dt.timedelta:
+    """``first`` doubled ``attempts`` times, at most ``longest``."""
+    strategy = wait_exponential(multiplier=first.total_seconds(), max=longest.total_seconds())
+    return dt.timedelta(seconds=wait_seconds(strategy, attempts + 1))
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+class Periodic:
+    """Runs ``step`` every ``interval`` seconds until ``run``'s stop event is set.
+
+    ``wait_first``: sleep one interval before the first step. A step that raises is logged
+    (``"<what> failed; will try again"``) and the next one comes after ``on_error``'s wait for
+    that many consecutive failures (``interval`` when None). The loop ends only between steps.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        step: Callable[[], Awaitable[object]],
+        interval: float,
+        *,
+        wait_first: bool = False,
+        on_error: wait_base | None = None,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.what = what
+        self._step = step
+        self._interval = interval
+        self._wait_first = wait_first
+        self._on_error = on_error
+        self._log = logger
+        self.last_success: float | None = None
+        """``time.monotonic()`` when a step last returned, None before the first."""
+        self.failures = 0
+        """Steps that raised since the last one that returned."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self._wait_first:
+            await wait_or_stop(stop, self._interval)
+        while not stop.is_set():
+            await wait_or_stop(stop, await self.run_once())
+
+    async def run_once(self) -> float:
+        """One step; returns the seconds to wait before the next."""
+        try:
+            await self._step()
+        except Exception:
+            self.failures += 1
+            self._log.exception("%s failed; will try again", self.what)
+            if self._on_error is None:
+                return self._interval
+            return wait_seconds(self._on_error, self.failures)
+        self.failures = 0
+        self.last_success = time.monotonic()
+        return self._interval

@@ -1,0 +1,129 @@
+"""The Prometheus adapter of the telemetry port: every metric the daemon exports.
+
+Registered on the registry it is handed; ``render`` answers ``GET /metrics``. Only the
+composition root (``mailbox_worker.app``) imports this module (an import-linter contract
+keeps it so). Labels carry only bounded, non-personal values: provider names, states, stable
+error codes. Never an address, a subject, an account name or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from mailbox_worker.telemetry import Telemetry
+
+
+class PrometheusTelemetry:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._jobs_enqueued = Counter(
+            "mailbox_worker_jobs_enqueued",
+            "Dispatch jobs accepted by the API.",
+            ["mode"],
+            registry=registry,
+        )
+        self._job_transitions = Counter(
+            "mailbox_worker_job_transitions",
+            "Jobs leaving the running state, by new state and stable code.",
+            ["state", "code"],
+            registry=registry,
+        )
+        self._jobs_by_state = Gauge(
+            "mailbox_worker_jobs",
+            "Jobs currently in each state (sampled by the worker).",
+            ["state"],
+            registry=registry,
+        )
+        self._provider_requests = Counter(
+            "mailbox_worker_provider_requests",
+            "Provider calls by provider, operation and outcome code.",
+            ["provider", "operation", "outcome"],
+            registry=registry,
+        )
+        self._provider_latency = Histogram(
+            "mailbox_worker_provider_request_seconds",
+            "Provider call latency.",
+            ["provider", "operation"],
+            registry=registry,
+        )
+        self._token_refreshes = Counter(
+            "mailbox_worker_token_refreshes",
+            "Access-token refreshes at the identity provider, by outcome.",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self._mailbox_reauth = Counter(
+            "mailbox_worker_mailbox_reauth_required",
+            "Mailboxes that lost their grant and need their admin's consent again.",
+            ["provider", "reason"],
+            registry=registry,
+        )
+        self._worker_in_flight = Gauge(
+            "mailbox_worker_worker_in_flight",
+            "Jobs this process is working on now.",
+            registry=registry,
+        )
+        self._active_key_age = Gauge(
+            "mailbox_worker_active_key_age_seconds",
+            "Age of the active key-encryption key as of this process's last rotation check "
+            "(NaN when unknown: scheduled rotation off, or keys from MAILBOX_WORKER_KEYS).",
+            registry=registry,
+        )
+        # Route labels stay bounded: the matched template or ``unmatched``
+        # (``mailbox_worker.api.http_metrics`` decides them).
+        self._http_requests = Counter(
+            "mailbox_worker_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """Every metric of the registry in the text format, with its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def job_enqueued(self, mode: str) -> None:
+        self._jobs_enqueued.labels(mode=mode).inc()
+
+    def job_transition(self, state: str, code: str) -> None:
+        self._job_transitions.labels(state=state, code=code).inc()
+
+    def jobs_in_state(self, state: str, count: int) -> None:
+        self._jobs_by_state.labels(state=state).set(count)
+
+    def provider_request(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        self._provider_requests.labels(
+            provider=provider, operation=operation, outcome=outcome
+        ).inc()
+        self._provider_latency.labels(provider=provider, operation=operation).observe(seconds)
+
+    def token_refresh(self, provider: str, outcome: str) -> None:
+        self._token_refreshes.labels(provider=provider, outcome=outcome).inc()
+
+    def mailbox_reauth(self, provider: str, reason: str) -> None:
+        self._mailbox_reauth.labels(provider=provider, reason=reason).inc()
+
+    def in_flight(self, count: int) -> None:
+        self._worker_in_flight.set(count)
+
+    def active_key_age(self, seconds: Callable[[], float]) -> None:
+        self._active_key_age.set_function(seconds)
+
+    def http_request(self, method: str, route: str, status: int) -> None:
+        self._http_requests.labels(method=method, route=route, status=str(status)).inc()
+
+
+if TYPE_CHECKING:
+    # mypy proves the adapter conforms to the port.
+    _conforming: type[Telemetry] = PrometheusTelemetry

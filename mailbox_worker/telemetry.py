@@ -1,0 +1,55 @@
+"""The telemetry port: what the daemon counts, one method a thing counted.
+
+Components receive a ``Telemetry`` through their constructors and never know where the figures
+go; the composition root (``mailbox_worker.app``) hands them the Prometheus adapter
+(``mailbox_worker.prometheus``), the only module that knows ``prometheus_client``.
+
+Arguments are only bounded, non-personal values: provider names, states, operations, stable
+error codes, route templates. Never an address, a subject, an account name or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+MetricsPage = Callable[[], tuple[bytes, str]]
+"""Renders every metric for ``GET /metrics``: ``(body, content type)``."""
+
+
+class Telemetry(Protocol):
+    def job_enqueued(self, mode: str) -> None:
+        """The API accepted a dispatch job in ``mode`` (``send`` or ``draft``)."""
+        ...
+
+    def job_transition(self, state: str, code: str) -> None:
+        """A job left ``running`` for ``state``, with stable ``code`` (``ok`` on success)."""
+        ...
+
+    def jobs_in_state(self, state: str, count: int) -> None:
+        """``count`` jobs are in ``state`` now (sampled by the worker)."""
+        ...
+
+    def provider_request(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        """One provider call ended with ``outcome`` (``ok`` or a stable code) after ``seconds``."""
+        ...
+
+    def token_refresh(self, provider: str, outcome: str) -> None:
+        """An access-token refresh at the identity provider ended with ``outcome``."""
+        ...
+
+    def mailbox_reauth(self, provider: str, reason: str) -> None:
+        """A mailbox lost its grant (``reason``, a stable code) and needs consent again."""
+        ...
+
+    def in_flight(self, count: int) -> None:
+        """This process works on ``count`` jobs now."""
+        ...
+
+    def active_key_age(self, seconds: Callable[[], float]) -> None:
+        """Report the active key's age as ``seconds()`` answers it when read (NaN: unknown)."""
+        ...
+
+    def http_request(self, method: str, route: str, status: int) -> None:
+        """The API answered ``method`` on ``route`` (a template) with ``status``."""
+        ...
