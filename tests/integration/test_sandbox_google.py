@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from mailbox_worker.sandbox import Sandbox
-from mailbox_worker.sandbox.google_state import GoogleState
+from mailbox_worker.sandbox.google.state import GoogleState
 
 from .consent_form import FormReader
 
@@ -501,7 +501,7 @@ async def test_revoke_takes_post_only(sandbox: Sandbox, session: requests.Sessio
     assert answer.status_code == 404
 
 
-# -- scenario switches (providers.md C4) ---------------------------------------------------
+# -- scenario switches (docs/providers.md C4) ---------------------------------------------------
 
 
 async def test_user_revoked_access_kills_all_their_grants(

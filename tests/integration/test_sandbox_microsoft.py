@@ -219,7 +219,7 @@ async def test_msal_auth_code_flow_then_silent_refresh_rotates_the_refresh_token
         after["identity.token.refresh_token"] == before.get("identity.token.refresh_token", 0) + 2
     )
 
-    # Rotation does not revoke: the old refresh token still works (providers.md A4).
+    # Rotation does not revoke: the old refresh token still works (docs/providers.md A4).
     still = await asyncio.to_thread(
         signed_in.application.acquire_token_by_refresh_token, old_refresh, ["Mail.Send"]
     )
