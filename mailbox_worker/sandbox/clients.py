@@ -1,8 +1,9 @@
-"""A registered OAuth application, shared by the Microsoft and Google simulators."""
+"""Registered OAuth applications, shared by the Microsoft and Google simulators."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -29,3 +30,28 @@ class Client:
             return False
         parts = urlsplit(uri)
         return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+
+
+class ClientRegistry:
+    """The applications one simulated provider knows: a base for that provider's state.
+
+    A subclass provides ``clients`` (by client id) and names its zero-setup client in
+    ``default_client_id``.
+    """
+
+    default_client_id: ClassVar[str]
+    clients: dict[str, Client]
+
+    def register_client(
+        self,
+        client_id: str,
+        client_secret: str | None,
+        redirect_uris: list[str],
+        name: str | None = None,
+    ) -> Client:
+        """Register (or replace) an application; its redirect URIs must then match exactly
+        (the default client's: also any http loopback URI)."""
+        client = Client(client_id, client_secret, list(redirect_uris), name or client_id)
+        client.accepts_any_loopback_redirect = client_id == self.default_client_id
+        self.clients[client_id] = client
+        return client

@@ -1,6 +1,6 @@
 """Applying a queued fault around one operation.
 
-Kinds (see ``SandboxState.queue_fault``):
+Kinds (see ``SandboxControls.queue_fault``):
 
 * ``status`` — answer the provider's real error body for ``status`` without processing;
 * ``reset`` — drop the connection without an answer, before processing;
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .state import Fault, SandboxState
+from .controls import Fault, SandboxControls
 
 Process = Callable[[], Awaitable[web.StreamResponse]]
 ErrorAnswer = Callable[[Fault], web.StreamResponse]
@@ -32,7 +32,7 @@ def drop_connection(request: web.Request) -> web.Response:
 
 async def with_fault(
     request: web.Request,
-    state: SandboxState,
+    controls: SandboxControls,
     operations: tuple[str, ...],
     process: Process,
     error_answer: ErrorAnswer,
@@ -40,7 +40,7 @@ async def with_fault(
     """Run ``process`` under the first fault queued for any of ``operations`` (if any)."""
     fault = None
     for operation in operations:
-        fault = state.take_fault(operation)
+        fault = controls.take_fault(operation)
         if fault is not None:
             break
     if fault is None:

@@ -16,17 +16,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .admin import AdminEndpoints
-from .admin_google import GoogleAdminEndpoints
+from .admin import ControlEndpoints
 from .ca import CertificatePaths, ensure_certificates, server_ssl_context
-from .google_oauth import AUTHORIZE_PATH, GoogleAuthorizeEndpoint
-from .google_token import GoogleTokenEndpoints
-from .graph import REQUEST_BODY_LIMIT, GraphEndpoints
-from .graph_errors import graph_middleware
-from .identity import IdentityEndpoints
+from .google.admin import GoogleAdminEndpoints
+from .google.authorize import AUTHORIZE_PATH, GoogleAuthorizeEndpoint
+from .google.token_endpoint import GoogleTokenEndpoints
+from .microsoft.admin import AdminEndpoints
+from .microsoft.authorize import IdentityEndpoints
+from .microsoft.graph import REQUEST_BODY_LIMIT, GraphEndpoints
+from .microsoft.graph_errors import graph_middleware
+from .microsoft.state import DEFAULT_TENANT
+from .microsoft.token_endpoint import TokenEndpoint
 from .signing import SigningKey
-from .state import DEFAULT_TENANT, SandboxState
-from .token_endpoint import TokenEndpoint
+from .state import SandboxState
 
 # aiohttp must accept bodies above Graph's 4 MB so that Graph itself can answer 413.
 _SERVER_BODY_LIMIT = 4 * REQUEST_BODY_LIMIT
@@ -58,9 +60,11 @@ class Sandbox:
         application.add_routes(TokenEndpoint(self.state, signing_key).routes())
         application.add_routes(GraphEndpoints(self.state).routes())
         application.add_routes(AdminEndpoints(self.state).routes())
-        application.add_routes(GoogleAuthorizeEndpoint(self.state).routes())
-        application.add_routes(GoogleTokenEndpoints(self.state, signing_key).routes())
-        application.add_routes(GoogleAdminEndpoints(self.state).routes())
+        application.add_routes(ControlEndpoints(self.state).routes())
+        google = self.state.google
+        application.add_routes(GoogleAuthorizeEndpoint(self.state, google).routes())
+        application.add_routes(GoogleTokenEndpoints(self.state, google, signing_key).routes())
+        application.add_routes(GoogleAdminEndpoints(google).routes())
         return application
 
     async def start(self) -> None:

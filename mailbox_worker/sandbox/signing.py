@@ -1,11 +1,8 @@
-"""Token material: signed id_tokens, JWT-shaped access tokens, opaque refresh tokens and codes.
+"""The key that signs id_tokens, for both providers, and the JWT encoding helpers.
 
 id_tokens are real RS256 JWTs signed with a key generated when the sandbox starts and published
-at the ``jwks_uri`` of the discovery document. Access tokens have the shape of Graph's (a JWT whose
-header carries a ``nonce``, which makes them unverifiable by anyone but Graph, as for the real
-ones); their signature part is random, and Graph accepts them only by looking them up in the
-sandbox state. Refresh tokens and authorization codes are opaque random strings in the shape of
-Entra's (``1.AQ…``). None of these values may ever be logged.
+at the ``jwks_uri`` of each provider's discovery document. The other token values have each
+provider's own shape (``microsoft.token_values``, ``google.state``). None may ever be logged.
 """
 
 from __future__ import annotations
@@ -24,7 +21,8 @@ def base64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _json_part(value: dict[str, Any]) -> str:
+def json_part(value: dict[str, Any]) -> str:
+    """A JWT part: compact JSON, base64url-encoded."""
     return base64url(json.dumps(value, separators=(",", ":")).encode("utf-8"))
 
 
@@ -38,7 +36,7 @@ class SigningKey:
     def sign(self, claims: dict[str, Any]) -> str:
         """An RS256 JWT carrying ``claims``."""
         header = {"typ": "JWT", "alg": "RS256", "kid": self.key_id}
-        signing_input = f"{_json_part(header)}.{_json_part(claims)}"
+        signing_input = f"{json_part(header)}.{json_part(claims)}"
         signature = self._key.sign(
             signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
         )
@@ -61,30 +59,3 @@ class SigningKey:
                 }
             ]
         }
-
-
-def access_token(claims: dict[str, Any]) -> str:
-    """A Graph-shaped access token: JWT header with a nonce, real claims, random signature."""
-    header = {
-        "typ": "JWT",
-        "nonce": base64url(secrets.token_bytes(32)),
-        "alg": "RS256",
-        "x5t": "sandbox",
-        "kid": "sandbox",
-    }
-    return f"{_json_part(header)}.{_json_part(claims)}.{secrets.token_urlsafe(256)}"
-
-
-def refresh_token() -> str:
-    """An opaque refresh token shaped like Entra's."""
-    return "1.AQ" + secrets.token_urlsafe(600)
-
-
-def authorization_code() -> str:
-    """An opaque authorization code shaped like Entra's."""
-    return "1.AQ" + secrets.token_urlsafe(400)
-
-
-def client_info(object_id: str, tenant_id: str) -> str:
-    """The ``client_info`` value msal turns into ``home_account_id`` = ``uid.utid``."""
-    return _json_part({"uid": object_id, "utid": tenant_id})

@@ -1,6 +1,7 @@
 """Fixtures for tests that talk to a running sandbox directly, as the providers' clients would.
 
-Imported by the sandbox test modules (``from .sandbox_fixtures import ...``).
+Imported by ``tests/integration/conftest.py``: the sandbox's own tests (``sandbox/``) and the
+daemon's integration tests use them alike.
 """
 
 from __future__ import annotations

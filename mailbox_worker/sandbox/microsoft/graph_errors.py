@@ -1,4 +1,4 @@
-"""Graph error answers and the headers every Graph answer carries (providers.md B4).
+"""Graph error answers and the headers every Graph answer carries (docs/providers.md B4).
 
 Body: ``{"error":{"code","message","innerError":{"request-id","date","client-request-id"}}}``.
 Headers on every ``/v1.0`` answer: ``request-id``, ``client-request-id`` (the caller's, echoed,
@@ -18,15 +18,15 @@ from .graph_messages import utc_now
 
 REQUEST_ID = web.RequestKey("graph.request_id", str)
 CLIENT_REQUEST_ID = web.RequestKey("graph.client_request_id", str)
-# The header Graph sends with 401 answers (providers.md B4).
+# The header Graph sends with 401 answers (docs/providers.md B4).
 WWW_AUTHENTICATE = (
     'Bearer realm="", '
     'authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
     'client_id="00000003-0000-0000-c000-000000000000"'
 )
 
-# Bodies for injected faults and throttling, by status (codes marked unconfirmed in B4/B5
-# are best guesses, kept here in one place).
+# Bodies for injected faults and throttling, by status (codes marked unconfirmed in
+# docs/providers.md B4/B5 are best guesses, kept here in one place).
 STATUS_ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The request is malformed or incorrect."),
     401: ("InvalidAuthenticationToken", "Access token has expired or is not yet valid."),

@@ -5,7 +5,7 @@ Routes:
 * ``POST /token`` — ``authorization_code`` (client secret in the form or HTTP Basic; single-use
   code; ``redirect_uri`` must match; PKCE ``code_verifier`` checked) and ``refresh_token`` (an
   optional ``scope`` must be a subset of the grant; usually no new refresh token). Answers as
-  providers.md C3: ``access_token`` (``ya29.…``), ``expires_in`` (3599), ``refresh_token``
+  docs/providers.md C3: ``access_token`` (``ya29.…``), ``expires_in`` (3599), ``refresh_token``
   (``1//0…``; only with ``access_type=offline``, on first consent or with ``prompt=consent``),
   ``scope`` (canonical: ``…/userinfo.email`` for ``email``), ``token_type``, ``id_token`` (RS256,
   ``iss`` ``https://accounts.google.com``; only with ``openid``, which ``email``/``profile`` imply);
@@ -19,26 +19,27 @@ Counters: ``google.token``, ``google.token.<grant_type>``, ``google.revoke``. Fa
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aiohttp import web
 
-from . import google_errors as errors
-from . import google_scopes
-from .clients import Client
-from .faults import with_fault
-from .google_errors import NO_STORE, GoogleFailure, json_error
-from .google_state import GoogleGrant, GoogleUser
-from .signing import SigningKey, base64url
-from .state import Fault, SandboxState
-from .token_endpoint import read_token_form
+from ..clients import Client
+from ..controls import Fault, SandboxControls
+from ..faults import with_fault
+from ..signing import SigningKey
+from ..token_requests import (
+    ClientRefusal,
+    ClientRefused,
+    authenticate_client,
+    read_token_form,
+    verifier_matches,
+)
+from . import oauth_errors as errors
+from . import scopes as scope_rules
+from .oauth_errors import NO_STORE, GoogleError, GoogleFailure, json_error
+from .state import GoogleGrant, GoogleState, GoogleUser
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 ID_TOKEN_LIFETIME = 3600
@@ -47,9 +48,11 @@ ID_TOKEN_LIFETIME = 3600
 class GoogleTokenEndpoints:
     """Handlers for token, revoke, discovery and keys."""
 
-    def __init__(self, state: SandboxState, signing_key: SigningKey) -> None:
-        self._state = state
-        self._google = state.google
+    def __init__(
+        self, controls: SandboxControls, google: GoogleState, signing_key: SigningKey
+    ) -> None:
+        self._controls = controls
+        self._google = google
         self._signing_key = signing_key
 
     def routes(self) -> list[web.RouteDef]:
@@ -66,7 +69,7 @@ class GoogleTokenEndpoints:
 
     async def token(self, request: web.Request) -> web.StreamResponse:
         """Redeem a code or a refresh token."""
-        fields, grant_type = await read_token_form(request, self._state, "google.token")
+        fields, grant_type = await read_token_form(request, self._controls, "google.token")
 
         async def process() -> web.StreamResponse:
             try:
@@ -76,7 +79,7 @@ class GoogleTokenEndpoints:
 
         return await with_fault(
             request,
-            self._state,
+            self._controls,
             (f"google.token.{grant_type}", "google.token"),
             process,
             _fault_answer,
@@ -96,27 +99,10 @@ class GoogleTokenEndpoints:
 
     def _authenticate(self, request: web.Request, fields: Mapping[str, str]) -> Client:
         """The calling client; secret from the form or HTTP Basic (client_secret_basic)."""
-        client_id, secret = fields.get("client_id", ""), fields.get("client_secret")
-        authorization = request.headers.get("Authorization", "")
-        if authorization.lower().startswith("basic "):
-            try:
-                decoded = base64.b64decode(authorization[6:], validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError) as problem:
-                raise GoogleFailure(errors.BAD_SECRET) from problem
-            basic_id, _, basic_secret = decoded.partition(":")
-            client_id = client_id or unquote_plus(basic_id)
-            secret = unquote_plus(basic_secret)
-        if not client_id:
-            raise GoogleFailure(errors.missing_parameter("client_id"))
-        client = self._google.clients.get(client_id)
-        if client is None:
-            raise GoogleFailure(errors.UNKNOWN_CLIENT)
-        if client.client_secret is not None:
-            if not secret:
-                raise GoogleFailure(errors.MISSING_SECRET)
-            if not hmac.compare_digest(secret.encode(), client.client_secret.encode()):
-                raise GoogleFailure(errors.BAD_SECRET)
-        return client
+        try:
+            return authenticate_client(request, fields, self._google.clients)
+        except ClientRefused as refused:
+            raise GoogleFailure(_refusal_error(refused)) from refused
 
     def _redeem_code(
         self, client: Client, fields: Mapping[str, str]
@@ -138,8 +124,7 @@ class GoogleTokenEndpoints:
             verifier = fields.get("code_verifier", "")
             if not verifier:
                 raise GoogleFailure(errors.MISSING_VERIFIER)
-            expected = _challenge_of(verifier, code.code_challenge_method)
-            if not hmac.compare_digest(expected, code.code_challenge):
+            if not verifier_matches(verifier, code.code_challenge, code.code_challenge_method):
                 raise GoogleFailure(errors.BAD_VERIFIER)
         code.redeemed = True
         grant = self._google.grants[code.grant_id]
@@ -160,7 +145,7 @@ class GoogleTokenEndpoints:
             raise GoogleFailure(errors.FOREIGN_TOKEN)
         if self._google.refresh_token_problem(token) is not None:
             raise GoogleFailure(errors.DEAD_TOKEN)
-        requested = google_scopes.canonical_list(google_scopes.split(fields.get("scope", "")))
+        requested = scope_rules.canonical_list(scope_rules.split(fields.get("scope", "")))
         if requested:
             beyond = [scope for scope in requested if scope not in token.scopes]
             if beyond:
@@ -171,7 +156,7 @@ class GoogleTokenEndpoints:
     def _issue(
         self, client: Client, grant: GoogleGrant, scopes: list[str], with_refresh: bool
     ) -> dict[str, Any]:
-        lifetime = self._state.access_token_lifetime
+        lifetime = self._controls.access_token_lifetime
         body: dict[str, Any] = {
             "access_token": self._google.issue_access_token(grant, scopes, lifetime),
             "expires_in": lifetime,
@@ -195,10 +180,10 @@ class GoogleTokenEndpoints:
             "iat": now,
             "exp": now + ID_TOKEN_LIFETIME,
         }
-        if google_scopes.USERINFO_EMAIL in scopes:
+        if scope_rules.USERINFO_EMAIL in scopes:
             claims["email"] = user.address
             claims["email_verified"] = True
-        if google_scopes.USERINFO_PROFILE in scopes:
+        if scope_rules.USERINFO_PROFILE in scopes:
             claims["name"] = user.display_name
         return self._signing_key.sign(claims)
 
@@ -209,7 +194,7 @@ class GoogleTokenEndpoints:
         form = await request.post()
         posted = form.get("token")
         value = posted if isinstance(posted, str) else request.query.get("token", "")
-        self._state.count("google.revoke")
+        self._controls.count("google.revoke")
 
         async def process() -> web.StreamResponse:
             if not value:
@@ -222,7 +207,7 @@ class GoogleTokenEndpoints:
             self._google.revoke_grant(grant, "client_revoked")
             return web.json_response({}, headers=NO_STORE)
 
-        return await with_fault(request, self._state, ("google.revoke",), process, _fault_answer)
+        return await with_fault(request, self._controls, ("google.revoke",), process, _fault_answer)
 
     async def revoke_get(self, request: web.Request) -> web.Response:
         """The revoke URL takes POST only; GET is Google's plain 404 page."""
@@ -266,7 +251,12 @@ def _fault_answer(fault: Fault) -> web.Response:
     return response
 
 
-def _challenge_of(verifier: str, method: str) -> str:
-    if method == "S256":
-        return base64url(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
-    return verifier
+def _refusal_error(refused: ClientRefused) -> GoogleError:
+    """Google's words for a client the token endpoint does not accept."""
+    if refused.reason is ClientRefusal.MISSING_CLIENT_ID:
+        return errors.missing_parameter("client_id")
+    if refused.reason is ClientRefusal.UNKNOWN_CLIENT:
+        return errors.UNKNOWN_CLIENT
+    if refused.reason is ClientRefusal.MISSING_SECRET:
+        return errors.MISSING_SECRET
+    return errors.BAD_SECRET  # a wrong secret, or an undecodable HTTP Basic header

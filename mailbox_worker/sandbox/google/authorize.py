@@ -1,12 +1,12 @@
 """Google's authorization endpoint with its (granular) consent page, path-routed like
 ``accounts.google.com``: ``GET|POST /o/oauth2/v2/auth``.
 
-GET validates the request (providers.md C2) and renders the consent page; the form POSTs back to
-the same path. The validated request is kept server-side under the hidden ``auth_request`` id
-(a browser driver may drop or alter hidden fields; without the id the posted hidden fields are
-validated again). Accept → 302 to ``redirect_uri`` with ``code``, ``state``, ``scope`` (granted,
-space-separated; ``email``/``profile`` followed by their long forms as Google does),
-``authuser=0`` and ``prompt=consent``; cancel → ``error=access_denied`` (+ ``state``).
+GET validates the request (docs/providers.md C2) and renders the consent page; the form POSTs
+back to the same path. The validated request is kept server-side under the hidden
+``auth_request`` id (a browser driver may drop or alter hidden fields; without the id the posted
+hidden fields are validated again). Accept → 302 to ``redirect_uri`` with ``code``, ``state``,
+``scope`` (granted, space-separated; ``email``/``profile`` followed by their long forms as Google
+does), ``authuser=0`` and ``prompt=consent``; cancel → ``error=access_denied`` (+ ``state``).
 
 Errors: unknown client, missing or unregistered redirect URI → an HTML error page (400); every
 other problem → redirect with ``error`` (+ ``error_description``, ``state``).
@@ -23,13 +23,14 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from . import google_errors as errors
-from . import google_scopes
-from .clients import Client
-from .consent_page import GOOGLE_HIDDEN_FIELDS, render_google_consent_page
-from .google_errors import GoogleError, GoogleFailure
-from .google_state import GOOGLE_CODE_LIFETIME, GoogleCode, PendingAuthorization
-from .state import SandboxState
+from ..clients import Client
+from ..consent_page import read_consent_form
+from ..controls import SandboxControls
+from . import oauth_errors as errors
+from . import scopes as scope_rules
+from .consent_page import HIDDEN_FIELDS, render_consent_page
+from .oauth_errors import GoogleError, GoogleFailure
+from .state import GOOGLE_CODE_LIFETIME, GoogleCode, GoogleState, PendingAuthorization
 
 AUTHORIZE_PATH = "/o/oauth2/v2/auth"
 
@@ -37,9 +38,9 @@ AUTHORIZE_PATH = "/o/oauth2/v2/auth"
 class GoogleAuthorizeEndpoint:
     """Handlers for ``/o/oauth2/v2/auth``."""
 
-    def __init__(self, state: SandboxState) -> None:
-        self._state = state
-        self._google = state.google
+    def __init__(self, controls: SandboxControls, google: GoogleState) -> None:
+        self._controls = controls
+        self._google = google
 
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes these handlers serve."""
@@ -49,18 +50,14 @@ class GoogleAuthorizeEndpoint:
         """GET renders the consent page; POST (the form) answers the client."""
         granted: list[str] = []
         if request.method == "POST":
-            form = await request.post()
-            posted = {key: value for key, value in form.items() if isinstance(value, str)}
-            granted = [
-                value for value in form.getall("granted_scope", []) if isinstance(value, str)
-            ]
+            posted, granted = await read_consent_form(request)
             pending = self._google.pending.get(posted.get("auth_request", ""))
             if pending is not None and pending.expires_at >= time.time():
                 return self._decide(pending, posted, granted)
             fields: Mapping[str, str] = posted
         else:
             fields = dict(request.query)
-            self._state.count("google.authorize")
+            self._controls.count("google.authorize")
         try:
             validated = self._validate(fields)
         except GoogleFailure as unanswerable:
@@ -101,8 +98,8 @@ class GoogleAuthorizeEndpoint:
         return PendingAuthorization(
             client_id=client.client_id,
             redirect_uri=redirect_uri,
-            scopes=google_scopes.split(fields["scope"]),
-            fields={name: fields[name] for name in GOOGLE_HIDDEN_FIELDS if name in fields},
+            scopes=scope_rules.split(fields["scope"]),
+            fields={name: fields[name] for name in HIDDEN_FIELDS if name in fields},
             expires_at=time.time() + GOOGLE_CODE_LIFETIME,
         )
 
@@ -115,11 +112,11 @@ class GoogleAuthorizeEndpoint:
         return self._google.clients[pending.client_id]
 
     def _page(self, pending: PendingAuthorization, login: str, error: str | None) -> web.Response:
-        page = render_google_consent_page(
+        page = render_consent_page(
             action_url=AUTHORIZE_PATH,
             application_name=self._client(pending).name,
-            sign_in_scopes=[s for s in pending.scopes if google_scopes.is_sign_in(s)],
-            optional_scopes=[s for s in pending.scopes if not google_scopes.is_sign_in(s)],
+            sign_in_scopes=[s for s in pending.scopes if scope_rules.is_sign_in(s)],
+            optional_scopes=[s for s in pending.scopes if not scope_rules.is_sign_in(s)],
             request_fields=pending.fields,
             login=login,
             error=error,
@@ -134,21 +131,21 @@ class GoogleAuthorizeEndpoint:
     ) -> web.Response:
         fields = pending.fields
         if posted.get("action") == "cancel":
-            self._state.count("google.consent.cancel")
+            self._controls.count("google.consent.cancel")
             self._google.pending.pop(fields.get("auth_request", ""), None)
             return _redirect(pending.redirect_uri, {"error": "access_denied"}, fields.get("state"))
         login = posted.get("login", "")
         user = self._google.find_user(login)
         if user is None:
             return self._page(pending, login, "Couldn't find your Google Account")
-        self._state.count("google.consent.accept")
+        self._controls.count("google.consent.accept")
         self._google.pending.pop(fields.get("auth_request", ""), None)
         granted = [
             scope
             for scope in pending.scopes
-            if google_scopes.is_sign_in(scope) or scope in set(ticked)
+            if scope_rules.is_sign_in(scope) or scope in set(ticked)
         ]
-        canonical = google_scopes.canonical_list(granted)
+        canonical = scope_rules.canonical_list(granted)
         grant, new_grant = self._google.consent(user.address, pending.client_id, canonical)
         if fields.get("include_granted_scopes") == "true":
             canonical = list(dict.fromkeys(canonical + grant.scopes))
@@ -169,7 +166,7 @@ class GoogleAuthorizeEndpoint:
         )
         parameters = {
             "code": code,
-            "scope": " ".join(google_scopes.callback_list(granted)),
+            "scope": " ".join(scope_rules.callback_list(granted)),
             "authuser": "0",
             "prompt": "consent",
         }
@@ -183,10 +180,10 @@ def _request_problem(fields: Mapping[str, str]) -> GoogleError | None:
         return errors.missing_parameter("response_type")
     if response_type != "code":
         return GoogleError("unsupported_response_type", f"Invalid response_type: {response_type}")
-    requested = google_scopes.split(fields.get("scope", ""))
+    requested = scope_rules.split(fields.get("scope", ""))
     if not requested:
         return errors.missing_parameter("scope")
-    unknown = [scope for scope in requested if not google_scopes.is_known(scope)]
+    unknown = [scope for scope in requested if not scope_rules.is_known(scope)]
     if unknown:
         return errors.invalid_scopes(unknown)
     access_type = fields.get("access_type", "online")

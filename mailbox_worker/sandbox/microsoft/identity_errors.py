@@ -1,4 +1,4 @@
-"""Microsoft identity error answers, in the exact shape of providers.md A5.
+"""Microsoft identity error answers, in the exact shape of docs/providers.md A5.
 
 Token endpoint errors are JSON with ``error``, ``error_description`` (``AADSTSnnnn: text`` then
 ``Trace ID``, ``Correlation ID`` and ``Timestamp`` lines separated by CRLF), ``error_codes``,
@@ -95,7 +95,7 @@ def html_error(failure: IdentityError) -> web.Response:
     return web.Response(status=400, text=page, content_type="text/html")
 
 
-# The errors the sandbox raises, by situation. Codes and texts follow providers.md A5 where it
+# The errors the sandbox raises, by situation. Codes and texts follow docs/providers.md A5 where it
 # has them; the ones marked "unconfirmed" there are best guesses kept in this one place.
 
 

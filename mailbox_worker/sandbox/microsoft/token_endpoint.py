@@ -1,12 +1,12 @@
 """``POST /{tenant}/oauth2/v2.0/token``: the authorization-code and refresh-token grants.
 
-Answers exactly as providers.md A3/A4/A5: ``token_type``, ``scope`` (echoed in the form the
+Answers exactly as docs/providers.md A3/A4/A5: ``token_type``, ``scope`` (echoed in the form the
 client used), ``expires_in``, ``ext_expires_in``, ``access_token``; ``refresh_token`` only when
 ``offline_access`` was granted; ``id_token`` only for ``openid``; ``client_info`` when the
 client asked with ``client_info=1`` (msal always does).
 
 Refresh tokens rotate: each refresh returns a new one and the old one stays valid, unless a
-scenario switch killed it. Switches (``SandboxState.apply_scenario``) and what they produce:
+scenario switch killed it. Switches (``MicrosoftState.apply_scenario``) and what they produce:
 
 * ``revoke_sessions`` — every refresh token the user holds → ``invalid_grant`` AADSTS50173;
 * ``refresh_token_inactive`` — the user's current refresh tokens → ``invalid_grant`` AADSTS700082;
@@ -16,33 +16,31 @@ scenario switch killed it. Switches (``SandboxState.apply_scenario``) and what t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aiohttp import web
 
+from ..clients import Client
+from ..controls import Fault
+from ..faults import with_fault
+from ..signing import SigningKey, base64url
+from ..token_requests import (
+    ClientRefusal,
+    ClientRefused,
+    authenticate_client,
+    read_token_form,
+    verifier_matches,
+)
 from . import identity_errors as errors
 from . import scopes as scope_rules
-from .faults import with_fault
-from .identity import base_url, resolve_tenant
+from .authorize import base_url, resolve_tenant
 from .identity_errors import IdentityError, IdentityFailure
-from .signing import SigningKey, access_token, base64url, client_info, refresh_token
-from .state import (
-    REFRESH_TOKEN_INACTIVITY,
-    AccessToken,
-    Client,
-    Fault,
-    RefreshToken,
-    SandboxState,
-    User,
-)
+from .state import REFRESH_TOKEN_INACTIVITY, AccessToken, MicrosoftState, RefreshToken, User
+from .token_values import access_token, client_info, refresh_token
 
 GRAPH_APPLICATION_ID = "00000003-0000-0000-c000-000000000000"
 ID_TOKEN_LIFETIME = 3600
@@ -51,7 +49,7 @@ ID_TOKEN_LIFETIME = 3600
 class TokenEndpoint:
     """The token endpoint handler."""
 
-    def __init__(self, state: SandboxState, signing_key: SigningKey) -> None:
+    def __init__(self, state: MicrosoftState, signing_key: SigningKey) -> None:
         self._state = state
         self._signing_key = signing_key
 
@@ -99,28 +97,11 @@ class TokenEndpoint:
     def _authenticate(
         self, request: web.Request, fields: Mapping[str, str], segment: str
     ) -> Client:
-        """The calling client; secret from the form or HTTP Basic (RFC 6749 2.3.1)."""
-        client_id, secret = fields.get("client_id", ""), fields.get("client_secret")
-        authorization = request.headers.get("Authorization", "")
-        if authorization.lower().startswith("basic "):
-            try:
-                decoded = base64.b64decode(authorization[6:], validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError) as problem:
-                raise IdentityFailure(errors.missing_secret()) from problem
-            basic_id, _, basic_secret = decoded.partition(":")
-            client_id = client_id or unquote_plus(basic_id)
-            secret = unquote_plus(basic_secret)
-        if not client_id:
-            raise IdentityFailure(errors.missing_parameter("client_id"))
-        client = self._state.clients.get(client_id)
-        if client is None:
-            raise IdentityFailure(errors.unknown_client(client_id, segment))
-        if client.client_secret is not None:
-            if not secret:
-                raise IdentityFailure(errors.missing_secret())
-            if not hmac.compare_digest(secret.encode(), client.client_secret.encode()):
-                raise IdentityFailure(errors.invalid_secret(client.client_id))
-        return client
+        """The calling client, or Entra's refusal (AADSTS7000218, 700016, 7000215)."""
+        try:
+            return authenticate_client(request, fields, self._state.clients)
+        except ClientRefused as refused:
+            raise IdentityFailure(_refusal_error(refused, segment)) from refused
 
     def _redeem_code(
         self, client: Client, fields: Mapping[str, str]
@@ -142,8 +123,8 @@ class TokenEndpoint:
             raise IdentityFailure(errors.malformed_grant("redirect_uri"))
         if code.code_challenge is not None:
             verifier = fields.get("code_verifier", "")
-            if not verifier or not hmac.compare_digest(
-                _challenge_of(verifier, code.code_challenge_method), code.code_challenge
+            if not verifier or not verifier_matches(
+                verifier, code.code_challenge, code.code_challenge_method
             ):
                 raise IdentityFailure(errors.PKCE_MISMATCH)
         code.redeemed = True
@@ -293,26 +274,17 @@ class TokenEndpoint:
         return response
 
 
-def _challenge_of(verifier: str, method: str) -> str:
-    if method == "S256":
-        return base64url(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
-    return verifier
+def _refusal_error(refused: ClientRefused, segment: str) -> IdentityError:
+    """Entra's words for a client the token endpoint does not accept."""
+    if refused.reason is ClientRefusal.MISSING_CLIENT_ID:
+        return errors.missing_parameter("client_id")
+    if refused.reason is ClientRefusal.UNKNOWN_CLIENT:
+        return errors.unknown_client(refused.client_id, segment)
+    if refused.reason is ClientRefusal.WRONG_SECRET:
+        return errors.invalid_secret(refused.client_id)
+    return errors.missing_secret()  # no secret, or an undecodable HTTP Basic header
 
 
 def _pairwise_subject(object_id: str, audience: str) -> str:
     """Entra's ``sub`` is pairwise: stable per (user, application), different across apps."""
     return base64url(hashlib.sha256(f"{object_id}:{audience}".encode()).digest())
-
-
-async def read_token_form(
-    request: web.Request, state: SandboxState, counter: str
-) -> tuple[dict[str, str], str]:
-    """A token request's form fields and grant type, counted as ``counter`` and as
-    ``counter.<grant_type>`` (both providers' token endpoints)."""
-    form = await request.post()
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    grant_type = fields.get("grant_type", "")
-    state.count(counter)
-    if grant_type:
-        state.count(f"{counter}.{grant_type}")
-    return fields, grant_type

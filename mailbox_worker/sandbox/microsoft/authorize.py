@@ -5,8 +5,9 @@ Routes, path-routed like ``login.microsoftonline.com``:
 * ``GET /{tenant}/v2.0/.well-known/openid-configuration`` — discovery; endpoints carry the tenant
   GUID for a named tenant, the literal segment for ``common``/``organizations``/``consumers``;
 * ``GET /{tenant}/discovery/v2.0/keys`` — the JWKS that verifies id_tokens;
-* ``GET|POST /{tenant}/oauth2/v2.0/authorize`` — validates the request (providers.md A2), renders
-  the consent page, and on POST redirects to the client with ``code`` or ``error``.
+* ``GET|POST /{tenant}/oauth2/v2.0/authorize`` — validates the request (docs/providers.md A2),
+  renders the consent page (``consent_page``), and on POST redirects to the client with ``code``
+  or ``error``.
 
 The token endpoint lives in ``token_endpoint``. Errors that cannot be redirected (unknown client,
 unregistered redirect URI) are an HTML page with status 400, like Entra's.
@@ -21,12 +22,15 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..clients import Client
+from ..consent_page import read_consent_form
+from ..signing import SigningKey
 from . import identity_errors as errors
 from . import scopes as scope_rules
 from .consent_page import HIDDEN_FIELDS, render_consent_page, render_form_post
 from .identity_errors import IdentityError, IdentityFailure
-from .signing import SigningKey, authorization_code
-from .state import CODE_LIFETIME, AuthorizationCode, Client, SandboxState, Tenant, User
+from .state import CODE_LIFETIME, AuthorizationCode, MicrosoftState, Tenant, User
+from .token_values import authorization_code
 
 MULTI_TENANT_SEGMENTS = frozenset({"common", "organizations", "consumers"})
 RESPONSE_MODES = ("query", "fragment", "form_post")
@@ -37,7 +41,7 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-def resolve_tenant(state: SandboxState, segment: str) -> Tenant | None:
+def resolve_tenant(state: MicrosoftState, segment: str) -> Tenant | None:
     """The tenant a path segment names; raises for an unknown one (AADSTS90002)."""
     if segment.lower() in MULTI_TENANT_SEGMENTS:
         return None
@@ -54,7 +58,7 @@ def resolve_tenant(state: SandboxState, segment: str) -> Tenant | None:
     return tenant
 
 
-def user_in_tenant(state: SandboxState, segment: str, login: str) -> User | None:
+def user_in_tenant(state: MicrosoftState, segment: str, login: str) -> User | None:
     """The user signing in with ``login`` at the authority ``segment``, if allowed there."""
     user = state.find_user(login.strip())
     if user is None or segment.lower() == "consumers":
@@ -80,7 +84,7 @@ class AuthorizeRequest:
 class IdentityEndpoints:
     """Handlers for discovery, keys and authorize."""
 
-    def __init__(self, state: SandboxState, signing_key: SigningKey) -> None:
+    def __init__(self, state: MicrosoftState, signing_key: SigningKey) -> None:
         self._state = state
         self._signing_key = signing_key
 
@@ -156,11 +160,7 @@ class IdentityEndpoints:
         segment = request.match_info["tenant"]
         fields: Mapping[str, str]
         if request.method == "POST":
-            form = await request.post()
-            fields = {key: value for key, value in form.items() if isinstance(value, str)}
-            granted = [
-                value for value in form.getall("granted_scope", []) if isinstance(value, str)
-            ]
+            fields, granted = await read_consent_form(request)
         else:
             fields, granted = dict(request.query), []
             self._state.count("identity.authorize")
@@ -227,7 +227,7 @@ class IdentityEndpoints:
         challenge = fields.get("code_challenge")
         method = fields.get("code_challenge_method") or "plain"
         if challenge is not None and method not in ("S256", "plain"):
-            # AADSTS number for an unsupported method is unconfirmed (providers.md A5).
+            # AADSTS number for an unsupported method is unconfirmed (docs/providers.md A5).
             return IdentityError(
                 "invalid_request", 501491, f"Invalid code_challenge_method '{method}'."
             )

@@ -1,9 +1,9 @@
-"""Google OAuth error answers (providers.md C3, C5).
+"""Google OAuth error answers (docs/providers.md C3, C5).
 
 Token and revoke errors are a bare JSON object ``{"error", "error_description"}``: HTTP 400,
 ``invalid_client`` / ``unauthorized_client`` 401. Authorize errors that cannot be redirected
 (unknown client, bad redirect URI) are an HTML page "Error 4xx: <error>" with status 400.
-Texts marked "unconfirmed" in providers.md are best guesses kept in this one place.
+Texts marked "unconfirmed" in docs/providers.md are best guesses kept in this one place.
 """
 
 from __future__ import annotations

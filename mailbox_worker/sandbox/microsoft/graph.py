@@ -1,4 +1,4 @@
-"""Microsoft Graph v1.0 mail, under ``/v1.0`` (providers.md B1-B5).
+"""Microsoft Graph v1.0 mail, under ``/v1.0`` (docs/providers.md B1-B5).
 
 Every path exists as ``/v1.0/me/...`` and ``/v1.0/users/{id-or-upn}/...``:
 
@@ -25,8 +25,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..controls import Fault
+from ..faults import with_fault
 from . import scopes as scope_rules
-from .faults import with_fault
+from .authorize import base_url
 from .graph_attachments import AttachmentOperations, draft_of
 from .graph_errors import WWW_AUTHENTICATE, GraphFailure, for_status, read_limited, render
 from .graph_messages import (
@@ -39,8 +41,7 @@ from .graph_messages import (
     parse,
     utc_now,
 )
-from .identity import base_url
-from .state import AccessToken, Fault, SandboxState, StoredMessage, User
+from .state import AccessToken, MicrosoftState, StoredMessage, User
 
 REQUEST_BODY_LIMIT = 4 * 1024 * 1024
 CONCURRENT_REQUESTS_PER_MAILBOX = 4
@@ -51,7 +52,7 @@ Operation = Callable[[web.Request, AccessToken, User, bytes], Awaitable[web.Stre
 class GraphEndpoints:
     """Handlers for the Graph mail operations."""
 
-    def __init__(self, state: SandboxState) -> None:
+    def __init__(self, state: MicrosoftState) -> None:
         self._state = state
         self._attachments = AttachmentOperations(state)
 

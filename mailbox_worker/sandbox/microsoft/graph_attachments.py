@@ -1,4 +1,5 @@
-"""Attachments on drafts: the small-attachment POST and large-file upload sessions (B2).
+"""Attachments on drafts: the small-attachment POST and large-file upload sessions
+(docs/providers.md B2).
 
 * ``POST .../messages/{id}/attachments`` — a ``fileAttachment`` (``contentBytes`` base64) → 201;
 * ``POST .../messages/{id}/attachments/createUploadSession`` — for 3 MB to 150 MB files → 201 with
@@ -28,10 +29,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from .authorize import base_url
 from .graph_errors import GraphFailure, read_limited
 from .graph_messages import graph_id, parse
-from .identity import base_url
-from .state import AccessToken, SandboxState, StoredMessage, User
+from .state import AccessToken, MicrosoftState, StoredMessage, User
 
 UPLOAD_SESSION_MINIMUM = 3 * 1024 * 1024
 UPLOAD_SESSION_MAXIMUM = 150 * 1024 * 1024
@@ -54,7 +55,7 @@ class UploadSession:
     received: bytearray = field(default_factory=bytearray)
 
 
-def draft_of(state: SandboxState, message_id: str, user: User) -> StoredMessage:
+def draft_of(state: MicrosoftState, message_id: str, user: User) -> StoredMessage:
     """The user's draft ``message_id``; 404 ErrorItemNotFound otherwise (also once sent)."""
     stored = state.message(message_id)
     if stored is None or stored.folder != "drafts" or stored.mailbox != user.address:
@@ -89,7 +90,7 @@ def _json(body: bytes) -> dict[str, Any]:
 class AttachmentOperations:
     """Handlers for attachments and upload sessions."""
 
-    def __init__(self, state: SandboxState) -> None:
+    def __init__(self, state: MicrosoftState) -> None:
         self._state = state
         self._sessions: dict[str, UploadSession] = {}
 
@@ -146,7 +147,7 @@ class AttachmentOperations:
                 "Attachment size must be greater than the minimum size.",
             )
         if size > UPLOAD_SESSION_MAXIMUM:
-            # Code for this case is unconfirmed (providers.md B2).
+            # Code for this case is unconfirmed (docs/providers.md B2).
             raise GraphFailure(400, "ErrorAttachmentSizeExceeded", "The attachment is too large.")
         session_id = graph_id("")[:60].replace("-", "A").replace("_", "B")
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)

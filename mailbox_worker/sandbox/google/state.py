@@ -1,7 +1,7 @@
 """What the Google OAuth simulator remembers: clients, users, grants, codes and tokens.
 
-Reached as ``SandboxState.google``; the HTTP handlers (``google_oauth``, ``google_token``,
-``admin_google``) only read and change this object, and tests may call the same methods.
+Reached as ``SandboxState.google``; the HTTP handlers (``authorize``, ``token_endpoint``,
+``admin``) only read and change this object, and tests may call the same methods.
 
 Model. A *grant* is one user's live authorization of one client (Google's "third-party access"
 entry): a new consent for a (user, client) pair that already has a live grant widens that grant.
@@ -23,15 +23,16 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from . import google_scopes
-from .clients import Client
+from ..clients import Client, ClientRegistry
+from . import scopes as scope_rules
 
 DEFAULT_GOOGLE_CLIENT_ID = "sandbox-google-client"
 DEFAULT_GOOGLE_CLIENT_SECRET = "sandbox-google-secret"
 DEFAULT_GOOGLE_USERS = ("invoices@fabrikam.example", "billing@fabrikam.example")
 GOOGLE_CODE_LIFETIME = 600
-REFRESH_TOKEN_CAP = 100  # live refresh tokens per (user, client): providers.md C4
+REFRESH_TOKEN_CAP = 100  # live refresh tokens per (user, client): docs/providers.md C4
 
 GOOGLE_SCENARIOS: tuple[str, ...] = (
     "revoked",
@@ -136,9 +137,10 @@ def iso_time(moment: float) -> str:
 
 
 @dataclass
-class GoogleState:
+class GoogleState(ClientRegistry):
     """The Google half of the sandbox's memory. Not thread-safe: use it from the event loop."""
 
+    default_client_id: ClassVar[str] = DEFAULT_GOOGLE_CLIENT_ID
     refresh_token_cap: int = REFRESH_TOKEN_CAP
     clients: dict[str, Client] = field(default_factory=dict)
     users: dict[str, GoogleUser] = field(default_factory=dict)
@@ -158,19 +160,6 @@ class GoogleState:
                 self.add_user(address)
 
     # -- directory ---------------------------------------------------------------------------
-
-    def register_client(
-        self,
-        client_id: str,
-        client_secret: str | None,
-        redirect_uris: list[str],
-        name: str | None = None,
-    ) -> Client:
-        """Register (or replace) a Google OAuth client; its redirect URIs must match exactly."""
-        client = Client(client_id, client_secret, list(redirect_uris), name or client_id)
-        client.accepts_any_loopback_redirect = client_id == DEFAULT_GOOGLE_CLIENT_ID
-        self.clients[client_id] = client
-        return client
 
     def add_user(
         self, address: str, display_name: str | None = None, subject: str | None = None
@@ -283,7 +272,7 @@ class GoogleState:
         """All grants, oldest first (revoked ones included)."""
         return sorted(self.grants.values(), key=lambda grant: grant.created_at)
 
-    # -- scenario switches (providers.md C4) ------------------------------------------------
+    # -- scenario switches (docs/providers.md C4) ------------------------------------------------
 
     def apply_scenario(self, address: str, scenario: str) -> None:
         """Flip a per-user switch. Switches are events: what they kill stays dead, as at Google.
@@ -302,7 +291,7 @@ class GoogleState:
                     continue
                 if scenario == "revoked":
                     self.revoke_grant(grant, "user_revoked")
-                elif any(google_scopes.is_gmail(scope) for scope in grant.scopes):
+                elif any(scope_rules.is_gmail(scope) for scope in grant.scopes):
                     self.revoke_grant(grant, "password_changed")
         elif scenario in ("testing_expired", "unused_6_months"):
             for token in self.refresh_tokens.values():

@@ -4,7 +4,7 @@ Entra accepts a Graph permission either short (``Mail.Send``) or fully qualified
 (``https://graph.microsoft.com/Mail.Send``), case-insensitively. The sandbox compares scopes by
 their *canonical* form (short, lower case) but always echoes them back in the form the client
 sent, because msal matches cached access tokens by a case-sensitive subset test on the echoed
-``scope`` (providers.md A6).
+``scope`` (docs/providers.md A6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scope strings as Google OAuth 2.0 understands them (providers.md C2, C6, D6).
+"""Scope strings as Google OAuth 2.0 understands them (docs/providers.md C2, C6, D6).
 
 Google answers with its own spelling of the sign-in scopes: a request for ``email`` / ``profile``
 comes back as ``https://www.googleapis.com/auth/userinfo.email`` / ``…/userinfo.profile`` in the
