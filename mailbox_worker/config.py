@@ -5,8 +5,10 @@ a TOML file (``--config`` or ``MAILBOX_WORKER_CONFIG``), then environment variab
 ``MAILBOX_WORKER_<SECTION>__<KEY>`` (e.g. ``MAILBOX_WORKER_DATABASE__URL``). A wrong or
 unknown setting raises ``ConfigError`` naming it; the CLI prints that one line and exits.
 ``MAILBOX_WORKER_KEYS`` (the keys themselves, for ``keys.source = "env"``) is read here too,
-into ``keys.env_value``: nothing else reads the environment. Each component receives only
-its own section.
+into ``keys.env_value``: nothing else reads the environment. Each component owns the frozen
+dataclass of its own section (``DatabaseSettings`` in ``db/engine.py``, ``WorkerSettings`` in
+``jobs/worker.py``, …) and receives only that from the composition root; this module composes
+them, and only the root and the CLI import it (an import-linter layer in ``pyproject.toml``).
 """
 
 from __future__ import annotations
@@ -22,21 +24,37 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mailbox_worker.db.engine import DatabaseSettings
 from mailbox_worker.errors import ConfigError
+from mailbox_worker.events.delivery import CallbackSettings
+from mailbox_worker.jobs.worker import WorkerSettings
 from mailbox_worker.policy.scopes import BROADER_THAN_NEEDED
+from mailbox_worker.tokens.google import GoogleSettings
+from mailbox_worker.tokens.keys.env_source import ENV_VAR
+from mailbox_worker.tokens.microsoft import MicrosoftSettings
+
+__all__ = [
+    "ENV_PREFIX",
+    "KEYS_VARIABLE",
+    "CallbackSettings",
+    "DatabaseSettings",
+    "GoogleSettings",
+    "KeySettings",
+    "LoggingSettings",
+    "MicrosoftSettings",
+    "ServerSettings",
+    "Settings",
+    "WorkerSettings",
+    "load_settings",
+    "require_microsoft_app",
+]
 
 ENV_PREFIX = "MAILBOX_WORKER_"
-KEYS_VARIABLE = ENV_PREFIX + "KEYS"
+KEYS_VARIABLE = ENV_VAR
+"""The variable ``EnvKeySource`` reads; the only one read outside ``<SECTION>__<KEY>``."""
 """The environment variable the ``env`` key source reads (``id1:base64,id2:base64``)."""
 MAX_ROTATE_EVERY_DAYS = 365
 MAX_RETIRE_GRACE_HOURS = 24 * 7
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    url: str = "sqlite+aiosqlite:///var/mailbox-worker.db"
-    pool_size: int = 10
-    echo: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,18 +70,6 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
-    concurrency: int = 8
-    per_mailbox_concurrency: int = 4
-    poll_interval: float = 1.0
-    lease_seconds: float = 120.0
-    shutdown_grace: float = 25.0
-    max_attempts: int = 8
-    retry_initial: float = 5.0
-    retry_max: float = 1800.0
-
-
-@dataclass(frozen=True)
 class KeySettings:
     source: str = "keyring"
     keyring_service: str = "mailbox-worker"
@@ -76,37 +82,6 @@ class KeySettings:
 
 
 @dataclass(frozen=True)
-class MicrosoftSettings:
-    client_id: str = ""
-    client_secret: str = field(default="", repr=False)
-    authority: str = "https://login.microsoftonline.com/organizations"
-    graph_url: str = "https://graph.microsoft.com/v1.0"
-    ca_file: str = ""
-    extra_scopes: tuple[str, ...] = ()
-    request_timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class GoogleSettings:
-    client_id: str = ""
-    client_secret: str = field(default="", repr=False)
-    auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
-    token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
-    revoke_url: str = "https://oauth2.googleapis.com/revoke"
-    ca_file: str = ""
-    request_timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class CallbackSettings:
-    url: str = ""
-    secret: str = field(default="", repr=False)
-    timeout: float = 10.0
-    poll_interval: float = 2.0
-    retry_initial: float = 5.0
-
-
-@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     json: bool = False
@@ -114,13 +89,13 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    database: DatabaseSettings = DatabaseSettings()
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     server: ServerSettings = ServerSettings()
-    worker: WorkerSettings = WorkerSettings()
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
     keys: KeySettings = KeySettings()
-    microsoft: MicrosoftSettings = MicrosoftSettings()
-    google: GoogleSettings = GoogleSettings()
-    callbacks: CallbackSettings = CallbackSettings()
+    microsoft: MicrosoftSettings = field(default_factory=MicrosoftSettings)
+    google: GoogleSettings = field(default_factory=GoogleSettings)
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -8,6 +8,7 @@ with "database is locked" when a read transaction later tries to write.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,15 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from mailbox_worker.config import DatabaseSettings
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """The ``[database]`` settings section (see ``config/mailbox-worker.toml``)."""
+
+    url: str = "sqlite+aiosqlite:///var/mailbox-worker.db"
+    pool_size: int = 10
+    echo: bool = False
+
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

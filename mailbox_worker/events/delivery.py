@@ -14,13 +14,25 @@ import hashlib
 import hmac
 import json
 import logging
+from dataclasses import dataclass, field
 
 import aiohttp
 
-from mailbox_worker.config import CallbackSettings
 from mailbox_worker.db.models import OutboxEvent
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.periodic import Periodic, exponential_backoff
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    """The ``[callbacks]`` settings section (see ``config/mailbox-worker.toml``)."""
+
+    url: str = ""
+    secret: str = field(default="", repr=False)
+    timeout: float = 10.0
+    poll_interval: float = 2.0
+    retry_initial: float = 5.0
+
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from mailbox_worker.clock import Clock, utcnow
-from mailbox_worker.config import WorkerSettings
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import (
@@ -42,6 +42,21 @@ from mailbox_worker.jobs.store import ClaimedJob, JobStore, Outcome
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The ``[worker]`` settings section (see ``config/mailbox-worker.toml``)."""
+
+    concurrency: int = 8
+    per_mailbox_concurrency: int = 4
+    poll_interval: float = 1.0
+    lease_seconds: float = 120.0
+    shutdown_grace: float = 25.0
+    max_attempts: int = 8
+    retry_initial: float = 5.0
+    retry_max: float = 1800.0
+
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import google.auth.exceptions
@@ -24,7 +25,6 @@ import google.oauth2.credentials
 import requests
 from google_auth_oauthlib.flow import Flow
 
-from mailbox_worker.config import GoogleSettings
 from mailbox_worker.errors import (
     IdentityMisconfigured,
     PermanentError,
@@ -39,6 +39,20 @@ from mailbox_worker.tokens.identity_client import (
     Refreshed,
 )
 from mailbox_worker.tokens.oauth_sessions import close_session, configure_session, new_session
+
+
+@dataclass(frozen=True)
+class GoogleSettings:
+    """The ``[google]`` settings section (see ``config/mailbox-worker.toml``)."""
+
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
+    revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    ca_file: str = ""
+    request_timeout: float = 30.0
+
 
 REFRESH_MARGIN = 300.0
 # Refusals of our OAuth client itself, not of one user's grant (RFC 6749 5.2).

@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +23,6 @@ import msal
 import msal.exceptions
 import requests
 
-from mailbox_worker.config import MicrosoftSettings
 from mailbox_worker.errors import (
     IdentityMisconfigured,
     PermanentError,
@@ -38,6 +38,21 @@ from mailbox_worker.tokens.identity_client import (
     Refreshed,
 )
 from mailbox_worker.tokens.oauth_sessions import close_session, new_session
+
+
+@dataclass(frozen=True)
+class MicrosoftSettings:
+    """The ``[microsoft]`` settings section: the Entra app registration, and the Graph endpoint
+    the composition root hands the Graph provider (see ``config/mailbox-worker.toml``)."""
+
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    authority: str = "https://login.microsoftonline.com/organizations"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    ca_file: str = ""
+    extra_scopes: tuple[str, ...] = ()
+    request_timeout: float = 30.0
+
 
 log = logging.getLogger(__name__)
 
