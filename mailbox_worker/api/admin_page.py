@@ -34,7 +34,12 @@ from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
 from mailbox_worker.api.parsing import within_body_timeout
 from mailbox_worker.api.representations import timestamp
-from mailbox_worker.api.services import CONNECTED_OUTCOME, MailboxView
+from mailbox_worker.api.services import (
+    CONNECTED_OUTCOME,
+    ConnectionStart,
+    MailboxView,
+    Principal,
+)
 from mailbox_worker.errors import (
     Forbidden,
     InvalidRequest,
@@ -199,35 +204,27 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 @_shown_on_failure
 async def connect(request: web.Request) -> web.StreamResponse:
     """303 to the provider's consent page for a new mailbox."""
-    try:
-        signed_in = await _signed_in_form(request, "AdminConnectForm")
-    except ValidationFailed:
-        raise InvalidRequest("Choose a provider and tick at least one capability.") from None
-    if signed_in is None:
-        return _see_other(ADMIN)
-    session, form = signed_in
-    start = await services(request).mailboxes.create(
-        session.principal,
-        form["provider"],
-        sorted(form["capabilities"]),
-        _return_url(request),
-        None,
+    mailboxes = services(request).mailboxes
+    return await _to_consent(
+        request,
+        "AdminConnectForm",
+        lambda principal, form, return_url: mailboxes.create(
+            principal, form["provider"], sorted(form["capabilities"]), return_url, None
+        ),
+        invalid_form="Choose a provider and tick at least one capability.",
     )
-    return _see_other(start.authorization_url)
 
 
 @_shown_on_failure
 async def reconnect(request: web.Request) -> web.StreamResponse:
     """303 to the provider's consent page for an existing mailbox."""
     mailbox_id = _mailbox_id(request)
-    signed_in = await _signed_in_form(request, "AdminForm")
-    if signed_in is None:
-        return _see_other(ADMIN)
-    session, _ = signed_in
-    start = await services(request).mailboxes.reconnect(
-        session.principal, mailbox_id, _return_url(request)
+    mailboxes = services(request).mailboxes
+    return await _to_consent(
+        request,
+        "AdminForm",
+        lambda principal, _, return_url: mailboxes.reconnect(principal, mailbox_id, return_url),
     )
-    return _see_other(start.authorization_url)
 
 
 @_shown_on_failure
@@ -243,6 +240,33 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
 
 
 # -- sessions, forms and CSRF -----------------------------------------------------------------
+
+
+Form = dict[str, Any]
+ConsentStart = Callable[[Principal, Form, str], Awaitable[ConnectionStart]]
+"""Starts a consent for the signed-in principal from the posted form and our return URL."""
+
+
+async def _to_consent(
+    request: web.Request, schema: str, start: ConsentStart, *, invalid_form: str | None = None
+) -> web.StreamResponse:
+    """303 to the consent page that ``start`` opens (given the signed-in principal, the form
+    and our return URL); 303 to ``/admin`` when no one is signed in.
+
+    ``invalid_form``, when given, is the message of the 400 for a form that does not match
+    ``schema``, instead of the details of each field.
+    """
+    try:
+        signed_in = await _signed_in_form(request, schema)
+    except ValidationFailed:
+        if invalid_form is None:
+            raise
+        raise InvalidRequest(invalid_form) from None
+    if signed_in is None:
+        return _see_other(ADMIN)
+    session, form = signed_in
+    started = await start(session.principal, form, _return_url(request))
+    return _see_other(started.authorization_url)
 
 
 async def _session(request: web.Request) -> Session | None:
@@ -266,9 +290,6 @@ async def _signed_in_form(request: web.Request, schema: str) -> tuple[Session, F
     if not request.app[SESSIONS].csrf_valid(session, str(form.get("csrf_token", ""))):
         raise Forbidden("This form has expired or did not come from this page. Reload the page.")
     return session, form
-
-
-Form = dict[str, Any]
 
 
 async def _read_form(request: web.Request, schema: str) -> Form:
