@@ -12,7 +12,8 @@ No JavaScript, no build step: HTML forms that POST and answer ``303 See Other``.
 
 Every form carries the session's CSRF token, and a POST whose ``Origin`` is not ours is
 refused. A ``RequestError`` from the services is shown on the page as its message with its
-status; nothing else about a failure ever is. Every value put in a page is HTML-escaped.
+status; nothing else about a failure ever is. The page's HTML is all in
+``templates/admin_*.html``, and every value put into it is HTML-escaped (``_render``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import functools
 import html
 import importlib.resources
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from string import Template
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +34,12 @@ from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
 from mailbox_worker.api.parsing import within_body_timeout
 from mailbox_worker.api.representations import timestamp
-from mailbox_worker.api.services import CONNECTED_OUTCOME, MailboxView
+from mailbox_worker.api.services import (
+    CONNECTED_OUTCOME,
+    ConnectionStart,
+    MailboxView,
+    Principal,
+)
 from mailbox_worker.errors import (
     Forbidden,
     InvalidRequest,
@@ -198,35 +204,27 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 @_shown_on_failure
 async def connect(request: web.Request) -> web.StreamResponse:
     """303 to the provider's consent page for a new mailbox."""
-    try:
-        signed_in = await _signed_in_form(request, "AdminConnectForm")
-    except ValidationFailed:
-        raise InvalidRequest("Choose a provider and tick at least one capability.") from None
-    if signed_in is None:
-        return _see_other(ADMIN)
-    session, form = signed_in
-    start = await services(request).mailboxes.create(
-        session.principal,
-        form["provider"],
-        sorted(form["capabilities"]),
-        _return_url(request),
-        None,
+    mailboxes = services(request).mailboxes
+    return await _to_consent(
+        request,
+        "AdminConnectForm",
+        lambda principal, form, return_url: mailboxes.create(
+            principal, form["provider"], sorted(form["capabilities"]), return_url, None
+        ),
+        invalid_form="Choose a provider and tick at least one capability.",
     )
-    return _see_other(start.authorization_url)
 
 
 @_shown_on_failure
 async def reconnect(request: web.Request) -> web.StreamResponse:
     """303 to the provider's consent page for an existing mailbox."""
     mailbox_id = _mailbox_id(request)
-    signed_in = await _signed_in_form(request, "AdminForm")
-    if signed_in is None:
-        return _see_other(ADMIN)
-    session, _ = signed_in
-    start = await services(request).mailboxes.reconnect(
-        session.principal, mailbox_id, _return_url(request)
+    mailboxes = services(request).mailboxes
+    return await _to_consent(
+        request,
+        "AdminForm",
+        lambda principal, _, return_url: mailboxes.reconnect(principal, mailbox_id, return_url),
     )
-    return _see_other(start.authorization_url)
 
 
 @_shown_on_failure
@@ -242,6 +240,33 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
 
 
 # -- sessions, forms and CSRF -----------------------------------------------------------------
+
+
+Form = dict[str, Any]
+ConsentStart = Callable[[Principal, Form, str], Awaitable[ConnectionStart]]
+"""Starts a consent for the signed-in principal from the posted form and our return URL."""
+
+
+async def _to_consent(
+    request: web.Request, schema: str, start: ConsentStart, *, invalid_form: str | None = None
+) -> web.StreamResponse:
+    """303 to the consent page that ``start`` opens (given the signed-in principal, the form
+    and our return URL); 303 to ``/admin`` when no one is signed in.
+
+    ``invalid_form``, when given, is the message of the 400 for a form that does not match
+    ``schema``, instead of the details of each field.
+    """
+    try:
+        signed_in = await _signed_in_form(request, schema)
+    except ValidationFailed:
+        if invalid_form is None:
+            raise
+        raise InvalidRequest(invalid_form) from None
+    if signed_in is None:
+        return _see_other(ADMIN)
+    session, form = signed_in
+    started = await start(session.principal, form, _return_url(request))
+    return _see_other(started.authorization_url)
 
 
 async def _session(request: web.Request) -> Session | None:
@@ -265,9 +290,6 @@ async def _signed_in_form(request: web.Request, schema: str) -> tuple[Session, F
     if not request.app[SESSIONS].csrf_valid(session, str(form.get("csrf_token", ""))):
         raise Forbidden("This form has expired or did not come from this page. Reload the page.")
     return session, form
-
-
-Form = dict[str, Any]
 
 
 async def _read_form(request: web.Request, schema: str) -> Form:
@@ -349,17 +371,47 @@ def _enum(request: web.Request, schema: str) -> list[str]:
 # -- rendering --------------------------------------------------------------------------------
 
 
+class Html(str):
+    """Markup rendered from this page's templates: put into another template as it is."""
+
+
+NO_HTML = Html("")
+
+
 @functools.cache
 def _template(name: str) -> Template:
+    """``templates/{name}``. A ``*.inline.html`` fragment goes inside a line of its page: it is
+    written one element a line for reading, and its line breaks are not part of it."""
     source = importlib.resources.files("mailbox_worker.api").joinpath(f"templates/{name}")
-    return Template(source.read_text(encoding="utf-8"))
+    text = source.read_text(encoding="utf-8")
+    if name.endswith(".inline.html"):
+        text = "".join(text.splitlines())
+    return Template(text)
+
+
+def _render(name: str, /, **values: str) -> Html:
+    """The template ``name`` filled with ``values``, each HTML-escaped unless it is ``Html``."""
+    escaped = {
+        key: value if isinstance(value, Html) else html.escape(value)
+        for key, value in values.items()
+    }
+    return Html(_template(name).substitute(escaped))
+
+
+def _concatenate(fragments: Iterable[Html]) -> Html:
+    return Html("".join(fragments))
 
 
 def _page(
-    title: str, content: str, notice: str, status: int, who: str = "", head: str = ""
+    title: str, content: Html, notice: Html, status: int, who: Html = NO_HTML, head: Html = NO_HTML
 ) -> web.Response:
-    page = _template("admin_layout.html").substitute(
-        title=html.escape(title), head=head, signed_in_as=who, notice=notice, content=content
+    page = _render(
+        "admin_layout.html",
+        title=title,
+        head=head,
+        signed_in_as=who,
+        notice=notice,
+        content=content,
     )
     return web.Response(
         text=page, status=status, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
@@ -374,111 +426,94 @@ def _bounce_page(request: web.Request) -> web.Response:
     (a meta refresh: no script needed) is same-site and carries it. Only ``GET /admin``, which
     changes nothing, is ever bounced.
     """
-    target = html.escape(request.rel_url.path_qs)
-    content = f'<p><a href="{target}" id="continue">Continue to the admin page</a></p>'
-    refresh = f'<meta http-equiv="refresh" content="0; url={target}">\n'
-    return _page("Mailboxes", content, "", 200, head=refresh)
+    target = request.rel_url.path_qs
+    content = _render("admin_bounce.inline.html", target=target)
+    refresh = _render("admin_bounce_head.html", target=target)
+    return _page("Mailboxes", content, NO_HTML, 200, head=refresh)
 
 
-def _sign_in_page(notice: str, status: int) -> web.Response:
-    return _page("Sign in", _template("admin_sign_in.html").substitute(), notice, status)
+def _sign_in_page(notice: Html, status: int) -> web.Response:
+    return _page("Sign in", _render("admin_sign_in.html"), notice, status)
 
 
 async def _mailboxes_page(
-    request: web.Request, session: Session, notice: str, status: int
+    request: web.Request, session: Session, notice: Html, status: int
 ) -> web.Response:
-    csrf = html.escape(request.app[SESSIONS].csrf_token(session))
+    csrf = request.app[SESSIONS].csrf_token(session)
     mailboxes = await services(request).mailboxes.list(session.principal)
-    content = _template("admin_mailboxes.html").substitute(
+    content = _render(
+        "admin_mailboxes.html",
         table=_table(mailboxes, csrf),
         csrf_token=csrf,
-        provider_options="".join(
-            f'<option value="{html.escape(p)}">{html.escape(p)}</option>'
-            for p in _enum(request, "Provider")
+        provider_options=_concatenate(
+            _render("admin_provider_option.inline.html", provider=provider)
+            for provider in _enum(request, "Provider")
         ),
-        capability_boxes="".join(
-            f'<p><label><input type="checkbox" name="capabilities" value="{html.escape(c)}"'
-            f' id="capability-{html.escape(c)}"> {html.escape(CAPABILITY_LABELS.get(c, c))}'
-            "</label></p>"
-            for c in _enum(request, "Capability")
+        capability_boxes=_concatenate(
+            _render(
+                "admin_capability.inline.html",
+                capability=capability,
+                label=CAPABILITY_LABELS.get(capability, capability),
+            )
+            for capability in _enum(request, "Capability")
         ),
     )
-    who = (
-        f'<p id="signed-in-as">Signed in with API key '
-        f"<code>{html.escape(session.principal.key_id)}</code> of account "
-        f"<code>{html.escape(session.principal.account_id)}</code>.</p>"
+    who = _render(
+        "admin_signed_in_as.inline.html",
+        key_id=session.principal.key_id,
+        account_id=session.principal.account_id,
     )
     return _page("Mailboxes", content, notice, status, who)
 
 
-def _table(mailboxes: list[MailboxView], csrf: str) -> str:
+def _table(mailboxes: list[MailboxView], csrf: str) -> Html:
     if not mailboxes:
-        return '<p id="no-mailboxes">No mailbox is connected to this account yet.</p>'
-    header = "".join(
-        f'<th scope="col">{name}</th>'
-        for name in (
-            "Provider",
-            "Address",
-            "Capabilities",
-            "State",
-            "State reason",
-            "Created",
-            "Actions",
-        )
-    )
-    rows = "".join(_row(mailbox, csrf) for mailbox in mailboxes)
-    return f'<table id="mailboxes"><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>'
+        return _render("admin_no_mailboxes.inline.html")
+    rows = _concatenate(_row(mailbox, csrf) for mailbox in mailboxes)
+    return _render("admin_table.inline.html", rows=rows)
 
 
-def _row(mailbox: MailboxView, csrf: str) -> str:
-    mailbox_id = html.escape(mailbox.id)
-    cells = [
-        ("provider", mailbox.provider),
-        ("address", mailbox.address or "(not known yet)"),
-        ("capabilities", ", ".join(mailbox.capabilities)),
-        ("state", mailbox.state),
-        ("state-reason", mailbox.state_reason or ""),
-        ("created", timestamp(mailbox.created_at) or ""),
-    ]
-    shown = "".join(f'<td class="{name}">{html.escape(value)}</td>' for name, value in cells)
-    return (
-        f'<tr id="mailbox-{mailbox_id}" data-mailbox-id="{mailbox_id}">{shown}'
-        f'<td class="actions">{_actions(mailbox, mailbox_id, csrf)}</td></tr>'
+def _row(mailbox: MailboxView, csrf: str) -> Html:
+    return _render(
+        "admin_row.inline.html",
+        mailbox_id=mailbox.id,
+        provider=mailbox.provider,
+        address=mailbox.address or "(not known yet)",
+        capabilities=", ".join(mailbox.capabilities),
+        state=mailbox.state,
+        state_reason=mailbox.state_reason or "",
+        created=timestamp(mailbox.created_at) or "",
+        actions=_actions(mailbox, csrf),
     )
 
 
-def _actions(mailbox: MailboxView, mailbox_id: str, csrf: str) -> str:
+def _actions(mailbox: MailboxView, csrf: str) -> Html:
     if mailbox.state == MailboxState.DISCONNECTED:
-        return ""
-    token = f'<input type="hidden" name="csrf_token" value="{csrf}">'
-    actions = ""
-    if mailbox.state in RECONNECTABLE:
-        actions += (
-            f'<form method="post" action="/admin/mailboxes/{mailbox_id}/connect">{token}'
-            '<button type="submit" class="reconnect">Reconnect</button></form>'
-        )
-    actions += (
-        f'<form method="post" action="/admin/mailboxes/{mailbox_id}/disconnect">{token}'
-        '<button type="submit" class="disconnect">'
-        "Disconnect now: revoke access and delete its tokens</button></form>"
-    )
-    return actions
+        return NO_HTML
+    forms = ["admin_reconnect.inline.html"] if mailbox.state in RECONNECTABLE else []
+    forms.append("admin_disconnect.inline.html")
+    return _concatenate(_render(form, mailbox_id=mailbox.id, csrf_token=csrf) for form in forms)
 
 
-def _notice(kind: str, message: str) -> str:
-    role = "alert" if kind == "error" else "status"
-    return f'<p id="notice" class="{kind}" role="{role}">{html.escape(message)}</p>'
+def _role(kind: str) -> str:
+    """An error is announced at once (``alert``); any other notice politely (``status``)."""
+    return "alert" if kind == "error" else "status"
 
 
-def _outcome_notice(query: Mapping[str, str]) -> str:
+def _notice(kind: str, message: str) -> Html:
+    return _render("admin_notice.inline.html", kind=kind, role=_role(kind), message=message)
+
+
+def _outcome_notice(query: Mapping[str, str]) -> Html:
     """The last consent's outcome in plain words, with its code."""
     outcome = query.get("outcome")
     if not outcome:
-        return ""
-    message = OUTCOMES.get(outcome, "The consent did not complete.")
+        return NO_HTML
     kind = "success" if outcome == CONNECTED_OUTCOME else "error"
-    role = "status" if outcome == CONNECTED_OUTCOME else "alert"
-    return (
-        f'<p id="notice" class="{kind}" role="{role}">{html.escape(message)} '
-        f'<small>(outcome: <code class="outcome">{html.escape(outcome)}</code>)</small></p>'
+    return _render(
+        "admin_outcome_notice.inline.html",
+        kind=kind,
+        role=_role(kind),
+        message=OUTCOMES.get(outcome, "The consent did not complete."),
+        outcome=outcome,
     )
