@@ -1,4 +1,4 @@
-"""Which google-auth refresh failures mean the grant is dead (providers.md C4)."""
+"""Which google-auth refresh failures mean the grant is dead (docs/providers.md C4)."""
 
 from __future__ import annotations
 
