@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 from mailbox_worker.accounts import Principal
 from mailbox_worker.app import App
 from mailbox_worker.config import DatabaseSettings
-from mailbox_worker.db.models import Job, Mailbox, TokenRecord
+from mailbox_worker.db.models import Mailbox, TokenRecord
 from mailbox_worker.demo import _FormParser, demo_settings
-from mailbox_worker.jobs.intake import Submission
+from mailbox_worker.jobs.intake import JobView, Submission
 from mailbox_worker.sandbox import Sandbox
 
 ADDRESS = "billing@contoso.example"
@@ -73,7 +73,7 @@ class World:
         assert mailbox is not None
         return mailbox
 
-    async def enqueue(self, mailbox_id: str, **fields: object) -> Job:
+    async def enqueue(self, mailbox_id: str, **fields: object) -> JobView:
         """A send job for ``mailbox_id`` through the intake, as the API would submit it."""
         principal = Principal(self.principal.account_id, "k", frozenset({"jobs:write"}))
         body = {

@@ -28,7 +28,8 @@ import schemathesis
 from hypothesis import strategies as st
 from schemathesis.engine import Status, StopReason, events, from_schema
 
-from mailbox_worker.api.document import is_date_time, is_email_address
+from mailbox_worker.api.document import is_date_time
+from mailbox_worker.policy.addresses import is_email_address
 from tests.integration.api_harness import MAILBOX_ADDRESS, running_api
 
 SEED = 20240501

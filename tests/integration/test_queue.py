@@ -12,7 +12,7 @@ from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.jobs.store import NewJob, Outcome
-from mailbox_worker.states import MailboxState
+from mailbox_worker.states import JobState, MailboxState
 
 from .conftest import Stores
 
@@ -98,9 +98,9 @@ async def test_outcome_is_recorded_only_by_the_lease_holder(stores: Stores) -> N
     assert len(await stores.jobs.claim("w1", 1, LEASE)) == 1
     assert not await stores.jobs.start_attempt(job.id, "w2")
     assert await stores.jobs.start_attempt(job.id, "w1")
-    assert not await stores.jobs.finish(job.id, "w2", Outcome("sent"))
-    assert await stores.jobs.finish(job.id, "w1", Outcome("sent", provider_message_id="m-1"))
-    assert not await stores.jobs.finish(job.id, "w1", Outcome("failed"))  # once only
+    assert not await stores.jobs.finish(job.id, "w2", Outcome(JobState.SENT))
+    assert await stores.jobs.finish(job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1"))
+    assert not await stores.jobs.finish(job.id, "w1", Outcome(JobState.FAILED))  # once only
     stored = await stores.jobs.get(job.id)
     assert stored is not None
     assert (stored.state, stored.attempts, stored.provider_message_id) == ("sent", 1, "m-1")
@@ -120,7 +120,7 @@ async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
     await stores.jobs.claim("w", 1, LEASE)
     run_after = utcnow() + dt.timedelta(minutes=5)
     await stores.jobs.retry_later(
-        job.id, "w", run_after, Outcome("queued", "throttled", "HTTP 429"), failure=False
+        job.id, "w", run_after, Outcome(JobState.QUEUED, "throttled", "HTTP 429"), failure=False
     )
     stored = await stores.jobs.get(job.id)
     assert stored is not None
@@ -135,7 +135,7 @@ async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
         await session.execute(update(Job).values(run_after=utcnow()))
     assert len(await stores.jobs.claim("w", 1, LEASE)) == 1
     await stores.jobs.retry_later(
-        job.id, "w", utcnow(), Outcome("queued", "network", "connection reset"), failure=True
+        job.id, "w", utcnow(), Outcome(JobState.QUEUED, "network", "connection reset"), failure=True
     )
     stored = await stores.jobs.get(job.id)
     assert stored is not None and stored.transient_failures == 1
@@ -152,7 +152,7 @@ async def test_expired_leases_requeue_or_become_unknown(stores: Stores) -> None:
     assert idle_now is not None and flight_now is not None
     assert idle_now.state == "queued"
     assert (flight_now.state, flight_now.last_error_code) == ("unknown", "worker_lost")
-    assert not await stores.jobs.finish(in_flight.id, "dead-worker", Outcome("sent"))
+    assert not await stores.jobs.finish(in_flight.id, "dead-worker", Outcome(JobState.SENT))
 
 
 async def test_hold_release_and_cancel_for_a_mailbox(stores: Stores) -> None:

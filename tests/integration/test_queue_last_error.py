@@ -15,7 +15,7 @@ from sqlalchemy import update
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.jobs.store import Outcome
-from mailbox_worker.states import MailboxState
+from mailbox_worker.states import JobState, MailboxState
 
 from .conftest import Stores
 from .test_queue import LEASE, new_job, setup
@@ -28,7 +28,7 @@ async def failed_once(stores: Stores, mailbox: Mailbox, subject: str = "Invoice 
     job, _ = await stores.jobs.enqueue(new_job(mailbox, subject=subject))
     assert [claimed.job.id for claimed in await stores.jobs.claim("w0", 1, LEASE)] == [job.id]
     assert await stores.jobs.retry_later(
-        job.id, "w0", utcnow(), Outcome("queued", "throttled", PREVIOUS), failure=False
+        job.id, "w0", utcnow(), Outcome(JobState.QUEUED, "throttled", PREVIOUS), failure=False
     )
     stored = await stores.jobs.get(job.id)
     assert stored is not None
@@ -142,7 +142,7 @@ async def test_a_permanent_failure_replaces_code_and_message(stores: Stores) -> 
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
     await stores.jobs.claim("w1", 1, LEASE)
-    outcome = Outcome("failed", "invalid_recipients", "the provider refused every recipient")
+    outcome = Outcome(JobState.FAILED, "invalid_recipients", "the provider refused every recipient")
     assert await stores.jobs.finish(job.id, "w1", outcome)
     assert await last_error(stores, job.id) == (
         "failed",
@@ -155,11 +155,11 @@ async def test_success_clears_the_last_error(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
     await stores.jobs.claim("w1", 1, LEASE)
-    assert await stores.jobs.finish(job.id, "w1", Outcome("sent", provider_message_id="m-1"))
+    assert await stores.jobs.finish(job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1"))
     assert await last_error(stores, job.id) == ("sent", None, None)
 
 
 @pytest.mark.parametrize(("code", "message"), [("throttled", None), (None, "HTTP 429")])
 def test_an_outcome_takes_code_and_message_together(code: str | None, message: str | None) -> None:
     with pytest.raises(ValueError, match="together"):
-        Outcome("queued", code, message)
+        Outcome(JobState.QUEUED, code, message)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, Table, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.clock import utcnow
@@ -52,10 +53,12 @@ async def test_migration_0004_carries_connected_mailboxes_forward_unpinned(
         now = utcnow()
         async with engine.begin() as connection:
             await connection.execute(
-                insert(Account.__table__).values(id="acc_1", name="acme", created_at=now)
+                insert(cast(Table, Account.__table__)).values(
+                    id="acc_1", name="acme", created_at=now
+                )
             )
             await connection.execute(
-                insert(Mailbox.__table__).values(
+                insert(cast(Table, Mailbox.__table__)).values(
                     id="mbx_1",
                     account_id="acc_1",
                     provider="microsoft",

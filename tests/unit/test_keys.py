@@ -395,7 +395,7 @@ class RaisingKeyring(KeyringBackend):
     priority = 1.0
 
     def __init__(self, error: Exception) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # keyring leaves it unannotated
         self.error = error
 
     def get_password(self, service: str, username: str) -> str | None:

@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from mailbox_worker.errors import IdentityMisconfigured, ReauthRequired, TransientError
+from mailbox_worker.errors import (
+    IdentityMisconfigured,
+    MailboxWorkerError,
+    ReauthRequired,
+    TransientError,
+)
 from mailbox_worker.policy.scopes import missing_scopes, required_scopes
 from mailbox_worker.tokens.microsoft import granted_scopes, refresh_error
 
@@ -49,7 +54,9 @@ def test_an_answer_without_scope_satisfies_the_capabilities_requested() -> None:
         ({"error": "invalid_scope", "error_codes": [70011]}, IdentityMisconfigured, None),
     ],
 )
-def test_refresh_errors(answer: dict[str, Any], kind: type[Exception], code: str | None) -> None:
+def test_refresh_errors(
+    answer: dict[str, Any], kind: type[MailboxWorkerError], code: str | None
+) -> None:
     error = refresh_error(answer)
     assert type(error) is kind
     assert error.code == (code or "identity_misconfigured")

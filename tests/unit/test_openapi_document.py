@@ -18,11 +18,9 @@ from mailbox_worker.api.app import create_app
 from mailbox_worker.api.document import (
     ApiDocument,
     is_date_time,
-    is_email_address,
     is_uri,
     schema_pointer,
 )
-from mailbox_worker.api.errors import ValidationFailed
 from mailbox_worker.api.representations import job_json, mailbox_json
 from mailbox_worker.api.services import (
     AccountOperations,
@@ -33,7 +31,9 @@ from mailbox_worker.api.services import (
     MailboxView,
 )
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
+from mailbox_worker.errors import ValidationFailed
 from mailbox_worker.mailboxes.service import OUTCOMES
+from mailbox_worker.policy.addresses import is_email_address
 from mailbox_worker.policy.scopes import CAPABILITIES, PROVIDERS
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
