@@ -103,6 +103,7 @@ class Worker:
             lambda: asyncio.Semaphore(settings.per_mailbox_concurrency)
         )
         self._lease = dt.timedelta(seconds=settings.lease_seconds)
+        self._housekept_at: float | None = None  # time.monotonic() of the last housekeeping
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll (called after an enqueue)."""
@@ -112,22 +113,26 @@ class Worker:
         """Work until ``stop`` is set, then drain in-flight jobs within the grace period."""
         log.info("worker %s started (concurrency %d)", self.name, self._settings.concurrency)
         renewer = asyncio.create_task(self._renew_leases(stop), name="lease-renewal")
-        last_housekeeping = 0.0
         try:
             while not stop.is_set():
-                if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
-                    await self._housekeeping()
-                    last_housekeeping = time.monotonic()
-                claimed = await self._claim()
-                if claimed:
-                    continue  # there may be more due work: claim again before sleeping
-                await self._sleep(stop)
+                if not await self.run_once():
+                    await self._sleep(stop)  # else there may be more due work: claim again
         finally:
             await self._drain()
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             log.info("worker %s stopped", self.name)
+
+    async def run_once(self) -> int:
+        """One pass of the loop: housekeeping (on the first pass, then every
+        ``HOUSEKEEPING_INTERVAL`` seconds), then claim due jobs into the free slots and start
+        them. Returns how many it claimed; does not wait for them to finish."""
+        now = time.monotonic()
+        if self._housekept_at is None or now - self._housekept_at > HOUSEKEEPING_INTERVAL:
+            await self._housekeeping()
+            self._housekept_at = time.monotonic()
+        return await self._claim()
 
     async def run_until_idle(self) -> None:
         """Process every job that is due now, then return (for tests; wrap in a timeout)."""

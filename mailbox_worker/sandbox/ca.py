@@ -82,6 +82,7 @@ def client_ssl_context(paths: CertificatePaths) -> ssl.SSLContext:
 
 
 def _now() -> datetime.datetime:
+    # The system clock, not the sandbox's (clock.py): real TLS stacks judge these certificates.
     return datetime.datetime.now(datetime.UTC)
 
 

@@ -1,16 +1,18 @@
-"""What both simulators share: call counters, the fault queue and the two timing settings.
+"""What both simulators share: counters, the fault queue, the timing settings and the clock.
 
 These are the knobs of the shared control API (``/_sandbox/counters``, ``/_sandbox/faults``,
 ``/_sandbox/settings``, ``/_sandbox/reset``); tests may turn them in-process through the same
-methods. ``access_token_lifetime`` applies to Microsoft and Google tokens alike.
+methods. ``access_token_lifetime`` applies to Microsoft and Google tokens alike. ``clock`` is the
+one time both simulators read; tests move it with ``advance`` (in-process only).
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal, cast
+
+from .clock import SandboxClock
 
 DEFAULT_ACCESS_TOKEN_LIFETIME = 3599
 
@@ -38,12 +40,13 @@ class Fault:
 
 @dataclass
 class SandboxControls:
-    """Counters, faults and timing settings. Not thread-safe: use it from the event loop."""
+    """Counters, faults, timing settings, the clock. Not thread-safe: use it from the event loop."""
 
     access_token_lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME
     throttle_retry_after: int = 1
     operation_counters: Counter[str] = field(default_factory=Counter)
     faults: deque[Fault] = field(default_factory=deque)
+    clock: SandboxClock = field(default_factory=SandboxClock)
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -89,13 +92,19 @@ class SandboxControls:
         """Forget every queued fault."""
         self.faults.clear()
 
+    # -- time --------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The sandbox's current time, in seconds since the epoch (``clock``)."""
+        return self.clock.time()
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass for the sandbox: what expires within them is expired."""
+        self.clock.advance(seconds)
+
     # -- reset -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget counters and faults (a subclass forgets its own records too)."""
+        """Forget counters and faults (a subclass forgets its own records too); time stays."""
         self.operation_counters.clear()
         self.faults.clear()
-
-    def now(self) -> float:
-        """Current time (one place, so tests can reason about expiry)."""
-        return time.time()

@@ -54,7 +54,7 @@ class Sandbox:
 
     def _application(self, signing_key: SigningKey) -> web.Application:
         application = web.Application(
-            middlewares=[graph_middleware], client_max_size=_SERVER_BODY_LIMIT
+            middlewares=[graph_middleware(self.state.clock)], client_max_size=_SERVER_BODY_LIMIT
         )
         application.add_routes(IdentityEndpoints(self.state, signing_key).routes())
         application.add_routes(TokenEndpoint(self.state, signing_key).routes())

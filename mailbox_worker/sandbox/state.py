@@ -1,9 +1,9 @@
 """Everything the sandbox remembers: ``SandboxState``, the one object the server's handlers share.
 
 It *is* the Microsoft simulator's state (directory, tokens, consents, mailboxes; see
-``microsoft.state``), which in turn carries the shared counters, faults and timing settings
-(``controls``); Google's memory hangs off it as ``google`` (``google.state``). Tests reach all of
-it as ``Sandbox.state``.
+``microsoft.state``), which in turn carries the shared counters, faults, timing settings and clock
+(``controls``); Google's memory hangs off it as ``google`` (``google.state``) and reads the same
+clock. Tests reach all of it as ``Sandbox.state``.
 """
 
 from __future__ import annotations
@@ -18,4 +18,8 @@ from .microsoft.state import MicrosoftState
 class SandboxState(MicrosoftState):
     """The sandbox's memory. Not thread-safe: use it from the sandbox's event loop."""
 
-    google: GoogleState = field(default_factory=GoogleState)
+    google: GoogleState = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.google = GoogleState(clock=self.clock)  # one time for both simulators

@@ -16,7 +16,6 @@ Counters: ``google.authorize`` (GET), ``google.consent.accept``, ``google.consen
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Mapping
 from typing import NoReturn
 from urllib.parse import urlencode
@@ -52,7 +51,7 @@ class GoogleAuthorizeEndpoint:
         if request.method == "POST":
             posted, granted = await read_consent_form(request)
             pending = self._google.pending.get(posted.get("auth_request", ""))
-            if pending is not None and pending.expires_at >= time.time():
+            if pending is not None and pending.expires_at >= self._controls.now():
                 return self._decide(pending, posted, granted)
             fields: Mapping[str, str] = posted
         else:
@@ -100,11 +99,11 @@ class GoogleAuthorizeEndpoint:
             redirect_uri=redirect_uri,
             scopes=scope_rules.split(fields["scope"]),
             fields={name: fields[name] for name in HIDDEN_FIELDS if name in fields},
-            expires_at=time.time() + GOOGLE_CODE_LIFETIME,
+            expires_at=self._controls.now() + GOOGLE_CODE_LIFETIME,
         )
 
     def _prune(self) -> None:
-        now = time.time()
+        now = self._controls.now()
         for key in [key for key, item in self._google.pending.items() if item.expires_at < now]:
             del self._google.pending[key]
 
@@ -162,7 +161,7 @@ class GoogleAuthorizeEndpoint:
             code_challenge=fields.get("code_challenge"),
             code_challenge_method=fields.get("code_challenge_method") or "plain",
             issue_refresh_token=offline and (new_grant or forced or not live_tokens),
-            expires_at=time.time() + GOOGLE_CODE_LIFETIME,
+            expires_at=self._controls.now() + GOOGLE_CODE_LIFETIME,
         )
         parameters = {
             "code": code,

@@ -20,12 +20,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import secrets
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..clients import Client, ClientRegistry
+from ..clock import SandboxClock
 from . import scopes as scope_rules
 
 DEFAULT_GOOGLE_CLIENT_ID = "sandbox-google-client"
@@ -149,6 +149,7 @@ class GoogleState(ClientRegistry):
     refresh_tokens: dict[str, GoogleRefreshToken] = field(default_factory=dict)
     access_tokens: dict[str, GoogleAccessToken] = field(default_factory=dict)
     pending: dict[str, PendingAuthorization] = field(default_factory=dict)
+    clock: SandboxClock = field(default_factory=SandboxClock)  # SandboxState passes its own
 
     def __post_init__(self) -> None:
         if DEFAULT_GOOGLE_CLIENT_ID not in self.clients:
@@ -208,7 +209,9 @@ class GoogleState(ClientRegistry):
         if grant is not None:
             grant.scopes = list(dict.fromkeys(grant.scopes + scopes))
             return grant, False
-        grant = GoogleGrant(str(uuid.uuid4()), client_id, user.lower(), list(scopes), time.time())
+        grant = GoogleGrant(
+            str(uuid.uuid4()), client_id, user.lower(), list(scopes), self.clock.time()
+        )
         self.grants[grant.id] = grant
         return grant, True
 
@@ -228,7 +231,7 @@ class GoogleState(ClientRegistry):
         for value in live[: max(0, len(live) - self.refresh_token_cap + 1)]:
             self.refresh_tokens[value].dead_reason = "token_limit"
         value = "1//0" + secrets.token_urlsafe(72)
-        now = time.time()
+        now = self.clock.time()
         self.refresh_tokens[value] = GoogleRefreshToken(
             grant.id, grant.client_id, grant.user, list(scopes), now, now
         )
@@ -238,7 +241,7 @@ class GoogleState(ClientRegistry):
         """Mint an access token valid for ``lifetime`` seconds."""
         value = "ya29.a0" + secrets.token_urlsafe(150)
         self.access_tokens[value] = GoogleAccessToken(
-            grant.id, grant.client_id, grant.user, list(scopes), time.time() + lifetime
+            grant.id, grant.client_id, grant.user, list(scopes), self.clock.time() + lifetime
         )
         return value
 
@@ -252,7 +255,11 @@ class GoogleState(ClientRegistry):
     def access_token_valid(self, value: str) -> GoogleAccessToken | None:
         """The record of a live, unexpired access token (for a future Gmail simulator)."""
         token = self.access_tokens.get(value)
-        if token is None or token.expires_at < time.time() or self.grants[token.grant_id].revoked:
+        if (
+            token is None
+            or token.expires_at < self.clock.time()
+            or self.grants[token.grant_id].revoked
+        ):
             return None
         return token
 

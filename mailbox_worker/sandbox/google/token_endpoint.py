@@ -19,7 +19,6 @@ Counters: ``google.token``, ``google.token.<grant_type>``, ``google.revoke``. Fa
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -113,7 +112,11 @@ class GoogleTokenEndpoints:
         code = self._google.codes.get(value)
         if code is None:
             raise GoogleFailure(errors.MALFORMED_CODE)
-        if code.client_id != client.client_id or code.redeemed or code.expires_at < time.time():
+        if (
+            code.client_id != client.client_id
+            or code.redeemed
+            or code.expires_at < self._controls.now()
+        ):
             raise GoogleFailure(errors.BAD_CODE)
         redirect_uri = fields.get("redirect_uri", "")
         if not redirect_uri:
@@ -150,7 +153,7 @@ class GoogleTokenEndpoints:
             beyond = [scope for scope in requested if scope not in token.scopes]
             if beyond:
                 raise GoogleFailure(errors.invalid_scopes(beyond))
-        token.last_used_at = time.time()
+        token.last_used_at = self._controls.now()
         return self._google.grants[token.grant_id], requested or list(token.scopes)
 
     def _issue(
@@ -171,7 +174,7 @@ class GoogleTokenEndpoints:
         return body
 
     def _id_token(self, client: Client, user: GoogleUser, scopes: list[str]) -> str:
-        now = int(time.time())
+        now = int(self._controls.now())
         claims: dict[str, Any] = {
             "iss": GOOGLE_ISSUER,
             "azp": client.client_id,

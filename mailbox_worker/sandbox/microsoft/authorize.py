@@ -15,7 +15,6 @@ unregistered redirect URI) are an HTML page with status 400, like Entra's.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -103,7 +102,7 @@ class IdentityEndpoints:
         try:
             tenant = resolve_tenant(self._state, segment)
         except IdentityFailure as failure:
-            return errors.json_error(failure.error, request)
+            return errors.json_error(failure.error, request, self._state.clock.utcnow())
         path_tenant = tenant.tenant_id if tenant else segment
         issuer_tenant = tenant.tenant_id if tenant else "{tenantid}"
         origin = base_url(request)
@@ -168,12 +167,17 @@ class IdentityEndpoints:
             resolve_tenant(self._state, segment)
             client = self._client_of(fields, segment)
         except IdentityFailure as unanswerable:
-            return errors.html_error(unanswerable.error)
+            return errors.html_error(unanswerable.error, self._state.clock.utcnow())
         redirect_uri = fields.get("redirect_uri", "")
         if not redirect_uri:
-            return errors.html_error(errors.missing_parameter("redirect_uri"))
+            return errors.html_error(
+                errors.missing_parameter("redirect_uri"), self._state.clock.utcnow()
+            )
         if not client.accepts_redirect(redirect_uri):
-            return errors.html_error(errors.redirect_mismatch(redirect_uri, client.client_id))
+            return errors.html_error(
+                errors.redirect_mismatch(redirect_uri, client.client_id),
+                self._state.clock.utcnow(),
+            )
         response_mode = fields.get("response_mode") or "query"
         failure = self._request_problem(fields)
         if response_mode not in RESPONSE_MODES:
@@ -298,7 +302,7 @@ class IdentityEndpoints:
             code_challenge=challenge,
             code_challenge_method=fields.get("code_challenge_method") or "plain",
             nonce=fields.get("nonce"),
-            expires_at=time.time() + CODE_LIFETIME,
+            expires_at=self._state.now() + CODE_LIFETIME,
         )
         return self._answer(
             authorize.redirect_uri, authorize.response_mode, {"code": code}, authorize.state

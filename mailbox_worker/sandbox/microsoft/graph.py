@@ -19,7 +19,6 @@ ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,10 +35,10 @@ from .graph_messages import (
     ParsedMessage,
     decode_mime_upload,
     graph_id,
+    graph_time,
     message_resource,
     mime_from_json,
     parse,
-    utc_now,
 )
 from .state import AccessToken, MicrosoftState, StoredMessage, User
 
@@ -166,7 +165,7 @@ class GraphEndpoints:
                 else "CompactToken parsing failed with error code: 80049217"
             )
             raise GraphFailure(401, "InvalidAuthenticationToken", message, challenge)
-        if token.expires_at <= time.time():
+        if token.expires_at <= self._state.now():
             raise GraphFailure(
                 401,
                 "InvalidAuthenticationToken",
@@ -200,7 +199,7 @@ class GraphEndpoints:
             headers["Retry-After"] = str(fault.retry_after)
         elif fault.status == 429:
             headers["Retry-After"] = str(self._state.throttle_retry_after)
-        return render(request, for_status(fault.status, headers))
+        return render(request, for_status(fault.status, headers), self._state.clock.utcnow())
 
     # -- message intake --------------------------------------------------------------------
 
@@ -264,7 +263,7 @@ class GraphEndpoints:
             to=parsed.to,
             cc=parsed.cc,
             bcc=parsed.bcc,
-            created_at=utc_now(),
+            created_at=graph_time(self._state.clock.utcnow()),
             raw=raw,
             attachments=parsed.attachments,
             client_id=token.client_id,

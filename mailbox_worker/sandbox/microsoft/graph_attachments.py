@@ -150,7 +150,7 @@ class AttachmentOperations:
             # Code for this case is unconfirmed (docs/providers.md B2).
             raise GraphFailure(400, "ErrorAttachmentSizeExceeded", "The attachment is too large.")
         session_id = graph_id("")[:60].replace("-", "A").replace("_", "B")
-        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)
+        expires = self._state.clock.utcnow() + datetime.timedelta(hours=6)
         session = UploadSession(
             message_id=stored.id,
             user_id=user.object_id,
@@ -182,7 +182,7 @@ class AttachmentOperations:
             request.query.get("authtoken", ""), session.authtoken
         ):
             raise GraphFailure(404, "ErrorItemNotFound", "The upload session was not found.")
-        if session.expires_at < datetime.datetime.now(datetime.UTC):
+        if session.expires_at < self._state.clock.utcnow():
             del self._sessions[session_id]
             raise GraphFailure(404, "ErrorItemNotFound", "The upload session has expired.")
         return session_id, session

@@ -8,13 +8,16 @@ renders it.
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from .graph_messages import utc_now
+from ..clock import SandboxClock
+from .graph_messages import graph_time
 
 REQUEST_ID = web.RequestKey("graph.request_id", str)
 CLIENT_REQUEST_ID = web.RequestKey("graph.client_request_id", str)
@@ -60,14 +63,14 @@ def for_status(status: int, headers: Mapping[str, str] | None = None) -> GraphFa
     return GraphFailure(status, code, message, headers)
 
 
-def render(request: web.Request, failure: GraphFailure) -> web.Response:
-    """The JSON error response for ``failure``."""
+def render(request: web.Request, failure: GraphFailure, moment: datetime.datetime) -> web.Response:
+    """The JSON error response for ``failure``, dated ``moment``."""
     body = {
         "error": {
             "code": failure.code,
             "message": failure.message,
             "innerError": {
-                "date": utc_now(),
+                "date": graph_time(moment),
                 "request-id": request.get(REQUEST_ID, ""),
                 "client-request-id": request.get(CLIENT_REQUEST_ID, ""),
             },
@@ -96,27 +99,37 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def graph_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request ids and error rendering for Graph (and the Outlook upload URLs)."""
-    if not request.path.startswith(("/v1.0/", "/api/v2.0/")):
-        return await handler(request)
+def graph_middleware(clock: SandboxClock) -> Middleware:
+    """Request ids and error rendering (dated by ``clock``) for Graph and Outlook upload URLs."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(("/v1.0/", "/api/v2.0/")):
+            return await handler(request)
+        return await _with_graph_headers(request, handler, clock)
+
+    return middleware
+
+
+async def _with_graph_headers(
+    request: web.Request, handler: Handler, clock: SandboxClock
+) -> web.StreamResponse:
     request_id = str(uuid.uuid4())
     request[REQUEST_ID] = request_id
     request[CLIENT_REQUEST_ID] = request.headers.get("client-request-id") or request_id
     try:
         response = await handler(request)
     except GraphFailure as failure:
-        response = render(request, failure)
+        response = render(request, failure, clock.utcnow())
     except web.HTTPNotFound:
         segment = request.path.rstrip("/").rpartition("/")[2]
         unknown = GraphFailure(
             400, "BadRequest", f"Resource not found for the segment '{segment}'."
         )
-        response = render(request, unknown)
+        response = render(request, unknown, clock.utcnow())
     except web.HTTPMethodNotAllowed:
         refused = GraphFailure(405, "Request_BadRequest", "Specified HTTP method is not allowed.")
-        response = render(request, refused)
+        response = render(request, refused, clock.utcnow())
     response.headers["request-id"] = request_id
     response.headers["client-request-id"] = request[CLIENT_REQUEST_ID]
     response.headers["x-ms-ags-diagnostic"] = json.dumps(

@@ -176,9 +176,9 @@ def graph_id(prefix: str = "AAMkA") -> str:
     return prefix + base64.urlsafe_b64encode(secrets.token_bytes(104)).decode("ascii")
 
 
-def utc_now() -> str:
-    """Graph's timestamp format."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def graph_time(moment: datetime.datetime) -> str:
+    """``moment`` (UTC) in Graph's timestamp format."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _recipients_json(addresses: list[str]) -> list[dict[str, Any]]:

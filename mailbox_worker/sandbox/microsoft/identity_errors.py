@@ -41,16 +41,18 @@ class IdentityFailure(Exception):
         self.error = error
 
 
-def timestamp() -> str:
-    """Entra's timestamp format, e.g. ``2024-01-09 02:02:12Z``."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+def timestamp(moment: datetime.datetime) -> str:
+    """``moment`` (UTC) in Entra's timestamp format, e.g. ``2024-01-09 02:02:12Z``."""
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def error_body(failure: IdentityError, correlation_id: str | None = None) -> dict[str, object]:
-    """The token endpoint's JSON error document for ``failure``."""
+def error_body(
+    failure: IdentityError, moment: datetime.datetime, correlation_id: str | None = None
+) -> dict[str, object]:
+    """The token endpoint's JSON error document for ``failure``, stamped ``moment``."""
     trace_id = str(uuid.uuid4())
     correlation = correlation_id or str(uuid.uuid4())
-    stamp = timestamp()
+    stamp = timestamp(moment)
     body: dict[str, object] = {
         "error": failure.error,
         "error_description": (
@@ -68,10 +70,12 @@ def error_body(failure: IdentityError, correlation_id: str | None = None) -> dic
     return body
 
 
-def json_error(failure: IdentityError, request: web.Request) -> web.Response:
-    """The token endpoint's error response (400, or 401 for invalid_client)."""
+def json_error(
+    failure: IdentityError, request: web.Request, moment: datetime.datetime
+) -> web.Response:
+    """The token endpoint's error response (400, or 401 for invalid_client) at ``moment``."""
     correlation = request.headers.get("client-request-id")
-    body = error_body(failure, correlation)
+    body = error_body(failure, moment, correlation)
     response = web.Response(
         status=failure.status,
         text=json.dumps(body),
@@ -84,13 +88,13 @@ def json_error(failure: IdentityError, request: web.Request) -> web.Response:
     return response
 
 
-def html_error(failure: IdentityError) -> web.Response:
-    """The page Entra shows when it cannot redirect back (bad client or redirect URI)."""
+def html_error(failure: IdentityError, moment: datetime.datetime) -> web.Response:
+    """The page Entra shows at ``moment`` when it cannot redirect back (bad client or URI)."""
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Sign in to your account</title>"
         "</head><body><h1>Sorry, but we're having trouble signing you in.</h1>"
         f"<p id='error'>{html.escape(failure.description)}</p>"
-        f"<p>Timestamp: {timestamp()}</p></body></html>"
+        f"<p>Timestamp: {timestamp(moment)}</p></body></html>"
     )
     return web.Response(status=400, text=page, content_type="text/html")
 

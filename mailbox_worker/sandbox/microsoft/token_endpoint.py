@@ -17,7 +17,6 @@ scenario switch killed it. Switches (``MicrosoftState.apply_scenario``) and what
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -65,7 +64,7 @@ class TokenEndpoint:
             try:
                 return self._grant(request, grant_type, fields)
             except IdentityFailure as failure:
-                return errors.json_error(failure.error, request)
+                return errors.json_error(failure.error, request, self._state.clock.utcnow())
 
         operations = (f"identity.token.{grant_type}", "identity.token")
         return await with_fault(
@@ -114,7 +113,7 @@ class TokenEndpoint:
             raise IdentityFailure(errors.malformed_grant("code"))
         if code.redeemed:
             raise IdentityFailure(errors.CODE_REDEEMED)
-        if code.expires_at < time.time():
+        if code.expires_at < self._state.now():
             raise IdentityFailure(errors.CODE_EXPIRED)
         redirect_uri = fields.get("redirect_uri", "")
         if not redirect_uri:
@@ -145,7 +144,7 @@ class TokenEndpoint:
         if token.client_id != client.client_id:
             raise IdentityFailure(errors.malformed_grant("refresh_token"))
         user = self._state.user_by_object_id(token.object_id)
-        now = time.time()
+        now = self._state.now()
         if token.session_generation < user.session_generation:
             raise IdentityFailure(errors.SESSIONS_REVOKED)
         if token.inactive or now - token.last_used_at > REFRESH_TOKEN_INACTIVITY:
@@ -173,7 +172,7 @@ class TokenEndpoint:
         with_client_info: bool,
     ) -> dict[str, Any]:
         """Mint the tokens for ``granted`` (scopes in the client's own spelling)."""
-        now = int(time.time())
+        now = int(self._state.now())
         lifetime = self._state.access_token_lifetime
         canonical = scope_rules.canonical_set(granted)
         resource = scope_rules.resource_scopes(granted)
@@ -201,7 +200,7 @@ class TokenEndpoint:
         }
         access = access_token(claims)
         self._state.access_tokens[access] = AccessToken(
-            client.client_id, user.object_id, list(granted), time.time() + lifetime
+            client.client_id, user.object_id, list(granted), self._state.now() + lifetime
         )
         body: dict[str, Any] = {
             "token_type": "Bearer",
@@ -268,7 +267,7 @@ class TokenEndpoint:
                 "A transient error has occurred. Please try again.",
                 status=fault.status,
             )
-        response = errors.json_error(failure, request)
+        response = errors.json_error(failure, request, self._state.clock.utcnow())
         if fault.retry_after is not None:
             response.headers["Retry-After"] = str(fault.retry_after)
         return response

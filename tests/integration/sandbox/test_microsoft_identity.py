@@ -63,7 +63,7 @@ async def test_msal_auth_code_flow_then_silent_refresh_rotates_the_refresh_token
         signed_in.application.acquire_token_silent, ["Mail.Send"], accounts[0], force_refresh=True
     )
     assert refreshed is not None and refreshed["access_token"] != signed_in.access_token
-    await asyncio.sleep(1.1)  # the new access token (lifetime 1 s) has expired
+    sandbox.state.advance(2)  # the new access token (lifetime 1 s) has expired
     async with http.post(
         f"{sandbox.graph_url}/me/sendMail",
         data=mime_body(invoice_mime()),
