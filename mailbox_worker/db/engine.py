@@ -3,11 +3,19 @@
 SQLite runs in WAL mode with foreign keys on, and every transaction starts with
 ``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy timeout instead of failing
 with "database is locked" when a read transaction later tries to write.
+
+PostgreSQL behind a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``) hands
+each transaction whichever server connection is free, so statements asyncpg prepared on one
+are unknown on the next (``prepared statement … does not exist``) or collide by name (``…
+already exists``). With ``database.transaction_pooler = true`` the engine keeps no statement
+cache and names each prepared statement uniquely, as SQLAlchemy's asyncpg dialect documents for
+PgBouncer (docs/architecture.md#one-machine-or-many).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,8 @@ class DatabaseSettings:
     url: str = "sqlite+aiosqlite:///var/mailbox-worker.db"
     pool_size: int = 10
     echo: bool = False
+    transaction_pooler: bool = False
+    """PostgreSQL is reached through a transaction-mode pooler such as PgBouncer."""
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -45,8 +55,28 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         _configure_sqlite(engine)
         return engine
     return create_async_engine(
-        url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True
+        url,
+        echo=settings.echo,
+        pool_size=settings.pool_size,
+        pool_pre_ping=True,
+        connect_args=postgresql_connect_args(settings),
     )
+
+
+def postgresql_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
+    """asyncpg connection arguments: no statement caches and unique statement names behind a
+    transaction pooler, asyncpg's defaults otherwise."""
+    if not settings.transaction_pooler:
+        return {}
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unique_statement_name,
+    }
+
+
+def _unique_statement_name() -> str:
+    return f"__mw_{uuid.uuid4().hex}__"
 
 
 def create_private_file(path: Path) -> None:
