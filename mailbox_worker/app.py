@@ -17,7 +17,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import ClientTimeout, web
@@ -38,7 +38,8 @@ from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.errors import ConfigError
+from mailbox_worker.db.outage import is_database_unavailable
+from mailbox_worker.errors import ConfigError, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.intake import JobIntake
@@ -126,6 +127,8 @@ class App:
     worker: Worker
     key_rotation: KeyRotation
     admin_sessions: AdminSessions
+    loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    """The background loops ``serve`` runs, by name; one that ended means not ready."""
 
     @classmethod
     def build(
@@ -208,8 +211,10 @@ class App:
         await migrate.upgrade(self.engine)
 
     async def readiness(self) -> Mapping[str, bool]:
-        """Named readiness checks: the database answers and its schema is current."""
+        """Named readiness checks: the database answers, its schema is current and every
+        background loop ``serve`` started is still running (``<name>_loop``)."""
         checks = {"database": False, "migrations": False}
+        checks.update({f"{name}_loop": not task.done() for name, task in self.loops.items()})
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
@@ -229,6 +234,7 @@ class App:
             telemetry=self.telemetry,
             metrics_page=self.telemetry.render,
             ready=self.readiness,
+            database_unavailable=is_database_unavailable,
             max_request_bytes=self.settings.server.max_request_bytes,
             body_timeout=self.settings.server.body_timeout,
             public_url=self.settings.server.public_url,
@@ -249,18 +255,32 @@ class App:
         log.info("listening on %s", self.settings.server.public_url)
         if started is not None:
             started.set()
-        background = [
-            asyncio.create_task(self.revocations.run(stop), name="revocations"),
-            asyncio.create_task(self.key_rotation.run(stop), name="key-rotation"),
-            asyncio.create_task(self.scrubber.run(stop), name="storage-scrub"),
-        ]
+        loops = {
+            "worker": self.worker.run(stop),
+            "revocations": self.revocations.run(stop),
+            "key_rotation": self.key_rotation.run(stop),
+            "storage_scrub": self.scrubber.run(stop),
+        }
         if self.settings.callbacks.url:
-            dispatcher = CallbackDispatcher(self.outbox, self.settings.callbacks)
-            background.append(asyncio.create_task(dispatcher.run(stop), name="callbacks"))
+            loops["callbacks"] = CallbackDispatcher(self.outbox, self.settings.callbacks).run(stop)
+        self.loops = {name: asyncio.create_task(run, name=name) for name, run in loops.items()}
         try:
-            await self.worker.run(stop)
+            await stop.wait()
+        except asyncio.CancelledError:
+            for task in self.loops.values():
+                task.cancel()
+            raise
         finally:
-            await asyncio.gather(*background)
+            # A loop that ended early was reported by readiness; shutting down still succeeds.
+            outcomes = await asyncio.gather(*self.loops.values(), return_exceptions=True)
+            for name, outcome in zip(self.loops, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.error(
+                        "%s loop had ended: %s\n%s",
+                        name,
+                        type(outcome).__name__,
+                        redacted_traceback(outcome),
+                    )
             await runner.cleanup()
 
     async def close(self) -> None:

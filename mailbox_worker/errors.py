@@ -9,6 +9,7 @@ machine-readable ``code`` (used in API answers, job results and metric labels) a
     ├── DeliveryError               the outcome of one provider call, as the queue must treat it
     │   ├── TransientError          the only thing retried (network, 5xx before processing, quota)
     │   │   ├── Throttled           the provider asked us to wait (429 / Retry-After)
+    │   │   ├── DatabaseUnavailable our database cannot be reached; the API answers 503
     │   │   └── AccessTokenRejected the API refused the access token (401): refresh, then retry
     │   ├── PermanentError          retrying cannot help (bad recipient, too large, scope missing)
     │   ├── ReauthRequired          the grant is gone (invalid_grant, consent revoked): hold jobs
@@ -40,6 +41,7 @@ with an HTTP status; the API turns them into JSON ``{"error": {"code", "message"
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping, Sequence
 
 
@@ -101,6 +103,13 @@ class Throttled(TransientError):
     """The provider throttled us; wait ``retry_after`` seconds. Never counts as a failure."""
 
     code = "throttled"
+
+
+class DatabaseUnavailable(TransientError):
+    """Our own database cannot be reached (refused, dropped or timed-out connections). The API
+    answers ``503 database_unavailable`` with ``Retry-After``; background loops back off."""
+
+    code = "database_unavailable"
 
 
 class IdentityMisconfigured(TransientError):
@@ -226,3 +235,20 @@ class ValidationFailed(InvalidRequest):
     ) -> None:
         super().__init__(message, code=code)
         self.details = [dict(detail) for detail in details]
+
+
+def redacted_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` and its causes; foreign exceptions' messages are left out."""
+    lines: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        if isinstance(current, MailboxWorkerError):
+            summary = f"{type(current).__qualname__}: {current}"
+        else:
+            summary = f"{type(current).__module__}.{type(current).__qualname__} (message withheld)"
+        lines.insert(0, f"{frames}{summary}")
+        current = current.__cause__ or current.__context__
+    return "\n-- which caused --\n".join(lines)

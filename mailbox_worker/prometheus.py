@@ -89,6 +89,13 @@ class PrometheusTelemetry:
             registry=registry,
         )
 
+        self._loop_errors = Counter(
+            "mailbox_worker_loop_errors",
+            "Passes of a background loop that raised (the loop backs off and goes on).",
+            ["loop"],
+            registry=registry,
+        )
+
     def render(self) -> tuple[bytes, str]:
         """Every metric of the registry in the text format, with its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -119,6 +126,9 @@ class PrometheusTelemetry:
 
     def active_key_age(self, seconds: Callable[[], float]) -> None:
         self._active_key_age.set_function(seconds)
+
+    def loop_error(self, loop: str) -> None:
+        self._loop_errors.labels(loop=loop).inc()
 
     def http_request(self, method: str, route: str, status: int) -> None:
         self._http_requests.labels(method=method, route=route, status=str(status)).inc()

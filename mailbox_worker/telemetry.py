@@ -50,6 +50,10 @@ class Telemetry(Protocol):
         """Report the active key's age as ``seconds()`` answers it when read (NaN: unknown)."""
         ...
 
+    def loop_error(self, loop: str) -> None:
+        """A pass of background ``loop`` (a fixed name, e.g. ``worker``) raised; it goes on."""
+        ...
+
     def http_request(self, method: str, route: str, status: int) -> None:
         """The API answered ``method`` on ``route`` (a template) with ``status``."""
         ...

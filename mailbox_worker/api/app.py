@@ -31,7 +31,7 @@ def create_app(services: ApiServices) -> web.Application:
         client_max_size=services.max_request_bytes,
         middlewares=[
             http_metrics_middleware(services.telemetry),
-            error_middleware(services.max_request_bytes),
+            error_middleware(services.max_request_bytes, services.database_unavailable),
         ],
     )
     app[SERVICES] = services

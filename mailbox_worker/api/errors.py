@@ -5,6 +5,8 @@
 - ``RequestError`` (ours, from ``mailbox_worker.errors`` or below) → its ``status`` and ``code``
   (``RequestTimeout``, a body too slow, also closes the connection);
 - aiohttp's ``HTTPException`` (unknown route, wrong method, body too large) → a stable code;
+- an exception that says the database cannot be reached (the ``database_unavailable``
+  predicate the middleware is given) → ``503 database_unavailable`` with ``Retry-After``;
 - anything else → ``500 internal_error`` with a generic message. The traceback goes to the
   server log only, and without the exception's message unless it is one of ours: foreign
   messages (a database driver's, say) may quote request data.
@@ -16,17 +18,16 @@ contract (``mailbox_worker.errors``), and validation details name fields, never 
 from __future__ import annotations
 
 import logging
-import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from mailbox_worker.errors import (
-    MailboxWorkerError,
     RequestError,
     RequestTimeout,
     ValidationFailed,
+    redacted_traceback,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ HTTP_MESSAGES: Mapping[int, str] = {
     415: "unsupported media type",
 }
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention, counted by the HTTP metrics
+DATABASE_RETRY_AFTER = 5  # seconds a client waits after 503 database_unavailable
 # Headers of aiohttp's own exceptions worth keeping (405 must say what is allowed).
 KEPT_HEADERS = ("Allow",)
 
@@ -66,8 +68,12 @@ def error_response(
     return response
 
 
-def error_middleware(max_request_bytes: int) -> Middleware:
-    """The middleware; ``max_request_bytes`` is the body limit a 413 answer states."""
+def error_middleware(
+    max_request_bytes: int,
+    database_unavailable: Callable[[BaseException], bool] = lambda _error: False,
+) -> Middleware:
+    """The middleware; ``max_request_bytes`` is the body limit a 413 answer states, and
+    ``database_unavailable`` tells which exceptions mean the database cannot be reached."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -91,6 +97,19 @@ def error_middleware(max_request_bytes: int) -> Middleware:
             )
             return web.Response(status=CLIENT_CLOSED_REQUEST)
         except Exception as error:
+            if database_unavailable(error):
+                log.warning(
+                    "database unavailable during %s %s (%s)",
+                    request.method,
+                    route_template(request),
+                    type(error).__name__,
+                )
+                return error_response(
+                    503,
+                    "database_unavailable",
+                    "the database cannot be reached; try again shortly",
+                    headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+                )
             log.error(
                 "unhandled %s in %s %s\n%s",
                 type(error).__name__,
@@ -123,20 +142,3 @@ def route_template(request: web.Request) -> str:
     """The matched route's template (``/v1/jobs/{job_id}``), never the raw path or query."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
-
-
-def redacted_traceback(error: BaseException) -> str:
-    """The traceback of ``error`` and its causes; foreign exceptions' messages are left out."""
-    lines: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        frames = "".join(traceback.format_tb(current.__traceback__))
-        if isinstance(current, MailboxWorkerError):
-            summary = f"{type(current).__qualname__}: {current}"
-        else:
-            summary = f"{type(current).__module__}.{type(current).__qualname__} (message withheld)"
-        lines.insert(0, f"{frames}{summary}")
-        current = current.__cause__ or current.__context__
-    return "\n-- which caused --\n".join(lines)

@@ -43,12 +43,13 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from yarl import URL
 
-from mailbox_worker.api.errors import error_response, redacted_traceback
+from mailbox_worker.api.errors import error_response
 from mailbox_worker.api.protocol_errors import (
     HEAD_TIMEOUT_ANSWER,
     TOO_MANY_CONNECTIONS_ANSWER,
     classify,
 )
+from mailbox_worker.errors import redacted_traceback
 
 log = logging.getLogger(__name__)
 

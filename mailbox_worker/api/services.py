@@ -106,6 +106,8 @@ class ApiServices:
     """Seconds a handler waits for a request body (``server.body_timeout``)."""
     public_url: str = ""
     """Where browsers reach the daemon (``server.public_url``); empty: the request's origin."""
+    database_unavailable: Callable[[BaseException], bool] = lambda _error: False
+    """Whether an exception means the database cannot be reached (answered 503)."""
 
 
 __all__ = [

@@ -23,9 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from tenacity import wait_exponential
+
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.errors import (
     AccessTokenRejected,
     DeliveryError,
@@ -35,10 +38,12 @@ from mailbox_worker.errors import (
     ReauthRequired,
     Throttled,
     TransientError,
+    redacted_traceback,
 )
 from mailbox_worker.jobs.mime import build_message
 from mailbox_worker.jobs.retry import retry_delay
 from mailbox_worker.jobs.store import ClaimedJob, JobStore, Outcome
+from mailbox_worker.periodic import wait_seconds
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
@@ -61,6 +66,8 @@ class WorkerSettings:
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 5.0
+LOOP_BACKOFF = wait_exponential(multiplier=0.5, max=15.0)
+"""Waits after consecutive failed passes of the loop: 0.5 s, 1 s, 2 s... at most 15 s."""
 
 
 class AccessTokenSource(Protocol):
@@ -113,9 +120,20 @@ class Worker:
         """Work until ``stop`` is set, then drain in-flight jobs within the grace period."""
         log.info("worker %s started (concurrency %d)", self.name, self._settings.concurrency)
         renewer = asyncio.create_task(self._renew_leases(stop), name="lease-renewal")
+        failures = 0
         try:
             while not stop.is_set():
-                if not await self.run_once():
+                try:
+                    claimed = await self.run_once()
+                except Exception as error:
+                    # Never end quietly: a database outage or a bug in one pass is logged,
+                    # counted and waited out (an enqueue cuts the wait short), then retried.
+                    failures += 1
+                    self._loop_failed("worker", error)
+                    await self._sleep(stop, wait_seconds(LOOP_BACKOFF, failures))
+                    continue
+                failures = 0
+                if not claimed:
                     await self._sleep(stop)  # else there may be more due work: claim again
         finally:
             await self._drain()
@@ -146,13 +164,13 @@ class Worker:
                     list(self._in_flight.values()), return_when=asyncio.FIRST_COMPLETED
                 )
 
-    async def _sleep(self, stop: asyncio.Event) -> None:
+    async def _sleep(self, stop: asyncio.Event, seconds: float | None = None) -> None:
+        """Wait ``seconds`` (the poll interval when None), less if stopped or woken."""
         self._wakeup.clear()
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+        timeout = self._settings.poll_interval if seconds is None else seconds
         try:
-            await asyncio.wait(
-                waiters, timeout=self._settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -206,7 +224,23 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             if self._in_flight:
-                await self._jobs.renew_leases(self.name, list(self._in_flight), self._lease)
+                try:
+                    await self._jobs.renew_leases(self.name, list(self._in_flight), self._lease)
+                except Exception as error:  # the next interval tries again
+                    self._loop_failed("lease_renewal", error)
+
+    def _loop_failed(self, loop: str, error: Exception) -> None:
+        """Log (without the driver's message, which may quote data) and count a failed pass."""
+        self._telemetry.loop_error(loop)
+        if is_database_unavailable(error):
+            log.warning("%s: database unavailable (%s); will try again", loop, type(error).__name__)
+        else:
+            log.error(
+                "%s: unexpected %s; will try again\n%s",
+                loop,
+                type(error).__name__,
+                redacted_traceback(error),
+            )
 
     async def _guarded(self, claimed: ClaimedJob) -> None:
         try:
