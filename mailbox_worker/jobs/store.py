@@ -181,7 +181,7 @@ class JobStore:
     # -- the worker's side ----------------------------------------------------------------
 
     async def claim(self, worker: str, limit: int, lease: dt.timedelta) -> list[ClaimedJob]:
-        """Lease up to ``limit`` due jobs of connected mailboxes to ``worker``."""
+        """Lease at most ``limit`` due jobs of connected mailboxes to ``worker``, oldest first."""
         if limit <= 0:
             return []
         now = self._clock()
@@ -196,10 +196,15 @@ class JobStore:
             .order_by(Job.run_after, Job.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True, of=Job)
+            # MATERIALIZED: run once. Inlined as `id IN (subquery)`, PostgreSQL may re-run the
+            # LIMIT … SKIP LOCKED subquery per outer row, and each run skips the rows the last
+            # one locked, so one claim could take every due job.
+            .cte("due")
+            .prefix_with("MATERIALIZED")
         )
         claim = (
             update(Job)
-            .where(Job.id.in_(due.scalar_subquery()), Job.state == JobState.QUEUED)
+            .where(Job.id == due.c.id, Job.state == JobState.QUEUED)
             .values(
                 state=JobState.RUNNING,
                 lease_owner=worker,
