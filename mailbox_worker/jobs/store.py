@@ -227,6 +227,50 @@ class JobStore:
                 )
         return [ClaimedJob(job, payloads[job.id]) for job in jobs if job.id in payloads]
 
+    async def hand_back(self, worker: str, job_ids: Sequence[str]) -> int:
+        """Back to ``queued`` at once (lease cleared, ``worker_stopped``): jobs ``worker``
+        claimed but never started. A job it no longer holds, or whose request was marked in
+        flight, is left alone. Returns how many went back."""
+        if not job_ids:
+            return 0
+        now = self._clock()
+        code = "worker_stopped"
+        detail = "the worker stopped before starting the job; it is queued again"
+        async with self._sessions.begin() as session:
+            handed = (
+                await session.scalars(
+                    update(Job)
+                    .where(
+                        Job.id.in_(job_ids),
+                        Job.state == JobState.RUNNING,
+                        Job.lease_owner == worker,
+                        Job.in_flight_since.is_(None),
+                    )
+                    .values(
+                        state=JobState.QUEUED,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                        last_error_code=code,
+                        last_error_message=detail,
+                    )
+                    .returning(Job.id)
+                )
+            ).all()
+            for job_id in handed:
+                session.add(
+                    self._event(
+                        job_id,
+                        "state",
+                        JobState.RUNNING,
+                        JobState.QUEUED,
+                        code=code,
+                        detail=detail,
+                        worker=worker,
+                    )
+                )
+        return len(handed)
+
     async def renew_leases(self, worker: str, job_ids: Sequence[str], lease: dt.timedelta) -> int:
         """Extend the leases ``worker`` still holds; returns how many it still holds."""
         if not job_ids:
