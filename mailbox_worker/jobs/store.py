@@ -181,7 +181,7 @@ class JobStore:
     # -- the worker's side ----------------------------------------------------------------
 
     async def claim(self, worker: str, limit: int, lease: dt.timedelta) -> list[ClaimedJob]:
-        """Lease up to ``limit`` due jobs of connected mailboxes to ``worker``."""
+        """Lease at most ``limit`` due jobs of connected mailboxes to ``worker``, oldest first."""
         if limit <= 0:
             return []
         now = self._clock()
@@ -196,10 +196,15 @@ class JobStore:
             .order_by(Job.run_after, Job.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True, of=Job)
+            # MATERIALIZED: run once. Inlined as `id IN (subquery)`, PostgreSQL may re-run the
+            # LIMIT … SKIP LOCKED subquery per outer row, and each run skips the rows the last
+            # one locked, so one claim could take every due job.
+            .cte("due")
+            .prefix_with("MATERIALIZED")
         )
         claim = (
             update(Job)
-            .where(Job.id.in_(due.scalar_subquery()), Job.state == JobState.QUEUED)
+            .where(Job.id == due.c.id, Job.state == JobState.QUEUED)
             .values(
                 state=JobState.RUNNING,
                 lease_owner=worker,
@@ -221,6 +226,50 @@ class JobStore:
                     self._event(job.id, "state", JobState.QUEUED, JobState.RUNNING, worker=worker)
                 )
         return [ClaimedJob(job, payloads[job.id]) for job in jobs if job.id in payloads]
+
+    async def hand_back(self, worker: str, job_ids: Sequence[str]) -> int:
+        """Back to ``queued`` at once (lease cleared, ``worker_stopped``): jobs ``worker``
+        claimed but never started. A job it no longer holds, or whose request was marked in
+        flight, is left alone. Returns how many went back."""
+        if not job_ids:
+            return 0
+        now = self._clock()
+        code = "worker_stopped"
+        detail = "the worker stopped before starting the job; it is queued again"
+        async with self._sessions.begin() as session:
+            handed = (
+                await session.scalars(
+                    update(Job)
+                    .where(
+                        Job.id.in_(job_ids),
+                        Job.state == JobState.RUNNING,
+                        Job.lease_owner == worker,
+                        Job.in_flight_since.is_(None),
+                    )
+                    .values(
+                        state=JobState.QUEUED,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                        last_error_code=code,
+                        last_error_message=detail,
+                    )
+                    .returning(Job.id)
+                )
+            ).all()
+            for job_id in handed:
+                session.add(
+                    self._event(
+                        job_id,
+                        "state",
+                        JobState.RUNNING,
+                        JobState.QUEUED,
+                        code=code,
+                        detail=detail,
+                        worker=worker,
+                    )
+                )
+        return len(handed)
 
     async def renew_leases(self, worker: str, job_ids: Sequence[str], lease: dt.timedelta) -> int:
         """Extend the leases ``worker`` still holds; returns how many it still holds."""

@@ -3,8 +3,10 @@
 Only the loop, concurrency, lease renewal and shutdown live here; every state change goes
 through ``JobStore``. A job's provider request is marked "in flight" in the database just
 before it leaves, so that if this process dies the job becomes ``unknown`` instead of being
-sent a second time. On stop, the worker claims nothing more, lets in-flight jobs finish
-within the grace period, and returns.
+sent a second time. The worker leases only as many jobs as it has free slots
+(``concurrency``). On stop, it claims nothing more, hands back at once the jobs it claimed but
+has not started (still waiting for their mailbox's slot), lets started jobs finish within the
+grace period, and returns.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class Worker:
         self._clock = clock
         self.name = name or worker_name()
         self._wakeup = asyncio.Event()
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # every job it holds a lease on
+        self._started: set[str] = set()  # of those, the ones past their mailbox's slot
         self._mailbox_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(settings.per_mailbox_concurrency)
         )
@@ -189,10 +192,12 @@ class Worker:
 
     def _done(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(job_id, None)
+        self._started.discard(job_id)
         self._telemetry.in_flight(len(self._in_flight))
         self._wakeup.set()
 
     async def _drain(self) -> None:
+        await self._hand_back_unstarted()
         if not self._in_flight:
             return
         log.info(
@@ -205,6 +210,20 @@ class Worker:
             task.cancel()  # their leases expire; recovery decides queued or unknown
         if pending:
             await asyncio.wait(pending)
+
+    async def _hand_back_unstarted(self) -> None:
+        # Without this, each would start as a slot frees up during the grace period, or wait
+        # out its lease if the grace period ends first.
+        waiting = {
+            job_id: task for job_id, task in self._in_flight.items() if job_id not in self._started
+        }
+        if not waiting:
+            return
+        for task in waiting.values():
+            task.cancel()
+        await asyncio.wait(waiting.values())
+        handed = await self._jobs.hand_back(self.name, list(waiting))
+        log.info("handed back %d claimed jobs that had not started", handed)
 
     async def _housekeeping(self) -> None:
         requeued, unknown = await self._jobs.recover_expired_leases()
@@ -245,6 +264,7 @@ class Worker:
     async def _guarded(self, claimed: ClaimedJob) -> None:
         try:
             async with self._mailbox_slots[claimed.job.mailbox_id]:
+                self._started.add(claimed.job.id)
                 await self._process(claimed)
         except asyncio.CancelledError:
             raise

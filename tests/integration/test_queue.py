@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
@@ -76,6 +76,36 @@ async def test_two_workers_never_claim_the_same_job(stores: Stores) -> None:
     ids = [claimed.job.id for batch in claims for claimed in batch]
     assert len(ids) == len(set(ids)) == 30
     assert all(claimed.payload["to"] for batch in claims for claimed in batch)
+
+
+async def test_claim_leases_at_most_limit_jobs_on_a_never_analysed_table(
+    stores: Stores,
+) -> None:
+    # Issue 8: on a table PostgreSQL has no statistics for, `id IN (LIMIT … SKIP LOCKED)` was
+    # planned as a semi-join that re-ran the subquery per row, and one claim took all 300.
+    postgres = stores.engine.dialect.name == "postgresql"
+    if postgres:
+        async with stores.engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE jobs SET (autovacuum_enabled = false)"))
+    mailbox = await setup(stores)
+    for number in range(300):
+        await stores.jobs.enqueue(new_job(mailbox, subject=f"n{number}"))
+    if postgres:
+        async with stores.engine.connect() as connection:
+            reltuples = await connection.scalar(
+                text("SELECT reltuples FROM pg_class WHERE relname = 'jobs'")
+            )
+        assert reltuples == -1  # never analysed (PostgreSQL 14+)
+    sizes: list[int] = []
+    ids: set[str] = set()
+    for _ in range(4):
+        batch = await stores.jobs.claim("w", 16, LEASE)
+        sizes.append(len(batch))
+        ids.update(claimed.job.id for claimed in batch)
+    assert sizes == [16, 16, 16, 16]
+    assert len(ids) == 64
+    counts = await stores.jobs.count_by_state()
+    assert (counts["running"], counts["queued"]) == (64, 236)
 
 
 async def test_claim_skips_future_jobs_and_mailboxes_without_consent(stores: Stores) -> None:

@@ -7,6 +7,7 @@ answer what each test scripts; the queue, the database and the MIME building are
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import email
 from collections import deque
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import func, select
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import WorkerSettings
@@ -293,3 +295,81 @@ async def test_a_misconfigured_identity_app_defers_jobs_without_failing_them(
     assert (waiting.state, waiting.transient_failures) == ("queued", 0)
     assert waiting.run_after - utcnow() > dt.timedelta(seconds=250)
     assert harness.provider.calls == []
+
+
+async def _worker_with_jobs(
+    stores: Stores, settings: WorkerSettings, provider: RecordingProvider, count: int, name: str
+) -> tuple[Worker, list[Job]]:
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"}
+    jobs = [
+        (
+            await stores.jobs.enqueue(
+                NewJob(account.id, mailbox.id, "send", payload, f"h{n}", "c.example")
+            )
+        )[0]
+        for n in range(count)
+    ]
+    worker = Worker(
+        stores.jobs,
+        stores.mailboxes,
+        RecordingTokens(),
+        {"microsoft": provider},
+        settings,
+        PrometheusTelemetry(CollectorRegistry()),
+        name,
+    )
+    return worker, jobs
+
+
+async def test_a_worker_never_leases_more_jobs_than_its_concurrency(stores: Stores) -> None:
+    settings = dataclasses.replace(FAST, concurrency=3, per_mailbox_concurrency=3)
+    provider = RecordingProvider(delay=0.02)
+    worker, jobs = await _worker_with_jobs(stores, settings, provider, 30, "w-cap")
+    leased = select(func.count()).where(Job.state == "running", Job.lease_owner == "w-cap")
+    most = 0
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    async with asyncio.timeout(30):  # a hang guard, not a performance assertion
+        while (await stores.jobs.count_by_state())["sent"] < len(jobs):
+            async with stores.sessions() as session:
+                most = max(most, int(await session.scalar(leased) or 0))
+            await asyncio.sleep(0.005)
+    stop.set()
+    await running
+    assert 0 < most <= 3
+    assert len(provider.calls) == 30
+
+
+async def test_stop_hands_back_claimed_jobs_that_had_not_started(stores: Stores) -> None:
+    # Four slots but one a mailbox: three of the four claimed jobs wait for the first.
+    settings = dataclasses.replace(FAST, concurrency=4, per_mailbox_concurrency=1)
+    provider = RecordingProvider(delay=0.3)
+    worker, jobs = await _worker_with_jobs(stores, settings, provider, 4, "w-stop")
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    async with asyncio.timeout(10):  # a hang guard, not a performance assertion
+        while not provider.calls:
+            await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    states = [await stores.jobs.get(job.id) for job in jobs]
+    assert len(provider.calls) == 1  # nothing started after the stop
+    started = provider.calls[0][2].job_id
+    for job in states:
+        assert job is not None
+        if job.id == started:
+            assert job.state == "sent"
+            continue
+        assert (job.state, job.lease_owner, job.lease_expires_at) == ("queued", None, None)
+        assert (job.attempts, job.last_error_code) == (0, "worker_stopped")
+        last = (await stores.jobs.events(job.id))[-1]
+        assert (last.from_state, last.to_state, last.code, last.worker) == (
+            "running",
+            "queued",
+            "worker_stopped",
+            "w-stop",
+        )
+    # Queued again at once, not after the lease: another worker claims them now.
+    assert len(await stores.jobs.claim("w-next", 10, dt.timedelta(seconds=30))) == 3
