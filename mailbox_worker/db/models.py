@@ -264,6 +264,9 @@ class PendingRevocation(Base):
     give_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(60), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    """The process retrying it now, until ``lease_expires_at``; None when nobody holds it."""
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (Index(None, "next_attempt_at"),)
 
@@ -283,5 +286,8 @@ class OutboxEvent(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    """The process delivering it now, until ``lease_expires_at``; None when nobody holds it."""
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (Index(None, "delivered_at", "next_attempt_at"),)

@@ -3,6 +3,9 @@
 Each event is POSTed as JSON ``{"id", "type", "account_id", "created_at", "data"}`` with
 ``X-Mailbox-Worker-Signature: sha256=<hex HMAC of the body under callbacks.secret>``. A 2xx
 answer acknowledges it; anything else (or no answer) is retried with exponential backoff.
+Events are leased before they are sent (``Outbox.claim``), so several daemons on one
+database POST each event once when nothing fails — at least once in general: a daemon that
+dies between the POST and recording the answer leaves it to be sent again after ``LEASE``.
 The callback URL is the only place events go (docs/privacy.md PP-5).
 """
 
@@ -37,6 +40,9 @@ class CallbackSettings:
 log = logging.getLogger(__name__)
 
 LONGEST_WAIT = dt.timedelta(hours=1)
+BATCH = 50
+"""Events leased at a time; they are POSTed one after the other, in id order."""
+LEASE_MARGIN = dt.timedelta(minutes=1)
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -49,8 +55,10 @@ class CallbackDispatcher:
         self._settings = settings
 
     async def deliver_due(self) -> int:
-        """Send every due event once; returns how many were acknowledged."""
-        due = await self._outbox.due()
+        """Lease a batch of due events and send each once; returns how many were
+        acknowledged. The lease outlasts the batch even if every POST times out."""
+        lease = LEASE_MARGIN + BATCH * dt.timedelta(seconds=self._settings.timeout)
+        due = await self._outbox.claim(BATCH, lease)
         if not due:
             return 0
         delivered = 0

@@ -3,6 +3,9 @@
 An event is a row until the app's callback URL acknowledges it (at-least-once delivery:
 the app de-duplicates by the event ``id``). Payloads carry ids, states and stable codes —
 never message content, addresses of recipients or tokens.
+
+Delivering processes lease events (``db/leases.py``): an event is POSTed by one process at a
+time; a process that dies holding it only delays it until its lease expires.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailbox_worker.clock import Clock, utcnow
+from mailbox_worker.clock import Clock, new_id, utcnow
+from mailbox_worker.db.leases import claim_statement, held_by
 from mailbox_worker.db.models import OutboxEvent
 
 
@@ -34,39 +38,58 @@ def outbox_row(
 
 
 class Outbox:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow) -> None:
+    """The outbox as seen by one process; ``owner`` names it in the leases it takes."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock = utcnow,
+        owner: str | None = None,
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self.owner = new_id("outbox") if owner is None else owner
 
     async def add(self, account_id: str, kind: str, payload: dict[str, Any]) -> None:
         async with self._sessions.begin() as session:
             session.add(outbox_row(account_id, kind, payload, self._clock()))
 
-    async def due(self, limit: int = 50) -> list[OutboxEvent]:
-        query = (
-            select(OutboxEvent)
-            .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.next_attempt_at <= self._clock())
-            .order_by(OutboxEvent.id)
-            .limit(limit)
-        )
-        async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
+    async def claim(self, limit: int, lease: dt.timedelta) -> list[OutboxEvent]:
+        """Lease up to ``limit`` due, undelivered events to this process until ``now + lease``
+        (oldest first); no other process gets them while the lease holds."""
+        if limit <= 0:
+            return []
+        now = self._clock()
+        due = (OutboxEvent.delivered_at.is_(None)) & (OutboxEvent.next_attempt_at <= now)
+        claim = claim_statement(OutboxEvent, due, OutboxEvent.id, limit, self.owner, now, lease)
+        async with self._sessions.begin() as session:
+            events = list((await session.scalars(claim)).all())
+        return sorted(events, key=lambda event: event.id)
 
     async def delivered(self, event_id: int) -> None:
+        """Mark the event acknowledged (even if this process lost its lease meanwhile: the
+        app has it either way)."""
         async with self._sessions.begin() as session:
             await session.execute(
                 update(OutboxEvent)
                 .where(OutboxEvent.id == event_id)
-                .values(delivered_at=self._clock())
+                .values(delivered_at=self._clock(), lease_owner=None, lease_expires_at=None)
             )
 
-    async def retry_later(self, event_id: int, attempts: int, wait: dt.timedelta) -> None:
+    async def retry_later(self, event_id: int, attempts: int, wait: dt.timedelta) -> bool:
+        """Release the event until ``now + wait``; False if this process no longer held it."""
         async with self._sessions.begin() as session:
-            await session.execute(
+            result = await session.execute(
                 update(OutboxEvent)
-                .where(OutboxEvent.id == event_id)
-                .values(attempts=attempts, next_attempt_at=self._clock() + wait)
+                .where(held_by(OutboxEvent, event_id, self.owner))
+                .values(
+                    attempts=attempts,
+                    next_attempt_at=self._clock() + wait,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def all(self) -> list[OutboxEvent]:
         async with self._sessions() as session:

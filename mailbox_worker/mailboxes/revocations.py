@@ -5,6 +5,9 @@ sealed under a key of its own in ``pending_revocations`` and retried with expone
 backoff until the provider confirms, or until the token cannot be alive any more
 (``GIVE_UP_AFTER``), then the row — ciphertext and key — is deleted, its freed storage
 scrubbed (docs/erasure.md), and the outcome audited.
+
+Retrying processes lease the rows they retry (``db/leases.py``), so several daemons on one
+database call the provider once per attempt, not once each.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.erasure import StorageScrubber
+from mailbox_worker.db.leases import claim_statement, held_by
 from mailbox_worker.db.models import Mailbox, PendingRevocation
 from mailbox_worker.errors import TransientError
 from mailbox_worker.periodic import Periodic, exponential_backoff
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 FIRST_RETRY = dt.timedelta(seconds=30)
 LONGEST_WAIT = dt.timedelta(hours=1)
 GIVE_UP_AFTER = dt.timedelta(days=30)
+BATCH = 100
+"""Rows leased by one pass; they are retried one after the other."""
+LEASE = dt.timedelta(minutes=30)
+"""How long a batch is held: far longer than ``BATCH`` calls to an identity provider."""
 
 
 class Revocations:
@@ -42,6 +50,7 @@ class Revocations:
         accounts: AccountStore,
         scrubber: StorageScrubber,
         clock: Clock = utcnow,
+        owner: str | None = None,
     ) -> None:
         self._sessions = sessions
         self._vault = vault
@@ -49,6 +58,7 @@ class Revocations:
         self._accounts = accounts
         self._scrubber = scrubber
         self._clock = clock
+        self.owner = new_id("revoker") if owner is None else owner
 
     async def revoke(self, mailbox: Mailbox, token_blob: str | None) -> str:
         """Revoke the mailbox's grant; returns ``revoked``, ``not_available`` or ``pending``."""
@@ -90,15 +100,24 @@ class Revocations:
         async with self._sessions() as session:
             return list((await session.scalars(select(PendingRevocation))).all())
 
-    async def retry_due(self, *, everything: bool = False) -> int:
-        """Retry the revocations that are due (all of them with ``everything``); returns how
-        many were settled (revoked or given up)."""
+    async def claim(
+        self, limit: int, lease: dt.timedelta, *, everything: bool = False
+    ) -> list[PendingRevocation]:
+        """Lease up to ``limit`` due rows (any row nobody holds, with ``everything``) to this
+        process until ``now + lease``; no other process gets them while the lease holds."""
+        if limit <= 0:
+            return []
         now = self._clock()
-        query = select(PendingRevocation)
-        if not everything:
-            query = query.where(PendingRevocation.next_attempt_at <= now)
-        async with self._sessions() as session:
-            due = list((await session.scalars(query)).all())
+        due = true() if everything else PendingRevocation.next_attempt_at <= now
+        claim = claim_statement(PendingRevocation, due, None, limit, self.owner, now, lease)
+        async with self._sessions.begin() as session:
+            return list((await session.scalars(claim)).all())
+
+    async def retry_due(self, *, everything: bool = False) -> int:
+        """Retry the revocations that are due (all of them with ``everything``) and that no
+        other process is retrying; returns how many were settled (revoked or given up)."""
+        due = await self.claim(BATCH, LEASE, everything=everything)
+        now = self._clock()
         settled = 0
         for row in due:
             settled += await self._retry(row, now)
@@ -119,16 +138,22 @@ class Revocations:
                 async with self._sessions.begin() as session:
                     await session.execute(
                         update(PendingRevocation)
-                        .where(PendingRevocation.id == row.id)
+                        .where(held_by(PendingRevocation, row.id, self.owner))
                         .values(
                             attempts=row.attempts + 1,
                             next_attempt_at=now + wait,
                             last_error=error.code,
+                            lease_owner=None,
+                            lease_expires_at=None,
                         )
                     )
                 return 0
         async with self._sessions.begin() as session:
-            await session.execute(delete(PendingRevocation).where(PendingRevocation.id == row.id))
+            deleted = await session.execute(
+                delete(PendingRevocation).where(PendingRevocation.id == row.id)
+            )
+        if not deleted.rowcount:  # type: ignore[attr-defined]
+            return 0  # another process settled it after this one's lease ran out
         await self._scrubber.after_erasure()
         await self._accounts.audit(
             "system", row.account_id, "mailbox.revocation", row.mailbox_id, {"outcome": outcome}
