@@ -19,6 +19,7 @@ from mailbox_worker.app import App
 from mailbox_worker.config import Settings, load_settings
 from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.errors import ConfigError, MailboxWorkerError
+from mailbox_worker.jobs.store import SETTLEMENTS
 from mailbox_worker.policy.origins import normalise_origin
 from mailbox_worker.tokens.rotation import RotationStatus
 
@@ -99,6 +100,17 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated, from: " + ", ".join(sorted(PERMISSIONS)),
     )
     keys.add_argument("--id", help="API key id (revoke) or encryption key id (retire)")
+
+    jobs = command(
+        "jobs", _jobs, "settle an unknown job: resolve (as sent), retry or cancel; audited as cli"
+    )
+    jobs.add_argument("action", choices=sorted(SETTLEMENTS))
+    jobs.add_argument("--id", required=True, help="job id")
+    jobs.add_argument(
+        "--accept-duplicate-risk",
+        action="store_true",
+        help="retry: accept that the message may be delivered twice (required)",
+    )
 
     mailboxes = command("mailboxes", _mailboxes, "list or disconnect mailboxes")
     mailboxes.add_argument("action", choices=["list", "disconnect"])
@@ -263,6 +275,27 @@ def _print_key_status(status: RotationStatus, now: datetime) -> None:
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "retry" and not args.accept_duplicate_risk:
+        print(
+            "mailbox-worker: jobs retry needs --accept-duplicate-risk: the first attempt may "
+            "have reached the provider, so the message may be delivered twice",
+            file=sys.stderr,
+        )
+        return 2
+    async with _app(settings) as app:
+        settled = await app.jobs.settle_unknown(args.id, SETTLEMENTS[args.action], "cli")
+    if settled is None:
+        print(f"mailbox-worker: no job {args.id}", file=sys.stderr)
+        return 1
+    job, moved = settled
+    if not moved:
+        print(f"mailbox-worker: job {job.id} is {job.state}, not unknown", file=sys.stderr)
+        return 1
+    print(f"{job.id} {job.state}")
+    return 0
 
 
 async def _mailboxes(args: argparse.Namespace, settings: Settings) -> int:

@@ -41,6 +41,8 @@ def create_app(services: ApiServices) -> web.Application:
             web.post("/v1/jobs", jobs.enqueue),
             web.get(JOB, jobs.get, allow_head=False),
             web.post(f"{JOB}/cancel", jobs.cancel),
+            web.post(f"{JOB}/resolve", jobs.resolve),
+            web.post(f"{JOB}/retry", jobs.retry),
             web.post("/v1/mailboxes", mailboxes.create),
             web.get("/v1/mailboxes", mailboxes.list_all, allow_head=False),
             web.get(MAILBOX, mailboxes.get, allow_head=False),

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: enqueue (idempotently), read and cancel dispatch jobs."""
+"""``/v1/jobs``: enqueue (idempotently), read, cancel and settle (``unknown``) dispatch jobs."""
 
 from __future__ import annotations
 
@@ -31,4 +31,18 @@ async def get(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     principal = await require(request, JOBS_WRITE)
     job = await services(request).jobs.cancel(principal, request.match_info["job_id"])
+    return web.json_response(job_json(job))
+
+
+async def resolve(request: web.Request) -> web.Response:
+    principal = await require(request, JOBS_WRITE)
+    job = await services(request).jobs.resolve(principal, request.match_info["job_id"])
+    return web.json_response(job_json(job))
+
+
+async def retry(request: web.Request) -> web.Response:
+    """The body (``RetryRequest``) must accept the risk of a duplicate."""
+    principal = await require(request, JOBS_WRITE)
+    await read_json(request, "RetryRequest")
+    job = await services(request).jobs.retry(principal, request.match_info["job_id"])
     return web.json_response(job_json(job))

@@ -38,7 +38,15 @@ class JobOperations(Protocol):
         ...
 
     async def cancel(self, principal: Principal, job_id: str) -> JobView:
-        """Cancel a queued/held job; ``Conflict`` (job_not_cancellable) once it left them."""
+        """Cancel a queued/held/unknown job; ``Conflict`` (job_not_cancellable) otherwise."""
+        ...
+
+    async def resolve(self, principal: Principal, job_id: str) -> JobView:
+        """Settle an unknown job as sent; ``Conflict`` (job_not_unknown) otherwise."""
+        ...
+
+    async def retry(self, principal: Principal, job_id: str) -> JobView:
+        """Queue an unknown job again; ``Conflict`` (job_not_unknown) otherwise."""
         ...
 
 

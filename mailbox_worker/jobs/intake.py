@@ -21,7 +21,15 @@ from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
-from mailbox_worker.jobs.store import JobStore, NewJob, message_id_for
+from mailbox_worker.jobs.store import (
+    CANCEL_UNKNOWN,
+    RESOLVE,
+    RETRY,
+    JobStore,
+    NewJob,
+    Settlement,
+    message_id_for,
+)
 from mailbox_worker.policy.addresses import same_address
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
@@ -224,12 +232,38 @@ class JobIntake:
         job = await self._jobs.cancel(job_id, principal.account_id, actor=principal.key_id)
         if job is None:
             raise NotFound("no such job in this account", code="job_not_found")
+        if job.state == JobState.UNKNOWN:
+            return await self._settle(principal, job_id, CANCEL_UNKNOWN)
         if job.state != JobState.CANCELLED:
             raise Conflict(
-                f"the job is {job.state}; only {JobState.QUEUED} or {JobState.HELD} jobs can "
-                "be cancelled",
+                f"the job is {job.state}; only {JobState.QUEUED}, {JobState.HELD} or "
+                f"{JobState.UNKNOWN} jobs can be cancelled",
                 code="job_not_cancellable",
             )
+        return JobView.of(job)
+
+    async def resolve(self, principal: Principal, job_id: str) -> JobView:
+        """Settle an ``unknown`` job as ``sent`` (the client saw the message arrive)."""
+        return await self._settle(principal, job_id, RESOLVE)
+
+    async def retry(self, principal: Principal, job_id: str) -> JobView:
+        """Queue an ``unknown`` job again; the caller has accepted the risk of a duplicate."""
+        return await self._settle(principal, job_id, RETRY)
+
+    async def _settle(self, principal: Principal, job_id: str, settlement: Settlement) -> JobView:
+        settled = await self._jobs.settle_unknown(
+            job_id, settlement, principal.key_id, principal.account_id
+        )
+        if settled is None:
+            raise NotFound("no such job in this account", code="job_not_found")
+        job, moved = settled
+        if not moved:
+            raise Conflict(
+                f"the job is {job.state}; only an {JobState.UNKNOWN} job can be settled this way",
+                code="job_not_unknown",
+            )
+        if job.state == JobState.QUEUED:
+            self._wake_worker()
         return JobView.of(job)
 
 

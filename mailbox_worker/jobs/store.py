@@ -2,7 +2,8 @@
 
 Job states (``states.JobState``, docs/architecture.md#job-states): ``queued → running → sent |
 drafted``; ``running → queued`` (retry); ``running → failed``; ``queued|running → held``
-(mailbox needs consent) ``→ queued``; ``queued|held → cancelled``; ``running → unknown``.
+(mailbox needs consent) ``→ queued``; ``queued|held → cancelled``; ``running → unknown``;
+``unknown → sent | queued | cancelled`` only when a client or operator settles it.
 Every transition is one guarded ``UPDATE … WHERE state IN (…)`` plus one ``job_events`` row
 in the same transaction, so a transition happens at most once even when two workers race.
 Every transition writes ``last_error_code`` and ``last_error_message`` together (both set,
@@ -24,8 +25,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
+from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict
+from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.states import CANCELLABLE, TERMINAL, JobState, MailboxState
 
 
@@ -68,6 +71,40 @@ class Outcome:
     def __post_init__(self) -> None:
         if (self.code is None) != (self.message is None):
             raise ValueError("an outcome's code and message are given together or not at all")
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How a client or operator settles an ``unknown`` job (docs/architecture.md#job-states)."""
+
+    name: str
+    """``resolve``, ``retry`` or ``cancel``: the ``settlement`` of the ``job.settled`` event."""
+    state: JobState
+    code: str
+    message: str
+
+
+RESOLVE = Settlement(
+    "resolve",
+    JobState.SENT,
+    "resolved_as_sent",
+    "the client confirmed that the message arrived; the job was settled as sent",
+)
+RETRY = Settlement(
+    "retry",
+    JobState.QUEUED,
+    "retried_accepting_duplicate_risk",
+    "the client asked to send the job again, accepting that the message may arrive twice",
+)
+CANCEL_UNKNOWN = Settlement(
+    "cancel",
+    JobState.CANCELLED,
+    "cancelled_by_client",
+    "the client cancelled the job whose outcome was unknown",
+)
+SETTLEMENTS: dict[str, Settlement] = {s.name: s for s in (RESOLVE, RETRY, CANCEL_UNKNOWN)}
+JOB_SETTLED = "job.settled"
+"""The outbox event (and audit action) announcing that an ``unknown`` job was settled."""
 
 
 def message_id_for(job_id: str, domain: str) -> str:
@@ -578,6 +615,73 @@ class JobStore:
                 )
         return job
 
+    async def settle_unknown(
+        self, job_id: str, settlement: Settlement, actor: str, account_id: str | None = None
+    ) -> tuple[Job, bool] | None:
+        """Move an ``unknown`` job to ``settlement.state``: ``(job as it now is, True)``.
+
+        ``(job unchanged, False)`` when the job is not ``unknown`` (another settlement won, or
+        it never was); None when no such job (of ``account_id``, when given) exists. One
+        guarded update, with the job event, an audit entry by ``actor`` and the ``job.settled``
+        outbox event committed together. A retry queues the job at once with a fresh budget
+        of transient failures.
+        """
+        now = self._clock()
+        values: dict[str, Any] = {
+            "state": settlement.state,
+            "updated_at": now,
+            "last_error_code": settlement.code,
+            "last_error_message": settlement.message,
+        }
+        if settlement.state == JobState.QUEUED:
+            values.update(finished_at=None, run_after=now, transient_failures=0)
+        else:
+            values["finished_at"] = now
+        owned = Job.id == job_id
+        if account_id is not None:
+            owned = and_(owned, Job.account_id == account_id)
+        async with self._sessions.begin() as session:
+            job = (
+                await session.scalars(
+                    update(Job)
+                    .where(owned, Job.state == JobState.UNKNOWN)
+                    .values(**values)
+                    .returning(Job)
+                )
+            ).one_or_none()
+            if job is None:
+                current = (await session.scalars(select(Job).where(owned))).one_or_none()
+                return None if current is None else (current, False)
+            data = {"job_id": job.id, "mailbox_id": job.mailbox_id, "state": settlement.state}
+            session.add_all(
+                [
+                    self._event(
+                        job.id,
+                        "state",
+                        JobState.UNKNOWN,
+                        settlement.state,
+                        code=settlement.code,
+                        detail=actor,
+                    ),
+                    audit_row(
+                        actor,
+                        job.account_id,
+                        JOB_SETTLED,
+                        job.id,
+                        {"settlement": settlement.name, "state": settlement.state}
+                        | ({"accept_duplicate_risk": True} if settlement is RETRY else {}),
+                        now,
+                    ),
+                    outbox_row(
+                        job.account_id,
+                        JOB_SETTLED,
+                        data | {"settlement": settlement.name, "code": settlement.code},
+                        now,
+                    ),
+                ]
+            )
+        return job, True
+
     def _event(
         self,
         job_id: str,
@@ -607,4 +711,16 @@ def _held_by(job_id: str, worker: str) -> ColumnElement[bool]:
     return and_(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker)
 
 
-__all__ = ["ClaimedJob", "JobStore", "NewJob", "Outcome", "message_id_for"]
+__all__ = [
+    "CANCEL_UNKNOWN",
+    "JOB_SETTLED",
+    "RESOLVE",
+    "RETRY",
+    "SETTLEMENTS",
+    "ClaimedJob",
+    "JobStore",
+    "NewJob",
+    "Outcome",
+    "Settlement",
+    "message_id_for",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import os
 import re
 import subprocess
@@ -9,6 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from mailbox_worker.config import DatabaseSettings
+from mailbox_worker.db.accounts import AccountStore
+from mailbox_worker.db.engine import create_engine, create_session_factory
+from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.jobs.store import JobStore, NewJob
 
 pytestmark = pytest.mark.e2e
 
@@ -147,3 +155,44 @@ def test_accounts_origins_are_listed_added_normalised_and_removed(
         2,
         "mailbox-worker: no account acc_nobody",
     )
+
+
+async def _unknown_job(database_url: str) -> str:
+    """An account, a connected mailbox and a job left ``unknown`` by a worker that died."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        sessions = create_session_factory(engine)
+        accounts, mailboxes, jobs = (
+            AccountStore(sessions),
+            MailboxStore(sessions),
+            JobStore(sessions),
+        )
+        account = await accounts.create_account("acme")
+        mailbox = await mailboxes.create(account.id, "microsoft", ["send"], actor="test")
+        await mailboxes.mark_connected(mailbox.id, "billing@contoso.example", ["Mail.Send"])
+        job, _ = await jobs.enqueue(
+            NewJob(
+                account.id, mailbox.id, "send", {"subject": "Invoice"}, "digest", "contoso.example"
+            )
+        )
+        await jobs.claim("dead-worker", 1, dt.timedelta(seconds=-1))
+        await jobs.start_attempt(job.id, "dead-worker")
+        await jobs.recover_expired_leases()
+        return job.id
+    finally:
+        await engine.dispose()
+
+
+def test_jobs_settles_an_unknown_job_once(environment: dict[str, str]) -> None:
+    assert run(environment, "migrate").returncode == 0
+    job_id = asyncio.run(_unknown_job(environment["MAILBOX_WORKER_DATABASE__URL"]))
+
+    refused = run(environment, "jobs", "retry", "--id", job_id)
+    retried = run(environment, "jobs", "retry", "--id", job_id, "--accept-duplicate-risk")
+    not_unknown = run(environment, "jobs", "resolve", "--id", job_id)
+    missing = run(environment, "jobs", "cancel", "--id", "job_missing")
+
+    assert refused.returncode == 2 and "--accept-duplicate-risk" in refused.stderr
+    assert (retried.returncode, retried.stdout) == (0, f"{job_id} queued\n")
+    assert not_unknown.returncode == 1 and "is queued, not unknown" in not_unknown.stderr
+    assert missing.returncode == 1 and "no job job_missing" in missing.stderr

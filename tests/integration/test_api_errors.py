@@ -33,6 +33,8 @@ PROTECTED = [
     ("POST", "/v1/jobs", "jobs:write"),
     ("GET", "/v1/jobs/job_1", "jobs:read"),
     ("POST", "/v1/jobs/job_1/cancel", "jobs:write"),
+    ("POST", "/v1/jobs/job_1/resolve", "jobs:write"),
+    ("POST", "/v1/jobs/job_1/retry", "jobs:write"),
     ("POST", "/v1/mailboxes", "mailboxes:write"),
     ("GET", "/v1/mailboxes", "mailboxes:read"),
     ("GET", "/v1/mailboxes/mbx_1", "mailboxes:read"),
