@@ -294,11 +294,13 @@ async def test_the_loop_rotates_and_retires_until_stopped(world: World) -> None:
     assert await world.readable(mailbox_id)
 
 
+# A file-level copy of SQLite is the backup modelled here; a PostgreSQL backup holds the same
+# wrapped keys, which the same retirement makes unreadable.
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
 async def test_a_database_copy_taken_before_the_rotation_no_longer_opens(
     world: World, tmp_path: Path
 ) -> None:
-    if world.stores.engine.dialect.name != "sqlite":
-        pytest.skip("copies the SQLite file; a PostgreSQL backup holds the same wrapped keys")
+    assert world.stores.engine.dialect.name == "sqlite"
     mailbox_id = await world.mailbox_with_tokens()
     database = Path(world.stores.engine.url.database or "")
     backup = tmp_path / "backup.db"
@@ -359,8 +361,7 @@ async def test_age_is_unknown_before_the_first_check(world: World) -> None:
 @pytest.fixture
 async def two_daemons(world: World) -> AsyncIterator[KeyRotation]:
     """A second daemon on the same database and key file, with engine and source of its own."""
-    if world.stores.engine.dialect.name != "postgresql":
-        pytest.skip("several daemons share a database only on PostgreSQL")
+    assert world.stores.engine.dialect.name == "postgresql"
     engine = create_engine(DatabaseSettings(url=world.stores.engine.url.render_as_string(False)))
     keys = FileKeySource(world.key_file, clock=world.clock)
     vault = TokenVault(create_session_factory(engine), keys, StorageScrubber(engine))
@@ -368,6 +369,10 @@ async def two_daemons(world: World) -> AsyncIterator[KeyRotation]:
     await engine.dispose()
 
 
+# Several daemons share a database only on PostgreSQL.
+@pytest.mark.parametrize(
+    "migrated_database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_two_daemons_rotate_once_between_them(world: World, two_daemons: KeyRotation) -> None:
     await world.mailbox_with_tokens()
     world.keys.active_key()
