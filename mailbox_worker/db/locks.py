@@ -2,8 +2,10 @@
 
 On PostgreSQL, ``hold(key)`` takes a transaction-scoped advisory lock
 (``pg_advisory_xact_lock``) on a dedicated connection, so every worker process on every host
-waits for the holder. SQLite is one process by design; there the caller's in-process lock
-is all that is needed and ``hold`` only yields.
+waits for the holder. ``hold_connection(key)`` also yields that connection, so the critical
+section can read and write on it (committing with the lock's transaction) instead of waiting
+for a second pooled connection while it pins one. SQLite is one process by design; there the
+caller's in-process lock is all that is needed and the lock only yields (None).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
 class DatabaseLocks:
@@ -23,11 +25,21 @@ class DatabaseLocks:
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
         """Hold the lock named ``key`` for the duration of the block."""
-        if not self._shared:
+        async with self.hold_connection(key):
             yield
+
+    @contextlib.asynccontextmanager
+    async def hold_connection(self, key: str) -> AsyncIterator[AsyncConnection | None]:
+        """Hold the lock named ``key`` for the block; yields the connection that holds it.
+
+        None on SQLite. On PostgreSQL the lock's transaction commits when the block ends
+        normally and rolls back when it raises, with whatever the block wrote on it.
+        """
+        if not self._shared:
+            yield None
             return
         async with self._engine.begin() as connection:
             await connection.execute(
                 text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
             )
-            yield
+            yield connection

@@ -5,7 +5,9 @@ otherwise it refreshes under the mailbox's lock: an asyncio lock (one refresh pe
 this process) and a database lock (one across processes on PostgreSQL). Inside the lock it
 reads the vault, so a refresh another process just stored is reused (msal answers from the
 stored cache without calling the token endpoint), and it stores msal's rotated cache before
-answering. Transient identity failures are retried with
+answering. The vault reads and writes on the connection that holds the database lock, so a
+refresh pins one pooled connection, never waits for a second, and its store commits as the
+lock is released. Transient identity failures are retried with
 exponential backoff; they never mark a mailbox broken. A dead grant raises ``ReauthRequired``.
 """
 
@@ -17,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -112,18 +115,21 @@ class AccessTokens:
         )
         async for attempt in retrying:
             with attempt:
-                async with self._database_locks.hold(f"token-refresh:{mailbox.id}"):
-                    return await self._refresh_once(mailbox, force)
+                key = f"token-refresh:{mailbox.id}"
+                async with self._database_locks.hold_connection(key) as connection:
+                    return await self._refresh_once(mailbox, force, connection)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _refresh_once(self, mailbox: Mailbox, force: bool) -> AccessToken:
+    async def _refresh_once(
+        self, mailbox: Mailbox, force: bool, connection: AsyncConnection | None
+    ) -> AccessToken:
         identity = self._identities.get(mailbox.provider)
         if identity is None:
             raise ReauthRequired(
                 f"no OAuth app is configured for {mailbox.provider}",
                 code="provider_unconfigured",
             )
-        stored = await self._vault.load_tokens(mailbox.id)
+        stored = await self._vault.load_tokens(mailbox.id, connection)
         if stored is None:
             raise ReauthRequired("the mailbox holds no tokens", code="no_grant")
         scopes = list(required_scopes(mailbox.provider, mailbox.capabilities))
@@ -133,7 +139,7 @@ class AccessTokens:
             )
         except ReauthRequired as error:
             # Re-read before declaring the grant dead: another process may have rotated it.
-            latest = await self._vault.load_tokens(mailbox.id)
+            latest = await self._vault.load_tokens(mailbox.id, connection)
             if latest is not None and latest.version != stored.version:
                 raise TokenRecordChanged("tokens rotated concurrently") from error
             self._telemetry.token_refresh(mailbox.provider, error.code)
@@ -143,7 +149,10 @@ class AccessTokens:
             raise
         if refreshed.cache is not None:
             await self._vault.store_tokens(
-                mailbox.id, refreshed.cache.encode(), expected_version=stored.version
+                mailbox.id,
+                refreshed.cache.encode(),
+                expected_version=stored.version,
+                connection=connection,
             )
         if refreshed.from_identity_provider:
             self._telemetry.token_refresh(mailbox.provider, "ok")

@@ -7,16 +7,22 @@ in as associated data, so ciphertext copied to another mailbox or purpose does n
 Erasing a mailbox deletes its data key with its ciphertext (crypto-erasure), then has the
 storage scrubber remove the freed copies from the database files (docs/erasure.md). Unwrapped
 data keys are cached in memory only; ``forget`` drops them.
+
+The token and sealing methods take an optional ``connection``: a caller inside a transaction of
+its own (the token refresh, under its lock) passes it so the vault's reads and writes run on it
+instead of on further pooled connections; their writes then commit with that transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.erasure import StorageScrubber
@@ -72,22 +78,49 @@ class TokenVault:
 
     # -- sealing -------------------------------------------------------------------------
 
-    async def seal(self, mailbox_id: str, purpose: str, plaintext: bytes) -> bytes:
+    async def seal(
+        self,
+        mailbox_id: str,
+        purpose: str,
+        plaintext: bytes,
+        connection: AsyncConnection | None = None,
+    ) -> bytes:
         """Ciphertext of ``plaintext`` for ``mailbox_id``/``purpose``; creates the data key."""
-        data_key = await self._data_key(mailbox_id, create=True)
+        data_key = await self._data_key(mailbox_id, create=True, connection=connection)
         return seal(data_key, plaintext, associated_data=encode_fields(purpose, mailbox_id))
 
-    async def open(self, mailbox_id: str, purpose: str, sealed: bytes) -> bytes:
+    async def open(
+        self,
+        mailbox_id: str,
+        purpose: str,
+        sealed: bytes,
+        connection: AsyncConnection | None = None,
+    ) -> bytes:
         """Plaintext of ``sealed``; raises ``DecryptionFailed`` or ``KeyUnavailable``."""
-        data_key = await self._data_key(mailbox_id, create=False)
+        data_key = await self._data_key(mailbox_id, create=False, connection=connection)
         return open_sealed(data_key, sealed, associated_data=encode_fields(purpose, mailbox_id))
 
-    async def _data_key(self, mailbox_id: str, *, create: bool) -> bytes:
+    @contextlib.asynccontextmanager
+    async def _session(self, connection: AsyncConnection | None) -> AsyncIterator[AsyncSession]:
+        """A session on a pooled connection, or on the caller's ``connection``; there its
+        transaction is a savepoint, so its writes commit with the caller's transaction."""
+        if connection is None:
+            async with self._sessions() as session:
+                yield session
+            return
+        async with self._sessions(
+            bind=connection, join_transaction_mode="create_savepoint"
+        ) as session:
+            yield session
+
+    async def _data_key(
+        self, mailbox_id: str, *, create: bool, connection: AsyncConnection | None = None
+    ) -> bytes:
         cached = self._data_keys.get(mailbox_id)
         if cached is not None:
             return cached
         async with self._lock:
-            async with self._sessions() as session:
+            async with self._session(connection) as session:
                 row = await session.get(MailboxKey, mailbox_id)
             if row is not None:
                 kek = await asyncio.to_thread(self._keys.get, row.kek_id)
@@ -95,6 +128,8 @@ class TokenVault:
             elif create:
                 data_key = new_data_key()
                 kek = await asyncio.to_thread(self._keys.active_key)
+                # A new key commits on its own, never with a caller's transaction (which
+                # may roll back), so the cache only ever holds keys the database keeps.
                 async with self._sessions.begin() as session:
                     session.add(
                         MailboxKey(
@@ -114,27 +149,34 @@ class TokenVault:
 
     # -- token records ---------------------------------------------------------------------
 
-    async def load_tokens(self, mailbox_id: str) -> StoredTokens | None:
+    async def load_tokens(
+        self, mailbox_id: str, connection: AsyncConnection | None = None
+    ) -> StoredTokens | None:
         """The mailbox's token record, decrypted, or None when it holds none."""
-        async with self._sessions() as session:
+        async with self._session(connection) as session:
             record = await session.get(TokenRecord, mailbox_id)
         if record is None:
             return None
-        plaintext = await self.open(mailbox_id, TOKENS, record.ciphertext)
+        plaintext = await self.open(mailbox_id, TOKENS, record.ciphertext, connection)
         return StoredTokens(plaintext, record.version)
 
     async def store_tokens(
-        self, mailbox_id: str, plaintext: bytes, *, expected_version: int | None
+        self,
+        mailbox_id: str,
+        plaintext: bytes,
+        *,
+        expected_version: int | None,
+        connection: AsyncConnection | None = None,
     ) -> int:
         """Replace the token record atomically; returns its new version.
 
         ``expected_version`` is the version the caller read (None: there was none); if
         another writer stored a newer record meanwhile, raises ``TokenRecordChanged`` and
-        stores nothing.
+        stores nothing. With ``connection``, the record commits when its transaction does.
         """
-        sealed = await self.seal(mailbox_id, TOKENS, plaintext)
+        sealed = await self.seal(mailbox_id, TOKENS, plaintext, connection)
         now = self._clock()
-        async with self._sessions.begin() as session:
+        async with self._session(connection) as session, session.begin():
             # Lock the data key row as key rotation does, so the record's key id is current.
             kek_id = await session.scalar(
                 select(MailboxKey.kek_id)
