@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,15 +19,10 @@ import aiohttp
 import pytest
 
 from mailbox_worker.sandbox import Sandbox
+from tests.ports import free_port
 
 CLI = [sys.executable, "-m", "mailbox_worker.cli"]
 ADDRESS = "billing@contoso.example"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

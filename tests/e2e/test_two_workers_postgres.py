@@ -21,9 +21,10 @@ from mailbox_worker.config import load_settings
 from mailbox_worker.db.models import JobEvent
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
+from tests.ports import free_port
 
 from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
-from .conftest import ADDRESS, Daemon, call, free_port, start
+from .conftest import ADDRESS, Daemon, call, start
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -9,7 +9,6 @@ also lets the tests read its attributes.
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mailbox_worker.config import (
 )
 from mailbox_worker.demo import _FormParser
 from mailbox_worker.sandbox import Sandbox
+from tests.ports import free_port
 
 ADDRESS = "billing@contoso.example"
 ALL_PERMISSIONS = frozenset({"jobs:read", "jobs:write", "mailboxes:read", "mailboxes:write"})
@@ -123,12 +123,6 @@ def field_value(page: str, name: str) -> str:
     marker = f'name="{name}" value="'
     start = page.index(marker) + len(marker)
     return page[start : page.index('"', start)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def settings(data_dir: Path, sandbox: Sandbox, port: int) -> Settings:

@@ -12,7 +12,6 @@ import email
 import email.policy
 import logging
 import os
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -35,6 +34,7 @@ from mailbox_worker.providers.base import OutgoingMessage
 from mailbox_worker.providers.graph import GraphProvider
 from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.tokens.oauth_sessions import close_session, new_session
+from tests.ports import free_port
 
 from .consent_form import FormReader
 
@@ -426,9 +426,7 @@ async def test_a_mailbox_without_exchange_online_is_refused(
 
 
 async def test_refused_connection_is_transient(token: str) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     graph = GraphProvider(f"https://127.0.0.1:{closed_port}/v1.0")
     try:
         with pytest.raises(TransientError) as raised:

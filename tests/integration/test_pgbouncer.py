@@ -29,6 +29,7 @@ from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import DatabaseSettings, create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.jobs.store import JobStore, NewJob
+from tests.ports import free_port
 
 from ..conftest import REQUIRE_POSTGRES, create_postgres_database, drop_postgres_database
 
@@ -39,12 +40,6 @@ JOBS = 60
 SERVER_CONNECTIONS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def pgbouncer() -> Iterator[int]:
     """A PgBouncer in transaction mode in front of the test server; yields its port."""
@@ -53,7 +48,7 @@ def pgbouncer() -> Iterator[int]:
         if REQUIRE_POSTGRES:
             pytest.fail(reason)
         pytest.skip(reason)
-    port = _free_port()
+    port = free_port()
     # PgBouncer refuses to run as root, so it runs as postgres, which cannot enter pytest's
     # private temporary folders: its files live in a folder of its own under /tmp.
     folder = Path(tempfile.mkdtemp(prefix="mw-pgbouncer-"))
