@@ -59,6 +59,7 @@ class AdminEndpoints:
         """The aiohttp routes these handlers serve."""
         return [
             web.get("/_sandbox/messages", self.list_messages),
+            web.get("/_sandbox/concurrency", self.concurrency),
             web.get("/_sandbox/messages/{message_id}/raw", self.raw_message),
             web.get("/_sandbox/messages/{message_id}/attachments/{index}", self.attachment),
             web.post("/_sandbox/clients", self.register_client),
@@ -73,6 +74,10 @@ class AdminEndpoints:
             return problem_response(400, "folder must be 'sent' or 'drafts'")
         messages = self._state.messages(request.query.get("mailbox"), folder)
         return web.json_response({"messages": [message_summary(item) for item in messages]})
+
+    async def concurrency(self, request: web.Request) -> web.Response:
+        """The most Graph requests in progress at once, per mailbox, since the last reset."""
+        return web.json_response({"peak_in_flight": dict(self._state.peak_in_flight)})
 
     def _message(self, request: web.Request) -> StoredMessage:
         message = self._state.message(request.match_info["message_id"])

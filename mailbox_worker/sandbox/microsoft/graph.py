@@ -112,6 +112,7 @@ class GraphEndpoints:
             slot = (token.client_id, user.address.lower())
             if self._state.in_flight[slot] >= CONCURRENT_REQUESTS_PER_MAILBOX:
                 retry_after = str(self._state.throttle_retry_after)
+                self._state.count("graph.throttled.mailbox_concurrency")
                 raise GraphFailure(
                     429,
                     "ApplicationThrottled",
@@ -119,6 +120,7 @@ class GraphEndpoints:
                     {"Retry-After": retry_after},
                 )
             self._state.in_flight[slot] += 1
+            self._state.note_concurrency(user.address)
             try:
                 return await with_fault(
                     request,

@@ -161,6 +161,9 @@ class MicrosoftState(SandboxControls, ClientRegistry):
     consents: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     stored_messages: dict[str, StoredMessage] = field(default_factory=dict)
     in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
+    peak_in_flight: Counter[str] = field(default_factory=Counter)
+    """The most Graph requests ever in progress at once per mailbox (lower-case address), over
+    every client: what a test reads to prove the daemon's processes together kept the limit."""
 
     def __post_init__(self) -> None:
         if DEFAULT_CLIENT_ID not in self.clients:
@@ -308,7 +311,14 @@ class MicrosoftState(SandboxControls, ClientRegistry):
         """One stored message by its Graph id."""
         return self.stored_messages.get(message_id)
 
+    def note_concurrency(self, address: str) -> None:
+        """Raise the mailbox's peak to the requests now in progress for it (every client)."""
+        mailbox = address.lower()
+        now = sum(count for (_, each), count in self.in_flight.items() if each == mailbox)
+        self.peak_in_flight[mailbox] = max(self.peak_in_flight[mailbox], now)
+
     def reset(self) -> None:
         """Forget messages, counters and faults (clients, users and tokens stay)."""
         self.stored_messages.clear()
+        self.peak_in_flight.clear()
         super().reset()

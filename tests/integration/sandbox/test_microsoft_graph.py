@@ -224,6 +224,11 @@ async def test_more_than_four_concurrent_requests_are_throttled(
     results = await asyncio.gather(*(send() for _ in range(5)))
     assert sorted(status for status, _ in results) == [202, 202, 202, 202, 429]
     assert [retry for status, retry in results if status == 429] == ["1"]
+    counted = await counters(http, sandbox)
+    assert counted["graph.throttled.mailbox_concurrency"] == 1
+    async with http.get(f"{sandbox.base_url}/_sandbox/concurrency") as response:
+        peaks = (await response.json())["peak_in_flight"]
+    assert peaks == {BILLING.lower(): 4}
 
 
 async def test_large_attachment_through_an_upload_session(
