@@ -21,7 +21,9 @@ from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.jobs.store import JobStore, NewJob, Outcome
+from mailbox_worker.jobs.queue import JobQueue
+from mailbox_worker.jobs.store import JobStore, NewJob
+from mailbox_worker.jobs.transitions import Outcome
 
 PAYLOAD = {"to": [{"address": "ap@fabrikam.example"}], "subject": "Invoice", "text": "x" * 500}
 
@@ -31,6 +33,7 @@ async def run(url: str, jobs: int, workers: int, batch: int) -> dict[str, float]
     await migrate.upgrade(engine)
     sessions = create_session_factory(engine)
     accounts, mailboxes, store = AccountStore(sessions), MailboxStore(sessions), JobStore(sessions)
+    queue = JobQueue(sessions)
     account = await accounts.create_account("bench")
     mailbox = await mailboxes.create(account.id, "microsoft", ["send"], actor="bench")
     await mailboxes.mark_connected(mailbox.id, "billing@contoso.example", ["Mail.Send"])
@@ -53,12 +56,12 @@ async def run(url: str, jobs: int, workers: int, batch: int) -> dict[str, float]
     async def work(name: str) -> int:
         done = 0
         while True:
-            claimed = await store.claim(name, batch, dt.timedelta(seconds=60))
+            claimed = await queue.claim(name, batch, dt.timedelta(seconds=60))
             if not claimed:
                 return done
             for item in claimed:
-                await store.start_attempt(item.job.id, name)
-                await store.finish(item.job.id, name, Outcome("sent"))
+                await queue.start_attempt(item.job.id, name)
+                await queue.finish(item.job.id, name, Outcome("sent"))
                 done += 1
 
     started = time.perf_counter()

@@ -43,6 +43,7 @@ from mailbox_worker.errors import ConfigError, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.intake import JobIntake
+from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.revocations import Revocations
@@ -116,6 +117,7 @@ class App:
     account_service: AccountService
     mailboxes: MailboxStore
     jobs: JobStore
+    queue: JobQueue
     vault: TokenVault
     tokens: AccessTokens
     identities: dict[str, IdentityClient]
@@ -151,6 +153,7 @@ class App:
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
         jobs = JobStore(sessions, clock)
+        queue = JobQueue(sessions, clock)
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)
         identities = dict(_identities(settings) if identities is None else identities)
@@ -158,7 +161,9 @@ class App:
         revocations = Revocations(sessions, vault, identities, accounts, scrubber, clock)
         providers = dict(_providers(settings) if providers is None else providers)
         outbox = Outbox(sessions, clock)
-        worker = Worker(jobs, mailboxes, tokens, providers, settings.worker, telemetry, clock=clock)
+        worker = Worker(
+            queue, mailboxes, tokens, providers, settings.worker, telemetry, clock=clock
+        )
         intake = JobIntake(
             jobs,
             mailboxes,
@@ -194,6 +199,7 @@ class App:
             account_service=account_service,
             mailboxes=mailboxes,
             jobs=jobs,
+            queue=queue,
             vault=vault,
             tokens=tokens,
             identities=identities,

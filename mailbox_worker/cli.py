@@ -19,7 +19,7 @@ from mailbox_worker.app import App
 from mailbox_worker.config import Settings, load_settings
 from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.errors import ConfigError, MailboxWorkerError
-from mailbox_worker.jobs.store import SETTLEMENTS
+from mailbox_worker.jobs.transitions import SETTLEMENTS
 from mailbox_worker.policy.origins import normalise_origin
 from mailbox_worker.tokens.rotation import RotationStatus
 

@@ -21,12 +21,11 @@ from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
-from mailbox_worker.jobs.store import (
+from mailbox_worker.jobs.store import JobStore, NewJob
+from mailbox_worker.jobs.transitions import (
     CANCEL_UNKNOWN,
     RESOLVE,
     RETRY,
-    JobStore,
-    NewJob,
     Settlement,
     message_id_for,
 )

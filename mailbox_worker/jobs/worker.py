@@ -1,7 +1,7 @@
 """The worker: claims due jobs, sends each through its provider, records the outcome.
 
 Only the loop, concurrency, lease renewal and shutdown live here; every state change goes
-through ``JobStore``. A job's provider request is marked "in flight" in the database just
+through ``JobQueue``. A job's provider request is marked "in flight" in the database just
 before it leaves, so that if this process dies the job becomes ``unknown`` instead of being
 sent a second time. The worker leases only as many jobs as it has free slots
 (``concurrency``). On stop, it claims nothing more, hands back at once the jobs it claimed but
@@ -43,8 +43,9 @@ from mailbox_worker.errors import (
     redacted_traceback,
 )
 from mailbox_worker.jobs.mime import build_message
+from mailbox_worker.jobs.queue import ClaimedJob, JobQueue
 from mailbox_worker.jobs.retry import retry_delay
-from mailbox_worker.jobs.store import ClaimedJob, JobStore, Outcome
+from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.periodic import wait_seconds
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
 from mailbox_worker.states import JobState, MailboxState
@@ -89,7 +90,7 @@ def worker_name() -> str:
 class Worker:
     def __init__(
         self,
-        jobs: JobStore,
+        queue: JobQueue,
         mailboxes: MailboxStore,
         tokens: AccessTokenSource,
         providers: Mapping[str, MailProvider],
@@ -98,7 +99,7 @@ class Worker:
         name: str | None = None,
         clock: Clock = utcnow,
     ) -> None:
-        self._jobs = jobs
+        self._queue = queue
         self._mailboxes = mailboxes
         self._tokens = tokens
         self._providers = providers
@@ -182,7 +183,7 @@ class Worker:
         free = self._settings.concurrency - len(self._in_flight)
         if free <= 0:
             return 0
-        claimed = await self._jobs.claim(self.name, free, self._lease)
+        claimed = await self._queue.claim(self.name, free, self._lease)
         for item in claimed:
             task = asyncio.create_task(self._guarded(item), name=f"job-{item.job.id}")
             self._in_flight[item.job.id] = task
@@ -222,12 +223,12 @@ class Worker:
         for task in waiting.values():
             task.cancel()
         await asyncio.wait(waiting.values())
-        handed = await self._jobs.hand_back(self.name, list(waiting))
+        handed = await self._queue.hand_back(self.name, list(waiting))
         log.info("handed back %d claimed jobs that had not started", handed)
 
     async def _housekeeping(self) -> None:
-        requeued, unknown = await self._jobs.recover_expired_leases()
-        expired = await self._jobs.fail_past_deadline()
+        requeued, unknown = await self._queue.recover_expired_leases()
+        expired = await self._queue.fail_past_deadline()
         if requeued or unknown or expired:
             log.warning(
                 "recovered jobs: %d requeued, %d unknown (worker lost in flight), %d past deadline",
@@ -235,7 +236,7 @@ class Worker:
                 unknown,
                 expired,
             )
-        for state, count in (await self._jobs.count_by_state()).items():
+        for state, count in (await self._queue.count_by_state()).items():
             self._telemetry.jobs_in_state(state, count)
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
@@ -244,7 +245,7 @@ class Worker:
             await asyncio.sleep(interval)
             if self._in_flight:
                 try:
-                    await self._jobs.renew_leases(self.name, list(self._in_flight), self._lease)
+                    await self._queue.renew_leases(self.name, list(self._in_flight), self._lease)
                 except Exception as error:  # the next interval tries again
                     self._loop_failed("lease_renewal", error)
 
@@ -281,7 +282,7 @@ class Worker:
             )
             return
         if mailbox.state != MailboxState.CONNECTED or mailbox.address is None:
-            await self._jobs.hold(
+            await self._queue.hold(
                 job.id, self.name, "mailbox_reauth_required", "waiting for consent"
             )
             return
@@ -295,7 +296,7 @@ class Worker:
         except TransientError as error:
             await self._retry(job, error)
             return
-        if not await self._jobs.start_attempt(job.id, self.name):
+        if not await self._queue.start_attempt(job.id, self.name):
             log.warning("job %s: lease lost before sending; another worker owns it", job.id)
             return
         message = OutgoingMessage(job_id=job.id, mime=mime, message_id=job.message_id)
@@ -354,7 +355,7 @@ class Worker:
         if isinstance(error, AccessTokenRejected):
             delay = 0.0
         run_after = self._clock() + dt.timedelta(seconds=delay)
-        moved = await self._jobs.retry_later(
+        moved = await self._queue.retry_later(
             job.id, self.name, run_after, _outcome(JobState.QUEUED, error), failure=not throttled
         )
         if moved:
@@ -367,12 +368,12 @@ class Worker:
             self._telemetry.mailbox_reauth(mailbox.provider, error.code)
         # The mailbox's other queued jobs first, this job last: once it reads `held`, the
         # sweep is done (a job enqueued later is held by the intake, not by this sweep).
-        await self._jobs.hold_for_mailbox(mailbox.id, error.code, error.message)
-        await self._jobs.hold(job.id, self.name, error.code, error.message)
+        await self._queue.hold_for_mailbox(mailbox.id, error.code, error.message)
+        await self._queue.hold(job.id, self.name, error.code, error.message)
         self._telemetry.job_transition(JobState.HELD, error.code)
 
     async def _finish(self, job: Job, outcome: Outcome) -> None:
-        if await self._jobs.finish(job.id, self.name, outcome):
+        if await self._queue.finish(job.id, self.name, outcome):
             self._telemetry.job_transition(outcome.state, outcome.code or "ok")
         else:
             log.warning("job %s: lease lost; outcome %s not recorded", job.id, outcome.state)

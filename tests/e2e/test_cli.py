@@ -16,6 +16,7 @@ from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 
 pytestmark = pytest.mark.e2e
@@ -175,9 +176,10 @@ async def _unknown_job(database_url: str) -> str:
                 account.id, mailbox.id, "send", {"subject": "Invoice"}, "digest", "contoso.example"
             )
         )
-        await jobs.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-        await jobs.start_attempt(job.id, "dead-worker")
-        await jobs.recover_expired_leases()
+        queue = JobQueue(sessions)
+        await queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
+        await queue.start_attempt(job.id, "dead-worker")
+        await queue.recover_expired_leases()
         return job.id
     finally:
         await engine.dispose()

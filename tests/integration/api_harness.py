@@ -52,6 +52,7 @@ from mailbox_worker.db.accounts import PERMISSIONS, AccountStore
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import NotFound, PermanentError
+from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.policy.identities import AccountId
@@ -247,6 +248,7 @@ class RunningApi:
     accounts: AccountStore
     mailboxes: MailboxStore
     jobs: JobStore
+    queue: JobQueue
     registry: CollectorRegistry
     connector: MailboxConnector
     identity: FakeMicrosoftIdentity
@@ -353,6 +355,7 @@ async def running_api(
                     accounts=app.accounts,
                     mailboxes=app.mailboxes,
                     jobs=app.jobs,
+                    queue=app.queue,
                     registry=app.registry,
                     connector=chosen,
                     identity=identity,

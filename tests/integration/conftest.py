@@ -12,6 +12,7 @@ from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
+from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 
 from .oauth_world import multi_tenant_world, world  # noqa: F401 - fixtures of the connect tests
@@ -25,6 +26,7 @@ class Stores:
     accounts: AccountStore
     mailboxes: MailboxStore
     jobs: JobStore
+    queue: JobQueue
     scrubber: StorageScrubber
 
     async def connected_mailbox(
@@ -58,5 +60,6 @@ async def stores(engine: AsyncEngine) -> Stores:
         AccountStore(sessions),
         MailboxStore(sessions),
         JobStore(sessions),
+        JobQueue(sessions),
         StorageScrubber(engine),
     )

@@ -214,7 +214,7 @@ async def test_a_body_over_the_limit_is_too_large(api: RunningApi) -> None:
 
     assert (answer.status, answer.error_code) == (413, "payload_too_large")
     assert str(MAX_REQUEST_BYTES) in answer.json()["error"]["message"]
-    assert sum((await api.jobs.count_by_state()).values()) == 0
+    assert sum((await api.queue.count_by_state()).values()) == 0
 
 
 # -- routes ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mailbox_worker.db.accounts import PERMISSIONS
-from mailbox_worker.jobs.store import JOB_SETTLED
+from mailbox_worker.jobs.transitions import JOB_SETTLED
 from mailbox_worker.states import JobState
 from tests.integration.api_harness import RunningApi, job_request, running_api
 
@@ -33,9 +33,9 @@ async def caller(api: RunningApi) -> tuple[str, str, str]:
         "POST", "/v1/jobs", key=issued.secret, json_body=job_request(mailbox.id)
     )
     job_id = created.json()["id"]
-    await api.jobs.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-    assert await api.jobs.start_attempt(job_id, "dead-worker")
-    assert await api.jobs.recover_expired_leases() == (0, 1)
+    await api.queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
+    assert await api.queue.start_attempt(job_id, "dead-worker")
+    assert await api.queue.recover_expired_leases() == (0, 1)
     return issued.key_id, issued.secret, job_id
 
 

@@ -337,7 +337,7 @@ async def test_another_accounts_mailbox_answers_as_an_unknown_one(
     unknown = await enqueue(api, key, job_request("mbx_does_not_exist"))
 
     assert (foreign.status, foreign.body) == (unknown.status, unknown.body)
-    assert sum((await api.jobs.count_by_state()).values()) == 0
+    assert sum((await api.queue.count_by_state()).values()) == 0
 
 
 async def test_a_mailbox_waiting_for_consent_cannot_take_jobs(
@@ -394,7 +394,7 @@ async def test_a_malformed_idempotency_key_is_refused(
     _, key, mailbox_id = caller
     answer = await enqueue(api, key, job_request(mailbox_id), idempotency_key=value)
     assert (answer.status, answer.error_code) == (400, "invalid_idempotency_key"), answer.body
-    assert sum((await api.jobs.count_by_state()).values()) == 0
+    assert sum((await api.queue.count_by_state()).values()) == 0
 
 
 # -- read and cancel ------------------------------------------------------------------------
@@ -435,7 +435,7 @@ async def test_a_running_job_cannot_be_cancelled(
 ) -> None:
     _, key, mailbox_id = caller
     job_id = (await enqueue(api, key, job_request(mailbox_id))).json()["id"]
-    claimed = await api.jobs.claim("worker-1", 1, dt.timedelta(minutes=1))
+    claimed = await api.queue.claim("worker-1", 1, dt.timedelta(minutes=1))
     assert [c.job.id for c in claimed] == [job_id]
 
     answer = await api.call("POST", f"/v1/jobs/{job_id}/cancel", key=key)

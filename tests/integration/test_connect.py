@@ -258,7 +258,7 @@ async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
         start.mailbox.id, "reauth_required", "invalid_grant", expected=["connected"]
     )
     assert (
-        await world.app.jobs.hold_for_mailbox(
+        await world.app.queue.hold_for_mailbox(
             start.mailbox.id, "invalid_grant", "the grant was revoked"
         )
         == 1

@@ -22,6 +22,7 @@ from mailbox_worker.app import App
 from mailbox_worker.config import DatabaseSettings, KeySettings, Settings
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.prometheus import PrometheusTelemetry
@@ -180,6 +181,7 @@ async def test_the_worker_loop_survives_an_outage_and_works_after(
         AccountStore(sessions),
         MailboxStore(sessions),
         JobStore(sessions),
+        JobQueue(sessions),
         StorageScrubber(engine),
     )
     account = await stores.accounts.create_account("acme")
@@ -187,7 +189,7 @@ async def test_the_worker_loop_survives_an_outage_and_works_after(
     registry = CollectorRegistry()
     provider = RecordingProvider()
     worker = Worker(
-        stores.jobs,
+        stores.queue,
         stores.mailboxes,
         RecordingTokens(),
         {"microsoft": provider},

@@ -28,6 +28,7 @@ from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import DatabaseSettings, create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 from tests.ports import free_port
 
@@ -131,7 +132,7 @@ async def _enqueue_and_claim(engine: AsyncEngine) -> int:
     await asyncio.gather(*(enqueue(number) for number in range(JOBS)))
     claimed = 0
     for _ in range(JOBS):
-        batch = await jobs.claim("worker-1", 8, dt.timedelta(seconds=60))
+        batch = await JobQueue(sessions).claim("worker-1", 8, dt.timedelta(seconds=60))
         if not batch:
             break
         claimed += len(batch)

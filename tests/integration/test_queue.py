@@ -11,7 +11,8 @@ from sqlalchemy import text, update
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
-from mailbox_worker.jobs.store import NewJob, Outcome
+from mailbox_worker.jobs.store import NewJob
+from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.states import JobState, MailboxState
 
 from .conftest import Stores
@@ -72,7 +73,7 @@ async def test_two_workers_never_claim_the_same_job(stores: Stores) -> None:
     mailbox = await setup(stores)
     for number in range(30):
         await stores.jobs.enqueue(new_job(mailbox, subject=f"n{number}"))
-    claims = await asyncio.gather(*(stores.jobs.claim(f"worker-{n}", 7, LEASE) for n in range(6)))
+    claims = await asyncio.gather(*(stores.queue.claim(f"worker-{n}", 7, LEASE) for n in range(6)))
     ids = [claimed.job.id for batch in claims for claimed in batch]
     assert len(ids) == len(set(ids)) == 30
     assert all(claimed.payload["to"] for batch in claims for claimed in batch)
@@ -99,12 +100,12 @@ async def test_claim_leases_at_most_limit_jobs_on_a_never_analysed_table(
     sizes: list[int] = []
     ids: set[str] = set()
     for _ in range(4):
-        batch = await stores.jobs.claim("w", 16, LEASE)
+        batch = await stores.queue.claim("w", 16, LEASE)
         sizes.append(len(batch))
         ids.update(claimed.job.id for claimed in batch)
     assert sizes == [16, 16, 16, 16]
     assert len(ids) == 64
-    counts = await stores.jobs.count_by_state()
+    counts = await stores.queue.count_by_state()
     assert (counts["running"], counts["queued"]) == (64, 236)
 
 
@@ -118,19 +119,21 @@ async def test_claim_skips_future_jobs_and_mailboxes_without_consent(stores: Sto
         )
     other = await stores.mailboxes.create(mailbox.account_id, "microsoft", ["send"], actor="t")
     await stores.jobs.enqueue(new_job(other, subject="pending consent"))
-    claimed = await stores.jobs.claim("w", 10, LEASE)
+    claimed = await stores.queue.claim("w", 10, LEASE)
     assert [c.job.id for c in claimed] == [due.id]
 
 
 async def test_outcome_is_recorded_only_by_the_lease_holder(stores: Stores) -> None:
     mailbox = await setup(stores)
     job, _ = await stores.jobs.enqueue(new_job(mailbox))
-    assert len(await stores.jobs.claim("w1", 1, LEASE)) == 1
-    assert not await stores.jobs.start_attempt(job.id, "w2")
-    assert await stores.jobs.start_attempt(job.id, "w1")
-    assert not await stores.jobs.finish(job.id, "w2", Outcome(JobState.SENT))
-    assert await stores.jobs.finish(job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1"))
-    assert not await stores.jobs.finish(job.id, "w1", Outcome(JobState.FAILED))  # once only
+    assert len(await stores.queue.claim("w1", 1, LEASE)) == 1
+    assert not await stores.queue.start_attempt(job.id, "w2")
+    assert await stores.queue.start_attempt(job.id, "w1")
+    assert not await stores.queue.finish(job.id, "w2", Outcome(JobState.SENT))
+    assert await stores.queue.finish(
+        job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1")
+    )
+    assert not await stores.queue.finish(job.id, "w1", Outcome(JobState.FAILED))  # once only
     stored = await stores.jobs.get(job.id)
     assert stored is not None
     assert (stored.state, stored.attempts, stored.provider_message_id) == ("sent", 1, "m-1")
@@ -147,9 +150,9 @@ async def test_outcome_is_recorded_only_by_the_lease_holder(stores: Stores) -> N
 async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
     mailbox = await setup(stores)
     job, _ = await stores.jobs.enqueue(new_job(mailbox))
-    await stores.jobs.claim("w", 1, LEASE)
+    await stores.queue.claim("w", 1, LEASE)
     run_after = utcnow() + dt.timedelta(minutes=5)
-    await stores.jobs.retry_later(
+    await stores.queue.retry_later(
         job.id, "w", run_after, Outcome(JobState.QUEUED, "throttled", "HTTP 429"), failure=False
     )
     stored = await stores.jobs.get(job.id)
@@ -160,11 +163,11 @@ async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
         "throttled",
     )
     assert abs((stored.run_after - run_after).total_seconds()) < 1
-    assert await stores.jobs.claim("w", 1, LEASE) == []
+    assert await stores.queue.claim("w", 1, LEASE) == []
     async with stores.sessions.begin() as session:
         await session.execute(update(Job).values(run_after=utcnow()))
-    assert len(await stores.jobs.claim("w", 1, LEASE)) == 1
-    await stores.jobs.retry_later(
+    assert len(await stores.queue.claim("w", 1, LEASE)) == 1
+    await stores.queue.retry_later(
         job.id, "w", utcnow(), Outcome(JobState.QUEUED, "network", "connection reset"), failure=True
     )
     stored = await stores.jobs.get(job.id)
@@ -175,14 +178,14 @@ async def test_expired_leases_requeue_or_become_unknown(stores: Stores) -> None:
     mailbox = await setup(stores)
     idle, _ = await stores.jobs.enqueue(new_job(mailbox, subject="idle"))
     in_flight, _ = await stores.jobs.enqueue(new_job(mailbox, subject="in flight"))
-    await stores.jobs.claim("dead-worker", 2, dt.timedelta(seconds=-1))
-    assert await stores.jobs.start_attempt(in_flight.id, "dead-worker")
-    assert await stores.jobs.recover_expired_leases() == (1, 1)
+    await stores.queue.claim("dead-worker", 2, dt.timedelta(seconds=-1))
+    assert await stores.queue.start_attempt(in_flight.id, "dead-worker")
+    assert await stores.queue.recover_expired_leases() == (1, 1)
     idle_now, flight_now = await stores.jobs.get(idle.id), await stores.jobs.get(in_flight.id)
     assert idle_now is not None and flight_now is not None
     assert idle_now.state == "queued"
     assert (flight_now.state, flight_now.last_error_code) == ("unknown", "worker_lost")
-    assert not await stores.jobs.finish(in_flight.id, "dead-worker", Outcome(JobState.SENT))
+    assert not await stores.queue.finish(in_flight.id, "dead-worker", Outcome(JobState.SENT))
 
 
 async def test_hold_release_and_cancel_for_a_mailbox(stores: Stores) -> None:
@@ -192,10 +195,10 @@ async def test_hold_release_and_cancel_for_a_mailbox(stores: Stores) -> None:
         mailbox.id, MailboxState.REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
     )
     assert (
-        await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant", "the grant was revoked")
+        await stores.queue.hold_for_mailbox(mailbox.id, "invalid_grant", "the grant was revoked")
         == 3
     )
-    assert await stores.jobs.claim("w", 10, LEASE) == []
+    assert await stores.queue.claim("w", 10, LEASE) == []
     assert await stores.jobs.release_held(mailbox.id) == 3
     assert (
         await stores.jobs.cancel_pending_for_mailbox(mailbox.id, "mailbox_disconnected", "gone")
@@ -213,7 +216,7 @@ async def test_client_cancel_only_before_running(stores: Stores) -> None:
     cancelled = await stores.jobs.cancel(queued.id, mailbox.account_id, actor="key")
     assert cancelled is not None and cancelled.state == "cancelled"
     running, _ = await stores.jobs.enqueue(new_job(mailbox, subject="b"))
-    await stores.jobs.claim("w", 1, LEASE)
+    await stores.queue.claim("w", 1, LEASE)
     still = await stores.jobs.cancel(running.id, mailbox.account_id, actor="key")
     assert still is not None and still.state == "running"
     assert await stores.jobs.cancel(running.id, "acc_other", actor="key") is None
@@ -226,7 +229,7 @@ async def test_deadline_fails_waiting_jobs(stores: Stores) -> None:
         await session.execute(
             update(Job).where(Job.id == job.id).values(deadline=utcnow() - dt.timedelta(seconds=1))
         )
-    assert await stores.jobs.fail_past_deadline() == 1
+    assert await stores.queue.fail_past_deadline() == 1
     stored = await stores.jobs.get(job.id)
     assert stored is not None
     assert (stored.state, stored.last_error_code) == ("failed", "deadline_exceeded")
@@ -237,5 +240,5 @@ async def test_jobs_are_scoped_to_their_account(stores: Stores) -> None:
     job, _ = await stores.jobs.enqueue(new_job(mailbox))
     assert await stores.jobs.get(job.id, mailbox.account_id) is not None
     assert await stores.jobs.get(job.id, "acc_someone_else") is None
-    counts = await stores.jobs.count_by_state()
+    counts = await stores.queue.count_by_state()
     assert counts["queued"] == 1 and counts["sent"] == 0

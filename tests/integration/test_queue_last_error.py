@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
-from mailbox_worker.jobs.store import Outcome
+from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.states import JobState, MailboxState
 
 from .conftest import Stores
@@ -26,8 +26,8 @@ PREVIOUS = "HTTP 429: the mailbox is throttled; retry in 30 seconds"
 async def failed_once(stores: Stores, mailbox: Mailbox, subject: str = "Invoice 1") -> Job:
     """A queued job, due now, whose one attempt failed transiently with ``PREVIOUS``."""
     job, _ = await stores.jobs.enqueue(new_job(mailbox, subject=subject))
-    assert [claimed.job.id for claimed in await stores.jobs.claim("w0", 1, LEASE)] == [job.id]
-    assert await stores.jobs.retry_later(
+    assert [claimed.job.id for claimed in await stores.queue.claim("w0", 1, LEASE)] == [job.id]
+    assert await stores.queue.retry_later(
         job.id, "w0", utcnow(), Outcome(JobState.QUEUED, "throttled", PREVIOUS), failure=False
     )
     stored = await stores.jobs.get(job.id)
@@ -58,7 +58,7 @@ async def test_cancel_for_a_mailbox_writes_the_given_message(
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
     if held_first:
-        await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant", "the grant was revoked")
+        await stores.queue.hold_for_mailbox(mailbox.id, "invalid_grant", "the grant was revoked")
     cancelled = await stores.jobs.cancel_pending_for_mailbox(
         mailbox.id, "mailbox_disconnected", "the mailbox was disconnected before the job ran"
     )
@@ -76,22 +76,22 @@ async def test_holding_a_mailbox_shows_why_it_needs_consent(stores: Stores) -> N
     await stores.mailboxes.set_state(
         mailbox.id, MailboxState.REAUTH_REQUIRED, "invalid_grant", expected=["connected"]
     )
-    assert await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant", "consent revoked") == 1
+    assert await stores.queue.hold_for_mailbox(mailbox.id, "invalid_grant", "consent revoked") == 1
     assert await last_error(stores, job.id) == ("held", "invalid_grant", "consent revoked")
 
 
 async def test_holding_a_running_job_shows_why(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.jobs.claim("w1", 1, LEASE)
-    assert await stores.jobs.hold(job.id, "w1", "invalid_grant", "consent revoked")
+    await stores.queue.claim("w1", 1, LEASE)
+    assert await stores.queue.hold(job.id, "w1", "invalid_grant", "consent revoked")
     assert await last_error(stores, job.id) == ("held", "invalid_grant", "consent revoked")
 
 
 async def test_release_says_the_mailbox_is_back(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.jobs.hold_for_mailbox(mailbox.id, "invalid_grant", "consent revoked")
+    await stores.queue.hold_for_mailbox(mailbox.id, "invalid_grant", "consent revoked")
     assert await stores.jobs.release_held(mailbox.id) == 1
     assert await last_error(stores, job.id) == (
         "queued",
@@ -103,8 +103,8 @@ async def test_release_says_the_mailbox_is_back(stores: Stores) -> None:
 async def test_a_lease_lost_before_the_call_is_requeued_saying_so(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.jobs.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-    assert await stores.jobs.recover_expired_leases() == (1, 0)
+    await stores.queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
+    assert await stores.queue.recover_expired_leases() == (1, 0)
     state, code, message = await last_error(stores, job.id)
     assert (state, code) == ("queued", "lease_expired")
     assert message == "the worker stopped before calling the provider; the job will be retried"
@@ -113,9 +113,9 @@ async def test_a_lease_lost_before_the_call_is_requeued_saying_so(stores: Stores
 async def test_a_lease_lost_in_flight_is_worker_lost(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.jobs.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-    assert await stores.jobs.start_attempt(job.id, "dead-worker")
-    assert await stores.jobs.recover_expired_leases() == (0, 1)
+    await stores.queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
+    assert await stores.queue.start_attempt(job.id, "dead-worker")
+    assert await stores.queue.recover_expired_leases() == (0, 1)
     state, code, message = await last_error(stores, job.id)
     assert (state, code) == ("unknown", "worker_lost")
     assert message is not None and message.startswith(
@@ -130,7 +130,7 @@ async def test_a_passed_deadline_says_so(stores: Stores) -> None:
         await session.execute(
             update(Job).where(Job.id == job.id).values(deadline=utcnow() - dt.timedelta(seconds=1))
         )
-    assert await stores.jobs.fail_past_deadline() == 1
+    assert await stores.queue.fail_past_deadline() == 1
     assert await last_error(stores, job.id) == (
         "failed",
         "deadline_exceeded",
@@ -141,9 +141,9 @@ async def test_a_passed_deadline_says_so(stores: Stores) -> None:
 async def test_a_permanent_failure_replaces_code_and_message(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.jobs.claim("w1", 1, LEASE)
+    await stores.queue.claim("w1", 1, LEASE)
     outcome = Outcome(JobState.FAILED, "invalid_recipients", "the provider refused every recipient")
-    assert await stores.jobs.finish(job.id, "w1", outcome)
+    assert await stores.queue.finish(job.id, "w1", outcome)
     assert await last_error(stores, job.id) == (
         "failed",
         "invalid_recipients",
@@ -154,8 +154,10 @@ async def test_a_permanent_failure_replaces_code_and_message(stores: Stores) -> 
 async def test_success_clears_the_last_error(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.jobs.claim("w1", 1, LEASE)
-    assert await stores.jobs.finish(job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1"))
+    await stores.queue.claim("w1", 1, LEASE)
+    assert await stores.queue.finish(
+        job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1")
+    )
     assert await last_error(stores, job.id) == ("sent", None, None)
 
 

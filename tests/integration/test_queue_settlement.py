@@ -9,7 +9,7 @@ import pytest
 
 from mailbox_worker.db.models import Job
 from mailbox_worker.events.outbox import Outbox
-from mailbox_worker.jobs.store import CANCEL_UNKNOWN, JOB_SETTLED, RESOLVE, RETRY, Settlement
+from mailbox_worker.jobs.transitions import CANCEL_UNKNOWN, JOB_SETTLED, RESOLVE, RETRY, Settlement
 from mailbox_worker.states import JobState
 
 from .conftest import Stores
@@ -20,9 +20,9 @@ async def unknown_job(stores: Stores, subject: str = "Invoice 1") -> Job:
     """A job whose worker died while its request was in flight."""
     mailbox = await setup(stores)
     job, _ = await stores.jobs.enqueue(new_job(mailbox, subject=subject))
-    await stores.jobs.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-    assert await stores.jobs.start_attempt(job.id, "dead-worker")
-    assert await stores.jobs.recover_expired_leases() == (0, 1)
+    await stores.queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
+    assert await stores.queue.start_attempt(job.id, "dead-worker")
+    assert await stores.queue.recover_expired_leases() == (0, 1)
     stored = await stores.jobs.get(job.id)
     assert stored is not None and stored.state == JobState.UNKNOWN
     return stored
@@ -77,7 +77,7 @@ async def test_a_retried_job_is_claimed_again(stores: Stores) -> None:
     job = await unknown_job(stores)
     await stores.jobs.settle_unknown(job.id, RETRY, "cli")
 
-    claimed = await stores.jobs.claim("worker-2", 1, dt.timedelta(minutes=1))
+    claimed = await stores.queue.claim("worker-2", 1, dt.timedelta(minutes=1))
 
     assert [c.job.id for c in claimed] == [job.id]
 

@@ -151,7 +151,7 @@ async def harness(stores: Stores) -> AsyncIterator[Harness]:
     provider, tokens = RecordingProvider(), RecordingTokens()
     metrics = PrometheusTelemetry(CollectorRegistry())
     worker = Worker(
-        stores.jobs,
+        stores.queue,
         stores.mailboxes,
         tokens,
         {"microsoft": provider},
@@ -254,7 +254,7 @@ async def test_stop_lets_in_flight_jobs_finish(stores: Stores) -> None:
     mailbox = await stores.connected_mailbox(account.id)
     provider = RecordingProvider(delay=0.3)
     worker = Worker(
-        stores.jobs,
+        stores.queue,
         stores.mailboxes,
         RecordingTokens(),
         {"microsoft": provider},
@@ -312,7 +312,7 @@ async def _worker_with_jobs(
         for n in range(count)
     ]
     worker = Worker(
-        stores.jobs,
+        stores.queue,
         stores.mailboxes,
         RecordingTokens(),
         {"microsoft": provider},
@@ -332,7 +332,7 @@ async def test_a_worker_never_leases_more_jobs_than_its_concurrency(stores: Stor
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     async with asyncio.timeout(30):  # a hang guard, not a performance assertion
-        while (await stores.jobs.count_by_state())["sent"] < len(jobs):
+        while (await stores.queue.count_by_state())["sent"] < len(jobs):
             async with stores.sessions() as session:
                 most = max(most, int(await session.scalar(leased) or 0))
             await asyncio.sleep(0.005)
@@ -372,4 +372,4 @@ async def test_stop_hands_back_claimed_jobs_that_had_not_started(stores: Stores)
             "w-stop",
         )
     # Queued again at once, not after the lease: another worker claims them now.
-    assert len(await stores.jobs.claim("w-next", 10, dt.timedelta(seconds=30))) == 3
+    assert len(await stores.queue.claim("w-next", 10, dt.timedelta(seconds=30))) == 3
