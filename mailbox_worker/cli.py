@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
-        logs.configure(settings.logging.level)
+        logs.configure(settings.logging.level, json_lines=settings.logging.json)
         status = asyncio.run(args.handler(args, settings))
     except ConfigError as error:
         print(f"mailbox-worker: configuration error: {error.message}", file=sys.stderr)

@@ -1,12 +1,16 @@
-"""Logging set-up: one line per record, and a last line of defence against leaked secrets.
+"""Logging set-up: one line per record (plain text, or one JSON object with ``logging.json``),
+and a last line of defence against leaked secrets and addresses.
 
-Nothing in mailbox-worker logs a token on purpose; ``RedactSecrets`` masks anything that
-still looks like a bearer token, an OAuth parameter or one of our API keys, whatever logger
-(ours or a library's) emitted it.
+Nothing in mailbox-worker logs a token or an e-mail address on purpose; ``RedactSecrets``
+masks anything that still looks like a bearer token, an OAuth parameter, one of our API keys
+or an e-mail address, whatever logger (ours or a library's) emitted it, in the message and in
+any traceback, before either formatter sees the record.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import re
 
@@ -20,6 +24,10 @@ SECRET_PATTERNS = (
     ),
     re.compile(r"mwk_[A-Za-z0-9]+_[A-Za-z0-9_-]+"),
 )
+ADDRESS_PATTERN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+"""An e-mail address (privacy: logs name mailboxes by id, never by address)."""
+CONTEXT_FIELDS = ("job_id", "mailbox_id", "account_id", "worker", "loop", "code")
+"""Attributes a call may pass with ``extra=``; the JSON form writes them as their own keys."""
 
 
 def redact(text: str) -> str:
@@ -27,7 +35,7 @@ def redact(text: str) -> str:
         text = pattern.sub(
             lambda match: (match.group(1) if match.groups() else "") + "[redacted]", text
         )
-    return text
+    return ADDRESS_PATTERN.sub("[address]", text)
 
 
 class RedactSecrets(logging.Filter):
@@ -59,12 +67,41 @@ class DropRequestEcho(logging.Filter):
         return True
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, RFC 3339), ``level``, ``logger``, ``event``
+    (the message), the context fields the call passed (``CONTEXT_FIELDS``) and, for an
+    exception, ``error`` (its type) and ``traceback``. Runs after ``RedactSecrets``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = redact(str(value))
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error"] = record.exc_info[0].__name__
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(self.formatException(record.exc_info))
+        if record.exc_text:
+            line["traceback"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _FORMATTER = logging.Formatter()
 
 
-def configure(level: str) -> None:
+def configure(level: str, *, json_lines: bool = False) -> None:
+    """Send every record to stderr, redacted, as plain text or (``json_lines``) JSON objects."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonLines() if json_lines else logging.Formatter(PLAIN))
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -3,13 +3,15 @@
 The sandbox runs inside the test (so the test can read what it issued); the daemon runs as
 `mailbox-worker serve` in a subprocess configured only through MAILBOX_WORKER_* variables.
 After the run, every token the sandbox issued is searched for in the database files, the
-daemon's logs and every API answer: none may appear.
+daemon's logs and every API answer: none may appear. The daemon logs JSON lines
+(``logging.json``), every one of which must parse, and names no mailbox address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import signal
 import ssl
 
@@ -36,8 +38,10 @@ def issued_secrets(sandbox: Sandbox) -> set[str]:
 async def test_an_invoice_travels_from_the_api_to_the_mailbox(
     daemon: Daemon, sandbox: Sandbox
 ) -> None:
+    daemon.environment["MAILBOX_WORKER_LOGGING__JSON"] = "true"
     account = daemon.cli("accounts", "create", "Contoso Ltd")
     api_key = daemon.cli("keys", "create", "--account", account)
+    serve_log_starts = daemon.log_path.stat().st_size  # what `serve` writes comes after
     await start(daemon)
     assert daemon.process is not None
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -128,3 +132,8 @@ async def test_an_invoice_travels_from_the_api_to_the_mailbox(
         for where, haystack in (("database", stored), ("logs", logs), ("API answers", answers)):
             assert secret.encode() not in haystack, f"a token leaked into the {where}"
     assert api_key.encode() not in stored + logs + answers
+    assert ADDRESS.encode() not in logs
+    serve_lines = logs[serve_log_starts:].decode().splitlines()
+    records = [json.loads(line) for line in serve_lines if line.strip()]
+    assert {"time", "level", "logger", "event"} <= set(records[0])
+    assert any(record["logger"].startswith("mailbox_worker") for record in records)

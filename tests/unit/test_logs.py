@@ -1,13 +1,17 @@
-"""Log records never carry a secret or an echo of the request."""
+"""Log records never carry a secret, an address or an echo of the request; ``logging.json``
+gives one JSON object a line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Iterator
 
+import pytest
 from aiohttp.http_exceptions import LineTooLong
 
-from mailbox_worker.logs import DropRequestEcho, RedactSecrets
+from mailbox_worker.logs import DropRequestEcho, RedactSecrets, configure
 
 KEY = "mwk_9116fde02dd64a3d_wFpsh0OJsREB6HqMylryQ6zRtd0tw6-HLccCWPJKOu4"
 
@@ -34,3 +38,67 @@ def test_aiohttp_s_echo_of_a_malformed_request_is_dropped() -> None:
     line = logging.Formatter().format(record)
     assert "LineTooLong" in line
     assert KEY not in line and "fabrikam" not in line
+
+
+SECRETS = (
+    ("Authorization: Bearer %s", "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.payload.signature"),
+    ("refresh_token=%s&scope=Mail.Send", "0.AAAA-refresh-token-value"),
+    ('{"access_token": "%s"}', "EwBwA8l6BAAU-access-token"),
+    ("api key %s rejected", KEY),
+    ("mailbox of %s", "ap@fabrikam.example"),
+)
+LOGGERS = ("mailbox_worker.jobs.worker", "msal.application", "aiohttp.server", "sqlalchemy")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("json_lines", [False, True], ids=["plain", "json"])
+def test_no_secret_or_address_reaches_the_output_of_any_logger(
+    json_lines: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure("INFO", json_lines=json_lines)
+    for name in LOGGERS:
+        for template, secret in SECRETS:
+            logging.getLogger(name).warning(template, secret)
+            try:
+                raise RuntimeError(template % secret)
+            except RuntimeError:
+                logging.getLogger(name).exception("failed")
+    output = capsys.readouterr().err
+    assert output.count("\n") >= len(LOGGERS) * len(SECRETS) * 2
+    for _, secret in SECRETS:
+        assert secret not in output
+    assert "[redacted]" in output and "[address]" in output
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_json_lines_are_one_object_a_record_with_its_context(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("INFO", json_lines=True)
+    log = logging.getLogger("mailbox_worker.jobs.worker")
+    log.warning("job %s: lease lost", "job_1", extra={"job_id": "job_1", "code": "lease_lost"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("unexpected error", extra={"loop": "worker"})
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["level"] for line in lines] == ["WARNING", "ERROR"]
+    first, second = lines
+    assert first["event"] == "job job_1: lease lost"
+    assert (first["job_id"], first["code"], first["logger"]) == (
+        "job_1",
+        "lease_lost",
+        "mailbox_worker.jobs.worker",
+    )
+    assert first["time"].endswith("Z") and "traceback" not in first
+    assert second["error"] == "ValueError" and second["loop"] == "worker"
+    assert "ValueError: boom" in second["traceback"]
