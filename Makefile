@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test check lint types imports locks-check lock unit integration e2e bench clean
+.PHONY: setup browser demo test check lint types imports locks-check lock unit integration e2e bench clean image image-test
 
 # Locks (with hashes) are generated from pyproject.toml by `make lock`: requirements/runtime.txt
 # for deployments, requirements/dev.txt (runtime + the dependency group `dev`) for this tree.
@@ -66,3 +66,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
+
+# The container (docs/deploy.md): `docker build .` anywhere; here podman builds it from
+# Debian's packages (scripts/image), and image-test runs the demo and `serve` inside it.
+image:
+	@bash scripts/image
+
+image-test: image
+	@bash scripts/image-test

@@ -258,7 +258,12 @@ class App:
             max_connections=server.max_connections,
         )
         runner, _ = await start_server(self.web_app(), server.host, server.port, limits)
-        log.info("listening on %s", self.settings.server.public_url)
+        log.info(
+            "listening on %s port %d (public URL %s)",
+            server.host,
+            server.port,
+            self.settings.server.public_url,
+        )
         if started is not None:
             started.set()
         loops = {
