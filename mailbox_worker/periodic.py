@@ -1,9 +1,11 @@
 """Background loops and backoffs, written once.
 
 ``Periodic`` runs one step every ``interval`` seconds until a stop event is set: a step that
-raises is logged and tried again (after ``interval``, or as a tenacity wait strategy says),
-and the loop keeps "last success" bookkeeping. The daemon's background duties (revocation
-retries, callback delivery, scheduled key rotation, the storage scrub) all run this way.
+raises is counted (``Telemetry.loop_error`` with the loop's name), logged and tried again
+(after ``interval``, or as a tenacity wait strategy says), and the loop keeps "last success"
+bookkeeping. The daemon's background duties (revocation retries, callback delivery, scheduled
+key rotation, the storage scrub) all run this way. ``report_loop_error`` is how every
+background loop (these and the worker's) counts and logs a failed pass.
 
 ``exponential_backoff`` is the wait before the next attempt of one persisted item (an outbox
 event, a pending revocation): doubling from a first wait, never longer than a longest one.
@@ -21,7 +23,34 @@ from collections.abc import Awaitable, Callable
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 from tenacity.wait import wait_base
 
+from mailbox_worker.errors import redacted_traceback
+from mailbox_worker.telemetry import Telemetry
+
 log = logging.getLogger(__name__)
+
+
+def report_loop_error(
+    logger: logging.Logger,
+    telemetry: Telemetry,
+    loop: str,
+    error: BaseException,
+    *,
+    database_unavailable: bool = False,
+) -> None:
+    """Count a failed pass of ``loop`` (``Telemetry.loop_error``) and log it: an outage
+    (``database_unavailable``, as ``db.outage`` decides) as one warning line, anything else as
+    an error with its redacted traceback. Neither quotes the error's message, which may quote
+    data."""
+    telemetry.loop_error(loop)
+    if database_unavailable:
+        logger.warning("%s: database unavailable (%s); will try again", loop, type(error).__name__)
+    else:
+        logger.error(
+            "%s: unexpected %s; will try again\n%s",
+            loop,
+            type(error).__name__,
+            redacted_traceback(error),
+        )
 
 
 def wait_seconds(strategy: wait_base, attempt: int) -> float:
