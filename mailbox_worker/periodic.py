@@ -31,17 +31,18 @@ log = logging.getLogger(__name__)
 
 def report_loop_error(
     logger: logging.Logger,
-    telemetry: Telemetry,
+    telemetry: Telemetry | None,
     loop: str,
     error: BaseException,
     *,
     database_unavailable: bool = False,
 ) -> None:
-    """Count a failed pass of ``loop`` (``Telemetry.loop_error``) and log it: an outage
+    """Count a failed pass of ``loop`` (``Telemetry.loop_error``, when given) and log it: an outage
     (``database_unavailable``, as ``db.outage`` decides) as one warning line, anything else as
     an error with its redacted traceback. Neither quotes the error's message, which may quote
     data."""
-    telemetry.loop_error(loop)
+    if telemetry is not None:
+        telemetry.loop_error(loop)
     if database_unavailable:
         logger.warning("%s: database unavailable (%s); will try again", loop, type(error).__name__)
     else:
@@ -75,9 +76,11 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
 class Periodic:
     """Runs ``step`` every ``interval`` seconds until ``run``'s stop event is set.
 
-    ``wait_first``: sleep one interval before the first step. A step that raises is logged
-    (``"<what> failed; will try again"``) and the next one comes after ``on_error``'s wait for
-    that many consecutive failures (``interval`` when None). The loop ends only between steps.
+    ``wait_first``: sleep one interval before the first step. A step that raises is logged by
+    ``report_loop_error`` as loop ``name`` and counted there when ``telemetry`` is given (the
+    daemon gives it to every loop it runs); ``database_unavailable`` says which errors are an
+    outage, logged without a traceback. The next step comes after ``on_error``'s wait for that
+    many consecutive failures (``interval`` when None). The loop ends only between steps.
     """
 
     def __init__(
@@ -86,11 +89,18 @@ class Periodic:
         step: Callable[[], Awaitable[object]],
         interval: float,
         *,
+        name: str | None = None,
+        telemetry: Telemetry | None = None,
+        database_unavailable: Callable[[BaseException], bool] | None = None,
         wait_first: bool = False,
         on_error: wait_base | None = None,
         logger: logging.Logger = log,
     ) -> None:
         self.what = what
+        self.name = name or what
+        """The loop's fixed name (``what`` if not given): the ``loop`` label of its failures."""
+        self._telemetry = telemetry
+        self._database_unavailable = database_unavailable
         self._step = step
         self._interval = interval
         self._wait_first = wait_first
@@ -111,9 +121,12 @@ class Periodic:
         """One step; returns the seconds to wait before the next."""
         try:
             await self._step()
-        except Exception:
+        except Exception as error:
             self.failures += 1
-            self._log.exception("%s failed; will try again", self.what)
+            outage = self._database_unavailable is not None and self._database_unavailable(error)
+            report_loop_error(
+                self._log, self._telemetry, self.name, error, database_unavailable=outage
+            )
             if self._on_error is None:
                 return self._interval
             return wait_seconds(self._on_error, self.failures)
