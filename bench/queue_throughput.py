@@ -60,8 +60,8 @@ async def run(url: str, jobs: int, workers: int, batch: int) -> dict[str, float]
             if not claimed:
                 return done
             for item in claimed:
-                await queue.start_attempt(item.job.id, name)
-                await queue.finish(item.job.id, name, Outcome("sent"))
+                await queue.start_attempt(item.lease)
+                await queue.finish(item.lease, Outcome("sent"))
                 done += 1
 
     started = time.perf_counter()

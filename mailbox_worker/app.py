@@ -48,6 +48,7 @@ from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
+from mailbox_worker.periodic import Periodic
 from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import MailProvider
 from mailbox_worker.providers.graph import GraphProvider
@@ -147,9 +148,9 @@ class App:
         for tests. Nothing is connected or started until used."""
         engine = create_engine(settings.database)
         sessions = create_session_factory(engine)
-        scrubber = StorageScrubber(engine)
         registry = CollectorRegistry()
         telemetry = PrometheusTelemetry(registry)
+        scrubber = StorageScrubber(engine, telemetry=telemetry)
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
         jobs = JobStore(sessions, clock)
@@ -158,7 +159,9 @@ class App:
         vault = TokenVault(sessions, keys, scrubber, clock)
         identities = dict(_identities(settings) if identities is None else identities)
         tokens = AccessTokens(vault, identities, telemetry, DatabaseLocks(engine))
-        revocations = Revocations(sessions, vault, identities, accounts, scrubber, clock)
+        revocations = Revocations(
+            sessions, vault, identities, accounts, scrubber, clock, telemetry=telemetry
+        )
         providers = dict(_providers(settings) if providers is None else providers)
         outbox = Outbox(sessions, clock)
         worker = Worker(
@@ -273,7 +276,16 @@ class App:
             "storage_scrub": self.scrubber.run(stop),
         }
         if self.settings.callbacks.url:
-            loops["callbacks"] = CallbackDispatcher(self.outbox, self.settings.callbacks).run(stop)
+            # Built here rather than by CallbackDispatcher.run, to count its failed passes.
+            callbacks = Periodic(
+                "callback delivery",
+                CallbackDispatcher(self.outbox, self.settings.callbacks).deliver_due,
+                self.settings.callbacks.poll_interval,
+                name="callbacks",
+                telemetry=self.telemetry,
+                database_unavailable=is_database_unavailable,
+            )
+            loops["callbacks"] = callbacks.run(stop)
         self.loops = {name: asyncio.create_task(run, name=name) for name, run in loops.items()}
         try:
             await stop.wait()

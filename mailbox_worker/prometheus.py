@@ -96,6 +96,18 @@ class PrometheusTelemetry:
             registry=registry,
         )
 
+        self._pending_outcomes = Gauge(
+            "mailbox_worker_pending_outcomes",
+            "Job outcomes kept in memory because the database could not take them yet.",
+            registry=registry,
+        )
+        self._outcome_flushes = Counter(
+            "mailbox_worker_outcome_flushes",
+            "Pending job outcomes that left memory: written, lease_lost or abandoned.",
+            ["result"],
+            registry=registry,
+        )
+
     def render(self) -> tuple[bytes, str]:
         """Every metric of the registry in the text format, with its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -129,6 +141,12 @@ class PrometheusTelemetry:
 
     def loop_error(self, loop: str) -> None:
         self._loop_errors.labels(loop=loop).inc()
+
+    def pending_outcomes(self, count: int) -> None:
+        self._pending_outcomes.set(count)
+
+    def outcome_flushed(self, result: str) -> None:
+        self._outcome_flushes.labels(result=result).inc()
 
     def http_request(self, method: str, route: str, status: int) -> None:
         self._http_requests.labels(method=method, route=route, status=str(status)).inc()

@@ -54,6 +54,15 @@ class Telemetry(Protocol):
         """A pass of background ``loop`` (a fixed name, e.g. ``worker``) raised; it goes on."""
         ...
 
+    def pending_outcomes(self, count: int) -> None:
+        """``count`` job outcomes are kept in memory now, waiting for the database."""
+        ...
+
+    def outcome_flushed(self, result: str) -> None:
+        """A pending outcome left memory: ``written``, ``lease_lost`` (written too late: the
+        job was recovered meanwhile) or ``abandoned`` (the worker stopped first)."""
+        ...
+
     def http_request(self, method: str, route: str, status: int) -> None:
         """The API answered ``method`` on ``route`` (a template) with ``status``."""
         ...

@@ -33,7 +33,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailbox_worker.db.engine import SQLITE_BUSY_TIMEOUT_MS
+from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.periodic import Periodic
+from mailbox_worker.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,9 @@ class StorageScrubber:
         snapshot_wait: float = 2.0,
         busy_timeout_ms: int = 1000,
         busy_retries: int = 3,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry  # counts the failed passes of the scrub loop
         self._engine = engine
         self._lock_timeout_ms = lock_timeout_ms
         self._snapshot_wait = snapshot_wait
@@ -123,7 +127,16 @@ class StorageScrubber:
     async def run(self, stop: asyncio.Event, interval: float = 30.0) -> None:
         """Scrub once, then retry a pending scrub every ``interval`` seconds until ``stop``."""
         await self.after_erasure()  # an erasure before a crash may have gone unscrubbed
-        loop = Periodic("storage scrub", self.scrub_pending, interval, wait_first=True, logger=log)
+        loop = Periodic(
+            "storage scrub",
+            self.scrub_pending,
+            interval,
+            name="storage_scrub",
+            telemetry=self._telemetry,
+            database_unavailable=is_database_unavailable,
+            wait_first=True,
+            logger=log,
+        )
         await loop.run(stop)
 
     async def _scrub(self, ticket: int) -> bool:

@@ -2,20 +2,25 @@
 hand back leases, mark a provider request in flight, record what came of it, and recover the
 jobs of workers that vanished.
 
-A worker's updates check ``lease_owner`` (``transitions.held_by``): a worker that lost its
-lease cannot overwrite what another recorded. Claiming uses ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL; SQLite's single writer serialises it. Transitions are described in
-``jobs/transitions.py`` and docs/architecture.md#job-states.
+Every claim takes a ``Lease`` of its own: ``lease_owner`` is the worker's name plus a random
+suffix, new at each claim, and every later update of the job checks it
+(``transitions.held_by``). So a task whose lease was lost (recovered, then claimed again, even
+by the same worker) can neither start a request nor record anything, and a worker that lost
+its lease cannot overwrite what another recorded. ``start_attempt`` also refuses a lease past
+its expiry: a worker that could not renew in time never sends. Claiming uses
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer serialises it. Transitions
+are described in ``jobs/transitions.py`` and docs/architecture.md#job-states.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, utcnow
@@ -23,11 +28,34 @@ from mailbox_worker.db.models import Job, JobContent, Mailbox
 from mailbox_worker.jobs.transitions import Outcome, held_by, job_event, move_each
 from mailbox_worker.states import TERMINAL, JobState, MailboxState
 
+OWNER_LENGTH = 80
+"""The width of ``jobs.lease_owner`` (``String(80)``)."""
+SUFFIX_BYTES = 6
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One claim of one job: what every later update of the job by its claimant checks."""
+
+    job_id: str
+    worker: str
+    """The claiming worker's name, recorded in the job's events."""
+    owner: str
+    """The row's ``lease_owner``: unique to this claim."""
+
+
+def lease_owner(worker: str) -> str:
+    """A ``lease_owner`` for one claim by ``worker``: its name (cut to fit the column) and a
+    random suffix that no other claim shares."""
+    suffix = secrets.token_hex(SUFFIX_BYTES)
+    return f"{worker[: OWNER_LENGTH - len(suffix) - 1]}/{suffix}"
+
 
 @dataclass(frozen=True)
 class ClaimedJob:
     job: Job
     payload: dict[str, Any]
+    lease: Lease
 
 
 class JobQueue:
@@ -44,10 +72,12 @@ class JobQueue:
         return counts
 
     async def claim(self, worker: str, limit: int, lease: dt.timedelta) -> list[ClaimedJob]:
-        """Lease at most ``limit`` due jobs of connected mailboxes to ``worker``, oldest first."""
+        """Lease at most ``limit`` due jobs of connected mailboxes to ``worker``, oldest first,
+        each under a ``Lease`` of this claim."""
         if limit <= 0:
             return []
         now = self._clock()
+        owner = lease_owner(worker)
         due = (
             select(Job.id)
             .join(Mailbox, Mailbox.id == Job.mailbox_id)
@@ -70,7 +100,7 @@ class JobQueue:
             .where(Job.id == due.c.id, Job.state == JobState.QUEUED)
             .values(
                 state=JobState.RUNNING,
-                lease_owner=worker,
+                lease_owner=owner,
                 lease_expires_at=now + lease,
                 updated_at=now,
             )
@@ -95,13 +125,17 @@ class JobQueue:
                         worker=worker,
                     )
                 )
-        return [ClaimedJob(job, payloads[job.id]) for job in jobs if job.id in payloads]
+        return [
+            ClaimedJob(job, payloads[job.id], Lease(job.id, worker, owner))
+            for job in jobs
+            if job.id in payloads
+        ]
 
-    async def hand_back(self, worker: str, job_ids: Sequence[str]) -> int:
-        """Back to ``queued`` at once (lease cleared, ``worker_stopped``): jobs ``worker``
-        claimed but never started. A job it no longer holds, or whose request was marked in
-        flight, is left alone. Returns how many went back."""
-        if not job_ids:
+    async def hand_back(self, leases: Sequence[Lease]) -> int:
+        """Back to ``queued`` at once (lease cleared, ``worker_stopped``): jobs claimed under
+        ``leases`` but never started. A job whose lease was lost, or whose request was marked
+        in flight, is left alone. Returns how many went back."""
+        if not leases:
             return 0
         now = self._clock()
         code = "worker_stopped"
@@ -111,9 +145,8 @@ class JobQueue:
                 await session.scalars(
                     update(Job)
                     .where(
-                        Job.id.in_(job_ids),
+                        _held_under(leases),
                         Job.state == JobState.RUNNING,
-                        Job.lease_owner == worker,
                         Job.in_flight_since.is_(None),
                     )
                     .values(
@@ -127,6 +160,7 @@ class JobQueue:
                     .returning(Job.id)
                 )
             ).all()
+            workers = {lease.job_id: lease.worker for lease in leases}
             for job_id in handed:
                 session.add(
                     job_event(
@@ -137,28 +171,31 @@ class JobQueue:
                         JobState.QUEUED,
                         code=code,
                         detail=detail,
-                        worker=worker,
+                        worker=workers[job_id],
                     )
                 )
         return len(handed)
 
-    async def renew_leases(self, worker: str, job_ids: Sequence[str], lease: dt.timedelta) -> int:
-        """Extend the leases ``worker`` still holds; returns how many it still holds."""
-        if not job_ids:
+    async def renew_leases(self, leases: Sequence[Lease], duration: dt.timedelta) -> int:
+        """Extend ``leases`` to ``duration`` from now, each only while its job is still
+        ``running`` under it; returns how many were extended.
+
+        A lease past its expiry is extended too if no recovery has taken the job yet: until
+        then nobody else can hold it (only ``start_attempt`` insists on an unexpired lease)."""
+        if not leases:
             return 0
         now = self._clock()
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Job)
-                .where(
-                    Job.id.in_(job_ids), Job.state == JobState.RUNNING, Job.lease_owner == worker
-                )
-                .values(lease_expires_at=now + lease)
+                .where(_held_under(leases), Job.state == JobState.RUNNING)
+                .values(lease_expires_at=now + duration)
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
-    async def start_attempt(self, job_id: str, worker: str) -> bool:
-        """Record that a provider request is about to leave. False if the lease was lost.
+    async def start_attempt(self, lease: Lease) -> bool:
+        """Record that a provider request is about to leave. False, and nothing written, if
+        ``lease`` was lost or has expired: the request must not leave then.
 
         From here until an outcome is recorded the job is "in flight": a worker that dies
         now leaves the job ``unknown`` rather than risk sending it twice.
@@ -167,16 +204,22 @@ class JobQueue:
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Job)
-                .where(held_by(job_id, worker))
+                .where(held_by(lease.job_id, lease.owner), Job.lease_expires_at > now)
                 .values(in_flight_since=now, attempts=Job.attempts + 1, updated_at=now)
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 return False
-            session.add(job_event(self._clock(), job_id, "attempt", code="started", worker=worker))
+            session.add(
+                job_event(
+                    self._clock(), lease.job_id, "attempt", code="started", worker=lease.worker
+                )
+            )
         return True
 
-    async def finish(self, job_id: str, worker: str, outcome: Outcome) -> bool:
-        """Leave ``running`` for ``outcome.state``; False if ``worker`` no longer holds the job."""
+    async def finish(self, lease: Lease, outcome: Outcome) -> bool:
+        """Leave ``running`` for ``outcome.state``; False if ``lease`` was lost (an expired
+        lease that no recovery took yet still holds: the outcome is worth more than the
+        expiry)."""
         now = self._clock()
         values: dict[str, Any] = {
             "state": outcome.state,
@@ -192,10 +235,10 @@ class JobQueue:
         for name in ("provider_message_id", "provider_draft_id", "web_link"):
             if getattr(outcome, name) is not None:
                 values[name] = getattr(outcome, name)
-        return await self._leave_running(job_id, worker, values, outcome)
+        return await self._leave_running(lease, values, outcome)
 
     async def retry_later(
-        self, job_id: str, worker: str, run_after: dt.datetime, outcome: Outcome, *, failure: bool
+        self, lease: Lease, run_after: dt.datetime, outcome: Outcome, *, failure: bool
     ) -> bool:
         """Back to ``queued`` until ``run_after``; ``failure`` counts it toward the retry limit."""
         values: dict[str, Any] = {
@@ -210,33 +253,31 @@ class JobQueue:
         }
         if failure:
             values["transient_failures"] = Job.transient_failures + 1
-        return await self._leave_running(job_id, worker, values, outcome)
+        return await self._leave_running(lease, values, outcome)
 
-    async def _leave_running(
-        self, job_id: str, worker: str, values: dict[str, Any], outcome: Outcome
-    ) -> bool:
+    async def _leave_running(self, lease: Lease, values: dict[str, Any], outcome: Outcome) -> bool:
         async with self._sessions.begin() as session:
             result = await session.execute(
-                update(Job).where(held_by(job_id, worker)).values(**values)
+                update(Job).where(held_by(lease.job_id, lease.owner)).values(**values)
             )
             if not result.rowcount:  # type: ignore[attr-defined]
                 return False
             session.add(
                 job_event(
                     self._clock(),
-                    job_id,
+                    lease.job_id,
                     "state",
                     JobState.RUNNING,
                     str(values["state"]),
                     code=outcome.code,
                     detail=outcome.message,
                     provider_status=outcome.provider_status,
-                    worker=worker,
+                    worker=lease.worker,
                 )
             )
         return True
 
-    async def record_provider_ids(self, job_id: str, worker: str, outcome: Outcome) -> bool:
+    async def record_provider_ids(self, lease: Lease, outcome: Outcome) -> bool:
         """Persist ids the provider returned before the job's final transition (resume aid)."""
         values = {
             name: getattr(outcome, name)
@@ -247,11 +288,11 @@ class JobQueue:
             return True
         async with self._sessions.begin() as session:
             result = await session.execute(
-                update(Job).where(held_by(job_id, worker)).values(**values)
+                update(Job).where(held_by(lease.job_id, lease.owner)).values(**values)
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def hold(self, job_id: str, worker: str, code: str, message: str) -> bool:
+    async def hold(self, lease: Lease, code: str, message: str) -> bool:
         """A running job whose mailbox lost its grant waits in ``held``."""
         values: dict[str, Any] = {
             "state": JobState.HELD,
@@ -262,9 +303,7 @@ class JobQueue:
             "last_error_code": code,
             "last_error_message": message,
         }
-        return await self._leave_running(
-            job_id, worker, values, Outcome(JobState.HELD, code, message)
-        )
+        return await self._leave_running(lease, values, Outcome(JobState.HELD, code, message))
 
     async def recover_expired_leases(self) -> tuple[int, int]:
         """Jobs whose worker vanished: back to ``queued`` if no request was in flight,
@@ -364,4 +403,14 @@ class JobQueue:
             )
 
 
-__all__ = ["ClaimedJob", "JobQueue"]
+def _held_under(leases: Sequence[Lease]) -> ColumnElement[bool]:
+    """The job is one of ``leases``' and its ``lease_owner`` is that lease's."""
+    by_owner: dict[str, list[str]] = {}
+    for lease in leases:
+        by_owner.setdefault(lease.owner, []).append(lease.job_id)
+    return or_(
+        *(and_(Job.lease_owner == owner, Job.id.in_(ids)) for owner, ids in by_owner.items())
+    )
+
+
+__all__ = ["ClaimedJob", "JobQueue", "Lease", "lease_owner"]

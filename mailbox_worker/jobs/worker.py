@@ -3,10 +3,15 @@
 Only the loop, concurrency, lease renewal and shutdown live here; every state change goes
 through ``JobQueue``. A job's provider request is marked "in flight" in the database just
 before it leaves, so that if this process dies the job becomes ``unknown`` instead of being
-sent a second time. The worker leases only as many jobs as it has free slots
-(``concurrency``). On stop, it claims nothing more, hands back at once the jobs it claimed but
-has not started (still waiting for their mailbox's slot), lets started jobs finish within the
-grace period, and returns.
+sent a second time. Each job is worked on under the ``Lease`` of its claim, and by one task
+at a time: a claim that returns a job another task still holds means that task's lease was
+lost, and it is cancelled. An outcome the database cannot take yet is kept by the task
+(``jobs/outcomes.py``) until it is written; the job keeps its lease and its slot meanwhile.
+Housekeeping renews this worker's own leases before it recovers expired ones, so the worker
+never recovers a job it is still working on. The worker leases only as many jobs as it has
+free slots (``concurrency``). On stop, it claims nothing more, hands back at once the jobs it
+claimed but has not started (still waiting for their mailbox's slot), lets started jobs finish
+(and pending outcomes be written) within the grace period, and returns.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from tenacity import wait_exponential
 
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.db.models import Mailbox
 from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.errors import (
     AccessTokenRejected,
@@ -40,13 +45,13 @@ from mailbox_worker.errors import (
     ReauthRequired,
     Throttled,
     TransientError,
-    redacted_traceback,
 )
 from mailbox_worker.jobs.mime import build_message
-from mailbox_worker.jobs.queue import ClaimedJob, JobQueue
+from mailbox_worker.jobs.outcomes import OutcomeWriter
+from mailbox_worker.jobs.queue import ClaimedJob, JobQueue, Lease
 from mailbox_worker.jobs.retry import retry_delay
 from mailbox_worker.jobs.transitions import Outcome
-from mailbox_worker.periodic import wait_seconds
+from mailbox_worker.periodic import report_loop_error, wait_seconds
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
@@ -84,7 +89,9 @@ class AccessTokenSource(Protocol):
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    """``host:pid:random``, short enough (host cut to 48) that a claim's lease owner
+    (``queue.lease_owner``: the name and a suffix, 80 at most) keeps it whole."""
+    return f"{socket.gethostname()[:48]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Worker:
@@ -109,7 +116,9 @@ class Worker:
         self.name = name or worker_name()
         self._wakeup = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # every job it holds a lease on
+        self._leases: dict[str, Lease] = {}  # the lease each of those tasks works under
         self._started: set[str] = set()  # of those, the ones past their mailbox's slot
+        self._outcomes = OutcomeWriter(telemetry)
         self._mailbox_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(settings.per_mailbox_concurrency)
         )
@@ -137,6 +146,7 @@ class Worker:
                     await self._sleep(stop, wait_seconds(LOOP_BACKOFF, failures))
                     continue
                 failures = 0
+                self._outcomes.database_answered()
                 if not claimed:
                     await self._sleep(stop)  # else there may be more due work: claim again
         finally:
@@ -185,14 +195,26 @@ class Worker:
             return 0
         claimed = await self._queue.claim(self.name, free, self._lease)
         for item in claimed:
-            task = asyncio.create_task(self._guarded(item), name=f"job-{item.job.id}")
-            self._in_flight[item.job.id] = task
-            task.add_done_callback(functools.partial(self._done, item.job.id))
+            job_id = item.job.id
+            stale = self._in_flight.get(job_id)
+            if stale is not None:
+                # Claimable again means that task's lease was lost (expired and recovered):
+                # its updates are fenced off, and it must not hold the job beside this one.
+                log.warning("job %s: claimed again while an older task held it; cancelled", job_id)
+                stale.cancel()
+                self._started.discard(job_id)
+            task = asyncio.create_task(self._guarded(item), name=f"job-{job_id}")
+            self._in_flight[job_id] = task
+            self._leases[job_id] = item.lease
+            task.add_done_callback(functools.partial(self._done, job_id))
         self._telemetry.in_flight(len(self._in_flight))
         return len(claimed)
 
-    def _done(self, job_id: str, _task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(job_id, None)
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._in_flight.get(job_id) is not task:
+            return  # a stale task, cancelled when its job was claimed again
+        del self._in_flight[job_id]
+        del self._leases[job_id]
         self._started.discard(job_id)
         self._telemetry.in_flight(len(self._in_flight))
         self._wakeup.set()
@@ -220,13 +242,22 @@ class Worker:
         }
         if not waiting:
             return
+        leases = [self._leases[job_id] for job_id in waiting]
         for task in waiting.values():
             task.cancel()
         await asyncio.wait(waiting.values())
-        handed = await self._queue.hand_back(self.name, list(waiting))
+        try:
+            handed = await self._queue.hand_back(leases)
+        except Exception as error:  # their leases expire; recovery requeues them
+            self._loop_failed("worker", error)
+            return
         log.info("handed back %d claimed jobs that had not started", handed)
 
     async def _housekeeping(self) -> None:
+        # Own leases first: a lease that expired while the database was slow or away must not
+        # be recovered (its job requeued, or `unknown`) by the worker still working on it.
+        if self._leases:
+            await self._queue.renew_leases(list(self._leases.values()), self._lease)
         requeued, unknown = await self._queue.recover_expired_leases()
         expired = await self._queue.fail_past_deadline()
         if requeued or unknown or expired:
@@ -243,24 +274,19 @@ class Worker:
         interval = max(self._settings.lease_seconds / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
-            if self._in_flight:
+            if self._leases:
                 try:
-                    await self._queue.renew_leases(self.name, list(self._in_flight), self._lease)
+                    await self._queue.renew_leases(list(self._leases.values()), self._lease)
                 except Exception as error:  # the next interval tries again
                     self._loop_failed("lease_renewal", error)
+                else:
+                    self._outcomes.database_answered()
 
     def _loop_failed(self, loop: str, error: Exception) -> None:
         """Log (without the driver's message, which may quote data) and count a failed pass."""
-        self._telemetry.loop_error(loop)
-        if is_database_unavailable(error):
-            log.warning("%s: database unavailable (%s); will try again", loop, type(error).__name__)
-        else:
-            log.error(
-                "%s: unexpected %s; will try again\n%s",
-                loop,
-                type(error).__name__,
-                redacted_traceback(error),
-            )
+        report_loop_error(
+            log, self._telemetry, loop, error, database_unavailable=is_database_unavailable(error)
+        )
 
     async def _guarded(self, claimed: ClaimedJob) -> None:
         try:
@@ -271,33 +297,31 @@ class Worker:
             raise
         except Exception:
             log.exception("job %s: unexpected error outside the provider call", claimed.job.id)
-            await self._retry(claimed.job, TransientError("internal error", code="internal_error"))
+            await self._retry(claimed, TransientError("internal error", code="internal_error"))
 
     async def _process(self, claimed: ClaimedJob) -> None:
-        job = claimed.job
+        job, lease = claimed.job, claimed.lease
         mailbox = await self._mailboxes.get(job.mailbox_id)
         if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
             await self._finish(
-                job, Outcome(JobState.CANCELLED, "mailbox_disconnected", "the mailbox is gone")
+                claimed, Outcome(JobState.CANCELLED, "mailbox_disconnected", "the mailbox is gone")
             )
             return
         if mailbox.state != MailboxState.CONNECTED or mailbox.address is None:
-            await self._queue.hold(
-                job.id, self.name, "mailbox_reauth_required", "waiting for consent"
-            )
+            await self._hold(claimed, "mailbox_reauth_required", "waiting for consent")
             return
         provider = self._providers[mailbox.provider]
         mime = build_message(claimed.payload, message_id=job.message_id, sender=mailbox.address)
         try:
             token = await self._tokens.get(mailbox)
         except ReauthRequired as error:
-            await self._lose_grant(mailbox, job, error)
+            await self._lose_grant(mailbox, claimed, error)
             return
         except TransientError as error:
-            await self._retry(job, error)
+            await self._retry(claimed, error)
             return
-        if not await self._queue.start_attempt(job.id, self.name):
-            log.warning("job %s: lease lost before sending; another worker owns it", job.id)
+        if not await self._queue.start_attempt(lease):
+            log.warning("job %s: lease lost or expired before sending; not sent", job.id)
             return
         message = OutgoingMessage(job_id=job.id, mime=mime, message_id=job.message_id)
         operation = "send" if job.mode == "send" else "create_draft"
@@ -311,38 +335,41 @@ class Worker:
             self._count_call(mailbox, operation, error.code, started)
             if isinstance(error, AccessTokenRejected):
                 self._tokens.reject(mailbox.id, token)
-            await self._delivery_failed(mailbox, job, error)
+            await self._delivery_failed(mailbox, claimed, error)
             return
         except Exception:
             # We cannot tell whether the request reached the provider: never retry blindly.
             log.exception("job %s: unexpected error during the provider call", job.id)
             self._count_call(mailbox, operation, "internal_error", started)
             await self._finish(
-                job, Outcome(JobState.UNKNOWN, "internal_error", "unexpected error in flight")
+                claimed, Outcome(JobState.UNKNOWN, "internal_error", "unexpected error in flight")
             )
             return
         self._count_call(mailbox, operation, "ok", started)
-        await self._finish(job, _success(receipt))
+        await self._finish(claimed, _success(receipt))
 
-    async def _delivery_failed(self, mailbox: Mailbox, job: Job, error: DeliveryError) -> None:
+    async def _delivery_failed(
+        self, mailbox: Mailbox, claimed: ClaimedJob, error: DeliveryError
+    ) -> None:
         if isinstance(error, TransientError):
-            await self._retry(job, error)
+            await self._retry(claimed, error)
         elif isinstance(error, ReauthRequired):
-            await self._lose_grant(mailbox, job, error)
+            await self._lose_grant(mailbox, claimed, error)
         elif isinstance(error, OutcomeUnknown):
-            await self._finish(job, _outcome(JobState.UNKNOWN, error))
+            await self._finish(claimed, _outcome(JobState.UNKNOWN, error))
         elif isinstance(error, PermanentError):
-            await self._finish(job, _outcome(JobState.FAILED, error))
+            await self._finish(claimed, _outcome(JobState.FAILED, error))
         else:  # pragma: no cover - the tree has no other DeliveryError
-            await self._finish(job, _outcome(JobState.UNKNOWN, error))
+            await self._finish(claimed, _outcome(JobState.UNKNOWN, error))
 
-    async def _retry(self, job: Job, error: TransientError) -> None:
+    async def _retry(self, claimed: ClaimedJob, error: TransientError) -> None:
+        job = claimed.job
         # Neither the provider's throttling nor our own misconfiguration is the job's fault.
         throttled = isinstance(error, (Throttled, IdentityMisconfigured))
         failures = job.transient_failures + (0 if throttled else 1)
         if not throttled and failures >= self._settings.max_attempts:
             await self._finish(
-                job,
+                claimed,
                 Outcome(
                     JobState.FAILED,
                     "retries_exhausted",
@@ -355,13 +382,20 @@ class Worker:
         if isinstance(error, AccessTokenRejected):
             delay = 0.0
         run_after = self._clock() + dt.timedelta(seconds=delay)
-        moved = await self._queue.retry_later(
-            job.id, self.name, run_after, _outcome(JobState.QUEUED, error), failure=not throttled
+        outcome = _outcome(JobState.QUEUED, error)
+        moved = await self._outcomes.write(
+            claimed.lease,
+            JobState.QUEUED,
+            lambda: self._queue.retry_later(
+                claimed.lease, run_after, outcome, failure=not throttled
+            ),
         )
         if moved:
             self._telemetry.job_transition(JobState.QUEUED, error.code)
 
-    async def _lose_grant(self, mailbox: Mailbox, job: Job, error: ReauthRequired) -> None:
+    async def _lose_grant(
+        self, mailbox: Mailbox, claimed: ClaimedJob, error: ReauthRequired
+    ) -> None:
         self._tokens.forget(mailbox.id)
         if await self._mailboxes.require_consent_again(mailbox, error.code, f"worker:{self.name}"):
             log.warning("mailbox %s needs consent again (%s)", mailbox.id, error.code)
@@ -369,14 +403,23 @@ class Worker:
         # The mailbox's other queued jobs first, this job last: once it reads `held`, the
         # sweep is done (a job enqueued later is held by the intake, not by this sweep).
         await self._queue.hold_for_mailbox(mailbox.id, error.code, error.message)
-        await self._queue.hold(job.id, self.name, error.code, error.message)
-        self._telemetry.job_transition(JobState.HELD, error.code)
+        if await self._hold(claimed, error.code, error.message):
+            self._telemetry.job_transition(JobState.HELD, error.code)
 
-    async def _finish(self, job: Job, outcome: Outcome) -> None:
-        if await self._queue.finish(job.id, self.name, outcome):
+    async def _hold(self, claimed: ClaimedJob, code: str, message: str) -> bool:
+        lease = claimed.lease
+        return await self._outcomes.write(
+            lease, JobState.HELD, lambda: self._queue.hold(lease, code, message)
+        )
+
+    async def _finish(self, claimed: ClaimedJob, outcome: Outcome) -> None:
+        lease = claimed.lease
+        if await self._outcomes.write(
+            lease, outcome.state, lambda: self._queue.finish(lease, outcome)
+        ):
             self._telemetry.job_transition(outcome.state, outcome.code or "ok")
         else:
-            log.warning("job %s: lease lost; outcome %s not recorded", job.id, outcome.state)
+            log.warning("job %s: lease lost; outcome %s not recorded", lease.job_id, outcome.state)
 
     def _count_call(self, mailbox: Mailbox, operation: str, outcome: str, started: float) -> None:
         self._telemetry.provider_request(

@@ -25,8 +25,10 @@ from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.leases import claim_statement, held_by
 from mailbox_worker.db.models import Mailbox, PendingRevocation
+from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.errors import TransientError
 from mailbox_worker.periodic import Periodic, exponential_backoff
+from mailbox_worker.telemetry import Telemetry
 from mailbox_worker.tokens.identity_client import IdentityClient
 from mailbox_worker.tokens.vault import TokenVault
 
@@ -51,7 +53,9 @@ class Revocations:
         scrubber: StorageScrubber,
         clock: Clock = utcnow,
         owner: str | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry  # counts the failed passes of the retry loop
         self._sessions = sessions
         self._vault = vault
         self._identities = identities
@@ -162,4 +166,13 @@ class Revocations:
 
     async def run(self, stop: asyncio.Event, interval: float = 15.0) -> None:
         """Retry due revocations every ``interval`` seconds until ``stop`` is set."""
-        await Periodic("revocation retry", self.retry_due, interval, logger=log).run(stop)
+        loop = Periodic(
+            "revocation retry",
+            self.retry_due,
+            interval,
+            name="revocations",
+            telemetry=self._telemetry,
+            database_unavailable=is_database_unavailable,
+            logger=log,
+        )
+        await loop.run(stop)

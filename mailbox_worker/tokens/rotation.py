@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.periodic import Periodic
 from mailbox_worker.telemetry import Telemetry
 from mailbox_worker.tokens.keys.port import (
@@ -168,6 +169,7 @@ class KeyRotation:
         self._schedule = schedule
         self._clock = clock
         self._check_interval = check_interval
+        self._telemetry = telemetry
         self._active_created: datetime | None = None
         if telemetry is not None:
             telemetry.active_key_age(self._active_key_age)
@@ -186,7 +188,16 @@ class KeyRotation:
                 "keys.rotate_every_days = 0 to silence this warning"
             )
             return
-        await Periodic("key rotation check", self.tick, self._check_interval, logger=log).run(stop)
+        loop = Periodic(
+            "key rotation check",
+            self.tick,
+            self._check_interval,
+            name="key_rotation",
+            telemetry=self._telemetry,
+            database_unavailable=is_database_unavailable,
+            logger=log,
+        )
+        await loop.run(stop)
 
     async def tick(self) -> TickReport:
         """Do what is due now (see the module docstring); returns what was done."""

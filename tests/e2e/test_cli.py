@@ -176,9 +176,11 @@ async def _unknown_job(database_url: str) -> str:
                 account.id, mailbox.id, "send", {"subject": "Invoice"}, "digest", "contoso.example"
             )
         )
+        # A worker that died in flight: it started the attempt, then its lease ran out.
         queue = JobQueue(sessions)
-        await queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-        await queue.start_attempt(job.id, "dead-worker")
+        [claimed] = await queue.claim("dead-worker", 1, dt.timedelta(minutes=1))
+        assert await queue.start_attempt(claimed.lease)
+        await queue.renew_leases([claimed.lease], dt.timedelta(minutes=-1))
         await queue.recover_expired_leases()
         return job.id
     finally:

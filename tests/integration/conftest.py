@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.models import Mailbox
+from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 
@@ -42,6 +45,16 @@ class Stores:
         found = await self.mailboxes.get(mailbox.id)
         assert found is not None
         return found
+
+
+async def expire_leases(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Every job lease ran out a minute ago, as when its worker died or could not renew it."""
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Job)
+            .where(Job.lease_expires_at.is_not(None))
+            .values(lease_expires_at=utcnow() - dt.timedelta(minutes=1))
+        )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.jobs.transitions import JOB_SETTLED
 from mailbox_worker.states import JobState
 from tests.integration.api_harness import RunningApi, job_request, running_api
+from tests.integration.conftest import expire_leases
 
 RETRY_BODY = {"accept_duplicate_risk": True}
 
@@ -33,8 +34,10 @@ async def caller(api: RunningApi) -> tuple[str, str, str]:
         "POST", "/v1/jobs", key=issued.secret, json_body=job_request(mailbox.id)
     )
     job_id = created.json()["id"]
-    await api.queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-    assert await api.queue.start_attempt(job_id, "dead-worker")
+    [claimed] = await api.queue.claim("dead-worker", 1, dt.timedelta(minutes=1))
+    assert claimed.job.id == job_id
+    assert await api.queue.start_attempt(claimed.lease)
+    await expire_leases(api.app.sessions)
     assert await api.queue.recover_expired_leases() == (0, 1)
     return issued.key_id, issued.secret, job_id
 

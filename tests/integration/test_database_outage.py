@@ -1,6 +1,8 @@
 """A database that goes away and comes back (issue 8, item 2): the API answers
-``503 database_unavailable`` meanwhile, ``/readyz`` says not ready, and the worker's loop
-survives the outage and processes work once the database returns.
+``503 database_unavailable`` meanwhile, ``/readyz`` says not ready, the worker's loop
+survives the outage and processes work once the database returns, and an outcome the
+database could not take is kept and written when it returns (the job ends ``sent``, not
+``unknown``).
 
 The outage is a TCP relay to the test's own PostgreSQL database that the test cuts (closing
 every relayed connection and refusing new ones) and restores on the same port; the machine's
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,9 +26,10 @@ from mailbox_worker.config import DatabaseSettings, KeySettings, Settings
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.jobs.queue import JobQueue
-from mailbox_worker.jobs.store import JobStore
+from mailbox_worker.jobs.store import JobStore, NewJob
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.prometheus import PrometheusTelemetry
+from mailbox_worker.providers.base import DeliveryReceipt, OutgoingMessage
 
 from .api_harness import IdleProvider
 from .test_worker import FAST, Harness, RecordingProvider, RecordingTokens
@@ -220,4 +224,75 @@ async def test_the_worker_loop_survives_an_outage_and_works_after(
         assert not running.done()
     finally:
         await harness.pause()
+        await engine.dispose()
+
+
+@dataclass
+class CuttingProvider(RecordingProvider):
+    """Accepts the message, then the database goes away before the outcome is written."""
+
+    relay: Relay | None = None
+
+    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+        receipt = await super().send(access_token, message)
+        assert self.relay is not None
+        await self.relay.cut()
+        return receipt
+
+
+async def test_an_outcome_the_database_could_not_take_is_written_when_it_returns(
+    relay: tuple[Relay, str],
+) -> None:
+    proxy, url = relay
+    engine = create_engine(DatabaseSettings(url=url))
+    sessions = create_session_factory(engine)
+    jobs, mailboxes = JobStore(sessions), MailboxStore(sessions)
+    from mailbox_worker.db.accounts import AccountStore
+
+    account = await AccountStore(sessions).create_account("acme")
+    mailbox = await mailboxes.create(account.id, "microsoft", ["send"], actor="test")
+    await mailboxes.mark_connected(mailbox.id, "billing@contoso.example", ["Mail.Send"])
+    registry = CollectorRegistry()
+    provider = CuttingProvider(relay=proxy)
+    worker = Worker(
+        JobQueue(sessions),
+        mailboxes,
+        RecordingTokens(),
+        {"microsoft": provider},
+        FAST,
+        PrometheusTelemetry(registry),
+        "w1",
+    )
+    payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"}
+    job, _ = await jobs.enqueue(
+        NewJob(account.id, mailbox.id, "send", payload, "h", "contoso.example")
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return registry.get_sample_value(name, labels or {}) or 0.0
+
+    try:
+
+        async def kept_in_memory() -> bool:
+            return sample("mailbox_worker_pending_outcomes") == 1
+
+        await poll(kept_in_memory)
+        assert sample("mailbox_worker_loop_errors_total", {"loop": "outcome_write"}) >= 1
+
+        await proxy.start()
+
+        async def flushed() -> bool:
+            return sample("mailbox_worker_outcome_flushes_total", {"result": "written"}) == 1
+
+        await poll(flushed)
+        assert sample("mailbox_worker_pending_outcomes") == 0
+        stored = await jobs.get(job.id)
+        assert stored is not None
+        assert (stored.state, stored.attempts, stored.lease_owner) == ("sent", 1, None)
+        assert len(provider.calls) == 1
+    finally:
+        stop.set()
+        await running
         await engine.dispose()

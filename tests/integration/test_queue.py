@@ -11,11 +11,12 @@ from sqlalchemy import text, update
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
+from mailbox_worker.jobs.queue import Lease, lease_owner
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.states import JobState, MailboxState
 
-from .conftest import Stores
+from .conftest import Stores, expire_leases
 
 LEASE = dt.timedelta(seconds=60)
 
@@ -126,14 +127,14 @@ async def test_claim_skips_future_jobs_and_mailboxes_without_consent(stores: Sto
 async def test_outcome_is_recorded_only_by_the_lease_holder(stores: Stores) -> None:
     mailbox = await setup(stores)
     job, _ = await stores.jobs.enqueue(new_job(mailbox))
-    assert len(await stores.queue.claim("w1", 1, LEASE)) == 1
-    assert not await stores.queue.start_attempt(job.id, "w2")
-    assert await stores.queue.start_attempt(job.id, "w1")
-    assert not await stores.queue.finish(job.id, "w2", Outcome(JobState.SENT))
-    assert await stores.queue.finish(
-        job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1")
-    )
-    assert not await stores.queue.finish(job.id, "w1", Outcome(JobState.FAILED))  # once only
+    [claimed] = await stores.queue.claim("w1", 1, LEASE)
+    lease = claimed.lease
+    other = Lease(job.id, "w2", lease_owner("w2"))
+    assert not await stores.queue.start_attempt(other)
+    assert await stores.queue.start_attempt(lease)
+    assert not await stores.queue.finish(other, Outcome(JobState.SENT))
+    assert await stores.queue.finish(lease, Outcome(JobState.SENT, provider_message_id="m-1"))
+    assert not await stores.queue.finish(lease, Outcome(JobState.FAILED))  # once only
     stored = await stores.jobs.get(job.id)
     assert stored is not None
     assert (stored.state, stored.attempts, stored.provider_message_id) == ("sent", 1, "m-1")
@@ -150,10 +151,10 @@ async def test_outcome_is_recorded_only_by_the_lease_holder(stores: Stores) -> N
 async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
     mailbox = await setup(stores)
     job, _ = await stores.jobs.enqueue(new_job(mailbox))
-    await stores.queue.claim("w", 1, LEASE)
+    [claimed] = await stores.queue.claim("w", 1, LEASE)
     run_after = utcnow() + dt.timedelta(minutes=5)
     await stores.queue.retry_later(
-        job.id, "w", run_after, Outcome(JobState.QUEUED, "throttled", "HTTP 429"), failure=False
+        claimed.lease, run_after, Outcome(JobState.QUEUED, "throttled", "HTTP 429"), failure=False
     )
     stored = await stores.jobs.get(job.id)
     assert stored is not None
@@ -166,9 +167,12 @@ async def test_retry_later_requeues_after_the_delay(stores: Stores) -> None:
     assert await stores.queue.claim("w", 1, LEASE) == []
     async with stores.sessions.begin() as session:
         await session.execute(update(Job).values(run_after=utcnow()))
-    assert len(await stores.queue.claim("w", 1, LEASE)) == 1
+    [claimed] = await stores.queue.claim("w", 1, LEASE)
     await stores.queue.retry_later(
-        job.id, "w", utcnow(), Outcome(JobState.QUEUED, "network", "connection reset"), failure=True
+        claimed.lease,
+        utcnow(),
+        Outcome(JobState.QUEUED, "network", "connection reset"),
+        failure=True,
     )
     stored = await stores.jobs.get(job.id)
     assert stored is not None and stored.transient_failures == 1
@@ -178,14 +182,15 @@ async def test_expired_leases_requeue_or_become_unknown(stores: Stores) -> None:
     mailbox = await setup(stores)
     idle, _ = await stores.jobs.enqueue(new_job(mailbox, subject="idle"))
     in_flight, _ = await stores.jobs.enqueue(new_job(mailbox, subject="in flight"))
-    await stores.queue.claim("dead-worker", 2, dt.timedelta(seconds=-1))
-    assert await stores.queue.start_attempt(in_flight.id, "dead-worker")
+    claims = {c.job.id: c.lease for c in await stores.queue.claim("dead-worker", 2, LEASE)}
+    assert await stores.queue.start_attempt(claims[in_flight.id])
+    await expire_leases(stores.sessions)
     assert await stores.queue.recover_expired_leases() == (1, 1)
     idle_now, flight_now = await stores.jobs.get(idle.id), await stores.jobs.get(in_flight.id)
     assert idle_now is not None and flight_now is not None
     assert idle_now.state == "queued"
     assert (flight_now.state, flight_now.last_error_code) == ("unknown", "worker_lost")
-    assert not await stores.queue.finish(in_flight.id, "dead-worker", Outcome(JobState.SENT))
+    assert not await stores.queue.finish(claims[in_flight.id], Outcome(JobState.SENT))
 
 
 async def test_hold_release_and_cancel_for_a_mailbox(stores: Stores) -> None:

@@ -17,7 +17,7 @@ from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.states import JobState, MailboxState
 
-from .conftest import Stores
+from .conftest import Stores, expire_leases
 from .test_queue import LEASE, new_job, setup
 
 PREVIOUS = "HTTP 429: the mailbox is throttled; retry in 30 seconds"
@@ -26,9 +26,10 @@ PREVIOUS = "HTTP 429: the mailbox is throttled; retry in 30 seconds"
 async def failed_once(stores: Stores, mailbox: Mailbox, subject: str = "Invoice 1") -> Job:
     """A queued job, due now, whose one attempt failed transiently with ``PREVIOUS``."""
     job, _ = await stores.jobs.enqueue(new_job(mailbox, subject=subject))
-    assert [claimed.job.id for claimed in await stores.queue.claim("w0", 1, LEASE)] == [job.id]
+    [claimed] = await stores.queue.claim("w0", 1, LEASE)
+    assert claimed.job.id == job.id
     assert await stores.queue.retry_later(
-        job.id, "w0", utcnow(), Outcome(JobState.QUEUED, "throttled", PREVIOUS), failure=False
+        claimed.lease, utcnow(), Outcome(JobState.QUEUED, "throttled", PREVIOUS), failure=False
     )
     stored = await stores.jobs.get(job.id)
     assert stored is not None
@@ -83,8 +84,8 @@ async def test_holding_a_mailbox_shows_why_it_needs_consent(stores: Stores) -> N
 async def test_holding_a_running_job_shows_why(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.queue.claim("w1", 1, LEASE)
-    assert await stores.queue.hold(job.id, "w1", "invalid_grant", "consent revoked")
+    [claimed] = await stores.queue.claim("w1", 1, LEASE)
+    assert await stores.queue.hold(claimed.lease, "invalid_grant", "consent revoked")
     assert await last_error(stores, job.id) == ("held", "invalid_grant", "consent revoked")
 
 
@@ -113,8 +114,9 @@ async def test_a_lease_lost_before_the_call_is_requeued_saying_so(stores: Stores
 async def test_a_lease_lost_in_flight_is_worker_lost(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-    assert await stores.queue.start_attempt(job.id, "dead-worker")
+    [claimed] = await stores.queue.claim("dead-worker", 1, dt.timedelta(minutes=1))
+    assert await stores.queue.start_attempt(claimed.lease)
+    await expire_leases(stores.sessions)
     assert await stores.queue.recover_expired_leases() == (0, 1)
     state, code, message = await last_error(stores, job.id)
     assert (state, code) == ("unknown", "worker_lost")
@@ -141,9 +143,9 @@ async def test_a_passed_deadline_says_so(stores: Stores) -> None:
 async def test_a_permanent_failure_replaces_code_and_message(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.queue.claim("w1", 1, LEASE)
+    [claimed] = await stores.queue.claim("w1", 1, LEASE)
     outcome = Outcome(JobState.FAILED, "invalid_recipients", "the provider refused every recipient")
-    assert await stores.queue.finish(job.id, "w1", outcome)
+    assert await stores.queue.finish(claimed.lease, outcome)
     assert await last_error(stores, job.id) == (
         "failed",
         "invalid_recipients",
@@ -154,9 +156,9 @@ async def test_a_permanent_failure_replaces_code_and_message(stores: Stores) -> 
 async def test_success_clears_the_last_error(stores: Stores) -> None:
     mailbox = await setup(stores)
     job = await failed_once(stores, mailbox)
-    await stores.queue.claim("w1", 1, LEASE)
+    [claimed] = await stores.queue.claim("w1", 1, LEASE)
     assert await stores.queue.finish(
-        job.id, "w1", Outcome(JobState.SENT, provider_message_id="m-1")
+        claimed.lease, Outcome(JobState.SENT, provider_message_id="m-1")
     )
     assert await last_error(stores, job.id) == ("sent", None, None)
 

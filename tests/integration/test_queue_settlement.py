@@ -12,7 +12,7 @@ from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.transitions import CANCEL_UNKNOWN, JOB_SETTLED, RESOLVE, RETRY, Settlement
 from mailbox_worker.states import JobState
 
-from .conftest import Stores
+from .conftest import Stores, expire_leases
 from .test_queue import new_job, setup
 
 
@@ -20,8 +20,9 @@ async def unknown_job(stores: Stores, subject: str = "Invoice 1") -> Job:
     """A job whose worker died while its request was in flight."""
     mailbox = await setup(stores)
     job, _ = await stores.jobs.enqueue(new_job(mailbox, subject=subject))
-    await stores.queue.claim("dead-worker", 1, dt.timedelta(seconds=-1))
-    assert await stores.queue.start_attempt(job.id, "dead-worker")
+    [claimed] = await stores.queue.claim("dead-worker", 1, dt.timedelta(minutes=1))
+    assert await stores.queue.start_attempt(claimed.lease)
+    await expire_leases(stores.sessions)
     assert await stores.queue.recover_expired_leases() == (0, 1)
     stored = await stores.jobs.get(job.id)
     assert stored is not None and stored.state == JobState.UNKNOWN
