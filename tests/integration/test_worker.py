@@ -231,10 +231,15 @@ async def test_lost_grant_holds_the_mailbox_jobs_until_reconnect(harness: Harnes
     mailbox = await harness.stores.mailboxes.get(harness.mailbox.id)
     assert mailbox is not None
     assert (mailbox.state, mailbox.state_reason) == ("reauth_required", "invalid_grant")
-    [event] = await Outbox(harness.stores.sessions).all()
+    [event, held] = await Outbox(harness.stores.sessions).all()
     assert (event.kind, event.payload) == (
         "mailbox.reauth_required",
         {"mailbox_id": mailbox.id, "provider": "microsoft", "reason": "invalid_grant"},
+    )
+    assert (held.kind, held.payload["job_id"], held.payload["code"]) == (
+        "job.held",
+        job.id,
+        "invalid_grant",
     )
     await harness.pause()
     later = await harness.enqueue(subject="enqueued while broken")
