@@ -34,7 +34,13 @@ from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.prometheus import PrometheusTelemetry
-from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
+from mailbox_worker.providers.base import (
+    UNTRACKED,
+    DeliveryMode,
+    DeliveryProgress,
+    DeliveryReceipt,
+    OutgoingMessage,
+)
 from mailbox_worker.states import TERMINAL, MailboxState
 
 from .conftest import Stores
@@ -67,11 +73,23 @@ class RecordingProvider:
                 raise step
             step()
 
-    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+    async def send(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
         await self._call("send", access_token, message)
         return DeliveryReceipt(state="sent")
 
-    async def create_draft(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+    async def create_draft(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
         await self._call("draft", access_token, message)
         return DeliveryReceipt(
             state="drafted", provider_message_id="AAMk-draft-1", web_link="https://x"
