@@ -80,6 +80,7 @@ class RecordingProvider:
         *,
         progress: DeliveryProgress = UNTRACKED,
     ) -> DeliveryReceipt:
+        await progress.about_to_send()
         await self._call("send", access_token, message)
         return DeliveryReceipt(state="sent")
 
