@@ -324,8 +324,17 @@ class GraphProvider:
         if not detached and not send:
             return DeliveryReceipt(state="drafted", provider_message_id=draft_id, web_link=web_link)
         await progress.draft_created(draft_id)
-        for attachment in detached:
-            await self._attach(access_token, message, draft_id, attachment)
+        try:
+            for attachment in detached:
+                await self._attach(access_token, message, draft_id, attachment)
+        except OutcomeUnknown as error:
+            # Nothing can have been sent yet and the draft's id is recorded: a retry deletes
+            # the incomplete draft and starts over, so this is safe to retry.
+            raise TransientError(
+                f"adding an attachment to the draft failed: {error.message}",
+                code=error.code,
+                provider_status=error.provider_status,
+            ) from error
         await progress.draft_completed(draft_id)
         return await self._finish_draft(
             access_token, message, draft_id, web_link, progress, send=send

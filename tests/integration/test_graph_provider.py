@@ -637,3 +637,20 @@ async def test_a_resumed_delivery_sends_the_complete_draft_it_recorded(
     assert progress.steps == ["about to send"]
     counters = await admin.counters()
     assert (counters.get("graph.createMessage"), counters.get("graph.sendDraft")) == (1, 1)
+
+
+async def test_an_ambiguous_answer_while_uploading_is_transient(
+    provider: GraphProvider, token: str, admin: Admin
+) -> None:
+    """The draft's id was reported and nothing was sent: a retry deletes the draft and
+    starts over, so the error is safe to retry."""
+    await admin.fault(operation="graph.createUploadSession", kind="status", status=500)
+    progress = RecordedProgress()
+
+    with pytest.raises(TransientError) as raised:
+        await provider.send(token, large_message("job_upload_fails"), progress=progress)
+
+    assert raised.value.code == "provider_error_ambiguous"
+    [draft] = await admin.messages(folder="drafts")
+    assert progress.steps == [f"created {draft['id']}"]
+    assert await admin.messages(folder="sent") == []
