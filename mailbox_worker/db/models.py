@@ -289,5 +289,11 @@ class OutboxEvent(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
     """The process delivering it now, until ``lease_expires_at``; None when nobody holds it."""
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ordering_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    """Events with the same key (a job's id, a mailbox's id) are delivered one at a time, in
+    ``id`` order (``Outbox.claim``); None orders the event after nothing."""
 
-    __table_args__ = (Index(None, "delivered_at", "next_attempt_at"),)
+    __table_args__ = (
+        Index(None, "delivered_at", "next_attempt_at"),
+        Index(None, "ordering_key", "id"),
+    )

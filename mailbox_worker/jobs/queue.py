@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.models import Job, JobContent, Mailbox
-from mailbox_worker.jobs.transitions import Outcome, held_by, job_event, move_each
+from mailbox_worker.jobs.transitions import Outcome, announce, held_by, job_event, move_each
 from mailbox_worker.states import TERMINAL, JobState, MailboxState
 
 OWNER_LENGTH = 80
@@ -257,10 +257,15 @@ class JobQueue:
 
     async def _leave_running(self, lease: Lease, values: dict[str, Any], outcome: Outcome) -> bool:
         async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Job).where(held_by(lease.job_id, lease.owner)).values(**values)
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
+            job = (
+                await session.scalars(
+                    update(Job)
+                    .where(held_by(lease.job_id, lease.owner))
+                    .values(**values)
+                    .returning(Job)
+                )
+            ).one_or_none()
+            if job is None:
                 return False
             session.add(
                 job_event(
@@ -275,6 +280,7 @@ class JobQueue:
                     worker=lease.worker,
                 )
             )
+            announce(session, job, str(values["state"]), outcome.code, self._clock())
         return True
 
     async def record_provider_ids(self, lease: Lease, outcome: Outcome) -> bool:
@@ -340,15 +346,12 @@ class JobQueue:
     ) -> int:
         now = self._clock()
         async with self._sessions.begin() as session:
-            ids = list(
-                (
-                    await session.scalars(
-                        select(Job.id).where(where).with_for_update(skip_locked=True)
-                    )
-                ).all()
+            jobs = list(
+                await session.scalars(select(Job).where(where).with_for_update(skip_locked=True))
             )
-            if not ids:
+            if not jobs:
                 return 0
+            ids = [job.id for job in jobs]
             await session.execute(
                 update(Job)
                 .where(Job.id.in_(ids), Job.state == JobState.RUNNING)
@@ -361,12 +364,13 @@ class JobQueue:
                     last_error_message=detail,
                     **values,
                 )
+                .execution_options(synchronize_session=False)
             )
-            for job_id in ids:
+            for job in jobs:
                 session.add(
                     job_event(
                         self._clock(),
-                        job_id,
+                        job.id,
                         "state",
                         JobState.RUNNING,
                         to_state,
@@ -374,7 +378,8 @@ class JobQueue:
                         detail=detail,
                     )
                 )
-        return len(ids)
+                announce(session, job, to_state, code, now)
+        return len(jobs)
 
     async def fail_past_deadline(self) -> int:
         """Queued or held jobs whose deadline passed become ``failed`` (deadline_exceeded)."""

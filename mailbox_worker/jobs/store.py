@@ -23,6 +23,7 @@ from mailbox_worker.jobs.transitions import (
     JOB_SETTLED,
     RETRY,
     Settlement,
+    announce,
     job_event,
     message_id_for,
     move_each,
@@ -85,6 +86,7 @@ class JobStore:
                 await session.flush()
                 session.add(JobContent(job_id=job_id, payload=new.payload))
                 session.add(job_event(self._clock(), job_id, "state", None, state, code="enqueued"))
+                announce(session, job, state, "enqueued", now)
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -202,6 +204,7 @@ class JobStore:
                         detail=actor,
                     )
                 )
+                announce(session, job, JobState.CANCELLED, "cancelled_by_client", now)
         return job
 
     async def settle_unknown(

@@ -9,6 +9,9 @@ Every transition is one guarded ``UPDATE … WHERE state IN (…)`` plus one ``j
 in the same transaction, so a transition happens at most once even when two workers race.
 Every transition writes ``last_error_code`` and ``last_error_message`` together (both set,
 or both cleared), so a job never shows one attempt's code beside another's message.
+Every entry into one of ``ANNOUNCED_STATES`` also adds, in that same transaction, the
+``job.<state>`` outbox event for the invoicing app (``announce``; docs/server.md#events);
+a settlement of an ``unknown`` job is announced as ``job.settled`` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbox_worker.db.models import Job, JobEvent
+from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.states import TERMINAL, JobState
 
 
@@ -109,6 +113,45 @@ def job_event(
     )
 
 
+ANNOUNCED_STATES: frozenset[JobState] = frozenset(
+    {
+        JobState.SENT,
+        JobState.DRAFTED,
+        JobState.FAILED,
+        JobState.UNKNOWN,
+        JobState.CANCELLED,
+        JobState.HELD,
+    }
+)
+"""The states whose every entry the invoicing app is told of, as ``job.<state>``."""
+
+
+def announce(
+    session: AsyncSession, job: Job, state: str, code: str | None, at: dt.datetime
+) -> None:
+    """Add to ``session``'s transaction the ``job.<state>`` outbox event announcing that
+    ``job`` entered ``state`` with ``code`` — when ``state`` is one of ``ANNOUNCED_STATES``;
+    nothing otherwise.
+
+    Call it after the guarded update that moved the job (its row lock orders one job's
+    events, see ``events.outbox.outbox_row``) and only if the update moved it. The payload
+    holds ids, the client's ``reference``, the state and its code, and the provider's ids
+    known so far (None when not): never content or addresses.
+    """
+    if state not in ANNOUNCED_STATES:
+        return
+    payload = {
+        "job_id": job.id,
+        "mailbox_id": job.mailbox_id,
+        "reference": job.reference,
+        "state": str(state),
+        "code": code,
+        "provider_message_id": job.provider_message_id,
+        "provider_draft_id": job.provider_draft_id,
+    }
+    session.add(outbox_row(job.account_id, f"job.{state}", payload, at))
+
+
 def held_by(job_id: str, worker: str) -> ColumnElement[bool]:
     """The job is ``running`` under ``worker``'s lease: the guard of every worker update."""
     return and_(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker)
@@ -127,15 +170,14 @@ async def move_each(
     one update guarded by that state and one event a job, in ``session``'s transaction.
     Returns how many."""
     terminal = {"finished_at": now} if to_state in TERMINAL else {}
-    rows = (
-        await session.execute(
-            select(Job.id, Job.state).where(where).with_for_update(skip_locked=True)
-        )
-    ).all()
-    for job_id, state in rows:
+    jobs = list(
+        (await session.scalars(select(Job).where(where).with_for_update(skip_locked=True))).all()
+    )
+    for job in jobs:
+        state = job.state
         await session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == state)
+            .where(Job.id == job.id, Job.state == state)
             .values(
                 state=to_state,
                 updated_at=now,
@@ -143,12 +185,15 @@ async def move_each(
                 last_error_message=message,
                 **terminal,
             )
+            .execution_options(synchronize_session=False)
         )
-        session.add(job_event(now, job_id, "state", state, to_state, code=code, detail=message))
-    return len(rows)
+        session.add(job_event(now, job.id, "state", state, to_state, code=code, detail=message))
+        announce(session, job, to_state, code, now)
+    return len(jobs)
 
 
 __all__ = [
+    "ANNOUNCED_STATES",
     "CANCEL_UNKNOWN",
     "JOB_SETTLED",
     "RESOLVE",
@@ -156,6 +201,7 @@ __all__ = [
     "SETTLEMENTS",
     "Outcome",
     "Settlement",
+    "announce",
     "held_by",
     "job_event",
     "message_id_for",

@@ -48,6 +48,7 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.jobs.mime import build_message
 from mailbox_worker.jobs.outcomes import OutcomeWriter
+from mailbox_worker.jobs.progress import JobProgress, LeaseLost, recorded_draft
 from mailbox_worker.jobs.queue import ClaimedJob, JobQueue, Lease
 from mailbox_worker.jobs.retry import retry_delay
 from mailbox_worker.jobs.transitions import Outcome
@@ -320,17 +321,31 @@ class Worker:
         except TransientError as error:
             await self._retry(claimed, error)
             return
-        if not await self._queue.start_attempt(lease):
+        # A send is marked in flight by the provider, just before the request that can
+        # deliver it (jobs/progress.py); a draft delivers nothing, but stays marked for the
+        # whole call as before: a crash while drafting leaves it unknown, not drafted twice.
+        progress = JobProgress(self._queue, lease)
+        if job.mode != "send" and not await self._queue.start_attempt(lease):
             log.warning("job %s: lease lost or expired before sending; not sent", job.id)
             return
-        message = OutgoingMessage(job_id=job.id, mime=mime, message_id=job.message_id)
+        draft_id, draft_complete = recorded_draft(job)
+        message = OutgoingMessage(
+            job_id=job.id,
+            mime=mime,
+            message_id=job.message_id,
+            draft_id=draft_id,
+            draft_complete=draft_complete,
+        )
         operation = "send" if job.mode == "send" else "create_draft"
         started = time.perf_counter()
         try:
             if job.mode == "send":
-                receipt = await provider.send(token, message)
+                receipt = await provider.send(token, message, progress=progress)
             else:
-                receipt = await provider.create_draft(token, message)
+                receipt = await provider.create_draft(token, message, progress=progress)
+        except LeaseLost:
+            log.warning("job %s: lease lost during delivery; another worker owns it", job.id)
+            return
         except DeliveryError as error:
             self._count_call(mailbox, operation, error.code, started)
             if isinstance(error, AccessTokenRejected):

@@ -1,9 +1,12 @@
 """The port every mail transport implements.
 
-A provider turns one RFC 5322 message into one provider operation (send it, or store it as a
-draft) using an access token it is handed. It knows nothing of the database, the queue or how
-tokens are obtained; it reports failures only as ``mailbox_worker.errors.DeliveryError``
-subclasses, so the worker can decide between retry, hold, fail and "unknown".
+A provider turns one RFC 5322 message into a provider operation (send it, or store it as a
+draft) using an access token it is handed; a large message may take several requests (a
+draft, uploads, then the send of that draft), reported as they happen to a
+``DeliveryProgress`` so that an interrupted delivery can resume without sending twice. It
+knows nothing of the database, the queue or how tokens are obtained; it reports failures
+only as ``mailbox_worker.errors.DeliveryError`` subclasses, so the worker can decide between
+retry, hold, fail and "unknown".
 """
 
 from __future__ import annotations
@@ -26,6 +29,48 @@ class OutgoingMessage:
     job_id: str
     mime: bytes
     message_id: str
+    draft_id: str | None = None
+    """A draft of this message an earlier attempt stored (``DeliveryProgress.draft_created``)."""
+    draft_complete: bool = False
+    """That draft holds the whole message (``DeliveryProgress.draft_completed``): send it as
+    it is. A draft that is not complete is discarded and the delivery starts over."""
+
+
+class DeliveryProgress(Protocol):
+    """Told by a provider how far a delivery got, each step before the next request leaves.
+
+    A hook may raise to stop the delivery (the caller lost its job, say); the provider lets
+    that exception through unchanged.
+    """
+
+    async def draft_created(self, draft_id: str) -> None:
+        """A draft of the message now exists at the provider: reuse it if the delivery resumes."""
+        ...
+
+    async def draft_completed(self, draft_id: str) -> None:
+        """The draft holds the whole message (every attachment uploaded)."""
+        ...
+
+    async def about_to_send(self) -> None:
+        """The next request may deliver the message: from here a failure may be ambiguous.
+        Nothing before this call can have delivered it."""
+        ...
+
+
+class Untracked:
+    """A ``DeliveryProgress`` that records nothing."""
+
+    async def draft_created(self, draft_id: str) -> None:
+        """Nothing to record."""
+
+    async def draft_completed(self, draft_id: str) -> None:
+        """Nothing to record."""
+
+    async def about_to_send(self) -> None:
+        """Nothing to record."""
+
+
+UNTRACKED: DeliveryProgress = Untracked()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +97,15 @@ class MailProvider(Protocol):
         """Largest RFC 5322 message, in bytes before transport encoding, this transport accepts."""
         ...
 
-    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
-        """Send ``message`` from the mailbox the token belongs to.
+    async def send(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
+        """Send ``message`` from the mailbox the token belongs to, reporting to ``progress``
+        (``about_to_send`` before any request that may deliver it).
 
         Raises ``Throttled``/``TransientError`` when nothing was sent and a retry is safe,
         ``AccessTokenRejected`` on 401, ``PermanentError`` when retrying cannot help,
@@ -62,8 +114,15 @@ class MailProvider(Protocol):
         """
         ...
 
-    async def create_draft(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
-        """Store ``message`` as a draft in the mailbox; same error contract as ``send``."""
+    async def create_draft(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
+        """Store ``message`` as a draft in the mailbox; same error contract as ``send``.
+        ``about_to_send`` is never called: a draft delivers nothing to anyone."""
         ...
 
     async def close(self) -> None:

@@ -6,6 +6,19 @@ the RFC 5322 bytes), so our deterministic ``Message-ID`` travels with it:
     send          POST {base}/me/sendMail   → 202, empty body   → DeliveryReceipt("sent")
     create_draft  POST {base}/me/messages   → 201, message JSON → DeliveryReceipt("drafted", id)
 
+A message whose base64 form exceeds Graph's 4 MB request limit (up to the mailbox's 35 MB,
+docs/providers.md B2, B3) goes in steps, each reported to the caller's ``DeliveryProgress``:
+
+    1. POST {base}/me/messages with the MIME minus its largest attachments  → draft_created(id)
+    2. per detached attachment: an upload session (3 MB and more; PUT {uploadUrl} in ordered
+       ranges under 4 MB, without Authorization) or a fileAttachment POST  → draft_completed(id)
+    3. send mode: about_to_send(), then POST {base}/me/messages/{id}/send → 202
+       draft mode: the draft is the result
+
+Steps 1 and 2 deliver nothing and are safe to redo; only step 3 can deliver. An attempt that
+resumes with a complete draft (``OutgoingMessage.draft_complete``) goes straight to step 3;
+with an incomplete one, it deletes that draft (DELETE {base}/me/messages/{id}) and starts over.
+
 Every failure leaves as a ``mailbox_worker.errors.DeliveryError`` with ``provider_status`` set
 (``None`` when no answer came). Graph answers are classified by ``graph_error`` from the status
 and the JSON ``error.code`` — never from the message text, which may quote addresses:
@@ -44,7 +57,12 @@ import re
 import ssl
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 
@@ -56,7 +74,13 @@ from mailbox_worker.errors import (
     Throttled,
     TransientError,
 )
-from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
+from mailbox_worker.providers.base import (
+    UNTRACKED,
+    DeliveryMode,
+    DeliveryProgress,
+    DeliveryReceipt,
+    OutgoingMessage,
+)
 from mailbox_worker.providers.transport import (
     TRANSPORT_ERRORS,
     RequestProgress,
@@ -72,6 +96,12 @@ DEFAULT_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=120, connect=15)
 REQUEST_BODY_LIMIT: Final = 4 * 1024 * 1024
 """Graph refuses request bodies above 4 MB (docs/providers.md B3)."""
+MAILBOX_MESSAGE_LIMIT: Final = 35 * 1024 * 1024
+"""The largest message a mailbox accepts by default (docs/providers.md B3)."""
+UPLOAD_SESSION_MINIMUM: Final = 3 * 1024 * 1024
+"""Graph refuses an upload session for a smaller attachment (docs/providers.md B2)."""
+UPLOAD_CHUNK: Final = 12 * 320 * 1024
+"""Bytes per upload request: under the 4 MB limit, and a multiple of 320 KiB."""
 
 PERMANENT_ERROR_CODES: Final[Mapping[str, str]] = {
     "ErrorInvalidRecipients": "invalid_recipients",
@@ -90,6 +120,67 @@ def largest_mime_for_base64(limit: int) -> int:
     """The largest byte count whose base64 encoding (4 characters per 3 bytes, padded) fits
     in ``limit`` bytes: ``4 * ceil(n / 3) <= limit`` ⇔ ``n <= 3 * (limit // 4)``."""
     return 3 * (limit // 4)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file taken out of a message, to be added to its draft on its own."""
+
+    name: str
+    content_type: str
+    data: bytes
+    inline: bool
+    content_id: str | None
+
+
+def detach_attachments(mime: bytes, limit: int) -> tuple[bytes, list[Attachment]]:
+    """``mime`` without the fewest (largest first) attachments that keep its base64 form
+    above ``limit`` bytes, and those attachments; ``(mime, [])`` unchanged when it fits.
+
+    Raises ``PermanentError`` (``message_too_large``) when even the message without any
+    attachment does not fit: its body alone is too large.
+    """
+    if len(base64.b64encode(mime)) <= limit:
+        return mime, []
+    message = BytesParser(policy=policy.SMTP).parsebytes(mime)
+    assert isinstance(message, EmailMessage)
+    parts = sorted(
+        message.iter_attachments(),
+        key=lambda part: len(_decoded(part)),
+        reverse=True,
+    )
+    detached: list[EmailMessage] = []
+    remainder = mime
+    for part in parts:
+        if len(base64.b64encode(remainder)) <= limit:
+            break
+        detached.append(part)
+        kept = [child for child in message.get_payload() if child not in detached]
+        message.set_payload(kept)
+        remainder = message.as_bytes(policy=policy.SMTP)
+    if len(base64.b64encode(remainder)) > limit:
+        raise PermanentError(
+            f"the message is {len(mime)} bytes and, without its attachments, still exceeds "
+            f"Graph's {limit}-byte request limit",
+            code="message_too_large",
+        )
+    return remainder, [_attachment(part) for part in detached]
+
+
+def _decoded(part: EmailMessage) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _attachment(part: EmailMessage) -> Attachment:
+    content_id = part.get("Content-ID")
+    return Attachment(
+        name=part.get_filename() or "attachment",
+        content_type=part.get_content_type(),
+        data=_decoded(part),
+        inline=part.get_content_disposition() == "inline",
+        content_id=str(content_id).strip("<> ") if content_id else None,
+    )
 
 
 def graph_error(
@@ -174,21 +265,86 @@ class GraphProvider:
         self._owns_session = session is None
 
     def max_message_bytes(self, mode: DeliveryMode) -> int:
-        """Largest MIME message whose base64 form fits Graph's 4 MB request limit (both modes)."""
-        return largest_mime_for_base64(REQUEST_BODY_LIMIT)
+        """The mailbox's 35 MB (both modes); above one request's 4 MB, attachments are
+        uploaded to a draft on their own, so the rest of the message must fit in one request
+        (``detach_attachments``)."""
+        return MAILBOX_MESSAGE_LIMIT
 
-    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
-        """Send ``message`` with ``sendMail``. Graph returns no id for a sent message."""
-        await self._post("sendMail", "/me/sendMail", access_token, message, body_required=False)
-        return DeliveryReceipt(state="sent")
+    async def send(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
+        """Send ``message``: with ``sendMail`` when it fits one request (Graph returns no id),
+        otherwise through a draft (see the module's docstring; the receipt names the draft)."""
+        return await self._deliver(access_token, message, progress, send=True)
 
-    async def create_draft(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+    async def create_draft(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
         """Store ``message`` in the mailbox's Drafts folder; the receipt carries the draft id.
 
         A success answer without a usable ``id`` raises ``OutcomeUnknown``: the draft may exist.
         """
-        status, body = await self._post(
-            "createDraft", "/me/messages", access_token, message, body_required=True
+        return await self._deliver(access_token, message, progress, send=False)
+
+    async def close(self) -> None:
+        """Close the session if this provider opened it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _deliver(
+        self, access_token: str, message: OutgoingMessage, progress: DeliveryProgress, *, send: bool
+    ) -> DeliveryReceipt:
+        if len(message.mime) > MAILBOX_MESSAGE_LIMIT:
+            raise PermanentError(
+                f"the message is {len(message.mime)} bytes; the mailbox accepts at most "
+                f"{MAILBOX_MESSAGE_LIMIT}",
+                code="message_too_large",
+            )
+        if message.draft_id is not None:
+            if message.draft_complete:
+                return await self._finish_draft(
+                    access_token, message, message.draft_id, None, progress, send=send
+                )
+            await self._delete_draft(access_token, message, message.draft_id)
+        remainder, detached = detach_attachments(message.mime, REQUEST_BODY_LIMIT)
+        if send and not detached:
+            await progress.about_to_send()
+            await self._post_mime("sendMail", "/me/sendMail", access_token, message, remainder)
+            return DeliveryReceipt(state="sent")
+        draft_id, web_link = await self._create_draft(access_token, message, remainder)
+        if not detached and not send:
+            return DeliveryReceipt(state="drafted", provider_message_id=draft_id, web_link=web_link)
+        await progress.draft_created(draft_id)
+        try:
+            for attachment in detached:
+                await self._attach(access_token, message, draft_id, attachment)
+        except OutcomeUnknown as error:
+            # Nothing can have been sent yet and the draft's id is recorded: a retry deletes
+            # the incomplete draft and starts over, so this is safe to retry.
+            raise TransientError(
+                f"adding an attachment to the draft failed: {error.message}",
+                code=error.code,
+                provider_status=error.provider_status,
+            ) from error
+        await progress.draft_completed(draft_id)
+        return await self._finish_draft(
+            access_token, message, draft_id, web_link, progress, send=send
+        )
+
+    async def _create_draft(
+        self, access_token: str, message: OutgoingMessage, mime: bytes
+    ) -> tuple[str, str | None]:
+        status, body = await self._post_mime(
+            "createDraft", "/me/messages", access_token, message, mime, body_required=True
         )
         draft = _json_object(body)
         draft_id, web_link = draft.get("id"), draft.get("webLink")
@@ -198,53 +354,158 @@ class GraphProvider:
                 code="provider_error_ambiguous",
                 provider_status=status,
             )
-        return DeliveryReceipt(
-            state="drafted",
-            provider_message_id=draft_id,
-            web_link=web_link if isinstance(web_link, str) else None,
-        )
+        return draft_id, web_link if isinstance(web_link, str) else None
 
-    async def close(self) -> None:
-        """Close the session if this provider opened it."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+    async def _finish_draft(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        draft_id: str,
+        web_link: str | None,
+        progress: DeliveryProgress,
+        *,
+        send: bool,
+    ) -> DeliveryReceipt:
+        """The complete draft ``draft_id``: left as the result, or sent."""
+        if not send:
+            return DeliveryReceipt(
+                state="drafted",
+                provider_message_id=draft_id,
+                provider_draft_id=draft_id,
+                web_link=web_link,
+            )
+        await progress.about_to_send()
+        await self._call(
+            "sendDraft", "POST", self._message_url(draft_id, "/send"), message.job_id,
+            access_token=access_token,
+        )  # fmt: skip
+        return DeliveryReceipt(state="sent", provider_draft_id=draft_id)
 
-    async def _post(
+    async def _delete_draft(
+        self, access_token: str, message: OutgoingMessage, draft_id: str
+    ) -> None:
+        """Discard an incomplete draft of an earlier attempt; one already gone is fine."""
+        try:
+            await self._call(
+                "deleteDraft", "DELETE", self._message_url(draft_id, ""), message.job_id,
+                access_token=access_token,
+            )  # fmt: skip
+        except PermanentError as error:
+            if error.provider_status != 404:
+                raise
+
+    async def _attach(
+        self, access_token: str, message: OutgoingMessage, draft_id: str, attachment: Attachment
+    ) -> None:
+        if len(attachment.data) < UPLOAD_SESSION_MINIMUM:
+            document: dict[str, Any] = {
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": attachment.name,
+                "contentType": attachment.content_type,
+                "contentBytes": base64.b64encode(attachment.data).decode("ascii"),
+                "isInline": attachment.inline,
+            }
+            if attachment.content_id is not None:
+                document["contentId"] = attachment.content_id
+            await self._call(
+                "addAttachment", "POST", self._message_url(draft_id, "/attachments"),
+                message.job_id, access_token=access_token, body=json.dumps(document).encode(),
+                content_type="application/json",
+            )  # fmt: skip
+            return
+        item: dict[str, Any] = {
+            "attachmentType": "file",
+            "name": attachment.name,
+            "size": len(attachment.data),
+            "contentType": attachment.content_type,
+            "isInline": attachment.inline,
+        }
+        if attachment.content_id is not None:
+            item["contentId"] = attachment.content_id
+        _, body = await self._call(
+            "createUploadSession", "POST",
+            self._message_url(draft_id, "/attachments/createUploadSession"), message.job_id,
+            access_token=access_token, body=json.dumps({"AttachmentItem": item}).encode(),
+            content_type="application/json", body_required=True,
+        )  # fmt: skip
+        upload_url = _json_object(body).get("uploadUrl")
+        if not isinstance(upload_url, str) or not upload_url.startswith("https://"):
+            raise TransientError(
+                "Graph opened an upload session without a usable uploadUrl",
+                code="provider_rejected",
+            )
+        total = len(attachment.data)
+        for start in range(0, total, UPLOAD_CHUNK):
+            chunk = attachment.data[start : start + UPLOAD_CHUNK]
+            # The upload URL carries its own credential: no Authorization header (B2).
+            await self._call(
+                "uploadChunk", "PUT", upload_url, message.job_id, access_token=None,
+                body=chunk, content_type="application/octet-stream",
+                headers={"Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{total}"},
+            )  # fmt: skip
+
+    def _message_url(self, draft_id: str, suffix: str) -> str:
+        return f"{self._base_url}/me/messages/{quote(draft_id, safe='')}{suffix}"
+
+    async def _post_mime(
         self,
         operation: str,
         path: str,
         access_token: str,
         message: OutgoingMessage,
+        mime: bytes,
         *,
-        body_required: bool,
+        body_required: bool = False,
     ) -> tuple[int, bytes]:
-        """POST the base64 MIME of ``message``; the status and body of a 2xx answer.
-
-        Once a status line has arrived, a body that breaks off only matters when it is a
-        success body we need (the draft's id): then the outcome is unknown.
-        """
-        body = base64.b64encode(message.mime)
+        """POST the base64 of ``mime`` (``message`` or what ``detach_attachments`` left)."""
+        body = base64.b64encode(mime)
         if len(body) > REQUEST_BODY_LIMIT:
             raise PermanentError(
-                f"the message is {len(message.mime)} bytes; its base64 form exceeds Graph's "
+                f"the message is {len(mime)} bytes; its base64 form exceeds Graph's "
                 f"{REQUEST_BODY_LIMIT}-byte request limit",
                 code="message_too_large",
             )
+        return await self._call(
+            operation, "POST", self._base_url + path, message.job_id, access_token=access_token,
+            body=body, content_type="text/plain", body_required=body_required,
+        )  # fmt: skip
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        job_id: str,
+        *,
+        access_token: str | None,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        body_required: bool = False,
+    ) -> tuple[int, bytes]:
+        """One Graph request; the status and body of a 2xx answer, else a ``DeliveryError``.
+
+        Once a status line has arrived, a body that breaks off only matters when it is a
+        success body we need (``body_required``: a draft's id): then the outcome is unknown.
+        """
         session = self._open_session()
         client_request_id = str(uuid.uuid4())
-        headers = {
-            "Authorization": f"Bearer {access_token}",
-            "Content-Type": "text/plain",
+        sent_headers = {
             "client-request-id": client_request_id,
             "return-client-request-id": "true",
+            **(headers or {}),
         }
+        if access_token is not None:
+            sent_headers["Authorization"] = f"Bearer {access_token}"
+        if content_type is not None:
+            sent_headers["Content-Type"] = content_type
         progress = RequestProgress.for_session(session)
         try:
-            async with session.post(
-                self._base_url + path,
+            async with session.request(
+                method,
+                url,
                 data=io.BytesIO(body),  # aiohttp warns about large raw-bytes bodies
-                headers=headers,
+                headers=sent_headers,
                 ssl=self._ssl,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -255,21 +516,20 @@ class GraphProvider:
             failure = transport_error(error, progress)
             log.warning(
                 "graph %s job=%s client-request-id=%s failed: %s",
-                operation, message.job_id, client_request_id, failure.code,
+                operation, job_id, client_request_id, failure.code,
             )  # fmt: skip
             raise failure from error
         request_id = _request_id(response.headers)
         if 200 <= response.status < 300:
             log.info(
                 "graph %s job=%s HTTP %s request-id=%s client-request-id=%s",
-                operation, message.job_id, response.status, request_id, client_request_id,
+                operation, job_id, response.status, request_id, client_request_id,
             )  # fmt: skip
             return response.status, answer
         failure = graph_error(response.status, response.headers, answer)
         log.warning(
             "graph %s job=%s HTTP %s %s request-id=%s client-request-id=%s",
-            operation, message.job_id, response.status, failure.code, request_id,
-            client_request_id,
+            operation, job_id, response.status, failure.code, request_id, client_request_id,
         )  # fmt: skip
         raise failure
 

@@ -56,7 +56,13 @@ from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.policy.identities import AccountId
-from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
+from mailbox_worker.providers.base import (
+    UNTRACKED,
+    DeliveryMode,
+    DeliveryProgress,
+    DeliveryReceipt,
+    OutgoingMessage,
+)
 from mailbox_worker.states import MailboxState
 from mailbox_worker.tokens.identity_client import Grant
 from mailbox_worker.tokens.microsoft import MicrosoftIdentity
@@ -123,10 +129,22 @@ class IdleProvider:
     def max_message_bytes(self, mode: DeliveryMode) -> int:
         return MESSAGE_LIMIT
 
-    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+    async def send(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
         raise AssertionError("the API harness runs no worker")
 
-    async def create_draft(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+    async def create_draft(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
         raise AssertionError("the API harness runs no worker")
 
     async def close(self) -> None:

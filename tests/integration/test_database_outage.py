@@ -29,7 +29,12 @@ from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.prometheus import PrometheusTelemetry
-from mailbox_worker.providers.base import DeliveryReceipt, OutgoingMessage
+from mailbox_worker.providers.base import (
+    UNTRACKED,
+    DeliveryProgress,
+    DeliveryReceipt,
+    OutgoingMessage,
+)
 
 from .api_harness import IdleProvider
 from .test_worker import FAST, Harness, RecordingProvider, RecordingTokens
@@ -233,8 +238,14 @@ class CuttingProvider(RecordingProvider):
 
     relay: Relay | None = None
 
-    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
-        receipt = await super().send(access_token, message)
+    async def send(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
+        receipt = await super().send(access_token, message, progress=progress)
         assert self.relay is not None
         await self.relay.cut()
         return receipt

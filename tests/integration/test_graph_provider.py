@@ -8,6 +8,7 @@ admin API (``/_sandbox/faults``) and the outcome is checked there too (``/_sandb
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import logging
@@ -31,7 +32,12 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.providers.base import OutgoingMessage
-from mailbox_worker.providers.graph import GraphProvider
+from mailbox_worker.providers.graph import (
+    REQUEST_BODY_LIMIT,
+    UPLOAD_CHUNK,
+    GraphProvider,
+    largest_mime_for_base64,
+)
 from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.tokens.oauth_sessions import close_session, new_session
 from tests.ports import free_port
@@ -387,10 +393,22 @@ async def test_too_large_fails_without_a_request(
     assert SEND_OPERATION not in await admin.counters()
 
 
-async def test_the_largest_message_is_accepted(
+async def test_a_body_too_large_for_one_request_fails_without_a_request(
     provider: GraphProvider, token: str, admin: Admin
 ) -> None:
-    message = mime_of_size(provider.max_message_bytes("draft"))
+    message = mime_of_size(largest_mime_for_base64(REQUEST_BODY_LIMIT) + 1)  # no attachments
+
+    with pytest.raises(PermanentError) as raised:
+        await provider.create_draft(token, message)
+
+    assert raised.value.code == "message_too_large"
+    assert [name for name in await admin.counters() if name.startswith("graph.")] == []
+
+
+async def test_the_largest_single_request_message_is_accepted(
+    provider: GraphProvider, token: str, admin: Admin
+) -> None:
+    message = mime_of_size(largest_mime_for_base64(REQUEST_BODY_LIMIT))
 
     receipt = await provider.create_draft(token, message)
 
@@ -503,3 +521,136 @@ async def test_a_given_session_is_used_and_left_open(
         assert (await graph.send(token, outgoing())).state == "sent"
         await graph.close()
         assert not session.closed
+
+
+# -- messages above one request: a draft, its attachments uploaded, then its send -----------
+
+
+class RecordedProgress:
+    """A ``DeliveryProgress`` that remembers what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    async def draft_created(self, draft_id: str) -> None:
+        self.steps.append(f"created {draft_id}")
+
+    async def draft_completed(self, draft_id: str) -> None:
+        self.steps.append(f"completed {draft_id}")
+
+    async def about_to_send(self) -> None:
+        self.steps.append("about to send")
+
+
+FILES = {
+    "invoice.pdf": ("application", "pdf", 9 * 1024 * 1024),  # an upload session, 3 ranges
+    "usage.csv": ("text", "csv", 1536 * 1024),  # the rest still too large: a fileAttachment
+    "logo.png": ("image", "png", 1536 * 1024),  # small enough to stay in the draft's MIME
+}
+
+
+def large_message(job: str) -> OutgoingMessage:
+    message_id = f"<{job}@invoices.example>"
+    mail = EmailMessage(policy=email.policy.SMTP)
+    mail["From"] = SENDER
+    mail["To"] = "ap@fabrikam.example"
+    mail["Subject"] = "Invoice 2025-0043"
+    mail["Message-ID"] = message_id
+    mail.set_content("Please find invoice 2025-0043 attached.\n")
+    for name, (maintype, subtype, size) in FILES.items():
+        data = os.urandom(size)
+        if maintype == "text":
+            mail.add_attachment(data.hex()[:size], subtype=subtype, filename=name)
+        else:
+            mail.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return OutgoingMessage(job_id=job, mime=mail.as_bytes(), message_id=message_id)
+
+
+def attachments_of(raw: bytes) -> dict[str, bytes]:
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return {
+        str(part.get_filename()): part.get_payload(decode=True)  # type: ignore[misc]
+        for part in parsed.iter_attachments()
+    }
+
+
+async def test_a_large_message_is_sent_through_a_draft_with_upload_sessions(
+    provider: GraphProvider, token: str, admin: Admin
+) -> None:
+    message = large_message("job_large")
+    progress = RecordedProgress()
+
+    receipt = await provider.send(token, message, progress=progress)
+
+    [stored] = await admin.messages(folder="sent")
+    assert await admin.messages(folder="drafts") == []
+    assert (receipt.state, receipt.provider_draft_id) == ("sent", stored["id"])
+    assert stored["internet_message_id"] == message.message_id
+    assert attachments_of(await admin.raw(stored["id"])) == attachments_of(message.mime)
+    assert progress.steps == [
+        f"created {stored['id']}",
+        f"completed {stored['id']}",
+        "about to send",
+    ]
+    counters = await admin.counters()
+    ranges = -(-FILES["invoice.pdf"][2] // UPLOAD_CHUNK)
+    assert {name: counters.get(f"graph.{name}") for name in (
+        "sendMail", "createMessage", "createUploadSession", "uploadChunk", "addAttachment",
+        "sendDraft",
+    )} == {
+        "sendMail": None, "createMessage": 1, "createUploadSession": 1, "uploadChunk": ranges,
+        "addAttachment": 1, "sendDraft": 1,
+    }  # fmt: skip
+
+
+async def test_a_large_draft_is_left_complete_and_never_sent(
+    provider: GraphProvider, token: str, admin: Admin
+) -> None:
+    message = large_message("job_large_draft")
+    progress = RecordedProgress()
+
+    receipt = await provider.create_draft(token, message, progress=progress)
+
+    [stored] = await admin.messages(folder="drafts")
+    assert await admin.messages(folder="sent") == []
+    assert (receipt.state, receipt.provider_draft_id) == ("drafted", stored["id"])
+    assert receipt.provider_message_id == stored["id"]
+    assert attachments_of(await admin.raw(stored["id"])) == attachments_of(message.mime)
+    assert progress.steps == [f"created {stored['id']}", f"completed {stored['id']}"]
+
+
+async def test_a_resumed_delivery_sends_the_complete_draft_it_recorded(
+    provider: GraphProvider, token: str, admin: Admin
+) -> None:
+    message = large_message("job_resumed")
+    draft = await provider.create_draft(token, message)  # the first attempt stopped here
+    assert draft.provider_draft_id is not None
+    resumed = dataclasses.replace(message, draft_id=draft.provider_draft_id, draft_complete=True)
+    progress = RecordedProgress()
+
+    receipt = await provider.send(token, resumed, progress=progress)
+
+    [stored] = await admin.messages(folder="sent")
+    assert (receipt.state, stored["id"]) == ("sent", draft.provider_draft_id)
+    assert await admin.messages(folder="drafts") == []
+    assert progress.steps == ["about to send"]
+    counters = await admin.counters()
+    assert (counters.get("graph.createMessage"), counters.get("graph.sendDraft")) == (1, 1)
+
+
+async def test_an_ambiguous_answer_while_uploading_is_transient(
+    provider: GraphProvider, token: str, admin: Admin
+) -> None:
+    """The draft's id was reported and nothing was sent: a retry deletes the draft and
+    starts over, so the error is safe to retry."""
+    await admin.fault(operation="graph.createUploadSession", kind="status", status=500)
+    progress = RecordedProgress()
+
+    with pytest.raises(TransientError) as raised:
+        await provider.send(token, large_message("job_upload_fails"), progress=progress)
+
+    assert raised.value.code == "provider_error_ambiguous"
+    [draft] = await admin.messages(folder="drafts")
+    assert progress.steps == [f"created {draft['id']}"]
+    assert await admin.messages(folder="sent") == []

@@ -16,7 +16,8 @@ from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.models import Account, Base, Mailbox
+from mailbox_worker.db.models import Account, Base, Mailbox, OutboxEvent
+from mailbox_worker.events.outbox import Outbox
 
 
 @pytest.fixture
@@ -78,3 +79,38 @@ async def test_migration_0004_carries_connected_mailboxes_forward_unpinned(
     assert mailbox is not None
     assert (mailbox.state, mailbox.address) == ("connected", "billing@contoso.example")
     assert (mailbox.identity_tenant, mailbox.identity_subject) == (None, None)
+
+
+async def test_migration_0009_orders_waiting_events_by_job_then_mailbox(
+    database_url: str,
+) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    now = utcnow()
+    waiting = {
+        "job": {"job_id": "job_1", "mailbox_id": "mbx_1"},
+        "mailbox": {"mailbox_id": "mbx_1"},
+        "neither": {"n": 1},
+    }
+    try:
+        await migrate.upgrade(engine, "0006")
+        async with engine.begin() as connection:
+            for name, payload in waiting.items():
+                await connection.execute(
+                    insert(cast(Table, OutboxEvent.__table__)).values(
+                        account_id="acc_1",
+                        kind=name,
+                        payload=payload,
+                        created_at=now,
+                        attempts=0,
+                        next_attempt_at=now,
+                    )
+                )
+        await migrate.upgrade(engine)
+        events = await Outbox(create_session_factory(engine)).all()
+    finally:
+        await engine.dispose()
+    assert {event.kind: event.ordering_key for event in events} == {
+        "job": "job_1",
+        "mailbox": "mbx_1",
+        "neither": None,
+    }

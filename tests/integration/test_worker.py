@@ -34,7 +34,13 @@ from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.prometheus import PrometheusTelemetry
-from mailbox_worker.providers.base import DeliveryMode, DeliveryReceipt, OutgoingMessage
+from mailbox_worker.providers.base import (
+    UNTRACKED,
+    DeliveryMode,
+    DeliveryProgress,
+    DeliveryReceipt,
+    OutgoingMessage,
+)
 from mailbox_worker.states import TERMINAL, MailboxState
 
 from .conftest import Stores
@@ -67,11 +73,24 @@ class RecordingProvider:
                 raise step
             step()
 
-    async def send(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+    async def send(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
+        await progress.about_to_send()
         await self._call("send", access_token, message)
         return DeliveryReceipt(state="sent")
 
-    async def create_draft(self, access_token: str, message: OutgoingMessage) -> DeliveryReceipt:
+    async def create_draft(
+        self,
+        access_token: str,
+        message: OutgoingMessage,
+        *,
+        progress: DeliveryProgress = UNTRACKED,
+    ) -> DeliveryReceipt:
         await self._call("draft", access_token, message)
         return DeliveryReceipt(
             state="drafted", provider_message_id="AAMk-draft-1", web_link="https://x"
@@ -231,10 +250,15 @@ async def test_lost_grant_holds_the_mailbox_jobs_until_reconnect(harness: Harnes
     mailbox = await harness.stores.mailboxes.get(harness.mailbox.id)
     assert mailbox is not None
     assert (mailbox.state, mailbox.state_reason) == ("reauth_required", "invalid_grant")
-    [event] = await Outbox(harness.stores.sessions).all()
+    [event, held] = await Outbox(harness.stores.sessions).all()
     assert (event.kind, event.payload) == (
         "mailbox.reauth_required",
         {"mailbox_id": mailbox.id, "provider": "microsoft", "reason": "invalid_grant"},
+    )
+    assert (held.kind, held.payload["job_id"], held.payload["code"]) == (
+        "job.held",
+        job.id,
+        "invalid_grant",
     )
     await harness.pause()
     later = await harness.enqueue(subject="enqueued while broken")

@@ -179,10 +179,10 @@ def test_base64_boundary_for_any_limit(limit: int) -> None:
     assert len(base64.b64encode(bytes(largest + 1))) > limit
 
 
-def test_max_message_bytes_is_the_same_for_both_modes() -> None:
+def test_max_message_bytes_is_the_mailbox_limit_in_both_modes() -> None:
     provider = GraphProvider()
 
-    assert provider.max_message_bytes("send") == 3 * 1024 * 1024
+    assert provider.max_message_bytes("send") == 35 * 1024 * 1024
     assert provider.max_message_bytes("draft") == provider.max_message_bytes("send")
 
 
