@@ -146,7 +146,7 @@ class App:
         for tests. Nothing is connected or started until used."""
         engine = create_engine(settings.database)
         sessions = create_session_factory(engine)
-        scrubber = StorageScrubber(engine)
+        scrubber = StorageScrubber(engine, transaction_pooler=settings.database.transaction_pooler)
         registry = CollectorRegistry()
         telemetry = PrometheusTelemetry(registry)
         accounts = AccountStore(sessions, clock)

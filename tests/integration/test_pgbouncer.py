@@ -14,11 +14,13 @@ import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import DatabaseSettings, create_engine, create_session_factory
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.jobs.store import JobStore, NewJob
 from tests.pgbouncer import running_pgbouncer, through
@@ -106,3 +108,32 @@ async def test_without_the_setting_prepared_statements_break_behind_pgbouncer(
             await _enqueue_and_claim(engine)
     finally:
         await engine.dispose()
+
+
+async def test_the_storage_scrub_works_through_pgbouncer_and_leaves_no_setting_behind(
+    pgbouncer: int, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Three processes scrub at once (each daemon scrubs at start). Before, statements prepared
+    # outside a transaction were run on another server connection ("prepared statement …
+    # does not exist"), and a ``SET lock_timeout`` stayed on whichever server connection it
+    # reached, for other clients to inherit.
+    settings = DatabaseSettings(
+        url=through(database, pgbouncer), pool_size=2, transaction_pooler=True
+    )
+    engines = [create_engine(settings) for _ in range(3)]
+    try:
+        scrubbers = [StorageScrubber(engine, transaction_pooler=True) for engine in engines]
+        await asyncio.gather(*(scrubber.after_erasure() for scrubber in scrubbers))
+        for scrubber in scrubbers:
+            assert await scrubber.scrub_pending()  # a table one skipped is free now
+        # One may have skipped a table the other was rewriting; none failed on a statement.
+        assert [r.getMessage() for r in caplog.records if "scrub failed" in r.getMessage()] == []
+        # Every server connection PgBouncer holds answers the server's default.
+        async with engines[0].connect() as connection:
+            for _ in range(SERVER_CONNECTIONS * 4):
+                async with connection.begin():
+                    timeout = await connection.scalar(text("SHOW lock_timeout"))
+                    assert timeout == "0"
+    finally:
+        for engine in engines:
+            await engine.dispose()
