@@ -191,7 +191,10 @@ class StorageScrubber:
         after = await self._files(connection, oids)
         kept = sorted(name for name, node in after.items() if before.get(name) == node)
         if kept:
-            log.warning("VACUUM FULL left %s unchanged (owner?); will retry", ", ".join(kept))
+            log.warning(
+                "VACUUM FULL left %s unchanged (in use, or not owned by this role); will retry",
+                ", ".join(kept),
+            )
             return False
         # A standby's feedback could have pulled the horizon back while the tables were copied.
         return await self._older_snapshots(connection, cutoff) == 0
