@@ -4,6 +4,8 @@ front of the test PostgreSQL server, on a free port, for the tests that run thro
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import socket
@@ -45,7 +47,7 @@ def running_pgbouncer(server_connections: int, max_client_connections: int = 100
         f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
         f"pool_mode = transaction\ndefault_pool_size = {server_connections}\n"
         f"max_client_conn = {max_client_connections}\nserver_reset_query =\n"
-        "ignore_startup_parameters = extra_float_digits\n"
+        "ignore_startup_parameters = extra_float_digits\nadmin_users = postgres\n"
     )
     for path in (folder, *folder.iterdir()):
         shutil.chown(path, "postgres")
@@ -75,3 +77,24 @@ def running_pgbouncer(server_connections: int, max_client_connections: int = 100
 def through(url: str, port: int) -> str:
     """``url`` with its port replaced by ``port`` (PgBouncer's)."""
     return make_url(url).set(port=port).render_as_string(hide_password=False)
+
+
+def stats(port: int, database: str) -> dict[str, int]:
+    """PgBouncer's ``SHOW STATS`` row for ``database`` (totals since start: ``total_xact_count``,
+    ``total_wait_time`` in µs, …), read with ``psql`` through the admin console (it speaks
+    only the simple query protocol); empty when ``psql`` is not installed."""
+    psql = shutil.which("psql")
+    if psql is None:
+        return {}
+    console = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "pgbouncer"]
+    done = subprocess.run(
+        [psql, *console, "--csv", "-c", "SHOW STATS"],
+        capture_output=True,
+        check=True,
+        timeout=10,
+        text=True,
+    )
+    for row in csv.DictReader(io.StringIO(done.stdout)):
+        if row["database"] == database:
+            return {name: int(value) for name, value in row.items() if value.isdigit()}
+    return {}

@@ -20,10 +20,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy.engine import make_url
 
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
-from tests.pgbouncer import running_pgbouncer, through
+from tests.pgbouncer import running_pgbouncer, stats, through
 
 from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
 from .conftest import Daemon, call, start
@@ -143,6 +144,8 @@ async def test_two_daemons_through_pgbouncer_send_each_invoice_once(
                 assert status == 202, job
                 return dict(job)
 
+            name = str(make_url(database).database)
+            pooled_before = stats(pgbouncer, name)
             started = time.perf_counter()
             jobs = await asyncio.gather(*(enqueue(number) for number in range(JOBS)))
             states: dict[str, str] = {job["id"]: job["state"] for job in jobs}
@@ -163,6 +166,7 @@ async def test_two_daemons_through_pgbouncer_send_each_invoice_once(
                     for job_id, (_, body) in zip(pending, answers, strict=True):
                         states[job_id] = body["state"]
             elapsed = time.perf_counter() - started
+            pooled_after = stats(pgbouncer, name)
             refreshes = (await counters(plain, sandbox, context))[REFRESH] - before
             async with plain.get(f"{sandbox.base_url}/_sandbox/messages", ssl=context) as answer:
                 messages = (await answer.json())["messages"]
@@ -178,6 +182,13 @@ async def test_two_daemons_through_pgbouncer_send_each_invoice_once(
         f"{JOBS / elapsed:.1f} jobs/s, {refreshes} token refreshes, "
         f"{len(statuses)} API calls"
     )
+    if pooled_before and pooled_after:
+        transactions = pooled_after["total_xact_count"] - pooled_before["total_xact_count"]
+        waited = pooled_after["total_wait_time"] - pooled_before["total_wait_time"]
+        print(
+            f"PgBouncer meanwhile (SHOW STATS): {transactions} transactions; clients waited "
+            f"{waited / 1e6:.1f} s in all for a server connection"
+        )
     assert collections.Counter(states.values()) == {"sent": JOBS}
     assert [status for status in statuses if status >= 500] == []
     # Each Message-ID delivered once, and each is one of this run's jobs.
