@@ -39,6 +39,7 @@ from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.outage import is_database_unavailable
+from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_shortfall
 from mailbox_worker.errors import ConfigError, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
 from mailbox_worker.events.outbox import Outbox
@@ -150,7 +151,9 @@ class App:
         sessions = create_session_factory(engine)
         registry = CollectorRegistry()
         telemetry = PrometheusTelemetry(registry)
-        scrubber = StorageScrubber(engine, telemetry=telemetry)
+        scrubber = StorageScrubber(
+            engine, transaction_pooler=settings.database.transaction_pooler, telemetry=telemetry
+        )
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
         jobs = JobStore(sessions, clock)
@@ -216,6 +219,24 @@ class App:
             admin_sessions=AdminSessions(account_service),
         )
 
+    def check_pool_size(self) -> None:
+        """Compare the PostgreSQL pool with what this process can hold at once: set the
+        ``mailbox_worker_database_connections`` gauge and log one warning when the pool is
+        smaller (docs/architecture.md#pool-sizing). Nothing on SQLite."""
+        database = self.settings.database
+        capacity = pool_capacity(database)
+        if capacity is None:
+            return
+        demand = pool_demand(
+            self.settings.worker.concurrency,
+            key_rotation=self.settings.keys.rotate_every_days > 0,
+            callbacks=bool(self.settings.callbacks.url),
+        )
+        self.telemetry.database_pool(capacity, demand.total)
+        warning = pool_shortfall(database, demand)
+        if warning is not None:
+            log.warning("%s", warning)
+
     async def migrate(self) -> None:
         await migrate.upgrade(self.engine)
 
@@ -254,6 +275,7 @@ class App:
 
     async def serve(self, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
         """Run the API and the worker until ``stop`` is set; drain, then return."""
+        self.check_pool_size()
         server = self.settings.server
         limits = ServerLimits(
             header_timeout=server.header_timeout,

@@ -181,6 +181,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "database.url", "must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
         )
+    if settings.database.pool_size < 1:
+        raise ConfigError("database.pool_size", "must be at least 1")
+    if settings.database.max_overflow < 0:
+        raise ConfigError("database.max_overflow", "must be 0 or more")
     if not 0 <= settings.server.port <= 65535:
         raise ConfigError("server.port", "must be between 0 and 65535")
     if urlsplit(settings.server.public_url).scheme not in {"http", "https"}:

@@ -89,6 +89,13 @@ class PrometheusTelemetry:
             registry=registry,
         )
 
+        self._database_connections = Gauge(
+            "mailbox_worker_database_connections",
+            "PostgreSQL connections: the most the pool opens (bound=pool) and the most this "
+            "process can hold at once (bound=needed); docs/architecture.md#pool-sizing.",
+            ["bound"],
+            registry=registry,
+        )
         self._loop_errors = Counter(
             "mailbox_worker_loop_errors",
             "Passes of a background loop that raised (the loop backs off and goes on).",
@@ -138,6 +145,11 @@ class PrometheusTelemetry:
 
     def active_key_age(self, seconds: Callable[[], float]) -> None:
         self._active_key_age.set_function(seconds)
+
+    def database_pool(self, capacity: int, needed: int) -> None:
+        """The pool's size (``pool_size + max_overflow``) and the process's peak demand."""
+        self._database_connections.labels("pool").set(capacity)
+        self._database_connections.labels("needed").set(needed)
 
     def loop_error(self, loop: str) -> None:
         self._loop_errors.labels(loop=loop).inc()

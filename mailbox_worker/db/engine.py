@@ -36,6 +36,9 @@ class DatabaseSettings:
 
     url: str = "sqlite+aiosqlite:///var/mailbox-worker.db"
     pool_size: int = 10
+    max_overflow: int = 10
+    """Connections opened beyond ``pool_size`` when all are busy, closed when returned
+    (SQLAlchemy's default); the pool holds at most ``pool_size + max_overflow``."""
     echo: bool = False
     transaction_pooler: bool = False
     """PostgreSQL is reached through a transaction-mode pooler such as PgBouncer."""
@@ -58,6 +61,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         url,
         echo=settings.echo,
         pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
         pool_pre_ping=True,
         connect_args=postgresql_connect_args(settings),
     )

@@ -15,7 +15,11 @@ material has committed, and makes the live database hold no copy of it:
   transaction in any database of the cluster counts, since it holds back the xmin of the
   rewrite's own snapshot), rewrites the token tables and their TOAST tables with
   ``VACUUM FULL`` under a short ``lock_timeout``, checks that each table really got a new
-  file, and that no old snapshot appeared meanwhile.
+  file, and that no old snapshot appeared meanwhile. Its queries run in transactions of their
+  own and ``VACUUM`` as one simple-protocol message, so behind a transaction-mode pooler each
+  lands whole on one server connection; there, ``SET lock_timeout`` would stay behind on a
+  server connection other clients then use (the token refresh's advisory lock wait would give
+  up after 200 ms), so ``VACUUM (FULL, SKIP_LOCKED)`` stands in for it.
 
 A scrub that cannot finish now stays pending: ``run`` retries it in the background, and the
 daemon scrubs once at start, since a pending scrub lives only in memory. Nothing here raises
@@ -27,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -79,6 +85,8 @@ PG_TABLE_OIDS = "SELECT to_regclass(name)::oid FROM unnest(CAST(:names AS text[]
 
 # Rewrite the token tables (and their TOAST tables): only live rows are copied.
 PG_REWRITE = "VACUUM (FULL) " + ", ".join(TOKEN_TABLES)
+# The same without waiting for any lock, for a transaction-mode pooler (no session settings).
+PG_REWRITE_SKIP_LOCKED = "VACUUM (FULL, SKIP_LOCKED) " + ", ".join(TOKEN_TABLES)
 
 
 class StorageScrubber:
@@ -92,6 +100,7 @@ class StorageScrubber:
         self,
         engine: AsyncEngine,
         *,
+        transaction_pooler: bool = False,
         lock_timeout_ms: int = 200,
         snapshot_wait: float = 2.0,
         busy_timeout_ms: int = 1000,
@@ -100,6 +109,7 @@ class StorageScrubber:
     ) -> None:
         self._telemetry = telemetry  # counts the failed passes of the scrub loop
         self._engine = engine
+        self._transaction_pooler = transaction_pooler
         self._lock_timeout_ms = lock_timeout_ms
         self._snapshot_wait = snapshot_wait
         self._busy_timeout_ms = busy_timeout_ms
@@ -146,12 +156,17 @@ class StorageScrubber:
             covered = self._requested  # every erasure so far committed before this scrub
             try:
                 async with self._engine.connect() as connection:
-                    outside = await connection.execution_options(isolation_level="AUTOCOMMIT")
                     if self._engine.dialect.name == "postgresql":
-                        done = await self._rewrite_postgresql(outside)
+                        done = await self._rewrite_postgresql(connection)
                     else:
+                        outside = await connection.execution_options(isolation_level="AUTOCOMMIT")
                         done = await self._checkpoint_sqlite(outside)
-            except (SQLAlchemyError, OSError) as error:  # busy, locked, unreachable
+            except (  # busy, locked, unreachable
+                SQLAlchemyError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                OSError,
+            ) as error:
                 log.warning("storage scrub failed (%s); will retry", type(error).__name__)
                 done = False
             if done:
@@ -174,31 +189,44 @@ class StorageScrubber:
         return False
 
     async def _rewrite_postgresql(self, connection: AsyncConnection) -> bool:
-        cutoff = int((await connection.execute(text(PG_CUTOFF))).scalar_one())
+        cutoff = int((await _rows(connection, PG_CUTOFF))[0][0])
         if not await self._wait_for_old_snapshots(connection, cutoff):
             log.warning("a transaction older than the erasure is open; the scrub will be retried")
             return False
-        oids = list(
-            (await connection.execute(text(PG_TABLE_OIDS), {"names": list(TOKEN_TABLES)}))
-            .scalars()
-            .all()
-        )
+        rows = await _rows(connection, PG_TABLE_OIDS, {"names": list(TOKEN_TABLES)})
+        oids = [row[0] for row in rows]
         before = await self._files(connection, oids)
-        await connection.execute(text(f"SET lock_timeout = {int(self._lock_timeout_ms)}"))
         try:
-            await connection.execute(text(PG_REWRITE))
-        except SQLAlchemyError as error:
+            await self._vacuum(connection)
+        except asyncpg.PostgresError as error:
             log.warning("VACUUM FULL did not run (%s); will retry", type(error).__name__)
             return False
-        finally:
-            await connection.execute(text("RESET lock_timeout"))
         after = await self._files(connection, oids)
         kept = sorted(name for name, node in after.items() if before.get(name) == node)
         if kept:
-            log.warning("VACUUM FULL left %s unchanged (owner?); will retry", ", ".join(kept))
+            log.warning(
+                "VACUUM FULL left %s unchanged (in use, or not owned by this role); will retry",
+                ", ".join(kept),
+            )
             return False
         # A standby's feedback could have pulled the horizon back while the tables were copied.
         return await self._older_snapshots(connection, cutoff) == 0
+
+    async def _vacuum(self, connection: AsyncConnection) -> None:
+        """Run the rewrite outside any transaction, each statement one simple-protocol message
+        (asyncpg's ``execute`` without arguments): SQLAlchemy's would be prepared in one
+        round trip and run in another, which a transaction-mode pooler may send to two
+        different server connections."""
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None  # a live asyncpg connection while ours is checked out
+        if self._transaction_pooler:
+            await driver.execute(PG_REWRITE_SKIP_LOCKED)
+            return
+        await driver.execute(f"SET lock_timeout = {int(self._lock_timeout_ms)}")
+        try:
+            await driver.execute(PG_REWRITE)
+        finally:
+            await driver.execute("RESET lock_timeout")
 
     async def _wait_for_old_snapshots(self, connection: AsyncConnection, cutoff: int) -> bool:
         deadline = time.monotonic() + self._snapshot_wait
@@ -210,10 +238,19 @@ class StorageScrubber:
 
     @staticmethod
     async def _files(connection: AsyncConnection, oids: list[int]) -> dict[str, int]:
-        rows = (await connection.execute(text(PG_FILES), {"tables": oids})).all()
+        rows = await _rows(connection, PG_FILES, {"tables": oids})
         return {str(name): int(node) for name, node in rows}
 
     @staticmethod
     async def _older_snapshots(connection: AsyncConnection, cutoff: int) -> int:
-        result = await connection.execute(text(PG_OLDER_SNAPSHOTS), {"cutoff": cutoff % 2**32})
-        return int(result.scalar_one())
+        rows = await _rows(connection, PG_OLDER_SNAPSHOTS, {"cutoff": cutoff % 2**32})
+        return int(rows[0][0])
+
+
+async def _rows(
+    connection: AsyncConnection, statement: str, parameters: dict[str, object] | None = None
+) -> list[tuple[Any, ...]]:
+    """``statement``'s rows, read in a transaction of its own: outside one, a transaction-mode
+    pooler may prepare it on one server connection and run it on another."""
+    async with connection.begin():
+        return [tuple(row) for row in await connection.execute(text(statement), parameters)]

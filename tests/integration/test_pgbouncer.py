@@ -1,42 +1,35 @@
 """PostgreSQL through PgBouncer in transaction mode (how large deployments run it).
 
-A real PgBouncer (Debian's ``pgbouncer``; ``.ci/run`` installs it) is started on a free port
-in front of the test server, with fewer server connections than the engine's pool, so that
-consecutive transactions of one client connection land on different server connections.
-With ``database.transaction_pooler = true`` the store's work goes through; without it,
-asyncpg's prepared statements break on the first reuse, which is what the setting is for.
+A real PgBouncer (``tests/pgbouncer.py``) is started on a free port in front of the test
+server, with fewer server connections than the engine's pool, so that consecutive transactions
+of one client connection land on different server connections. With
+``database.transaction_pooler = true`` the store's work goes through; without it, asyncpg's
+prepared statements break on the first reuse, which is what the setting is for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import DatabaseSettings, create_engine, create_session_factory
+from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
-from tests.ports import free_port
+from tests.pgbouncer import running_pgbouncer, through
 
-from ..conftest import REQUIRE_POSTGRES, create_postgres_database, drop_postgres_database
+from ..conftest import create_postgres_database, drop_postgres_database
 
 pytestmark = pytest.mark.postgres
 
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 JOBS = 60
 SERVER_CONNECTIONS = 2
 
@@ -44,49 +37,8 @@ SERVER_CONNECTIONS = 2
 @pytest.fixture
 def pgbouncer() -> Iterator[int]:
     """A PgBouncer in transaction mode in front of the test server; yields its port."""
-    if not os.path.exists(PGBOUNCER):
-        reason = "pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)"
-        if REQUIRE_POSTGRES:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    port = free_port()
-    # PgBouncer refuses to run as root, so it runs as postgres, which cannot enter pytest's
-    # private temporary folders: its files live in a folder of its own under /tmp.
-    folder = Path(tempfile.mkdtemp(prefix="mw-pgbouncer-"))
-    (folder / "users.txt").write_text('"postgres" ""\n')
-    (folder / "pgbouncer.ini").write_text(
-        "[databases]\n"
-        "* = host=127.0.0.1 port=5432\n"
-        "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
-        f"pool_mode = transaction\ndefault_pool_size = {SERVER_CONNECTIONS}\n"
-        "max_client_conn = 100\nserver_reset_query =\n"
-        "ignore_startup_parameters = extra_float_digits\n"
-    )
-    for path in (folder, *folder.iterdir()):
-        shutil.chown(path, "postgres")
-    log = (folder / "pgbouncer.log").open("wb")
-    process = subprocess.Popen(
-        [PGBOUNCER, "-u", "postgres", str(folder / "pgbouncer.ini")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail(f"pgbouncer exited: {(folder / 'pgbouncer.log').read_text()}")
-                time.sleep(0.05)
+    with running_pgbouncer(SERVER_CONNECTIONS) as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -102,10 +54,6 @@ async def database() -> AsyncIterator[str]:
         yield url
     finally:
         await drop_postgres_database(url)
-
-
-def _through(url: str, port: int) -> str:
-    return make_url(url).set(port=port).render_as_string(hide_password=False)
 
 
 async def _enqueue_and_claim(engine: AsyncEngine) -> int:
@@ -143,7 +91,7 @@ async def test_the_store_works_through_pgbouncer_with_the_pooler_setting(
     pgbouncer: int, database: str
 ) -> None:
     settings = DatabaseSettings(
-        url=_through(database, pgbouncer), pool_size=8, transaction_pooler=True
+        url=through(database, pgbouncer), pool_size=8, transaction_pooler=True
     )
     engine = create_engine(settings)
     try:
@@ -155,9 +103,38 @@ async def test_the_store_works_through_pgbouncer_with_the_pooler_setting(
 async def test_without_the_setting_prepared_statements_break_behind_pgbouncer(
     pgbouncer: int, database: str
 ) -> None:
-    engine = create_engine(DatabaseSettings(url=_through(database, pgbouncer), pool_size=8))
+    engine = create_engine(DatabaseSettings(url=through(database, pgbouncer), pool_size=8))
     try:
         with pytest.raises(Exception, match="prepared statement"):
             await _enqueue_and_claim(engine)
     finally:
         await engine.dispose()
+
+
+async def test_the_storage_scrub_works_through_pgbouncer_and_leaves_no_setting_behind(
+    pgbouncer: int, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Three processes scrub at once (each daemon scrubs at start). Before, statements prepared
+    # outside a transaction were run on another server connection ("prepared statement …
+    # does not exist"), and a ``SET lock_timeout`` stayed on whichever server connection it
+    # reached, for other clients to inherit.
+    settings = DatabaseSettings(
+        url=through(database, pgbouncer), pool_size=2, transaction_pooler=True
+    )
+    engines = [create_engine(settings) for _ in range(3)]
+    try:
+        scrubbers = [StorageScrubber(engine, transaction_pooler=True) for engine in engines]
+        await asyncio.gather(*(scrubber.after_erasure() for scrubber in scrubbers))
+        for scrubber in scrubbers:
+            assert await scrubber.scrub_pending()  # a table one skipped is free now
+        # One may have skipped a table the other was rewriting; none failed on a statement.
+        assert [r.getMessage() for r in caplog.records if "scrub failed" in r.getMessage()] == []
+        # Every server connection PgBouncer holds answers the server's default.
+        async with engines[0].connect() as connection:
+            for _ in range(SERVER_CONNECTIONS * 4):
+                async with connection.begin():
+                    timeout = await connection.scalar(text("SHOW lock_timeout"))
+                    assert timeout == "0"
+    finally:
+        for engine in engines:
+            await engine.dispose()
