@@ -16,8 +16,10 @@ sandbox's token endpoint (401 ``authError``), ``userId`` ``me`` or the token's o
 one of the method's scopes from the discovery document (403 ``insufficientPermissions``), the
 user's quota units per minute (429 ``userRateLimitExceeded``, "Retry after …"), queued faults,
 then the method: a message is required (400), a sent one needs a recipient (400) and room under
-the user's daily sending limit (429 ``rateLimitExceeded`` "… (Mail sending)"). A resumable
-upload is checked up to the quota when it opens and runs the method when its last byte arrives.
+the user's daily sending limit (429 ``rateLimitExceeded`` "… (Mail sending)"; noticed late when
+the user's ``sending_limit_detection_delay`` is set, as Google notices it, docs/providers.md
+D4). A resumable upload is checked up to the quota when it opens and runs the method when its
+last byte arrives.
 
 Counters: ``gmail.messages.send``, ``gmail.drafts.create``, ``gmail.drafts.send`` per call (a
 resumable upload counts once, when it opens), ``gmail.upload.chunk`` per PUT,
@@ -279,7 +281,7 @@ class GmailEndpoints:
     def _send_message(self, call: Call) -> Json:
         raw = _message(call.metadata, call.media)
         _require_recipient(raw)
-        self._admit_send(call.caller)
+        over_limit = self._admit_send(call.caller)
         raw = with_message_id(raw)
         message = self._gmail.store(
             call.caller.user,
@@ -289,6 +291,7 @@ class GmailEndpoints:
             SENT,
             call.upload,
             _thread_id(call.metadata),
+            over_limit,
         )
         return message.resource()
 
@@ -320,16 +323,18 @@ class GmailEndpoints:
         if call.media is not None or content.get("raw"):
             replacement = with_message_id(_message(content, call.media))
         _require_recipient(replacement or stored.raw)
-        self._admit_send(call.caller)
+        stored.over_limit = self._admit_send(call.caller)
         if replacement is not None:
             _replace_content(stored, replacement, call.upload)
         return self._gmail.send_draft(draft).resource()
 
-    def _admit_send(self, caller: Caller) -> None:
-        until = self._gmail.admit_send(caller.user)
-        if until is not None:
+    def _admit_send(self, caller: Caller) -> bool:
+        """Whether the message goes out over the daily limit; 429 once Google noticed it."""
+        admission = self._gmail.admit_send(caller.user)
+        if admission.refused_until is not None:
             self._controls.count("gmail.throttled.sending_limit")
-            raise errors.sending_limit_exceeded(until)
+            raise errors.sending_limit_exceeded(admission.refused_until)
+        return admission.over_limit
 
 
 def _object(value: object) -> Mapping[str, Any]:

@@ -2,14 +2,15 @@
 
 * ``GET /_sandbox/google/messages[?user=addr&label=SENT|DRAFT]`` — accepted messages, oldest
   first: ``{"messages": [{id, thread_id, user, label, draft_id, message_id, subject, from, to,
-  cc, bcc, size, sha256, upload, client_id, created_at}]}`` (``message_id`` is the
-  ``Message-ID`` header; ``upload`` how the message came: ``raw``, ``media``, ``multipart``,
-  ``resumable``);
+  cc, bcc, size, sha256, upload, client_id, created_at, over_limit}]}`` (``message_id`` is
+  the ``Message-ID`` header; ``upload`` how the message came: ``raw``, ``media``,
+  ``multipart``, ``resumable``; ``over_limit``: sent past the daily limit, unnoticed as yet);
 * ``GET /_sandbox/google/messages/{id}/raw`` — its RFC 822 bytes (``message/rfc822``);
 * ``GET /_sandbox/google/users/{address}/limits`` — ``{daily_sending_limit, units_per_minute,
-  sent_in_window}``;
+  sending_limit_detection_delay, sent_in_window}``;
 * ``POST /_sandbox/google/users/{address}/limits`` — ``{daily_sending_limit?,
-  units_per_minute?}`` (non-negative integers); answers as the GET.
+  units_per_minute?, sending_limit_detection_delay?}`` (non-negative; the delay in seconds);
+  answers as the GET.
 
 Counters, faults and reset are the shared control API (``sandbox.admin``); ``POST
 /_sandbox/reset`` forgets messages, drafts and usage but keeps limits. Every operation wraps a
@@ -48,6 +49,7 @@ def message_summary(gmail: GmailState, message: GmailMessage) -> dict[str, Any]:
         "upload": message.upload,
         "client_id": message.client_id,
         "created_at": iso_time(message.created_at),
+        "over_limit": message.over_limit,
     }
 
 
@@ -96,14 +98,24 @@ class GmailAdminEndpoints:
         if self._google.find_user(address) is None:
             return problem_response(404, "no such user")
         document = await json_object(request)
-        values: dict[str, int] = {}
+        counts: dict[str, int] = {}
         for name in ("daily_sending_limit", "units_per_minute"):
             if name in document:
                 value = document[name]
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     return problem_response(400, f"{name} must be a non-negative integer")
-                values[name] = value
-        self._gmail.set_limits(address, **values)
+                counts[name] = value
+        delay = document.get("sending_limit_detection_delay")
+        if delay is not None and (
+            not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0
+        ):
+            return problem_response(400, "sending_limit_detection_delay must be seconds >= 0")
+        self._gmail.set_limits(
+            address,
+            daily_sending_limit=counts.get("daily_sending_limit"),
+            units_per_minute=counts.get("units_per_minute"),
+            sending_limit_detection_delay=None if delay is None else float(delay),
+        )
         return self._limits_answer(address)
 
     def _limits_answer(self, address: str) -> web.Response:
@@ -112,6 +124,7 @@ class GmailAdminEndpoints:
             {
                 "daily_sending_limit": limits.daily_sending_limit,
                 "units_per_minute": limits.units_per_minute,
+                "sending_limit_detection_delay": limits.sending_limit_detection_delay,
                 "sent_in_window": self._gmail.sent_in_window(address),
             }
         )

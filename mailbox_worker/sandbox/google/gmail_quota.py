@@ -35,7 +35,7 @@ class RollingWindow:
         otherwise record nothing and return the earliest moment it would fit."""
         total = self.used(now)
         if total + amount <= limit:
-            self.uses.append((now, amount))
+            self.record(now, amount)
             return None
         excess = total + amount - limit
         for moment, used in self.uses:
@@ -44,6 +44,10 @@ class RollingWindow:
                 return moment + self.span
         # More than the whole limit at once: it never fits; name the end of the window.
         return now + self.span
+
+    def record(self, now: float, amount: int) -> None:
+        """Record ``amount`` at ``now`` whatever the limit (a use that went through anyway)."""
+        self.uses.append((now, amount))
 
     def _forget(self, now: float) -> None:
         # A use at t counts during [t, t + span): at exactly t + span it has dropped out, so

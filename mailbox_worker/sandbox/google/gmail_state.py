@@ -33,7 +33,8 @@ SENT, DRAFT = "SENT", "DRAFT"
 @dataclass
 class GmailMessage:
     """An accepted message. ``upload``: how it came (``raw``, ``media``, ``multipart`` or
-    ``resumable``); ``user``: the mailbox's address, lower case."""
+    ``resumable``); ``user``: the mailbox's address, lower case; ``over_limit``: sent past the
+    daily limit before Google noticed (see ``GmailLimits``)."""
 
     id: str
     thread_id: str
@@ -44,6 +45,7 @@ class GmailMessage:
     headers: Headers
     upload: str
     created_at: float
+    over_limit: bool = False
 
     def resource(self) -> dict[str, Any]:
         """The ``Message`` the API answers with (docs/providers.md D2)."""
@@ -61,10 +63,25 @@ class GmailDraft:
 
 @dataclass
 class GmailLimits:
-    """A user's limits (docs/providers.md D5 defaults)."""
+    """A user's limits (docs/providers.md D5 defaults).
+
+    ``sending_limit_detection_delay``: Google notices a passed sending limit only minutes later
+    (docs/providers.md D4): for that many seconds after the first message over the limit, sends
+    still succeed (and count); the length is not documented, so it is 0 unless set.
+    """
 
     daily_sending_limit: int = DAILY_SENDING_LIMIT
     units_per_minute: int = UNITS_PER_USER_PER_MINUTE
+    sending_limit_detection_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class SendAdmission:
+    """Whether a message may be sent: ``refused_until`` is None if so (with ``over_limit`` when
+    it goes out past the limit, unnoticed as yet), else when the next one would fit."""
+
+    refused_until: float | None
+    over_limit: bool = False
 
 
 @dataclass
@@ -91,6 +108,7 @@ class GmailState:
     unit_windows: dict[tuple[str, str], RollingWindow] = field(default_factory=dict)
     sending_windows: dict[str, RollingWindow] = field(default_factory=dict)
     uploads: dict[str, UploadSession] = field(default_factory=dict)
+    over_limit_since: dict[str, float] = field(default_factory=dict)
 
     # -- limits ------------------------------------------------------------------------------
 
@@ -103,16 +121,19 @@ class GmailState:
         user: str,
         daily_sending_limit: int | None = None,
         units_per_minute: int | None = None,
+        sending_limit_detection_delay: float | None = None,
     ) -> GmailLimits:
         """Change a user's limits; what was already used keeps counting against the new ones."""
         limits = self.limits_of(user)
-        for value in (daily_sending_limit, units_per_minute):
+        for value in (daily_sending_limit, units_per_minute, sending_limit_detection_delay):
             if value is not None and value < 0:
                 raise ValueError("limits must not be negative")
         if daily_sending_limit is not None:
             limits.daily_sending_limit = daily_sending_limit
         if units_per_minute is not None:
             limits.units_per_minute = units_per_minute
+        if sending_limit_detection_delay is not None:
+            limits.sending_limit_detection_delay = sending_limit_detection_delay
         return limits
 
     def charge_units(self, client_id: str, user: str, units: int) -> float | None:
@@ -122,10 +143,20 @@ class GmailState:
         )
         return window.admit(self.clock.time(), units, self.limits_of(user).units_per_minute)
 
-    def admit_send(self, user: str) -> float | None:
-        """Count one message sent; None if within the daily limit, else when one would fit."""
-        window = self.sending_windows.setdefault(user.lower(), RollingWindow(SENDING_WINDOW))
-        return window.admit(self.clock.time(), 1, self.limits_of(user).daily_sending_limit)
+    def admit_send(self, user: str) -> SendAdmission:
+        """Count one message sent, unless the daily limit refuses it (from the moment the limit
+        was first passed plus the detection delay on)."""
+        key, now, limits = user.lower(), self.clock.time(), self.limits_of(user)
+        window = self.sending_windows.setdefault(key, RollingWindow(SENDING_WINDOW))
+        until = window.admit(now, 1, limits.daily_sending_limit)
+        if until is None:
+            self.over_limit_since.pop(key, None)
+            return SendAdmission(None)
+        since = self.over_limit_since.setdefault(key, now)
+        if now < since + limits.sending_limit_detection_delay:
+            window.record(now, 1)
+            return SendAdmission(None, over_limit=True)
+        return SendAdmission(until, over_limit=True)
 
     def sent_in_window(self, user: str) -> int:
         """Messages sent by ``user`` that still count against the daily limit."""
@@ -143,6 +174,7 @@ class GmailState:
         label: str,
         upload: str,
         thread_id: str | None = None,
+        over_limit: bool = False,
     ) -> GmailMessage:
         """Keep an accepted message (a new thread unless ``thread_id`` is given)."""
         now = self.clock.time()
@@ -157,6 +189,7 @@ class GmailState:
             headers,
             upload,
             now,
+            over_limit,
         )
         self.messages[identifier] = message
         return message
@@ -203,3 +236,4 @@ class GmailState:
         self.unit_windows.clear()
         self.sending_windows.clear()
         self.uploads.clear()
+        self.over_limit_since.clear()

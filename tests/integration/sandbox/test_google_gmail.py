@@ -342,6 +342,36 @@ async def test_the_daily_sending_limit_answers_its_body_and_resets_with_the_wind
     assert sandbox.state.counters()["gmail.throttled.sending_limit"] == 1
 
 
+async def test_the_sending_limit_can_be_noticed_late(
+    sandbox: Sandbox, http: aiohttp.ClientSession, clients: GmailClients
+) -> None:
+    gmail, _ = await clients.connect(untick=(COMPOSE,))
+    limits = await set_limits(
+        http, sandbox, daily_sending_limit=1, sending_limit_detection_delay=300
+    )
+    assert limits == {
+        "daily_sending_limit": 1,
+        "units_per_minute": 15_000,
+        "sending_limit_detection_delay": 300.0,
+        "sent_in_window": 0,
+    }
+    first_sent_at = sandbox.state.now()
+    for job in ("1", "2"):
+        message, _ = invoice(job)
+        await execute(gmail.users().messages().send(userId="me", body={"raw": raw_field(message)}))
+    assert [record["over_limit"] for record in await stored(http, sandbox)] == [False, True]
+    sandbox.state.advance(300)
+    message, _ = invoice("3")
+    request = gmail.users().messages().send(userId="me", body={"raw": raw_field(message)})
+    status, error, _ = await http_error(request)
+    # Both messages count: the one slot frees when the second (sent over the limit, a moment
+    # after the first) leaves the rolling day.
+    second_leaves = _moment(error["error"]["message"].split("Retry after ")[1].split(" ")[0])
+    assert status == 429
+    assert abs(second_leaves - (first_sent_at + DAY)) < 1
+    assert (await set_limits(http, sandbox))["sent_in_window"] == 2
+
+
 async def test_quota_units_per_user_per_minute(
     sandbox: Sandbox, http: aiohttp.ClientSession, clients: GmailClients
 ) -> None:
