@@ -202,6 +202,45 @@ async def test_the_35_mb_limit(sandbox: Sandbox, http: aiohttp.ClientSession) ->
     assert sandbox.state.gmail.message_list() == []
 
 
+async def test_multipart_with_crlf_framing_and_a_missing_upload_type(
+    sandbox: Sandbox, http: aiohttp.ClientSession
+) -> None:
+    token = await _bearer(sandbox, http)
+    message, message_id = invoice("crlf")
+    body = b"\r\n".join(
+        [
+            b"--frontier",
+            b"Content-Type: application/json; charset=UTF-8",
+            b"",
+            b'{"threadId": "18c0ffee00000000"}',
+            b"--frontier",
+            b"Content-Type: message/rfc822",
+            b"",
+            message,
+            b"--frontier--",
+        ]
+    )
+    url = f"{sandbox.base_url}/upload/gmail/v1/users/me/messages/send"
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": 'multipart/related; boundary="frontier"',
+    }
+    async with http.post(
+        url, params={"uploadType": "multipart"}, data=body, headers=headers
+    ) as answer:
+        assert answer.status == 200, await answer.text()
+        sent = await answer.json()
+    assert sent["threadId"] == "18c0ffee00000000"
+    assert await raw_of(http, sandbox, sent["id"]) == message
+    async with http.post(url, data=message, headers=headers) as answer:
+        assert answer.status == 400
+        error = (await answer.json())["error"]
+    assert error["errors"][0]["reason"] == "badRequest"
+    assert error["message"].startswith("Upload requests must include an uploadType")
+    [record] = await stored(http, sandbox)
+    assert record["message_id"] == message_id
+
+
 async def test_a_resumable_session_reports_progress_and_resumes(
     sandbox: Sandbox, http: aiohttp.ClientSession
 ) -> None:
