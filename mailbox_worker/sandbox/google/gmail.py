@@ -179,7 +179,8 @@ class GmailEndpoints:
     def _authorize(self, request: web.Request, method: Method) -> Caller:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            value = request.query.get("access_token", "")  # a standard query parameter (D1)
+            # ``access_token`` is one of the discovery document's standard query parameters.
+            value = request.query.get("access_token", "")
         token = self._google.access_token_valid(value.strip())
         if token is None:
             raise errors.invalid_credentials()
