@@ -1,7 +1,8 @@
-"""The sandbox HTTPS server: Microsoft identity, Graph mail, Google OAuth and the ``/_sandbox/``
-API on one port, path-routed like the real hosts (``/{tenant}/oauth2/v2.0/…`` for
+"""The sandbox HTTPS server: Microsoft identity, Graph mail, Google OAuth, Gmail and the
+``/_sandbox/`` API on one port, path-routed like the real hosts (``/{tenant}/oauth2/v2.0/…`` for
 login.microsoftonline.com, ``/v1.0/…`` for Graph, ``/o/oauth2/v2/auth`` for accounts.google.com,
-``/token`` and ``/revoke`` for oauth2.googleapis.com).
+``/token`` and ``/revoke`` for oauth2.googleapis.com, ``/gmail/v1/…``, ``/upload/gmail/v1/…`` and
+``/resumable/upload/gmail/v1/…`` for gmail.googleapis.com).
 
 ``Sandbox`` is for tests and embedding (start and stop it in your event loop); ``serve`` is what
 the ``mailbox-worker sandbox`` command runs until interrupted.
@@ -20,6 +21,8 @@ from .admin import ControlEndpoints
 from .ca import CertificatePaths, ensure_certificates, server_ssl_context
 from .google.admin import GoogleAdminEndpoints
 from .google.authorize import AUTHORIZE_PATH, GoogleAuthorizeEndpoint
+from .google.gmail import GmailEndpoints
+from .google.gmail_admin import GmailAdminEndpoints
 from .google.token_endpoint import GoogleTokenEndpoints
 from .microsoft.admin import AdminEndpoints
 from .microsoft.authorize import IdentityEndpoints
@@ -35,7 +38,7 @@ _SERVER_BODY_LIMIT = 4 * REQUEST_BODY_LIMIT
 
 
 class Sandbox:
-    """A local, HTTPS, in-memory Microsoft identity + Graph mail + Google OAuth service."""
+    """A local, HTTPS, in-memory Microsoft identity + Graph mail + Google OAuth + Gmail service."""
 
     def __init__(
         self,
@@ -65,6 +68,8 @@ class Sandbox:
         application.add_routes(GoogleAuthorizeEndpoint(self.state, google).routes())
         application.add_routes(GoogleTokenEndpoints(self.state, google, signing_key).routes())
         application.add_routes(GoogleAdminEndpoints(google).routes())
+        application.add_routes(GmailEndpoints(self.state, google, self.state.gmail).routes())
+        application.add_routes(GmailAdminEndpoints(google, self.state.gmail).routes())
         return application
 
     async def start(self) -> None:
@@ -148,6 +153,12 @@ class Sandbox:
     def google_revoke_url(self) -> str:
         """Google's revoke endpoint (``oauth2.googleapis.com/revoke``)."""
         return f"{self.base_url}/revoke"
+
+    @property
+    def gmail_api_endpoint(self) -> str:
+        """google-api-python-client's ``api_endpoint`` for Gmail (docs/providers.md D7):
+        ``https://127.0.0.1:PORT/``; uploads reach the same host and port."""
+        return f"{self.base_url}/"
 
 
 async def serve(host: str, port: int, data_dir: Path) -> None:
