@@ -40,6 +40,7 @@ from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_shortfall
+from mailbox_worker.db.violations import PolicyViolationLog
 from mailbox_worker.errors import ConfigError, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
 from mailbox_worker.events.outbox import Outbox
@@ -52,6 +53,8 @@ from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.periodic import Periodic
 from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import MailProvider
+from mailbox_worker.providers.gmail import GmailProvider
+from mailbox_worker.providers.google_gate import GoogleOperationGate
 from mailbox_worker.providers.graph import GraphProvider
 from mailbox_worker.tokens.access_tokens import AccessTokens
 from mailbox_worker.tokens.google import GoogleIdentity
@@ -85,24 +88,32 @@ def _ssl_context(ca_file: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file or None)
 
 
-def _identities(settings: Settings) -> dict[str, IdentityClient]:
+def _identities(settings: Settings, google_gate: GoogleOperationGate) -> dict[str, IdentityClient]:
     """An identity client for each provider whose OAuth app the settings configure."""
     identities: dict[str, IdentityClient] = {}
     if settings.microsoft.client_id:
         identities["microsoft"] = MicrosoftIdentity(settings.microsoft)
     if settings.google.client_id:
-        identities["google"] = GoogleIdentity(settings.google)
+        identities["google"] = GoogleIdentity(settings.google, google_gate)
     return identities
 
 
-def _providers(settings: Settings) -> dict[str, MailProvider]:
-    """The mail transports, by provider name."""
+def _providers(
+    settings: Settings, google_gate: GoogleOperationGate, clock: Clock
+) -> dict[str, MailProvider]:
+    """The mail transports, by provider name; both Google doors share one gate (LU-3)."""
     return {
         "microsoft": GraphProvider(
             settings.microsoft.graph_url,
             ssl_context=_ssl_context(settings.microsoft.ca_file),
             timeout=ClientTimeout(total=settings.microsoft.request_timeout),
-        )
+        ),
+        "google": GmailProvider(
+            google_gate,
+            settings.google.gmail_url,
+            ssl_context=_ssl_context(settings.google.ca_file),
+            clock=clock,
+        ),
     }
 
 
@@ -131,6 +142,7 @@ class App:
     worker: Worker
     key_rotation: KeyRotation
     admin_sessions: AdminSessions
+    violations: PolicyViolationLog
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The background loops ``serve`` runs, by name; one that ended means not ready."""
 
@@ -160,12 +172,16 @@ class App:
         queue = JobQueue(sessions, clock)
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)
-        identities = dict(_identities(settings) if identities is None else identities)
+        violations = PolicyViolationLog(accounts, telemetry)
+        google_gate = GoogleOperationGate(settings.google.endpoints(), violations)
+        identities = dict(_identities(settings, google_gate) if identities is None else identities)
         tokens = AccessTokens(vault, identities, telemetry, DatabaseLocks(engine))
         revocations = Revocations(
             sessions, vault, identities, accounts, scrubber, clock, telemetry=telemetry
         )
-        providers = dict(_providers(settings) if providers is None else providers)
+        providers = dict(
+            _providers(settings, google_gate, clock) if providers is None else providers
+        )
         outbox = Outbox(sessions, clock)
         worker = Worker(
             queue, mailboxes, tokens, providers, settings.worker, telemetry, clock=clock
@@ -217,6 +233,7 @@ class App:
             worker=worker,
             key_rotation=key_rotation,
             admin_sessions=AdminSessions(account_service),
+            violations=violations,
         )
 
     def check_pool_size(self) -> None:
@@ -276,6 +293,7 @@ class App:
     async def serve(self, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
         """Run the API and the worker until ``stop`` is set; drain, then return."""
         self.check_pool_size()
+        self.violations.bind(asyncio.get_running_loop())
         server = self.settings.server
         limits = ServerLimits(
             header_timeout=server.header_timeout,
@@ -333,4 +351,5 @@ class App:
             identity.close()
         for provider in self.providers.values():
             await provider.close()
+        await self.violations.flush()
         await self.engine.dispose()

@@ -28,6 +28,7 @@ from mailbox_worker.db.engine import DatabaseSettings
 from mailbox_worker.errors import ConfigError
 from mailbox_worker.events.delivery import CallbackSettings
 from mailbox_worker.jobs.worker import WorkerSettings
+from mailbox_worker.policy.google_operations import GMAIL_OVER_SMTP_REFUSED
 from mailbox_worker.policy.scopes import BROADER_THAN_NEEDED
 from mailbox_worker.tokens.google import GoogleSettings
 from mailbox_worker.tokens.keys.env_source import ENV_VAR
@@ -216,9 +217,16 @@ def _validate(settings: Settings) -> None:
     for name in ("authority", "graph_url"):
         if urlsplit(getattr(settings.microsoft, name)).scheme != "https":
             raise ConfigError(f"microsoft.{name}", "must be an https URL")
-    for name in ("auth_url", "token_url", "revoke_url"):
+    for name in ("auth_url", "token_url", "revoke_url", "userinfo_url", "gmail_url"):
         if urlsplit(getattr(settings.google, name)).scheme != "https":
             raise ConfigError(f"google.{name}", "must be an https URL")
+    if urlsplit(settings.google.gmail_url).path not in ("", "/"):
+        # Uploads keep only its host and port (docs/providers.md D7): a path would be lost.
+        raise ConfigError("google.gmail_url", "must be an origin (https://host[:port]/), no path")
+    if settings.google.transport == "smtp":
+        raise ConfigError("google.transport", GMAIL_OVER_SMTP_REFUSED)
+    if settings.google.transport != "gmail_api":
+        raise ConfigError("google.transport", "must be gmail_api")
     for section in ("microsoft", "google"):
         ca_file = getattr(settings, section).ca_file
         if ca_file and not Path(ca_file).is_file():

@@ -114,6 +114,12 @@ class PrometheusTelemetry:
             ["result"],
             registry=registry,
         )
+        self._policy_violations = Counter(
+            "mailbox_worker_policy_violations",
+            "Operations our privacy rules forbid that were attempted and refused, by rule.",
+            ["rule"],
+            registry=registry,
+        )
 
     def render(self) -> tuple[bytes, str]:
         """Every metric of the registry in the text format, with its content type."""
@@ -159,6 +165,9 @@ class PrometheusTelemetry:
 
     def outcome_flushed(self, result: str) -> None:
         self._outcome_flushes.labels(result=result).inc()
+
+    def policy_violation(self, rule: str) -> None:
+        self._policy_violations.labels(rule=rule).inc()
 
     def http_request(self, method: str, route: str, status: int) -> None:
         self._http_requests.labels(method=method, route=route, status=str(status)).inc()

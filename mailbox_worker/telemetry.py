@@ -63,6 +63,10 @@ class Telemetry(Protocol):
         job was recovered meanwhile) or ``abandoned`` (the worker stopped first)."""
         ...
 
+    def policy_violation(self, rule: str) -> None:
+        """An operation ``rule`` forbids was attempted and refused (docs/privacy.md LU-3)."""
+        ...
+
     def http_request(self, method: str, route: str, status: int) -> None:
         """The API answered ``method`` on ``route`` (a template) with ``status``."""
         ...

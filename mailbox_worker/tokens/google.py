@@ -32,6 +32,7 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.policy.identities import AccountId
+from mailbox_worker.providers.google_gate import GoogleEndpoints, GoogleOperationGate, gate_session
 from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
     AccessToken,
@@ -50,8 +51,24 @@ class GoogleSettings:
     auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
     revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    userinfo_url: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    gmail_url: str = "https://gmail.googleapis.com/"
+    """google-api-python-client's ``api_endpoint`` (docs/providers.md D7): an origin only,
+    since uploads go to its host and port whatever its path."""
+    transport: str = "gmail_api"
+    """How Google mailboxes send: only ``gmail_api``; ``smtp`` is refused at start-up
+    (``policy.google_operations.GMAIL_OVER_SMTP_REFUSED``, docs/privacy.md LU-1)."""
     ca_file: str = ""
     request_timeout: float = 30.0
+
+    def endpoints(self) -> GoogleEndpoints:
+        """The URLs the Google operation allow-list is relative to (docs/privacy.md LU-3)."""
+        return GoogleEndpoints(
+            gmail=self.gmail_url,
+            token=self.token_url,
+            revoke=self.revoke_url,
+            userinfo=self.userinfo_url,
+        )
 
 
 REFRESH_MARGIN = 300.0
@@ -61,13 +78,19 @@ SUBJECT = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class GoogleIdentity:
-    """One Google OAuth client, used for every Google mailbox."""
+    """One Google OAuth client, used for every Google mailbox.
+
+    Every request its libraries make goes through ``gate`` (default: one over the settings'
+    URLs that only logs refusals), which lets only the token, revoke and userinfo endpoints
+    through (docs/privacy.md LU-3).
+    """
 
     provider = "google"
 
-    def __init__(self, settings: GoogleSettings) -> None:
+    def __init__(self, settings: GoogleSettings, gate: GoogleOperationGate | None = None) -> None:
         self._settings = settings
-        self._http = new_session(settings.ca_file)
+        self._gate = gate if gate is not None else GoogleOperationGate(settings.endpoints())
+        self._http = gate_session(new_session(settings.ca_file), self._gate)
         self._client_config = {
             "web": {
                 "client_id": settings.client_id,
@@ -85,6 +108,7 @@ class GoogleIdentity:
             self._client_config, scopes=scopes, redirect_uri=redirect_uri, **kwargs
         )
         configure_session(flow.oauth2session, self._settings.ca_file)
+        gate_session(flow.oauth2session, self._gate)
         flow.oauth2session.register_compliance_hook("access_token_response", raise_if_unavailable)
         return flow
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired
-from mailbox_worker.jobs.intake import Submission
+from mailbox_worker.jobs.intake import JobIntake, Submission
 
 from .oauth_world import World
 
@@ -88,7 +88,7 @@ async def test_disconnect_revokes_at_google_even_after_an_outage(world: World) -
     assert await world.app.revocations.pending() == []
 
 
-async def test_jobs_for_google_mailboxes_are_refused_until_gmail_sending_exists(
+async def test_jobs_for_google_mailboxes_are_accepted_and_refused_without_a_transport(
     world: World,
 ) -> None:
     service = world.app.mailbox_service
@@ -99,8 +99,14 @@ async def test_jobs_for_google_mailboxes_are_refused_until_gmail_sending_exists(
         "mode": "send",
         "message": {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"},
     }
+    job, created = await world.app.intake.submit(world.principal, Submission(body, None))
+    assert (job.state, created) == ("queued", True)
+    # A provider without a transport is still refused at intake.
+    without_transport = JobIntake(
+        world.app.jobs, world.app.mailboxes, lambda provider, mode: None, world.app.telemetry
+    )
     with pytest.raises(Conflict) as caught:
-        await world.app.intake.submit(world.principal, Submission(body, None))
+        await without_transport.submit(world.principal, Submission(body, None))
     assert caught.value.code == "provider_not_supported"
 
 

@@ -88,3 +88,20 @@ def test_scheduled_key_rotation_defaults_to_30_days_and_0_turns_it_off() -> None
     assert (Settings().keys.rotate_every_days, Settings().keys.retire_grace_hours) == (30, 24)
     settings = load_settings(environ={"MAILBOX_WORKER_KEYS__ROTATE_EVERY_DAYS": "0"})
     assert settings.keys.rotate_every_days == 0
+
+
+def test_gmail_over_smtp_is_refused_saying_why() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"MAILBOX_WORKER_GOOGLE__TRANSPORT": "smtp"})
+    assert refused.value.setting == "google.transport"
+    assert "https://mail.google.com/" in refused.value.message
+    assert "LU-1" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://gmail.googleapis.com/", "https://proxy.example/gmail-api/"]
+)
+def test_the_gmail_url_is_an_https_origin(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"MAILBOX_WORKER_GOOGLE__GMAIL_URL": url})
+    assert refused.value.setting == "google.gmail_url"
