@@ -72,6 +72,7 @@ def demo_settings(data_dir: Path, sandbox: Sandbox, port: int) -> Settings:
             auth_url=sandbox.google_auth_url,
             token_url=sandbox.google_token_url,
             revoke_url=sandbox.google_revoke_url,
+            gmail_url=sandbox.gmail_api_endpoint,
             ca_file=str(sandbox.ca_path),
         ),
         logging=LoggingSettings(level="WARNING"),

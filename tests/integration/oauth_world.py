@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from mailbox_worker.accounts import Principal
 from mailbox_worker.app import App
+from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.models import Mailbox, TokenRecord
 from mailbox_worker.demo import _FormParser, demo_settings
@@ -100,11 +101,16 @@ class World:
 
 @contextlib.asynccontextmanager
 async def running_world(
-    database_url: str, tmp_path: Path, authority_tenant: str = "contoso"
+    database_url: str,
+    tmp_path: Path,
+    authority_tenant: str = "contoso",
+    *,
+    sandbox_clock: bool = False,
 ) -> AsyncIterator[World]:
     """The sandbox and a migrated daemon whose Entra authority is ``authority_tenant`` (a
     tenant, or ``organizations`` for an app open to every work account, the default of
-    ``MicrosoftSettings``)."""
+    ``MicrosoftSettings``). With ``sandbox_clock`` the daemon reads the sandbox's clock, so
+    ``sandbox.state.advance`` moves both."""
     sandbox = Sandbox(tmp_path / "sandbox")
     await sandbox.start()
     settings = demo_settings(tmp_path, sandbox, 8080)
@@ -114,7 +120,7 @@ async def running_world(
         database=DatabaseSettings(url=database_url),
         microsoft=dataclasses.replace(settings.microsoft, authority=authority),
     )
-    app = App.build(settings)
+    app = App.build(settings, clock=sandbox.state.clock.utcnow if sandbox_clock else utcnow)
     await app.migrate()
     account = await app.accounts.create_account("acme")
     principal = Principal(account.id, "test-key", frozenset({"mailboxes:write"}))
