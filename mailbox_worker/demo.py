@@ -1,11 +1,12 @@
 """``mailbox-worker demo``: the whole path, on a fresh machine, with nothing configured.
 
-Starts the sandbox (simulated Microsoft identity + Graph) and the daemon (embedded SQLite, a
-file key generated on first use), creates an account and an API key, connects a mailbox
-through the real authorization-code flow (playing the admin's browser on the consent page),
-enqueues invoices over the HTTP API, follows them to ``sent``/``drafted``, checks each against
-what the sandbox received (one message per invoice, PDF byte-equal, Message-ID from the job
-id) and prints a summary. Exit status 0 only when every check holds.
+Starts the sandbox (simulated Microsoft identity + Graph, Google OAuth + Gmail) and the daemon
+(embedded SQLite, a file key generated on first use), creates an account and an API key,
+connects a Microsoft 365 and a Google mailbox through the real authorization-code flows
+(playing the admin's browser on each consent page), enqueues invoices for both over the HTTP
+API, follows them to ``sent``/``drafted``, checks each against what the sandbox received (one
+message per invoice, in the right folder or label, PDF byte-equal, Message-ID from the job id)
+and prints a summary. Exit status 0 only when every check holds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import socket
 import ssl
 import tempfile
 import time
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.states import TERMINAL, JobState, MailboxState
 
 DEMO_ADDRESS = "billing@contoso.example"
+GOOGLE_DEMO_ADDRESS = "invoices@fabrikam.example"
 
 
 def _free_port() -> int:
@@ -127,6 +132,7 @@ class Invoice:
     reference: str
     mode: str
     pdf: bytes
+    provider: str = "microsoft"
     job_id: str = ""
     state: str = JobState.QUEUED
     message_id: str = ""
@@ -169,9 +175,12 @@ async def _with_sandbox(sandbox: Sandbox, data_dir: Path, *, keep: bool, invoice
             aiohttp.ClientSession(headers=headers) as api,
             aiohttp.ClientSession() as browser,
         ):
-            mailbox_id = await _connect(api, browser, base, sandbox_ssl)
-            batch = _invoices(invoices)
-            await _enqueue(api, base, mailbox_id, batch)
+            batch: list[Invoice] = []
+            for provider, address in (("microsoft", DEMO_ADDRESS), ("google", GOOGLE_DEMO_ADDRESS)):
+                mailbox_id = await _connect(api, browser, base, sandbox_ssl, provider, address)
+                invoices_of_mailbox = _invoices(invoices, provider)
+                await _enqueue(api, base, mailbox_id, invoices_of_mailbox, address)
+                batch += invoices_of_mailbox
             await _follow(api, base, batch)
             ok = await _verify(batch, sandbox, sandbox_ssl)
             if keep:
@@ -191,15 +200,17 @@ async def _connect(
     browser: aiohttp.ClientSession,
     base: str,
     sandbox_ssl: ssl.SSLContext,
+    provider: str,
+    address: str,
 ) -> str:
-    body = {"provider": "microsoft", "capabilities": ["send", "draft"], "login_hint": DEMO_ADDRESS}
+    body = {"provider": provider, "capabilities": ["send", "draft"], "login_hint": address}
     async with api.post(f"{base}/v1/mailboxes", json=body) as answer:
         created: dict[str, Any] = await answer.json()
         if answer.status != 201:
             raise RuntimeError(f"creating the mailbox failed: {created}")
     mailbox_id = str(created["mailbox"]["id"])
-    print(f"\n1. mailbox {mailbox_id} created; the admin consents at the sandbox's page")
-    await play_admin_consent(browser, created["authorization_url"], DEMO_ADDRESS, sandbox_ssl)
+    print(f"\n1. {provider} mailbox {mailbox_id} created; the admin consents at the sandbox's page")
+    await play_admin_consent(browser, created["authorization_url"], address, sandbox_ssl)
     async with api.get(f"{base}/v1/mailboxes/{mailbox_id}") as answer:
         mailbox = await answer.json()
     print(
@@ -211,27 +222,29 @@ async def _connect(
     return mailbox_id
 
 
-def _invoices(count: int) -> list[Invoice]:
+def _invoices(count: int, provider: str) -> list[Invoice]:
     batch = []
+    series = "INV" if provider == "microsoft" else "GINV"
     for number in range(1, count + 1):
-        reference = f"INV-2026-{number:04d}"
+        reference = f"{series}-2026-{number:04d}"
         amount = f"{100 + number * 37.5:.2f} EUR"
         pdf = invoice_pdf([f"Contoso Ltd - Invoice {reference}", f"Amount due: {amount}"])
-        batch.append(Invoice(reference, "draft" if number % 4 == 0 else "send", pdf))
+        mode = "draft" if number % 4 == 0 else "send"
+        batch.append(Invoice(reference, mode, pdf, provider))
     return batch
 
 
 async def _enqueue(
-    api: aiohttp.ClientSession, base: str, mailbox_id: str, batch: list[Invoice]
+    api: aiohttp.ClientSession, base: str, mailbox_id: str, batch: list[Invoice], address: str
 ) -> None:
-    print(f"\n2. enqueueing {len(batch)} invoices over the API")
+    print(f"2. enqueueing {len(batch)} invoices over the API")
     for invoice in batch:
         body = {
             "mailbox_id": mailbox_id,
             "mode": invoice.mode,
             "reference": invoice.reference,
             "message": {
-                "from": {"address": DEMO_ADDRESS, "name": "Contoso Billing"},
+                "from": {"address": address, "name": "Contoso Billing"},
                 "to": [{"address": "customer@fabrikam.example", "name": "Fabrikam AP"}],
                 "subject": f"Invoice {invoice.reference}",
                 "text": f"Hello,\n\nplease find invoice {invoice.reference} attached.\n",
@@ -273,41 +286,99 @@ async def _follow(api: aiohttp.ClientSession, base: str, batch: list[Invoice]) -
         await asyncio.sleep(0.2)
 
 
+@dataclasses.dataclass
+class Delivered:
+    """What the sandbox holds for one invoice: copies found, where, and the PDF equal or not."""
+
+    copies: int
+    place: str
+    pdf_equal: bool
+
+
+async def _microsoft_deliveries(
+    http: aiohttp.ClientSession, sandbox: Sandbox, batch: list[Invoice]
+) -> tuple[int, dict[str, Delivered]]:
+    """Graph's mailbox, read through the sandbox's inspection API."""
+    async with http.get(f"{sandbox.base_url}/_sandbox/messages") as answer:
+        held = (await answer.json())["messages"]
+    found: dict[str, Delivered] = {}
+    for invoice in batch:
+        copies = [m for m in held if m["internet_message_id"] == invoice.message_id]
+        pdf_equal, place = False, "-"
+        if len(copies) == 1:
+            place = copies[0]["folder"]
+            url = f"{sandbox.base_url}/_sandbox/messages/{copies[0]['id']}/attachments/0"
+            async with http.get(url) as answer:
+                pdf_equal = await answer.read() == invoice.pdf
+        found[invoice.job_id] = Delivered(len(copies), place, pdf_equal)
+    return len(held), found
+
+
+async def _google_deliveries(
+    http: aiohttp.ClientSession, sandbox: Sandbox, batch: list[Invoice]
+) -> tuple[int, dict[str, Delivered]]:
+    """Gmail's mailbox: labels from the inspection API, the PDF parsed out of the raw message."""
+    async with http.get(f"{sandbox.base_url}/_sandbox/google/messages") as answer:
+        held = (await answer.json())["messages"]
+    found: dict[str, Delivered] = {}
+    for invoice in batch:
+        copies = [m for m in held if m["message_id"] == invoice.message_id]
+        pdf_equal, place = False, "-"
+        if len(copies) == 1:
+            place = "sent" if copies[0]["label"] == "SENT" else "drafts"
+            url = f"{sandbox.base_url}/_sandbox/google/messages/{copies[0]['id']}/raw"
+            async with http.get(url) as answer:
+                pdf_equal = _attachment(await answer.read()) == invoice.pdf
+        found[invoice.job_id] = Delivered(len(copies), place, pdf_equal)
+    return len(held), found
+
+
+def _attachment(raw: bytes) -> bytes | None:
+    """The first attachment's bytes of an RFC 822 message."""
+    message = message_from_bytes(raw, policy=email_policy.default)
+    assert isinstance(message, EmailMessage)
+    for part in message.iter_attachments():
+        payload = part.get_payload(decode=True)
+        return payload if isinstance(payload, bytes) else None
+    return None
+
+
 async def _verify(batch: list[Invoice], sandbox: Sandbox, sandbox_ssl: ssl.SSLContext) -> bool:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{sandbox.base_url}/_sandbox/messages", ssl=sandbox_ssl) as answer:
-            held = (await answer.json())["messages"]
-        by_message_id: dict[str, list[dict[str, Any]]] = {}
-        for message in held:
-            by_message_id.setdefault(message["internet_message_id"], []).append(message)
-        print("\n4. summary\n")
-        print(f"   {'invoice':<14} {'mode':<6} {'state':<8} {'sandbox':<8} {'PDF':<10} Message-ID")
-        ok = len(held) == len(batch)
-        for invoice in batch:
-            copies = by_message_id.get(invoice.message_id, [])
-            pdf_ok = False
-            folder = "-"
-            if len(copies) == 1:
-                folder = copies[0]["folder"]
-                url = f"{sandbox.base_url}/_sandbox/messages/{copies[0]['id']}/attachments/0"
-                async with http.get(url, ssl=sandbox_ssl) as answer:
-                    pdf_ok = await answer.read() == invoice.pdf
-            expected_state = JobState.SENT if invoice.mode == "send" else JobState.DRAFTED
-            expected_folder = "sent" if invoice.mode == "send" else "drafts"
-            derived = bool(
-                re.fullmatch(rf"<{re.escape(invoice.job_id)}@[^>]+>", invoice.message_id)
-            )
-            row_ok = invoice.state == expected_state and folder == expected_folder and pdf_ok
-            ok = ok and row_ok and derived
-            digest = "equal" if pdf_ok else "DIFFERENT"
-            print(
-                f"   {invoice.reference:<14} {invoice.mode:<6} {invoice.state:<8} {folder:<8} "
-                f"{digest:<10} {invoice.message_id}"
-            )
-        sha = hashlib.sha256(batch[0].pdf).hexdigest()[:12] if batch else ""
-        print(
-            f"\n   the sandbox holds {len(held)} messages for {len(batch)} invoices "
-            f"({sandbox.base_url}/_sandbox/messages); first PDF sha256 {sha}…"
+    microsoft = [invoice for invoice in batch if invoice.provider == "microsoft"]
+    google = [invoice for invoice in batch if invoice.provider == "google"]
+    connector = aiohttp.TCPConnector(ssl=sandbox_ssl)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        held_microsoft, found = await _microsoft_deliveries(http, sandbox, microsoft)
+        held_google, found_google = await _google_deliveries(http, sandbox, google)
+    found.update(found_google)
+    print("\n4. summary\n")
+    print(
+        f"   {'invoice':<15} {'provider':<10} {'mode':<6} {'state':<8} {'sandbox':<8} "
+        f"{'PDF':<10} Message-ID"
+    )
+    ok = held_microsoft == len(microsoft) and held_google == len(google)
+    for invoice in batch:
+        delivered = found[invoice.job_id]
+        expected_state = JobState.SENT if invoice.mode == "send" else JobState.DRAFTED
+        expected_place = "sent" if invoice.mode == "send" else "drafts"
+        derived = bool(re.fullmatch(rf"<{re.escape(invoice.job_id)}@[^>]+>", invoice.message_id))
+        row_ok = (
+            invoice.state == expected_state
+            and delivered.copies == 1
+            and delivered.place == expected_place
+            and delivered.pdf_equal
         )
-        print("   result: " + ("all invoices delivered exactly once" if ok else "CHECKS FAILED"))
-        return ok
+        ok = ok and row_ok and derived
+        digest = "equal" if delivered.pdf_equal else "DIFFERENT"
+        print(
+            f"   {invoice.reference:<15} {invoice.provider:<10} {invoice.mode:<6} "
+            f"{invoice.state:<8} {delivered.place:<8} {digest:<10} {invoice.message_id}"
+        )
+    sha = hashlib.sha256(batch[0].pdf).hexdigest()[:12] if batch else ""
+    print(
+        f"\n   the sandbox holds {held_microsoft} Graph and {held_google} Gmail messages for "
+        f"{len(batch)} invoices ({sandbox.base_url}/_sandbox/messages, "
+        f"/_sandbox/google/messages); first PDF sha256 {sha}…"
+    )
+    print("   result: " + ("all invoices delivered exactly once" if ok else "CHECKS FAILED"))
+    return ok
