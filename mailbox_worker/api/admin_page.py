@@ -81,6 +81,9 @@ OUTCOMES: Mapping[str, str] = {
     "scope_missing": "The consent did not grant every permission this mailbox needs, so it "
     "was not connected and the partial grant was discarded. Connect again and keep every "
     "permission ticked.",
+    "scope_too_broad": "The grant carried a permission that reads or manages the whole "
+    "mailbox, more than sending invoices needs, so it was not connected and the grant was "
+    "revoked. Remove this app's access in the account's security settings, then connect again.",
     "address_mismatch": "You signed in as another mailbox than the one being reconnected: "
     "nothing was changed.",
     "address_unknown": "The provider did not say which mailbox signed in: it was not connected.",

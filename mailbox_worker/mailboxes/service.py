@@ -51,7 +51,7 @@ from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.policy.addresses import mailbox_address, same_address
 from mailbox_worker.policy.identities import AccountId, may_connect
 from mailbox_worker.policy.origins import normalise_origin, url_origin
-from mailbox_worker.policy.scopes import missing_scopes, required_scopes
+from mailbox_worker.policy.scopes import broader_scopes, missing_scopes, required_scopes
 from mailbox_worker.states import MailboxState
 from mailbox_worker.tokens.access_tokens import AccessTokens
 from mailbox_worker.tokens.identity_client import Grant, IdentityClient
@@ -105,6 +105,7 @@ OUTCOMES: tuple[str, ...] = (
     "access_denied",
     "consent_failed",
     "scope_missing",
+    "scope_too_broad",
     "address_unknown",
     "address_invalid",
     "address_mismatch",
@@ -119,7 +120,9 @@ OUTCOMES: tuple[str, ...] = (
 """Every ``CallbackResult.outcome``: ``connected``, else a stable code saying why not.
 
 ``access_denied``/``consent_failed``: the consent was refused or failed at the provider;
-``scope_missing``: a permission the capabilities need was not granted; ``address_unknown``:
+``scope_missing``: a permission the capabilities need was not granted; ``scope_too_broad``:
+the grant also carries a scope that reads or manages the mailbox (docs/privacy.md LU-1), so it
+was revoked rather than kept; ``address_unknown``:
 the sign-in named no address; ``address_invalid``: it named something that is not a plain
 mail address (an RFC 5322 addr-spec with a dot-atom local part); ``address_mismatch``: a
 reconnect signed in as another address; ``identity_unknown``: the sign-in lacked the
@@ -164,7 +167,8 @@ IDENTITY_MISMATCH = Refusal(
 def examine(mailbox: Mailbox, grant: Grant) -> tuple[str, AccountId] | Refusal:
     """The address (canonical form) and account a grant connects ``mailbox`` as, or why not.
 
-    Refused: a grant missing a scope the capabilities need; one naming no address, or
+    Refused: a grant missing a scope the capabilities need, or carrying one broader than
+    sending needs (docs/privacy.md LU-1); one naming no address, or
     something that is not a plain mail address; a reconnect as another address (compared in
     canonical form); one without the provider's immutable account ids; a reconnect as another
     account than the pinned one. An unpinned mailbox (connected before pinning) accepts the
@@ -176,6 +180,14 @@ def examine(mailbox: Mailbox, grant: Grant) -> tuple[str, AccountId] | Refusal:
         return Refusal(
             "scope_missing",
             f"The consent did not grant {', '.join(missing)}, which this mailbox needs.",
+        )
+    broader = broader_scopes(grant.granted_scopes)
+    if broader:
+        return Refusal(
+            "scope_too_broad",
+            f"The grant also carries {', '.join(broader)}, more than sending needs; it was "
+            "revoked. Remove this app's access in the account's security settings, then "
+            "connect again.",
         )
     if not grant.address:
         return Refusal("address_unknown", "The sign-in gave no address.")

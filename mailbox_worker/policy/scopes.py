@@ -85,6 +85,18 @@ def missing_scopes(required: Iterable[str], granted: Iterable[str]) -> tuple[str
     return tuple(scope for scope in required if _normalise(scope) not in granted_normalised)
 
 
+def broader_scopes(granted: Iterable[str]) -> tuple[str, ...]:
+    """Scopes in ``granted`` that read, modify or administer whole mailboxes
+    (``BROADER_THAN_NEEDED``): a grant carrying one is refused and revoked, never kept, even
+    when the provider added it on its own (Google's incremental authorization can bring back a
+    scope granted earlier; docs/privacy.md LU-1)."""
+    return tuple(
+        scope
+        for scope in granted
+        if scope.lower() in BROADER_THAN_NEEDED or GRAPH + scope.lower() in BROADER_THAN_NEEDED
+    )
+
+
 def _normalise(scope: str) -> str:
     lowered = scope.lower()
     return lowered[len(GRAPH) :] if lowered.startswith(GRAPH) else lowered

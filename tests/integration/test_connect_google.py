@@ -7,6 +7,7 @@ the revocation waits in the background queue and completes later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,6 +16,7 @@ import pytest
 
 from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired
 from mailbox_worker.jobs.intake import JobIntake, Submission
+from mailbox_worker.tokens.identity_client import Grant
 
 from .oauth_world import World
 
@@ -145,3 +147,29 @@ async def test_an_unavailable_google_token_endpoint_during_connect_says_so(
     assert result.outcome == "provider_unavailable", result.message
     assert not world.sandbox.state.faults
     assert await world.token_records() == 0
+
+
+async def test_a_grant_carrying_a_read_scope_is_refused_and_revoked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Google's incremental authorization can return scopes granted earlier (docs/providers.md
+    # C2): here a gmail.readonly the sandbox would not grant by itself.
+    identity = world.app.identities["google"]
+    redeem = identity.redeem
+
+    def with_an_old_read_scope(flow: dict[str, object], query: dict[str, str]) -> Grant:
+        grant = redeem(flow, query)
+        readonly = "https://www.googleapis.com/auth/gmail.readonly"
+        return dataclasses.replace(grant, granted_scopes=(*grant.granted_scopes, readonly))
+
+    monkeypatch.setattr(identity, "redeem", with_an_old_read_scope)
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "google", ["send"], None, GOOGLE_USER)
+    result = await service.complete(await world.consent(start.authorization_url, login=GOOGLE_USER))
+    assert result.outcome == "scope_too_broad"
+    assert "gmail.readonly" in result.message
+    mailbox = await world.app.mailboxes.get(start.mailbox.id)
+    assert mailbox is not None and mailbox.state == "pending_consent"
+    assert await world.token_records() == 0
+    [grant] = await grants(world)
+    assert grant["revoked"] is True

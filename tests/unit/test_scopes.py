@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailbox_worker.policy.scopes import missing_scopes, required_scopes
+from mailbox_worker.policy.scopes import broader_scopes, missing_scopes, required_scopes
 
 SEND = "https://graph.microsoft.com/Mail.Send"
 READWRITE = "https://graph.microsoft.com/Mail.ReadWrite"
@@ -53,3 +53,39 @@ def test_google_scopes_never_include_full_mail_access(
     scopes = required_scopes("google", capabilities)
     assert scopes == expected
     assert "https://mail.google.com/" not in scopes
+
+
+GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
+GMAIL_COMPOSE = "https://www.googleapis.com/auth/gmail.compose"
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [
+        (["send"], (GMAIL_SEND,)),
+        (["draft"], (GMAIL_COMPOSE, GMAIL_SEND)),
+        (["send", "draft"], (GMAIL_COMPOSE, GMAIL_SEND)),
+    ],
+)
+def test_gmail_compose_is_asked_only_for_drafts(
+    capabilities: list[str], expected: tuple[str, ...]
+) -> None:
+    required = required_scopes("google", capabilities)
+    assert required == expected
+    assert broader_scopes(required) == ()
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "https://mail.google.com/",
+        "https://www.googleapis.com/auth/gmail.readonly",
+        "https://www.googleapis.com/auth/gmail.modify",
+        "https://www.googleapis.com/auth/gmail.metadata",
+        "Mail.Read",
+        "https://graph.microsoft.com/Mail.Read",
+    ],
+)
+def test_a_read_scope_in_a_grant_is_named(scope: str) -> None:
+    granted = (GMAIL_SEND, "openid", scope)
+    assert broader_scopes(granted) == (scope,)
