@@ -63,6 +63,7 @@ e2e: setup
 
 bench: setup
 	$(BIN)/python bench/queue_throughput.py
+	$(BIN)/python bench/gmail_transport.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
