@@ -28,6 +28,7 @@ from google_auth_oauthlib.flow import Flow
 from mailbox_worker.errors import (
     IdentityMisconfigured,
     PermanentError,
+    PolicyViolation,
     ReauthRequired,
     TransientError,
 )
@@ -150,6 +151,8 @@ class GoogleIdentity:
                 f"Google's token endpoint is unavailable ({type(error).__name__})",
                 code="identity_unavailable",
             ) from None
+        except PolicyViolation:  # the operation gate refused the request: say so, unchanged
+            raise
         except Exception as error:  # oauthlib raises its own errors for error answers
             raise PermanentError(
                 f"Google refused the code ({type(error).__name__})", code="code_rejected"

@@ -14,8 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from mailbox_worker.errors import Conflict, IdentityMisconfigured, ReauthRequired
+from mailbox_worker.errors import Conflict, IdentityMisconfigured, PolicyViolation, ReauthRequired
 from mailbox_worker.jobs.intake import JobIntake, Submission
+from mailbox_worker.providers.google_gate import GoogleOperationGate
+from mailbox_worker.tokens.google import GoogleIdentity
 from mailbox_worker.tokens.identity_client import Grant
 
 from .oauth_world import World
@@ -173,3 +175,23 @@ async def test_a_grant_carrying_a_read_scope_is_refused_and_revoked(
     assert await world.token_records() == 0
     [grant] = await grants(world)
     assert grant["revoked"] is True
+
+
+async def test_google_auth_talks_only_through_the_operation_gate(world: World) -> None:
+    mailbox = await world.connected("google", login=GOOGLE_USER)
+    stored = await world.app.vault.load_tokens(mailbox.id)
+    assert stored is not None
+    settings = world.app.settings.google
+    # A gate whose token endpoint is elsewhere: the configured one is then off the list.
+    elsewhere = dataclasses.replace(settings.endpoints(), token="https://elsewhere.example/t")
+    identity = GoogleIdentity(settings, GoogleOperationGate(elsewhere))
+    before = world.sandbox.state.counters()
+    try:
+        with pytest.raises(PolicyViolation):
+            identity.refresh(stored.plaintext.decode(), [SEND], force=True)
+        flow = identity.start([SEND], "http://127.0.0.1:8080/oauth/callback", None)
+        with pytest.raises(PolicyViolation):
+            identity.redeem(flow, {"state": flow["state"], "code": "a-code"})
+    finally:
+        identity.close()
+    assert world.sandbox.state.counters() == before
