@@ -111,6 +111,7 @@ def gmail_client(api_endpoint: str, gate: GoogleOperationGate) -> Any:
         "v1",
         http=_NoDirectTransport(),
         static_discovery=True,
+        cache_discovery=False,  # the bundled document needs no cache (and this spares a log line)
         client_options={"api_endpoint": api_endpoint},
         requestBuilder=checked_request,
     )
