@@ -159,3 +159,21 @@ async def test_a_forbidden_gmail_call_is_refused_counted_and_audited(world: Worl
     [event] = [e for e in await world.app.accounts.audit_events() if e.action == "policy.violation"]
     assert event.detail["attempted"].endswith("/gmail/v1/users/{userId}/messages")
     assert event.account_id is None
+
+
+async def test_a_401_refreshes_once_then_a_dead_grant_holds_the_job(world: World) -> None:
+    mailbox = await google_mailbox(world)
+    first = await world.enqueue(mailbox.id)
+    await run_worker(world)  # an access token is now cached
+    assert (await job_row(world, first.id)).state == "sent"
+    world.sandbox.state.google.apply_scenario(GOOGLE_USER, "revoked")
+    job = await world.enqueue(mailbox.id)
+    await run_worker(world)
+    row = await job_row(world, job.id)
+    # Gmail refused the cached token (401), the forced refresh found the grant gone.
+    assert (row.state, row.last_error_code) == ("held", "invalid_grant")
+    codes = [event.code for event in await world.app.jobs.events(job.id)]
+    assert codes.count("access_token_rejected") == 1
+    current = await world.app.mailboxes.get(mailbox.id)
+    assert current is not None and current.state == "reauth_required"
+    assert len(await gmail_messages(world, label="SENT")) == 1
