@@ -190,6 +190,20 @@ class MailboxStore:
                 session.add(announce)
         return recorded
 
+    async def pause(self, mailbox_id: str, until: dt.datetime, reason: str) -> bool:
+        """No worker claims the mailbox's jobs before ``until`` (e.g. a 429's Retry-After);
+        True if this moved the pause later. A pause already reaching further is kept."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Mailbox)
+                .where(
+                    Mailbox.id == mailbox_id,
+                    or_(Mailbox.paused_until.is_(None), Mailbox.paused_until < until),
+                )
+                .values(paused_until=until, pause_reason=reason)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def save_authorization(
         self,
         state: str,
