@@ -5,8 +5,7 @@ through ``JobQueue``. A job's provider request is marked "in flight" in the data
 before it leaves, so that if this process dies the job becomes ``unknown`` instead of being
 sent a second time. The worker leases only as many jobs as it has free slots
 (``concurrency``). On stop, it claims nothing more, hands back at once the jobs it claimed but
-has not started (still waiting for their mailbox's slot), lets started jobs finish within the
-grace period, and returns.
+has not started, lets started jobs finish within the grace period, and returns.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +40,7 @@ from mailbox_worker.errors import (
     TransientError,
     redacted_traceback,
 )
+from mailbox_worker.jobs.limits import LimitDefaults, ProviderLimits
 from mailbox_worker.jobs.mime import build_message
 from mailbox_worker.jobs.queue import ClaimedJob, JobQueue
 from mailbox_worker.jobs.retry import retry_delay
@@ -58,12 +57,33 @@ class WorkerSettings:
 
     concurrency: int = 8
     per_mailbox_concurrency: int = 4
+    """Every mailbox's concurrency unless set on the mailbox, enforced by the claim across
+    all workers; 4 is Graph's per-mailbox limit."""
+    microsoft_rate_per_minute: int = 30
+    microsoft_daily_recipients: int = 10_000
+    google_rate_per_minute: int = 0
+    google_daily_recipients: int = 2_000
+    """Provider defaults of the mailbox limits (0: no limit); a mailbox's own values win."""
     poll_interval: float = 1.0
     lease_seconds: float = 120.0
     shutdown_grace: float = 25.0
     max_attempts: int = 8
     retry_initial: float = 5.0
     retry_max: float = 1800.0
+
+    def mailbox_limits(self) -> LimitDefaults:
+        """The defaults ``JobQueue`` applies to mailboxes without limits of their own."""
+        return LimitDefaults(
+            max_concurrency=self.per_mailbox_concurrency,
+            providers={
+                "microsoft": ProviderLimits(
+                    self.microsoft_rate_per_minute or None, self.microsoft_daily_recipients or None
+                ),
+                "google": ProviderLimits(
+                    self.google_rate_per_minute or None, self.google_daily_recipients or None
+                ),
+            },
+        )
 
 
 log = logging.getLogger(__name__)
@@ -109,10 +129,7 @@ class Worker:
         self.name = name or worker_name()
         self._wakeup = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # every job it holds a lease on
-        self._started: set[str] = set()  # of those, the ones past their mailbox's slot
-        self._mailbox_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.per_mailbox_concurrency)
-        )
+        self._started: set[str] = set()  # of those, the ones that started
         self._lease = dt.timedelta(seconds=settings.lease_seconds)
         self._housekept_at: float | None = None  # time.monotonic() of the last housekeeping
 
@@ -264,9 +281,10 @@ class Worker:
 
     async def _guarded(self, claimed: ClaimedJob) -> None:
         try:
-            async with self._mailbox_slots[claimed.job.mailbox_id]:
-                self._started.add(claimed.job.id)
-                await self._process(claimed)
+            # No per-process slot per mailbox: the claim leased it only within the mailbox's
+            # concurrency across every worker (docs/architecture.md#mailbox-limits).
+            self._started.add(claimed.job.id)
+            await self._process(claimed)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -355,6 +373,12 @@ class Worker:
         if isinstance(error, AccessTokenRejected):
             delay = 0.0
         run_after = self._clock() + dt.timedelta(seconds=delay)
+        # The provider throttles the mailbox, not the job: every worker leaves all of its
+        # jobs until then, while other mailboxes keep flowing.
+        if isinstance(error, Throttled) and await self._mailboxes.pause(
+            job.mailbox_id, run_after, "throttled"
+        ):
+            log.info("mailbox %s paused for %.0fs (throttled)", job.mailbox_id, delay)
         moved = await self._queue.retry_later(
             job.id, self.name, run_after, _outcome(JobState.QUEUED, error), failure=not throttled
         )
