@@ -44,10 +44,15 @@ def upgrade() -> None:
             "ix_jobs_mailbox_id_state_run_after", ["mailbox_id", "state", "run_after"]
         )
         batch_op.create_index("ix_jobs_mailbox_id_claimed_at", ["mailbox_id", "claimed_at"])
+        batch_op.create_index(
+            "ix_jobs_claim_order",
+            ["mailbox_id", "state", sa.text("priority DESC"), "run_after", "created_at"],
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_claim_order")
         batch_op.drop_index("ix_jobs_mailbox_id_claimed_at")
         batch_op.drop_index("ix_jobs_mailbox_id_state_run_after")
         batch_op.drop_column("claimed_at")
