@@ -3,8 +3,10 @@ hand back leases, mark a provider request in flight, record what came of it, and
 jobs of workers that vanished.
 
 A worker's updates check ``lease_owner`` (``transitions.held_by``): a worker that lost its
-lease cannot overwrite what another recorded. Claiming uses ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL; SQLite's single writer serialises it. Transitions are described in
+lease cannot overwrite what another recorded. Claiming locks the candidate mailboxes' rows
+(``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's single writer serialises claims) and
+keeps each mailbox within its limits (``jobs/limits.py``, docs/architecture.md#mailbox-limits).
+Transitions are described in
 ``jobs/transitions.py`` and docs/architecture.md#job-states.
 """
 
