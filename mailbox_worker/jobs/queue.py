@@ -224,8 +224,8 @@ class JobQueue:
                 running=int(row[1]),
                 claimed_last_minute=int(row[2]),
                 recipients_last_day=int(row[3]),
-                oldest_claim_last_minute=_utc(row[4]),
-                oldest_claim_last_day=_utc(row[5]),
+                oldest_claim_last_minute=row[4],
+                oldest_claim_last_day=row[5],
             )
         return usages
 
@@ -532,13 +532,6 @@ class JobQueue:
                 message,
                 self._clock(),
             )
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    # An aggregate's result skips the column type's conversion on SQLite: naive UTC there.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
 
 
 __all__ = ["ClaimedJob", "JobQueue"]

@@ -379,6 +379,7 @@ class Worker:
             job.mailbox_id, run_after, "throttled"
         ):
             log.info("mailbox %s paused for %.0fs (throttled)", job.mailbox_id, delay)
+            self._telemetry.mailbox_paused("throttled")
         moved = await self._queue.retry_later(
             job.id, self.name, run_after, _outcome(JobState.QUEUED, error), failure=not throttled
         )

@@ -88,6 +88,13 @@ async def until_final(http: aiohttp.ClientSession, daemon: Daemon, jobs: list[st
             await asyncio.sleep(0.2)
 
 
+async def throttled_pauses(plain: aiohttp.ClientSession, daemon: Daemon) -> float:
+    async with plain.get(f"{daemon.base_url}/metrics") as answer:
+        page = await answer.text()
+    prefix = 'mailbox_worker_mailbox_pauses_total{reason="throttled"} '
+    return sum(float(line[len(prefix) :]) for line in page.splitlines() if line.startswith(prefix))
+
+
 async def stored_mailbox(environment: dict[str, str], mailbox_id: str) -> Mailbox:
     app = App.build(load_settings(environ=environment))
     try:
@@ -201,6 +208,8 @@ async def test_two_daemons_hold_a_mailboxs_limits_and_a_429_pauses_only_its_mail
             )
             assert (waiting["state"], waiting["last_error"]["code"]) == ("queued", "throttled")
             assert (paused.pause_reason, paused.paused_until is not None) == ("throttled", True)
+            pauses = [await throttled_pauses(plain, process) for process in (daemon, other)]
+            assert sum(pauses) == 1  # one 429, one pause, counted by the daemon that got it
     finally:
         for process in (daemon.process, other.process):
             if process is not None and process.poll() is None:
