@@ -13,7 +13,7 @@ Transitions are described in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from mailbox_worker.jobs.limits import (
     RATE_WINDOW,
     Deferral,
     LimitDefaults,
+    MailboxLimits,
     MailboxUsage,
     allowance,
     deferral,
@@ -85,62 +86,78 @@ class JobQueue:
                 return []
             usages = await self._usage(session, [mailbox.id for mailbox in mailboxes], now)
             limits = [effective_limits(mailbox, self._limits) for mailbox in mailboxes]
-            allowances: list[int] = []
+            next_ids = []
             for mailbox, mailbox_limits in zip(mailboxes, limits, strict=True):
-                deferred = deferral(mailbox_limits, usages[mailbox.id], now)
-                if deferred is not None:
-                    await self._defer(session, mailbox.id, deferred)
-                    allowances.append(0)
-                else:
-                    allowances.append(allowance(mailbox_limits, usages[mailbox.id]))
-            next_ids = [
-                await self._next_job_ids(session, mailbox.id, most, now) if most > 0 else []
-                for mailbox, most in zip(mailboxes, allowances, strict=True)
-            ]
+                most = await self._allowance(session, mailbox, mailbox_limits, usages, now)
+                next_ids.append(
+                    await self._next_job_ids(session, mailbox.id, most, now) if most else []
+                )
             shares = round_robin(limit, [len(ids) for ids in next_ids])
             wanted = [ids[:share] for ids, share in zip(next_ids, shares, strict=True)]
             payloads = await self._payloads(session, [i for ids in wanted for i in ids])
-            chosen: list[tuple[str, dict[str, Any]]] = []
+            chosen: list[str] = []
             for mailbox, mailbox_limits, ids in zip(mailboxes, limits, wanted, strict=True):
                 counts = [recipient_count(payloads[job_id]) for job_id in ids]
                 usage = usages[mailbox.id]
                 fit = within_daily_cap(mailbox_limits, usage, counts)
-                if ids and fit == 0:
+                if ids and not fit:
                     until = (usage.oldest_claim_last_day or now) + DAILY_WINDOW
                     await self._defer(session, mailbox.id, Deferral(until, "daily_cap"))
-                chosen.extend((job_id, payloads[job_id]) for job_id in ids[:fit])
+                chosen += ids[:fit]
             if not chosen:
                 return []
-            counts_by_id = {job_id: recipient_count(payload) for job_id, payload in chosen}
-            claim = (
-                update(Job)
-                .where(Job.id.in_(list(counts_by_id)), Job.state == JobState.QUEUED)
-                .values(
-                    state=JobState.RUNNING,
-                    lease_owner=worker,
-                    lease_expires_at=now + lease,
-                    updated_at=now,
-                    claimed_at=now,
-                    recipient_count=case(counts_by_id, value=Job.id, else_=Job.recipient_count),
-                )
-                .returning(Job)
-                .execution_options(synchronize_session=False)
+            claimed = await self._lease(session, worker, chosen, payloads, now + lease, now)
+        return [ClaimedJob(claimed[i], payloads[i]) for i in chosen if i in claimed]
+
+    async def _allowance(
+        self,
+        session: AsyncSession,
+        mailbox: Mailbox,
+        limits: MailboxLimits,
+        usages: Mapping[str, MailboxUsage],
+        now: dt.datetime,
+    ) -> int:
+        """How many jobs the locked mailbox may have now; 0, deferring it, at a rate or cap."""
+        deferred = deferral(limits, usages[mailbox.id], now)
+        if deferred is not None:
+            await self._defer(session, mailbox.id, deferred)
+            return 0
+        return allowance(limits, usages[mailbox.id])
+
+    async def _lease(
+        self,
+        session: AsyncSession,
+        worker: str,
+        job_ids: Sequence[str],
+        payloads: Mapping[str, dict[str, Any]],
+        expires_at: dt.datetime,
+        now: dt.datetime,
+    ) -> dict[str, Job]:
+        """Move the chosen jobs that are still queued to ``running`` under ``worker``'s lease,
+        with their claim time and recipient count, each with its event."""
+        counts = {job_id: recipient_count(payloads[job_id]) for job_id in job_ids}
+        claim = (
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED)
+            .values(
+                state=JobState.RUNNING,
+                lease_owner=worker,
+                lease_expires_at=expires_at,
+                updated_at=now,
+                claimed_at=now,
+                recipient_count=case(counts, value=Job.id, else_=Job.recipient_count),
             )
-            claimed = {job.id: job for job in (await session.scalars(claim)).all()}
-            for job_id in claimed:
-                session.add(
-                    job_event(
-                        self._clock(),
-                        job_id,
-                        "state",
-                        JobState.QUEUED,
-                        JobState.RUNNING,
-                        worker=worker,
-                    )
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        )
+        claimed = {job.id: job for job in (await session.scalars(claim)).all()}
+        for job_id in claimed:
+            session.add(
+                job_event(
+                    self._clock(), job_id, "state", JobState.QUEUED, JobState.RUNNING, worker=worker
                 )
-        return [
-            ClaimedJob(claimed[job_id], payload) for job_id, payload in chosen if job_id in claimed
-        ]
+            )
+        return claimed
 
     async def _lock_mailboxes(
         self, session: AsyncSession, now: dt.datetime, limit: int
