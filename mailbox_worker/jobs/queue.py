@@ -96,7 +96,8 @@ class JobQueue:
             wanted = [ids[:share] for ids, share in zip(next_ids, shares, strict=True)]
             payloads = await self._payloads(session, [i for ids in wanted for i in ids])
             chosen: list[str] = []
-            for mailbox, mailbox_limits, ids in zip(mailboxes, limits, wanted, strict=True):
+            for mailbox, mailbox_limits, wanted_ids in zip(mailboxes, limits, wanted, strict=True):
+                ids = [job_id for job_id in wanted_ids if job_id in payloads]  # content purged
                 counts = [recipient_count(payloads[job_id]) for job_id in ids]
                 usage = usages[mailbox.id]
                 fit = within_daily_cap(mailbox_limits, usage, counts)
