@@ -115,9 +115,6 @@ async def test_two_daemons_hold_a_mailboxs_limits_and_a_429_pauses_only_its_mail
             "MAILBOX_WORKER_LOGGING__LEVEL": "INFO",
             # Each process could run 8 at once: only the shared claim keeps a mailbox at 4.
             "MAILBOX_WORKER_WORKER__CONCURRENCY": "8",
-            # The sandbox does not simulate Exchange's 30 a minute; a minute-long test would
-            # only measure the rate limit (tests/integration/test_mailbox_limits.py does that).
-            "MAILBOX_WORKER_WORKER__MICROSOFT_RATE_PER_MINUTE": "0",
         }
     )
     other = second_daemon(daemon, tmp_path)
