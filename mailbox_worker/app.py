@@ -157,7 +157,7 @@ class App:
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
         jobs = JobStore(sessions, clock)
-        queue = JobQueue(sessions, clock)
+        queue = JobQueue(sessions, clock, settings.worker.mailbox_limits())
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)
         identities = dict(_identities(settings) if identities is None else identities)

@@ -78,6 +78,12 @@ def mailbox_json(mailbox: MailboxView) -> dict[str, Any]:
         "granted_scopes": list(mailbox.granted_scopes),
         "created_at": timestamp(mailbox.created_at),
         "updated_at": timestamp(mailbox.updated_at),
+        "limits": {
+            "max_concurrency": mailbox.limits.max_concurrency,
+            "rate_per_minute": mailbox.limits.rate_per_minute,
+            "daily_recipient_cap": mailbox.limits.daily_recipient_cap,
+        },
+        "paused_until": timestamp(mailbox.paused_until),
     }
 
 
