@@ -44,6 +44,8 @@ def job_json(job: JobView) -> dict[str, Any]:
         "updated_at": timestamp(job.updated_at),
         "finished_at": timestamp(job.finished_at),
         "deadline": timestamp(job.deadline),
+        "send_at": timestamp(job.send_at),
+        "priority": job.priority,
         "last_error": last_error,
         "provider": {
             "message_id": job.provider_message_id,

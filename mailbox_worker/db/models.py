@@ -197,6 +197,8 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Higher is claimed first among the jobs of one mailbox."""
+    send_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the client scheduled the job for (``run_after`` starts there); None: at once."""
     recipient_count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     """Envelope recipients (To, Cc, Bcc), counted toward the mailbox's daily cap; set at claim."""
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
