@@ -169,7 +169,7 @@ class App:
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
         jobs = JobStore(sessions, clock)
-        queue = JobQueue(sessions, clock)
+        queue = JobQueue(sessions, clock, settings.worker.mailbox_limits())
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)
         violations = PolicyViolationLog(accounts, telemetry)

@@ -199,6 +199,14 @@ def _validate(settings: Settings) -> None:
     for name in ("concurrency", "per_mailbox_concurrency", "max_attempts"):
         if getattr(settings.worker, name) < 1:
             raise ConfigError(f"worker.{name}", "must be at least 1")
+    for name in (
+        "microsoft_rate_per_minute",
+        "microsoft_daily_recipients",
+        "google_rate_per_minute",
+        "google_daily_recipients",
+    ):
+        if getattr(settings.worker, name) < 0:
+            raise ConfigError(f"worker.{name}", "must be 0 (no limit) or more")
     for name in ("poll_interval", "lease_seconds", "retry_initial", "retry_max"):
         if getattr(settings.worker, name) <= 0:
             raise ConfigError(f"worker.{name}", "must be positive")

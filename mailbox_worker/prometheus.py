@@ -69,6 +69,12 @@ class PrometheusTelemetry:
             ["provider", "reason"],
             registry=registry,
         )
+        self._mailbox_pauses = Counter(
+            "mailbox_worker_mailbox_pauses",
+            "Mailboxes paused for every worker (a provider's 429 and its Retry-After).",
+            ["reason"],
+            registry=registry,
+        )
         self._worker_in_flight = Gauge(
             "mailbox_worker_worker_in_flight",
             "Jobs this process is working on now.",
@@ -145,6 +151,9 @@ class PrometheusTelemetry:
 
     def mailbox_reauth(self, provider: str, reason: str) -> None:
         self._mailbox_reauth.labels(provider=provider, reason=reason).inc()
+
+    def mailbox_paused(self, reason: str) -> None:
+        self._mailbox_pauses.labels(reason=reason).inc()
 
     def in_flight(self, count: int) -> None:
         self._worker_in_flight.set(count)

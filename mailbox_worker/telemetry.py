@@ -42,6 +42,10 @@ class Telemetry(Protocol):
         """A mailbox lost its grant (``reason``, a stable code) and needs consent again."""
         ...
 
+    def mailbox_paused(self, reason: str) -> None:
+        """A mailbox was paused for every worker (``reason``: ``throttled``, a provider's 429)."""
+        ...
+
     def in_flight(self, count: int) -> None:
         """This process works on ``count`` jobs now."""
         ...

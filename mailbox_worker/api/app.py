@@ -47,6 +47,7 @@ def create_app(services: ApiServices) -> web.Application:
             web.get("/v1/mailboxes", mailboxes.list_all, allow_head=False),
             web.get(MAILBOX, mailboxes.get, allow_head=False),
             web.delete(MAILBOX, mailboxes.disconnect),
+            web.patch(MAILBOX, mailboxes.change),
             web.post(f"{MAILBOX}/connect", mailboxes.reconnect),
             web.get("/v1/account", account.get, allow_head=False),
             web.put("/v1/account/return-origins", account.put_return_origins),

@@ -1,4 +1,5 @@
-"""``/v1/mailboxes`` and the OAuth callback: connect, list, read, reconnect, disconnect."""
+"""``/v1/mailboxes`` and the OAuth callback: connect, list, read, change limits, reconnect,
+disconnect."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from string import Template
 
 from aiohttp import web
 
-from mailbox_worker.api.auth import MAILBOXES_READ, MAILBOXES_WRITE, require
+from mailbox_worker.api.auth import ACCOUNT_WRITE, MAILBOXES_READ, MAILBOXES_WRITE, require
 from mailbox_worker.api.context import services
 from mailbox_worker.api.parsing import read_json
 from mailbox_worker.api.representations import mailbox_json, mailbox_location
@@ -67,6 +68,17 @@ async def disconnect(request: web.Request) -> web.Response:
     principal = await require(request, MAILBOXES_WRITE)
     mailbox = await services(request).mailboxes.disconnect(
         principal, request.match_info["mailbox_id"]
+    )
+    return web.json_response(mailbox_json(mailbox))
+
+
+async def change(request: web.Request) -> web.Response:
+    """200 with the mailbox: its sending limits changed (``MailboxChange``; needs
+    account:write, the account admin's permission: limits decide how fast its invoices go)."""
+    principal = await require(request, ACCOUNT_WRITE)
+    body = await read_json(request, "MailboxChange")
+    mailbox = await services(request).mailboxes.set_limits(
+        principal, request.match_info["mailbox_id"], dict(body["limits"])
     )
     return web.json_response(mailbox_json(mailbox))
 

@@ -44,6 +44,8 @@ def job_json(job: JobView) -> dict[str, Any]:
         "updated_at": timestamp(job.updated_at),
         "finished_at": timestamp(job.finished_at),
         "deadline": timestamp(job.deadline),
+        "send_at": timestamp(job.send_at),
+        "priority": job.priority,
         "last_error": last_error,
         "provider": {
             "message_id": job.provider_message_id,
@@ -78,6 +80,12 @@ def mailbox_json(mailbox: MailboxView) -> dict[str, Any]:
         "granted_scopes": list(mailbox.granted_scopes),
         "created_at": timestamp(mailbox.created_at),
         "updated_at": timestamp(mailbox.updated_at),
+        "limits": {
+            "max_concurrency": mailbox.limits.max_concurrency,
+            "rate_per_minute": mailbox.limits.rate_per_minute,
+            "daily_recipient_cap": mailbox.limits.daily_recipient_cap,
+        },
+        "paused_until": timestamp(mailbox.paused_until),
     }
 
 

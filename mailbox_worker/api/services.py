@@ -78,6 +78,12 @@ class MailboxConnector(Protocol):
         """Revoke, erase tokens, cancel pending jobs; idempotent."""
         ...
 
+    async def set_limits(
+        self, principal: Principal, mailbox_id: str, limits: Mapping[str, int | None]
+    ) -> MailboxView:
+        """Change some of the mailbox's sending limits (None: the provider's default)."""
+        ...
+
     async def complete(self, query: Mapping[str, str]) -> CallbackResult:
         """Finish an authorization from the provider's redirect query parameters."""
         ...

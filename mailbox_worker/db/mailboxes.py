@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +18,9 @@ from mailbox_worker.db.models import Mailbox, OAuthState, OutboxEvent
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.states import MailboxState
+
+LIMIT_NAMES = ("max_concurrency", "rate_per_minute", "daily_recipient_cap")
+"""The sending limits a mailbox may set for itself (docs/architecture.md#mailbox-limits)."""
 
 
 def state_digest(state: str) -> str:
@@ -189,6 +192,50 @@ class MailboxStore:
             if recorded and announce is not None:
                 session.add(announce)
         return recorded
+
+    async def pause(self, mailbox_id: str, until: dt.datetime, reason: str) -> bool:
+        """No worker claims the mailbox's jobs before ``until`` (e.g. a 429's Retry-After);
+        True if this moved the pause later. A pause already reaching further is kept."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Mailbox)
+                .where(
+                    Mailbox.id == mailbox_id,
+                    or_(Mailbox.paused_until.is_(None), Mailbox.paused_until < until),
+                )
+                .values(paused_until=until, pause_reason=reason)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def set_limits(
+        self, mailbox_id: str, limits: Mapping[str, int | None], actor: str
+    ) -> bool:
+        """Set some of the mailbox's sending limits (``LIMIT_NAMES``; None: the provider's
+        default), with an audit row in the same transaction; False if there is no such
+        mailbox."""
+        unknown = set(limits) - set(LIMIT_NAMES)
+        if unknown:
+            raise ValueError(f"not a mailbox limit: {sorted(unknown)}")
+        now = self._clock()
+        async with self._sessions.begin() as session:
+            mailbox = await session.get(Mailbox, mailbox_id, with_for_update=True)
+            if mailbox is None:
+                return False
+            before = {name: getattr(mailbox, name) for name in limits}
+            await session.execute(
+                update(Mailbox).where(Mailbox.id == mailbox_id).values(updated_at=now, **limits)
+            )
+            session.add(
+                audit_row(
+                    actor,
+                    mailbox.account_id,
+                    "mailbox.limits_changed",
+                    mailbox_id,
+                    {"before": before, "after": dict(limits)},
+                    now,
+                )
+            )
+        return True
 
     async def save_authorization(
         self,

@@ -111,6 +111,15 @@ class Mailbox(Base):
     granted_scopes: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Sending limits (docs/architecture.md#mailbox-limits); NULL means the provider's default
+    # from the settings. Enforced by every worker's claim, under a lock on this row.
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_recipient_cap: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    paused_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """No job of the mailbox is claimed before then: a 429's Retry-After, or a rate or daily
+    cap reached (``pause_reason``: throttled, rate_limit, daily_cap)."""
+    pause_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
 
     __table_args__ = (Index(None, "account_id"),)
 
@@ -186,12 +195,34 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Higher is claimed first among the jobs of one mailbox."""
+    send_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the client scheduled the job for (``run_after`` starts there); None: at once."""
+    recipient_count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """Envelope recipients (To, Cc, Bcc), counted toward the mailbox's daily cap; set at claim."""
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """The last claim: the rate and daily windows count jobs by it."""
 
     __table_args__ = (
         UniqueConstraint("account_id", "idempotency_key"),
         Index(None, "state", "run_after"),
         Index(None, "mailbox_id", "state"),
+        Index(None, "mailbox_id", "state", "run_after"),
+        Index(None, "mailbox_id", "claimed_at"),
     )
+
+
+# The claim's order within a mailbox: read in index order, it stops after the few jobs it takes
+# instead of sorting every queued job of a mailbox with a large backlog.
+Index(
+    "ix_jobs_claim_order",
+    Job.mailbox_id,
+    Job.state,
+    Job.priority.desc(),
+    Job.run_after,
+    Job.created_at,
+)
 
 
 class JobContent(Base):

@@ -85,6 +85,8 @@ class JobView:
     updated_at: dt.datetime
     finished_at: dt.datetime | None
     deadline: dt.datetime | None
+    send_at: dt.datetime | None
+    priority: int
     last_error_code: str | None
     last_error_message: str | None
     provider_message_id: str | None
@@ -106,6 +108,8 @@ class JobView:
             updated_at=job.updated_at,
             finished_at=job.finished_at,
             deadline=job.deadline,
+            send_at=job.send_at,
+            priority=job.priority,
             last_error_code=job.last_error_code,
             last_error_message=job.last_error_message,
             provider_message_id=job.provider_message_id,
@@ -165,7 +169,11 @@ class JobIntake:
             raise InvalidRequest(
                 "message.from must be the mailbox's own address", code="from_mismatch"
             )
-        deadline = _parse_deadline(body.get("deadline"), self._clock())
+        now = self._clock()
+        deadline = _future_time(body.get("deadline"), now, "deadline", "invalid_deadline")
+        send_at = _future_time(body.get("send_at"), now, "send_at", "invalid_send_at")
+        if send_at is not None and deadline is not None and send_at >= deadline:
+            raise InvalidRequest("send_at must be before the deadline", code="invalid_send_at")
         domain = mailbox.address.rpartition("@")[2]
         self._check_size(message, mailbox.address, mailbox.provider, mode, domain)
         job, created = await self._jobs.enqueue(
@@ -180,11 +188,13 @@ class JobIntake:
                 reference=body.get("reference"),
                 deadline=deadline,
                 held=mailbox.state == MailboxState.REAUTH_REQUIRED,
+                send_at=send_at,
+                priority=int(body.get("priority", 0)),
             )
         )
         if created:
             self._telemetry.job_enqueued(mode)
-            if mailbox.state == MailboxState.CONNECTED:
+            if mailbox.state == MailboxState.CONNECTED and send_at is None:
                 self._wake_worker()
         return JobView.of(job), created
 
@@ -271,19 +281,19 @@ def _request_digest(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _parse_deadline(value: Any, now: dt.datetime) -> dt.datetime | None:
+def _future_time(value: Any, now: dt.datetime, name: str, code: str) -> dt.datetime | None:
+    """The RFC 3339 time ``value`` (with an offset, after ``now``), or None when absent;
+    ``InvalidRequest`` with ``code`` otherwise."""
     if value is None:
         return None
     try:
-        deadline = dt.datetime.fromisoformat(str(value).upper().replace("Z", "+00:00"))
-        if deadline.tzinfo is not None:
-            deadline = deadline.astimezone(dt.UTC)
+        moment = dt.datetime.fromisoformat(str(value).upper().replace("Z", "+00:00"))
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(dt.UTC)  # may overflow: 9999-12-31T23:59:59-01:00
     except (ValueError, OverflowError):
-        raise InvalidRequest(
-            "deadline must be an RFC 3339 date-time", code="invalid_deadline"
-        ) from None
-    if deadline.tzinfo is None:
-        raise InvalidRequest("deadline needs a time zone offset", code="invalid_deadline")
-    if deadline <= now:
-        raise InvalidRequest("deadline is in the past", code="invalid_deadline")
-    return deadline
+        raise InvalidRequest(f"{name} must be an RFC 3339 date-time", code=code) from None
+    if moment.tzinfo is None:
+        raise InvalidRequest(f"{name} needs a time zone offset", code=code)
+    if moment <= now:
+        raise InvalidRequest(f"{name} is in the past", code=code)
+    return moment

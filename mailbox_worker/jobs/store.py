@@ -43,6 +43,10 @@ class NewJob:
     reference: str | None = None
     deadline: dt.datetime | None = None
     held: bool = False
+    send_at: dt.datetime | None = None
+    """Not claimed before then (scheduled dispatch); None: as soon as possible."""
+    priority: int = 0
+    """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
 
 
 class JobStore:
@@ -75,7 +79,9 @@ class JobStore:
             message_id=message_id_for(job_id, new.message_id_domain),
             attempts=0,
             transient_failures=0,
-            run_after=now,
+            run_after=now if new.send_at is None else max(now, new.send_at),
+            send_at=new.send_at,
+            priority=new.priority,
             deadline=new.deadline,
             created_at=now,
             updated_at=now,

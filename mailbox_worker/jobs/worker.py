@@ -9,9 +9,11 @@ lost, and it is cancelled. An outcome the database cannot take yet is kept by th
 (``jobs/outcomes.py``) until it is written; the job keeps its lease and its slot meanwhile.
 Housekeeping renews this worker's own leases before it recovers expired ones, so the worker
 never recovers a job it is still working on. The worker leases only as many jobs as it has
-free slots (``concurrency``). On stop, it claims nothing more, hands back at once the jobs it
-claimed but has not started (still waiting for their mailbox's slot), lets started jobs finish
-(and pending outcomes be written) within the grace period, and returns.
+free slots (``concurrency``); the claim keeps each mailbox within its limits across every
+worker (docs/architecture.md#mailbox-limits), and a 429 pauses the mailbox for all of them.
+On stop, it claims nothing more, hands back at once the jobs it claimed but has not started,
+lets started jobs finish (and pending outcomes be written) within the grace period, and
+returns.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +47,7 @@ from mailbox_worker.errors import (
     Throttled,
     TransientError,
 )
+from mailbox_worker.jobs.limits import LimitDefaults, ProviderLimits
 from mailbox_worker.jobs.mime import build_message
 from mailbox_worker.jobs.outcomes import OutcomeWriter
 from mailbox_worker.jobs.progress import JobProgress, LeaseLost, recorded_draft
@@ -64,12 +66,33 @@ class WorkerSettings:
 
     concurrency: int = 8
     per_mailbox_concurrency: int = 4
+    """Every mailbox's concurrency unless set on the mailbox, enforced by the claim across
+    all workers; 4 is Graph's per-mailbox limit."""
+    microsoft_rate_per_minute: int = 30
+    microsoft_daily_recipients: int = 10_000
+    google_rate_per_minute: int = 0
+    google_daily_recipients: int = 2_000
+    """Provider defaults of the mailbox limits (0: no limit); a mailbox's own values win."""
     poll_interval: float = 1.0
     lease_seconds: float = 120.0
     shutdown_grace: float = 25.0
     max_attempts: int = 8
     retry_initial: float = 5.0
     retry_max: float = 1800.0
+
+    def mailbox_limits(self) -> LimitDefaults:
+        """The defaults ``JobQueue`` applies to mailboxes without limits of their own."""
+        return LimitDefaults(
+            max_concurrency=self.per_mailbox_concurrency,
+            providers={
+                "microsoft": ProviderLimits(
+                    self.microsoft_rate_per_minute or None, self.microsoft_daily_recipients or None
+                ),
+                "google": ProviderLimits(
+                    self.google_rate_per_minute or None, self.google_daily_recipients or None
+                ),
+            },
+        )
 
 
 log = logging.getLogger(__name__)
@@ -118,11 +141,8 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # every job it holds a lease on
         self._leases: dict[str, Lease] = {}  # the lease each of those tasks works under
-        self._started: set[str] = set()  # of those, the ones past their mailbox's slot
+        self._started: set[str] = set()  # of those, the ones that started
         self._outcomes = OutcomeWriter(telemetry)
-        self._mailbox_slots: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.per_mailbox_concurrency)
-        )
         self._lease = dt.timedelta(seconds=settings.lease_seconds)
         self._housekept_at: float | None = None  # time.monotonic() of the last housekeeping
 
@@ -291,9 +311,10 @@ class Worker:
 
     async def _guarded(self, claimed: ClaimedJob) -> None:
         try:
-            async with self._mailbox_slots[claimed.job.mailbox_id]:
-                self._started.add(claimed.job.id)
-                await self._process(claimed)
+            # No per-process slot per mailbox: the claim leased it only within the mailbox's
+            # concurrency across every worker (docs/architecture.md#mailbox-limits).
+            self._started.add(claimed.job.id)
+            await self._process(claimed)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -397,6 +418,13 @@ class Worker:
         if isinstance(error, AccessTokenRejected):
             delay = 0.0
         run_after = self._clock() + dt.timedelta(seconds=delay)
+        # The provider throttles the mailbox, not the job: every worker leaves all of its
+        # jobs until then, while other mailboxes keep flowing.
+        if isinstance(error, Throttled) and await self._mailboxes.pause(
+            claimed.job.mailbox_id, run_after, "throttled"
+        ):
+            log.info("mailbox %s paused for %.0fs (throttled)", claimed.job.mailbox_id, delay)
+            self._telemetry.mailbox_paused("throttled")
         outcome = _outcome(JobState.QUEUED, error)
         moved = await self._outcomes.write(
             claimed.lease,

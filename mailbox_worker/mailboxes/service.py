@@ -63,6 +63,15 @@ AUTHORIZATION_LIFETIME = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
+class SendingLimits:
+    """A mailbox's own sending limits; None means its provider's default from the settings."""
+
+    max_concurrency: int | None = None
+    rate_per_minute: int | None = None
+    daily_recipient_cap: int | None = None
+
+
+@dataclass(frozen=True)
 class MailboxView:
     """A mailbox as the API shows it: never a token, nor the account it is pinned to."""
 
@@ -75,6 +84,9 @@ class MailboxView:
     granted_scopes: tuple[str, ...]
     created_at: dt.datetime
     updated_at: dt.datetime
+    limits: SendingLimits = SendingLimits()
+    paused_until: dt.datetime | None = None
+    """No job of the mailbox is sent before then (a 429, or a rate or daily cap reached)."""
 
     @classmethod
     def of(cls, mailbox: Mailbox) -> MailboxView:
@@ -88,6 +100,10 @@ class MailboxView:
             granted_scopes=tuple(mailbox.granted_scopes),
             created_at=mailbox.created_at,
             updated_at=mailbox.updated_at,
+            limits=SendingLimits(
+                mailbox.max_concurrency, mailbox.rate_per_minute, mailbox.daily_recipient_cap
+            ),
+            paused_until=mailbox.paused_until,
         )
 
 
@@ -432,6 +448,22 @@ class MailboxService:
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
         return mailbox
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    async def set_limits(
+        self, principal: Principal, mailbox_id: str, limits: Mapping[str, int | None]
+    ) -> MailboxView:
+        """Change some of the caller's mailbox's sending limits (None: back to the provider's
+        default); audited. ``Conflict`` (mailbox_disconnected) once it is disconnected."""
+        mailbox = await self._owned(principal, mailbox_id)
+        if mailbox.state == MailboxState.DISCONNECTED:
+            raise Conflict("the mailbox was disconnected", code="mailbox_disconnected")
+        if not await self._mailboxes.set_limits(
+            mailbox_id, limits, actor=f"api_key:{principal.key_id}"
+        ):
+            raise NotFound("no such mailbox in this account", code="mailbox_not_found")
+        return await self.get(principal, mailbox_id)
 
     # -- disconnect ----------------------------------------------------------------------------
 

@@ -235,6 +235,15 @@ class RecordingConnector:
         self.mailboxes[mailbox_id] = (principal.account_id, mailbox)
         return mailbox
 
+    async def set_limits(
+        self, principal: Principal, mailbox_id: str, limits: Mapping[str, int | None]
+    ) -> MailboxView:
+        self.calls.append(("set_limits", (mailbox_id, dict(limits))))
+        mailbox = self._find(principal, mailbox_id)
+        changed = dataclasses.replace(mailbox, limits=dataclasses.replace(mailbox.limits, **limits))
+        self.mailboxes[mailbox_id] = (principal.account_id, changed)
+        return changed
+
     async def complete(self, query: Mapping[str, str]) -> CallbackResult:
         self.calls.append(("complete", (dict(query),)))
         return self.callback

@@ -15,6 +15,7 @@ from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.jobs.limits import LimitDefaults
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 
@@ -64,6 +65,10 @@ async def engine(migrated_database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+NO_MAILBOX_LIMITS = LimitDefaults(max_concurrency=1_000_000, providers={})
+"""For the tests of everything but mailbox limits (test_mailbox_limits.py uses real ones)."""
+
+
 @pytest.fixture
 async def stores(engine: AsyncEngine) -> Stores:
     sessions = create_session_factory(engine)
@@ -73,6 +78,6 @@ async def stores(engine: AsyncEngine) -> Stores:
         AccountStore(sessions),
         MailboxStore(sessions),
         JobStore(sessions),
-        JobQueue(sessions),
+        JobQueue(sessions, limits=NO_MAILBOX_LIMITS),
         StorageScrubber(engine),
     )

@@ -40,6 +40,7 @@ PROTECTED = [
     ("GET", "/v1/mailboxes/mbx_1", "mailboxes:read"),
     ("POST", "/v1/mailboxes/mbx_1/connect", "mailboxes:write"),
     ("DELETE", "/v1/mailboxes/mbx_1", "mailboxes:write"),
+    ("PATCH", "/v1/mailboxes/mbx_1", "account:write"),
     ("GET", "/v1/account", "account:read"),
     ("PUT", "/v1/account/return-origins", "account:write"),
 ]

@@ -289,13 +289,13 @@ async def test_unknown_fields_are_named_and_refused(
     api: RunningApi, caller: tuple[str, str, str]
 ) -> None:
     _, key, mailbox_id = caller
-    body = {**job_request(mailbox_id), "priority": 1, "callback": "https://x.example"}
+    body = {**job_request(mailbox_id), "urgency": 1, "callback": "https://x.example"}
 
     answer = await enqueue(api, key, body)
 
     assert (answer.status, answer.error_code) == (400, "invalid_request")
     details = answer.json()["error"]["details"]
-    assert {detail["field"] for detail in details} == {"priority", "callback"}
+    assert {detail["field"] for detail in details} == {"urgency", "callback"}
     assert b"https://x.example" not in answer.body  # names, never values
 
 
@@ -479,3 +479,54 @@ async def test_a_composite_attachment_type_is_refused(
     answer = await enqueue(api, key, body)
     assert (answer.status, answer.error_code) == (400, "invalid_request"), answer.body
     assert "message/*" in answer.json()["error"]["message"]
+
+
+async def test_send_at_schedules_the_job_and_priority_orders_its_mailbox(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    send_at = utcnow() + dt.timedelta(hours=3)
+    scheduled = await enqueue(
+        api,
+        key,
+        {**job_request(mailbox_id), "send_at": send_at.strftime("%Y-%m-%dT%H:%M:%SZ")},
+    )
+    low = await enqueue(api, key, {**job_request(mailbox_id), "priority": -5})
+    high = await enqueue(api, key, {**job_request(mailbox_id), "priority": 7})
+    assert (scheduled.status, low.status, high.status) == (202, 202, 202), scheduled.body
+    answer = scheduled.json()
+    assert answer["send_at"] == send_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert (answer["priority"], low.json()["priority"], high.json()["priority"]) == (0, -5, 7)
+    assert low.json()["send_at"] is None
+
+    claimed = await api.queue.claim("w", 1, dt.timedelta(minutes=1))
+    assert [item.job.id for item in claimed] == [high.json()["id"]]
+    claimed = await api.queue.claim("w", 10, dt.timedelta(minutes=1))
+    assert [item.job.id for item in claimed] == [low.json()["id"]]  # the scheduled one waits
+    api.clock.advance(dt.timedelta(hours=3, seconds=1))
+    claimed = await api.queue.claim("w", 10, dt.timedelta(minutes=1))
+    assert [item.job.id for item in claimed] == [scheduled.json()["id"]]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"send_at": "2001-01-01T00:00:00Z"}, "invalid_send_at"),
+        ({"send_at": "next week"}, "invalid_send_at"),
+        ({"send_at": "2100-01-01T12:00:00"}, "invalid_send_at"),
+        (
+            {"send_at": "2100-01-02T00:00:00Z", "deadline": "2100-01-01T00:00:00Z"},
+            "invalid_send_at",
+        ),
+        ({"priority": 11}, "invalid_request"),
+        ({"priority": "high"}, "invalid_request"),
+    ],
+    ids=["past", "not-a-date", "no-offset", "after-deadline", "priority-range", "priority-type"],
+)
+async def test_bad_send_at_or_priority_is_refused(
+    api: RunningApi, caller: tuple[str, str, str], fields: dict[str, object], code: str
+) -> None:
+    _, key, mailbox_id = caller
+    answer = await enqueue(api, key, {**job_request(mailbox_id), **fields})
+    assert (answer.status, answer.error_code) == (400, code), answer.body
+    assert sum((await api.queue.count_by_state()).values()) == 0

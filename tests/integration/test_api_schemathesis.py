@@ -122,8 +122,9 @@ def aim_at_mailbox(body: Any, mailbox_id: str, address: str) -> Any:
     """Half of the generated jobs go to the connected mailbox, and keep its rules.
 
     So fuzzing reaches the intake, the MIME builder and the queue instead of stopping at
-    404; a deadline in the past or a ``from`` that is not the mailbox's own address would
-    be refused there for reasons the schema cannot state, so they are made right.
+    404; a deadline or a ``send_at`` in the past, a ``send_at`` after the deadline or a
+    ``from`` that is not the mailbox's own address would be refused there for reasons the
+    schema cannot state, so they are made right (or the ``send_at`` dropped).
     """
     if not isinstance(body, dict) or not isinstance(body.get("mailbox_id"), str):
         return body
@@ -137,12 +138,26 @@ def aim_at_mailbox(body: Any, mailbox_id: str, address: str) -> Any:
         and dt.datetime.fromisoformat(deadline.replace("Z", "+00:00")) < dt.datetime.now(dt.UTC)
     ):
         aimed["deadline"] = "2100-01-01T00:00:00Z"
+    if not _between_now_and_deadline(aimed.get("send_at"), aimed.get("deadline")):
+        aimed.pop("send_at", None)
     message = aimed.get("message")
     if isinstance(message, dict) and isinstance(message.get("from"), dict):
         sender = message["from"]
         if isinstance(sender.get("address"), str) and is_email_address(sender["address"]):
             aimed["message"] = {**message, "from": {**sender, "address": address}}
     return aimed
+
+
+def _between_now_and_deadline(send_at: Any, deadline: Any) -> bool:
+    """Whether ``send_at`` is a time the intake takes: after now, before a valid deadline."""
+    if not (isinstance(send_at, str) and is_date_time(send_at)):
+        return True  # the schema's concern, not a rule it cannot state
+    moment = dt.datetime.fromisoformat(send_at.replace("Z", "+00:00"))
+    if moment.tzinfo is None or moment <= dt.datetime.now(dt.UTC):
+        return False
+    if isinstance(deadline, str) and is_date_time(deadline):
+        return moment < dt.datetime.fromisoformat(deadline.replace("Z", "+00:00"))
+    return True
 
 
 async def test_the_served_api_conforms_to_its_document(tmp_path: Path) -> None:

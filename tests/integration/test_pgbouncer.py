@@ -27,6 +27,7 @@ from mailbox_worker.jobs.store import JobStore, NewJob
 from tests.pgbouncer import running_pgbouncer, through
 
 from ..conftest import create_postgres_database, drop_postgres_database
+from .conftest import NO_MAILBOX_LIMITS
 
 pytestmark = pytest.mark.postgres
 
@@ -80,7 +81,9 @@ async def _enqueue_and_claim(engine: AsyncEngine) -> int:
     await asyncio.gather(*(enqueue(number) for number in range(JOBS)))
     claimed = 0
     for _ in range(JOBS):
-        batch = await JobQueue(sessions).claim("worker-1", 8, dt.timedelta(seconds=60))
+        # One mailbox, 60 jobs: lift its limits, this is about the claim through the pooler.
+        queue = JobQueue(sessions, limits=NO_MAILBOX_LIMITS)
+        batch = await queue.claim("worker-1", 8, dt.timedelta(seconds=60))
         if not batch:
             break
         claimed += len(batch)

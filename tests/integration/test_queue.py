@@ -74,10 +74,18 @@ async def test_two_workers_never_claim_the_same_job(stores: Stores) -> None:
     mailbox = await setup(stores)
     for number in range(30):
         await stores.jobs.enqueue(new_job(mailbox, subject=f"n{number}"))
-    claims = await asyncio.gather(*(stores.queue.claim(f"worker-{n}", 7, LEASE) for n in range(6)))
-    ids = [claimed.job.id for batch in claims for claimed in batch]
+    # Claimers racing for one mailbox: on PostgreSQL one locks it and the others skip it
+    # this round (mailbox limits are counted under that lock), so claim in rounds.
+    ids: list[str] = []
+    for _ in range(30):
+        claims = await asyncio.gather(
+            *(stores.queue.claim(f"worker-{n}", 7, LEASE) for n in range(6))
+        )
+        ids += [claimed.job.id for batch in claims for claimed in batch]
+        assert all(claimed.payload["to"] for batch in claims for claimed in batch)
+        if len(ids) >= 30:
+            break
     assert len(ids) == len(set(ids)) == 30
-    assert all(claimed.payload["to"] for batch in claims for claimed in batch)
 
 
 async def test_claim_leases_at_most_limit_jobs_on_a_never_analysed_table(

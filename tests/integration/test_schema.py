@@ -81,7 +81,7 @@ async def test_migration_0004_carries_connected_mailboxes_forward_unpinned(
     assert (mailbox.identity_tenant, mailbox.identity_subject) == (None, None)
 
 
-async def test_migration_0009_orders_waiting_events_by_job_then_mailbox(
+async def test_migration_0008_orders_waiting_events_by_job_then_mailbox(
     database_url: str,
 ) -> None:
     engine = create_engine(DatabaseSettings(url=database_url))
@@ -92,7 +92,7 @@ async def test_migration_0009_orders_waiting_events_by_job_then_mailbox(
         "neither": {"n": 1},
     }
     try:
-        await migrate.upgrade(engine, "0006")
+        await migrate.upgrade(engine, "0007")
         async with engine.begin() as connection:
             for name, payload in waiting.items():
                 await connection.execute(

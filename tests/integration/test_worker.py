@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import WorkerSettings
@@ -203,6 +203,30 @@ async def test_throttling_defers_without_counting_as_failure(harness: Harness) -
     assert codes.count("throttled") == 4
 
 
+async def test_throttling_pauses_the_mailbox_for_every_worker(harness: Harness) -> None:
+    await harness.pause()  # the test drives the passes
+    harness.provider.script.append(Throttled("429", retry_after=3600))
+    job = await harness.enqueue()
+    async with asyncio.timeout(20):  # a hang guard, not a performance assertion
+        await harness.worker.run_until_idle()
+    stored = await harness.stores.jobs.get(job.id)
+    assert stored is not None
+    assert (stored.state, stored.last_error_code, stored.transient_failures) == (
+        "queued",
+        "throttled",
+        0,
+    )
+    mailbox = await harness.stores.mailboxes.get(stored.mailbox_id)
+    assert mailbox is not None
+    assert (mailbox.paused_until, mailbox.pause_reason) == (stored.run_after, "throttled")
+    # Any worker skips the mailbox until then, even for a job that is due now.
+    async with harness.stores.sessions.begin() as session:
+        await session.execute(
+            update(Job).where(Job.id == job.id).values(run_after=dt.datetime.now(dt.UTC))
+        )
+    assert await harness.stores.queue.claim("another-worker", 8, dt.timedelta(seconds=30)) == []
+
+
 async def test_transient_errors_retry_then_give_up(harness: Harness) -> None:
     harness.provider.script.extend([TransientError("503", code="network")] * 3)
     job = await harness.settled(await harness.enqueue())
@@ -369,25 +393,20 @@ async def test_a_worker_never_leases_more_jobs_than_its_concurrency(stores: Stor
 
 
 async def test_stop_hands_back_claimed_jobs_that_had_not_started(stores: Stores) -> None:
-    # Four slots but one a mailbox: three of the four claimed jobs wait for the first.
-    settings = dataclasses.replace(FAST, concurrency=4, per_mailbox_concurrency=1)
+    settings = dataclasses.replace(FAST, concurrency=4)
     provider = RecordingProvider(delay=0.3)
     worker, jobs = await _worker_with_jobs(stores, settings, provider, 4, "w-stop")
+    # run_once returns with the four jobs claimed and their tasks created but not yet run
+    # (nothing awaited since); stopping now must hand all four back, not start them.
+    assert await worker.run_once() == 4
     stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    async with asyncio.timeout(10):  # a hang guard, not a performance assertion
-        while not provider.calls:
-            await asyncio.sleep(0.01)
     stop.set()
-    await running
+    async with asyncio.timeout(10):  # a hang guard, not a performance assertion
+        await worker.run(stop)
     states = [await stores.jobs.get(job.id) for job in jobs]
-    assert len(provider.calls) == 1  # nothing started after the stop
-    started = provider.calls[0][2].job_id
+    assert provider.calls == []  # nothing started after the stop
     for job in states:
         assert job is not None
-        if job.id == started:
-            assert job.state == "sent"
-            continue
         assert (job.state, job.lease_owner, job.lease_expires_at) == ("queued", None, None)
         assert (job.attempts, job.last_error_code) == (0, "worker_stopped")
         last = (await stores.jobs.events(job.id))[-1]
@@ -398,4 +417,4 @@ async def test_stop_hands_back_claimed_jobs_that_had_not_started(stores: Stores)
             "w-stop",
         )
     # Queued again at once, not after the lease: another worker claims them now.
-    assert len(await stores.queue.claim("w-next", 10, dt.timedelta(seconds=30))) == 3
+    assert len(await stores.queue.claim("w-next", 10, dt.timedelta(seconds=30))) == 4

@@ -208,6 +208,7 @@ def test_a_job_is_represented_as_the_document_says() -> None:
         updated_at=NOW,
         finished_at=NOW,
         deadline=None,
+        priority=0,
         last_error_code="recipient_rejected",
         last_error_message="the provider refused a recipient",
         provider_message_id=None,

@@ -367,12 +367,14 @@ async def test_the_daily_sending_limit_answers_its_body_and_resets_with_the_wind
     draft = await execute(
         gmail.users().drafts().create(userId="me", body={"message": {"raw": raw_field(third)}})
     )
+    second_sent_by = sandbox.state.now()
     status, error, _ = await http_error(
         gmail.users().drafts().send(userId="me", body={"id": draft["id"]})
     )
     assert status == 429
     retry_after = error["error"]["message"].split("Retry after ")[1].split(" ")[0]
-    assert abs(_moment(retry_after) - (first_sent_at + DAY)) < 1
+    # A day after the first send, which happened between the two readings of the clock.
+    assert first_sent_at + DAY - MILLISECOND <= _moment(retry_after) <= second_sent_by + DAY
     assert error == sending_limit_body(_moment(retry_after))
     assert len(await stored(http, sandbox, label="SENT")) == 2
     sandbox.state.advance(_moment(retry_after) - sandbox.state.now())
@@ -398,6 +400,7 @@ async def test_the_sending_limit_can_be_noticed_late(
     for job in ("1", "2"):
         message, _ = invoice(job)
         await execute(gmail.users().messages().send(userId="me", body={"raw": raw_field(message)}))
+    both_sent_by = sandbox.state.now()
     assert [record["over_limit"] for record in await stored(http, sandbox)] == [False, True]
     sandbox.state.advance(300)
     message, _ = invoice("3")
@@ -407,7 +410,7 @@ async def test_the_sending_limit_can_be_noticed_late(
     # after the first) leaves the rolling day.
     second_leaves = _moment(error["error"]["message"].split("Retry after ")[1].split(" ")[0])
     assert status == 429
-    assert abs(second_leaves - (first_sent_at + DAY)) < 1
+    assert first_sent_at + DAY - MILLISECOND <= second_leaves <= both_sent_by + DAY
     assert (await set_limits(http, sandbox))["sent_in_window"] == 2
 
 
@@ -430,7 +433,8 @@ async def test_quota_units_per_user_per_minute(
     assert (entry["domain"], entry["reason"]) == ("usageLimits", "userRateLimitExceeded")
     assert error["error"]["status"] == "RESOURCE_EXHAUSTED"
     retry_after = error["error"]["message"].removeprefix("User-rate limit exceeded.  Retry after ")
-    assert abs(_moment(retry_after) - (start + 60)) < 1
+    # A minute after the first send, which happened between ``start`` and now.
+    assert start + 60 - MILLISECOND <= _moment(retry_after) <= sandbox.state.now() + 60
     sandbox.state.advance(_moment(retry_after) - sandbox.state.now())
     await execute(gmail.users().drafts().create(userId="me", body={"message": body}))
     assert sandbox.state.counters()["gmail.throttled.user_rate"] == 1
@@ -446,13 +450,14 @@ async def test_injected_faults_answer_in_googles_format(
     message, message_id = invoice()
     body = {"raw": raw_field(message)}
     sandbox.state.queue_fault("gmail.messages.send", "status", status=429, retry_after=120)
-    now = sandbox.state.now()
+    before = sandbox.state.now()
     status, error, headers = await http_error(gmail.users().messages().send(userId="me", body=body))
+    after = sandbox.state.now()
     assert (status, headers["retry-after"]) == (429, "120")
     until = _moment(
         error["error"]["message"].removeprefix("User-rate limit exceeded.  Retry after ")
     )
-    assert abs(until - (now + 120)) < 1
+    assert before + 120 - MILLISECOND <= until <= after + 120
     assert error["error"]["errors"][0]["reason"] == "userRateLimitExceeded"
     sandbox.state.queue_fault("gmail.messages.send", "accept_then_status", status=503)
     status, error, _ = await http_error(gmail.users().messages().send(userId="me", body=body))
@@ -463,6 +468,10 @@ async def test_injected_faults_answer_in_googles_format(
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+MILLISECOND = 0.001
+"""The answers' times are cut to milliseconds."""
 
 
 def _moment(rfc3339: str) -> float:

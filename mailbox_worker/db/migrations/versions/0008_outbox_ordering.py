@@ -1,7 +1,7 @@
 """outbox ordering key
 
-Revision ID: 0009
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-05 20:30:00.000000
 
 Adds ``outbox_events.ordering_key`` (events with the same key are delivered in order) and
@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,223 @@
+"""Per-mailbox limits enforced by the claim, on SQLite and PostgreSQL: concurrency across
+claimers, rate, daily cap, pauses, fair share between accounts and priority."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from sqlalchemy import insert, select, update
+
+from mailbox_worker.clock import new_id, utcnow
+from mailbox_worker.db.models import Job, JobContent, Mailbox
+from mailbox_worker.jobs.limits import LimitDefaults
+from mailbox_worker.jobs.queue import JobQueue, Lease
+from mailbox_worker.jobs.store import NewJob
+from mailbox_worker.jobs.transitions import Outcome
+from mailbox_worker.states import JobState
+
+from .conftest import Stores
+
+LEASE = dt.timedelta(seconds=600)
+
+
+class SteppedClock:
+    """Starts just after the real time (so jobs enqueued now are due) and moves on request."""
+
+    def __init__(self) -> None:
+        self.now = utcnow() + dt.timedelta(seconds=1)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, by: dt.timedelta) -> None:
+        self.now += by
+
+
+def recipients(count: int) -> list[dict[str, str]]:
+    return [{"address": f"ap{number}@fabrikam.example"} for number in range(count)]
+
+
+async def enqueue(stores: Stores, mailbox: Mailbox, count: int, to: int = 1) -> list[Job]:
+    jobs = []
+    for number in range(count):
+        job, _ = await stores.jobs.enqueue(
+            NewJob(
+                account_id=mailbox.account_id,
+                mailbox_id=mailbox.id,
+                mode="send",
+                payload={"to": recipients(to), "subject": f"Invoice {number}", "text": "hi"},
+                request_sha256=str(number),
+                message_id_domain="contoso.example",
+            )
+        )
+        jobs.append(job)
+    return jobs
+
+
+async def set_limits(stores: Stores, mailbox: Mailbox, **limits: int | None) -> None:
+    async with stores.sessions.begin() as session:
+        await session.execute(update(Mailbox).where(Mailbox.id == mailbox.id).values(**limits))
+
+
+async def new_mailbox(stores: Stores, account: str, address: str) -> Mailbox:
+    created = await stores.accounts.create_account(account)
+    return await stores.connected_mailbox(created.id, address)
+
+
+async def states(stores: Stores, mailbox: Mailbox) -> dict[str, int]:
+    async with stores.sessions() as session:
+        rows = (await session.scalars(select(Job.state).where(Job.mailbox_id == mailbox.id))).all()
+    return {state: rows.count(state) for state in set(rows)}
+
+
+async def finish_all(queue: JobQueue, claimed: list[Lease]) -> None:
+    for lease in claimed:
+        assert await queue.finish(lease, Outcome(JobState.SENT))
+
+
+async def test_concurrent_claimers_never_exceed_a_mailboxs_concurrency(stores: Stores) -> None:
+    clock = SteppedClock()
+    queues = [JobQueue(stores.sessions, clock, LimitDefaults()) for _ in range(6)]
+    mailbox = await new_mailbox(stores, "acme", "billing@contoso.example")
+    await enqueue(stores, mailbox, 40)
+    for round_number in range(5):
+        batches = await asyncio.gather(
+            *(queue.claim(f"w{n}", 8, LEASE) for n, queue in enumerate(queues) for _ in range(2))
+        )
+        assert (await states(stores, mailbox)).get(JobState.RUNNING, 0) <= 4
+        claimed = [item.job for batch in batches for item in batch]
+        if round_number == 0:
+            assert len(claimed) == 4  # nothing running yet: the mailbox's 4, no more
+        # Two of the running jobs end; the next round may start two more, and no more.
+        async with stores.sessions() as session:
+            running = (
+                await session.scalars(
+                    select(Job).where(Job.mailbox_id == mailbox.id, Job.state == JobState.RUNNING)
+                )
+            ).all()
+        for job in running[:2]:
+            assert job.lease_owner is not None
+            lease = Lease(job.id, job.lease_owner.rpartition("/")[0], job.lease_owner)
+            assert await queues[0].finish(lease, Outcome(JobState.SENT))
+        clock.advance(dt.timedelta(seconds=30))  # stays under the rate of 30 a minute
+    assert (await states(stores, mailbox)).get(JobState.SENT) == 10
+
+
+async def test_rate_limit_defers_then_claims_once_the_window_passes(stores: Stores) -> None:
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    mailbox = await new_mailbox(stores, "acme", "billing@contoso.example")
+    await set_limits(stores, mailbox, rate_per_minute=3, max_concurrency=10)
+    await enqueue(stores, mailbox, 10)
+    first = await queue.claim("w", 10, LEASE)
+    assert len(first) == 3
+    await finish_all(queue, [item.lease for item in first])
+    clock.advance(dt.timedelta(seconds=30))
+    assert await queue.claim("w", 10, LEASE) == []
+    paused = await stores.mailboxes.get(mailbox.id)
+    assert paused is not None
+    assert paused.pause_reason == "rate_limit"
+    assert paused.paused_until == clock.now - dt.timedelta(seconds=30) + dt.timedelta(minutes=1)
+    assert await states(stores, mailbox) == {JobState.SENT: 3, JobState.QUEUED: 7}
+    clock.advance(dt.timedelta(seconds=29))
+    assert await queue.claim("w", 10, LEASE) == []  # still within the minute
+    clock.advance(dt.timedelta(seconds=2))
+    assert len(await queue.claim("w", 10, LEASE)) == 3
+
+
+async def test_daily_cap_defers_and_never_fails(stores: Stores) -> None:
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    mailbox = await new_mailbox(stores, "acme", "billing@contoso.example")
+    await set_limits(stores, mailbox, daily_recipient_cap=5, max_concurrency=10)
+    await enqueue(stores, mailbox, 6, to=2)
+    first = await queue.claim("w", 10, LEASE)
+    assert len(first) == 2  # 4 recipients; a third job would make 6 > 5
+    assert {item.job.recipient_count for item in first} == {2}
+    await finish_all(queue, [item.lease for item in first])
+    clock.advance(dt.timedelta(hours=12))
+    assert await queue.claim("w", 10, LEASE) == []
+    paused = await stores.mailboxes.get(mailbox.id)
+    assert paused is not None
+    assert paused.pause_reason == "daily_cap"
+    assert await states(stores, mailbox) == {JobState.SENT: 2, JobState.QUEUED: 4}
+    clock.advance(dt.timedelta(hours=12, seconds=1))
+    assert len(await queue.claim("w", 10, LEASE)) == 2
+
+
+async def test_a_paused_mailbox_is_skipped_while_others_flow(stores: Stores) -> None:
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    throttled = await new_mailbox(stores, "acme", "billing@contoso.example")
+    other = await new_mailbox(stores, "globex", "billing@globex.example")
+    await enqueue(stores, throttled, 3)
+    await enqueue(stores, other, 3)
+    assert await stores.mailboxes.pause(throttled.id, clock.now + dt.timedelta(seconds=30), "t")
+    # A shorter pause does not cut the first one short.
+    assert not await stores.mailboxes.pause(throttled.id, clock.now + dt.timedelta(seconds=5), "t")
+    claimed = await queue.claim("w", 8, LEASE)
+    assert {item.job.mailbox_id for item in claimed} == {other.id}
+    assert len(claimed) == 3
+    clock.advance(dt.timedelta(seconds=31))
+    again = await queue.claim("w", 8, LEASE)
+    assert {item.job.mailbox_id for item in again} == {throttled.id}
+
+
+async def test_one_accounts_backlog_does_not_starve_another_accounts_job(stores: Stores) -> None:
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    busy = await new_mailbox(stores, "acme", "billing@contoso.example")
+    busy_second = await stores.connected_mailbox(busy.account_id, "sales@contoso.example")
+    quiet = await new_mailbox(stores, "globex", "billing@globex.example")
+    earlier = clock.now - dt.timedelta(hours=1)
+    await bulk_enqueue(stores, busy, 10_000, earlier)
+    await bulk_enqueue(stores, busy_second, 100, earlier)
+    (single,) = await enqueue(stores, quiet, 1)
+    clock.now = utcnow() + dt.timedelta(seconds=1)  # the inserts took a while
+    claimed = await queue.claim("w", 8, LEASE)
+    assert single.id in {item.job.id for item in claimed}
+    assert len(claimed) == 8  # 4 + 3 of the busy account's mailboxes, 1 of the quiet one
+
+
+async def bulk_enqueue(stores: Stores, mailbox: Mailbox, count: int, at: dt.datetime) -> None:
+    ids = [new_id("job") for _ in range(count)]
+    jobs = [
+        {
+            "id": job_id,
+            "account_id": mailbox.account_id,
+            "mailbox_id": mailbox.id,
+            "mode": "send",
+            "state": JobState.QUEUED,
+            "request_sha256": job_id,
+            "message_id": f"<{job_id}@contoso.example>",
+            "attempts": 0,
+            "transient_failures": 0,
+            "run_after": at,
+            "created_at": at,
+            "updated_at": at,
+        }
+        for job_id in ids
+    ]
+    payload = {"to": recipients(1), "subject": "Invoice", "text": "hi"}
+    async with stores.sessions.begin() as session:
+        await session.execute(insert(Job), jobs)
+        await session.execute(
+            insert(JobContent), [{"job_id": job_id, "payload": payload} for job_id in ids]
+        )
+
+
+async def test_priority_orders_the_jobs_of_a_mailbox(stores: Stores) -> None:
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    mailbox = await new_mailbox(stores, "acme", "billing@contoso.example")
+    jobs = await enqueue(stores, mailbox, 4)
+    async with stores.sessions.begin() as session:
+        for job, priority in zip(jobs, (0, 5, -3, 1), strict=True):
+            await session.execute(update(Job).where(Job.id == job.id).values(priority=priority))
+    order = []
+    for _ in jobs:
+        (claimed,) = await queue.claim("w", 1, LEASE)
+        order.append(claimed.job.id)
+        await finish_all(queue, [claimed.lease])
+    assert order == [jobs[1].id, jobs[3].id, jobs[0].id, jobs[2].id]
