@@ -46,7 +46,7 @@ def test_the_draws_are_the_same_for_the_same_seed() -> None:
     [{"teleport": 0.1}, {"reset": 0.7, "slow": 0.7}, {"reset": -0.1}],
 )
 def test_invalid_rates_are_refused(rates: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="chaos kinds|rates"):
+    with pytest.raises(ValueError, match=r"chaos kinds|rates"):
         SandboxControls().start_chaos(rates)
 
 
