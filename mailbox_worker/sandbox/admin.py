@@ -4,8 +4,9 @@ control APIs use.
 * ``GET /_sandbox/counters`` — calls per operation;
 * ``POST /_sandbox/faults`` / ``DELETE /_sandbox/faults`` — queue / clear faults;
 * ``POST /_sandbox/chaos`` — ``{rates: {kind: probability}, seed?, duration?, operations?,
-  retry_after?, error_status?, slow_delay?, hang_limit?}``: random faults (``controls.Chaos``);
-  ``GET /_sandbox/chaos`` — what was injected, by kind and by ``Message-ID``;
+  retry_after?, error_status?, slow_delay?, hang_limit?, latency?}``: random faults
+  (``controls.Chaos``); ``GET /_sandbox/chaos`` — what was injected, by kind, by ``Message-ID``
+  and by ``client-request-id``;
   ``DELETE /_sandbox/chaos`` — stop injecting (the record stays);
 * ``POST /_sandbox/settings`` — ``{access_token_lifetime?, throttle_retry_after?}``;
 * ``POST /_sandbox/reset`` — forget messages, counters and faults.
@@ -150,6 +151,7 @@ class ControlEndpoints:
                 error_status=int(document.get("error_status", 500)),
                 slow_delay=float(document.get("slow_delay", 0.5)),
                 hang_limit=float(document.get("hang_limit", 30.0)),
+                latency=float(document.get("latency", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as problem:
             return problem_response(400, f"invalid chaos: {problem}")

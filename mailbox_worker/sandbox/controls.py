@@ -90,7 +90,9 @@ class Chaos:
 
     Each call draws once from ``generator``: kind ``k`` is injected with probability
     ``rates[k]`` (the rates sum to at most 1). ``accept_then_hang`` holds the answer for at
-    most ``hang_limit`` seconds, waiting for the client to hang up.
+    most ``hang_limit`` seconds, waiting for the client to hang up. Every call that draws no
+    fault takes ``latency`` seconds before it is processed (the real services' answer time),
+    so that concurrent requests overlap as they do in production.
     """
 
     rates: dict[str, float]
@@ -102,6 +104,11 @@ class Chaos:
     error_status: int = 500
     slow_delay: float = 0.5
     hang_limit: float = 30.0
+    latency: float = 0.0
+
+    def applies(self, operation: str) -> bool:
+        """Whether ``operation`` is one chaos acts on, now."""
+        return operation in self.operations and self.active()
 
     def active(self) -> bool:
         """Whether it still injects."""
@@ -109,7 +116,7 @@ class Chaos:
 
     def draw(self, operation: str) -> Fault | None:
         """The fault for one call of ``operation``, or None (most calls)."""
-        if operation not in self.operations or not self.active():
+        if not self.applies(operation):
             return None
         roll, edge = self.generator.random(), 0.0
         for label, rate in self.rates.items():
@@ -148,6 +155,9 @@ class SandboxControls:
     faults_by_message_id: dict[str, list[str]] = field(default_factory=dict)
     """The labels of the faults that hit each message whose ``Message-ID`` is known (it is when
     the fault came after the message was accepted), in order."""
+    faults_by_request_id: dict[str, str] = field(default_factory=dict)
+    """The label of the fault that hit each request carrying a ``client-request-id`` header (as
+    Graph clients send, and log): how a fault before processing is traced to a client's job."""
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -195,12 +205,17 @@ class SandboxControls:
         """Forget every queued fault."""
         self.faults.clear()
 
-    def note_fault(self, fault: Fault, message_ids: Sequence[str] = ()) -> None:
-        """Count an injected fault and remember the ``Message-ID`` of each message it hit."""
+    def note_fault(
+        self, fault: Fault, message_ids: Sequence[str] = (), request_id: str | None = None
+    ) -> None:
+        """Count an injected fault; remember the ``Message-ID`` of each message it hit and the
+        ``client-request-id`` of the request it hit (when the client sent one)."""
         self.injected[fault.label] += 1
         for message_id in message_ids:
             if message_id:
                 self.faults_by_message_id.setdefault(message_id, []).append(fault.label)
+        if request_id:
+            self.faults_by_request_id[request_id] = fault.label
 
     # -- chaos -------------------------------------------------------------------------------
 
@@ -215,13 +230,15 @@ class SandboxControls:
         error_status: int = 500,
         slow_delay: float = 0.5,
         hang_limit: float = 30.0,
+        latency: float = 0.0,
     ) -> Chaos:
         """Inject random faults into ``operations`` for ``duration`` seconds (None: until
         ``stop_chaos``), replacing any chaos already running. Counts and records start afresh.
 
         ``rates`` maps chaos kinds (``CHAOS_KINDS``) to probabilities per call, summing to at
-        most 1. ``error_status`` (of ``accept_then_error``) must be a 5xx other than 503, which
-        would tell the client, falsely, that nothing was processed.
+        most 1; a call without a fault takes ``latency`` seconds. ``error_status`` (of
+        ``accept_then_error``) must be a 5xx other than 503, which would tell the client,
+        falsely, that nothing was processed.
         """
         unknown = sorted(set(rates) - set(CHAOS_KINDS))
         if unknown:
@@ -230,12 +247,13 @@ class SandboxControls:
             raise ValueError("rates must be >= 0 and sum to at most 1")
         if not 500 <= error_status <= 599 or error_status == 503:
             raise ValueError("error_status must be a 5xx other than 503")
-        if (duration is not None and duration <= 0) or min(slow_delay, hang_limit) < 0:
-            raise ValueError("duration must be > 0, slow_delay and hang_limit >= 0")
+        if (duration is not None and duration <= 0) or min(slow_delay, hang_limit, latency) < 0:
+            raise ValueError("duration must be > 0, slow_delay, hang_limit and latency >= 0")
         if retry_after < 0:
             raise ValueError("retry_after must be >= 0")
         self.injected.clear()
         self.faults_by_message_id.clear()
+        self.faults_by_request_id.clear()
         self.chaos = Chaos(
             rates={label: rates[label] for label in CHAOS_KINDS if label in rates},
             operations=frozenset(operations),
@@ -246,6 +264,7 @@ class SandboxControls:
             error_status=error_status,
             slow_delay=slow_delay,
             hang_limit=hang_limit,
+            latency=latency,
         )
         return self.chaos
 
@@ -264,6 +283,7 @@ class SandboxControls:
             "faults_by_message_id": {
                 message_id: list(labels) for message_id, labels in self.faults_by_message_id.items()
             },
+            "faults_by_request_id": dict(self.faults_by_request_id),
         }
 
     # -- time --------------------------------------------------------------------------------
@@ -286,3 +306,4 @@ class SandboxControls:
         self.chaos = None
         self.injected.clear()
         self.faults_by_message_id.clear()
+        self.faults_by_request_id.clear()

@@ -14,7 +14,8 @@ Kinds (see ``SandboxControls.queue_fault`` and ``SandboxControls.start_chaos``):
 Every injected fault is counted by its label (``SandboxControls.note_fault``); one that comes
 after processing also records the ``Message-ID`` of each message the processing stored, so a
 test can tell which messages were hit by a fault that left the client in doubt. A fault before
-processing cannot name the message (the body was read and discarded by the caller).
+processing cannot name the message (the body was read and discarded by the caller); every fault
+also records the request's ``client-request-id`` header, which a client logs with its own ids.
 """
 
 from __future__ import annotations
@@ -89,19 +90,23 @@ async def with_fault(
         fault = controls.take_fault(operation)
         if fault is not None:
             break
-    if fault is None and operations and controls.chaos is not None:
-        fault = controls.chaos.draw(operations[0])
+    chaos = controls.chaos
+    if fault is None and operations and chaos is not None and chaos.applies(operations[0]):
+        fault = chaos.draw(operations[0])
+        if fault is None and chaos.latency:
+            await asyncio.sleep(chaos.latency)
     if fault is None:
         return await process()
+    request_id = request.headers.get("client-request-id")
     if fault.kind in ("status", "reset"):
-        controls.note_fault(fault)
+        controls.note_fault(fault, request_id=request_id)
         return error_answer(fault) if fault.kind == "status" else drop_connection(request)
     if fault.kind == "delay":
-        controls.note_fault(fault)
+        controls.note_fault(fault, request_id=request_id)
         await asyncio.sleep(fault.delay)
         return await process()
     answer, message_ids = await _process_noting_messages(controls, process)
-    controls.note_fault(fault, message_ids)
+    controls.note_fault(fault, message_ids, request_id)
     if fault.kind == "accept_then_status":
         return error_answer(fault)
     if fault.kind == "accept_then_hang":

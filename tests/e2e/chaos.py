@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import re
 import signal
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,8 +47,11 @@ class SoakPlan:
     jobs: int
     mailboxes: int
     processes: int
-    kills_per_process: int
-    postgres_restarts: int
+    kills_at: tuple[float, ...]
+    """When each process is SIGKILLed (and restarted), as fractions of ``chaos_seconds``; the
+    n-th process 0.05 later per n. Kept ``lease_seconds`` + a few seconds clear of a PostgreSQL
+    restart, so that a job left in flight by the restart is not taken for one left by a kill."""
+    postgres_restarts_at: tuple[float, ...] = ()
     concurrency: int = 8
     per_mailbox_concurrency: int = 4
     lease_seconds: float = 4.0
@@ -55,6 +60,8 @@ class SoakPlan:
     finish_within: float = 150.0
     seed: int = 20261205
     draft_every: int = 10  # every n-th job is a draft, the others are sent
+    hot_every: int = 2  # every n-th job goes to one "hot" mailbox, to press its limit of 4
+    latency: float = 0.15  # seconds every Graph call without a fault takes (chaos's ``latency``)
     rates: dict[str, float] = field(
         default_factory=lambda: {
             "throttle": 0.04,
@@ -73,8 +80,11 @@ class Interval:
     """A job held in ``running`` by one worker, from its claim to the next state change."""
 
     worker: str
+    job_id: str
     start: dt.datetime
     end: dt.datetime | None
+    end_code: str | None = None
+    ended_by_owner: bool = False
 
 
 @dataclass
@@ -94,15 +104,17 @@ class SoakReport:
     unknown_by_code: Counter[str]
     unknown_explained_by_fault: int
     unknown_explained_by_kill: int
-    unknown_explained_by_reset_count: int
+    unknown_explained_by_traced_fault: int
     unknown_unexplained: list[tuple[str, str]]
     peak_running: dict[str, int]
+    peak_running_detail: dict[str, list[str]]
     peak_requests_per_mailbox: dict[str, int]
     requests_refused_over_mailbox_limit: int
     faults: dict[str, int]
     kills: int
     unexpected_exits: list[str]
     hung_at_stop: list[str]
+    answered_499: int
     postgres_restarts: int
     grant_lost: str
     grant_lost_state: str
@@ -126,18 +138,23 @@ class SoakReport:
             f"unknown by code: {dict(self.unknown_by_code)}",
             f"unknown explained: by an ambiguous fault on its Message-ID "
             f"{self.unknown_explained_by_fault}, in flight at a kill "
-            f"{self.unknown_explained_by_kill}, by a reset before processing (counted) "
-            f"{self.unknown_explained_by_reset_count}; unexplained "
+            f"{self.unknown_explained_by_kill}, by an ambiguous fault on a request its "
+            f"client-request-id traces to it {self.unknown_explained_by_traced_fault}; unexplained "
             f"{len(self.unknown_unexplained)} {self.unknown_unexplained[:8]}",
             f"peak running jobs per process: max {worst_process} (concurrency "
             f"{self.plan.concurrency}); per incarnation {sorted(self.peak_running.values())}",
+            *(
+                f"  {worker} at its peak: {detail}"
+                for worker, detail in self.peak_running_detail.items()
+            ),
             f"peak concurrent Graph requests per mailbox (sandbox): max "
             f"{max(self.peak_requests_per_mailbox.values(), default=0)}; refused as over the "
             f"mailbox limit of 4 (a 5th concurrent request): "
             f"{self.requests_refused_over_mailbox_limit}",
             f"faults injected: {dict(sorted(self.faults.items()))}",
             f"SIGKILLs: {self.kills}; exits on their own: {self.unexpected_exits}; hung at stop: "
-            f"{self.hung_at_stop}; PostgreSQL restarts: {self.postgres_restarts}",
+            f"{self.hung_at_stop}; PostgreSQL restarts: {self.postgres_restarts}; API answers "
+            f"499 to a client still waiting: {self.answered_499}",
             f"grant lost: {self.grant_lost} (reached {self.grant_lost_state}), "
             f"token refreshes: {self.token_refreshes}",
         ]
@@ -171,6 +188,8 @@ class SoakReport:
             found.append(f"processes exited on their own: {self.unexpected_exits}")
         if self.hung_at_stop:
             found.append(f"processes hung at stop: {self.hung_at_stop}")
+        if self.answered_499:
+            found.append(f"{self.answered_499} API answers 499 to a client still waiting")
         if self.grant_lost_state != "reauth_required":
             found.append(
                 f"the revoked mailbox never reached reauth_required ({self.grant_lost_state})"
@@ -194,44 +213,87 @@ def running_intervals(events: Iterable[JobEvent]) -> list[Interval]:
             if event.to_state != "running":
                 continue
             end = next(
-                (later.at for later in history[index + 1 :] if later.from_state == "running"),
-                None,
+                (later for later in history[index + 1 :] if later.from_state == "running"), None
             )
-            intervals.append(Interval(event.worker or "?", event.at, end))
+            intervals.append(
+                Interval(
+                    event.worker or "?",
+                    event.job_id,
+                    event.at,
+                    None if end is None else end.at,
+                    None if end is None else f"{end.to_state}/{end.code}",
+                    end is not None and end.worker == event.worker,
+                )
+            )
     return intervals
 
 
-def peak_overlap(intervals: Iterable[Interval]) -> dict[str, int]:
-    """Per worker, the most intervals open at once (an end before a start at the same time)."""
+NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def peak_overlap(intervals: Iterable[Interval]) -> dict[str, tuple[int, dt.datetime]]:
+    """Per worker, the most intervals open at once and the first moment it was reached (an
+    end before a start at the same time)."""
     points: defaultdict[str, list[tuple[dt.datetime, int]]] = defaultdict(list)
-    never = dt.datetime.max.replace(tzinfo=dt.UTC)
     for interval in intervals:
         points[interval.worker].append((interval.start, 1))
-        points[interval.worker].append((interval.end or never, -1))
+        points[interval.worker].append((interval.end or NEVER, -1))
     peaks = {}
     for worker, marks in points.items():
         now = peak = 0
-        for _, step in sorted(marks, key=lambda mark: (mark[0], mark[1])):
+        moment = NEVER
+        for at, step in sorted(marks, key=lambda mark: (mark[0], mark[1])):
             now += step
-            peak = max(peak, now)
-        peaks[worker] = peak
+            if now > peak:
+                peak, moment = now, at
+        peaks[worker] = (peak, moment)
     return peaks
 
 
-def in_flight_at_kill(events: list[JobEvent], killed_pids: set[int]) -> bool:
-    """Whether a killed process had started a provider attempt of this job and never ended it."""
+def open_at(intervals: Iterable[Interval], worker: str, moment: dt.datetime) -> list[str]:
+    """The intervals of ``worker`` open at ``moment``, described for a report."""
+    return [
+        f"{interval.job_id[:8]} {interval.start.time()}-"
+        f"{'?' if interval.end is None else interval.end.time()} {interval.end_code}"
+        f"{'' if interval.ended_by_owner else ' (ended by another)'}"
+        for interval in intervals
+        if interval.worker == worker and interval.start <= moment < (interval.end or NEVER)
+    ]
+
+
+def in_flight_at_kill(events: list[JobEvent], kills: dict[int, dt.datetime]) -> bool:
+    """Whether the job was in flight when its process was SIGKILLed: that process started a
+    provider attempt before the kill, never recorded its outcome, and the job left ``running``
+    only after the kill (so its lease was still held then)."""
     ordered = sorted(events, key=lambda event: event.id)
     for index, event in enumerate(ordered):
         if event.kind != "attempt" or event.code != "started" or not event.worker:
             continue
-        if _pid(event.worker) not in killed_pids:
+        killed_at = kills.get(_pid(event.worker))
+        if killed_at is None or event.at > killed_at:
             continue
-        ended = any(
-            later.kind == "state" and later.worker == event.worker for later in ordered[index + 1 :]
-        )
-        if not ended:
+        later = [each for each in ordered[index + 1 :] if each.kind == "state"]
+        if any(each.worker == event.worker for each in later):
+            continue
+        left = next((each for each in later if each.from_state == "running"), None)
+        if left is None or left.at >= killed_at:
             return True
     return False
+
+
+LOGGED_REQUEST = re.compile(r"job=(job_\w+) client-request-id=([\w-]+)")
+
+
+def requests_by_job(logs: Iterable[Path]) -> defaultdict[str, set[str]]:
+    """The ``client-request-id`` of each Graph request the daemons logged, by job id (the
+    provider logs every failed request with both; docs/providers.md)."""
+    found: defaultdict[str, set[str]] = defaultdict(set)
+    for log in logs:
+        if not log.exists():
+            continue
+        for match in LOGGED_REQUEST.finditer(log.read_text(errors="replace")):
+            found[match.group(1)].add(match.group(2))
+    return found
 
 
 def _pid(worker: str) -> int:
@@ -249,14 +311,15 @@ class Fleet:
     """The daemon processes of one run and what happened to them."""
 
     daemons: list[Daemon]
-    killed_pids: set[int] = field(default_factory=set)
+    kills_at: dict[int, dt.datetime] = field(default_factory=dict)
+    """When each killed (or self-exited, when noticed) process died, by pid."""
     kills: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
 
     async def kill_and_restart(self, index: int, down_for: float) -> None:
         daemon = self.daemons[index]
         assert daemon.process is not None
-        self.killed_pids.add(daemon.process.pid)
+        self.kills_at[daemon.process.pid] = dt.datetime.now(dt.UTC)
         daemon.process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(daemon.process.wait, 30)
         self.kills += 1
@@ -268,11 +331,11 @@ class Fleet:
         while not stop.is_set():
             for index, daemon in enumerate(self.daemons):
                 process = daemon.process
-                if process is None or process.pid in self.killed_pids:
+                if process is None or process.pid in self.kills_at:
                     continue
                 if process.poll() is not None:
                     self.unexpected_exits.append(f"process {index} exit {process.returncode}")
-                    self.killed_pids.add(process.pid)
+                    self.kills_at[process.pid] = dt.datetime.now(dt.UTC)
                     await start(daemon)
             await asyncio.sleep(0.5)
 
@@ -314,15 +377,23 @@ def job_body(mailbox_id: str, number: int, mode: str) -> dict[str, Any]:
     }
 
 
+CLIENT_CLOSED_REQUEST = 499
+ANSWERED_499: Counter[str] = Counter()
+"""How often a daemon answered 499 ("client closed the request") to a client still waiting."""
+
+
 async def _with_retries(attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> tuple[int, Any]:
-    """An API call retried while its daemon is down (killed, restarting)."""
+    """An API call retried while its daemon is down (killed, restarting) or answers 5xx — or
+    499, which a daemon must never answer to a client still listening (counted)."""
     for _ in range(200):
         try:
             status, body = await attempt()
         except (aiohttp.ClientConnectionError, TimeoutError):
             await asyncio.sleep(0.2)
             continue
-        if status >= 500:
+        if status == CLIENT_CLOSED_REQUEST:
+            ANSWERED_499["answered"] += 1
+        if status >= 500 or status == CLIENT_CLOSED_REQUEST:
             await asyncio.sleep(0.2)
             continue
         return status, body
@@ -359,6 +430,7 @@ async def run_soak(
 ) -> SoakReport:
     """One soak run (see the module docstring); the daemons must not be started yet."""
     began = time.monotonic()
+    ANSWERED_499.clear()
     first = daemons[0]
     account = first.cli("accounts", "create", "Soak Ltd")
     api_key = first.cli("keys", "create", "--account", account)
@@ -386,6 +458,7 @@ async def run_soak(
                 duration=plan.chaos_seconds,
                 slow_delay=plan.request_timeout / 4,
                 hang_limit=plan.request_timeout * 5,
+                latency=plan.latency,
             )
             watcher = asyncio.create_task(fleet.watch(stop_watch))
             job_ids: list[str] = []
@@ -394,13 +467,15 @@ async def run_soak(
             async def enqueue(number: int) -> None:
                 daemon = daemons[number % len(daemons)]
                 mode = "draft" if number % plan.draft_every == 0 else "send"
-                body = job_body(mailbox_ids[number % len(mailbox_ids)], number, mode)
+                hot = number % plan.hot_every == 1 and len(mailbox_ids) > 1
+                target = mailbox_ids[1] if hot else mailbox_ids[number % len(mailbox_ids)]
+                body = job_body(target, number, mode)
                 key = {"Idempotency-Key": f"soak-{plan.seed}-{number}"}
                 async with gate:
                     status, job = await _with_retries(
                         lambda: call(http, daemon, "POST", "/v1/jobs", json=body, headers=key)
                     )
-                assert status in (200, 201, 202), job
+                assert status in (200, 201, 202), (status, job)
                 job_ids.append(str(job["id"]))
 
             enqueuing = asyncio.gather(*(enqueue(number) for number in range(plan.jobs)))
@@ -442,7 +517,8 @@ async def run_soak(
         hung=hung,
         revoked=revoked,
         revoked_state=revoked_state,
-        postgres_restarts=plan.postgres_restarts if restart_postgres else 0,
+        postgres_restarts=len(plan.postgres_restarts_at) if restart_postgres else 0,
+        answered_499=ANSWERED_499["answered"],
     )
 
 
@@ -467,16 +543,15 @@ async def _chaos_script(
         await asyncio.sleep(max(0.0, began + span * fraction - time.monotonic()))
 
     async def kills(index: int) -> None:
-        for number in range(plan.kills_per_process):
-            stagger = 0.5 / (plan.kills_per_process + 1) * index / max(1, len(fleet.daemons))
-            await at((number + 1) / (plan.kills_per_process + 1) + stagger)
+        for fraction in plan.kills_at:
+            await at(fraction + 0.05 * index)
             await fleet.kill_and_restart(index, down_for=0.5)
 
     async def postgres() -> None:
         if restart_postgres is None:
             return
-        for number in range(plan.postgres_restarts):
-            await at(0.45 + 0.1 * number)
+        for fraction in plan.postgres_restarts_at:
+            await at(fraction)
             await asyncio.to_thread(restart_postgres)
 
     async def grant_loss() -> str:
@@ -498,11 +573,21 @@ async def _chaos_script(
                 break
             await asyncio.sleep(0.5)
         await at(0.6)
-        status, started = await _with_retries(
-            lambda: call(http, daemon, "POST", f"/v1/mailboxes/{revoked_id}/connect", json={})
-        )
-        assert status == 200, started
-        await play_admin_consent(plain, started["authorization_url"], revoked, context)
+        for _ in range(20):  # the daemon may be killed between the consent and its callback
+            status, started = await _with_retries(
+                lambda: call(http, daemon, "POST", f"/v1/mailboxes/{revoked_id}/connect", json={})
+            )
+            assert status == 200, started
+            try:
+                await play_admin_consent(plain, started["authorization_url"], revoked, context)
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.5)
+                continue
+            _, mailbox = await _with_retries(
+                lambda: call(http, daemon, "GET", f"/v1/mailboxes/{revoked_id}")
+            )
+            if mailbox["state"] == "connected":
+                break
         return reached
 
     results = await asyncio.gather(
@@ -547,6 +632,7 @@ def _report(
     revoked: str,
     revoked_state: str,
     postgres_restarts: int,
+    answered_499: int,
 ) -> SoakReport:
     by_id = {job.id: job for job in jobs}
     lost = [job_id for job_id in job_ids if job_id not in by_id or by_id[job_id].state not in FINAL]
@@ -573,8 +659,9 @@ def _report(
     events_by_job: defaultdict[str, list[JobEvent]] = defaultdict(list)
     for event in events:
         events_by_job[event.job_id].append(event)
-    by_fault = by_kill = by_reset = 0
-    resets_left = sandbox.state.injected.get("reset", 0)
+    by_fault = by_kill = by_trace = 0
+    requests = requests_by_job(daemon.log_path for daemon in fleet.daemons)
+    by_request = sandbox.state.faults_by_request_id
     unexplained = []
     unknown_codes: Counter[str] = Counter()
     for job in jobs:
@@ -583,14 +670,15 @@ def _report(
         unknown_codes[job.last_error_code or "?"] += 1
         if set(faults_by_message.get(_key(job.message_id), ())) & AMBIGUOUS_KINDS:
             by_fault += 1
-        elif in_flight_at_kill(events_by_job[job.id], fleet.killed_pids):
+        elif in_flight_at_kill(events_by_job[job.id], fleet.kills_at):
             by_kill += 1
-        elif job.last_error_code == "connection_lost" and resets_left > 0:
-            resets_left -= 1
-            by_reset += 1
+        elif any(by_request.get(each) in AMBIGUOUS_KINDS for each in requests[job.id]):
+            by_trace += 1
         else:
             unexplained.append((job.id, job.last_error_code or "?"))
     counters = sandbox.state.counters()
+    intervals = running_intervals(events)
+    peaks = peak_overlap(intervals)
     return SoakReport(
         plan=plan,
         elapsed=elapsed,
@@ -605,15 +693,21 @@ def _report(
         unknown_by_code=unknown_codes,
         unknown_explained_by_fault=by_fault,
         unknown_explained_by_kill=by_kill,
-        unknown_explained_by_reset_count=by_reset,
+        unknown_explained_by_traced_fault=by_trace,
         unknown_unexplained=unexplained,
-        peak_running=peak_overlap(running_intervals(events)),
+        peak_running={worker: peak for worker, (peak, _) in peaks.items()},
+        peak_running_detail={
+            worker: open_at(intervals, worker, moment)
+            for worker, (peak, moment) in peaks.items()
+            if peak > plan.concurrency
+        },
         peak_requests_per_mailbox=dict(sandbox.state.peak_in_flight),
         requests_refused_over_mailbox_limit=counters.get("graph.throttled.mailbox_concurrency", 0),
         faults=dict(sandbox.state.injected),
         kills=fleet.kills,
         unexpected_exits=fleet.unexpected_exits,
         hung_at_stop=hung,
+        answered_499=answered_499,
         postgres_restarts=postgres_restarts,
         grant_lost=revoked,
         grant_lost_state=revoked_state,

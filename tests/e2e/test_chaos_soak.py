@@ -29,8 +29,7 @@ SQLITE_PLAN = SoakPlan(
     jobs=1000,
     mailboxes=20,
     processes=1,
-    kills_per_process=2,
-    postgres_restarts=0,
+    kills_at=(0.3, 0.7),
     chaos_seconds=35,
     finish_within=110,
 )
@@ -38,15 +37,15 @@ POSTGRES_PLAN = SoakPlan(
     jobs=2000,
     mailboxes=30,
     processes=2,
-    kills_per_process=3,
-    postgres_restarts=1,
+    kills_at=(0.12, 0.27, 0.85),
+    postgres_restarts_at=(0.45,),
     chaos_seconds=50,
     finish_within=150,
 )
 
 
 def configure(daemon: Daemon, plan: SoakPlan, database_url: str) -> None:
-    """The soak's settings: short leases and timeouts, quick retries, quiet logs."""
+    """The soak's settings: short leases and timeouts, quick retries."""
     daemon.environment.update(
         {
             "MAILBOX_WORKER_DATABASE__URL": database_url,
@@ -58,7 +57,7 @@ def configure(daemon: Daemon, plan: SoakPlan, database_url: str) -> None:
             "MAILBOX_WORKER_WORKER__RETRY_MAX": "3",
             "MAILBOX_WORKER_WORKER__SHUTDOWN_GRACE": "5",
             "MAILBOX_WORKER_MICROSOFT__REQUEST_TIMEOUT": str(plan.request_timeout),
-            "MAILBOX_WORKER_LOGGING__LEVEL": "WARNING",
+            "MAILBOX_WORKER_LOGGING__LEVEL": "INFO",
         }
     )
 

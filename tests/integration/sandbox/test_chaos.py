@@ -16,11 +16,13 @@ from .microsoft_helpers import bearer, invoice_mime, mime_body, sign_in, stored_
 
 
 async def _send(http: aiohttp.ClientSession, url: str, token: str, message_id: str) -> str:
-    """Send one message; the outcome as the client saw it: a status, or ``dropped``."""
+    """Send one message (``client-request-id``: its Message-ID); the outcome as the client saw
+    it: a status, ``dropped`` or ``timeout``."""
     message = invoice_mime()
     message.replace_header("Message-ID", message_id)
+    headers = {**bearer(token), "client-request-id": message_id}
     try:
-        async with http.post(url, data=mime_body(message), headers=bearer(token)) as answer:
+        async with http.post(url, data=mime_body(message), headers=headers) as answer:
             return str(answer.status)
     except TimeoutError:
         return "timeout"
@@ -85,6 +87,7 @@ async def test_faults_before_processing_store_nothing_and_name_no_message(
         assert await _send(http, url, signed_in.access_token, f"<{label}@x.example>") == seen
         assert sandbox.state.chaos_report()["injected"] == {label: 1}
         assert sandbox.state.faults_by_message_id == {}
+        assert sandbox.state.faults_by_request_id == {f"<{label}@x.example>": label}
     assert await stored_messages(http, sandbox) == []
     sandbox.state.start_chaos({"accept_then_error": 1.0}, error_status=502)
     assert await _send(http, url, signed_in.access_token, "<e@x.example>") == "502"
@@ -129,4 +132,18 @@ async def test_slow_answers_arrive_late_but_normally(
     assert asyncio.get_running_loop().time() - started >= 0.2
     sandbox.state.reset()
     assert sandbox.state.chaos is None
+    assert sandbox.state.injected == {}
+
+
+async def test_calls_without_a_fault_take_the_latency(
+    sandbox: Sandbox, http: aiohttp.ClientSession, requests_session: requests.Session
+) -> None:
+    signed_in = await sign_in(sandbox, http, requests_session, ["Mail.Send"])
+    body = {"rates": {}, "latency": 0.2}
+    async with http.post(f"{sandbox.base_url}/_sandbox/chaos", json=body) as answer:
+        assert answer.status == 201
+    started = asyncio.get_running_loop().time()
+    url = f"{sandbox.graph_url}/me/sendMail"
+    assert await _send(http, url, signed_in.access_token, "<l@x.example>") == "202"
+    assert asyncio.get_running_loop().time() - started >= 0.2
     assert sandbox.state.injected == {}
