@@ -96,6 +96,7 @@ class SoakReport:
     enqueued: int
     states: Counter[str]
     lost: list[str]
+    lost_detail: list[str]
     sent_without_delivery: list[str]
     deliveries: int
     duplicates_not_unknown: dict[str, int]
@@ -119,6 +120,7 @@ class SoakReport:
     grant_lost: str
     grant_lost_state: str
     token_refreshes: int
+    timeline: list[str]
 
     def lines(self) -> list[str]:
         """The counts, one per line, for the test's output."""
@@ -128,6 +130,7 @@ class SoakReport:
             f"{self.plan.mailboxes} mailboxes",
             f"jobs enqueued: {self.enqueued}; by final state: {dict(sorted(self.states.items()))}",
             f"lost (missing or not final): {len(self.lost)} {self.lost[:5]}",
+            *(f"  {detail}" for detail in self.lost_detail),
             f"sent without a delivery: {len(self.sent_without_delivery)} "
             f"{self.sent_without_delivery[:5]}",
             f"deliveries (stored messages): {self.deliveries}; duplicates among jobs not unknown: "
@@ -157,6 +160,7 @@ class SoakReport:
             f"499 to a client still waiting: {self.answered_499}",
             f"grant lost: {self.grant_lost} (reached {self.grant_lost_state}), "
             f"token refreshes: {self.token_refreshes}",
+            "timeline: " + "; ".join(self.timeline),
         ]
 
     def violations(self) -> list[str]:
@@ -315,6 +319,11 @@ class Fleet:
     """When each killed (or self-exited, when noticed) process died, by pid."""
     kills: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
+
+    def note(self, happening: str) -> None:
+        """Remember what the run did, with the wall-clock time (the events' clock)."""
+        self.timeline.append(f"{dt.datetime.now(dt.UTC).time()} {happening}")
 
     async def kill_and_restart(self, index: int, down_for: float) -> None:
         daemon = self.daemons[index]
@@ -323,8 +332,10 @@ class Fleet:
         daemon.process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(daemon.process.wait, 30)
         self.kills += 1
+        self.note(f"process {index} (pid {daemon.process.pid}) SIGKILLed")
         await asyncio.sleep(down_for)
         await start(daemon)
+        self.note(f"process {index} restarted (pid {daemon.process.pid})")
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Restart a process that died without being killed (and note it)."""
@@ -552,13 +563,16 @@ async def _chaos_script(
             return
         for fraction in plan.postgres_restarts_at:
             await at(fraction)
+            fleet.note("PostgreSQL restarting")
             await asyncio.to_thread(restart_postgres)
+            fleet.note("PostgreSQL restarted")
 
     async def grant_loss() -> str:
         await at(0.2)
         user = sandbox.state.find_user(revoked)
         assert user is not None
         sandbox.state.apply_scenario(revoked, "revoke_sessions")
+        fleet.note(f"{revoked}: sign-in sessions and access tokens revoked")
         for token, issued in list(sandbox.state.access_tokens.items()):
             if issued.object_id == user.object_id:  # as continuous access evaluation does
                 del sandbox.state.access_tokens[token]
@@ -570,6 +584,7 @@ async def _chaos_script(
             )
             reached = str(mailbox["state"])
             if reached == "reauth_required":
+                fleet.note(f"{revoked}: reauth_required seen")
                 break
             await asyncio.sleep(0.5)
         await at(0.6)
@@ -587,6 +602,7 @@ async def _chaos_script(
                 lambda: call(http, daemon, "GET", f"/v1/mailboxes/{revoked_id}")
             )
             if mailbox["state"] == "connected":
+                fleet.note(f"{revoked}: connected again")
                 break
         return reached
 
@@ -637,6 +653,18 @@ def _report(
     by_id = {job.id: job for job in jobs}
     lost = [job_id for job_id in job_ids if job_id not in by_id or by_id[job_id].state not in FINAL]
     stored = Counter(_key(message.internet_message_id) for message in sandbox.state.messages())
+    history: defaultdict[str, list[JobEvent]] = defaultdict(list)
+    for event in sorted(events, key=lambda event: event.id):
+        history[event.job_id].append(event)
+    lost_detail = [
+        f"{job_id}: created {by_id[job_id].created_at.time()} "
+        + "; ".join(
+            f"{event.at.time()} {event.kind} {event.from_state}->{event.to_state} {event.code}"
+            for event in history[job_id]
+        )
+        for job_id in lost[:5]
+        if job_id in by_id
+    ]
     delivered = {job.id: stored[_key(job.message_id)] for job in jobs}
     sent_without = [
         job.id for job in jobs if job.state in ("sent", "drafted") and not delivered[job.id]
@@ -685,6 +713,7 @@ def _report(
         enqueued=len(job_ids),
         states=Counter(str(job.state) for job in jobs),
         lost=lost,
+        lost_detail=lost_detail,
         sent_without_delivery=sent_without,
         deliveries=sum(stored.values()),
         duplicates_not_unknown=duplicates,
@@ -712,4 +741,5 @@ def _report(
         grant_lost=revoked,
         grant_lost_state=revoked_state,
         token_refreshes=counters.get("identity.token.refresh_token", 0),
+        timeline=fleet.timeline,
     )
