@@ -3,6 +3,11 @@ control APIs use.
 
 * ``GET /_sandbox/counters`` — calls per operation;
 * ``POST /_sandbox/faults`` / ``DELETE /_sandbox/faults`` — queue / clear faults;
+* ``POST /_sandbox/chaos`` — ``{rates: {kind: probability}, seed?, duration?, operations?,
+  retry_after?, error_status?, slow_delay?, hang_limit?, latency?}``: random faults
+  (``controls.Chaos``); ``GET /_sandbox/chaos`` — what was injected, by kind, by ``Message-ID``
+  and by ``client-request-id``;
+  ``DELETE /_sandbox/chaos`` — stop injecting (the record stays);
 * ``POST /_sandbox/settings`` — ``{access_token_lifetime?, throttle_retry_after?}``;
 * ``POST /_sandbox/reset`` — forget messages, counters and faults.
 
@@ -20,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from .clients import Client
-from .controls import SandboxControls
+from .controls import DEFAULT_CHAOS_OPERATIONS, SandboxControls
 
 
 def problem_response(status: int, message: str) -> web.Response:
@@ -81,6 +86,9 @@ class ControlEndpoints:
             web.get("/_sandbox/counters", self.counters),
             web.post("/_sandbox/faults", self.queue_fault),
             web.delete("/_sandbox/faults", self.clear_faults),
+            web.post("/_sandbox/chaos", self.start_chaos),
+            web.get("/_sandbox/chaos", self.chaos_report),
+            web.delete("/_sandbox/chaos", self.stop_chaos),
             web.post("/_sandbox/settings", self.settings),
             web.post("/_sandbox/reset", self.reset),
         ]
@@ -120,6 +128,43 @@ class ControlEndpoints:
         """Forget all queued faults."""
         self._controls.clear_faults()
         return web.json_response({"faults": []})
+
+    async def start_chaos(self, request: web.Request) -> web.Response:
+        """Start injecting random faults (replacing running chaos and its record); 201."""
+        document = await json_object(request)
+        try:
+            rates = document["rates"]
+            if not isinstance(rates, dict):
+                raise TypeError("rates must be an object")
+            duration = document.get("duration")
+            operations = document.get("operations")
+            if operations is not None and not (
+                isinstance(operations, list) and all(isinstance(each, str) for each in operations)
+            ):
+                raise TypeError("operations must be a list of strings")
+            self._controls.start_chaos(
+                {str(kind): float(rate) for kind, rate in rates.items()},
+                seed=int(document.get("seed", 0)),
+                duration=None if duration is None else float(duration),
+                operations=DEFAULT_CHAOS_OPERATIONS if operations is None else tuple(operations),
+                retry_after=int(document.get("retry_after", 1)),
+                error_status=int(document.get("error_status", 500)),
+                slow_delay=float(document.get("slow_delay", 0.5)),
+                hang_limit=float(document.get("hang_limit", 30.0)),
+                latency=float(document.get("latency", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as problem:
+            return problem_response(400, f"invalid chaos: {problem}")
+        return web.json_response(self._controls.chaos_report(), status=201)
+
+    async def chaos_report(self, request: web.Request) -> web.Response:
+        """Whether chaos runs, and the faults injected by kind and by ``Message-ID``."""
+        return web.json_response(self._controls.chaos_report())
+
+    async def stop_chaos(self, request: web.Request) -> web.Response:
+        """Stop injecting random faults; answer the record."""
+        self._controls.stop_chaos()
+        return web.json_response(self._controls.chaos_report())
 
     async def settings(self, request: web.Request) -> web.Response:
         """Change the access-token lifetime or the Retry-After of throttled answers."""
