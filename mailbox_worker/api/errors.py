@@ -89,15 +89,19 @@ def error_middleware(
             if error.status < 400:
                 raise  # a redirect raised by aiohttp itself: not a failure
             return _http_error(request, error, max_request_bytes)
-        except ConnectionResetError:
-            # The client hung up mid-request (aiohttp's ClientConnectionResetError): no one
-            # is left to answer, and it is not the server's failure.
-            log.info(
-                "client closed the connection during %s %s", request.method, route_template(request)
-            )
-            return web.Response(status=CLIENT_CLOSED_REQUEST)
         except Exception as error:
+            if isinstance(error, ConnectionResetError) and _client_gone(request):
+                # The client hung up mid-request (aiohttp's ClientConnectionResetError): no
+                # one is left to answer, and it is not the server's failure.
+                log.info(
+                    "client closed the connection during %s %s",
+                    request.method,
+                    route_template(request),
+                )
+                return web.Response(status=CLIENT_CLOSED_REQUEST)
             if database_unavailable(error):
+                # A reset of the database's connection (a PostgreSQL restart) lands here too,
+                # while the client still waits: it must hear 503 and retry, not a 4xx.
                 log.warning(
                     "database unavailable during %s %s (%s)",
                     request.method,
@@ -120,6 +124,12 @@ def error_middleware(
             return error_response(500, "internal_error", "internal error; it was logged")
 
     return middleware
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the client's own connection is closed (then a reset was the client's)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _http_error(

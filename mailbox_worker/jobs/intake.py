@@ -194,9 +194,31 @@ class JobIntake:
         )
         if created:
             self._telemetry.job_enqueued(mode)
-            if mailbox.state == MailboxState.CONNECTED and send_at is None:
+            job = await self._settle_race(job)
+            if job.state == JobState.QUEUED and send_at is None:
                 self._wake_worker()
         return JobView.of(job), created
+
+    async def _settle_race(self, job: Job) -> Job:
+        """The job as it must be now that it is committed, whatever the mailbox did meanwhile.
+
+        The mailbox was read before the job's transaction: a consent may have released its
+        held jobs, or a disconnect cancelled its pending ones, in between, without seeing this
+        one. Both sweeps are idempotent, so running the one the mailbox's state now calls for
+        puts the job where the sweep would have.
+        """
+        mailbox = await self._mailboxes.get(job.mailbox_id)
+        if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
+            await self._jobs.cancel_pending_for_mailbox(
+                job.mailbox_id,
+                "mailbox_disconnected",
+                "the mailbox was disconnected before the job ran",
+            )
+        elif job.state == JobState.HELD and mailbox.state == MailboxState.CONNECTED:
+            await self._jobs.release_held(job.mailbox_id)
+        else:
+            return job
+        return await self._jobs.get(job.id) or job
 
     def _check_size(
         self, message: dict[str, Any], sender: str, provider: str, mode: str, domain: str

@@ -13,12 +13,18 @@ resumes after a crash or a retry reuses the draft instead of creating a second o
   (docs/architecture.md#job-states).
 
 Each hook writes under the worker's lease; if the lease is gone it raises ``LeaseLost`` and
-the delivery stops before its next request.
+the delivery stops before its next request. If the write itself fails (the database is
+unreachable), the hook raises ``TransientError`` (``database_unavailable``, else
+``internal_error``): nothing has left yet, so the job is retried, never left ``unknown``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from mailbox_worker.db.models import Job
+from mailbox_worker.db.outage import is_database_unavailable
+from mailbox_worker.errors import TransientError
 from mailbox_worker.jobs.queue import JobQueue, Lease
 from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.states import JobState
@@ -53,13 +59,25 @@ class JobProgress:
 
     async def about_to_send(self) -> None:
         """Mark the job in flight; raise ``LeaseLost`` rather than let the request leave."""
-        if not await self._queue.start_attempt(self._lease):
+        if not await _written(self._queue.start_attempt(self._lease)):
             raise LeaseLost(self._lease.job_id)
         self.in_flight = True
 
     async def _record(self, ids: Outcome) -> None:
-        if not await self._queue.record_provider_ids(self._lease, ids):
+        if not await _written(self._queue.record_provider_ids(self._lease, ids)):
             raise LeaseLost(self._lease.job_id)
+
+
+async def _written(write: Awaitable[bool]) -> bool:
+    """The write's answer; a failure to write becomes a ``TransientError`` (nothing was sent)."""
+    try:
+        return await write
+    except Exception as error:
+        code = "database_unavailable" if is_database_unavailable(error) else "internal_error"
+        raise TransientError(
+            "the job's progress could not be recorded before sending; nothing was sent",
+            code=code,
+        ) from error
 
 
 __all__ = ["JobProgress", "LeaseLost", "recorded_draft"]

@@ -511,6 +511,11 @@ class MailboxService:
         )
         if not moved:
             return
+        # A job enqueued between the sweep above and the state change would otherwise wait
+        # on a disconnected mailbox; the intake's own check covers the ones enqueued after.
+        await self._jobs.cancel_pending_for_mailbox(
+            mailbox.id, "mailbox_disconnected", "the mailbox was disconnected before the job ran"
+        )
         # A consent completing concurrently may have stored a grant after the erase above.
         latest = await self._vault.load_tokens(mailbox.id)
         await self._vault.erase(mailbox.id)

@@ -73,16 +73,6 @@ def check(report: SoakReport) -> None:
     assert report.violations() == [], "\n".join(report.lines())
 
 
-# A job enqueued while its mailbox is being reconnected can stay `held` for good: the intake
-# (jobs/intake.py) reads the mailbox state, then inserts the job in a later transaction, so a
-# reconnection that releases the held jobs in between misses it.
-INTAKE_RACE = (
-    "intake/reconnect race: a job enqueued while its mailbox reconnects can stay held "
-    "(the intake decides held from a mailbox read outside the enqueue transaction)"
-)
-
-
-@pytest.mark.xfail(strict=False, reason=INTAKE_RACE)
 @pytest.mark.timeout(SQLITE_PLAN.finish_within + 90)
 async def test_chaos_soak_sqlite_one_process(
     daemon: Daemon, sandbox: Sandbox, tmp_path: Path
@@ -101,13 +91,6 @@ def cluster() -> Iterator[PostgresCluster]:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=False,
-    reason="pending fix: the limit of 4 requests per mailbox is per process (moving into the "
-    "database); and, found by this soak: a database outage when a send is marked in flight "
-    "(jobs/progress.py about_to_send) ends the job unknown/internal_error though nothing was "
-    "sent; a database connection reset during an API request is answered 499; the " + INTAKE_RACE,
-)
 @pytest.mark.timeout(POSTGRES_PLAN.finish_within + 90)
 async def test_chaos_soak_postgres_two_processes(
     daemon: Daemon, sandbox: Sandbox, tmp_path: Path, cluster: PostgresCluster

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from mailbox_worker.clock import utcnow
+from mailbox_worker.db.models import Job
+from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.states import JobState
 from tests.integration.api_harness import (
     MESSAGE_LIMIT,
@@ -530,3 +532,52 @@ async def test_bad_send_at_or_priority_is_refused(
     answer = await enqueue(api, key, {**job_request(mailbox_id), **fields})
     assert (answer.status, answer.error_code) == (400, code), answer.body
     assert sum((await api.queue.count_by_state()).values()) == 0
+
+
+async def test_a_job_enqueued_while_its_mailbox_reconnects_is_not_left_held(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intake reads the mailbox (needs consent: the job will be held), then the consent
+    completes and releases the held jobs, then the job is committed: the soak found it left
+    ``held`` on a connected mailbox for good."""
+    _, key, mailbox_id = caller
+    assert await api.mailboxes.set_state(
+        mailbox_id, "reauth_required", "invalid_grant", expected=["connected"]
+    )
+    enqueue_job = api.app.jobs.enqueue
+
+    async def consent_lands_first(new: NewJob) -> tuple[Job, bool]:
+        assert new.held
+        assert await api.mailboxes.set_state(
+            mailbox_id, "connected", None, expected=["reauth_required"]
+        )
+        assert await api.app.jobs.release_held(mailbox_id) == 0  # nothing to release yet
+        return await enqueue_job(new)
+
+    monkeypatch.setattr(api.app.jobs, "enqueue", consent_lands_first)
+    answer = await enqueue(api, key, job_request(mailbox_id))
+    assert (answer.status, answer.json()["state"]) == (202, "queued"), answer.body
+    stored = await api.app.jobs.get(answer.json()["id"])
+    assert stored is not None and stored.state == "queued"
+
+
+async def test_a_job_enqueued_while_its_mailbox_is_disconnected_is_cancelled(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, key, mailbox_id = caller
+    enqueue_job = api.app.jobs.enqueue
+
+    async def disconnect_lands_first(new: NewJob) -> tuple[Job, bool]:
+        assert await api.app.jobs.cancel_pending_for_mailbox(mailbox_id, "x", "y") == 0
+        assert await api.mailboxes.set_state(
+            mailbox_id, "disconnected", "disconnected_by_admin", expected=["connected"]
+        )
+        return await enqueue_job(new)
+
+    monkeypatch.setattr(api.app.jobs, "enqueue", disconnect_lands_first)
+    answer = await enqueue(api, key, job_request(mailbox_id))
+    assert answer.status == 202, answer.body
+    assert (answer.json()["state"], answer.json()["last_error"]["code"]) == (
+        "cancelled",
+        "mailbox_disconnected",
+    )
