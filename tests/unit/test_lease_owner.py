@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import String
 
 from mailbox_worker.db.models import Job
-from mailbox_worker.jobs.queue import OWNER_LENGTH, lease_owner
+from mailbox_worker.jobs.claims import OWNER_LENGTH, lease_owner
 
 
 def test_the_owner_width_is_the_column_width() -> None:
