@@ -19,27 +19,8 @@ Steps 1 and 2 deliver nothing and are safe to redo; only step 3 can deliver. An 
 resumes with a complete draft (``OutgoingMessage.draft_complete``) goes straight to step 3;
 with an incomplete one, it deletes that draft (DELETE {base}/me/messages/{id}) and starts over.
 
-Every failure leaves as a ``mailbox_worker.errors.DeliveryError`` with ``provider_status`` set
-(``None`` when no answer came). Graph answers are classified by ``graph_error`` from the status
-and the JSON ``error.code`` — never from the message text, which may quote addresses:
-
-    HTTP      Graph error.code                      raised             code
-    429       (any)                                 Throttled          throttled (+ retry_after)
-    503       (any)                                 TransientError     service_unavailable (+ r_a)
-    4xx       ErrorInvalidRecipients                PermanentError     invalid_recipients
-    4xx       ErrorMimeContentInvalidBase64String   PermanentError     mime_invalid
-    4xx       ErrorMessageSizeExceeded              PermanentError     message_too_large
-    4xx       ErrorAccessDenied                     PermanentError     scope_missing
-    4xx       ErrorSendAsDenied                     PermanentError     send_as_denied
-    4xx       MailboxNotEnabledForRESTAPI           PermanentError     mailbox_not_enabled
-    401       (other)                               AccessTokenRejected  access_token_rejected
-    413       (other)                               PermanentError     message_too_large
-    4xx       (other)                               PermanentError     provider_rejected
-    5xx, 3xx  (any)                                 OutcomeUnknown     provider_error_ambiguous
-
-The documented codes decide for any 4xx because Graph's status for some of them varies
-(MailboxNotEnabledForRESTAPI is reported as 404, 403 and 401). A 5xx other than 503 may come after
-Exchange accepted the message, so it is never retried blindly. Network failures are classified by
+Failures are classified in ``providers/graph_errors.py``; a message too large for one request
+is split in ``providers/graph_mime.py``. Network failures are classified by
 ``mailbox_worker.providers.transport.transport_error``.
 
 Each request carries a fresh ``client-request-id``; log records name it and Graph's ``request-id``,
@@ -49,29 +30,20 @@ never the token, the message content or an address.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import io
 import json
 import logging
-import re
 import ssl
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
 
 from mailbox_worker.errors import (
-    AccessTokenRejected,
-    DeliveryError,
     OutcomeUnknown,
     PermanentError,
-    Throttled,
     TransientError,
 )
 from mailbox_worker.providers.base import (
@@ -81,12 +53,16 @@ from mailbox_worker.providers.base import (
     DeliveryReceipt,
     OutgoingMessage,
 )
+from mailbox_worker.providers.graph_errors import graph_error, json_object
+from mailbox_worker.providers.graph_errors import request_id as graph_request_id
+from mailbox_worker.providers.graph_mime import (
+    Attachment,
+    detach_attachments,
+)
 from mailbox_worker.providers.transport import (
     TRANSPORT_ERRORS,
     RequestProgress,
     create_session,
-    header,
-    parse_retry_after,
     transport_error,
 )
 
@@ -102,140 +78,6 @@ UPLOAD_SESSION_MINIMUM: Final = 3 * 1024 * 1024
 """Graph refuses an upload session for a smaller attachment (docs/providers.md B2)."""
 UPLOAD_CHUNK: Final = 12 * 320 * 1024
 """Bytes per upload request: under the 4 MB limit, and a multiple of 320 KiB."""
-
-PERMANENT_ERROR_CODES: Final[Mapping[str, str]] = {
-    "ErrorInvalidRecipients": "invalid_recipients",
-    "ErrorMimeContentInvalidBase64String": "mime_invalid",
-    "ErrorMessageSizeExceeded": "message_too_large",
-    "ErrorAccessDenied": "scope_missing",
-    "ErrorSendAsDenied": "send_as_denied",
-    "MailboxNotEnabledForRESTAPI": "mailbox_not_enabled",
-}
-"""Graph ``error.code`` → our ``PermanentError`` code, for any 4xx answer but 429."""
-
-_PRINTABLE_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,80}")
-
-
-def largest_mime_for_base64(limit: int) -> int:
-    """The largest byte count whose base64 encoding (4 characters per 3 bytes, padded) fits
-    in ``limit`` bytes: ``4 * ceil(n / 3) <= limit`` ⇔ ``n <= 3 * (limit // 4)``."""
-    return 3 * (limit // 4)
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """A file taken out of a message, to be added to its draft on its own."""
-
-    name: str
-    content_type: str
-    data: bytes
-    inline: bool
-    content_id: str | None
-
-
-def detach_attachments(mime: bytes, limit: int) -> tuple[bytes, list[Attachment]]:
-    """``mime`` without the fewest (largest first) attachments that keep its base64 form
-    above ``limit`` bytes, and those attachments; ``(mime, [])`` unchanged when it fits.
-
-    Raises ``PermanentError`` (``message_too_large``) when even the message without any
-    attachment does not fit: its body alone is too large.
-    """
-    if len(base64.b64encode(mime)) <= limit:
-        return mime, []
-    message = BytesParser(policy=policy.SMTP).parsebytes(mime)
-    assert isinstance(message, EmailMessage)
-    parts = sorted(
-        message.iter_attachments(),
-        key=lambda part: len(_decoded(part)),
-        reverse=True,
-    )
-    detached: list[EmailMessage] = []
-    remainder = mime
-    for part in parts:
-        if len(base64.b64encode(remainder)) <= limit:
-            break
-        detached.append(part)
-        kept = [child for child in message.get_payload() if child not in detached]
-        message.set_payload(kept)
-        remainder = message.as_bytes(policy=policy.SMTP)
-    if len(base64.b64encode(remainder)) > limit:
-        raise PermanentError(
-            f"the message is {len(mime)} bytes and, without its attachments, still exceeds "
-            f"Graph's {limit}-byte request limit",
-            code="message_too_large",
-        )
-    return remainder, [_attachment(part) for part in detached]
-
-
-def _decoded(part: EmailMessage) -> bytes:
-    payload = part.get_payload(decode=True)
-    return payload if isinstance(payload, bytes) else b""
-
-
-def _attachment(part: EmailMessage) -> Attachment:
-    content_id = part.get("Content-ID")
-    return Attachment(
-        name=part.get_filename() or "attachment",
-        content_type=part.get_content_type(),
-        data=_decoded(part),
-        inline=part.get_content_disposition() == "inline",
-        content_id=str(content_id).strip("<> ") if content_id else None,
-    )
-
-
-def graph_error(
-    status: int, headers: Mapping[str, str], body: bytes, *, now: dt.datetime | None = None
-) -> DeliveryError:
-    """The error for a non-2xx Graph answer (see the module's table); never raises.
-
-    The message names the status, Graph's error code and ``request-id`` — not Graph's message
-    text. ``now`` anchors an HTTP-date ``Retry-After`` (tests pass it).
-    """
-    graph_code = _graph_error_code(body)
-    context = f"HTTP {status} {graph_code or '(no error code)'}, request-id {_request_id(headers)}"
-    if status in (429, 503):
-        retry_after = parse_retry_after(header(headers, "Retry-After"), now)
-        if status == 429:
-            return Throttled(
-                f"Graph throttled the request: {context}",
-                provider_status=status,
-                retry_after=retry_after,
-            )
-        return TransientError(
-            f"Graph is unavailable, nothing was processed: {context}",
-            code="service_unavailable",
-            provider_status=status,
-            retry_after=retry_after,
-        )
-    if 400 <= status < 500:
-        permanent = PERMANENT_ERROR_CODES.get(graph_code or "")
-        if permanent is not None:
-            return PermanentError(
-                f"Graph refused: {context}", code=permanent, provider_status=status
-            )
-        if status == 401:
-            return AccessTokenRejected(
-                f"Graph rejected the access token: {context}", provider_status=status
-            )
-        code = "message_too_large" if status == 413 else "provider_rejected"
-        return PermanentError(f"Graph refused: {context}", code=code, provider_status=status)
-    return OutcomeUnknown(
-        f"Graph answered with an error that may follow acceptance: {context}",
-        code="provider_error_ambiguous",
-        provider_status=status,
-    )
-
-
-def _graph_error_code(body: bytes) -> str | None:
-    """``error.code`` of a Graph error body, if it has one that is safe to repeat."""
-    error = _json_object(body).get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) and _PRINTABLE_CODE.fullmatch(code) else None
-
-
-def _request_id(headers: Mapping[str, str]) -> str:
-    value = header(headers, "request-id") or ""
-    return value if _PRINTABLE_CODE.fullmatch(value) else "-"
 
 
 class GraphProvider:
@@ -346,7 +188,7 @@ class GraphProvider:
         status, body = await self._post_mime(
             "createDraft", "/me/messages", access_token, message, mime, body_required=True
         )
-        draft = _json_object(body)
+        draft = json_object(body)
         draft_id, web_link = draft.get("id"), draft.get("webLink")
         if not isinstance(draft_id, str) or not draft_id:
             raise OutcomeUnknown(
@@ -428,7 +270,7 @@ class GraphProvider:
             access_token=access_token, body=json.dumps({"AttachmentItem": item}).encode(),
             content_type="application/json", body_required=True,
         )  # fmt: skip
-        upload_url = _json_object(body).get("uploadUrl")
+        upload_url = json_object(body).get("uploadUrl")
         if not isinstance(upload_url, str) or not upload_url.startswith("https://"):
             raise TransientError(
                 "Graph opened an upload session without a usable uploadUrl",
@@ -519,7 +361,7 @@ class GraphProvider:
                 operation, job_id, client_request_id, failure.code,
             )  # fmt: skip
             raise failure from error
-        request_id = _request_id(response.headers)
+        request_id = graph_request_id(response.headers)
         if 200 <= response.status < 300:
             log.info(
                 "graph %s job=%s HTTP %s request-id=%s client-request-id=%s",
@@ -547,12 +389,3 @@ async def _read_answer(response: aiohttp.ClientResponse, body_required: bool) ->
         if body_required and 200 <= response.status < 300:
             raise
         return b""
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    """``body`` as a JSON object; ``{}`` for anything else (not JSON, not UTF-8, too deep)."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return {}
-    return document if isinstance(document, dict) else {}

@@ -32,12 +32,8 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.providers.base import OutgoingMessage
-from mailbox_worker.providers.graph import (
-    REQUEST_BODY_LIMIT,
-    UPLOAD_CHUNK,
-    GraphProvider,
-    largest_mime_for_base64,
-)
+from mailbox_worker.providers.graph import REQUEST_BODY_LIMIT, UPLOAD_CHUNK, GraphProvider
+from mailbox_worker.providers.graph_mime import largest_mime_for_base64
 from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.tokens.oauth_sessions import close_session, new_session
 from tests.ports import free_port

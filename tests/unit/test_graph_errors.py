@@ -18,12 +18,9 @@ from mailbox_worker.errors import (
     Throttled,
     TransientError,
 )
-from mailbox_worker.providers.graph import (
-    REQUEST_BODY_LIMIT,
-    GraphProvider,
-    graph_error,
-    largest_mime_for_base64,
-)
+from mailbox_worker.providers.graph import REQUEST_BODY_LIMIT, GraphProvider
+from mailbox_worker.providers.graph_errors import graph_error
+from mailbox_worker.providers.graph_mime import largest_mime_for_base64
 from mailbox_worker.providers.transport import RequestProgress, parse_retry_after, transport_error
 
 NOW = dt.datetime(2025, 3, 4, 10, 0, 0, tzinfo=dt.UTC)

@@ -1,0 +1,82 @@
+"""A message too large for one Graph request, split: the MIME without its largest attachments,
+and those attachments, to be added to the draft one by one (docs/providers.md B2, B3)."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from mailbox_worker.errors import PermanentError
+
+
+def largest_mime_for_base64(limit: int) -> int:
+    """The largest byte count whose base64 encoding (4 characters per 3 bytes, padded) fits
+    in ``limit`` bytes: ``4 * ceil(n / 3) <= limit`` ⇔ ``n <= 3 * (limit // 4)``."""
+    return 3 * (limit // 4)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file taken out of a message, to be added to its draft on its own."""
+
+    name: str
+    content_type: str
+    data: bytes
+    inline: bool
+    content_id: str | None
+
+
+def detach_attachments(mime: bytes, limit: int) -> tuple[bytes, list[Attachment]]:
+    """``mime`` without the fewest (largest first) attachments that keep its base64 form
+    above ``limit`` bytes, and those attachments; ``(mime, [])`` unchanged when it fits.
+
+    Raises ``PermanentError`` (``message_too_large``) when even the message without any
+    attachment does not fit: its body alone is too large.
+    """
+    if len(base64.b64encode(mime)) <= limit:
+        return mime, []
+    message = BytesParser(policy=policy.SMTP).parsebytes(mime)
+    assert isinstance(message, EmailMessage)
+    parts = sorted(
+        message.iter_attachments(),
+        key=lambda part: len(_decoded(part)),
+        reverse=True,
+    )
+    detached: list[EmailMessage] = []
+    remainder = mime
+    for part in parts:
+        if len(base64.b64encode(remainder)) <= limit:
+            break
+        detached.append(part)
+        kept = [child for child in message.get_payload() if child not in detached]
+        message.set_payload(kept)
+        remainder = message.as_bytes(policy=policy.SMTP)
+    if len(base64.b64encode(remainder)) > limit:
+        raise PermanentError(
+            f"the message is {len(mime)} bytes and, without its attachments, still exceeds "
+            f"Graph's {limit}-byte request limit",
+            code="message_too_large",
+        )
+    return remainder, [_attachment(part) for part in detached]
+
+
+def _decoded(part: EmailMessage) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _attachment(part: EmailMessage) -> Attachment:
+    content_id = part.get("Content-ID")
+    return Attachment(
+        name=part.get_filename() or "attachment",
+        content_type=part.get_content_type(),
+        data=_decoded(part),
+        inline=part.get_content_disposition() == "inline",
+        content_id=str(content_id).strip("<> ") if content_id else None,
+    )
+
+
+__all__ = ["Attachment", "detach_attachments", "largest_mime_for_base64"]
