@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -47,6 +47,16 @@ class NewJob:
     """Not claimed before then (scheduled dispatch); None: as soon as possible."""
     priority: int = 0
     """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs ``JobStore.find`` returns: every given field must match."""
+
+    account_id: str | None = None
+    mailbox_id: str | None = None
+    state: str | None = None
+    reference: str | None = None
 
 
 class JobStore:
@@ -139,6 +149,30 @@ class JobStore:
         query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
+
+    async def find(self, wanted: JobFilter, limit: int = 50) -> list[Job]:
+        """At most ``limit`` jobs matching ``wanted``, the most recently created first."""
+        conditions = [
+            column == value
+            for column, value in (
+                (Job.account_id, wanted.account_id),
+                (Job.mailbox_id, wanted.mailbox_id),
+                (Job.state, wanted.state),
+                (Job.reference, wanted.reference),
+            )
+            if value is not None
+        ]
+        query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).limit(limit)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def oldest_due(self) -> dt.datetime | None:
+        """Since when the longest-waiting ``queued`` job has been due (None: none is)."""
+        query = select(func.min(Job.run_after)).where(
+            Job.state == JobState.QUEUED, Job.run_after <= self._clock()
+        )
+        async with self._sessions() as session:
+            return await session.scalar(query)
 
     async def payload(self, job_id: str) -> dict[str, Any] | None:
         async with self._sessions() as session:
@@ -282,4 +316,4 @@ class JobStore:
         return job, True
 
 
-__all__ = ["JobStore", "NewJob"]
+__all__ = ["JobFilter", "JobStore", "NewJob"]

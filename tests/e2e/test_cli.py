@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import re
 import subprocess
@@ -200,3 +201,102 @@ def test_jobs_settles_an_unknown_job_once(environment: dict[str, str]) -> None:
     assert (retried.returncode, retried.stdout) == (0, f"{job_id} queued\n")
     assert not_unknown.returncode == 1 and "is queued, not unknown" in not_unknown.stderr
     assert missing.returncode == 1 and "no job job_missing" in missing.stderr
+
+
+async def _two_jobs(database_url: str) -> tuple[str, str, str]:
+    """``(account id, a queued job, a job left unknown)``, on one connected mailbox."""
+    unknown = await _unknown_job(database_url)
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        jobs = JobStore(create_session_factory(engine))
+        job = await jobs.get(unknown)
+        assert job is not None
+        queued, _ = await jobs.enqueue(
+            NewJob(
+                job.account_id,
+                job.mailbox_id,
+                "send",
+                {"subject": "Invoice 2", "to": [{"address": "ap@fabrikam.example"}]},
+                "digest-2",
+                "contoso.example",
+                reference="INV-2",
+            )
+        )
+        return job.account_id, queued.id, unknown
+    finally:
+        await engine.dispose()
+
+
+def test_jobs_list_show_and_stats_give_metadata_only(environment: dict[str, str]) -> None:
+    assert run(environment, "migrate").returncode == 0
+    account_id, queued, unknown = asyncio.run(
+        _two_jobs(environment["MAILBOX_WORKER_DATABASE__URL"])
+    )
+
+    listed = run(environment, "jobs", "list", "--json")
+    only_unknown = run(environment, "jobs", "list", "--state", "unknown")
+    by_reference = run(environment, "jobs", "list", "--reference", "INV-2", "--json")
+    shown = run(environment, "jobs", "show", "--id", unknown, "--json")
+    stats = run(environment, "jobs", "stats", "--json")
+    missing = run(environment, "jobs", "show", "--id", "job_missing")
+    no_id = run(environment, "jobs", "show")
+
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(row["id"], row["state"]) for row in rows] == [(queued, "queued"), (unknown, "unknown")]
+    assert {row["account_id"] for row in rows} == {account_id}
+    header, *lines = only_unknown.stdout.splitlines()
+    assert header.split("\t")[:5] == ["ID", "ACCOUNT_ID", "MAILBOX_ID", "MODE", "STATE"]
+    assert [line.split("\t")[0] for line in lines] == [unknown]
+    assert [row["id"] for row in json.loads(by_reference.stdout)] == [queued]
+    job = json.loads(shown.stdout)
+    assert (job["state"], job["last_error_code"]) == ("unknown", "worker_lost")
+    assert [event["to_state"] for event in job["events"]] == [
+        "queued",
+        "running",
+        None,
+        "unknown",
+    ]
+    counts = json.loads(stats.stdout)
+    assert counts["jobs_by_state"]["queued"] == 1 and counts["jobs_by_state"]["unknown"] == 1
+    assert counts["oldest_due_queued_seconds"] >= 0
+    assert (missing.returncode, no_id.returncode) == (1, 2)
+    # Metadata only: nothing of the message (subject, recipient) in any answer.
+    for answer in (listed, only_unknown, by_reference, shown, stats):
+        assert "Invoice" not in answer.stdout and "fabrikam" not in answer.stdout
+
+
+def test_jobs_cancel_takes_queued_and_unknown_jobs(environment: dict[str, str]) -> None:
+    assert run(environment, "migrate").returncode == 0
+    _, queued, unknown = asyncio.run(_two_jobs(environment["MAILBOX_WORKER_DATABASE__URL"]))
+
+    first = run(environment, "jobs", "cancel", "--id", queued)
+    again = run(environment, "jobs", "cancel", "--id", queued)
+    settled = run(environment, "jobs", "cancel", "--id", unknown)
+
+    assert (first.returncode, first.stdout) == (0, f"{queued} cancelled\n")
+    assert again.returncode == 1 and "only queued, held or unknown jobs cancel" in again.stderr
+    assert (settled.returncode, settled.stdout) == (0, f"{unknown} cancelled\n")
+
+
+def test_config_show_masks_every_secret(environment: dict[str, str]) -> None:
+    secrets = {
+        "MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET": "ms-secret-value-123",
+        "MAILBOX_WORKER_CALLBACKS__SECRET": "callback-secret-456",
+        "MAILBOX_WORKER_DATABASE__URL": "postgresql+asyncpg://app:db-password-789@db:5432/mw",
+    }
+    environment = {**environment, **secrets}
+
+    checked = run(environment, "config", "check")
+    shown = run(environment, "config", "show")
+    as_json = run(environment, "config", "show", "--json")
+
+    assert (checked.returncode, checked.stdout) == (0, "configuration is valid\n")
+    assert shown.returncode == 0 and "[microsoft]" in shown.stdout
+    for secret in ("ms-secret-value-123", "callback-secret-456", "db-password-789"):
+        assert secret not in shown.stdout + as_json.stdout
+    document = json.loads(as_json.stdout)
+    assert document["microsoft"]["client_secret"] == "********"
+    assert document["callbacks"]["secret"] == "********"
+    assert document["database"]["url"] == "postgresql+asyncpg://app:***@db:5432/mw"
+    assert document["worker"]["concurrency"] == 8

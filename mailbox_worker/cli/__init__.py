@@ -1,6 +1,8 @@
 """The one entry point: ``mailbox-worker serve | migrate | demo | sandbox | ...``.
 
-A wrong setting ends the command with one line naming it (exit status 2).
+A wrong setting ends the command with one line naming it (exit status 2). Operator commands
+keep the exit statuses of ``cli/output.py``: 0 done, 1 no such object or not in a state the
+command applies to, 2 a wrong argument or setting.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from pathlib import Path
 
 from mailbox_worker import logs
 from mailbox_worker.app import App
+from mailbox_worker.cli import jobs as job_commands
+from mailbox_worker.cli import settings_view
 from mailbox_worker.config import Settings, load_settings
 from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.errors import ConfigError, MailboxWorkerError
-from mailbox_worker.jobs.transitions import SETTLEMENTS
 from mailbox_worker.policy.origins import normalise_origin
 from mailbox_worker.tokens.rotation import RotationStatus
 
@@ -102,15 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--id", help="API key id (revoke) or encryption key id (retire)")
 
     jobs = command(
-        "jobs", _jobs, "settle an unknown job: resolve (as sent), retry or cancel; audited as cli"
+        "jobs",
+        _jobs,
+        "list, show and count jobs (metadata only); resolve, retry or cancel one; audited as cli",
     )
-    jobs.add_argument("action", choices=sorted(SETTLEMENTS))
-    jobs.add_argument("--id", required=True, help="job id")
-    jobs.add_argument(
-        "--accept-duplicate-risk",
-        action="store_true",
-        help="retry: accept that the message may be delivered twice (required)",
-    )
+    job_commands.add_arguments(jobs)
+
+    config = command("config", _config, "check the settings, or show them with every secret masked")
+    settings_view.add_arguments(config)
 
     mailboxes = command("mailboxes", _mailboxes, "list or disconnect mailboxes")
     mailboxes.add_argument("action", choices=["list", "disconnect"])
@@ -278,24 +280,15 @@ def _when(moment: datetime | None) -> str:
 
 
 async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
-    if args.action == "retry" and not args.accept_duplicate_risk:
-        print(
-            "mailbox-worker: jobs retry needs --accept-duplicate-risk: the first attempt may "
-            "have reached the provider, so the message may be delivered twice",
-            file=sys.stderr,
-        )
-        return 2
+    refused = job_commands.check_arguments(args)
+    if refused is not None:
+        return refused
     async with _app(settings) as app:
-        settled = await app.jobs.settle_unknown(args.id, SETTLEMENTS[args.action], "cli")
-    if settled is None:
-        print(f"mailbox-worker: no job {args.id}", file=sys.stderr)
-        return 1
-    job, moved = settled
-    if not moved:
-        print(f"mailbox-worker: job {job.id} is {job.state}, not unknown", file=sys.stderr)
-        return 1
-    print(f"{job.id} {job.state}")
-    return 0
+        return await job_commands.run(app, args)
+
+
+async def _config(args: argparse.Namespace, settings: Settings) -> int:
+    return settings_view.run(settings, args)
 
 
 async def _mailboxes(args: argparse.Namespace, settings: Settings) -> int:
