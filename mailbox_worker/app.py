@@ -189,8 +189,10 @@ class App:
         intake = JobIntake(
             jobs,
             mailboxes,
-            lambda provider, mode: (
-                providers[provider].max_message_bytes("send" if mode == "send" else "draft")
+            lambda provider, mode, capabilities: (
+                providers[provider].max_message_bytes(
+                    "send" if mode == "send" else "draft", capabilities
+                )
                 if provider in providers
                 else None
             ),

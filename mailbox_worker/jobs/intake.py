@@ -18,7 +18,7 @@ from typing import Any
 from mailbox_worker.accounts import Principal
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.models import Job, JobEvent
+from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
 from mailbox_worker.jobs.store import JobStore, NewJob
@@ -33,9 +33,10 @@ from mailbox_worker.policy.addresses import same_address
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
 
-MessageLimit = Callable[[str, str], int | None]
-"""``(provider, mode) ->`` the largest message in bytes the provider's transport accepts, or
-None when no transport for that provider exists yet."""
+MessageLimit = Callable[[str, str, Sequence[str]], int | None]
+"""``(provider, mode, capabilities) ->`` the largest message in bytes the provider's transport
+accepts for a mailbox with those capabilities, or None when no transport for that provider
+exists yet."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class JobIntake:
         if send_at is not None and deadline is not None and send_at >= deadline:
             raise InvalidRequest("send_at must be before the deadline", code="invalid_send_at")
         domain = mailbox.address.rpartition("@")[2]
-        self._check_size(message, mailbox.address, mailbox.provider, mode, domain)
+        self._check_size(message, mailbox, mode, domain)
         job, created = await self._jobs.enqueue(
             NewJob(
                 account_id=principal.account_id,
@@ -221,8 +222,13 @@ class JobIntake:
         return await self._jobs.get(job.id) or job
 
     def _check_size(
-        self, message: dict[str, Any], sender: str, provider: str, mode: str, domain: str
+        self, message: dict[str, Any], mailbox: Mailbox, mode: str, domain: str
     ) -> None:
+        sender, provider, capabilities = (
+            mailbox.address or "",
+            mailbox.provider,
+            mailbox.capabilities,
+        )
         for attachment in message.get("attachments") or ():
             try:
                 decode_attachment(attachment["content_base64"])
@@ -238,16 +244,22 @@ class JobIntake:
             raise InvalidRequest(
                 f"the message cannot be built: {type(error).__name__}", code="invalid_message"
             ) from None
-        limit = self._message_limit(provider, mode)
+        limit = self._message_limit(provider, mode, capabilities)
         if limit is None:
             raise Conflict(
                 f"sending through {provider} mailboxes is not available yet",
                 code="provider_not_supported",
             )
         if size > limit:
+            with_drafts = self._message_limit(provider, mode, [*capabilities, "draft"]) or 0
+            hint = (
+                "; a mailbox connected with the draft capability may send larger ones"
+                if size <= with_drafts
+                else ""
+            )
             raise PayloadTooLarge(
                 f"the message would be {size} bytes; this mailbox's provider accepts at most "
-                f"{limit} bytes per message",
+                f"{limit} bytes per message{hint}",
                 code="message_too_large",
             )
 

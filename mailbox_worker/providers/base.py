@@ -11,6 +11,7 @@ retry, hold, fail and "unknown".
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -93,8 +94,10 @@ class MailProvider(Protocol):
 
     name: str
 
-    def max_message_bytes(self, mode: DeliveryMode) -> int:
-        """Largest RFC 5322 message, in bytes before transport encoding, this transport accepts."""
+    def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
+        """Largest RFC 5322 message, in bytes before transport encoding, this transport accepts
+        for a mailbox connected with ``capabilities`` (``send``, ``draft``: what it was granted
+        decides which requests it may make)."""
         ...
 
     async def send(

@@ -36,7 +36,7 @@ import io
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -145,7 +145,7 @@ class GmailProvider:
         self._owns_session = session is None
         self._clock = clock
 
-    def max_message_bytes(self, mode: DeliveryMode) -> int:
+    def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
         """Gmail's ``maxSize`` for both methods (D1), whichever path the message takes."""
         return MAXIMUM_MESSAGE
 

@@ -35,7 +35,7 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -58,6 +58,7 @@ from mailbox_worker.providers.graph_errors import request_id as graph_request_id
 from mailbox_worker.providers.graph_mime import (
     Attachment,
     detach_attachments,
+    largest_mime_for_base64,
 )
 from mailbox_worker.providers.transport import (
     TRANSPORT_ERRORS,
@@ -106,11 +107,15 @@ class GraphProvider:
         self._session = session
         self._owns_session = session is None
 
-    def max_message_bytes(self, mode: DeliveryMode) -> int:
-        """The mailbox's 35 MB (both modes); above one request's 4 MB, attachments are
-        uploaded to a draft on their own, so the rest of the message must fit in one request
-        (``detach_attachments``)."""
-        return MAILBOX_MESSAGE_LIMIT
+    def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
+        """The mailbox's 35 MB when it may make drafts (``Mail.ReadWrite``, granted with the
+        ``draft`` capability): above one request's 4 MB, attachments are uploaded to a draft on
+        their own, so the rest of the message must fit in one request (``detach_attachments``).
+        A send-only mailbox (``Mail.Send`` alone) has only ``sendMail``: one request, so the
+        largest MIME whose base64 fits in 4 MB (docs/providers.md B2, B3, B6)."""
+        if mode == "draft" or "draft" in capabilities:
+            return MAILBOX_MESSAGE_LIMIT
+        return largest_mime_for_base64(REQUEST_BODY_LIMIT)
 
     async def send(
         self,

@@ -19,7 +19,7 @@ import datetime as dt
 import io
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ class IdleProvider:
 
     name = "microsoft"
 
-    def max_message_bytes(self, mode: DeliveryMode) -> int:
+    def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
         return MESSAGE_LIMIT
 
     async def send(

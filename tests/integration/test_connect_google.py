@@ -107,7 +107,10 @@ async def test_jobs_for_google_mailboxes_are_accepted_and_refused_without_a_tran
     assert (job.state, created) == ("queued", True)
     # A provider without a transport is still refused at intake.
     without_transport = JobIntake(
-        world.app.jobs, world.app.mailboxes, lambda provider, mode: None, world.app.telemetry
+        world.app.jobs,
+        world.app.mailboxes,
+        lambda provider, mode, capabilities: None,
+        world.app.telemetry,
     )
     with pytest.raises(Conflict) as caught:
         await without_transport.submit(world.principal, Submission(body, None))

@@ -379,7 +379,7 @@ async def test_a_timeout_after_sending_is_outcome_unknown(
 async def test_too_large_fails_without_a_request(
     provider: GraphProvider, token: str, admin: Admin
 ) -> None:
-    largest = provider.max_message_bytes("send")
+    largest = provider.max_message_bytes("send", ["send", "draft"])
 
     with pytest.raises(PermanentError) as raised:
         await provider.send(token, mime_of_size(largest + 1))

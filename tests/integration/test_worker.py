@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import email
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
 import pytest
@@ -60,7 +60,7 @@ class RecordingProvider:
     calls: list[tuple[str, str, OutgoingMessage]] = field(default_factory=list)
     delay: float = 0.0
 
-    def max_message_bytes(self, mode: DeliveryMode) -> int:
+    def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
         return 3_000_000
 
     async def _call(self, operation: str, token: str, message: OutgoingMessage) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+from collections.abc import Collection
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -49,7 +50,7 @@ class DraftingProvider:
         self.sent: list[str] = []
         self.resumed_with: list[tuple[str | None, bool]] = []
 
-    def max_message_bytes(self, mode: DeliveryMode) -> int:
+    def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
         return 35 * 1024 * 1024
 
     async def _step(self, name: str) -> None:

@@ -176,11 +176,13 @@ def test_base64_boundary_for_any_limit(limit: int) -> None:
     assert len(base64.b64encode(bytes(largest + 1))) > limit
 
 
-def test_max_message_bytes_is_the_mailbox_limit_in_both_modes() -> None:
+def test_max_message_bytes_is_the_mailbox_limit_unless_send_only() -> None:
     provider = GraphProvider()
 
-    assert provider.max_message_bytes("send") == 35 * 1024 * 1024
-    assert provider.max_message_bytes("draft") == provider.max_message_bytes("send")
+    assert provider.max_message_bytes("send", ["send", "draft"]) == 35 * 1024 * 1024
+    assert provider.max_message_bytes("draft", ["draft"]) == 35 * 1024 * 1024
+    # Send-only: no Mail.ReadWrite, so no draft to upload to: one sendMail request.
+    assert provider.max_message_bytes("send", ["send"]) == 3 * (REQUEST_BODY_LIMIT // 4)
 
 
 def _connector_error() -> aiohttp.ClientConnectorError:
