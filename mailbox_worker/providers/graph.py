@@ -81,6 +81,7 @@ from mailbox_worker.providers.base import (
     DeliveryReceipt,
     OutgoingMessage,
 )
+from mailbox_worker.providers.egress_gate import EgressGate
 from mailbox_worker.providers.transport import (
     TRANSPORT_ERRORS,
     RequestProgress,
@@ -244,7 +245,8 @@ class GraphProvider:
     Without ``session`` the provider opens its own (bounded connections, request-progress
     tracing) on first use, inside the running loop, and ``close()`` closes it; a given session
     is used as is and left open. ``ssl_context`` and ``timeout`` apply to every request
-    (default: the system trust store; 120 s in total, 15 s to connect).
+    (default: the system trust store; 120 s in total, 15 s to connect). A session it opens
+    sends only where ``egress`` allows (default: anywhere; docs/privacy.md PP-5).
     """
 
     name = "microsoft"
@@ -256,6 +258,7 @@ class GraphProvider:
         ssl_context: ssl.SSLContext | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
         session: aiohttp.ClientSession | None = None,
+        egress: EgressGate | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -263,6 +266,7 @@ class GraphProvider:
         self._timeout = timeout if timeout is not None else fallback
         self._session = session
         self._owns_session = session is None
+        self._egress = egress
 
     def max_message_bytes(self, mode: DeliveryMode) -> int:
         """The mailbox's 35 MB (both modes); above one request's 4 MB, attachments are
@@ -535,7 +539,7 @@ class GraphProvider:
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = create_session(self._timeout)
+            self._session = create_session(self._timeout, self._egress)
         return self._session
 
 
