@@ -14,6 +14,7 @@ clock and the key source (keyword arguments that default to what the settings na
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import ssl
 from collections.abc import Mapping
@@ -70,6 +71,14 @@ from mailbox_worker.tokens.vault import TokenVault
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/oauth/callback"
+
+
+def _version() -> str:
+    """The installed distribution's version, for ``mailbox_worker_build_info``."""
+    try:
+        return importlib.metadata.version("mailbox-worker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def key_source(settings: Settings) -> KeySource:
@@ -162,7 +171,7 @@ class App:
         engine = create_engine(settings.database)
         sessions = create_session_factory(engine)
         registry = CollectorRegistry()
-        telemetry = PrometheusTelemetry(registry)
+        telemetry = PrometheusTelemetry(registry, version=_version())
         scrubber = StorageScrubber(
             engine, transaction_pooler=settings.database.transaction_pooler, telemetry=telemetry
         )
@@ -319,7 +328,9 @@ class App:
             # Built here rather than by CallbackDispatcher.run, to count its failed passes.
             callbacks = Periodic(
                 "callback delivery",
-                CallbackDispatcher(self.outbox, self.settings.callbacks).deliver_due,
+                CallbackDispatcher(
+                    self.outbox, self.settings.callbacks, self.telemetry
+                ).deliver_due,
                 self.settings.callbacks.poll_interval,
                 name="callbacks",
                 telemetry=self.telemetry,

@@ -24,6 +24,7 @@ import aiohttp
 from mailbox_worker.db.models import OutboxEvent
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.periodic import Periodic, exponential_backoff
+from mailbox_worker.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,13 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class CallbackDispatcher:
-    def __init__(self, outbox: Outbox, settings: CallbackSettings) -> None:
+    def __init__(
+        self, outbox: Outbox, settings: CallbackSettings, telemetry: Telemetry | None = None
+    ) -> None:
+        """``telemetry``, when given, counts each POST (``Telemetry.callback_delivery``)."""
         self._outbox = outbox
         self._settings = settings
+        self._telemetry = telemetry
 
     async def deliver_due(self) -> int:
         """Lease a batch of due events and send each once; returns how many were
@@ -86,9 +91,12 @@ class CallbackDispatcher:
         try:
             async with http.post(self._settings.url, data=body, headers=headers) as answer:
                 ok = 200 <= answer.status < 300
+            result = "delivered" if ok else "rejected"
         except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("callback for event %d failed: %s", event.id, type(error).__name__)
-            ok = False
+            ok, result = False, "unreachable"
+        if self._telemetry is not None:
+            self._telemetry.callback_delivery(result)
         if ok:
             await self._outbox.delivered(event.id)
             return 1
