@@ -14,6 +14,7 @@ clock and the key source (keyword arguments that default to what the settings na
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import ssl
 from collections.abc import Mapping
@@ -72,6 +73,14 @@ from mailbox_worker.tokens.vault import TokenVault
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/oauth/callback"
+
+
+def _version() -> str:
+    """The installed distribution's version, for ``mailbox_worker_build_info``."""
+    try:
+        return importlib.metadata.version("mailbox-worker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def key_source(settings: Settings) -> KeySource:
@@ -194,7 +203,7 @@ class App:
         engine = create_engine(settings.database)
         sessions = create_session_factory(engine)
         registry = CollectorRegistry()
-        telemetry = PrometheusTelemetry(registry)
+        telemetry = PrometheusTelemetry(registry, version=_version())
         scrubber = StorageScrubber(
             engine, transaction_pooler=settings.database.transaction_pooler, telemetry=telemetry
         )
@@ -387,7 +396,10 @@ class App:
     def callback_dispatcher(self) -> CallbackDispatcher:
         """What delivers outbox events to ``callbacks.url``, through the egress gate."""
         return CallbackDispatcher(
-            self.outbox, self.settings.callbacks, tracing=[egress_tracing(self.egress)]
+            self.outbox,
+            self.settings.callbacks,
+            self.telemetry,
+            tracing=[egress_tracing(self.egress)],
         )
 
     async def close(self) -> None:
