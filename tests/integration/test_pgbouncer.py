@@ -26,7 +26,7 @@ from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 from tests.pgbouncer import running_pgbouncer, through
 
-from ..conftest import create_postgres_database, drop_postgres_database
+from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
 from .conftest import NO_MAILBOX_LIMITS
 
 pytestmark = pytest.mark.postgres
@@ -45,6 +45,7 @@ def pgbouncer() -> Iterator[int]:
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
     """A migrated database on the server (made directly, not through the pooler)."""
+    require_postgres()
     url = await create_postgres_database()
     engine = create_engine(DatabaseSettings(url=url))
     try:
