@@ -14,6 +14,7 @@ clock and the key source (keyword arguments that default to what the settings na
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import ssl
 from collections.abc import Mapping
@@ -51,8 +52,10 @@ from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.periodic import Periodic
+from mailbox_worker.policy.egress import GRAPH_UPLOAD_ORIGINS, EgressPolicy, origin
 from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import MailProvider
+from mailbox_worker.providers.egress_gate import EgressGate, egress_tracing
 from mailbox_worker.providers.gmail import GmailProvider
 from mailbox_worker.providers.google_gate import GoogleOperationGate
 from mailbox_worker.providers.graph import GraphProvider
@@ -72,6 +75,14 @@ log = logging.getLogger(__name__)
 CALLBACK_PATH = "/oauth/callback"
 
 
+def _version() -> str:
+    """The installed distribution's version, for ``mailbox_worker_build_info``."""
+    try:
+        return importlib.metadata.version("mailbox-worker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def key_source(settings: Settings) -> KeySource:
     """The key-encryption-key source the settings name."""
     keys = settings.keys
@@ -88,31 +99,59 @@ def _ssl_context(ca_file: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file or None)
 
 
-def _identities(settings: Settings, google_gate: GoogleOperationGate) -> dict[str, IdentityClient]:
+def egress_policy(settings: Settings) -> EgressPolicy:
+    """The only destinations of outbound requests (docs/privacy.md PP-5): the origins of the
+    endpoints the settings name, and where Graph uploads large attachments. ``ConfigError``
+    naming the setting that is not an https URL (http: loopback only)."""
+    endpoints = {
+        "microsoft.authority": settings.microsoft.authority,
+        "microsoft.graph_url": settings.microsoft.graph_url,
+        "google.token_url": settings.google.token_url,
+        "google.revoke_url": settings.google.revoke_url,
+        "google.userinfo_url": settings.google.userinfo_url,
+        "google.gmail_url": settings.google.gmail_url,
+    }
+    if settings.callbacks.url:
+        endpoints["callbacks.url"] = settings.callbacks.url
+    for setting, url in endpoints.items():
+        try:
+            origin(url)
+        except ValueError as error:
+            raise ConfigError(setting, str(error)) from None
+    uploads = GRAPH_UPLOAD_ORIGINS.get(origin(settings.microsoft.graph_url), ())
+    return EgressPolicy.for_endpoints([*endpoints.values(), *uploads])
+
+
+def _identities(
+    settings: Settings, google_gate: GoogleOperationGate, egress: EgressGate
+) -> dict[str, IdentityClient]:
     """An identity client for each provider whose OAuth app the settings configure."""
     identities: dict[str, IdentityClient] = {}
     if settings.microsoft.client_id:
-        identities["microsoft"] = MicrosoftIdentity(settings.microsoft)
+        identities["microsoft"] = MicrosoftIdentity(settings.microsoft, egress)
     if settings.google.client_id:
-        identities["google"] = GoogleIdentity(settings.google, google_gate)
+        identities["google"] = GoogleIdentity(settings.google, google_gate, egress)
     return identities
 
 
 def _providers(
-    settings: Settings, google_gate: GoogleOperationGate, clock: Clock
+    settings: Settings, google_gate: GoogleOperationGate, egress: EgressGate, clock: Clock
 ) -> dict[str, MailProvider]:
-    """The mail transports, by provider name; both Google doors share one gate (LU-3)."""
+    """The mail transports, by provider name; both Google doors share one gate (LU-3), and
+    every session sends only where ``egress`` allows (PP-5)."""
     return {
         "microsoft": GraphProvider(
             settings.microsoft.graph_url,
             ssl_context=_ssl_context(settings.microsoft.ca_file),
             timeout=ClientTimeout(total=settings.microsoft.request_timeout),
+            egress=egress,
         ),
         "google": GmailProvider(
             google_gate,
             settings.google.gmail_url,
             ssl_context=_ssl_context(settings.google.ca_file),
             clock=clock,
+            egress=egress,
         ),
     }
 
@@ -143,6 +182,8 @@ class App:
     key_rotation: KeyRotation
     admin_sessions: AdminSessions
     violations: PolicyViolationLog
+    egress: EgressGate
+    """The gate every outbound client the app builds sends through (docs/privacy.md PP-5)."""
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The background loops ``serve`` runs, by name; one that ended means not ready."""
 
@@ -162,7 +203,7 @@ class App:
         engine = create_engine(settings.database)
         sessions = create_session_factory(engine)
         registry = CollectorRegistry()
-        telemetry = PrometheusTelemetry(registry)
+        telemetry = PrometheusTelemetry(registry, version=_version())
         scrubber = StorageScrubber(
             engine, transaction_pooler=settings.database.transaction_pooler, telemetry=telemetry
         )
@@ -174,13 +215,16 @@ class App:
         vault = TokenVault(sessions, keys, scrubber, clock)
         violations = PolicyViolationLog(accounts, telemetry)
         google_gate = GoogleOperationGate(settings.google.endpoints(), violations)
-        identities = dict(_identities(settings, google_gate) if identities is None else identities)
+        egress = EgressGate(egress_policy(settings), violations)
+        identities = dict(
+            _identities(settings, google_gate, egress) if identities is None else identities
+        )
         tokens = AccessTokens(vault, identities, telemetry, DatabaseLocks(engine))
         revocations = Revocations(
             sessions, vault, identities, accounts, scrubber, clock, telemetry=telemetry
         )
         providers = dict(
-            _providers(settings, google_gate, clock) if providers is None else providers
+            _providers(settings, google_gate, egress, clock) if providers is None else providers
         )
         outbox = Outbox(sessions, clock)
         worker = Worker(
@@ -236,6 +280,7 @@ class App:
             key_rotation=key_rotation,
             admin_sessions=AdminSessions(account_service),
             violations=violations,
+            egress=egress,
         )
 
     def check_pool_size(self) -> None:
@@ -321,7 +366,7 @@ class App:
             # Built here rather than by CallbackDispatcher.run, to count its failed passes.
             callbacks = Periodic(
                 "callback delivery",
-                CallbackDispatcher(self.outbox, self.settings.callbacks).deliver_due,
+                self.callback_dispatcher().deliver_due,
                 self.settings.callbacks.poll_interval,
                 name="callbacks",
                 telemetry=self.telemetry,
@@ -347,6 +392,15 @@ class App:
                         redacted_traceback(outcome),
                     )
             await runner.cleanup()
+
+    def callback_dispatcher(self) -> CallbackDispatcher:
+        """What delivers outbox events to ``callbacks.url``, through the egress gate."""
+        return CallbackDispatcher(
+            self.outbox,
+            self.settings.callbacks,
+            self.telemetry,
+            tracing=[egress_tracing(self.egress)],
+        )
 
     async def close(self) -> None:
         for identity in self.identities.values():

@@ -3,8 +3,10 @@
 ``Periodic`` runs one step every ``interval`` seconds until a stop event is set: a step that
 raises is counted (``Telemetry.loop_error`` with the loop's name), logged and tried again
 (after ``interval``, or as a tenacity wait strategy says), and the loop keeps "last success"
-bookkeeping. The daemon's background duties (revocation retries, callback delivery, scheduled
-key rotation, the storage scrub) all run this way. ``report_loop_error`` is how every
+bookkeeping, reported too (``Telemetry.loop_started`` with its interval, then
+``loop_succeeded``) so that a stalled loop can be alerted on (docs/operations.md). The
+daemon's background duties (revocation retries, callback delivery, scheduled key rotation,
+the storage scrub) all run this way. ``report_loop_error`` is how every
 background loop (these and the worker's) counts and logs a failed pass.
 
 ``exponential_backoff`` is the wait before the next attempt of one persisted item (an outbox
@@ -112,6 +114,8 @@ class Periodic:
         """Steps that raised since the last one that returned."""
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self._telemetry is not None:
+            self._telemetry.loop_started(self.name, self._interval)
         if self._wait_first:
             await wait_or_stop(stop, self._interval)
         while not stop.is_set():
@@ -132,4 +136,6 @@ class Periodic:
             return wait_seconds(self._on_error, self.failures)
         self.failures = 0
         self.last_success = time.monotonic()
+        if self._telemetry is not None:
+            self._telemetry.loop_succeeded(self.name)
         return self._interval

@@ -8,6 +8,8 @@ error codes. Never an address, a subject, an account name or a token.
 
 from __future__ import annotations
 
+import platform
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,9 +26,30 @@ if TYPE_CHECKING:
     from mailbox_worker.telemetry import Telemetry
 
 
+# Buckets of a job's processing: a token refresh and a send take a second or so; a large
+# draft (uploads in chunks) or a slow provider, minutes.
+PROCESSING_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+RECOVERY_RESULTS = ("requeued", "unknown")
+CALLBACK_RESULTS = ("delivered", "rejected", "unreachable")
+
+
+def status_class(status: int | None) -> str:
+    """``2xx`` … ``5xx`` for an HTTP status, ``none`` when there was no answer."""
+    return "none" if status is None else f"{status // 100}xx"
+
+
 class PrometheusTelemetry:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """The adapter; ``version`` is the daemon's, exported as ``mailbox_worker_build_info``."""
+
+    def __init__(self, registry: CollectorRegistry, version: str = "unknown") -> None:
         self.registry = registry
+        build_info = Gauge(
+            "mailbox_worker_build_info",
+            "Always 1: the daemon's version and the Python running it.",
+            ["version", "python"],
+            registry=registry,
+        )
+        build_info.labels(version=version, python=platform.python_version()).set(1)
         self._jobs_enqueued = Counter(
             "mailbox_worker_jobs_enqueued",
             "Dispatch jobs accepted by the API.",
@@ -45,10 +68,52 @@ class PrometheusTelemetry:
             ["state"],
             registry=registry,
         )
+        self._job_age = Gauge(
+            "mailbox_worker_oldest_job_age_seconds",
+            "How long the oldest due queued job has waited since it became due, and the oldest "
+            "running job since it was claimed; 0 when there is none (sampled by the worker).",
+            ["state"],
+            registry=registry,
+        )
+        self._mailboxes_by_state = Gauge(
+            "mailbox_worker_mailboxes",
+            "Mailboxes currently in each state, by provider (sampled by the worker).",
+            ["provider", "state"],
+            registry=registry,
+        )
+        self._job_processing = Histogram(
+            "mailbox_worker_job_processing_seconds",
+            "The worker's processing of one claimed job, from its claim to its outcome "
+            "recorded (token, MIME, provider calls), whatever the outcome.",
+            ["provider", "mode"],
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self._job_deferrals = Counter(
+            "mailbox_worker_job_deferrals",
+            "Running jobs sent back to queued to be tried later, by provider and error code.",
+            ["provider", "code"],
+            registry=registry,
+        )
+        self._job_deferred_seconds = Counter(
+            "mailbox_worker_job_deferred_seconds",
+            "Seconds those jobs were deferred by (a provider's Retry-After when throttled).",
+            ["provider", "code"],
+            registry=registry,
+        )
+        self._lease_recoveries = Counter(
+            "mailbox_worker_lease_recoveries",
+            "Jobs whose worker vanished (lease expired): requeued, or unknown when a request "
+            "was in flight.",
+            ["result"],
+            registry=registry,
+        )
+        for result in RECOVERY_RESULTS:
+            self._lease_recoveries.labels(result=result)
         self._provider_requests = Counter(
             "mailbox_worker_provider_requests",
-            "Provider calls by provider, operation and outcome code.",
-            ["provider", "operation", "outcome"],
+            "Provider calls by provider, operation, outcome code and HTTP status class.",
+            ["provider", "operation", "outcome", "status_class"],
             registry=registry,
         )
         self._provider_latency = Histogram(
@@ -109,6 +174,28 @@ class PrometheusTelemetry:
             registry=registry,
         )
 
+        self._loop_interval = Gauge(
+            "mailbox_worker_loop_interval_seconds",
+            "How often each running background loop means to complete a pass.",
+            ["loop"],
+            registry=registry,
+        )
+        self._loop_last_success = Gauge(
+            "mailbox_worker_loop_last_success_timestamp_seconds",
+            "Unix time of the last pass of each background loop that returned.",
+            ["loop"],
+            registry=registry,
+        )
+        self._callback_deliveries = Counter(
+            "mailbox_worker_callback_deliveries",
+            "Events POSTed to the callback URL: delivered (2xx), rejected (another status) or "
+            "unreachable (no answer in time).",
+            ["result"],
+            registry=registry,
+        )
+        for result in CALLBACK_RESULTS:
+            self._callback_deliveries.labels(result=result)
+
         self._pending_outcomes = Gauge(
             "mailbox_worker_pending_outcomes",
             "Job outcomes kept in memory because the database could not take them yet.",
@@ -140,9 +227,30 @@ class PrometheusTelemetry:
     def jobs_in_state(self, state: str, count: int) -> None:
         self._jobs_by_state.labels(state=state).set(count)
 
-    def provider_request(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+    def job_age(self, state: str, seconds: float) -> None:
+        self._job_age.labels(state=state).set(seconds)
+
+    def mailboxes_in_state(self, provider: str, state: str, count: int) -> None:
+        self._mailboxes_by_state.labels(provider=provider, state=state).set(count)
+
+    def job_processed(self, provider: str, mode: str, seconds: float) -> None:
+        self._job_processing.labels(provider=provider, mode=mode).observe(seconds)
+
+    def job_deferred(self, provider: str, code: str, seconds: float) -> None:
+        self._job_deferrals.labels(provider=provider, code=code).inc()
+        self._job_deferred_seconds.labels(provider=provider, code=code).inc(max(seconds, 0.0))
+
+    def leases_recovered(self, result: str, count: int) -> None:
+        self._lease_recoveries.labels(result=result).inc(count)
+
+    def provider_request(
+        self, provider: str, operation: str, outcome: str, seconds: float, status: int | None
+    ) -> None:
         self._provider_requests.labels(
-            provider=provider, operation=operation, outcome=outcome
+            provider=provider,
+            operation=operation,
+            outcome=outcome,
+            status_class=status_class(status),
         ).inc()
         self._provider_latency.labels(provider=provider, operation=operation).observe(seconds)
 
@@ -168,6 +276,16 @@ class PrometheusTelemetry:
 
     def loop_error(self, loop: str) -> None:
         self._loop_errors.labels(loop=loop).inc()
+
+    def loop_started(self, loop: str, interval: float) -> None:
+        self._loop_interval.labels(loop=loop).set(interval)
+
+    def loop_succeeded(self, loop: str) -> None:
+        # Wall-clock time on purpose: the alert compares it with Prometheus's time().
+        self._loop_last_success.labels(loop=loop).set(time.time())
+
+    def callback_delivery(self, result: str) -> None:
+        self._callback_deliveries.labels(result=result).inc()
 
     def pending_outcomes(self, count: int) -> None:
         self._pending_outcomes.set(count)

@@ -30,8 +30,35 @@ class Telemetry(Protocol):
         """``count`` jobs are in ``state`` now (sampled by the worker)."""
         ...
 
-    def provider_request(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
-        """One provider call ended with ``outcome`` (``ok`` or a stable code) after ``seconds``."""
+    def job_age(self, state: str, seconds: float) -> None:
+        """The oldest job waiting in ``state`` (``queued``: due; ``running``: since claimed)
+        has waited ``seconds`` (0 when there is none; sampled by the worker)."""
+        ...
+
+    def mailboxes_in_state(self, provider: str, state: str, count: int) -> None:
+        """``count`` mailboxes of ``provider`` are in ``state`` now (sampled by the worker)."""
+        ...
+
+    def job_processed(self, provider: str, mode: str, seconds: float) -> None:
+        """The worker processed one claimed job of a ``provider`` mailbox in ``mode``, from its
+        claim to its outcome recorded (whatever the outcome), in ``seconds``."""
+        ...
+
+    def job_deferred(self, provider: str, code: str, seconds: float) -> None:
+        """A running job went back to ``queued`` for ``seconds`` because of error ``code``
+        (``throttled`` among them); ``provider`` is ``none`` when the mailbox is not known."""
+        ...
+
+    def leases_recovered(self, result: str, count: int) -> None:
+        """``count`` jobs whose lease expired were recovered: ``requeued`` (no request was in
+        flight) or ``unknown`` (one was)."""
+        ...
+
+    def provider_request(
+        self, provider: str, operation: str, outcome: str, seconds: float, status: int | None
+    ) -> None:
+        """One provider call ended with ``outcome`` (``ok`` or a stable code) after ``seconds``;
+        ``status`` is the provider's HTTP status (None: no answer, or none recorded)."""
         ...
 
     def token_refresh(self, provider: str, outcome: str) -> None:
@@ -56,6 +83,19 @@ class Telemetry(Protocol):
 
     def loop_error(self, loop: str) -> None:
         """A pass of background ``loop`` (a fixed name, e.g. ``worker``) raised; it goes on."""
+        ...
+
+    def loop_started(self, loop: str, interval: float) -> None:
+        """Background ``loop`` started; it means to succeed a pass every ``interval`` seconds."""
+        ...
+
+    def loop_succeeded(self, loop: str) -> None:
+        """A pass of background ``loop`` returned (its "last success" is now)."""
+        ...
+
+    def callback_delivery(self, result: str) -> None:
+        """One event POSTed to the callback URL: ``delivered`` (2xx), ``rejected`` (another
+        status) or ``unreachable`` (no answer in time)."""
         ...
 
     def pending_outcomes(self, count: int) -> None:

@@ -8,38 +8,38 @@ No JavaScript, no build step: HTML forms that POST and answer ``303 See Other``.
   ``POST /admin/session/delete`` signs out.
 - ``POST /admin/mailboxes`` creates a mailbox and sends the browser to the provider's
   consent; ``POST /admin/mailboxes/{id}/connect`` does the same for an existing one;
-  ``POST /admin/mailboxes/{id}/disconnect`` disconnects it.
+  ``POST /admin/mailboxes/{id}/disconnect`` disconnects it (the page asks for a
+  confirmation first, in a ``<details>`` step that needs no script).
 
 Every form carries the session's CSRF token, and a POST whose ``Origin`` is not ours is
 refused. A ``RequestError`` from the services is shown on the page as its message with its
 status; nothing else about a failure ever is. The page's HTML is all in
-``templates/admin_*.html``, and every value put into it is HTML-escaped (``_render``).
+``templates/admin_*.html``, and every value put into it is HTML-escaped
+(``admin_render.render``); the mailbox cards are ``admin_mailbox_list``, the words
+``admin_wording`` and the one stylesheet ``admin_style``, inlined and allowed by its hash.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
-import html
-import importlib.resources
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from string import Template
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from mailbox_worker.api.admin_mailbox_list import mailbox_list, provider_label
+from mailbox_worker.api.admin_render import NO_HTML, Html, concatenate, render
 from mailbox_worker.api.admin_session import COOKIE_NAME, COOKIE_PATH, AdminSessions, Session
+from mailbox_worker.api.admin_style import STYLE_SOURCE, STYLESHEET
+from mailbox_worker.api.admin_wording import CAPABILITY_LABELS
+from mailbox_worker.api.admin_wording import OUTCOMES as OUTCOMES  # what each outcome says
 from mailbox_worker.api.auth import MAILBOXES_READ, MAILBOXES_WRITE
 from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
 from mailbox_worker.api.parsing import within_body_timeout
-from mailbox_worker.api.representations import timestamp
-from mailbox_worker.api.services import (
-    CONNECTED_OUTCOME,
-    ConnectionStart,
-    MailboxView,
-    Principal,
-)
+from mailbox_worker.api.services import CONNECTED_OUTCOME, ConnectionStart, Principal
 from mailbox_worker.errors import (
     Forbidden,
     InvalidRequest,
@@ -49,7 +49,6 @@ from mailbox_worker.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from mailbox_worker.states import RECONNECTABLE, MailboxState
 
 ADMIN = "/admin"
 MAILBOX = "/admin/mailboxes/{mailbox_id:[A-Za-z0-9_-]+}"
@@ -59,56 +58,21 @@ REQUIRED_PERMISSIONS = frozenset({MAILBOXES_READ, MAILBOXES_WRITE})
 SESSIONS = web.AppKey("admin_sessions", AdminSessions)
 PUBLIC_URL = web.AppKey("admin_public_url", str)
 
-# The page may post only to us and send the browser on to an HTTPS consent page; it cannot
-# be framed, and its URL (which may carry an outcome) is never sent as a Referer to another
-# origin. ("no-referrer" would also make browsers send "Origin: null" on our own forms.)
+# The page may post only to us and send the browser on to an HTTPS consent page; it loads
+# nothing, and applies no style but its own stylesheet (by hash); it cannot be framed, and its
+# URL (which may carry an outcome) is never sent as a Referer to another origin.
+# ("no-referrer" would also make browsers send "Origin: null" on our own forms.)
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": (
-        "default-src 'none'; form-action 'self' https:; frame-ancestors 'none'; base-uri 'none'"
+        f"default-src 'none'; style-src {STYLE_SOURCE}; form-action 'self' https:; "
+        "frame-ancestors 'none'; base-uri 'none'"
     ),
 }
 REDIRECT_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-
-OUTCOMES: Mapping[str, str] = {
-    CONNECTED_OUTCOME: "The mailbox is connected.",
-    "access_denied": "The consent was cancelled or refused: the mailbox is not connected.",
-    "consent_failed": "The provider reported an error during the consent: the mailbox is "
-    "not connected.",
-    "admin_consent_required": "The organisation lets only an administrator approve this app: "
-    "the mailbox is not connected. Ask an administrator of your Microsoft 365 organisation to "
-    "approve it (the admin_consent_url the connection returned), then connect again.",
-    "admin_consent_answered": "The administrator's approval was answered: connect the mailbox "
-    "again.",
-    "scope_missing": "The consent did not grant every permission this mailbox needs, so it "
-    "was not connected and the partial grant was discarded. Connect again and keep every "
-    "permission ticked.",
-    "scope_too_broad": "The grant carried a permission that reads or manages the whole "
-    "mailbox, more than sending invoices needs, so it was not connected and the grant was "
-    "revoked. Remove this app's access in the account's security settings, then connect again.",
-    "address_mismatch": "You signed in as another mailbox than the one being reconnected: "
-    "nothing was changed.",
-    "address_unknown": "The provider did not say which mailbox signed in: it was not connected.",
-    "address_invalid": "The provider gave an address that is not a valid mail address: the "
-    "mailbox was not connected.",
-    "identity_unknown": "The provider did not say which account signed in: the mailbox was "
-    "not connected.",
-    "identity_mismatch": "You signed in as another account than the one this mailbox was "
-    "connected with, even if the address is the same: nothing was changed. Sign in as that "
-    "account, or connect a new mailbox.",
-    "state_invalid": "This authorization link is unknown or was already used. Start again.",
-    "state_expired": "The consent took too long. Start again.",
-    "code_rejected": "The provider refused the authorization code. Start again.",
-    "provider_unavailable": "The provider could not be reached. Try again in a moment.",
-    "mailbox_disconnected": "The mailbox was disconnected in the meantime.",
-}
-CAPABILITY_LABELS: Mapping[str, str] = {
-    "send": "send: send invoices from this mailbox",
-    "draft": "draft: leave invoices as drafts for a person to review",
-}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -379,43 +343,13 @@ def _enum(request: web.Request, schema: str) -> list[str]:
 # -- rendering --------------------------------------------------------------------------------
 
 
-class Html(str):
-    """Markup rendered from this page's templates: put into another template as it is."""
-
-
-NO_HTML = Html("")
-
-
-@functools.cache
-def _template(name: str) -> Template:
-    """``templates/{name}``. A ``*.inline.html`` fragment goes inside a line of its page: it is
-    written one element a line for reading, and its line breaks are not part of it."""
-    source = importlib.resources.files("mailbox_worker.api").joinpath(f"templates/{name}")
-    text = source.read_text(encoding="utf-8")
-    if name.endswith(".inline.html"):
-        text = "".join(text.splitlines())
-    return Template(text)
-
-
-def _render(name: str, /, **values: str) -> Html:
-    """The template ``name`` filled with ``values``, each HTML-escaped unless it is ``Html``."""
-    escaped = {
-        key: value if isinstance(value, Html) else html.escape(value)
-        for key, value in values.items()
-    }
-    return Html(_template(name).substitute(escaped))
-
-
-def _concatenate(fragments: Iterable[Html]) -> Html:
-    return Html("".join(fragments))
-
-
 def _page(
     title: str, content: Html, notice: Html, status: int, who: Html = NO_HTML, head: Html = NO_HTML
 ) -> web.Response:
-    page = _render(
+    page = render(
         "admin_layout.html",
         title=title,
+        stylesheet=Html(STYLESHEET),
         head=head,
         signed_in_as=who,
         notice=notice,
@@ -435,30 +369,38 @@ def _bounce_page(request: web.Request) -> web.Response:
     changes nothing, is ever bounced.
     """
     target = request.rel_url.path_qs
-    content = _render("admin_bounce.inline.html", target=target)
-    refresh = _render("admin_bounce_head.html", target=target)
+    content = render("admin_bounce.inline.html", target=target)
+    refresh = render("admin_bounce_head.html", target=target)
     return _page("Mailboxes", content, NO_HTML, 200, head=refresh)
 
 
 def _sign_in_page(notice: Html, status: int) -> web.Response:
-    return _page("Sign in", _render("admin_sign_in.html"), notice, status)
+    return _page("Sign in", render("admin_sign_in.html"), notice, status)
 
 
 async def _mailboxes_page(
     request: web.Request, session: Session, notice: Html, status: int
 ) -> web.Response:
-    csrf = request.app[SESSIONS].csrf_token(session)
-    mailboxes = await services(request).mailboxes.list(session.principal)
-    content = _render(
+    sessions = request.app[SESSIONS]
+    csrf = sessions.csrf_token(session)
+    connector = services(request).mailboxes
+    mailboxes = await connector.list(session.principal)
+    held_jobs = await connector.held_job_counts(session.principal) if mailboxes else {}
+    now = dt.datetime.fromtimestamp(sessions.clock(), dt.UTC)
+    content = render(
         "admin_mailboxes.html",
-        table=_table(mailboxes, csrf),
+        mailboxes=mailbox_list(mailboxes, held_jobs, csrf, now),
         csrf_token=csrf,
-        provider_options=_concatenate(
-            _render("admin_provider_option.inline.html", provider=provider)
+        provider_options=concatenate(
+            render(
+                "admin_provider_option.inline.html",
+                provider=provider,
+                label=provider_label(provider),
+            )
             for provider in _enum(request, "Provider")
         ),
-        capability_boxes=_concatenate(
-            _render(
+        capability_boxes=concatenate(
+            render(
                 "admin_capability.inline.html",
                 capability=capability,
                 label=CAPABILITY_LABELS.get(capability, capability),
@@ -466,41 +408,13 @@ async def _mailboxes_page(
             for capability in _enum(request, "Capability")
         ),
     )
-    who = _render(
+    who = render(
         "admin_signed_in_as.inline.html",
         key_id=session.principal.key_id,
         account_id=session.principal.account_id,
+        csrf_token=csrf,
     )
     return _page("Mailboxes", content, notice, status, who)
-
-
-def _table(mailboxes: list[MailboxView], csrf: str) -> Html:
-    if not mailboxes:
-        return _render("admin_no_mailboxes.inline.html")
-    rows = _concatenate(_row(mailbox, csrf) for mailbox in mailboxes)
-    return _render("admin_table.inline.html", rows=rows)
-
-
-def _row(mailbox: MailboxView, csrf: str) -> Html:
-    return _render(
-        "admin_row.inline.html",
-        mailbox_id=mailbox.id,
-        provider=mailbox.provider,
-        address=mailbox.address or "(not known yet)",
-        capabilities=", ".join(mailbox.capabilities),
-        state=mailbox.state,
-        state_reason=mailbox.state_reason or "",
-        created=timestamp(mailbox.created_at) or "",
-        actions=_actions(mailbox, csrf),
-    )
-
-
-def _actions(mailbox: MailboxView, csrf: str) -> Html:
-    if mailbox.state == MailboxState.DISCONNECTED:
-        return NO_HTML
-    forms = ["admin_reconnect.inline.html"] if mailbox.state in RECONNECTABLE else []
-    forms.append("admin_disconnect.inline.html")
-    return _concatenate(_render(form, mailbox_id=mailbox.id, csrf_token=csrf) for form in forms)
 
 
 def _role(kind: str) -> str:
@@ -509,7 +423,7 @@ def _role(kind: str) -> str:
 
 
 def _notice(kind: str, message: str) -> Html:
-    return _render("admin_notice.inline.html", kind=kind, role=_role(kind), message=message)
+    return render("admin_notice.inline.html", kind=kind, role=_role(kind), message=message)
 
 
 def _outcome_notice(query: Mapping[str, str]) -> Html:
@@ -518,7 +432,7 @@ def _outcome_notice(query: Mapping[str, str]) -> Html:
     if not outcome:
         return NO_HTML
     kind = "success" if outcome == CONNECTED_OUTCOME else "error"
-    return _render(
+    return render(
         "admin_outcome_notice.inline.html",
         kind=kind,
         role=_role(kind),

@@ -74,6 +74,10 @@ class MailboxConnector(Protocol):
 
     async def list(self, principal: Principal) -> list[MailboxView]: ...
 
+    async def held_job_counts(self, principal: Principal) -> Mapping[str, int]:
+        """How many jobs wait ``held`` for each of the caller's mailboxes (absent: none)."""
+        ...
+
     async def disconnect(self, principal: Principal, mailbox_id: str) -> MailboxView:
         """Revoke, erase tokens, cancel pending jobs; idempotent."""
         ...

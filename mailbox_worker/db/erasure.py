@@ -136,7 +136,10 @@ class StorageScrubber:
 
     async def run(self, stop: asyncio.Event, interval: float = 30.0) -> None:
         """Scrub once, then retry a pending scrub every ``interval`` seconds until ``stop``."""
-        await self.after_erasure()  # an erasure before a crash may have gone unscrubbed
+        # An erasure before a crash may have gone unscrubbed. Done, it is the loop's first
+        # successful pass (the Periodic below waits an interval before its own).
+        if await self.after_erasure() and self._telemetry is not None:
+            self._telemetry.loop_succeeded("storage_scrub")
         loop = Periodic(
             "storage scrub",
             self.scrub_pending,

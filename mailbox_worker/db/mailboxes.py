@@ -9,7 +9,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
@@ -81,6 +81,18 @@ class MailboxStore:
         if mailbox is None or (account_id is not None and mailbox.account_id != account_id):
             return None
         return mailbox
+
+    async def count_by_state(self, providers: Sequence[str]) -> dict[tuple[str, str], int]:
+        """Mailboxes by ``(provider, state)``: every pair of ``providers`` and
+        ``MailboxState`` present (0 when none), so a gauge falls back to 0."""
+        query = select(Mailbox.provider, Mailbox.state, func.count()).group_by(
+            Mailbox.provider, Mailbox.state
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        counts = {(provider, state.value): 0 for provider in providers for state in MailboxState}
+        counts.update({(provider, state): int(count) for provider, state, count in rows})
+        return counts
 
     async def list(self, account_id: str) -> list[Mailbox]:
         query = select(Mailbox).where(Mailbox.account_id == account_id).order_by(Mailbox.created_at)

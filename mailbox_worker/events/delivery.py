@@ -17,13 +17,16 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from mailbox_worker.db.models import OutboxEvent
+from mailbox_worker.errors import PolicyViolation
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.periodic import Periodic, exponential_backoff
+from mailbox_worker.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,27 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class CallbackDispatcher:
-    def __init__(self, outbox: Outbox, settings: CallbackSettings) -> None:
+    """Posts due outbox events to ``settings.url``.
+
+    ``tracing`` is given to each HTTP session it opens: the composition root passes the
+    egress gate's hooks (``providers.egress_gate.egress_tracing``), so that a callback — or a
+    redirect it answers with — to a host off the allow-list raises ``PolicyViolation`` before
+    a connection is made; the event then waits for its next attempt (docs/privacy.md PP-5).
+    ``telemetry``, when given, counts each POST (``Telemetry.callback_delivery``).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: CallbackSettings,
+        telemetry: Telemetry | None = None,
+        *,
+        tracing: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
         self._outbox = outbox
         self._settings = settings
+        self._telemetry = telemetry
+        self._tracing = list(tracing)
 
     async def deliver_due(self) -> int:
         """Lease a batch of due events and send each once; returns how many were
@@ -63,7 +84,7 @@ class CallbackDispatcher:
             return 0
         delivered = 0
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with aiohttp.ClientSession(timeout=timeout, trace_configs=self._tracing) as http:
             for event in due:
                 delivered += await self._deliver(http, event)
         return delivered
@@ -86,9 +107,13 @@ class CallbackDispatcher:
         try:
             async with http.post(self._settings.url, data=body, headers=headers) as answer:
                 ok = 200 <= answer.status < 300
-        except (aiohttp.ClientError, TimeoutError) as error:
+            result = "delivered" if ok else "rejected"
+        except (aiohttp.ClientError, TimeoutError, PolicyViolation) as error:
+            # A refused destination was reported by the gate; retrying later is harmless.
             log.warning("callback for event %d failed: %s", event.id, type(error).__name__)
-            ok = False
+            ok, result = False, "unreachable"
+        if self._telemetry is not None:
+            self._telemetry.callback_delivery(result)
         if ok:
             await self._outbox.delivered(event.id)
             return 1

@@ -76,6 +76,9 @@ class OutcomeWriter:
                     state,
                 )
             raise
+        # Written on demand, not on a schedule: its last success dates the last outcome written
+        # (a stall shows as mailbox_worker_pending_outcomes staying above 0).
+        self._telemetry.loop_succeeded(LOOP)
         if self._pending.pop(lease.owner, None) is not None:
             self._telemetry.pending_outcomes(len(self._pending))
             self._telemetry.outcome_flushed("written" if recorded else "lease_lost")

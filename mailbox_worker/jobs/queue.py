@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, utcnow
@@ -29,6 +30,18 @@ from mailbox_worker.jobs.claims import ClaimedJob, Claims, Lease, lease_owner
 from mailbox_worker.jobs.limits import LimitDefaults
 from mailbox_worker.jobs.transitions import Outcome, announce, held_by, job_event, move_each
 from mailbox_worker.states import TERMINAL, JobState
+
+
+@dataclass(frozen=True)
+class QueueSample:
+    """What the queue looks like now, for the worker's gauges (``JobQueue.sample``)."""
+
+    counts: dict[str, int]
+    """Jobs in each state, every ``JobState`` present (0 when none)."""
+    oldest_due_queued: float
+    """Seconds since the oldest due ``queued`` job became due (``run_after``); 0 if none."""
+    oldest_running: float
+    """Seconds since the oldest ``running`` job was claimed; 0 if none."""
 
 
 class JobQueue:
@@ -44,12 +57,35 @@ class JobQueue:
         self._claims = Claims(limits or LimitDefaults(), clock)
 
     async def count_by_state(self) -> dict[str, int]:
-        query = select(Job.state, func.count()).group_by(Job.state)
+        """Jobs in each state, every ``JobState`` present (0 when none)."""
+        return (await self.sample()).counts
+
+    async def sample(self) -> QueueSample:
+        """Counts by state and the oldest waiting jobs' ages, in one aggregate query (a scan
+        of the job table, as the count always was). A due job of a paused mailbox counts as
+        waiting: it is."""
+        now = self._clock()
+        due = and_(Job.state == JobState.QUEUED, Job.run_after <= now)
+        query = select(
+            Job.state,
+            func.count(),
+            func.min(case((due, Job.run_after))),
+            func.min(case((Job.state == JobState.RUNNING, Job.claimed_at))),
+        ).group_by(Job.state)
         async with self._sessions() as session:
             rows = (await session.execute(query)).all()
         counts: dict[str, int] = dict.fromkeys(JobState, 0)
-        counts.update({state: int(count) for state, count in rows})
-        return counts
+        oldest: dict[str, dt.datetime] = {}
+        for state, count, due_since, claimed_since in rows:
+            counts[state] = int(count)
+            since = due_since if state == JobState.QUEUED else claimed_since
+            if since is not None:
+                oldest[state] = since
+        return QueueSample(
+            counts=counts,
+            oldest_due_queued=_age(now, oldest.get(JobState.QUEUED)),
+            oldest_running=_age(now, oldest.get(JobState.RUNNING)),
+        )
 
     async def claim(self, worker: str, limit: int, lease: dt.timedelta) -> list[ClaimedJob]:
         """Lease at most ``limit`` due jobs of connected mailboxes to ``worker``, each under a
@@ -347,3 +383,8 @@ def _held_under(leases: Sequence[Lease]) -> ColumnElement[bool]:
 
 
 __all__ = ["ClaimedJob", "JobQueue", "Lease", "lease_owner"]
+
+
+def _age(now: dt.datetime, since: dt.datetime | None) -> float:
+    """Seconds from ``since`` to ``now``; 0 for none (and for a clock that went back)."""
+    return 0.0 if since is None else max((now - since).total_seconds(), 0.0)

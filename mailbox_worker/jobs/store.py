@@ -166,6 +166,18 @@ class JobStore:
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 
+    async def held_counts(self, account_id: str) -> dict[str, int]:
+        """How many ``held`` jobs each mailbox of ``account_id`` has (a mailbox with none is
+        absent): one grouped count, read through the state index."""
+        query = (
+            select(Job.mailbox_id, func.count())
+            .where(Job.account_id == account_id, Job.state == JobState.HELD)
+            .group_by(Job.mailbox_id)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return {mailbox_id: int(count) for mailbox_id, count in rows}
+
     async def oldest_due(self) -> dt.datetime | None:
         """Since when the longest-waiting ``queued`` job has been due (None: none is)."""
         query = select(func.min(Job.run_after)).where(

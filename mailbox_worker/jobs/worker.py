@@ -154,6 +154,8 @@ class Worker:
         """Work until ``stop`` is set, then drain in-flight jobs within the grace period."""
         log.info("worker %s started (concurrency %d)", self.name, self._settings.concurrency)
         renewer = asyncio.create_task(self._renew_leases(stop), name="lease-renewal")
+        self._telemetry.loop_started("worker", self._settings.poll_interval)
+        self._telemetry.loop_started("housekeeping", HOUSEKEEPING_INTERVAL)
         failures = 0
         try:
             while not stop.is_set():
@@ -167,6 +169,7 @@ class Worker:
                     await self._sleep(stop, wait_seconds(LOOP_BACKOFF, failures))
                     continue
                 failures = 0
+                self._telemetry.loop_succeeded("worker")
                 self._outcomes.database_answered()
                 if not claimed:
                     await self._sleep(stop)  # else there may be more due work: claim again
@@ -280,6 +283,8 @@ class Worker:
         if self._leases:
             await self._queue.renew_leases(list(self._leases.values()), self._lease)
         requeued, unknown = await self._queue.recover_expired_leases()
+        self._telemetry.leases_recovered("requeued", requeued)
+        self._telemetry.leases_recovered("unknown", unknown)
         expired = await self._queue.fail_past_deadline()
         if requeued or unknown or expired:
             log.warning(
@@ -288,20 +293,33 @@ class Worker:
                 unknown,
                 expired,
             )
-        for state, count in (await self._queue.count_by_state()).items():
+        # Read from the shared database: every worker reports the same figures
+        # (docs/operations.md: aggregate them with max).
+        sample = await self._queue.sample()
+        for state, count in sample.counts.items():
             self._telemetry.jobs_in_state(state, count)
+        self._telemetry.job_age(JobState.QUEUED, sample.oldest_due_queued)
+        self._telemetry.job_age(JobState.RUNNING, sample.oldest_running)
+        mailboxes = await self._mailboxes.count_by_state(sorted(self._providers))
+        for (provider, state), count in mailboxes.items():
+            self._telemetry.mailboxes_in_state(provider, state, count)
+        self._telemetry.loop_succeeded("housekeeping")
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         interval = max(self._settings.lease_seconds / 3, 0.5)
+        self._telemetry.loop_started("lease_renewal", interval)
         while True:
             await asyncio.sleep(interval)
-            if self._leases:
-                try:
-                    await self._queue.renew_leases(list(self._leases.values()), self._lease)
-                except Exception as error:  # the next interval tries again
-                    self._loop_failed("lease_renewal", error)
-                else:
-                    self._outcomes.database_answered()
+            if not self._leases:
+                self._telemetry.loop_succeeded("lease_renewal")  # nothing to renew is a pass
+                continue
+            try:
+                await self._queue.renew_leases(list(self._leases.values()), self._lease)
+            except Exception as error:  # the next interval tries again
+                self._loop_failed("lease_renewal", error)
+            else:
+                self._telemetry.loop_succeeded("lease_renewal")
+                self._outcomes.database_answered()
 
     def _loop_failed(self, loop: str, error: Exception) -> None:
         """Log (without the driver's message, which may quote data) and count a failed pass."""
@@ -319,10 +337,12 @@ class Worker:
             raise
         except Exception:
             log.exception("job %s: unexpected error outside the provider call", claimed.job.id)
-            await self._retry(claimed, TransientError("internal error", code="internal_error"))
+            error = TransientError("internal error", code="internal_error")
+            await self._retry(claimed, error, provider="none")
 
     async def _process(self, claimed: ClaimedJob) -> None:
-        job, lease = claimed.job, claimed.lease
+        job = claimed.job
+        started = time.perf_counter()
         mailbox = await self._mailboxes.get(job.mailbox_id)
         if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
             await self._finish(
@@ -332,15 +352,22 @@ class Worker:
         if mailbox.state != MailboxState.CONNECTED or mailbox.address is None:
             await self._hold(claimed, "mailbox_reauth_required", "waiting for consent")
             return
+        await self._deliver(claimed, mailbox, mailbox.address)
+        self._telemetry.job_processed(mailbox.provider, job.mode, time.perf_counter() - started)
+
+    async def _deliver(self, claimed: ClaimedJob, mailbox: Mailbox, sender: str) -> None:
+        """Token, MIME, the provider's calls and the outcome of one job of a connected
+        ``mailbox`` whose address is ``sender``."""
+        job, lease = claimed.job, claimed.lease
         provider = self._providers[mailbox.provider]
-        mime = build_message(claimed.payload, message_id=job.message_id, sender=mailbox.address)
+        mime = build_message(claimed.payload, message_id=job.message_id, sender=sender)
         try:
             token = await self._tokens.get(mailbox)
         except ReauthRequired as error:
             await self._lose_grant(mailbox, claimed, error)
             return
         except TransientError as error:
-            await self._retry(claimed, error)
+            await self._retry(claimed, error, mailbox.provider)
             return
         # A send is marked in flight by the provider, just before the request that can
         # deliver it (jobs/progress.py); a draft delivers nothing, but stays marked for the
@@ -368,7 +395,7 @@ class Worker:
             log.warning("job %s: lease lost during delivery; another worker owns it", job.id)
             return
         except DeliveryError as error:
-            self._count_call(mailbox, operation, error.code, started)
+            self._count_call(mailbox, operation, error.code, started, error.provider_status)
             if isinstance(error, AccessTokenRejected):
                 self._tokens.reject(mailbox.id, token)
             await self._delivery_failed(mailbox, claimed, error)
@@ -376,19 +403,20 @@ class Worker:
         except Exception:
             # We cannot tell whether the request reached the provider: never retry blindly.
             log.exception("job %s: unexpected error during the provider call", job.id)
-            self._count_call(mailbox, operation, "internal_error", started)
+            self._count_call(mailbox, operation, "internal_error", started, None)
             await self._finish(
                 claimed, Outcome(JobState.UNKNOWN, "internal_error", "unexpected error in flight")
             )
             return
-        self._count_call(mailbox, operation, "ok", started)
+        # Accepted means a 2xx answer; the receipt does not carry which one.
+        self._count_call(mailbox, operation, "ok", started, 200)
         await self._finish(claimed, _success(receipt))
 
     async def _delivery_failed(
         self, mailbox: Mailbox, claimed: ClaimedJob, error: DeliveryError
     ) -> None:
         if isinstance(error, TransientError):
-            await self._retry(claimed, error)
+            await self._retry(claimed, error, mailbox.provider)
         elif isinstance(error, ReauthRequired):
             await self._lose_grant(mailbox, claimed, error)
         elif isinstance(error, OutcomeUnknown):
@@ -398,7 +426,9 @@ class Worker:
         else:  # pragma: no cover - the tree has no other DeliveryError
             await self._finish(claimed, _outcome(JobState.UNKNOWN, error))
 
-    async def _retry(self, claimed: ClaimedJob, error: TransientError) -> None:
+    async def _retry(self, claimed: ClaimedJob, error: TransientError, provider: str) -> None:
+        """Back to ``queued`` for later, or ``failed`` once the retries are spent; ``provider``
+        (the mailbox's, ``none`` if not known) labels the deferral."""
         job = claimed.job
         # Neither the provider's throttling nor our own misconfiguration is the job's fault.
         throttled = isinstance(error, (Throttled, IdentityMisconfigured))
@@ -435,6 +465,7 @@ class Worker:
         )
         if moved:
             self._telemetry.job_transition(JobState.QUEUED, error.code)
+            self._telemetry.job_deferred(provider, error.code, delay)
 
     async def _lose_grant(
         self, mailbox: Mailbox, claimed: ClaimedJob, error: ReauthRequired
@@ -464,9 +495,11 @@ class Worker:
         else:
             log.warning("job %s: lease lost; outcome %s not recorded", lease.job_id, outcome.state)
 
-    def _count_call(self, mailbox: Mailbox, operation: str, outcome: str, started: float) -> None:
+    def _count_call(
+        self, mailbox: Mailbox, operation: str, outcome: str, started: float, status: int | None
+    ) -> None:
         self._telemetry.provider_request(
-            mailbox.provider, operation, outcome, time.perf_counter() - started
+            mailbox.provider, operation, outcome, time.perf_counter() - started, status
         )
 
 

@@ -518,6 +518,10 @@ class MailboxService:
     async def list(self, principal: Principal) -> list[MailboxView]:
         return [MailboxView.of(m) for m in await self._mailboxes.list(principal.account_id)]
 
+    async def held_job_counts(self, principal: Principal) -> Mapping[str, int]:
+        """How many jobs wait ``held`` for each of the caller's mailboxes (absent: none)."""
+        return await self._jobs.held_counts(principal.account_id)
+
     async def _owned(self, principal: Principal, mailbox_id: str) -> Mailbox:
         mailbox = await self._mailboxes.get(mailbox_id, principal.account_id)
         if mailbox is None:

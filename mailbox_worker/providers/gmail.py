@@ -58,6 +58,7 @@ from mailbox_worker.providers.base import (
     DeliveryReceipt,
     OutgoingMessage,
 )
+from mailbox_worker.providers.egress_gate import EgressGate
 from mailbox_worker.providers.gmail_errors import gmail_error
 from mailbox_worker.providers.google_gate import GoogleOperationGate
 from mailbox_worker.providers.transport import (
@@ -120,8 +121,8 @@ def gmail_client(api_endpoint: str, gate: GoogleOperationGate) -> Any:
 class GmailProvider:
     """``MailProvider`` for Google mailboxes through the Gmail API v1 (``userId`` ``me``).
 
-    Sessions, ``ssl_context`` and ``timeout`` as for ``GraphProvider``. ``clock`` anchors the
-    "Retry after" times of throttling answers: give the same clock as the worker's.
+    Sessions, ``ssl_context``, ``timeout`` and ``egress`` as for ``GraphProvider``. ``clock``
+    anchors the "Retry after" times of throttling answers: give the same clock as the worker's.
     """
 
     name = "google"
@@ -134,6 +135,7 @@ class GmailProvider:
         ssl_context: ssl.SSLContext | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
         session: aiohttp.ClientSession | None = None,
+        egress: EgressGate | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._gate = gate
@@ -143,6 +145,7 @@ class GmailProvider:
         self._timeout = timeout if timeout is not None else fallback
         self._session = session
         self._owns_session = session is None
+        self._egress = egress
         self._clock = clock
 
     def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
@@ -329,7 +332,7 @@ class GmailProvider:
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = create_session(self._timeout)
+            self._session = create_session(self._timeout, self._egress)
         return self._session
 
 

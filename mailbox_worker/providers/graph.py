@@ -53,6 +53,7 @@ from mailbox_worker.providers.base import (
     DeliveryReceipt,
     OutgoingMessage,
 )
+from mailbox_worker.providers.egress_gate import EgressGate
 from mailbox_worker.providers.graph_errors import graph_error, json_object
 from mailbox_worker.providers.graph_errors import request_id as graph_request_id
 from mailbox_worker.providers.graph_mime import (
@@ -87,7 +88,8 @@ class GraphProvider:
     Without ``session`` the provider opens its own (bounded connections, request-progress
     tracing) on first use, inside the running loop, and ``close()`` closes it; a given session
     is used as is and left open. ``ssl_context`` and ``timeout`` apply to every request
-    (default: the system trust store; 120 s in total, 15 s to connect).
+    (default: the system trust store; 120 s in total, 15 s to connect). A session it opens
+    sends only where ``egress`` allows (default: anywhere; docs/privacy.md PP-5).
     """
 
     name = "microsoft"
@@ -99,6 +101,7 @@ class GraphProvider:
         ssl_context: ssl.SSLContext | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
         session: aiohttp.ClientSession | None = None,
+        egress: EgressGate | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -106,6 +109,7 @@ class GraphProvider:
         self._timeout = timeout if timeout is not None else fallback
         self._session = session
         self._owns_session = session is None
+        self._egress = egress
 
     def max_message_bytes(self, mode: DeliveryMode, capabilities: Collection[str]) -> int:
         """The mailbox's 35 MB when it may make drafts (``Mail.ReadWrite``, granted with the
@@ -382,7 +386,7 @@ class GraphProvider:
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = create_session(self._timeout)
+            self._session = create_session(self._timeout, self._egress)
         return self._session
 
 

@@ -25,6 +25,7 @@ from typing import Final
 import aiohttp
 
 from mailbox_worker.errors import DeliveryError, OutcomeUnknown, TransientError
+from mailbox_worker.providers.egress_gate import EgressGate, egress_tracing
 
 MAX_CONNECTIONS: Final = 64
 """Connections one provider session keeps open at most (all to the same API host)."""
@@ -98,15 +99,20 @@ def progress_tracing() -> aiohttp.TraceConfig:
     return tracing
 
 
-def create_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
-    """A client session with bounded connections and the ``progress_tracing`` hook.
+def create_session(
+    timeout: aiohttp.ClientTimeout, egress: EgressGate | None = None
+) -> aiohttp.ClientSession:
+    """A client session with bounded connections, the ``progress_tracing`` hook and, given
+    ``egress``, the egress gate's hooks (docs/privacy.md PP-5): a request or redirect to a
+    destination it refuses raises ``PolicyViolation`` before a connection is made.
 
     Must be called inside the running event loop that will use it.
     """
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=MAX_CONNECTIONS)
-    return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, trace_configs=[progress_tracing()]
-    )
+    tracing = [progress_tracing()]
+    if egress is not None:
+        tracing.append(egress_tracing(egress))
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=tracing)
 
 
 TRANSPORT_ERRORS: Final = (aiohttp.ClientError, OSError)

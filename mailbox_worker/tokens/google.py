@@ -34,6 +34,7 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.policy.identities import AccountId
 from mailbox_worker.policy.scopes import CAPABILITIES
+from mailbox_worker.providers.egress_gate import EgressGate
 from mailbox_worker.providers.google_gate import GoogleEndpoints, GoogleOperationGate, gate_session
 from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
@@ -41,7 +42,12 @@ from mailbox_worker.tokens.identity_client import (
     Grant,
     Refreshed,
 )
-from mailbox_worker.tokens.oauth_sessions import close_session, configure_session, new_session
+from mailbox_worker.tokens.oauth_sessions import (
+    close_session,
+    configure_session,
+    new_session,
+    restrict_session,
+)
 
 
 @dataclass(frozen=True)
@@ -89,16 +95,22 @@ class GoogleIdentity:
 
     Every request its libraries make goes through ``gate`` (default: one over the settings'
     URLs that only logs refusals), which lets only the token, revoke and userinfo endpoints
-    through (docs/privacy.md LU-3).
+    through (docs/privacy.md LU-3), and, given ``egress``, that gate's check too (PP-5).
     """
 
     provider = "google"
 
-    def __init__(self, settings: GoogleSettings, gate: GoogleOperationGate | None = None) -> None:
+    def __init__(
+        self,
+        settings: GoogleSettings,
+        gate: GoogleOperationGate | None = None,
+        egress: EgressGate | None = None,
+    ) -> None:
         self._settings = settings
         self.capabilities = CAPABILITIES if settings.drafts else CAPABILITIES - {"draft"}
         self._gate = gate if gate is not None else GoogleOperationGate(settings.endpoints())
-        self._http = gate_session(new_session(settings.ca_file), self._gate)
+        self._egress = egress
+        self._http = gate_session(new_session(settings.ca_file, egress), self._gate)
         self._client_config = {
             "web": {
                 "client_id": settings.client_id,
@@ -117,6 +129,8 @@ class GoogleIdentity:
         )
         configure_session(flow.oauth2session, self._settings.ca_file)
         gate_session(flow.oauth2session, self._gate)
+        if self._egress is not None:
+            restrict_session(flow.oauth2session, self._egress)
         flow.oauth2session.register_compliance_hook("access_token_response", raise_if_unavailable)
         return flow
 

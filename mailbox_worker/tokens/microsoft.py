@@ -1,10 +1,11 @@
 """Microsoft identity platform through msal: authorization-code flow with PKCE, and refresh.
 
 msal does the protocol work (PKCE, nonce and state checks, token cache, refresh-token
-rotation); this module only gives it an HTTP client that trusts the configured CA and
-translates its answers into our error tree. Each mailbox has its own serialized msal token
-cache, which the vault stores encrypted. msal is synchronous: callers run these functions in
-a worker thread.
+rotation); this module only gives it an HTTP client that trusts the configured CA (and, given
+an egress gate, reaches only allowed hosts: msal is configured to need no host but the
+authority's) and translates its answers into our error tree. Each mailbox has its own
+serialized msal token cache, which the vault stores encrypted. msal is synchronous: callers
+run these functions in a worker thread.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mailbox_worker.policy.scopes import (
     MICROSOFT_EMAIL_SCOPE,
     MICROSOFT_SIGN_IN_SCOPES,
 )
+from mailbox_worker.providers.egress_gate import EgressGate
 from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
     AccessToken,
@@ -60,15 +62,6 @@ class MicrosoftSettings:
 
 log = logging.getLogger(__name__)
 
-# Hosts msal knows; anything else (the sandbox, a sovereign-cloud proxy) skips instance discovery.
-KNOWN_AUTHORITY_HOSTS = frozenset(
-    {
-        "login.microsoftonline.com",
-        "login.chinacloudapi.cn",
-        "login-us.microsoftonline.com",
-        "login.microsoftonline.us",
-    }
-)
 # `error` values meaning the grant is gone until the admin consents again.
 REAUTH_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required"})
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
@@ -112,13 +105,11 @@ class MicrosoftIdentity:
     provider = "microsoft"
     capabilities: frozenset[str] = CAPABILITIES
 
-    def __init__(self, settings: MicrosoftSettings) -> None:
+    def __init__(self, settings: MicrosoftSettings, egress: EgressGate | None = None) -> None:
         self._settings = settings
-        self._http = new_session(settings.ca_file)
+        self._http = new_session(settings.ca_file, egress)
         self._http_cache: dict[Any, Any] = {}
         self._cache_lock = threading.Lock()
-        host = urlsplit(settings.authority).hostname or ""
-        self._instance_discovery = host in KNOWN_AUTHORITY_HOSTS
 
     def revoke(self, cache_blob: str) -> bool:
         return False
@@ -147,7 +138,13 @@ class MicrosoftIdentity:
                 token_cache=cache,
                 http_client=self._http,
                 http_cache=self._http_cache,
-                instance_discovery=self._instance_discovery,
+                # msal would otherwise ask login.microsoftonline.com for instance metadata
+                # (authority aliases, when a silent refresh finds nothing) and, with
+                # MSAL_FORCE_REGION set, use a regional host: only the configured authority
+                # is an allowed destination (docs/privacy.md PP-5). Our caches hold one
+                # authority, so aliases never matter.
+                instance_discovery=False,
+                azure_region=False,
                 timeout=self._settings.request_timeout,
             )
 

@@ -3,7 +3,13 @@
 The sandbox runs inside the test; the daemon runs as `mailbox-worker serve` configured only by
 MAILBOX_WORKER_* variables, with an account and an API key made by the CLI. The browser signs
 in, connects mailboxes through the sandbox's consent page (accepting, withholding a scope,
-cancelling), and disconnects one, reading every outcome off the page.
+cancelling), and disconnects one through its confirmation step, reading every outcome off the
+page; on the way it checks the layout's essentials (a badge per mailbox, the buttons its state
+allows, the stylesheet applied) and that the page loads nothing from anywhere.
+
+The screenshot it takes (the mailboxes, one disconnect confirmation open) is kept in the test's
+directory; with ADMIN_PAGE_SCREENSHOT set to a path (docs/admin-page.png, the one the docs
+show) it is written there too.
 
 Chromium and chromedriver come from Debian (`scripts/ensure-chromium` installs them); Selenium
 is pointed at them and never downloads a browser or a driver. Without them the test is
@@ -13,6 +19,7 @@ skipped, saying why.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -161,19 +168,66 @@ class AdminInBrowser:
         return str(self.find("code.outcome").text)
 
     def states(self) -> dict[str, str]:
-        rows = self.driver.find_elements(self.by.CSS_SELECTOR, "#mailboxes tbody tr")
+        cards = self.driver.find_elements(self.by.CSS_SELECTOR, "#mailboxes li.mailbox")
         return {
-            row.get_attribute("data-mailbox-id"): row.find_element(
-                self.by.CSS_SELECTOR, "td.state"
-            ).text
-            for row in rows
+            card.get_attribute("data-mailbox-id"): card.get_attribute("data-state")
+            for card in cards
         }
+
+    def check_layout(self) -> None:
+        """Each card has its state's badge, styled by the page's stylesheet, and the buttons
+        its state allows; disconnecting is behind a closed confirmation step."""
+        for mailbox_id, state in self.states().items():
+            card = f'li[data-mailbox-id="{mailbox_id}"]'
+            badge = self.find(f"{card} .badge.state-{state}")
+            assert badge.is_displayed() and badge.text
+            assert badge.value_of_css_property("border-radius") != "0px"  # the style applies
+            buttons = [
+                b.text for b in self.driver.find_elements(self.by.CSS_SELECTOR, card + " button")
+            ]
+            if state == "disconnected":
+                assert buttons == [] or all(not text for text in buttons)
+                continue
+            assert self.find(f"#disconnect-{mailbox_id}").is_displayed()
+            assert not self.find(f"{card} button.disconnect").is_displayed()
+            if state == "pending_consent":
+                assert self.find(f"{card} button.reconnect").text == "Connect"
+        assert self.find("#connect-mailbox").is_displayed()
+
+    def resources_elsewhere(self) -> list[str]:
+        """What the page loaded, or would post to, from anywhere but its own origin."""
+        loaded: list[str] = self.driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+            ".concat([...document.querySelectorAll('[src], link[href]')]"
+            ".map(e => e.src || e.href))"
+            ".concat([...document.forms].map(f => f.action))"
+        )
+        return [url for url in loaded if not url.startswith(self.base_url + "/")]
+
+    def open_disconnect_step(self, mailbox_id: str) -> None:
+        """Open the mailbox's disconnect confirmation (a ``<details>``), unless it is open."""
+        step = self.find(f'li[data-mailbox-id="{mailbox_id}"] details.disconnect-step')
+        if step.get_attribute("open") is None:
+            self.find(f"#disconnect-{mailbox_id}").click()
+        self.wait.until(
+            lambda _: self.find(
+                f'li[data-mailbox-id="{mailbox_id}"] button.disconnect'
+            ).is_displayed()
+        )
+
+    def screenshot(self, path: Path) -> None:
+        """The whole page, at a desktop width."""
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(1100, min(int(height), 4000))
+        assert self.driver.get_screenshot_as_file(str(path))
 
     def notice(self) -> str:
         return str(self.find("#notice").text)
 
     def disconnect(self, mailbox_id: str) -> None:
-        self.find(f'tr[data-mailbox-id="{mailbox_id}"] button.disconnect').click()
+        """Through the confirmation step: the button that posts shows only once it is open."""
+        self.open_disconnect_step(mailbox_id)
+        self.find(f'li[data-mailbox-id="{mailbox_id}"] button.disconnect').click()
         self.wait.until(lambda driver: self.states().get(mailbox_id) == "disconnected")
 
 
@@ -201,10 +255,17 @@ def the_admin_session(driver: Any, base_url: str, api_key: str, screenshot: Path
     assert "cancelled or refused" in admin.notice()
     assert sorted(admin.states().values()) == ["connected", "pending_consent", "pending_consent"]
 
+    # The layout's essentials, nothing loaded from elsewhere, and the picture of it.
+    admin.check_layout()
+    assert admin.resources_elsewhere() == []
+    assert "Microsoft 365" in admin.find(f'li[data-mailbox-id="{connected}"] .provider').text
+    admin.open_disconnect_step(connected)
+    admin.screenshot(screenshot)
+
     # 4. Disconnect the connected one.
     admin.disconnect(connected)
     assert admin.states()[connected] == "disconnected"
-    assert driver.save_screenshot(str(screenshot))
+    admin.check_layout()
 
 
 async def test_an_admin_connects_and_disconnects_mailboxes_in_a_browser(
@@ -219,3 +280,6 @@ async def test_an_admin_connects_and_disconnects_mailboxes_in_a_browser(
     await asyncio.to_thread(the_admin_session, chromium, daemon.base_url, api_key, screenshot)
 
     assert screenshot.read_bytes().startswith(PNG_SIGNATURE)
+    kept = os.environ.get("ADMIN_PAGE_SCREENSHOT")
+    if kept:
+        Path(kept).write_bytes(screenshot.read_bytes())

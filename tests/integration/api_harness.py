@@ -227,6 +227,10 @@ class RecordingConnector:
         self.calls.append(("list", ()))
         return [m for a, m in self.mailboxes.values() if a == principal.account_id]
 
+    async def held_job_counts(self, principal: Principal) -> Mapping[str, int]:
+        self.calls.append(("held_job_counts", ()))
+        return {}
+
     async def disconnect(self, principal: Principal, mailbox_id: str) -> MailboxView:
         self.calls.append(("disconnect", (mailbox_id,)))
         mailbox = dataclasses.replace(

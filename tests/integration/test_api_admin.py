@@ -8,6 +8,9 @@ also lets the tests read its attributes.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import hashlib
 import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -31,6 +34,7 @@ from mailbox_worker.config import (
     Settings,
 )
 from mailbox_worker.demo import _FormParser
+from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.sandbox import Sandbox
 from tests.ports import free_port
 
@@ -41,6 +45,7 @@ LIMITED_USE = (
     "Google API Services User Data Policy, including the Limited Use requirements."
 )
 GRAPH = "https://graph.microsoft.com/"
+POLICY_LINK = "https://developers.google.com/terms/api-services-user-data-policy"
 
 
 @dataclass
@@ -357,7 +362,7 @@ async def test_connect_asks_the_minimal_scopes_and_comes_back_connected(admin: A
     assert parse_qs(urlsplit(back).query)["outcome"] == ["connected"]
     page = await admin.request("GET", back.removeprefix(admin.base_url), cookie=cookie)
     assert "The mailbox is connected." in page.text
-    assert '<td class="state">connected</td>' in page.text
+    assert 'data-state="connected"' in page.text
 
 
 async def test_a_cancelled_consent_is_shown_and_can_be_reconnected(admin: Admin) -> None:
@@ -398,7 +403,8 @@ async def test_disconnect_goes_back_to_the_page_showing_it_disconnected(admin: A
 
     assert answer.status == 303 and answer.headers["Location"] == "/admin"
     page = await admin.request("GET", "/admin", cookie=cookie)
-    assert '<td class="state">disconnected</td>' in page.text
+    assert 'data-state="disconnected"' in page.text
+    assert "Yes, disconnect" not in page.text  # nothing left to do with it
     found = await admin.app.mailboxes.get(mailbox.id)
     assert found is not None and found.state == "disconnected"
 
@@ -415,3 +421,84 @@ async def test_a_service_error_is_a_message_on_the_page(admin: Admin) -> None:
     assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
     assert "no such mailbox in this account" in answer.text
     assert "Traceback" not in answer.text and 'id="mailboxes"' not in answer.text
+
+
+# -- what the page shows and loads --------------------------------------------------------------
+
+
+def card(page: str, mailbox_id: str) -> str:
+    """The HTML of one mailbox's card."""
+    start = page.index(f'<li class="mailbox" id="mailbox-{mailbox_id}"')
+    return page[start : page.index("</li>", start)]
+
+
+async def test_a_card_shows_state_reason_scopes_held_jobs_pause_and_its_buttons(
+    admin: Admin,
+) -> None:
+    app = admin.app
+    mailbox = await app.mailboxes.create(admin.account_id, "microsoft", ["send", "draft"], "t")
+    scopes = [GRAPH + "Mail.Send", GRAPH + "Mail.ReadWrite", "openid", "offline_access"]
+    await app.mailboxes.mark_connected(mailbox.id, ADDRESS, scopes)
+    connected = await app.mailboxes.get(mailbox.id)
+    assert connected is not None
+    assert await app.mailboxes.require_consent_again(connected, "invalid_grant", "t")
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    assert await app.mailboxes.pause(mailbox.id, until, "rate")
+    for n in range(3):
+        await app.jobs.enqueue(
+            NewJob(admin.account_id, mailbox.id, "send", {"n": n}, "0" * 64, "contoso.example")
+        )
+    for n in range(2):
+        await app.jobs.enqueue(
+            NewJob(
+                admin.account_id,
+                mailbox.id,
+                "send",
+                {"n": n},
+                "1" * 64,
+                "contoso.example",
+                held=True,
+            )
+        )
+    pending = await app.mailboxes.create(admin.account_id, "microsoft", ["send"], actor="t")
+
+    page = (await admin.request("GET", "/admin", cookie=await admin.sign_in())).text
+
+    shown = card(page, mailbox.id)
+    assert 'data-state="reauth_required"' in shown
+    assert '<span class="badge state state-reauth_required">Needs reconnecting</span>' in shown
+    assert "no longer accepts this mailbox" in shown and "<code>(invalid_grant)</code>" in shown
+    assert '<h3 id="mailbox-' + mailbox.id + '-address" class="address">' + ADDRESS in shown
+    assert "Microsoft 365" in shown
+    assert f'title="{GRAPH}Mail.ReadWrite">Mail.ReadWrite</span>' in shown
+    assert ">openid<" not in shown and ">offline_access<" not in shown  # identity, not powers
+    assert '<dd class="held-jobs"><span class="held-some">2</span></dd>' in shown  # held only
+    assert 'class="paused-until"><time datetime="' in shown
+    assert '<button type="submit" class="reconnect">Reconnect</button>' in shown
+    # Disconnecting is a second step: the button that posts is inside a closed <details>.
+    step = shown[shown.index('<details class="disconnect-step">') :]
+    assert step.index("<summary") < step.index("/disconnect") < step.index("</details>")
+    assert "Yes, disconnect this mailbox" in step and "(2 held)" in step and "Entra" in step
+
+    other = card(page, pending.id)
+    assert '<span class="badge state state-pending_consent">Waiting for consent</span>' in other
+    assert "Address not known yet" in other and "none yet" in other
+    assert '<button type="submit" class="reconnect">Connect</button>' in other
+    assert "paused-until" not in other
+    assert '<dd class="held-jobs"><span class="held-none">0</span></dd>' in other
+
+
+async def test_the_page_loads_nothing_and_applies_only_its_own_stylesheet(admin: Admin) -> None:
+    for cookie in (None, await admin.sign_in()):
+        page = await admin.request("GET", "/admin", cookie=cookie)
+
+        policy = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy and "unsafe-inline" not in policy
+        [stylesheet] = re.findall(r"<style>(.*?)</style>", page.text, re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(stylesheet.encode()).digest()).decode()
+        assert f"style-src 'sha256-{digest}';" in policy
+        assert "@import" not in stylesheet and "url(" not in stylesheet
+        for loader in ("<script", "<link", "<img", "<iframe", " style=", " src="):
+            assert loader not in page.text
+        # The only other origin named is the Limited Use policy, a link to follow (LU-8).
+        assert re.findall(r"https?://[^\s\"'<>)]+", page.text) == [POLICY_LINK]
