@@ -16,6 +16,11 @@ OUTCOMES: Mapping[str, str] = {
     "access_denied": "The consent was cancelled or refused: the mailbox is not connected.",
     "consent_failed": "The provider reported an error during the consent: the mailbox is "
     "not connected.",
+    "admin_consent_required": "The organisation lets only an administrator approve this app: "
+    "the mailbox is not connected. Ask an administrator of your Microsoft 365 organisation to "
+    "approve it (the admin_consent_url the connection returned), then connect again.",
+    "admin_consent_answered": "The administrator's approval was answered: connect the mailbox "
+    "again.",
     "scope_missing": "The consent did not grant every permission this mailbox needs, so it "
     "was not connected and the partial grant was discarded. Connect again and keep every "
     "permission ticked.",

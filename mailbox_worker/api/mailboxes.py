@@ -99,6 +99,7 @@ async def oauth_callback(request: web.Request) -> web.Response:
         title="Mailbox connected" if connected else "Mailbox not connected",
         message=html.escape(result.message),
         outcome=html.escape(result.outcome),
+        link=_admin_consent_link(result.admin_consent_url),
     )
     return web.Response(
         text=page,
@@ -107,6 +108,14 @@ async def oauth_callback(request: web.Request) -> web.Response:
         charset="utf-8",
         headers=PAGE_HEADERS,
     )
+
+
+def _admin_consent_link(url: str | None) -> str:
+    """The administrator's approval link as a paragraph of the callback page, or nothing."""
+    if not url:
+        return ""
+    escaped = html.escape(url)
+    return f'<p>Approval link for your administrator: <a href="{escaped}">{escaped}</a></p>'
 
 
 def _page_template() -> Template:

@@ -49,6 +49,7 @@ from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.policy.addresses import mailbox_address, same_address
+from mailbox_worker.policy.consent import needs_admin_approval
 from mailbox_worker.policy.identities import AccountId, may_connect
 from mailbox_worker.policy.origins import normalise_origin, url_origin
 from mailbox_worker.policy.scopes import broader_scopes, missing_scopes, required_scopes
@@ -120,6 +121,8 @@ OUTCOMES: tuple[str, ...] = (
     CONNECTED_OUTCOME,
     "access_denied",
     "consent_failed",
+    "admin_consent_required",
+    "admin_consent_answered",
     "scope_missing",
     "scope_too_broad",
     "address_unknown",
@@ -136,6 +139,10 @@ OUTCOMES: tuple[str, ...] = (
 """Every ``CallbackResult.outcome``: ``connected``, else a stable code saying why not.
 
 ``access_denied``/``consent_failed``: the consent was refused or failed at the provider;
+``admin_consent_required``: the organisation lets only an administrator approve the app
+(Entra's "Need admin approval", docs/providers.md A8): ``admin_consent_url`` is the link to
+hand that administrator; ``admin_consent_answered``: an administrator came back from that link
+(no mailbox is named; each is connected again afterwards);
 ``scope_missing``: a permission the capabilities need was not granted; ``scope_too_broad``:
 the grant also carries a scope that reads or manages the mailbox (docs/privacy.md LU-1), so it
 was revoked rather than kept; ``address_unknown``:
@@ -163,6 +170,9 @@ class CallbackResult:
     message: str
     redirect_url: str | None
     mailbox_id: str | None
+    admin_consent_url: str | None = None
+    """With ``admin_consent_required``: the organisation's administrator's approval link (also
+    added to ``redirect_url``'s query as ``admin_consent_url``)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,17 @@ class Refusal:
     outcome: str
     message: str
 
+
+ADMIN_CONSENT_REQUIRED = (
+    "Your organisation requires an administrator to approve this app before anyone in it can "
+    "connect a mailbox. Send your administrator the approval link, then connect again once "
+    "they have approved it."
+)
+CAPABILITY_NOT_OFFERED = (
+    "this deployment does not offer {capabilities} for {provider} mailboxes: Gmail drafts need "
+    "the restricted gmail.compose scope, which the operator has not enabled (google.drafts); "
+    "create the mailbox with the send capability only"
+)
 
 IDENTITY_MISMATCH = Refusal(
     "identity_mismatch",
@@ -261,7 +282,7 @@ class MailboxService:
             required_scopes(provider, capabilities)
         except ValueError as error:
             raise InvalidRequest(str(error), code="invalid_capabilities") from None
-        self._identity(provider)
+        self._check_offered(self._identity(provider), capabilities)
         await self._check_return_url(principal.account_id, return_url)
         mailbox = await self._mailboxes.create(
             principal.account_id, provider, capabilities, actor=f"api_key:{principal.key_id}"
@@ -278,9 +299,23 @@ class MailboxService:
                 "a disconnected mailbox cannot be reconnected; create a new one",
                 code="mailbox_disconnected",
             )
+        self._check_offered(self._identity(mailbox.provider), mailbox.capabilities)
         await self._check_return_url(principal.account_id, return_url)
         url = await self._start(mailbox, return_url, mailbox.address)
         return ConnectionStart(mailbox=MailboxView.of(mailbox), authorization_url=url)
+
+    @staticmethod
+    def _check_offered(identity: IdentityClient, capabilities: list[str]) -> None:
+        """``Conflict`` (``capability_not_offered``) when the operator turned off one of
+        ``capabilities`` for the provider (``google.drafts = false``): nothing is asked."""
+        unoffered = sorted(set(capabilities) - identity.capabilities)
+        if unoffered:
+            raise Conflict(
+                CAPABILITY_NOT_OFFERED.format(
+                    capabilities=", ".join(unoffered), provider=identity.provider
+                ),
+                code="capability_not_offered",
+            )
 
     async def _check_return_url(self, account_id: str, return_url: str | None) -> None:
         """``Conflict`` (``return_url_not_allowed``) unless ``return_url`` is None or on the
@@ -335,6 +370,8 @@ class MailboxService:
         return identity
 
     async def complete(self, query: Mapping[str, str]) -> CallbackResult:
+        if "admin_consent" in query:
+            return self._admin_consent_answer(query)
         state = query.get("state")
         pending = await self._mailboxes.consume_authorization(state) if state else None
         if pending is None:
@@ -351,6 +388,10 @@ class MailboxService:
         if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
             return self._result("mailbox_disconnected", "The mailbox was disconnected.", pending)
         if "error" in query:
+            if mailbox.provider == "microsoft" and needs_admin_approval(
+                query.get("error_description")
+            ):
+                return await self._admin_consent_required(mailbox, pending)
             code = "access_denied" if query["error"] == "access_denied" else "consent_failed"
             await self._remember_failure(mailbox, code)
             return self._result(code, "The consent was not given.", pending)
@@ -412,6 +453,35 @@ class MailboxService:
         )
         return self._result(CONNECTED_OUTCOME, "The mailbox is connected.", pending)
 
+    async def _admin_consent_required(
+        self, mailbox: Mailbox, pending: OAuthState
+    ) -> CallbackResult:
+        """The tenant lets only an administrator consent: say so, with the approval link for
+        exactly the scopes this mailbox asked (docs/providers.md A8)."""
+        scopes = list(required_scopes(mailbox.provider, mailbox.capabilities))
+        link = self._identity(mailbox.provider).admin_consent_url(scopes, self._redirect_uri)
+        await self._remember_failure(mailbox, "admin_consent_required")
+        return self._result(
+            "admin_consent_required", ADMIN_CONSENT_REQUIRED, pending, admin_consent_url=link
+        )
+
+    @staticmethod
+    def _admin_consent_answer(query: Mapping[str, str]) -> CallbackResult:
+        """An administrator back from the admin-consent link. Its parameters (``tenant`` among
+        them) are not trusted (docs/providers.md A8) and change nothing: the page only says
+        what to do next."""
+        if "error" in query:
+            message = (
+                "The approval was not given. Your administrator can open the approval link "
+                "again, or approve the app in the Microsoft Entra admin center."
+            )
+        else:
+            message = (
+                "If you approved the app for your organisation, its users can now connect "
+                "their mailboxes: start the connection again."
+            )
+        return CallbackResult("admin_consent_answered", message, None, None)
+
     async def _remember_failure(self, mailbox: Mailbox, code: str) -> None:
         await self._mailboxes.set_state(
             mailbox.id,
@@ -424,15 +494,20 @@ class MailboxService:
         )
 
     @staticmethod
-    def _result(outcome: str, message: str, pending: OAuthState) -> CallbackResult:
+    def _result(
+        outcome: str, message: str, pending: OAuthState, admin_consent_url: str | None = None
+    ) -> CallbackResult:
         mailbox_id, return_url = pending.mailbox_id, pending.return_url
         redirect = None
         if return_url:
             parts = urlsplit(str(return_url))
-            extra = urlencode({"mailbox_id": mailbox_id, "outcome": outcome})
+            added = {"mailbox_id": mailbox_id, "outcome": outcome}
+            if admin_consent_url:
+                added["admin_consent_url"] = admin_consent_url
+            extra = urlencode(added)
             query = f"{parts.query}&{extra}" if parts.query else extra
             redirect = urlunsplit(parts._replace(query=query))
-        return CallbackResult(outcome, message, redirect, mailbox_id)
+        return CallbackResult(outcome, message, redirect, mailbox_id, admin_consent_url)
 
     # -- read --------------------------------------------------------------------------------
 

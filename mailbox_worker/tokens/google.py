@@ -33,6 +33,7 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.policy.identities import AccountId
+from mailbox_worker.policy.scopes import CAPABILITIES
 from mailbox_worker.providers.egress_gate import EgressGate
 from mailbox_worker.providers.google_gate import GoogleEndpoints, GoogleOperationGate, gate_session
 from mailbox_worker.tokens.identity_client import (
@@ -65,6 +66,11 @@ class GoogleSettings:
     transport: str = "gmail_api"
     """How Google mailboxes send: only ``gmail_api``; ``smtp`` is refused at start-up
     (``policy.google_operations.GMAIL_OVER_SMTP_REFUSED``, docs/privacy.md LU-1)."""
+    drafts: bool = True
+    """Whether Google mailboxes may have the ``draft`` capability. Drafts need
+    ``gmail.compose``, a restricted scope (verification plus an annual security assessment,
+    docs/providers.md D6); false offers Gmail for sending only (``gmail.send``, sensitive),
+    and a Google mailbox asking for drafts is refused (``capability_not_offered``)."""
     ca_file: str = ""
     request_timeout: float = 30.0
 
@@ -101,6 +107,7 @@ class GoogleIdentity:
         egress: EgressGate | None = None,
     ) -> None:
         self._settings = settings
+        self.capabilities = CAPABILITIES if settings.drafts else CAPABILITIES - {"draft"}
         self._gate = gate if gate is not None else GoogleOperationGate(settings.endpoints())
         self._egress = egress
         self._http = gate_session(new_session(settings.ca_file, egress), self._gate)
@@ -250,6 +257,9 @@ class GoogleIdentity:
         if token:
             self.revoke_token(token)
         return True
+
+    def admin_consent_url(self, scopes: list[str], redirect_uri: str) -> str | None:
+        return None  # Google has no admin-consent link to offer (docs/providers.md A8 is Entra)
 
     def revoke_token(self, token: str) -> None:
         """Revoke the whole grant; an already dead token counts as revoked."""

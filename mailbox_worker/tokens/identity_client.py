@@ -55,6 +55,9 @@ class IdentityClient(Protocol):
     """One OAuth app registration at one provider."""
 
     provider: str
+    capabilities: frozenset[str]
+    """The mailbox capabilities this registration offers (``policy.scopes.CAPABILITIES``, or
+    fewer when the operator turned one off: Gmail drafts, docs/providers.md D6)."""
 
     def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
         """A new authorization-code flow with PKCE; the dict holds ``state`` and ``auth_uri``
@@ -63,6 +66,11 @@ class IdentityClient(Protocol):
 
     def redeem(self, flow: dict[str, Any], response: dict[str, str]) -> Grant:
         """Exchange the redirect's code; ``PermanentError``/``TransientError`` on failure."""
+        ...
+
+    def admin_consent_url(self, scopes: list[str], redirect_uri: str) -> str | None:
+        """The link an organisation's administrator follows to approve the app for everyone
+        in it (docs/providers.md A8), or None where the provider has no such thing."""
         ...
 
     def refresh(self, cache_blob: str, scopes: list[str], *, force: bool) -> Refreshed:

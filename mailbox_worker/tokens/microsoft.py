@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
 import msal
 import msal.exceptions
@@ -30,7 +31,11 @@ from mailbox_worker.errors import (
     TransientError,
 )
 from mailbox_worker.policy.identities import AccountId
-from mailbox_worker.policy.scopes import MICROSOFT_EMAIL_SCOPE
+from mailbox_worker.policy.scopes import (
+    CAPABILITIES,
+    MICROSOFT_EMAIL_SCOPE,
+    MICROSOFT_SIGN_IN_SCOPES,
+)
 from mailbox_worker.providers.egress_gate import EgressGate
 from mailbox_worker.tokens.identity_client import (
     MISCONFIGURED_RETRY_AFTER,
@@ -64,6 +69,29 @@ TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 # a scope the registration cannot have, AADSTS70011) rather than of one tenant or user.
 CLIENT_ERRORS = frozenset({"invalid_client", "invalid_scope"})
 GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+# Admin consent cannot be given at these authorities (docs/providers.md A8): ask at
+# ``organizations`` instead, where the administrator's sign-in names the tenant.
+NO_ADMIN_CONSENT_TENANTS = frozenset({"common", "consumers"})
+
+
+def admin_consent_url(authority: str, client_id: str, scopes: list[str], redirect_uri: str) -> str:
+    """The v2.0 admin-consent link for ``client_id`` at ``authority``'s tenant
+    (``organizations`` for ``common``), asking ``scopes`` with the sign-in scopes the
+    authorization request also asks, so an approval covers everything a user is then asked.
+
+    No ``state``: the answer only tells the administrator what happened (``complete``);
+    it connects no mailbox, whose own authorization is started again afterwards.
+    """
+    parts = urlsplit(authority)
+    tenant = next((segment for segment in parts.path.split("/") if segment), "organizations")
+    if tenant.lower() in NO_ADMIN_CONSENT_TENANTS:
+        tenant = "organizations"
+    asked = [*MICROSOFT_SIGN_IN_SCOPES, MICROSOFT_EMAIL_SCOPE, *scopes]
+    query = urlencode(
+        {"client_id": client_id, "scope": " ".join(asked), "redirect_uri": redirect_uri},
+        quote_via=quote,
+    )
+    return f"{parts.scheme}://{parts.netloc}/{tenant}/v2.0/adminconsent?{query}"
 
 
 class MicrosoftIdentity:
@@ -75,6 +103,7 @@ class MicrosoftIdentity:
     """
 
     provider = "microsoft"
+    capabilities: frozenset[str] = CAPABILITIES
 
     def __init__(self, settings: MicrosoftSettings, egress: EgressGate | None = None) -> None:
         self._settings = settings
@@ -84,6 +113,11 @@ class MicrosoftIdentity:
 
     def revoke(self, cache_blob: str) -> bool:
         return False
+
+    def admin_consent_url(self, scopes: list[str], redirect_uri: str) -> str | None:
+        return admin_consent_url(
+            self._settings.authority, self._settings.client_id, scopes, redirect_uri
+        )
 
     def revoke_token(self, token: str) -> None:
         raise NotImplementedError("Microsoft has no token revocation endpoint for this app")

@@ -106,11 +106,12 @@ async def running_world(
     authority_tenant: str = "contoso",
     *,
     sandbox_clock: bool = False,
+    google_drafts: bool = True,
 ) -> AsyncIterator[World]:
     """The sandbox and a migrated daemon whose Entra authority is ``authority_tenant`` (a
     tenant, or ``organizations`` for an app open to every work account, the default of
     ``MicrosoftSettings``). With ``sandbox_clock`` the daemon reads the sandbox's clock, so
-    ``sandbox.state.advance`` moves both."""
+    ``sandbox.state.advance`` moves both; ``google_drafts`` is the ``google.drafts`` setting."""
     sandbox = Sandbox(tmp_path / "sandbox")
     await sandbox.start()
     settings = demo_settings(tmp_path, sandbox, 8080)
@@ -119,6 +120,7 @@ async def running_world(
         settings,
         database=DatabaseSettings(url=database_url),
         microsoft=dataclasses.replace(settings.microsoft, authority=authority),
+        google=dataclasses.replace(settings.google, drafts=google_drafts),
     )
     app = App.build(settings, clock=sandbox.state.clock.utcnow if sandbox_clock else utcnow)
     await app.migrate()

@@ -125,6 +125,34 @@ async def test_a_refused_consent_returns_its_outcome(api: RunningApi, key: str) 
     assert (mailbox["state"], mailbox["state_reason"]) == ("pending_consent", "access_denied")
 
 
+async def test_admin_approval_required_shows_the_admin_consent_link(
+    api: RunningApi, key: str
+) -> None:
+    created = await create(api, key)
+    description = "AADSTS90094: <b>Contoso</b> needs permission… Trace ID: t"
+
+    answer = await consent(
+        api, created["authorization_url"], error="access_denied", error_description=description
+    )
+
+    assert answer.status == 400
+    page = answer.body.decode()
+    assert "admin_consent_required" in page
+    assert "administrator" in page
+    assert "/v2.0/adminconsent?client_id=test-client&amp;scope=openid%20profile" in page
+    assert "AADSTS" not in page and "Contoso" not in page
+
+
+async def test_an_administrator_back_from_the_admin_consent_link_is_told_what_next(
+    api: RunningApi,
+) -> None:
+    answer = await api.call("GET", "/oauth/callback?admin_consent=True&tenant=forged")
+
+    page = answer.body.decode()
+    assert "admin_consent_answered" in page
+    assert "forged" not in page
+
+
 async def test_mailboxes_are_listed_and_read_per_account(api: RunningApi, key: str) -> None:
     mine = [(await create(api, key))["mailbox"]["id"] for _ in range(2)]
     _, other_key = await api.account_with_key(name="Northwind")

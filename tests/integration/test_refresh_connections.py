@@ -22,6 +22,7 @@ from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.models import Mailbox, TokenRecord
+from mailbox_worker.policy.scopes import CAPABILITIES
 from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.tokens.access_tokens import AccessTokens
 from mailbox_worker.tokens.identity_client import AccessToken, Grant, IdentityClient, Refreshed
@@ -37,6 +38,7 @@ class RefreshingIdentity:
     """An identity client whose every refresh succeeds with a new token blob; records calls."""
 
     provider = "microsoft"
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         self.refreshed: list[str] = []
@@ -60,6 +62,9 @@ class RefreshingIdentity:
 
     def revoke(self, cache_blob: str) -> bool:
         raise NotImplementedError
+
+    def admin_consent_url(self, scopes: list[str], redirect_uri: str) -> str | None:
+        return None
 
     def revoke_token(self, token: str) -> None:
         raise NotImplementedError

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from mailbox_worker.errors import TransientError
 from mailbox_worker.mailboxes.revocations import Revocations
+from mailbox_worker.policy.scopes import CAPABILITIES
 from mailbox_worker.tokens.identity_client import Grant, Refreshed
 from mailbox_worker.tokens.keys.file_source import FileKeySource
 from mailbox_worker.tokens.vault import TokenVault
@@ -28,6 +29,7 @@ class FlakyRevoker:
     provider: str = "google"
     failures: int = 0
     revoked: list[str] = field(default_factory=list)
+    capabilities: frozenset[str] = CAPABILITIES
 
     def start(self, scopes: list[str], redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
         raise NotImplementedError
@@ -44,6 +46,9 @@ class FlakyRevoker:
     def revoke(self, cache_blob: str) -> bool:
         self.revoke_token(cache_blob)
         return True
+
+    def admin_consent_url(self, scopes: list[str], redirect_uri: str) -> str | None:
+        return None
 
     def revoke_token(self, token: str) -> None:
         if self.failures:

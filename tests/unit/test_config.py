@@ -105,3 +105,9 @@ def test_the_gmail_url_is_an_https_origin(url: str) -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(environ={"MAILBOX_WORKER_GOOGLE__GMAIL_URL": url})
     assert refused.value.setting == "google.gmail_url"
+
+
+def test_gmail_drafts_can_be_turned_off_from_the_environment() -> None:
+    settings = load_settings(environ={"MAILBOX_WORKER_GOOGLE__DRAFTS": "false"})
+    assert settings.google.drafts is False
+    assert Settings().google.drafts is True

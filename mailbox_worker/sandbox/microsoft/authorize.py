@@ -285,6 +285,17 @@ class IdentityEndpoints:
                 "Otherwise, contact your admin."
             )
             return self._page(request, authorize, login, message)
+        requested = set(scope_rules.canonical_set(authorize.scopes))
+        if self._state.needs_admin_approval(user, authorize.client.client_id, requested):
+            # Entra shows "Need admin approval" after the sign-in; its "Return to the
+            # application without granting consent" is taken at once here.
+            self._state.count("identity.consent.admin_approval_required")
+            return self._answer(
+                authorize.redirect_uri,
+                authorize.response_mode,
+                self._error_parameters(errors.admin_approval_required(authorize.client.name)),
+                authorize.state,
+            )
         granted_scopes = [scope for scope in authorize.scopes if scope in set(granted)]
         self._state.count("identity.consent.accept")
         self._state.grant_consent(

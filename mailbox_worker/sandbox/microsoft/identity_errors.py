@@ -228,3 +228,19 @@ def consent_missing(client_id: str, name: str) -> IdentityError:
 def user_declined() -> IdentityError:
     """The user pressed cancel on the consent page."""
     return IdentityError("access_denied", 65004, "User declined to consent to access the app.")
+
+
+def admin_approval_required(application_name: str) -> IdentityError:
+    """The user's tenant lets only an administrator consent ("Need admin approval").
+
+    The AADSTS number and text are Entra's documented ones (docs/providers.md A8); the
+    ``error`` value the redirect carries with them is not documented: ``access_denied`` is a
+    best guess.
+    """
+    return IdentityError(
+        "access_denied",
+        90094,
+        f"{application_name} needs permission to access resources in your organization that "
+        "only an admin can grant. Ask an admin to grant permission to this app before you can "
+        "use it.",
+    )

@@ -29,13 +29,19 @@ CODE_LIFETIME = 600
 REFRESH_TOKEN_INACTIVITY = 90 * 24 * 3600
 
 Scenario = Literal[
-    "revoke_sessions", "refresh_token_inactive", "interaction_required", "consent_removed", "reset"
+    "revoke_sessions",
+    "refresh_token_inactive",
+    "interaction_required",
+    "consent_removed",
+    "user_consent_blocked",
+    "reset",
 ]
 SCENARIOS: tuple[str, ...] = (
     "revoke_sessions",
     "refresh_token_inactive",
     "interaction_required",
     "consent_removed",
+    "user_consent_blocked",
     "reset",
 )
 
@@ -52,6 +58,9 @@ class Tenant:
     name: str
     tenant_id: str
     domains: list[str]
+    # "Do not allow user consent": only an administrator's consent lets its users sign in to
+    # an app asking for permissions (docs/providers.md A8).
+    user_consent_blocked: bool = False
 
 
 @dataclass
@@ -159,6 +168,8 @@ class MicrosoftState(SandboxControls, ClientRegistry):
     refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
     access_tokens: dict[str, AccessToken] = field(default_factory=dict)
     consents: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    admin_consents: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """Scopes an administrator consented to for everyone, by (tenant id, client id)."""
     stored_messages: dict[str, StoredMessage] = field(default_factory=dict)
     in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
     peak_in_flight: Counter[str] = field(default_factory=Counter)
@@ -271,8 +282,11 @@ class MicrosoftState(SandboxControls, ClientRegistry):
         elif scenario == "consent_removed":
             for key in [key for key in self.consents if key[0] == user.object_id]:
                 del self.consents[key]
+        elif scenario == "user_consent_blocked":
+            self.tenants[user.tenant_id].user_consent_blocked = True
         elif scenario == "reset":
             user.interaction_required = False
+            self.tenants[user.tenant_id].user_consent_blocked = False
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
 
@@ -285,6 +299,20 @@ class MicrosoftState(SandboxControls, ClientRegistry):
     def grant_consent(self, object_id: str, client_id: str, canonical_scopes: set[str]) -> None:
         """Record that the user consented to these (canonical) scopes for the client."""
         self.consents.setdefault((object_id, client_id), set()).update(canonical_scopes)
+
+    def grant_admin_consent(
+        self, tenant_id: str, client_id: str, canonical_scopes: set[str]
+    ) -> None:
+        """Record an administrator's consent for everyone in the tenant (the admin-consent
+        endpoint is not simulated: tests call this)."""
+        self.admin_consents.setdefault((tenant_id, client_id), set()).update(canonical_scopes)
+
+    def needs_admin_approval(self, user: User, client_id: str, canonical_scopes: set[str]) -> bool:
+        """Whether the user's tenant blocks user consent and no administrator consented to
+        all of ``canonical_scopes`` for the client."""
+        tenant = self.tenants[user.tenant_id]
+        approved = self.admin_consents.get((tenant.tenant_id, client_id), set())
+        return tenant.user_consent_blocked and not canonical_scopes <= approved
 
     def consented_scopes(self, object_id: str, client_id: str) -> set[str]:
         """Canonical scopes the user consented to for the client (empty after removal)."""

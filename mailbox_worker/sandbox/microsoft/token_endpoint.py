@@ -11,7 +11,11 @@ scenario switch killed it. Switches (``MicrosoftState.apply_scenario``) and what
 * ``revoke_sessions`` — every refresh token the user holds → ``invalid_grant`` AADSTS50173;
 * ``refresh_token_inactive`` — the user's current refresh tokens → ``invalid_grant`` AADSTS700082;
 * ``interaction_required`` — any refresh → ``interaction_required`` AADSTS50076 until ``reset``;
-* ``consent_removed`` — refreshes for the removed scopes → ``invalid_grant`` AADSTS65001.
+* ``consent_removed`` — refreshes for the removed scopes → ``invalid_grant`` AADSTS65001;
+* ``user_consent_blocked`` — the user's tenant allows no user consent: until an administrator
+  consented (``MicrosoftState.grant_admin_consent``), the authorize endpoint answers a sign-in
+  with ``error=access_denied`` and AADSTS90094 (``authorize``; docs/providers.md A8). ``reset``
+  lifts it.
 """
 
 from __future__ import annotations
