@@ -34,6 +34,7 @@ from mailbox_worker.api.services import ApiServices
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.config import KEYS_VARIABLE, Settings
 from mailbox_worker.db import migrate
+from mailbox_worker.db.account_data import AccountData
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
@@ -49,6 +50,7 @@ from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.jobs.worker import Worker
+from mailbox_worker.mailboxes.account_rights import AccountRights
 from mailbox_worker.mailboxes.revocations import Revocations
 from mailbox_worker.mailboxes.service import MailboxService
 from mailbox_worker.periodic import Periodic
@@ -178,6 +180,7 @@ class App:
     providers: dict[str, MailProvider]
     intake: JobIntake
     mailbox_service: MailboxService
+    account_rights: AccountRights
     worker: Worker
     key_rotation: KeyRotation
     admin_sessions: AdminSessions
@@ -249,6 +252,9 @@ class App:
             mailboxes, jobs, accounts, vault, tokens, identities, revocations, redirect_uri, clock
         )
         account_service = AccountService(accounts)
+        account_rights = AccountRights(
+            AccountData(sessions, clock), mailbox_service, scrubber, wake_worker=worker.wake
+        )
         schedule = RotationSchedule.from_settings(
             settings.keys.rotate_every_days, settings.keys.retire_grace_hours
         )
@@ -276,6 +282,7 @@ class App:
             providers=providers,
             intake=intake,
             mailbox_service=mailbox_service,
+            account_rights=account_rights,
             worker=worker,
             key_rotation=key_rotation,
             admin_sessions=AdminSessions(account_service),
@@ -324,6 +331,7 @@ class App:
             accounts=self.account_service,
             jobs=self.intake,
             mailboxes=self.mailbox_service,
+            rights=self.account_rights,
             admin_sessions=self.admin_sessions,
             telemetry=self.telemetry,
             metrics_page=self.telemetry.render,

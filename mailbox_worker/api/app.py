@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mailbox_worker.api import account, admin_page, jobs, mailboxes, system
+from mailbox_worker.api import account, account_rights, admin_page, jobs, mailboxes, system
 from mailbox_worker.api.context import DOCUMENT, SERVICES
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import error_middleware
@@ -51,6 +51,10 @@ def create_app(services: ApiServices) -> web.Application:
             web.post(f"{MAILBOX}/connect", mailboxes.reconnect),
             web.get("/v1/account", account.get, allow_head=False),
             web.put("/v1/account/return-origins", account.put_return_origins),
+            web.get("/v1/account/export", account_rights.export, allow_head=False),
+            web.post("/v1/account/pause", account_rights.pause),
+            web.post("/v1/account/resume", account_rights.resume),
+            web.post("/v1/account/erase", account_rights.erase),
             web.get("/oauth/callback", mailboxes.oauth_callback, allow_head=False),
             # HEAD too on the operations endpoints, for uptime checkers (never on the OAuth
             # callback: it consumes the authorization's state).

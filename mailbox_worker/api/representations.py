@@ -10,7 +10,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from mailbox_worker.api.services import AccountView, JobEventView, JobView, MailboxView
+from mailbox_worker.api.services import (
+    AccountView,
+    ErasureReport,
+    JobEventView,
+    JobView,
+    MailboxView,
+    PauseView,
+)
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
@@ -96,4 +103,25 @@ def account_json(account: AccountView) -> dict[str, Any]:
         "name": account.name,
         "created_at": timestamp(account.created_at),
         "return_origins": sorted(account.return_origins),
+    }
+
+
+def pause_json(view: PauseView) -> dict[str, Any]:
+    """Whether the account's processing is paused, and since when (the document's
+    ``AccountPause``)."""
+    return {
+        "account_id": view.account_id,
+        "paused": view.paused,
+        "paused_at": timestamp(view.paused_at),
+    }
+
+
+def erasure_json(report: ErasureReport) -> dict[str, Any]:
+    """What an account's erasure did (the document's ``AccountErasure``): counts, no content."""
+    return {
+        "account_id": report.account_id,
+        "mailboxes_disconnected": report.mailboxes_disconnected,
+        "deleted": dict(report.deleted),
+        "revocations_pending": report.revocations_pending,
+        "scrubbed": report.scrubbed,
     }

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailbox_worker.accounts import AccountView, Principal
 from mailbox_worker.api.admin_session import AdminSessions, KeyLookup
 from mailbox_worker.jobs.intake import JobEventView, JobView, Submission
+from mailbox_worker.mailboxes.account_rights import ErasureReport, PauseView
 from mailbox_worker.mailboxes.service import (
     CONNECTED_OUTCOME,
     CallbackResult,
@@ -106,11 +107,29 @@ class AccountOperations(KeyLookup, Protocol):
         ...
 
 
+class AccountRightsOperations(Protocol):
+    """An account's data rights (``mailboxes.account_rights.AccountRights``); each raises
+    ``NotFound`` (account_not_found) for an unknown account. ``actor`` is audited."""
+
+    async def export(self, account_id: str) -> dict[str, Any]:
+        """Everything held about the account, as JSON values, without a secret."""
+        ...
+
+    async def pause(self, account_id: str, actor: str) -> PauseView: ...
+
+    async def resume(self, account_id: str, actor: str) -> PauseView: ...
+
+    async def erase(self, account_id: str, actor: str) -> ErasureReport:
+        """Revoke and wipe every mailbox; delete every row but the erasure's audit record."""
+        ...
+
+
 @dataclass(frozen=True)
 class ApiServices:
     accounts: AccountOperations
     jobs: JobOperations
     mailboxes: MailboxConnector
+    rights: AccountRightsOperations
     admin_sessions: AdminSessions
     """The admin page's sessions (one store per running application)."""
     telemetry: Telemetry
@@ -131,15 +150,18 @@ class ApiServices:
 __all__ = [
     "CONNECTED_OUTCOME",
     "AccountOperations",
+    "AccountRightsOperations",
     "AccountView",
     "ApiServices",
     "CallbackResult",
     "ConnectionStart",
+    "ErasureReport",
     "JobEventView",
     "JobOperations",
     "JobView",
     "MailboxConnector",
     "MailboxView",
+    "PauseView",
     "Principal",
     "Submission",
 ]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mailbox_worker import logs
 from mailbox_worker.app import App
+from mailbox_worker.cli import accounts as account_commands
 from mailbox_worker.cli import jobs as job_commands
 from mailbox_worker.cli import settings_view
 from mailbox_worker.config import Settings, load_settings
@@ -71,11 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--data-dir", type=Path, default=Path("var/sandbox"))
 
     accounts = command(
-        "accounts", _accounts, "create or list accounts; show or change an account's origins"
+        "accounts",
+        _accounts,
+        "create or list accounts; show or change an account's origins; export, erase, pause "
+        "or resume an account (docs/privacy.md PP-7)",
     )
-    accounts.add_argument("action", choices=["create", "list", "origins"])
+    accounts.add_argument(
+        "action", choices=["create", "list", "origins", *account_commands.ACTIONS]
+    )
     accounts.add_argument("name", nargs="?", help="account name (create)")
-    accounts.add_argument("--account", help="account id (origins)")
+    accounts.add_argument("--account", help="account id (origins, export, erase, pause, resume)")
     accounts.add_argument(
         "--add",
         action="append",
@@ -86,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     accounts.add_argument(
         "--remove", action="append", default=[], metavar="ORIGIN", help="withdraw an origin"
     )
+    account_commands.add_arguments(accounts)
 
     keys = command(
         "keys",
@@ -162,6 +169,12 @@ async def _sandbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _accounts(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action in account_commands.ACTIONS:
+        refused = account_commands.check_arguments(args)
+        if refused is not None:
+            return refused
+        async with _app(settings) as app:
+            return await account_commands.run(app, args)
     async with _app(settings) as app:
         if args.action == "create":
             if not args.name:

@@ -67,6 +67,9 @@ class Account(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    paused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """Set while the account's processing is paused (docs/privacy.md PP-7): no job of its
+    mailboxes is claimed; jobs are still accepted and wait."""
 
 
 class AccountReturnOrigin(Base):

@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbox_worker.clock import Clock
-from mailbox_worker.db.models import Job, JobContent, Mailbox
+from mailbox_worker.db.models import Account, Job, JobContent, Mailbox
 from mailbox_worker.jobs.limits import (
     DAILY_WINDOW,
     RATE_WINDOW,
@@ -189,10 +189,10 @@ class Claims:
     async def _lock_mailboxes(
         self, session: AsyncSession, now: dt.datetime, limit: int
     ) -> list[Mailbox]:
-        """Lock up to ``limit`` connected, unpaused mailboxes below their concurrency that
-        have due jobs, in turns between accounts (each account's mailbox with the oldest due
-        job first, then every account's second, ...). Each probe of ``jobs`` is one index
-        lookup per mailbox, so the scan does not grow with the number of queued jobs."""
+        """Lock up to ``limit`` connected, unpaused mailboxes of unpaused accounts below their
+        concurrency that have due jobs, in turns between accounts (each account's mailbox with
+        the oldest due job first, then every account's second, ...). Each probe of ``jobs`` is
+        one index lookup per mailbox, so the scan does not grow with the number of queued jobs."""
         oldest_due = (
             select(func.min(Job.run_after))
             .where(Job.mailbox_id == Mailbox.id, Job.state == JobState.QUEUED)
@@ -205,12 +205,19 @@ class Claims:
             .correlate(Mailbox)
             .scalar_subquery()
         )
+        # A paused account's jobs wait (docs/privacy.md PP-7): its mailboxes are not candidates.
+        account_paused = (
+            exists()
+            .where(Account.id == Mailbox.account_id, Account.paused_at.is_not(None))
+            .correlate(Mailbox)
+        )
         waiting = (
             select(Mailbox.id, Mailbox.account_id, oldest_due.label("oldest_due"))
             .where(
                 Mailbox.state == MailboxState.CONNECTED,
                 or_(Mailbox.paused_until.is_(None), Mailbox.paused_until <= now),
                 running < func.coalesce(Mailbox.max_concurrency, self._limits.max_concurrency),
+                ~account_paused,
             )
             .subquery("waiting")
         )

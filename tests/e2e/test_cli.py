@@ -300,3 +300,34 @@ def test_config_show_masks_every_secret(environment: dict[str, str]) -> None:
     assert document["callbacks"]["secret"] == "********"
     assert document["database"]["url"] == "postgresql+asyncpg://app:***@db:5432/mw"
     assert document["worker"]["concurrency"] == 8
+
+
+def test_accounts_pause_resume_export_and_erase(environment: dict[str, str]) -> None:
+    account = run(environment, "accounts", "create", "Contoso").stdout.strip()
+    key = run(environment, "keys", "create", "--account", account).stdout.strip()
+
+    paused = run(environment, "accounts", "pause", "--account", account, "--json")
+    assert paused.returncode == 0
+    assert json.loads(paused.stdout)["paused"] is True
+    resumed = run(environment, "accounts", "resume", "--account", account)
+    assert (resumed.returncode, resumed.stdout.strip()) == (0, f"{account} active")
+    exported = run(environment, "accounts", "export", "--account", account)
+    assert exported.returncode == 0
+    document = json.loads(exported.stdout)
+    assert document["account"]["id"] == account
+    assert [action["action"] for action in document["audit_events"]][-2:] == [
+        "account.paused",
+        "account.resumed",
+    ]
+    assert key not in exported.stdout
+
+    unconfirmed = run(environment, "accounts", "erase", "--account", account)
+    assert unconfirmed.returncode == 2
+    assert "--yes" in unconfirmed.stderr
+    erased = run(environment, "accounts", "erase", "--account", account, "--yes", "--json")
+    assert erased.returncode == 0
+    assert json.loads(erased.stdout)["deleted"]["accounts"] == 1
+    gone = run(environment, "accounts", "export", "--account", account)
+    assert gone.returncode == 1
+    assert f"no account {account}" in gone.stderr
+    assert run(environment, "accounts", "pause").returncode == 2

@@ -43,6 +43,10 @@ PROTECTED = [
     ("PATCH", "/v1/mailboxes/mbx_1", "account:write"),
     ("GET", "/v1/account", "account:read"),
     ("PUT", "/v1/account/return-origins", "account:write"),
+    ("GET", "/v1/account/export", "account:write"),
+    ("POST", "/v1/account/pause", "account:write"),
+    ("POST", "/v1/account/resume", "account:write"),
+    ("POST", "/v1/account/erase", "account:write"),
 ]
 
 

@@ -24,6 +24,7 @@ from mailbox_worker.api.document import (
 from mailbox_worker.api.representations import job_json, mailbox_json
 from mailbox_worker.api.services import (
     AccountOperations,
+    AccountRightsOperations,
     ApiServices,
     JobOperations,
     JobView,
@@ -111,6 +112,7 @@ def test_the_document_and_the_router_list_the_same_operations() -> None:
         accounts=cast(AccountOperations, None),
         jobs=cast(JobOperations, None),
         mailboxes=cast(MailboxConnector, None),
+        rights=cast(AccountRightsOperations, None),
         admin_sessions=AdminSessions(cast(AccountOperations, None)),
         telemetry=cast(Telemetry, None),
         metrics_page=cast(Any, None),
