@@ -40,6 +40,7 @@ from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_shortfall
+from mailbox_worker.db.retention import Retention
 from mailbox_worker.db.violations import PolicyViolationLog
 from mailbox_worker.errors import ConfigError, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
@@ -143,6 +144,7 @@ class App:
     key_rotation: KeyRotation
     admin_sessions: AdminSessions
     violations: PolicyViolationLog
+    retention: Retention
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The background loops ``serve`` runs, by name; one that ended means not ready."""
 
@@ -234,6 +236,9 @@ class App:
             key_rotation=key_rotation,
             admin_sessions=AdminSessions(account_service),
             violations=violations,
+            retention=Retention(
+                sessions, settings.retention, scrubber=scrubber, telemetry=telemetry, clock=clock
+            ),
         )
 
     def check_pool_size(self) -> None:
@@ -314,6 +319,7 @@ class App:
             "revocations": self.revocations.run(stop),
             "key_rotation": self.key_rotation.run(stop),
             "storage_scrub": self.scrubber.run(stop),
+            "retention": self.retention.run(stop),
         }
         if self.settings.callbacks.url:
             # Built here rather than by CallbackDispatcher.run, to count its failed passes.
