@@ -42,6 +42,7 @@ from mailbox_worker.db.locks import DatabaseLocks
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_shortfall
+from mailbox_worker.db.retention import Retention
 from mailbox_worker.db.violations import PolicyViolationLog
 from mailbox_worker.errors import ConfigError, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
@@ -187,6 +188,7 @@ class App:
     violations: PolicyViolationLog
     egress: EgressGate
     """The gate every outbound client the app builds sends through (docs/privacy.md PP-5)."""
+    retention: Retention
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The background loops ``serve`` runs, by name; one that ended means not ready."""
 
@@ -288,6 +290,9 @@ class App:
             admin_sessions=AdminSessions(account_service),
             violations=violations,
             egress=egress,
+            retention=Retention(
+                sessions, settings.retention, scrubber=scrubber, telemetry=telemetry, clock=clock
+            ),
         )
 
     def check_pool_size(self) -> None:
@@ -369,6 +374,7 @@ class App:
             "revocations": self.revocations.run(stop),
             "key_rotation": self.key_rotation.run(stop),
             "storage_scrub": self.scrubber.run(stop),
+            "retention": self.retention.run(stop),
         }
         if self.settings.callbacks.url:
             # Built here rather than by CallbackDispatcher.run, to count its failed passes.

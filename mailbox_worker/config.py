@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mailbox_worker.db.engine import DatabaseSettings
+from mailbox_worker.db.retention import MAX_EVENTS_DAYS, RetentionSettings
 from mailbox_worker.errors import ConfigError
 from mailbox_worker.events.delivery import CallbackSettings
 from mailbox_worker.jobs.worker import WorkerSettings
@@ -43,6 +44,7 @@ __all__ = [
     "KeySettings",
     "LoggingSettings",
     "MicrosoftSettings",
+    "RetentionSettings",
     "ServerSettings",
     "Settings",
     "WorkerSettings",
@@ -98,6 +100,7 @@ class Settings:
     google: GoogleSettings = field(default_factory=GoogleSettings)
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     logging: LoggingSettings = LoggingSettings()
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -252,8 +255,26 @@ def _validate(settings: Settings) -> None:
             raise ConfigError("callbacks.url", "must be an http(s) URL")
         if not settings.callbacks.secret:
             raise ConfigError("callbacks.secret", "is required to sign callbacks")
+    _validate_retention(settings.retention)
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level", "must be DEBUG, INFO, WARNING or ERROR")
+
+
+def _validate_retention(retention: RetentionSettings) -> None:
+    if not 1 <= retention.events_days <= MAX_EVENTS_DAYS:
+        raise ConfigError(
+            "retention.events_days",
+            f"must be between 1 and {MAX_EVENTS_DAYS} days: traces are kept at most "
+            f"{MAX_EVENTS_DAYS} days (docs/privacy.md PP-4)",
+        )
+    if not 0 <= retention.content_days <= MAX_EVENTS_DAYS:
+        raise ConfigError("retention.content_days", f"must be between 0 and {MAX_EVENTS_DAYS} days")
+    if retention.batch_size < 1:
+        raise ConfigError("retention.batch_size", "must be at least 1")
+    if retention.interval <= 0:
+        raise ConfigError("retention.interval", "must be positive")
+    if retention.pause < 0:
+        raise ConfigError("retention.pause", "must be 0 or more")
 
 
 def require_microsoft_app(settings: MicrosoftSettings) -> None:

@@ -213,6 +213,12 @@ class PrometheusTelemetry:
             ["rule"],
             registry=registry,
         )
+        self._retention_purged = Counter(
+            "mailbox_worker_retention_purged_rows",
+            "Rows the retention purge removed (or, for disconnected mailboxes, blanked), by kind.",
+            ["kind"],
+            registry=registry,
+        )
 
     def render(self) -> tuple[bytes, str]:
         """Every metric of the registry in the text format, with its content type."""
@@ -298,6 +304,9 @@ class PrometheusTelemetry:
 
     def http_request(self, method: str, route: str, status: int) -> None:
         self._http_requests.labels(method=method, route=route, status=str(status)).inc()
+
+    def retention_purged(self, kind: str, rows: int) -> None:
+        self._retention_purged.labels(kind=kind).inc(rows)
 
 
 if TYPE_CHECKING:

@@ -114,3 +114,8 @@ class Telemetry(Protocol):
     def http_request(self, method: str, route: str, status: int) -> None:
         """The API answered ``method`` on ``route`` (a template) with ``status``."""
         ...
+
+    def retention_purged(self, kind: str, rows: int) -> None:
+        """A retention batch purged ``rows`` rows of ``kind`` (``job_events``, ``job_contents``,
+        …: the kinds of ``db/retention.py``; docs/privacy.md PP-4, PP-6)."""
+        ...

@@ -288,10 +288,3 @@ class MailboxStore:
             if not result.rowcount:  # type: ignore[attr-defined]
                 return None  # another request consumed it first
         return row
-
-    async def purge_expired_authorizations(self) -> int:
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                delete(OAuthState).where(OAuthState.expires_at < self._clock())
-            )
-        return int(result.rowcount)  # type: ignore[attr-defined]

@@ -51,6 +51,10 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
         ({"MAILBOX_WORKER_KEYS__RETIRE_GRACE_HOURS": "0"}, "keys.retire_grace_hours"),
         ({"MAILBOX_WORKER_KEYS__RETIRE_GRACE_HOURS": "169"}, "keys.retire_grace_hours"),
         ({"MAILBOX_WORKER_DATABASE__ECHO": "maybe"}, "database.echo"),
+        ({"MAILBOX_WORKER_RETENTION__CONTENT_DAYS": "-1"}, "retention.content_days"),
+        ({"MAILBOX_WORKER_RETENTION__BATCH_SIZE": "0"}, "retention.batch_size"),
+        ({"MAILBOX_WORKER_RETENTION__INTERVAL": "0"}, "retention.interval"),
+        ({"MAILBOX_WORKER_RETENTION__PAUSE": "-1"}, "retention.pause"),
         ({"MAILBOX_WORKER_MICROSOFT__AUTHORITY": "http://login"}, "microsoft.authority"),
         (
             {"MAILBOX_WORKER_MICROSOFT__EXTRA_SCOPES": "https://graph.microsoft.com/Mail.Read"},
@@ -111,3 +115,17 @@ def test_gmail_drafts_can_be_turned_off_from_the_environment() -> None:
     settings = load_settings(environ={"MAILBOX_WORKER_GOOGLE__DRAFTS": "false"})
     assert settings.google.drafts is False
     assert Settings().google.drafts is True
+
+
+@pytest.mark.parametrize("days", ["91", "365", "0"])
+def test_traces_cannot_be_kept_beyond_90_days(days: str) -> None:
+    """docs/privacy.md PP-4: the period may be configured shorter, never longer."""
+    with pytest.raises(ConfigError, match="at most 90 days") as caught:
+        load_settings(environ={"MAILBOX_WORKER_RETENTION__EVENTS_DAYS": days})
+    assert caught.value.setting == "retention.events_days"
+
+
+def test_retention_defaults_to_90_days_of_traces_and_7_days_of_content() -> None:
+    retention = load_settings(environ={"MAILBOX_WORKER_RETENTION__EVENTS_DAYS": "30"}).retention
+    assert (retention.events_days, retention.content_days) == (30, 7)
+    assert Settings().retention.events_days == 90
