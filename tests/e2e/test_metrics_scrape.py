@@ -36,6 +36,7 @@ LOOPS = {
     "housekeeping",
     "lease_renewal",
     "callbacks",
+    "retention",
     "revocations",
     "storage_scrub",
     "key_rotation",
