@@ -237,11 +237,13 @@ async def test_a_stopped_purge_ends_after_one_batch(stores: Stores) -> None:
     assert purged == {"job_events": 2}
 
 
+# PostgreSQL only: SQLite has one write lock for the whole file, no row lock to skip.
+@pytest.mark.parametrize(
+    "migrated_database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_a_purge_skips_rows_another_transaction_holds(stores: Stores) -> None:
     """On PostgreSQL a batch never waits for a row locked elsewhere (a claim's, an outcome's):
     it leaves it for the next pass."""
-    if stores.engine.dialect.name == "sqlite":
-        pytest.skip("SQLite has one write lock for the whole file: no row lock to skip")
     _, job_id = await a_job(stores)
     ids = await add(stores, JobEvent, [job_event(job_id, NOW - 91 * DAY)] * 5)
     async with stores.engine.connect() as holder:
