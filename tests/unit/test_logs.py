@@ -41,7 +41,7 @@ def test_aiohttp_s_echo_of_a_malformed_request_is_dropped() -> None:
 
 
 SECRETS = (
-    ("Authorization: Bearer %s", "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.payload.signature"),
+    ("Authorization: Bearer %s", "eyJhbGciOiJSUzI1NiJ9.payload.signature"),
     ("refresh_token=%s&scope=Mail.Send", "0.AAAA-refresh-token-value"),
     ('{"access_token": "%s"}', "EwBwA8l6BAAU-access-token"),
     ("api key %s rejected", KEY),
