@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,9 +18,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
+from mailbox_worker.app import App
+from mailbox_worker.config import load_settings
+from mailbox_worker.db.models import JobEvent
 from mailbox_worker.sandbox import Sandbox
 from tests.ports import free_port
+
+from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 CLI = [sys.executable, "-m", "mailbox_worker.cli"]
 ADDRESS = "billing@contoso.example"
@@ -107,3 +114,44 @@ async def call(
         body = await answer.read()
         daemon.answers.append(body)
         return answer.status, (await answer.json() if body else None)
+
+
+# -- PostgreSQL and several daemons --------------------------------------------------------
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """An empty database of its own on the test PostgreSQL server, dropped afterwards."""
+    require_postgres()
+    url = await create_postgres_database()
+    yield url
+    await drop_postgres_database(url)
+
+
+def second_daemon(first: Daemon, tmp_path: Path) -> Daemon:
+    port = free_port()
+    environment = {
+        **first.environment,
+        "MAILBOX_WORKER_SERVER__PORT": str(port),
+        "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    return Daemon(
+        f"http://127.0.0.1:{port}", environment, tmp_path / "daemon-2.log", first.database
+    )
+
+
+async def workers_that_sent(environment: dict[str, str]) -> set[str]:
+    app = App.build(load_settings(environ=environment))
+    try:
+        async with app.sessions() as session:
+            rows = await session.scalars(select(JobEvent.worker).where(JobEvent.to_state == "sent"))
+            return {worker for worker in rows if worker}
+    finally:
+        await app.close()
+
+
+async def counters(
+    http: aiohttp.ClientSession, sandbox: Sandbox, context: ssl.SSLContext
+) -> dict[str, int]:
+    async with http.get(f"{sandbox.base_url}/_sandbox/counters", ssl=context) as answer:
+        return dict((await answer.json())["counters"])

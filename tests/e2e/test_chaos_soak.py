@@ -25,8 +25,7 @@ from mailbox_worker.sandbox import Sandbox
 from tests.postgres_cluster import PostgresCluster, postgres_cluster
 
 from .chaos import SoakPlan, SoakReport, run_soak
-from .conftest import Daemon
-from .test_two_workers_postgres import second_daemon
+from .conftest import Daemon, second_daemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.soak]
 

@@ -7,7 +7,6 @@ import asyncio
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,7 @@ from mailbox_worker.db.models import Mailbox
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 
-from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
-from .conftest import Daemon, call, start
-from .test_two_workers_postgres import counters, second_daemon
+from .conftest import Daemon, call, counters, second_daemon, start
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -31,14 +28,6 @@ THROTTLED = "accounts@contoso.example"
 JOBS = 60
 SLOW_REQUEST = 0.2  # seconds the sandbox holds each send: requests overlap
 FINAL = {"sent", "failed", "unknown"}
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    require_postgres()
-    url = await create_postgres_database()
-    yield url
-    await drop_postgres_database(url)
 
 
 def job_body(mailbox_id: str, number: int) -> dict[str, Any]:
@@ -107,11 +96,11 @@ async def stored_mailbox(environment: dict[str, str], mailbox_id: str) -> Mailbo
 
 
 async def test_two_daemons_hold_a_mailboxs_limits_and_a_429_pauses_only_its_mailbox(
-    daemon: Daemon, sandbox: Sandbox, database: str, tmp_path: Path
+    daemon: Daemon, sandbox: Sandbox, postgres_url: str, tmp_path: Path
 ) -> None:
     daemon.environment.update(
         {
-            "MAILBOX_WORKER_DATABASE__URL": database,
+            "MAILBOX_WORKER_DATABASE__URL": postgres_url,
             "MAILBOX_WORKER_LOGGING__LEVEL": "INFO",
             # Each process could run 8 at once: only the shared claim keeps a mailbox at 4.
             "MAILBOX_WORKER_WORKER__CONCURRENCY": "8",

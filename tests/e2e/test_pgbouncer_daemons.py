@@ -14,7 +14,7 @@ import collections
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,8 @@ from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 from tests.pgbouncer import running_pgbouncer, stats, through
 
-from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
-from .conftest import Daemon, call, start
-from .test_two_workers_postgres import counters, second_daemon, workers_that_sent
+from ..conftest import require_postgres
+from .conftest import Daemon, call, counters, second_daemon, start, workers_that_sent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -45,14 +44,6 @@ def pgbouncer() -> Iterator[int]:
     require_postgres()
     with running_pgbouncer(SERVER_CONNECTIONS) as port:
         yield port
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    require_postgres()
-    url = await create_postgres_database()
-    yield url
-    await drop_postgres_database(url)
 
 
 def invoice(mailbox_id: str, number: int) -> dict[str, Any]:
@@ -100,11 +91,11 @@ async def sandbox_settings(
 
 
 async def test_two_daemons_through_pgbouncer_send_each_invoice_once(
-    daemon: Daemon, sandbox: Sandbox, database: str, pgbouncer: int, tmp_path: Path
+    daemon: Daemon, sandbox: Sandbox, postgres_url: str, pgbouncer: int, tmp_path: Path
 ) -> None:
     daemon.environment.update(
         {
-            "MAILBOX_WORKER_DATABASE__URL": through(database, pgbouncer),
+            "MAILBOX_WORKER_DATABASE__URL": through(postgres_url, pgbouncer),
             "MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true",
             "MAILBOX_WORKER_WORKER__CONCURRENCY": str(CONCURRENCY),
             # Two per mailbox in each process: together within Graph's 4, so no throttling.
@@ -144,7 +135,7 @@ async def test_two_daemons_through_pgbouncer_send_each_invoice_once(
                 assert status == 202, job
                 return dict(job)
 
-            name = str(make_url(database).database)
+            name = str(make_url(postgres_url).database)
             pooled_before = stats(pgbouncer, name)
             started = time.perf_counter()
             jobs = await asyncio.gather(*(enqueue(number) for number in range(JOBS)))

@@ -8,47 +8,22 @@ import base64
 import json
 import signal
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import select
 
 from mailbox_worker.app import App
 from mailbox_worker.config import load_settings
-from mailbox_worker.db.models import JobEvent
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
-from tests.ports import free_port
 
-from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
-from .conftest import ADDRESS, Daemon, call, start
+from .conftest import ADDRESS, Daemon, call, counters, second_daemon, start, workers_that_sent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 JOBS = 50
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    require_postgres()
-    url = await create_postgres_database()
-    yield url
-    await drop_postgres_database(url)
-
-
-def second_daemon(first: Daemon, tmp_path: Path) -> Daemon:
-    port = free_port()
-    environment = {
-        **first.environment,
-        "MAILBOX_WORKER_SERVER__PORT": str(port),
-        "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
-    }
-    return Daemon(
-        f"http://127.0.0.1:{port}", environment, tmp_path / "daemon-2.log", first.database
-    )
 
 
 async def expire_stored_access_token(environment: dict[str, str], mailbox_id: str) -> None:
@@ -66,29 +41,12 @@ async def expire_stored_access_token(environment: dict[str, str], mailbox_id: st
         await app.close()
 
 
-async def workers_that_sent(environment: dict[str, str]) -> set[str]:
-    app = App.build(load_settings(environ=environment))
-    try:
-        async with app.sessions() as session:
-            rows = await session.scalars(select(JobEvent.worker).where(JobEvent.to_state == "sent"))
-            return {worker for worker in rows if worker}
-    finally:
-        await app.close()
-
-
-async def counters(
-    http: aiohttp.ClientSession, sandbox: Sandbox, context: ssl.SSLContext
-) -> dict[str, int]:
-    async with http.get(f"{sandbox.base_url}/_sandbox/counters", ssl=context) as answer:
-        return dict((await answer.json())["counters"])
-
-
 async def test_fifty_jobs_two_processes_one_refresh(
-    daemon: Daemon, sandbox: Sandbox, database: str, tmp_path: Path
+    daemon: Daemon, sandbox: Sandbox, postgres_url: str, tmp_path: Path
 ) -> None:
     daemon.environment.update(
         {
-            "MAILBOX_WORKER_DATABASE__URL": database,
+            "MAILBOX_WORKER_DATABASE__URL": postgres_url,
             "MAILBOX_WORKER_WORKER__PER_MAILBOX_CONCURRENCY": "2",
             "MAILBOX_WORKER_LOGGING__LEVEL": "INFO",
         }
