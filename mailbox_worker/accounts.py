@@ -2,7 +2,8 @@
 service that answers them over ``db.accounts``.
 
 The API never sees a database row: it authenticates a presented key into a ``Principal``,
-reads an ``AccountView``, and replaces the account's return origins, all through
+reads an ``AccountView``, replaces the account's return origins, and grants or revokes
+support access (``SupportGrantView``, docs/privacy.md PP-3), all through
 ``AccountService``. Accounts and keys are created by the operator (the CLI), not here.
 """
 
@@ -12,7 +13,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 from mailbox_worker.db.accounts import AccountStore
-from mailbox_worker.db.models import ApiKey
+from mailbox_worker.db.models import ApiKey, SupportGrant
+from mailbox_worker.db.support_grants import SupportGrantStore
 from mailbox_worker.errors import InvalidRequest, NotFound
 
 
@@ -35,11 +37,24 @@ class AccountView:
     return_origins: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class SupportGrantView:
+    """A support-access grant as the API shows it."""
+
+    id: str
+    granted_by: str
+    reason: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
 class AccountService:
     """Authenticates API keys and reads or changes the caller's own account."""
 
-    def __init__(self, accounts: AccountStore) -> None:
+    def __init__(self, accounts: AccountStore, support_grants: SupportGrantStore) -> None:
         self._accounts = accounts
+        self._support_grants = support_grants
 
     async def authenticate(self, presented: str) -> Principal | None:
         """The principal of a presented key; None for an unknown, malformed or revoked key."""
@@ -67,6 +82,43 @@ class AccountService:
         except ValueError as error:  # the document's "origin" format already refuses these
             raise InvalidRequest(str(error), code="invalid_origin") from None
         return await self.account(principal)
+
+    async def grant_support(
+        self, principal: Principal, hours: int, reason: str
+    ) -> SupportGrantView:
+        """Grant support access for ``hours``, replacing an active grant; audited as the key.
+        ``InvalidRequest`` (invalid_support_grant) for hours or a reason out of range;
+        ``NotFound`` (account_not_found) once the account is deleted."""
+        try:
+            grant = await self._support_grants.grant(
+                principal.account_id, principal.key_id, hours, reason
+            )
+        except ValueError as error:
+            raise InvalidRequest(str(error), code="invalid_support_grant") from None
+        except LookupError:
+            raise NotFound("no such account", code="account_not_found") from None
+        return _grant_view(grant)
+
+    async def revoke_support(self, principal: Principal) -> SupportGrantView | None:
+        """End the active grant now, audited; None when there was none."""
+        grant = await self._support_grants.revoke(principal.account_id, principal.key_id)
+        return None if grant is None else _grant_view(grant)
+
+    async def support_grant(self, principal: Principal) -> SupportGrantView | None:
+        """The account's active grant, or None."""
+        grant = await self._support_grants.active(principal.account_id)
+        return None if grant is None else _grant_view(grant)
+
+
+def _grant_view(grant: SupportGrant) -> SupportGrantView:
+    return SupportGrantView(
+        grant.id,
+        grant.granted_by,
+        grant.reason,
+        grant.created_at,
+        grant.expires_at,
+        grant.revoked_at,
+    )
 
 
 def _principal(key: ApiKey | None) -> Principal | None:

@@ -36,6 +36,7 @@ from mailbox_worker.config import KEYS_VARIABLE, Settings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.account_data import AccountData
 from mailbox_worker.db.accounts import AccountStore
+from mailbox_worker.db.audit_chain import AuditChain
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.erasure import StorageScrubber
 from mailbox_worker.db.locks import DatabaseLocks
@@ -43,6 +44,7 @@ from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.outage import is_database_unavailable
 from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_shortfall
 from mailbox_worker.db.retention import Retention
+from mailbox_worker.db.support_grants import SupportGrantStore
 from mailbox_worker.db.violations import PolicyViolationLog
 from mailbox_worker.errors import ConfigError, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
@@ -76,6 +78,8 @@ from mailbox_worker.tokens.vault import TokenVault
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/oauth/callback"
+AUDIT_SEAL_INTERVAL = 30.0
+"""Seconds between passes of the audit sealer (``db/audit_chain.py``)."""
 
 
 def _version() -> str:
@@ -189,6 +193,10 @@ class App:
     egress: EgressGate
     """The gate every outbound client the app builds sends through (docs/privacy.md PP-5)."""
     retention: Retention
+    audit_chain: AuditChain
+    """Seals audit entries into their hash chains and verifies them (docs/privacy.md PP-3)."""
+    support_grants: SupportGrantStore
+    """Support-access grants (docs/privacy.md PP-3, LU-5)."""
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The background loops ``serve`` runs, by name; one that ended means not ready."""
 
@@ -253,7 +261,8 @@ class App:
         mailbox_service = MailboxService(
             mailboxes, jobs, accounts, vault, tokens, identities, revocations, redirect_uri, clock
         )
-        account_service = AccountService(accounts)
+        support_grants = SupportGrantStore(sessions, clock)
+        account_service = AccountService(accounts, support_grants)
         account_rights = AccountRights(
             AccountData(sessions, clock), mailbox_service, scrubber, wake_worker=worker.wake
         )
@@ -293,6 +302,8 @@ class App:
             retention=Retention(
                 sessions, settings.retention, scrubber=scrubber, telemetry=telemetry, clock=clock
             ),
+            audit_chain=AuditChain(engine, DatabaseLocks(engine), clock),
+            support_grants=support_grants,
         )
 
     def check_pool_size(self) -> None:
@@ -375,6 +386,14 @@ class App:
             "key_rotation": self.key_rotation.run(stop),
             "storage_scrub": self.scrubber.run(stop),
             "retention": self.retention.run(stop),
+            "audit_seal": Periodic(
+                "audit sealing",
+                self.audit_chain.seal,
+                AUDIT_SEAL_INTERVAL,
+                name="audit_seal",
+                telemetry=self.telemetry,
+                database_unavailable=is_database_unavailable,
+            ).run(stop),
         }
         if self.settings.callbacks.url:
             # Built here rather than by CallbackDispatcher.run, to count its failed passes.

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mailbox_worker.api import account, account_rights, admin_page, jobs, mailboxes, system
+from mailbox_worker.api import (
+    account,
+    account_rights,
+    admin_page,
+    jobs,
+    mailboxes,
+    support_access,
+    system,
+)
 from mailbox_worker.api.context import DOCUMENT, SERVICES
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import error_middleware
@@ -55,6 +63,9 @@ def create_app(services: ApiServices) -> web.Application:
             web.post("/v1/account/pause", account_rights.pause),
             web.post("/v1/account/resume", account_rights.resume),
             web.post("/v1/account/erase", account_rights.erase),
+            web.get("/v1/account/support-access", support_access.get, allow_head=False),
+            web.post("/v1/account/support-access", support_access.post),
+            web.delete("/v1/account/support-access", support_access.delete),
             web.get("/oauth/callback", mailboxes.oauth_callback, allow_head=False),
             # HEAD too on the operations endpoints, for uptime checkers (never on the OAuth
             # callback: it consumes the authorization's state).

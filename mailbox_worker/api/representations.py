@@ -17,6 +17,7 @@ from mailbox_worker.api.services import (
     JobView,
     MailboxView,
     PauseView,
+    SupportGrantView,
 )
 
 
@@ -103,6 +104,30 @@ def account_json(account: AccountView) -> dict[str, Any]:
         "name": account.name,
         "created_at": timestamp(account.created_at),
         "return_origins": sorted(account.return_origins),
+    }
+
+
+def support_access_json(
+    grant: SupportGrantView | None, *, revoked: SupportGrantView | None = None
+) -> dict[str, Any]:
+    """The active support-access grant or ``null`` (the document's ``SupportAccess``); after
+    a revocation, ``revoked`` too."""
+    document: dict[str, Any] = {"active": grant is not None, "grant": _grant_json(grant)}
+    if revoked is not None:
+        document["revoked"] = _grant_json(revoked)
+    return document
+
+
+def _grant_json(grant: SupportGrantView | None) -> dict[str, Any] | None:
+    if grant is None:
+        return None
+    return {
+        "id": grant.id,
+        "granted_by": grant.granted_by,
+        "reason": grant.reason,
+        "created_at": timestamp(grant.created_at),
+        "expires_at": timestamp(grant.expires_at),
+        "revoked_at": timestamp(grant.revoked_at),
     }
 
 

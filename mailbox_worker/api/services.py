@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mailbox_worker.accounts import AccountView, Principal
+from mailbox_worker.accounts import AccountView, Principal, SupportGrantView
 from mailbox_worker.api.admin_session import AdminSessions, KeyLookup
 from mailbox_worker.jobs.intake import JobEventView, JobView, Submission
 from mailbox_worker.mailboxes.account_rights import ErasureReport, PauseView
@@ -106,6 +106,21 @@ class AccountOperations(KeyLookup, Protocol):
         """Replace the account's return origins; ``InvalidRequest`` (invalid_origin)."""
         ...
 
+    async def grant_support(
+        self, principal: Principal, hours: int, reason: str
+    ) -> SupportGrantView:
+        """Grant support access for ``hours`` (docs/privacy.md PP-3), replacing an active
+        grant; ``InvalidRequest`` (invalid_support_grant)."""
+        ...
+
+    async def revoke_support(self, principal: Principal) -> SupportGrantView | None:
+        """End the active support grant now; None when there was none."""
+        ...
+
+    async def support_grant(self, principal: Principal) -> SupportGrantView | None:
+        """The active support grant, or None."""
+        ...
+
 
 class AccountRightsOperations(Protocol):
     """An account's data rights (``mailboxes.account_rights.AccountRights``); each raises
@@ -164,4 +179,5 @@ __all__ = [
     "PauseView",
     "Principal",
     "Submission",
+    "SupportGrantView",
 ]

@@ -19,8 +19,10 @@ from pathlib import Path
 from mailbox_worker import logs
 from mailbox_worker.app import App
 from mailbox_worker.cli import accounts as account_commands
+from mailbox_worker.cli import audit as audit_commands
 from mailbox_worker.cli import jobs as job_commands
 from mailbox_worker.cli import settings_view
+from mailbox_worker.cli import support as support_commands
 from mailbox_worker.config import Settings, load_settings
 from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.errors import ConfigError, MailboxWorkerError
@@ -114,17 +116,31 @@ def _parser() -> argparse.ArgumentParser:
     jobs = command(
         "jobs",
         _jobs,
-        "list, show and count jobs (metadata only); resolve, retry or cancel one; audited as cli",
+        "list, show and count jobs (metadata only; a job's content only under the account's "
+        "support-access grant); resolve, retry or cancel one; audited as cli",
     )
     job_commands.add_arguments(jobs)
 
     config = command("config", _config, "check the settings, or show them with every secret masked")
     settings_view.add_arguments(config)
 
-    mailboxes = command("mailboxes", _mailboxes, "list or disconnect mailboxes")
-    mailboxes.add_argument("action", choices=["list", "disconnect"])
+    audit = command(
+        "audit",
+        _audit,
+        "verify the tamper-evident audit trail (hash chains, one an account)",
+    )
+    audit_commands.add_arguments(audit)
+
+    mailboxes = command(
+        "mailboxes",
+        _mailboxes,
+        "list or disconnect mailboxes; show one's details under the account's support-access "
+        "grant (audited)",
+    )
+    mailboxes.add_argument("action", choices=["list", "show", "disconnect"])
     mailboxes.add_argument("--account", help="account id (list)")
-    mailboxes.add_argument("--id", help="mailbox id (disconnect)")
+    mailboxes.add_argument("--id", help="mailbox id (show, disconnect)")
+    mailboxes.add_argument("--json", action="store_true", help="answer in JSON (show)")
     return parser
 
 
@@ -217,6 +233,11 @@ def _normalised(origin: str) -> str:
         raise ValueError(f"the origin {origin!r} {error}") from None
 
 
+async def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    async with _app(settings) as app:
+        return await audit_commands.run(app, args)
+
+
 async def _keys(args: argparse.Namespace, settings: Settings) -> int:
     async with _app(settings) as app:
         if args.action == "create":
@@ -307,11 +328,12 @@ async def _config(args: argparse.Namespace, settings: Settings) -> int:
 async def _mailboxes(args: argparse.Namespace, settings: Settings) -> int:
     async with _app(settings) as app:
         if args.action == "list":
+            # Metadata only: the address is a detail, shown by ``show`` under a grant (PP-3).
             for mailbox in await app.mailboxes.list(args.account or ""):
-                print(
-                    f"{mailbox.id}\t{mailbox.provider}\t{mailbox.state}\t{mailbox.address or '-'}"
-                )
+                print(f"{mailbox.id}\t{mailbox.provider}\t{mailbox.state}")
             return 0
+        if args.action == "show":
+            return await support_commands.show_mailbox(app, args)
         found = await app.mailboxes.get(args.id or "")
         if found is None:
             print("no such mailbox", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 ``list``, ``show`` and ``stats`` show metadata only — ids, states, attempts, stable error codes
 and times — never a message, a recipient or a token (docs/privacy.md PP-3: content is the
-customer's). ``resolve``, ``retry`` and ``cancel`` settle an ``unknown`` job; ``cancel`` also
-cancels a ``queued`` or ``held`` one. Every action is audited as ``cli``.
+customer's). ``show --content`` shows the message only under the account's support-access
+grant, and audits it (``cli/support.py``). ``resolve``, ``retry`` and ``cancel`` settle an
+``unknown`` job; ``cancel`` also cancels a ``queued`` or ``held`` one. Every action is
+audited as ``cli``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from mailbox_worker.app import App
 from mailbox_worker.cli.output import OK, USAGE, emit_json, emit_rows, refuse
+from mailbox_worker.cli.support import show_job_content
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.jobs.store import JobFilter
 from mailbox_worker.jobs.transitions import SETTLEMENTS
@@ -46,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--accept-duplicate-risk",
         action="store_true",
         help="retry: accept that the message may be delivered twice (required)",
+    )
+    parser.add_argument(
+        "--content",
+        action="store_true",
+        help="show: the message itself; only under the account's support-access grant, audited",
     )
     parser.add_argument("--json", action="store_true", help="answer in JSON")
 
@@ -86,6 +94,8 @@ async def _list(app: App, args: argparse.Namespace) -> int:
 
 
 async def _show(app: App, args: argparse.Namespace) -> int:
+    if args.content:
+        return await show_job_content(app, args.id)
     job = await app.jobs.get(args.id)
     if job is None:
         return refuse(f"no job {args.id}")

@@ -36,6 +36,7 @@ from mailbox_worker.db.models import (
     OAuthState,
     OutboxEvent,
     PendingRevocation,
+    SupportGrant,
     TokenRecord,
 )
 
@@ -78,6 +79,7 @@ class AccountData:
                 "outbox_events": await _outbox_events(session, account_id),
                 "pending_revocations": await _pending_revocations(session, account_id),
                 "audit_events": await _audit_events(session, account_id),
+                "support_grants": await _support_grants(session, account_id),
             }
 
     async def set_paused(self, account_id: str, paused: bool, actor: str) -> PauseChange | None:
@@ -152,6 +154,10 @@ class AccountData:
                 (
                     "account_return_origins",
                     delete(AccountReturnOrigin).where(AccountReturnOrigin.account_id == account_id),
+                ),
+                (
+                    "support_grants",
+                    delete(SupportGrant).where(SupportGrant.account_id == account_id),
                 ),
                 (
                     "audit_events",
@@ -336,6 +342,16 @@ async def _pending_revocations(session: AsyncSession, account_id: str) -> list[d
         "give_up_at",
     )
     return [_row(revocation, columns) for revocation in await session.scalars(query)]
+
+
+async def _support_grants(session: AsyncSession, account_id: str) -> list[dict[str, Any]]:
+    query = (
+        select(SupportGrant)
+        .where(SupportGrant.account_id == account_id)
+        .order_by(SupportGrant.created_at)
+    )
+    columns = ("id", "granted_by", "reason", "created_at", "expires_at", "revoked_at")
+    return [_row(grant, columns) for grant in await session.scalars(query)]
 
 
 async def _audit_events(session: AsyncSession, account_id: str) -> list[dict[str, Any]]:

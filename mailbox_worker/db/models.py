@@ -272,8 +272,38 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(60))
     target: Mapped[str | None] = mapped_column(String(120), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    chain_position: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), nullable=True
+    )
+    """The entry's place in its account's chain (1, 2, ...); None until sealed
+    (``db/audit_chain.py``)."""
+    previous_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    entry_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index(None, "at"), Index(None, "account_id", "id"))
+    __table_args__ = (
+        Index(None, "at"),
+        Index(None, "account_id", "id"),
+        Index(None, "chain_position"),
+        Index(None, "account_id", "chain_position"),
+    )
+
+
+class SupportGrant(Base):
+    """An account admin's consent to support access, for a limited time (docs/privacy.md
+    PP-3, LU-5): active while ``revoked_at`` is None and ``expires_at`` is in the future."""
+
+    __tablename__ = "support_grants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    granted_by: Mapped[str] = mapped_column(String(40))
+    """The id of the API key that granted it."""
+    reason: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index(None, "account_id", "expires_at"),)
 
 
 class PendingRevocation(Base):

@@ -8,8 +8,9 @@ What holds a connection at the same moment, each at most once at a time:
   reads and writes on the connection that holds its advisory lock (``db/locks.py``), so it
   never waits for a second one while it pins the first;
 * the worker's claim and housekeeping pass, and its lease renewal: one each;
-* revocation retries, the storage scrub and the retention purge: one each (the purge's
-  batches run one after another; the scrub it may ask for waits for the scrub's own);
+* revocation retries, the storage scrub, the retention purge and the audit sealer: one each
+  (the purge's batches run one after another; the scrub it may ask for waits for the scrub's
+  own; the sealer writes on its advisory lock's connection);
 * scheduled key rotation: two (its advisory lock's connection, and the vault's reads and
   re-wraps beside it);
 * callback delivery, when ``callbacks.url`` is set: one;
@@ -31,8 +32,8 @@ from mailbox_worker.db.engine import DatabaseSettings
 PER_JOB = 1
 WORKER_LOOPS = 2
 """The claim-and-housekeeping pass and the lease renewal."""
-MAINTENANCE_LOOPS = 3
-"""Revocation retries, the storage scrub and the retention purge."""
+MAINTENANCE_LOOPS = 4
+"""Revocation retries, the storage scrub, the retention purge and the audit sealer."""
 KEY_ROTATION = 2
 CALLBACKS = 1
 API_RESERVE = 2

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.db.support_grants import SupportGrantStore
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 
@@ -331,3 +334,72 @@ def test_accounts_pause_resume_export_and_erase(environment: dict[str, str]) -> 
     assert gone.returncode == 1
     assert f"no account {account}" in gone.stderr
     assert run(environment, "accounts", "pause").returncode == 2
+
+
+def test_audit_verify_passes_then_names_an_altered_entry(
+    environment: dict[str, str], tmp_path: Path
+) -> None:
+    account = run(environment, "accounts", "create", "Contoso").stdout.strip()
+    assert run(environment, "keys", "create", "--account", account).returncode == 0
+    database = tmp_path / "cli.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        # Old enough to seal now (the sealer leaves the last minute's entries to settle).
+        connection.execute("UPDATE audit_events SET at = datetime(at, '-1 hour')")
+
+    verified = run(environment, "audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip() == "ok, 2 entries in 1 chains"
+
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        [(entry_id,)] = connection.execute("SELECT max(id) FROM audit_events").fetchall()
+        connection.execute(
+            "UPDATE audit_events SET detail = '{\"permissions\": []}' WHERE id = ?", (entry_id,)
+        )
+    altered = run(environment, "audit", "verify")
+    assert altered.returncode == 1
+    assert f"audit entry {entry_id} (chain {account})" in altered.stderr
+    assert json.loads(run(environment, "audit", "verify", "--json").stdout)["ok"] is False
+
+
+async def _granted(database_url: str, job_id: str, hours: int) -> None:
+    """Grant support access to the job's account (as its admin would through the API)."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        sessions = create_session_factory(engine)
+        job = await JobStore(sessions).get(job_id)
+        assert job is not None
+        await SupportGrantStore(sessions).grant(job.account_id, "key_admin", hours, "ticket 1")
+    finally:
+        await engine.dispose()
+
+
+def test_content_and_mailbox_details_only_under_a_support_grant(
+    environment: dict[str, str],
+) -> None:
+    assert run(environment, "migrate").returncode == 0
+    url = environment["MAILBOX_WORKER_DATABASE__URL"]
+    job_id = asyncio.run(_unknown_job(url))
+    mailbox_id = json.loads(run(environment, "jobs", "show", "--id", job_id, "--json").stdout)[
+        "mailbox_id"
+    ]
+
+    refused = run(environment, "jobs", "show", "--id", job_id, "--content")
+    refused_mailbox = run(environment, "mailboxes", "show", "--id", mailbox_id)
+    for answer in (refused, refused_mailbox):
+        assert answer.returncode == 1
+        assert "granted no active support access" in answer.stderr
+        assert "Invoice" not in answer.stdout and "billing@" not in answer.stdout
+
+    asyncio.run(_granted(url, job_id, 1))
+    shown = run(environment, "jobs", "show", "--id", job_id, "--content")
+    details = run(environment, "mailboxes", "show", "--id", mailbox_id, "--json")
+
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["content"] == {"subject": "Invoice"}
+    assert details.returncode == 0, details.stderr
+    assert json.loads(details.stdout)["address"] == "billing@contoso.example"
+    with contextlib.closing(sqlite3.connect(url.split("///", 1)[1])) as connection:
+        accesses = connection.execute(
+            "SELECT actor, target FROM audit_events WHERE action = 'support.access' ORDER BY id"
+        ).fetchall()
+    assert accesses == [("cli", job_id), ("cli", mailbox_id)]

@@ -37,6 +37,7 @@ LOOPS = {
     "lease_renewal",
     "callbacks",
     "retention",
+    "audit_seal",
     "revocations",
     "storage_scrub",
     "key_rotation",

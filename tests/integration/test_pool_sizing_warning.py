@@ -22,7 +22,7 @@ from tests.ports import free_port
 from .api_harness import IdleProvider
 
 SHORT = (4, 2)
-"""6 connections, against 24 + 7 + 2 = 33 for concurrency 24 with scheduled rotation."""
+"""6 connections, against 24 + 8 + 2 = 34 for concurrency 24 with scheduled rotation."""
 
 
 def settings(url: str, tmp_path: Path, pool: tuple[int, int]) -> Settings:
@@ -77,9 +77,9 @@ async def test_serve_warns_once_when_the_pool_is_smaller_than_the_process_can_ne
         return
     assert len(warnings) == 1
     assert "4 + 2 = 6 connections" in warnings[0]
-    assert "can hold 33 at once" in warnings[0]
+    assert "can hold 34 at once" in warnings[0]
     assert "worker.concurrency 24" in warnings[0]
-    assert (gauge(app, "pool"), gauge(app, "needed")) == (6, 33)
+    assert (gauge(app, "pool"), gauge(app, "needed")) == (6, 34)
 
 
 @pytest.mark.postgres
@@ -91,7 +91,7 @@ async def test_a_pool_large_enough_starts_without_a_warning(
     url = await create_postgres_database(template=postgres_template)
     caplog.set_level(logging.WARNING, logger="mailbox_worker.app")
     app = App.build(
-        settings(url, tmp_path, (20, 13)),
+        settings(url, tmp_path, (20, 14)),
         providers={"microsoft": IdleProvider()},
     )
     try:
@@ -100,4 +100,4 @@ async def test_a_pool_large_enough_starts_without_a_warning(
         await app.close()
         await drop_postgres_database(url)
     assert pool_warnings(caplog) == []
-    assert (gauge(app, "pool"), gauge(app, "needed")) == (33, 33)
+    assert (gauge(app, "pool"), gauge(app, "needed")) == (34, 34)

@@ -11,15 +11,15 @@ from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_short
 POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/mw"
 
 
-def test_concurrency_8_with_every_loop_needs_18() -> None:
+def test_concurrency_8_with_every_loop_needs_19() -> None:
     demand = pool_demand(8, key_rotation=True, callbacks=True)
-    assert (demand.jobs, demand.background, demand.api_reserve) == (8, 8, 2)
-    assert demand.total == 18
+    assert (demand.jobs, demand.background, demand.api_reserve) == (8, 9, 2)
+    assert demand.total == 19
 
 
 @pytest.mark.parametrize(
     ("key_rotation", "callbacks", "total"),
-    [(False, False, 17), (True, False, 19), (False, True, 18), (True, True, 20)],
+    [(False, False, 18), (True, False, 20), (False, True, 19), (True, True, 21)],
 )
 def test_optional_loops_count_only_when_on(key_rotation: bool, callbacks: bool, total: int) -> None:
     assert pool_demand(10, key_rotation=key_rotation, callbacks=callbacks).total == total
@@ -48,22 +48,22 @@ def test_the_defaults_cover_the_default_concurrency() -> None:
 
 
 def test_a_pool_exactly_as_large_as_the_demand_is_enough() -> None:
-    demand = pool_demand(8, key_rotation=True, callbacks=False)  # 17
-    settings = DatabaseSettings(url=POSTGRES, pool_size=17, max_overflow=0)
+    demand = pool_demand(8, key_rotation=True, callbacks=False)  # 18
+    settings = DatabaseSettings(url=POSTGRES, pool_size=18, max_overflow=0)
     assert pool_shortfall(settings, demand) is None
-    short = DatabaseSettings(url=POSTGRES, pool_size=16, max_overflow=0)
+    short = DatabaseSettings(url=POSTGRES, pool_size=17, max_overflow=0)
     assert pool_shortfall(short, demand) is not None
 
 
 def test_the_warning_names_the_settings_and_the_numbers() -> None:
-    demand = pool_demand(16, key_rotation=True, callbacks=False)  # 16 + 7 + 2 = 25
+    demand = pool_demand(16, key_rotation=True, callbacks=False)  # 16 + 8 + 2 = 26
     warning = pool_shortfall(DatabaseSettings(url=POSTGRES, pool_size=5, max_overflow=5), demand)
     assert warning is not None
     for part in (
         "database.pool_size + database.max_overflow is 5 + 5 = 10",
-        "can hold 25 at once",
+        "can hold 26 at once",
         "worker.concurrency 16",
-        "7 for background loops",
+        "8 for background loops",
         "2 for API requests",
     ):
         assert part in warning
