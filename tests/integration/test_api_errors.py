@@ -47,6 +47,9 @@ PROTECTED = [
     ("POST", "/v1/account/pause", "account:write"),
     ("POST", "/v1/account/resume", "account:write"),
     ("POST", "/v1/account/erase", "account:write"),
+    ("GET", "/v1/account/support-access", "account:read"),
+    ("POST", "/v1/account/support-access", "account:write"),
+    ("DELETE", "/v1/account/support-access", "account:write"),
 ]
 
 

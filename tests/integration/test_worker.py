@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import WorkerSettings
-from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.errors import (
     AccessTokenRejected,
     IdentityMisconfigured,
@@ -375,20 +375,29 @@ async def test_a_worker_never_leases_more_jobs_than_its_concurrency(stores: Stor
     settings = dataclasses.replace(FAST, concurrency=3, per_mailbox_concurrency=3)
     provider = RecordingProvider(delay=0.02)
     worker, jobs = await _worker_with_jobs(stores, settings, provider, 30, "w-cap")
-    leased = select(func.count()).where(
-        Job.state == "running", Job.lease_owner.startswith("w-cap/")
-    )
-    most = 0
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     async with asyncio.timeout(30):  # a hang guard, not a performance assertion
         while (await stores.queue.count_by_state())["sent"] < len(jobs):
-            async with stores.sessions() as session:
-                most = max(most, int(await session.scalar(leased) or 0))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.01)
     stop.set()
     await running
-    assert 0 < most <= 3
+    # The jobs' own history, in the order it was written (this worker claims only once a
+    # slot is free, i.e. after the job that held it left `running`): every claim raises the
+    # number of leases held, every exit from `running` lowers it. No sampling to miss a peak.
+    query = (
+        select(JobEvent.from_state, JobEvent.to_state)
+        .where(JobEvent.kind == "state", JobEvent.job_id.in_([job.id for job in jobs]))
+        .order_by(JobEvent.id)
+    )
+    async with stores.sessions() as session:
+        history = (await session.execute(query)).all()
+    held = most = 0
+    for from_state, to_state in history:
+        held += (to_state == "running") - (from_state == "running")
+        most = max(most, held)
+    assert held == 0
+    assert most == 3  # 30 jobs of 20 ms, 3 slots: every slot is used, none beyond
     assert len(provider.calls) == 30
 
 
