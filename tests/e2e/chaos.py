@@ -34,7 +34,7 @@ from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.sandbox.controls import AMBIGUOUS_KINDS
 from mailbox_worker.states import TERMINAL
 
-from .conftest import Daemon, call, start
+from .conftest import Daemon, call, connect_mailbox, start
 
 FINAL = {str(state) for state in TERMINAL}
 IN_FLIGHT_CODES = {"worker_lost"}
@@ -411,25 +411,18 @@ async def _with_retries(attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> tu
     raise AssertionError("the daemons did not answer for 40 s")
 
 
-async def connect_mailbox(
+async def connected_mailbox(
     http: aiohttp.ClientSession,
     plain: aiohttp.ClientSession,
     daemon: Daemon,
     address: str,
     context: ssl.SSLContext,
 ) -> str:
-    status, created = await call(
-        http,
-        daemon,
-        "POST",
-        "/v1/mailboxes",
-        json={"provider": "microsoft", "capabilities": ["send", "draft"], "login_hint": address},
-    )
-    assert status == 201, created
-    await play_admin_consent(plain, created["authorization_url"], address, context)
-    status, mailbox = await call(http, daemon, "GET", f"/v1/mailboxes/{created['mailbox']['id']}")
+    """``connect_mailbox`` (both capabilities), then checked ``connected``; returns its id."""
+    mailbox_id = await connect_mailbox(http, plain, daemon, address, context, ("send", "draft"))
+    _, mailbox = await call(http, daemon, "GET", f"/v1/mailboxes/{mailbox_id}")
     assert mailbox["state"] == "connected", mailbox
-    return str(created["mailbox"]["id"])
+    return mailbox_id
 
 
 async def run_soak(
@@ -461,7 +454,8 @@ async def run_soak(
             aiohttp.ClientSession(timeout=timeout) as plain,
         ):
             mailbox_ids = [
-                await connect_mailbox(http, plain, first, address, context) for address in addresses
+                await connected_mailbox(http, plain, first, address, context)
+                for address in addresses
             ]
             sandbox.state.start_chaos(
                 plan.rates,

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from mailbox_worker.app import App
 from mailbox_worker.config import load_settings
 from mailbox_worker.db.models import JobEvent
+from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 from tests.ports import free_port
 
@@ -155,3 +156,25 @@ async def counters(
 ) -> dict[str, int]:
     async with http.get(f"{sandbox.base_url}/_sandbox/counters", ssl=context) as answer:
         return dict((await answer.json())["counters"])
+
+
+async def connect_mailbox(
+    http: aiohttp.ClientSession,
+    browser: aiohttp.ClientSession,
+    daemon: Daemon,
+    address: str,
+    context: ssl.SSLContext,
+    capabilities: tuple[str, ...] = ("send",),
+) -> str:
+    """A Microsoft mailbox created through the daemon's API (``http`` carries the API key)
+    and consented to at the sandbox by ``browser``; returns its id."""
+    status, created = await call(
+        http,
+        daemon,
+        "POST",
+        "/v1/mailboxes",
+        json={"provider": "microsoft", "capabilities": list(capabilities), "login_hint": address},
+    )
+    assert status == 201, created
+    await play_admin_consent(browser, created["authorization_url"], address, context)
+    return str(created["mailbox"]["id"])

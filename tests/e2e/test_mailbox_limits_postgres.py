@@ -16,10 +16,9 @@ import pytest
 from mailbox_worker.app import App
 from mailbox_worker.config import load_settings
 from mailbox_worker.db.models import Mailbox
-from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 
-from .conftest import Daemon, call, counters, second_daemon, start
+from .conftest import Daemon, call, connect_mailbox, counters, second_daemon, start
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -40,25 +39,6 @@ def job_body(mailbox_id: str, number: int) -> dict[str, Any]:
             "text": "Attached.",
         },
     }
-
-
-async def connect(
-    http: aiohttp.ClientSession,
-    plain: aiohttp.ClientSession,
-    daemon: Daemon,
-    address: str,
-    context: ssl.SSLContext,
-) -> str:
-    status, created = await call(
-        http,
-        daemon,
-        "POST",
-        "/v1/mailboxes",
-        json={"provider": "microsoft", "capabilities": ["send"], "login_hint": address},
-    )
-    assert status == 201
-    await play_admin_consent(plain, created["authorization_url"], address, context)
-    return str(created["mailbox"]["id"])
 
 
 async def sandbox_post(
@@ -114,8 +94,8 @@ async def test_two_daemons_hold_a_mailboxs_limits_and_a_429_pauses_only_its_mail
     await asyncio.gather(start(daemon), start(other))
     try:
         async with aiohttp.ClientSession(headers=headers) as http, aiohttp.ClientSession() as plain:
-            busy = await connect(http, plain, daemon, BUSY, context)
-            throttled = await connect(http, plain, daemon, THROTTLED, context)
+            busy = await connect_mailbox(http, plain, daemon, BUSY, context)
+            throttled = await connect_mailbox(http, plain, daemon, THROTTLED, context)
 
             # 1. Sixty slow sends to one mailbox through two processes of 8 slots each.
             await sandbox_post(

@@ -22,12 +22,19 @@ import aiohttp
 import pytest
 from sqlalchemy.engine import make_url
 
-from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 from tests.pgbouncer import running_pgbouncer, stats, through
 
 from ..conftest import require_postgres
-from .conftest import Daemon, call, counters, second_daemon, start, workers_that_sent
+from .conftest import (
+    Daemon,
+    call,
+    connect_mailbox,
+    counters,
+    second_daemon,
+    start,
+    workers_that_sent,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -62,21 +69,12 @@ def invoice(mailbox_id: str, number: int) -> dict[str, Any]:
     }
 
 
-async def connect_mailbox(
+async def connect_in_own_browser(
     http: aiohttp.ClientSession, daemon: Daemon, address: str, context: ssl.SSLContext
 ) -> str:
-    """A mailbox created through the API and consented to in the sandbox; returns its id."""
-    status, created = await call(
-        http,
-        daemon,
-        "POST",
-        "/v1/mailboxes",
-        json={"provider": "microsoft", "capabilities": ["send"], "login_hint": address},
-    )
-    assert status == 201, created
-    async with aiohttp.ClientSession() as browser:  # a browser of its own: no shared cookies
-        await play_admin_consent(browser, created["authorization_url"], address, context)
-    return str(created["mailbox"]["id"])
+    """``connect_mailbox`` with a browser of its own: concurrent consents share no cookies."""
+    async with aiohttp.ClientSession() as browser:
+        return await connect_mailbox(http, browser, daemon, address, context)
 
 
 def all_running(daemons: tuple[Daemon, ...]) -> bool:
@@ -119,7 +117,7 @@ async def test_two_daemons_through_pgbouncer_send_each_invoice_once(
             # Grants whose access tokens expire at once: every mailbox's first send refreshes.
             await sandbox_settings(plain, sandbox, context, access_token_lifetime=1)
             mailbox_ids = await asyncio.gather(
-                *(connect_mailbox(http, daemon, address, context) for address in addresses)
+                *(connect_in_own_browser(http, daemon, address, context) for address in addresses)
             )
             await sandbox_settings(plain, sandbox, context, access_token_lifetime=3599)
             before = (await counters(plain, sandbox, context)).get(REFRESH, 0)
