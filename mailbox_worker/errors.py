@@ -345,6 +345,7 @@ JOB_CODES: Mapping[str, CodeMeaning] = _codes(
     mailbox_disconnected=("the mailbox was disconnected before the job ran", False),
     resolved_as_sent=("an `unknown` job was settled as sent by the invoicing app", False),
     retried_accepting_duplicate_risk=("an `unknown` job was queued again by the app", False),
+    retries_exhausted=("the job failed after `worker.max_attempts` transient failures", False),
     worker_stopped=("the daemon stopped during the attempt; the job is tried again", True),
     # transient: the job stays queued and is tried again (never counted against throttling)
     transient=("a temporary failure; the job is tried again", True),
