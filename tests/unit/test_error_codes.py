@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from mailbox_worker.errors import (
     INTERNAL_CODES,
     JOB_CODES,
     MAILBOX_REASONS,
+    CodeMeaning,
 )
 
 PACKAGE = Path(mailbox_worker.__file__).parent
@@ -134,3 +135,45 @@ def test_every_code_has_a_meaning() -> None:
 
 def test_internal_codes_are_never_answered() -> None:
     assert not set(INTERNAL_CODES) & {*API_ERROR_CODES, *JOB_CODES, *MAILBOX_REASONS}
+
+
+@pytest.mark.parametrize(
+    ("schema", "registry"),
+    [("ErrorCode", API_ERROR_CODES), ("JobCode", JOB_CODES), ("MailboxReason", MAILBOX_REASONS)],
+)
+def test_the_document_lists_each_registry_exactly_with_meaning_and_retry(
+    schema: str, registry: Mapping[str, CodeMeaning]
+) -> None:
+    documented = SCHEMAS[schema]
+    assert documented["enum"] == list(registry)
+    for code, entry in registry.items():
+        retry = "yes" if entry.retryable else "no"
+        assert f"| `{code}` | {entry.meaning} | {retry} |" in documented["description"]
+
+
+def test_each_code_field_of_an_answer_uses_its_enumeration() -> None:
+    error = SCHEMAS["Error"]["properties"]["error"]["properties"]
+    assert error["code"] == {"$ref": "#/components/schemas/ErrorCode"}
+    assert SCHEMAS["JobError"]["properties"]["code"] == {"$ref": "#/components/schemas/JobCode"}
+    assert {"$ref": "#/components/schemas/JobCode"} in SCHEMAS["JobEvent"]["properties"]["code"][
+        "anyOf"
+    ]
+    assert {"$ref": "#/components/schemas/MailboxReason"} in SCHEMAS["Mailbox"]["properties"][
+        "state_reason"
+    ]["anyOf"]
+
+
+def test_every_x_error_code_of_the_document_is_an_api_error_code() -> None:
+    def walk(node: object) -> Iterator[str]:
+        if isinstance(node, dict):
+            if "x-error-code" in node:
+                yield node["x-error-code"]
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    codes = set(walk(DOCUMENT))
+    assert "invalid_limits" in codes
+    assert codes <= set(API_ERROR_CODES)
