@@ -32,6 +32,13 @@ async def test_each_answer_has_an_id_of_its_own(api: RunningApi) -> None:
     assert ids[0] != ids[1]
 
 
+@pytest.mark.parametrize("path", ["/openapi.json", "/metrics", "/readyz", "/admin"])
+async def test_json_text_and_html_answers_carry_it_alike(api: RunningApi, path: str) -> None:
+    answer = await api.call("GET", path)
+    assert answer.status == 200
+    assert DRAWN.fullmatch(answer.headers["X-Request-Id"])
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [("GET", "/v1/account", 401), ("GET", "/v2/nothing", 404), ("PUT", "/v1/mailboxes", 405)],
