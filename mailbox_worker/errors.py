@@ -345,6 +345,10 @@ JOB_CODES: Mapping[str, CodeMeaning] = _codes(
     mailbox_disconnected=("the mailbox was disconnected before the job ran", False),
     resolved_as_sent=("an `unknown` job was settled as sent by the invoicing app", False),
     retried_accepting_duplicate_risk=("an `unknown` job was queued again by the app", False),
+    lease_expired=("the worker stopped before calling the provider; the job is tried again", True),
+    worker_lost=("the worker stopped with the request in flight: the job is `unknown`", False),
+    mailbox_reauth_required=("the mailbox is not connected: the job is `held`", False),
+    mailbox_reconnected=("the mailbox was connected again: a held job is `queued`", False),
     retries_exhausted=("the job failed after `worker.max_attempts` transient failures", False),
     worker_stopped=("the daemon stopped during the attempt; the job is tried again", True),
     # transient: the job stays queued and is tried again (never counted against throttling)
