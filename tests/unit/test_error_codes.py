@@ -55,7 +55,6 @@ def code_positions(trees: Iterable[ast.AST]) -> dict[str, set[int]]:
     positions: dict[str, set[int]] = {name: {index} for name, index in REASON_PARAMETERS.items()}
     for tree in trees:
         for node in ast.walk(tree):
-            names: list[str] = []
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 arguments = [*node.args.posonlyargs, *node.args.args]
                 names = [a.arg for a in arguments if a.arg not in {"self", "cls"}]
@@ -65,6 +64,8 @@ def code_positions(trees: Iterable[ast.AST]) -> dict[str, set[int]]:
                     for field in node.body
                     if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
                 ]
+            else:
+                continue
             if "code" in names:
                 positions.setdefault(node.name, set()).add(names.index("code"))
     return positions
