@@ -33,6 +33,7 @@ from mailbox_worker.errors import (
     ValidationFailed,
     redacted_traceback,
 )
+from mailbox_worker.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,11 @@ def error_response(
     details: Sequence[Mapping[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """The JSON answer for a failure, naming ``identifier`` (the request's id; a fresh one
-    when None) in its body and its ``X-Request-Id`` header."""
-    identifier = identifier or new_id()
+    """The JSON answer for a failure, naming ``identifier`` in its body and its
+    ``X-Request-Id`` header; when None, the id of the request being handled (``REQUEST_ID``,
+    so an answer made by any middleware inside ``request_id_middleware`` agrees with it), else
+    a fresh one."""
+    identifier = identifier or REQUEST_ID.get() or new_id()
     error: dict[str, object] = {"code": code, "message": message, "request_id": identifier}
     if details:
         error["details"] = [dict(detail) for detail in details]
