@@ -20,7 +20,11 @@ PROBES = [
     ("mailbox_worker.client.transport", "import sqlalchemy", "sqlalchemy"),
     # the daemon uses the client
     ("mailbox_worker.api.app", "from mailbox_worker import client", "mailbox_worker.client"),
-    ("mailbox_worker.cli", "import mailbox_worker.client.webhooks", "mailbox_worker.client.webhooks"),
+    (
+        "mailbox_worker.cli",
+        "import mailbox_worker.client.webhooks",
+        "mailbox_worker.client.webhooks",
+    ),
 ]
 
 
