@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -318,3 +320,60 @@ async def test_wait_for_outcome_gives_up_after_its_timeout(script: Script, time:
     assert raised.value.job["state"] == "queued"
     assert time.waits == [4.0, 4.0, 2.0]  # the last wait ends at the deadline
     assert len(script.received) == 4
+
+
+async def test_enqueue_sends_the_optional_fields_as_the_api_names_them(
+    script: Script, time: FakeTime
+) -> None:
+    script.answers = [lambda _: web.json_response(job(), status=202)]
+    paris = timezone(timedelta(hours=1))
+    async with client(script, time) as api:
+        await api.enqueue(
+            mailbox_id="mbx_1",
+            mode="draft",
+            message=MESSAGE,
+            reference="INV-9",
+            deadline=datetime(2026, 12, 24, 18, 0, tzinfo=paris),
+            send_at="2026-12-20T08:00:00Z",
+            priority=-3,
+        )
+        with pytest.raises(ValueError, match="time zone"):
+            await api.enqueue(
+                mailbox_id="mbx_1", mode="send", message=MESSAGE, send_at=datetime(2026, 12, 20)
+            )
+        with pytest.raises(ValueError, match="accept_duplicate_risk"):
+            await api.retry_job("job_1", accept_duplicate_risk=False)
+    assert script.bodies == [
+        {
+            "mailbox_id": "mbx_1",
+            "mode": "draft",
+            "message": MESSAGE,
+            "reference": "INV-9",
+            "deadline": "2026-12-24T18:00:00+01:00",
+            "send_at": "2026-12-20T08:00:00Z",
+            "priority": -3,
+        }
+    ]
+    assert API_KEY not in repr(api)
+
+
+async def test_the_job_actions_reach_their_routes(script: Script, time: FakeTime) -> None:
+    script.answers = [lambda request: web.json_response(job(request.path.rsplit("/", 1)[1]))]
+    async with client(script, time) as api:
+        await api.cancel_job("job_1")
+        await api.resolve_job("job_1")
+        await api.retry_job("job_1", accept_duplicate_risk=True)
+    assert [(r.method, r.path) for r in script.received] == [
+        ("POST", "/v1/jobs/job_1/cancel"),
+        ("POST", "/v1/jobs/job_1/resolve"),
+        ("POST", "/v1/jobs/job_1/retry"),
+    ]
+    assert script.bodies == [None, None, {"accept_duplicate_risk": True}]
+
+
+async def test_a_session_passed_in_is_used_and_left_open(script: Script, time: FakeTime) -> None:
+    script.answers = [lambda _: web.json_response({"mailboxes": []})]
+    async with aiohttp.ClientSession() as session:
+        async with client(script, time, session=session) as api:
+            assert await api.list_mailboxes() == []
+        assert not session.closed
