@@ -37,10 +37,9 @@ def upgrade() -> None:
     for table, prefix in TABLES.items():
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.add_column(sa.Column("public_id", sa.String(length=40), nullable=True))
-        connection.execute(
-            sa.text(f"UPDATE {table} SET public_id = :prefix || {random_hex}"),
-            {"prefix": prefix},
-        )
+        rows = sa.table(table, sa.column("public_id", sa.String()))
+        fresh = sa.literal(prefix, sa.String()) + sa.literal_column(random_hex, sa.String())
+        connection.execute(sa.update(rows).values(public_id=fresh))
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.alter_column("public_id", existing_type=sa.String(length=40), nullable=False)
             batch_op.create_index(batch_op.f(f"ix_{table}_public_id"), ["public_id"], unique=True)
