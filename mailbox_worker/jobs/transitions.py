@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailbox_worker.clock import new_id
 from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.states import TERMINAL, JobState
@@ -100,10 +99,8 @@ def job_event(
     provider_status: int | None = None,
     worker: str | None = None,
 ) -> JobEvent:
-    """The ``job_events`` row recording one step of a job's history, with a fresh ``jev_…``
-    id (a history entry, not the ``evt_…`` webhook event some transitions also add)."""
+    """The ``job_events`` row recording one step of a job's history."""
     return JobEvent(
-        public_id=new_id("jev"),
         job_id=job_id,
         at=at,
         kind=kind,
