@@ -1,5 +1,6 @@
 """Events written by real transitions reach the app as the OpenAPI ``webhooks`` describe them:
-each body valid against its type's schema, its signature verifying, its headers naming it."""
+each body valid against its type's schema, its signature verifying, its headers naming it.
+Between them the two delivery tests drive every ``EventType`` through the code that emits it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mailbox_worker.jobs.transitions import RESOLVE, Outcome
 from mailbox_worker.states import JobState
 
 from .conftest import Stores
+from .oauth_world import ADDRESS, World
 
 SECRET = "contract-secret"
 LEASE = dt.timedelta(seconds=60)
@@ -85,23 +87,17 @@ async def emit_real_events(stores: Stores) -> None:
     await stores.jobs.enqueue(new_job(account.id, mailbox.id, "held", held=True))
 
 
-async def test_real_events_match_their_webhook_schema_and_verify(
-    stores: Stores, receiver: tuple[Receiver, str]
-) -> None:
-    app, url = receiver
-    await emit_real_events(stores)
-    outbox = Outbox(stores.sessions)
-    written = await outbox.all()
+async def deliver_and_check(outbox: Outbox, app: Receiver, url: str) -> set[str]:
+    """Deliver every waiting event to ``app``; check each POST against the document and the
+    verifier; return the types received."""
     dispatcher = CallbackDispatcher(outbox, CallbackSettings(url=url, secret=SECRET))
     while await dispatcher.deliver_due():  # one event a job or mailbox at a time
         pass
-    assert len(app.received) == len(written)
     seen_types = set()
     for headers, body in app.received:
         event_type = headers["X-Mailbox-Worker-Event-Type"]
-        assert verify(headers["X-Mailbox-Worker-Signature"], body, SECRET, now=time.time()) == (
-            Check.VALID
-        )
+        signature = headers["X-Mailbox-Worker-Signature"]
+        assert verify(signature, body, SECRET, now=time.time()) == Check.VALID
         envelope = json.loads(body)
         assert (envelope["id"], envelope["type"]) == (
             headers["X-Mailbox-Worker-Event-Id"],
@@ -111,6 +107,18 @@ async def test_real_events_match_their_webhook_schema_and_verify(
         DOCUMENT.validate(pointer, envelope)  # raises ValidationFailed when it does not match
         DOCUMENT.validate("/components/schemas/WebhookEnvelope", envelope)
         seen_types.add(event_type)
+    return seen_types
+
+
+async def test_real_events_match_their_webhook_schema_and_verify(
+    stores: Stores, receiver: tuple[Receiver, str]
+) -> None:
+    app, url = receiver
+    await emit_real_events(stores)
+    outbox = Outbox(stores.sessions)
+    written = await outbox.all()
+    seen_types = await deliver_and_check(outbox, app, url)
+    assert len(app.received) == len(written)
     assert seen_types == {
         "job.sent",
         "job.drafted",
@@ -122,6 +130,19 @@ async def test_real_events_match_their_webhook_schema_and_verify(
         "mailbox.reauth_required",
     }
     assert {envelope_id(body) for _, body in app.received} == {e.public_id for e in written}
+
+
+async def test_connect_and_disconnect_events_match_their_webhook_schema(
+    world: World, receiver: tuple[Receiver, str]
+) -> None:
+    """The mailbox events the connect flow writes (the real MailboxService and sandbox)."""
+    app, url = receiver
+    service = world.app.mailbox_service
+    start = await service.create(world.principal, "microsoft", ["send"], None, ADDRESS)
+    await service.complete(await world.consent(start.authorization_url))
+    await service.disconnect(world.principal, start.mailbox.id)
+    seen = await deliver_and_check(world.app.outbox, app, url)
+    assert seen == {"mailbox.connected", "mailbox.disconnected"}
 
 
 def envelope_id(body: bytes) -> str:
