@@ -492,6 +492,16 @@ def test_operator_commands_keep_their_exit_statuses(environment: dict[str, str])
     }
     revoked = run(environment, "keys", "revoke", "--id", key["id"], "--json")
     checked = run(environment, "config", "check", "--json")
+    origins = run(
+        environment,
+        "accounts",
+        "origins",
+        "--account",
+        account,
+        "--add",
+        "https://A.example",
+        "--json",
+    )
 
     for name, (answer, status) in answers.items():
         assert answer.returncode == status, name
@@ -500,3 +510,7 @@ def test_operator_commands_keep_their_exit_statuses(environment: dict[str, str])
     assert key["secret"].startswith(f"mwk_{key['id']}_") and key["account_id"] == account
     assert json.loads(revoked.stdout) == {"id": key["id"], "revoked": True}
     assert json.loads(checked.stdout) == {"valid": True}
+    assert json.loads(origins.stdout) == {
+        "account_id": account,
+        "return_origins": ["https://a.example"],
+    }
