@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from ..controls import Fault
-from ..faults import with_fault
+from ..faults import drop_connection, with_fault
 from . import scopes as scope_rules
 from .authorize import base_url
 from .graph_attachments import AttachmentOperations, draft_of
@@ -165,6 +165,8 @@ class GraphEndpoints:
                     )
                 except GraphFailure as failure:
                     response = render(request, failure, self._state.clock.utcnow())
+                except ConnectionResetError:  # the client hung up while sending its body
+                    response = drop_connection(request)
                 await answer_now(request, response)
             return response
 

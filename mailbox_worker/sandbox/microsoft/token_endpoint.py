@@ -6,8 +6,9 @@ grant includes ``offline_access``; ``id_token`` for ``openid``; ``client_info`` 
 client asked with ``client_info=1`` (msal always does).
 
 Both grants honour the request's ``scope`` the same way: the access token is for the scopes
-asked (each known, the resource ones within the user's consent, else AADSTS70011 / 65001),
-or for the whole grant when none are asked. The grant itself — what the authorization asked
+asked (each known, else AADSTS70011), or for the whole grant when none are asked. A code's
+token leaves out what the user did not grant at the consent page; a refresh asking for a
+permission without consent is AADSTS65001. The grant itself — what the authorization asked
 for, ``offline_access`` included — stays with the refresh token: a redemption or refresh asking
 for less does not narrow it, and every refresh returns a new refresh token whether or not its
 ``scope`` repeats ``offline_access`` (A4). The old one stays valid, unless a scenario switch
@@ -151,7 +152,14 @@ class TokenEndpoint:
                 raise IdentityFailure(errors.PKCE_MISMATCH)
         code.redeemed = True
         user = self._state.user_by_object_id(code.object_id)
-        requested = self._requested(client, user, fields, code.scopes)
+        # What the authorization granted, narrowed to what this request asks for: a permission
+        # the user did not grant is left out of the token (and its ``scope``), not an error.
+        granted = scope_rules.canonical_set(code.scopes)
+        requested = [
+            scope
+            for scope in self._requested(client, user, fields, code.scopes, check_consent=False)
+            if scope_rules.canonical(scope) in granted
+        ]
         return user, requested, code.nonce
 
     def _redeem_refresh_token(
@@ -180,14 +188,21 @@ class TokenEndpoint:
         return user, requested
 
     def _requested(
-        self, client: Client, user: User, fields: Mapping[str, str], grant: list[str]
+        self,
+        client: Client,
+        user: User,
+        fields: Mapping[str, str],
+        grant: list[str],
+        check_consent: bool = True,
     ) -> list[str]:
-        """The scopes the request asks for (the whole ``grant`` if none), each known and the
-        resource ones consented to."""
+        """The scopes the request asks for (the whole ``grant`` if none), each known and (with
+        ``check_consent``) the resource ones consented to."""
         requested = scope_rules.split(fields.get("scope", "")) or list(grant)
         for scope in requested:
             if not scope_rules.is_known(scope):
                 raise IdentityFailure(errors.invalid_scope(scope))
+        if not check_consent:
+            return requested
         wanted = scope_rules.canonical_set(scope_rules.resource_scopes(requested))
         consented = self._state.consented_scopes(user.object_id, client.client_id)
         if not consented or not wanted <= consented:
