@@ -2,16 +2,22 @@
 
 Every path exists as ``/v1.0/me/...`` and ``/v1.0/users/{id-or-upn}/...``:
 
-* ``POST .../sendMail`` — JSON ``{"message":{...},"saveToSentItems":...}`` or ``text/plain``
-  base64 MIME → 202, empty; needs ``Mail.Send``;
+* ``POST .../sendMail`` — JSON ``{"message":{...},"saveToSentItems":...}`` (names of any case)
+  or ``text/plain`` base64 MIME → 202, empty; needs ``Mail.Send``;
 * ``POST .../messages`` — create a draft (JSON or base64 MIME) → 201 + message; ``Mail.ReadWrite``;
 * ``POST .../messages/{id}/send`` — send a draft → 202; ``Mail.Send``;
+* ``DELETE .../messages/{id}`` — discard a draft → 204; ``Mail.ReadWrite``;
 * ``POST .../revokeSignInSessions`` → 200; ``User.ReadWrite.All``, ``Directory.ReadWrite.All`` or
-  ``User.RevokeSessions.All``.
+  ``User.RevokeSessions.All``;
+* ``GET /me`` → the user; ``User.Read`` or broader (else 403 Authorization_RequestDenied);
+* anything else under a user → 403 without the permission it would need, else 501
+  (``graph_unsimulated``).
 
-Checks, in order: 4 MB body (413), bearer token (401 + WWW-Authenticate), mailbox (404), scope
-(403 ErrorAccessDenied), at most 4 concurrent requests per (client, mailbox) (429
-ApplicationThrottled + Retry-After), queued faults, then the operation itself (400
+Checks, in order: a declared body above 4 MB (413), bearer token (401 + WWW-Authenticate),
+mailbox (404), scope (403 ErrorAccessDenied), at most 4 concurrent requests per (client,
+mailbox) (429 ApplicationThrottled + Retry-After) — a request holds its slot from here, before
+its body is read, until its answer is written — then the body (413 if it proves longer), the
+``graph_latency`` setting, queued faults, and the operation itself (400
 ErrorMimeContentInvalidBase64String / ErrorInvalidRecipients, 403 ErrorSendAsDenied, 404
 ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
 """
