@@ -4,15 +4,15 @@ Starts the sandbox (simulated Microsoft identity + Graph, Google OAuth + Gmail) 
 (embedded SQLite, a file key generated on first use), creates an account and an API key,
 connects a Microsoft 365 and a Google mailbox through the real authorization-code flows
 (playing the admin's browser on each consent page), enqueues invoices for both over the HTTP
-API, follows them to ``sent``/``drafted``, checks each against what the sandbox received (one
-message per invoice, in the right folder or label, PDF byte-equal, Message-ID from the job id)
-and prints a summary. Exit status 0 only when every check holds.
+API with the invoicing app's client (``mailbox_worker.client``, docs/client.md), follows them
+to ``sent``/``drafted``, checks each against what the sandbox received (one message per
+invoice, in the right folder or label, PDF byte-equal, Message-ID from the job id) and prints
+a summary. Exit status 0 only when every check holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -27,12 +27,12 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
 
 from mailbox_worker.app import App
+from mailbox_worker.client import MailboxWorkerClient, Message, Mode, Provider, attachment
 from mailbox_worker.config import (
     DatabaseSettings,
     GoogleSettings,
@@ -45,7 +45,7 @@ from mailbox_worker.config import (
 )
 from mailbox_worker.invoice_pdf import invoice_pdf
 from mailbox_worker.sandbox import Sandbox
-from mailbox_worker.states import TERMINAL, JobState, MailboxState
+from mailbox_worker.states import TERMINAL, JobState
 
 DEMO_ADDRESS = "billing@contoso.example"
 GOOGLE_DEMO_ADDRESS = "invoices@fabrikam.example"
@@ -130,9 +130,9 @@ async def play_admin_consent(
 @dataclasses.dataclass
 class Invoice:
     reference: str
-    mode: str
+    mode: Mode
     pdf: bytes
-    provider: str = "microsoft"
+    provider: Provider = "microsoft"
     job_id: str = ""
     state: str = JobState.QUEUED
     message_id: str = ""
@@ -169,19 +169,22 @@ async def _with_sandbox(sandbox: Sandbox, data_dir: Path, *, keep: bool, invoice
             "demo",
             frozenset({"jobs:read", "jobs:write", "mailboxes:read", "mailboxes:write"}),
         )
-        headers = {"Authorization": f"Bearer {issued.secret}"}
         sandbox_ssl = ssl.create_default_context(cafile=str(sandbox.ca_path))
         async with (
-            aiohttp.ClientSession(headers=headers) as api,
+            MailboxWorkerClient(base, issued.secret) as api,
             aiohttp.ClientSession() as browser,
         ):
             batch: list[Invoice] = []
-            for provider, address in (("microsoft", DEMO_ADDRESS), ("google", GOOGLE_DEMO_ADDRESS)):
-                mailbox_id = await _connect(api, browser, base, sandbox_ssl, provider, address)
+            mailboxes: tuple[tuple[Provider, str], ...] = (
+                ("microsoft", DEMO_ADDRESS),
+                ("google", GOOGLE_DEMO_ADDRESS),
+            )
+            for provider, address in mailboxes:
+                mailbox_id = await _connect(api, browser, sandbox_ssl, provider, address)
                 invoices_of_mailbox = _invoices(invoices, provider)
-                await _enqueue(api, base, mailbox_id, invoices_of_mailbox, address)
+                await _enqueue(api, mailbox_id, invoices_of_mailbox, address)
                 batch += invoices_of_mailbox
-            await _follow(api, base, batch)
+            await _follow(api, batch)
             ok = await _verify(batch, sandbox, sandbox_ssl)
             if keep:
                 print(f"\nkept running: API {base}, sandbox {sandbox.base_url}/_sandbox/messages")
@@ -196,84 +199,72 @@ async def _with_sandbox(sandbox: Sandbox, data_dir: Path, *, keep: bool, invoice
 
 
 async def _connect(
-    api: aiohttp.ClientSession,
+    api: MailboxWorkerClient,
     browser: aiohttp.ClientSession,
-    base: str,
     sandbox_ssl: ssl.SSLContext,
-    provider: str,
+    provider: Provider,
     address: str,
 ) -> str:
-    body = {"provider": provider, "capabilities": ["send", "draft"], "login_hint": address}
-    async with api.post(f"{base}/v1/mailboxes", json=body) as answer:
-        created: dict[str, Any] = await answer.json()
-        if answer.status != 201:
-            raise RuntimeError(f"creating the mailbox failed: {created}")
-    mailbox_id = str(created["mailbox"]["id"])
+    created = await api.create_mailbox(
+        provider=provider, capabilities=["send", "draft"], login_hint=address
+    )
+    mailbox_id = created["mailbox"]["id"]
     print(f"\n1. {provider} mailbox {mailbox_id} created; the admin consents at the sandbox's page")
     await play_admin_consent(browser, created["authorization_url"], address, sandbox_ssl)
-    async with api.get(f"{base}/v1/mailboxes/{mailbox_id}") as answer:
-        mailbox = await answer.json()
+    mailbox = await api.get_mailbox(mailbox_id)
     print(
         f"   -> {mailbox['state']} as {mailbox['address']} "
         f"(scopes granted: {', '.join(mailbox['granted_scopes'])})"
     )
-    if mailbox["state"] != MailboxState.CONNECTED:
+    if mailbox["state"] != "connected":
         raise RuntimeError(f"the mailbox did not connect: {mailbox.get('state_reason')}")
     return mailbox_id
 
 
-def _invoices(count: int, provider: str) -> list[Invoice]:
+def _invoices(count: int, provider: Provider) -> list[Invoice]:
     batch = []
     series = "INV" if provider == "microsoft" else "GINV"
     for number in range(1, count + 1):
         reference = f"{series}-2026-{number:04d}"
         amount = f"{100 + number * 37.5:.2f} EUR"
         pdf = invoice_pdf([f"Contoso Ltd - Invoice {reference}", f"Amount due: {amount}"])
-        mode = "draft" if number % 4 == 0 else "send"
+        mode: Mode = "draft" if number % 4 == 0 else "send"
         batch.append(Invoice(reference, mode, pdf, provider))
     return batch
 
 
 async def _enqueue(
-    api: aiohttp.ClientSession, base: str, mailbox_id: str, batch: list[Invoice], address: str
+    api: MailboxWorkerClient, mailbox_id: str, batch: list[Invoice], address: str
 ) -> None:
     print(f"2. enqueueing {len(batch)} invoices over the API")
     for invoice in batch:
-        body = {
-            "mailbox_id": mailbox_id,
-            "mode": invoice.mode,
-            "reference": invoice.reference,
-            "message": {
-                "from": {"address": address, "name": "Contoso Billing"},
-                "to": [{"address": "customer@fabrikam.example", "name": "Fabrikam AP"}],
-                "subject": f"Invoice {invoice.reference}",
-                "text": f"Hello,\n\nplease find invoice {invoice.reference} attached.\n",
-                "attachments": [
-                    {
-                        "filename": f"{invoice.reference}.pdf",
-                        "content_type": "application/pdf",
-                        "content_base64": base64.b64encode(invoice.pdf).decode(),
-                    }
-                ],
-            },
+        message: Message = {
+            "from": {"address": address, "name": "Contoso Billing"},
+            "to": [{"address": "customer@fabrikam.example", "name": "Fabrikam AP"}],
+            "subject": f"Invoice {invoice.reference}",
+            "text": f"Hello,\n\nplease find invoice {invoice.reference} attached.\n",
+            "attachments": [attachment(f"{invoice.reference}.pdf", invoice.pdf)],
         }
-        headers = {"Idempotency-Key": invoice.reference}
-        async with api.post(f"{base}/v1/jobs", json=body, headers=headers) as answer:
-            job = await answer.json()
-            if answer.status != 202:
-                raise RuntimeError(f"enqueue failed: {job}")
+        # The invoice number as the idempotency key: enqueueing it again (a rerun after a
+        # crash, say) answers the job already created instead of sending a second copy.
+        job = await api.enqueue(
+            mailbox_id=mailbox_id,
+            mode=invoice.mode,
+            reference=invoice.reference,
+            message=message,
+            idempotency_key=invoice.reference,
+        )
         invoice.job_id, invoice.message_id = job["id"], job["message_id"]
 
 
-async def _follow(api: aiohttp.ClientSession, base: str, batch: list[Invoice]) -> None:
+async def _follow(api: MailboxWorkerClient, batch: list[Invoice]) -> None:
     print("\n3. following the jobs")
     deadline = time.monotonic() + 60
     last = ""
     while time.monotonic() < deadline:
         for invoice in batch:
             if invoice.state not in TERMINAL:
-                async with api.get(f"{base}/v1/jobs/{invoice.job_id}") as answer:
-                    invoice.state = (await answer.json())["state"]
+                invoice.state = (await api.get_job(invoice.job_id))["state"]
         counts: dict[str, int] = {}
         for invoice in batch:
             counts[invoice.state] = counts.get(invoice.state, 0) + 1

@@ -10,6 +10,9 @@ No JavaScript, no build step: HTML forms that POST and answer ``303 See Other``.
   consent; ``POST /admin/mailboxes/{id}/connect`` does the same for an existing one;
   ``POST /admin/mailboxes/{id}/disconnect`` disconnects it (the page asks for a
   confirmation first, in a ``<details>`` step that needs no script).
+- ``POST /admin/support-access`` grants support access for a limited time and
+  ``POST /admin/support-access/delete`` ends it (``admin_support`` draws the section): the
+  API's service calls and audit events, for a key with ``account:write`` only.
 
 Every form carries the session's CSRF token, and a POST whose ``Origin`` is not ours is
 refused. A ``RequestError`` from the services is shown on the page as its message with its
@@ -33,6 +36,7 @@ from mailbox_worker.api.admin_mailbox_list import mailbox_list, provider_label
 from mailbox_worker.api.admin_render import NO_HTML, Html, concatenate, render
 from mailbox_worker.api.admin_session import COOKIE_NAME, COOKIE_PATH, AdminSessions, Session
 from mailbox_worker.api.admin_style import STYLE_SOURCE, STYLESHEET
+from mailbox_worker.api.admin_support import may_change, may_read, support_section
 from mailbox_worker.api.admin_wording import CAPABILITY_LABELS
 from mailbox_worker.api.admin_wording import OUTCOMES as OUTCOMES  # what each outcome says
 from mailbox_worker.api.auth import MAILBOXES_READ, MAILBOXES_WRITE
@@ -51,6 +55,7 @@ from mailbox_worker.errors import (
 )
 
 ADMIN = "/admin"
+SUPPORT_SECTION = f"{ADMIN}#support-access"
 MAILBOX = "/admin/mailboxes/{mailbox_id:[A-Za-z0-9_-]+}"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 REQUIRED_PERMISSIONS = frozenset({MAILBOXES_READ, MAILBOXES_WRITE})
@@ -94,6 +99,8 @@ def install(app: web.Application, sessions: AdminSessions, public_url: str | Non
             web.post(f"{ADMIN}/mailboxes", connect),
             web.post(f"{MAILBOX}/connect", reconnect),
             web.post(f"{MAILBOX}/disconnect", disconnect),
+            web.post(f"{ADMIN}/support-access", grant_support),
+            web.post(f"{ADMIN}/support-access/delete", revoke_support),
         ]
     )
 
@@ -209,6 +216,45 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
     session, _ = signed_in
     await services(request).mailboxes.disconnect(session.principal, mailbox_id)
     return _see_other(ADMIN)
+
+
+@_shown_on_failure
+async def grant_support(request: web.Request) -> web.StreamResponse:
+    """303 to the page's support section once support access is granted (replacing one)."""
+    try:
+        signed_in = await _signed_in_form(request, "AdminSupportAccessForm")
+    except ValidationFailed:
+        raise InvalidRequest(
+            "Say why support needs access (one line) and choose for how long."
+        ) from None
+    if signed_in is None:
+        return _see_other(ADMIN)
+    session, form = signed_in
+    _check_may_change_support(session)
+    await services(request).accounts.grant_support(
+        session.principal, int(form["hours"]), form["reason"]
+    )
+    return _see_other(SUPPORT_SECTION)
+
+
+@_shown_on_failure
+async def revoke_support(request: web.Request) -> web.StreamResponse:
+    """303 to the page's support section once support access has ended (idempotent)."""
+    signed_in = await _signed_in_form(request, "AdminForm")
+    if signed_in is None:
+        return _see_other(ADMIN)
+    session, _ = signed_in
+    _check_may_change_support(session)
+    await services(request).accounts.revoke_support(session.principal)
+    return _see_other(SUPPORT_SECTION)
+
+
+def _check_may_change_support(session: Session) -> None:
+    if not may_change(session.principal):
+        raise Forbidden(
+            "This API key lacks the account:write permission needed to grant or end support "
+            "access. Sign in with the account admin's key."
+        )
 
 
 # -- sessions, forms and CSRF -----------------------------------------------------------------
@@ -387,6 +433,8 @@ async def _mailboxes_page(
     mailboxes = await connector.list(session.principal)
     held_jobs = await connector.held_job_counts(session.principal) if mailboxes else {}
     now = dt.datetime.fromtimestamp(sessions.clock(), dt.UTC)
+    accounts = services(request).accounts
+    grant = await accounts.support_grant(session.principal) if may_read(session.principal) else None
     content = render(
         "admin_mailboxes.html",
         mailboxes=mailbox_list(mailboxes, held_jobs, csrf, now),
@@ -407,6 +455,7 @@ async def _mailboxes_page(
             )
             for capability in _enum(request, "Capability")
         ),
+        support=support_section(session.principal, grant, csrf),
     )
     who = render(
         "admin_signed_in_as.inline.html",

@@ -113,13 +113,15 @@ details[open] summary.button { background: #fdecea; }
 button.danger { background: var(--danger); border-color: var(--danger); }
 button.danger:hover { background: var(--danger-dark); }
 label { font-weight: 600; }
-input[type="password"], select {
+input[type="password"], input[type="text"], select {
   font: inherit; padding: 0.4rem 0.5rem; border: 1px solid #8a94a3; border-radius: 6px;
   background: #fff; color: var(--ink); max-width: 100%;
 }
 fieldset { border: 1px solid var(--line); border-radius: 6px; margin: 1rem 0; }
 legend { font-weight: 600; padding: 0 0.3rem; }
 fieldset label { font-weight: 400; }
+.support-on strong { color: #12602b; }
+#revoke-support { margin-top: 0.5rem; }
 .empty { text-align: center; color: var(--muted); }
 .page-footer { color: var(--muted); font-size: 0.9rem; padding-bottom: 2rem; }
 .page-footer p { border-top: 1px solid var(--line); padding-top: 1rem; margin: 1.5rem 0 0; }

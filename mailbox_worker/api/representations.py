@@ -68,6 +68,7 @@ def job_json(job: JobView) -> dict[str, Any]:
 
 def event_json(event: JobEventView) -> dict[str, Any]:
     return {
+        "id": event.id,
         "at": timestamp(event.at),
         "kind": event.kind,
         "from_state": event.from_state,

@@ -1,5 +1,6 @@
-"""``mailbox-worker accounts export|erase|pause|resume --account ID``: an account's data
-rights (docs/privacy.md PP-7), for an operator answering a request. Audited as ``cli``.
+"""``mailbox-worker accounts``: create and list accounts, show or change an account's return
+origins, and an account's data rights (docs/privacy.md PP-7) for an operator answering a
+request (``export|erase|pause|resume --account ID``). Changes are audited as ``cli``.
 
 ``export`` prints the whole document as JSON on standard output (it carries the account's
 message content: redirect it to a file only the requester will get). ``erase`` revokes and
@@ -10,25 +11,47 @@ asks for ``--yes``. ``pause`` and ``resume`` stop and restart the claiming of it
 from __future__ import annotations
 
 import argparse
+from datetime import UTC
 
 from mailbox_worker.app import App
-from mailbox_worker.cli.output import OK, USAGE, emit_json, refuse
+from mailbox_worker.cli.output import OK, REFUSED, USAGE, emit_json, emit_rows, refuse
 from mailbox_worker.errors import NotFound
 from mailbox_worker.mailboxes.account_rights import ErasureReport, PauseView
+from mailbox_worker.policy.origins import normalise_origin
 
-ACTIONS = ("export", "erase", "pause", "resume")
+RIGHTS = ("export", "erase", "pause", "resume")
+ACTIONS = ("create", "list", "origins", *RIGHTS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options the data-rights actions add to ``accounts``."""
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("name", nargs="?", help="account name (create)")
+    parser.add_argument("--account", help="account id (origins, export, erase, pause, resume)")
+    parser.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow return URLs on this origin, e.g. https://invoicing.example (origins)",
+    )
+    parser.add_argument(
+        "--remove", action="append", default=[], metavar="ORIGIN", help="withdraw an origin"
+    )
     parser.add_argument(
         "--yes", action="store_true", help="erase: yes, erase everything (required)"
     )
-    parser.add_argument("--json", action="store_true", help="answer in JSON (erase, pause, resume)")
+    parser.add_argument(
+        "--json", action="store_true", help="answer in JSON (export always answers in JSON)"
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> int | None:
-    """A refusal that needs no database (no ``--account``; ``erase`` without ``--yes``)."""
+    """A refusal that needs no database (a missing name or ``--account``; ``erase`` without
+    ``--yes``), else None."""
+    if args.action == "create" and not (args.name or "").strip():
+        return refuse("accounts create needs a name", USAGE)
+    if args.action in ("create", "list"):
+        return None
     if not args.account:
         return refuse(f"accounts {args.action} needs --account", USAGE)
     if args.action == "erase" and not args.yes:
@@ -42,6 +65,26 @@ def check_arguments(args: argparse.Namespace) -> int | None:
 
 async def run(app: App, args: argparse.Namespace) -> int:
     """Carry out ``args.action``; 1 (``REFUSED``) for an unknown account."""
+    if args.action == "create":
+        account = await app.accounts.create_account(args.name.strip())
+        if args.json:
+            emit_json({"id": account.id, "name": account.name})
+        else:
+            print(account.id)
+        return OK
+    if args.action == "list":
+        rows = [
+            {
+                "id": account.id,
+                "name": account.name,
+                "created_at": account.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for account in await app.accounts.list_accounts()
+        ]
+        emit_rows(rows, ("id", "name", "created_at"), args.json)
+        return OK
+    if args.action == "origins":
+        return await _origins(app, args)
     rights = app.account_rights
     try:
         if args.action == "export":
@@ -55,6 +98,37 @@ async def run(app: App, args: argparse.Namespace) -> int:
     except NotFound:
         return refuse(f"no account {args.account}")
     return OK
+
+
+async def _origins(app: App, args: argparse.Namespace) -> int:
+    """Print the account's return origins, after adding and removing the given ones: 2
+    (``USAGE``) for a value that is not an origin, 1 (``REFUSED``) for an unknown account."""
+    if args.add or args.remove:
+        try:
+            removed = {_normalised(origin) for origin in args.remove}
+            current = await app.accounts.return_origins(args.account)
+            wanted = [origin for origin in current if origin not in removed] + args.add
+            await app.accounts.set_return_origins(args.account, wanted, "cli")
+        except ValueError as error:
+            return refuse(str(error), USAGE)
+        except LookupError as error:
+            return refuse(str(error), REFUSED)
+    elif await app.accounts.get_account(args.account) is None:
+        return refuse(f"no account {args.account}")
+    origins = await app.accounts.return_origins(args.account)
+    if args.json:
+        emit_json({"account_id": args.account, "return_origins": origins})
+    else:
+        for origin in origins:
+            print(origin)
+    return OK
+
+
+def _normalised(origin: str) -> str:
+    try:
+        return normalise_origin(origin)
+    except ValueError as error:
+        raise ValueError(f"the origin {origin!r} {error}") from None
 
 
 def _print_pause(view: PauseView, as_json: bool) -> None:

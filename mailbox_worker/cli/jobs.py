@@ -133,7 +133,7 @@ async def _settle(app: App, args: argparse.Namespace) -> int:
     job, moved = settled
     if not moved:
         return refuse(f"job {job.id} is {job.state}, not unknown")
-    print(f"{job.id} {job.state}")
+    _print_moved(job.id, job.state, args.json)
     return OK
 
 
@@ -149,8 +149,15 @@ async def _cancel(app: App, args: argparse.Namespace) -> int:
     if cancelled is None or cancelled.state != JobState.CANCELLED:
         state = "gone" if cancelled is None else cancelled.state
         return refuse(f"job {job.id} is {state}: it moved before it could be cancelled")
-    print(f"{cancelled.id} {cancelled.state}")
+    _print_moved(cancelled.id, cancelled.state, args.json)
     return OK
+
+
+def _print_moved(job_id: str, state: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({"id": job_id, "state": state})
+    else:
+        print(f"{job_id} {state}")
 
 
 def job_row(job: Job) -> dict[str, Any]:

@@ -316,7 +316,7 @@ async def _jobs(session: AsyncSession, account_id: str) -> list[dict[str, Any]]:
     for event in await session.scalars(
         select(JobEvent).where(JobEvent.job_id.in_(job_ids)).order_by(JobEvent.id)
     ):
-        events[event.job_id].append(_row(event, EVENT_COLUMNS))
+        events[event.job_id].append({"id": event.public_id, **_row(event, EVENT_COLUMNS)})
     return [
         {**_row(job, JOB_COLUMNS), "content": contents.get(job.id), "events": events[job.id]}
         for job in jobs
@@ -325,8 +325,11 @@ async def _jobs(session: AsyncSession, account_id: str) -> list[dict[str, Any]]:
 
 async def _outbox_events(session: AsyncSession, account_id: str) -> list[dict[str, Any]]:
     query = select(OutboxEvent).where(OutboxEvent.account_id == account_id).order_by(OutboxEvent.id)
-    columns = ("id", "kind", "payload", "created_at", "attempts", "delivered_at")
-    return [_row(event, columns) for event in await session.scalars(query)]
+    columns = ("kind", "payload", "created_at", "attempts", "delivered_at")
+    # The event's public id, the one its callback carried (docs/webhooks.md).
+    return [
+        {"id": event.public_id, **_row(event, columns)} for event in await session.scalars(query)
+    ]
 
 
 async def _pending_revocations(session: AsyncSession, account_id: str) -> list[dict[str, Any]]:

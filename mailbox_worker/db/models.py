@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from mailbox_worker.clock import new_id
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -254,8 +256,15 @@ class JobEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     provider_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    public_id: Mapped[str] = mapped_column(String(40), default=lambda: new_id("jev"))
+    """The entry's id as the API shows it (``jev_…``), given at insert; ``id`` stays internal
+    (it orders the entries). Not a webhook event's id (docs/webhooks.md)."""
 
-    __table_args__ = (Index(None, "job_id", "id"), Index(None, "at"))
+    __table_args__ = (
+        Index(None, "job_id", "id"),
+        Index(None, "at"),
+        Index(None, "public_id", unique=True),
+    )
 
 
 class AuditEvent(Base):
@@ -356,8 +365,11 @@ class OutboxEvent(Base):
     ordering_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
     """Events with the same key (a job's id, a mailbox's id) are delivered one at a time, in
     ``id`` order (``Outbox.claim``); None orders the event after nothing."""
+    public_id: Mapped[str] = mapped_column(String(40), default=lambda: new_id("evt"))
+    """The event's id as the invoicing app sees it (``evt_…``); ``id`` stays internal."""
 
     __table_args__ = (
         Index(None, "delivered_at", "next_attempt_at"),
         Index(None, "ordering_key", "id"),
+        Index(None, "public_id", unique=True),
     )

@@ -1,2 +1,3 @@
-"""Events for the invoicing app: the outbox they wait in (``outbox``) and their delivery to
-the app's callback URL (``delivery``)."""
+"""Events for the invoicing app (docs/webhooks.md): their types (``types``), the outbox they
+wait in (``outbox``), their signature (``signing``) and their delivery to the app's callback
+URL (``delivery``)."""

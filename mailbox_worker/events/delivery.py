@@ -1,20 +1,28 @@
-"""Delivering outbox events to the invoicing app's callback URL.
+"""Delivering outbox events to the invoicing app's callback URL (docs/webhooks.md).
 
-Each event is POSTed as JSON ``{"id", "type", "account_id", "created_at", "data"}`` with
-``X-Mailbox-Worker-Signature: sha256=<hex HMAC of the body under callbacks.secret>``. A 2xx
-answer acknowledges it; anything else (or no answer) is retried with exponential backoff.
-Events are leased before they are sent (``Outbox.claim``), so several daemons on one
-database POST each event once when nothing fails — at least once in general: a daemon that
-dies between the POST and recording the answer leaves it to be sent again after ``LEASE``.
-The callback URL is the only place events go (docs/privacy.md PP-5).
+Each event is POSTed as the JSON envelope ``{"id", "type", "account_id", "created_at",
+"data"}`` (``id`` is the event's ``evt_…`` id) with the headers
+
+- ``X-Mailbox-Worker-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 under callbacks.secret
+  of "<t>.<body>">`` (``events.signing``; ``t`` is the time of this attempt, so a retry is
+  signed afresh and a receiver can refuse replays older than ``signing.TOLERANCE``);
+- ``X-Mailbox-Worker-Event-Id`` and ``X-Mailbox-Worker-Event-Type``, the envelope's ``id``
+  and ``type``, so that a receiver can de-duplicate before parsing.
+
+A 2xx answer acknowledges it; anything else (or no answer within ``callbacks.timeout``) is
+retried with exponential backoff: ``callbacks.retry_initial`` seconds, doubled after each
+failed attempt, at most ``LONGEST_WAIT``. Events are leased before they are sent
+(``Outbox.claim``), so several daemons on one database POST each event once when nothing
+fails — at least once in general: a daemon that dies between the POST and recording the
+answer leaves it to be sent again after its lease. One ordering key's events are POSTed one
+at a time, in order (``events.outbox``). The callback URL is the only place events go
+(docs/privacy.md PP-5).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Sequence
@@ -22,9 +30,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.models import OutboxEvent
 from mailbox_worker.errors import PolicyViolation
 from mailbox_worker.events.outbox import Outbox
+from mailbox_worker.events.signing import (
+    EVENT_ID_HEADER,
+    EVENT_TYPE_HEADER,
+    SIGNATURE_HEADER,
+    sign,
+)
 from mailbox_worker.periodic import Periodic, exponential_backoff
 from mailbox_worker.telemetry import Telemetry
 
@@ -48,8 +63,16 @@ BATCH = 50
 LEASE_MARGIN = dt.timedelta(minutes=1)
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def envelope(event: OutboxEvent) -> bytes:
+    """The body POSTed for ``event``: compact JSON, the same bytes on every attempt."""
+    document = {
+        "id": event.public_id,
+        "type": event.kind,
+        "account_id": event.account_id,
+        "created_at": event.created_at.isoformat().replace("+00:00", "Z"),
+        "data": event.payload,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 class CallbackDispatcher:
@@ -60,6 +83,8 @@ class CallbackDispatcher:
     redirect it answers with — to a host off the allow-list raises ``PolicyViolation`` before
     a connection is made; the event then waits for its next attempt (docs/privacy.md PP-5).
     ``telemetry``, when given, counts each POST (``Telemetry.callback_delivery``).
+    ``clock`` gives the ``t`` of each signature: the wall clock, which receivers compare
+    with theirs.
     """
 
     def __init__(
@@ -69,8 +94,10 @@ class CallbackDispatcher:
         telemetry: Telemetry | None = None,
         *,
         tracing: Sequence[aiohttp.TraceConfig] = (),
+        clock: Clock = utcnow,
     ) -> None:
         self._outbox = outbox
+        self._clock = clock
         self._settings = settings
         self._telemetry = telemetry
         self._tracing = list(tracing)
@@ -90,19 +117,13 @@ class CallbackDispatcher:
         return delivered
 
     async def _deliver(self, http: aiohttp.ClientSession, event: OutboxEvent) -> int:
-        body = json.dumps(
-            {
-                "id": event.id,
-                "type": event.kind,
-                "account_id": event.account_id,
-                "created_at": event.created_at.isoformat().replace("+00:00", "Z"),
-                "data": event.payload,
-            },
-            separators=(",", ":"),
-        ).encode()
+        body = envelope(event)
+        signed_at = int(self._clock().timestamp())
         headers = {
             "Content-Type": "application/json",
-            "X-Mailbox-Worker-Signature": signature(self._settings.secret, body),
+            SIGNATURE_HEADER: sign(body, signed_at, self._settings.secret),
+            EVENT_ID_HEADER: event.public_id,
+            EVENT_TYPE_HEADER: event.kind,
         }
         try:
             async with http.post(self._settings.url, data=body, headers=headers) as answer:
@@ -110,7 +131,7 @@ class CallbackDispatcher:
             result = "delivered" if ok else "rejected"
         except (aiohttp.ClientError, TimeoutError, PolicyViolation) as error:
             # A refused destination was reported by the gate; retrying later is harmless.
-            log.warning("callback for event %d failed: %s", event.id, type(error).__name__)
+            log.warning("callback for event %s failed: %s", event.public_id, type(error).__name__)
             ok, result = False, "unreachable"
         if self._telemetry is not None:
             self._telemetry.callback_delivery(result)

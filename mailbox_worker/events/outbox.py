@@ -25,6 +25,7 @@ from sqlalchemy.orm import aliased
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.leases import claim_statement, held_by
 from mailbox_worker.db.models import OutboxEvent
+from mailbox_worker.events.types import EVENT_ID_PREFIX, EventType
 
 
 def ordering_key_of(payload: dict[str, Any]) -> str | None:
@@ -42,14 +43,17 @@ def outbox_row(
 ) -> OutboxEvent:
     """An event to add inside a caller's own transaction, so it exists iff the change does;
     made ``at`` the time given (the system clock's by default), ordered under
-    ``ordering_key_of(payload)``.
+    ``ordering_key_of(payload)``, with a fresh ``evt_…`` id. ``kind`` must be one of
+    ``EventType`` (a ``ValueError`` otherwise): the documented events are all there is.
 
     For one key, the caller's transaction must take a lock that serialises the changes it
     announces (the job's or mailbox's row, by its guarded update) before adding the row, so
     that ids of one key are allocated in commit order.
     """
+    EventType(kind)  # raises ValueError for a type nobody described
     now = utcnow() if at is None else at
     return OutboxEvent(
+        public_id=new_id(EVENT_ID_PREFIX),
         account_id=account_id,
         kind=kind,
         payload=payload,

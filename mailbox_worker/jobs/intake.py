@@ -52,6 +52,7 @@ class JobEventView:
     """One recorded transition or attempt of a job, as the API shows it (its free-text
     ``detail`` and the worker's host name stay internal)."""
 
+    id: str
     at: dt.datetime
     kind: str
     from_state: JobState | None
@@ -62,6 +63,7 @@ class JobEventView:
     @classmethod
     def of(cls, event: JobEvent) -> JobEventView:
         return cls(
+            id=event.public_id,
             at=event.at,
             kind=event.kind,
             from_state=None if event.from_state is None else JobState(event.from_state),

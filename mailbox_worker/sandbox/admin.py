@@ -167,7 +167,8 @@ class ControlEndpoints:
         return web.json_response(self._controls.chaos_report())
 
     async def settings(self, request: web.Request) -> web.Response:
-        """Change the access-token lifetime or the Retry-After of throttled answers."""
+        """Change the access-token lifetime, the Retry-After of throttled answers or the time
+        each Graph request takes (``graph_latency``, seconds)."""
         document = await json_object(request)
         try:
             if "access_token_lifetime" in document:
@@ -176,12 +177,15 @@ class ControlEndpoints:
                 )
             if "throttle_retry_after" in document:
                 self._controls.throttle_retry_after = max(0, int(document["throttle_retry_after"]))
+            if "graph_latency" in document:
+                self._controls.graph_latency = max(0.0, float(document["graph_latency"]))
         except (TypeError, ValueError):
-            return problem_response(400, "settings must be integers")
+            return problem_response(400, "settings must be numbers")
         return web.json_response(
             {
                 "access_token_lifetime": self._controls.access_token_lifetime,
                 "throttle_retry_after": self._controls.throttle_retry_after,
+                "graph_latency": self._controls.graph_latency,
             }
         )
 

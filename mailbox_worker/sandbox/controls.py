@@ -146,6 +146,10 @@ class SandboxControls:
 
     access_token_lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME
     throttle_retry_after: int = 1
+    graph_latency: float = 0.0
+    """Seconds each Graph mail request takes once its body is read (Graph's own answer time):
+    with more than 0, concurrent requests overlap and the per-mailbox concurrency limit
+    (docs/providers.md B5) is reached as it is in production."""
     operation_counters: Counter[str] = field(default_factory=Counter)
     faults: deque[Fault] = field(default_factory=deque)
     clock: SandboxClock = field(default_factory=SandboxClock)

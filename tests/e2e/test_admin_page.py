@@ -5,7 +5,8 @@ MAILBOX_WORKER_* variables, with an account and an API key made by the CLI. The 
 in, connects mailboxes through the sandbox's consent page (accepting, withholding a scope,
 cancelling), and disconnects one through its confirmation step, reading every outcome off the
 page; on the way it checks the layout's essentials (a badge per mailbox, the buttons its state
-allows, the stylesheet applied) and that the page loads nothing from anywhere.
+allows, the stylesheet applied) and that the page loads nothing from anywhere; last, it grants
+support access for a week and ends it.
 
 The screenshot it takes (the mailboxes, one disconnect confirmation open) is kept in the test's
 directory; with ADMIN_PAGE_SCREENSHOT set to a path (docs/admin-page.png, the one the docs
@@ -224,6 +225,22 @@ class AdminInBrowser:
     def notice(self) -> str:
         return str(self.find("#notice").text)
 
+    def support_status(self) -> str:
+        return str(self.find("#support-status").text)
+
+    def grant_support(self, reason: str, hours_label: str) -> None:
+        """Fill in and send the support-access form; back on the page's section."""
+        from selenium.webdriver.support.ui import Select
+
+        self.find("#support-reason").send_keys(reason)
+        Select(self.find("#support-hours")).select_by_visible_text(hours_label)
+        self.find("#grant-support-access").click()
+        self.wait.until(lambda _: "is on" in self.support_status())
+
+    def end_support(self) -> None:
+        self.find("#revoke-support-access").click()
+        self.wait.until(lambda _: "is off" in self.support_status())
+
     def disconnect(self, mailbox_id: str) -> None:
         """Through the confirmation step: the button that posts shows only once it is open."""
         self.open_disconnect_step(mailbox_id)
@@ -266,6 +283,16 @@ def the_admin_session(driver: Any, base_url: str, api_key: str, screenshot: Path
     admin.disconnect(connected)
     assert admin.states()[connected] == "disconnected"
     admin.check_layout()
+
+    # 5. Support access: off, granted for a week with a reason, then ended (PP-3, LU-5).
+    assert admin.support_status() == "Support access is off."
+    admin.grant_support("ticket 4711", "7 days")
+    status = admin.support_status()
+    assert "until" in status and "ticket 4711" in status and api_key not in status
+    assert admin.find("#support-hours").get_attribute("value") == "24"  # the form resets
+    assert admin.resources_elsewhere() == []
+    admin.end_support()
+    assert not admin.driver.find_elements(admin.by.CSS_SELECTOR, "#revoke-support-access")
 
 
 async def test_an_admin_connects_and_disconnects_mailboxes_in_a_browser(

@@ -157,7 +157,7 @@ def test_accounts_origins_are_listed_added_normalised_and_removed(
     assert "Traceback" not in refused.stderr
     unknown = run(environment, "accounts", "origins", "--account", "acc_nobody")
     assert (unknown.returncode, unknown.stderr.strip()) == (
-        2,
+        1,
         "mailbox-worker: no account acc_nobody",
     )
 
@@ -384,22 +384,133 @@ def test_content_and_mailbox_details_only_under_a_support_grant(
     ]
 
     refused = run(environment, "jobs", "show", "--id", job_id, "--content")
-    refused_mailbox = run(environment, "mailboxes", "show", "--id", mailbox_id)
-    for answer in (refused, refused_mailbox):
-        assert answer.returncode == 1
+    metadata = run(environment, "mailboxes", "show", "--id", mailbox_id, "--json")
+    metadata_text = run(environment, "mailboxes", "show", "--id", mailbox_id)
+
+    assert refused.returncode == 1
+    for answer in (refused, metadata, metadata_text):
         assert "granted no active support access" in answer.stderr
         assert "Invoice" not in answer.stdout and "billing@" not in answer.stdout
+    assert (metadata.returncode, metadata_text.returncode) == (0, 0)
+    shown = json.loads(metadata.stdout)
+    assert shown["details"] is None
+    assert (shown["id"], shown["state"], shown["provider"]) == (
+        mailbox_id,
+        "connected",
+        "microsoft",
+    )
+    assert shown["capabilities"] == ["send"]
+    assert shown["limits"] == {
+        "max_concurrency": None,
+        "rate_per_minute": None,
+        "daily_recipient_cap": None,
+    }
+    assert shown["jobs_by_state"]["unknown"] == 1 and shown["jobs_by_state"]["queued"] == 0
+    assert "address" not in shown and "granted_scopes" not in shown
+    assert "state\tconnected" in metadata_text.stdout.splitlines()
+    assert "jobs_by_state.unknown\t1" in metadata_text.stdout.splitlines()
 
     asyncio.run(_granted(url, job_id, 1))
-    shown = run(environment, "jobs", "show", "--id", job_id, "--content")
+    content = run(environment, "jobs", "show", "--id", job_id, "--content")
     details = run(environment, "mailboxes", "show", "--id", mailbox_id, "--json")
+    details_text = run(environment, "mailboxes", "show", "--id", mailbox_id)
 
-    assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["content"] == {"subject": "Invoice"}
+    assert content.returncode == 0, content.stderr
+    assert json.loads(content.stdout)["content"] == {"subject": "Invoice"}
     assert details.returncode == 0, details.stderr
-    assert json.loads(details.stdout)["address"] == "billing@contoso.example"
+    assert "support access" not in details.stderr
+    shown = json.loads(details.stdout)
+    assert shown["details"]["address"] == "billing@contoso.example"
+    assert shown["details"]["granted_scopes"] == ["Mail.Send"]
+    assert shown["jobs_by_state"]["unknown"] == 1
+    assert "details.address\tbilling@contoso.example" in details_text.stdout.splitlines()
     with contextlib.closing(sqlite3.connect(url.split("///", 1)[1])) as connection:
         accesses = connection.execute(
             "SELECT actor, target FROM audit_events WHERE action = 'support.access' ORDER BY id"
         ).fetchall()
-    assert accesses == [("cli", job_id), ("cli", mailbox_id)]
+    # Every look under the grant is audited; none was without it.
+    assert accesses == [("cli", job_id), ("cli", mailbox_id), ("cli", mailbox_id)]
+
+
+def test_accounts_and_mailboxes_list_answer_in_json_with_metadata_only(
+    environment: dict[str, str],
+) -> None:
+    assert run(environment, "migrate", "--json").stdout.strip() == '{\n  "migrated": true\n}'
+    job_id = asyncio.run(_unknown_job(environment["MAILBOX_WORKER_DATABASE__URL"]))
+    created = json.loads(run(environment, "accounts", "create", "Fabrikam", "--json").stdout)
+
+    accounts = run(environment, "accounts", "list", "--json")
+    listed = json.loads(accounts.stdout)
+    job = json.loads(run(environment, "jobs", "show", "--id", job_id, "--json").stdout)
+    account_id = job["account_id"]
+    mailboxes = run(environment, "mailboxes", "list", "--account", account_id, "--json")
+    table = run(environment, "mailboxes", "list", "--account", account_id)
+    empty = run(environment, "mailboxes", "list", "--account", created["id"], "--json")
+
+    assert accounts.returncode == 0
+    assert {(row["id"], row["name"]) for row in listed} == {
+        (account_id, "acme"),
+        (created["id"], "Fabrikam"),
+    }
+    assert all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["created_at"]) for row in listed
+    )
+    assert mailboxes.returncode == 0
+    [mailbox] = json.loads(mailboxes.stdout)
+    assert (mailbox["account_id"], mailbox["provider"], mailbox["state"]) == (
+        account_id,
+        "microsoft",
+        "connected",
+    )
+    assert "billing@" not in mailboxes.stdout + table.stdout
+    assert (
+        table.stdout.splitlines()[0] == "ID\tACCOUNT_ID\tPROVIDER\tSTATE\tSTATE_REASON\tUPDATED_AT"
+    )
+    assert json.loads(empty.stdout) == []
+
+
+def test_operator_commands_keep_their_exit_statuses(environment: dict[str, str]) -> None:
+    assert run(environment, "migrate").returncode == 0
+    account = json.loads(run(environment, "accounts", "create", "Contoso", "--json").stdout)["id"]
+    key = json.loads(run(environment, "keys", "create", "--account", account, "--json").stdout)
+    answers = {
+        "mailboxes list without --account": (run(environment, "mailboxes", "list"), 2),
+        "mailboxes show of no mailbox": (
+            run(environment, "mailboxes", "show", "--id", "mbx_nope", "--json"),
+            1,
+        ),
+        "mailboxes disconnect of no mailbox": (
+            run(environment, "mailboxes", "disconnect", "--id", "mbx_nope"),
+            1,
+        ),
+        "accounts create without a name": (run(environment, "accounts", "create"), 2),
+        "keys create for no account": (
+            run(environment, "keys", "create", "--account", "acc_nope"),
+            1,
+        ),
+        "keys revoke of no key": (run(environment, "keys", "revoke", "--id", "nope"), 1),
+    }
+    revoked = run(environment, "keys", "revoke", "--id", key["id"], "--json")
+    checked = run(environment, "config", "check", "--json")
+    origins = run(
+        environment,
+        "accounts",
+        "origins",
+        "--account",
+        account,
+        "--add",
+        "https://A.example",
+        "--json",
+    )
+
+    for name, (answer, status) in answers.items():
+        assert answer.returncode == status, name
+        assert answer.stdout == "" and answer.stderr.startswith("mailbox-worker: "), name
+        assert "Traceback" not in answer.stderr, name
+    assert key["secret"].startswith(f"mwk_{key['id']}_") and key["account_id"] == account
+    assert json.loads(revoked.stdout) == {"id": key["id"], "revoked": True}
+    assert json.loads(checked.stdout) == {"valid": True}
+    assert json.loads(origins.stdout) == {
+        "account_id": account,
+        "return_origins": ["https://a.example"],
+    }

@@ -81,6 +81,9 @@ async def test_export_then_erase_leaves_only_the_erasure_record_and_revokes_gran
     assert exported_job["content"]["subject"] == "s"
     assert exported_job["events"][0]["code"] == "enqueued"
     assert {"mailbox.connected"} <= {event["kind"] for event in export["outbox_events"]}
+    # The ids the account saw in its callbacks and job histories, not internal row numbers.
+    assert all(event["id"].startswith("evt_") for event in export["outbox_events"])
+    assert exported_job["events"][0]["id"].startswith("jev_")
     assert "mailbox.connected" in {event["action"] for event in export["audit_events"]}
     assert other.id not in dumped and other_mailbox.id not in dumped
 

@@ -1,9 +1,8 @@
 """The admin page over HTTP (no browser): sessions, CSRF, escaping, connect and disconnect.
 
-The daemon's real application (``App.build``: SQLite, vault, msal) serves the API on a real
-socket; Microsoft is the sandbox, so the authorization URLs are the ones msal builds. The
-cookie is carried by hand (aiohttp's cookie jar ignores cookies set by an IP address), which
-also lets the tests read its attributes.
+The daemon's real application serves the API on a real socket (``admin_harness``); Microsoft
+is the sandbox, so the authorization URLs are the ones msal builds. Support access on the page
+is ``test_api_admin_support``.
 """
 
 from __future__ import annotations
@@ -12,34 +11,18 @@ import base64
 import datetime as dt
 import hashlib
 import re
-import ssl
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from mailbox_worker.api.admin_session import COOKIE_NAME
-from mailbox_worker.app import App
-from mailbox_worker.config import (
-    DatabaseSettings,
-    KeySettings,
-    MicrosoftSettings,
-    ServerSettings,
-    Settings,
-)
-from mailbox_worker.demo import _FormParser
 from mailbox_worker.jobs.store import NewJob
-from mailbox_worker.sandbox import Sandbox
-from tests.ports import free_port
 
-ADDRESS = "billing@contoso.example"
-ALL_PERMISSIONS = frozenset({"jobs:read", "jobs:write", "mailboxes:read", "mailboxes:write"})
+from .admin_harness import ADDRESS, Admin, field_value, running_admin, session_cookie
+
 LIMITED_USE = (
     "mailbox-worker's use and transfer of information received from Google APIs adheres to the "
     "Google API Services User Data Policy, including the Limited Use requirements."
@@ -48,134 +31,10 @@ GRAPH = "https://graph.microsoft.com/"
 POLICY_LINK = "https://developers.google.com/terms/api-services-user-data-policy"
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: Mapping[str, str]
-    text: str
-    set_cookie: list[str]
-
-
-@dataclass
-class Admin:
-    app: App
-    base_url: str
-    account_id: str
-    key: str
-    sandbox: Sandbox
-    sandbox_ssl: ssl.SSLContext
-    http: aiohttp.ClientSession
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        cookie: str | None = None,
-        form: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Answer:
-        sent = dict(headers or {})
-        if cookie is not None:
-            sent["Cookie"] = f"{COOKIE_NAME}={cookie}"
-        async with self.http.request(
-            method, self.base_url + path, data=form, headers=sent, allow_redirects=False
-        ) as response:
-            return Answer(
-                response.status,
-                dict(response.headers),
-                await response.text(),
-                response.headers.getall("Set-Cookie", []),
-            )
-
-    async def sign_in(self, key: str | None = None) -> str:
-        """The session cookie's value for ``key`` (the fixture's by default)."""
-        answer = await self.request("POST", "/admin/session", form={"api_key": key or self.key})
-        assert answer.status == 303, answer.text
-        return session_cookie(answer)[COOKIE_NAME].value
-
-    async def csrf(self, cookie: str) -> str:
-        page = await self.request("GET", "/admin", cookie=cookie)
-        return field_value(page.text, "csrf_token")
-
-    async def consent(self, url: str, *, action: str = "accept") -> str:
-        """Play the admin on the sandbox's consent page; where it sends the browser back."""
-        async with self.http.get(url, ssl=self.sandbox_ssl) as page:
-            parser = _FormParser()
-            parser.feed(await page.text())
-        fields = [(name, ADDRESS if name == "login" else value) for name, value in parser.fields]
-        fields.append(("action", action))
-        async with self.http.post(
-            urljoin(url, parser.action or ""),
-            data=fields,
-            ssl=self.sandbox_ssl,
-            allow_redirects=False,
-        ) as answer:
-            callback = answer.headers["Location"]
-        async with self.http.get(callback, allow_redirects=False) as done:
-            assert done.status == 303
-            return done.headers["Location"]
-
-
-def session_cookie(answer: Answer) -> SimpleCookie:
-    cookie: SimpleCookie = SimpleCookie()
-    for header in answer.set_cookie:
-        cookie.load(header)
-    return cookie
-
-
-def field_value(page: str, name: str) -> str:
-    marker = f'name="{name}" value="'
-    start = page.index(marker) + len(marker)
-    return page[start : page.index('"', start)]
-
-
-def settings(data_dir: Path, sandbox: Sandbox, port: int) -> Settings:
-    """The daemon on ``port`` with Microsoft played by the sandbox (only what this needs)."""
-    return Settings(
-        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{data_dir / 'admin.db'}"),
-        server=ServerSettings(host="127.0.0.1", port=port, public_url=f"http://127.0.0.1:{port}"),
-        keys=KeySettings(source="file", file=str(data_dir / "keys.json"), create_if_missing=True),
-        microsoft=MicrosoftSettings(
-            client_id="sandbox-client",
-            client_secret="sandbox-secret",  # the sandbox demo app, not a secret
-            authority=sandbox.authority_url(),
-            graph_url=sandbox.graph_url,
-            ca_file=str(sandbox.ca_path),
-        ),
-    )
-
-
 @pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
-    sandbox = Sandbox(tmp_path / "sandbox")
-    await sandbox.start()
-    try:
-        port = free_port()
-        app = App.build(settings(tmp_path, sandbox, port))
-        try:
-            await app.migrate()
-            server = TestServer(app.web_app(), host="127.0.0.1", port=port)
-            await server.start_server()
-            try:
-                account = await app.accounts.create_account("Contoso Ltd")
-                issued = await app.accounts.create_api_key(account.id, "admin", ALL_PERMISSIONS)
-                async with aiohttp.ClientSession() as http:
-                    yield Admin(
-                        app,
-                        f"http://127.0.0.1:{port}",
-                        account.id,
-                        issued.secret,
-                        sandbox,
-                        ssl.create_default_context(cafile=str(sandbox.ca_path)),
-                        http,
-                    )
-            finally:
-                await server.close()
-        finally:
-            await app.close()
-    finally:
-        await sandbox.stop()
+    async with running_admin(tmp_path) as running:
+        yield running
 
 
 # -- signing in and out -----------------------------------------------------------------------

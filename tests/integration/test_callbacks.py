@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +20,7 @@ from mailbox_worker.db.models import OutboxEvent
 from mailbox_worker.events import delivery
 from mailbox_worker.events.delivery import CallbackDispatcher
 from mailbox_worker.events.outbox import Outbox
+from mailbox_worker.events.signing import Check, verify
 
 from .conftest import Stores
 
@@ -30,11 +30,13 @@ SECRET = "callback-signing-secret"
 class App:
     def __init__(self) -> None:
         self.received: list[tuple[bytes, str]] = []
+        self.headers: list[dict[str, str]] = []
         self.answers = [500, 200]
         self.delay = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append((await request.read(), request.headers["X-Mailbox-Worker-Signature"]))
+        self.headers.append(dict(request.headers))
         await asyncio.sleep(self.delay)  # lets the other delivery loop run meanwhile
         return web.Response(status=self.answers.pop(0) if self.answers else 200)
 
@@ -68,8 +70,9 @@ async def test_events_are_signed_retried_and_delivered_once(
     assert await dispatcher.deliver_due() == 0  # nothing due any more
     assert len(app.received) == 2
     body, signature = app.received[-1]
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert signature == expected
+    # The receiver's own clock: the signature's t is the time of the attempt.
+    assert verify(signature, body, SECRET, now=time.time()) == Check.VALID
+    assert verify(signature, body, "another-secret", now=time.time()) == Check.MISMATCH
     document = json.loads(body)
     assert (document["type"], document["account_id"], document["data"]["mailbox_id"]) == (
         "mailbox.reauth_required",
@@ -78,9 +81,42 @@ async def test_events_are_signed_retried_and_delivered_once(
     )
     [event] = await outbox.all()
     assert event.delivered_at is not None
+    assert document["id"] == event.public_id and event.public_id.startswith("evt_")
+    headers = app.headers[-1]
+    assert headers["X-Mailbox-Worker-Event-Id"] == event.public_id
+    assert headers["X-Mailbox-Worker-Event-Type"] == "mailbox.reauth_required"
+    first_body, _ = app.received[0]
+    assert first_body == body  # a retry sends the same envelope, the same id
 
 
-def posted_ids(app: App) -> list[int]:
+async def test_each_attempt_is_signed_at_its_own_time(
+    stores: Stores, invoicing_app: tuple[App, str]
+) -> None:
+    """A retry an hour later is signed anew, so the receiver's tolerance window accepts it."""
+    app, url = invoicing_app
+    outbox = Outbox(stores.sessions)
+    await outbox.add("acc_1", "mailbox.connected", {"mailbox_id": "mbx_1", "provider": "google"})
+    times = [dt.datetime(2026, 12, 5, 20, 0, tzinfo=dt.UTC)]
+    dispatcher = CallbackDispatcher(
+        outbox,
+        CallbackSettings(url=url, secret=SECRET, retry_initial=0.01),
+        clock=lambda: times[-1],
+    )
+    assert await dispatcher.deliver_due() == 0  # the app answered 500
+    times.append(times[0] + dt.timedelta(hours=1))
+    async with stores.sessions.begin() as session:
+        await session.execute(update(OutboxEvent).values(next_attempt_at=dt.datetime.now(dt.UTC)))
+    assert await dispatcher.deliver_due() == 1
+    (first_body, first), (second_body, second) = app.received
+    assert first_body == second_body
+    signed_at = [moment.timestamp() for moment in times]
+    assert verify(first, first_body, SECRET, now=signed_at[0]) == Check.VALID
+    assert verify(second, second_body, SECRET, now=signed_at[1]) == Check.VALID
+    # Replaying the first POST at the time of the second is refused by the receiver.
+    assert verify(first, first_body, SECRET, now=signed_at[1]) == Check.OUTSIDE_TOLERANCE
+
+
+def posted_ids(app: App) -> list[str]:
     return [json.loads(body)["id"] for body, _ in app.received]
 
 
@@ -93,7 +129,7 @@ async def test_a_jobs_next_event_waits_until_its_failed_event_is_acknowledged(
     await outbox.add("acc_1", "job.held", {"job_id": "job_a", "mailbox_id": "mbx_1"})
     await outbox.add("acc_1", "job.cancelled", {"job_id": "job_a", "mailbox_id": "mbx_1"})
     await outbox.add("acc_1", "job.sent", {"job_id": "job_b", "mailbox_id": "mbx_1"})
-    held, cancelled, other = (event.id for event in await outbox.all())
+    held, cancelled, other = (event.public_id for event in await outbox.all())
     dispatcher = CallbackDispatcher(
         outbox, CallbackSettings(url=url, secret=SECRET, retry_initial=0.01)
     )
@@ -128,13 +164,13 @@ async def test_another_process_does_not_deliver_a_jobs_event_while_an_older_one_
     await first.add("acc_1", "job.held", {"job_id": "job_a", "mailbox_id": "mbx_1"})
     await first.add("acc_1", "job.cancelled", {"job_id": "job_a", "mailbox_id": "mbx_1"})
     await first.add("acc_1", "mailbox.disconnected", {"mailbox_id": "mbx_2"})
-    held, cancelled, other = (event.id for event in await first.all())
+    held, cancelled, other = (event.public_id for event in await first.all())
     [leased] = await first.claim(1, dt.timedelta(minutes=5))  # being POSTed by the first
-    assert leased.id == held
+    assert leased.public_id == held
     second_loop = CallbackDispatcher(second, CallbackSettings(url=url, secret=SECRET))
     assert await second_loop.deliver_due() == 1
     assert posted_ids(app) == [other]
-    await first.delivered(held)  # the first process's POST was acknowledged
+    await first.delivered(leased.id)  # the first process's POST was acknowledged
     assert await second_loop.deliver_due() == 1
     assert posted_ids(app) == [other, cancelled]
 
@@ -162,7 +198,8 @@ async def test_two_delivery_loops_deliver_each_event_once_and_in_order_per_job(
     ]
     for _ in range(20):  # each pass of both delivers at least one waiting event of each key
         await asyncio.gather(*(dispatcher.deliver_due() for dispatcher in dispatchers))
-    received = posted_ids(app)
+    position = {event.public_id: event.id for event in events}  # the internal id orders them
+    received = [position[public_id] for public_id in posted_ids(app)]
     assert sorted(received) == [event.id for event in events]  # each once
     keys = {event.id: event.ordering_key for event in events}
     for key in {event.ordering_key for event in events}:

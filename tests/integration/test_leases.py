@@ -50,7 +50,7 @@ async def test_two_outboxes_never_claim_the_same_event(
 ) -> None:
     first, second = Outbox(stores.sessions), Outbox(other_sessions)
     for number in range(6):
-        await first.add("acc_1", "job.succeeded", {"n": number})
+        await first.add("acc_1", "job.sent", {"n": number})
     claims = await asyncio.gather(first.claim(4, LEASE), second.claim(4, LEASE))
     ids = [[event.id for event in claimed] for claimed in claims]
     assert sorted(len(claimed) for claimed in ids) == [2, 4]
@@ -64,7 +64,7 @@ async def test_an_expired_outbox_lease_is_claimed_again(
     stores: Stores, other_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     dead, alive = Outbox(stores.sessions), Outbox(other_sessions)
-    await dead.add("acc_1", "job.succeeded", {"n": 1})
+    await dead.add("acc_1", "job.sent", {"n": 1})
     [taken] = await dead.claim(10, EXPIRED)
     [again] = await alive.claim(10, LEASE)
     assert again.id == taken.id
@@ -78,7 +78,7 @@ async def test_an_expired_outbox_lease_is_claimed_again(
 
 class CountingApp:
     def __init__(self) -> None:
-        self.received: list[int] = []
+        self.received: list[str] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(json.loads(await request.read())["id"])
@@ -98,7 +98,7 @@ async def test_two_delivery_loops_post_each_event_once(
         settings = CallbackSettings(url=str(server.make_url("/events")), secret="s")
         outboxes = [Outbox(stores.sessions), Outbox(other_sessions)]
         for number in range(120):  # more than one batch each
-            await outboxes[0].add("acc_1", "job.succeeded", {"n": number})
+            await outboxes[0].add("acc_1", "job.sent", {"n": number})
         dispatchers = [CallbackDispatcher(outbox, settings) for outbox in outboxes]
         delivered = 0
         for _ in range(5):
@@ -108,7 +108,7 @@ async def test_two_delivery_loops_post_each_event_once(
     events = await outboxes[0].all()
     assert delivered == 120
     assert all(event.delivered_at is not None for event in events)
-    assert Counter(app.received) == Counter({event.id: 1 for event in events})
+    assert Counter(app.received) == Counter({event.public_id: 1 for event in events})
 
 
 async def deferred_revocations(

@@ -8,7 +8,7 @@ from typing import cast
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Table, insert
+from sqlalchemy import JSON, Connection, Table, column, insert, table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.clock import utcnow
@@ -16,7 +16,7 @@ from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.models import Account, Base, Mailbox, OutboxEvent
+from mailbox_worker.db.models import Account, Base, Mailbox, UTCDateTime
 from mailbox_worker.events.outbox import Outbox
 
 
@@ -81,6 +81,15 @@ async def test_migration_0004_carries_connected_mailboxes_forward_unpinned(
     assert (mailbox.identity_tenant, mailbox.identity_subject) == (None, None)
 
 
+# As it was at 0007: the model's later columns (and their Python defaults) did not exist yet.
+OUTBOX_AT_0007 = table(
+    "outbox_events",
+    *(column(name) for name in ("account_id", "kind", "attempts")),
+    column("payload", JSON()),
+    *(column(name, UTCDateTime()) for name in ("created_at", "next_attempt_at")),
+)
+
+
 async def test_migration_0008_orders_waiting_events_by_job_then_mailbox(
     database_url: str,
 ) -> None:
@@ -96,7 +105,7 @@ async def test_migration_0008_orders_waiting_events_by_job_then_mailbox(
         async with engine.begin() as connection:
             for name, payload in waiting.items():
                 await connection.execute(
-                    insert(cast(Table, OutboxEvent.__table__)).values(
+                    insert(OUTBOX_AT_0007).values(
                         account_id="acc_1",
                         kind=name,
                         payload=payload,

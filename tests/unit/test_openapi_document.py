@@ -327,6 +327,7 @@ def test_a_job_is_represented_as_the_document_says() -> None:
         web_link=None,
     )
     event = JobEvent(
+        public_id="jev_" + "0" * 32,
         job_id="job_1",
         at=NOW,
         kind="attempt",

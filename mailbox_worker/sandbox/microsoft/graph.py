@@ -2,43 +2,69 @@
 
 Every path exists as ``/v1.0/me/...`` and ``/v1.0/users/{id-or-upn}/...``:
 
-* ``POST .../sendMail`` — JSON ``{"message":{...},"saveToSentItems":...}`` or ``text/plain``
-  base64 MIME → 202, empty; needs ``Mail.Send``;
+* ``POST .../sendMail`` — JSON ``{"message":{...},"saveToSentItems":...}`` (names of any case)
+  or ``text/plain`` base64 MIME → 202, empty; needs ``Mail.Send``;
 * ``POST .../messages`` — create a draft (JSON or base64 MIME) → 201 + message; ``Mail.ReadWrite``;
 * ``POST .../messages/{id}/send`` — send a draft → 202; ``Mail.Send``;
+* ``DELETE .../messages/{id}`` — discard a draft → 204; ``Mail.ReadWrite``;
 * ``POST .../revokeSignInSessions`` → 200; ``User.ReadWrite.All``, ``Directory.ReadWrite.All`` or
-  ``User.RevokeSessions.All``.
+  ``User.RevokeSessions.All``;
+* ``GET /me`` → the user; ``User.Read`` or broader (else 403 Authorization_RequestDenied);
+* anything else under a user → 403 without the permission it would need, else 501
+  (``graph_unsimulated``).
 
-Checks, in order: 4 MB body (413), bearer token (401 + WWW-Authenticate), mailbox (404), scope
-(403 ErrorAccessDenied), at most 4 concurrent requests per (client, mailbox) (429
-ApplicationThrottled + Retry-After), queued faults, then the operation itself (400
+Checks, in order: a declared body above 4 MB (413), bearer token (401 + WWW-Authenticate),
+mailbox (404), scope (403 ErrorAccessDenied), at most 4 concurrent requests per (client,
+mailbox) (429 ApplicationThrottled + Retry-After) — a request holds its slot from here, before
+its body is read, until its answer is written — then the body (413 if it proves longer), the
+``graph_latency`` setting, queued faults, and the operation itself (400
 ErrorMimeContentInvalidBase64String / ErrorInvalidRecipients, 403 ErrorSendAsDenied, 404
 ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 
 from ..controls import Fault
-from ..faults import with_fault
+from ..faults import drop_connection, with_fault
 from . import scopes as scope_rules
 from .authorize import base_url
 from .graph_attachments import AttachmentOperations, draft_of
-from .graph_errors import WWW_AUTHENTICATE, GraphFailure, for_status, read_limited, render
+from .graph_errors import (
+    WWW_AUTHENTICATE,
+    GraphFailure,
+    answer_now,
+    for_status,
+    not_simulated,
+    read_limited,
+    render,
+)
 from .graph_messages import (
     MessageFormatError,
     ParsedMessage,
     decode_mime_upload,
+    fold_names,
     graph_id,
     graph_time,
+    invalid_recipient,
+    is_address,
     message_resource,
     mime_from_json,
     parse,
+)
+from .graph_unsimulated import (
+    DIRECTORY_DENIED,
+    MAIL_DENIED,
+    USER_READ,
+    permission_for,
+    user_resource,
 )
 from .state import AccessToken, MicrosoftState, StoredMessage, User
 
@@ -95,59 +121,92 @@ class GraphEndpoints:
             endpoint = self._endpoint(operation, handler, needed)
             routes.append(web.post(f"/v1.0/me{suffix}", endpoint))
             routes.append(web.post(f"/v1.0/users/{{user}}{suffix}", endpoint))
+        delete = self._endpoint(
+            "graph.deleteMessage", self._delete_draft, frozenset({scope_rules.MAIL_READ_WRITE})
+        )
+        get_user = self._endpoint(
+            "graph.getUser", self._get_user, USER_READ, DIRECTORY_DENIED, any_user=True
+        )
+        for prefix in ("/v1.0/me", "/v1.0/users/{user}"):
+            routes.append(web.delete(f"{prefix}/messages/{{message_id}}", delete))
+            routes.append(web.get(prefix, get_user))
+            # Last: whatever else a client asks of a user (graph_unsimulated).
+            routes.append(web.route("*", prefix, self._unsimulated))
+            routes.append(web.route("*", f"{prefix}/{{tail:.*}}", self._unsimulated))
         return routes
 
     def _endpoint(
-        self, operation: str, handler: Operation, needed: frozenset[str]
+        self,
+        operation: str,
+        handler: Operation,
+        needed: frozenset[str],
+        denied: GraphFailure = MAIL_DENIED,
+        any_user: bool = False,
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` behind the checks of the module docstring; ``needed``: any one of these
+        permissions, else ``denied``; ``any_user``: the path may name another user, or one
+        without a mailbox."""
+        any_user = any_user or operation == "graph.revokeSignInSessions"
+
         async def endpoint(request: web.Request) -> web.StreamResponse:
             self._state.count(operation)
-            body = await self._body(request)
+            if (request.content_length or 0) > REQUEST_BODY_LIMIT:
+                raise _too_large()
             token = self._authenticate(request)
-            user = self._mailbox(request, token, operation == "graph.revokeSignInSessions")
+            user = self._mailbox(request, token, any_user)
             if not needed & scope_rules.canonical_set(token.scopes):
-                raise GraphFailure(
-                    403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
-                )
-            slot = (token.client_id, user.address.lower())
-            if self._state.in_flight[slot] >= CONCURRENT_REQUESTS_PER_MAILBOX:
-                retry_after = str(self._state.throttle_retry_after)
-                self._state.count("graph.throttled.mailbox_concurrency")
-                raise GraphFailure(
-                    429,
-                    "ApplicationThrottled",
-                    "Application is over its MailboxConcurrency limit.",
-                    {"Retry-After": retry_after},
-                )
-            self._state.in_flight[slot] += 1
-            self._state.note_concurrency(user.address)
-            try:
-                return await with_fault(
-                    request,
-                    self._state,
-                    (operation,),
-                    lambda: handler(request, token, user, body),
-                    lambda fault: self._fault_answer(request, fault),
-                )
-            finally:
-                self._state.in_flight[slot] -= 1
-                if self._state.in_flight[slot] <= 0:
-                    del self._state.in_flight[slot]
+                raise denied
+            # In flight from its arrival (before its body is read) until its answer is written.
+            with self._slot(token, user):
+                try:
+                    body = await self._body(request)
+                    if self._state.graph_latency:
+                        await asyncio.sleep(self._state.graph_latency)
+                    response = await with_fault(
+                        request,
+                        self._state,
+                        (operation,),
+                        lambda: handler(request, token, user, body),
+                        lambda fault: self._fault_answer(request, fault),
+                    )
+                except GraphFailure as failure:
+                    response = render(request, failure, self._state.clock.utcnow())
+                except ConnectionResetError:  # the client hung up while sending its body
+                    response = drop_connection(request)
+                await answer_now(request, response)
+            return response
 
         return endpoint
+
+    @contextlib.contextmanager
+    def _slot(self, token: AccessToken, user: User) -> Iterator[None]:
+        """Hold one of the (client, mailbox) pair's concurrent requests (docs/providers.md B5),
+        or refuse with 429 ApplicationThrottled + Retry-After when all are taken."""
+        slot = (token.client_id, user.address.lower())
+        if self._state.in_flight[slot] >= CONCURRENT_REQUESTS_PER_MAILBOX:
+            self._state.count("graph.throttled.mailbox_concurrency")
+            raise GraphFailure(
+                429,
+                "ApplicationThrottled",
+                "Application is over its MailboxConcurrency limit.",
+                {"Retry-After": str(self._state.throttle_retry_after)},
+            )
+        self._state.in_flight[slot] += 1
+        self._state.note_concurrency(user.address)
+        try:
+            yield
+        finally:
+            self._state.in_flight[slot] -= 1
+            if self._state.in_flight[slot] <= 0:
+                del self._state.in_flight[slot]
 
     # -- checks ------------------------------------------------------------------------------
 
     @staticmethod
     async def _body(request: web.Request) -> bytes:
-        too_large = GraphFailure(
-            413, "RequestEntityTooLarge", "The maximum request length supported is 4MB."
-        )
-        if (request.content_length or 0) > REQUEST_BODY_LIMIT:
-            raise too_large
         body = await read_limited(request, REQUEST_BODY_LIMIT)
         if body is None:
-            raise too_large
+            raise _too_large()
         return body
 
     def _authenticate(self, request: web.Request) -> AccessToken:
@@ -212,7 +271,7 @@ class GraphEndpoints:
                 return _with_message_id(decode_mime_upload(body))
             if not body.strip():
                 raise GraphFailure(400, "BadRequest", "Empty Payload. JSON content expected.")
-            document = json.loads(body)
+            document = fold_names(json.loads(body))
             message = document.get("message") if wrapped else document
             if not isinstance(message, dict):
                 raise GraphFailure(
@@ -237,6 +296,10 @@ class GraphEndpoints:
                 "The user account which was used to submit this request does not have the right "
                 "to send mail on behalf of the specified sending account. Cannot submit message.",
             )
+        for address in (*parsed.to, *parsed.cc, *parsed.bcc):
+            if not is_address(address):
+                problem = invalid_recipient(address)
+                raise GraphFailure(400, problem.code, problem.message)
         if not (parsed.to or parsed.cc or parsed.bcc):
             raise GraphFailure(
                 400,
@@ -293,7 +356,7 @@ class GraphEndpoints:
         parsed = parse(raw)
         stored = self._store(token, user, raw, parsed, "drafts")
         resource = message_resource(
-            stored, base_url(request), user.object_id, user.display_name, parsed.preview
+            stored, base_url(request), user.object_id, user.display_name, parsed
         )
         return web.json_response(resource, status=201)
 
@@ -306,6 +369,30 @@ class GraphEndpoints:
         stored.folder = "sent"
         return web.Response(status=202)
 
+    async def _delete_draft(
+        self, request: web.Request, token: AccessToken, user: User, body: bytes
+    ) -> web.StreamResponse:
+        # Only drafts are kept as deletable items: what was sent stays on record (*chosen*).
+        stored = draft_of(self._state, request.match_info["message_id"], user)
+        self._state.delete_message(stored.id)
+        return web.Response(status=204)
+
+    async def _get_user(
+        self, request: web.Request, token: AccessToken, user: User, body: bytes
+    ) -> web.StreamResponse:
+        return web.json_response(user_resource(user, base_url(request)))
+
+    async def _unsimulated(self, request: web.Request) -> web.StreamResponse:
+        """Any other call under a user: Graph's 403 without the permission it needs, else
+        501 NotImplemented (graph_unsimulated)."""
+        self._state.count("graph.unsimulated")
+        token = self._authenticate(request)
+        self._mailbox(request, token, any_user=True)
+        rule = permission_for(request.method, request.match_info.get("tail", ""))
+        if rule is not None and not rule[0] & scope_rules.canonical_set(token.scopes):
+            raise rule[1]
+        raise not_simulated(request)
+
     async def _revoke_sessions(
         self, request: web.Request, token: AccessToken, user: User, body: bytes
     ) -> web.StreamResponse:
@@ -315,6 +402,12 @@ class GraphEndpoints:
             "value": True,
         }
         return web.json_response(document)
+
+
+def _too_large() -> GraphFailure:
+    return GraphFailure(
+        413, "RequestEntityTooLarge", "The maximum request length supported is 4MB."
+    )
 
 
 def _with_message_id(raw: bytes) -> bytes:

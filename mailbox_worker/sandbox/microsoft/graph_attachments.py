@@ -31,7 +31,7 @@ from aiohttp import web
 
 from .authorize import base_url
 from .graph_errors import GraphFailure, read_limited
-from .graph_messages import graph_id, parse
+from .graph_messages import fold_names, graph_id, parse
 from .state import AccessToken, MicrosoftState, StoredMessage, User
 
 UPLOAD_SESSION_MINIMUM = 3 * 1024 * 1024
@@ -78,8 +78,9 @@ def attach(stored: StoredMessage, name: str, content_type: str, data: bytes) -> 
 
 
 def _json(body: bytes) -> dict[str, Any]:
+    """The JSON object of ``body``, its names lower-cased (``fold_names``)."""
     try:
-        document = json.loads(body)
+        document = fold_names(json.loads(body))
     except ValueError as problem:
         raise GraphFailure(400, "BadRequest", "Unable to read JSON request payload.") from problem
     if not isinstance(document, dict):
@@ -106,13 +107,13 @@ class AttachmentOperations:
         stored = draft_of(self._state, request.match_info["message_id"], user)
         document = _json(body)
         try:
-            data = base64.b64decode(str(document.get("contentBytes", "")), validate=True)
+            data = base64.b64decode(str(document.get("contentbytes", "")), validate=True)
         except (binascii.Error, ValueError) as problem:
             raise GraphFailure(
                 400, "ErrorInvalidRequest", "The contentBytes is not valid base64."
             ) from problem
         name = str(document.get("name") or "attachment")
-        content_type = str(document.get("contentType") or "application/octet-stream")
+        content_type = str(document.get("contenttype") or "application/octet-stream")
         attach(stored, name, content_type, data)
         resource = {
             "@odata.context": f"{base_url(request)}/v1.0/$metadata#users('{user.object_id}')"
@@ -123,8 +124,8 @@ class AttachmentOperations:
             "name": name,
             "contentType": content_type,
             "size": len(data),
-            "isInline": bool(document.get("isInline", False)),
-            "contentId": document.get("contentId"),
+            "isInline": bool(document.get("isinline", False)),
+            "contentId": document.get("contentid"),
             "contentBytes": base64.b64encode(data).decode("ascii"),
         }
         return web.json_response(resource, status=201)
@@ -134,7 +135,7 @@ class AttachmentOperations:
     ) -> web.StreamResponse:
         """``POST .../messages/{id}/attachments/createUploadSession``."""
         stored = draft_of(self._state, request.match_info["message_id"], user)
-        item = _json(body).get("AttachmentItem")
+        item = _json(body).get("attachmentitem")
         if not isinstance(item, dict) or not isinstance(item.get("size"), int):
             raise GraphFailure(
                 400, "ErrorInvalidRequest", "AttachmentItem with a size is required."
@@ -156,7 +157,7 @@ class AttachmentOperations:
             user_id=user.object_id,
             name=str(item.get("name") or "attachment"),
             size=size,
-            content_type=str(item.get("contentType") or "application/octet-stream"),
+            content_type=str(item.get("contenttype") or "application/octet-stream"),
             authtoken=secrets.token_urlsafe(48),
             expires_at=expires,
         )

@@ -8,6 +8,7 @@ renders it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import uuid
@@ -128,11 +129,39 @@ async def _with_graph_headers(
         )
         response = render(request, unknown, clock.utcnow())
     except web.HTTPMethodNotAllowed:
-        refused = GraphFailure(405, "Request_BadRequest", "Specified HTTP method is not allowed.")
-        response = render(request, refused, clock.utcnow())
-    response.headers["request-id"] = request_id
-    response.headers["client-request-id"] = request[CLIENT_REQUEST_ID]
+        response = render(request, not_simulated(request), clock.utcnow())
+    if not response.prepared:
+        add_graph_headers(request, response)
+    return response
+
+
+def not_simulated(request: web.Request) -> GraphFailure:
+    """501 NotImplemented, in Graph's shape: an operation Graph has and the sandbox does not
+    simulate (*chosen*, docs/providers.md F)."""
+    return GraphFailure(
+        501,
+        "NotImplemented",
+        f"The sandbox does not simulate {request.method} {request.path}.",
+    )
+
+
+def add_graph_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``request-id``, ``client-request-id`` and ``x-ms-ags-diagnostic`` (docs/providers.md B4)."""
+    response.headers["request-id"] = request.get(REQUEST_ID, "")
+    response.headers["client-request-id"] = request.get(CLIENT_REQUEST_ID, "")
     response.headers["x-ms-ags-diagnostic"] = json.dumps(
         {"ServerInfo": {"DataCenter": "Sandbox", "Slice": "E", "Ring": "5", "ScaleUnit": "000"}}
     )
-    return response
+
+
+async def answer_now(request: web.Request, response: web.StreamResponse) -> None:
+    """Write ``response`` to the client at once (with Graph's headers), so that the request is
+    over only once its answer is out; nothing to do if the client hung up or the connection
+    was dropped on purpose."""
+    transport = request.transport
+    if response.prepared or transport is None or transport.is_closing():
+        return
+    add_graph_headers(request, response)
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write_eof()

@@ -2,7 +2,14 @@
 
 Whatever form a message arrives in, the sandbox stores RFC 822 bytes (as Exchange does): a MIME
 upload is stored byte for byte; a JSON message is rendered to MIME here. ``parse`` reads back
-what tests and the Graph answers need (recipients, attachments, Message-ID).
+what tests and the Graph answers need (recipients, attachments, Message-ID, the body and its
+plain-text ``bodyPreview``).
+
+Graph reads the property and parameter names of a JSON body regardless of case (the SDKs send
+``Message``/``SaveToSentItems``, the documentation ``message``/``saveToSentItems``):
+``fold_names`` lower-cases every name of a request document before it is read (*chosen* for
+the properties, docs/providers.md B1). A recipient address that is not an address is
+``400 ErrorInvalidRecipients`` (B4).
 """
 
 from __future__ import annotations
@@ -14,16 +21,21 @@ import re
 import secrets
 from dataclasses import dataclass
 from email import policy
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses, make_msgid
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
 from .state import StoredAttachment, StoredMessage
 
 _WHITESPACE = re.compile(rb"\s+")
+_TEXT_WHITESPACE = re.compile(r"\s+")
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
+PREVIEW_LENGTH = 255
 
 
 class MessageFormatError(ValueError):
@@ -47,6 +59,8 @@ class ParsedMessage:
     message_id: str | None
     attachments: list[StoredAttachment]
     preview: str
+    body_type: str = "text"  # Graph's body.contentType: "text" or "html"
+    body: str = ""
 
 
 def decode_mime_upload(body: bytes) -> bytes:
@@ -81,11 +95,14 @@ def parse(raw: bytes) -> ParsedMessage:
         attachments.append(
             StoredAttachment(part.get_filename() or "attachment", part.get_content_type(), data)
         )
-    body = message.get_body(preferencelist=("plain", "html"))
+    # Exchange keeps the HTML alternative when there is one, as Graph's ``body`` shows.
+    body_part = message.get_body(preferencelist=("html", "plain"))
     try:
-        preview = str(body.get_content()).strip()[:255] if body is not None else ""
+        content = str(body_part.get_content()) if body_part is not None else ""
     except (LookupError, ValueError, AttributeError):  # unknown charset, malformed part
-        preview = ""
+        content = ""
+    html_body = body_part is not None and body_part.get_content_subtype() == "html"
+    body_type = "html" if html_body else "text"
     senders = _addresses(message, "From")
     message_id = message.get("Message-ID")
     return ParsedMessage(
@@ -96,48 +113,114 @@ def parse(raw: bytes) -> ParsedMessage:
         bcc=_addresses(message, "Bcc"),
         message_id=str(message_id).strip() if message_id else None,
         attachments=attachments,
-        preview=preview,
+        preview=body_preview(content, body_type),
+        body_type=body_type,
+        body=content,
     )
+
+
+class _TextOf(HTMLParser):
+    """The text of an HTML document: character references decoded, scripts and styles left out."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skipping += 1
+        elif tag in ("br", "p", "div", "li", "tr", "td", "th", "h1", "h2", "h3"):
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title") and self._skipping:
+            self._skipping -= 1
+        elif tag in ("p", "div", "li", "tr", "td", "th", "h1", "h2", "h3"):
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def body_preview(content: str, body_type: str) -> str:
+    """Graph's ``bodyPreview``: the body as plain text (tags stripped, entities decoded,
+    whitespace collapsed), at most its first 255 characters."""
+    if body_type == "html":
+        reader = _TextOf()
+        reader.feed(content)
+        reader.close()
+        text = "".join(reader.parts)
+    else:
+        text = content
+    return _TEXT_WHITESPACE.sub(" ", text).strip()[:PREVIEW_LENGTH]
+
+
+def fold_names(value: Any) -> Any:
+    """A JSON document with every property name lower-cased (values untouched)."""
+    if isinstance(value, dict):
+        return {str(key).lower(): fold_names(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [fold_names(item) for item in value]
+    return value
+
+
+def invalid_recipient(address: str) -> MessageFormatError:
+    """Graph's answer to a recipient that is not an address (docs/providers.md B4)."""
+    return MessageFormatError(
+        "ErrorInvalidRecipients",
+        f"At least one recipient isn't valid., Recipient '{address}' isn't resolved. All "
+        "recipients must be resolved before a message can be submitted.",
+    )
+
+
+def is_address(address: str) -> bool:
+    """Whether ``address`` is an SMTP address (``local@domain.tld``), as Exchange resolves it."""
+    return bool(_ADDRESS.match(address))
 
 
 def _recipient_list(message: dict[str, Any], key: str) -> list[tuple[str, str]]:
     result = []
-    for entry in message.get(key) or []:
-        email = entry.get("emailAddress", {}) if isinstance(entry, dict) else {}
+    entries = message.get(key) or []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        email = entry.get("emailaddress", {}) if isinstance(entry, dict) else {}
         address = email.get("address") if isinstance(email, dict) else None
-        if not isinstance(address, str) or not address:
-            raise MessageFormatError(
-                "ErrorInvalidRecipients", "At least one recipient isn't valid."
-            )
-        result.append((str(email.get("name") or ""), address))
+        if not isinstance(address, str) or not is_address(address.strip()):
+            raise invalid_recipient(str(address or ""))
+        result.append((str(email.get("name") or ""), address.strip()))
     return result
 
 
 def _header_value(pairs: list[tuple[str, str]]) -> list[Address]:
-    return [Address(display_name=name, addr_spec=address) for name, address in pairs]
+    try:
+        return [Address(display_name=name, addr_spec=address) for name, address in pairs]
+    except (ValueError, IndexError, HeaderParseError) as problem:
+        raise invalid_recipient(", ".join(address for _, address in pairs)) from problem
 
 
 def mime_from_json(message: dict[str, Any], mailbox: str, display_name: str) -> bytes:
-    """Render a Graph JSON ``message`` as RFC 822 bytes, the way Exchange stores it."""
+    """Render a Graph JSON ``message`` (names folded by ``fold_names``) as RFC 822 bytes, the
+    way Exchange stores it."""
     if not isinstance(message, dict):
         raise MessageFormatError("ErrorInvalidRequest", "The message property is not valid.")
     email = EmailMessage()
     sender = _recipient_list({"from": [message["from"]]}, "from") if message.get("from") else []
     email["From"] = _header_value(sender or [(display_name, mailbox)])
     for key, header in (
-        ("toRecipients", "To"),
-        ("ccRecipients", "Cc"),
-        ("bccRecipients", "Bcc"),
-        ("replyTo", "Reply-To"),
+        ("torecipients", "To"),
+        ("ccrecipients", "Cc"),
+        ("bccrecipients", "Bcc"),
+        ("replyto", "Reply-To"),
     ):
         pairs = _recipient_list(message, key)
         if pairs:
             email[header] = _header_value(pairs)
     email["Subject"] = str(message.get("subject") or "")
     email["Message-ID"] = str(
-        message.get("internetMessageId") or make_msgid(domain="sandbox.local")
+        message.get("internetmessageid") or make_msgid(domain="sandbox.local")
     )
-    for header in message.get("internetMessageHeaders") or []:
+    for header in message.get("internetmessageheaders") or []:
         name, value = header.get("name", ""), header.get("value", "")
         if not str(name).lower().startswith("x-"):
             raise MessageFormatError(
@@ -147,7 +230,7 @@ def mime_from_json(message: dict[str, Any], mailbox: str, display_name: str) -> 
         email[str(name)] = str(value)
     body = message.get("body") or {}
     content = str(body.get("content") or "")
-    subtype = "html" if str(body.get("contentType", "text")).lower() == "html" else "plain"
+    subtype = "html" if str(body.get("contenttype", "text")).lower() == "html" else "plain"
     email.set_content(content, subtype=subtype)
     for attachment in message.get("attachments") or []:
         _attach(email, attachment)
@@ -156,12 +239,12 @@ def mime_from_json(message: dict[str, Any], mailbox: str, display_name: str) -> 
 
 def _attach(email: EmailMessage, attachment: dict[str, Any]) -> None:
     try:
-        data = base64.b64decode(str(attachment.get("contentBytes", "")), validate=True)
+        data = base64.b64decode(str(attachment.get("contentbytes", "")), validate=True)
     except (binascii.Error, ValueError) as problem:
         raise MessageFormatError(
             "ErrorInvalidRequest", "The contentBytes of the attachment is not valid base64."
         ) from problem
-    content_type = str(attachment.get("contentType") or "application/octet-stream")
+    content_type = str(attachment.get("contenttype") or "application/octet-stream")
     maintype, _, subtype = content_type.partition("/")
     email.add_attachment(
         data,
@@ -186,9 +269,10 @@ def _recipients_json(addresses: list[str]) -> list[dict[str, Any]]:
 
 
 def message_resource(
-    stored: StoredMessage, origin: str, user_id: str, display_name: str, preview: str
+    stored: StoredMessage, origin: str, user_id: str, display_name: str, parsed: ParsedMessage
 ) -> dict[str, Any]:
     """The Graph ``message`` JSON the create-message call answers with."""
+    preview, body_type, body = parsed.preview, parsed.body_type, parsed.body
     sender = {"emailAddress": {"name": display_name, "address": stored.sender or stored.mailbox}}
     return {
         "@odata.context": f"{origin}/v1.0/$metadata#users('{user_id}')/messages/$entity",
@@ -214,7 +298,7 @@ def message_resource(
         "webLink": f"{origin}/owa/?ItemID={quote(stored.id, safe='')}"
         "&exvsurl=1&viewmodel=ReadMessageItem",
         "inferenceClassification": "focused",
-        "body": {"contentType": "text", "content": preview},
+        "body": {"contentType": body_type, "content": body},
         "sender": sender,
         "from": sender,
         "toRecipients": _recipients_json(stored.to),

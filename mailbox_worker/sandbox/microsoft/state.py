@@ -335,6 +335,10 @@ class MicrosoftState(SandboxControls, ClientRegistry):
             and (folder is None or message.folder == folder)
         ]
 
+    def delete_message(self, message_id: str) -> None:
+        """Forget a stored message (a deleted draft)."""
+        self.stored_messages.pop(message_id, None)
+
     def message(self, message_id: str) -> StoredMessage | None:
         """One stored message by its Graph id."""
         return self.stored_messages.get(message_id)

@@ -1,12 +1,18 @@
 """``POST /{tenant}/oauth2/v2.0/token``: the authorization-code and refresh-token grants.
 
 Answers exactly as docs/providers.md A3/A4/A5: ``token_type``, ``scope`` (echoed in the form the
-client used), ``expires_in``, ``ext_expires_in``, ``access_token``; ``refresh_token`` only when
-``offline_access`` was granted; ``id_token`` only for ``openid``; ``client_info`` when the
+client used), ``expires_in``, ``ext_expires_in``, ``access_token``; ``refresh_token`` when the
+grant includes ``offline_access``; ``id_token`` for ``openid``; ``client_info`` when the
 client asked with ``client_info=1`` (msal always does).
 
-Refresh tokens rotate: each refresh returns a new one and the old one stays valid, unless a
-scenario switch killed it. Switches (``MicrosoftState.apply_scenario``) and what they produce:
+Both grants honour the request's ``scope`` the same way: the access token is for the scopes
+asked (each known, else AADSTS70011), or for the whole grant when none are asked. A code's
+token leaves out what the user did not grant at the consent page; a refresh asking for a
+permission without consent is AADSTS65001. The grant itself — what the authorization asked
+for, ``offline_access`` included — stays with the refresh token: a redemption or refresh asking
+for less does not narrow it, and every refresh returns a new refresh token whether or not its
+``scope`` repeats ``offline_access`` (A4). The old one stays valid, unless a scenario switch
+killed it. Switches (``MicrosoftState.apply_scenario``) and what they produce:
 
 * ``revoke_sessions`` — every refresh token the user holds → ``invalid_grant`` AADSTS50173;
 * ``refresh_token_inactive`` — the user's current refresh tokens → ``invalid_grant`` AADSTS700082;
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -47,6 +54,16 @@ from .token_values import access_token, client_info, refresh_token
 
 GRAPH_APPLICATION_ID = "00000003-0000-0000-c000-000000000000"
 ID_TOKEN_LIFETIME = 3600
+
+
+@dataclass(frozen=True)
+class Issue:
+    """What a token answer is for: ``scopes`` asked now, within the ``grant`` (the scopes of
+    the authorization, kept by its refresh tokens); ``nonce`` of the authorization request."""
+
+    scopes: list[str]
+    grant: list[str]
+    nonce: str | None
 
 
 class TokenEndpoint:
@@ -87,12 +104,15 @@ class TokenEndpoint:
         client = self._authenticate(request, fields, segment)
         if grant_type == "authorization_code":
             user, scopes, nonce = self._redeem_code(client, fields)
+            grant = self._state.codes[fields["code"]].scopes
         elif grant_type == "refresh_token":
             user, scopes = self._redeem_refresh_token(client, fields)
-            nonce = None
+            grant, nonce = self._state.refresh_tokens[fields["refresh_token"]].scopes, None
         else:
             raise IdentityFailure(errors.UNSUPPORTED_GRANT_TYPE)
-        body = self._issue(request, client, user, scopes, nonce, fields.get("client_info") == "1")
+        body = self._issue(
+            request, client, user, Issue(scopes, grant, nonce), fields.get("client_info") == "1"
+        )
         return web.json_response(
             body, headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
         )
@@ -132,7 +152,15 @@ class TokenEndpoint:
                 raise IdentityFailure(errors.PKCE_MISMATCH)
         code.redeemed = True
         user = self._state.user_by_object_id(code.object_id)
-        return user, list(code.scopes), code.nonce
+        # What the authorization granted, narrowed to what this request asks for: a permission
+        # the user did not grant is left out of the token (and its ``scope``), not an error.
+        granted = scope_rules.canonical_set(code.scopes)
+        requested = [
+            scope
+            for scope in self._requested(client, user, fields, code.scopes, check_consent=False)
+            if scope_rules.canonical(scope) in granted
+        ]
+        return user, requested, code.nonce
 
     def _redeem_refresh_token(
         self, client: Client, fields: Mapping[str, str]
@@ -155,30 +183,45 @@ class TokenEndpoint:
             raise IdentityFailure(errors.REFRESH_INACTIVE)
         if user.interaction_required:
             raise IdentityFailure(errors.INTERACTION_REQUIRED)
-        requested = scope_rules.split(fields.get("scope", "")) or list(token.scopes)
+        requested = self._requested(client, user, fields, token.scopes)
+        token.last_used_at = now
+        return user, requested
+
+    def _requested(
+        self,
+        client: Client,
+        user: User,
+        fields: Mapping[str, str],
+        grant: list[str],
+        check_consent: bool = True,
+    ) -> list[str]:
+        """The scopes the request asks for (the whole ``grant`` if none), each known and (with
+        ``check_consent``) the resource ones consented to."""
+        requested = scope_rules.split(fields.get("scope", "")) or list(grant)
         for scope in requested:
             if not scope_rules.is_known(scope):
                 raise IdentityFailure(errors.invalid_scope(scope))
+        if not check_consent:
+            return requested
         wanted = scope_rules.canonical_set(scope_rules.resource_scopes(requested))
         consented = self._state.consented_scopes(user.object_id, client.client_id)
         if not consented or not wanted <= consented:
             raise IdentityFailure(errors.consent_missing(client.client_id, client.name))
-        token.last_used_at = now
-        return user, requested
+        return requested
 
     def _issue(
         self,
         request: web.Request,
         client: Client,
         user: User,
-        granted: list[str],
-        nonce: str | None,
+        issue: Issue,
         with_client_info: bool,
     ) -> dict[str, Any]:
-        """Mint the tokens for ``granted`` (scopes in the client's own spelling)."""
+        """Mint the tokens of ``issue`` (scopes in the client's own spelling)."""
+        granted, nonce = issue.scopes, issue.nonce
+        whole = scope_rules.canonical_set(issue.grant) | scope_rules.canonical_set(granted)
         now = int(self._state.now())
         lifetime = self._state.access_token_lifetime
-        canonical = scope_rules.canonical_set(granted)
         resource = scope_rules.resource_scopes(granted)
         short_names = [scope.rpartition("/")[2] for scope in resource]
         claims = {
@@ -213,14 +256,15 @@ class TokenEndpoint:
             "ext_expires_in": lifetime,
             "access_token": access,
         }
-        if "offline_access" in canonical:
+        if "offline_access" in whole:
             fresh = refresh_token()
+            kept = list(dict.fromkeys([*issue.grant, *granted]))  # the grant is never narrowed
             self._state.refresh_tokens[fresh] = RefreshToken(
-                client.client_id, user.object_id, list(granted), user.session_generation, now
+                client.client_id, user.object_id, kept, user.session_generation, now
             )
             body["refresh_token"] = fresh
-        if "openid" in canonical:
-            body["id_token"] = self._id_token(request, client, user, canonical, nonce, now)
+        if "openid" in whole:
+            body["id_token"] = self._id_token(request, client, user, whole, nonce, now)
         if with_client_info:
             body["client_info"] = client_info(user.object_id, user.tenant_id)
         return body
