@@ -425,5 +425,7 @@ INTERNAL_CODES: Mapping[str, CodeMeaning] = _codes(
     key_active=("a key-encryption key still in use cannot be retired", False),
     revoke_unavailable=("a grant's revocation could not reach the provider yet", True),
     revoke_failed=("the provider refused a grant's revocation", False),
+    unexpected_response=("(the Python client) the answer was not the API's JSON", True),
 )
-"""Codes for logs, metrics and the operator only: never in an API answer or a job."""
+"""Codes for logs, metrics, the operator and the Python client's own errors: never in an API
+answer or a job."""

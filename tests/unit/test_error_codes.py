@@ -64,6 +64,10 @@ def code_positions(trees: Iterable[ast.AST]) -> dict[str, set[int]]:
                     for field in node.body
                     if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
                 ]
+                for method in node.body:  # a class called with its __init__'s arguments
+                    if isinstance(method, ast.FunctionDef) and method.name == "__init__":
+                        arguments = [*method.args.posonlyargs, *method.args.args][1:]
+                        names = [argument.arg for argument in arguments]
             else:
                 continue
             if "code" in names:
@@ -131,8 +135,11 @@ def move(session, state, code, message): ...
 class Outcome:
     state: str
     code: str
+class Failure(Exception):
+    def __init__(self, status, code): ...
 move(session, state, "a_positional", "message")
 Outcome(state, "a_field")
+Failure(500, "an_argument")
 def status_code(): return "a_returned"
 SOME_CODES = {"Graph": "a_mapped"}
 """
@@ -144,6 +151,7 @@ SOME_CODES = {"Graph": "a_mapped"}
         "an_alternative",
         "a_positional",
         "a_field",
+        "an_argument",
         "a_returned",
         "a_mapped",
     }
