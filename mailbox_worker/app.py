@@ -14,6 +14,7 @@ clock and the key source (keyword arguments that default to what the settings na
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib.metadata
 import logging
 import ssl
@@ -222,7 +223,11 @@ class App:
         )
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
-        jobs = JobStore(sessions, clock)
+        jobs = JobStore(
+            sessions,
+            clock,
+            idempotency_window=dt.timedelta(hours=settings.retention.idempotency_hours),
+        )
         queue = JobQueue(sessions, clock, settings.worker.mailbox_limits())
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)

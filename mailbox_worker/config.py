@@ -275,6 +275,11 @@ def _validate_retention(retention: RetentionSettings) -> None:
         raise ConfigError("retention.interval", "must be positive")
     if retention.pause < 0:
         raise ConfigError("retention.pause", "must be 0 or more")
+    if not 1 <= retention.idempotency_hours <= retention.events_days * 24:
+        raise ConfigError(
+            "retention.idempotency_hours",
+            "must be between 1 hour and retention.events_days: a key is a trace of the request",
+        )
 
 
 def require_microsoft_app(settings: MicrosoftSettings) -> None:

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Update, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -60,15 +60,25 @@ class JobFilter:
 
 
 class JobStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock = utcnow,
+        idempotency_window: dt.timedelta = dt.timedelta(hours=24),
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._idempotency_window = idempotency_window
+        """How long an ``Idempotency-Key`` answers its first job (``retention.idempotency_hours``):
+        a key older than that is forgotten, and its next use enqueues a new job."""
 
     async def enqueue(self, new: NewJob) -> tuple[Job, bool]:
         """Commit a job (and its content) and return ``(job, created)``.
 
-        With an idempotency key already used by the account, returns the first job and
-        ``created=False`` when the request is the same, and raises ``Conflict`` otherwise.
+        With an idempotency key already used by the account within the idempotency window,
+        returns the first job and ``created=False`` when the request is the same, and raises
+        ``Conflict`` otherwise. A key used before the window is forgotten (set to NULL on its
+        job) in the transaction that enqueues the new job.
         """
         if new.idempotency_key is not None:
             existing = await self._by_idempotency_key(new.account_id, new.idempotency_key)
@@ -98,6 +108,10 @@ class JobStore:
         )
         try:
             async with self._sessions.begin() as session:
+                if new.idempotency_key is not None:
+                    await session.execute(
+                        self._forget_expired_key(new.account_id, new.idempotency_key)
+                    )
                 session.add(job)
                 await session.flush()
                 session.add(JobContent(job_id=job_id, payload=new.payload))
@@ -132,8 +146,25 @@ class JobStore:
             )
         return existing
 
+    def _forget_expired_key(self, account_id: str, key: str) -> Update:
+        """Blank ``key`` on the account's job that used it before the window, if any."""
+        return (
+            update(Job)
+            .where(
+                Job.account_id == account_id,
+                Job.idempotency_key == key,
+                Job.created_at <= self._clock() - self._idempotency_window,
+            )
+            .values(idempotency_key=None)
+        )
+
     async def _by_idempotency_key(self, account_id: str, key: str) -> Job | None:
-        query = select(Job).where(Job.account_id == account_id, Job.idempotency_key == key)
+        """The account's job enqueued under ``key`` within the idempotency window."""
+        query = select(Job).where(
+            Job.account_id == account_id,
+            Job.idempotency_key == key,
+            Job.created_at > self._clock() - self._idempotency_window,
+        )
         async with self._sessions() as session:
             return (await session.scalars(query)).one_or_none()
 
