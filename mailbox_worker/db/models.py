@@ -124,7 +124,11 @@ class Mailbox(Base):
     cap reached (``pause_reason``: throttled, rate_limit, daily_cap)."""
     pause_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
 
-    __table_args__ = (Index(None, "account_id"),)
+    __table_args__ = (
+        Index(None, "account_id"),
+        # GET /v1/mailboxes: an account's mailboxes oldest first, a page at a time.
+        Index(None, "account_id", "created_at", "id"),
+    )
 
 
 class MailboxKey(Base):
@@ -213,6 +217,10 @@ class Job(Base):
         Index(None, "mailbox_id", "state"),
         Index(None, "mailbox_id", "state", "run_after"),
         Index(None, "mailbox_id", "claimed_at"),
+        # GET /v1/jobs: an account's jobs newest first, a page at a time (keyset on both
+        # columns), and an invoice's jobs by the app's own reference.
+        Index(None, "account_id", "created_at", "id"),
+        Index(None, "account_id", "reference"),
     )
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -49,14 +49,23 @@ class NewJob:
     """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
 
 
+Position = tuple[dt.datetime, str]
+"""Where a page of a list ended: the ``(created_at, id)`` of its last row (keyset pagination)."""
+
+
 @dataclass(frozen=True)
 class JobFilter:
     """Which jobs ``JobStore.find`` returns: every given field must match."""
 
     account_id: str | None = None
     mailbox_id: str | None = None
-    state: str | None = None
+    state: str | tuple[str, ...] | None = None
+    """One state, or several (any of them)."""
     reference: str | None = None
+    created_after: dt.datetime | None = None
+    """Created at or after this instant (included)."""
+    created_before: dt.datetime | None = None
+    """Created before this instant (excluded): consecutive ranges neither overlap nor miss."""
 
 
 class JobStore:
@@ -150,19 +159,40 @@ class JobStore:
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 
-    async def find(self, wanted: JobFilter, limit: int = 50) -> list[Job]:
-        """At most ``limit`` jobs matching ``wanted``, the most recently created first."""
+    async def find(
+        self, wanted: JobFilter, limit: int = 50, after: Position | None = None
+    ) -> list[Job]:
+        """At most ``limit`` jobs matching ``wanted``, the most recently created first (ties:
+        the greater id first), starting after ``after`` (the last row of the previous page).
+
+        Keyset pagination, never an offset: rows added meanwhile shift no page. With an
+        account, read through ``ix_jobs_account_id_created_at_id`` (or the reference index).
+        """
         conditions = [
             column == value
             for column, value in (
                 (Job.account_id, wanted.account_id),
                 (Job.mailbox_id, wanted.mailbox_id),
-                (Job.state, wanted.state),
                 (Job.reference, wanted.reference),
             )
             if value is not None
         ]
-        query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).limit(limit)
+        if isinstance(wanted.state, str):
+            conditions.append(Job.state == wanted.state)
+        elif wanted.state is not None:
+            conditions.append(Job.state.in_(wanted.state))
+        if wanted.created_after is not None:
+            conditions.append(Job.created_at >= wanted.created_after)
+        if wanted.created_before is not None:
+            conditions.append(Job.created_at < wanted.created_before)
+        if after is not None:
+            conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
+        query = (
+            select(Job)
+            .where(*conditions)
+            .order_by(Job.created_at.desc(), Job.id.desc())
+            .limit(limit)
+        )
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 
@@ -328,4 +358,4 @@ class JobStore:
         return job, True
 
 
-__all__ = ["JobFilter", "JobStore", "NewJob"]
+__all__ = ["JobFilter", "JobStore", "NewJob", "Position"]

@@ -223,9 +223,26 @@ class RecordingConnector:
         self.calls.append(("get", (mailbox_id,)))
         return self._find(principal, mailbox_id)
 
-    async def list(self, principal: Principal) -> list[MailboxView]:
-        self.calls.append(("list", ()))
-        return [m for a, m in self.mailboxes.values() if a == principal.account_id]
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        limit: int | None = None,
+        after: tuple[dt.datetime, str] | None = None,
+        include_disconnected: bool = True,
+    ) -> list[MailboxView]:
+        self.calls.append(("list", (limit, after, include_disconnected)))
+        listed = sorted(
+            (m for a, m in self.mailboxes.values() if a == principal.account_id),
+            key=lambda mailbox: (mailbox.created_at, mailbox.id),
+        )
+        listed = [
+            mailbox
+            for mailbox in listed
+            if (include_disconnected or mailbox.state != MailboxState.DISCONNECTED)
+            and (after is None or (mailbox.created_at, mailbox.id) > after)
+        ]
+        return listed if limit is None else listed[:limit]
 
     async def held_job_counts(self, principal: Principal) -> Mapping[str, int]:
         self.calls.append(("held_job_counts", ()))

@@ -134,7 +134,7 @@ def test_the_document_and_the_router_list_the_same_operations() -> None:
 def test_every_client_error_is_documented_with_the_error_schema() -> None:
     for method, path, operation in operations():
         for status, response in operation["responses"].items():
-            if not 400 <= int(status) < 500:
+            if not status.isdigit() or not 400 <= int(status) < 500:
                 continue
             content = resolve(response).get("content", {})
             if "application/json" in content:
@@ -156,8 +156,13 @@ def test_each_operation_documents_the_failures_it_can_answer() -> None:
             assert "WWW-Authenticate" in unauthenticated["headers"]
 
 
+# Answers only: a client must accept fields added later, so these leave them open.
+OPEN_RESPONSE_SCHEMAS = frozenset({"JobList"})
+
+
 def test_every_object_schema_refuses_unknown_properties() -> None:
-    for node in walk(SCHEMAS):
+    closed = {name: schema for name, schema in SCHEMAS.items() if name not in OPEN_RESPONSE_SCHEMAS}
+    for node in walk(closed):
         if isinstance(node, dict) and "properties" in node:
             assert node.get("additionalProperties") is False, sorted(node["properties"])
 
