@@ -220,7 +220,7 @@ class Job(Base):
         # GET /v1/jobs: an account's jobs newest first, a page at a time (keyset on both
         # columns), and an invoice's jobs by the app's own reference.
         Index(None, "account_id", "created_at", "id"),
-        Index(None, "account_id", "reference"),
+        Index(None, "account_id", "reference", "created_at", "id"),
     )
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy import Select, and_, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -66,6 +66,34 @@ class JobFilter:
     """Created at or after this instant (included)."""
     created_before: dt.datetime | None = None
     """Created before this instant (excluded): consecutive ranges neither overlap nor miss."""
+
+
+def find_query(wanted: JobFilter, limit: int, after: Position | None = None) -> Select[Job]:
+    """The statement of ``JobStore.find``. With an account, PostgreSQL reads it in order
+    through ``ix_jobs_account_id_created_at_id`` (with a reference, through
+    ``ix_jobs_account_id_reference_created_at_id``) and stops after ``limit`` rows."""
+    conditions = [
+        column == value
+        for column, value in (
+            (Job.account_id, wanted.account_id),
+            (Job.mailbox_id, wanted.mailbox_id),
+            (Job.reference, wanted.reference),
+        )
+        if value is not None
+    ]
+    if isinstance(wanted.state, str):
+        conditions.append(Job.state == wanted.state)
+    elif wanted.state is not None:
+        conditions.append(Job.state.in_(wanted.state))
+    if wanted.created_after is not None:
+        conditions.append(Job.created_at >= wanted.created_after)
+    if wanted.created_before is not None:
+        conditions.append(Job.created_at < wanted.created_before)
+    if after is not None:
+        conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
+    return (
+        select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    )
 
 
 class JobStore:
@@ -165,36 +193,9 @@ class JobStore:
         """At most ``limit`` jobs matching ``wanted``, the most recently created first (ties:
         the greater id first), starting after ``after`` (the last row of the previous page).
 
-        Keyset pagination, never an offset: rows added meanwhile shift no page. With an
-        account, read through ``ix_jobs_account_id_created_at_id`` (or the reference index).
-        """
-        conditions = [
-            column == value
-            for column, value in (
-                (Job.account_id, wanted.account_id),
-                (Job.mailbox_id, wanted.mailbox_id),
-                (Job.reference, wanted.reference),
-            )
-            if value is not None
-        ]
-        if isinstance(wanted.state, str):
-            conditions.append(Job.state == wanted.state)
-        elif wanted.state is not None:
-            conditions.append(Job.state.in_(wanted.state))
-        if wanted.created_after is not None:
-            conditions.append(Job.created_at >= wanted.created_after)
-        if wanted.created_before is not None:
-            conditions.append(Job.created_at < wanted.created_before)
-        if after is not None:
-            conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
-        query = (
-            select(Job)
-            .where(*conditions)
-            .order_by(Job.created_at.desc(), Job.id.desc())
-            .limit(limit)
-        )
+        Keyset pagination, never an offset: rows added meanwhile shift no page."""
         async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
+            return list((await session.scalars(find_query(wanted, limit, after))).all())
 
     async def held_counts(self, account_id: str) -> dict[str, int]:
         """How many ``held`` jobs each mailbox of ``account_id`` has (a mailbox with none is
@@ -358,4 +359,4 @@ class JobStore:
         return job, True
 
 
-__all__ = ["JobFilter", "JobStore", "NewJob", "Position"]
+__all__ = ["JobFilter", "JobStore", "NewJob", "Position", "find_query"]

@@ -23,7 +23,9 @@ def upgrade() -> None:
             "ix_jobs_account_id_created_at_id", ["account_id", "created_at", "id"], unique=False
         )
         batch_op.create_index(
-            "ix_jobs_account_id_reference", ["account_id", "reference"], unique=False
+            "ix_jobs_account_id_reference_created_at_id",
+            ["account_id", "reference", "created_at", "id"],
+            unique=False,
         )
     with op.batch_alter_table("mailboxes", schema=None) as batch_op:
         batch_op.create_index(
@@ -37,5 +39,5 @@ def downgrade() -> None:
     with op.batch_alter_table("mailboxes", schema=None) as batch_op:
         batch_op.drop_index("ix_mailboxes_account_id_created_at_id")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_index("ix_jobs_account_id_reference")
+        batch_op.drop_index("ix_jobs_account_id_reference_created_at_id")
         batch_op.drop_index("ix_jobs_account_id_created_at_id")
