@@ -36,7 +36,8 @@ with an HTTP status; the API turns them into JSON ``{"error": {"code", "message"
         ├── RequestTimeout          408, the body did not arrive in time
         ├── Conflict                409
         ├── PayloadTooLarge         413
-        └── UnsupportedMediaType    415
+        ├── UnsupportedMediaType    415
+        └── TooManyRequests         429, with ``retry_after`` (seconds) for ``Retry-After``
 """
 
 from __future__ import annotations
@@ -225,6 +226,18 @@ class UnsupportedMediaType(RequestError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(RequestError):
+    """A rate limit refused the request (``rate_limited``, ``too_many_failed_attempts``);
+    the client may try again after ``retry_after`` whole seconds (at least 1)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, retry_after)
 
 
 class ValidationFailed(InvalidRequest):

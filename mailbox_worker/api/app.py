@@ -22,6 +22,7 @@ from mailbox_worker.api.context import DOCUMENT, SERVICES
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import error_middleware
 from mailbox_worker.api.http_metrics import http_metrics_middleware
+from mailbox_worker.api.rate_limits import rate_limit_middleware
 from mailbox_worker.api.services import ApiServices
 
 # Identifiers are opaque but made only of these characters (the document's ``Id``):
@@ -40,6 +41,7 @@ def create_app(services: ApiServices) -> web.Application:
         middlewares=[
             http_metrics_middleware(services.telemetry),
             error_middleware(services.max_request_bytes, services.database_unavailable),
+            rate_limit_middleware(services.rate_limits, services.clock, services.telemetry),
         ],
     )
     app[SERVICES] = services

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mailbox_worker.accounts import AccountView, Principal, SupportGrantView
 from mailbox_worker.api.admin_session import AdminSessions, KeyLookup
+from mailbox_worker.api.rate_limits import RateLimitSettings
+from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.jobs.intake import JobEventView, JobView, Submission
 from mailbox_worker.jobs.store import JobFilter
 from mailbox_worker.mailboxes.account_rights import ErasureReport, PauseView
@@ -184,6 +186,10 @@ class ApiServices:
     """Where browsers reach the daemon (``server.public_url``); empty: the request's origin."""
     database_unavailable: Callable[[BaseException], bool] = lambda _error: False
     """Whether an exception means the database cannot be reached (answered 503)."""
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    """Per-key rate limits and the brake on bad keys (``[api]``; docs/api.md#rate-limits)."""
+    clock: Clock = utcnow
+    """The time the rate limits count in."""
 
 
 __all__ = [
