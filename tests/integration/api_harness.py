@@ -45,6 +45,7 @@ from mailbox_worker.config import (
     DatabaseSettings,
     KeySettings,
     MicrosoftSettings,
+    RateLimitSettings,
     ServerSettings,
     Settings,
 )
@@ -355,11 +356,12 @@ async def running_api(
     ready: Callable[[], Any] | None = None,
     limits: ServerLimits | None = None,
     body_timeout: float = 60.0,
+    rate_limits: RateLimitSettings | None = None,
 ) -> AsyncIterator[RunningApi]:
     """The API on a real socket over a fresh, migrated SQLite database.
 
     ``connector`` may replace the real mailbox service (it receives it, to wrap or ignore);
-    ``ready`` may replace the readiness checks.
+    ``ready`` may replace the readiness checks; ``rate_limits`` the ``[api]`` defaults.
     """
     settings = Settings(
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/t.db"),
@@ -367,6 +369,7 @@ async def running_api(
             public_url=PUBLIC_URL, max_request_bytes=MAX_REQUEST_BYTES, body_timeout=body_timeout
         ),
         keys=KeySettings(source="file", file=str(tmp_path / "keys.json"), create_if_missing=True),
+        api=rate_limits or RateLimitSettings(),
     )
     identity = FakeMicrosoftIdentity()
     clock = ShiftedClock()
