@@ -74,7 +74,12 @@ def timestamp(request: web.Request, name: str) -> dt.datetime | None:
         raise invalid_parameter(
             f"{name} must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T00:00:00Z"
         )
-    return dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(dt.UTC)
+    moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:  # within a day of year 1 or 9999: before, or after, every row
+        earliest = moment.utcoffset() is not None and moment.year == dt.MINYEAR
+        return (dt.datetime.min if earliest else dt.datetime.max).replace(tzinfo=dt.UTC)
 
 
 def identifier(request: web.Request, name: str) -> str | None:
@@ -127,7 +132,10 @@ def _decode(raw: str, kind: str) -> Position | None:
         return None
     if moment.tzinfo is None:
         return None
-    return moment.astimezone(dt.UTC), row_id
+    try:
+        return moment.astimezone(dt.UTC), row_id
+    except OverflowError:
+        return None
 
 
 def next_cursor(kind: str, positions: list[Position], limit: int) -> str | None:

@@ -38,6 +38,8 @@ TOO_MANY_FAILED_ATTEMPTS = "too_many_failed_attempts"
 REASONS = (RATE_LIMITED, TOO_MANY_FAILED_ATTEMPTS)
 """Every ``reason`` label of ``mailbox_worker_api_rate_limited_total``."""
 UNKNOWN_ADDRESS = "unknown"
+MAX_STRIKES = 32
+"""Doublings counted at most: the penalty is bounded anyway, and 2.0**n must stay a float."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class FailedAttempts:
         if failures.count >= settings.failed_auth_limit:
             penalty = settings.failed_auth_penalty * 2.0**failures.strikes
             failures.blocked_until = now + min(penalty, settings.failed_auth_max_penalty)
-            failures.strikes += 1
+            failures.strikes = min(failures.strikes + 1, MAX_STRIKES)
             failures.window_start, failures.count = now, 0
         self._addresses[address] = failures  # the most recently failing last
         while len(self._addresses) > settings.max_tracked:

@@ -112,6 +112,11 @@ async def test_jobs_are_found_by_reference_state_mailbox_and_time(
     assert await ids(created_after=after.isoformat()) == [third["id"], second["id"]]
     assert await ids(created_before=second["created_at"]) == [first["id"]]
     assert await ids(reference="INV-3") == []
+    # Instants at the calendar's ends, whose UTC falls outside it: before, or after, every job.
+    everything = [third["id"], second["id"], first["id"]]
+    assert await ids(created_after="0001-01-01T00:00:00+05:00") == everything
+    assert await ids(created_before="9999-12-31T23:59:59-05:00") == everything
+    assert await ids(created_before="0001-01-01T00:00:00+05:00") == []
 
 
 async def test_another_accounts_jobs_are_never_listed(

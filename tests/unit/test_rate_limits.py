@@ -174,3 +174,15 @@ def test_zero_turns_each_limit_off() -> None:
         limits.admit("key_a")
         limits.failed("192.0.2.1")
     limits.check_address("192.0.2.1")
+
+
+def test_a_persistent_guesser_stays_at_the_bounded_penalty() -> None:
+    failures = FailedAttempts(SETTINGS)
+    now = 0.0
+    for _ in range(2000):  # more doublings than a float holds
+        for _ in range(3):
+            failures.record("192.0.2.1", now)
+        assert failures.penalty("192.0.2.1", now) in (10, 20, 25)
+        now += 25.0
+
+    assert failures.penalty("192.0.2.1", now - 25.0) == 25
