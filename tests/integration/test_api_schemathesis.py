@@ -35,6 +35,8 @@ from mailbox_worker.api.rate_limits import RateLimitSettings
 from mailbox_worker.policy.addresses import is_email_address
 from tests.integration.api_harness import MAILBOX_ADDRESS, running_api
 
+ApiCase = schemathesis.Case[Any]
+
 SEED = 20240501
 MAX_EXAMPLES = 25
 ORIGINS = st.one_of(
@@ -101,7 +103,7 @@ def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str)
         return aim_at_mailbox(body, mailbox_id, address)
 
     @schema.hook
-    def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
+    def map_case(context: schemathesis.HookContext, case: ApiCase) -> ApiCase:
         return sparing_the_mailbox(with_a_cursor_the_list_gives(case), mailbox_id)
 
     report = Report()
@@ -128,7 +130,7 @@ def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str)
 LISTS = {"/v1/jobs": "jobs", "/v1/mailboxes": "mailboxes"}
 
 
-def with_a_cursor_the_list_gives(case: schemathesis.Case) -> schemathesis.Case:
+def with_a_cursor_the_list_gives(case: ApiCase) -> ApiCase:
     """A cursor is opaque: the document can say its form, not which values a list gives.
     A schema-valid but made-up one is refused ``400 invalid_cursor`` (test_api_lists.py),
     so in a positive case it becomes one the list could have given (a position in it)."""
@@ -141,7 +143,7 @@ def with_a_cursor_the_list_gives(case: schemathesis.Case) -> schemathesis.Case:
     return case
 
 
-def sparing_the_mailbox(case: schemathesis.Case, mailbox_id: str) -> schemathesis.Case:
+def sparing_the_mailbox(case: ApiCase, mailbox_id: str) -> ApiCase:
     """The engine learns identifiers from answers (the lists show the connected mailbox) and
     reuses them: a disconnect of the mailbox jobs are aimed at would leave every later job
     refused ``409``, so that one disconnect goes to an unknown mailbox instead."""

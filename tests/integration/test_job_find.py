@@ -145,7 +145,8 @@ async def test_postgresql_reads_an_accounts_jobs_through_an_index(
 ) -> None:
     after = (START, "job_ffff")
     statement = find_query(wanted, 51, after).compile(
-        dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+        dialect=postgresql.dialect(),  # type: ignore[no-untyped-call]
+        compile_kwargs={"literal_binds": True},
     )
     async with postgres_stores.engine.connect() as connection:
         # The tables are nearly empty: a sequential scan would always win. Forbidding it
