@@ -4,6 +4,7 @@ the account's list is read through its index."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -107,8 +108,8 @@ async def test_filters_combine_and_the_time_range_is_half_open(stores: Stores) -
         made[name] = (await jobs.enqueue(new_job(mailbox, reference)))[0]
     await jobs.cancel(made["second"].id, account.id, actor="test")
 
-    async def found(**wanted: object) -> set[str]:
-        page = await jobs.find(JobFilter(account_id=account.id, **wanted), 50)  # type: ignore[arg-type]
+    async def found(**wanted: Any) -> set[str]:
+        page = await jobs.find(JobFilter(account_id=account.id, **wanted), 50)
         return {name for name, job in made.items() if job.id in {j.id for j in page}}
 
     assert await found() == {"first", "second", "third"}
