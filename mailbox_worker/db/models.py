@@ -217,10 +217,12 @@ class Job(Base):
         Index(None, "mailbox_id", "state"),
         Index(None, "mailbox_id", "state", "run_after"),
         Index(None, "mailbox_id", "claimed_at"),
-        # GET /v1/jobs: an account's jobs newest first, a page at a time (keyset on both
-        # columns), and an invoice's jobs by the app's own reference.
+        # GET /v1/jobs: an account's jobs newest first, a page at a time (keyset on the last
+        # two columns); an invoice's jobs by the app's own reference; the few jobs in a rare
+        # state (unknown, failed) without reading every job of the account.
         Index(None, "account_id", "created_at", "id"),
         Index(None, "account_id", "reference", "created_at", "id"),
+        Index(None, "account_id", "state", "created_at", "id"),
     )
 
 

@@ -70,8 +70,9 @@ class JobFilter:
 
 def find_query(wanted: JobFilter, limit: int, after: Position | None = None) -> Select[Job]:
     """The statement of ``JobStore.find``. With an account, PostgreSQL reads it in order
-    through ``ix_jobs_account_id_created_at_id`` (with a reference, through
-    ``ix_jobs_account_id_reference_created_at_id``) and stops after ``limit`` rows."""
+    through ``ix_jobs_account_id_created_at_id`` and stops after ``limit`` rows; with a
+    reference, through ``ix_jobs_account_id_reference_created_at_id``; the jobs of a rare
+    state, through ``ix_jobs_account_id_state_created_at_id`` (figures: docs/api.md)."""
     conditions = [
         column == value
         for column, value in (

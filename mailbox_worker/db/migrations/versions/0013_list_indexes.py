@@ -1,5 +1,5 @@
 """list indexes: an account's jobs and mailboxes in creation order (keyset pagination of
-GET /v1/jobs and GET /v1/mailboxes), and its jobs by reference
+GET /v1/jobs and GET /v1/mailboxes), and its jobs by reference and by state
 
 Revision ID: 0013
 Revises: 0011
@@ -27,6 +27,11 @@ def upgrade() -> None:
             ["account_id", "reference", "created_at", "id"],
             unique=False,
         )
+        batch_op.create_index(
+            "ix_jobs_account_id_state_created_at_id",
+            ["account_id", "state", "created_at", "id"],
+            unique=False,
+        )
     with op.batch_alter_table("mailboxes", schema=None) as batch_op:
         batch_op.create_index(
             "ix_mailboxes_account_id_created_at_id",
@@ -39,5 +44,6 @@ def downgrade() -> None:
     with op.batch_alter_table("mailboxes", schema=None) as batch_op:
         batch_op.drop_index("ix_mailboxes_account_id_created_at_id")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_account_id_state_created_at_id")
         batch_op.drop_index("ix_jobs_account_id_reference_created_at_id")
         batch_op.drop_index("ix_jobs_account_id_created_at_id")
