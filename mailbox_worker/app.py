@@ -200,6 +200,8 @@ class App:
     """Support-access grants (docs/privacy.md PP-3, LU-5)."""
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The background loops ``serve`` runs, by name; one that ended means not ready."""
+    clock: Clock = utcnow
+    """The time every component was given (the API's rate limits count in it too)."""
 
     @classmethod
     def build(
@@ -307,6 +309,7 @@ class App:
             retention=Retention(
                 sessions, settings.retention, scrubber=scrubber, telemetry=telemetry, clock=clock
             ),
+            clock=clock,
             audit_chain=AuditChain(engine, DatabaseLocks(engine), clock),
             support_grants=support_grants,
         )
@@ -361,6 +364,8 @@ class App:
             max_request_bytes=self.settings.server.max_request_bytes,
             body_timeout=self.settings.server.body_timeout,
             public_url=self.settings.server.public_url,
+            rate_limits=self.settings.api,
+            clock=self.clock,
         )
 
     def web_app(self) -> web.Application:

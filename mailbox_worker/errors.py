@@ -36,7 +36,8 @@ with an HTTP status; the API turns them into JSON ``{"error": {"code", "message"
         ├── RequestTimeout          408, the body did not arrive in time
         ├── Conflict                409
         ├── PayloadTooLarge         413
-        └── UnsupportedMediaType    415
+        ├── UnsupportedMediaType    415
+        └── TooManyRequests         429, with ``retry_after`` (seconds) for ``Retry-After``
 
 Every stable code is listed once, with its meaning and whether retrying can help, at the end
 of this module: ``API_ERROR_CODES``, ``JOB_CODES``, ``MAILBOX_REASONS``, ``INTERNAL_CODES``.
@@ -231,6 +232,18 @@ class UnsupportedMediaType(RequestError):
     code = "unsupported_media_type"
 
 
+class TooManyRequests(RequestError):
+    """A rate limit refused the request (``rate_limited``, ``too_many_failed_attempts``);
+    the client may try again after ``retry_after`` whole seconds (at least 1)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, retry_after)
+
+
 class ValidationFailed(InvalidRequest):
     """The body does not match the document; ``details`` name each field and its problem."""
 
@@ -328,6 +341,12 @@ API_ERROR_CODES: Mapping[str, CodeMeaning] = _codes(
     request_line_too_long=("the request line exceeds 8190 bytes", False),
     unsupported_media_type=("the body is not application/json", False),
     rate_limited=("the API key sent too many requests; wait `Retry-After` seconds", True),
+    too_many_failed_attempts=(
+        "this client address sent too many invalid API keys; wait `Retry-After` seconds",
+        True,
+    ),
+    invalid_parameter=("a list's query parameter is unknown, repeated or at fault", False),
+    invalid_cursor=("the cursor was not given by this list (or was altered)", False),
     request_header_too_large=("a header line exceeds 8190 bytes, or over 128 headers", False),
     # 5xx
     internal_error=("an unexpected failure; it was logged with the request id", True),

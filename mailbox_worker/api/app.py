@@ -23,6 +23,7 @@ from mailbox_worker.api.context import DOCUMENT, SERVICES
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import error_middleware
 from mailbox_worker.api.http_metrics import http_metrics_middleware
+from mailbox_worker.api.rate_limits import rate_limit_middleware
 from mailbox_worker.api.request_id import request_id_middleware
 from mailbox_worker.api.services import ApiServices
 
@@ -43,6 +44,7 @@ def create_app(services: ApiServices) -> web.Application:
             http_metrics_middleware(services.telemetry),
             request_id_middleware(),
             error_middleware(services.max_request_bytes, services.database_unavailable),
+            rate_limit_middleware(services.rate_limits, services.clock, services.telemetry),
         ],
     )
     app[SERVICES] = services
@@ -50,6 +52,7 @@ def create_app(services: ApiServices) -> web.Application:
     app.router.add_routes(
         [
             web.post("/v1/jobs", jobs.enqueue),
+            web.get("/v1/jobs", jobs.find, allow_head=False),
             web.get(JOB, jobs.get, allow_head=False),
             web.post(f"{JOB}/cancel", jobs.cancel),
             web.post(f"{JOB}/resolve", jobs.resolve),

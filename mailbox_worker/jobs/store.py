@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Update, and_, func, select, update
+from sqlalchemy import Select, Update, and_, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -49,14 +49,52 @@ class NewJob:
     """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
 
 
+Position = tuple[dt.datetime, str]
+"""Where a page of a list ended: the ``(created_at, id)`` of its last row (keyset pagination)."""
+
+
 @dataclass(frozen=True)
 class JobFilter:
     """Which jobs ``JobStore.find`` returns: every given field must match."""
 
     account_id: str | None = None
     mailbox_id: str | None = None
-    state: str | None = None
+    state: str | tuple[str, ...] | None = None
+    """One state, or several (any of them)."""
     reference: str | None = None
+    created_after: dt.datetime | None = None
+    """Created at or after this instant (included)."""
+    created_before: dt.datetime | None = None
+    """Created before this instant (excluded): consecutive ranges neither overlap nor miss."""
+
+
+def find_query(wanted: JobFilter, limit: int, after: Position | None = None) -> Select[Job]:
+    """The statement of ``JobStore.find``. With an account, PostgreSQL reads it in order
+    through ``ix_jobs_account_id_created_at_id`` and stops after ``limit`` rows; with a
+    reference, through ``ix_jobs_account_id_reference_created_at_id``; the jobs of a rare
+    state, through ``ix_jobs_account_id_state_created_at_id`` (figures: docs/api.md)."""
+    conditions = [
+        column == value
+        for column, value in (
+            (Job.account_id, wanted.account_id),
+            (Job.mailbox_id, wanted.mailbox_id),
+            (Job.reference, wanted.reference),
+        )
+        if value is not None
+    ]
+    if isinstance(wanted.state, str):
+        conditions.append(Job.state == wanted.state)
+    elif wanted.state is not None:
+        conditions.append(Job.state.in_(wanted.state))
+    if wanted.created_after is not None:
+        conditions.append(Job.created_at >= wanted.created_after)
+    if wanted.created_before is not None:
+        conditions.append(Job.created_at < wanted.created_before)
+    if after is not None:
+        conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
+    return (
+        select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    )
 
 
 class JobStore:
@@ -181,21 +219,15 @@ class JobStore:
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 
-    async def find(self, wanted: JobFilter, limit: int = 50) -> list[Job]:
-        """At most ``limit`` jobs matching ``wanted``, the most recently created first."""
-        conditions = [
-            column == value
-            for column, value in (
-                (Job.account_id, wanted.account_id),
-                (Job.mailbox_id, wanted.mailbox_id),
-                (Job.state, wanted.state),
-                (Job.reference, wanted.reference),
-            )
-            if value is not None
-        ]
-        query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    async def find(
+        self, wanted: JobFilter, limit: int = 50, after: Position | None = None
+    ) -> list[Job]:
+        """At most ``limit`` jobs matching ``wanted``, the most recently created first (ties:
+        the greater id first), starting after ``after`` (the last row of the previous page).
+
+        Keyset pagination, never an offset: rows added meanwhile shift no page."""
         async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
+            return list((await session.scalars(find_query(wanted, limit, after))).all())
 
     async def held_counts(self, account_id: str) -> dict[str, int]:
         """How many ``held`` jobs each mailbox of ``account_id`` has (a mailbox with none is
@@ -359,4 +391,4 @@ class JobStore:
         return job, True
 
 
-__all__ = ["JobFilter", "JobStore", "NewJob"]
+__all__ = ["JobFilter", "JobStore", "NewJob", "Position", "find_query"]
