@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Update, and_, func, select, tuple_, update
+from sqlalchemy import Select, Update, and_, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -143,6 +143,7 @@ class JobStore:
         """Per job: the index of its row, or ``(key, digest)`` when an earlier job of the same
         call used its key (it answers that job's result)."""
         first_of_key: dict[tuple[str, str], int] = {}
+        payloads: dict[str, dict[str, Any]] = {}
         for new in news:
             key = new.idempotency_key
             if key is not None and (new.account_id, key) in first_of_key:
@@ -153,6 +154,7 @@ class JobStore:
                 keys.add(key)
             slots.append(len(rows))
             rows.append(self._job_row(new, now))
+            payloads[rows[-1]["id"]] = new.payload
         if not rows:
             return []
         accounts = {new.account_id for new in news}
@@ -163,9 +165,7 @@ class JobStore:
                 job.id: job
                 for job in await session.scalars(_insert_new(session).returning(Job), rows)
             }
-            session.add_all(self._companions(news, rows, inserted, now))
-            for job in inserted.values():
-                announce(session, job, job.state, "enqueued", now)
+            await self._add_companions(session, payloads, inserted, now)
             existing = await self._existing(session, rows, inserted, now)
         results: list[tuple[Job, bool] | Conflict] = []
         for new, slot in zip(news, slots, strict=True):
@@ -205,22 +205,38 @@ class JobStore:
         }
 
     @staticmethod
-    def _companions(
-        news: Sequence[NewJob],
-        rows: Sequence[dict[str, Any]],
+    async def _add_companions(
+        session: AsyncSession,
+        payloads: dict[str, dict[str, Any]],
         inserted: dict[str, Job],
         now: dt.datetime,
-    ) -> list[Any]:
-        """The content and ``enqueued`` event of each new job."""
-        companions: list[Any] = []
-        payloads = {row["id"]: new.payload for new, row in zip(news, rows, strict=False)}
-        for row in rows:
-            job = inserted.get(row["id"])
-            if job is None:
-                continue
-            companions.append(JobContent(job_id=job.id, payload=payloads[job.id]))
-            companions.append(job_event(now, job.id, "state", None, job.state, code="enqueued"))
-        return companions
+    ) -> None:
+        """The content and ``enqueued`` event of each new job: one multi-row ``INSERT`` per
+        table (no ids read back, so SQLite takes them in one statement too), and the outbox
+        event of each new ``held`` job (``announce``)."""
+        created = list(inserted.values())
+        if not created:
+            return
+        await session.execute(
+            insert(JobContent), [{"job_id": job.id, "payload": payloads[job.id]} for job in created]
+        )
+        await session.execute(
+            insert(JobEvent),
+            [
+                {
+                    "job_id": job.id,
+                    "at": now,
+                    "kind": "state",
+                    "from_state": None,
+                    "to_state": job.state,
+                    "code": "enqueued",
+                    "public_id": new_id("jev"),
+                }
+                for job in created
+            ],
+        )
+        for job in created:
+            announce(session, job, job.state, "enqueued", now)
 
     async def _existing(
         self,
