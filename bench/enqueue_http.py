@@ -224,7 +224,9 @@ async def run(url: str, scratch: Path, args: argparse.Namespace) -> dict[str, An
         # The warm-up's requests are in the daemon's CPU time too.
         one["cpu_ms"] = 1000 * (cpu_seconds(pid) - before) / (args.requests + WARM_UP)
         before = cpu_seconds(pid)
-        many = await batched(base_url, key, mailbox_id, pdf, args.batches, args.batch_size)
+        many = None
+        if args.batches > 0:
+            many = await batched(base_url, key, mailbox_id, pdf, args.batches, args.batch_size)
         if many is not None:
             many["cpu_ms"] = 1000 * (cpu_seconds(pid) - before) / (args.batches * args.batch_size)
     return {"single": one, "batch": many}
