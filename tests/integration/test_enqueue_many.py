@@ -3,6 +3,7 @@ PostgreSQL; and how few statements one enqueue takes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -126,3 +127,17 @@ async def test_a_new_job_takes_one_insert_per_table_and_no_read(stores: Stores) 
     assert [kind for kind in sent if kind.startswith("SELECT")] == [
         "SELECT JOBS.ID, JOBS.ACCOUNT_ID,"
     ]  # the first job is read only when the key conflicted
+
+
+async def test_concurrent_requests_with_one_key_make_one_job(stores: Stores) -> None:
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+
+    results = await asyncio.gather(
+        *(stores.jobs.enqueue(new_job(account.id, mailbox.id, "same")) for _ in range(5))
+    )
+
+    assert sorted(created for _, created in results) == [False, False, False, False, True]
+    assert len({job.id for job, _ in results}) == 1
+    assert await count(stores, Job) == 1
+    assert await count(stores, JobEvent) == 1
