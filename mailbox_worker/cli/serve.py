@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import make_url
 from tenacity import wait_exponential
+from tenacity.wait import wait_base
 
 from mailbox_worker.app import ROLES, App, Role
 from mailbox_worker.config import Settings
@@ -108,9 +109,18 @@ def worker_children(args: argparse.Namespace, settings: Settings) -> list[Child]
 class Supervisor:
     """Keeps ``children`` running until ``stop`` is set, then stops them (see the module)."""
 
-    def __init__(self, children: Sequence[Child], shutdown_grace: float) -> None:
+    def __init__(
+        self,
+        children: Sequence[Child],
+        shutdown_grace: float,
+        *,
+        restart_backoff: wait_base = RESTART_BACKOFF,
+        max_crashes: int = MAX_CRASHES,
+    ) -> None:
         self._children = children
         self._kill_after = shutdown_grace + KILL_AFTER
+        self._restart_backoff = restart_backoff
+        self._max_crashes = max_crashes
         self._ends: deque[float] = deque()
         self.gave_up = False
 
@@ -126,23 +136,25 @@ class Supervisor:
                 *child.command, env=dict(child.environment)
             )
             log.info("worker process %d started (pid %d)", child.number, process.pid)
+            started = time.monotonic()
             status = await self._until_exit_or_stop(process, stop)
             if stop.is_set():
                 await self._stop(child, process)
                 return
-            in_a_row += 1
+            # One that ran a while before it ended starts over from the shortest backoff.
+            in_a_row = 1 if time.monotonic() - started > CRASH_WINDOW else in_a_row + 1
             log.error("worker process %d ended on its own (status %s)", child.number, status)
             if self._too_many_ends():
                 log.error(
                     "worker processes keep ending (%d in %.0fs): stopping",
-                    MAX_CRASHES + 1,
+                    self._max_crashes + 1,
                     CRASH_WINDOW,
                 )
                 self.gave_up = True
                 stop.set()
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait_seconds(RESTART_BACKOFF, in_a_row))
+                await asyncio.wait_for(stop.wait(), wait_seconds(self._restart_backoff, in_a_row))
 
     @staticmethod
     async def _until_exit_or_stop(
@@ -176,7 +188,7 @@ class Supervisor:
         self._ends.append(now)
         while self._ends and now - self._ends[0] > CRASH_WINDOW:
             self._ends.popleft()
-        return len(self._ends) > MAX_CRASHES
+        return len(self._ends) > self._max_crashes
 
 
 async def serve(args: argparse.Namespace, settings: Settings, app: App) -> int:

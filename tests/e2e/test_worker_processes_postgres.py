@@ -1,5 +1,6 @@
 """Roles and worker processes on PostgreSQL: ``serve --workers 2`` shares the jobs between
-two supervised worker processes, each sent exactly once, and SIGTERM drains them all;
+two supervised worker processes, woken by the enqueue's NOTIFY, each job sent exactly once,
+and SIGTERM drains them all;
 ``--role api`` processes no job and ``--role worker`` serves no API."""
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ async def test_two_worker_processes_share_the_jobs_and_drain_on_sigterm(
     daemon: Daemon, sandbox: Sandbox, postgres_url: str
 ) -> None:
     daemon.environment.update(
-        {"MAILBOX_WORKER_DATABASE__URL": postgres_url, "MAILBOX_WORKER_LOGGING__LEVEL": "INFO"}
+        {
+            "MAILBOX_WORKER_DATABASE__URL": postgres_url,
+            "MAILBOX_WORKER_LOGGING__LEVEL": "INFO",
+            # Longer than the test may take: only the enqueue's NOTIFY wakes the workers.
+            "MAILBOX_WORKER_WORKER__POLL_INTERVAL": "600",
+        }
     )
     account = daemon.cli("accounts", "create", "Contoso Ltd")
     api_key = daemon.cli("keys", "create", "--account", account)
