@@ -8,7 +8,7 @@ which drains as a lone worker does (``Worker.run``), and the command returns onc
 exited. A child that ends on its own is restarted after a backoff; if children keep ending
 (``MAX_CRASHES`` within ``CRASH_WINDOW`` seconds) the supervisor stops everything and exits
 1. Each child serves ``/healthz``, ``/readyz`` and its own ``/metrics`` on port
-``server.port + 1 + i`` (docs/operations.md#metrics).
+``server.port + 1 + i`` (docs/deploy.md#prometheus).
 
 SQLite has one writer and its locks are in-process (``db/locks.py``): there, anything but one
 ``--role all`` process is refused (exit 2), as docs/deploy.md says.
