@@ -11,7 +11,9 @@ or fails on time.
 
 Layouts: ``all`` is one ``serve`` process (the intake wakes its worker in-process); ``split``
 (PostgreSQL only) is a ``serve --role api`` process and a ``serve --role worker`` process,
-which only a wake-up across processes (LISTEN/NOTIFY) or the poll brings together. PostgreSQL
+which only a wake-up across processes (LISTEN/NOTIFY) or the poll brings together;
+``split-poll`` is the same with the worker polling only (``worker.poll_interval``, 1 s by
+default), as behind a transaction pooler. PostgreSQL
 runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and
 dropped). ``--source`` runs the daemon from another checkout (e.g. before a change; ``split``
 needs ``serve --role``).
@@ -91,11 +93,13 @@ def cli(values: dict[str, str], *arguments: str) -> str:
 
 @asynccontextmanager
 async def serving(
-    values: dict[str, str], port: int, log: Path, *arguments: str
+    values: dict[str, str], port: int, log: Path, *arguments: str, **extra: str
 ) -> AsyncIterator[str]:
-    """A ``serve`` process on ``port``, ready; its base URL. SIGTERM at the end."""
+    """A ``serve`` process on ``port`` (``extra``: more environment), ready; its base URL.
+    SIGTERM at the end."""
     own = {
         **values,
+        **extra,
         "MAILBOX_WORKER_SERVER__PORT": str(port),
         "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
     }
@@ -147,11 +151,16 @@ async def measure(url: str, layout: str, jobs: int, source: Path | None) -> list
             account = cli(values, "accounts", "create", "Bench Ltd")
             api_key = cli(values, "keys", "create", "--account", account)
             api_port = free_port()
-            api_role = ("--role", "api") if layout == "split" else ()
+            split = layout.startswith("split")
+            api_role = ("--role", "api") if split else ()
+            # The transaction-pooler setting is what turns the listener off (and statement
+            # caching with it): the worker then only polls, as behind PgBouncer.
+            poll_only = {"MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true"}
             log = folder / "daemon.log"
             async with serving(values, api_port, log, *api_role) as base:
-                if layout == "split":
-                    async with serving(values, free_port(), log, "--role", "worker"):
+                if split:
+                    extra = poll_only if layout == "split-poll" else {}
+                    async with serving(values, free_port(), log, "--role", "worker", **extra):
                         return await post_one_by_one(base, api_key, sandbox, received, jobs)
                 return await post_one_by_one(base, api_key, sandbox, received, jobs)
 

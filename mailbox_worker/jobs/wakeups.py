@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +39,16 @@ from mailbox_worker.states import JobState
 log = logging.getLogger(__name__)
 
 CHANNEL = "mailbox_worker_jobs"
-"""The PostgreSQL notification channel of due jobs (its payload is empty)."""
+"""The PostgreSQL notification channel of due jobs; the payload is the sending process
+(``origin``), whose own listener ignores it: that process wakes its worker in-process."""
 
-_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
+
+def origin() -> str:
+    """This process, as notifications name their sender: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :origin)")
 CHECK_INTERVAL = 30.0
 CHECK_TIMEOUT = 5.0
 """Every ``CHECK_INTERVAL`` seconds the listening connection must answer within
@@ -52,7 +61,7 @@ async def announce_in(session: AsyncSession) -> None:
     """Within ``session``'s open transaction, tell every listening worker that a job is, or
     will be, due; sent on commit, dropped on rollback. Nothing on SQLite."""
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(_NOTIFY)
+        await session.execute(_NOTIFY, {"origin": origin()})
 
 
 async def announce(engine: AsyncEngine) -> None:
@@ -61,7 +70,7 @@ async def announce(engine: AsyncEngine) -> None:
     if engine.dialect.name != "postgresql":
         return
     async with engine.begin() as connection:
-        await connection.execute(_NOTIFY)
+        await connection.execute(_NOTIFY, {"origin": origin()})
 
 
 async def next_due(
@@ -92,10 +101,11 @@ def listen_dsn(url: str) -> str | None:
 
 
 class DueListener:
-    """Holds a ``LISTEN`` connection on ``CHANNEL`` and calls ``on_due`` for each notification.
+    """Holds a ``LISTEN`` connection on ``CHANNEL`` and calls ``on_due`` for each notification
+    another process sent (this process wakes its own worker when it makes a job due).
 
-    ``on_due`` is also called each time the connection is (re)established, since whatever
-    was announced while it was down was missed. ``listening`` says whether it is up now.
+        ``on_due`` is also called each time the connection is (re)established, since whatever
+        was announced while it was down was missed. ``listening`` says whether it is up now.
     """
 
     def __init__(
@@ -104,10 +114,13 @@ class DueListener:
         on_due: Callable[[], None],
         *,
         connect: Callable[[str], Any] = asyncpg.connect,
+        own_origin: str | None = None,
     ) -> None:
+        """``own_origin``: the sender whose notifications are ignored (this process)."""
         self._dsn = dsn
         self._on_due = on_due
         self._connect = connect
+        self._origin = own_origin or origin()
         self.listening = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -159,5 +172,6 @@ class DueListener:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5.0)
 
-    def _notified(self, *_arguments: object) -> None:
-        self._on_due()
+    def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self._origin:
+            self._on_due()

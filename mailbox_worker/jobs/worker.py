@@ -13,7 +13,9 @@ free slots (``concurrency``); the claim keeps each mailbox within its limits acr
 worker (docs/architecture.md#mailbox-limits), and a 429 pauses the mailbox for all of them.
 On stop, it claims nothing more, hands back at once the jobs it claimed but has not started,
 lets started jobs finish (and pending outcomes be written) within the grace period, and
-returns.
+returns. Between passes an idle worker sleeps until the next queued job is due, at most
+``poll_interval``, unless woken: by an enqueue in this process (``wake``), or in any process
+on PostgreSQL through ``jobs/wakeups.py``; jobs it hands back or recovers it announces there.
 """
 
 from __future__ import annotations

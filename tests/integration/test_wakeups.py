@@ -42,7 +42,8 @@ async def listening(stores: Stores) -> AsyncIterator[tuple[DueListener, Wakes]]:
     if dsn is None:
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
     wakes = Wakes()
-    listener = DueListener(dsn, wakes)
+    # Listening as another process would: this one's own notifications are ignored.
+    listener = DueListener(dsn, wakes, own_origin="elsewhere:1")
     stop = asyncio.Event()
     running = asyncio.create_task(listener.run(stop))
     await wakes.next()  # called once as it starts listening

@@ -4,7 +4,9 @@ listening DSN, which role and worker counts the settings allow."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from mailbox_worker.cli.serve import add_arguments, check_arguments, worker_children
 from mailbox_worker.config import load_settings
 from mailbox_worker.errors import ConfigError
-from mailbox_worker.jobs.wakeups import idle_seconds, listen_dsn
+from mailbox_worker.jobs.wakeups import CHANNEL, DueListener, idle_seconds, listen_dsn, origin
 
 NOW = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
 POSTGRES = "postgresql+asyncpg://mw:secret@db.example:5433/mail"
@@ -84,3 +86,48 @@ def test_each_worker_process_serves_its_metrics_on_a_port_of_its_own() -> None:
         child.command[-5:] == ["--config", "mw.toml", "serve", "--role", "worker"]
         for child in children
     )
+
+
+class FakeConnection:
+    """Records the listener asyncpg would call back; closes on request."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[object, int, str, str], None]] = []
+        self.closed = False
+
+    def add_termination_listener(self, callback: Callable[[object], None]) -> None:
+        pass
+
+    async def add_listener(
+        self, channel: str, callback: Callable[[object, int, str, str], None]
+    ) -> None:
+        assert channel == CHANNEL
+        self.callbacks.append(callback)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_listener_wakes_for_other_processes_not_its_own() -> None:
+    connection = FakeConnection()
+    wakes: list[None] = []
+
+    async def connect(dsn: str) -> FakeConnection:
+        return connection
+
+    listener = DueListener("postgresql://db/mail", lambda: wakes.append(None), connect=connect)
+    stop = asyncio.Event()
+    running = asyncio.create_task(listener.run(stop))
+    async with asyncio.timeout(10):
+        while not connection.callbacks:
+            await asyncio.sleep(0)
+    assert listener.listening
+    assert len(wakes) == 1  # on connecting: whatever was announced before was missed
+    notify = connection.callbacks[0]
+    notify(connection, 1, CHANNEL, origin())
+    assert len(wakes) == 1  # its own: this process woke its worker already
+    notify(connection, 1, CHANNEL, "other-host:42")
+    assert len(wakes) == 2
+    stop.set()
+    await running
+    assert connection.closed and not listener.listening
