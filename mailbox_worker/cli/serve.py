@@ -63,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="also start N worker processes (--role worker) and supervise them; PostgreSQL only",
     )
+    # Given by the supervisor to its children: a child whose parent is gone stops (drains).
+    parser.add_argument("--supervised-by", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def check_arguments(args: argparse.Namespace, settings: Settings) -> None:
@@ -97,7 +99,7 @@ def worker_children(args: argparse.Namespace, settings: Settings) -> list[Child]
     command = [sys.executable, "-m", "mailbox_worker.cli"]
     if args.config is not None:
         command += ["--config", str(args.config)]
-    command += ["serve", "--role", "worker"]
+    command += ["serve", "--role", "worker", "--supervised-by", str(os.getpid())]
     children = []
     for number in range(args.workers):
         environment = dict(os.environ)
@@ -191,6 +193,21 @@ class Supervisor:
         return len(self._ends) > self._max_crashes
 
 
+ORPHAN_CHECK_INTERVAL = 1.0
+
+
+async def _stop_when_orphaned(supervisor: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once this process's parent is no longer ``supervisor`` (it died without
+    stopping its children: a killed supervisor must not leave workers behind)."""
+    while not stop.is_set():
+        if os.getppid() != supervisor:
+            log.warning("the supervisor (pid %d) is gone: stopping", supervisor)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), ORPHAN_CHECK_INTERVAL)
+
+
 async def serve(args: argparse.Namespace, settings: Settings, app: App) -> int:
     """Run ``args.role`` in this process and supervise ``args.workers`` worker processes
     until SIGTERM or SIGINT; the exit status (1 when the supervisor gave up)."""
@@ -199,7 +216,14 @@ async def serve(args: argparse.Namespace, settings: Settings, app: App) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if not args.workers:
-        await app.serve(stop, role=args.role)
+        watch = None
+        if args.supervised_by is not None:
+            watch = asyncio.create_task(_stop_when_orphaned(args.supervised_by, stop))
+        try:
+            await app.serve(stop, role=args.role)
+        finally:
+            if watch is not None:
+                watch.cancel()
         return 0
     supervisor = Supervisor(worker_children(args, settings), settings.worker.shutdown_grace)
     supervising = asyncio.create_task(supervisor.run(stop), name="supervisor")

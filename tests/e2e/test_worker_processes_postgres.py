@@ -225,3 +225,28 @@ def test_sqlite_refuses_separate_processes(daemon: Daemon) -> None:
         )
         assert done.returncode == 2
         assert b"SQLite" in done.stderr
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.postgres
+async def test_worker_processes_stop_when_their_supervisor_is_killed(
+    daemon: Daemon, postgres_url: str
+) -> None:
+    daemon.environment["MAILBOX_WORKER_DATABASE__URL"] = postgres_url
+    child_url = f"http://127.0.0.1:{port_of(daemon) + 1}/readyz"
+    await start_serving(daemon, "--role", "worker", "--workers", "1", ready_urls=[child_url])
+    assert daemon.process is not None
+    (child,) = children_of(daemon.process.pid)
+    daemon.process.kill()
+    daemon.process.wait(timeout=30)
+    async with asyncio.timeout(60):
+        while running(child):
+            await asyncio.sleep(0.1)

@@ -83,7 +83,8 @@ def test_each_worker_process_serves_its_metrics_on_a_port_of_its_own() -> None:
         "9002",
     ]
     assert all(
-        child.command[-5:] == ["--config", "mw.toml", "serve", "--role", "worker"]
+        child.command[-7:-1]
+        == ["--config", "mw.toml", "serve", "--role", "worker", "--supervised-by"]
         for child in children
     )
 
