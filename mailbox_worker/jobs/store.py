@@ -28,6 +28,7 @@ from mailbox_worker.jobs.transitions import (
     message_id_for,
     move_each,
 )
+from mailbox_worker.jobs.wakeups import announce_in
 from mailbox_worker.states import CANCELLABLE, JobState
 
 
@@ -155,6 +156,7 @@ class JobStore:
                 session.add(JobContent(job_id=job_id, payload=new.payload))
                 session.add(job_event(self._clock(), job_id, "state", None, state, code="enqueued"))
                 announce(session, job, state, "enqueued", now)
+                await announce_in(session)  # wakes every worker process, on commit
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
