@@ -27,6 +27,13 @@ from aiohttp import ClientTimeout, web
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from mailbox_worker.accounts import AccountService
 from mailbox_worker.api.admin_session import AdminSessions
@@ -49,7 +56,7 @@ from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_short
 from mailbox_worker.db.retention import Retention
 from mailbox_worker.db.support_grants import SupportGrantStore
 from mailbox_worker.db.violations import PolicyViolationLog
-from mailbox_worker.errors import ConfigError, redacted_traceback
+from mailbox_worker.errors import ConfigError, DatabaseUnavailable, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.intake import JobIntake
@@ -349,8 +356,31 @@ class App:
         if warning is not None:
             log.warning("%s", warning)
 
-    async def migrate(self) -> None:
-        await migrate.upgrade(self.engine)
+    async def migrate(self, *, wait: float = 0.0) -> None:
+        """Bring the schema to the newest migration. With ``wait`` > 0, a database that
+        cannot be reached yet (a daemon starting beside it, or while it restarts) is tried
+        again with backoff for up to ``wait`` seconds, each try logged without the driver's
+        message; then ``DatabaseUnavailable`` (docs/deploy.md)."""
+        if wait <= 0:
+            await migrate.upgrade(self.engine)
+            return
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_database_unavailable),
+            wait=wait_exponential(multiplier=0.5, max=5.0),
+            stop=stop_after_delay(wait),
+            before_sleep=_log_database_wait,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await migrate.upgrade(self.engine)
+        except Exception as error:
+            if is_database_unavailable(error):
+                raise DatabaseUnavailable(
+                    f"the database could not be reached within {wait:g} seconds"
+                ) from None
+            raise
 
     async def readiness(self) -> Mapping[str, bool]:
         """Named readiness checks: the database answers, its schema is current and every
@@ -495,3 +525,10 @@ class App:
             await provider.close()
         await self.violations.flush()
         await self.engine.dispose()
+
+
+def _log_database_wait(state: RetryCallState) -> None:
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning(
+        "database not reachable yet (try %d); trying again in %.1f s", state.attempt_number, wait
+    )

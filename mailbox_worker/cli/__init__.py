@@ -134,7 +134,9 @@ async def _app(settings: Settings, *, migrate: bool = True) -> AsyncIterator[App
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     serve_command.check_arguments(args, settings)
-    async with _app(settings) as app:
+    async with _app(settings, migrate=False) as app:
+        # A daemon may start before its database, or while it restarts: wait for it.
+        await app.migrate(wait=serve_command.DATABASE_WAIT)
         return await serve_command.serve(args, settings, app)
 
 

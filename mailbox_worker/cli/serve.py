@@ -44,6 +44,8 @@ RESTART_BACKOFF = wait_exponential(multiplier=0.5, max=30.0)
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
 """More than ``MAX_CRASHES`` ends within ``CRASH_WINDOW`` seconds: the supervisor gives up."""
+DATABASE_WAIT = 120.0
+"""Seconds ``serve`` waits at start for a database it cannot reach yet, then exits 1."""
 KILL_AFTER = 10.0
 """Seconds past the worker's shutdown grace before a child that has not exited is killed."""
 
