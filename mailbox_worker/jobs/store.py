@@ -30,6 +30,7 @@ from mailbox_worker.jobs.transitions import (
     message_id_for,
     move_each,
 )
+from mailbox_worker.jobs.wakeups import announce_in
 from mailbox_worker.states import CANCELLABLE, JobState
 
 
@@ -212,8 +213,9 @@ class JobStore:
         now: dt.datetime,
     ) -> None:
         """The content and ``enqueued`` event of each new job: one multi-row ``INSERT`` per
-        table (no ids read back, so SQLite takes them in one statement too), and the outbox
-        event of each new ``held`` job (``announce``)."""
+        table (no ids read back, so SQLite takes them in one statement too), the outbox
+        event of each new ``held`` job (``announce``), and one wake-up of the workers
+        (``announce_in``: a ``NOTIFY`` on PostgreSQL, sent on commit)."""
         created = list(inserted.values())
         if not created:
             return
@@ -237,6 +239,7 @@ class JobStore:
         )
         for job in created:
             announce(session, job, job.state, "enqueued", now)
+        await announce_in(session)  # wakes every worker process, on commit
 
     async def _existing(
         self,
