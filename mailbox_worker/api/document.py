@@ -85,6 +85,24 @@ class ApiDocument:
         if errors:
             raise failure(errors)
 
+    def validate_items(
+        self, pointer: str, instance: Any, field: str
+    ) -> dict[int, ValidationFailed]:
+        """Check ``instance`` against the schema at ``pointer`` as ``validate`` does, except
+        that the items of its array ``field`` fail on their own: the failures inside item
+        ``i`` are answered, by index, instead of raised (anything else is raised)."""
+        whole: list[ValidationError] = []
+        by_item: dict[int, list[ValidationError]] = {}
+        for error in self._validator(pointer).iter_errors(instance):
+            path = list(error.absolute_path)
+            if len(path) >= 2 and path[0] == field and isinstance(path[1], int):
+                by_item.setdefault(path[1], []).append(error)
+            else:
+                whole.append(error)
+        if whole:
+            raise failure(whole)
+        return {index: failure(errors) for index, errors in by_item.items()}
+
     def _validator(self, pointer: str) -> Draft202012Validator:
         validator = self._validators.get(pointer)
         if validator is None:

@@ -3,6 +3,8 @@ jobs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from mailbox_worker.api.auth import JOBS_READ, JOBS_WRITE, require
@@ -16,15 +18,18 @@ from mailbox_worker.api.pagination import (
     page_limit,
     timestamp,
 )
-from mailbox_worker.api.parsing import idempotency_key, read_json
+from mailbox_worker.api.parsing import idempotency_key, read_json, read_json_items
 from mailbox_worker.api.representations import job_json, job_location
 from mailbox_worker.api.services import JobFilter, Submission
+from mailbox_worker.errors import RequestError, ValidationFailed
 from mailbox_worker.states import JobState
 
 LIST = "jobs"
 """The list a ``GET /v1/jobs`` cursor belongs to."""
 FILTERS = ("reference", "state", "mailbox_id", "created_after", "created_before")
 MAX_REFERENCE = 200
+BATCH_SCHEMA = "JobBatchRequest"
+BATCH_ITEMS = "items"
 
 
 async def enqueue(request: web.Request) -> web.Response:
@@ -36,6 +41,47 @@ async def enqueue(request: web.Request) -> web.Response:
     return web.json_response(
         job_json(job), status=202 if created else 200, headers={"Location": job_location(job.id)}
     )
+
+
+async def enqueue_batch(request: web.Request) -> web.Response:
+    """200 with one result per item (``JobBatchResult``): each item is enqueued, replayed or
+    refused as ``POST /v1/jobs`` would answer it alone; the created jobs commit together."""
+    principal = await require(request, JOBS_WRITE)
+    body, item_failures = await read_json_items(request, BATCH_SCHEMA, BATCH_ITEMS)
+    items: list[Any] = body[BATCH_ITEMS]
+    refused: dict[int, RequestError] = dict(item_failures)
+    submissions = [
+        (index, Submission(_job_request(item), item.get("idempotency_key")))
+        for index, item in enumerate(items)
+        if index not in refused
+    ]
+    outcomes = await services(request).jobs.submit_many(
+        principal, [submission for _, submission in submissions]
+    )
+    results: dict[int, dict[str, Any]] = {
+        index: _failed(index, error) for index, error in refused.items()
+    }
+    for (index, _), outcome in zip(submissions, outcomes, strict=True):
+        if isinstance(outcome, RequestError):
+            results[index] = _failed(index, outcome)
+        else:
+            job, created = outcome
+            status = "created" if created else "existing"
+            results[index] = {"index": index, "status": status, "job": job_json(job)}
+    return web.json_response({"items": [results[index] for index in range(len(items))]})
+
+
+def _job_request(item: dict[str, Any]) -> dict[str, Any]:
+    """The ``JobRequest`` an item holds: it without its ``idempotency_key`` (so that an item
+    and a ``POST /v1/jobs`` of the same request with the same key are the same request)."""
+    return {name: value for name, value in item.items() if name != "idempotency_key"}
+
+
+def _failed(index: int, error: RequestError) -> dict[str, Any]:
+    failure: dict[str, Any] = {"code": error.code, "message": error.message}
+    if isinstance(error, ValidationFailed) and error.details:
+        failure["details"] = [dict(detail) for detail in error.details]
+    return {"index": index, "status": "error", "error": failure}
 
 
 async def find(request: web.Request) -> web.Response:

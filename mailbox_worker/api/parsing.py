@@ -20,7 +20,12 @@ from aiohttp import web
 
 from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
-from mailbox_worker.errors import InvalidRequest, RequestTimeout, UnsupportedMediaType
+from mailbox_worker.errors import (
+    InvalidRequest,
+    RequestTimeout,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 JSON_MEDIA_TYPE = "application/json"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
@@ -37,12 +42,25 @@ async def read_json(request: web.Request, schema: str, *, optional: bool = False
     """
     if optional and not request.body_exists:
         return {}
+    body = await _read_any_json(request)
+    document(request).validate(schema_pointer(schema), body)
+    return body
+
+
+async def read_json_items(
+    request: web.Request, schema: str, field: str
+) -> tuple[Any, dict[int, ValidationFailed]]:
+    """The body, validated against the component schema named ``schema`` except the items
+    of its array ``field``, which fail on their own: ``(body, {index: failure})``."""
+    body = await _read_any_json(request)
+    return body, document(request).validate_items(schema_pointer(schema), body, field)
+
+
+async def _read_any_json(request: web.Request) -> Any:
     if request.content_type != JSON_MEDIA_TYPE or (request.charset or "utf-8").lower() != "utf-8":
         raise UnsupportedMediaType(f"the body must be {JSON_MEDIA_TYPE} (UTF-8)")
     raw = await within_body_timeout(request, request.read())
-    body = parse_json(raw)
-    document(request).validate(schema_pointer(schema), body)
-    return body
+    return parse_json(raw)
 
 
 async def within_body_timeout(request: web.Request, reading: Awaitable[Body]) -> Body:

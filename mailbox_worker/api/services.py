@@ -11,7 +11,7 @@ answers are small frozen views (``JobView``, ``MailboxView``, ``AccountView``,
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ from mailbox_worker.accounts import AccountView, Principal, SupportGrantView
 from mailbox_worker.api.admin_session import AdminSessions, KeyLookup
 from mailbox_worker.api.rate_limits import RateLimitSettings
 from mailbox_worker.clock import Clock, utcnow
+from mailbox_worker.errors import RequestError
 from mailbox_worker.jobs.intake import JobEventView, JobView, Submission
 from mailbox_worker.jobs.store import JobFilter
 from mailbox_worker.mailboxes.account_rights import ErasureReport, PauseView
@@ -36,6 +37,13 @@ class JobOperations(Protocol):
 
     async def submit(self, principal: Principal, submission: Submission) -> tuple[JobView, bool]:
         """Commit a job and return ``(job, created)``; raises ``RequestError`` subclasses."""
+        ...
+
+    async def submit_many(
+        self, principal: Principal, submissions: Sequence[Submission]
+    ) -> list[tuple[JobView, bool] | RequestError]:
+        """``submit`` for each, committed together: per submission ``(job, created)`` or the
+        ``RequestError`` that ``submit`` would raise for it alone."""
         ...
 
     async def get(self, principal: Principal, job_id: str) -> JobView:

@@ -11,11 +11,11 @@ import random as random_module
 import ssl as ssl_module
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -23,7 +23,11 @@ from mailbox_worker.client.errors import OutcomeTimeout
 from mailbox_worker.client.models import (
     FINAL_STATES,
     NEEDS_A_PERSON,
+    BatchItemResult,
     Job,
+    JobPage,
+    JobRequest,
+    JobState,
     Mailbox,
     MailboxConnection,
     Message,
@@ -141,6 +145,89 @@ class MailboxWorkerClient:
             "POST", "/v1/jobs", body=body, headers={"Idempotency-Key": key}, idempotent=True
         )
         return cast(Job, answer)
+
+    async def enqueue_batch(self, items: Sequence[JobRequest]) -> list[BatchItemResult]:
+        """Enqueues many jobs in one request (POST /v1/jobs/batch, at most 1,000 items) and
+        returns one result per item, in order.
+
+        Each item is answered as ``enqueue`` would answer it alone: ``created`` or
+        ``existing`` with its ``job``, or ``error`` with the API's ``error`` (one item's
+        error does not fail the others). An item without an ``idempotency_key`` gets a new
+        random one, and a retry of the call sends the same keys, so a retry after a lost
+        answer returns the jobs already created. ``deadline`` and ``send_at`` are RFC 3339
+        strings with a time zone.
+        """
+        body_items: list[dict[str, Any]] = []
+        for item in items:
+            sent: dict[str, Any] = dict(item)
+            sent.setdefault("idempotency_key", str(uuid.uuid4()))
+            body_items.append(sent)
+        answer = await self._transport.request(
+            "POST", "/v1/jobs/batch", body={"items": body_items}, idempotent=True
+        )
+        return cast(list[BatchItemResult], answer["items"])
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | Sequence[JobState] | None = None,
+        mailbox_id: str | None = None,
+        reference: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of the account's jobs matching every filter given (GET /v1/jobs), newest
+        first, without events; pass its ``next_cursor`` as ``cursor`` (with the same
+        filters) for the next page. ``state`` may name several states (any of them)."""
+        query: list[tuple[str, str]] = []
+        if isinstance(state, str):
+            query.append(("state", state))
+        elif state is not None:
+            query.extend(("state", one) for one in state)
+        for name, value in (("mailbox_id", mailbox_id), ("reference", reference)):
+            if value is not None:
+                query.append((name, value))
+        for name, moment in (("created_after", created_after), ("created_before", created_before)):
+            if moment is not None:
+                query.append((name, _timestamp(name, moment)))
+        if limit is not None:
+            query.append(("limit", str(limit)))
+        if cursor is not None:
+            query.append(("cursor", cursor))
+        path = "/v1/jobs" + (f"?{urlencode(query)}" if query else "")
+        answer = await self._transport.request("GET", path, idempotent=True)
+        return cast(JobPage, answer)
+
+    async def iterate_jobs(
+        self,
+        *,
+        state: JobState | Sequence[JobState] | None = None,
+        mailbox_id: str | None = None,
+        reference: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[Job]:
+        """Every job ``list_jobs`` would list with these filters, page after page (of
+        ``page_size``), newest first: ``async for job in client.iterate_jobs(...)``."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_jobs(
+                state=state,
+                mailbox_id=mailbox_id,
+                reference=reference,
+                created_after=created_after,
+                created_before=created_before,
+                limit=page_size,
+                cursor=cursor,
+            )
+            for job in page["items"]:
+                yield job
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
 
     async def get_job(self, job_id: str) -> Job:
         """The job with its ``events`` (GET /v1/jobs/{id})."""

@@ -38,7 +38,7 @@ class TransportError(ClientError):
 class ApiError(ClientError):
     """The API answered with an error status and (normally) its JSON error body.
 
-    ``code`` is the API's stable machine code (``validation_failed``, ``not_found``, …); when
+    ``code`` is the API's stable machine code (``invalid_request``, ``not_found``, …); when
     the answer was not the API's JSON (a proxy's page, say) it is ``unexpected_response``.
     """
 

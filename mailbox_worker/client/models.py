@@ -90,6 +90,42 @@ class Job(TypedDict):
     """Present in ``get_job``'s answer: every state change and attempt."""
 
 
+class JobPage(TypedDict):
+    """A page of ``GET /v1/jobs``: newest first; ``next_cursor`` is None on the last page."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+class JobRequest(TypedDict):
+    """One item of ``enqueue_batch``: what ``enqueue`` takes, as the API's JSON."""
+
+    mailbox_id: str
+    mode: Mode
+    message: Message
+    reference: NotRequired[str]
+    deadline: NotRequired[str]
+    send_at: NotRequired[str]
+    priority: NotRequired[int]
+    idempotency_key: NotRequired[str]
+
+
+class BatchItemError(TypedDict):
+    code: str
+    message: str
+    details: NotRequired[list[ErrorDetail]]
+
+
+class BatchItemResult(TypedDict):
+    """The answer to one item of ``enqueue_batch``: ``created`` or ``existing`` (an
+    idempotent replay) with ``job``, or ``error`` with ``error`` (nothing enqueued)."""
+
+    index: int
+    status: Literal["created", "existing", "error"]
+    job: NotRequired[Job]
+    error: NotRequired[BatchItemError]
+
+
 class MailboxLimits(TypedDict, total=False):
     max_concurrency: int | None
     rate_per_minute: int | None

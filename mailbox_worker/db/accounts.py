@@ -37,6 +37,12 @@ PERMISSIONS: frozenset[str] = frozenset(
 )
 MAX_RETURN_ORIGINS = 20
 KEY_PREFIX = "mwk_"
+KEY_CACHE_TTL = dt.timedelta(seconds=2)
+"""How long a process trusts a key it verified without reading it again: a key revoked by
+another process (``keys revoke``, an account erasure) stops working there within this time;
+in the process that revokes it, at once. Only valid keys are kept (a wrong one is read each
+time), by the digest of the whole key, never the key itself."""
+KEY_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,18 @@ def _digest(key: str) -> str:
 class AccountStore:
     """Accounts, API keys and audit events."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock = utcnow,
+        key_cache_ttl: dt.timedelta = KEY_CACHE_TTL,
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._key_cache_ttl = key_cache_ttl
+        self._verified: dict[str, tuple[ApiKey, dt.datetime]] = {}
+        """Keys this process verified lately, by the digest of the whole presented key, with
+        when the entry lapses (``authenticate``)."""
 
     async def create_account(self, name: str) -> Account:
         """Create an account and audit it."""
@@ -179,6 +194,7 @@ class AccountStore:
         return IssuedKey(key_id=key_id, account_id=account_id, secret=secret)
 
     async def revoke_api_key(self, key_id: str) -> bool:
+        self._forget_verified(key_id)
         async with self._sessions.begin() as session:
             key = await session.get(ApiKey, key_id)
             if key is None or key.revoked_at is not None:
@@ -196,10 +212,25 @@ class AccountStore:
         key_id, _, rest = presented[len(KEY_PREFIX) :].partition("_")
         if not key_id or not rest:
             return None
+        digest = _digest(presented)
+        now = self._clock()
+        cached = self._verified.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         key = await self.active_key(key_id)
-        if key is None or not hmac.compare_digest(key.secret_sha256, _digest(presented)):
+        if key is None or not hmac.compare_digest(key.secret_sha256, digest):
             return None
+        if self._key_cache_ttl > dt.timedelta(0):
+            if len(self._verified) >= KEY_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[digest] = (key, now + self._key_cache_ttl)
         return key
+
+    def _forget_verified(self, key_id: str) -> None:
+        """Drop ``key_id`` from this process's verified keys (it is being revoked)."""
+        for digest, (key, _) in list(self._verified.items()):
+            if key.id == key_id:
+                del self._verified[digest]
 
     async def active_key(self, key_id: str) -> ApiKey | None:
         """An existing, unrevoked key row by its id (for sessions that were opened by

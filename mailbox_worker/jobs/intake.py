@@ -20,8 +20,14 @@ from mailbox_worker.accounts import Principal
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
-from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from mailbox_worker.jobs.mime import build_message, decode_attachment
+from mailbox_worker.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RequestError,
+)
+from mailbox_worker.jobs.mime import build_message, decode_attachment, message_size_bound
 from mailbox_worker.jobs.store import JobFilter, JobStore, NewJob, Position
 from mailbox_worker.jobs.transitions import (
     CANCEL_UNKNOWN,
@@ -142,16 +148,75 @@ class JobIntake:
 
     async def submit(self, principal: Principal, submission: Submission) -> tuple[JobView, bool]:
         """Commit a job and return ``(job, created)``; raises ``RequestError`` subclasses."""
+        (result,) = await self.submit_many(principal, [submission])
+        if isinstance(result, RequestError):
+            raise result
+        return result
+
+    async def submit_many(
+        self, principal: Principal, submissions: Sequence[Submission]
+    ) -> list[tuple[JobView, bool] | RequestError]:
+        """``submit`` for each submission, all committed in one transaction: one result per
+        submission, in order, either ``(job, created)`` or the ``RequestError`` that
+        ``submit`` would raise for it alone (it fails only its own submission).
+
+        With an idempotency key, a retried request gets its first answer whatever happened
+        since (the mailbox disconnected, the deadline passed): the client must never enqueue
+        it anew. The key is looked up only when a check fails; otherwise the insert meets it
+        (``JobStore.enqueue_many``), which saves a read on the common path.
+        """
+        mailboxes: dict[str, Mailbox | None] = {}
+        results: list[tuple[JobView, bool] | RequestError | None] = []
+        pending: list[tuple[int, NewJob]] = []
+        for index, submission in enumerate(submissions):
+            digest = _request_digest(submission.body)
+            try:
+                new = await self._prepare(principal, submission, digest, mailboxes)
+            except RequestError as error:
+                results.append(await self._replay_or(error, principal, submission, digest))
+                continue
+            results.append(None)
+            pending.append((index, new))
+        enqueued = await self._jobs.enqueue_many([new for _, new in pending])
+        created = [
+            result[0] for result in enqueued if not isinstance(result, Conflict) and result[1]
+        ]
+        settled = await self._after_created(created)
+        for (index, _), result in zip(pending, enqueued, strict=True):
+            if isinstance(result, Conflict):
+                results[index] = result
+            else:
+                job, fresh = result
+                results[index] = JobView.of(settled.get(job.id, job) if fresh else job), fresh
+        return [result for result in results if result is not None]
+
+    async def _replay_or(
+        self, error: RequestError, principal: Principal, submission: Submission, digest: str
+    ) -> tuple[JobView, bool] | RequestError:
+        """The first job of the submission's key (a replay), else ``error``."""
+        key = submission.idempotency_key
+        if key is None:
+            return error
+        try:
+            first = await self._jobs.replay(principal.account_id, key, digest)
+        except Conflict as reused:
+            return reused
+        return error if first is None else (JobView.of(first), False)
+
+    async def _prepare(
+        self,
+        principal: Principal,
+        submission: Submission,
+        digest: str,
+        mailboxes: dict[str, Mailbox | None],
+    ) -> NewJob:
+        """The job a submission asks for, once the mailbox can take it and the message fits
+        (``mailboxes``: those already read for this call, by id)."""
         body = submission.body
-        if submission.idempotency_key is not None:
-            # A retried request gets its first answer, whatever happened since (the mailbox
-            # disconnected, the deadline passed): the client must never enqueue it anew.
-            first = await self._jobs.replay(
-                principal.account_id, submission.idempotency_key, _request_digest(body)
-            )
-            if first is not None:
-                return JobView.of(first), False
-        mailbox = await self._mailboxes.get(str(body["mailbox_id"]), principal.account_id)
+        mailbox_id = str(body["mailbox_id"])
+        if mailbox_id not in mailboxes:
+            mailboxes[mailbox_id] = await self._mailboxes.get(mailbox_id, principal.account_id)
+        mailbox = mailboxes[mailbox_id]
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
         if mailbox.state == MailboxState.PENDING_CONSENT or mailbox.address is None:
@@ -180,49 +245,65 @@ class JobIntake:
             raise InvalidRequest("send_at must be before the deadline", code="invalid_send_at")
         domain = mailbox.address.rpartition("@")[2]
         self._check_size(message, mailbox, mode, domain)
-        job, created = await self._jobs.enqueue(
-            NewJob(
-                account_id=principal.account_id,
-                mailbox_id=mailbox.id,
-                mode=mode,
-                payload=message,
-                request_sha256=_request_digest(body),
-                message_id_domain=domain,
-                idempotency_key=submission.idempotency_key,
-                reference=body.get("reference"),
-                deadline=deadline,
-                held=mailbox.state == MailboxState.REAUTH_REQUIRED,
-                send_at=send_at,
-                priority=int(body.get("priority", 0)),
-            )
+        return NewJob(
+            account_id=principal.account_id,
+            mailbox_id=mailbox.id,
+            mode=mode,
+            payload=message,
+            request_sha256=digest,
+            message_id_domain=domain,
+            idempotency_key=submission.idempotency_key,
+            reference=body.get("reference"),
+            deadline=deadline,
+            held=mailbox.state == MailboxState.REAUTH_REQUIRED,
+            send_at=send_at,
+            priority=int(body.get("priority", 0)),
         )
-        if created:
-            self._telemetry.job_enqueued(mode)
-            job = await self._settle_race(job)
-            if job.state == JobState.QUEUED and send_at is None:
-                self._wake_worker()
-        return JobView.of(job), created
 
-    async def _settle_race(self, job: Job) -> Job:
-        """The job as it must be now that it is committed, whatever the mailbox did meanwhile.
+    async def _after_created(self, jobs: Sequence[Job]) -> dict[str, Job]:
+        """Count the new jobs, settle their mailboxes' races, wake the worker; the jobs a
+        settlement moved, as they now are, by id."""
+        for job in jobs:
+            self._telemetry.job_enqueued(job.mode)
+        settled: dict[str, Job] = {}
+        by_mailbox: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_mailbox.setdefault(job.mailbox_id, []).append(job)
+        for mailbox_jobs in by_mailbox.values():
+            if await self._settle_race(mailbox_jobs):
+                for job in mailbox_jobs:
+                    settled[job.id] = await self._jobs.get(job.id) or job
+        if any(
+            settled.get(job.id, job).state == JobState.QUEUED and job.send_at is None
+            for job in jobs
+        ):
+            self._wake_worker()
+        return settled
 
-        The mailbox was read before the job's transaction: a consent may have released its
-        held jobs, or a disconnect cancelled its pending ones, in between, without seeing this
-        one. Both sweeps are idempotent, so running the one the mailbox's state now calls for
-        puts the job where the sweep would have.
+    async def _settle_race(self, jobs: Sequence[Job]) -> bool:
+        """Whether a sweep moved the mailbox's new ``jobs`` to where they must be now that
+        they are committed, whatever the mailbox did meanwhile.
+
+        The mailbox was read before the jobs' transaction: a consent may have released its
+        held jobs, or a disconnect cancelled its pending ones, in between, without seeing
+        these. Both sweeps are idempotent, so running the one the mailbox's state now calls
+        for puts the jobs where the sweep would have.
         """
-        mailbox = await self._mailboxes.get(job.mailbox_id)
+        mailbox_id = jobs[0].mailbox_id
+        mailbox = await self._mailboxes.get(mailbox_id)
         if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
             await self._jobs.cancel_pending_for_mailbox(
-                job.mailbox_id,
+                mailbox_id,
                 "mailbox_disconnected",
                 "the mailbox was disconnected before the job ran",
             )
-        elif job.state == JobState.HELD and mailbox.state == MailboxState.CONNECTED:
-            await self._jobs.release_held(job.mailbox_id)
+        elif mailbox.state == MailboxState.CONNECTED and any(
+            job.state == JobState.HELD for job in jobs
+        ):
+            await self._jobs.release_held(mailbox_id)
         else:
-            return job
-        return await self._jobs.get(job.id) or job
+            return False
+        return True
 
     def _check_size(
         self, message: dict[str, Any], mailbox: Mailbox, mode: str, domain: str
@@ -232,27 +313,34 @@ class JobIntake:
             mailbox.provider,
             mailbox.capabilities,
         )
+        sizes: list[int] = []
         for attachment in message.get("attachments") or ():
             try:
-                decode_attachment(attachment["content_base64"])
+                sizes.append(len(decode_attachment(attachment["content_base64"])))
             except ValueError:
                 raise InvalidRequest(
                     f"attachment {attachment.get('filename')!r}: content_base64 is not base64",
                     code="invalid_attachment",
                 ) from None
-        placeholder = message_id_for("job_" + "0" * 32, domain)
-        try:
-            size = len(build_message(message, message_id=placeholder, sender=sender))
-        except ValueError as error:
-            raise InvalidRequest(
-                f"the message cannot be built: {type(error).__name__}", code="invalid_message"
-            ) from None
         limit = self._message_limit(provider, mode, capabilities)
         if limit is None:
             raise Conflict(
                 f"sending through {provider} mailboxes is not available yet",
                 code="provider_not_supported",
             )
+        placeholder = message_id_for("job_" + "0" * 32, domain)
+        try:
+            # The bound costs the same for any attachment size; the worker builds the message
+            # itself, so it is built in full here only when the bound is over the limit.
+            size = message_size_bound(
+                message, message_id=placeholder, sender=sender, decoded_sizes=sizes
+            )
+            if size > limit:
+                size = len(build_message(message, message_id=placeholder, sender=sender))
+        except ValueError as error:
+            raise InvalidRequest(
+                f"the message cannot be built: {type(error).__name__}", code="invalid_message"
+            ) from None
         if size > limit:
             with_drafts = self._message_limit(provider, mode, [*capabilities, "draft"]) or 0
             hint = (

@@ -80,3 +80,35 @@ def _address(item: Mapping[str, Any]) -> Address:
 def recipients(payload: Mapping[str, Any]) -> Sequence[str]:
     """Every envelope recipient (To, Cc, Bcc) of a payload."""
     return [item["address"] for field in ("to", "cc", "bcc") for item in payload.get(field) or ()]
+
+
+def message_size_bound(
+    payload: Mapping[str, Any], *, message_id: str, sender: str, decoded_sizes: Sequence[int]
+) -> int:
+    """At least the length of ``build_message(payload, …)``, and at most
+    ``BOUND_SLACK_PER_PART`` bytes per MIME part more, without encoding the attachments.
+
+    ``decoded_sizes`` are the byte counts of ``payload``'s attachments, in order (the
+    intake decodes them once, to check them). The message is built with empty attachments
+    (headers, bodies and part structure exactly as sent; its cost does not grow with the
+    attachments), and each attachment's base64 body is added by arithmetic: the standard
+    library writes base64 in lines of ``max_line_length // 4 * 3`` bytes (4 characters for
+    3 bytes, padded) each ending in CRLF. The slack covers what may differ from one build to
+    the next: a part boundary that met its text and was lengthened (``.0``, ``.1``…).
+    Raises ``ValueError`` when the message cannot be built (as ``build_message``).
+    """
+    attachments = payload.get("attachments") or ()
+    if len(decoded_sizes) != len(attachments):
+        raise ValueError("one decoded size per attachment is needed")
+    skeleton = dict(payload)
+    skeleton["attachments"] = [dict(item, content_base64="") for item in attachments]
+    size = len(build_message(skeleton, message_id=message_id, sender=sender))
+    per_line = (SMTP_POLICY.max_line_length or 76) // 4 * 3
+    for count in decoded_sizes:
+        size += 4 * -(-count // 3) + 2 * -(-count // per_line)
+    parts = 1 + len(attachments) + (2 if payload.get("html") is not None else 0)
+    return size + BOUND_SLACK_PER_PART * parts
+
+
+BOUND_SLACK_PER_PART = 16
+"""Bytes ``message_size_bound`` may exceed the built message by, per part boundary line."""

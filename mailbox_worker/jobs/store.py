@@ -7,11 +7,13 @@ transition shares is in ``jobs/transitions.py`` (states: docs/architecture.md#jo
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Update, and_, func, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, Update, and_, func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
@@ -119,81 +121,161 @@ class JobStore:
         ``Conflict`` otherwise. A key used before the window is forgotten (set to NULL on its
         job) in the transaction that enqueues the new job.
         """
-        if new.idempotency_key is not None:
-            existing = await self._by_idempotency_key(new.account_id, new.idempotency_key)
-            if existing is not None:
-                return self._replay(existing, new), False
+        (result,) = await self.enqueue_many([new])
+        if isinstance(result, Conflict):
+            raise result
+        return result
+
+    async def enqueue_many(self, news: Sequence[NewJob]) -> list[tuple[Job, bool] | Conflict]:
+        """Commit every job of ``news`` in one transaction; one result per job, in order.
+
+        Each result is ``enqueue``'s answer for that job, or the ``Conflict`` it would raise
+        (a key reused by a different request), so that one reused key fails only its own
+        job. Statements, whatever the count: forget the expired keys (one ``UPDATE``, only
+        when keys are given), insert the jobs (one multi-row ``INSERT … ON CONFLICT DO
+        NOTHING RETURNING``: a key the account used within the window conflicts), read the
+        first jobs of the keys that conflicted (only then), and insert the contents, events
+        and outbox rows of the new jobs (one multi-row ``INSERT`` per table).
+        """
         now = self._clock()
+        rows: list[dict[str, Any]] = []
+        keys: set[str] = set()
+        slots: list[int | tuple[str, str]] = []
+        """Per job: the index of its row, or ``(key, digest)`` when an earlier job of the same
+        call used its key (it answers that job's result)."""
+        first_of_key: dict[tuple[str, str], int] = {}
+        payloads: dict[str, dict[str, Any]] = {}
+        for new in news:
+            key = new.idempotency_key
+            if key is not None and (new.account_id, key) in first_of_key:
+                slots.append((new.account_id, key))
+                continue
+            if key is not None:
+                first_of_key[(new.account_id, key)] = len(rows)
+                keys.add(key)
+            slots.append(len(rows))
+            rows.append(self._job_row(new, now))
+            payloads[rows[-1]["id"]] = new.payload
+        if not rows:
+            return []
+        accounts = {new.account_id for new in news}
+        async with self._sessions.begin() as session:
+            if keys:
+                await session.execute(self._forget_expired_keys(accounts, keys, now))
+            inserted = {
+                job.id: job
+                for job in await session.scalars(_insert_new(session).returning(Job), rows)
+            }
+            await self._add_companions(session, payloads, inserted, now)
+            existing = await self._existing(session, rows, inserted, now)
+        results: list[tuple[Job, bool] | Conflict] = []
+        for new, slot in zip(news, slots, strict=True):
+            row = rows[slot] if isinstance(slot, int) else rows[first_of_key[slot]]
+            job = inserted.get(row["id"])
+            created = job is not None and isinstance(slot, int)
+            if job is None:
+                job = existing.get((row["account_id"], row["idempotency_key"]))
+            if job is None:
+                raise LookupError(f"job {row['id']} neither inserted nor conflicting")
+            if job.request_sha256 != new.request_sha256:
+                results.append(_key_reused())
+            else:
+                results.append((job, created))
+        return results
+
+    def _job_row(self, new: NewJob, now: dt.datetime) -> dict[str, Any]:
         job_id = new_id("job")
-        state = JobState.HELD if new.held else JobState.QUEUED
-        job = Job(
-            id=job_id,
-            account_id=new.account_id,
-            mailbox_id=new.mailbox_id,
-            mode=new.mode,
-            state=state,
-            reference=new.reference,
-            idempotency_key=new.idempotency_key,
-            request_sha256=new.request_sha256,
-            message_id=message_id_for(job_id, new.message_id_domain),
-            attempts=0,
-            transient_failures=0,
-            run_after=now if new.send_at is None else max(now, new.send_at),
-            send_at=new.send_at,
-            priority=new.priority,
-            deadline=new.deadline,
-            created_at=now,
-            updated_at=now,
+        return {
+            "id": job_id,
+            "account_id": new.account_id,
+            "mailbox_id": new.mailbox_id,
+            "mode": new.mode,
+            "state": JobState.HELD if new.held else JobState.QUEUED,
+            "reference": new.reference,
+            "idempotency_key": new.idempotency_key,
+            "request_sha256": new.request_sha256,
+            "message_id": message_id_for(job_id, new.message_id_domain),
+            "attempts": 0,
+            "transient_failures": 0,
+            "run_after": now if new.send_at is None else max(now, new.send_at),
+            "send_at": new.send_at,
+            "priority": new.priority,
+            "deadline": new.deadline,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    @staticmethod
+    async def _add_companions(
+        session: AsyncSession,
+        payloads: dict[str, dict[str, Any]],
+        inserted: dict[str, Job],
+        now: dt.datetime,
+    ) -> None:
+        """The content and ``enqueued`` event of each new job: one multi-row ``INSERT`` per
+        table (no ids read back, so SQLite takes them in one statement too), the outbox
+        event of each new ``held`` job (``announce``), and one wake-up of the workers
+        (``announce_in``: a ``NOTIFY`` on PostgreSQL, sent on commit)."""
+        created = list(inserted.values())
+        if not created:
+            return
+        await session.execute(
+            insert(JobContent), [{"job_id": job.id, "payload": payloads[job.id]} for job in created]
         )
-        try:
-            async with self._sessions.begin() as session:
-                if new.idempotency_key is not None:
-                    await session.execute(
-                        self._forget_expired_key(new.account_id, new.idempotency_key)
-                    )
-                session.add(job)
-                await session.flush()
-                session.add(JobContent(job_id=job_id, payload=new.payload))
-                session.add(job_event(self._clock(), job_id, "state", None, state, code="enqueued"))
-                announce(session, job, state, "enqueued", now)
-                await announce_in(session)  # wakes every worker process, on commit
-        except IntegrityError:
-            if new.idempotency_key is None:
-                raise
-            existing = await self._by_idempotency_key(new.account_id, new.idempotency_key)
-            if existing is None:
-                raise
-            return self._replay(existing, new), False
-        return job, True
+        await session.execute(
+            insert(JobEvent),
+            [
+                {
+                    "job_id": job.id,
+                    "at": now,
+                    "kind": "state",
+                    "from_state": None,
+                    "to_state": job.state,
+                    "code": "enqueued",
+                    "public_id": new_id("jev"),
+                }
+                for job in created
+            ],
+        )
+        for job in created:
+            announce(session, job, job.state, "enqueued", now)
+        await announce_in(session)  # wakes every worker process, on commit
+
+    async def _existing(
+        self,
+        session: AsyncSession,
+        rows: Sequence[dict[str, Any]],
+        inserted: dict[str, Job],
+        now: dt.datetime,
+    ) -> dict[tuple[str, str | None], Job]:
+        """The first jobs of the keys whose rows conflicted (none read when none did)."""
+        conflicted = [row for row in rows if row["id"] not in inserted]
+        if not conflicted:
+            return {}
+        query = select(Job).where(
+            tuple_(Job.account_id, Job.idempotency_key).in_(
+                [(row["account_id"], row["idempotency_key"]) for row in conflicted]
+            ),
+            Job.created_at > now - self._idempotency_window,
+        )
+        return {(job.account_id, job.idempotency_key): job for job in await session.scalars(query)}
 
     async def replay(self, account_id: str, key: str, request_sha256: str) -> Job | None:
         """The job first enqueued under ``key`` (None if none): ``Conflict`` when it was
         enqueued by a different request."""
         existing = await self._by_idempotency_key(account_id, key)
         if existing is not None and existing.request_sha256 != request_sha256:
-            raise Conflict(
-                "this Idempotency-Key was already used for a different request",
-                code="idempotency_key_reused",
-            )
+            raise _key_reused()
         return existing
 
-    @staticmethod
-    def _replay(existing: Job, new: NewJob) -> Job:
-        if existing.request_sha256 != new.request_sha256:
-            raise Conflict(
-                "this Idempotency-Key was already used for a different request",
-                code="idempotency_key_reused",
-            )
-        return existing
-
-    def _forget_expired_key(self, account_id: str, key: str) -> Update:
-        """Blank ``key`` on the account's job that used it before the window, if any."""
+    def _forget_expired_keys(self, accounts: set[str], keys: set[str], now: dt.datetime) -> Update:
+        """Blank each of ``keys`` on the accounts' jobs that used it before the window."""
         return (
             update(Job)
             .where(
-                Job.account_id == account_id,
-                Job.idempotency_key == key,
-                Job.created_at <= self._clock() - self._idempotency_window,
+                Job.account_id.in_(accounts),
+                Job.idempotency_key.in_(keys),
+                Job.created_at <= now - self._idempotency_window,
             )
             .values(idempotency_key=None)
         )
@@ -391,6 +473,21 @@ class JobStore:
                 ]
             )
         return job, True
+
+
+def _insert_new(session: AsyncSession) -> Any:
+    """A jobs ``INSERT`` that skips a row whose key the account already used (the unique
+    ``(account_id, idempotency_key)``; NULL keys never conflict), in the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return insert(Job).on_conflict_do_nothing()
+
+
+def _key_reused() -> Conflict:
+    return Conflict(
+        "this Idempotency-Key was already used for a different request",
+        code="idempotency_key_reused",
+    )
 
 
 __all__ = ["JobFilter", "JobStore", "NewJob", "Position", "find_query"]

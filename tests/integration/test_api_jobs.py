@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job
+from mailbox_worker.errors import Conflict
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.states import JobState
 from tests.integration.api_harness import (
@@ -547,17 +548,17 @@ async def test_a_job_enqueued_while_its_mailbox_reconnects_is_not_left_held(
     assert await api.mailboxes.set_state(
         mailbox_id, "reauth_required", "invalid_grant", expected=["connected"]
     )
-    enqueue_job = api.app.jobs.enqueue
+    enqueue_jobs = api.app.jobs.enqueue_many
 
-    async def consent_lands_first(new: NewJob) -> tuple[Job, bool]:
-        assert new.held
+    async def consent_lands_first(news: Sequence[NewJob]) -> list[tuple[Job, bool] | Conflict]:
+        assert [new.held for new in news] == [True]
         assert await api.mailboxes.set_state(
             mailbox_id, "connected", None, expected=["reauth_required"]
         )
         assert await api.app.jobs.release_held(mailbox_id) == 0  # nothing to release yet
-        return await enqueue_job(new)
+        return await enqueue_jobs(news)
 
-    monkeypatch.setattr(api.app.jobs, "enqueue", consent_lands_first)
+    monkeypatch.setattr(api.app.jobs, "enqueue_many", consent_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
     assert (answer.status, answer.json()["state"]) == (202, "queued"), answer.body
     stored = await api.app.jobs.get(answer.json()["id"])
@@ -568,16 +569,18 @@ async def test_a_job_enqueued_while_its_mailbox_is_disconnected_is_cancelled(
     api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, key, mailbox_id = caller
-    enqueue_job = api.app.jobs.enqueue
+    enqueue_jobs = api.app.jobs.enqueue_many
 
-    async def disconnect_lands_first(new: NewJob) -> tuple[Job, bool]:
+    async def disconnect_lands_first(
+        news: Sequence[NewJob],
+    ) -> list[tuple[Job, bool] | Conflict]:
         assert await api.app.jobs.cancel_pending_for_mailbox(mailbox_id, "x", "y") == 0
         assert await api.mailboxes.set_state(
             mailbox_id, "disconnected", "disconnected_by_admin", expected=["connected"]
         )
-        return await enqueue_job(new)
+        return await enqueue_jobs(news)
 
-    monkeypatch.setattr(api.app.jobs, "enqueue", disconnect_lands_first)
+    monkeypatch.setattr(api.app.jobs, "enqueue_many", disconnect_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
     assert answer.status == 202, answer.body
     assert (answer.json()["state"], answer.json()["last_error"]["code"]) == (

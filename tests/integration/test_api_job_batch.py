@@ -1,0 +1,136 @@
+"""``POST /v1/jobs/batch`` over a real socket, the real intake and a real SQLite database:
+each item answered as ``POST /v1/jobs`` would answer it alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailbox_worker.states import JobState
+from tests.integration.api_harness import Answer, RunningApi, job_request, running_api
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
+    async with running_api(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def caller(api: RunningApi) -> tuple[str, str, str]:
+    """``(account_id, api_key, connected mailbox id)``."""
+    account_id, key = await api.account_with_key()
+    mailbox = await api.connected_mailbox(account_id)
+    return account_id, key, mailbox.id
+
+
+async def batch(api: RunningApi, key: str, items: list[Any]) -> Answer:
+    return await api.call("POST", "/v1/jobs/batch", key=key, json_body={"items": items})
+
+
+async def test_each_item_gets_its_own_answer(api: RunningApi, caller: tuple[str, str, str]) -> None:
+    _, key, mailbox_id = caller
+    single = await api.call(
+        "POST",
+        "/v1/jobs",
+        key=key,
+        json_body=job_request(mailbox_id),
+        headers={"Idempotency-Key": "inv-1"},
+    )
+    assert single.status == 202, single.body
+    bad_address = job_request(mailbox_id, to=[{"address": "not an address"}])
+    items = [
+        {**job_request(mailbox_id), "idempotency_key": "inv-1"},  # the single request again
+        {**job_request(mailbox_id, subject="other"), "idempotency_key": "inv-1"},  # reused key
+        {**bad_address, "idempotency_key": "inv-2"},
+        job_request("mbx_" + "0" * 32),  # no such mailbox
+        {**job_request(mailbox_id, subject="new"), "idempotency_key": "inv-3"},
+        job_request(mailbox_id, subject="no key"),
+        {**job_request(mailbox_id, subject="new"), "idempotency_key": "inv-3"},  # inv-3 again
+        {"mailbox_id": mailbox_id},  # not a job request
+    ]
+
+    answer = await batch(api, key, items)
+
+    assert answer.status == 200, answer.body
+    results = answer.json()["items"]
+    assert [result["index"] for result in results] == list(range(len(items)))
+    assert [result["status"] for result in results] == [
+        "existing",
+        "error",
+        "error",
+        "error",
+        "created",
+        "created",
+        "existing",
+        "error",
+    ]
+    assert results[0]["job"]["id"] == single.json()["id"]
+    assert results[1]["error"]["code"] == "idempotency_key_reused"
+    assert results[2]["error"]["code"] == "invalid_address"
+    assert results[3]["error"]["code"] == "mailbox_not_found"
+    assert results[6]["job"]["id"] == results[4]["job"]["id"]
+    assert results[7]["error"]["code"] == "invalid_request"
+    assert {detail["field"] for detail in results[7]["error"]["details"]} == {
+        "items[7].mode",
+        "items[7].message",
+    }
+    for result in (results[4], results[5]):
+        job = (await api.call("GET", f"/v1/jobs/{result['job']['id']}", key=key)).json()
+        assert job["state"] == JobState.QUEUED
+    counts = await api.queue.count_by_state()
+    assert {state: n for state, n in counts.items() if n} == {JobState.QUEUED: 3}
+
+
+async def test_an_item_replays_a_single_request_and_the_reverse(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    first = await batch(api, key, [{**job_request(mailbox_id), "idempotency_key": "inv-9"}])
+    assert first.json()["items"][0]["status"] == "created"
+    again = await api.call(
+        "POST",
+        "/v1/jobs",
+        key=key,
+        json_body=job_request(mailbox_id),
+        headers={"Idempotency-Key": "inv-9"},
+    )
+    assert (again.status, again.json()["id"]) == (200, first.json()["items"][0]["job"]["id"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"items": []}, {"items": [{}] * 1001}, {"jobs": []}, [], {"items": {}}],
+    ids=["empty", "too-many", "unknown-field", "not-an-object", "not-a-list"],
+)
+async def test_what_is_not_a_batch_fails_whole(
+    api: RunningApi, caller: tuple[str, str, str], body: Any
+) -> None:
+    _, key, _ = caller
+    answer = await api.call("POST", "/v1/jobs/batch", key=key, json_body=body)
+    assert (answer.status, answer.error_code) == (400, "invalid_request"), answer.body
+    assert sum((await api.queue.count_by_state()).values()) == 0
+
+
+async def test_a_batch_needs_the_jobs_write_permission(api: RunningApi) -> None:
+    account_id, key = await api.account_with_key(frozenset({"jobs:read"}))
+    mailbox = await api.connected_mailbox(account_id)
+    answer = await batch(api, key, [job_request(mailbox.id)])
+    assert (answer.status, answer.error_code) == (403, "forbidden")
+    assert sum((await api.queue.count_by_state()).values()) == 0
+
+
+async def test_items_of_another_accounts_mailbox_are_not_found(
+    api: RunningApi, caller: tuple[str, str, str]
+) -> None:
+    _, key, mailbox_id = caller
+    other_account, _ = await api.account_with_key(name="Globex")
+    other = await api.connected_mailbox(other_account)
+    answer = await batch(api, key, [job_request(other.id), job_request(mailbox_id)])
+    statuses = [
+        (item["status"], item.get("error", {}).get("code")) for item in answer.json()["items"]
+    ]
+    assert statuses == [("error", "mailbox_not_found"), ("created", None)]

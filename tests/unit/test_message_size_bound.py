@@ -1,0 +1,88 @@
+"""``message_size_bound`` never under-estimates the built message, and over-estimates it by at
+most its stated slack: checked on many random messages (seeded, so a failure reproduces)."""
+
+from __future__ import annotations
+
+import base64
+import random
+import string
+from typing import Any
+
+import pytest
+
+from mailbox_worker.jobs.mime import BOUND_SLACK_PER_PART, build_message, message_size_bound
+
+SEEDS = range(200)
+ALPHABETS = [
+    string.ascii_letters + string.digits + " .,-",
+    string.printable,  # with tabs, CR and LF
+    "aé€😀 \n",  # non-ASCII: quoted-printable, base64 or 8bit bodies, encoded words
+]
+
+
+def text(rng: random.Random, longest: int) -> str:
+    alphabet = rng.choice(ALPHABETS)
+    value = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, longest)))
+    if rng.random() < 0.2:  # lines over 998 characters force an encoding
+        value += "x" * rng.randint(990, 3000)
+    return value
+
+
+def single_line(value: str) -> str:
+    """``value`` as a header may carry it (the API's ``SingleLine`` refuses line breaks)."""
+    return " ".join(value.split())
+
+
+def address(rng: random.Random) -> dict[str, str]:
+    local = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 20)))
+    item = {"address": f"{local}@{rng.choice(['fabrikam.example', 'bücher.example'])}"}
+    if rng.random() < 0.5:
+        item["name"] = single_line(text(rng, 40)) or "n"
+    return item
+
+
+def random_payload(rng: random.Random) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "to": [address(rng) for _ in range(rng.randint(1, 5))],
+        "subject": single_line(text(rng, 120)),
+    }
+    for field in ("cc", "bcc", "reply_to"):
+        if rng.random() < 0.3:
+            payload[field] = [address(rng) for _ in range(rng.randint(1, 3))]
+    if rng.random() < 0.8:
+        payload["text"] = text(rng, 2000)
+    if "text" not in payload or rng.random() < 0.4:
+        payload["html"] = "<p>" + text(rng, 2000) + "</p>"
+    payload["attachments"] = [
+        {
+            "filename": rng.choice(["INV-1.pdf", "facture été.pdf", "x" * 150 + ".pdf"]),
+            "content_type": rng.choice(["application/pdf", "text/csv", "image/png"]),
+            "content_base64": base64.b64encode(rng.randbytes(rng.randint(0, 20_000))).decode(),
+        }
+        for _ in range(rng.choice([0, 1, 1, 2, 5]))
+    ]
+    return payload
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_bound_is_never_below_the_built_message_and_close_above(seed: int) -> None:
+    rng = random.Random(seed)
+    payload = random_payload(rng)
+    sizes = [len(base64.b64decode(item["content_base64"])) for item in payload["attachments"]]
+    built = build_message(payload, message_id="<job_1@contoso.example>", sender="b@contoso.example")
+    bound = message_size_bound(
+        payload,
+        message_id="<job_1@contoso.example>",
+        sender="b@contoso.example",
+        decoded_sizes=sizes,
+    )
+    parts = 1 + len(sizes) + (2 if "html" in payload else 0)
+    assert len(built) <= bound <= len(built) + BOUND_SLACK_PER_PART * parts
+
+
+def test_a_message_that_cannot_be_built_fails_the_bound_too() -> None:
+    payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "no body"}
+    with pytest.raises(ValueError, match="text or an HTML body"):
+        message_size_bound(
+            payload, message_id="<j@c.example>", sender="b@c.example", decoded_sizes=[]
+        )
