@@ -17,14 +17,13 @@ Checks, in order: a declared body above 4 MB (413), bearer token (401 + WWW-Auth
 mailbox (404), scope (403 ErrorAccessDenied), at most 4 concurrent requests per (client,
 mailbox) (429 ApplicationThrottled + Retry-After) — a request holds its slot from here, before
 its body is read, until its answer is written — then the body (413 if it proves longer), the
-``graph_latency`` setting, queued faults, and the operation itself (400
-ErrorMimeContentInvalidBase64String / ErrorInvalidRecipients, 403 ErrorSendAsDenied, 404
-ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
+operation's latency (a ``latency`` rule, else the ``graph_latency`` setting), queued faults,
+and the operation itself (400 ErrorMimeContentInvalidBase64String / ErrorInvalidRecipients,
+403 ErrorSendAsDenied, 404 ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
@@ -161,8 +160,7 @@ class GraphEndpoints:
             with self._slot(token, user):
                 try:
                     body = await self._body(request)
-                    if self._state.graph_latency:
-                        await asyncio.sleep(self._state.graph_latency)
+                    # with_fault waits for the operation's latency first (latency_for).
                     response = await with_fault(
                         request,
                         self._state,
