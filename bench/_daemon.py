@@ -299,7 +299,12 @@ def daemon_environment(
     return DaemonProcess(environment, f"http://127.0.0.1:{port}", work / "daemon.log")
 
 
-async def prepare(daemon: DaemonProcess, sandbox: SandboxProcess, mailboxes: int) -> None:
+async def prepare(
+    daemon: DaemonProcess,
+    sandbox: SandboxProcess,
+    mailboxes: int,
+    capabilities: tuple[str, ...] = ("send",),
+) -> None:
     """An account, an API key and ``mailboxes`` Microsoft mailboxes consented at the sandbox
     (the daemon must be running)."""
     from mailbox_worker.demo import play_admin_consent
@@ -313,7 +318,11 @@ async def prepare(daemon: DaemonProcess, sandbox: SandboxProcess, mailboxes: int
     ):
         for number in range(mailboxes):
             address = mailbox_address(number)
-            body = {"provider": "microsoft", "capabilities": ["send"], "login_hint": address}
+            body = {
+                "provider": "microsoft",
+                "capabilities": list(capabilities),
+                "login_hint": address,
+            }
             async with http.post(f"{daemon.base_url}/v1/mailboxes", json=body) as answer:
                 created = await answer.json()
                 if answer.status != 201:
@@ -361,6 +370,62 @@ async def post_invoices(
         await asyncio.gather(*(poster(http) for _ in range(concurrency)))
         seconds = time.perf_counter() - started
     return Posted(job_ids, seconds, latencies)
+
+
+class JobStates:
+    """Counts the daemon's jobs by state straight from its database (so that following them
+    costs the daemon nothing)."""
+
+    def __init__(self, database_url: str) -> None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        self._engine = create_async_engine(database_url)
+
+    async def counts(self) -> dict[str, int]:
+        from sqlalchemy import text
+
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(text("SELECT state, count(*) FROM jobs GROUP BY state"))
+            return {str(state): int(count) for state, count in rows}
+
+    async def final(self) -> int:
+        counts = await self.counts()
+        return sum(count for state, count in counts.items() if state in FINAL_STATES)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+@dataclass
+class Progress:
+    """When each share of the jobs had become final: ``(seconds since start, final count)``."""
+
+    samples: list[tuple[float, int]]
+
+    def seconds_until(self, count: int) -> float:
+        return next(at for at, done in self.samples if done >= count)
+
+    def rate_between(self, low: int, high: int) -> float:
+        """Jobs per second between the moments ``low`` and ``high`` jobs were final."""
+        began, ended = self.seconds_until(low), self.seconds_until(high)
+        return (high - low) / (ended - began) if ended > began else float("inf")
+
+
+async def follow(
+    states: JobStates, baseline: int, total: int, started: float, limit: float
+) -> Progress:
+    """Sample the final count (beyond ``baseline``) every 50 ms until ``total`` are final or
+    ``limit`` seconds have passed since ``started`` (``time.perf_counter``)."""
+    samples: list[tuple[float, int]] = []
+    while True:
+        done = await states.final() - baseline
+        now = time.perf_counter() - started
+        samples.append((now, done))
+        if done >= total:
+            return Progress(samples)
+        if now > limit:
+            raise RuntimeError(f"only {done} of {total} jobs final after {limit:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 async def wait_for_final(daemon: DaemonProcess, job_ids: list[str], limit: float) -> dict[str, int]:
