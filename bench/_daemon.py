@@ -142,9 +142,14 @@ class SandboxProcess:
                 return await answer.json()
 
     def stop(self) -> None:
+        """SIGTERM; SIGKILL if requests still held in a latency keep it past 10 s."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def start_sandbox(
