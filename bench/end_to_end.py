@@ -7,7 +7,8 @@ PostgreSQL, 20 mailboxes, 100 KB PDFs (issue 9, benchmark b).
 
 Prints, per database: the HTTP enqueue rate and its latency p50/p99, the completion rate (jobs
 per second between 10 % and 90 % of them final, and overall), and the daemon's CPU per job (its
-process's user + system time over the run, from /proc, divided by the jobs). The sandbox runs
+process's user + system time over the run, from /proc, divided by the jobs; the sandbox's
+likewise, for comparison). The sandbox runs
 in a process of its own; the jobs are followed by counting them in the database, not through
 the daemon. Ratios are to the figures measured before issue 9 (docs/performance.md). Never
 passes or fails on time. PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
@@ -60,6 +61,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     warm = await post_invoices(daemon, WARM_UP, pdf, arguments.posters)
                     await follow(states, 0, len(warm.job_ids), time.perf_counter(), 300)
                     cpu_before = cpu_seconds(daemon.pid)
+                    sandbox_before = cpu_seconds(sandbox.pid)
                     started = time.perf_counter()
                     following = asyncio.create_task(
                         follow(states, WARM_UP, arguments.jobs, started, 1800)
@@ -67,6 +69,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     posted = await post_invoices(daemon, arguments.jobs, pdf, arguments.posters)
                     progress = await following
                     cpu = cpu_seconds(daemon.pid) - cpu_before
+                    sandbox_cpu = cpu_seconds(sandbox.pid) - sandbox_before
                     counts = await states.counts()
                 finally:
                     await states.close()
@@ -81,6 +84,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
         "completion": progress.rate_between(jobs // 10, jobs * 9 // 10),
         "completion_overall": jobs / progress.seconds_until(jobs),
         "cpu_ms": 1000 * cpu / jobs,
+        "sandbox_cpu_ms": 1000 * sandbox_cpu / jobs,
         "sent": counts.get("sent", 0) - WARM_UP,
         "not_sent": sum(count for state, count in counts.items() if state != "sent"),
     }
@@ -97,7 +101,8 @@ def report(kind: str, figures: dict[str, float], jobs: int, mailboxes: int) -> N
         f"({figures['completion'] / reference['completion']:.2f} x {reference['completion']:.0f}),"
         f" {figures['completion_overall']:.0f} jobs/s overall\n"
         f"  daemon CPU        {figures['cpu_ms']:8.2f} ms/job "
-        f"({figures['cpu_ms'] / reference['cpu_ms']:.2f} x {reference['cpu_ms']:.0f} ms)\n"
+        f"({figures['cpu_ms'] / reference['cpu_ms']:.2f} x {reference['cpu_ms']:.0f} ms); "
+        f"the sandbox's {figures['sandbox_cpu_ms']:.2f} ms/job\n"
         f"  outcome           {figures['sent']:.0f} sent, {figures['not_sent']:.0f} not sent"
     )
 
