@@ -36,6 +36,7 @@ from _daemon import (
 MAILBOXES = 4
 POSTERS = 4
 AN_HOUR_MS = 3_600_000
+RETRIES = 30
 
 
 async def post_large(daemon: DaemonProcess, first: int, last: int, pdf_base64: str) -> None:
@@ -61,11 +62,18 @@ async def post_large(daemon: DaemonProcess, first: int, last: int, pdf_base64: s
                     ],
                 },
             }
-            async with http.post(
-                f"{daemon.base_url}/v1/jobs", data=json.dumps(body), headers=headers
-            ) as answer:
-                if answer.status != 202:
-                    raise RuntimeError(f"enqueue refused: {answer.status} {await answer.text()}")
+            data = json.dumps(body)
+            for _ in range(RETRIES):
+                async with http.post(
+                    f"{daemon.base_url}/v1/jobs", data=data, headers=headers
+                ) as answer:
+                    if answer.status == 202:
+                        break
+                    if answer.status != 503:  # 503: "try again shortly" (a busy database)
+                        raise RuntimeError(f"refused: {answer.status} {await answer.text()}")
+                await asyncio.sleep(1)
+            else:
+                raise RuntimeError(f"invoice {number} refused {RETRIES} times with 503")
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as http:
