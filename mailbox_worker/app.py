@@ -14,21 +14,31 @@ clock and the key source (keyword arguments that default to what the settings na
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib.metadata
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from aiohttp import ClientTimeout, web
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from mailbox_worker.accounts import AccountService
 from mailbox_worker.api.admin_session import AdminSessions
 from mailbox_worker.api.app import create_app
+from mailbox_worker.api.operations import create_operations_app
 from mailbox_worker.api.server import ServerLimits, start_server
 from mailbox_worker.api.services import ApiServices
 from mailbox_worker.clock import Clock, utcnow
@@ -46,12 +56,13 @@ from mailbox_worker.db.pool_sizing import pool_capacity, pool_demand, pool_short
 from mailbox_worker.db.retention import Retention
 from mailbox_worker.db.support_grants import SupportGrantStore
 from mailbox_worker.db.violations import PolicyViolationLog
-from mailbox_worker.errors import ConfigError, redacted_traceback
+from mailbox_worker.errors import ConfigError, DatabaseUnavailable, redacted_traceback
 from mailbox_worker.events.delivery import CallbackDispatcher
 from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
+from mailbox_worker.jobs.wakeups import DueListener, announce, listen_dsn, next_due
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.account_rights import AccountRights
 from mailbox_worker.mailboxes.revocations import Revocations
@@ -80,6 +91,12 @@ log = logging.getLogger(__name__)
 CALLBACK_PATH = "/oauth/callback"
 AUDIT_SEAL_INTERVAL = 30.0
 """Seconds between passes of the audit sealer (``db/audit_chain.py``)."""
+
+Role = Literal["all", "api", "worker"]
+"""What one ``serve`` process runs (docs/deploy.md#roles-and-worker-processes): ``all`` the
+API, the worker and the background loops; ``api`` the API and the background loops;
+``worker`` the worker alone, serving only ``/healthz``, ``/readyz`` and ``/metrics``."""
+ROLES: tuple[Role, ...] = ("all", "api", "worker")
 
 
 def _version() -> str:
@@ -199,6 +216,8 @@ class App:
     """Support-access grants (docs/privacy.md PP-3, LU-5)."""
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The background loops ``serve`` runs, by name; one that ended means not ready."""
+    clock: Clock = utcnow
+    """The time every component was given (the API's rate limits count in it too)."""
 
     @classmethod
     def build(
@@ -222,7 +241,11 @@ class App:
         )
         accounts = AccountStore(sessions, clock)
         mailboxes = MailboxStore(sessions, clock)
-        jobs = JobStore(sessions, clock)
+        jobs = JobStore(
+            sessions,
+            clock,
+            idempotency_window=dt.timedelta(hours=settings.retention.idempotency_hours),
+        )
         queue = JobQueue(sessions, clock, settings.worker.mailbox_limits())
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)
@@ -241,7 +264,15 @@ class App:
         )
         outbox = Outbox(sessions, clock)
         worker = Worker(
-            queue, mailboxes, tokens, providers, settings.worker, telemetry, clock=clock
+            queue,
+            mailboxes,
+            tokens,
+            providers,
+            settings.worker,
+            telemetry,
+            clock=clock,
+            next_due=lambda: next_due(sessions, clock),
+            announce=lambda: announce(engine),
         )
         intake = JobIntake(
             jobs,
@@ -302,6 +333,7 @@ class App:
             retention=Retention(
                 sessions, settings.retention, scrubber=scrubber, telemetry=telemetry, clock=clock
             ),
+            clock=clock,
             audit_chain=AuditChain(engine, DatabaseLocks(engine), clock),
             support_grants=support_grants,
         )
@@ -324,8 +356,31 @@ class App:
         if warning is not None:
             log.warning("%s", warning)
 
-    async def migrate(self) -> None:
-        await migrate.upgrade(self.engine)
+    async def migrate(self, *, wait: float = 0.0) -> None:
+        """Bring the schema to the newest migration. With ``wait`` > 0, a database that
+        cannot be reached yet (a daemon starting beside it, or while it restarts) is tried
+        again with backoff for up to ``wait`` seconds, each try logged without the driver's
+        message; then ``DatabaseUnavailable`` (docs/deploy.md)."""
+        if wait <= 0:
+            await migrate.upgrade(self.engine)
+            return
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_database_unavailable),
+            wait=wait_exponential(multiplier=0.5, max=5.0),
+            stop=stop_after_delay(wait),
+            before_sleep=_log_database_wait,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await migrate.upgrade(self.engine)
+        except Exception as error:
+            if is_database_unavailable(error):
+                raise DatabaseUnavailable(
+                    f"the database could not be reached within {wait:g} seconds"
+                ) from None
+            raise
 
     async def readiness(self) -> Mapping[str, bool]:
         """Named readiness checks: the database answers, its schema is current and every
@@ -356,13 +411,26 @@ class App:
             max_request_bytes=self.settings.server.max_request_bytes,
             body_timeout=self.settings.server.body_timeout,
             public_url=self.settings.server.public_url,
+            rate_limits=self.settings.api,
+            clock=self.clock,
         )
 
     def web_app(self) -> web.Application:
         return create_app(self.api_services())
 
-    async def serve(self, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
-        """Run the API and the worker until ``stop`` is set; drain, then return."""
+    def due_listener(self) -> DueListener | None:
+        """What wakes this process's worker on PostgreSQL when a job becomes due in any
+        process (jobs/wakeups.py); None on SQLite and behind a transaction pooler, where
+        ``LISTEN`` cannot hold (the worker polls)."""
+        dsn = listen_dsn(self.settings.database.url)
+        if dsn is None or self.settings.database.transaction_pooler:
+            return None
+        return DueListener(dsn, self.worker.wake)
+
+    async def serve(
+        self, stop: asyncio.Event, *, started: asyncio.Event | None = None, role: Role = "all"
+    ) -> None:
+        """Run what ``role`` names until ``stop`` is set; drain, then return."""
         self.check_pool_size()
         self.violations.bind(asyncio.get_running_loop())
         server = self.settings.server
@@ -371,17 +439,50 @@ class App:
             keepalive_timeout=server.keepalive_timeout,
             max_connections=server.max_connections,
         )
-        runner, _ = await start_server(self.web_app(), server.host, server.port, limits)
+        web_app = self.web_app() if role != "worker" else create_operations_app(self.api_services())
+        runner, _ = await start_server(web_app, server.host, server.port, limits)
         log.info(
-            "listening on %s port %d (public URL %s)",
+            "%s: listening on %s port %d (public URL %s)",
+            role,
             server.host,
             server.port,
             self.settings.server.public_url,
         )
         if started is not None:
             started.set()
-        loops = {
-            "worker": self.worker.run(stop),
+        loops = self._loops(stop, role)
+        self.loops = {name: asyncio.create_task(run, name=name) for name, run in loops.items()}
+        try:
+            await stop.wait()
+        except asyncio.CancelledError:
+            for task in self.loops.values():
+                task.cancel()
+            raise
+        finally:
+            # A loop that ended early was reported by readiness; shutting down still succeeds.
+            outcomes = await asyncio.gather(*self.loops.values(), return_exceptions=True)
+            for name, outcome in zip(self.loops, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.error(
+                        "%s loop had ended: %s\n%s",
+                        name,
+                        type(outcome).__name__,
+                        redacted_traceback(outcome),
+                    )
+            await runner.cleanup()
+
+    def _loops(self, stop: asyncio.Event, role: Role) -> dict[str, Coroutine[object, object, None]]:
+        """The background loops of ``role``: the worker (and its wake-ups) unless ``api``,
+        the rest unless ``worker``."""
+        loops: dict[str, Coroutine[object, object, None]] = {}
+        if role != "api":
+            loops["worker"] = self.worker.run(stop)
+            listener = self.due_listener()
+            if listener is not None:
+                loops["job_notifications"] = listener.run(stop)
+        if role == "worker":
+            return loops
+        loops |= {
             "revocations": self.revocations.run(stop),
             "key_rotation": self.key_rotation.run(stop),
             "storage_scrub": self.scrubber.run(stop),
@@ -406,25 +507,7 @@ class App:
                 database_unavailable=is_database_unavailable,
             )
             loops["callbacks"] = callbacks.run(stop)
-        self.loops = {name: asyncio.create_task(run, name=name) for name, run in loops.items()}
-        try:
-            await stop.wait()
-        except asyncio.CancelledError:
-            for task in self.loops.values():
-                task.cancel()
-            raise
-        finally:
-            # A loop that ended early was reported by readiness; shutting down still succeeds.
-            outcomes = await asyncio.gather(*self.loops.values(), return_exceptions=True)
-            for name, outcome in zip(self.loops, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    log.error(
-                        "%s loop had ended: %s\n%s",
-                        name,
-                        type(outcome).__name__,
-                        redacted_traceback(outcome),
-                    )
-            await runner.cleanup()
+        return loops
 
     def callback_dispatcher(self) -> CallbackDispatcher:
         """What delivers outbox events to ``callbacks.url``, through the egress gate."""
@@ -442,3 +525,10 @@ class App:
             await provider.close()
         await self.violations.flush()
         await self.engine.dispose()
+
+
+def _log_database_wait(state: RetryCallState) -> None:
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning(
+        "database not reachable yet (try %d); trying again in %.1f s", state.attempt_number, wait
+    )

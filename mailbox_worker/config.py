@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mailbox_worker.api.rate_limits import RateLimitSettings
 from mailbox_worker.db.engine import DatabaseSettings
 from mailbox_worker.db.retention import MAX_EVENTS_DAYS, RetentionSettings
 from mailbox_worker.errors import ConfigError
@@ -44,6 +45,7 @@ __all__ = [
     "KeySettings",
     "LoggingSettings",
     "MicrosoftSettings",
+    "RateLimitSettings",
     "RetentionSettings",
     "ServerSettings",
     "Settings",
@@ -94,6 +96,7 @@ class LoggingSettings:
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     server: ServerSettings = ServerSettings()
+    api: RateLimitSettings = field(default_factory=RateLimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     keys: KeySettings = KeySettings()
     microsoft: MicrosoftSettings = field(default_factory=MicrosoftSettings)
@@ -256,6 +259,7 @@ def _validate(settings: Settings) -> None:
         if not settings.callbacks.secret:
             raise ConfigError("callbacks.secret", "is required to sign callbacks")
     _validate_retention(settings.retention)
+    _validate_rate_limits(settings.api)
     if settings.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level", "must be DEBUG, INFO, WARNING or ERROR")
 
@@ -275,6 +279,26 @@ def _validate_retention(retention: RetentionSettings) -> None:
         raise ConfigError("retention.interval", "must be positive")
     if retention.pause < 0:
         raise ConfigError("retention.pause", "must be 0 or more")
+    if not 1 <= retention.idempotency_hours <= retention.events_days * 24:
+        raise ConfigError(
+            "retention.idempotency_hours",
+            "must be between 1 hour and retention.events_days: a key is a trace of the request",
+        )
+
+
+def _validate_rate_limits(api: RateLimitSettings) -> None:
+    for name in ("rate_limit_per_second", "failed_auth_limit"):
+        if getattr(api, name) < 0:
+            raise ConfigError(f"api.{name}", "must be 0 (no limit) or more")
+    if api.rate_limit_per_second > 0 and api.rate_limit_burst < 1:
+        raise ConfigError("api.rate_limit_burst", "must be at least 1")
+    for name in ("failed_auth_window", "failed_auth_penalty", "failed_auth_max_penalty"):
+        if getattr(api, name) <= 0:
+            raise ConfigError(f"api.{name}", "must be positive")
+    if api.failed_auth_max_penalty < api.failed_auth_penalty:
+        raise ConfigError("api.failed_auth_max_penalty", "must be at least failed_auth_penalty")
+    if api.max_tracked < 1:
+        raise ConfigError("api.max_tracked", "must be at least 1")
 
 
 def require_microsoft_app(settings: MicrosoftSettings) -> None:

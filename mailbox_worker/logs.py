@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import re
+from contextvars import ContextVar
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -26,8 +27,10 @@ SECRET_PATTERNS = (
 )
 ADDRESS_PATTERN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 """An e-mail address (privacy: logs name mailboxes by id, never by address)."""
-CONTEXT_FIELDS = ("job_id", "mailbox_id", "account_id", "worker", "loop", "code")
+CONTEXT_FIELDS = ("job_id", "mailbox_id", "account_id", "worker", "loop", "code", "request_id")
 """Attributes a call may pass with ``extra=``; the JSON form writes them as their own keys."""
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+"""The API request being handled (``X-Request-Id``, set by ``api/request_id.py``)."""
 
 
 def redact(text: str) -> str:
@@ -51,6 +54,16 @@ class RedactSecrets(logging.Filter):
             record.exc_text = _FORMATTER.formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+        return True
+
+
+class AddRequestId(logging.Filter):
+    """``request_id`` on every record made while an API request is handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        identifier = REQUEST_ID.get()
+        if identifier is not None and getattr(record, "request_id", None) is None:
+            record.request_id = identifier
         return True
 
 
@@ -102,6 +115,7 @@ def configure(level: str, *, json_lines: bool = False) -> None:
     """Send every record to stderr, redacted, as plain text or (``json_lines``) JSON objects."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines() if json_lines else logging.Formatter(PLAIN))
+    handler.addFilter(AddRequestId())
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 PROCESSING_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 RECOVERY_RESULTS = ("requeued", "unknown")
 CALLBACK_RESULTS = ("delivered", "rejected", "unreachable")
+RATE_LIMIT_REASONS = ("rate_limited", "too_many_failed_attempts")  # api/rate_limits.py REASONS
 
 
 def status_class(status: int | None) -> str:
@@ -159,6 +160,15 @@ class PrometheusTelemetry:
             ["method", "route", "status"],
             registry=registry,
         )
+        self._api_rate_limited = Counter(
+            "mailbox_worker_api_rate_limited",
+            "API requests refused with 429, by reason: rate_limited (an API key over its rate) "
+            "or too_many_failed_attempts (an address that sent too many invalid keys).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in RATE_LIMIT_REASONS:
+            self._api_rate_limited.labels(reason=reason)
 
         self._database_connections = Gauge(
             "mailbox_worker_database_connections",
@@ -304,6 +314,9 @@ class PrometheusTelemetry:
 
     def http_request(self, method: str, route: str, status: int) -> None:
         self._http_requests.labels(method=method, route=route, status=str(status)).inc()
+
+    def api_rate_limited(self, reason: str) -> None:
+        self._api_rate_limited.labels(reason=reason).inc()
 
     def retention_purged(self, kind: str, rows: int) -> None:
         self._retention_purged.labels(kind=kind).inc(rows)

@@ -115,6 +115,11 @@ class Telemetry(Protocol):
         """The API answered ``method`` on ``route`` (a template) with ``status``."""
         ...
 
+    def api_rate_limited(self, reason: str) -> None:
+        """The API refused a request with 429 for ``reason`` (``rate_limited`` or
+        ``too_many_failed_attempts``; docs/api.md#rate-limits)."""
+        ...
+
     def retention_purged(self, kind: str, rows: int) -> None:
         """A retention batch purged ``rows`` rows of ``kind`` (``job_events``, ``job_contents``,
         …: the kinds of ``db/retention.py``; docs/privacy.md PP-4, PP-6)."""

@@ -1,7 +1,8 @@
 """The HTTP API: ``create_app`` wires routes and middlewares around the services it is given.
 
-Middlewares, outermost first: HTTP metrics (sees the final status), then errors (turns every
-failure into JSON). Routes and their documentation live together: every route here is in
+Middlewares, outermost first: HTTP metrics (sees the final status), then the request id
+(``X-Request-Id`` on every answer, in every log line), then errors (turns every failure into
+JSON naming that id). Routes and their documentation live together: every route here is in
 ``openapi.json`` and the other way round (``tests/unit/test_openapi_document.py``).
 """
 
@@ -22,6 +23,8 @@ from mailbox_worker.api.context import DOCUMENT, SERVICES
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import error_middleware
 from mailbox_worker.api.http_metrics import http_metrics_middleware
+from mailbox_worker.api.rate_limits import rate_limit_middleware
+from mailbox_worker.api.request_id import request_id_middleware
 from mailbox_worker.api.services import ApiServices
 
 # Identifiers are opaque but made only of these characters (the document's ``Id``):
@@ -39,7 +42,9 @@ def create_app(services: ApiServices) -> web.Application:
         client_max_size=services.max_request_bytes,
         middlewares=[
             http_metrics_middleware(services.telemetry),
+            request_id_middleware(),
             error_middleware(services.max_request_bytes, services.database_unavailable),
+            rate_limit_middleware(services.rate_limits, services.clock, services.telemetry),
         ],
     )
     app[SERVICES] = services
@@ -47,6 +52,7 @@ def create_app(services: ApiServices) -> web.Application:
     app.router.add_routes(
         [
             web.post("/v1/jobs", jobs.enqueue),
+            web.get("/v1/jobs", jobs.find, allow_head=False),
             web.get(JOB, jobs.get, allow_head=False),
             web.post(f"{JOB}/cancel", jobs.cancel),
             web.post(f"{JOB}/resolve", jobs.resolve),

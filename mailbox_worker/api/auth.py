@@ -2,7 +2,9 @@
 
 A missing, malformed, unknown or revoked key is the same ``401 unauthenticated`` (the error
 middleware adds ``WWW-Authenticate: Bearer``); a key without the operation's permission is
-``403 forbidden`` naming the permission. The key itself is never logged nor echoed.
+``403 forbidden`` naming the permission. A valid key's request is charged to its rate limit
+(``rate_limits.admit``: ``429 rate_limited`` when over it). The key itself is never logged
+nor echoed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mailbox_worker.api.context import services
+from mailbox_worker.api.rate_limits import admit
 from mailbox_worker.api.services import Principal
 from mailbox_worker.errors import Forbidden, Unauthenticated
 
@@ -30,6 +33,7 @@ async def authenticate(request: web.Request) -> Principal:
     principal = await services(request).accounts.authenticate(credentials)
     if principal is None:
         raise Unauthenticated("the API key is not valid (unknown, malformed or revoked)")
+    admit(request, principal.key_id)
     return principal
 
 

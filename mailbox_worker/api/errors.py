@@ -1,4 +1,4 @@
-"""Every failure becomes JSON ``{"error": {"code", "message", "details"?}}``.
+"""Every failure becomes JSON ``{"error": {"code", "message", "request_id", "details"?}}``.
 
 ``error_middleware`` is the only place that turns exceptions into answers:
 
@@ -10,6 +10,8 @@
 - anything else → ``500 internal_error`` with a generic message. The traceback goes to the
   server log only, and without the exception's message unless it is one of ours: foreign
   messages (a database driver's, say) may quote request data.
+
+``request_id`` is the answer's ``X-Request-Id`` (``mailbox_worker.api.request_id``).
 
 Messages never contain a secret (API key, token) nor request content: ours are written so by
 contract (``mailbox_worker.errors``), and validation details name fields, never values.
@@ -23,12 +25,15 @@ from collections.abc import Callable, Mapping, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from mailbox_worker.api.request_id import HEADER as REQUEST_ID_HEADER
+from mailbox_worker.api.request_id import new_id, request_id
 from mailbox_worker.errors import (
     RequestError,
     RequestTimeout,
     ValidationFailed,
     redacted_traceback,
 )
+from mailbox_worker.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +60,20 @@ def error_response(
     code: str,
     message: str,
     *,
+    identifier: str | None = None,
     details: Sequence[Mapping[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """The JSON answer for a failure."""
-    error: dict[str, object] = {"code": code, "message": message}
+    """The JSON answer for a failure, naming ``identifier`` in its body and its
+    ``X-Request-Id`` header; when None, the id of the request being handled (``REQUEST_ID``,
+    so an answer made by any middleware inside ``request_id_middleware`` agrees with it), else
+    a fresh one."""
+    identifier = identifier or REQUEST_ID.get() or new_id()
+    error: dict[str, object] = {"code": code, "message": message, "request_id": identifier}
     if details:
         error["details"] = [dict(detail) for detail in details]
     response = web.json_response({"error": error}, status=status, headers=headers)
+    response.headers[REQUEST_ID_HEADER] = identifier
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response
@@ -81,7 +92,13 @@ def error_middleware(
             return await handler(request)
         except RequestError as error:
             details = error.details if isinstance(error, ValidationFailed) else None
-            response = error_response(error.status, error.code, error.message, details=details)
+            response = error_response(
+                error.status,
+                error.code,
+                error.message,
+                identifier=request_id(request),
+                details=details,
+            )
             if isinstance(error, RequestTimeout):
                 response.force_close()  # the rest of a body too slow to wait for: not reused
             return response
@@ -112,6 +129,7 @@ def error_middleware(
                     503,
                     "database_unavailable",
                     "the database cannot be reached; try again shortly",
+                    identifier=request_id(request),
                     headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
                 )
             log.error(
@@ -121,7 +139,12 @@ def error_middleware(
                 route_template(request),
                 redacted_traceback(error),
             )
-            return error_response(500, "internal_error", "internal error; it was logged")
+            return error_response(
+                500,
+                "internal_error",
+                "internal error; it was logged",
+                identifier=request_id(request),
+            )
 
     return middleware
 
@@ -136,7 +159,7 @@ def _http_error(
     request: web.Request, error: web.HTTPException, max_request_bytes: int
 ) -> web.Response:
     status = error.status
-    code = HTTP_CODES.get(status, f"http_{status}")
+    code = HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")
     if status == 405:
         allowed = error.headers.get("Allow", "")
         message = f"{request.method} is not allowed here; allowed: {allowed or 'none'}"
@@ -145,7 +168,7 @@ def _http_error(
     else:
         message = HTTP_MESSAGES.get(status, error.reason.lower())
     headers = {name: error.headers[name] for name in KEPT_HEADERS if name in error.headers}
-    return error_response(status, code, message, headers=headers)
+    return error_response(status, code, message, identifier=request_id(request), headers=headers)
 
 
 def route_template(request: web.Request) -> str:

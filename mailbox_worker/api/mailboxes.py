@@ -11,6 +11,13 @@ from aiohttp import web
 
 from mailbox_worker.api.auth import ACCOUNT_WRITE, MAILBOXES_READ, MAILBOXES_WRITE, require
 from mailbox_worker.api.context import services
+from mailbox_worker.api.pagination import (
+    check_parameters,
+    flag,
+    next_cursor,
+    page_after,
+    page_limit,
+)
 from mailbox_worker.api.parsing import read_json
 from mailbox_worker.api.representations import mailbox_json, mailbox_location
 from mailbox_worker.api.services import CONNECTED_OUTCOME, ConnectionStart
@@ -22,6 +29,8 @@ CALLBACK_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 PAGE_HEADERS = {**CALLBACK_HEADERS, "Content-Security-Policy": "default-src 'none'"}
+LIST = "mailboxes"
+"""The list a ``GET /v1/mailboxes`` cursor belongs to."""
 
 
 async def create(request: web.Request) -> web.Response:
@@ -43,9 +52,24 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_all(request: web.Request) -> web.Response:
+    """200 with a page of the caller's mailboxes, oldest first, and the next page's cursor;
+    disconnected mailboxes only with ``include_disconnected=true``."""
     principal = await require(request, MAILBOXES_READ)
-    mailboxes = await services(request).mailboxes.list(principal)
-    return web.json_response({"mailboxes": [mailbox_json(mailbox) for mailbox in mailboxes]})
+    check_parameters(request, {"limit", "cursor", "include_disconnected"}, repeatable=())
+    limit = page_limit(request)
+    mailboxes = await services(request).mailboxes.list(
+        principal,
+        limit=limit + 1,
+        after=page_after(request, LIST),
+        include_disconnected=flag(request, "include_disconnected"),
+    )
+    cursor = next_cursor(LIST, [(mailbox.created_at, mailbox.id) for mailbox in mailboxes], limit)
+    return web.json_response(
+        {
+            "mailboxes": [mailbox_json(mailbox) for mailbox in mailboxes[:limit]],
+            "next_cursor": cursor,
+        }
+    )
 
 
 async def get(request: web.Request) -> web.Response:

@@ -11,6 +11,8 @@ are JSON ``{"error": {"code", "message"}}`` like every other failure of the API
 - ``400 malformed_request``: anything else that is not HTTP/1.1 (bad method, bad header...);
 - ``408 request_timeout``: the request head did not arrive in time (written raw: no request);
 - ``503 too_many_connections``: the connection limit is reached (written raw: no request).
+
+Each answer carries a fresh ``X-Request-Id``, in its header and its body, like every other.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+
+from mailbox_worker.api.request_id import HEADER as REQUEST_ID_HEADER
+from mailbox_worker.api.request_id import new_id
 
 # aiohttp's parsers (C and Python) raise BadHttpMessage with this text for over max_headers.
 _TOO_MANY_HEADERS = "Too many headers"
@@ -63,29 +68,40 @@ def raw_answer(
     """A complete ``Connection: close`` HTTP/1.1 answer with a JSON error body, as bytes.
 
     For the two answers written before any request exists (so without aiohttp's response
-    machinery, which needs one): ``message`` must be a constant, never request data.
+    machinery, which needs one): ``message`` must be a constant, never request data. Each call
+    draws a fresh request id.
     """
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    identifier = new_id()
+    body = json.dumps(
+        {"error": {"code": code, "message": message, "request_id": identifier}}
+    ).encode()
     lines = [
         f"HTTP/1.1 {status} {reason}",
         "Content-Type: application/json; charset=utf-8",
         f"Content-Length: {len(body)}",
         "Connection: close",
+        f"{REQUEST_ID_HEADER}: {identifier}",
         *(f"{name}: {value}" for name, value in (headers or {}).items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
 
-HEAD_TIMEOUT_ANSWER = raw_answer(
-    408,
-    "Request Timeout",
-    "request_timeout",
-    "the request head (request line and headers) did not arrive in time",
-)
-TOO_MANY_CONNECTIONS_ANSWER = raw_answer(
-    503,
-    "Service Unavailable",
-    "too_many_connections",
-    "the server has too many open connections; retry later",
-    {"Retry-After": "1"},
-)
+def head_timeout_answer() -> bytes:
+    """``408 request_timeout``: the request head did not arrive in time."""
+    return raw_answer(
+        408,
+        "Request Timeout",
+        "request_timeout",
+        "the request head (request line and headers) did not arrive in time",
+    )
+
+
+def too_many_connections_answer() -> bytes:
+    """``503 too_many_connections``, with ``Retry-After``."""
+    return raw_answer(
+        503,
+        "Service Unavailable",
+        "too_many_connections",
+        "the server has too many open connections; retry later",
+        {"Retry-After": "1"},
+    )

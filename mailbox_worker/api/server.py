@@ -45,9 +45,9 @@ from yarl import URL
 
 from mailbox_worker.api.errors import error_response
 from mailbox_worker.api.protocol_errors import (
-    HEAD_TIMEOUT_ANSWER,
-    TOO_MANY_CONNECTIONS_ANSWER,
     classify,
+    head_timeout_answer,
+    too_many_connections_answer,
 )
 from mailbox_worker.errors import redacted_traceback
 
@@ -149,7 +149,7 @@ class GuardedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._connections.admit():
             # Refused before aiohttp sees it: no request task, no timers, no parsing.
-            cast(asyncio.Transport, transport).write(TOO_MANY_CONNECTIONS_ANSWER)
+            cast(asyncio.Transport, transport).write(too_many_connections_answer())
             transport.close()
             return
         self._admitted = True
@@ -215,7 +215,7 @@ class GuardedRequestHandler(RequestHandler):
         if self.transport is None or not self._expecting_head:
             return
         if self._head_bytes:  # a client that sent nothing has no request to answer
-            self.transport.write(HEAD_TIMEOUT_ANSWER)
+            self.transport.write(head_timeout_answer())
         log.debug("closed a connection whose request head took over %ss", self._header_timeout)
         self.force_close()  # what aiohttp's keep-alive timer does to an idle connection
 

@@ -10,13 +10,17 @@ answers are small frozen views (``JobView``, ``MailboxView``, ``AccountView``,
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mailbox_worker.accounts import AccountView, Principal, SupportGrantView
 from mailbox_worker.api.admin_session import AdminSessions, KeyLookup
+from mailbox_worker.api.rate_limits import RateLimitSettings
+from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.jobs.intake import JobEventView, JobView, Submission
+from mailbox_worker.jobs.store import JobFilter
 from mailbox_worker.mailboxes.account_rights import ErasureReport, PauseView
 from mailbox_worker.mailboxes.service import (
     CONNECTED_OUTCOME,
@@ -36,6 +40,18 @@ class JobOperations(Protocol):
 
     async def get(self, principal: Principal, job_id: str) -> JobView:
         """The job with its events; ``NotFound`` for another account's or unknown job."""
+        ...
+
+    async def find(
+        self,
+        principal: Principal,
+        wanted: JobFilter,
+        limit: int,
+        after: tuple[dt.datetime, str] | None = None,
+    ) -> list[JobView]:
+        """The caller's jobs matching ``wanted`` (its account, whatever ``wanted`` says),
+        newest first (ties: greater id first), at most ``limit``, after the
+        ``(created_at, id)`` of the previous page's last one; metadata only, no events."""
         ...
 
     async def cancel(self, principal: Principal, job_id: str) -> JobView:
@@ -73,7 +89,17 @@ class MailboxConnector(Protocol):
 
     async def get(self, principal: Principal, mailbox_id: str) -> MailboxView: ...
 
-    async def list(self, principal: Principal) -> list[MailboxView]: ...
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        limit: int | None = None,
+        after: tuple[dt.datetime, str] | None = None,
+        include_disconnected: bool = True,
+    ) -> list[MailboxView]:
+        """The caller's mailboxes, oldest first (ties: smaller id first): at most ``limit``
+        (None: all), after the ``(created_at, id)`` of the previous page's last one."""
+        ...
 
     async def held_job_counts(self, principal: Principal) -> Mapping[str, int]:
         """How many jobs wait ``held`` for each of the caller's mailboxes (absent: none)."""
@@ -160,6 +186,10 @@ class ApiServices:
     """Where browsers reach the daemon (``server.public_url``); empty: the request's origin."""
     database_unavailable: Callable[[BaseException], bool] = lambda _error: False
     """Whether an exception means the database cannot be reached (answered 503)."""
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    """Per-key rate limits and the brake on bad keys (``[api]``; docs/api.md#rate-limits)."""
+    clock: Clock = utcnow
+    """The time the rate limits count in."""
 
 
 __all__ = [
@@ -172,6 +202,7 @@ __all__ = [
     "ConnectionStart",
     "ErasureReport",
     "JobEventView",
+    "JobFilter",
     "JobOperations",
     "JobView",
     "MailboxConnector",

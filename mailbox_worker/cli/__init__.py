@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from mailbox_worker.cli import audit as audit_commands
 from mailbox_worker.cli import jobs as job_commands
 from mailbox_worker.cli import keys as key_commands
 from mailbox_worker.cli import mailboxes as mailbox_commands
+from mailbox_worker.cli import serve as serve_command
 from mailbox_worker.cli import settings_view
 from mailbox_worker.cli.output import OK, emit_json
 from mailbox_worker.config import Settings, load_settings
@@ -58,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command("serve", _serve, "run the HTTP API and the worker (migrates an empty database)")
+    serve = command(
+        "serve",
+        _serve,
+        "run the HTTP API and the worker, or one of them, or N worker processes "
+        "(migrates an empty database)",
+    )
+    serve_command.add_arguments(serve)
     migrate = command("migrate", _migrate, "apply database migrations")
     migrate.add_argument("--json", action="store_true", help="answer in JSON")
 
@@ -127,13 +133,11 @@ async def _app(settings: Settings, *, migrate: bool = True) -> AsyncIterator[App
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with _app(settings) as app:
-        await app.serve(stop)
-    return 0
+    serve_command.check_arguments(args, settings)
+    async with _app(settings, migrate=False) as app:
+        # A daemon may start before its database, or while it restarts: wait for it.
+        await app.migrate(wait=serve_command.DATABASE_WAIT)
+        return await serve_command.serve(args, settings, app)
 
 
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:

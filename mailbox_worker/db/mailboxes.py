@@ -9,7 +9,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
@@ -94,8 +94,25 @@ class MailboxStore:
         counts.update({(provider, state): int(count) for provider, state, count in rows})
         return counts
 
-    async def list(self, account_id: str) -> list[Mailbox]:
-        query = select(Mailbox).where(Mailbox.account_id == account_id).order_by(Mailbox.created_at)
+    async def list(
+        self,
+        account_id: str,
+        *,
+        limit: int | None = None,
+        after: tuple[dt.datetime, str] | None = None,
+        include_disconnected: bool = True,
+    ) -> list[Mailbox]:
+        """The account's mailboxes, oldest first (ties: the smaller id first): at most
+        ``limit`` (None: all), starting after ``after`` (the ``(created_at, id)`` of the
+        previous page's last row; keyset, through ``ix_mailboxes_account_id_created_at_id``)."""
+        conditions = [Mailbox.account_id == account_id]
+        if not include_disconnected:
+            conditions.append(Mailbox.state != MailboxState.DISCONNECTED)
+        if after is not None:
+            conditions.append(tuple_(Mailbox.created_at, Mailbox.id) > tuple_(*after))
+        query = (
+            select(Mailbox).where(*conditions).order_by(Mailbox.created_at, Mailbox.id).limit(limit)
+        )
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 

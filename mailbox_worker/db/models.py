@@ -126,7 +126,11 @@ class Mailbox(Base):
     cap reached (``pause_reason``: throttled, rate_limit, daily_cap)."""
     pause_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
 
-    __table_args__ = (Index(None, "account_id"),)
+    __table_args__ = (
+        Index(None, "account_id"),
+        # GET /v1/mailboxes: an account's mailboxes oldest first, a page at a time.
+        Index(None, "account_id", "created_at", "id"),
+    )
 
 
 class MailboxKey(Base):
@@ -215,6 +219,12 @@ class Job(Base):
         Index(None, "mailbox_id", "state"),
         Index(None, "mailbox_id", "state", "run_after"),
         Index(None, "mailbox_id", "claimed_at"),
+        # GET /v1/jobs: an account's jobs newest first, a page at a time (keyset on the last
+        # two columns); an invoice's jobs by the app's own reference; the few jobs in a rare
+        # state (unknown, failed) without reading every job of the account.
+        Index(None, "account_id", "created_at", "id"),
+        Index(None, "account_id", "reference", "created_at", "id"),
+        Index(None, "account_id", "state", "created_at", "id"),
     )
 
 

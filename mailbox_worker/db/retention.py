@@ -15,6 +15,9 @@ Each pass of ``Retention.purge`` removes, per kind (the ``kind`` label of
   (``JobStore.settle_unknown``);
 - ``oauth_states``: pending authorizations past their expiry (their sealed PKCE verifier is
   token material: the storage scrub runs after they go, ``db/erasure.py``);
+- ``idempotency_keys``: the ``Idempotency-Key`` of a job enqueued more than
+  ``idempotency_hours`` ago is forgotten (set to NULL): the key no longer answers that job, and
+  its next use enqueues a new one (``JobStore`` ignores such a key even before this pass);
 - ``disconnected_mailboxes``: a mailbox disconnected more than ``events_days`` ago keeps its row
   (the tombstone: its id, provider, state and dates) but loses its address and the provider
   identity it was pinned to (PP-2, PP-4; its tokens went at the disconnect).
@@ -78,6 +81,9 @@ class RetentionSettings:
     """The most rows one statement deletes."""
     pause: float = 0.05
     """Seconds between two batches, so dispatch is never starved."""
+    idempotency_hours: int = 24
+    """How long an ``Idempotency-Key`` answers the job it first enqueued; at most
+    ``events_days`` (checked at load)."""
 
 
 BatchStatement = Callable[[dt.datetime, int], Delete | Update]
@@ -103,6 +109,7 @@ class Retention:
         self._clock = clock
         self._events_window = dt.timedelta(days=settings.events_days)
         self._content_window = dt.timedelta(days=settings.content_days)
+        self._idempotency_window = dt.timedelta(hours=settings.idempotency_hours)
 
     def _kinds(self) -> dict[str, BatchStatement]:
         return {
@@ -111,6 +118,7 @@ class Retention:
             "audit_events": self._audit_events,
             "job_contents": self._job_contents,
             "oauth_states": self._oauth_states,
+            "idempotency_keys": self._idempotency_keys,
             "disconnected_mailboxes": self._disconnected_mailboxes,
         }
 
@@ -225,6 +233,18 @@ class Retention:
             .with_for_update(skip_locked=True)
         )
         return delete(OAuthState).where(OAuthState.state_sha256.in_(chosen))
+
+    def _idempotency_keys(self, now: dt.datetime, limit: int) -> Update:
+        chosen = (
+            select(Job.id)
+            .where(
+                Job.idempotency_key.is_not(None),
+                Job.created_at <= now - self._idempotency_window,
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return update(Job).where(Job.id.in_(chosen)).values(idempotency_key=None)
 
     def _disconnected_mailboxes(self, now: dt.datetime, limit: int) -> Update:
         # A disconnected mailbox never changes state again: ``updated_at`` is at or after its

@@ -8,6 +8,7 @@ the built message fits the provider's limit. A job row is committed before this 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -21,7 +22,7 @@ from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from mailbox_worker.jobs.mime import build_message, decode_attachment
-from mailbox_worker.jobs.store import JobStore, NewJob
+from mailbox_worker.jobs.store import JobFilter, JobStore, NewJob, Position
 from mailbox_worker.jobs.transitions import (
     CANCEL_UNKNOWN,
     RESOLVE,
@@ -271,6 +272,18 @@ class JobIntake:
         if job is None:
             raise NotFound("no such job in this account", code="job_not_found")
         return JobView.of(job, await self._jobs.events(job.id))
+
+    async def find(
+        self,
+        principal: Principal,
+        wanted: JobFilter,
+        limit: int,
+        after: Position | None = None,
+    ) -> list[JobView]:
+        """The caller's jobs matching ``wanted`` (its account only, whatever ``wanted``
+        names), newest first, at most ``limit``, after ``after``; metadata, no events."""
+        mine = dataclasses.replace(wanted, account_id=principal.account_id)
+        return [JobView.of(job) for job in await self._jobs.find(mine, limit, after)]
 
     async def cancel(self, principal: Principal, job_id: str) -> JobView:
         """Cancel a queued or held job; ``Conflict`` (job_not_cancellable) once it left them."""

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Select, Update, and_, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +28,7 @@ from mailbox_worker.jobs.transitions import (
     message_id_for,
     move_each,
 )
+from mailbox_worker.jobs.wakeups import announce_in
 from mailbox_worker.states import CANCELLABLE, JobState
 
 
@@ -49,26 +50,74 @@ class NewJob:
     """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
 
 
+Position = tuple[dt.datetime, str]
+"""Where a page of a list ended: the ``(created_at, id)`` of its last row (keyset pagination)."""
+
+
 @dataclass(frozen=True)
 class JobFilter:
     """Which jobs ``JobStore.find`` returns: every given field must match."""
 
     account_id: str | None = None
     mailbox_id: str | None = None
-    state: str | None = None
+    state: str | tuple[str, ...] | None = None
+    """One state, or several (any of them)."""
     reference: str | None = None
+    created_after: dt.datetime | None = None
+    """Created at or after this instant (included)."""
+    created_before: dt.datetime | None = None
+    """Created before this instant (excluded): consecutive ranges neither overlap nor miss."""
+
+
+def find_query(wanted: JobFilter, limit: int, after: Position | None = None) -> Select[Job]:
+    """The statement of ``JobStore.find``. With an account, PostgreSQL reads it in order
+    through ``ix_jobs_account_id_created_at_id`` and stops after ``limit`` rows; with a
+    reference, through ``ix_jobs_account_id_reference_created_at_id``; the jobs of a rare
+    state, through ``ix_jobs_account_id_state_created_at_id`` (figures: docs/api.md)."""
+    conditions = [
+        column == value
+        for column, value in (
+            (Job.account_id, wanted.account_id),
+            (Job.mailbox_id, wanted.mailbox_id),
+            (Job.reference, wanted.reference),
+        )
+        if value is not None
+    ]
+    if isinstance(wanted.state, str):
+        conditions.append(Job.state == wanted.state)
+    elif wanted.state is not None:
+        conditions.append(Job.state.in_(wanted.state))
+    if wanted.created_after is not None:
+        conditions.append(Job.created_at >= wanted.created_after)
+    if wanted.created_before is not None:
+        conditions.append(Job.created_at < wanted.created_before)
+    if after is not None:
+        conditions.append(tuple_(Job.created_at, Job.id) < tuple_(*after))
+    return (
+        select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    )
 
 
 class JobStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock = utcnow,
+        idempotency_window: dt.timedelta = dt.timedelta(hours=24),
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._idempotency_window = idempotency_window
+        """How long an ``Idempotency-Key`` answers its first job (``retention.idempotency_hours``):
+        a key older than that is forgotten, and its next use enqueues a new job."""
 
     async def enqueue(self, new: NewJob) -> tuple[Job, bool]:
         """Commit a job (and its content) and return ``(job, created)``.
 
-        With an idempotency key already used by the account, returns the first job and
-        ``created=False`` when the request is the same, and raises ``Conflict`` otherwise.
+        With an idempotency key already used by the account within the idempotency window,
+        returns the first job and ``created=False`` when the request is the same, and raises
+        ``Conflict`` otherwise. A key used before the window is forgotten (set to NULL on its
+        job) in the transaction that enqueues the new job.
         """
         if new.idempotency_key is not None:
             existing = await self._by_idempotency_key(new.account_id, new.idempotency_key)
@@ -98,11 +147,16 @@ class JobStore:
         )
         try:
             async with self._sessions.begin() as session:
+                if new.idempotency_key is not None:
+                    await session.execute(
+                        self._forget_expired_key(new.account_id, new.idempotency_key)
+                    )
                 session.add(job)
                 await session.flush()
                 session.add(JobContent(job_id=job_id, payload=new.payload))
                 session.add(job_event(self._clock(), job_id, "state", None, state, code="enqueued"))
                 announce(session, job, state, "enqueued", now)
+                await announce_in(session)  # wakes every worker process, on commit
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -132,8 +186,25 @@ class JobStore:
             )
         return existing
 
+    def _forget_expired_key(self, account_id: str, key: str) -> Update:
+        """Blank ``key`` on the account's job that used it before the window, if any."""
+        return (
+            update(Job)
+            .where(
+                Job.account_id == account_id,
+                Job.idempotency_key == key,
+                Job.created_at <= self._clock() - self._idempotency_window,
+            )
+            .values(idempotency_key=None)
+        )
+
     async def _by_idempotency_key(self, account_id: str, key: str) -> Job | None:
-        query = select(Job).where(Job.account_id == account_id, Job.idempotency_key == key)
+        """The account's job enqueued under ``key`` within the idempotency window."""
+        query = select(Job).where(
+            Job.account_id == account_id,
+            Job.idempotency_key == key,
+            Job.created_at > self._clock() - self._idempotency_window,
+        )
         async with self._sessions() as session:
             return (await session.scalars(query)).one_or_none()
 
@@ -150,21 +221,15 @@ class JobStore:
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 
-    async def find(self, wanted: JobFilter, limit: int = 50) -> list[Job]:
-        """At most ``limit`` jobs matching ``wanted``, the most recently created first."""
-        conditions = [
-            column == value
-            for column, value in (
-                (Job.account_id, wanted.account_id),
-                (Job.mailbox_id, wanted.mailbox_id),
-                (Job.state, wanted.state),
-                (Job.reference, wanted.reference),
-            )
-            if value is not None
-        ]
-        query = select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    async def find(
+        self, wanted: JobFilter, limit: int = 50, after: Position | None = None
+    ) -> list[Job]:
+        """At most ``limit`` jobs matching ``wanted``, the most recently created first (ties:
+        the greater id first), starting after ``after`` (the last row of the previous page).
+
+        Keyset pagination, never an offset: rows added meanwhile shift no page."""
         async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
+            return list((await session.scalars(find_query(wanted, limit, after))).all())
 
     async def held_counts(self, account_id: str) -> dict[str, int]:
         """How many ``held`` jobs each mailbox of ``account_id`` has (a mailbox with none is
@@ -328,4 +393,4 @@ class JobStore:
         return job, True
 
 
-__all__ = ["JobFilter", "JobStore", "NewJob"]
+__all__ = ["JobFilter", "JobStore", "NewJob", "Position", "find_query"]

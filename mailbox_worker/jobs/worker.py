@@ -13,7 +13,9 @@ free slots (``concurrency``); the claim keeps each mailbox within its limits acr
 worker (docs/architecture.md#mailbox-limits), and a 429 pauses the mailbox for all of them.
 On stop, it claims nothing more, hands back at once the jobs it claimed but has not started,
 lets started jobs finish (and pending outcomes be written) within the grace period, and
-returns.
+returns. Between passes an idle worker sleeps until the next queued job is due, at most
+``poll_interval``, unless woken: by an enqueue in this process (``wake``), or in any process
+on PostgreSQL through ``jobs/wakeups.py``; jobs it hands back or recovers it announces there.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +56,7 @@ from mailbox_worker.jobs.progress import JobProgress, LeaseLost, recorded_draft
 from mailbox_worker.jobs.queue import ClaimedJob, JobQueue, Lease
 from mailbox_worker.jobs.retry import retry_delay
 from mailbox_worker.jobs.transitions import Outcome
+from mailbox_worker.jobs.wakeups import idle_seconds
 from mailbox_worker.periodic import report_loop_error, wait_seconds
 from mailbox_worker.providers.base import DeliveryReceipt, MailProvider, OutgoingMessage
 from mailbox_worker.states import JobState, MailboxState
@@ -129,8 +132,16 @@ class Worker:
         telemetry: Telemetry,
         name: str | None = None,
         clock: Clock = utcnow,
+        *,
+        next_due: Callable[[], Awaitable[dt.datetime | None]] | None = None,
+        announce: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``next_due`` answers when the soonest queued job not due yet becomes due (an idle
+        worker sleeps until then, at most ``poll_interval``); ``announce`` tells the other
+        worker processes that jobs became due (jobs/wakeups.py)."""
         self._queue = queue
+        self._next_due = next_due
+        self._announce = announce
         self._mailboxes = mailboxes
         self._tokens = tokens
         self._providers = providers
@@ -159,6 +170,9 @@ class Worker:
         failures = 0
         try:
             while not stop.is_set():
+                # Cleared before the pass, not before the sleep: a wake-up that comes while
+                # the pass runs cuts the sleep after it short instead of being lost.
+                self._wakeup.clear()
                 try:
                     claimed = await self.run_once()
                 except Exception as error:
@@ -172,7 +186,8 @@ class Worker:
                 self._telemetry.loop_succeeded("worker")
                 self._outcomes.database_answered()
                 if not claimed:
-                    await self._sleep(stop)  # else there may be more due work: claim again
+                    # Else there may be more due work: claim again.
+                    await self._sleep(stop, await self._idle_seconds())
         finally:
             await self._drain()
             renewer.cancel()
@@ -203,8 +218,8 @@ class Worker:
                 )
 
     async def _sleep(self, stop: asyncio.Event, seconds: float | None = None) -> None:
-        """Wait ``seconds`` (the poll interval when None), less if stopped or woken."""
-        self._wakeup.clear()
+        """Wait ``seconds`` (the poll interval when None), less if stopped or woken (since the
+        pass before it began)."""
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
         timeout = self._settings.poll_interval if seconds is None else seconds
         try:
@@ -212,6 +227,29 @@ class Worker:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+    async def _idle_seconds(self) -> float:
+        """Until the next queued job is due, at most the poll interval (which covers what no
+        wake-up announces: a pause ending, a slot freed by another process)."""
+        poll = self._settings.poll_interval
+        if self._next_due is None:
+            return poll
+        try:
+            due = await self._next_due()
+        except Exception as error:  # the next pass meets the outage, if it is one
+            self._loop_failed("worker", error)
+            return poll
+        return idle_seconds(due, self._clock(), poll)
+
+    async def _announce_due(self) -> None:
+        """Tell the other worker processes about jobs this one made due (best effort: they
+        find them at their next poll otherwise)."""
+        if self._announce is None:
+            return
+        try:
+            await self._announce()
+        except Exception as error:
+            self._loop_failed("worker", error)
 
     async def _claim(self) -> int:
         free = self._settings.concurrency - len(self._in_flight)
@@ -276,6 +314,8 @@ class Worker:
             self._loop_failed("worker", error)
             return
         log.info("handed back %d claimed jobs that had not started", handed)
+        if handed:
+            await self._announce_due()
 
     async def _housekeeping(self) -> None:
         # Own leases first: a lease that expired while the database was slow or away must not
@@ -286,6 +326,8 @@ class Worker:
         self._telemetry.leases_recovered("requeued", requeued)
         self._telemetry.leases_recovered("unknown", unknown)
         expired = await self._queue.fail_past_deadline()
+        if requeued:
+            await self._announce_due()
         if requeued or unknown or expired:
             log.warning(
                 "recovered jobs: %d requeued, %d unknown (worker lost in flight), %d past deadline",

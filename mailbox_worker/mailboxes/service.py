@@ -515,8 +515,23 @@ class MailboxService:
         """The caller's mailbox; ``NotFound`` for another account's or an unknown one."""
         return MailboxView.of(await self._owned(principal, mailbox_id))
 
-    async def list(self, principal: Principal) -> list[MailboxView]:
-        return [MailboxView.of(m) for m in await self._mailboxes.list(principal.account_id)]
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        limit: int | None = None,
+        after: tuple[dt.datetime, str] | None = None,
+        include_disconnected: bool = True,
+    ) -> list[MailboxView]:
+        """The caller's mailboxes, oldest first: at most ``limit`` (None: all), after the
+        ``(created_at, id)`` of the previous page's last one."""
+        mailboxes = await self._mailboxes.list(
+            principal.account_id,
+            limit=limit,
+            after=after,
+            include_disconnected=include_disconnected,
+        )
+        return [MailboxView.of(mailbox) for mailbox in mailboxes]
 
     async def held_job_counts(self, principal: Principal) -> Mapping[str, int]:
         """How many jobs wait ``held`` for each of the caller's mailboxes (absent: none)."""

@@ -53,6 +53,9 @@ def configure(daemon: Daemon, plan: SoakPlan, database_url: str) -> None:
     daemon.environment.update(
         {
             "MAILBOX_WORKER_DATABASE__URL": database_url,
+            # A load generator, not an invoicing app: one key enqueues and polls as fast as
+            # it can. The API's rate limits are tested in test_api_rate_limits.py.
+            "MAILBOX_WORKER_API__RATE_LIMIT_PER_SECOND": "0",
             "MAILBOX_WORKER_WORKER__CONCURRENCY": str(plan.concurrency),
             "MAILBOX_WORKER_WORKER__PER_MAILBOX_CONCURRENCY": str(plan.per_mailbox_concurrency),
             "MAILBOX_WORKER_WORKER__LEASE_SECONDS": str(plan.lease_seconds),

@@ -81,6 +81,9 @@ async def test_two_daemons_hold_a_mailboxs_limits_and_a_429_pauses_only_its_mail
     daemon.environment.update(
         {
             "MAILBOX_WORKER_DATABASE__URL": postgres_url,
+            # A load generator, not an invoicing app: one key enqueues and polls as fast as
+            # it can. The API's rate limits are tested in test_api_rate_limits.py.
+            "MAILBOX_WORKER_API__RATE_LIMIT_PER_SECOND": "0",
             "MAILBOX_WORKER_LOGGING__LEVEL": "INFO",
             # Each process could run 8 at once: only the shared claim keeps a mailbox at 4.
             "MAILBOX_WORKER_WORKER__CONCURRENCY": "8",

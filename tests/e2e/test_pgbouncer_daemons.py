@@ -94,6 +94,9 @@ async def test_two_daemons_through_pgbouncer_send_each_invoice_once(
     daemon.environment.update(
         {
             "MAILBOX_WORKER_DATABASE__URL": through(postgres_url, pgbouncer),
+            # A load generator, not an invoicing app: one key enqueues and polls as fast as
+            # it can. The API's rate limits are tested in test_api_rate_limits.py.
+            "MAILBOX_WORKER_API__RATE_LIMIT_PER_SECOND": "0",
             "MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true",
             "MAILBOX_WORKER_WORKER__CONCURRENCY": str(CONCURRENCY),
             # Two per mailbox in each process: together within Graph's 4, so no throttling.

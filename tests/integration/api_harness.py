@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from mailbox_worker.config import (
     DatabaseSettings,
     KeySettings,
     MicrosoftSettings,
+    RateLimitSettings,
     ServerSettings,
     Settings,
 )
@@ -223,9 +225,26 @@ class RecordingConnector:
         self.calls.append(("get", (mailbox_id,)))
         return self._find(principal, mailbox_id)
 
-    async def list(self, principal: Principal) -> list[MailboxView]:
-        self.calls.append(("list", ()))
-        return [m for a, m in self.mailboxes.values() if a == principal.account_id]
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        limit: int | None = None,
+        after: tuple[dt.datetime, str] | None = None,
+        include_disconnected: bool = True,
+    ) -> list[MailboxView]:
+        self.calls.append(("list", (limit, after, include_disconnected)))
+        listed = sorted(
+            (m for a, m in self.mailboxes.values() if a == principal.account_id),
+            key=lambda mailbox: (mailbox.created_at, mailbox.id),
+        )
+        listed = [
+            mailbox
+            for mailbox in listed
+            if (include_disconnected or mailbox.state != MailboxState.DISCONNECTED)
+            and (after is None or (mailbox.created_at, mailbox.id) > after)
+        ]
+        return listed if limit is None else listed[:limit]
 
     async def held_job_counts(self, principal: Principal) -> Mapping[str, int]:
         self.calls.append(("held_job_counts", ()))
@@ -268,6 +287,11 @@ class Answer:
     @property
     def error_code(self) -> str:
         return str(self.json()["error"]["code"])
+
+    @property
+    def body_but_request_id(self) -> bytes:
+        """The body with its request id blanked: each answer has one of its own."""
+        return re.sub(rb'"request_id": "[^"]*"', b'"request_id": ""', self.body)
 
 
 @dataclass
@@ -338,11 +362,12 @@ async def running_api(
     ready: Callable[[], Any] | None = None,
     limits: ServerLimits | None = None,
     body_timeout: float = 60.0,
+    rate_limits: RateLimitSettings | None = None,
 ) -> AsyncIterator[RunningApi]:
     """The API on a real socket over a fresh, migrated SQLite database.
 
     ``connector`` may replace the real mailbox service (it receives it, to wrap or ignore);
-    ``ready`` may replace the readiness checks.
+    ``ready`` may replace the readiness checks; ``rate_limits`` the ``[api]`` defaults.
     """
     settings = Settings(
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/t.db"),
@@ -350,6 +375,7 @@ async def running_api(
             public_url=PUBLIC_URL, max_request_bytes=MAX_REQUEST_BYTES, body_timeout=body_timeout
         ),
         keys=KeySettings(source="file", file=str(tmp_path / "keys.json"), create_if_missing=True),
+        api=rate_limits or RateLimitSettings(),
     )
     identity = FakeMicrosoftIdentity()
     clock = ShiftedClock()

@@ -31,6 +31,7 @@ DOCUMENT = json.loads(read_document())
 # Every operation that needs an API key, with the permission it needs.
 PROTECTED = [
     ("POST", "/v1/jobs", "jobs:write"),
+    ("GET", "/v1/jobs", "jobs:read"),
     ("GET", "/v1/jobs/job_1", "jobs:read"),
     ("POST", "/v1/jobs/job_1/cancel", "jobs:write"),
     ("POST", "/v1/jobs/job_1/resolve", "jobs:write"),
@@ -246,7 +247,7 @@ async def test_a_wrong_method_is_not_allowed_and_says_what_is(api: RunningApi) -
 class CrashingConnector(RecordingConnector):
     password = "hunter" + "2"  # so that the source line a traceback shows does not hold it
 
-    async def list(self, principal: Principal) -> list[MailboxView]:
+    async def list(self, principal: Principal, **page: Any) -> list[MailboxView]:
         raise RuntimeError(f"connection to db failed: password={self.password}")
 
 

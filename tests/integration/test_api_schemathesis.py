@@ -27,10 +27,15 @@ from typing import Any
 import schemathesis
 from hypothesis import strategies as st
 from schemathesis.engine import Status, StopReason, events, from_schema
+from schemathesis.generation import GenerationMode
 
 from mailbox_worker.api.document import is_date_time
+from mailbox_worker.api.pagination import encode_cursor
+from mailbox_worker.api.rate_limits import RateLimitSettings
 from mailbox_worker.policy.addresses import is_email_address
 from tests.integration.api_harness import MAILBOX_ADDRESS, running_api
+
+ApiCase = schemathesis.Case[Any]
 
 SEED = 20240501
 MAX_EXAMPLES = 25
@@ -97,6 +102,10 @@ def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str)
             return body
         return aim_at_mailbox(body, mailbox_id, address)
 
+    @schema.hook
+    def map_case(context: schemathesis.HookContext, case: ApiCase) -> ApiCase:
+        return sparing_the_mailbox(with_a_cursor_the_list_gives(case), mailbox_id)
+
     report = Report()
     for event in from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
@@ -116,6 +125,32 @@ def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str)
         elif isinstance(event, events.EngineFinished):
             report.stop_reason = event.stop_reason
     return report
+
+
+LISTS = {"/v1/jobs": "jobs", "/v1/mailboxes": "mailboxes"}
+
+
+def with_a_cursor_the_list_gives(case: ApiCase) -> ApiCase:
+    """A cursor is opaque: the document can say its form, not which values a list gives.
+    A schema-valid but made-up one is refused ``400 invalid_cursor`` (test_api_lists.py),
+    so in a positive case it becomes one the list could have given (a position in it)."""
+    kind = LISTS.get(case.operation.path) if case.method.upper() == "GET" else None
+    positive = case.meta is None or case.meta.generation.mode == GenerationMode.POSITIVE
+    if kind is None or not positive or not case.query or "cursor" not in case.query:
+        return case
+    position = (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), f"{kind[:3]}_{case.query['cursor']}"[:40])
+    case.query = {**case.query, "cursor": encode_cursor(kind, position)}
+    return case
+
+
+def sparing_the_mailbox(case: ApiCase, mailbox_id: str) -> ApiCase:
+    """The engine learns identifiers from answers (the lists show the connected mailbox) and
+    reuses them: a disconnect of the mailbox jobs are aimed at would leave every later job
+    refused ``409``, so that one disconnect goes to an unknown mailbox instead."""
+    parameters = case.path_parameters or {}
+    if case.method.upper() == "DELETE" and parameters.get("mailbox_id") == mailbox_id:
+        case.path_parameters = {**parameters, "mailbox_id": "mbx_spared"}
+    return case
 
 
 def aim_at_mailbox(body: Any, mailbox_id: str, address: str) -> Any:
@@ -161,7 +196,10 @@ def _between_now_and_deadline(send_at: Any, deadline: Any) -> bool:
 
 
 async def test_the_served_api_conforms_to_its_document(tmp_path: Path) -> None:
-    async with running_api(tmp_path) as api:
+    # The engine sends hundreds of requests, invalid keys among them, from one address: the
+    # rate limits (test_api_rate_limits.py) would soon answer them all 429.
+    unlimited = RateLimitSettings(rate_limit_per_second=0, failed_auth_limit=0)
+    async with running_api(tmp_path, rate_limits=unlimited) as api:
         account_id, key = await api.account_with_key()
         mailbox = await api.connected_mailbox(account_id)
 

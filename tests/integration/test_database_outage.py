@@ -25,6 +25,7 @@ from mailbox_worker.app import App
 from mailbox_worker.config import DatabaseSettings, KeySettings, Settings
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.errors import DatabaseUnavailable
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 from mailbox_worker.jobs.worker import Worker
@@ -307,3 +308,46 @@ async def test_an_outcome_the_database_could_not_take_is_written_when_it_returns
         stop.set()
         await running
         await engine.dispose()
+
+
+async def test_starting_waits_for_a_database_that_comes_up_later(
+    relay: tuple[Relay, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``serve`` migrates with a wait: a daemon restarted while its database is away (seen in
+    the chaos soak: a kill and a database restart at once) waits instead of dying."""
+    proxy, url = relay
+    await proxy.cut()
+    settings = Settings(
+        database=DatabaseSettings(url=url),
+        keys=KeySettings(source="file", file=str(tmp_path / "keys.json"), create_if_missing=True),
+    )
+    app = App.build(settings, providers={"microsoft": IdleProvider()})
+    try:
+        starting = asyncio.create_task(app.migrate(wait=60))
+        async with asyncio.timeout(15):
+            while "database not reachable yet" not in caplog.text:
+                await asyncio.sleep(0.02)
+        assert not starting.done()
+        await proxy.start()
+        async with asyncio.timeout(30):
+            await starting
+        assert (await app.readiness())["migrations"] is True
+    finally:
+        await app.close()
+
+
+async def test_starting_gives_up_on_a_database_that_stays_away(
+    relay: tuple[Relay, str], tmp_path: Path
+) -> None:
+    proxy, url = relay
+    await proxy.cut()
+    settings = Settings(
+        database=DatabaseSettings(url=url),
+        keys=KeySettings(source="file", file=str(tmp_path / "keys.json"), create_if_missing=True),
+    )
+    app = App.build(settings, providers={"microsoft": IdleProvider()})
+    try:
+        with pytest.raises(DatabaseUnavailable, match="within 1 seconds"):
+            await app.migrate(wait=1)
+    finally:
+        await app.close()

@@ -205,7 +205,7 @@ async def test_a_request_aiohttp_cannot_parse_is_answered_json_quoting_nothing(
             answer = parse(await read_to_end(reader))
     assert (answer.status, answer.error_code) == (status, code)
     assert answer.headers["content-type"].startswith("application/json")
-    assert set(answer.json()["error"]) == {"code", "message"}
+    assert set(answer.json()["error"]) == {"code", "message", "request_id"}
     for quoted in (SECRET_CODE, SECRET_HEADER, "oauth", "xxxx", "yyyy"):
         assert quoted.encode() not in answer.body
     for secret in (SECRET_CODE, SECRET_HEADER):

@@ -55,6 +55,14 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
         ({"MAILBOX_WORKER_RETENTION__BATCH_SIZE": "0"}, "retention.batch_size"),
         ({"MAILBOX_WORKER_RETENTION__INTERVAL": "0"}, "retention.interval"),
         ({"MAILBOX_WORKER_RETENTION__PAUSE": "-1"}, "retention.pause"),
+        ({"MAILBOX_WORKER_RETENTION__IDEMPOTENCY_HOURS": "0"}, "retention.idempotency_hours"),
+        (
+            {
+                "MAILBOX_WORKER_RETENTION__EVENTS_DAYS": "1",
+                "MAILBOX_WORKER_RETENTION__IDEMPOTENCY_HOURS": "25",
+            },
+            "retention.idempotency_hours",
+        ),
         ({"MAILBOX_WORKER_MICROSOFT__AUTHORITY": "http://login"}, "microsoft.authority"),
         (
             {"MAILBOX_WORKER_MICROSOFT__EXTRA_SCOPES": "https://graph.microsoft.com/Mail.Read"},
@@ -129,3 +137,12 @@ def test_retention_defaults_to_90_days_of_traces_and_7_days_of_content() -> None
     retention = load_settings(environ={"MAILBOX_WORKER_RETENTION__EVENTS_DAYS": "30"}).retention
     assert (retention.events_days, retention.content_days) == (30, 7)
     assert Settings().retention.events_days == 90
+
+
+def test_idempotency_keys_are_kept_24_hours_by_default_and_up_to_the_traces_period() -> None:
+    assert Settings().retention.idempotency_hours == 24
+    environ = {
+        "MAILBOX_WORKER_RETENTION__EVENTS_DAYS": "2",
+        "MAILBOX_WORKER_RETENTION__IDEMPOTENCY_HOURS": "48",
+    }
+    assert load_settings(environ=environ).retention.idempotency_hours == 48

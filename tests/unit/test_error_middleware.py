@@ -3,15 +3,18 @@ connection was reset is not a client that hung up."""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import cast
 from unittest.mock import Mock
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from mailbox_worker.api.errors import CLIENT_CLOSED_REQUEST, error_middleware
+from mailbox_worker.api.errors import CLIENT_CLOSED_REQUEST, error_middleware, error_response
 from mailbox_worker.db.outage import is_database_unavailable
+from mailbox_worker.logs import REQUEST_ID
 
 
 def request_over(closing: bool) -> web.Request:
@@ -50,3 +53,19 @@ async def test_another_reset_while_the_client_waits_is_a_logged_500(
     response = await middleware(request_over(closing=False), reset)
     assert response.status == 500
     assert [record.levelno for record in caplog.records] == [logging.ERROR]
+
+
+def test_an_error_answer_made_during_a_request_names_that_request_s_id() -> None:
+    """A middleware inside the request id's (rate limiting, say) may call ``error_response``
+    without the id: header and body still agree with the request's."""
+    token = REQUEST_ID.set("req_inside")
+    try:
+        inside = error_response(429, "rate_limited", "slow down")
+    finally:
+        REQUEST_ID.reset(token)
+    outside = error_response(503, "too_many_connections", "later")
+    assert inside.headers["X-Request-Id"] == "req_inside"
+    assert json.loads(cast(bytes, inside.body))["error"]["request_id"] == "req_inside"
+    drawn = outside.headers["X-Request-Id"]
+    assert drawn.startswith("req_") and drawn != "req_inside"
+    assert json.loads(cast(bytes, outside.body))["error"]["request_id"] == drawn

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 import pytest
 from aiohttp.http_exceptions import LineTooLong
 
-from mailbox_worker.logs import DropRequestEcho, RedactSecrets, configure
+from mailbox_worker.logs import (
+    REQUEST_ID,
+    AddRequestId,
+    DropRequestEcho,
+    JsonLines,
+    RedactSecrets,
+    configure,
+)
 
 KEY = "mwk_9116fde02dd64a3d_wFpsh0OJsREB6HqMylryQ6zRtd0tw6-HLccCWPJKOu4"
 
@@ -102,3 +109,18 @@ def test_json_lines_are_one_object_a_record_with_its_context(
     assert first["time"].endswith("Z") and "traceback" not in first
     assert second["error"] == "ValueError" and second["loop"] == "worker"
     assert "ValueError: boom" in second["traceback"]
+
+
+def test_a_record_made_while_a_request_is_handled_names_its_request_id() -> None:
+    def line(request_id: str | None) -> dict[str, object]:
+        record = logging.LogRecord("mailbox_worker.api", logging.INFO, __file__, 1, "x", None, None)
+        token = REQUEST_ID.set(request_id)
+        try:
+            assert AddRequestId().filter(record)
+        finally:
+            REQUEST_ID.reset(token)
+        parsed: dict[str, object] = json.loads(JsonLines().format(record))
+        return parsed
+
+    assert line("req_0123")["request_id"] == "req_0123"
+    assert "request_id" not in line(None)  # a record outside any request

@@ -10,9 +10,10 @@ from typing import Any, cast
 import pytest
 import schemathesis
 from jsonschema import Draft202012Validator
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from schemathesis.core.result import Ok
 
-from mailbox_worker.api import admin_page
+from mailbox_worker.api import admin_page, request_id
 from mailbox_worker.api.admin_session import AdminSessions
 from mailbox_worker.api.app import create_app
 from mailbox_worker.api.document import (
@@ -134,7 +135,7 @@ def test_the_document_and_the_router_list_the_same_operations() -> None:
 def test_every_client_error_is_documented_with_the_error_schema() -> None:
     for method, path, operation in operations():
         for status, response in operation["responses"].items():
-            if not 400 <= int(status) < 500:
+            if not status.isdigit() or not 400 <= int(status) < 500:
                 continue
             content = resolve(response).get("content", {})
             if "application/json" in content:
@@ -156,10 +157,118 @@ def test_each_operation_documents_the_failures_it_can_answer() -> None:
             assert "WWW-Authenticate" in unauthenticated["headers"]
 
 
-def test_every_object_schema_refuses_unknown_properties() -> None:
-    for node in walk(SCHEMAS):
-        if isinstance(node, dict) and "properties" in node:
-            assert node.get("additionalProperties") is False, sorted(node["properties"])
+RESPONSE_COMPONENTS = {
+    "400": "BadRequest",
+    "401": "Unauthorized",
+    "403": "Forbidden",
+    "404": "NotFound",
+    "405": "MethodNotAllowed",
+    "409": "Conflict",
+    "413": "PayloadTooLarge",
+    "429": "TooManyRequests",
+    "500": "ServerError",
+    "503": "ServiceUnavailable",
+}
+
+
+def test_every_operation_declares_405_and_server_errors() -> None:
+    for method, path, operation in operations():
+        responses = operation["responses"]
+        assert responses["405"] == {"$ref": "#/components/responses/MethodNotAllowed"}, path
+        assert responses["500"] == {"$ref": "#/components/responses/ServerError"}, path
+        assert "503" in responses, (method, path)
+        if path.startswith("/v1/"):
+            assert responses["429"] == {"$ref": "#/components/responses/TooManyRequests"}, path
+
+
+def test_the_reusable_answers_are_named_by_their_status() -> None:
+    responses = CONTENT["components"]["responses"]
+    assert set(RESPONSE_COMPONENTS.values()) <= set(responses)
+    for method, path, operation in operations():
+        for status, response in operation["responses"].items():
+            name = RESPONSE_COMPONENTS.get(status)
+            reference = response.get("$ref", "")
+            if name is not None and reference.startswith("#/components/responses/"):
+                # the admin forms answer their page instead of JSON
+                assert reference.endswith((f"/{name}", "/AdminPage", "/AdminNotFound")), (
+                    method,
+                    path,
+                    status,
+                )
+    for name in ("TooManyRequests", "ServiceUnavailable"):
+        assert "Retry-After" in responses[name]["headers"]
+    assert "Allow" in responses["MethodNotAllowed"]["headers"]
+
+
+def test_every_answer_declares_the_request_id_header() -> None:
+    for method, path, operation in operations():
+        for status, response in operation["responses"].items():
+            headers = resolve(response).get("headers", {})
+            assert headers.get("X-Request-Id") == {"$ref": "#/components/headers/RequestId"}, (
+                method,
+                path,
+                status,
+            )
+
+
+def test_the_request_id_pattern_is_the_one_the_server_keeps() -> None:
+    pattern = CONTENT["components"]["headers"]["RequestId"]["schema"]["pattern"]
+    assert pattern == f"^{request_id.WELL_FORMED.pattern}$"
+
+
+def referenced_schemas(node: Any) -> set[str]:
+    """The component schemas ``node`` uses, directly or through other schemas."""
+    found: set[str] = set()
+    pending = [node]
+    while pending:
+        for inner in walk(pending.pop()):
+            if isinstance(inner, dict) and "$ref" in inner:
+                name = inner["$ref"].removeprefix("#/components/schemas/")
+                if name in SCHEMAS and name not in found:
+                    found.add(name)
+                    pending.append(SCHEMAS[name])
+    return found
+
+
+def request_schemas() -> set[str]:
+    return referenced_schemas(
+        [operation.get("requestBody", {}) for _, _, operation in operations()]
+    )
+
+
+def response_schemas() -> set[str]:
+    return referenced_schemas(
+        [
+            [resolve(response) for response in operation["responses"].values()]
+            for _, _, operation in operations()
+        ]
+    )
+
+
+def test_every_request_schema_refuses_unknown_properties() -> None:
+    assert {"JobRequest", "Message", "MailboxChange"} <= request_schemas()
+    for name in request_schemas():
+        for node in walk(SCHEMAS[name]):
+            if isinstance(node, dict) and "properties" in node:
+                assert node.get("additionalProperties") is False, (name, sorted(node["properties"]))
+
+
+def test_response_schemas_allow_new_properties() -> None:
+    answers = response_schemas()
+    assert {"Job", "JobWithEvents", "Mailbox", "Error"} <= answers
+    shared = {name for name in answers & request_schemas() if "properties" in SCHEMAS[name]}
+    assert shared == set()  # an object schema used both ways is split in two
+    for name in answers:
+        for node in walk(SCHEMAS[name]):
+            if isinstance(node, dict):
+                assert node.get("additionalProperties") is not False, name
+
+
+def test_a_job_with_events_is_a_job_whose_events_are_required() -> None:
+    job, events = SCHEMAS["JobWithEvents"]["allOf"]
+    assert job == {"$ref": "#/components/schemas/Job"}
+    assert events["required"] == ["events"] and "events" in events["properties"]
+    assert "events" not in SCHEMAS["Job"]["properties"]  # a plain job never names them
 
 
 @pytest.mark.parametrize(
@@ -211,7 +320,7 @@ def test_a_job_is_represented_as_the_document_says() -> None:
         finished_at=NOW,
         deadline=None,
         priority=0,
-        last_error_code="recipient_rejected",
+        last_error_code="invalid_recipients",
         last_error_message="the provider refused a recipient",
         provider_message_id=None,
         provider_draft_id=None,
@@ -224,7 +333,7 @@ def test_a_job_is_represented_as_the_document_says() -> None:
         kind="attempt",
         from_state="running",
         to_state="failed",
-        code="recipient_rejected",
+        code="invalid_recipients",
         detail="free text that stays internal",
         provider_status=400,
         worker="host-1",
@@ -236,7 +345,7 @@ def test_a_job_is_represented_as_the_document_says() -> None:
     DOCUMENT.validate(schema_pointer("Job"), job_json(JobView.of(job)))
     assert represented["created_at"] == "2024-05-01T12:00:00.000Z"
     assert represented["last_error"] == {
-        "code": "recipient_rejected",
+        "code": "invalid_recipients",
         "message": "the provider refused a recipient",
     }
     assert "detail" not in represented["events"][0] and "worker" not in represented["events"][0]
@@ -328,3 +437,9 @@ def test_a_failure_names_fields_and_never_values() -> None:
     assert failure.code == "invalid_request"
     assert {detail["field"] for detail in failure.details} == {"provider", "secret-field"}
     assert "secret-provider" not in str(failure.details) + failure.message
+
+
+def test_the_document_passes_openapi_spec_validator() -> None:
+    # A second, independent validator (the one code generators' users run), besides
+    # schemathesis' meta-schema above.
+    validate(CONTENT, cls=OpenAPIV31SpecValidator)

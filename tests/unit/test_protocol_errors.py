@@ -8,9 +8,9 @@ import pytest
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, InvalidHeader, LineTooLong
 
 from mailbox_worker.api.protocol_errors import (
-    HEAD_TIMEOUT_ANSWER,
-    TOO_MANY_CONNECTIONS_ANSWER,
     classify,
+    head_timeout_answer,
+    too_many_connections_answer,
 )
 from mailbox_worker.api.server import ConnectionCount
 
@@ -39,8 +39,8 @@ def test_a_parser_error_has_a_stable_code_and_a_message_quoting_nothing(
 @pytest.mark.parametrize(
     ("answer", "status", "code"),
     [
-        (HEAD_TIMEOUT_ANSWER, 408, "request_timeout"),
-        (TOO_MANY_CONNECTIONS_ANSWER, 503, "too_many_connections"),
+        (head_timeout_answer(), 408, "request_timeout"),
+        (too_many_connections_answer(), 503, "too_many_connections"),
     ],
 )
 def test_the_raw_answers_are_complete_closing_json_answers(
@@ -51,7 +51,18 @@ def test_the_raw_answers_are_complete_closing_json_answers(
     assert lines[0].startswith(f"HTTP/1.1 {status} ")
     assert "Connection: close" in lines
     assert f"Content-Length: {len(body)}" in lines
-    assert json.loads(body)["error"]["code"] == code
+    error = json.loads(body)["error"]
+    assert error["code"] == code
+    assert f"X-Request-Id: {error['request_id']}" in lines  # the same id, header and body
+
+
+def test_each_raw_answer_names_a_request_id_of_its_own() -> None:
+    first, second = head_timeout_answer(), head_timeout_answer()
+    ids = {
+        json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["request_id"]
+        for answer in (first, second)
+    }
+    assert len(ids) == 2
 
 
 def test_the_connection_count_refuses_at_its_limit_and_admits_again_below(

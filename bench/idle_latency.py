@@ -1,0 +1,254 @@
+"""Idle latency: from the POST /v1/jobs of one invoice to the provider receiving it, p50/p99.
+
+The daemon runs as real ``mailbox-worker serve`` processes against the sandbox, which runs in
+this process: the receipt time is taken when the sandbox stores the sent message, on the same
+clock as the POST. Jobs go one at a time, each after the previous one was received and the
+daemon had a moment to settle it, so each meets an idle daemon. Prints figures; never passes
+or fails on time.
+
+    .venv/bin/python bench/idle_latency.py [--jobs 200] [--layouts all,split]
+        [--source /work/main]
+
+Layouts: ``all`` is one ``serve`` process (the intake wakes its worker in-process); ``split``
+(PostgreSQL only) is a ``serve --role api`` process and a ``serve --role worker`` process,
+which only a wake-up across processes (LISTEN/NOTIFY) or the poll brings together;
+``split-poll`` is the same with the worker polling only (``worker.poll_interval``, 1 s by
+default), as behind a transaction pooler. PostgreSQL
+runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and
+dropped). ``--source`` runs the daemon from another checkout (e.g. before a change; ``split``
+needs ``serve --role``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from mailbox_worker.demo import play_admin_consent
+from mailbox_worker.sandbox import Sandbox
+from mailbox_worker.sandbox.microsoft.state import StoredMessage
+
+ADDRESS = "billing@contoso.example"
+SETTLE = 0.05
+"""Seconds left after each receipt, for the daemon to record the outcome before the next POST."""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def environment(url: str, sandbox: Sandbox, folder: Path, source: Path | None) -> dict[str, str]:
+    values = {key: value for key, value in os.environ.items() if not key.startswith("MAILBOX_")}
+    values.update(
+        {
+            "MAILBOX_WORKER_DATABASE__URL": url,
+            "MAILBOX_WORKER_KEYS__SOURCE": "file",
+            "MAILBOX_WORKER_KEYS__FILE": str(folder / "keys.json"),
+            "MAILBOX_WORKER_KEYS__CREATE_IF_MISSING": "true",
+            "MAILBOX_WORKER_MICROSOFT__CLIENT_ID": "sandbox-client",
+            "MAILBOX_WORKER_MICROSOFT__CLIENT_SECRET": "sandbox-secret",
+            "MAILBOX_WORKER_MICROSOFT__AUTHORITY": sandbox.authority_url(),
+            "MAILBOX_WORKER_MICROSOFT__GRAPH_URL": sandbox.graph_url,
+            "MAILBOX_WORKER_MICROSOFT__CA_FILE": str(sandbox.ca_path),
+            "MAILBOX_WORKER_WORKER__MICROSOFT_RATE_PER_MINUTE": "0",
+            "MAILBOX_WORKER_LOGGING__LEVEL": "WARNING",
+        }
+    )
+    if source is not None:
+        values["PYTHONPATH"] = str(source)
+    return values
+
+
+def cli(values: dict[str, str], *arguments: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "mailbox_worker.cli", *arguments],
+        env=values,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return done.stdout.decode().strip()
+
+
+@asynccontextmanager
+async def serving(
+    values: dict[str, str], port: int, log: Path, *arguments: str, **extra: str
+) -> AsyncIterator[str]:
+    """A ``serve`` process on ``port`` (``extra``: more environment), ready; its base URL.
+    SIGTERM at the end."""
+    own = {
+        **values,
+        **extra,
+        "MAILBOX_WORKER_SERVER__PORT": str(port),
+        "MAILBOX_WORKER_SERVER__PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    with log.open("ab") as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mailbox_worker.cli",
+            "serve",
+            *arguments,
+            env=own,
+            stdout=output,
+            stderr=output,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(120):
+            while True:
+                try:
+                    async with http.get(f"{base}/readyz") as answer:
+                        if answer.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                if process.returncode is not None:
+                    tail = (await asyncio.to_thread(log.read_text))[-2000:]
+                    raise RuntimeError(f"serve ended: {tail}")
+                await asyncio.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 60)
+
+
+async def measure(url: str, layout: str, jobs: int, source: Path | None) -> list[float]:
+    """Seconds from each POST to the sandbox storing the message."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        async with Sandbox(folder / "sandbox") as sandbox:
+            received = asyncio.Event()
+            store = sandbox.state.store_message
+
+            def record(message: StoredMessage) -> None:
+                store(message)
+                received.set()
+
+            sandbox.state.store_message = record  # type: ignore[method-assign]
+            values = environment(url, sandbox, folder, source)
+            account = cli(values, "accounts", "create", "Bench Ltd")
+            api_key = cli(values, "keys", "create", "--account", account)
+            api_port = free_port()
+            split = layout.startswith("split")
+            api_role = ("--role", "api") if split else ()
+            # The transaction-pooler setting is what turns the listener off (and statement
+            # caching with it): the worker then only polls, as behind PgBouncer.
+            poll_only = {"MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true"}
+            log = folder / "daemon.log"
+            async with serving(values, api_port, log, *api_role) as base:
+                if split:
+                    extra = poll_only if layout == "split-poll" else {}
+                    async with serving(values, free_port(), log, "--role", "worker", **extra):
+                        return await post_one_by_one(base, api_key, sandbox, received, jobs)
+                return await post_one_by_one(base, api_key, sandbox, received, jobs)
+
+
+async def post_one_by_one(
+    base: str, api_key: str, sandbox: Sandbox, received: asyncio.Event, jobs: int
+) -> list[float]:
+    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with aiohttp.ClientSession(headers=headers) as http, aiohttp.ClientSession() as plain:
+        async with http.post(
+            f"{base}/v1/mailboxes",
+            json={"provider": "microsoft", "capabilities": ["send"], "login_hint": ADDRESS},
+        ) as answer:
+            created = await answer.json()
+        await play_admin_consent(plain, created["authorization_url"], ADDRESS, context)
+        body: dict[str, Any] = {
+            "mailbox_id": created["mailbox"]["id"],
+            "mode": "send",
+            "message": {
+                "to": [{"address": "ap@fabrikam.example"}],
+                "subject": "Invoice",
+                "text": "Attached.",
+                "attachments": [
+                    {
+                        "filename": "i.pdf",
+                        "content_type": "application/pdf",
+                        "content_base64": base64.b64encode(b"%PDF-1.4 " + b"x" * 2000).decode(),
+                    }
+                ],
+            },
+        }
+        latencies = []
+        for number in range(jobs + 5):  # the first five warm the daemon up
+            received.clear()
+            started = time.perf_counter()
+            async with http.post(f"{base}/v1/jobs", json=body) as answer:
+                if answer.status != 202:
+                    raise RuntimeError(f"enqueue answered {answer.status}: {await answer.text()}")
+            async with asyncio.timeout(30):
+                await received.wait()
+            if number >= 5:
+                latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(SETTLE)
+        return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def report(database: str, layout: str, latencies: list[float]) -> None:
+    print(
+        f"{database:10} {layout:6} jobs {len(latencies):4}  "
+        f"p50 {percentile(latencies, 0.5) * 1000:7.1f} ms  "
+        f"p99 {percentile(latencies, 0.99) * 1000:7.1f} ms  "
+        f"mean {statistics.fmean(latencies) * 1000:7.1f} ms"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--layouts", default="all,split")
+    parser.add_argument("--source", type=Path, default=None)
+    args = parser.parse_args()
+    layouts = args.layouts.split(",")
+    with tempfile.TemporaryDirectory() as scratch:
+        if "all" in layouts:
+            url = f"sqlite+aiosqlite:///{scratch}/bench.db"
+            report("sqlite", "all", await measure(url, "all", args.jobs, args.source))
+    postgres = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
+    if not postgres:
+        print("postgresql: skipped (set MAILBOX_WORKER_TEST_POSTGRES_URL)")
+        return
+    admin = make_url(postgres).set(drivername="postgresql").render_as_string(False)
+    for layout in layouts:
+        name = f"bench_idle_{uuid.uuid4().hex[:8]}"
+        connection = await asyncpg.connect(admin)
+        await connection.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = make_url(postgres).set(database=name).render_as_string(False)
+            report("postgresql", layout, await measure(url, layout, args.jobs, args.source))
+        finally:
+            await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await connection.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
