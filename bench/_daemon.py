@@ -230,11 +230,29 @@ class DaemonProcess:
     process: subprocess.Popen[bytes] | None = None
     api_key: str = ""
     mailbox_ids: list[str] = field(default_factory=list)
+    serve_arguments: list[str] = field(default_factory=list)
+    """More arguments of ``serve`` (``--workers 2``...)."""
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the daemon: its process and every worker process it started."""
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def peak_rss_mb(self) -> float:
+        """The sum of the peak RSS of its processes (each process's own peak)."""
+        return sum(peak_rss_mb(pid) for pid in self.pids())
+
+    def pids(self) -> list[int]:
+        """The ``serve`` process and its children (``serve --workers N``)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        found = [self.pid]
+        with contextlib.suppress(OSError):
+            found += [int(each) for each in children.read_text().split()]
+        return found
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(
@@ -246,7 +264,10 @@ class DaemonProcess:
         """Start the process (``start`` also waits until it is ready)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*CLI, "serve"], env=self.environment, stdout=log, stderr=log
+                [*CLI, "serve", *self.serve_arguments],
+                env=self.environment,
+                stdout=log,
+                stderr=log,
             )
 
     async def start(self) -> None:
@@ -298,6 +319,8 @@ def daemon_environment(
             "MAILBOX_WORKER_MICROSOFT__CA_FILE": str(sandbox.ca),
             "MAILBOX_WORKER_LOGGING__LEVEL": "WARNING",
             "MAILBOX_WORKER_WORKER__MICROSOFT_RATE_PER_MINUTE": "0",
+            # A benchmark measures the engine, not the API's per-key rate limit.
+            "MAILBOX_WORKER_API__RATE_LIMIT_PER_SECOND": "0",
             **extra,
         }
     )

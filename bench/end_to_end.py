@@ -53,6 +53,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
             async with scratch_database(kind, work) as url:
                 extra = {"MAILBOX_WORKER_WORKER__CONCURRENCY": str(arguments.concurrency)}
                 daemon = daemon_environment(work, sandbox, url, extra)
+                daemon.serve_arguments = arguments.serve.split()
                 await daemon.start()
                 states = JobStates(url)
                 try:
@@ -60,7 +61,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     # Tokens fetched and connections opened before the clock starts.
                     warm = await post_invoices(daemon, WARM_UP, pdf, arguments.posters)
                     await follow(states, 0, len(warm.job_ids), time.perf_counter(), 300)
-                    cpu_before = cpu_seconds(daemon.pid)
+                    cpu_before = daemon.cpu_seconds()
                     sandbox_before = cpu_seconds(sandbox.pid)
                     started = time.perf_counter()
                     following = asyncio.create_task(
@@ -68,7 +69,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     )
                     posted = await post_invoices(daemon, arguments.jobs, pdf, arguments.posters)
                     progress = await following
-                    cpu = cpu_seconds(daemon.pid) - cpu_before
+                    cpu = daemon.cpu_seconds() - cpu_before
                     sandbox_cpu = cpu_seconds(sandbox.pid) - sandbox_before
                     counts = await states.counts()
                 finally:
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="the daemon's worker")
     parser.add_argument("--posters", type=int, default=16, help="concurrent HTTP clients")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
+    parser.add_argument("--serve", default="", help="more arguments of serve: '--workers 2'")
     arguments = parser.parse_args()
     for kind in database_kinds(arguments.databases):
         figures = asyncio.run(run(kind, arguments))

@@ -46,6 +46,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     "MAILBOX_WORKER_WORKER__PER_MAILBOX_CONCURRENCY": str(PER_MAILBOX),
                 }
                 daemon = daemon_environment(work, sandbox, url, extra)
+                daemon.serve_arguments = arguments.serve.split()
                 await daemon.start()
                 states = JobStates(url)
                 try:
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=80, help="the daemon's worker")
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--databases", nargs="+", default=["postgres"])
+    parser.add_argument("--serve", default="", help="more arguments of serve: '--workers 2'")
     arguments = parser.parse_args()
     slots = min(arguments.concurrency, arguments.mailboxes * PER_MAILBOX)
     bound = slots / (arguments.latency_ms / 1000)
