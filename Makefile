@@ -61,9 +61,21 @@ integration: setup
 e2e: setup
 	$(BIN)/pytest tests/e2e
 
+# Benchmarks (docs/performance.md): each prints its figures and ratios and never passes or fails
+# on time. Every script of BENCHES that exists runs in turn (a missing one is named and skipped);
+# their PostgreSQL parts run when MAILBOX_WORKER_TEST_POSTGRES_URL is set. The bench-only
+# dependencies come from requirements/bench.txt when it exists.
+BENCHES = queue_throughput enqueue_http end_to_end idle_latency slow_provider memory \
+	sandbox_cost gmail_transport
+
 bench: setup
-	$(BIN)/python bench/queue_throughput.py
-	$(BIN)/python bench/gmail_transport.py
+	@if [ -f requirements/bench.txt ]; then \
+		$(BIN)/python -m pip install --quiet --require-hashes -r requirements/bench.txt; fi
+	@failed=""; for name in $(BENCHES); do \
+		if [ -f bench/$$name.py ]; then \
+			echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || failed="$$failed $$name"; \
+		else echo "== bench/$$name.py: not present, skipped"; fi; \
+	done; if [ -n "$$failed" ]; then echo "benchmarks that stopped with an error:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

@@ -8,7 +8,9 @@ control APIs use.
   (``controls.Chaos``); ``GET /_sandbox/chaos`` — what was injected, by kind, by ``Message-ID``
   and by ``client-request-id``;
   ``DELETE /_sandbox/chaos`` — stop injecting (the record stays);
-* ``POST /_sandbox/settings`` — ``{access_token_lifetime?, throttle_retry_after?}``;
+* ``POST /_sandbox/settings`` — ``{access_token_lifetime?, throttle_retry_after?, graph_latency?,
+  latency?, latency_seed?}``: ``latency`` replaces the latency rules, ``{operation: ms or
+  {distribution, ...}}`` (module ``latency``); ``GET /_sandbox/settings`` — the settings;
 * ``POST /_sandbox/reset`` — forget messages, counters and faults.
 
 Microsoft's directory and mailboxes are controlled through ``microsoft.admin``, Google's accounts
@@ -90,6 +92,7 @@ class ControlEndpoints:
             web.get("/_sandbox/chaos", self.chaos_report),
             web.delete("/_sandbox/chaos", self.stop_chaos),
             web.post("/_sandbox/settings", self.settings),
+            web.get("/_sandbox/settings", self.settings_report),
             web.post("/_sandbox/reset", self.reset),
         ]
 
@@ -167,9 +170,18 @@ class ControlEndpoints:
         return web.json_response(self._controls.chaos_report())
 
     async def settings(self, request: web.Request) -> web.Response:
-        """Change the access-token lifetime, the Retry-After of throttled answers or the time
-        each Graph request takes (``graph_latency``, seconds)."""
+        """Change the access-token lifetime, the Retry-After of throttled answers, the time
+        each Graph request takes (``graph_latency``, seconds) or the latency rules."""
         document = await json_object(request)
+        if "latency" in document or "latency_seed" in document:
+            rules = document.get("latency", {})
+            seed = document.get("latency_seed", 0)
+            try:
+                if not isinstance(rules, dict) or type(seed) is not int:
+                    raise ValueError("latency must be an object and latency_seed an integer")
+                self._controls.set_latency(rules, seed)
+            except ValueError as problem:
+                return problem_response(400, f"invalid latency: {problem}")
         try:
             if "access_token_lifetime" in document:
                 self._controls.access_token_lifetime = max(
@@ -181,11 +193,17 @@ class ControlEndpoints:
                 self._controls.graph_latency = max(0.0, float(document["graph_latency"]))
         except (TypeError, ValueError):
             return problem_response(400, "settings must be numbers")
+        return await self.settings_report(request)
+
+    async def settings_report(self, request: web.Request) -> web.Response:
+        """The settings in force."""
         return web.json_response(
             {
                 "access_token_lifetime": self._controls.access_token_lifetime,
                 "throttle_retry_after": self._controls.throttle_retry_after,
                 "graph_latency": self._controls.graph_latency,
+                "latency": self._controls.latency_report(),
+                "latency_seed": self._controls.latency_seed,
             }
         )
 

@@ -11,18 +11,24 @@ what a soak test reads to explain each job whose outcome the client could not le
 
 ``access_token_lifetime`` applies to Microsoft and Google tokens alike. ``clock`` is the one time
 both simulators read; tests move it with ``advance`` (in-process only).
+
+The *latency* rules (``set_latency``, module ``latency``) give operations an answer time, fixed or
+drawn; ``graph_latency`` is the fixed one every Graph mail operation without a rule of its own
+takes. Every delay is slept through ``sleep``, which tests may replace to see what was applied.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from .clock import SandboxClock
+from .latency import Latency, latency_from, rule_for
 
 DEFAULT_ACCESS_TOKEN_LIFETIME = 3599
 
@@ -149,7 +155,14 @@ class SandboxControls:
     graph_latency: float = 0.0
     """Seconds each Graph mail request takes once its body is read (Graph's own answer time):
     with more than 0, concurrent requests overlap and the per-mailbox concurrency limit
-    (docs/providers.md B5) is reached as it is in production."""
+    (docs/providers.md B5) is reached as it is in production. A ``latency`` rule for the
+    operation takes its place."""
+    latencies: dict[str, Latency] = field(default_factory=dict)
+    """Latency rules by operation, ``family.*`` or ``*`` (``set_latency``)."""
+    latency_seed: int = 0
+    latency_generator: random.Random = field(default_factory=lambda: random.Random(0))
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, repr=False)
+    """How every latency and delay is waited for (tests may record instead)."""
     operation_counters: Counter[str] = field(default_factory=Counter)
     faults: deque[Fault] = field(default_factory=deque)
     clock: SandboxClock = field(default_factory=SandboxClock)
@@ -220,6 +233,38 @@ class SandboxControls:
                 self.faults_by_message_id.setdefault(message_id, []).append(fault.label)
         if request_id:
             self.faults_by_request_id[request_id] = fault.label
+
+    # -- latency -----------------------------------------------------------------------------
+
+    def set_latency(self, rules: Mapping[str, object], seed: int = 0) -> dict[str, Latency]:
+        """Replace the latency rules (values as ``latency.latency_from`` reads them; an empty
+        mapping removes every rule) and reseed their generator; ValueError if one is invalid."""
+        parsed = {str(operation): latency_from(value) for operation, value in rules.items()}
+        self.latencies = parsed
+        self.latency_seed = seed
+        self.latency_generator = random.Random(seed)
+        return parsed
+
+    def latency_for(self, operations: Iterable[str]) -> float:
+        """Seconds one call of the first of ``operations`` takes before it is processed: its
+        rule's draw, else ``graph_latency`` for a Graph operation, else 0."""
+        names = tuple(operations)
+        rule = rule_for(self.latencies, names)
+        if rule is not None:
+            return rule.draw(self.latency_generator)
+        if names and names[0].startswith("graph."):
+            return self.graph_latency
+        return 0.0
+
+    async def take_latency(self, operations: Iterable[str]) -> None:
+        """Wait as long as one call of ``operations`` takes (``latency_for``)."""
+        seconds = self.latency_for(operations)
+        if seconds > 0:
+            await self.sleep(seconds)
+
+    def latency_report(self) -> dict[str, object]:
+        """The latency rules as the control API shows them."""
+        return {operation: rule.describe() for operation, rule in self.latencies.items()}
 
     # -- chaos -------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ Kinds (see ``SandboxControls.queue_fault`` and ``SandboxControls.start_chaos``):
 * ``status`` — answer the provider's real error body for ``status`` without processing;
 * ``reset`` — drop the connection without an answer, before processing;
 * ``delay`` — sleep ``delay`` seconds, then process and answer normally (a client that timed out
-  meanwhile does not learn that the request succeeded — as with the real services);
+  meanwhile does not learn that the request succeeded — as with the real services); for a
+  delay on every call, fixed or drawn, see the latency rules (module ``latency``);
 * ``accept_then_status`` — process (a message IS stored, a token IS issued), then answer the error;
 * ``accept_then_reset`` — process, then drop the connection: the ambiguous case;
 * ``accept_then_hang`` — process, then answer nothing until the client hangs up (at most
@@ -84,7 +85,9 @@ async def with_fault(
     error_answer: ErrorAnswer,
 ) -> web.StreamResponse:
     """Run ``process`` under the first fault queued for any of ``operations``, else under the
-    fault chaos draws for the first of them (if any)."""
+    fault chaos draws for the first of them (if any); first, whatever the fault, wait for the
+    operation's latency (``SandboxControls.latency_for``)."""
+    await controls.take_latency(operations)
     fault = None
     for operation in operations:
         fault = controls.take_fault(operation)
@@ -94,7 +97,7 @@ async def with_fault(
     if fault is None and operations and chaos is not None and chaos.applies(operations[0]):
         fault = chaos.draw(operations[0])
         if fault is None and chaos.latency:
-            await asyncio.sleep(chaos.latency)
+            await controls.sleep(chaos.latency)
     if fault is None:
         return await process()
     request_id = request.headers.get("client-request-id")
@@ -103,7 +106,7 @@ async def with_fault(
         return error_answer(fault) if fault.kind == "status" else drop_connection(request)
     if fault.kind == "delay":
         controls.note_fault(fault, request_id=request_id)
-        await asyncio.sleep(fault.delay)
+        await controls.sleep(fault.delay)
         return await process()
     answer, message_ids = await _process_noting_messages(controls, process)
     controls.note_fault(fault, message_ids, request_id)

@@ -17,14 +17,13 @@ Checks, in order: a declared body above 4 MB (413), bearer token (401 + WWW-Auth
 mailbox (404), scope (403 ErrorAccessDenied), at most 4 concurrent requests per (client,
 mailbox) (429 ApplicationThrottled + Retry-After) — a request holds its slot from here, before
 its body is read, until its answer is written — then the body (413 if it proves longer), the
-``graph_latency`` setting, queued faults, and the operation itself (400
-ErrorMimeContentInvalidBase64String / ErrorInvalidRecipients, 403 ErrorSendAsDenied, 404
-ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
+operation's latency (a ``latency`` rule, else the ``graph_latency`` setting), queued faults,
+and the operation itself (400 ErrorMimeContentInvalidBase64String / ErrorInvalidRecipients,
+403 ErrorSendAsDenied, 404 ErrorItemNotFound). Every call is counted as ``graph.<operation>``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
@@ -53,6 +52,7 @@ from .graph_messages import (
     fold_names,
     graph_id,
     graph_time,
+    header_block,
     invalid_recipient,
     is_address,
     message_resource,
@@ -160,8 +160,7 @@ class GraphEndpoints:
             with self._slot(token, user):
                 try:
                     body = await self._body(request)
-                    if self._state.graph_latency:
-                        await asyncio.sleep(self._state.graph_latency)
+                    # with_fault waits for the operation's latency first (latency_for).
                     response = await with_fault(
                         request,
                         self._state,
@@ -330,7 +329,6 @@ class GraphEndpoints:
             bcc=parsed.bcc,
             created_at=graph_time(self._state.clock.utcnow()),
             raw=raw,
-            attachments=parsed.attachments,
             client_id=token.client_id,
         )
         self._state.store_message(stored)
@@ -342,7 +340,7 @@ class GraphEndpoints:
         self, request: web.Request, token: AccessToken, user: User, body: bytes
     ) -> web.StreamResponse:
         raw = self._read_message(request, user, body, wrapped=True)
-        parsed = parse(raw)
+        parsed = parse(raw, headers_only=True)
         self._check_sendable(user, parsed, len(raw))
         # Delivered mail is recorded in folder "sent" even with saveToSentItems=false: the
         # inspection API lists what Graph accepted for delivery.
@@ -365,7 +363,7 @@ class GraphEndpoints:
     ) -> web.StreamResponse:
         # After sending, Exchange moves the item and its draft id no longer resolves.
         stored = draft_of(self._state, request.match_info["message_id"], user)
-        self._check_sendable(user, parse(stored.raw), len(stored.raw))
+        self._check_sendable(user, parse(stored.raw, headers_only=True), len(stored.raw))
         stored.folder = "sent"
         return web.Response(status=202)
 
@@ -412,7 +410,7 @@ def _too_large() -> GraphFailure:
 
 def _with_message_id(raw: bytes) -> bytes:
     """Exchange gives a message without a Message-ID one of its own."""
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].lower()
+    head = header_block(raw).lower()
     if b"\nmessage-id:" in b"\n" + head:
         return raw
     domain = "sandbox.prod.outlook.com"

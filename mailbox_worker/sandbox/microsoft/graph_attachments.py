@@ -31,7 +31,7 @@ from aiohttp import web
 
 from .authorize import base_url
 from .graph_errors import GraphFailure, read_limited
-from .graph_messages import fold_names, graph_id, parse
+from .graph_messages import fold_names, graph_id
 from .state import AccessToken, MicrosoftState, StoredMessage, User
 
 UPLOAD_SESSION_MINIMUM = 3 * 1024 * 1024
@@ -73,8 +73,7 @@ def attach(stored: StoredMessage, name: str, content_type: str, data: bytes) -> 
     message.add_attachment(
         data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=name
     )
-    stored.raw = message.as_bytes(policy=policy.SMTP)
-    stored.attachments = parse(stored.raw).attachments
+    stored.raw = message.as_bytes(policy=policy.SMTP)  # its attachments are read anew
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -24,15 +24,15 @@ from email import policy
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, make_msgid
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
-from .state import StoredAttachment, StoredMessage
+from .state import StoredAttachment, StoredMessage, attachment_parts
 
-_WHITESPACE = re.compile(rb"\s+")
+_WHITESPACE = b" \t\n\r\x0b\x0c"  # ASCII whitespace, left out of a base64 upload
 _TEXT_WHITESPACE = re.compile(r"\s+")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
 PREVIEW_LENGTH = 255
@@ -65,7 +65,7 @@ class ParsedMessage:
 
 def decode_mime_upload(body: bytes) -> bytes:
     """The RFC 822 bytes of a ``text/plain`` base64 MIME upload."""
-    compact = _WHITESPACE.sub(b"", body)
+    compact = body.translate(None, _WHITESPACE)
     try:
         raw = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as problem:
@@ -80,21 +80,32 @@ def decode_mime_upload(body: bytes) -> bytes:
 
 
 def _addresses(message: EmailMessage, header: str) -> list[str]:
-    values = [str(value) for value in message.get_all(header, [])]
+    # The raw values: getaddresses reads folded and encoded headers alike, and building the
+    # policy's header objects for them cost more than the rest of accepting a message.
+    name = header.lower()
+    values = [str(value) for key, value in message.raw_items() if key.lower() == name]
     return [address for _, address in getaddresses(values) if address]
 
 
-def parse(raw: bytes) -> ParsedMessage:
-    """Recipients, subject, Message-ID and attachments of ``raw``."""
+def header_block(raw: bytes) -> bytes:
+    """The header section of ``raw``: up to the first empty line (CRLF or LF), or all of it."""
+    crlf = raw.find(b"\r\n\r\n")
+    end = crlf if crlf >= 0 else len(raw)
+    lf = raw.find(b"\n\n", 0, end)
+    return raw[: lf if lf >= 0 else end]
+
+
+def parse(raw: bytes, *, headers_only: bool = False) -> ParsedMessage:
+    """Recipients, subject, Message-ID and, unless ``headers_only``, the body and attachments
+    of ``raw``. Sending needs only the headers: reading just them keeps the sandbox's cost per
+    message independent of the attachments' size (``StoredMessage.attachments`` decodes those
+    when asked)."""
+    if headers_only:
+        headers = BytesHeaderParser(policy=policy.default).parsebytes(header_block(raw))
+        assert isinstance(headers, EmailMessage)
+        return _parsed(headers, [], "", "text")
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
-    attachments = []
-    for part in message.iter_attachments():
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        attachments.append(
-            StoredAttachment(part.get_filename() or "attachment", part.get_content_type(), data)
-        )
     # Exchange keeps the HTML alternative when there is one, as Graph's ``body`` shows.
     body_part = message.get_body(preferencelist=("html", "plain"))
     try:
@@ -102,7 +113,12 @@ def parse(raw: bytes) -> ParsedMessage:
     except (LookupError, ValueError, AttributeError):  # unknown charset, malformed part
         content = ""
     html_body = body_part is not None and body_part.get_content_subtype() == "html"
-    body_type = "html" if html_body else "text"
+    return _parsed(message, attachment_parts(message), content, "html" if html_body else "text")
+
+
+def _parsed(
+    message: EmailMessage, attachments: list[StoredAttachment], content: str, body_type: str
+) -> ParsedMessage:
     senders = _addresses(message, "From")
     message_id = message.get("Message-ID")
     return ParsedMessage(

@@ -16,6 +16,9 @@ import hashlib
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import ClassVar, Literal
 
 from ..clients import Client, ClientRegistry
@@ -147,8 +150,33 @@ class StoredMessage:
     bcc: list[str]
     created_at: str
     raw: bytes
-    attachments: list[StoredAttachment]
     client_id: str
+    _attachments_of: tuple[bytes, list[StoredAttachment]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def attachments(self) -> list[StoredAttachment]:
+        """The attachments of ``raw``, decoded when first asked for (and again once ``raw``
+        changes): accepting a message reads only its headers, so that the sandbox's cost per
+        message does not grow with the size of what it is sent."""
+        if self._attachments_of is None or self._attachments_of[0] is not self.raw:
+            message = BytesParser(policy=policy.default).parsebytes(self.raw)
+            assert isinstance(message, EmailMessage)
+            self._attachments_of = (self.raw, attachment_parts(message))
+        return self._attachments_of[1]
+
+
+def attachment_parts(message: EmailMessage) -> list[StoredAttachment]:
+    """Each attachment of ``message``: file name, content type and decoded bytes."""
+    found = []
+    for part in message.iter_attachments():
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        found.append(
+            StoredAttachment(part.get_filename() or "attachment", part.get_content_type(), data)
+        )
+    return found
 
 
 class UnknownUserError(LookupError):

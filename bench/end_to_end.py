@@ -1,0 +1,126 @@
+"""End to end against the sandbox: invoices POSTed to the daemon's HTTP API, sent by its worker
+to the sandbox's Graph, followed to their final state — on SQLite and (if configured)
+PostgreSQL, 20 mailboxes, 100 KB PDFs (issue 9, benchmark b).
+
+    .venv/bin/python bench/end_to_end.py [--jobs 1000] [--mailboxes 20] [--concurrency 8]
+        [--posters 16] [--databases sqlite postgres]
+
+Prints, per database: the HTTP enqueue rate and its latency p50/p99, the completion rate (jobs
+per second between 10 % and 90 % of them final, and overall), and the daemon's CPU per job (its
+process's user + system time over the run, from /proc, divided by the jobs; the sandbox's
+likewise, for comparison). The sandbox runs
+in a process of its own; the jobs are followed by counting them in the database, not through
+the daemon. Ratios are to the figures measured before issue 9 (docs/performance.md). Never
+passes or fails on time. PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from _daemon import (
+    JobStates,
+    cpu_seconds,
+    daemon_environment,
+    database_kinds,
+    follow,
+    median,
+    pdf_bytes,
+    percentile,
+    post_invoices,
+    prepare,
+    scratch_database,
+    start_sandbox,
+    work_directory,
+)
+
+# Issue 9, before: completion 41 jobs/s (SQLite), 76 (PostgreSQL); daemon CPU 20 / 13 ms per
+# job; HTTP enqueue 70 requests/s.
+REFERENCE = {
+    "sqlite": {"completion": 41.0, "cpu_ms": 20.0, "enqueue": 70.0},
+    "postgres": {"completion": 76.0, "cpu_ms": 13.0, "enqueue": 70.0},
+}
+WARM_UP = 40
+
+
+async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
+    pdf = pdf_bytes(100 * 1024)
+    with work_directory() as work:
+        sandbox = start_sandbox(work / "sandbox", arguments.mailboxes)
+        try:
+            async with scratch_database(kind, work) as url:
+                extra = {"MAILBOX_WORKER_WORKER__CONCURRENCY": str(arguments.concurrency)}
+                daemon = daemon_environment(work, sandbox, url, extra)
+                daemon.serve_arguments = arguments.serve.split()
+                await daemon.start()
+                states = JobStates(url)
+                try:
+                    await prepare(daemon, sandbox, arguments.mailboxes)
+                    # Tokens fetched and connections opened before the clock starts.
+                    warm = await post_invoices(daemon, WARM_UP, pdf, arguments.posters)
+                    await follow(states, 0, len(warm.job_ids), time.perf_counter(), 300)
+                    cpu_before = daemon.cpu_seconds()
+                    sandbox_before = cpu_seconds(sandbox.pid)
+                    started = time.perf_counter()
+                    following = asyncio.create_task(
+                        follow(states, WARM_UP, arguments.jobs, started, 1800)
+                    )
+                    posted = await post_invoices(daemon, arguments.jobs, pdf, arguments.posters)
+                    progress = await following
+                    cpu = daemon.cpu_seconds() - cpu_before
+                    sandbox_cpu = cpu_seconds(sandbox.pid) - sandbox_before
+                    counts = await states.counts()
+                finally:
+                    await states.close()
+                    daemon.stop()
+        finally:
+            sandbox.stop()
+    jobs = arguments.jobs
+    return {
+        "enqueue": jobs / posted.seconds,
+        "enqueue_p50_ms": 1000 * median(posted.latencies),
+        "enqueue_p99_ms": 1000 * percentile(posted.latencies, 0.99),
+        "completion": progress.rate_between(jobs // 10, jobs * 9 // 10),
+        "completion_overall": jobs / progress.seconds_until(jobs),
+        "cpu_ms": 1000 * cpu / jobs,
+        "sandbox_cpu_ms": 1000 * sandbox_cpu / jobs,
+        "sent": counts.get("sent", 0) - WARM_UP,
+        "not_sent": sum(count for state, count in counts.items() if state != "sent"),
+    }
+
+
+def report(kind: str, figures: dict[str, float], jobs: int, mailboxes: int) -> None:
+    reference = REFERENCE[kind]
+    print(
+        f"end to end, {kind}, {jobs} jobs, {mailboxes} mailboxes, 100 KB PDF:\n"
+        f"  HTTP enqueue      {figures['enqueue']:8.0f} req/s "
+        f"({figures['enqueue'] / reference['enqueue']:.2f} x {reference['enqueue']:.0f}), "
+        f"p50 {figures['enqueue_p50_ms']:.0f} ms, p99 {figures['enqueue_p99_ms']:.0f} ms\n"
+        f"  completion        {figures['completion']:8.0f} jobs/s 10-90 % "
+        f"({figures['completion'] / reference['completion']:.2f} x {reference['completion']:.0f}),"
+        f" {figures['completion_overall']:.0f} jobs/s overall\n"
+        f"  daemon CPU        {figures['cpu_ms']:8.2f} ms/job "
+        f"({figures['cpu_ms'] / reference['cpu_ms']:.2f} x {reference['cpu_ms']:.0f} ms); "
+        f"the sandbox's {figures['sandbox_cpu_ms']:.2f} ms/job\n"
+        f"  outcome           {figures['sent']:.0f} sent, {figures['not_sent']:.0f} not sent"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--mailboxes", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=8, help="the daemon's worker")
+    parser.add_argument("--posters", type=int, default=16, help="concurrent HTTP clients")
+    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
+    parser.add_argument("--serve", default="", help="more arguments of serve: '--workers 2'")
+    arguments = parser.parse_args()
+    for kind in database_kinds(arguments.databases):
+        figures = asyncio.run(run(kind, arguments))
+        report(kind, figures, arguments.jobs, arguments.mailboxes)
+
+
+if __name__ == "__main__":
+    main()
