@@ -1,5 +1,5 @@
 """HTTP enqueue: requests a second to ``POST /v1/jobs`` and invoices a second to
-``POST /v1/jobs/batch``, from one daemon process, on SQLite and (if configured) PostgreSQL.
+``POST /v1/job-batches``, from one daemon process, on SQLite and (if configured) PostgreSQL.
 
 Prints figures; never passes or fails on time. PostgreSQL runs when
 MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and dropped).
@@ -205,7 +205,7 @@ async def batched(
     async with aiohttp.ClientSession() as http:
         started = time.perf_counter()
         for body in bodies:
-            async with http.post(f"{base_url}/v1/jobs/batch", json=body, headers=headers) as answer:
+            async with http.post(f"{base_url}/v1/job-batches", json=body, headers=headers) as answer:
                 if answer.status in {404, 405}:  # no such route (405: GET /v1/jobs/{id})
                     return None
                 results = (await answer.json())["items"]
@@ -275,9 +275,9 @@ async def main() -> None:
         )
         batch = figures["batch"]
         line += (
-            "POST /v1/jobs/batch: not available"
+            "POST /v1/job-batches: not available"
             if batch is None
-            else f"POST /v1/jobs/batch {batch['per_s']:7.0f} invoices/s "
+            else f"POST /v1/job-batches {batch['per_s']:7.0f} invoices/s "
             f"(daemon CPU {batch['cpu_ms']:.2f} ms/invoice)"
         )
         line += f"   ratio batch/single {batch['per_s'] / one['per_s']:.1f}" if batch else ""

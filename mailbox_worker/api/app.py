@@ -52,7 +52,7 @@ def create_app(services: ApiServices) -> web.Application:
     app.router.add_routes(
         [
             web.post("/v1/jobs", jobs.enqueue),
-            web.post("/v1/jobs/batch", jobs.enqueue_batch),
+            web.post("/v1/job-batches", jobs.enqueue_batch),
             web.get("/v1/jobs", jobs.find, allow_head=False),
             web.get(JOB, jobs.get, allow_head=False),
             web.post(f"{JOB}/cancel", jobs.cancel),

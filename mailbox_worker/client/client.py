@@ -147,7 +147,7 @@ class MailboxWorkerClient:
         return cast(Job, answer)
 
     async def enqueue_batch(self, items: Sequence[JobRequest]) -> list[BatchItemResult]:
-        """Enqueues many jobs in one request (POST /v1/jobs/batch, at most 1,000 items) and
+        """Enqueues many jobs in one request (POST /v1/job-batches, at most 1,000 items) and
         returns one result per item, in order.
 
         Each item is answered as ``enqueue`` would answer it alone: ``created`` or
@@ -163,7 +163,7 @@ class MailboxWorkerClient:
             sent.setdefault("idempotency_key", str(uuid.uuid4()))
             body_items.append(sent)
         answer = await self._transport.request(
-            "POST", "/v1/jobs/batch", body={"items": body_items}, idempotent=True
+            "POST", "/v1/job-batches", body={"items": body_items}, idempotent=True
         )
         return cast(list[BatchItemResult], answer["items"])
 

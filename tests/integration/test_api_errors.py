@@ -31,7 +31,7 @@ DOCUMENT = json.loads(read_document())
 # Every operation that needs an API key, with the permission it needs.
 PROTECTED = [
     ("POST", "/v1/jobs", "jobs:write"),
-    ("POST", "/v1/jobs/batch", "jobs:write"),
+    ("POST", "/v1/job-batches", "jobs:write"),
     ("GET", "/v1/jobs", "jobs:read"),
     ("GET", "/v1/jobs/job_1", "jobs:read"),
     ("POST", "/v1/jobs/job_1/cancel", "jobs:write"),

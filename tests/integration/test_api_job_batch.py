@@ -1,4 +1,4 @@
-"""``POST /v1/jobs/batch`` over a real socket, the real intake and a real SQLite database:
+"""``POST /v1/job-batches`` over a real socket, the real intake and a real SQLite database:
 each item answered as ``POST /v1/jobs`` would answer it alone."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ async def caller(api: RunningApi) -> tuple[str, str, str]:
 
 
 async def batch(api: RunningApi, key: str, items: list[Any]) -> Answer:
-    return await api.call("POST", "/v1/jobs/batch", key=key, json_body={"items": items})
+    return await api.call("POST", "/v1/job-batches", key=key, json_body={"items": items})
 
 
 async def test_each_item_gets_its_own_answer(api: RunningApi, caller: tuple[str, str, str]) -> None:
@@ -110,7 +110,7 @@ async def test_what_is_not_a_batch_fails_whole(
     api: RunningApi, caller: tuple[str, str, str], body: Any
 ) -> None:
     _, key, _ = caller
-    answer = await api.call("POST", "/v1/jobs/batch", key=key, json_body=body)
+    answer = await api.call("POST", "/v1/job-batches", key=key, json_body=body)
     assert (answer.status, answer.error_code) == (400, "invalid_request"), answer.body
     assert sum((await api.queue.count_by_state()).values()) == 0
 

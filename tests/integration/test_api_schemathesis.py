@@ -29,9 +29,10 @@ from hypothesis import strategies as st
 from schemathesis.engine import Status, StopReason, events, from_schema
 from schemathesis.generation import GenerationMode
 
-from mailbox_worker.api.document import is_date_time
+from mailbox_worker.api.document import ApiDocument, is_date_time, schema_pointer
 from mailbox_worker.api.pagination import encode_cursor
 from mailbox_worker.api.rate_limits import RateLimitSettings
+from mailbox_worker.errors import ValidationFailed
 from mailbox_worker.policy.addresses import is_email_address
 from tests.integration.api_harness import MAILBOX_ADDRESS, running_api
 
@@ -100,6 +101,8 @@ def run_schemathesis(base_url: str, api_key: str, mailbox_id: str, address: str)
         operation = context.operation
         if operation is None or (operation.method.upper(), operation.path) != ("POST", "/v1/jobs"):
             return body
+        if not conforms(body):
+            return body  # a negative case keeps what makes it wrong
         return aim_at_mailbox(body, mailbox_id, address)
 
     @schema.hook
@@ -135,12 +138,28 @@ def with_a_cursor_the_list_gives(case: ApiCase) -> ApiCase:
     A schema-valid but made-up one is refused ``400 invalid_cursor`` (test_api_lists.py),
     so in a positive case it becomes one the list could have given (a position in it)."""
     kind = LISTS.get(case.operation.path) if case.method.upper() == "GET" else None
-    positive = case.meta is None or case.meta.generation.mode == GenerationMode.POSITIVE
-    if kind is None or not positive or not case.query or "cursor" not in case.query:
+    if kind is None or not is_positive(case) or not case.query or "cursor" not in case.query:
         return case
     position = (dt.datetime(2026, 1, 1, tzinfo=dt.UTC), f"{kind[:3]}_{case.query['cursor']}"[:40])
     case.query = {**case.query, "cursor": encode_cursor(kind, position)}
     return case
+
+
+def is_positive(case: ApiCase) -> bool:
+    return case.meta is None or case.meta.generation.mode == GenerationMode.POSITIVE
+
+
+DOCUMENT = ApiDocument.packaged()
+
+
+def conforms(body: Any) -> bool:
+    """Whether ``body`` is a valid ``JobRequest``: only those are aimed at the mailbox (its
+    changes keep a valid body valid, but could make a schema-violating one valid)."""
+    try:
+        DOCUMENT.validate(schema_pointer("JobRequest"), body)
+    except ValidationFailed:
+        return False
+    return True
 
 
 def sparing_the_mailbox(case: ApiCase, mailbox_id: str) -> ApiCase:
