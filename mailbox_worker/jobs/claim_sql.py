@@ -92,6 +92,8 @@ def _recipients(name: str) -> str:
     return f"(CASE WHEN json_typeof({field}) = 'array' THEN json_array_length({field}) ELSE 0 END)"
 
 
+_RECIPIENTS = f"greatest(1, {_recipients('to')} + {_recipients('cc')} + {_recipients('bcc')})"
+"""``limits.recipient_count`` of a job's ``content.payload``."""
 JOB_COLUMNS = [c.name for c in Job.__table__.columns]
 _ORDER = "job.priority DESC, job.run_after, job.created_at"
 
@@ -123,7 +125,12 @@ usage AS (
                min(job.claimed_at) FILTER (WHERE job.claimed_at > :day_ago) AS oldest_day
         FROM jobs AS job
         WHERE job.mailbox_id = locked.mailbox_id
-          AND (job.state = '{RUNNING}' OR job.claimed_at > :day_ago)
+          -- Claims are read back only as far as a limit looks: a day for a daily cap, a
+          -- minute for a rate, none without either (the running jobs are enough then).
+          AND (job.state = '{RUNNING}'
+               OR job.claimed_at > CASE WHEN locked.cap IS NOT NULL THEN :day_ago
+                                        WHEN locked.rate IS NOT NULL THEN :minute_ago
+                                        ELSE CAST('infinity' AS timestamptz) END)
     ) AS used
 ),
 candidates AS (
@@ -131,14 +138,16 @@ candidates AS (
            row_number() OVER mailbox_order AS rank,
            sum(next.recipients) OVER mailbox_order AS cumulative
     FROM usage CROSS JOIN LATERAL (
+        -- Recipients are counted (the payload parsed) only against a daily cap here; the
+        -- chosen jobs' counts are stored at the lease.
         SELECT job.id, job.priority, job.run_after, job.created_at,
-               greatest(1, {_recipients("to")} + {_recipients("cc")} + {_recipients("bcc")})
-                   AS recipients
+               CASE WHEN usage.remaining IS NULL THEN 1 ELSE {_RECIPIENTS} END AS recipients
         FROM jobs AS job JOIN job_contents AS content ON content.job_id = job.id
         WHERE job.mailbox_id = usage.mailbox_id AND job.state = '{QUEUED}'
           AND job.run_after <= :now
         ORDER BY {_ORDER}
-        LIMIT usage.allowance
+        -- No mailbox can get more than the whole claim.
+        LIMIT least(usage.allowance, :limit)
     ) AS next
     WHERE usage.deferred IS NULL
     WINDOW mailbox_order AS (PARTITION BY usage.mailbox_id
@@ -167,7 +176,7 @@ deferred AS (
     RETURNING mailboxes.id
 ),
 chosen AS (
-    SELECT candidates.id, candidates.recipients, candidates.rank, candidates.position
+    SELECT candidates.id, candidates.rank, candidates.position
     FROM candidates
     WHERE candidates.remaining IS NULL OR candidates.cumulative <= candidates.remaining
     ORDER BY candidates.rank, candidates.position
@@ -176,7 +185,8 @@ chosen AS (
 leased AS (
     UPDATE jobs SET state = '{RUNNING}', lease_owner = :owner, lease_expires_at = :expires_at,
                     updated_at = :now, claimed_at = :now, recipient_count = chosen.recipients
-    FROM chosen
+    FROM (SELECT chosen.id, {_RECIPIENTS} AS recipients
+          FROM chosen JOIN job_contents AS content ON content.job_id = chosen.id) AS chosen
     WHERE jobs.id = chosen.id AND jobs.state = '{QUEUED}'
     RETURNING {", ".join(f"jobs.{name}" for name in JOB_COLUMNS)}
 ),
