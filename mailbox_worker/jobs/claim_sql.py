@@ -87,13 +87,13 @@ FOR NO KEY UPDATE OF m SKIP LOCKED
 )
 
 
-def _recipients(name: str) -> str:
-    field = f"content.payload -> '{name}'"
-    return f"(CASE WHEN json_typeof({field}) = 'array' THEN json_array_length({field}) ELSE 0 END)"
-
-
-_RECIPIENTS = f"greatest(1, {_recipients('to')} + {_recipients('cc')} + {_recipients('bcc')})"
-"""``limits.recipient_count`` of a job's ``content.payload``."""
+_RECIPIENTS = """greatest(1, (
+    SELECT coalesce(sum(jsonb_array_length(payload.value -> field)), 0)
+    FROM (SELECT CAST(content.payload AS jsonb) AS value) AS payload,
+         unnest(ARRAY['to', 'cc', 'bcc']) AS field
+    WHERE jsonb_typeof(payload.value -> field) = 'array'
+))"""
+"""``limits.recipient_count`` of a job's ``content.payload`` (parsed once)."""
 JOB_COLUMNS = [c.name for c in Job.__table__.columns]
 _ORDER = "job.priority DESC, job.run_after, job.created_at"
 
