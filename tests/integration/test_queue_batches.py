@@ -79,8 +79,8 @@ async def test_jobs_finishing_together_are_written_in_one_transaction(stores: St
         history = [(e.kind, e.to_state, e.code) for e in await stores.jobs.events(item.job.id)]
         assert history[-2:] == [("attempt", None, "started"), ("state", "sent", None)]
     async with stores.sessions() as session:
-        kinds = (await session.scalars(select(OutboxEvent.ordering_key))).all()
-    assert sorted(kinds) == sorted(item.job.id for item in claimed)
+        keys = (await session.scalars(select(OutboxEvent.ordering_key))).all()
+    assert sorted(str(key) for key in keys) == sorted(item.job.id for item in claimed)
 
 
 async def test_each_job_of_a_batch_is_answered_for_itself(stores: Stores) -> None:
