@@ -12,6 +12,12 @@ mailboxes' rows (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's singl
 serialises claims) and keeps each mailbox within its limits (``jobs/limits.py``,
 docs/architecture.md#mailbox-limits). Transitions are described in ``jobs/transitions.py`` and
 docs/architecture.md#job-states.
+
+The claimed jobs' writes (``start_attempt``, ``finish``, ``retry_later``, ``hold``) are each
+one guarded write per job, gathered with the other jobs' that arrive at about the same time
+into one batch (``jobs/coalescing.py``, ``jobs/job_writes.py``): one statement and one
+transaction per batch on PostgreSQL, one transaction on SQLite. Each job is still answered for
+itself (False: its lease was lost, nothing written for it).
 """
 
 from __future__ import annotations
@@ -64,7 +70,6 @@ class JobQueue:
         self._claims = Claims(limits or LimitDefaults(), clock)
         engine = sessions.kw["bind"]
         assert isinstance(engine, AsyncEngine), "JobQueue needs sessions bound to an engine"
-        self._engine = engine
         # A single-statement write needs no explicit transaction on PostgreSQL: its own,
         # implicit one saves the BEGIN and COMMIT round-trips (docs/architecture.md).
         self._postgresql = engine.dialect.name == "postgresql"
@@ -226,7 +231,6 @@ class JobQueue:
         From here until an outcome is recorded the job is "in flight": a worker that dies
         now leaves the job ``unknown`` rather than risk sending it twice.
         """
-
         now = self._clock()
         return await self._starts.submit(
             job_writes.Start(lease.job_id, lease.owner, lease.worker, now, self._clock())
