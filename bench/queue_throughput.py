@@ -170,17 +170,17 @@ class Ours:
 
         async def work(name: str) -> int:
             done = 0
-            idle = 0
-            while idle < 3:
+            while True:
                 claimed = await self.queue.claim(name, batch, LEASE)
                 if not claimed:
-                    idle += 1  # another claimer may hold the last mailboxes' locks
-                    await asyncio.sleep(0.01)
+                    # Another claimer may hold the mailboxes' locks: stop only when no job waits.
+                    counts = await self.queue.count_by_state()
+                    if counts[JobState.QUEUED] == 0:
+                        return done
+                    await asyncio.sleep(0.005)
                     continue
-                idle = 0
                 await asyncio.gather(*(run(item) for item in claimed))
                 done += len(claimed)
-            return done
 
         before = await server_transactions(dsn) if dsn else 0
         with counting(self.engine) as counts:
