@@ -138,11 +138,15 @@ candidates AS (
            row_number() OVER mailbox_order AS rank,
            sum(next.recipients) OVER mailbox_order AS cumulative
     FROM usage CROSS JOIN LATERAL (
-        -- Recipients are counted (the payload parsed) only against a daily cap here; the
-        -- chosen jobs' counts are stored at the lease.
+        -- Recipients are counted (the payload read) only against a daily cap here; the
+        -- chosen jobs' counts are stored at the lease, which also skips a job whose content
+        -- was purged.
         SELECT job.id, job.priority, job.run_after, job.created_at,
-               CASE WHEN usage.remaining IS NULL THEN 1 ELSE {_RECIPIENTS} END AS recipients
-        FROM jobs AS job JOIN job_contents AS content ON content.job_id = job.id
+               CASE WHEN usage.remaining IS NULL THEN 1
+                    ELSE (SELECT {_RECIPIENTS} FROM job_contents AS content
+                          WHERE content.job_id = job.id)
+               END AS recipients
+        FROM jobs AS job
         WHERE job.mailbox_id = usage.mailbox_id AND job.state = '{QUEUED}'
           AND job.run_after <= :now
         ORDER BY {_ORDER}
