@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup browser demo test check lint types imports locks-check lock unit integration e2e bench clean image image-test
 
 # Locks (with hashes) are generated from pyproject.toml by `make lock`: requirements/runtime.txt
-# for deployments, requirements/dev.txt (runtime + the dependency group `dev`) for this tree.
+# for deployments, requirements/dev.txt (runtime + the dependency group `dev`) for this tree,
+# requirements/bench.txt (dev + the extra `bench`: reference queues) for `make bench`.
 LOCK = $(BIN)/uv pip compile pyproject.toml --universal --generate-hashes --quiet \
 	--custom-compile-command "make lock"
 
@@ -41,6 +42,7 @@ locks-check: setup
 lock: setup
 	$(LOCK) -o requirements/runtime.txt
 	$(LOCK) --group dev -o requirements/dev.txt
+	$(LOCK) --group dev --extra bench -o requirements/bench.txt
 
 lint: setup
 	$(BIN)/ruff check .

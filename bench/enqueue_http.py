@@ -205,8 +205,9 @@ async def batched(
     async with aiohttp.ClientSession() as http:
         started = time.perf_counter()
         for body in bodies:
-            async with http.post(f"{base_url}/v1/job-batches", json=body, headers=headers) as answer:
-                if answer.status in {404, 405}:  # no such route (405: GET /v1/jobs/{id})
+            url = f"{base_url}/v1/job-batches"
+            async with http.post(url, json=body, headers=headers) as answer:
+                if answer.status in {404, 405}:  # no such route
                     return None
                 results = (await answer.json())["items"]
                 if answer.status != 200 or any(r["status"] != "created" for r in results):

@@ -1,14 +1,21 @@
-"""Queue throughput: enqueue, then claim + start + finish, on SQLite and (if configured) PostgreSQL.
+"""Queue throughput: drain (claim + start + finish of no-op jobs) and enqueue, ours against
+pgqueuer and a raw asyncpg ``SKIP LOCKED`` loop on the same PostgreSQL in the same run, and ours
+on SQLite. Prints jobs/s, the ratios ours/pgqueuer and ours/raw, and the database work per
+processed job (statements, transactions, commits and rollbacks, counted with SQLAlchemy event
+listeners). Never passes or fails on time (issue 9, bench (a)).
 
-Prints figures and ratios; never passes or fails on time. PostgreSQL runs when
-MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and dropped).
+    make bench    # or: .venv/bin/python bench/queue_throughput.py [--sizes 1000,10000]
+        [--workers 4] [--batch 100] [--mailboxes 20] [--enqueue-jobs 1000] [--skip-references]
 
-    .venv/bin/python bench/queue_throughput.py [--jobs 2000] [--workers 4] [--batch 16]
-        [--mailboxes 1]
+PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created
+and dropped); the references need the ``bench`` extra (requirements/bench.txt).
 
-Mailbox limits are lifted (no rate, no daily cap, concurrency far above the batch): this
-measures the queue, not the limits. Claimers of one mailbox take turns (the claim locks its
-row), so ``--mailboxes`` above 1 is what lets several workers claim at once.
+Ours drains as the daemon's worker does: ``--workers`` claimers, each claiming up to
+``--batch`` jobs at once and running ``start_attempt`` then ``finish`` for each claimed job
+concurrently. Mailbox limits are lifted (no rate, no daily cap, concurrency far above the
+batch): this measures the queue, not the limits. A claim locks its mailboxes' rows, so jobs
+are spread over ``--mailboxes`` mailboxes. The drain's jobs are inserted in bulk beforehand;
+enqueue is measured separately, one job per ``JobStore.enqueue`` (one transaction each).
 """
 
 from __future__ import annotations
@@ -16,117 +23,309 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import os
+import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
+from mailbox_worker.db.models import Job, JobContent
 from mailbox_worker.jobs.limits import LimitDefaults
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 from mailbox_worker.jobs.transitions import Outcome
+from mailbox_worker.states import JobState
+
+sys.path.insert(0, str(Path(__file__).parent))
+import queue_references
 
 NO_LIMITS = LimitDefaults(max_concurrency=1_000_000, providers={})
 PAYLOAD = {"to": [{"address": "ap@fabrikam.example"}], "subject": "Invoice", "text": "x" * 500}
+SENT = Outcome(JobState.SENT)
+LEASE = dt.timedelta(seconds=60)
 
 
-async def run(
-    url: str, jobs: int, workers: int, batch: int, mailbox_count: int
-) -> dict[str, float]:
-    engine = create_engine(DatabaseSettings(url=url))
-    await migrate.upgrade(engine)
-    sessions = create_session_factory(engine)
-    accounts, mailboxes, store = AccountStore(sessions), MailboxStore(sessions), JobStore(sessions)
-    queue = JobQueue(sessions, limits=NO_LIMITS)
-    account = await accounts.create_account("bench")
-    mailbox_ids = []
-    for number in range(mailbox_count):
-        mailbox = await mailboxes.create(account.id, "microsoft", ["send"], actor="bench")
-        await mailboxes.mark_connected(mailbox.id, f"billing{number}@contoso.example", ["Send"])
-        mailbox_ids.append(mailbox.id)
+@contextmanager
+def counting(engine: AsyncEngine) -> Iterator[Counter[str]]:
+    """Statements, transactions begun, commits and rollbacks on ``engine`` while open, as
+    SQLAlchemy sees them (an autocommit statement shows as a begin and a rollback that send
+    nothing: the server's count is ``server_transactions``)."""
+    counts: Counter[str] = Counter()
+    sync = engine.sync_engine
 
-    started = time.perf_counter()
-    for number in range(jobs):
-        await store.enqueue(
-            NewJob(
-                account.id,
-                mailbox_ids[number % mailbox_count],
-                "send",
-                PAYLOAD,
-                str(number),
-                "contoso.example",
-                idempotency_key=f"k{number}",
+    def on_statement(*_: Any) -> None:
+        counts["statements"] += 1
+
+    def on(name: str) -> Callable[..., None]:
+        def count(*_: Any) -> None:
+            counts[name] += 1
+
+        return count
+
+    listeners = [
+        ("before_cursor_execute", on_statement),
+        ("begin", on("sa_begins")),
+        ("commit", on("sa_commits")),
+        ("rollback", on("sa_rollbacks")),
+    ]
+    for name, listener in listeners:
+        event.listen(sync, name, listener)
+    try:
+        yield counts
+    finally:
+        for name, listener in listeners:
+            event.remove(sync, name, listener)
+
+
+class Ours:
+    """The engine's queue on one database: a connected account with ``mailbox_count``
+    mailboxes."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(DatabaseSettings(url=url))
+        self.sessions = create_session_factory(self.engine)
+        self.queue = JobQueue(self.sessions, limits=NO_LIMITS)
+        self.store = JobStore(self.sessions)
+        self.account_id = ""
+        self.mailbox_ids: list[str] = []
+
+    async def prepare(self, mailbox_count: int) -> None:
+        await migrate.upgrade(self.engine)
+        account = await AccountStore(self.sessions).create_account("bench")
+        mailboxes = MailboxStore(self.sessions)
+        self.account_id = account.id
+        for number in range(mailbox_count):
+            mailbox = await mailboxes.create(account.id, "microsoft", ["send"], actor="bench")
+            await mailboxes.mark_connected(mailbox.id, f"b{number}@contoso.example", ["Send"])
+            self.mailbox_ids.append(mailbox.id)
+
+    async def enqueue(self, jobs: int) -> float:
+        started = time.perf_counter()
+        for number in range(jobs):
+            await self.store.enqueue(
+                NewJob(
+                    self.account_id,
+                    self.mailbox_ids[number % len(self.mailbox_ids)],
+                    "send",
+                    PAYLOAD,
+                    hashlib.sha256(str(number).encode()).hexdigest(),
+                    "contoso.example",
+                    idempotency_key=f"e{uuid.uuid4().hex}",
+                )
             )
+        return jobs / (time.perf_counter() - started)
+
+    async def fill(self, jobs: int) -> None:
+        """``jobs`` queued jobs, inserted in bulk (not what is measured)."""
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        rows = []
+        for number in range(jobs):
+            job_id = f"job_{uuid.uuid4().hex}"
+            rows.append(
+                {
+                    "id": job_id,
+                    "account_id": self.account_id,
+                    "mailbox_id": self.mailbox_ids[number % len(self.mailbox_ids)],
+                    "mode": "send",
+                    "state": JobState.QUEUED,
+                    "request_sha256": "0" * 64,
+                    "message_id": f"<{job_id}@contoso.example>",
+                    "attempts": 0,
+                    "transient_failures": 0,
+                    "run_after": now,
+                    "created_at": now,
+                    "updated_at": now,
+                    "priority": 0,
+                }
+            )
+        async with self.sessions.begin() as session:
+            for start in range(0, jobs, 1000):
+                chunk = rows[start : start + 1000]
+                await session.execute(insert(Job), chunk)
+                await session.execute(
+                    insert(JobContent), [{"job_id": r["id"], "payload": PAYLOAD} for r in chunk]
+                )
+
+    async def drain(
+        self, jobs: int, workers: int, batch: int, dsn: str | None
+    ) -> tuple[float, Counter[str]]:
+        async def run(item: Any) -> None:
+            assert await self.queue.start_attempt(item.lease)
+            assert await self.queue.finish(item.lease, SENT)
+
+        async def work(name: str) -> int:
+            done = 0
+            while True:
+                claimed = await self.queue.claim(name, batch, LEASE)
+                if not claimed:
+                    # Another claimer may hold the mailboxes' locks: stop only when no job waits.
+                    counts = await self.queue.count_by_state()
+                    if counts[JobState.QUEUED] == 0:
+                        return done
+                    await asyncio.sleep(0.005)
+                    continue
+                await asyncio.gather(*(run(item) for item in claimed))
+                done += len(claimed)
+
+        before = await server_transactions(dsn) if dsn else 0
+        with counting(self.engine) as counts:
+            started = time.perf_counter()
+            done = sum(await asyncio.gather(*(work(f"w{n}") for n in range(workers))))
+            seconds = time.perf_counter() - started
+        if dsn:
+            await asyncio.sleep(1.0)  # statistics reach pg_stat_database within a second
+            counts["pg_transactions"] = await server_transactions(dsn) - before
+        assert done == jobs, (done, jobs)
+        return jobs / seconds, counts
+
+
+async def server_transactions(dsn: str) -> int:
+    """Transactions committed or rolled back in the database so far, as PostgreSQL counts
+    them (an autocommit statement is one; SQLAlchemy's own events do not see those)."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        count = await connection.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+            "WHERE datname = current_database()"
         )
-    enqueue_seconds = time.perf_counter() - started
+    finally:
+        await connection.close()
+    return int(count)
 
-    async def work(name: str) -> int:
-        done = 0
-        while True:
-            claimed = await queue.claim(name, batch, dt.timedelta(seconds=60))
-            if not claimed and (await queue.count_by_state())["queued"] == 0:
-                return done
-            for item in claimed:
-                await queue.start_attempt(item.lease)
-                await queue.finish(item.lease, Outcome("sent"))
-                done += 1
 
-    started = time.perf_counter()
-    counts = await asyncio.gather(*(work(f"w{n}") for n in range(workers)))
-    process_seconds = time.perf_counter() - started
-    assert sum(counts) == jobs, counts
-    await engine.dispose()
-    return {"enqueue_per_s": jobs / enqueue_seconds, "process_per_s": jobs / process_seconds}
+async def ours(
+    url: str, args: argparse.Namespace, size: int, dsn: str | None = None
+) -> dict[str, Any]:
+    bench = Ours(url)
+    try:
+        await bench.prepare(args.mailboxes)
+        await bench.fill(size)
+        drain, counts = await bench.drain(size, args.workers, args.batch, dsn)
+        enqueue = await bench.enqueue(min(size, args.enqueue_jobs))
+    finally:
+        await bench.engine.dispose()
+    per_job = {name: count / size for name, count in counts.items()}
+    return {"drain": drain, "enqueue": enqueue, "per_job": per_job}
+
+
+@contextmanager
+def scratch_sqlite() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as folder:
+        yield f"sqlite+aiosqlite:///{folder}/bench.db"
+
+
+async def scratch_postgres(base: str) -> tuple[str, str, Callable[[], Awaitable[None]]]:
+    """A new database: its SQLAlchemy URL, its asyncpg DSN, and how to drop it."""
+    import asyncpg
+
+    name = f"mw_bench_{uuid.uuid4().hex[:8]}"
+    admin = make_url(base).set(drivername="postgresql").render_as_string(False)
+    connection = await asyncpg.connect(admin)
+    await connection.execute(f'CREATE DATABASE "{name}"')
+
+    async def drop() -> None:
+        await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await connection.close()
+
+    url = make_url(base).set(database=name)
+    dsn = url.set(drivername="postgresql").render_as_string(False)
+    return url.render_as_string(False), dsn, drop
+
+
+def ratio(ours: float, reference: float | None) -> str:
+    return f"{ours / reference:5.2f}" if reference else "  n/a"
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--mailboxes", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--mailboxes", type=int, default=20)
+    parser.add_argument("--enqueue-jobs", type=int, default=1000)
+    parser.add_argument("--skip-references", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        results["sqlite"] = await run(
-            f"sqlite+aiosqlite:///{scratch}/bench.db",
-            args.jobs,
-            args.workers,
-            args.batch,
-            args.mailboxes,
-        )
+    sizes = [int(size) for size in args.sizes.split(",")]
     postgres = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
-    if postgres:
-        import asyncpg
-        from sqlalchemy.engine import make_url
-
-        name = f"mw_bench_{uuid.uuid4().hex[:8]}"
-        admin = make_url(postgres).set(drivername="postgresql").render_as_string(False)
-        connection = await asyncpg.connect(admin)
-        await connection.execute(f'CREATE DATABASE "{name}"')
-        try:
-            url = make_url(postgres).set(database=name).render_as_string(False)
-            results["postgresql"] = await run(
-                url, args.jobs, args.workers, args.batch, args.mailboxes
+    print(
+        f"workers={args.workers} batch={args.batch} mailboxes={args.mailboxes} "
+        f"enqueue_jobs={args.enqueue_jobs} cpus={os.cpu_count()}"
+    )
+    for size in sizes:
+        print(f"\nN={size}")
+        if not args.skip_sqlite:
+            with scratch_sqlite() as url:
+                lite = await ours(url, args, size)
+            print(
+                f"  sqlite   ours      drain {lite['drain']:8.0f} jobs/s  "
+                f"enqueue {lite['enqueue']:6.0f} jobs/s  per job: {_per_job(lite)}"
             )
+        if not postgres:
+            print("  postgresql: set MAILBOX_WORKER_TEST_POSTGRES_URL to measure it")
+            continue
+        url, dsn, drop = await scratch_postgres(postgres)
+        try:
+            pg = await ours(url, args, size, dsn)
+            raw_drain = raw_enqueue = pgq_drain = pgq_enqueue = None
+            best_batch = 0
+            if not args.skip_references:
+                enqueue_jobs = min(size, args.enqueue_jobs)
+                raw_drain = await queue_references.raw_drain(dsn, size, args.workers)
+                raw_enqueue = await queue_references.raw_enqueue(dsn, enqueue_jobs)
+                pgq_drain = 0.0
+                for batch in (10, 100):
+                    rate = await queue_references.pgqueuer_drain(dsn, size, batch)
+                    print(f"  postgres pgqueuer  drain {rate:8.0f} jobs/s  (batch {batch})")
+                    if rate > pgq_drain:
+                        pgq_drain, best_batch = rate, batch
+                pgq_enqueue = await queue_references.pgqueuer_enqueue(dsn, enqueue_jobs)
+                print(
+                    f"  postgres raw       drain {raw_drain:8.0f} jobs/s  "
+                    f"enqueue {raw_enqueue:6.0f} jobs/s"
+                )
+                print(
+                    f"  postgres pgqueuer  drain {pgq_drain:8.0f} jobs/s  "
+                    f"enqueue {pgq_enqueue:6.0f} jobs/s  (best batch {best_batch})"
+                )
         finally:
-            await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            await connection.close()
-    print(f"jobs={args.jobs} workers={args.workers} batch={args.batch} mailboxes={args.mailboxes}")
-    for backend, figures in results.items():
+            await drop()
         print(
-            f"{backend:<11} enqueue {figures['enqueue_per_s']:8.0f} jobs/s   "
-            f"claim+attempt+finish {figures['process_per_s']:8.0f} jobs/s"
+            f"  postgres ours      drain {pg['drain']:8.0f} jobs/s  "
+            f"enqueue {pg['enqueue']:6.0f} jobs/s  per job: {_per_job(pg)}"
         )
-    if len(results) == 2:
-        for key in ("enqueue_per_s", "process_per_s"):
-            ratio = results["postgresql"][key] / results["sqlite"][key]
-            print(f"ratio postgresql/sqlite {key}: {ratio:.2f}")
+        print(
+            f"  ratios   drain ours/pgqueuer {ratio(pg['drain'], pgq_drain)}  "
+            f"ours/raw {ratio(pg['drain'], raw_drain)}   "
+            f"enqueue ours/pgqueuer {ratio(pg['enqueue'], pgq_enqueue)}  "
+            f"ours/raw {ratio(pg['enqueue'], raw_enqueue)}"
+        )
+
+
+def _per_job(figures: dict[str, Any]) -> str:
+    """Per processed job: statements sent, SQLAlchemy's transaction events, and (PostgreSQL)
+    the transactions the server counted."""
+    per_job = figures["per_job"]
+    names = ["statements", "sa_begins", "sa_commits", "sa_rollbacks"]
+    names += ["pg_transactions"] if "pg_transactions" in per_job else []
+    return " ".join(f"{name} {per_job.get(name, 0.0):.2f}" for name in names)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         echo=settings.echo,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
-        pool_pre_ping=True,
+        # No ping at each checkout (a round-trip before every unit of work): a connection the
+        # database dropped fails on its first use instead, SQLAlchemy then discards every
+        # pooled connection opened before it, and the unit of work is retried
+        # (``JobQueue._retrying``) or answered as an outage (``db/outage.py``).
+        pool_pre_ping=False,
         connect_args=postgresql_connect_args(settings),
     )
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbox_worker.clock import Clock
 from mailbox_worker.db.models import Account, Job, JobContent, Mailbox
+from mailbox_worker.jobs.claim_sql import JOB_COLUMNS, LEASE_JOBS, LOCK_MAILBOXES
 from mailbox_worker.jobs.limits import (
     DAILY_WINDOW,
     RATE_WINDOW,
@@ -29,6 +30,7 @@ from mailbox_worker.jobs.limits import (
     allowance,
     deferral,
     effective_limits,
+    effective_limits_of,
     recipient_count,
     round_robin,
     within_daily_cap,
@@ -96,6 +98,8 @@ class Claims:
         if limit <= 0:
             return []
         owner = lease_owner(worker)
+        if session.get_bind().dialect.name == "postgresql":
+            return await self._claim_postgresql(session, worker, owner, limit, now + lease, now)
         mailboxes = await self._lock_mailboxes(session, now, limit)
         if not mailboxes:
             return []
@@ -128,6 +132,63 @@ class Claims:
             for i in chosen
             if i in claimed
         ]
+
+    async def _claim_postgresql(
+        self,
+        session: AsyncSession,
+        worker: str,
+        owner: str,
+        limit: int,
+        expires_at: dt.datetime,
+        now: dt.datetime,
+    ) -> list[ClaimedJob]:
+        """The same claim in two statements (``jobs/claim_sql.py``): lock the mailboxes, then
+        read their usage and lease their jobs."""
+        locked = (
+            await session.execute(
+                LOCK_MAILBOXES,
+                {"now": now, "default_concurrency": self._limits.max_concurrency, "limit": limit},
+            )
+        ).all()
+        if not locked:
+            return []
+        limits = [
+            effective_limits_of(
+                row.provider,
+                row.max_concurrency,
+                row.rate_per_minute,
+                row.daily_recipient_cap,
+                self._limits,
+            )
+            for row in locked
+        ]
+        rows = (
+            await session.execute(
+                LEASE_JOBS,
+                {
+                    "mailbox_ids": [row.id for row in locked],
+                    "concurrency": [each.max_concurrency for each in limits],
+                    "rate": [each.rate_per_minute for each in limits],
+                    "cap": [each.daily_recipient_cap for each in limits],
+                    "now": now,
+                    "minute_ago": now - RATE_WINDOW,
+                    "day_ago": now - DAILY_WINDOW,
+                    "rate_window": RATE_WINDOW,
+                    "daily_window": DAILY_WINDOW,
+                    "limit": limit,
+                    "owner": owner,
+                    "expires_at": expires_at,
+                    "event_at": self._clock(),
+                    "worker": worker,
+                },
+            )
+        ).all()
+        claimed = []
+        for row in rows:
+            values = row._mapping
+            job = Job(**{name: values[name] for name in JOB_COLUMNS})
+            claimed.append(ClaimedJob(job, values["payload"], Lease(job.id, worker, owner)))
+        return claimed
 
     async def _allowance(
         self,

@@ -75,11 +75,29 @@ class Deferral:
 
 def effective_limits(mailbox: Mailbox, defaults: LimitDefaults) -> MailboxLimits:
     """The mailbox's own limits, its provider's defaults where it has none."""
-    provider = defaults.providers.get(mailbox.provider, ProviderLimits())
+    return effective_limits_of(
+        mailbox.provider,
+        mailbox.max_concurrency,
+        mailbox.rate_per_minute,
+        mailbox.daily_recipient_cap,
+        defaults,
+    )
+
+
+def effective_limits_of(
+    provider: str,
+    max_concurrency: int | None,
+    rate_per_minute: int | None,
+    daily_recipient_cap: int | None,
+    defaults: LimitDefaults,
+) -> MailboxLimits:
+    """``effective_limits`` of a mailbox given by its provider and its own limits (None:
+    none of its own)."""
+    provider_limits = defaults.providers.get(provider, ProviderLimits())
     return MailboxLimits(
-        max_concurrency=mailbox.max_concurrency or defaults.max_concurrency,
-        rate_per_minute=mailbox.rate_per_minute or provider.rate_per_minute,
-        daily_recipient_cap=mailbox.daily_recipient_cap or provider.daily_recipient_cap,
+        max_concurrency=max_concurrency or defaults.max_concurrency,
+        rate_per_minute=rate_per_minute or provider_limits.rate_per_minute,
+        daily_recipient_cap=daily_recipient_cap or provider_limits.daily_recipient_cap,
     )
 
 
@@ -158,6 +176,7 @@ __all__ = [
     "allowance",
     "deferral",
     "effective_limits",
+    "effective_limits_of",
     "recipient_count",
     "round_robin",
     "within_daily_cap",

@@ -12,24 +12,37 @@ mailboxes' rows (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's singl
 serialises claims) and keeps each mailbox within its limits (``jobs/limits.py``,
 docs/architecture.md#mailbox-limits). Transitions are described in ``jobs/transitions.py`` and
 docs/architecture.md#job-states.
+
+The claimed jobs' writes (``start_attempt``, ``finish``, ``retry_later``, ``hold``) are each
+one guarded write per job, gathered with the other jobs' that arrive at about the same time
+into one batch (``jobs/coalescing.py``, ``jobs/job_writes.py``): one statement and one
+transaction per batch on PostgreSQL, one transaction on SQLite. Each job is still answered for
+itself (False: its lease was lost, nothing written for it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.models import Job
+from mailbox_worker.jobs import job_writes
 from mailbox_worker.jobs.claims import ClaimedJob, Claims, Lease, lease_owner
+from mailbox_worker.jobs.coalescing import Coalescer
 from mailbox_worker.jobs.limits import LimitDefaults
-from mailbox_worker.jobs.transitions import Outcome, announce, held_by, job_event, move_each
-from mailbox_worker.states import TERMINAL, JobState
+from mailbox_worker.jobs.transitions import Outcome, announce, job_event, move_each
+from mailbox_worker.states import JobState
+
+T = TypeVar("T")
+W = TypeVar("W", job_writes.Start, job_writes.Leave)
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,56 @@ class JobQueue:
         self._sessions = sessions
         self._clock = clock
         self._claims = Claims(limits or LimitDefaults(), clock)
+        engine = sessions.kw["bind"]
+        assert isinstance(engine, AsyncEngine), "JobQueue needs sessions bound to an engine"
+        # A single-statement write needs no explicit transaction on PostgreSQL: its own,
+        # implicit one saves the BEGIN and COMMIT round-trips (docs/architecture.md).
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._autocommit = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgresql else engine
+        )
+        self._starts: Coalescer[job_writes.Start, bool] = Coalescer(
+            lambda starts: self._write(job_writes.start, starts), key=_job_of
+        )
+        self._leaves: Coalescer[job_writes.Leave, bool] = Coalescer(
+            lambda leaves: self._write(job_writes.leave_running, leaves), key=_job_of
+        )
+
+    async def _write(
+        self,
+        write: Callable[[AsyncConnection, Sequence[W]], Awaitable[list[bool]]],
+        items: Sequence[W],
+    ) -> list[bool]:
+        """One batch of job writes on one write connection, retried once on a dropped one."""
+
+        async def attempt() -> list[bool]:
+            async with self._write_connection() as connection:
+                return await write(connection, items)
+
+        return await self._retrying(attempt)
+
+    @asynccontextmanager
+    async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one job write: autocommit on PostgreSQL (the write is one
+        statement), a transaction (``BEGIN IMMEDIATE``) on SQLite."""
+        async with self._autocommit.connect() as connection:
+            if self._postgresql:
+                yield connection
+                return
+            async with connection.begin():
+                yield connection
+
+    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()``, run again once if it failed on a connection the database had dropped
+        (a restart or a network cut since the pool last used it): the engine does not ping a
+        connection at each checkout (``db/engine.py``), so the first use after a drop is
+        where it shows, and the pool has then discarded every connection opened before."""
+        try:
+            return await work()
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+        return await work()
 
     async def count_by_state(self) -> dict[str, int]:
         """Jobs in each state, every ``JobState`` present (0 when none)."""
@@ -92,8 +155,12 @@ class JobQueue:
         ``Lease`` of this claim, in one transaction (``Claims.claim``)."""
         if limit <= 0:
             return []
-        async with self._sessions.begin() as session:
-            return await self._claims.claim(session, worker, limit, lease, self._clock())
+
+        async def claim() -> list[ClaimedJob]:
+            async with self._sessions.begin() as session:
+                return await self._claims.claim(session, worker, limit, lease, self._clock())
+
+        return await self._retrying(claim)
 
     async def hand_back(self, leases: Sequence[Lease]) -> int:
         """Back to ``queued`` at once (lease cleared, ``worker_stopped``): jobs claimed under
@@ -165,87 +232,53 @@ class JobQueue:
         now leaves the job ``unknown`` rather than risk sending it twice.
         """
         now = self._clock()
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Job)
-                .where(held_by(lease.job_id, lease.owner), Job.lease_expires_at > now)
-                .values(in_flight_since=now, attempts=Job.attempts + 1, updated_at=now)
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                return False
-            session.add(
-                job_event(
-                    self._clock(), lease.job_id, "attempt", code="started", worker=lease.worker
-                )
-            )
-        return True
+        return await self._starts.submit(
+            job_writes.Start(lease.job_id, lease.owner, lease.worker, now, self._clock())
+        )
 
     async def finish(self, lease: Lease, outcome: Outcome) -> bool:
         """Leave ``running`` for ``outcome.state``; False if ``lease`` was lost (an expired
         lease that no recovery took yet still holds: the outcome is worth more than the
         expiry)."""
-        now = self._clock()
-        values: dict[str, Any] = {
-            "state": outcome.state,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "in_flight_since": None,
-            "updated_at": now,
-            "last_error_code": outcome.code,
-            "last_error_message": outcome.message,
-        }
-        if outcome.state in TERMINAL:
-            values["finished_at"] = now
-        for name in ("provider_message_id", "provider_draft_id", "web_link"):
-            if getattr(outcome, name) is not None:
-                values[name] = getattr(outcome, name)
+        values = job_writes.leave_values(
+            state=outcome.state,
+            now=self._clock(),
+            code=outcome.code,
+            message=outcome.message,
+            provider_message_id=outcome.provider_message_id,
+            provider_draft_id=outcome.provider_draft_id,
+            web_link=outcome.web_link,
+        )
         return await self._leave_running(lease, values, outcome)
 
     async def retry_later(
         self, lease: Lease, run_after: dt.datetime, outcome: Outcome, *, failure: bool
     ) -> bool:
         """Back to ``queued`` until ``run_after``; ``failure`` counts it toward the retry limit."""
-        values: dict[str, Any] = {
-            "state": JobState.QUEUED,
-            "run_after": run_after,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "in_flight_since": None,
-            "updated_at": self._clock(),
-            "last_error_code": outcome.code,
-            "last_error_message": outcome.message,
-        }
-        if failure:
-            values["transient_failures"] = Job.transient_failures + 1
+        values = job_writes.leave_values(
+            state=JobState.QUEUED,
+            now=self._clock(),
+            code=outcome.code,
+            message=outcome.message,
+            run_after=run_after,
+            failure=failure,
+        )
         return await self._leave_running(lease, values, outcome)
 
     async def _leave_running(self, lease: Lease, values: dict[str, Any], outcome: Outcome) -> bool:
-        async with self._sessions.begin() as session:
-            job = (
-                await session.scalars(
-                    update(Job)
-                    .where(held_by(lease.job_id, lease.owner))
-                    .values(**values)
-                    .returning(Job)
-                )
-            ).one_or_none()
-            if job is None:
-                return False
-            session.add(
-                job_event(
-                    self._clock(),
-                    lease.job_id,
-                    "state",
-                    JobState.RUNNING,
-                    str(values["state"]),
-                    code=outcome.code,
-                    detail=outcome.message,
-                    provider_status=outcome.provider_status,
-                    worker=lease.worker,
-                )
+        """One write (``job_writes.leave_running``): the guarded update, its event and its
+        outbox event, sent with the other jobs' that arrive meanwhile."""
+
+        return await self._leaves.submit(
+            job_writes.Leave(
+                lease.job_id,
+                lease.owner,
+                values,
+                lease.worker,
+                outcome.provider_status,
+                self._clock(),
             )
-            announce(session, job, str(values["state"]), outcome.code, self._clock())
-        return True
+        )
 
     async def record_provider_ids(self, lease: Lease, outcome: Outcome) -> bool:
         """Persist ids the provider returned before the job's final transition (resume aid)."""
@@ -256,23 +289,25 @@ class JobQueue:
         }
         if not values:
             return True
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Job).where(held_by(lease.job_id, lease.owner)).values(**values)
-            )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+        async def record() -> bool:
+            async with self._write_connection() as connection:
+                return await job_writes.record_ids(
+                    connection,
+                    lease.job_id,
+                    lease.owner,
+                    outcome.provider_message_id,
+                    outcome.provider_draft_id,
+                    outcome.web_link,
+                )
+
+        return await self._retrying(record)
 
     async def hold(self, lease: Lease, code: str, message: str) -> bool:
         """A running job whose mailbox lost its grant waits in ``held``."""
-        values: dict[str, Any] = {
-            "state": JobState.HELD,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "in_flight_since": None,
-            "updated_at": self._clock(),
-            "last_error_code": code,
-            "last_error_message": message,
-        }
+        values = job_writes.leave_values(
+            state=JobState.HELD, now=self._clock(), code=code, message=message
+        )
         return await self._leave_running(lease, values, Outcome(JobState.HELD, code, message))
 
     async def recover_expired_leases(self) -> tuple[int, int]:
@@ -370,6 +405,10 @@ class JobQueue:
                 message,
                 self._clock(),
             )
+
+
+def _job_of(write: job_writes.Start | job_writes.Leave) -> str:
+    return write.job_id
 
 
 def _held_under(leases: Sequence[Lease]) -> ColumnElement[bool]:

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, Mailbox, OutboxEvent
-from mailbox_worker.events.outbox import outbox_row
-from mailbox_worker.jobs import transitions
+from mailbox_worker.events.outbox import Outbox, outbox_row
+from mailbox_worker.jobs import job_writes, transitions
 from mailbox_worker.jobs.queue import Lease, lease_owner
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.transitions import Outcome
@@ -172,11 +172,15 @@ async def test_a_transition_whose_event_cannot_be_written_does_not_happen(
     stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The event is written in the transition's transaction: when the insert fails (here an
-    event without an account, refused by the database) the job stays where it was."""
+    event without an account, or one whose id is taken, refused by the database) the job
+    stays where it was."""
     mailbox = await setup(stores)
     running, _ = await stores.jobs.enqueue(new_job(mailbox, "running"))
     [claimed] = await stores.queue.claim("w1", 1, LEASE)
     queued, _ = await stores.jobs.enqueue(new_job(mailbox, "queued"))
+    await Outbox(stores.sessions).add(mailbox.account_id, "job.sent", {"job_id": "job_other"})
+    async with stores.sessions() as session:
+        taken = (await session.scalars(select(OutboxEvent.public_id))).one()
 
     def broken_row(
         account_id: str, kind: str, payload: dict[str, Any], at: dt.datetime | None = None
@@ -186,6 +190,7 @@ async def test_a_transition_whose_event_cannot_be_written_does_not_happen(
         return row
 
     monkeypatch.setattr(transitions, "outbox_row", broken_row)  # what announce() calls
+    monkeypatch.setattr(job_writes, "new_id", lambda prefix: taken)  # the worker's writes
     with pytest.raises(IntegrityError):
         await stores.queue.finish(claimed.lease, Outcome(JobState.SENT))
     with pytest.raises(IntegrityError):

@@ -1,0 +1,92 @@
+"""``Coalescer``: writes that arrive while a batch is on its way go together in the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from mailbox_worker.jobs.coalescing import Coalescer
+
+
+class Recorder:
+    """A flush that records its batches and, while ``gate`` is closed, waits for it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def flush(self, items: Sequence[str]) -> list[str]:
+        self.batches.append(list(items))
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [f"done {item}" for item in items]
+
+
+def job_of(item: str) -> str:
+    return item.split("/")[0]
+
+
+async def test_a_lone_write_goes_at_once_and_gets_its_answer() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.flush, key=job_of)
+    assert await coalescer.submit("a/1") == "done a/1"
+    assert recorder.batches == [["a/1"]]
+
+
+async def test_writes_arriving_during_a_flush_go_together_next() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    coalescer = Coalescer(recorder.flush, key=job_of)
+    first = asyncio.create_task(coalescer.submit("a/1"))
+    await asyncio.sleep(0)  # the first batch leaves, alone
+    others = [asyncio.create_task(coalescer.submit(f"{name}/1")) for name in "bcd"]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    assert await first == "done a/1"
+    assert [await task for task in others] == ["done b/1", "done c/1", "done d/1"]
+    assert recorder.batches == [["a/1"], ["b/1", "c/1", "d/1"]]
+
+
+async def test_one_jobs_writes_never_share_a_batch_and_keep_their_order() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    coalescer = Coalescer(recorder.flush, key=job_of, most=2)
+    tasks = [asyncio.create_task(coalescer.submit(item)) for item in ("a/1", "a/2", "b/1", "c/1")]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    await asyncio.gather(*tasks)
+    assert recorder.batches == [["a/1", "b/1"], ["a/2", "c/1"]]
+
+
+async def test_a_failed_batch_fails_each_of_its_callers() -> None:
+    recorder = Recorder()
+    recorder.fail = RuntimeError("database away")
+    coalescer = Coalescer(recorder.flush, key=job_of)
+    results = await asyncio.gather(
+        coalescer.submit("a/1"), coalescer.submit("b/1"), return_exceptions=True
+    )
+    assert [str(result) for result in results] == ["database away", "database away"]
+    recorder.fail = None
+    assert await coalescer.submit("a/1") == "done a/1"  # the next batch is sent as usual
+
+
+async def test_a_caller_cancelled_before_its_batch_left_is_not_written() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    coalescer = Coalescer(recorder.flush, key=job_of)
+    first = asyncio.create_task(coalescer.submit("a/1"))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(coalescer.submit("b/1"))
+    kept = asyncio.create_task(coalescer.submit("c/1"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    recorder.gate.set()
+    assert (await first, await kept) == ("done a/1", "done c/1")
+    assert recorder.batches == [["a/1"], ["c/1"]]
