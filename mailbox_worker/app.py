@@ -246,7 +246,12 @@ class App:
             clock,
             idempotency_window=dt.timedelta(hours=settings.retention.idempotency_hours),
         )
-        queue = JobQueue(sessions, clock, settings.worker.mailbox_limits())
+        queue = JobQueue(
+            sessions,
+            clock,
+            settings.worker.mailbox_limits(),
+            transaction_pooler=settings.database.transaction_pooler,
+        )
         keys = keys or key_source(settings)
         vault = TokenVault(sessions, keys, scrubber, clock)
         violations = PolicyViolationLog(accounts, telemetry)

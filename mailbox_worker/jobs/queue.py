@@ -63,8 +63,13 @@ class JobQueue:
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock = utcnow,
         limits: LimitDefaults | None = None,
+        *,
+        transaction_pooler: bool = False,
     ) -> None:
-        """``limits``: what applies to mailboxes without limits of their own."""
+        """``limits``: what applies to mailboxes without limits of their own.
+        ``transaction_pooler``: the database is reached through a pooler in transaction mode
+        (``database.transaction_pooler``), where a statement outside a transaction may have its
+        parse and its execution sent to different servers: every write then runs in one."""
         self._sessions = sessions
         self._clock = clock
         self._claims = Claims(limits or LimitDefaults(), clock)
@@ -72,9 +77,11 @@ class JobQueue:
         assert isinstance(engine, AsyncEngine), "JobQueue needs sessions bound to an engine"
         # A single-statement write needs no explicit transaction on PostgreSQL: its own,
         # implicit one saves the BEGIN and COMMIT round-trips (docs/architecture.md).
-        self._postgresql = engine.dialect.name == "postgresql"
+        self._autocommit_writes = engine.dialect.name == "postgresql" and not transaction_pooler
         self._autocommit = (
-            engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgresql else engine
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._autocommit_writes
+            else engine
         )
         self._starts: Coalescer[job_writes.Start, bool] = Coalescer(
             lambda starts: self._write(job_writes.start, starts), key=_job_of
@@ -99,9 +106,10 @@ class JobQueue:
     @asynccontextmanager
     async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A connection for one job write: autocommit on PostgreSQL (the write is one
-        statement), a transaction (``BEGIN IMMEDIATE``) on SQLite."""
+        statement), a transaction otherwise (``BEGIN IMMEDIATE`` on SQLite; behind a
+        transaction pooler, where only a transaction keeps one server connection)."""
         async with self._autocommit.connect() as connection:
-            if self._postgresql:
+            if self._autocommit_writes:
                 yield connection
                 return
             async with connection.begin():
