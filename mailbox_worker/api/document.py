@@ -14,6 +14,7 @@ never the value sent.
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import importlib.resources
 import json
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from jsonschema import Draft202012Validator, FormatChecker, ValidationError
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -69,7 +70,7 @@ class ApiDocument:
         )
         self._registry: Registry[Any] = Registry().with_resource(DOCUMENT_URI, resource)
         self._format_checker = format_checker()
-        self._validators: dict[str, Draft202012Validator] = {}
+        self._validators: dict[str, Any] = {}
 
     @classmethod
     def packaged(cls) -> ApiDocument:
@@ -103,16 +104,48 @@ class ApiDocument:
             raise failure(whole)
         return {index: failure(errors) for index, errors in by_item.items()}
 
-    def _validator(self, pointer: str) -> Draft202012Validator:
+    def _validator(self, pointer: str) -> Any:
         validator = self._validators.get(pointer)
         if validator is None:
-            validator = Draft202012Validator(
+            validator = Validator(
                 {"$ref": f"{DOCUMENT_URI}#{pointer}"},
                 registry=self._registry,
                 format_checker=self._format_checker,
             )
             self._validators[pointer] = validator
         return validator
+
+
+BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+"""The document's pattern of standard padded base64 (``Attachment.content_base64``)."""
+
+
+def is_standard_base64(value: str) -> bool:
+    """Whether ``value`` matches ``BASE64_PATTERN``, checked by ``binascii`` in one pass: the
+    regular expression costs about 1.6 ms per 100 KB attachment (docs/performance.md)."""
+    if not value.isascii() or len(value) % 4 or len(value) - len(value.rstrip("=")) > 2:
+        return False  # (binascii accepts padding beyond a full group: "QUJD====")
+    try:
+        binascii.a2b_base64(value, strict_mode=True)
+    except binascii.Error:
+        return False
+    return True
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """The ``pattern`` keyword, with the base64 pattern checked by ``is_standard_base64``."""
+    if pattern == BASE64_PATTERN and isinstance(instance, str):
+        if not is_standard_base64(instance):
+            yield ValidationError(f"does not match {pattern!r}")
+        return
+    yield from _JSONSCHEMA_PATTERN(validator, pattern, instance, schema)
+
+
+_JSONSCHEMA_PATTERN = Draft202012Validator.VALIDATORS["pattern"]
+Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+"""JSON Schema 2020-12 as jsonschema implements it, but for the ``pattern`` above."""
 
 
 def schema_pointer(name: str) -> str:
