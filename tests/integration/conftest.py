@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -19,6 +20,7 @@ from mailbox_worker.jobs.limits import LimitDefaults
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
 
+from .api_harness import RunningApi, running_api
 from .oauth_world import multi_tenant_world, world  # noqa: F401 - fixtures of the connect tests
 from .sandbox_fixtures import http, requests_session, sandbox  # noqa: F401 - sandbox tests
 
@@ -81,3 +83,19 @@ async def stores(engine: AsyncEngine) -> Stores:
         JobQueue(sessions, limits=NO_MAILBOX_LIMITS),
         StorageScrubber(engine),
     )
+
+
+# The running API and a caller with a connected mailbox, for the API tests that need only that
+# (a test module that needs more defines its own).
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
+    async with running_api(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def caller(api: RunningApi) -> tuple[str, str, str]:
+    """``(account_id, api_key, connected mailbox id)``."""
+    account_id, key = await api.account_with_key()
+    mailbox = await api.connected_mailbox(account_id)
+    return account_id, key, mailbox.id

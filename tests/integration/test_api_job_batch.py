@@ -3,28 +3,12 @@ each item answered as ``POST /v1/jobs`` would answer it alone."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailbox_worker.states import JobState
-from tests.integration.api_harness import Answer, RunningApi, job_request, running_api
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
-    async with running_api(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-async def caller(api: RunningApi) -> tuple[str, str, str]:
-    """``(account_id, api_key, connected mailbox id)``."""
-    account_id, key = await api.account_with_key()
-    mailbox = await api.connected_mailbox(account_id)
-    return account_id, key, mailbox.id
+from tests.integration.api_harness import Answer, RunningApi, job_request
 
 
 async def batch(api: RunningApi, key: str, items: list[Any]) -> Answer:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,22 +19,7 @@ from tests.integration.api_harness import (
     Answer,
     RunningApi,
     job_request,
-    running_api,
 )
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
-    async with running_api(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-async def caller(api: RunningApi) -> tuple[str, str, str]:
-    """``(account_id, api_key, connected mailbox id)``."""
-    account_id, key = await api.account_with_key()
-    mailbox = await api.connected_mailbox(account_id)
-    return account_id, key, mailbox.id
 
 
 async def enqueue(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,21 +13,7 @@ import pytest
 
 from mailbox_worker.db.accounts import PERMISSIONS
 from mailbox_worker.states import JobState
-from tests.integration.api_harness import RunningApi, job_request, running_api
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[RunningApi]:
-    async with running_api(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-async def caller(api: RunningApi) -> tuple[str, str, str]:
-    """``(account_id, api_key, connected mailbox id)``."""
-    account_id, key = await api.account_with_key()
-    mailbox = await api.connected_mailbox(account_id)
-    return account_id, key, mailbox.id
+from tests.integration.api_harness import RunningApi, job_request
 
 
 async def enqueue(api: RunningApi, key: str, mailbox_id: str, reference: str) -> dict[str, Any]:
