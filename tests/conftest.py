@@ -12,6 +12,7 @@ TEMPLATE`` on PostgreSQL), as procrastinate does, so each test does not run Alem
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import threading
@@ -53,6 +54,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = 1
         elif selected:
             print(f"\nPostgreSQL tests passed: {_postgres_passed}")
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks_where_they_happen(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Collect garbage as a PostgreSQL test ends, so a connection it left unclosed warns (and
+    fails, warnings being errors) in that test's teardown rather than in whichever test the
+    garbage collector happens to run in later."""
+    yield
+    if "postgres" in request.keywords:
+        gc.collect()
 
 
 def _admin_dsn() -> str:

@@ -169,9 +169,21 @@ class DueListener:
                     await asyncio.wait_for(connection.execute("SELECT 1"), CHECK_TIMEOUT)
         finally:
             self.listening = False
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 5.0)
+            await _close(connection)
 
     def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         if payload != self._origin:
             self._on_due()
+
+
+async def _close(connection: Any) -> None:
+    """Close the listening connection politely within 5 s, else (an answer that never comes,
+    or this task cancelled meanwhile) drop its socket: never leave it open for the garbage
+    collector."""
+    try:
+        await asyncio.wait_for(connection.close(), 5.0)
+    except asyncio.CancelledError:
+        connection.terminate()
+        raise
+    except Exception:
+        connection.terminate()

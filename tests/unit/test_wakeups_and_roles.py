@@ -95,6 +95,7 @@ class FakeConnection:
     def __init__(self) -> None:
         self.callbacks: list[Callable[[object, int, str, str], None]] = []
         self.closed = False
+        self.terminated = False
 
     def add_termination_listener(self, callback: Callable[[object], None]) -> None:
         pass
@@ -107,6 +108,9 @@ class FakeConnection:
 
     async def close(self) -> None:
         self.closed = True
+
+    def terminate(self) -> None:
+        self.terminated = True
 
 
 async def test_a_listener_wakes_for_other_processes_not_its_own() -> None:
@@ -132,3 +136,44 @@ async def test_a_listener_wakes_for_other_processes_not_its_own() -> None:
     stop.set()
     await running
     assert connection.closed and not listener.listening
+
+
+class BrokenClose(FakeConnection):
+    """A connection whose polite close fails (the server went away mid-goodbye)."""
+
+    async def close(self) -> None:
+        raise ConnectionResetError("gone")
+
+
+class HangingClose(FakeConnection):
+    """A connection whose polite close never gets an answer."""
+
+    async def close(self) -> None:
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("kind", [BrokenClose, HangingClose])
+async def test_a_listening_connection_that_will_not_close_is_terminated(
+    kind: type[FakeConnection],
+) -> None:
+    connection = kind()
+
+    async def connect(dsn: str) -> FakeConnection:
+        return connection
+
+    listener = DueListener("postgresql://db/mail", lambda: None, connect=connect)
+    stop = asyncio.Event()
+    running = asyncio.create_task(listener.run(stop))
+    async with asyncio.timeout(10):
+        while not connection.callbacks:
+            await asyncio.sleep(0)
+    stop.set()
+    if kind is HangingClose:
+        # Cancelled while waiting for the goodbye (a shutdown that will not wait 5 s).
+        await asyncio.sleep(0.05)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    else:
+        await running
+    assert connection.terminated and not listener.listening
