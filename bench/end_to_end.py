@@ -62,6 +62,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     warm = await post_invoices(daemon, WARM_UP, pdf, arguments.posters)
                     await follow(states, 0, len(warm.job_ids), time.perf_counter(), 300)
                     cpu_before = daemon.cpu_seconds()
+                    by_process_before = {pid: cpu_seconds(pid) for pid in daemon.pids()}
                     sandbox_before = cpu_seconds(sandbox.pid)
                     started = time.perf_counter()
                     following = asyncio.create_task(
@@ -70,6 +71,9 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     posted = await post_invoices(daemon, arguments.jobs, pdf, arguments.posters)
                     progress = await following
                     cpu = daemon.cpu_seconds() - cpu_before
+                    by_process = {
+                        pid: cpu_seconds(pid) - before for pid, before in by_process_before.items()
+                    }
                     sandbox_cpu = cpu_seconds(sandbox.pid) - sandbox_before
                     counts = await states.counts()
                 finally:
@@ -86,6 +90,9 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
         "completion_overall": jobs / progress.seconds_until(jobs),
         "cpu_ms": 1000 * cpu / jobs,
         "sandbox_cpu_ms": 1000 * sandbox_cpu / jobs,
+        # With --serve '--workers N': the first process serves the API, the others work.
+        "api_cpu_ms": 1000 * by_process[daemon.pid] / jobs,
+        "processes": len(by_process),
         "sent": counts.get("sent", 0) - WARM_UP,
         "not_sent": sum(count for state, count in counts.items() if state != "sent"),
     }
@@ -106,6 +113,12 @@ def report(kind: str, figures: dict[str, float], jobs: int, mailboxes: int) -> N
         f"the sandbox's {figures['sandbox_cpu_ms']:.2f} ms/job\n"
         f"  outcome           {figures['sent']:.0f} sent, {figures['not_sent']:.0f} not sent"
     )
+    if figures["processes"] > 1:
+        worker = figures["cpu_ms"] - figures["api_cpu_ms"]
+        print(
+            f"  of which           {figures['api_cpu_ms']:8.2f} ms/job in the API process, "
+            f"{worker:.2f} ms/job in {figures['processes'] - 1:.0f} worker process(es)"
+        )
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
-"""The claim on PostgreSQL in two statements: lock the candidate mailboxes (``LOCK_MAILBOXES``),
-then one statement that reads their usage and leases their jobs (``LEASE_JOBS``).
+"""The claim on PostgreSQL in two statements: lock the candidate mailboxes (``LOCK_MAILBOXES``,
+which returns their whole rows: the worker sends each claimed job with its mailbox as read under
+this lock, without reading it again), then one statement that reads their usage and leases their
+jobs (``LEASE_JOBS``).
 
 Two, not one, because of READ COMMITTED: a statement sees only what was committed before it
 started. The worker that held a mailbox's lock before us committed its claims before releasing
@@ -28,7 +30,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Integer, Interval, String, TextualSelect, bindparam, column, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from mailbox_worker.db.models import Job, UTCDateTime
+from mailbox_worker.db.models import Job, Mailbox, UTCDateTime
 from mailbox_worker.states import JobState, MailboxState
 
 QUEUED, RUNNING, CONNECTED = (
@@ -37,10 +39,12 @@ QUEUED, RUNNING, CONNECTED = (
     MailboxState.CONNECTED.value,
 )
 
+MAILBOX_COLUMNS = [c.name for c in Mailbox.__table__.columns]
+
 LOCK_MAILBOXES: TextualSelect = (
     text(
         f"""
-SELECT m.id, m.provider, m.max_concurrency, m.rate_per_minute, m.daily_recipient_cap
+SELECT {", ".join(f"m.{name}" for name in MAILBOX_COLUMNS)}
 FROM mailboxes AS m
 JOIN (
     -- Turns between accounts: each account's mailbox with the oldest due job, then each
@@ -77,13 +81,7 @@ FOR NO KEY UPDATE OF m SKIP LOCKED
         bindparam("default_concurrency", type_=Integer),
         bindparam("limit", type_=Integer),
     )
-    .columns(
-        column("id", String),
-        column("provider", String),
-        column("max_concurrency", Integer),
-        column("rate_per_minute", Integer),
-        column("daily_recipient_cap", Integer),
-    )
+    .columns(*Mailbox.__table__.columns)
 )
 
 
@@ -226,4 +224,4 @@ ORDER BY chosen.rank, chosen.position
     .columns(*Job.__table__.columns, column("payload", JSON))
 )
 
-__all__ = ["JOB_COLUMNS", "LEASE_JOBS", "LOCK_MAILBOXES"]
+__all__ = ["JOB_COLUMNS", "LEASE_JOBS", "LOCK_MAILBOXES", "MAILBOX_COLUMNS"]

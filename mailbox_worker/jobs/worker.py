@@ -383,15 +383,10 @@ class Worker:
             await self._retry(claimed, error, provider="none")
 
     async def _process(self, claimed: ClaimedJob) -> None:
-        job = claimed.job
+        job, mailbox = claimed.job, claimed.mailbox  # as the claim read it (jobs/claims.py)
         started = time.perf_counter()
-        mailbox = await self._mailboxes.get(job.mailbox_id)
-        if mailbox is None or mailbox.state == MailboxState.DISCONNECTED:
-            await self._finish(
-                claimed, Outcome(JobState.CANCELLED, "mailbox_disconnected", "the mailbox is gone")
-            )
-            return
         if mailbox.state != MailboxState.CONNECTED or mailbox.address is None:
+            # Not from the claim, which leases only connected mailboxes' jobs; a guard.
             await self._hold(claimed, "mailbox_reauth_required", "waiting for consent")
             return
         await self._deliver(claimed, mailbox, mailbox.address)

@@ -14,7 +14,7 @@ from mailbox_worker.jobs.limits import LimitDefaults
 from mailbox_worker.jobs.queue import JobQueue, Lease
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.transitions import Outcome
-from mailbox_worker.states import JobState
+from mailbox_worker.states import JobState, MailboxState
 
 from .conftest import Stores
 
@@ -221,3 +221,31 @@ async def test_priority_orders_the_jobs_of_a_mailbox(stores: Stores) -> None:
         order.append(claimed.job.id)
         await finish_all(queue, [claimed.lease])
     assert order == [jobs[1].id, jobs[3].id, jobs[0].id, jobs[2].id]
+
+
+async def test_each_claimed_job_comes_with_its_mailbox_as_read_under_the_lock(
+    stores: Stores,
+) -> None:
+    """The worker sends with the claim's mailbox instead of reading it again per job."""
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    first = await new_mailbox(stores, "acme", "billing@contoso.example")
+    second = await new_mailbox(stores, "acme", "sales@contoso.example")
+    await set_limits(stores, second, max_concurrency=7)
+    await enqueue(stores, first, 2)
+    await enqueue(stores, second, 2)
+    claimed = await queue.claim("w", 10, LEASE)
+    assert len(claimed) == 4
+    for item in claimed:
+        stored = await stores.mailboxes.get(item.job.mailbox_id)
+        assert stored is not None
+        assert item.mailbox.id == stored.id
+        assert item.mailbox.address == stored.address
+        assert item.mailbox.state == MailboxState.CONNECTED
+        assert item.mailbox.provider == stored.provider
+        assert item.mailbox.capabilities == stored.capabilities
+        assert item.mailbox.max_concurrency == stored.max_concurrency
+    assert {item.mailbox.address for item in claimed} == {
+        "billing@contoso.example",
+        "sales@contoso.example",
+    }
