@@ -210,6 +210,21 @@ async def server_transactions(dsn: str) -> int:
     return int(count)
 
 
+async def job_updates(dsn: str) -> tuple[int, int]:
+    """Updates of ``jobs`` rows so far, and how many of them were heap-only (HOT: no index
+    touched), as PostgreSQL counts them (docs/performance.md "The queue's writes")."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'jobs'"
+        )
+    finally:
+        await connection.close()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 async def ours(
     url: str, args: argparse.Namespace, size: int, dsn: str | None = None
 ) -> dict[str, Any]:
@@ -221,6 +236,12 @@ async def ours(
         enqueue = await bench.enqueue(min(size, args.enqueue_jobs))
     finally:
         await bench.engine.dispose()
+    if dsn:
+        # Read once every connection of the run has closed: a backend hands its statistics
+        # over when it exits (an idle one may keep them for seconds). Only the drain updates
+        # jobs; the fill and the enqueue insert them.
+        await asyncio.sleep(0.5)
+        counts["job_updates"], counts["hot_updates"] = await job_updates(dsn)
     per_job = {name: count / size for name, count in counts.items()}
     return {"drain": drain, "enqueue": enqueue, "per_job": per_job}
 
@@ -324,7 +345,7 @@ def _per_job(figures: dict[str, Any]) -> str:
     the transactions the server counted."""
     per_job = figures["per_job"]
     names = ["statements", "sa_begins", "sa_commits", "sa_rollbacks"]
-    names += ["pg_transactions"] if "pg_transactions" in per_job else []
+    names += ["pg_transactions", "job_updates", "hot_updates"] if "pg_transactions" in per_job else []
     return " ".join(f"{name} {per_job.get(name, 0.0):.2f}" for name in names)
 
 

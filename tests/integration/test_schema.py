@@ -8,7 +8,7 @@ from typing import cast
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import JSON, Connection, Table, column, insert, table
+from sqlalchemy import JSON, Connection, Table, column, insert, inspect, table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.clock import utcnow
@@ -123,3 +123,25 @@ async def test_migration_0008_orders_waiting_events_by_job_then_mailbox(
         "mailbox": "mbx_1",
         "neither": None,
     }
+
+
+async def test_jobs_table_is_laid_out_for_cheap_queue_writes(empty_engine: AsyncEngine) -> None:
+    """Migration 0014: no index that is a prefix of another on ``jobs``, and on PostgreSQL
+    room on each page for HOT updates (docs/performance.md "The queue's writes")."""
+    await migrate.upgrade(empty_engine)
+
+    def index_columns(connection: Connection) -> list[tuple[str, ...]]:
+        found = inspect(connection).get_indexes("jobs")
+        return [tuple(str(name) for name in index["column_names"]) for index in found]
+
+    async with empty_engine.connect() as connection:
+        columns = await connection.run_sync(index_columns)
+        assert ("mailbox_id", "state", "run_after") in columns
+        for index in columns:
+            longer = [other for other in columns if other != index and other[: len(index)] == index]
+            assert not longer, f"index {index} is a prefix of {longer}"
+        if empty_engine.dialect.name == "postgresql":
+            options = await connection.scalar(
+                text("SELECT reloptions FROM pg_class WHERE relname = 'jobs'")
+            )
+            assert "fillfactor=80" in options
