@@ -345,7 +345,8 @@ def _per_job(figures: dict[str, Any]) -> str:
     the transactions the server counted."""
     per_job = figures["per_job"]
     names = ["statements", "sa_begins", "sa_commits", "sa_rollbacks"]
-    names += ["pg_transactions", "job_updates", "hot_updates"] if "pg_transactions" in per_job else []
+    if "pg_transactions" in per_job:
+        names += ["pg_transactions", "job_updates", "hot_updates"]
     return " ".join(f"{name} {per_job.get(name, 0.0):.2f}" for name in names)
 
 
