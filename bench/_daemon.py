@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -369,14 +370,21 @@ class Posted:
 
 
 async def post_invoices(
-    daemon: DaemonProcess, count: int, pdf: bytes, concurrency: int = 16
+    daemon: DaemonProcess,
+    count: int,
+    pdf: bytes,
+    concurrency: int = 16,
+    send_at: dt.datetime | None = None,
 ) -> Posted:
     """POST ``count`` invoices round-robin over the daemon's mailboxes, ``concurrency`` at a
-    time; the body of each is built before the clock starts."""
-    bodies = [
-        json.dumps(invoice(daemon.mailbox_ids[n % len(daemon.mailbox_ids)], pdf, f"INV-{n:06d}"))
-        for n in range(count)
-    ]
+    time, each scheduled for ``send_at`` if given; the body of each is built before the clock
+    starts."""
+    bodies = []
+    for n in range(count):
+        body = invoice(daemon.mailbox_ids[n % len(daemon.mailbox_ids)], pdf, f"INV-{n:06d}")
+        if send_at is not None:
+            body["send_at"] = send_at.isoformat()
+        bodies.append(json.dumps(body))
     job_ids: list[str] = []
     latencies: list[float] = []
     pending = iter(bodies)
