@@ -11,7 +11,8 @@ of them is posted, so that they all become due together and the API's enqueue ra
 limit what is measured; prints the completion rate from then (between 10 % and 90 % of the
 jobs final) as a fraction of the bound, and how many requests the sandbox refused for the
 mailbox concurrency limit (none, if the daemon keeps within it). The reference is 0.11 of
-the bound before issue 9 (measured while the invoices were being posted). Never passes or fails on time. PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
+the bound before issue 9 (measured while the invoices were being posted). Never passes or
+fails on time. PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
 """
 
 from __future__ import annotations
