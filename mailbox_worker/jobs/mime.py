@@ -39,9 +39,8 @@ import io
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from email import policy
+from email import base64mime, policy
 from email.generator import BytesGenerator
-from email.header import Header
 from email.headerregistry import Address
 from email.message import Message
 from email.utils import encode_rfc2231, format_datetime, formataddr, quote
@@ -55,8 +54,9 @@ SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
 MAX_LINE = 998
 """RFC 5322's limit on a line, CRLF excluded."""
 
-_WORD_LINE = 76
-"""Lines of RFC 2047 encoded words: each word stays within RFC 2047's 75 characters."""
+_WORD_BYTES = 45
+"""Bytes of text per RFC 2047 encoded word: ``=?utf-8?b?`` and ``?=`` around 60 characters of
+base64, within RFC 2047's 75."""
 
 _BASE64_LINE = MAX_LINE // 4 * 4
 """Characters of base64 per line (996, 747 bytes), as ``policy.SMTP`` wrote them: the line
@@ -322,15 +322,24 @@ def _unstructured(name: str, value: str) -> str:
         and len(name) + 2 + len(value) <= MAX_LINE
     ):
         return value
-    return _encoded_words(value, name)
+    return _encoded_words(value)
 
 
-def _encoded_words(value: str, header_name: str) -> str:
-    """``value`` as RFC 2047 encoded words in UTF-8 (``Header`` picks Q or B, whichever is
-    shorter), in lines of at most 76 characters (the first after ``header_name: ``),
-    folded with CRLF."""
-    header = Header(value, "utf-8", maxlinelen=_WORD_LINE, header_name=header_name)
-    return header.encode(linesep="\r\n")
+def _encoded_words(value: str) -> str:
+    """``value`` as RFC 2047 encoded words (UTF-8, base64, by ``email.base64mime``) of at
+    most 75 characters, one per line (CRLF and a space between them), never splitting a
+    character. ``email.header.Header`` does the same by trying every prefix of the text
+    against the line length: 46 µs for a subject of 36 characters, 167 µs for 400."""
+    data = value.encode("utf-8")
+    words = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character
+            end -= 1
+        words.append(base64mime.header_encode(data[start:end], "utf-8"))
+        start = end
+    return "\r\n ".join(words)
 
 
 def _modern_fold(name: str, value: Any) -> str:
