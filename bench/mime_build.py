@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import importlib.util
 import os
 import statistics
@@ -93,21 +94,23 @@ def main() -> None:
     old = reference(options.reference)
     rows = []
     for label, payload in messages().items():
-        sizes = [len(base64.b64decode(item["content_base64"])) for item in payload.get("attachments") or ()]
+        sizes = [
+            len(base64.b64decode(each["content_base64"]))
+            for each in payload.get("attachments") or ()
+        ]
         for function in ("build_message", "message_size_bound"):
             figures = []
             for module in (old, mime):
-                if function == "build_message":
-                    call = lambda m=module: m.build_message(  # noqa: E731
-                        payload, message_id=MESSAGE_ID, sender=SENDER
-                    )
-                else:
-                    call = lambda m=module: m.message_size_bound(  # noqa: E731
-                        payload, message_id=MESSAGE_ID, sender=SENDER, decoded_sizes=sizes
-                    )
+                keywords: dict[str, Any] = {"message_id": MESSAGE_ID, "sender": SENDER}
+                if function == "message_size_bound":
+                    keywords["decoded_sizes"] = sizes
+                call = functools.partial(getattr(module, function), payload, **keywords)
                 figures.append(per_call_us(call, options.repeat))
             rows.append((label, function, *figures))
-    built = {label: len(mime.build_message(p, message_id=MESSAGE_ID, sender=SENDER)) for label, p in messages().items()}
+    built = {
+        label: len(mime.build_message(p, message_id=MESSAGE_ID, sender=SENDER))
+        for label, p in messages().items()
+    }
     print(f"medians of {options.repeat} loops, µs per call (reference: {options.reference})")
     print(f"{'message':22} {'function':20} {'before':>12} {'after':>12} {'after/before':>13}")
     for label, function, before, after in rows:

@@ -1,6 +1,7 @@
 """The MIME builder as it was before it was made cheap (``mailbox_worker/jobs/mime.py`` at
 ``de46379``), kept only as the reference the new builder is proved equivalent to
 (``test_mime_equivalence.py``) and measured against (``bench/mime_build.py``)."""
+
 from __future__ import annotations
 
 import base64
