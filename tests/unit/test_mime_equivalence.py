@@ -263,7 +263,9 @@ def test_attachments_are_accepted_and_refused_as_b64decode_validate_does(alphabe
             sent: bytes | None = None
         else:
             [part] = list(parse(raw).iter_attachments())
-            sent = part.get_payload(decode=True)
+            content = part.get_payload(decode=True)
+            assert isinstance(content, bytes)
+            sent = content
         assert decoded == expected, value
         assert sent == expected, value
 
