@@ -2,30 +2,79 @@
 
 The payload is the ``message`` object of the enqueue request (addresses as
 ``{"address", "name"}``, attachments with base64 content). The result is the exact bytes
-handed to the provider: CRLF line ends, the job's deterministic ``Message-ID``, and a
-``Bcc`` header that API providers use for delivery and strip from what recipients see.
+handed to the provider: CRLF line ends, lines of at most 998 characters, the job's
+deterministic ``Message-ID``, and a ``Bcc`` header that API providers use for delivery and
+strip from what recipients see.
+
+Why it is built this way (issue 9, a daemon CPU budget of 2 ms per job; docs/performance.md,
+"Building the message"). The modern ``email`` API (``EmailMessage`` under ``policy.SMTP``)
+cost 2.8 ms of CPU per 100 KB invoice and the size bound at intake another 1.8 ms: about 30
+header objects parsed and refolded by ``_header_value_parser``, every line of every body split
+again by the generator (a regular expression over the 137 KB of base64), the attachment
+decoded and encoded again. Here each header value is encoded once by the ``email`` package's
+encoders (``email.utils.formataddr``, ``email.base64mime`` for RFC 2047 words,
+``email.utils.encode_rfc2231`` for file names, ``email.utils.format_datetime``) and stored in
+an ``email.message.Message`` under a ``Compat32`` policy that writes stored values as they
+are; bodies are encoded once (7bit/8bit, else quoted-printable or base64 by ``binascii``,
+whichever is shorter, as ``policy.SMTP`` chose) and the ``BytesGenerator`` writes them
+without splitting their lines again; the attachment's base64 is the request's own, checked
+(what ``decode_attachment`` accepts) and cut into lines, not decoded and encoded again.
+``bench/mime_build.py``, both builders in one process, CPU µs per call, medians of 3 runs,
+before -> after: the invoice (2 To, 1 Cc, a non-ASCII subject, text and HTML, a 100 KB PDF)
+2,785 -> 203 (0.073), its ``message_size_bound`` 1,797 -> 98 (0.054); text only 569 -> 17
+(0.029); a 10 MB attachment 119,039 -> 64,701 (0.54: what is left is mostly the generator
+copying each part into its parent's buffer). ``message_size_bound`` is now the exact size.
+
+The message parses to what the previous builder's did (same header values, parts, bodies and
+attachment bytes; tests/unit/test_mime_equivalence.py), except where that one lost part of a
+value when it folded: a comma between two addresses written as an encoded word (an address
+lost), a space dropped or added in a long subject. What is rare and irregular goes through
+``policy.SMTP`` as before, header by header: an address whose local part is not a plain ASCII
+dot-atom, a mailbox too long for one line, a non-ASCII file name too long for one line (RFC
+2231 continuations).
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import datetime as dt
+import io
+import re
 import secrets
 from collections.abc import Mapping, Sequence
-from email import policy
+from email import base64mime, policy
+from email.generator import BytesGenerator
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
+from email.message import Message
+from email.utils import encode_rfc2231, format_datetime, formataddr, quote
 from typing import Any
 
 from mailbox_worker.policy.addresses import ascii_domain
 
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
+"""The modern policy, for the rare headers it folds (see the module docstring)."""
+
+MAX_LINE = 998
+"""RFC 5322's limit on a line, CRLF excluded."""
+
+_WORD_BYTES = 45
+"""Bytes of text per RFC 2047 encoded word: ``=?utf-8?b?`` and ``?=`` around 60 characters of
+base64, within RFC 2047's 75."""
+
+_BASE64_LINE = MAX_LINE // 4 * 4
+"""Characters of base64 per line (996, 747 bytes), as ``policy.SMTP`` wrote them: the line
+length ``message_size_bound`` computes with."""
+
+_PAD = ord("=")
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+"""A local part or domain written as is (RFC 5322 dot-atom, ASCII)."""
 
 
 def decode_attachment(content_base64: str) -> bytes:
     """Strict base64 decoding; raises ``ValueError`` on anything that is not base64."""
-    return base64.b64decode(content_base64, validate=True)
+    return binascii.a2b_base64(content_base64, strict_mode=True)
 
 
 def build_message(
@@ -38,50 +87,14 @@ def build_message(
     """The RFC 5322 bytes of ``payload``, sent from ``sender`` with ``message_id``.
 
     ``payload["from"]`` may carry a display name; its address is the mailbox's own
-    (the intake checks that). Raises ``ValueError`` on undecodable attachments.
+    (the intake checks that). Raises ``ValueError`` on undecodable attachments, on a message
+    without a body and on a header value with a line break.
     """
-    message = EmailMessage(policy=SMTP_POLICY)
-    sender_name = (payload.get("from") or {}).get("name") or ""
-    message["From"] = _address({"address": sender, "name": sender_name})
-    message["To"] = [_address(item) for item in payload["to"]]
-    for field, header in (("cc", "Cc"), ("bcc", "Bcc"), ("reply_to", "Reply-To")):
-        if payload.get(field):
-            message[header] = [_address(item) for item in payload[field]]
-    message["Subject"] = payload["subject"]
-    message["Date"] = format_datetime(date or dt.datetime.now(dt.UTC))
-    message["Message-ID"] = message_id
-    _set_body(message, payload.get("text"), payload.get("html"))
-    for attachment in payload.get("attachments") or ():
-        maintype, _, subtype = attachment["content_type"].partition("/")
-        message.add_attachment(
-            decode_attachment(attachment["content_base64"]),
-            maintype=maintype,
-            subtype=subtype,
-            filename=attachment["filename"],
-        )
-    for part in message.walk():
-        if part.is_multipart():
-            # Our own boundary, so that the generator does not search the whole message for
-            # one that its text does not contain (about 0.8 ms per 100 KB PDF): "=_" cannot
-            # occur in base64 or quoted-printable, and 128 random bits not in plain text.
-            part.set_boundary(f"=_{secrets.token_hex(16)}")
-    return message.as_bytes(policy=SMTP_POLICY)
-
-
-def _set_body(message: EmailMessage, text: str | None, html: str | None) -> None:
-    if text is not None:
-        message.set_content(text)
-        if html is not None:
-            message.add_alternative(html, subtype="html")
-    elif html is not None:
-        message.set_content(html, subtype="html")
-    else:
-        raise ValueError("a message needs a text or an HTML body")
-
-
-def _address(item: Mapping[str, Any]) -> Address:
-    local, _, domain = str(item["address"]).rpartition("@")
-    return Address(display_name=item.get("name") or "", username=local, domain=ascii_domain(domain))
+    bodies = [
+        _base64_body(_checked_base64(item["content_base64"]))
+        for item in payload.get("attachments") or ()
+    ]
+    return _flatten(_message(payload, message_id, sender, date, bodies))
 
 
 def recipients(payload: Mapping[str, Any]) -> Sequence[str]:
@@ -95,27 +108,277 @@ def message_size_bound(
     """At least the length of ``build_message(payload, …)``, and at most
     ``BOUND_SLACK_PER_PART`` bytes per MIME part more, without encoding the attachments.
 
-    ``decoded_sizes`` are the byte counts of ``payload``'s attachments, in order (the
-    intake decodes them once, to check them). The message is built with empty attachments
-    (headers, bodies and part structure exactly as sent; its cost does not grow with the
-    attachments), and each attachment's base64 body is added by arithmetic: the standard
-    library writes base64 in lines of ``max_line_length // 4 * 3`` bytes (4 characters for
-    3 bytes, padded) each ending in CRLF. The slack covers what may differ from one build to
-    the next: a part boundary that met its text and was lengthened (``.0``, ``.1``…).
-    Raises ``ValueError`` when the message cannot be built (as ``build_message``).
+    It is in fact the exact length (tests/unit/test_message_size_bound.py): ``decoded_sizes``
+    are the byte counts of ``payload``'s attachments, in order (the intake decodes them once,
+    to check them). The message is built with empty attachments (headers, bodies and parts
+    as sent; the boundaries have a fixed length) and each attachment's base64 is added by
+    arithmetic: 4 characters per 3 bytes, padded, in lines of 996 characters (747 bytes),
+    each ending in CRLF. Raises ``ValueError`` when the message cannot be built (as
+    ``build_message``).
     """
     attachments = payload.get("attachments") or ()
     if len(decoded_sizes) != len(attachments):
         raise ValueError("one decoded size per attachment is needed")
-    skeleton = dict(payload)
-    skeleton["attachments"] = [dict(item, content_base64="") for item in attachments]
-    size = len(build_message(skeleton, message_id=message_id, sender=sender))
-    per_line = (SMTP_POLICY.max_line_length or 76) // 4 * 3
+    size = len(_flatten(_message(payload, message_id, sender, None, [""] * len(attachments))))
+    per_line = _BASE64_LINE // 4 * 3
     for count in decoded_sizes:
         size += 4 * -(-count // 3) + 2 * -(-count // per_line)
-    parts = 1 + len(attachments) + (2 if payload.get("html") is not None else 0)
-    return size + BOUND_SLACK_PER_PART * parts
+    return size
 
 
 BOUND_SLACK_PER_PART = 16
-"""Bytes ``message_size_bound`` may exceed the built message by, per part boundary line."""
+"""Bytes ``message_size_bound`` may exceed the built message by, per part boundary line (it
+is exact today; the contract leaves room for a builder whose boundaries may grow)."""
+
+
+class _Part(Message):
+    """A MIME part whose headers and body are stored encoded, as they are to be written."""
+
+    encoded_body = ""
+    """The body: ASCII (8bit bytes as surrogate escapes), CRLF line ends, lines ≤ 998."""
+
+
+class _Encoded(policy.Compat32):
+    """Stores header values as given and writes them as they are: they arrive encoded and
+    folded (ASCII, continuation lines joined by CRLF and a space), so the ``Header`` object
+    ``Compat32`` would build to fold them again is not needed."""
+
+    def fold(self, name: str, value: str) -> str:
+        return f"{name}: {value}\r\n"
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        return f"{name}: {value}\r\n".encode("ascii")
+
+
+_POLICY = _Encoded(linesep="\r\n", max_line_length=MAX_LINE, mangle_from_=False)
+
+
+class _Generator(BytesGenerator):
+    """The standard generator, writing a part's body as encoded: ``Generator._handle_text``
+    would split it into lines with a regular expression only to join them with CRLF again
+    (about 0.3 ms per 100 KB attachment). Every leaf part, of any type, goes through it."""
+
+    def _handle_text(self, msg: _Part) -> None:
+        self.write(msg.encoded_body)
+
+    _writeBody = _handle_text
+
+
+def _flatten(message: _Part) -> bytes:
+    out = io.BytesIO()
+    _Generator(out, policy=_POLICY).flatten(message)
+    return out.getvalue()
+
+
+def _message(
+    payload: Mapping[str, Any],
+    message_id: str,
+    sender: str,
+    date: dt.datetime | None,
+    attachment_bodies: Sequence[str],
+) -> _Part:
+    """The part tree of ``payload``, its top-level headers first; ``attachment_bodies`` are
+    the encoded bodies of its attachments, in order."""
+    top = _Part(policy=_POLICY)
+    sender_name = (payload.get("from") or {}).get("name") or ""
+    top["From"] = _addresses("From", [{"address": sender, "name": sender_name}])
+    top["To"] = _addresses("To", payload["to"])
+    for field, header in (("cc", "Cc"), ("bcc", "Bcc"), ("reply_to", "Reply-To")):
+        if payload.get(field):
+            top[header] = _addresses(header, payload[field])
+    top["Subject"] = _unstructured("Subject", payload["subject"])
+    top["Date"] = format_datetime(date or dt.datetime.now(dt.UTC))
+    top["Message-ID"] = _single_line(message_id)
+    top["MIME-Version"] = "1.0"
+    attachments = payload.get("attachments") or ()
+    if not attachments:
+        return _body(payload.get("text"), payload.get("html"), top)
+    parts = [_body(payload.get("text"), payload.get("html"), _Part(policy=_POLICY))]
+    parts.extend(map(_attachment, attachments, attachment_bodies))
+    return _multipart("mixed", parts, top)
+
+
+def _body(text: str | None, html: str | None, part: _Part) -> _Part:
+    """``part`` made the body: the text, the HTML, or both as multipart/alternative."""
+    if text is not None and html is not None:
+        plain = _text(text, "plain", _Part(policy=_POLICY))
+        return _multipart("alternative", [plain, _text(html, "html", _Part(policy=_POLICY))], part)
+    if text is not None:
+        return _text(text, "plain", part)
+    if html is not None:
+        return _text(html, "html", part)
+    raise ValueError("a message needs a text or an HTML body")
+
+
+def _multipart(subtype: str, parts: Sequence[_Part], container: _Part) -> _Part:
+    # Our own boundary, so that the generator does not search the whole message for one
+    # that its text does not contain (about 0.8 ms per 100 KB PDF): "=_" cannot occur in
+    # base64 or quoted-printable, and 128 random bits not in plain text. Its length is fixed,
+    # which message_size_bound counts on.
+    container["Content-Type"] = f'multipart/{subtype}; boundary="=_{secrets.token_hex(16)}"'
+    for part in parts:
+        container.attach(part)
+    return container
+
+
+def _text(text: str, subtype: str, part: _Part) -> _Part:
+    """``part`` made a text part in UTF-8, encoded as ``policy.SMTP``'s content manager
+    chose: as it is (7bit, else 8bit) when no line is longer than 998 bytes, else the shorter
+    of quoted-printable and base64. Line ends become CRLF and the body ends with one."""
+    lines = text.encode("utf-8").splitlines()
+    body = b"\r\n".join(lines) + b"\r\n"
+    if max(map(len, lines), default=0) <= MAX_LINE:
+        cte = "7bit" if body.isascii() else "8bit"
+        encoded = body.decode("ascii", "surrogateescape")
+    else:
+        quoted = binascii.b2a_qp(body, istext=True).decode("ascii")
+        base64 = _base64_body(binascii.b2a_base64(body, newline=False).decode("ascii"))
+        cte, encoded = ("quoted-printable", quoted)
+        if len(base64) < len(quoted):
+            cte, encoded = ("base64", base64)
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = cte
+    part.encoded_body = encoded
+    return part
+
+
+def _attachment(attachment: Mapping[str, Any], encoded_body: str) -> _Part:
+    part = _Part(policy=_POLICY)
+    part["Content-Type"] = _single_line(attachment["content_type"])
+    part["Content-Transfer-Encoding"] = "base64"
+    part["Content-Disposition"] = _disposition(attachment["filename"])
+    part.encoded_body = encoded_body
+    return part
+
+
+def _disposition(filename: str) -> str:
+    """``attachment`` with ``filename``: quoted when it is printable ASCII, else RFC 2231
+    (``filename*=utf-8''…``, percent-encoded UTF-8)."""
+    _single_line(filename)
+    if filename.isascii() and filename.isprintable():
+        return f'attachment; filename="{quote(filename)}"'
+    value = f"attachment; filename*={encode_rfc2231(filename, 'utf-8')}"
+    if len("Content-Disposition: ") + len(value) <= MAX_LINE:
+        return value
+    # Too long for one line: RFC 2231 continuations (filename*0*=…; filename*1*=…), which the
+    # modern policy writes; rare (more than about 150 accented characters).
+    modern = Message(policy=SMTP_POLICY)
+    modern.add_header("Content-Disposition", "attachment", filename=filename)
+    return _modern_fold("Content-Disposition", modern["Content-Disposition"])
+
+
+def _addresses(name: str, items: Sequence[Mapping[str, Any]]) -> str:
+    """An address list, folded between addresses where a line would pass 78 characters."""
+    mailboxes = [_mailbox(item) for item in items]
+    plain = [mailbox for mailbox in mailboxes if mailbox is not None]
+    if len(plain) < len(mailboxes) or max(map(len, plain)) > MAX_LINE - len(name) - 3:
+        # An irregular local part (quoted, non-ASCII) or a mailbox too long for a line:
+        # written by the modern policy, as it was before this module was made cheap.
+        return _modern_fold(name, [_address(item) for item in items])
+    pieces: list[str] = []
+    column = len(name) + 2
+    for mailbox in plain:
+        if pieces:
+            if column + 2 + len(mailbox) > 78:
+                pieces.append(",\r\n ")
+                column = 1
+            else:
+                pieces.append(", ")
+                column += 2
+        pieces.append(mailbox)
+        column += len(mailbox)
+    return "".join(pieces)
+
+
+def _mailbox(item: Mapping[str, Any]) -> str | None:
+    """``Name <local@domain>`` with the domain in its ASCII form and a name that is not
+    printable ASCII as an RFC 2047 encoded word; None for a local part or domain that is not a
+    plain ASCII dot-atom."""
+    local, _, domain = str(item["address"]).rpartition("@")
+    domain = ascii_domain(domain)
+    if not _DOT_ATOM.fullmatch(local) or not _DOT_ATOM.fullmatch(domain) or "=?" in local:
+        return None
+    address = f"{local}@{domain}"
+    name = _single_line(item.get("name") or "")
+    if not name:
+        return address
+    if name.isascii() and name.isprintable() and "=?" not in name:
+        return formataddr((name, address))  # quoted when it has specials
+    # One encoded word, however long: parsers differ on the space between two encoded words
+    # in a display name (RFC 2047 drops it, Python's keeps it); a name of up to 200
+    # characters fits in one line. Spaces around it are dropped, as they were.
+    return formataddr((name.strip(" "), address), "utf-8")
+
+
+def _address(item: Mapping[str, Any]) -> Address:
+    local, _, domain = str(item["address"]).rpartition("@")
+    return Address(display_name=item.get("name") or "", username=local, domain=ascii_domain(domain))
+
+
+def _unstructured(name: str, value: str) -> str:
+    """A header of text (the subject): as it is when it is printable ASCII that fits on one
+    line and cannot be read as an encoded word, else RFC 2047 encoded words."""
+    _single_line(value)
+    if (
+        value.isascii()
+        and value.isprintable()
+        and "=?" not in value
+        and len(name) + 2 + len(value) <= MAX_LINE
+    ):
+        return value
+    return _encoded_words(value)
+
+
+def _encoded_words(value: str) -> str:
+    """``value`` as RFC 2047 encoded words (UTF-8, base64, by ``email.base64mime``) of at
+    most 75 characters, one per line (CRLF and a space between them), never splitting a
+    character. ``email.header.Header`` does the same by trying every prefix of the text
+    against the line length: 46 µs for a subject of 36 characters, 167 µs for 400."""
+    data = value.encode("utf-8")
+    words = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character
+            end -= 1
+        words.append(base64mime.header_encode(data[start:end], "utf-8"))
+        start = end
+    return "\r\n ".join(words)
+
+
+def _modern_fold(name: str, value: Any) -> str:
+    """``value`` folded by the modern policy, without its ``name: `` and final CRLF."""
+    folded: str = SMTP_POLICY.header_factory(name, value).fold(policy=SMTP_POLICY)
+    return folded[len(name) + 2 : -2]
+
+
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("header values may not contain linefeed or carriage return characters")
+    return value
+
+
+def _checked_base64(value: str) -> str:
+    """``value`` with regular padding, when ``decode_attachment`` (strict base64, as
+    ``base64.b64decode(value, validate=True)``) accepts it: the alphabet only, then the
+    padding that completes the last group, or any after a complete one. Raises
+    ``ValueError`` on anything else (a non-ASCII character: ``UnicodeEncodeError``). Checked
+    without decoding (about 40 µs per 100 KB; decoding takes 240 µs), with the same answers
+    as ``binascii``'s strict mode (tests/unit/test_mime_equivalence.py)."""
+    data = value.encode("ascii")
+    length = len(data)
+    while length and data[length - 1] == _PAD:
+        length -= 1
+    padding = len(data) - length
+    regular = -length % 4  # the padding that completes the last group
+    if data.translate(None, _BASE64_ALPHABET) != b"=" * padding or regular == 3:
+        raise ValueError("content_base64 is not base64")
+    if padding < regular or (padding > regular and (regular or not length)):
+        raise ValueError("content_base64 is not base64: incorrect padding")
+    return value if padding == regular else value[:length]
+
+
+def _base64_body(value: str) -> str:
+    """Base64 text in lines of 996 characters, each ending in CRLF (empty for no data)."""
+    step = _BASE64_LINE
+    return "\r\n".join([*(value[i : i + step] for i in range(0, len(value), step)), ""])

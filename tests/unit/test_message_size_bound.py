@@ -12,6 +12,8 @@ import pytest
 
 from mailbox_worker.jobs.mime import BOUND_SLACK_PER_PART, build_message, message_size_bound
 
+from .test_mime_equivalence import random_payload as equivalence_payload
+
 SEEDS = range(200)
 ALPHABETS = [
     string.ascii_letters + string.digits + " .,-",
@@ -86,3 +88,20 @@ def test_a_message_that_cannot_be_built_fails_the_bound_too() -> None:
         message_size_bound(
             payload, message_id="<j@c.example>", sender="b@c.example", decoded_sizes=[]
         )
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_bound_is_the_exact_size(seed: int) -> None:
+    """The builder's boundaries have a fixed length and its base64 lines a fixed width, so
+    the bound is the size itself: checked on the equivalence test's payloads (IDN domains,
+    encoded names and subjects, folded lists, quoted-printable bodies, RFC 2231 names)."""
+    payload = equivalence_payload(random.Random(seed))
+    sizes = [len(base64.b64decode(item["content_base64"])) for item in payload["attachments"]]
+    built = build_message(payload, message_id="<job_1@contoso.example>", sender="b@contoso.example")
+    bound = message_size_bound(
+        payload,
+        message_id="<job_1@contoso.example>",
+        sender="b@contoso.example",
+        decoded_sizes=sizes,
+    )
+    assert bound == len(built)

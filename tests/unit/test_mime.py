@@ -122,3 +122,53 @@ def test_an_internationalised_domain_goes_out_in_its_ascii_form() -> None:
     assert b"xn--bcher-kva.example" in raw
     assert b"=?utf-8?q?b" not in raw.lower()
     assert parse(raw)["To"].addresses[0].addr_spec == "ap@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"to": [{"address": "ap@fabrikam.example", "name": "AP\r\nBcc: evil@example.com"}]},
+        {"from": {"address": "billing@contoso.example", "name": "Billing\nX-Evil: 1"}},
+        {
+            "attachments": [
+                {
+                    "filename": "a.pdf\r\nX-Evil: 1",
+                    "content_type": "application/pdf",
+                    "content_base64": "",
+                }
+            ]
+        },
+    ],
+    ids=["name", "sender name", "filename"],
+)
+def test_no_header_takes_a_line_break(change: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=r"linefeed|carriage|CR or LF"):
+        build_message(payload(**change), message_id="<a@b>", sender="b@c.d")
+
+
+def test_a_non_ascii_display_name_is_one_encoded_word() -> None:
+    """Parsers differ on the space between two encoded words in a display name (RFC 2047
+    drops it, Python's email package keeps it): one word, however long, reads the same in
+    both."""
+    name = "Zoë Ñúñez-Łukasz, Comptabilité fournisseurs " * 4
+    raw = build_message(
+        payload(to=[{"address": "ap@fabrikam.example", "name": name}]),
+        message_id="<a@b>",
+        sender="b@c.d",
+    )
+    [to_line] = [line for line in raw.split(b"\r\n") if line.startswith(b"To: ")]
+    assert to_line.count(b"=?utf-8?") == 1 and len(to_line) <= 998
+    assert parse(raw)["To"].addresses[0].display_name == name.strip()
+
+
+def test_lines_end_in_crlf_and_stay_within_998_characters() -> None:
+    many = [{"address": f"ap{n}@fabrikam.example", "name": f"Accounts {n}"} for n in range(300)]
+    raw = build_message(
+        payload(to=many, subject="é" * 998, text="x" * 5000),
+        message_id="<a@b>",
+        sender="b@c.d",
+    )
+    lines = raw.split(b"\r\n")
+    assert lines[-1] == b"" and max(map(len, lines)) <= 998
+    assert len(parse(raw)["To"].addresses) == 300
+    assert parse(raw)["Subject"] == "é" * 998
