@@ -180,7 +180,7 @@ def is_standard_base64(value: str) -> bool:
 SPACE_PATTERN = "\\s"
 """The document's pattern of "any white space" (under ``not``: ``Attachment.content_base64``)."""
 _ASCII_SPACES = "".join(chr(code) for code in range(128) if re.match(SPACE_PATTERN, chr(code)))
-"""The ASCII characters ``\\s`` matches (Python's: ``\\x1c``–``\\x1f`` too), taken from ``re``."""
+"""The ASCII characters ``\\s`` matches (``\\x1c`` to ``\\x1f`` too, in Python), from ``re``."""
 
 
 def has_space(value: str) -> bool:

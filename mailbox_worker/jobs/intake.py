@@ -303,9 +303,7 @@ class JobIntake:
                 "mailbox_disconnected",
                 "the mailbox was disconnected before the job ran",
             )
-        elif state == MailboxState.CONNECTED and any(
-            job.state == JobState.HELD for job in jobs
-        ):
+        elif state == MailboxState.CONNECTED and any(job.state == JobState.HELD for job in jobs):
             await self._jobs.release_held(mailbox_id)
         else:
             return False

@@ -525,7 +525,7 @@ async def _mailbox_states(session: AsyncSession, mailbox_ids: set[str]) -> dict[
         .where(Mailbox.id.in_(sorted(mailbox_ids)))
         .with_for_update(read=True, key_share=True)
     )
-    return {mailbox_id: state for mailbox_id, state in (await session.execute(query)).all()}
+    return {str(row.id): str(row.state) for row in await session.execute(query)}
 
 
 def _key_reused() -> Conflict:

@@ -73,7 +73,7 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
     waiting, _ = await stores.jobs.enqueue(new_job(account.id, mailbox.id, "already queued"))
     read = asyncio.Event()
     commit = asyncio.Event()
-    read_states = store_module._mailbox_states  # noqa: SLF001 - paused on purpose
+    read_states = store_module._mailbox_states
 
     async def paused(session: AsyncSession, mailbox_ids: set[str]) -> dict[str, str]:
         states = await read_states(session, mailbox_ids)
@@ -122,7 +122,7 @@ async def test_a_consent_waits_for_an_enqueue_too(
     await stores.mailboxes.require_consent_again(mailbox, "invalid_grant", "test")
     read = asyncio.Event()
     commit = asyncio.Event()
-    read_states = store_module._mailbox_states  # noqa: SLF001 - paused on purpose
+    read_states = store_module._mailbox_states
 
     async def paused(session: AsyncSession, mailbox_ids: set[str]) -> dict[str, str]:
         states = await read_states(session, mailbox_ids)

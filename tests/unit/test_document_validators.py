@@ -54,8 +54,8 @@ def by_references(pointer: str) -> Any:
     """A validator that resolves every reference, as the document's did before."""
     return Validator(
         {"$ref": f"{DOCUMENT_URI}#{pointer}"},
-        registry=DOCUMENT._registry,  # noqa: SLF001 - the same registry, on purpose
-        format_checker=DOCUMENT._format_checker,  # noqa: SLF001
+        registry=DOCUMENT._registry,
+        format_checker=DOCUMENT._format_checker,
     )
 
 
@@ -101,7 +101,7 @@ def mutate(value: Any, generator: random.Random) -> Any:
 @pytest.mark.parametrize("name", WITH_EXAMPLES)
 def test_inlined_schemas_fail_as_referenced_ones(name: str) -> None:
     pointer = schema_pointer(name)
-    inlined, referenced = DOCUMENT._validator(pointer), by_references(pointer)  # noqa: SLF001
+    inlined, referenced = DOCUMENT._validator(pointer), by_references(pointer)
     generator = random.Random(name)
     example = SCHEMAS[name]["example"]
     failed = 0
