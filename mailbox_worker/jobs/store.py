@@ -159,16 +159,17 @@ class JobStore:
 
         Each result is ``enqueue``'s answer for that job, or the ``Conflict`` it would raise
         (a key reused by a different request), so that one reused key fails only its own
-        job. Statements, whatever the count: forget the expired keys (one ``UPDATE``, only
-        when keys are given), insert the jobs (one multi-row ``INSERT … ON CONFLICT DO
-        NOTHING RETURNING``: a key the account used within the window conflicts), read the
-        first jobs of the keys that conflicted (only then), insert the contents, events and
-        outbox rows of the new jobs (one multi-row ``INSERT`` per table), and with
-        ``read_mailboxes`` read the states of their mailboxes (one ``SELECT``).
+        job. Statements, whatever the count: insert the jobs (one multi-row ``INSERT … ON
+        CONFLICT DO NOTHING RETURNING``: a key the account used before conflicts), read the
+        first jobs of the keys that conflicted (only then); for a key whose first job is
+        older than the window (only then), forget it (one ``UPDATE``) and insert its job
+        again; insert the contents, events and outbox rows of the new jobs (one multi-row
+        ``INSERT`` per table), and with ``read_mailboxes`` read the states of their
+        mailboxes (one ``SELECT``). Forgetting expired keys only once one conflicts spares
+        every keyed enqueue an ``UPDATE`` (docs/performance.md, "The enqueue request").
         """
         now = self._clock()
         rows: list[dict[str, Any]] = []
-        keys: set[str] = set()
         slots: list[int | tuple[str, str]] = []
         """Per job: the index of its row, or ``(key, digest)`` when an earlier job of the same
         call used its key (it answers that job's result)."""
@@ -181,7 +182,6 @@ class JobStore:
                 continue
             if key is not None:
                 first_of_key[(new.account_id, key)] = len(rows)
-                keys.add(key)
             slots.append(len(rows))
             rows.append(self._job_row(new, now))
             payloads[rows[-1]["id"]] = new.payload
@@ -190,14 +190,20 @@ class JobStore:
         accounts = {new.account_id for new in news}
         states: dict[str, str] = {}
         async with self._sessions.begin() as session:
-            if keys:
-                await session.execute(self._forget_expired_keys(accounts, keys, now))
-            inserted = {
-                job.id: job
-                for job in await session.scalars(_insert_new(session).returning(Job), rows)
-            }
-            await self._add_companions(session, payloads, inserted, now)
+            inserted = await _insert_rows(session, rows)
             existing = await self._existing(session, rows, inserted, now)
+            expired = [
+                row
+                for row in rows
+                if row["id"] not in inserted
+                and (row["account_id"], row["idempotency_key"]) not in existing
+            ]
+            if expired:  # their keys' first jobs are older than the window: forget, insert
+                forget = {row["idempotency_key"] for row in expired}
+                await session.execute(self._forget_expired_keys(accounts, forget, now))
+                inserted |= await _insert_rows(session, expired)
+                existing |= await self._existing(session, expired, inserted, now)
+            await self._add_companions(session, payloads, inserted, now)
             if read_mailboxes and inserted:
                 states = await _mailbox_states(session, {j.mailbox_id for j in inserted.values()})
         results: list[tuple[Job, bool] | Conflict] = []
@@ -505,6 +511,11 @@ class JobStore:
                 ]
             )
         return job, True
+
+
+async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, Job]:
+    """The jobs of ``rows`` inserted (those whose key conflicted are not), by id."""
+    return {job.id: job for job in await session.scalars(_insert_new(session).returning(Job), rows)}
 
 
 def _insert_new(session: AsyncSession) -> Any:
