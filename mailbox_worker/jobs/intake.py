@@ -434,8 +434,66 @@ def decoded_size(content_base64: str) -> int | None:
 
 
 def _request_digest(body: Any) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The SHA-256 of the body's canonical JSON (sorted keys, no spaces, UTF-8): the same for
+    the same request however its client ordered and spaced it.
+
+    The attachments' base64, nearly all of the bytes, is hashed as it is rather than through
+    ``json.dumps``, which copies a long string character by character (about 0.16 ms per
+    100 KB attachment): the rest of the body is dumped with a marker in its place, and the
+    digest is the one of the same bytes. Base64 needs no escape in JSON; content that would
+    (or a marker met elsewhere) takes the whole dump.
+    """
+    found = body.get("message") if isinstance(body, dict) else None
+    message: dict[str, Any] = found if isinstance(found, dict) else {}
+    listed = message.get("attachments")
+    attachments: list[Any] = listed if isinstance(listed, list) else []
+    contents = [
+        attachment["content_base64"]
+        for attachment in attachments
+        if isinstance(attachment, dict) and isinstance(attachment.get("content_base64"), str)
+    ]
+    if contents and len(contents) == len(attachments) and all(map(_json_plain, contents)):
+        marked = {
+            **body,
+            "message": {
+                **message,
+                "attachments": [
+                    {**attachment, "content_base64": f"{_MARKER}{index}"}
+                    for index, attachment in enumerate(attachments)
+                ],
+            },
+        }
+        parts = _canonical(marked).split(f'"{_MARKER_JSON}')
+        if len(parts) == len(contents) + 1:
+            digest = hashlib.sha256(parts[0].encode())
+            for index, (content, part) in enumerate(zip(contents, parts[1:], strict=True)):
+                prefix = f'{index}"'
+                if not part.startswith(prefix):
+                    break
+                digest.update(f'"{content}"'.encode("ascii"))
+                digest.update(part[len(prefix) :].encode())
+            else:
+                return digest.hexdigest()
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+
+
+_MARKER = "\x00attachment:"
+"""Stands for an attachment's content in the dump; JSON writes its NUL as ``\\u0000``."""
+_MARKER_JSON = "\\u0000attachment:"
+_JSON_ESCAPED = bytes([*range(0x20), ord('"'), ord("\\")])
+"""The bytes ``json.dumps`` writes otherwise than as themselves in an ASCII string."""
+
+
+def _json_plain(text: str) -> bool:
+    """Whether ``json.dumps(text)`` is ``text`` between quotes (ASCII, nothing to escape)."""
+    if not text.isascii():
+        return False
+    raw = text.encode("ascii")
+    return len(raw.translate(None, _JSON_ESCAPED)) == len(raw)
+
+
+def _canonical(body: Any) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _future_time(value: Any, now: dt.datetime, name: str, code: str) -> dt.datetime | None:
