@@ -128,8 +128,10 @@ class MailboxStore:
         """Move the mailbox to ``state`` if it is in one of ``expected``; True if it moved.
 
         ``announce`` (an ``outbox_row``) is committed with the move, and only if it moved.
+        The row is locked first (``lock_for_state_change``).
         """
         async with self._sessions.begin() as session:
+            await lock_for_state_change(session, mailbox_id)
             result = await session.execute(
                 update(Mailbox)
                 .where(Mailbox.id == mailbox_id, Mailbox.state.in_(expected))
@@ -194,7 +196,8 @@ class MailboxStore:
         Not recorded (False) when the mailbox was disconnected meanwhile, or when ``account``
         is given and the mailbox is pinned to another account: a pinned account is never
         replaced. ``account`` pins an unpinned mailbox; None leaves the pinned account as it
-        is (for rows made outside a consent: tests, benchmarks).
+        is (for rows made outside a consent: tests, benchmarks). The row is locked first
+        (``lock_for_state_change``).
         """
         conditions = [Mailbox.id == mailbox_id, Mailbox.state != MailboxState.DISCONNECTED]
         values: dict[str, object] = {
@@ -216,6 +219,7 @@ class MailboxStore:
             )
             values.update(identity_tenant=account.tenant, identity_subject=account.subject)
         async with self._sessions.begin() as session:
+            await lock_for_state_change(session, mailbox_id)
             result = await session.execute(update(Mailbox).where(*conditions).values(values))
             recorded = bool(result.rowcount)  # type: ignore[attr-defined]
             if recorded and announce is not None:
@@ -305,3 +309,18 @@ class MailboxStore:
             if not result.rowcount:  # type: ignore[attr-defined]
                 return None  # another request consumed it first
         return row
+
+
+async def lock_for_state_change(session: AsyncSession, mailbox_id: str) -> None:
+    """Lock the mailbox's row ``FOR UPDATE`` in ``session`` before its state changes.
+
+    A plain ``UPDATE`` of the state takes ``FOR NO KEY UPDATE``, which does not conflict with
+    the ``FOR KEY SHARE`` an enqueue holds on the row from its jobs' insert to its commit
+    (the foreign key's check, and ``JobStore.enqueue_reading_mailboxes``); ``FOR UPDATE``
+    does. So a state change commits before an enqueue inserts, or after it commits, never in
+    between, and the state the enqueue read after its insert is still the mailbox's when its
+    jobs become visible: a consent's or a disconnect's sweep that runs after its change sees
+    them (docs/architecture.md, "Enqueue and mailbox state"). Claims (``FOR NO KEY UPDATE``)
+    still do not wait for enqueues. Nothing on SQLite, whose single writer serialises them.
+    """
+    await session.execute(select(Mailbox.id).where(Mailbox.id == mailbox_id).with_for_update())

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import audit_row
-from mailbox_worker.db.models import Job, JobContent, JobEvent
+from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.jobs.transitions import (
@@ -50,6 +50,17 @@ class NewJob:
     """Not claimed before then (scheduled dispatch); None: as soon as possible."""
     priority: int = 0
     """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What ``JobStore.enqueue_reading_mailboxes`` did."""
+
+    results: list[tuple[Job, bool] | Conflict]
+    """One per job given, in order: ``(job, created)``, or the ``Conflict`` of a reused key."""
+    mailbox_states: dict[str, str]
+    """The state of each mailbox that got a new job, as the jobs committed, by id (a mailbox
+    that no longer exists is absent)."""
 
 
 Position = tuple[dt.datetime, str]
@@ -127,19 +138,38 @@ class JobStore:
         return result
 
     async def enqueue_many(self, news: Sequence[NewJob]) -> list[tuple[Job, bool] | Conflict]:
+        """``enqueue_reading_mailboxes`` without the read of the mailboxes."""
+        return (await self._enqueue(news, read_mailboxes=False)).results
+
+    async def enqueue_reading_mailboxes(self, news: Sequence[NewJob]) -> Enqueued:
+        """``enqueue_many``, and the state of each mailbox that got a new job as the jobs
+        commit, read in their transaction after their insert (one ``SELECT … FOR KEY SHARE``).
+
+        No state change of these mailboxes can commit between that read and the commit
+        (``db.mailboxes.lock_for_state_change``; SQLite's single writer on SQLite), so the
+        state read is still the mailbox's when the jobs become visible: what a consent or a
+        disconnect committed before is seen here, what it commits after sees the jobs. It
+        spares the intake a read of the mailbox after the commit (docs/performance.md, "The
+        enqueue request").
+        """
+        return await self._enqueue(news, read_mailboxes=True)
+
+    async def _enqueue(self, news: Sequence[NewJob], *, read_mailboxes: bool) -> Enqueued:
         """Commit every job of ``news`` in one transaction; one result per job, in order.
 
         Each result is ``enqueue``'s answer for that job, or the ``Conflict`` it would raise
         (a key reused by a different request), so that one reused key fails only its own
-        job. Statements, whatever the count: forget the expired keys (one ``UPDATE``, only
-        when keys are given), insert the jobs (one multi-row ``INSERT … ON CONFLICT DO
-        NOTHING RETURNING``: a key the account used within the window conflicts), read the
-        first jobs of the keys that conflicted (only then), and insert the contents, events
-        and outbox rows of the new jobs (one multi-row ``INSERT`` per table).
+        job. Statements, whatever the count: insert the jobs (one multi-row ``INSERT … ON
+        CONFLICT DO NOTHING RETURNING``: a key the account used before conflicts), read the
+        first jobs of the keys that conflicted (only then); for a key whose first job is
+        older than the window (only then), forget it (one ``UPDATE``) and insert its job
+        again; insert the contents, events and outbox rows of the new jobs (one multi-row
+        ``INSERT`` per table), and with ``read_mailboxes`` read the states of their
+        mailboxes (one ``SELECT``). Forgetting expired keys only once one conflicts spares
+        every keyed enqueue an ``UPDATE`` (docs/performance.md, "The enqueue request").
         """
         now = self._clock()
         rows: list[dict[str, Any]] = []
-        keys: set[str] = set()
         slots: list[int | tuple[str, str]] = []
         """Per job: the index of its row, or ``(key, digest)`` when an earlier job of the same
         call used its key (it answers that job's result)."""
@@ -152,22 +182,30 @@ class JobStore:
                 continue
             if key is not None:
                 first_of_key[(new.account_id, key)] = len(rows)
-                keys.add(key)
             slots.append(len(rows))
             rows.append(self._job_row(new, now))
             payloads[rows[-1]["id"]] = new.payload
         if not rows:
-            return []
+            return Enqueued([], {})
         accounts = {new.account_id for new in news}
+        states: dict[str, str] = {}
         async with self._sessions.begin() as session:
-            if keys:
-                await session.execute(self._forget_expired_keys(accounts, keys, now))
-            inserted = {
-                job.id: job
-                for job in await session.scalars(_insert_new(session).returning(Job), rows)
-            }
-            await self._add_companions(session, payloads, inserted, now)
+            inserted = await _insert_rows(session, rows)
             existing = await self._existing(session, rows, inserted, now)
+            expired = [
+                row
+                for row in rows
+                if row["id"] not in inserted
+                and (row["account_id"], row["idempotency_key"]) not in existing
+            ]
+            if expired:  # their keys' first jobs are older than the window: forget, insert
+                forget = {row["idempotency_key"] for row in expired}
+                await session.execute(self._forget_expired_keys(accounts, forget, now))
+                inserted |= await _insert_rows(session, expired)
+                existing |= await self._existing(session, expired, inserted, now)
+            await self._add_companions(session, payloads, inserted, now)
+            if read_mailboxes and inserted:
+                states = await _mailbox_states(session, {j.mailbox_id for j in inserted.values()})
         results: list[tuple[Job, bool] | Conflict] = []
         for new, slot in zip(news, slots, strict=True):
             row = rows[slot] if isinstance(slot, int) else rows[first_of_key[slot]]
@@ -181,7 +219,7 @@ class JobStore:
                 results.append(_key_reused())
             else:
                 results.append((job, created))
-        return results
+        return Enqueued(results, states)
 
     def _job_row(self, new: NewJob, now: dt.datetime) -> dict[str, Any]:
         job_id = new_id("job")
@@ -475,12 +513,30 @@ class JobStore:
         return job, True
 
 
+async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, Job]:
+    """The jobs of ``rows`` inserted (those whose key conflicted are not), by id."""
+    return {job.id: job for job in await session.scalars(_insert_new(session).returning(Job), rows)}
+
+
 def _insert_new(session: AsyncSession) -> Any:
     """A jobs ``INSERT`` that skips a row whose key the account already used (the unique
     ``(account_id, idempotency_key)``; NULL keys never conflict), in the session's dialect."""
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     return insert(Job).on_conflict_do_nothing()
+
+
+async def _mailbox_states(session: AsyncSession, mailbox_ids: set[str]) -> dict[str, str]:
+    """The mailboxes' states, read ``FOR KEY SHARE`` (held since the jobs' insert by their
+    foreign key's check; said here so that the guarantee does not rest on the schema): a lock
+    claims (``FOR NO KEY UPDATE``) do not wait for, but a state change
+    (``lock_for_state_change``: ``FOR UPDATE``) does."""
+    query = (
+        select(Mailbox.id, Mailbox.state)
+        .where(Mailbox.id.in_(sorted(mailbox_ids)))
+        .with_for_update(read=True, key_share=True)
+    )
+    return {str(row.id): str(row.state) for row in await session.execute(query)}
 
 
 def _key_reused() -> Conflict:
@@ -490,4 +546,4 @@ def _key_reused() -> Conflict:
     )
 
 
-__all__ = ["JobFilter", "JobStore", "NewJob", "Position", "find_query"]
+__all__ = ["Enqueued", "JobFilter", "JobStore", "NewJob", "Position", "find_query"]

@@ -10,9 +10,7 @@ from typing import Any
 import pytest
 
 from mailbox_worker.clock import utcnow
-from mailbox_worker.db.models import Job
-from mailbox_worker.errors import Conflict
-from mailbox_worker.jobs.store import NewJob
+from mailbox_worker.jobs.store import Enqueued, NewJob
 from mailbox_worker.states import JobState
 from tests.integration.api_harness import (
     MESSAGE_LIMIT,
@@ -532,9 +530,9 @@ async def test_a_job_enqueued_while_its_mailbox_reconnects_is_not_left_held(
     assert await api.mailboxes.set_state(
         mailbox_id, "reauth_required", "invalid_grant", expected=["connected"]
     )
-    enqueue_jobs = api.app.jobs.enqueue_many
+    enqueue_jobs = api.app.jobs.enqueue_reading_mailboxes
 
-    async def consent_lands_first(news: Sequence[NewJob]) -> list[tuple[Job, bool] | Conflict]:
+    async def consent_lands_first(news: Sequence[NewJob]) -> Enqueued:
         assert [new.held for new in news] == [True]
         assert await api.mailboxes.set_state(
             mailbox_id, "connected", None, expected=["reauth_required"]
@@ -542,7 +540,7 @@ async def test_a_job_enqueued_while_its_mailbox_reconnects_is_not_left_held(
         assert await api.app.jobs.release_held(mailbox_id) == 0  # nothing to release yet
         return await enqueue_jobs(news)
 
-    monkeypatch.setattr(api.app.jobs, "enqueue_many", consent_lands_first)
+    monkeypatch.setattr(api.app.jobs, "enqueue_reading_mailboxes", consent_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
     assert (answer.status, answer.json()["state"]) == (202, "queued"), answer.body
     stored = await api.app.jobs.get(answer.json()["id"])
@@ -553,18 +551,16 @@ async def test_a_job_enqueued_while_its_mailbox_is_disconnected_is_cancelled(
     api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, key, mailbox_id = caller
-    enqueue_jobs = api.app.jobs.enqueue_many
+    enqueue_jobs = api.app.jobs.enqueue_reading_mailboxes
 
-    async def disconnect_lands_first(
-        news: Sequence[NewJob],
-    ) -> list[tuple[Job, bool] | Conflict]:
+    async def disconnect_lands_first(news: Sequence[NewJob]) -> Enqueued:
         assert await api.app.jobs.cancel_pending_for_mailbox(mailbox_id, "x", "y") == 0
         assert await api.mailboxes.set_state(
             mailbox_id, "disconnected", "disconnected_by_admin", expected=["connected"]
         )
         return await enqueue_jobs(news)
 
-    monkeypatch.setattr(api.app.jobs, "enqueue_many", disconnect_lands_first)
+    monkeypatch.setattr(api.app.jobs, "enqueue_reading_mailboxes", disconnect_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
     assert answer.status == 202, answer.body
     assert (answer.json()["state"], answer.json()["last_error"]["code"]) == (

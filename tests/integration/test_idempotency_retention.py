@@ -4,6 +4,7 @@ On both backends, with a test clock."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -61,6 +62,47 @@ async def test_after_the_window_the_same_key_enqueues_a_new_job(stores: Stores) 
     assert await key_of(stores, fresh.id) == "invoice-42"
     again, created = await jobs.enqueue(new_job(mailbox, key="invoice-42", subject="Invoice 2"))
     assert (again.id, created) == (fresh.id, False)
+
+
+async def test_expired_fresh_and_live_keys_in_one_call_each_get_their_answer(
+    stores: Stores,
+) -> None:
+    """The expired key is forgotten only once it conflicts: its job is inserted again in the
+    same transaction, beside a fresh key's and a live key's replay."""
+    mailbox, clock = await setup(stores), SetClock()
+    jobs = store(stores, clock)
+    old, _ = await jobs.enqueue(new_job(mailbox, key="old"))
+    clock.now += 23 * HOUR
+    live, _ = await jobs.enqueue(new_job(mailbox, key="live"))
+    clock.now += HOUR
+    results = await jobs.enqueue_many(
+        [
+            new_job(mailbox, key="old", subject="Invoice 2"),
+            new_job(mailbox, key="fresh"),
+            new_job(mailbox, key="live"),
+            new_job(mailbox, key="old", subject="Invoice 2"),
+        ]
+    )
+    assert not any(isinstance(result, Conflict) for result in results)
+    (renewed, a), (fresh, b), (replayed, c), (same, d) = results  # type: ignore[misc]
+    assert (a, b, c, d) == (True, True, False, False)
+    assert renewed.id not in {old.id, fresh.id} and same.id == renewed.id
+    assert replayed.id == live.id
+    assert await key_of(stores, old.id) is None
+    assert await key_of(stores, renewed.id) == "old"
+
+
+async def test_concurrent_requests_with_one_expired_key_make_one_job(stores: Stores) -> None:
+    mailbox, clock = await setup(stores), SetClock()
+    jobs = store(stores, clock)
+    old, _ = await jobs.enqueue(new_job(mailbox, key="invoice-42"))
+    clock.now += 25 * HOUR
+    results = await asyncio.gather(
+        *(jobs.enqueue(new_job(mailbox, key="invoice-42")) for _ in range(5))
+    )
+    assert sorted(created for _, created in results) == [False, False, False, False, True]
+    assert len({job.id for job, _ in results}) == 1
+    assert old.id not in {job.id for job, _ in results}
 
 
 async def test_the_window_is_configurable(stores: Stores) -> None:

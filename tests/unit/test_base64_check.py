@@ -1,5 +1,6 @@
 """``is_standard_base64`` answers as the document's base64 pattern does (with its "no
-whitespace" rule), on edge cases and on many random strings."""
+whitespace" rule), and ``has_space`` as its white-space pattern does, on edge cases and on
+many random strings; the intake's ``decoded_size`` is the length base64 decodes to."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import re
 
 import pytest
 
-from mailbox_worker.api.document import BASE64_PATTERN, ApiDocument, is_standard_base64
+from mailbox_worker.api.document import (
+    BASE64_PATTERN,
+    SPACE_PATTERN,
+    ApiDocument,
+    has_space,
+    is_standard_base64,
+)
 from mailbox_worker.errors import ValidationFailed
+from mailbox_worker.jobs.intake import decoded_size
 
 REGEX = re.compile(BASE64_PATTERN)
 ALPHABET = "ABCxyz019+/=-_ \n\t!é"
@@ -81,3 +89,26 @@ def test_the_validator_refuses_bad_base64_with_the_documents_code() -> None:
         document.validate("/components/schemas/Attachment", attachment)
     assert refused.value.code == "invalid_attachment"
     document.validate("/components/schemas/Attachment", {**attachment, "content_base64": "QQ=="})
+
+
+def test_the_space_pattern_is_the_documents_and_has_space_answers_as_it() -> None:
+    schema = ApiDocument.packaged().content["components"]["schemas"]["Attachment"]
+    assert schema["properties"]["content_base64"]["not"]["pattern"] == SPACE_PATTERN
+    generator = random.Random(6)
+    characters = ALPHABET + "\x0b\x0c\r\x1c\x1f\x85\xa0\u2028\u3000x"
+    found = 0
+    for _ in range(20_000):
+        value = "".join(generator.choices(characters, k=generator.randrange(0, 9)))
+        expected = re.search(SPACE_PATTERN, value) is not None
+        assert has_space(value) is expected, repr(value)
+        found += expected
+    assert 0 < found < 20_000
+
+
+def test_the_decoded_size_is_the_length_of_the_decoded_bytes() -> None:
+    generator = random.Random(7)
+    for length in range(200):
+        raw = generator.randbytes(length)
+        assert decoded_size(base64.b64encode(raw).decode()) == length
+    assert decoded_size("QQ=") is None
+    assert decoded_size("JVBERi0xLjQ") is None
