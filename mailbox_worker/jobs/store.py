@@ -7,6 +7,7 @@ transition shares is in ``jobs/transitions.py`` (states: docs/architecture.md#jo
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
+from mailbox_worker.jobs.enqueue_sql import COMPANIONS
 from mailbox_worker.jobs.transitions import (
     JOB_SETTLED,
     RETRY,
@@ -30,7 +32,7 @@ from mailbox_worker.jobs.transitions import (
     message_id_for,
     move_each,
 )
-from mailbox_worker.jobs.wakeups import announce_in
+from mailbox_worker.jobs.wakeups import announce_in, origin
 from mailbox_worker.states import CANCELLABLE, JobState
 
 
@@ -203,9 +205,15 @@ class JobStore:
                 await session.execute(self._forget_expired_keys(accounts, forget, now))
                 inserted |= await _insert_rows(session, expired)
                 existing |= await self._existing(session, expired, inserted, now)
-            await self._add_companions(session, payloads, inserted, now)
-            if read_mailboxes and inserted:
-                states = await _mailbox_states(session, {j.mailbox_id for j in inserted.values()})
+            if session.get_bind().dialect.name == "postgresql":
+                states = await _add_companions_postgresql(
+                    session, payloads, inserted, now, read_mailboxes=read_mailboxes
+                )
+            else:
+                await self._add_companions(session, payloads, inserted, now)
+                if read_mailboxes and inserted:
+                    mailbox_ids = {job.mailbox_id for job in inserted.values()}
+                    states = await _mailbox_states(session, mailbox_ids)
         results: list[tuple[Job, bool] | Conflict] = []
         for new, slot in zip(news, slots, strict=True):
             row = rows[slot] if isinstance(slot, int) else rows[first_of_key[slot]]
@@ -524,6 +532,34 @@ def _insert_new(session: AsyncSession) -> Any:
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     return insert(Job).on_conflict_do_nothing()
+
+
+async def _add_companions_postgresql(
+    session: AsyncSession,
+    payloads: dict[str, dict[str, Any]],
+    inserted: dict[str, Job],
+    now: dt.datetime,
+    *,
+    read_mailboxes: bool,
+) -> dict[str, str]:
+    """``JobStore._add_companions`` and ``_mailbox_states`` in one statement
+    (``jobs/enqueue_sql.py``); the states read (none unless ``read_mailboxes``)."""
+    created = list(inserted.values())
+    if not created:
+        return {}
+    binds = {
+        "job_ids": [job.id for job in created],
+        "payloads": [json.dumps(payloads[job.id]) for job in created],
+        "states": [str(job.state) for job in created],
+        "event_ids": [new_id("jev") for _ in created],
+        "mailbox_ids": sorted({job.mailbox_id for job in created}) if read_mailboxes else [],
+        "now": now,
+        "origin": origin(),
+    }
+    row = (await session.execute(COMPANIONS, binds)).one()
+    for job in created:
+        announce(session, job, job.state, "enqueued", now)  # a held job's event; flushed on commit
+    return {str(key): str(value) for key, value in (row.mailbox_states or {}).items()}
 
 
 async def _mailbox_states(session: AsyncSession, mailbox_ids: set[str]) -> dict[str, str]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import Conflict
@@ -36,8 +35,13 @@ async def test_the_states_are_read_in_the_transaction_once_per_mailbox(stores: S
 
     assert all(not isinstance(result, Conflict) and result[1] for result in enqueued.results)
     assert enqueued.mailbox_states == {first.id: "connected", second.id: "reauth_required"}
-    reads = [kind for kind in sent if kind.startswith("SELECT MAILBOXES")]
-    assert reads == ["SELECT MAILBOXES.ID, MAILBOXES.STATE"], sent
+    if stores.engine.dialect.name == "postgresql":
+        # With the content and event inserts, in one statement (jobs/enqueue_sql.py).
+        reads = [kind for kind in sent if kind.startswith("WITH INPUT AS")]
+        assert len(reads) == 1, sent
+    else:
+        reads = [kind for kind in sent if kind.startswith("SELECT MAILBOXES")]
+        assert reads == ["SELECT MAILBOXES.ID, MAILBOXES.STATE"], sent
     assert sent.index(reads[0]) > sent.index("INSERT INTO JOBS"), sent  # after the insert
 
     replayed = await stores.jobs.enqueue_reading_mailboxes([new_job(account.id, first.id, "warm")])
@@ -49,6 +53,21 @@ def postgres_stores(stores: Stores) -> Stores:
     if stores.engine.dialect.name != "postgresql":
         pytest.skip("SQLite's single writer serialises enqueues and state changes already")
     return stores
+
+
+def pausing_after_the_read(read: asyncio.Event, commit: asyncio.Event) -> Any:
+    """The store's PostgreSQL companion statement (which reads the mailboxes' states), then
+    ``read`` set and a wait for ``commit``: the transaction stays open, the jobs inserted and
+    not committed."""
+    original = store_module._add_companions_postgresql
+
+    async def paused(*args: Any, **kwargs: Any) -> dict[str, str]:
+        states = await original(*args, **kwargs)
+        read.set()
+        await commit.wait()
+        return states
+
+    return paused
 
 
 async def waiting_for_a_lock(stores: Stores) -> int:
@@ -73,15 +92,9 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
     waiting, _ = await stores.jobs.enqueue(new_job(account.id, mailbox.id, "already queued"))
     read = asyncio.Event()
     commit = asyncio.Event()
-    read_states = store_module._mailbox_states
-
-    async def paused(session: AsyncSession, mailbox_ids: set[str]) -> dict[str, str]:
-        states = await read_states(session, mailbox_ids)
-        read.set()
-        await commit.wait()  # the transaction is open: the jobs inserted, not committed
-        return states
-
-    monkeypatch.setattr(store_module, "_mailbox_states", paused)
+    monkeypatch.setattr(
+        store_module, "_add_companions_postgresql", pausing_after_the_read(read, commit)
+    )
     enqueue = asyncio.create_task(
         stores.jobs.enqueue_reading_mailboxes([new_job(account.id, mailbox.id, "racing")])
     )
@@ -122,15 +135,9 @@ async def test_a_consent_waits_for_an_enqueue_too(
     await stores.mailboxes.require_consent_again(mailbox, "invalid_grant", "test")
     read = asyncio.Event()
     commit = asyncio.Event()
-    read_states = store_module._mailbox_states
-
-    async def paused(session: AsyncSession, mailbox_ids: set[str]) -> dict[str, str]:
-        states = await read_states(session, mailbox_ids)
-        read.set()
-        await commit.wait()
-        return states
-
-    monkeypatch.setattr(store_module, "_mailbox_states", paused)
+    monkeypatch.setattr(
+        store_module, "_add_companions_postgresql", pausing_after_the_read(read, commit)
+    )
     held: Any = new_job(account.id, mailbox.id, "held")
     held = type(held)(**{**held.__dict__, "held": True})
     enqueue = asyncio.create_task(stores.jobs.enqueue_reading_mailboxes([held]))
