@@ -37,6 +37,7 @@ MAILBOXES = 4
 POSTERS = 4
 AN_HOUR_MS = 3_600_000
 RETRIES = 30
+HOLD_SAMPLE = 30.0
 
 
 async def post_large(daemon: DaemonProcess, first: int, last: int, pdf_base64: str) -> None:
@@ -80,7 +81,9 @@ async def post_large(daemon: DaemonProcess, first: int, last: int, pdf_base64: s
         await asyncio.gather(*(poster(http) for _ in range(POSTERS)))
 
 
-async def run(kind: str, invoices: int, size_mb: float) -> list[tuple[int, str, float, float]]:
+async def run(
+    kind: str, invoices: int, size_mb: float, hold: float
+) -> list[tuple[int, str, float, float]]:
     pdf_base64 = base64.b64encode(pdf_bytes(int(size_mb * 1024 * 1024))).decode()
     checkpoints = sorted({max(1, invoices * share // 100) for share in (10, 25, 50, 100)})
     rows: list[tuple[int, str, float, float]] = []
@@ -110,6 +113,16 @@ async def run(kind: str, invoices: int, size_mb: float) -> list[tuple[int, str, 
                             f"{counts.get('queued', 0)} queued, {counts.get('running', 0)} running"
                         )
                         rows.append((posted, waiting, rss_mb(daemon.pid), peak_rss_mb(daemon.pid)))
+                    held = 0.0
+                    while held < hold:
+                        step = min(HOLD_SAMPLE, hold - held)
+                        await asyncio.sleep(step)
+                        held += step
+                        counts = await states.counts()
+                        waiting = f"after {held:.0f} s: " + ", ".join(
+                            f"{count} {state}" for state, count in sorted(counts.items())
+                        )
+                        rows.append((posted, waiting, rss_mb(daemon.pid), peak_rss_mb(daemon.pid)))
                 finally:
                     await states.close()
                     daemon.stop()
@@ -123,9 +136,15 @@ def main() -> None:
     parser.add_argument("--invoices", type=int, default=1000)
     parser.add_argument("--size-mb", type=float, default=10.0)
     parser.add_argument("--databases", nargs="+", default=["sqlite"])
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="seconds to keep the queue after the last POST, sampling every 30 s",
+    )
     arguments = parser.parse_args()
     for kind in database_kinds(arguments.databases):
-        rows = asyncio.run(run(kind, arguments.invoices, arguments.size_mb))
+        rows = asyncio.run(run(kind, arguments.invoices, arguments.size_mb, arguments.hold))
         print(f"daemon memory, {kind}, {arguments.size_mb:g} MB invoices:")
         for posted, queued, now, peak in rows:
             print(f"  {posted:5d} posted ({queued}): RSS {now:7.0f} MiB, peak {peak:7.0f} MiB")

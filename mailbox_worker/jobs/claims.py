@@ -61,11 +61,20 @@ def lease_owner(worker: str) -> str:
     return f"{worker[: OWNER_LENGTH - len(suffix) - 1]}/{suffix}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClaimedJob:
+    """A leased job and its message (the enqueue request's ``message``, as stored)."""
+
     job: Job
     payload: dict[str, Any]
     lease: Lease
+
+    def take_payload(self) -> dict[str, Any]:
+        """The payload, handed over once: afterwards ``payload`` is empty, so that a job in
+        flight does not hold its attachments' base64 beside the message built from them for
+        the whole provider call (docs/performance.md#memory)."""
+        payload, self.payload = self.payload, {}
+        return payload
 
 
 class Claims:
