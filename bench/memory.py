@@ -1,13 +1,17 @@
 """Peak memory of the daemon with many large invoices queued (issue 9, benchmark e).
 
     .venv/bin/python bench/memory.py [--invoices 1000] [--size-mb 10] [--databases sqlite]
+                                     [--hold SECONDS]
 
 The sandbox answers no Graph call for an hour (its latency fault), so the worker holds at most
 its concurrency in flight and every other invoice stays queued. Invoices are POSTed four at a
 time; at checkpoints (10 %, 25 %, 50 %, 100 % of them queued) it prints the daemon process's
 resident memory now (VmRSS) and its peak so far (VmHWM), from /proc. What should hold: the peak
 does not grow with the number queued (the ratio of the last peak to the first checkpoint's
-stays near 1). Never passes or fails. Needs the disk for the invoices (about 1.4 x their size,
+stays near 1). ``--hold`` keeps the daemon and its queue that long after the last POST and
+samples every 30 s: past the daemon's 120 s Graph timeout, jobs end ``unknown`` while the
+sandbox keeps their mailbox slots, and later attempts meet 429 and are queued again, so the
+same slots are refilled over and over (docs/performance.md#memory). Never passes or fails. Needs the disk for the invoices (about 1.4 x their size,
 base64 in the database). PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
 """
 
