@@ -11,8 +11,9 @@ does not grow with the number queued (the ratio of the last peak to the first ch
 stays near 1). ``--hold`` keeps the daemon and its queue that long after the last POST and
 samples every 30 s: past the daemon's 120 s Graph timeout, jobs end ``unknown`` while the
 sandbox keeps their mailbox slots, and later attempts meet 429 and are queued again, so the
-same slots are refilled over and over (docs/performance.md#memory). Never passes or fails. Needs the disk for the invoices (about 1.4 x their size,
-base64 in the database). PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
+same slots are refilled over and over (docs/performance.md#memory). Never passes or fails.
+Needs the disk for the invoices (about 1.4 x their size, base64 in the database). PostgreSQL
+runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
 """
 
 from __future__ import annotations
