@@ -61,8 +61,10 @@ def lease_owner(worker: str) -> str:
     return f"{worker[: OWNER_LENGTH - len(suffix) - 1]}/{suffix}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClaimedJob:
+    """A leased job and its message (the enqueue request's ``message``, as stored)."""
+
     job: Job
     payload: dict[str, Any]
     lease: Lease
@@ -71,6 +73,13 @@ class ClaimedJob:
     paused. The worker sends with it rather than reading it again (one statement fewer per
     job); a disconnect or lost grant after the claim is met by the provider call, as one
     just after a second read would be."""
+
+    def take_payload(self) -> dict[str, Any]:
+        """The payload, handed over once: afterwards ``payload`` is empty, so that a job in
+        flight does not hold its attachments' base64 beside the message built from them for
+        the whole provider call (docs/performance.md#memory)."""
+        payload, self.payload = self.payload, {}
+        return payload
 
 
 class Claims:

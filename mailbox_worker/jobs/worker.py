@@ -397,7 +397,8 @@ class Worker:
         ``mailbox`` whose address is ``sender``."""
         job, lease = claimed.job, claimed.lease
         provider = self._providers[mailbox.provider]
-        mime = build_message(claimed.payload, message_id=job.message_id, sender=sender)
+        # The payload is let go once built (ClaimedJob.take_payload): a retry claims it again.
+        mime = build_message(claimed.take_payload(), message_id=job.message_id, sender=sender)
         try:
             token = await self._tokens.get(mailbox)
         except ReauthRequired as error:
