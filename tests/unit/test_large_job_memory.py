@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
-from mailbox_worker.db.models import Job
+from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.jobs.claims import ClaimedJob, Lease
 from mailbox_worker.jobs.mime import build_message
 from mailbox_worker.providers.graph_mime import base64_length, detach_attachments
@@ -92,7 +92,8 @@ def test_a_claimed_payload_is_handed_over_once() -> None:
     """The worker takes the payload to build the MIME; the claim then no longer holds it, so
     a job waiting on its provider call keeps the MIME but not the base64 it came from."""
     payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"}
-    claimed = ClaimedJob(Job(id="job_1"), payload, Lease("job_1", "worker", "worker/1"))
+    lease = Lease("job_1", "worker", "worker/1")
+    claimed = ClaimedJob(Job(id="job_1"), payload, lease, Mailbox(id="mbx_1"))
     assert claimed.take_payload() is payload
     assert claimed.payload == {}
     assert claimed.take_payload() == {}
