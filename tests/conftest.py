@@ -60,10 +60,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def _collect_leaks_where_they_happen(request: pytest.FixtureRequest) -> Iterator[None]:
     """Collect garbage as a PostgreSQL test ends, so a connection it left unclosed warns (and
     fails, warnings being errors) in that test's teardown rather than in whichever test the
-    garbage collector happens to run in later."""
+    garbage collector happens to run in later.
+
+    What survives a full collection is alive, and is frozen (``gc.freeze``) so that the next
+    collection looks only at what was made since: without it, each of these collections walked
+    the whole heap of the session so far, which added about six minutes to the suite."""
     yield
     if "postgres" in request.keywords:
         gc.collect()
+        gc.freeze()
 
 
 def _admin_dsn() -> str:
