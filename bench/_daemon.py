@@ -272,7 +272,16 @@ class DaemonProcess:
             )
 
     async def start(self) -> None:
+        """``launch``, then wait until ready; a process that is not ready within 120 s is
+        stopped rather than left behind."""
         self.launch()
+        try:
+            await self._ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _ready(self) -> None:
         assert self.process is not None
         async with aiohttp.ClientSession() as http, asyncio.timeout(120):
             while True:
