@@ -168,19 +168,22 @@ class Ours:
             assert await self.queue.start_attempt(item.lease)
             assert await self.queue.finish(item.lease, SENT)
 
+        finished = 0
+
         async def work(name: str) -> int:
+            nonlocal finished
             done = 0
-            while True:
+            while finished < jobs:
                 claimed = await self.queue.claim(name, batch, LEASE)
                 if not claimed:
-                    # Another claimer may hold the mailboxes' locks: stop only when no job waits.
-                    counts = await self.queue.count_by_state()
-                    if counts[JobState.QUEUED] == 0:
-                        return done
-                    await asyncio.sleep(0.005)
+                    # Another claimer holds the mailboxes' locks (or the last jobs are being
+                    # finished): wait as an idle worker would, without asking the database.
+                    await asyncio.sleep(0.001)
                     continue
                 await asyncio.gather(*(run(item) for item in claimed))
                 done += len(claimed)
+                finished += len(claimed)
+            return done
 
         before = await server_transactions(dsn) if dsn else 0
         with counting(self.engine) as counts:

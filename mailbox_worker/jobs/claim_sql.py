@@ -14,13 +14,14 @@ rules of ``jobs/limits.py`` in SQL (the SQLite path applies the same functions i
 * a mailbox at its daily cap, or else at its rate, is deferred (``paused_until``; a later pause
   is kept) and gets nothing (``deferral``); so is one whose next job does not fit under its cap;
 * the others get their next due jobs (priority, then ``run_after``, then age) as their free
-  concurrency and rate allow (``allowance``), while their recipients fit under the daily cap
-  (``within_daily_cap``);
+  concurrency and rate allow (``allowance``), at most their share of the claim
+  (``claim_share``), while their recipients (counted at enqueue: ``jobs.recipient_count``)
+  fit under the daily cap (``within_daily_cap``);
 * the ``limit`` slots go round robin in the lock order, every mailbox's first job, then every
   mailbox's second... (``round_robin``);
 * the chosen jobs still ``queued`` move to ``running`` under the claim's lease, each with its
   ``job_events`` row, and come back with their payloads (a job whose content was purged is
-  not claimed).
+  not claimed). No payload is parsed in the database.
 
 Both are built once, at import; a claim only binds its parameters.
 """
@@ -85,13 +86,6 @@ FOR NO KEY UPDATE OF m SKIP LOCKED
 )
 
 
-_RECIPIENTS = """greatest(1, (
-    SELECT coalesce(sum(jsonb_array_length(payload.value -> field)), 0)
-    FROM (SELECT CAST(content.payload AS jsonb) AS value) AS payload,
-         unnest(ARRAY['to', 'cc', 'bcc']) AS field
-    WHERE jsonb_typeof(payload.value -> field) = 'array'
-))"""
-"""``limits.recipient_count`` of a job's ``content.payload`` (parsed once)."""
 JOB_COLUMNS = [c.name for c in Job.__table__.columns]
 _ORDER = "job.priority DESC, job.run_after, job.created_at"
 
@@ -136,20 +130,16 @@ candidates AS (
            row_number() OVER mailbox_order AS rank,
            sum(next.recipients) OVER mailbox_order AS cumulative
     FROM usage CROSS JOIN LATERAL (
-        -- Recipients are counted (the payload read) only against a daily cap here; the
-        -- chosen jobs' counts are stored at the lease, which also skips a job whose content
-        -- was purged.
+        -- Recipients were counted at enqueue (jobs.recipient_count); the lease skips a job
+        -- whose content was purged.
         SELECT job.id, job.priority, job.run_after, job.created_at,
-               CASE WHEN usage.remaining IS NULL THEN 1
-                    ELSE (SELECT {_RECIPIENTS} FROM job_contents AS content
-                          WHERE content.job_id = job.id)
-               END AS recipients
+               job.recipient_count AS recipients
         FROM jobs AS job
         WHERE job.mailbox_id = usage.mailbox_id AND job.state = '{QUEUED}'
           AND job.run_after <= :now
         ORDER BY {_ORDER}
-        -- No mailbox can get more than the whole claim.
-        LIMIT least(usage.allowance, :limit)
+        -- No mailbox gets more than its share of the claim (limits.claim_share).
+        LIMIT least(usage.allowance, :share)
     ) AS next
     WHERE usage.deferred IS NULL
     WINDOW mailbox_order AS (PARTITION BY usage.mailbox_id
@@ -186,8 +176,8 @@ chosen AS (
 ),
 leased AS (
     UPDATE jobs SET state = '{RUNNING}', lease_owner = :owner, lease_expires_at = :expires_at,
-                    updated_at = :now, claimed_at = :now, recipient_count = chosen.recipients
-    FROM (SELECT chosen.id, {_RECIPIENTS} AS recipients
+                    updated_at = :now, claimed_at = :now
+    FROM (SELECT chosen.id
           FROM chosen JOIN job_contents AS content ON content.job_id = chosen.id) AS chosen
     WHERE jobs.id = chosen.id AND jobs.state = '{QUEUED}'
     RETURNING {", ".join(f"jobs.{name}" for name in JOB_COLUMNS)}
@@ -216,6 +206,7 @@ ORDER BY chosen.rank, chosen.position
         bindparam("rate_window", type_=Interval),
         bindparam("daily_window", type_=Interval),
         bindparam("limit", type_=Integer),
+        bindparam("share", type_=Integer),
         bindparam("owner", type_=String),
         bindparam("expires_at", type_=UTCDateTime),
         bindparam("event_at", type_=UTCDateTime),

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, exists, func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbox_worker.clock import Clock
@@ -28,6 +28,7 @@ from mailbox_worker.jobs.limits import (
     MailboxLimits,
     MailboxUsage,
     allowance,
+    claim_share,
     deferral,
     effective_limits,
     effective_limits_of,
@@ -119,9 +120,10 @@ class Claims:
             return []
         usages = await self._usage(session, [mailbox.id for mailbox in mailboxes], now)
         limits = [effective_limits(mailbox, self._limits) for mailbox in mailboxes]
+        share = claim_share(limit, len(mailboxes))
         next_ids = []
         for mailbox, mailbox_limits in zip(mailboxes, limits, strict=True):
-            most = await self._allowance(session, mailbox, mailbox_limits, usages, now)
+            most = min(share, await self._allowance(session, mailbox, mailbox_limits, usages, now))
             next_ids.append(
                 await self._next_job_ids(session, mailbox.id, most, now) if most else []
             )
@@ -140,7 +142,7 @@ class Claims:
             chosen += ids[:fit]
         if not chosen:
             return []
-        claimed = await self._lease(session, worker, owner, chosen, payloads, now + lease, now)
+        claimed = await self._lease(session, worker, owner, chosen, now + lease, now)
         by_id = {mailbox.id: mailbox for mailbox in mailboxes}
         return [
             ClaimedJob(
@@ -193,6 +195,7 @@ class Claims:
                     "rate_window": RATE_WINDOW,
                     "daily_window": DAILY_WINDOW,
                     "limit": limit,
+                    "share": claim_share(limit, len(locked)),
                     "owner": owner,
                     "expires_at": expires_at,
                     "event_at": self._clock(),
@@ -233,14 +236,12 @@ class Claims:
         worker: str,
         owner: str,
         job_ids: Sequence[str],
-        payloads: Mapping[str, dict[str, Any]],
         expires_at: dt.datetime,
         now: dt.datetime,
     ) -> dict[str, Job]:
         """Move the chosen jobs that are still queued to ``running`` under this claim's
-        ``owner`` (``lease_owner``), with their claim time and recipient count, each with its
-        event naming ``worker``."""
-        counts = {job_id: recipient_count(payloads[job_id]) for job_id in job_ids}
+        ``owner`` (``lease_owner``), with their claim time, each with its event naming
+        ``worker``."""
         claim = (
             update(Job)
             .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED)
@@ -250,7 +251,6 @@ class Claims:
                 lease_expires_at=expires_at,
                 updated_at=now,
                 claimed_at=now,
-                recipient_count=case(counts, value=Job.id, else_=Job.recipient_count),
             )
             .returning(Job)
             .execution_options(synchronize_session=False)

@@ -160,6 +160,16 @@ def round_robin(limit: int, allowances: Sequence[int]) -> list[int]:
     return shares
 
 
+def claim_share(limit: int, mailboxes: int) -> int:
+    """The most jobs one mailbox is given by a claim of ``limit`` jobs shared round robin
+    between ``mailboxes`` (each has a due job): its fair share, ``limit / mailboxes`` rounded
+    up. A claim reads no mailbox's jobs beyond it, so it reads at most about ``limit`` jobs
+    rather than ``limit`` of each mailbox; when some mailboxes have fewer jobs than their
+    share, the claim takes fewer than ``limit`` and the worker, having claimed some, claims
+    again at once."""
+    return -(-limit // max(mailboxes, 1))
+
+
 def recipient_count(payload: Mapping[str, Any]) -> int:
     """Envelope recipients (To, Cc, Bcc) of a job's message; at least 1."""
     return max(1, sum(len(payload.get(name) or ()) for name in ("to", "cc", "bcc")))
@@ -174,6 +184,7 @@ __all__ = [
     "MailboxUsage",
     "ProviderLimits",
     "allowance",
+    "claim_share",
     "deferral",
     "effective_limits",
     "effective_limits_of",

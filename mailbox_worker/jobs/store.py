@@ -23,6 +23,7 @@ from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.jobs.enqueue_sql import COMPANIONS
+from mailbox_worker.jobs.limits import recipient_count
 from mailbox_worker.jobs.transitions import (
     JOB_SETTLED,
     RETRY,
@@ -247,6 +248,8 @@ class JobStore:
             "send_at": new.send_at,
             "priority": new.priority,
             "deadline": new.deadline,
+            # Counted once here, read by every claim against the daily cap (jobs/limits.py).
+            "recipient_count": recipient_count(new.payload),
             "created_at": now,
             "updated_at": now,
         }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,8 +16,9 @@ from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
-from mailbox_worker.db.models import Account, Base, Mailbox, UTCDateTime
+from mailbox_worker.db.models import Account, Base, Job, JobContent, Mailbox, UTCDateTime
 from mailbox_worker.events.outbox import Outbox
+from mailbox_worker.jobs.limits import recipient_count
 
 
 @pytest.fixture
@@ -145,3 +146,79 @@ async def test_jobs_table_is_laid_out_for_cheap_queue_writes(empty_engine: Async
                 text("SELECT reloptions FROM pg_class WHERE relname = 'jobs'")
             )
             assert "fillfactor=80" in options
+
+
+async def test_migration_0015_counts_the_recipients_of_jobs_not_yet_claimed(
+    database_url: str,
+) -> None:
+    """Enqueued before 0015, a job's ``recipient_count`` was the default 1 until its claim
+    counted it; the claim no longer does, so the migration counts it for queued and held jobs
+    (To, Cc and Bcc; at least 1) and leaves claimed ones as their claim stored them."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    now = utcnow()
+    payloads: dict[str, dict[str, Any]] = {
+        "job_queued": {
+            "to": [{"address": "a@x.example"}, {"address": "b@x.example"}],
+            "cc": [{"address": "c@x.example"}],
+            "bcc": [{"address": "d@x.example"}],
+        },
+        "job_held": {"to": [{"address": "a@x.example"}], "cc": None},
+        "job_no_one": {"to": []},
+        "job_running": {"to": [{"address": "a@x.example"}, {"address": "b@x.example"}]},
+    }
+    states = {
+        "job_queued": "queued",
+        "job_held": "held",
+        "job_no_one": "queued",
+        "job_running": "running",
+    }
+    try:
+        await migrate.upgrade(engine, "0014")
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(cast(Table, Account.__table__)).values(
+                    id="acc_1", name="acme", created_at=now
+                )
+            )
+            await connection.execute(
+                insert(cast(Table, Mailbox.__table__)).values(
+                    id="mbx_1",
+                    account_id="acc_1",
+                    provider="microsoft",
+                    capabilities=["send"],
+                    state="connected",
+                    granted_scopes=[],
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            for job_id, payload in payloads.items():
+                await connection.execute(
+                    insert(cast(Table, Job.__table__)).values(
+                        id=job_id,
+                        account_id="acc_1",
+                        mailbox_id="mbx_1",
+                        mode="send",
+                        state=states[job_id],
+                        request_sha256="0" * 64,
+                        message_id=f"<{job_id}@contoso.example>",
+                        attempts=0,
+                        transient_failures=0,
+                        run_after=now,
+                        created_at=now,
+                        updated_at=now,
+                        priority=0,
+                        recipient_count=7 if job_id == "job_running" else 1,
+                    )
+                )
+                await connection.execute(
+                    insert(cast(Table, JobContent.__table__)).values(job_id=job_id, payload=payload)
+                )
+        await migrate.upgrade(engine)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT id, recipient_count FROM jobs"))).all()
+        counts: dict[str, int] = {str(row[0]): int(row[1]) for row in rows}
+    finally:
+        await engine.dispose()
+    assert counts == {"job_queued": 4, "job_held": 1, "job_no_one": 1, "job_running": 7}
+    assert counts["job_queued"] == recipient_count(payloads["job_queued"])

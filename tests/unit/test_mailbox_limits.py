@@ -11,6 +11,7 @@ from mailbox_worker.jobs.limits import (
     MailboxLimits,
     MailboxUsage,
     allowance,
+    claim_share,
     deferral,
     effective_limits,
     recipient_count,
@@ -26,6 +27,18 @@ def test_round_robin_gives_every_mailbox_a_turn_before_anyone_a_second() -> None
     assert round_robin(2, [4, 4, 4]) == [1, 1, 0]
     assert round_robin(8, [1, 0, 2]) == [1, 0, 2]
     assert round_robin(0, [3]) == [0]
+
+
+def test_claim_share_is_the_fair_share_rounded_up() -> None:
+    assert [claim_share(8, mailboxes) for mailboxes in (1, 2, 3, 8, 9)] == [8, 4, 3, 1, 1]
+    assert claim_share(100, 20) == 5
+    assert claim_share(100, 0) == 100  # no mailbox: nothing to share, nothing read
+    # Every mailbox's share together always covers the claim.
+    assert all(
+        claim_share(limit, mailboxes) * mailboxes >= limit
+        for limit in range(1, 60)
+        for mailboxes in range(1, 30)
+    )
 
 
 def test_mailbox_values_override_the_provider_defaults() -> None:
