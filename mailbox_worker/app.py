@@ -281,7 +281,6 @@ class App:
         )
         intake = JobIntake(
             jobs,
-            mailboxes,
             lambda provider, mode, capabilities: (
                 providers[provider].max_message_bytes(
                     "send" if mode == "send" else "draft", capabilities

@@ -315,12 +315,13 @@ async def lock_for_state_change(session: AsyncSession, mailbox_id: str) -> None:
     """Lock the mailbox's row ``FOR UPDATE`` in ``session`` before its state changes.
 
     A plain ``UPDATE`` of the state takes ``FOR NO KEY UPDATE``, which does not conflict with
-    the ``FOR KEY SHARE`` an enqueue holds on the row from its jobs' insert to its commit
-    (the foreign key's check, and ``JobStore.enqueue_reading_mailboxes``); ``FOR UPDATE``
-    does. So a state change commits before an enqueue inserts, or after it commits, never in
-    between, and the state the enqueue read after its insert is still the mailbox's when its
-    jobs become visible: a consent's or a disconnect's sweep that runs after its change sees
-    them (docs/architecture.md, "Enqueue and mailbox state"). Claims (``FOR NO KEY UPDATE``)
-    still do not wait for enqueues. Nothing on SQLite, whose single writer serialises them.
+    the ``FOR KEY SHARE`` an enqueue holds on the row from its first statement to its commit
+    (``JobStore.enqueue_for_mailboxes``, which reads the mailbox so, then checks the requests
+    against it, then inserts); ``FOR UPDATE`` does. So a state change commits before an
+    enqueue reads the mailbox, or after the enqueue commits, never in between: the state the
+    jobs were made for is still the mailbox's when they become visible, and a consent's or a
+    disconnect's sweep that runs after its change sees them (docs/architecture.md, "Enqueue
+    and mailbox state"). Claims (``FOR NO KEY UPDATE``) still do not wait for enqueues.
+    Nothing on SQLite, whose single writer serialises them.
     """
     await session.execute(select(Mailbox.id).where(Mailbox.id == mailbox_id).with_for_update())

@@ -1,20 +1,16 @@
 """The rows that come with new jobs, on PostgreSQL in one statement (``COMPANIONS``).
 
 After the jobs' own ``INSERT`` (``JobStore``), each new job needs its content row, its
-``enqueued`` event, a wake-up of the workers, and the intake wants the state of each mailbox
-that got one, read under ``FOR KEY SHARE`` (see ``JobStore.enqueue_reading_mailboxes``). On
-SQLite these are four statements; here they are one: the two inserts are data-modifying CTEs
-(run once, to completion, whether or not the query reads them), the ``NOTIFY`` is sent on
-commit as from ``wakeups.announce_in``, and the mailboxes' states come back as one JSON
-object. It is a statement of its own, started after the jobs' insert, so the states it reads
-are those the insert's transaction must see (docs/architecture.md "Enqueue and mailbox
-state"). Three round trips fewer per enqueue (docs/performance.md "The enqueue request").
-Built once, at import.
+``enqueued`` event and a wake-up of the workers. On SQLite these are three statements; here
+they are one: the two inserts are data-modifying CTEs (run once, to completion, whether or not
+the query reads them) and the ``NOTIFY`` is sent on commit as from ``wakeups.announce_in``.
+Two round trips fewer per enqueue (docs/performance.md "The enqueue request"). Built once, at
+import.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, String, TextualSelect, bindparam, column, text
+from sqlalchemy import String, TextualSelect, bindparam, column, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from mailbox_worker.db.models import UTCDateTime
@@ -37,12 +33,7 @@ events AS (
     SELECT input.job_id, :now, 'state', NULL, input.state, 'enqueued', input.event_id
     FROM input
 )
-SELECT pg_notify('{CHANNEL}', :origin) AS notified,
-       (SELECT coalesce(json_object_agg(locked.id, locked.state), CAST('{{}}' AS json))
-        FROM (SELECT mailboxes.id, mailboxes.state FROM mailboxes
-              WHERE mailboxes.id = ANY(CAST(:mailbox_ids AS varchar[]))
-              ORDER BY mailboxes.id
-              FOR KEY SHARE) AS locked) AS mailbox_states
+SELECT pg_notify('{CHANNEL}', :origin) AS notified
 """  # noqa: S608 - only a constant of wakeups.py is interpolated
     )
     .bindparams(
@@ -50,11 +41,10 @@ SELECT pg_notify('{CHANNEL}', :origin) AS notified,
         bindparam("payloads", type_=ARRAY(String)),
         bindparam("states", type_=ARRAY(String)),
         bindparam("event_ids", type_=ARRAY(String)),
-        bindparam("mailbox_ids", type_=ARRAY(String)),
         bindparam("now", type_=UTCDateTime),
         bindparam("origin", type_=String),
     )
-    .columns(column("notified", String), column("mailbox_states", JSON))
+    .columns(column("notified", String))
 )
 
 __all__ = ["COMPANIONS"]

@@ -18,7 +18,6 @@ from typing import Any
 
 from mailbox_worker.accounts import Principal
 from mailbox_worker.clock import Clock, utcnow
-from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
 from mailbox_worker.errors import (
     Conflict,
@@ -133,14 +132,12 @@ class JobIntake:
     def __init__(
         self,
         jobs: JobStore,
-        mailboxes: MailboxStore,
         message_limit: MessageLimit,
         telemetry: Telemetry,
         wake_worker: Callable[[], None] = lambda: None,
         clock: Clock = utcnow,
     ) -> None:
         self._jobs = jobs
-        self._mailboxes = mailboxes
         self._message_limit = message_limit
         self._telemetry = telemetry
         self._wake_worker = wake_worker
@@ -165,31 +162,40 @@ class JobIntake:
         it anew. The key is looked up only when a check fails; otherwise the insert meets it
         (``JobStore.enqueue_many``), which saves a read on the common path.
         """
-        mailboxes: dict[str, Mailbox | None] = {}
-        results: list[tuple[JobView, bool] | RequestError | None] = []
-        pending: list[tuple[int, NewJob]] = []
-        for index, submission in enumerate(submissions):
-            digest = _request_digest(submission.body)
-            try:
-                new = await self._prepare(principal, submission, digest, mailboxes)
-            except RequestError as error:
-                results.append(await self._replay_or(error, principal, submission, digest))
+        digests = [_request_digest(submission.body) for submission in submissions]
+        checked: list[NewJob | RequestError] = []
+
+        def prepare(mailboxes: Mapping[str, Mailbox]) -> list[NewJob]:
+            # In the jobs' transaction, the mailboxes read and locked (JobStore).
+            checked.clear()  # a transaction retried after a dropped connection runs it again
+            for submission, digest in zip(submissions, digests, strict=True):
+                mailbox = mailboxes.get(str(submission.body["mailbox_id"]))
+                try:
+                    checked.append(self._prepare(principal, submission, digest, mailbox))
+                except RequestError as error:
+                    checked.append(error)
+            return [new for new in checked if isinstance(new, NewJob)]
+
+        mailbox_ids = [str(submission.body["mailbox_id"]) for submission in submissions]
+        enqueued = iter(
+            await self._jobs.enqueue_for_mailboxes(principal.account_id, mailbox_ids, prepare)
+        )
+        results: list[tuple[JobView, bool] | RequestError] = []
+        created: list[Job] = []
+        for submission, digest, new in zip(submissions, digests, checked, strict=True):
+            if isinstance(new, RequestError):
+                results.append(await self._replay_or(new, principal, submission, digest))
                 continue
-            results.append(None)
-            pending.append((index, new))
-        outcome = await self._jobs.enqueue_reading_mailboxes([new for _, new in pending])
-        enqueued = outcome.results
-        created = [
-            result[0] for result in enqueued if not isinstance(result, Conflict) and result[1]
-        ]
-        settled = await self._after_created(created, outcome.mailbox_states)
-        for (index, _), result in zip(pending, enqueued, strict=True):
+            result = next(enqueued)
             if isinstance(result, Conflict):
-                results[index] = result
-            else:
-                job, fresh = result
-                results[index] = JobView.of(settled.get(job.id, job) if fresh else job), fresh
-        return [result for result in results if result is not None]
+                results.append(result)
+                continue
+            job, fresh = result
+            if fresh:
+                created.append(job)
+            results.append((JobView.of(job), fresh))
+        self._after_created(created)
+        return results
 
     async def _replay_or(
         self, error: RequestError, principal: Principal, submission: Submission, digest: str
@@ -204,20 +210,16 @@ class JobIntake:
             return reused
         return error if first is None else (JobView.of(first), False)
 
-    async def _prepare(
+    def _prepare(
         self,
         principal: Principal,
         submission: Submission,
         digest: str,
-        mailboxes: dict[str, Mailbox | None],
+        mailbox: Mailbox | None,
     ) -> NewJob:
-        """The job a submission asks for, once the mailbox can take it and the message fits
-        (``mailboxes``: those already read for this call, by id)."""
+        """The job a submission asks for, once its mailbox (None: not one of the account's)
+        can take it and the message fits."""
         body = submission.body
-        mailbox_id = str(body["mailbox_id"])
-        if mailbox_id not in mailboxes:
-            mailboxes[mailbox_id] = await self._mailboxes.get(mailbox_id, principal.account_id)
-        mailbox = mailboxes[mailbox_id]
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
         if mailbox.state == MailboxState.PENDING_CONSENT or mailbox.address is None:
@@ -261,53 +263,16 @@ class JobIntake:
             priority=int(body.get("priority", 0)),
         )
 
-    async def _after_created(
-        self, jobs: Sequence[Job], mailbox_states: Mapping[str, str]
-    ) -> dict[str, Job]:
-        """Count the new jobs, settle their mailboxes' races, wake the worker; the jobs a
-        settlement moved, as they now are, by id (``mailbox_states``: each mailbox's state
-        as the jobs committed, ``JobStore.enqueue_reading_mailboxes``)."""
+    def _after_created(self, jobs: Sequence[Job]) -> None:
+        """Count the new jobs; wake the worker if one of them is due now.
+
+        Nothing needs settling: each job was made for its mailbox's state as it is when the
+        job commits (``JobStore.enqueue_for_mailboxes``), and a state change that commits
+        later sweeps the job itself."""
         for job in jobs:
             self._telemetry.job_enqueued(job.mode)
-        settled: dict[str, Job] = {}
-        by_mailbox: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_mailbox.setdefault(job.mailbox_id, []).append(job)
-        for mailbox_id, mailbox_jobs in by_mailbox.items():
-            if await self._settle_race(mailbox_jobs, mailbox_states.get(mailbox_id)):
-                for job in mailbox_jobs:
-                    settled[job.id] = await self._jobs.get(job.id) or job
-        if any(
-            settled.get(job.id, job).state == JobState.QUEUED and job.send_at is None
-            for job in jobs
-        ):
+        if any(job.state == JobState.QUEUED and job.send_at is None for job in jobs):
             self._wake_worker()
-        return settled
-
-    async def _settle_race(self, jobs: Sequence[Job], state: str | None) -> bool:
-        """Whether a sweep moved the mailbox's new ``jobs`` to where they must be now that
-        they are committed, whatever the mailbox did meanwhile.
-
-        The mailbox was read before the jobs' transaction: a consent may have released its
-        held jobs, or a disconnect cancelled its pending ones, in between, without seeing
-        these. ``state`` is the mailbox's as the jobs committed (None: it no longer exists),
-        read in their transaction, so no read is needed here (a state change after the
-        commit sweeps these jobs itself). Both sweeps are idempotent, so running the one
-        that state calls for puts the jobs where the sweep would have; on the common path
-        (the state the jobs were made for) nothing runs.
-        """
-        mailbox_id = jobs[0].mailbox_id
-        if state is None or state == MailboxState.DISCONNECTED:
-            await self._jobs.cancel_pending_for_mailbox(
-                mailbox_id,
-                "mailbox_disconnected",
-                "the mailbox was disconnected before the job ran",
-            )
-        elif state == MailboxState.CONNECTED and any(job.state == JobState.HELD for job in jobs):
-            await self._jobs.release_held(mailbox_id)
-        else:
-            return False
-        return True
 
     def _check_size(
         self, message: dict[str, Any], mailbox: Mailbox, mode: str, domain: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +55,9 @@ class NewJob:
     """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
 
 
-@dataclass(frozen=True)
-class Enqueued:
-    """What ``JobStore.enqueue_reading_mailboxes`` did."""
-
-    results: list[tuple[Job, bool] | Conflict]
-    """One per job given, in order: ``(job, created)``, or the ``Conflict`` of a reused key."""
-    mailbox_states: dict[str, str]
-    """The state of each mailbox that got a new job, as the jobs committed, by id (a mailbox
-    that no longer exists is absent)."""
+Prepare = Callable[[Mapping[str, Mailbox]], Sequence[NewJob]]
+"""Given the mailboxes a call names (those of the account that exist, by id, read and locked
+in the jobs' transaction), the jobs to enqueue (``JobStore.enqueue_for_mailboxes``)."""
 
 
 Position = tuple[dt.datetime, str]
@@ -141,24 +135,40 @@ class JobStore:
         return result
 
     async def enqueue_many(self, news: Sequence[NewJob]) -> list[tuple[Job, bool] | Conflict]:
-        """``enqueue_reading_mailboxes`` without the read of the mailboxes."""
-        return (await self._enqueue(news, read_mailboxes=False)).results
+        """Commit every job of ``news`` in one transaction (``_enqueue``)."""
+        async with self._sessions.begin() as session:
+            return await self._enqueue(session, news)
 
-    async def enqueue_reading_mailboxes(self, news: Sequence[NewJob]) -> Enqueued:
-        """``enqueue_many``, and the state of each mailbox that got a new job as the jobs
-        commit, read in their transaction after their insert (one ``SELECT … FOR KEY SHARE``).
+    async def enqueue_for_mailboxes(
+        self, account_id: str, mailbox_ids: Sequence[str], prepare: Prepare
+    ) -> list[tuple[Job, bool] | Conflict]:
+        """Read the account's mailboxes among ``mailbox_ids`` and enqueue the jobs ``prepare``
+        makes of them, in one transaction: the intake checks a request against its mailbox as
+        it is when the job commits.
 
-        No state change of these mailboxes can commit between that read and the commit
-        (``db.mailboxes.lock_for_state_change``; SQLite's single writer on SQLite), so the
-        state read is still the mailbox's when the jobs become visible: what a consent or a
-        disconnect committed before is seen here, what it commits after sees the jobs. It
-        spares the intake a read of the mailbox after the commit (docs/performance.md, "The
-        enqueue request").
+        The mailboxes are read first, ``FOR KEY SHARE`` (one ``SELECT``): a state change takes
+        ``FOR UPDATE`` (``MailboxStore.lock_for_state_change``), so one under way is waited
+        for and its outcome read, and one that comes later waits for these jobs and its sweep
+        sees them; a claim (``FOR NO KEY UPDATE``) does not wait. So no consent or disconnect
+        can slip between the check and the commit, and nothing needs settling after it
+        (docs/architecture.md "Enqueue and mailbox state"). ``prepare`` runs inside the
+        transaction and must not wait on anything.
         """
-        return await self._enqueue(news, read_mailboxes=True)
+        async with self._sessions.begin() as session:
+            query = (
+                select(Mailbox)
+                .where(Mailbox.id.in_(sorted(set(mailbox_ids))), Mailbox.account_id == account_id)
+                .order_by(Mailbox.id)
+                .with_for_update(read=True, key_share=True)
+            )
+            mailboxes = {mailbox.id: mailbox for mailbox in await session.scalars(query)}
+            return await self._enqueue(session, prepare(mailboxes))
 
-    async def _enqueue(self, news: Sequence[NewJob], *, read_mailboxes: bool) -> Enqueued:
-        """Commit every job of ``news`` in one transaction; one result per job, in order.
+    async def _enqueue(
+        self, session: AsyncSession, news: Sequence[NewJob]
+    ) -> list[tuple[Job, bool] | Conflict]:
+        """Insert every job of ``news`` in ``session``'s transaction; one result per job, in
+        order.
 
         Each result is ``enqueue``'s answer for that job, or the ``Conflict`` it would raise
         (a key reused by a different request), so that one reused key fails only its own
@@ -167,8 +177,8 @@ class JobStore:
         first jobs of the keys that conflicted (only then); for a key whose first job is
         older than the window (only then), forget it (one ``UPDATE``) and insert its job
         again; insert the contents, events and outbox rows of the new jobs (one multi-row
-        ``INSERT`` per table), and with ``read_mailboxes`` read the states of their
-        mailboxes (one ``SELECT``). Forgetting expired keys only once one conflicts spares
+        ``INSERT`` per table; on PostgreSQL one statement with the workers' ``NOTIFY``,
+        ``jobs/enqueue_sql.py``). Forgetting expired keys only once one conflicts spares
         every keyed enqueue an ``UPDATE`` (docs/performance.md, "The enqueue request").
         """
         now = self._clock()
@@ -189,32 +199,25 @@ class JobStore:
             rows.append(self._job_row(new, now))
             payloads[rows[-1]["id"]] = new.payload
         if not rows:
-            return Enqueued([], {})
+            return []
         accounts = {new.account_id for new in news}
-        states: dict[str, str] = {}
-        async with self._sessions.begin() as session:
-            inserted = await _insert_rows(session, rows)
-            existing = await self._existing(session, rows, inserted, now)
-            expired = [
-                row
-                for row in rows
-                if row["id"] not in inserted
-                and (row["account_id"], row["idempotency_key"]) not in existing
-            ]
-            if expired:  # their keys' first jobs are older than the window: forget, insert
-                forget = {row["idempotency_key"] for row in expired}
-                await session.execute(self._forget_expired_keys(accounts, forget, now))
-                inserted |= await _insert_rows(session, expired)
-                existing |= await self._existing(session, expired, inserted, now)
-            if session.get_bind().dialect.name == "postgresql":
-                states = await _add_companions_postgresql(
-                    session, payloads, inserted, now, read_mailboxes=read_mailboxes
-                )
-            else:
-                await self._add_companions(session, payloads, inserted, now)
-                if read_mailboxes and inserted:
-                    mailbox_ids = {job.mailbox_id for job in inserted.values()}
-                    states = await _mailbox_states(session, mailbox_ids)
+        inserted = await _insert_rows(session, rows)
+        existing = await self._existing(session, rows, inserted, now)
+        expired = [
+            row
+            for row in rows
+            if row["id"] not in inserted
+            and (row["account_id"], row["idempotency_key"]) not in existing
+        ]
+        if expired:  # their keys' first jobs are older than the window: forget, insert
+            forget = {row["idempotency_key"] for row in expired}
+            await session.execute(self._forget_expired_keys(accounts, forget, now))
+            inserted |= await _insert_rows(session, expired)
+            existing |= await self._existing(session, expired, inserted, now)
+        if session.get_bind().dialect.name == "postgresql":
+            await _add_companions_postgresql(session, payloads, inserted, now)
+        else:
+            await self._add_companions(session, payloads, inserted, now)
         results: list[tuple[Job, bool] | Conflict] = []
         for new, slot in zip(news, slots, strict=True):
             row = rows[slot] if isinstance(slot, int) else rows[first_of_key[slot]]
@@ -228,7 +231,7 @@ class JobStore:
                 results.append(_key_reused())
             else:
                 results.append((job, created))
-        return Enqueued(results, states)
+        return results
 
     def _job_row(self, new: NewJob, now: dt.datetime) -> dict[str, Any]:
         job_id = new_id("job")
@@ -542,40 +545,22 @@ async def _add_companions_postgresql(
     payloads: dict[str, dict[str, Any]],
     inserted: dict[str, Job],
     now: dt.datetime,
-    *,
-    read_mailboxes: bool,
-) -> dict[str, str]:
-    """``JobStore._add_companions`` and ``_mailbox_states`` in one statement
-    (``jobs/enqueue_sql.py``); the states read (none unless ``read_mailboxes``)."""
+) -> None:
+    """``JobStore._add_companions`` in one statement (``jobs/enqueue_sql.py``)."""
     created = list(inserted.values())
     if not created:
-        return {}
+        return
     binds = {
         "job_ids": [job.id for job in created],
         "payloads": [json.dumps(payloads[job.id]) for job in created],
         "states": [str(job.state) for job in created],
         "event_ids": [new_id("jev") for _ in created],
-        "mailbox_ids": sorted({job.mailbox_id for job in created}) if read_mailboxes else [],
         "now": now,
         "origin": origin(),
     }
-    row = (await session.execute(COMPANIONS, binds)).one()
+    await session.execute(COMPANIONS, binds)
     for job in created:
         announce(session, job, job.state, "enqueued", now)  # a held job's event; flushed on commit
-    return {str(key): str(value) for key, value in (row.mailbox_states or {}).items()}
-
-
-async def _mailbox_states(session: AsyncSession, mailbox_ids: set[str]) -> dict[str, str]:
-    """The mailboxes' states, read ``FOR KEY SHARE`` (held since the jobs' insert by their
-    foreign key's check; said here so that the guarantee does not rest on the schema): a lock
-    claims (``FOR NO KEY UPDATE``) do not wait for, but a state change
-    (``lock_for_state_change``: ``FOR UPDATE``) does."""
-    query = (
-        select(Mailbox.id, Mailbox.state)
-        .where(Mailbox.id.in_(sorted(mailbox_ids)))
-        .with_for_update(read=True, key_share=True)
-    )
-    return {str(row.id): str(row.state) for row in await session.execute(query)}
 
 
 def _key_reused() -> Conflict:
@@ -585,4 +570,4 @@ def _key_reused() -> Conflict:
     )
 
 
-__all__ = ["Enqueued", "JobFilter", "JobStore", "NewJob", "Position", "find_query"]
+__all__ = ["JobFilter", "JobStore", "NewJob", "Position", "Prepare", "find_query"]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from mailbox_worker.clock import utcnow
-from mailbox_worker.jobs.store import Enqueued, NewJob
 from mailbox_worker.states import JobState
 from tests.integration.api_harness import (
     MESSAGE_LIMIT,
@@ -520,50 +518,45 @@ async def test_bad_send_at_or_priority_is_refused(
     assert sum((await api.queue.count_by_state()).values()) == 0
 
 
-async def test_a_job_enqueued_while_its_mailbox_reconnects_is_not_left_held(
+async def test_a_job_is_made_for_its_mailboxs_state_when_it_commits(
     api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The intake reads the mailbox (needs consent: the job will be held), then the consent
-    completes and releases the held jobs, then the job is committed: the soak found it left
-    ``held`` on a connected mailbox for good."""
+    """The mailbox needed consent when the request came in; the consent completes before the
+    jobs' transaction: the job is ``queued``, not ``held`` (the soak once found one left
+    ``held`` on a connected mailbox for good, when the intake read the mailbox before that
+    transaction)."""
     _, key, mailbox_id = caller
     assert await api.mailboxes.set_state(
         mailbox_id, "reauth_required", "invalid_grant", expected=["connected"]
     )
-    enqueue_jobs = api.app.jobs.enqueue_reading_mailboxes
+    enqueue_jobs = api.app.jobs.enqueue_for_mailboxes
 
-    async def consent_lands_first(news: Sequence[NewJob]) -> Enqueued:
-        assert [new.held for new in news] == [True]
+    async def consent_lands_first(account_id: str, mailbox_ids: Any, prepare: Any) -> Any:
         assert await api.mailboxes.set_state(
             mailbox_id, "connected", None, expected=["reauth_required"]
         )
-        assert await api.app.jobs.release_held(mailbox_id) == 0  # nothing to release yet
-        return await enqueue_jobs(news)
+        return await enqueue_jobs(account_id, mailbox_ids, prepare)
 
-    monkeypatch.setattr(api.app.jobs, "enqueue_reading_mailboxes", consent_lands_first)
+    monkeypatch.setattr(api.app.jobs, "enqueue_for_mailboxes", consent_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
     assert (answer.status, answer.json()["state"]) == (202, "queued"), answer.body
     stored = await api.app.jobs.get(answer.json()["id"])
     assert stored is not None and stored.state == "queued"
 
 
-async def test_a_job_enqueued_while_its_mailbox_is_disconnected_is_cancelled(
+async def test_a_job_for_a_mailbox_disconnected_meanwhile_is_refused(
     api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, key, mailbox_id = caller
-    enqueue_jobs = api.app.jobs.enqueue_reading_mailboxes
+    enqueue_jobs = api.app.jobs.enqueue_for_mailboxes
 
-    async def disconnect_lands_first(news: Sequence[NewJob]) -> Enqueued:
-        assert await api.app.jobs.cancel_pending_for_mailbox(mailbox_id, "x", "y") == 0
+    async def disconnect_lands_first(account_id: str, mailbox_ids: Any, prepare: Any) -> Any:
         assert await api.mailboxes.set_state(
             mailbox_id, "disconnected", "disconnected_by_admin", expected=["connected"]
         )
-        return await enqueue_jobs(news)
+        return await enqueue_jobs(account_id, mailbox_ids, prepare)
 
-    monkeypatch.setattr(api.app.jobs, "enqueue_reading_mailboxes", disconnect_lands_first)
+    monkeypatch.setattr(api.app.jobs, "enqueue_for_mailboxes", disconnect_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
-    assert answer.status == 202, answer.body
-    assert (answer.json()["state"], answer.json()["last_error"]["code"]) == (
-        "cancelled",
-        "mailbox_disconnected",
-    )
+    assert (answer.status, answer.error_code) == (409, "mailbox_disconnected"), answer.body
+    assert sum((await api.queue.count_by_state()).values()) == 0  # no job left behind

@@ -108,7 +108,6 @@ async def test_jobs_for_google_mailboxes_are_accepted_and_refused_without_a_tran
     # A provider without a transport is still refused at intake.
     without_transport = JobIntake(
         world.app.jobs,
-        world.app.mailboxes,
         lambda provider, mode, capabilities: None,
         world.app.telemetry,
     )

@@ -1,51 +1,74 @@
-"""``JobStore.enqueue_reading_mailboxes`` reads each mailbox's state in the jobs' transaction,
-after their insert, and that state is still the mailbox's when the jobs commit: a state
-change (``MailboxStore.set_state``, ``mark_connected``) waits for the enqueue, while a claim
-does not. This is what lets the intake settle a consent or disconnect race without reading
-the mailbox again after the commit (``JobIntake._settle_race``)."""
+"""``JobStore.enqueue_for_mailboxes`` reads and locks the jobs' mailboxes first, in the jobs'
+transaction (``FOR KEY SHARE``), and the intake checks each request against them there: a
+state change (``MailboxStore.set_state``, ``mark_connected``: ``FOR UPDATE``) under way is
+waited for and its outcome read, one that comes later waits for the jobs' commit, and a claim
+waits for neither. So the state a job was made for is its mailbox's when the job commits, and
+nothing is settled after the commit (docs/architecture.md "Enqueue and mailbox state")."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from mailbox_worker.db.mailboxes import lock_for_state_change
 from mailbox_worker.db.models import Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.jobs import store as store_module
+from mailbox_worker.jobs.store import NewJob
 
 from .conftest import Stores
 from .test_enqueue_many import new_job, statements
 
 
-async def test_the_states_are_read_in_the_transaction_once_per_mailbox(stores: Stores) -> None:
+def preparing(news: Sequence[NewJob], seen: list[dict[str, str]] | None = None) -> Any:
+    """A ``prepare`` that enqueues ``news`` as they are and records the mailboxes' states it
+    was given."""
+
+    def prepare(mailboxes: Mapping[str, Mailbox]) -> Sequence[NewJob]:
+        if seen is not None:
+            seen.append({mailbox_id: mailbox.state for mailbox_id, mailbox in mailboxes.items()})
+        return news
+
+    return prepare
+
+
+async def test_the_mailboxes_are_read_once_before_the_insert(stores: Stores) -> None:
     account = await stores.accounts.create_account("acme")
+    other = await stores.accounts.create_account("globex")
     first = await stores.connected_mailbox(account.id)
     second = await stores.connected_mailbox(account.id)
+    foreign = await stores.connected_mailbox(other.id)
     await stores.mailboxes.require_consent_again(second, "invalid_grant", "test")
     await stores.jobs.enqueue(new_job(account.id, first.id, "warm"))  # caches, connections
+    news = [new_job(account.id, mailbox.id, None) for mailbox in (first, second, first)]
+    seen: list[dict[str, str]] = []
 
     with statements(stores) as sent:
-        enqueued = await stores.jobs.enqueue_reading_mailboxes(
-            [new_job(account.id, mailbox.id, None) for mailbox in (first, second, first)]
+        results = await stores.jobs.enqueue_for_mailboxes(
+            account.id, [first.id, second.id, first.id, foreign.id], preparing(news, seen)
         )
 
-    assert all(not isinstance(result, Conflict) and result[1] for result in enqueued.results)
-    assert enqueued.mailbox_states == {first.id: "connected", second.id: "reauth_required"}
+    assert all(not isinstance(result, Conflict) and result[1] for result in results)
+    # Only the account's own mailboxes, each once; another account's is not given.
+    assert seen == [{first.id: "connected", second.id: "reauth_required"}]
+    reads = [kind for kind in sent if kind.startswith("SELECT MAILBOXES")]
+    assert len(reads) == 1, sent
+    assert sent.index(reads[0]) < sent.index("INSERT INTO JOBS"), sent
     if stores.engine.dialect.name == "postgresql":
-        # With the content and event inserts, in one statement (jobs/enqueue_sql.py).
-        reads = [kind for kind in sent if kind.startswith("WITH INPUT AS")]
-        assert len(reads) == 1, sent
-    else:
-        reads = [kind for kind in sent if kind.startswith("SELECT MAILBOXES")]
-        assert reads == ["SELECT MAILBOXES.ID, MAILBOXES.STATE"], sent
-    assert sent.index(reads[0]) > sent.index("INSERT INTO JOBS"), sent  # after the insert
+        # The read, the insert, the contents and events with the NOTIFY (jobs/enqueue_sql.py).
+        assert sent == [reads[0], "INSERT INTO JOBS", "WITH INPUT AS"], sent
 
-    replayed = await stores.jobs.enqueue_reading_mailboxes([new_job(account.id, first.id, "warm")])
-    assert replayed.mailbox_states == {}  # no new job: nothing to settle, nothing read
+
+async def test_nothing_prepared_is_nothing_inserted(stores: Stores) -> None:
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    assert await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], preparing([])) == []
+    assert sum((await stores.queue.count_by_state()).values()) == 0
 
 
 @pytest.fixture
@@ -55,17 +78,15 @@ def postgres_stores(stores: Stores) -> Stores:
     return stores
 
 
-def pausing_after_the_read(read: asyncio.Event, commit: asyncio.Event) -> Any:
-    """The store's PostgreSQL companion statement (which reads the mailboxes' states), then
-    ``read`` set and a wait for ``commit``: the transaction stays open, the jobs inserted and
-    not committed."""
+def pausing_after_the_insert(inserted: asyncio.Event, commit: asyncio.Event) -> Any:
+    """The store's PostgreSQL companion statement, then ``inserted`` set and a wait for
+    ``commit``: the transaction stays open, the jobs inserted and not committed."""
     original = store_module._add_companions_postgresql
 
-    async def paused(*args: Any, **kwargs: Any) -> dict[str, str]:
-        states = await original(*args, **kwargs)
-        read.set()
+    async def paused(*args: Any, **kwargs: Any) -> None:
+        await original(*args, **kwargs)
+        inserted.set()
         await commit.wait()
-        return states
 
     return paused
 
@@ -83,6 +104,13 @@ async def waiting_for_a_lock(stores: Stores) -> int:
         )
 
 
+async def until_one_waits(stores: Stores, task: asyncio.Task[Any]) -> None:
+    while not await waiting_for_a_lock(stores):
+        assert not task.done()
+        await asyncio.sleep(0.01)
+    assert not task.done()
+
+
 async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
     postgres_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,16 +118,19 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
     waiting, _ = await stores.jobs.enqueue(new_job(account.id, mailbox.id, "already queued"))
-    read = asyncio.Event()
+    inserted = asyncio.Event()
     commit = asyncio.Event()
     monkeypatch.setattr(
-        store_module, "_add_companions_postgresql", pausing_after_the_read(read, commit)
+        store_module, "_add_companions_postgresql", pausing_after_the_insert(inserted, commit)
     )
+    seen: list[dict[str, str]] = []
     enqueue = asyncio.create_task(
-        stores.jobs.enqueue_reading_mailboxes([new_job(account.id, mailbox.id, "racing")])
+        stores.jobs.enqueue_for_mailboxes(
+            account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "racing")], seen)
+        )
     )
     async with asyncio.timeout(30):
-        await read.wait()
+        await inserted.wait()
         # A claim meanwhile takes the mailbox's other job: it neither waits nor skips it.
         claimed = await stores.queue.claim("w", 10, dt.timedelta(minutes=1))
         assert [item.job.id for item in claimed] == [waiting.id]
@@ -108,15 +139,11 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
                 mailbox.id, "disconnected", "disconnected_by_admin", expected=["connected"]
             )
         )
-        while not await waiting_for_a_lock(stores):
-            assert not disconnect.done()
-            await asyncio.sleep(0.01)
-        assert not disconnect.done()  # it waits for the enqueue's commit
+        await until_one_waits(stores, disconnect)  # it waits for the enqueue's commit
         commit.set()
-        enqueued = await enqueue
+        (result,) = await enqueue
         assert await disconnect
-    assert enqueued.mailbox_states == {mailbox.id: "connected"}
-    (result,) = enqueued.results
+    assert seen == [{mailbox.id: "connected"}]
     assert not isinstance(result, Conflict)
     # The disconnect committed after the job did: its sweep, run after its state change as
     # MailboxService.disconnect_mailbox runs it, sees the job.
@@ -126,6 +153,28 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
     assert job is not None and job.state == "cancelled"
 
 
+async def test_an_enqueue_waits_for_a_state_change_under_way_and_reads_its_outcome(
+    postgres_stores: Stores,
+) -> None:
+    stores = postgres_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    seen: list[dict[str, str]] = []
+    async with stores.sessions.begin() as session:
+        await lock_for_state_change(session, mailbox.id)
+        await session.execute(
+            text("UPDATE mailboxes SET state = 'disconnected' WHERE id = :id"), {"id": mailbox.id}
+        )
+        enqueue = asyncio.create_task(
+            stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], preparing([], seen))
+        )
+        async with asyncio.timeout(30):
+            await until_one_waits(stores, enqueue)  # the read waits for the change's commit
+    async with asyncio.timeout(30):
+        assert await enqueue == []
+    assert seen == [{mailbox.id: "disconnected"}]  # the change's outcome, not the state before
+
+
 async def test_a_consent_waits_for_an_enqueue_too(
     postgres_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,27 +182,27 @@ async def test_a_consent_waits_for_an_enqueue_too(
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
     await stores.mailboxes.require_consent_again(mailbox, "invalid_grant", "test")
-    read = asyncio.Event()
+    inserted = asyncio.Event()
     commit = asyncio.Event()
     monkeypatch.setattr(
-        store_module, "_add_companions_postgresql", pausing_after_the_read(read, commit)
+        store_module, "_add_companions_postgresql", pausing_after_the_insert(inserted, commit)
     )
     held: Any = new_job(account.id, mailbox.id, "held")
     held = type(held)(**{**held.__dict__, "held": True})
-    enqueue = asyncio.create_task(stores.jobs.enqueue_reading_mailboxes([held]))
+    seen: list[dict[str, str]] = []
+    enqueue = asyncio.create_task(
+        stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], preparing([held], seen))
+    )
     async with asyncio.timeout(30):
-        await read.wait()
+        await inserted.wait()
         consent = asyncio.create_task(
             stores.mailboxes.mark_connected(mailbox.id, "billing@contoso.example", ["Mail.Send"])
         )
-        while not await waiting_for_a_lock(stores):
-            assert not consent.done()
-            await asyncio.sleep(0.01)
-        assert not consent.done()
+        await until_one_waits(stores, consent)
         commit.set()
-        enqueued = await enqueue
+        await enqueue
         assert await consent
-    assert enqueued.mailbox_states == {mailbox.id: "reauth_required"}
+    assert seen == [{mailbox.id: "reauth_required"}]
     assert await stores.jobs.release_held(mailbox.id) == 1  # the consent's sweep sees it
     row = await stores.mailboxes.get(mailbox.id)
     assert isinstance(row, Mailbox) and row.state == "connected"

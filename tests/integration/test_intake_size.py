@@ -49,7 +49,6 @@ async def test_a_send_only_microsoft_mailbox_refuses_what_needs_a_draft(stores: 
     graph = GraphProvider()
     intake = JobIntake(
         stores.jobs,
-        stores.mailboxes,
         lambda provider, mode, capabilities: graph.max_message_bytes(
             "send" if mode == "send" else "draft", capabilities
         ),
