@@ -83,6 +83,26 @@ class ClaimedJob:
         return payload
 
 
+@dataclass
+class ClaimBatch:
+    """What one claim leased, and whether it may have left due jobs it could have taken."""
+
+    jobs: list[ClaimedJob]
+    more: bool
+    """True when the claim stopped at a bound of its own rather than for want of due jobs:
+    it locked ``limit`` mailboxes (others may have due jobs), leased ``limit`` jobs, or gave a
+    mailbox its whole share (``limits.claim_share``: it may have more). False means every
+    mailbox it locked gave what it had due or what its limits allowed, so claiming again at
+    once would find nothing new; a worker then waits for a wake-up (an enqueue, a job of its
+    own finishing, the poll) instead of spending a claim to learn that."""
+
+
+def _more(limit: int, locked: int, share: int, per_mailbox: Sequence[int]) -> bool:
+    """``ClaimBatch.more`` of a claim that locked ``locked`` mailboxes and leased
+    ``per_mailbox`` jobs of each."""
+    return locked >= limit or sum(per_mailbox) >= limit or any(n >= share for n in per_mailbox)
+
+
 class Claims:
     """The claim's statements, run in a transaction the caller opens."""
 
@@ -98,7 +118,7 @@ class Claims:
         limit: int,
         lease: dt.timedelta,
         now: dt.datetime,
-    ) -> list[ClaimedJob]:
+    ) -> ClaimBatch:
         """Lease at most ``limit`` due jobs of connected mailboxes to ``worker`` in
         ``session``'s transaction, within each mailbox's limits, sharing the slots between
         accounts in turns.
@@ -111,13 +131,13 @@ class Claims:
         claimers together never exceed its limits (docs/architecture.md#mailbox-limits).
         """
         if limit <= 0:
-            return []
+            return ClaimBatch([], more=False)
         owner = lease_owner(worker)
         if session.get_bind().dialect.name == "postgresql":
             return await self._claim_postgresql(session, worker, owner, limit, now + lease, now)
         mailboxes = await self._lock_mailboxes(session, now, limit)
         if not mailboxes:
-            return []
+            return ClaimBatch([], more=False)
         usages = await self._usage(session, [mailbox.id for mailbox in mailboxes], now)
         limits = [effective_limits(mailbox, self._limits) for mailbox in mailboxes]
         share = claim_share(limit, len(mailboxes))
@@ -128,7 +148,7 @@ class Claims:
                 await self._next_job_ids(session, mailbox.id, most, now) if most else []
             )
         shares = round_robin(limit, [len(ids) for ids in next_ids])
-        wanted = [ids[:share] for ids, share in zip(next_ids, shares, strict=True)]
+        wanted = [ids[:given] for ids, given in zip(next_ids, shares, strict=True)]
         payloads = await self._payloads(session, [i for ids in wanted for i in ids])
         chosen: list[str] = []
         for mailbox, mailbox_limits, wanted_ids in zip(mailboxes, limits, wanted, strict=True):
@@ -140,17 +160,19 @@ class Claims:
                 until = (usage.oldest_claim_last_day or now) + DAILY_WINDOW
                 await self._defer(session, mailbox.id, Deferral(until, "daily_cap"))
             chosen += ids[:fit]
+        more = _more(limit, len(mailboxes), share, [len(ids) for ids in wanted])
         if not chosen:
-            return []
+            return ClaimBatch([], more)
         claimed = await self._lease(session, worker, owner, chosen, now + lease, now)
         by_id = {mailbox.id: mailbox for mailbox in mailboxes}
-        return [
+        jobs = [
             ClaimedJob(
                 claimed[i], payloads[i], Lease(i, worker, owner), by_id[claimed[i].mailbox_id]
             )
             for i in chosen
             if i in claimed
         ]
+        return ClaimBatch(jobs, more)
 
     async def _claim_postgresql(
         self,
@@ -160,7 +182,7 @@ class Claims:
         limit: int,
         expires_at: dt.datetime,
         now: dt.datetime,
-    ) -> list[ClaimedJob]:
+    ) -> ClaimBatch:
         """The same claim in two statements (``jobs/claim_sql.py``): lock the mailboxes, then
         read their usage and lease their jobs."""
         locked = (
@@ -170,7 +192,8 @@ class Claims:
             )
         ).all()
         if not locked:
-            return []
+            return ClaimBatch([], more=False)
+        share = claim_share(limit, len(locked))
         limits = [
             effective_limits_of(
                 row.provider,
@@ -195,7 +218,7 @@ class Claims:
                     "rate_window": RATE_WINDOW,
                     "daily_window": DAILY_WINDOW,
                     "limit": limit,
-                    "share": claim_share(limit, len(locked)),
+                    "share": share,
                     "owner": owner,
                     "expires_at": expires_at,
                     "event_at": self._clock(),
@@ -208,12 +231,14 @@ class Claims:
             for row in locked
         }
         claimed = []
+        per_mailbox: dict[str, int] = {}
         for row in rows:
             values = row._mapping
             job = Job(**{name: values[name] for name in JOB_COLUMNS})
             lease = Lease(job.id, worker, owner)
             claimed.append(ClaimedJob(job, values["payload"], lease, mailboxes[job.mailbox_id]))
-        return claimed
+            per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1
+        return ClaimBatch(claimed, _more(limit, len(locked), share, list(per_mailbox.values())))
 
     async def _allowance(
         self,
@@ -402,4 +427,4 @@ class Claims:
         )
 
 
-__all__ = ["OWNER_LENGTH", "ClaimedJob", "Claims", "Lease", "lease_owner"]
+__all__ = ["OWNER_LENGTH", "ClaimBatch", "ClaimedJob", "Claims", "Lease", "lease_owner"]

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.models import Job
 from mailbox_worker.jobs import job_writes
-from mailbox_worker.jobs.claims import ClaimedJob, Claims, Lease, lease_owner
+from mailbox_worker.jobs.claims import ClaimBatch, ClaimedJob, Claims, Lease, lease_owner
 from mailbox_worker.jobs.coalescing import Coalescer
 from mailbox_worker.jobs.limits import LimitDefaults
 from mailbox_worker.jobs.transitions import Outcome, announce, job_event, move_each
@@ -161,10 +161,15 @@ class JobQueue:
     async def claim(self, worker: str, limit: int, lease: dt.timedelta) -> list[ClaimedJob]:
         """Lease at most ``limit`` due jobs of connected mailboxes to ``worker``, each under a
         ``Lease`` of this claim, in one transaction (``Claims.claim``)."""
-        if limit <= 0:
-            return []
+        return (await self.claim_batch(worker, limit, lease)).jobs
 
-        async def claim() -> list[ClaimedJob]:
+    async def claim_batch(self, worker: str, limit: int, lease: dt.timedelta) -> ClaimBatch:
+        """``claim``, and whether claiming again at once could find more
+        (``ClaimBatch.more``)."""
+        if limit <= 0:
+            return ClaimBatch([], more=False)
+
+        async def claim() -> ClaimBatch:
             async with self._sessions.begin() as session:
                 return await self._claims.claim(session, worker, limit, lease, self._clock())
 

@@ -13,9 +13,11 @@ free slots (``concurrency``); the claim keeps each mailbox within its limits acr
 worker (docs/architecture.md#mailbox-limits), and a 429 pauses the mailbox for all of them.
 On stop, it claims nothing more, hands back at once the jobs it claimed but has not started,
 lets started jobs finish (and pending outcomes be written) within the grace period, and
-returns. Between passes an idle worker sleeps until the next queued job is due, at most
-``poll_interval``, unless woken: by an enqueue in this process (``wake``), or in any process
-on PostgreSQL through ``jobs/wakeups.py``; jobs it hands back or recovers it announces there.
+returns. A worker claims again at once only when its last claim may have left due jobs behind
+(``ClaimBatch.more``); otherwise, and when idle, it sleeps until the next queued job is due, at
+most ``poll_interval``, unless woken: by one of its jobs finishing (a free slot), by an enqueue
+in this process (``wake``), or in any process on PostgreSQL through ``jobs/wakeups.py``; jobs it
+hands back or recovers it announces there.
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ class Worker:
                 # the pass runs cuts the sleep after it short instead of being lost.
                 self._wakeup.clear()
                 try:
-                    claimed = await self.run_once()
+                    claimed, more = await self._pass()
                 except Exception as error:
                     # Never end quietly: a database outage or a bug in one pass is logged,
                     # counted and waited out (an enqueue cuts the wait short), then retried.
@@ -185,8 +187,12 @@ class Worker:
                 failures = 0
                 self._telemetry.loop_succeeded("worker")
                 self._outcomes.database_answered()
-                if not claimed:
-                    # Else there may be more due work: claim again.
+                if self._free_slots() <= 0:
+                    # Full: a job of ours finishing wakes the loop (``_done``).
+                    await self._sleep(stop)
+                elif not (claimed and more):
+                    # Nothing due, or all that was due is taken (``ClaimBatch.more``): wait for
+                    # an enqueue, a slot, the next scheduled job or the poll. Else claim again.
                     await self._sleep(stop, await self._idle_seconds())
         finally:
             await self._drain()
@@ -199,6 +205,12 @@ class Worker:
         """One pass of the loop: housekeeping (on the first pass, then every
         ``HOUSEKEEPING_INTERVAL`` seconds), then claim due jobs into the free slots and start
         them. Returns how many it claimed; does not wait for them to finish."""
+        claimed, _ = await self._pass()
+        return claimed
+
+    async def _pass(self) -> tuple[int, bool]:
+        """``run_once``: how many it claimed, and whether more may be due
+        (``ClaimBatch.more``)."""
         now = time.monotonic()
         if self._housekept_at is None or now - self._housekept_at > HOUSEKEEPING_INTERVAL:
             await self._housekeeping()
@@ -209,7 +221,7 @@ class Worker:
         """Process every job that is due now, then return (for tests; wrap in a timeout)."""
         while True:
             await self._housekeeping()
-            claimed = await self._claim()
+            claimed, _ = await self._claim()
             if not claimed and not self._in_flight:
                 return
             if self._in_flight:
@@ -251,11 +263,15 @@ class Worker:
         except Exception as error:
             self._loop_failed("worker", error)
 
-    async def _claim(self) -> int:
-        free = self._settings.concurrency - len(self._in_flight)
+    def _free_slots(self) -> int:
+        return self._settings.concurrency - len(self._in_flight)
+
+    async def _claim(self) -> tuple[int, bool]:
+        free = self._free_slots()
         if free <= 0:
-            return 0
-        claimed = await self._queue.claim(self.name, free, self._lease)
+            return 0, False
+        batch = await self._queue.claim_batch(self.name, free, self._lease)
+        claimed = batch.jobs
         for item in claimed:
             job_id = item.job.id
             stale = self._in_flight.get(job_id)
@@ -270,7 +286,7 @@ class Worker:
             self._leases[job_id] = item.lease
             task.add_done_callback(functools.partial(self._done, job_id))
         self._telemetry.in_flight(len(self._in_flight))
-        return len(claimed)
+        return len(claimed), batch.more
 
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self._in_flight.get(job_id) is not task:

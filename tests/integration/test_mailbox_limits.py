@@ -253,3 +253,46 @@ async def test_each_claimed_job_comes_with_its_mailbox_as_read_under_the_lock(
         "billing@contoso.example",
         "sales@contoso.example",
     }
+
+
+async def test_a_claim_says_whether_it_may_have_left_due_jobs(stores: Stores) -> None:
+    """``ClaimBatch.more``: False only when every locked mailbox gave what it had due or what
+    its limits allow, so that a worker need not claim again at once to learn that."""
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    few = await new_mailbox(stores, "acme", "billing@contoso.example")
+    await enqueue(stores, few, 3)
+    batch = await queue.claim_batch("w", 8, LEASE)
+    assert (len(batch.jobs), batch.more) == (3, False)  # all it had
+    assert (await queue.claim_batch("w", 8, LEASE)).jobs == []
+
+    busy = await new_mailbox(stores, "globex", "billing@globex.example")
+    await enqueue(stores, busy, 10)
+    batch = await queue.claim_batch("w", 8, LEASE)
+    # Its concurrency (4) is all it may have: nothing more until a slot frees.
+    assert (len(batch.jobs), batch.more) == (4, False)
+
+    other = await new_mailbox(stores, "initech", "billing@initech.example")
+    await enqueue(stores, other, 10)
+    await set_limits(stores, other, max_concurrency=20)
+    batch = await queue.claim_batch("w", 8, LEASE)
+    assert (len(batch.jobs), batch.more) == (8, True)  # the whole claim: there may be more
+    batch = await queue.claim_batch("w", 2, LEASE)
+    assert (len(batch.jobs), batch.more) == (2, True)
+
+
+async def test_a_claim_that_gave_a_mailbox_its_whole_share_may_have_left_jobs(
+    stores: Stores,
+) -> None:
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    single = await new_mailbox(stores, "acme", "billing@contoso.example")
+    many = await new_mailbox(stores, "globex", "billing@globex.example")
+    await set_limits(stores, many, max_concurrency=20)
+    await enqueue(stores, single, 1)
+    await enqueue(stores, many, 10)
+    batch = await queue.claim_batch("w", 8, LEASE)  # a share of 4 each
+    assert sorted(item.job.mailbox_id == many.id for item in batch.jobs) == [False] + [True] * 4
+    assert batch.more
+    again = await queue.claim_batch("w", 8, LEASE)  # now one mailbox: its share is 8
+    assert (len(again.jobs), again.more) == (6, False)

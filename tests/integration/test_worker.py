@@ -13,6 +13,7 @@ import email
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -399,6 +400,38 @@ async def test_a_worker_never_leases_more_jobs_than_its_concurrency(stores: Stor
     assert held == 0
     assert most == 3  # 30 jobs of 20 ms, 3 slots: every slot is used, none beyond
     assert len(provider.calls) == 30
+
+
+async def test_a_worker_does_not_claim_again_after_a_claim_that_took_all_that_was_due(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that took every due job (``ClaimBatch.more`` False) is not followed at once by
+    one that finds nothing: the worker waits for a wake-up (here: its jobs finishing)."""
+    settings = dataclasses.replace(FAST, concurrency=8, poll_interval=30)
+    provider = RecordingProvider(delay=0.2)
+    worker, jobs = await _worker_with_jobs(stores, settings, provider, 3, "w-once")
+    claims: list[int] = []
+    claim_batch = stores.queue.claim_batch
+
+    async def counted(worker_name: str, limit: int, lease: dt.timedelta) -> Any:
+        batch = await claim_batch(worker_name, limit, lease)
+        claims.append(len(batch.jobs))
+        return batch
+
+    monkeypatch.setattr(stores.queue, "claim_batch", counted)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    async with asyncio.timeout(10):
+        while len(provider.calls) < 3:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the calls take 0.2 s: no second, empty claim meanwhile
+    assert claims == [3]
+    async with asyncio.timeout(30):  # a hang guard, not a performance assertion
+        while (await stores.queue.count_by_state())["sent"] < len(jobs):
+            await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    assert claims[0] == 3 and sum(claims) == 3  # the finishes woke it: it found nothing more
 
 
 async def test_stop_hands_back_claimed_jobs_that_had_not_started(stores: Stores) -> None:
