@@ -26,7 +26,7 @@ from mailbox_worker.errors import (
     PayloadTooLarge,
     RequestError,
 )
-from mailbox_worker.jobs.mime import build_message, message_size_bound
+from mailbox_worker.jobs.mime import build_message, message_size_bound, message_size_ceiling
 from mailbox_worker.jobs.store import JobFilter, JobStore, NewJob, Position
 from mailbox_worker.jobs.transitions import (
     CANCEL_UNKNOWN,
@@ -298,6 +298,11 @@ class JobIntake:
                 code="provider_not_supported",
             )
         placeholder = message_id_for("job_" + "0" * 32, domain)
+        ceiling = message_size_ceiling(
+            message, message_id=placeholder, sender=sender, decoded_sizes=sizes
+        )
+        if ceiling is not None and ceiling <= limit:
+            return  # far below the limit, as nearly every invoice is: nothing to encode
         try:
             # The bound costs the same for any attachment size; the worker builds the message
             # itself, so it is built in full here only when the bound is over the limit.

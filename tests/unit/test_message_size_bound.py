@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from mailbox_worker.jobs.mime import BOUND_SLACK_PER_PART, build_message, message_size_bound
+from mailbox_worker.jobs.mime import (
+    BOUND_SLACK_PER_PART,
+    build_message,
+    message_size_bound,
+    message_size_ceiling,
+)
 
 from .test_mime_equivalence import random_payload as equivalence_payload
 
@@ -104,3 +109,68 @@ def test_the_bound_is_the_exact_size(seed: int) -> None:
     encoded names and subjects, folded lists, quoted-printable bodies, RFC 2231 names)."""
     built, bound = built_and_bound(equivalence_payload(random.Random(seed)))
     assert bound == len(built)
+
+
+def ceiling_of(payload: dict[str, Any]) -> int | None:
+    sizes = [len(base64.b64decode(item["content_base64"])) for item in payload["attachments"]]
+    return message_size_ceiling(
+        payload,
+        message_id="<job_1@contoso.example>",
+        sender="b@contoso.example",
+        decoded_sizes=sizes,
+    )
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_the_quick_ceiling_is_never_below_the_exact_bound(seed: int) -> None:
+    """``message_size_ceiling``, which lets the intake skip the exact bound, never says less
+    than it: on both generators' payloads (long and non-ASCII text forcing quoted-printable
+    or base64, encoded names and subjects, IDN domains, RFC 2231 file names, 40 recipients)."""
+    rng = random.Random(seed)
+    for payload in (random_payload(rng), equivalence_payload(rng)):
+        built, bound = built_and_bound(payload)
+        ceiling = ceiling_of(payload)
+        if ceiling is not None:
+            assert ceiling >= bound == len(built)
+
+
+def test_the_ceiling_is_near_the_size_of_an_invoice() -> None:
+    """Close enough to be useful: a 100 KB PDF invoice's ceiling is within 5 % of its size."""
+    payload: dict[str, Any] = {
+        "to": [{"address": "ap@fabrikam.example", "name": "Fabrikam Accounts"}],
+        "subject": "Invoice INV-2024-0042",
+        "text": "Please find attached invoice INV-2024-0042.",
+        "attachments": [
+            {
+                "filename": "INV-2024-0042.pdf",
+                "content_type": "application/pdf",
+                "content_base64": base64.b64encode(b"%PDF" + b"x" * 100_000).decode(),
+            }
+        ],
+    }
+    built, _ = built_and_bound(payload)
+    ceiling = ceiling_of(payload)
+    assert ceiling is not None and len(built) <= ceiling <= len(built) * 1.05
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"text": None, "html": None},  # no body
+        {"subject": "two\r\nlines"},
+        {"to": [{"address": "ap@fabrikam.example", "name": "two\nlines"}]},
+        {"to": [{"address": '"quoted local"@fabrikam.example'}]},
+        {"to": [{"address": "ap@" + "ü" * 70 + ".example"}]},  # a label too long for IDNA
+    ],
+)
+def test_the_ceiling_leaves_to_the_exact_bound_what_only_building_checks(
+    change: dict[str, Any],
+) -> None:
+    payload: dict[str, Any] = {
+        "to": [{"address": "ap@fabrikam.example"}],
+        "subject": "Invoice",
+        "text": "Attached.",
+        "attachments": [],
+        **change,
+    }
+    assert ceiling_of(payload) is None
