@@ -146,9 +146,13 @@ class MailboxStore:
         """Move a connected mailbox to ``reauth_required``; True if this call moved it.
 
         The state change, its audit row and the ``mailbox.reauth_required`` event for the
-        invoicing app commit together: the app hears of every lost grant, exactly once.
+        invoicing app commit together: the app hears of every lost grant, exactly once. The
+        row is locked first (``lock_for_state_change``), so an enqueue that checked its jobs
+        against the connected mailbox commits before this change, and the worker's sweep of
+        the mailbox's queued jobs that follows it sees them.
         """
         async with self._sessions.begin() as session:
+            await lock_for_state_change(session, mailbox.id)
             result = await session.execute(
                 update(Mailbox)
                 .where(Mailbox.id == mailbox.id, Mailbox.state == MailboxState.CONNECTED)

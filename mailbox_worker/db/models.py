@@ -209,7 +209,8 @@ class Job(Base):
     send_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """When the client scheduled the job for (``run_after`` starts there); None: at once."""
     recipient_count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    """Envelope recipients (To, Cc, Bcc), counted toward the mailbox's daily cap; set at claim."""
+    """Envelope recipients (To, Cc, Bcc), counted toward the mailbox's daily cap; set at
+    enqueue (migration 0015 set it for jobs queued before)."""
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """The last claim: the rate and daily windows count jobs by it."""
 

@@ -45,14 +45,16 @@ MAILBOX_COLUMNS = [c.name for c in Mailbox.__table__.columns]
 LOCK_MAILBOXES: TextualSelect = (
     text(
         f"""
-SELECT {", ".join(f"m.{name}" for name in MAILBOX_COLUMNS)}
+SELECT {", ".join(f"m.{name}" for name in MAILBOX_COLUMNS)}, turns.waiting
 FROM mailboxes AS m
 JOIN (
     -- Turns between accounts: each account's mailbox with the oldest due job, then each
-    -- account's second... Every probe of jobs is one index lookup per mailbox.
+    -- account's second... Every probe of jobs is one index lookup per mailbox. ``waiting``
+    -- counts them all, before any is skipped for another claimer's lock (ClaimBatch.more).
     SELECT waiting.id, waiting.oldest_due,
            row_number() OVER (PARTITION BY waiting.account_id
-                              ORDER BY waiting.oldest_due, waiting.id) AS turn
+                              ORDER BY waiting.oldest_due, waiting.id) AS turn,
+           count(*) OVER () AS waiting
     FROM (
         SELECT mb.id, mb.account_id,
                (SELECT min(j.run_after) FROM jobs AS j
@@ -82,7 +84,7 @@ FOR NO KEY UPDATE OF m SKIP LOCKED
         bindparam("default_concurrency", type_=Integer),
         bindparam("limit", type_=Integer),
     )
-    .columns(*Mailbox.__table__.columns)
+    .columns(*Mailbox.__table__.columns, column("waiting", Integer))
 )
 
 

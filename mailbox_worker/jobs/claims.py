@@ -90,17 +90,21 @@ class ClaimBatch:
     jobs: list[ClaimedJob]
     more: bool
     """True when the claim stopped at a bound of its own rather than for want of due jobs:
-    it locked ``limit`` mailboxes (others may have due jobs), leased ``limit`` jobs, or gave a
-    mailbox its whole share (``limits.claim_share``: it may have more). False means every
-    mailbox it locked gave what it had due or what its limits allowed, so claiming again at
-    once would find nothing new; a worker then waits for a wake-up (an enqueue, a job of its
-    own finishing, the poll) instead of spending a claim to learn that."""
+    it locked ``limit`` mailboxes (others may have due jobs), skipped a mailbox with due jobs
+    that another claimer held locked (PostgreSQL's ``SKIP LOCKED``: that claim may be over by
+    now), leased ``limit`` jobs, or gave a mailbox its whole share (``limits.claim_share``: it
+    may have more). False means every mailbox with due jobs was locked by this claim and gave
+    what it had due or what its limits allowed, so claiming again at once would find nothing
+    new; a worker then waits for a wake-up (an enqueue, a job of its own finishing, the poll)
+    instead of spending a claim to learn that."""
 
 
-def _more(limit: int, locked: int, share: int, per_mailbox: Sequence[int]) -> bool:
-    """``ClaimBatch.more`` of a claim that locked ``locked`` mailboxes and leased
-    ``per_mailbox`` jobs of each."""
-    return locked >= limit or sum(per_mailbox) >= limit or any(n >= share for n in per_mailbox)
+def _more(limit: int, locked: int, waiting: int, share: int, per_mailbox: Sequence[int]) -> bool:
+    """``ClaimBatch.more`` of a claim that locked ``locked`` of the ``waiting`` mailboxes with
+    due jobs and leased ``per_mailbox`` jobs of each."""
+    if locked >= limit or locked < waiting or sum(per_mailbox) >= limit:
+        return True
+    return any(n >= share for n in per_mailbox)
 
 
 class Claims:
@@ -160,7 +164,9 @@ class Claims:
                 until = (usage.oldest_claim_last_day or now) + DAILY_WINDOW
                 await self._defer(session, mailbox.id, Deferral(until, "daily_cap"))
             chosen += ids[:fit]
-        more = _more(limit, len(mailboxes), share, [len(ids) for ids in wanted])
+        # One writer at a time on SQLite: nothing is skipped for another claimer's lock.
+        locked = len(mailboxes)
+        more = _more(limit, locked, locked, share, [len(ids) for ids in wanted])
         if not chosen:
             return ClaimBatch([], more)
         claimed = await self._lease(session, worker, owner, chosen, now + lease, now)
@@ -238,7 +244,9 @@ class Claims:
             lease = Lease(job.id, worker, owner)
             claimed.append(ClaimedJob(job, values["payload"], lease, mailboxes[job.mailbox_id]))
             per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1
-        return ClaimBatch(claimed, _more(limit, len(locked), share, list(per_mailbox.values())))
+        waiting = int(locked[0].waiting)
+        more = _more(limit, len(locked), waiting, share, list(per_mailbox.values()))
+        return ClaimBatch(claimed, more)
 
     async def _allowance(
         self,

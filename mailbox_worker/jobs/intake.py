@@ -160,7 +160,7 @@ class JobIntake:
         With an idempotency key, a retried request gets its first answer whatever happened
         since (the mailbox disconnected, the deadline passed): the client must never enqueue
         it anew. The key is looked up only when a check fails; otherwise the insert meets it
-        (``JobStore.enqueue_many``), which saves a read on the common path.
+        (``JobStore.enqueue_for_mailboxes``), which saves a read on the common path.
         """
         digests = [_request_digest(submission.body) for submission in submissions]
         checked: list[NewJob | RequestError] = []

@@ -136,8 +136,8 @@ def message_size_ceiling(
     exact bound (which raises ``ValueError`` as ``build_message`` would).
 
     Each piece is counted at its worst encoding: a header value (encoded words, folding) at
-    4 bytes per UTF-8 byte plus 100 per header; an address at 4 per UTF-8 byte of its name
-    and address (its IDNA domain is no longer than that) plus 40; a body (CRLF line ends,
+    4 bytes per UTF-8 byte plus 100 per header; an address at twice its length as written
+    (name encoded, domain in IDNA form) plus 40; a body (CRLF line ends,
     then quoted-printable or base64) at 4 per UTF-8 byte plus 64; a file name (quoted, or
     RFC 2231 continuations) at 8 per UTF-8 byte plus 200; an attachment's base64 exactly as
     ``message_size_bound`` counts it; and 400 bytes per part for its boundary, its other
@@ -158,17 +158,21 @@ def message_size_ceiling(
     if any("\r" in value or "\n" in value for value in values):
         return None
     try:
-        if any(_mailbox(item) is None for items in lists for item in items):
-            return None
+        rendered = [[_mailbox(item) for item in items] for items in lists]
     except ValueError:  # a domain without an IDNA form
+        return None
+    if any(mailbox is None for mailboxes in rendered for mailbox in mailboxes):
         return None
 
     def utf8(value: Any) -> int:
         return len(str(value or "").encode("utf-8"))
 
     size = 400 * (3 + len(attachments)) + 4 * utf8(message_id) + 100 + 4 * utf8(values[0])
-    for items in lists:
-        size += 100 + sum(4 * (utf8(i.get("name")) + utf8(i.get("address"))) + 40 for i in items)
+    for mailboxes in rendered:
+        # Each address as it is written (its name encoded, its domain in IDNA form, which
+        # NFKC can make far longer than the UTF-8: "㍿" is "xn--6oqv20b1zgzxr"), twice over
+        # for a list the modern policy folds instead.
+        size += 100 + sum(2 * len(mailbox or "") + 40 for mailbox in mailboxes)
     for body in ("text", "html"):
         if payload.get(body) is not None:
             size += 64 + 4 * utf8(payload[body])

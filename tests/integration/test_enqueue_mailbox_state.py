@@ -206,3 +206,37 @@ async def test_a_consent_waits_for_an_enqueue_too(
     assert await stores.jobs.release_held(mailbox.id) == 1  # the consent's sweep sees it
     row = await stores.mailboxes.get(mailbox.id)
     assert isinstance(row, Mailbox) and row.state == "connected"
+
+
+async def test_a_lost_grant_waits_for_an_enqueue_too(
+    postgres_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``require_consent_again`` (the worker's lost grant) locks the row like every state
+    change, so its sweep of the mailbox's queued jobs sees one enqueued meanwhile."""
+    stores = postgres_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    inserted = asyncio.Event()
+    commit = asyncio.Event()
+    monkeypatch.setattr(
+        store_module, "_add_companions_postgresql", pausing_after_the_insert(inserted, commit)
+    )
+    enqueue = asyncio.create_task(
+        stores.jobs.enqueue_for_mailboxes(
+            account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "racing")])
+        )
+    )
+    async with asyncio.timeout(30):
+        await inserted.wait()
+        lost = asyncio.create_task(
+            stores.mailboxes.require_consent_again(mailbox, "invalid_grant", "worker:w")
+        )
+        await until_one_waits(stores, lost)
+        commit.set()
+        (result,) = await enqueue
+        assert await lost
+    assert not isinstance(result, Conflict)
+    # The worker's sweep after the change (Worker._lose_grant) holds the job.
+    await stores.queue.hold_for_mailbox(mailbox.id, "invalid_grant", "consent needed")
+    job = await stores.jobs.get(result[0].id)
+    assert job is not None and job.state == "held"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
 from sqlalchemy import insert, select, update
 
 from mailbox_worker.clock import new_id, utcnow
@@ -296,3 +297,27 @@ async def test_a_claim_that_gave_a_mailbox_its_whole_share_may_have_left_jobs(
     assert batch.more
     again = await queue.claim_batch("w", 8, LEASE)  # now one mailbox: its share is 8
     assert (len(again.jobs), again.more) == (6, False)
+
+
+async def test_a_claim_that_skipped_a_mailbox_another_claimer_held_may_have_left_jobs(
+    stores: Stores,
+) -> None:
+    """PostgreSQL's ``SKIP LOCKED`` passes over a mailbox another claim holds; that claim may
+    be over a moment later, so the skipping one says ``more`` and its worker claims again."""
+    if stores.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: no claim skips a locked mailbox")
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    held = await new_mailbox(stores, "acme", "billing@contoso.example")
+    free = await new_mailbox(stores, "globex", "billing@globex.example")
+    await enqueue(stores, held, 3)
+    await enqueue(stores, free, 1)
+    async with stores.sessions.begin() as session:  # another claimer, mid-claim
+        await session.execute(
+            select(Mailbox.id).where(Mailbox.id == held.id).with_for_update(key_share=True)
+        )
+        batch = await queue.claim_batch("w", 8, LEASE)
+        assert [item.job.mailbox_id for item in batch.jobs] == [free.id]
+        assert batch.more
+    again = await queue.claim_batch("w", 8, LEASE)
+    assert (len(again.jobs), again.more) == (3, False)

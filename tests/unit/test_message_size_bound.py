@@ -174,3 +174,19 @@ def test_the_ceiling_leaves_to_the_exact_bound_what_only_building_checks(
         **change,
     }
     assert ceiling_of(payload) is None
+
+
+def test_the_ceiling_counts_addresses_as_written_not_as_given() -> None:
+    """An IDNA domain can be far longer than its UTF-8 (NFKC first: "㍿", 3 bytes, is
+    "xn--6oqv20b1zgzxr"): 500 such recipients once put the ceiling 137 KB below the message."""
+    long_domain = "a@" + ".".join(["㍿"] * 100)
+    payload: dict[str, Any] = {
+        "to": [{"address": long_domain}] * 500,
+        "cc": [{"address": long_domain, "name": "Ünïcode Name"}] * 50,
+        "subject": "Invoice",
+        "text": "Attached.",
+        "attachments": [],
+    }
+    built, bound = built_and_bound(payload)
+    ceiling = ceiling_of(payload)
+    assert ceiling is not None and ceiling >= bound == len(built)
