@@ -167,7 +167,7 @@ class JobIntake:
 
         def prepare(mailboxes: Mapping[str, Mailbox]) -> list[NewJob]:
             # In the jobs' transaction, the mailboxes read and locked (JobStore).
-            checked.clear()  # a transaction retried after a dropped connection runs it again
+            checked.clear()  # one list of answers per run, should a run ever be repeated
             for submission, digest in zip(submissions, digests, strict=True):
                 mailbox = mailboxes.get(str(submission.body["mailbox_id"]))
                 try:
