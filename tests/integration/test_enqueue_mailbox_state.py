@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -78,17 +79,27 @@ def postgres_stores(stores: Stores) -> Stores:
     return stores
 
 
-def pausing_after_the_insert(inserted: asyncio.Event, commit: asyncio.Event) -> Any:
-    """The store's PostgreSQL companion statement, then ``inserted`` set and a wait for
-    ``commit``: the transaction stays open, the jobs inserted and not committed."""
+@dataclass(frozen=True)
+class Pause:
+    inserted: asyncio.Event
+    """Set once an enqueue's jobs are inserted, its transaction still open."""
+    commit: asyncio.Event
+    """Set to let that enqueue commit."""
+
+
+def pause_after_the_insert(monkeypatch: pytest.MonkeyPatch) -> Pause:
+    """From now on, the store's PostgreSQL companion statement, then ``inserted`` set and a
+    wait for ``commit``: the transaction stays open, the jobs inserted and not committed."""
+    pause = Pause(asyncio.Event(), asyncio.Event())
     original = store_module._add_companions_postgresql
 
-    async def paused(*args: Any, **kwargs: Any) -> None:
+    async def pausing(*args: Any, **kwargs: Any) -> None:
         await original(*args, **kwargs)
-        inserted.set()
-        await commit.wait()
+        pause.inserted.set()
+        await pause.commit.wait()
 
-    return paused
+    monkeypatch.setattr(store_module, "_add_companions_postgresql", pausing)
+    return pause
 
 
 async def waiting_for_a_lock(stores: Stores) -> int:
@@ -118,11 +129,7 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
     waiting, _ = await stores.jobs.enqueue(new_job(account.id, mailbox.id, "already queued"))
-    inserted = asyncio.Event()
-    commit = asyncio.Event()
-    monkeypatch.setattr(
-        store_module, "_add_companions_postgresql", pausing_after_the_insert(inserted, commit)
-    )
+    paused = pause_after_the_insert(monkeypatch)
     seen: list[dict[str, str]] = []
     enqueue = asyncio.create_task(
         stores.jobs.enqueue_for_mailboxes(
@@ -130,7 +137,7 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
         )
     )
     async with asyncio.timeout(30):
-        await inserted.wait()
+        await paused.inserted.wait()
         # A claim meanwhile takes the mailbox's other job: it neither waits nor skips it.
         claimed = await stores.queue.claim("w", 10, dt.timedelta(minutes=1))
         assert [item.job.id for item in claimed] == [waiting.id]
@@ -140,7 +147,7 @@ async def test_a_state_change_waits_for_an_enqueue_and_a_claim_does_not(
             )
         )
         await until_one_waits(stores, disconnect)  # it waits for the enqueue's commit
-        commit.set()
+        paused.commit.set()
         (result,) = await enqueue
         assert await disconnect
     assert seen == [{mailbox.id: "connected"}]
@@ -182,11 +189,7 @@ async def test_a_consent_waits_for_an_enqueue_too(
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
     await stores.mailboxes.require_consent_again(mailbox, "invalid_grant", "test")
-    inserted = asyncio.Event()
-    commit = asyncio.Event()
-    monkeypatch.setattr(
-        store_module, "_add_companions_postgresql", pausing_after_the_insert(inserted, commit)
-    )
+    paused = pause_after_the_insert(monkeypatch)
     held: Any = new_job(account.id, mailbox.id, "held")
     held = type(held)(**{**held.__dict__, "held": True})
     seen: list[dict[str, str]] = []
@@ -194,12 +197,12 @@ async def test_a_consent_waits_for_an_enqueue_too(
         stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], preparing([held], seen))
     )
     async with asyncio.timeout(30):
-        await inserted.wait()
+        await paused.inserted.wait()
         consent = asyncio.create_task(
             stores.mailboxes.mark_connected(mailbox.id, "billing@contoso.example", ["Mail.Send"])
         )
         await until_one_waits(stores, consent)
-        commit.set()
+        paused.commit.set()
         await enqueue
         assert await consent
     assert seen == [{mailbox.id: "reauth_required"}]
@@ -216,23 +219,19 @@ async def test_a_lost_grant_waits_for_an_enqueue_too(
     stores = postgres_stores
     account = await stores.accounts.create_account("acme")
     mailbox = await stores.connected_mailbox(account.id)
-    inserted = asyncio.Event()
-    commit = asyncio.Event()
-    monkeypatch.setattr(
-        store_module, "_add_companions_postgresql", pausing_after_the_insert(inserted, commit)
-    )
+    paused = pause_after_the_insert(monkeypatch)
     enqueue = asyncio.create_task(
         stores.jobs.enqueue_for_mailboxes(
             account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "racing")])
         )
     )
     async with asyncio.timeout(30):
-        await inserted.wait()
+        await paused.inserted.wait()
         lost = asyncio.create_task(
             stores.mailboxes.require_consent_again(mailbox, "invalid_grant", "worker:w")
         )
         await until_one_waits(stores, lost)
-        commit.set()
+        paused.commit.set()
         (result,) = await enqueue
         assert await lost
     assert not isinstance(result, Conflict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -9,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import JSON, Connection, Table, column, insert, inspect, table, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
@@ -26,6 +27,28 @@ async def empty_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(DatabaseSettings(url=database_url))
     yield engine
     await engine.dispose()
+
+
+async def insert_account_and_mailbox(
+    connection: AsyncConnection, now: dt.datetime, **mailbox: Any
+) -> None:
+    """Account ``acc_1`` and its connected Microsoft mailbox ``mbx_1`` (``mailbox``: more
+    or other columns), inserted with only the columns every revision has."""
+    await connection.execute(
+        insert(cast(Table, Account.__table__)).values(id="acc_1", name="acme", created_at=now)
+    )
+    values = {
+        "id": "mbx_1",
+        "account_id": "acc_1",
+        "provider": "microsoft",
+        "capabilities": ["send"],
+        "state": "connected",
+        "state_reason": None,
+        "granted_scopes": [],
+        "created_at": now,
+        "updated_at": now,
+    }
+    await connection.execute(insert(cast(Table, Mailbox.__table__)).values({**values, **mailbox}))
 
 
 async def test_migrations_produce_the_models(empty_engine: AsyncEngine) -> None:
@@ -54,24 +77,11 @@ async def test_migration_0004_carries_connected_mailboxes_forward_unpinned(
         await migrate.upgrade(engine, "0003")
         now = utcnow()
         async with engine.begin() as connection:
-            await connection.execute(
-                insert(cast(Table, Account.__table__)).values(
-                    id="acc_1", name="acme", created_at=now
-                )
-            )
-            await connection.execute(
-                insert(cast(Table, Mailbox.__table__)).values(
-                    id="mbx_1",
-                    account_id="acc_1",
-                    provider="microsoft",
-                    capabilities=["send"],
-                    address="billing@contoso.example",
-                    state="connected",
-                    state_reason=None,
-                    granted_scopes=["https://graph.microsoft.com/Mail.Send"],
-                    created_at=now,
-                    updated_at=now,
-                )
+            await insert_account_and_mailbox(
+                connection,
+                now,
+                address="billing@contoso.example",
+                granted_scopes=["https://graph.microsoft.com/Mail.Send"],
             )
         await migrate.upgrade(engine)
         mailbox = await MailboxStore(create_session_factory(engine)).get("mbx_1")
@@ -175,23 +185,7 @@ async def test_migration_0015_counts_the_recipients_of_jobs_not_yet_claimed(
     try:
         await migrate.upgrade(engine, "0014")
         async with engine.begin() as connection:
-            await connection.execute(
-                insert(cast(Table, Account.__table__)).values(
-                    id="acc_1", name="acme", created_at=now
-                )
-            )
-            await connection.execute(
-                insert(cast(Table, Mailbox.__table__)).values(
-                    id="mbx_1",
-                    account_id="acc_1",
-                    provider="microsoft",
-                    capabilities=["send"],
-                    state="connected",
-                    granted_scopes=[],
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            await insert_account_and_mailbox(connection, now)
             for job_id, payload in payloads.items():
                 await connection.execute(
                     insert(cast(Table, Job.__table__)).values(
