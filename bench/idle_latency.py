@@ -3,8 +3,9 @@
 The daemon runs as real ``mailbox-worker serve`` processes against the sandbox, which runs in
 this process: the receipt time is taken when the sandbox stores the sent message, on the same
 clock as the POST. Jobs go one at a time, each after the previous one was received and the
-daemon had a moment to settle it, so each meets an idle daemon. Prints figures; never passes
-or fails on time.
+daemon had a moment to settle it, so each meets an idle daemon. Prints figures, and the
+daemon's CPU per job over the timed jobs (its processes' user + system time, from /proc, the
+pauses between jobs included); never passes or fails on time.
 
     .venv/bin/python bench/idle_latency.py [--jobs 200] [--layouts all,split]
         [--source /work/main]
@@ -34,11 +35,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+from _daemon import cpu_seconds
 from sqlalchemy.engine import make_url
 
 from mailbox_worker.demo import play_admin_consent
@@ -80,10 +83,18 @@ def environment(url: str, sandbox: Sandbox, folder: Path, source: Path | None) -
     return values
 
 
+def working_directory(values: dict[str, str]) -> str | None:
+    """Where the daemon's processes run: the ``--source`` checkout when there is one, since
+    ``python -m`` puts the working directory ahead of ``PYTHONPATH`` (run from this checkout,
+    it would import this checkout's code whatever ``PYTHONPATH`` says)."""
+    return values.get("PYTHONPATH")
+
+
 def cli(values: dict[str, str], *arguments: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "mailbox_worker.cli", *arguments],
         env=values,
+        cwd=working_directory(values),
         capture_output=True,
         check=True,
         timeout=120,
@@ -91,12 +102,20 @@ def cli(values: dict[str, str], *arguments: str) -> str:
     return done.stdout.decode().strip()
 
 
+@dataclass
+class Measured:
+    latencies: list[float]
+    """Seconds from each POST to the sandbox storing the message."""
+    cpu_per_job: float
+    """The daemon's CPU seconds over the timed jobs, per job."""
+
+
 @asynccontextmanager
 async def serving(
     values: dict[str, str], port: int, log: Path, *arguments: str, **extra: str
-) -> AsyncIterator[str]:
-    """A ``serve`` process on ``port`` (``extra``: more environment), ready; its base URL.
-    SIGTERM at the end."""
+) -> AsyncIterator[tuple[str, int]]:
+    """A ``serve`` process on ``port`` (``extra``: more environment), ready; its base URL
+    and pid. SIGTERM at the end."""
     own = {
         **values,
         **extra,
@@ -111,6 +130,7 @@ async def serving(
             "serve",
             *arguments,
             env=own,
+            cwd=working_directory(values),
             stdout=output,
             stderr=output,
         )
@@ -128,14 +148,14 @@ async def serving(
                     tail = (await asyncio.to_thread(log.read_text))[-2000:]
                     raise RuntimeError(f"serve ended: {tail}")
                 await asyncio.sleep(0.1)
-        yield base
+        yield base, process.pid
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 60)
 
 
-async def measure(url: str, layout: str, jobs: int, source: Path | None) -> list[float]:
-    """Seconds from each POST to the sandbox storing the message."""
+async def measure(url: str, layout: str, jobs: int, source: Path | None) -> Measured:
+    """Seconds from each POST to the sandbox storing the message, and the daemon's CPU."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         async with Sandbox(folder / "sandbox") as sandbox:
@@ -157,17 +177,24 @@ async def measure(url: str, layout: str, jobs: int, source: Path | None) -> list
             # caching with it): the worker then only polls, as behind PgBouncer.
             poll_only = {"MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true"}
             log = folder / "daemon.log"
-            async with serving(values, api_port, log, *api_role) as base:
+            async with serving(values, api_port, log, *api_role) as (base, api_pid):
                 if split:
                     extra = poll_only if layout == "split-poll" else {}
-                    async with serving(values, free_port(), log, "--role", "worker", **extra):
-                        return await post_one_by_one(base, api_key, sandbox, received, jobs)
-                return await post_one_by_one(base, api_key, sandbox, received, jobs)
+                    worker = serving(values, free_port(), log, "--role", "worker", **extra)
+                    async with worker as (_, worker_pid):
+                        pids = [api_pid, worker_pid]
+                        return await post_one_by_one(base, api_key, sandbox, received, jobs, pids)
+                return await post_one_by_one(base, api_key, sandbox, received, jobs, [api_pid])
 
 
 async def post_one_by_one(
-    base: str, api_key: str, sandbox: Sandbox, received: asyncio.Event, jobs: int
-) -> list[float]:
+    base: str,
+    api_key: str,
+    sandbox: Sandbox,
+    received: asyncio.Event,
+    jobs: int,
+    pids: list[int],
+) -> Measured:
     context = ssl.create_default_context(cafile=str(sandbox.ca_path))
     headers = {"Authorization": f"Bearer {api_key}"}
     async with aiohttp.ClientSession(headers=headers) as http, aiohttp.ClientSession() as plain:
@@ -194,7 +221,10 @@ async def post_one_by_one(
             },
         }
         latencies = []
+        cpu_before = 0.0
         for number in range(jobs + 5):  # the first five warm the daemon up
+            if number == 5:
+                cpu_before = sum(cpu_seconds(pid) for pid in pids)
             received.clear()
             started = time.perf_counter()
             async with http.post(f"{base}/v1/jobs", json=body) as answer:
@@ -205,7 +235,8 @@ async def post_one_by_one(
             if number >= 5:
                 latencies.append(time.perf_counter() - started)
             await asyncio.sleep(SETTLE)
-        return latencies
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+        return Measured(latencies, cpu / jobs)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -213,12 +244,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def report(database: str, layout: str, latencies: list[float]) -> None:
+def report(database: str, layout: str, measured: Measured) -> None:
+    latencies = measured.latencies
     print(
         f"{database:10} {layout:6} jobs {len(latencies):4}  "
         f"p50 {percentile(latencies, 0.5) * 1000:7.1f} ms  "
         f"p99 {percentile(latencies, 0.99) * 1000:7.1f} ms  "
-        f"mean {statistics.fmean(latencies) * 1000:7.1f} ms"
+        f"mean {statistics.fmean(latencies) * 1000:7.1f} ms  "
+        f"daemon CPU {measured.cpu_per_job * 1000:5.2f} ms/job"
     )
 
 

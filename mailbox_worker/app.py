@@ -62,7 +62,7 @@ from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.intake import JobIntake
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore
-from mailbox_worker.jobs.wakeups import DueListener, announce, listen_dsn, next_due
+from mailbox_worker.jobs.wakeups import DueListener, announce, listen_dsn
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.mailboxes.account_rights import AccountRights
 from mailbox_worker.mailboxes.revocations import Revocations
@@ -276,7 +276,6 @@ class App:
             settings.worker,
             telemetry,
             clock=clock,
-            next_due=lambda: next_due(sessions, clock),
             announce=lambda: announce(engine),
         )
         intake = JobIntake(

@@ -1,7 +1,8 @@
 """The claim on PostgreSQL in two statements: lock the candidate mailboxes (``LOCK_MAILBOXES``,
 which returns their whole rows: the worker sends each claimed job with its mailbox as read under
-this lock, without reading it again), then one statement that reads their usage and leases their
-jobs (``LEASE_JOBS``).
+this lock, without reading it again; and, in the same statement, how many jobs are due and when
+the next one becomes due, for the worker's next wait), then one statement that reads their usage
+and leases their jobs (``LEASE_JOBS``).
 
 Two, not one, because of READ COMMITTED: a statement sees only what was committed before it
 started. The worker that held a mailbox's lock before us committed its claims before releasing
@@ -45,38 +46,57 @@ MAILBOX_COLUMNS = [c.name for c in Mailbox.__table__.columns]
 LOCK_MAILBOXES: TextualSelect = (
     text(
         f"""
-SELECT {", ".join(f"m.{name}" for name in MAILBOX_COLUMNS)}, turns.waiting
-FROM mailboxes AS m
-JOIN (
-    -- Turns between accounts: each account's mailbox with the oldest due job, then each
-    -- account's second... Every probe of jobs is one index lookup per mailbox. ``waiting``
-    -- counts them all, before any is skipped for another claimer's lock (ClaimBatch.more).
-    SELECT waiting.id, waiting.oldest_due,
-           row_number() OVER (PARTITION BY waiting.account_id
-                              ORDER BY waiting.oldest_due, waiting.id) AS turn,
-           count(*) OVER () AS waiting
-    FROM (
-        SELECT mb.id, mb.account_id,
-               (SELECT min(j.run_after) FROM jobs AS j
-                WHERE j.mailbox_id = mb.id AND j.state = '{QUEUED}') AS oldest_due
-        FROM mailboxes AS mb
-        WHERE mb.state = '{CONNECTED}'
-          AND (mb.paused_until IS NULL OR mb.paused_until <= :now)
-          AND (SELECT count(*) FROM jobs AS j
-               WHERE j.mailbox_id = mb.id AND j.state = '{RUNNING}')
-              < coalesce(mb.max_concurrency, :default_concurrency)
-          -- A paused account's jobs wait (docs/privacy.md PP-7).
-          AND NOT EXISTS (SELECT 1 FROM accounts AS a
-                          WHERE a.id = mb.account_id AND a.paused_at IS NOT NULL)
-    ) AS waiting
-    WHERE waiting.oldest_due <= :now
-) AS turns ON turns.id = m.id
-ORDER BY turns.turn, turns.oldest_due, m.id
-LIMIT :limit
--- NO KEY UPDATE: it does not block inserting jobs (their foreign key takes KEY SHARE on this
--- row), but two claimers exclude each other; SKIP LOCKED: a mailbox being claimed for is
--- skipped this round.
-FOR NO KEY UPDATE OF m SKIP LOCKED
+WITH locked AS (
+    SELECT {", ".join(f"m.{name}" for name in MAILBOX_COLUMNS)}, turns.waiting, turns.turn,
+           turns.oldest_due
+    FROM mailboxes AS m
+    JOIN (
+        -- Turns between accounts: each account's mailbox with the oldest due job, then each
+        -- account's second... Every probe of jobs is one index lookup per mailbox.
+        -- ``waiting`` counts them all, before any is skipped for another claimer's lock
+        -- (ClaimBatch.more).
+        SELECT waiting.id, waiting.oldest_due,
+               row_number() OVER (PARTITION BY waiting.account_id
+                                  ORDER BY waiting.oldest_due, waiting.id) AS turn,
+               count(*) OVER () AS waiting
+        FROM (
+            SELECT mb.id, mb.account_id,
+                   (SELECT min(j.run_after) FROM jobs AS j
+                    WHERE j.mailbox_id = mb.id AND j.state = '{QUEUED}') AS oldest_due
+            FROM mailboxes AS mb
+            WHERE mb.state = '{CONNECTED}'
+              AND (mb.paused_until IS NULL OR mb.paused_until <= :now)
+              AND (SELECT count(*) FROM jobs AS j
+                   WHERE j.mailbox_id = mb.id AND j.state = '{RUNNING}')
+                  < coalesce(mb.max_concurrency, :default_concurrency)
+              -- A paused account's jobs wait (docs/privacy.md PP-7).
+              AND NOT EXISTS (SELECT 1 FROM accounts AS a
+                              WHERE a.id = mb.account_id AND a.paused_at IS NOT NULL)
+        ) AS waiting
+        WHERE waiting.oldest_due <= :now
+    ) AS turns ON turns.id = m.id
+    ORDER BY turns.turn, turns.oldest_due, m.id
+    LIMIT :limit
+    -- NO KEY UPDATE: it does not block inserting jobs (their foreign key takes KEY SHARE on
+    -- this row), but two claimers exclude each other; SKIP LOCKED: a mailbox being claimed
+    -- for is skipped this round.
+    FOR NO KEY UPDATE OF m SKIP LOCKED
+),
+queue AS (
+    -- The whole queue as this statement sees it, for the worker's next wait (ClaimBatch):
+    -- the due jobs, whatever their mailbox (counted up to one more than the claim can take),
+    -- and when the next one that is not due yet becomes due. Two index lookups.
+    SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
+                                  WHERE j.state = '{QUEUED}' AND j.run_after <= :now
+                                  LIMIT :limit + 1) AS due_jobs) AS due,
+           (SELECT min(j.run_after) FROM jobs AS j
+            WHERE j.state = '{QUEUED}' AND j.run_after > :now) AS next_due
+)
+-- One row even when no mailbox was locked (its mailbox columns null), for the queue's.
+SELECT {", ".join(f"locked.{name}" for name in MAILBOX_COLUMNS)}, locked.waiting,
+       queue.due, queue.next_due
+FROM queue LEFT JOIN locked ON true
+ORDER BY locked.turn, locked.oldest_due, locked.id
 """  # noqa: S608 - only constants of this module are interpolated
     )
     .bindparams(
@@ -84,7 +104,12 @@ FOR NO KEY UPDATE OF m SKIP LOCKED
         bindparam("default_concurrency", type_=Integer),
         bindparam("limit", type_=Integer),
     )
-    .columns(*Mailbox.__table__.columns, column("waiting", Integer))
+    .columns(
+        *Mailbox.__table__.columns,
+        column("waiting", Integer),
+        column("due", Integer),
+        column("next_due", UTCDateTime),
+    )
 )
 
 

@@ -85,7 +85,8 @@ class ClaimedJob:
 
 @dataclass
 class ClaimBatch:
-    """What one claim leased, and whether it may have left due jobs it could have taken."""
+    """What one claim leased, whether it may have left due jobs it could have taken, and what
+    it saw of the rest of the queue (for the worker's next wait)."""
 
     jobs: list[ClaimedJob]
     more: bool
@@ -97,6 +98,13 @@ class ClaimBatch:
     what it had due or what its limits allowed, so claiming again at once would find nothing
     new; a worker then waits for a wake-up (an enqueue, a job of its own finishing, the poll)
     instead of spending a claim to learn that."""
+    due_left: bool = True
+    """Whether queued jobs that were due when the claim looked are left after it, in any
+    mailbox (one at its concurrency, paused or waiting for another claimer included). False
+    means the claim took every due job: a slot freeing up cannot make one claimable, so the
+    worker need not claim again until something is enqueued, requeued or becomes due."""
+    next_due: dt.datetime | None = None
+    """When the soonest queued job that was not due yet becomes due (None: there is none)."""
 
 
 def _more(limit: int, locked: int, waiting: int, share: int, per_mailbox: Sequence[int]) -> bool:
@@ -139,9 +147,10 @@ class Claims:
         owner = lease_owner(worker)
         if session.get_bind().dialect.name == "postgresql":
             return await self._claim_postgresql(session, worker, owner, limit, now + lease, now)
+        due, next_due = await self._queue_ahead(session, now, limit)
         mailboxes = await self._lock_mailboxes(session, now, limit)
         if not mailboxes:
-            return ClaimBatch([], more=False)
+            return ClaimBatch([], more=False, due_left=due > 0, next_due=next_due)
         usages = await self._usage(session, [mailbox.id for mailbox in mailboxes], now)
         limits = [effective_limits(mailbox, self._limits) for mailbox in mailboxes]
         share = claim_share(limit, len(mailboxes))
@@ -168,7 +177,7 @@ class Claims:
         locked = len(mailboxes)
         more = _more(limit, locked, locked, share, [len(ids) for ids in wanted])
         if not chosen:
-            return ClaimBatch([], more)
+            return ClaimBatch([], more, due_left=due > 0, next_due=next_due)
         claimed = await self._lease(session, worker, owner, chosen, now + lease, now)
         by_id = {mailbox.id: mailbox for mailbox in mailboxes}
         jobs = [
@@ -178,7 +187,7 @@ class Claims:
             for i in chosen
             if i in claimed
         ]
-        return ClaimBatch(jobs, more)
+        return ClaimBatch(jobs, more, due_left=more or due > len(jobs), next_due=next_due)
 
     async def _claim_postgresql(
         self,
@@ -197,8 +206,10 @@ class Claims:
                 {"now": now, "default_concurrency": self._limits.max_concurrency, "limit": limit},
             )
         ).all()
-        if not locked:
-            return ClaimBatch([], more=False)
+        # One row even when no mailbox was locked: then its mailbox columns are null.
+        due, next_due = int(locked[0].due), locked[0].next_due
+        if locked[0].id is None:
+            return ClaimBatch([], more=False, due_left=due > 0, next_due=next_due)
         share = claim_share(limit, len(locked))
         limits = [
             effective_limits_of(
@@ -246,7 +257,8 @@ class Claims:
             per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1
         waiting = int(locked[0].waiting)
         more = _more(limit, len(locked), waiting, share, list(per_mailbox.values()))
-        return ClaimBatch(claimed, more)
+        due_left = more or due > len(claimed)
+        return ClaimBatch(claimed, more, due_left=due_left, next_due=next_due)
 
     async def _allowance(
         self,
@@ -361,6 +373,20 @@ class Claims:
             .with_for_update(skip_locked=True, of=Mailbox, key_share=True)
         )
         return list((await session.scalars(query)).all())
+
+    async def _queue_ahead(
+        self, session: AsyncSession, now: dt.datetime, limit: int
+    ) -> tuple[int, dt.datetime | None]:
+        """How many queued jobs are due (counted up to ``limit + 1``), whatever their mailbox,
+        and when the soonest one not due yet becomes due (``ClaimBatch``)."""
+        queued = Job.state == JobState.QUEUED
+        due_jobs = select(Job.id).where(queued, Job.run_after <= now).limit(limit + 1).subquery()
+        query = select(
+            select(func.count()).select_from(due_jobs).scalar_subquery(),
+            select(func.min(Job.run_after)).where(queued, Job.run_after > now).scalar_subquery(),
+        )
+        due, next_due = (await session.execute(query)).one()
+        return int(due), next_due
 
     async def _usage(
         self, session: AsyncSession, mailbox_ids: Sequence[str], now: dt.datetime

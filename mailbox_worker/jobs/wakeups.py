@@ -6,8 +6,9 @@ it commits), and every worker process holds one connection of its own, outside t
 that ``LISTEN``s on the channel (``DueListener``) and wakes its worker. That connection
 reconnects with backoff when it drops; meanwhile, and for what no notification announces (a
 ``run_after`` in the future, a mailbox's pause ending, a mailbox slot freed in another
-process), the worker still looks on its own: it sleeps until the next queued job is due, and
-never longer than ``worker.poll_interval`` (``idle_seconds``). Behind a transaction-mode
+process), the worker still looks on its own: it sleeps until the next queued job is due (as
+its last claim saw it: ``ClaimBatch.next_due``), and never longer than
+``worker.poll_interval`` (``idle_seconds``). Behind a transaction-mode
 pooler a session-long ``LISTEN`` is not possible, so there it only polls.
 
 On SQLite the daemon is one process: the intake wakes its worker in-process
@@ -26,15 +27,12 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from tenacity import wait_exponential
 
-from mailbox_worker.clock import Clock, utcnow
-from mailbox_worker.db.models import Job
 from mailbox_worker.periodic import wait_seconds
-from mailbox_worker.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +69,6 @@ async def announce(engine: AsyncEngine) -> None:
         return
     async with engine.begin() as connection:
         await connection.execute(_NOTIFY, {"origin": origin()})
-
-
-async def next_due(
-    sessions: async_sessionmaker[AsyncSession], clock: Clock = utcnow
-) -> dt.datetime | None:
-    """When the soonest queued job that is not due yet becomes due (None: there is none)."""
-    query = select(func.min(Job.run_after)).where(
-        Job.state == JobState.QUEUED, Job.run_after > clock()
-    )
-    async with sessions() as session:
-        return await session.scalar(query)
 
 
 def idle_seconds(due: dt.datetime | None, now: dt.datetime, poll_interval: float) -> float:

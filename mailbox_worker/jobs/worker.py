@@ -14,10 +14,11 @@ worker (docs/architecture.md#mailbox-limits), and a 429 pauses the mailbox for a
 On stop, it claims nothing more, hands back at once the jobs it claimed but has not started,
 lets started jobs finish (and pending outcomes be written) within the grace period, and
 returns. A worker claims again at once only when its last claim may have left due jobs behind
-(``ClaimBatch.more``); otherwise, and when idle, it sleeps until the next queued job is due, at
-most ``poll_interval``, unless woken: by one of its jobs finishing (a free slot), by an enqueue
-in this process (``wake``), or in any process on PostgreSQL through ``jobs/wakeups.py``; jobs it
-hands back or recovers it announces there.
+(``ClaimBatch.more``); otherwise, and when idle, it sleeps until the next queued job is due (as
+the claim saw it: ``ClaimBatch.next_due``), at most ``poll_interval``, unless woken: by one of
+its jobs finishing (a free slot; only when the last claim left due jobs behind, or the worker
+itself requeued one since), by an enqueue in this process (``wake``), or in any process on
+PostgreSQL through ``jobs/wakeups.py``; jobs it hands back or recovers it announces there.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from mailbox_worker.errors import (
     Throttled,
     TransientError,
 )
+from mailbox_worker.jobs.claims import ClaimBatch
 from mailbox_worker.jobs.limits import LimitDefaults, ProviderLimits
 from mailbox_worker.jobs.mime import build_message
 from mailbox_worker.jobs.outcomes import OutcomeWriter
@@ -135,14 +137,11 @@ class Worker:
         name: str | None = None,
         clock: Clock = utcnow,
         *,
-        next_due: Callable[[], Awaitable[dt.datetime | None]] | None = None,
         announce: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``next_due`` answers when the soonest queued job not due yet becomes due (an idle
-        worker sleeps until then, at most ``poll_interval``); ``announce`` tells the other
-        worker processes that jobs became due (jobs/wakeups.py)."""
+        """``announce`` tells the other worker processes that jobs became due
+        (jobs/wakeups.py)."""
         self._queue = queue
-        self._next_due = next_due
         self._announce = announce
         self._mailboxes = mailboxes
         self._tokens = tokens
@@ -158,6 +157,11 @@ class Worker:
         self._outcomes = OutcomeWriter(telemetry)
         self._lease = dt.timedelta(seconds=settings.lease_seconds)
         self._housekept_at: float | None = None  # time.monotonic() of the last housekeeping
+        self._slot_wakes = True
+        """Whether a job of ours finishing wakes the loop: False only while the last claim
+        took every due job (``ClaimBatch.due_left``) and nothing since requeued one, when a
+        free slot would only find nothing."""
+        self._requeued = 0  # jobs this worker put back in the queue (``_retry``)
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll (called after an enqueue)."""
@@ -176,24 +180,27 @@ class Worker:
                 # the pass runs cuts the sleep after it short instead of being lost.
                 self._wakeup.clear()
                 try:
-                    claimed, more = await self._pass()
+                    batch = await self._pass()
                 except Exception as error:
                     # Never end quietly: a database outage or a bug in one pass is logged,
                     # counted and waited out (an enqueue cuts the wait short), then retried.
                     failures += 1
+                    self._slot_wakes = True
                     self._loop_failed("worker", error)
                     await self._sleep(stop, wait_seconds(LOOP_BACKOFF, failures))
                     continue
                 failures = 0
                 self._telemetry.loop_succeeded("worker")
                 self._outcomes.database_answered()
-                if self._free_slots() <= 0:
-                    # Full: a job of ours finishing wakes the loop (``_done``).
+                if batch is None:
+                    # Full, nothing claimed: a job of ours finishing wakes the loop (``_done``).
                     await self._sleep(stop)
-                elif not (claimed and more):
-                    # Nothing due, or all that was due is taken (``ClaimBatch.more``): wait for
-                    # an enqueue, a slot, the next scheduled job or the poll. Else claim again.
-                    await self._sleep(stop, await self._idle_seconds())
+                elif not (batch.jobs and batch.more) or self._free_slots() <= 0:
+                    # Nothing due, all that was due is taken (``ClaimBatch.more``), or no slot
+                    # left: wait for an enqueue, a slot (``_done``), the next scheduled job or
+                    # the poll. Else claim again at once.
+                    poll = self._settings.poll_interval
+                    await self._sleep(stop, idle_seconds(batch.next_due, self._clock(), poll))
         finally:
             await self._drain()
             renewer.cancel()
@@ -205,12 +212,11 @@ class Worker:
         """One pass of the loop: housekeeping (on the first pass, then every
         ``HOUSEKEEPING_INTERVAL`` seconds), then claim due jobs into the free slots and start
         them. Returns how many it claimed; does not wait for them to finish."""
-        claimed, _ = await self._pass()
-        return claimed
+        batch = await self._pass()
+        return 0 if batch is None else len(batch.jobs)
 
-    async def _pass(self) -> tuple[int, bool]:
-        """``run_once``: how many it claimed, and whether more may be due
-        (``ClaimBatch.more``)."""
+    async def _pass(self) -> ClaimBatch | None:
+        """``run_once``: what the claim said (None: no free slot, so no claim)."""
         now = time.monotonic()
         if self._housekept_at is None or now - self._housekept_at > HOUSEKEEPING_INTERVAL:
             await self._housekeeping()
@@ -221,8 +227,8 @@ class Worker:
         """Process every job that is due now, then return (for tests; wrap in a timeout)."""
         while True:
             await self._housekeeping()
-            claimed, _ = await self._claim()
-            if not claimed and not self._in_flight:
+            batch = await self._claim()
+            if (batch is None or not batch.jobs) and not self._in_flight:
                 return
             if self._in_flight:
                 await asyncio.wait(
@@ -240,19 +246,6 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _idle_seconds(self) -> float:
-        """Until the next queued job is due, at most the poll interval (which covers what no
-        wake-up announces: a pause ending, a slot freed by another process)."""
-        poll = self._settings.poll_interval
-        if self._next_due is None:
-            return poll
-        try:
-            due = await self._next_due()
-        except Exception as error:  # the next pass meets the outage, if it is one
-            self._loop_failed("worker", error)
-            return poll
-        return idle_seconds(due, self._clock(), poll)
-
     async def _announce_due(self) -> None:
         """Tell the other worker processes about jobs this one made due (best effort: they
         find them at their next poll otherwise)."""
@@ -266,11 +259,15 @@ class Worker:
     def _free_slots(self) -> int:
         return self._settings.concurrency - len(self._in_flight)
 
-    async def _claim(self) -> tuple[int, bool]:
+    async def _claim(self) -> ClaimBatch | None:
         free = self._free_slots()
         if free <= 0:
-            return 0, False
+            self._slot_wakes = True  # what is due is still to be claimed
+            return None
+        requeued = self._requeued
         batch = await self._queue.claim_batch(self.name, free, self._lease)
+        # A job requeued while the claim ran may not have been seen by it.
+        self._slot_wakes = batch.due_left or self._requeued != requeued
         claimed = batch.jobs
         for item in claimed:
             job_id = item.job.id
@@ -286,7 +283,7 @@ class Worker:
             self._leases[job_id] = item.lease
             task.add_done_callback(functools.partial(self._done, job_id))
         self._telemetry.in_flight(len(self._in_flight))
-        return len(claimed), batch.more
+        return batch
 
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self._in_flight.get(job_id) is not task:
@@ -295,7 +292,8 @@ class Worker:
         del self._leases[job_id]
         self._started.discard(job_id)
         self._telemetry.in_flight(len(self._in_flight))
-        self._wakeup.set()
+        if self._slot_wakes:
+            self._wakeup.set()
 
     async def _drain(self) -> None:
         await self._hand_back_unstarted()
@@ -518,6 +516,8 @@ class Worker:
             ),
         )
         if moved:
+            self._requeued += 1
+            self._slot_wakes = True  # back in the queue: the next claim must see it
             self._telemetry.job_transition(JobState.QUEUED, error.code)
             self._telemetry.job_deferred(provider, error.code, delay)
 

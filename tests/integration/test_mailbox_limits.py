@@ -282,6 +282,65 @@ async def test_a_claim_says_whether_it_may_have_left_due_jobs(stores: Stores) ->
     assert (len(batch.jobs), batch.more) == (2, True)
 
 
+async def test_a_claim_says_whether_due_jobs_are_left_and_when_the_next_is_due(
+    stores: Stores,
+) -> None:
+    """``ClaimBatch.due_left`` and ``next_due``: what the worker waits by after a claim, so
+    that it neither claims again when a slot frees with nothing due nor asks the queue again
+    when the next job is due. A due job that no claim may take yet (its mailbox at its
+    concurrency, or paused) is left; one not due yet is the next due."""
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    empty = await queue.claim_batch("w", 8, LEASE)
+    assert (empty.jobs, empty.due_left, empty.next_due) == ([], False, None)
+
+    few = await new_mailbox(stores, "acme", "billing@contoso.example")
+    await enqueue(stores, few, 2)
+    later = clock.now + dt.timedelta(minutes=5)
+    await enqueue_at(stores, few, later + dt.timedelta(minutes=5))
+    await enqueue_at(stores, few, later)
+    batch = await queue.claim_batch("w", 8, LEASE)
+    assert (len(batch.jobs), batch.more, batch.due_left) == (2, False, False)  # took all due
+    assert batch.next_due == later
+    nothing = await queue.claim_batch("w", 8, LEASE)
+    assert (nothing.jobs, nothing.due_left, nothing.next_due) == ([], False, later)
+
+    busy = await new_mailbox(stores, "globex", "billing@globex.example")
+    await enqueue(stores, busy, 6)
+    batch = await queue.claim_batch("w", 8, LEASE)
+    assert (len(batch.jobs), batch.more, batch.due_left) == (4, False, True)  # at concurrency
+    blocked = await queue.claim_batch("w", 8, LEASE)
+    assert (blocked.jobs, blocked.due_left, blocked.next_due) == ([], True, later)
+
+    await finish_all(queue, [item.lease for item in batch.jobs])
+    async with stores.sessions.begin() as session:  # the provider asked it to wait
+        await session.execute(
+            update(Mailbox)
+            .where(Mailbox.id == busy.id)
+            .values(paused_until=clock.now + dt.timedelta(minutes=1), pause_reason="throttled")
+        )
+    paused = await queue.claim_batch("w", 8, LEASE)
+    assert (paused.jobs, paused.due_left) == ([], True)
+    clock.advance(dt.timedelta(minutes=2))
+    batch = await queue.claim_batch("w", 8, LEASE)
+    assert (len(batch.jobs), batch.due_left, batch.next_due) == (2, False, later)
+
+
+async def enqueue_at(stores: Stores, mailbox: Mailbox, send_at: dt.datetime) -> Job:
+    job, _ = await stores.jobs.enqueue(
+        NewJob(
+            account_id=mailbox.account_id,
+            mailbox_id=mailbox.id,
+            mode="send",
+            payload={"to": recipients(1), "subject": "Later", "text": "hi"},
+            request_sha256=str(send_at),
+            message_id_domain="contoso.example",
+            send_at=send_at,
+        )
+    )
+    return job
+
+
 async def test_a_claim_that_gave_a_mailbox_its_whole_share_may_have_left_jobs(
     stores: Stores,
 ) -> None:

@@ -1,19 +1,16 @@
 """Wake-ups (jobs/wakeups.py) on a real database: on PostgreSQL an enqueue's commit, and only
 its commit, wakes a listening process, and the listener comes back after its connection is
-killed; the next-due query the idle worker sleeps by, on both backends."""
+killed (when the idle worker's next due job is, the claim says: test_mailbox_limits.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
 
-from mailbox_worker.clock import utcnow
-from mailbox_worker.jobs.store import NewJob
-from mailbox_worker.jobs.wakeups import CHANNEL, DueListener, announce_in, listen_dsn, next_due
+from mailbox_worker.jobs.wakeups import CHANNEL, DueListener, announce_in, listen_dsn
 
 from .conftest import Stores
 from .test_queue import new_job, setup
@@ -96,19 +93,3 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(
     mailbox = await setup(stores)
     await stores.jobs.enqueue(new_job(mailbox))
     await wakes.next()
-
-
-async def test_next_due_is_the_soonest_job_not_due_yet(stores: Stores) -> None:
-    mailbox = await setup(stores)
-    assert await next_due(stores.sessions) is None
-    await stores.jobs.enqueue(new_job(mailbox, subject="now"))
-    assert await next_due(stores.sessions) is None  # due already: the claim's business
-    later = utcnow() + dt.timedelta(minutes=5)
-    for offset, subject in ((10, "ten"), (5, "five")):
-        job = new_job(mailbox, subject=subject)
-        await stores.jobs.enqueue(
-            NewJob(**{**job.__dict__, "send_at": utcnow() + dt.timedelta(minutes=offset)})
-        )
-    due = await next_due(stores.sessions)
-    assert due is not None
-    assert abs((due - later).total_seconds()) < 60

@@ -405,8 +405,10 @@ async def test_a_worker_never_leases_more_jobs_than_its_concurrency(stores: Stor
 async def test_a_worker_does_not_claim_again_after_a_claim_that_took_all_that_was_due(
     stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A claim that took every due job (``ClaimBatch.more`` False) is not followed at once by
-    one that finds nothing: the worker waits for a wake-up (here: its jobs finishing)."""
+    """A claim that took every due job (``ClaimBatch.more`` and ``due_left`` False) is not
+    followed by one that finds nothing: not at once, and not when its jobs finish (a free
+    slot has nothing to take); the worker waits for an enqueue, the next due job or the
+    poll."""
     settings = dataclasses.replace(FAST, concurrency=8, poll_interval=30)
     provider = RecordingProvider(delay=0.2)
     worker, jobs = await _worker_with_jobs(stores, settings, provider, 3, "w-once")
@@ -429,9 +431,15 @@ async def test_a_worker_does_not_claim_again_after_a_claim_that_took_all_that_wa
     async with asyncio.timeout(30):  # a hang guard, not a performance assertion
         while (await stores.queue.count_by_state())["sent"] < len(jobs):
             await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the finishes, had they woken it, would have claimed by now
+    assert claims == [3]
+    worker.wake()  # an enqueue's wake-up still claims
+    async with asyncio.timeout(10):
+        while len(claims) < 2:
+            await asyncio.sleep(0.01)
     stop.set()
     await running
-    assert claims[0] == 3 and sum(claims) == 3  # the finishes woke it: it found nothing more
+    assert claims == [3, 0]
 
 
 async def test_stop_hands_back_claimed_jobs_that_had_not_started(stores: Stores) -> None:
