@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exists, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailbox_worker.clock import Clock
 from mailbox_worker.db.models import Account, Job, JobContent, Mailbox
@@ -116,7 +116,9 @@ def _more(limit: int, locked: int, waiting: int, share: int, per_mailbox: Sequen
 
 
 class Claims:
-    """The claim's statements, run in a transaction the caller opens."""
+    """The claim's statements, run in a transaction the caller opens: on PostgreSQL a
+    connection's (``claim_postgresql``: Core statements only), on SQLite a session's
+    (``claim``)."""
 
     def __init__(self, limits: LimitDefaults, clock: Clock) -> None:
         """``limits``: what applies to mailboxes without limits of their own."""
@@ -133,7 +135,7 @@ class Claims:
     ) -> ClaimBatch:
         """Lease at most ``limit`` due jobs of connected mailboxes to ``worker`` in
         ``session``'s transaction, within each mailbox's limits, sharing the slots between
-        accounts in turns.
+        accounts in turns. (On PostgreSQL, ``claim_postgresql`` does the same for less.)
 
         Lock the rows of the mailboxes with due jobs that are neither paused nor at their
         concurrency (``FOR NO KEY UPDATE SKIP LOCKED``: a mailbox another worker is claiming
@@ -144,9 +146,10 @@ class Claims:
         """
         if limit <= 0:
             return ClaimBatch([], more=False)
-        owner = lease_owner(worker)
         if session.get_bind().dialect.name == "postgresql":
-            return await self._claim_postgresql(session, worker, owner, limit, now + lease, now)
+            connection = await session.connection()
+            return await self.claim_postgresql(connection, worker, limit, lease, now)
+        owner = lease_owner(worker)
         due, next_due = await self._queue_ahead(session, now, limit)
         mailboxes = await self._lock_mailboxes(session, now, limit)
         if not mailboxes:
@@ -189,19 +192,22 @@ class Claims:
         ]
         return ClaimBatch(jobs, more, due_left=more or due > len(jobs), next_due=next_due)
 
-    async def _claim_postgresql(
+    async def claim_postgresql(
         self,
-        session: AsyncSession,
+        connection: AsyncConnection,
         worker: str,
-        owner: str,
         limit: int,
-        expires_at: dt.datetime,
+        lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """The same claim in two statements (``jobs/claim_sql.py``): lock the mailboxes, then
-        read their usage and lease their jobs."""
+        """``claim`` on PostgreSQL, in ``connection``'s transaction, in two statements
+        (``jobs/claim_sql.py``): lock the mailboxes, then read their usage and lease their
+        jobs. No session: a claim is only these Core statements."""
+        if limit <= 0:
+            return ClaimBatch([], more=False)
+        owner, expires_at = lease_owner(worker), now + lease
         locked = (
-            await session.execute(
+            await connection.execute(
                 LOCK_MAILBOXES,
                 {"now": now, "default_concurrency": self._limits.max_concurrency, "limit": limit},
             )
@@ -222,7 +228,7 @@ class Claims:
             for row in locked
         ]
         rows = (
-            await session.execute(
+            await connection.execute(
                 LEASE_JOBS,
                 {
                     "mailbox_ids": [row.id for row in locked],
@@ -252,8 +258,8 @@ class Claims:
         for row in rows:
             values = row._mapping
             job = Job(**{name: values[name] for name in JOB_COLUMNS})
-            lease = Lease(job.id, worker, owner)
-            claimed.append(ClaimedJob(job, values["payload"], lease, mailboxes[job.mailbox_id]))
+            leased = Lease(job.id, worker, owner)
+            claimed.append(ClaimedJob(job, values["payload"], leased, mailboxes[job.mailbox_id]))
             per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1
         waiting = int(locked[0].waiting)
         more = _more(limit, len(locked), waiting, share, list(per_mailbox.values()))

@@ -77,7 +77,9 @@ class JobQueue:
         assert isinstance(engine, AsyncEngine), "JobQueue needs sessions bound to an engine"
         # A single-statement write needs no explicit transaction on PostgreSQL: its own,
         # implicit one saves the BEGIN and COMMIT round-trips (docs/architecture.md).
-        self._autocommit_writes = engine.dialect.name == "postgresql" and not transaction_pooler
+        self._engine = engine
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._autocommit_writes = self._postgresql and not transaction_pooler
         self._autocommit = (
             engine.execution_options(isolation_level="AUTOCOMMIT")
             if self._autocommit_writes
@@ -170,6 +172,11 @@ class JobQueue:
             return ClaimBatch([], more=False)
 
         async def claim() -> ClaimBatch:
+            if self._postgresql:  # Core statements only: a connection, not a session
+                async with self._engine.begin() as connection:
+                    return await self._claims.claim_postgresql(
+                        connection, worker, limit, lease, self._clock()
+                    )
             async with self._sessions.begin() as session:
                 return await self._claims.claim(session, worker, limit, lease, self._clock())
 

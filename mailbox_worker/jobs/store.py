@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, Update, and_, func, insert, select, tuple_, update
+from sqlalchemy import Select, Table, Update, and_, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -155,17 +155,11 @@ class JobStore:
         transaction and must not wait on anything.
         """
         async with self._sessions.begin() as session:
-            query = (
-                select(MAILBOXES)
-                .where(
-                    MAILBOXES.c.id.in_(sorted(set(mailbox_ids))),
-                    MAILBOXES.c.account_id == account_id,
-                )
-                .order_by(MAILBOXES.c.id)
-                .with_for_update(read=True, key_share=True)
+            read = await session.execute(
+                _LOCK_ACCOUNT_MAILBOXES, {"ids": sorted(set(mailbox_ids)), "account_id": account_id}
             )
             # Core rows made into untracked objects, as for the jobs (``_insert_rows``).
-            mailboxes = {row.id: Mailbox(**row._mapping) for row in await session.execute(query)}
+            mailboxes = {row.id: Mailbox(**row._mapping) for row in read}
             return await self._enqueue(session, prepare(mailboxes))
 
     async def _enqueue(
@@ -542,16 +536,29 @@ async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
     session tracks: the ORM's bulk insert did the same work for about twice the CPU (the
     enqueue transaction's statements: 2.0 to 2.3 ms, as Core 1.1 to 1.3 ms;
     docs/performance.md "Second pass")."""
-    returned = await session.execute(_insert_new(session).returning(*JOBS.columns), rows)
+    insert = _INSERT_NEW_JOBS[session.get_bind().dialect.name]
+    returned = await session.execute(insert, rows)
     return {row.id: Job(**row._mapping) for row in returned}
 
 
-def _insert_new(session: AsyncSession) -> Any:
-    """A jobs ``INSERT`` that skips a row whose key the account already used (the unique
-    ``(account_id, idempotency_key)``; NULL keys never conflict), in the session's dialect."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    return insert(JOBS).on_conflict_do_nothing()
+# The enqueue's statements, built once (a statement built per call costs more CPU than its
+# execution's Python side: docs/performance.md "Third pass").
+_INSERT_NEW_JOBS = {
+    # A jobs ``INSERT`` that skips a row whose key the account already used (the unique
+    # ``(account_id, idempotency_key)``; NULL keys never conflict), returning every column.
+    dialect: dialect_insert(JOBS).on_conflict_do_nothing().returning(*JOBS.columns)
+    for dialect, dialect_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
+_LOCK_ACCOUNT_MAILBOXES = (
+    # The account's mailboxes among ``ids``, ``FOR KEY SHARE`` (``enqueue_for_mailboxes``).
+    select(MAILBOXES)
+    .where(
+        MAILBOXES.c.id.in_(bindparam("ids", expanding=True)),
+        MAILBOXES.c.account_id == bindparam("account_id"),
+    )
+    .order_by(MAILBOXES.c.id)
+    .with_for_update(read=True, key_share=True)
+)
 
 
 async def _add_companions_postgresql(
