@@ -80,21 +80,21 @@ def environment(url: str, sandbox: Sandbox, folder: Path, source: Path | None) -
     )
     if source is not None:
         values["PYTHONPATH"] = str(source)
+        # ``python -m`` puts the working directory ahead of ``PYTHONPATH``: run from this
+        # checkout, the daemon would import this checkout's code whatever it says.
+        values[SOURCE] = str(source)
     return values
 
 
-def working_directory(values: dict[str, str]) -> str | None:
-    """Where the daemon's processes run: the ``--source`` checkout when there is one, since
-    ``python -m`` puts the working directory ahead of ``PYTHONPATH`` (run from this checkout,
-    it would import this checkout's code whatever ``PYTHONPATH`` says)."""
-    return values.get("PYTHONPATH")
+SOURCE = "BENCH_DAEMON_SOURCE"
+"""The environment's note of ``--source``, where the daemon's processes run."""
 
 
 def cli(values: dict[str, str], *arguments: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "mailbox_worker.cli", *arguments],
         env=values,
-        cwd=working_directory(values),
+        cwd=values.get(SOURCE),
         capture_output=True,
         check=True,
         timeout=120,
@@ -130,7 +130,7 @@ async def serving(
             "serve",
             *arguments,
             env=own,
-            cwd=working_directory(values),
+            cwd=values.get(SOURCE),
             stdout=output,
             stderr=output,
         )

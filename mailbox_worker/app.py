@@ -293,7 +293,16 @@ class App:
         )
         redirect_uri = settings.server.public_url.rstrip("/") + CALLBACK_PATH
         mailbox_service = MailboxService(
-            mailboxes, jobs, accounts, vault, tokens, identities, revocations, redirect_uri, clock
+            mailboxes,
+            jobs,
+            accounts,
+            vault,
+            tokens,
+            identities,
+            revocations,
+            redirect_uri,
+            clock,
+            wake_worker=worker.wake,
         )
         support_grants = SupportGrantStore(sessions, clock)
         account_service = AccountService(accounts, support_grants)
@@ -483,6 +492,11 @@ class App:
             listener = self.due_listener()
             if listener is not None:
                 loops["job_notifications"] = listener.run(stop)
+                self.worker.hears_every_enqueue = lambda: listener.listening
+            elif listen_dsn(self.settings.database.url) is None:
+                # SQLite: one process, whose intake wakes its worker. (Behind a transaction
+                # pooler, with no listener, the worker hears only its own process.)
+                self.worker.hears_every_enqueue = lambda: True
         if role == "worker":
             return loops
         loops |= {

@@ -22,7 +22,8 @@ rules of ``jobs/limits.py`` in SQL (the SQLite path applies the same functions i
   mailbox's second... (``round_robin``);
 * the chosen jobs still ``queued`` move to ``running`` under the claim's lease, each with its
   ``job_events`` row, and come back with their payloads (a job whose content was purged is
-  not claimed). No payload is parsed in the database.
+  not claimed), and with how many jobs were due as this statement saw them, before its lease
+  (``ClaimBatch.due_left``). No payload is parsed in the database.
 
 Both are built once, at import; a claim only binds its parameters.
 """
@@ -215,7 +216,12 @@ events AS (
            'jev_' || replace(CAST(gen_random_uuid() AS text), '-', '')
     FROM leased
 )
-SELECT {", ".join(f"leased.{name}" for name in JOB_COLUMNS)}, content.payload
+SELECT {", ".join(f"leased.{name}" for name in JOB_COLUMNS)}, content.payload,
+       -- The due jobs as this statement sees them, before its own lease (one snapshot for
+       -- both: ClaimBatch.due_left), counted up to one more than the claim can take.
+       (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
+                              WHERE j.state = '{QUEUED}' AND j.run_after <= :now
+                              LIMIT :limit + 1) AS due_jobs) AS due
 FROM leased
 JOIN chosen ON chosen.id = leased.id
 JOIN job_contents AS content ON content.job_id = leased.id
@@ -239,7 +245,7 @@ ORDER BY chosen.rank, chosen.position
         bindparam("event_at", type_=UTCDateTime),
         bindparam("worker", type_=String),
     )
-    .columns(*Job.__table__.columns, column("payload", JSON))
+    .columns(*Job.__table__.columns, column("payload", JSON), column("due", Integer))
 )
 
 __all__ = ["JOB_COLUMNS", "LEASE_JOBS", "LOCK_MAILBOXES", "MAILBOX_COLUMNS"]

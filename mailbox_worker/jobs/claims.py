@@ -96,8 +96,8 @@ class ClaimBatch:
     now), leased ``limit`` jobs, or gave a mailbox its whole share (``limits.claim_share``: it
     may have more). False means every mailbox with due jobs was locked by this claim and gave
     what it had due or what its limits allowed, so claiming again at once would find nothing
-    new; a worker then waits for a wake-up (an enqueue, a job of its own finishing, the poll)
-    instead of spending a claim to learn that."""
+    new; a worker then waits for a wake-up (an enqueue, a job of its own finishing when that
+    can help: ``due_left``, the poll) instead of spending a claim to learn that."""
     due_left: bool = True
     """Whether queued jobs that were due when the claim looked are left after it, in any
     mailbox (one at its concurrency, paused or waiting for another claimer included). False
@@ -263,6 +263,8 @@ class Claims:
             per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1
         waiting = int(locked[0].waiting)
         more = _more(limit, len(locked), waiting, share, list(per_mailbox.values()))
+        if rows:  # counted in the lease's own snapshot, which may see jobs the lock's did not
+            due = int(rows[0].due)
         due_left = more or due > len(claimed)
         return ClaimBatch(claimed, more, due_left=due_left, next_due=next_due)
 

@@ -264,14 +264,15 @@ class JobIntake:
         )
 
     def _after_created(self, jobs: Sequence[Job]) -> None:
-        """Count the new jobs; wake the worker if one of them is due now.
+        """Count the new jobs; wake the worker if one of them is queued (due now, or
+        scheduled: the worker's claim then tells it when the soonest is due).
 
         Nothing needs settling: each job was made for its mailbox's state as it is when the
         job commits (``JobStore.enqueue_for_mailboxes``), and a state change that commits
         later sweeps the job itself."""
         for job in jobs:
             self._telemetry.job_enqueued(job.mode)
-        if any(job.state == JobState.QUEUED and job.send_at is None for job in jobs):
+        if any(job.state == JobState.QUEUED for job in jobs):
             self._wake_worker()
 
     def _check_size(

@@ -389,7 +389,8 @@ class JobStore:
         return None if content is None else content.payload
 
     async def release_held(self, mailbox_id: str) -> int:
-        """Held jobs of a reconnected mailbox go back to ``queued`` (``mailbox_reconnected``)."""
+        """Held jobs of a reconnected mailbox go back to ``queued`` (``mailbox_reconnected``),
+        announced to every worker process (``announce_in``)."""
         return await self._move_for_mailbox(
             mailbox_id,
             [JobState.HELD],
@@ -409,7 +410,7 @@ class JobStore:
         self, mailbox_id: str, from_states: list[str], to_state: str, code: str, message: str
     ) -> int:
         async with self._sessions.begin() as session:
-            return await move_each(
+            moved = await move_each(
                 session,
                 and_(Job.mailbox_id == mailbox_id, Job.state.in_(from_states)),
                 to_state,
@@ -417,6 +418,9 @@ class JobStore:
                 message,
                 self._clock(),
             )
+            if moved and to_state == JobState.QUEUED:
+                await announce_in(session)  # due now: wakes every worker process, on commit
+            return moved
 
     async def cancel(self, job_id: str, account_id: str, actor: str) -> Job | None:
         """Cancel a queued or held job of ``account_id``.
@@ -493,6 +497,8 @@ class JobStore:
             if job is None:
                 current = (await session.scalars(select(Job).where(owned))).one_or_none()
                 return None if current is None else (current, False)
+            if settlement.state == JobState.QUEUED:
+                await announce_in(session)  # due now: wakes every worker process, on commit
             data = {"job_id": job.id, "mailbox_id": job.mailbox_id, "state": settlement.state}
             session.add_all(
                 [

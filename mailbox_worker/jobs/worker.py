@@ -15,10 +15,13 @@ On stop, it claims nothing more, hands back at once the jobs it claimed but has 
 lets started jobs finish (and pending outcomes be written) within the grace period, and
 returns. A worker claims again at once only when its last claim may have left due jobs behind
 (``ClaimBatch.more``); otherwise, and when idle, it sleeps until the next queued job is due (as
-the claim saw it: ``ClaimBatch.next_due``), at most ``poll_interval``, unless woken: by one of
-its jobs finishing (a free slot; only when the last claim left due jobs behind, or the worker
-itself requeued one since), by an enqueue in this process (``wake``), or in any process on
-PostgreSQL through ``jobs/wakeups.py``; jobs it hands back or recovers it announces there.
+the claim saw it: ``ClaimBatch.next_due``), at most ``poll_interval``, unless woken: by an
+enqueue in this process (``wake``), or in any process on PostgreSQL through
+``jobs/wakeups.py`` (jobs it hands back or recovers it announces there), or by one of its jobs
+finishing (a free slot). A free slot is left to wait only when it cannot help: the last claim
+took every due job (``ClaimBatch.due_left``), the worker requeued none since, and it hears
+every enqueue of every process at once (``hears_every_enqueue``); otherwise a finishing job
+wakes it, as a poll would, only sooner.
 """
 
 from __future__ import annotations
@@ -162,6 +165,12 @@ class Worker:
         took every due job (``ClaimBatch.due_left``) and nothing since requeued one, when a
         free slot would only find nothing."""
         self._requeued = 0  # jobs this worker put back in the queue (``_retry``)
+        self._finished = 0  # jobs of this worker that finished (``_done``)
+        self.hears_every_enqueue: Callable[[], bool] = lambda: False
+        """Whether an enqueue (or any change that makes a job due) in any process wakes this
+        worker now: the ``App`` says so on SQLite (one process, whose intake wakes it) and
+        while its PostgreSQL listener listens. Until then a finishing job always wakes the
+        worker, as before any claim could tell it nothing was left."""
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll (called after an enqueue)."""
@@ -193,12 +202,13 @@ class Worker:
                 self._telemetry.loop_succeeded("worker")
                 self._outcomes.database_answered()
                 if batch is None:
-                    # Full, nothing claimed: a job of ours finishing wakes the loop (``_done``).
+                    # Full, nothing claimed: a job of ours finishing wakes the loop (``_done``:
+                    # ``_slot_wakes`` is set).
                     await self._sleep(stop)
                 elif not (batch.jobs and batch.more) or self._free_slots() <= 0:
                     # Nothing due, all that was due is taken (``ClaimBatch.more``), or no slot
-                    # left: wait for an enqueue, a slot (``_done``), the next scheduled job or
-                    # the poll. Else claim again at once.
+                    # left: wait for an enqueue, a slot (``_done``, when it can help), the
+                    # next scheduled job or the poll. Else claim again at once.
                     poll = self._settings.poll_interval
                     await self._sleep(stop, idle_seconds(batch.next_due, self._clock(), poll))
         finally:
@@ -264,10 +274,14 @@ class Worker:
         if free <= 0:
             self._slot_wakes = True  # what is due is still to be claimed
             return None
-        requeued = self._requeued
+        requeued, finished = self._requeued, self._finished
         batch = await self._queue.claim_batch(self.name, free, self._lease)
         # A job requeued while the claim ran may not have been seen by it.
         self._slot_wakes = batch.due_left or self._requeued != requeued
+        if batch.due_left and self._finished != finished:
+            # A job of ours finished while the claim ran, when ``_done`` could not yet know
+            # that its slot would help (e.g. its mailbox, at its concurrency, has jobs due).
+            self._wakeup.set()
         claimed = batch.jobs
         for item in claimed:
             job_id = item.job.id
@@ -292,7 +306,8 @@ class Worker:
         del self._leases[job_id]
         self._started.discard(job_id)
         self._telemetry.in_flight(len(self._in_flight))
-        if self._slot_wakes:
+        self._finished += 1
+        if self._slot_wakes or not self.hears_every_enqueue():
             self._wakeup.set()
 
     async def _drain(self) -> None:

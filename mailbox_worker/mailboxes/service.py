@@ -28,7 +28,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -256,8 +256,13 @@ class MailboxService:
         revocations: Revocations,
         redirect_uri: str,
         clock: Clock = utcnow,
+        *,
+        wake_worker: Callable[[], None] = lambda: None,
     ) -> None:
+        """``wake_worker``: this process's worker, woken when a reconnect releases held jobs
+        (the release also notifies the other processes: ``JobStore.release_held``)."""
         self._mailboxes = mailboxes
+        self._wake_worker = wake_worker
         self._jobs = jobs
         self._accounts = accounts
         self._vault = vault
@@ -444,6 +449,8 @@ class MailboxService:
             await self._remember_failure(mailbox, IDENTITY_MISMATCH.outcome)
             return self._result(IDENTITY_MISMATCH.outcome, IDENTITY_MISMATCH.message, pending)
         released = await self._jobs.release_held(mailbox.id)
+        if released:
+            self._wake_worker()
         await self._accounts.audit(
             "admin",
             mailbox.account_id,

@@ -1,6 +1,7 @@
 """Wake-ups (jobs/wakeups.py) on a real database: on PostgreSQL an enqueue's commit, and only
-its commit, wakes a listening process, and the listener comes back after its connection is
-killed (when the idle worker's next due job is, the claim says: test_mailbox_limits.py)."""
+its commit, wakes a listening process (so do a release of held jobs and a retry), and the
+listener comes back after its connection is killed (when the idle worker's next due job
+is, the claim says: test_mailbox_limits.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
+from mailbox_worker.jobs.store import NewJob
+from mailbox_worker.jobs.transitions import RETRY
 from mailbox_worker.jobs.wakeups import CHANNEL, DueListener, announce_in, listen_dsn
 
 from .conftest import Stores
 from .test_queue import new_job, setup
+from .test_queue_settlement import unknown_job
 
 
 class Wakes:
@@ -93,3 +97,46 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(
     mailbox = await setup(stores)
     await stores.jobs.enqueue(new_job(mailbox))
     await wakes.next()
+
+
+async def test_jobs_made_due_again_wake_the_listener_on_commit(
+    stores: Stores, listening: tuple[DueListener, Wakes]
+) -> None:
+    """Not only an enqueue: held jobs released by a reconnect and an ``unknown`` job queued
+    again by a retry are announced too, so a worker that took every due job may let a free
+    slot wait (docs/architecture.md#mailbox-limits)."""
+    _, wakes = listening
+    job = await unknown_job(stores, subject="unknown")
+    mailbox = await setup(stores)
+    held = new_job(mailbox, subject="held")
+    await stores.jobs.enqueue(NewJob(**{**held.__dict__, "held": True}))
+
+    before = await quiet(wakes)
+    assert await stores.jobs.settle_unknown(job.id, RETRY, "cli") is not None
+    await counted(wakes, before + 1)  # the retry's: nothing else was pending
+
+    before = await quiet(wakes)
+    assert await stores.jobs.release_held(mailbox.id) == 1
+    await counted(wakes, before + 1)
+
+    before = await quiet(wakes)
+    assert await stores.jobs.release_held(mailbox.id) == 0  # nothing released: no wake-up
+    async with stores.sessions.begin() as session:  # a marker, sent after it would have been
+        await session.execute(text("SELECT pg_notify(:channel, 'marker')"), {"channel": CHANNEL})
+    await counted(wakes, before + 1)
+    assert await quiet(wakes) == before + 1
+
+
+async def quiet(wakes: Wakes) -> int:
+    """The wake-ups counted once none has arrived for a while (none is pending)."""
+    while True:
+        count = wakes.count
+        await asyncio.sleep(0.2)
+        if wakes.count == count:
+            return count
+
+
+async def counted(wakes: Wakes, count: int) -> None:
+    async with asyncio.timeout(30):
+        while wakes.count < count:
+            await asyncio.sleep(0.01)

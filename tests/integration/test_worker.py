@@ -402,16 +402,19 @@ async def test_a_worker_never_leases_more_jobs_than_its_concurrency(stores: Stor
     assert len(provider.calls) == 30
 
 
+@pytest.mark.parametrize("hears_every_enqueue", [True, False])
 async def test_a_worker_does_not_claim_again_after_a_claim_that_took_all_that_was_due(
-    stores: Stores, monkeypatch: pytest.MonkeyPatch
+    stores: Stores, monkeypatch: pytest.MonkeyPatch, hears_every_enqueue: bool
 ) -> None:
     """A claim that took every due job (``ClaimBatch.more`` and ``due_left`` False) is not
-    followed by one that finds nothing: not at once, and not when its jobs finish (a free
-    slot has nothing to take); the worker waits for an enqueue, the next due job or the
-    poll."""
+    followed at once by one that finds nothing; nor, when the worker hears every enqueue
+    (``hears_every_enqueue``), by one when its jobs finish (a free slot has nothing to
+    take): it waits for an enqueue, the next due job or the poll. When it may not hear
+    every enqueue (behind a transaction pooler), its jobs finishing still wake it."""
     settings = dataclasses.replace(FAST, concurrency=8, poll_interval=30)
     provider = RecordingProvider(delay=0.2)
     worker, jobs = await _worker_with_jobs(stores, settings, provider, 3, "w-once")
+    worker.hears_every_enqueue = lambda: hears_every_enqueue
     claims: list[int] = []
     claim_batch = stores.queue.claim_batch
 
@@ -431,15 +434,75 @@ async def test_a_worker_does_not_claim_again_after_a_claim_that_took_all_that_wa
     async with asyncio.timeout(30):  # a hang guard, not a performance assertion
         while (await stores.queue.count_by_state())["sent"] < len(jobs):
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # the finishes, had they woken it, would have claimed by now
-    assert claims == [3]
-    worker.wake()  # an enqueue's wake-up still claims
-    async with asyncio.timeout(10):
+    if hears_every_enqueue:
+        await asyncio.sleep(0.05)  # the finishes, had they woken it, would have claimed by now
+        assert claims == [3]
+        worker.wake()  # an enqueue's wake-up still claims
+    async with asyncio.timeout(10):  # the poll is 30 s away
         while len(claims) < 2:
             await asyncio.sleep(0.01)
     stop.set()
     await running
-    assert claims == [3, 0]
+    assert claims[0] == 3 and set(claims[1:]) == {0}
+
+
+async def test_a_job_finishing_while_a_claim_runs_wakes_the_worker_if_jobs_were_left(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim finds a mailbox at its concurrency (its one slot held by our own job) and
+    leaves its due job (``due_left``); our job finishes while that claim still runs, when
+    its slot could not yet be known to help. The worker claims again at once, not at the
+    poll: the left job is sent."""
+    settings = dataclasses.replace(FAST, concurrency=8, poll_interval=30)
+    release = asyncio.Event()
+    provider = RecordingProvider()
+    record = provider._call
+
+    async def held_first(operation: str, token: str, message: OutgoingMessage) -> None:
+        await record(operation, token, message)
+        if len(provider.calls) == 1:
+            await release.wait()
+
+    monkeypatch.setattr(provider, "_call", held_first)
+    worker, jobs = await _worker_with_jobs(stores, settings, provider, 1, "w-race")
+    worker.hears_every_enqueue = lambda: True
+    first = jobs[0]
+    async with stores.sessions.begin() as session:
+        await session.execute(
+            update(Mailbox).where(Mailbox.id == first.mailbox_id).values(max_concurrency=1)
+        )
+    claims: list[tuple[int, bool]] = []
+    claim_batch = stores.queue.claim_batch
+
+    async def racing(worker_name: str, limit: int, lease: dt.timedelta) -> Any:
+        batch = await claim_batch(worker_name, limit, lease)
+        claims.append((len(batch.jobs), batch.due_left))
+        if len(claims) == 2:  # the claim has looked; our first job finishes before it returns
+            release.set()
+            while worker._in_flight:
+                await asyncio.sleep(0.005)
+        return batch
+
+    monkeypatch.setattr(stores.queue, "claim_batch", racing)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    async with asyncio.timeout(10):
+        while not provider.calls:
+            await asyncio.sleep(0.01)
+    payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": "s", "text": "t"}
+    await stores.jobs.enqueue(
+        NewJob(first.account_id, first.mailbox_id, "send", payload, "second", "c.example")
+    )
+    worker.wake()  # the enqueue's wake-up
+    try:
+        async with asyncio.timeout(10):  # the poll is 30 s away
+            while (await stores.queue.count_by_state())["sent"] < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        release.set()
+        stop.set()
+        await running
+    assert claims[:3] == [(1, False), (0, True), (1, False)]
 
 
 async def test_stop_hands_back_claimed_jobs_that_had_not_started(stores: Stores) -> None:
