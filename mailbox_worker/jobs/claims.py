@@ -150,10 +150,9 @@ class Claims:
             connection = await session.connection()
             return await self.claim_postgresql(connection, worker, limit, lease, now)
         owner = lease_owner(worker)
-        due, next_due = await self._queue_ahead(session, now, limit)
         mailboxes = await self._lock_mailboxes(session, now, limit)
         if not mailboxes:
-            return ClaimBatch([], more=False, due_left=due > 0, next_due=next_due)
+            return await self._batch(session, [], False, now)
         usages = await self._usage(session, [mailbox.id for mailbox in mailboxes], now)
         limits = [effective_limits(mailbox, self._limits) for mailbox in mailboxes]
         share = claim_share(limit, len(mailboxes))
@@ -180,7 +179,7 @@ class Claims:
         locked = len(mailboxes)
         more = _more(limit, locked, locked, share, [len(ids) for ids in wanted])
         if not chosen:
-            return ClaimBatch([], more, due_left=due > 0, next_due=next_due)
+            return await self._batch(session, [], more, now)
         claimed = await self._lease(session, worker, owner, chosen, now + lease, now)
         by_id = {mailbox.id: mailbox for mailbox in mailboxes}
         jobs = [
@@ -190,7 +189,7 @@ class Claims:
             for i in chosen
             if i in claimed
         ]
-        return ClaimBatch(jobs, more, due_left=more or due > len(jobs), next_due=next_due)
+        return await self._batch(session, jobs, more, now)
 
     async def claim_postgresql(
         self,
@@ -382,19 +381,23 @@ class Claims:
         )
         return list((await session.scalars(query)).all())
 
-    async def _queue_ahead(
-        self, session: AsyncSession, now: dt.datetime, limit: int
-    ) -> tuple[int, dt.datetime | None]:
-        """How many queued jobs are due (counted up to ``limit + 1``), whatever their mailbox,
-        and when the soonest one not due yet becomes due (``ClaimBatch``)."""
+    async def _batch(
+        self, session: AsyncSession, jobs: list[ClaimedJob], more: bool, now: dt.datetime
+    ) -> ClaimBatch:
+        """The SQLite claim's answer. Unless it leased jobs and may have left more (then the
+        worker claims again at once, and the rest of the queue is not read), one more
+        statement reads the queue after the lease, which nothing else can have changed
+        since the claim began (one writer): whether due jobs are left, and when the next
+        not yet due becomes due."""
+        if jobs and more:
+            return ClaimBatch(jobs, more=True)
         queued = Job.state == JobState.QUEUED
-        due_jobs = select(Job.id).where(queued, Job.run_after <= now).limit(limit + 1).subquery()
         query = select(
-            select(func.count()).select_from(due_jobs).scalar_subquery(),
+            exists().where(queued, Job.run_after <= now),
             select(func.min(Job.run_after)).where(queued, Job.run_after > now).scalar_subquery(),
         )
-        due, next_due = (await session.execute(query)).one()
-        return int(due), next_due
+        due_left, next_due = (await session.execute(query)).one()
+        return ClaimBatch(jobs, more, due_left=more or bool(due_left), next_due=next_due)
 
     async def _usage(
         self, session: AsyncSession, mailbox_ids: Sequence[str], now: dt.datetime
