@@ -494,8 +494,9 @@ class App:
                 loops["job_notifications"] = listener.run(stop)
                 self.worker.hears_every_enqueue = lambda: listener.listening
             elif listen_dsn(self.settings.database.url) is None:
-                # SQLite: one process, whose intake wakes its worker. (Behind a transaction
-                # pooler, with no listener, the worker hears only its own process.)
+                # SQLite: one daemon process, whose intake wakes its worker (a CLI command's
+                # change waits for the poll, as it always did for an idle worker). Behind a
+                # transaction pooler, with no listener, it hears only its own process.
                 self.worker.hears_every_enqueue = lambda: True
         if role == "worker":
             return loops

@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import Integer, Select, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from mailbox_worker.clock import Clock
-from mailbox_worker.db.models import Account, Job, JobContent, Mailbox
+from mailbox_worker.clock import Clock, new_id
+from mailbox_worker.db.models import Account, Job, JobContent, JobEvent, Mailbox, UTCDateTime
 from mailbox_worker.jobs.claim_sql import JOB_COLUMNS, LEASE_JOBS, LOCK_MAILBOXES, MAILBOX_COLUMNS
 from mailbox_worker.jobs.limits import (
     DAILY_WINDOW,
@@ -36,7 +36,6 @@ from mailbox_worker.jobs.limits import (
     round_robin,
     within_daily_cap,
 )
-from mailbox_worker.jobs.transitions import job_event
 from mailbox_worker.states import JobState, MailboxState
 
 OWNER_LENGTH = 80
@@ -137,12 +136,12 @@ class Claims:
         ``session``'s transaction, within each mailbox's limits, sharing the slots between
         accounts in turns. (On PostgreSQL, ``claim_postgresql`` does the same for less.)
 
-        Lock the rows of the mailboxes with due jobs that are neither paused nor at their
-        concurrency (``FOR NO KEY UPDATE SKIP LOCKED``: a mailbox another worker is claiming
-        for is skipped this round), read their usage, defer those at their rate or daily cap
-        (``paused_until``), and lease their next jobs (priority, then ``run_after``). Because a
-        mailbox's usage is read and its jobs leased only under the lock on its row, concurrent
-        claimers together never exceed its limits (docs/architecture.md#mailbox-limits).
+        Pick the mailboxes with due jobs that are neither paused nor at their concurrency,
+        read their usage, defer those at their rate or daily cap (``paused_until``), and lease
+        their next jobs (priority, then ``run_after``). On SQLite the transaction is
+        ``BEGIN IMMEDIATE``: one claimer (one writer) at a time, so no other claim can change
+        a mailbox's usage between its read and the lease (on PostgreSQL the lock on each
+        mailbox's row does that: ``claim_postgresql``; docs/architecture.md#mailbox-limits).
         """
         if limit <= 0:
             return ClaimBatch([], more=False)
@@ -294,92 +293,36 @@ class Claims:
         """Move the chosen jobs that are still queued to ``running`` under this claim's
         ``owner`` (``lease_owner``), with their claim time, each with its event naming
         ``worker``."""
-        claim = (
-            update(Job)
-            .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED)
-            .values(
-                state=JobState.RUNNING,
-                lease_owner=owner,
-                lease_expires_at=expires_at,
-                updated_at=now,
-                claimed_at=now,
-            )
-            .returning(Job)
-            .execution_options(synchronize_session=False)
-        )
-        claimed = {job.id: job for job in (await session.scalars(claim)).all()}
-        for job_id in claimed:
-            session.add(
-                job_event(
-                    self._clock(),
-                    job_id,
-                    "state",
-                    JobState.QUEUED,
-                    JobState.RUNNING,
-                    worker=worker,
-                )
-            )
+        binds = {"ids": list(job_ids), "owner": owner, "expires_at": expires_at, "now": now}
+        claimed = {job.id: job for job in (await session.scalars(_SQLITE_LEASE, binds)).all()}
+        if claimed:
+            at = self._clock()
+            events = [
+                {
+                    "job_id": job_id,
+                    "at": at,
+                    "kind": "state",
+                    "from_state": JobState.QUEUED,
+                    "to_state": JobState.RUNNING,
+                    "worker": worker,
+                    "public_id": new_id("jev"),
+                }
+                for job_id in claimed
+            ]
+            await session.execute(insert(JobEvent), events)
         return claimed
 
     async def _lock_mailboxes(
         self, session: AsyncSession, now: dt.datetime, limit: int
     ) -> list[Mailbox]:
-        """Lock up to ``limit`` connected, unpaused mailboxes of unpaused accounts below their
-        concurrency that have due jobs, in turns between accounts (each account's mailbox with
+        """Up to ``limit`` connected, unpaused mailboxes of unpaused accounts below their
+        concurrency that have due jobs (SQLite: the transaction's write lock serialises
+        claims), in turns between accounts (each account's mailbox with
         the oldest due job first, then every account's second, ...). Each probe of ``jobs`` is
-        one index lookup per mailbox, so the scan does not grow with the number of queued jobs."""
-        oldest_due = (
-            select(func.min(Job.run_after))
-            .where(Job.mailbox_id == Mailbox.id, Job.state == JobState.QUEUED)
-            .correlate(Mailbox)
-            .scalar_subquery()
-        )
-        running = (
-            select(func.count())
-            .where(Job.mailbox_id == Mailbox.id, Job.state == JobState.RUNNING)
-            .correlate(Mailbox)
-            .scalar_subquery()
-        )
-        # A paused account's jobs wait (docs/privacy.md PP-7): its mailboxes are not candidates.
-        account_paused = (
-            exists()
-            .where(Account.id == Mailbox.account_id, Account.paused_at.is_not(None))
-            .correlate(Mailbox)
-        )
-        waiting = (
-            select(Mailbox.id, Mailbox.account_id, oldest_due.label("oldest_due"))
-            .where(
-                Mailbox.state == MailboxState.CONNECTED,
-                or_(Mailbox.paused_until.is_(None), Mailbox.paused_until <= now),
-                running < func.coalesce(Mailbox.max_concurrency, self._limits.max_concurrency),
-                ~account_paused,
-            )
-            .subquery("waiting")
-        )
-        turns = (
-            select(
-                waiting.c.id,
-                waiting.c.oldest_due,
-                func.row_number()
-                .over(
-                    partition_by=waiting.c.account_id,
-                    order_by=(waiting.c.oldest_due, waiting.c.id),
-                )
-                .label("turn"),
-            )
-            .where(waiting.c.oldest_due <= now)
-            .subquery("turns")
-        )
-        query = (
-            select(Mailbox)
-            .join(turns, turns.c.id == Mailbox.id)
-            .order_by(turns.c.turn, turns.c.oldest_due, Mailbox.id)
-            .limit(limit)
-            # NO KEY UPDATE: it does not block inserting jobs (their foreign key takes KEY
-            # SHARE on this row), but two claimers exclude each other.
-            .with_for_update(skip_locked=True, of=Mailbox, key_share=True)
-        )
-        return list((await session.scalars(query)).all())
+        one index lookup per mailbox, so the scan does not grow with the number of queued jobs
+        (``_SQLITE_LOCK_MAILBOXES``)."""
+        binds = {"now": now, "default_concurrency": self._limits.max_concurrency, "limit": limit}
+        return list((await session.scalars(_SQLITE_LOCK_MAILBOXES, binds)).all())
 
     async def _batch(
         self, session: AsyncSession, jobs: list[ClaimedJob], more: bool, now: dt.datetime
@@ -391,12 +334,7 @@ class Claims:
         not yet due becomes due."""
         if jobs and more:
             return ClaimBatch(jobs, more=True)
-        queued = Job.state == JobState.QUEUED
-        query = select(
-            exists().where(queued, Job.run_after <= now),
-            select(func.min(Job.run_after)).where(queued, Job.run_after > now).scalar_subquery(),
-        )
-        due_left, next_due = (await session.execute(query)).one()
+        due_left, next_due = (await session.execute(_SQLITE_QUEUE_AHEAD, {"now": now})).one()
         return ClaimBatch(jobs, more, due_left=more or bool(due_left), next_due=next_due)
 
     async def _usage(
@@ -404,26 +342,15 @@ class Claims:
     ) -> dict[str, MailboxUsage]:
         """Each locked mailbox's running jobs and its claims in the rate and daily windows.
 
-        A statement of its own after the lock: under READ COMMITTED it sees every claim
-        committed by the worker that held the lock before us."""
-        minute_ago = now - RATE_WINDOW
-        day_ago = now - DAILY_WINDOW
-        in_minute = Job.claimed_at > minute_ago
-        in_day = Job.claimed_at > day_ago
-        query = (
-            select(
-                Job.mailbox_id,
-                func.count().filter(Job.state == JobState.RUNNING),
-                func.count().filter(in_minute),
-                func.coalesce(func.sum(Job.recipient_count).filter(in_day), 0),
-                func.min(Job.claimed_at).filter(in_minute),
-                func.min(Job.claimed_at).filter(in_day),
-            )
-            .where(Job.mailbox_id.in_(mailbox_ids), or_(Job.state == JobState.RUNNING, in_day))
-            .group_by(Job.mailbox_id)
-        )
+        In the claim's own ``BEGIN IMMEDIATE`` transaction, after every earlier claim
+        committed."""
+        binds = {
+            "ids": list(mailbox_ids),
+            "minute_ago": now - RATE_WINDOW,
+            "day_ago": now - DAILY_WINDOW,
+        }
         usages = dict.fromkeys(mailbox_ids, MailboxUsage())
-        for row in (await session.execute(query)).all():
+        for row in (await session.execute(_SQLITE_USAGE, binds)).all():
             usages[row[0]] = MailboxUsage(
                 running=int(row[1]),
                 claimed_last_minute=int(row[2]),
@@ -438,25 +365,16 @@ class Claims:
     ) -> list[str]:
         """The mailbox's next ``count`` due jobs: higher priority first, then the longest
         waiting."""
-        query = (
-            select(Job.id)
-            .where(
-                Job.mailbox_id == mailbox_id,
-                Job.state == JobState.QUEUED,
-                Job.run_after <= now,
-            )
-            .order_by(Job.priority.desc(), Job.run_after, Job.created_at)
-            .limit(count)
-        )
-        return list((await session.scalars(query)).all())
+        binds = {"mailbox_id": mailbox_id, "now": now, "count": count}
+        return list((await session.scalars(_SQLITE_NEXT_JOB_IDS, binds)).all())
 
     async def _payloads(
         self, session: AsyncSession, job_ids: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
         if not job_ids:
             return {}
-        query = select(JobContent).where(JobContent.job_id.in_(job_ids))
-        return {content.job_id: content.payload for content in await session.scalars(query)}
+        contents = await session.execute(_SQLITE_PAYLOADS, {"ids": list(job_ids)})
+        return {row[0]: row[1] for row in contents}
 
     async def _defer(self, session: AsyncSession, mailbox_id: str, deferred: Deferral) -> None:
         """Skip the mailbox until its capacity returns, so its jobs are not rescanned each
@@ -471,5 +389,112 @@ class Claims:
             .execution_options(synchronize_session=False)
         )
 
+
+# The SQLite claim's statements, built once (docs/performance.md "Third pass"); the
+# PostgreSQL claim's are in ``jobs/claim_sql.py``.
+_QUEUED = Job.state == JobState.QUEUED
+_NOW = bindparam("now", type_=UTCDateTime)
+
+
+def _sqlite_lock_mailboxes() -> Select[Mailbox]:
+    oldest_due = (
+        select(func.min(Job.run_after))
+        .where(Job.mailbox_id == Mailbox.id, _QUEUED)
+        .correlate(Mailbox)
+        .scalar_subquery()
+    )
+    running = (
+        select(func.count())
+        .where(Job.mailbox_id == Mailbox.id, Job.state == JobState.RUNNING)
+        .correlate(Mailbox)
+        .scalar_subquery()
+    )
+    # A paused account's jobs wait (docs/privacy.md PP-7): its mailboxes are not candidates.
+    account_paused = (
+        exists()
+        .where(Account.id == Mailbox.account_id, Account.paused_at.is_not(None))
+        .correlate(Mailbox)
+    )
+    default_concurrency = bindparam("default_concurrency", type_=Integer)
+    waiting = (
+        select(Mailbox.id, Mailbox.account_id, oldest_due.label("oldest_due"))
+        .where(
+            Mailbox.state == MailboxState.CONNECTED,
+            or_(Mailbox.paused_until.is_(None), Mailbox.paused_until <= _NOW),
+            running < func.coalesce(Mailbox.max_concurrency, default_concurrency),
+            ~account_paused,
+        )
+        .subquery("waiting")
+    )
+    turns = (
+        select(
+            waiting.c.id,
+            waiting.c.oldest_due,
+            func.row_number()
+            .over(
+                partition_by=waiting.c.account_id,
+                order_by=(waiting.c.oldest_due, waiting.c.id),
+            )
+            .label("turn"),
+        )
+        .where(waiting.c.oldest_due <= _NOW)
+        .subquery("turns")
+    )
+    return (
+        select(Mailbox)
+        .join(turns, turns.c.id == Mailbox.id)
+        .order_by(turns.c.turn, turns.c.oldest_due, Mailbox.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
+def _sqlite_usage() -> Select[str, int, int, int, dt.datetime | None, dt.datetime | None]:
+    in_minute = Job.claimed_at > bindparam("minute_ago", type_=UTCDateTime)
+    in_day = Job.claimed_at > bindparam("day_ago", type_=UTCDateTime)
+    return (
+        select(
+            Job.mailbox_id,
+            func.count().filter(Job.state == JobState.RUNNING),
+            func.count().filter(in_minute),
+            func.coalesce(func.sum(Job.recipient_count).filter(in_day), 0),
+            func.min(Job.claimed_at).filter(in_minute),
+            func.min(Job.claimed_at).filter(in_day),
+        )
+        .where(
+            Job.mailbox_id.in_(bindparam("ids", expanding=True)),
+            or_(Job.state == JobState.RUNNING, in_day),
+        )
+        .group_by(Job.mailbox_id)
+    )
+
+
+_SQLITE_LOCK_MAILBOXES = _sqlite_lock_mailboxes()
+_SQLITE_USAGE = _sqlite_usage()
+_SQLITE_NEXT_JOB_IDS = (
+    select(Job.id)
+    .where(Job.mailbox_id == bindparam("mailbox_id"), _QUEUED, Job.run_after <= _NOW)
+    .order_by(Job.priority.desc(), Job.run_after, Job.created_at)
+    .limit(bindparam("count", type_=Integer))
+)
+_SQLITE_PAYLOADS = select(JobContent.job_id, JobContent.payload).where(
+    JobContent.job_id.in_(bindparam("ids", expanding=True))
+)
+_SQLITE_LEASE = (
+    update(Job)
+    .where(Job.id.in_(bindparam("ids", expanding=True)), _QUEUED)
+    .values(
+        state=JobState.RUNNING,
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("expires_at", type_=UTCDateTime),
+        updated_at=_NOW,
+        claimed_at=_NOW,
+    )
+    .returning(Job)
+    .execution_options(synchronize_session=False)
+)
+_SQLITE_QUEUE_AHEAD = select(
+    exists().where(_QUEUED, Job.run_after <= _NOW),
+    select(func.min(Job.run_after)).where(_QUEUED, Job.run_after > _NOW).scalar_subquery(),
+)
 
 __all__ = ["OWNER_LENGTH", "ClaimBatch", "ClaimedJob", "Claims", "Lease", "lease_owner"]
