@@ -39,7 +39,13 @@ def recipients(count: int) -> list[dict[str, str]]:
     return [{"address": f"ap{number}@fabrikam.example"} for number in range(count)]
 
 
-async def enqueue(stores: Stores, mailbox: Mailbox, count: int, to: int = 1) -> list[Job]:
+async def enqueue(
+    stores: Stores,
+    mailbox: Mailbox,
+    count: int,
+    to: int = 1,
+    send_at: dt.datetime | None = None,
+) -> list[Job]:
     jobs = []
     for number in range(count):
         job, _ = await stores.jobs.enqueue(
@@ -50,6 +56,7 @@ async def enqueue(stores: Stores, mailbox: Mailbox, count: int, to: int = 1) -> 
                 payload={"to": recipients(to), "subject": f"Invoice {number}", "text": "hi"},
                 request_sha256=str(number),
                 message_id_domain="contoso.example",
+                send_at=send_at,
             )
         )
         jobs.append(job)
@@ -297,8 +304,8 @@ async def test_a_claim_says_whether_due_jobs_are_left_and_when_the_next_is_due(
     few = await new_mailbox(stores, "acme", "billing@contoso.example")
     await enqueue(stores, few, 2)
     later = clock.now + dt.timedelta(minutes=5)
-    await enqueue_at(stores, few, later + dt.timedelta(minutes=5))
-    await enqueue_at(stores, few, later)
+    await enqueue(stores, few, 1, send_at=later + dt.timedelta(minutes=5))
+    await enqueue(stores, few, 1, send_at=later)
     batch = await queue.claim_batch("w", 8, LEASE)
     assert (len(batch.jobs), batch.more, batch.due_left) == (2, False, False)  # took all due
     assert batch.next_due == later
@@ -324,21 +331,6 @@ async def test_a_claim_says_whether_due_jobs_are_left_and_when_the_next_is_due(
     clock.advance(dt.timedelta(minutes=2))
     batch = await queue.claim_batch("w", 8, LEASE)
     assert (len(batch.jobs), batch.due_left, batch.next_due) == (2, False, later)
-
-
-async def enqueue_at(stores: Stores, mailbox: Mailbox, send_at: dt.datetime) -> Job:
-    job, _ = await stores.jobs.enqueue(
-        NewJob(
-            account_id=mailbox.account_id,
-            mailbox_id=mailbox.id,
-            mode="send",
-            payload={"to": recipients(1), "subject": "Later", "text": "hi"},
-            request_sha256=str(send_at),
-            message_id_domain="contoso.example",
-            send_at=send_at,
-        )
-    )
-    return job
 
 
 async def test_a_claim_that_gave_a_mailbox_its_whole_share_may_have_left_jobs(
