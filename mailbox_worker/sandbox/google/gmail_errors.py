@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -86,9 +87,12 @@ def render(failure: GmailFailure) -> web.Response:
 
 
 def retry_time(moment: float) -> str:
-    """RFC 3339 with milliseconds, as in "Retry after 2024-11-12T11:16:42.247Z" (D4)."""
-    at = datetime.datetime.fromtimestamp(moment, datetime.UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    """RFC 3339 with milliseconds, as in "Retry after 2024-11-12T11:16:42.247Z" (D4), rounded
+    up to the millisecond: a client that retries at the moment named is not refused (cut
+    down, the name could fall up to a millisecond before the window frees)."""
+    millis = math.ceil(moment * 1000)
+    at = datetime.datetime.fromtimestamp(millis // 1000, datetime.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
 
 
 # -- the answers ---------------------------------------------------------------------------

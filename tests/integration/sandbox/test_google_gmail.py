@@ -374,7 +374,12 @@ async def test_the_daily_sending_limit_answers_its_body_and_resets_with_the_wind
     assert status == 429
     retry_after = error["error"]["message"].split("Retry after ")[1].split(" ")[0]
     # A day after the first send, which happened between the two readings of the clock.
-    assert first_sent_at + DAY - MILLISECOND <= _moment(retry_after) <= second_sent_by + DAY
+    # (Named to the millisecond, rounded up: at most a millisecond later.)
+    assert (
+        first_sent_at + DAY - MILLISECOND
+        <= _moment(retry_after)
+        <= second_sent_by + DAY + MILLISECOND
+    )
     assert error == sending_limit_body(_moment(retry_after))
     assert len(await stored(http, sandbox, label="SENT")) == 2
     sandbox.state.advance(_moment(retry_after) - sandbox.state.now())
@@ -410,7 +415,7 @@ async def test_the_sending_limit_can_be_noticed_late(
     # after the first) leaves the rolling day.
     second_leaves = _moment(error["error"]["message"].split("Retry after ")[1].split(" ")[0])
     assert status == 429
-    assert first_sent_at + DAY - MILLISECOND <= second_leaves <= both_sent_by + DAY
+    assert first_sent_at + DAY - MILLISECOND <= second_leaves <= both_sent_by + DAY + MILLISECOND
     assert (await set_limits(http, sandbox))["sent_in_window"] == 2
 
 
@@ -434,7 +439,9 @@ async def test_quota_units_per_user_per_minute(
     assert error["error"]["status"] == "RESOURCE_EXHAUSTED"
     retry_after = error["error"]["message"].removeprefix("User-rate limit exceeded.  Retry after ")
     # A minute after the first send, which happened between ``start`` and now.
-    assert start + 60 - MILLISECOND <= _moment(retry_after) <= sandbox.state.now() + 60
+    assert (
+        start + 60 - MILLISECOND <= _moment(retry_after) <= sandbox.state.now() + 60 + MILLISECOND
+    )
     sandbox.state.advance(_moment(retry_after) - sandbox.state.now())
     await execute(gmail.users().drafts().create(userId="me", body={"message": body}))
     assert sandbox.state.counters()["gmail.throttled.user_rate"] == 1
@@ -457,7 +464,7 @@ async def test_injected_faults_answer_in_googles_format(
     until = _moment(
         error["error"]["message"].removeprefix("User-rate limit exceeded.  Retry after ")
     )
-    assert before + 120 - MILLISECOND <= until <= after + 120
+    assert before + 120 - MILLISECOND <= until <= after + 120 + MILLISECOND
     assert error["error"]["errors"][0]["reason"] == "userRateLimitExceeded"
     sandbox.state.queue_fault("gmail.messages.send", "accept_then_status", status=503)
     status, error, _ = await http_error(gmail.users().messages().send(userId="me", body=body))
