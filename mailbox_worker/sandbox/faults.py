@@ -22,6 +22,7 @@ also records the request's ``client-request-id`` header, which a client logs wit
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -34,6 +35,8 @@ Process = Callable[[], Awaitable[web.StreamResponse]]
 ErrorAnswer = Callable[[Fault], web.StreamResponse]
 
 HANG_POLL_SECONDS = 0.01
+_PEER_CLOSED_STATES = frozenset({7, 8, 9})
+"""TCP_CLOSE, TCP_CLOSE_WAIT, TCP_LAST_ACK (linux/tcp_states.h): the peer's FIN or RST came."""
 
 
 class _Stored(Protocol):
@@ -51,6 +54,25 @@ def client_gone(request: web.Request) -> bool:
     """Whether the client has closed the request's connection."""
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+def client_hung_up(request: web.Request) -> bool:
+    """Whether the client has closed its side of the request's connection, even if the event
+    loop has not read that yet: ``client_gone``, or (on Linux) the socket's TCP state shows the
+    peer's FIN or RST has arrived. What a provider may still be working on after its client
+    gave up, as a busy server may not have noticed yet."""
+    if client_gone(request):
+        return True
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if sock is None or tcp_info is None:
+        return False
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 1)[0]
+    except OSError:
+        return True  # the socket is already gone
+    return state in _PEER_CLOSED_STATES
 
 
 async def wait_for_client_to_leave(request: web.Request, limit: float) -> None:

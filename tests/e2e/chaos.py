@@ -32,6 +32,7 @@ from mailbox_worker.db.models import Job, JobEvent
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.sandbox.controls import AMBIGUOUS_KINDS
+from mailbox_worker.sandbox.microsoft.state import ConcurrencyRefusal
 from mailbox_worker.states import TERMINAL
 
 from .conftest import Daemon, call, connect_mailbox, start
@@ -87,6 +88,19 @@ class Interval:
     ended_by_owner: bool = False
 
 
+def describe_refusal(refusal: ConcurrencyRefusal) -> str:
+    """One refused request and what held its mailbox's 4 slots, for a failure's message."""
+    holders = ", ".join(
+        f"{holder.operation} {holder.client_request_id} for {holder.held_seconds}s"
+        + (" (its client had hung up)" if holder.client_hung_up else "")
+        for holder in refusal.holders
+    )
+    return (
+        f"{refusal.operation} {refusal.client_request_id} to {refusal.mailbox} refused; "
+        f"held by: {holders}"
+    )
+
+
 @dataclass
 class SoakReport:
     """What one soak run counted; ``violations`` turns it into failures."""
@@ -111,6 +125,7 @@ class SoakReport:
     peak_running_detail: dict[str, list[str]]
     peak_requests_per_mailbox: dict[str, int]
     requests_refused_over_mailbox_limit: int
+    concurrency_refusals: list[ConcurrencyRefusal]
     faults: dict[str, int]
     kills: int
     unexpected_exits: list[str]
@@ -153,7 +168,10 @@ class SoakReport:
             f"peak concurrent Graph requests per mailbox (sandbox): max "
             f"{max(self.peak_requests_per_mailbox.values(), default=0)}; refused as over the "
             f"mailbox limit of 4 (a 5th concurrent request): "
-            f"{self.requests_refused_over_mailbox_limit}",
+            f"{self.requests_refused_over_mailbox_limit}, of which "
+            f"{self.requests_refused_over_mailbox_limit - self.refusals_unexplained} while a slot "
+            "was still held for a request its client had hung up on",
+            *(f"  {describe_refusal(refusal)}" for refusal in self.concurrency_refusals[:5]),
             f"faults injected: {dict(sorted(self.faults.items()))}",
             f"SIGKILLs: {self.kills}; exits on their own: {self.unexpected_exits}; hung at stop: "
             f"{self.hung_at_stop}; PostgreSQL restarts: {self.postgres_restarts}; API answers "
@@ -162,6 +180,16 @@ class SoakReport:
             f"token refreshes: {self.token_refreshes}",
             "timeline: " + "; ".join(self.timeline),
         ]
+
+    @property
+    def refusals_unexplained(self) -> int:
+        """Refusals as over the limit that the daemon's own requests explain: none of the
+        mailbox's 4 slots was held for a request its client (the daemon) had given up on. A
+        provider may keep working on, and counting, a request after its client timed out or
+        died; the daemon no longer has it open. Counted from the sandbox's counter, so a
+        refusal it did not record stays unexplained."""
+        explained = sum(1 for each in self.concurrency_refusals if each.held_for_a_gone_client)
+        return self.requests_refused_over_mailbox_limit - explained
 
     def violations(self) -> list[str]:
         """Each broken promise, as a sentence naming its count."""
@@ -183,10 +211,10 @@ class SoakReport:
             found.append(f"running jobs above concurrency {self.plan.concurrency}: {over}")
         if max(self.peak_requests_per_mailbox.values(), default=0) > 4:
             found.append("more than 4 concurrent requests for a mailbox")
-        if self.requests_refused_over_mailbox_limit:
+        if self.refusals_unexplained:
             found.append(
-                f"{self.requests_refused_over_mailbox_limit} requests over the limit of 4 "
-                "concurrent requests per mailbox (refused 429 by the sandbox)"
+                f"{self.refusals_unexplained} requests over the limit of 4 concurrent requests "
+                "per mailbox (refused 429 by the sandbox) while the daemon held 4 open"
             )
         if self.unexpected_exits:
             found.append(f"processes exited on their own: {self.unexpected_exits}")
@@ -726,6 +754,7 @@ def _report(
         },
         peak_requests_per_mailbox=dict(sandbox.state.peak_in_flight),
         requests_refused_over_mailbox_limit=counters.get("graph.throttled.mailbox_concurrency", 0),
+        concurrency_refusals=list(sandbox.state.concurrency_refusals),
         faults=dict(sandbox.state.injected),
         kills=fleet.kills,
         unexpected_exits=fleet.unexpected_exits,

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
 from ..controls import Fault
-from ..faults import drop_connection, with_fault
+from ..faults import client_hung_up, drop_connection, with_fault
 from . import scopes as scope_rules
 from .authorize import base_url
 from .graph_attachments import AttachmentOperations, draft_of
@@ -66,7 +67,14 @@ from .graph_unsimulated import (
     permission_for,
     user_resource,
 )
-from .state import AccessToken, MicrosoftState, StoredMessage, User
+from .state import (
+    AccessToken,
+    ConcurrencyRefusal,
+    MicrosoftState,
+    SlotHolder,
+    StoredMessage,
+    User,
+)
 
 REQUEST_BODY_LIMIT = 4 * 1024 * 1024
 CONCURRENT_REQUESTS_PER_MAILBOX = 4
@@ -80,6 +88,8 @@ class GraphEndpoints:
     def __init__(self, state: MicrosoftState) -> None:
         self._state = state
         self._attachments = AttachmentOperations(state)
+        self._holders: dict[tuple[str, str], dict[int, _Holder]] = {}
+        """The requests holding each (client, mailbox) pair's slots, by ``id(request)``."""
 
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes these handlers serve (``/me`` and ``/users/{user}`` forms)."""
@@ -157,7 +167,7 @@ class GraphEndpoints:
             if not needed & scope_rules.canonical_set(token.scopes):
                 raise denied
             # In flight from its arrival (before its body is read) until its answer is written.
-            with self._slot(token, user):
+            with self._slot(request, operation, token, user):
                 try:
                     body = await self._body(request)
                     # with_fault waits for the operation's latency first (latency_for).
@@ -178,12 +188,17 @@ class GraphEndpoints:
         return endpoint
 
     @contextlib.contextmanager
-    def _slot(self, token: AccessToken, user: User) -> Iterator[None]:
+    def _slot(
+        self, request: web.Request, operation: str, token: AccessToken, user: User
+    ) -> Iterator[None]:
         """Hold one of the (client, mailbox) pair's concurrent requests (docs/providers.md B5),
-        or refuse with 429 ApplicationThrottled + Retry-After when all are taken."""
+        or refuse with 429 ApplicationThrottled + Retry-After when all are taken (recording
+        what held them: ``MicrosoftState.concurrency_refusals``)."""
         slot = (token.client_id, user.address.lower())
+        holders = self._holders.setdefault(slot, {})
         if self._state.in_flight[slot] >= CONCURRENT_REQUESTS_PER_MAILBOX:
             self._state.count("graph.throttled.mailbox_concurrency")
+            self._state.concurrency_refusals.append(_refusal(request, operation, slot, holders))
             raise GraphFailure(
                 429,
                 "ApplicationThrottled",
@@ -191,10 +206,14 @@ class GraphEndpoints:
                 {"Retry-After": str(self._state.throttle_retry_after)},
             )
         self._state.in_flight[slot] += 1
+        holders[id(request)] = _Holder(request, operation, time.monotonic())
         self._state.note_concurrency(user.address)
         try:
             yield
         finally:
+            holders.pop(id(request), None)
+            if not holders:
+                del self._holders[slot]
             self._state.in_flight[slot] -= 1
             if self._state.in_flight[slot] <= 0:
                 del self._state.in_flight[slot]
@@ -417,3 +436,35 @@ def _with_message_id(raw: bytes) -> bytes:
     identifier = f"<{graph_id('')[:40].replace('-', '').replace('_', '')}@{domain}>"
     newline = b"\r\n" if b"\r\n" in raw[:2000] else b"\n"
     return b"Message-ID: " + identifier.encode("ascii") + newline + raw
+
+
+class _Holder(NamedTuple):
+    """A request holding one of its mailbox's slots."""
+
+    request: web.Request
+    operation: str
+    since: float  # time.monotonic() at its arrival
+
+
+def _refusal(
+    request: web.Request,
+    operation: str,
+    slot: tuple[str, str],
+    holders: dict[int, _Holder],
+) -> ConcurrencyRefusal:
+    """The record of ``request`` refused as over its mailbox's limit, with its slots' holders."""
+    now = time.monotonic()
+    return ConcurrencyRefusal(
+        mailbox=slot[1],
+        operation=operation,
+        client_request_id=request.headers.get("client-request-id"),
+        holders=tuple(
+            SlotHolder(
+                operation=holder.operation,
+                client_request_id=holder.request.headers.get("client-request-id"),
+                held_seconds=round(now - holder.since, 3),
+                client_hung_up=client_hung_up(holder.request),
+            )
+            for holder in holders.values()
+        ),
+    )

@@ -179,6 +179,34 @@ def attachment_parts(message: EmailMessage) -> list[StoredAttachment]:
     return found
 
 
+@dataclass(frozen=True)
+class SlotHolder:
+    """A Graph request holding one of its mailbox's concurrent slots when another was refused."""
+
+    operation: str
+    client_request_id: str | None
+    held_seconds: float
+    client_hung_up: bool
+    """Its client had already closed the connection (``faults.client_hung_up``): the provider
+    may still count a request its client gave up on (a timeout), until it notices."""
+
+
+@dataclass(frozen=True)
+class ConcurrencyRefusal:
+    """A Graph request refused 429 as a 5th concurrent one for its mailbox."""
+
+    mailbox: str
+    operation: str
+    client_request_id: str | None
+    holders: tuple[SlotHolder, ...]
+
+    @property
+    def held_for_a_gone_client(self) -> bool:
+        """Whether a slot was still held for a request whose client had hung up: the client's
+        side then had fewer than 4 requests open."""
+        return any(holder.client_hung_up for holder in self.holders)
+
+
 class UnknownUserError(LookupError):
     """Raised by the in-process API for an address that is not a sandbox user."""
 
@@ -203,6 +231,8 @@ class MicrosoftState(SandboxControls, ClientRegistry):
     peak_in_flight: Counter[str] = field(default_factory=Counter)
     """The most Graph requests ever in progress at once per mailbox (lower-case address), over
     every client: what a test reads to prove the daemon's processes together kept the limit."""
+    concurrency_refusals: list[ConcurrencyRefusal] = field(default_factory=list)
+    """Every request refused 429 as over its mailbox's concurrency, with what held the slots."""
 
     def __post_init__(self) -> None:
         if DEFAULT_CLIENT_ID not in self.clients:
@@ -381,4 +411,5 @@ class MicrosoftState(SandboxControls, ClientRegistry):
         """Forget messages, counters and faults (clients, users and tokens stay)."""
         self.stored_messages.clear()
         self.peak_in_flight.clear()
+        self.concurrency_refusals.clear()
         super().reset()

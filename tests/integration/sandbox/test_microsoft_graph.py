@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import secrets
+import ssl
 
 import aiohttp
 import pytest
@@ -229,6 +230,48 @@ async def test_more_than_four_concurrent_requests_are_throttled(
     async with http.get(f"{sandbox.base_url}/_sandbox/concurrency") as response:
         peaks = (await response.json())["peak_in_flight"]
     assert peaks == {BILLING.lower(): 4}
+
+
+async def test_a_refusal_records_what_held_the_slots(
+    sandbox: Sandbox, http: aiohttp.ClientSession, requests_session: requests.Session
+) -> None:
+    """A request whose client gave up still holds its slot while the provider works on it; the
+    refusal of a 5th says so (``held_for_a_gone_client``), so a test can tell a client that
+    kept 5 requests open from one that had 4 open and one abandoned."""
+    signed_in = await sign_in(sandbox, http, requests_session, ["Mail.Send"])
+    sandbox.state.queue_fault("graph.sendMail", "delay", delay=1.0, times=4)
+    url = f"{sandbox.graph_url}/me/sendMail"
+
+    async def send(number: int, session: aiohttp.ClientSession) -> int:
+        headers = {**bearer(signed_in.access_token), "client-request-id": f"held-{number}"}
+        async with session.post(url, data=mime_body(invoice_mime()), headers=headers) as answer:
+            return answer.status
+
+    context = ssl.create_default_context(cafile=str(sandbox.ca_path))
+    connector = aiohttp.TCPConnector(ssl=context)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as quitter:
+        held = [asyncio.create_task(send(number, http)) for number in range(3)]
+        abandoned = asyncio.create_task(send(3, quitter))
+        while sum(sandbox.state.in_flight.values()) < 4:
+            await asyncio.sleep(0.01)
+        assert await send(4, http) == 429  # 4 open requests: the client's own excess
+        abandoned.cancel()
+    # The quitter's connection is closed; the sandbox, still sleeping, keeps its slot.
+    assert await send(5, http) == 429
+    assert await asyncio.gather(*held) == [202, 202, 202]
+
+    first, second = sandbox.state.concurrency_refusals
+    assert (first.client_request_id, second.client_request_id) == ("held-4", "held-5")
+    assert first.mailbox == second.mailbox == BILLING.lower()
+    assert sorted(holder.client_request_id or "" for holder in first.holders) == [
+        f"held-{number}" for number in range(4)
+    ]
+    assert not first.held_for_a_gone_client
+    assert second.held_for_a_gone_client
+    [gone] = [holder for holder in second.holders if holder.client_hung_up]
+    assert gone.client_request_id == "held-3"
+    assert gone.operation == "graph.sendMail"
+    assert gone.held_seconds > 0
 
 
 async def test_large_attachment_through_an_upload_session(
