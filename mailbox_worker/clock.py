@@ -10,7 +10,7 @@ of ours.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import secrets
 from collections.abc import Callable
 
 Clock = Callable[[], dt.datetime]
@@ -23,5 +23,6 @@ def utcnow() -> dt.datetime:
 
 
 def new_id(prefix: str) -> str:
-    """A random, URL-safe identifier such as ``job_3f9c...``."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """A random, URL-safe identifier such as ``job_3f9c...``: 128 random bits in hex (the
+    shape of ``uuid.uuid4().hex``, for a sixth of its CPU; a job makes several)."""
+    return f"{prefix}_{secrets.token_hex(16)}"

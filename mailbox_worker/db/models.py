@@ -9,7 +9,9 @@ so it can be purged on its own schedule.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import functools
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -25,8 +27,9 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import inspect as inspect_mapped
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import ClassManager, DeclarativeBase, Mapped, configure_mappers, mapped_column
 
 from mailbox_worker.clock import new_id
 
@@ -56,6 +59,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         assert isinstance(value, dt.datetime)
+        if value.tzinfo is dt.UTC:  # as asyncpg reads timestamptz
+            return value
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
@@ -386,3 +391,23 @@ class OutboxEvent(Base):
         Index(None, "ordering_key", "id"),
         Index(None, "public_id", unique=True),
     )
+
+
+Model = TypeVar("Model", bound=Base)
+
+
+def untracked(model: type[Model], values: Mapping[Any, Any]) -> Model:
+    """A ``model`` holding ``values`` (every column, by attribute name) as the ORM's own loading
+    would put them: straight into the instance's state as committed values, without the
+    attribute event a constructor fires per column (a job: about 1.7 µs against 37 µs). No
+    session tracks it and nothing set on it is saved. For the rows that the hot path's Core
+    statements read or return (the claim, the enqueue; docs/performance.md "Fourth pass")."""
+    instance: Model = _class_manager(model).new_instance()
+    instance.__dict__.update(values)
+    return instance
+
+
+@functools.cache
+def _class_manager(model: type[Base]) -> ClassManager[Any]:
+    configure_mappers()  # what a constructor's first call does; the attributes need it
+    return inspect_mapped(model).class_manager

@@ -18,7 +18,15 @@ from sqlalchemy import Integer, Select, bindparam, exists, func, insert, or_, se
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailbox_worker.clock import Clock, new_id
-from mailbox_worker.db.models import Account, Job, JobContent, JobEvent, Mailbox, UTCDateTime
+from mailbox_worker.db.models import (
+    Account,
+    Job,
+    JobContent,
+    JobEvent,
+    Mailbox,
+    UTCDateTime,
+    untracked,
+)
 from mailbox_worker.jobs.claim_sql import JOB_COLUMNS, LEASE_JOBS, LOCK_MAILBOXES, MAILBOX_COLUMNS
 from mailbox_worker.jobs.limits import (
     DAILY_WINDOW,
@@ -248,14 +256,14 @@ class Claims:
             )
         ).all()
         mailboxes = {
-            row.id: Mailbox(**{name: row._mapping[name] for name in MAILBOX_COLUMNS})
+            row.id: untracked(Mailbox, {name: row._mapping[name] for name in MAILBOX_COLUMNS})
             for row in locked
         }
         claimed = []
         per_mailbox: dict[str, int] = {}
         for row in rows:
             values = row._mapping
-            job = Job(**{name: values[name] for name in JOB_COLUMNS})
+            job = untracked(Job, {name: values[name] for name in JOB_COLUMNS})
             leased = Lease(job.id, worker, owner)
             claimed.append(ClaimedJob(job, values["payload"], leased, mailboxes[job.mailbox_id]))
             per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import audit_row
-from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox
+from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox, untracked
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.jobs.enqueue_sql import COMPANIONS
@@ -159,7 +159,7 @@ class JobStore:
                 _LOCK_ACCOUNT_MAILBOXES, {"ids": sorted(set(mailbox_ids)), "account_id": account_id}
             )
             # Core rows made into untracked objects, as for the jobs (``_insert_rows``).
-            mailboxes = {row.id: Mailbox(**row._mapping) for row in read}
+            mailboxes = {row.id: untracked(Mailbox, row._mapping) for row in read}
             return await self._enqueue(session, prepare(mailboxes))
 
     async def _enqueue(
@@ -544,7 +544,7 @@ async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
     docs/performance.md "Second pass")."""
     insert = _INSERT_NEW_JOBS[session.get_bind().dialect.name]
     returned = await session.execute(insert, rows)
-    return {row.id: Job(**row._mapping) for row in returned}
+    return {row.id: untracked(Job, row._mapping) for row in returned}
 
 
 # The enqueue's statements, built once (a statement built per call costs more CPU than its
