@@ -267,6 +267,8 @@ async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
     assert later.state == "held"
 
     again = await service.reconnect(world.principal, start.mailbox.id, None)
+    wakeup = world.app.worker._wakeup  # no worker runs here: a wake-up stays set until taken
+    wakeup.clear()
     assert (await service.complete(await world.consent(again.authorization_url))).outcome == (
         "connected"
     )
@@ -274,6 +276,9 @@ async def test_reconnecting_releases_the_held_jobs(world: World) -> None:
         released = await world.app.jobs.get(job_id)
         assert released is not None
         assert released.state == "queued"
+    # This process's worker hears of the released jobs at once (other processes by NOTIFY,
+    # test_wakeups.py): it may have taken every due job before and be waiting for a wake-up.
+    assert wakeup.is_set()
 
 
 async def test_an_access_token_refused_before_its_expiry_is_replaced(world: World) -> None:
