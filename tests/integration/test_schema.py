@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import os
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import JSON, Connection, Table, column, insert, inspect, table, text
+from sqlalchemy import JSON, Connection, Table, column, insert, inspect, select, table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailbox_worker.clock import utcnow
@@ -156,6 +158,63 @@ async def test_jobs_table_is_laid_out_for_cheap_queue_writes(empty_engine: Async
                 text("SELECT reloptions FROM pg_class WHERE relname = 'jobs'")
             )
             assert "fillfactor=80" in options
+
+
+async def test_job_payloads_are_compressed_with_lz4_or_not_at_all(
+    empty_engine: AsyncEngine,
+) -> None:
+    """Migration 0016: on PostgreSQL ``job_contents.payload`` is compressed with lz4 where the
+    server has it (this one does: the test says so if not), which shrinks what compresses
+    (HTML) and gives up at once on what does not (an attachment's base64); else ``STORAGE
+    EXTERNAL``, which tries nothing. Either way the payload reads back whole
+    (docs/performance.md "Fourth pass")."""
+    if empty_engine.dialect.name != "postgresql":
+        pytest.skip("TOAST compression is PostgreSQL's; SQLite stores a value as it is")
+    await migrate.upgrade(empty_engine)
+    column_settings = text(
+        "SELECT attcompression, attstorage FROM pg_attribute "
+        "WHERE attrelid = CAST('job_contents' AS regclass) AND attname = 'payload'"
+    )
+    has_lz4 = text(
+        "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+    )
+    attachment = base64.b64encode(os.urandom(30_000)).decode("ascii")
+    html = "<tr><td>Consulting</td><td>1</td><td>100.00</td></tr>" * 2000  # compressible
+    payload = {"to": [{"address": "ap@fabrikam.example"}], "html": html, "pdf": attachment}
+    now = utcnow()
+    async with empty_engine.begin() as connection:
+        assert await connection.scalar(has_lz4), "this PostgreSQL has no lz4: check EXTERNAL"
+        # "char" columns: asyncpg reads them as bytes
+        assert tuple((await connection.execute(column_settings)).one()) == (b"l", b"x")
+        await insert_account_and_mailbox(connection, now)
+        await connection.execute(
+            insert(cast(Table, Job.__table__)).values(
+                id="job_1",
+                account_id="acc_1",
+                mailbox_id="mbx_1",
+                mode="send",
+                state="queued",
+                request_sha256="0" * 64,
+                message_id="<m@x>",
+                attempts=0,
+                transient_failures=0,
+                run_after=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await connection.execute(
+            insert(cast(Table, JobContent.__table__)).values(job_id="job_1", payload=payload)
+        )
+        stored = text(
+            "SELECT pg_column_compression(payload), pg_column_size(payload), "
+            "octet_length(CAST(payload AS text)) FROM job_contents"
+        )
+        method, size, length = (await connection.execute(stored)).one()
+        assert method == "lz4"
+        assert size < length - len(html) // 2  # the HTML shrank
+        read = select(JobContent.payload).where(JobContent.job_id == "job_1")
+        assert await connection.scalar(read) == payload
 
 
 async def test_migration_0015_counts_the_recipients_of_jobs_not_yet_claimed(
