@@ -60,6 +60,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time so far of the PostgreSQL server processes on this machine (the
+    postmaster, its background processes and the backends still connected): read before and
+    after a run against a local server, the database's share of the cores. A backend that
+    exits takes its time with it, so this undercounts short connections (the daemon pools)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().startswith("postgres"):
+                total += cpu_seconds(int(entry.name))
+    return total
+
+
 def peak_rss_mb(pid: int) -> float:
     """The peak resident set size of process ``pid`` (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -30,6 +30,7 @@ from _daemon import (
     pdf_bytes,
     percentile,
     post_invoices,
+    postgres_cpu_seconds,
     prepare,
     scratch_database,
     start_sandbox,
@@ -64,6 +65,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                     cpu_before = daemon.cpu_seconds()
                     by_process_before = {pid: cpu_seconds(pid) for pid in daemon.pids()}
                     sandbox_before = cpu_seconds(sandbox.pid)
+                    postgres_before = postgres_cpu_seconds()
                     started = time.perf_counter()
                     following = asyncio.create_task(
                         follow(states, WARM_UP, arguments.jobs, started, 1800)
@@ -75,6 +77,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
                         pid: cpu_seconds(pid) - before for pid, before in by_process_before.items()
                     }
                     sandbox_cpu = cpu_seconds(sandbox.pid) - sandbox_before
+                    postgres_cpu = postgres_cpu_seconds() - postgres_before
                     counts = await states.counts()
                 finally:
                     await states.close()
@@ -90,6 +93,7 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
         "completion_overall": jobs / progress.seconds_until(jobs),
         "cpu_ms": 1000 * cpu / jobs,
         "sandbox_cpu_ms": 1000 * sandbox_cpu / jobs,
+        "postgres_cpu_ms": 1000 * postgres_cpu / jobs if kind == "postgres" else 0.0,
         # With --serve '--workers N': the first process serves the API, the others work.
         "api_cpu_ms": 1000 * by_process[daemon.pid] / jobs,
         "processes": len(by_process),
@@ -110,7 +114,13 @@ def report(kind: str, figures: dict[str, float], jobs: int, mailboxes: int) -> N
         f" {figures['completion_overall']:.0f} jobs/s overall\n"
         f"  daemon CPU        {figures['cpu_ms']:8.2f} ms/job "
         f"({figures['cpu_ms'] / reference['cpu_ms']:.2f} x {reference['cpu_ms']:.0f} ms); "
-        f"the sandbox's {figures['sandbox_cpu_ms']:.2f} ms/job\n"
+        f"the sandbox's {figures['sandbox_cpu_ms']:.2f} ms/job"
+        + (
+            f"; PostgreSQL's {figures['postgres_cpu_ms']:.2f} ms/job (local server)"
+            if kind == "postgres"
+            else ""
+        )
+        + "\n"
         f"  outcome           {figures['sent']:.0f} sent, {figures['not_sent']:.0f} not sent"
     )
     if figures["processes"] > 1:
