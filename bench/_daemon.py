@@ -60,18 +60,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
 
 
-def postgres_cpu_seconds() -> float:
-    """User + system CPU time so far of the PostgreSQL server processes on this machine (the
-    postmaster, its background processes and the backends still connected): read before and
-    after a run against a local server, the database's share of the cores. A backend that
-    exits takes its time with it, so this undercounts short connections (the daemon pools)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if (entry / "comm").read_text().startswith("postgres"):
-                total += cpu_seconds(int(entry.name))
+async def postgres_postmaster(url: str) -> int | None:
+    """The pid of the PostgreSQL server behind ``url`` if it runs on this machine (its
+    ``postmaster.pid`` readable here), else None."""
+    import asyncpg
+
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        data_directory = await connection.fetchval("SELECT current_setting('data_directory')")
+    except asyncpg.PostgresError:  # not allowed to read it: not ours to measure
+        return None
+    finally:
+        await connection.close()
+    try:
+        return int((Path(data_directory) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """User + system CPU time so far of the PostgreSQL server whose postmaster is
+    ``postmaster``: its own, its processes' now running (backends, checkpointer, WAL writer,
+    autovacuum) and its processes' that have exited (the postmaster's reaped children's
+    time). Read before and after a run, the database's share of the machine's cores."""
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rpartition(")")[2].split()
+    # utime, stime, cutime, cstime (fields 14 to 17)
+    total = sum(int(value) for value in fields[11:15]) / TICKS
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+    with contextlib.suppress(OSError):
+        for child in children.read_text().split():
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(int(child))
     return total
 
 

@@ -24,5 +24,5 @@ def utcnow() -> dt.datetime:
 
 def new_id(prefix: str) -> str:
     """A random, URL-safe identifier such as ``job_3f9c...``: 128 random bits in hex (the
-    shape of ``uuid.uuid4().hex``, for a sixth of its CPU; a job makes several)."""
+    shape of ``uuid.uuid4().hex``, for about a quarter of its CPU; a job makes several)."""
     return f"{prefix}_{secrets.token_hex(16)}"

@@ -9,14 +9,16 @@ data-modifying CTE that the inserts read from, every column of the batch an arra
 sent outside an explicit transaction: one round-trip and one (implicit) transaction for the
 batch. The inserts read the update's ``RETURNING``, so a job's row lock is taken before its
 outbox id is drawn, as ``events.outbox.outbox_row`` requires. On SQLite (no data-modifying
-CTEs) it is the same statements, job after job, in one transaction. Every statement is built
-once, at import.
+CTEs) a batch is three statements in one transaction: the update for every job of the batch
+(``UPDATE … FROM json_each``, its ``RETURNING`` naming the jobs it moved), then their events,
+then their outbox events, each one ``executemany``. Every statement is built once, at import.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -166,49 +169,65 @@ SELECT started.id FROM started
     .columns(column("id", String))
 )
 
-# SQLite: the same writes as three statements in one transaction.
+# SQLite: a batch is an UPDATE … FROM json_each(:input) … RETURNING (one row of the input per
+# job, its values as JSON: text, numbers, null; times in the form SQLAlchemy stores them),
+# then the events of the jobs it moved in one executemany, and their outbox events in another.
+_X = "json_extract(input.value, '$.{}')".format
+START_SQLITE: TextualSelect = text(
+    f"""
+UPDATE jobs SET in_flight_since = {_X("now")}, attempts = jobs.attempts + 1,
+                updated_at = {_X("now")}
+FROM json_each(:input) AS input
+-- The unary + keeps the index on state out of the plan: read the input, then each job by its
+-- key (without it SQLite scanned every running job against the whole input).
+WHERE jobs.id = {_X("job_id")} AND +jobs.state = '{RUNNING}' AND jobs.lease_owner = {_X("owner")}
+  AND jobs.lease_expires_at > {_X("now")}
+RETURNING jobs.id
+"""  # noqa: S608 - only constants of this module are interpolated
+).columns(column("id", String))
+LEAVE_RUNNING_SQLITE: TextualSelect = text(
+    f"""
+UPDATE jobs SET
+    state = {_X("state")}, lease_owner = NULL, lease_expires_at = NULL,
+    in_flight_since = NULL, updated_at = {_X("now")}, last_error_code = {_X("code")},
+    last_error_message = {_X("message")},
+    finished_at = coalesce({_X("finished_at")}, jobs.finished_at),
+    run_after = coalesce({_X("run_after")}, jobs.run_after),
+    transient_failures = jobs.transient_failures + {_X("failures")},
+    provider_message_id = coalesce({_X("provider_message_id")}, jobs.provider_message_id),
+    provider_draft_id = coalesce({_X("provider_draft_id")}, jobs.provider_draft_id),
+    web_link = coalesce({_X("web_link")}, jobs.web_link)
+FROM json_each(:input) AS input
+-- The unary +: as in START_SQLITE.
+WHERE jobs.id = {_X("job_id")} AND +jobs.state = '{RUNNING}' AND jobs.lease_owner = {_X("owner")}
+RETURNING jobs.id, jobs.account_id, jobs.mailbox_id, jobs.reference, jobs.provider_message_id,
+          jobs.provider_draft_id
+"""  # noqa: S608 - only constants of this module are interpolated
+).columns(
+    column("id", String),
+    column("account_id", String),
+    column("mailbox_id", String),
+    column("reference", String),
+    column("provider_message_id", String),
+    column("provider_draft_id", String),
+)
+
+
+def _sqlite_time_processor() -> Callable[[Any], Any]:
+    """How SQLAlchemy writes a time to SQLite, so that the statements above compare like
+    with like (and a time written here reads back as one written by the ORM)."""
+    dialect = sqlite.dialect()
+    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None  # UTCDateTime processes every value
+    return process
+
+
+_SQLITE_TIME = _sqlite_time_processor()
+_SQLITE_TIMES = ("now", "finished_at", "run_after")
 _held = (
     (Job.id == bindparam("job_id"))
     & (Job.state == JobState.RUNNING)
     & (Job.lease_owner == bindparam("owner"))
-)
-START_SQLITE = (
-    update(Job)
-    .where(_held, Job.lease_expires_at > bindparam("now"))
-    .values(
-        in_flight_since=bindparam("now"), attempts=Job.attempts + 1, updated_at=bindparam("now")
-    )
-)
-LEAVE_RUNNING_SQLITE = (
-    update(Job)
-    .where(_held)
-    .values(
-        state=bindparam("state"),
-        lease_owner=None,
-        lease_expires_at=None,
-        in_flight_since=None,
-        updated_at=bindparam("now"),
-        last_error_code=bindparam("code"),
-        last_error_message=bindparam("message"),
-        finished_at=func.coalesce(bindparam("finished_at", type_=UTCDateTime), Job.finished_at),
-        run_after=func.coalesce(bindparam("run_after", type_=UTCDateTime), Job.run_after),
-        transient_failures=Job.transient_failures + bindparam("failures", type_=Integer),
-        provider_message_id=func.coalesce(
-            bindparam("provider_message_id", type_=String), Job.provider_message_id
-        ),
-        provider_draft_id=func.coalesce(
-            bindparam("provider_draft_id", type_=String), Job.provider_draft_id
-        ),
-        web_link=func.coalesce(bindparam("web_link", type_=Text), Job.web_link),
-    )
-    .returning(
-        Job.id,
-        Job.account_id,
-        Job.mailbox_id,
-        Job.reference,
-        Job.provider_message_id,
-        Job.provider_draft_id,
-    )
 )
 RECORD_IDS = (
     update(Job)
@@ -301,7 +320,7 @@ async def start(connection: AsyncConnection, starts: Sequence[Start]) -> list[bo
                 columns[name].append(getattr(each, name))
         started = set((await connection.execute(START_POSTGRESQL, columns)).scalars())
         return [each.job_id in started for each in starts]
-    return [await _start_sqlite(connection, each) for each in starts]
+    return await _start_sqlite(connection, starts)
 
 
 async def leave_running(connection: AsyncConnection, leaves: Sequence[Leave]) -> list[bool]:
@@ -325,7 +344,7 @@ async def leave_running(connection: AsyncConnection, leaves: Sequence[Leave]) ->
                 columns[name].append(row[name])
         moved = set((await connection.execute(LEAVE_RUNNING_POSTGRESQL, columns)).scalars())
         return [each.job_id in moved for each in leaves]
-    return [await _leave_running_sqlite(connection, each) for each in leaves]
+    return await _leave_running_sqlite(connection, leaves)
 
 
 async def record_ids(
@@ -348,12 +367,21 @@ async def record_ids(
     return bool((await connection.execute(RECORD_IDS, binds)).rowcount)
 
 
-async def _start_sqlite(connection: AsyncConnection, each: Start) -> bool:
-    binds = {"job_id": each.job_id, "owner": each.owner, "now": each.now}
-    if not (await connection.execute(START_SQLITE, binds)).rowcount:
-        return False
-    await connection.execute(
-        INSERT_EVENT,
+def _sqlite_input(rows: list[dict[str, Any]]) -> str:
+    """The JSON of ``rows`` for ``json_each(:input)``, times as SQLite holds them."""
+    for row in rows:
+        for name in _SQLITE_TIMES:
+            if row.get(name) is not None:
+                row[name] = _SQLITE_TIME(row[name])
+    return json.dumps(rows)
+
+
+async def _start_sqlite(connection: AsyncConnection, starts: Sequence[Start]) -> list[bool]:
+    rows = [{"job_id": each.job_id, "owner": each.owner, "now": each.now} for each in starts]
+    started = set(
+        (await connection.execute(START_SQLITE, {"input": _sqlite_input(rows)})).scalars()
+    )
+    events = [
         {
             "job_id": each.job_id,
             "at": each.at,
@@ -361,57 +389,67 @@ async def _start_sqlite(connection: AsyncConnection, each: Start) -> bool:
             "code": "started",
             "worker": each.worker,
             "public_id": each.event_id,
-        },
-    )
-    return True
-
-
-async def _leave_running_sqlite(connection: AsyncConnection, each: Leave) -> bool:
-    values = each.values
-    binds = {**values, "job_id": each.job_id, "owner": each.owner}
-    moved = (await connection.execute(LEAVE_RUNNING_SQLITE, binds)).one_or_none()
-    if moved is None:
-        return False
-    state = str(values["state"])
-    await connection.execute(
-        INSERT_EVENT,
-        {
-            "job_id": each.job_id,
-            "at": each.at,
-            "kind": "state",
-            "from_state": RUNNING,
-            "to_state": state,
-            "code": values["code"],
-            "detail": values["message"],
-            "provider_status": each.provider_status,
-            "worker": each.worker,
-            "public_id": each.event_id,
-        },
-    )
-    if each.kind is not None:
-        payload = {
-            "job_id": moved.id,
-            "mailbox_id": moved.mailbox_id,
-            "reference": moved.reference,
-            "state": state,
-            "code": values["code"],
-            "provider_message_id": moved.provider_message_id,
-            "provider_draft_id": moved.provider_draft_id,
         }
-        await connection.execute(
-            INSERT_OUTBOX,
+        for each in starts
+        if each.job_id in started
+    ]
+    if events:
+        await connection.execute(INSERT_EVENT, events)
+    return [each.job_id in started for each in starts]
+
+
+async def _leave_running_sqlite(connection: AsyncConnection, leaves: Sequence[Leave]) -> list[bool]:
+    rows = [{**each.values, "job_id": each.job_id, "owner": each.owner} for each in leaves]
+    returned = await connection.execute(LEAVE_RUNNING_SQLITE, {"input": _sqlite_input(rows)})
+    moved = {row.id: row for row in returned}
+    events, announcements = [], []
+    for each in leaves:
+        job = moved.get(each.job_id)
+        if job is None:
+            continue
+        values = each.values
+        state = str(values["state"])
+        events.append(
             {
-                "public_id": each.outbox_id,
-                "account_id": moved.account_id,
-                "kind": each.kind,
-                "payload": payload,
-                "created_at": each.at,
-                "attempts": 0,
-                "next_attempt_at": each.at,
-                "ordering_key": moved.id,
-            },
+                "job_id": each.job_id,
+                "at": each.at,
+                "kind": "state",
+                "from_state": RUNNING,
+                "to_state": state,
+                "code": values["code"],
+                "detail": values["message"],
+                "provider_status": each.provider_status,
+                "worker": each.worker,
+                "public_id": each.event_id,
+            }
         )
-    return True
+        if each.kind is not None:
+            payload = {
+                "job_id": job.id,
+                "mailbox_id": job.mailbox_id,
+                "reference": job.reference,
+                "state": state,
+                "code": values["code"],
+                "provider_message_id": job.provider_message_id,
+                "provider_draft_id": job.provider_draft_id,
+            }
+            announcements.append(
+                {
+                    "public_id": each.outbox_id,
+                    "account_id": job.account_id,
+                    "kind": each.kind,
+                    "payload": payload,
+                    "created_at": each.at,
+                    "attempts": 0,
+                    "next_attempt_at": each.at,
+                    "ordering_key": job.id,
+                }
+            )
+    if events:
+        await connection.execute(INSERT_EVENT, events)
+    if announcements:
+        await connection.execute(INSERT_OUTBOX, announcements)
+    return [each.job_id in moved for each in leaves]
 
 
 __all__ = ["Leave", "Start", "leave_running", "leave_values", "record_ids", "start"]

@@ -22,7 +22,9 @@ also records the request's ``client-request-id`` header, which a client logs wit
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -65,13 +67,12 @@ def client_hung_up(request: web.Request) -> bool:
         return True
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
-    tcp_info = getattr(socket, "TCP_INFO", None)
-    if sock is None or tcp_info is None:
+    if sock is None or sys.platform != "linux":  # the state numbers are Linux's
         return False
     try:
-        state = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 1)[0]
-    except OSError:
-        return True  # the socket is already gone
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError as error:
+        return error.errno in (errno.EBADF, errno.ENOTCONN)  # else: cannot tell, so no
     return state in _PEER_CLOSED_STATES
 
 

@@ -97,7 +97,7 @@ def describe_refusal(refusal: ConcurrencyRefusal) -> str:
     )
     return (
         f"{refusal.operation} {refusal.client_request_id} to {refusal.mailbox} refused; "
-        f"held by: {holders}"
+        f"held by: {holders}; excused by: {refusal.excused_by or 'nothing'}"
     )
 
 
@@ -183,12 +183,13 @@ class SoakReport:
 
     @property
     def refusals_unexplained(self) -> int:
-        """Refusals as over the limit that the daemon's own requests explain: none of the
-        mailbox's 4 slots was held for a request its client (the daemon) had given up on. A
-        provider may keep working on, and counting, a request after its client timed out or
-        died; the daemon no longer has it open. Counted from the sandbox's counter, so a
-        refusal it did not record stays unexplained."""
-        explained = sum(1 for each in self.concurrency_refusals if each.held_for_a_gone_client)
+        """Refusals as over the limit that the daemon's own requests explain: no slot of the
+        mailbox was held for a request its client (the daemon) had given up on and that
+        excused no other refusal (``ConcurrencyRefusal.excused_by``). A provider may keep
+        working on, and counting, a request after its client timed out or died; the daemon no
+        longer has it open. Counted from the sandbox's counter, so a refusal it did not record
+        stays unexplained."""
+        explained = sum(1 for each in self.concurrency_refusals if each.excused_by is not None)
         return self.requests_refused_over_mailbox_limit - explained
 
     def violations(self) -> list[str]:

@@ -6,7 +6,8 @@ no duplicate delivery among jobs not ``unknown``, every ``unknown`` explained (i
 or hit by an ambiguous fault), running jobs per process within ``worker.concurrency``, and never
 more than 4 concurrent Graph requests per mailbox across processes (a 5th refused while one of
 the 4 slots was held for a request whose client had already hung up is the provider still
-counting what the daemon gave up on, and is reported, not failed). The counts are printed
+counting what the daemon gave up on, and is reported, not failed; each abandoned request
+excuses one refusal only). The counts are printed
 (``pytest -s`` shows them) and repeated in a failure's message.
 
 Run: ``pytest -s -m soak tests/e2e/test_chaos_soak.py`` (PostgreSQL: the test starts a cluster

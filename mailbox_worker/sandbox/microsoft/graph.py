@@ -28,7 +28,8 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -438,12 +439,16 @@ def _with_message_id(raw: bytes) -> bytes:
     return b"Message-ID: " + identifier.encode("ascii") + newline + raw
 
 
-class _Holder(NamedTuple):
+@dataclass
+class _Holder:
     """A request holding one of its mailbox's slots."""
 
     request: web.Request
     operation: str
     since: float  # time.monotonic() at its arrival
+    excused: bool = False
+    """Its client had hung up when a refusal was recorded, and that refusal was put down to
+    it (``ConcurrencyRefusal.excused_by``): one abandoned request excuses one refusal."""
 
 
 def _refusal(
@@ -452,19 +457,29 @@ def _refusal(
     slot: tuple[str, str],
     holders: dict[int, _Holder],
 ) -> ConcurrencyRefusal:
-    """The record of ``request`` refused as over its mailbox's limit, with its slots' holders."""
+    """The record of ``request`` refused as over its mailbox's limit, with its slots' holders;
+    the first holder whose client had hung up and that excused no refusal yet excuses it."""
     now = time.monotonic()
+    seen = []
+    excused_by = None
+    for holder in holders.values():
+        hung_up = client_hung_up(holder.request)
+        crid = holder.request.headers.get("client-request-id")
+        if hung_up and not holder.excused and excused_by is None:
+            holder.excused = True
+            excused_by = crid or "(no client-request-id)"
+        seen.append(
+            SlotHolder(
+                operation=holder.operation,
+                client_request_id=crid,
+                held_seconds=round(now - holder.since, 3),
+                client_hung_up=hung_up,
+            )
+        )
     return ConcurrencyRefusal(
         mailbox=slot[1],
         operation=operation,
         client_request_id=request.headers.get("client-request-id"),
-        holders=tuple(
-            SlotHolder(
-                operation=holder.operation,
-                client_request_id=holder.request.headers.get("client-request-id"),
-                held_seconds=round(now - holder.since, 3),
-                client_hung_up=client_hung_up(holder.request),
-            )
-            for holder in holders.values()
-        ),
+        holders=tuple(seen),
+        excused_by=excused_by,
     )

@@ -199,12 +199,10 @@ class ConcurrencyRefusal:
     operation: str
     client_request_id: str | None
     holders: tuple[SlotHolder, ...]
-
-    @property
-    def held_for_a_gone_client(self) -> bool:
-        """Whether a slot was still held for a request whose client had hung up: the client's
-        side then had fewer than 4 requests open."""
-        return any(holder.client_hung_up for holder in self.holders)
+    excused_by: str | None = None
+    """The ``client-request-id`` of a holder whose client had hung up, so that the client had
+    at most 4 requests open counting this one; each such holder excuses one refusal only (two
+    refusals beside one abandoned request mean 5 open). None: nothing excuses it."""
 
 
 class UnknownUserError(LookupError):

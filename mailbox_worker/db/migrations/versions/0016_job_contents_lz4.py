@@ -9,7 +9,9 @@ EXTERNAL``) 1.6 ms, the stored size the same; with 52 KB of HTML added, pglz 6.4
 saved (its rule: 25 % or give up), lz4 1.9 ms and 186 KB stored as 135 KB. lz4 comes with
 PostgreSQL 14 and later when built with it (``pg_settings`` lists it among
 ``default_toast_compression``'s values); otherwise the column stops trying. Rows written from
-now on (docs/performance.md "Fourth pass"). SQLite has no TOAST: nothing to do there.
+now on; those written before keep pglz (docs/performance.md "Fourth pass"). A dump of such a
+database carries ``SET COMPRESSION lz4`` and restores only on a server that has lz4. SQLite
+has no TOAST: nothing to do there.
 
 Revision ID: 0016
 Revises: 0015
