@@ -44,6 +44,13 @@ QUEUED, RUNNING, CONNECTED = (
 
 MAILBOX_COLUMNS = [c.name for c in Mailbox.__table__.columns]
 
+_DUE = f"""(SELECT count(*) FROM (SELECT 1 FROM jobs AS j
+                            WHERE j.state = '{QUEUED}' AND j.run_after <= :now
+                            LIMIT :limit + 1) AS due_jobs)"""  # noqa: S608 - constants only
+"""The due jobs of every mailbox, counted up to one more than a claim of ``limit`` can take
+(one index probe of ``(state, run_after)``): in the lock's statement, and in the lease's,
+whose snapshot may see jobs the lock's did not (``ClaimBatch.due_left``)."""
+
 LOCK_MAILBOXES: TextualSelect = (
     text(
         f"""
@@ -87,9 +94,7 @@ queue AS (
     -- The whole queue as this statement sees it, for the worker's next wait (ClaimBatch):
     -- the due jobs, whatever their mailbox (counted up to one more than the claim can take),
     -- and when the next one that is not due yet becomes due. Two index lookups.
-    SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
-                                  WHERE j.state = '{QUEUED}' AND j.run_after <= :now
-                                  LIMIT :limit + 1) AS due_jobs) AS due,
+    SELECT {_DUE} AS due,
            (SELECT min(j.run_after) FROM jobs AS j
             WHERE j.state = '{QUEUED}' AND j.run_after > :now) AS next_due
 )
@@ -219,9 +224,7 @@ events AS (
 SELECT {", ".join(f"leased.{name}" for name in JOB_COLUMNS)}, content.payload,
        -- The due jobs as this statement sees them, before its own lease (one snapshot for
        -- both: ClaimBatch.due_left), counted up to one more than the claim can take.
-       (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
-                              WHERE j.state = '{QUEUED}' AND j.run_after <= :now
-                              LIMIT :limit + 1) AS due_jobs) AS due
+       {_DUE} AS due
 FROM leased
 JOIN chosen ON chosen.id = leased.id
 JOIN job_contents AS content ON content.job_id = leased.id
