@@ -207,9 +207,9 @@ class GraphEndpoints:
                 {"Retry-After": str(self._state.throttle_retry_after)},
             )
         self._state.in_flight[slot] += 1
-        holders[id(request)] = _Holder(request, operation, time.monotonic())
-        self._state.note_concurrency(user.address)
         try:
+            holders[id(request)] = _Holder(request, operation, time.monotonic())
+            self._state.note_concurrency(user.address)
             yield
         finally:
             holders.pop(id(request), None)
