@@ -4,7 +4,9 @@ The document (``openapi.json``) is the single source of truth for what a request
 contain: bodies and the ``Idempotency-Key`` header are checked with JSON Schema 2020-12
 against its component schemas, with ``format`` asserted for ``email``, ``date-time``,
 ``uri`` and ``origin`` by the checkers below (standard library only, the same on every
-installation).
+installation). A compiled validator (jsonschema-rs, ``compiled_acceptor``) answers first and
+only ever accepts; what it does not accept is validated by jsonschema, which names the
+failures.
 
 Two extension keywords in the document shape the answers: ``x-error-code`` (the stable code
 of a failure in that schema, e.g. ``invalid_address``; ``invalid_request`` otherwise) and
@@ -15,13 +17,15 @@ never the value sent.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.resources
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -70,6 +74,7 @@ class ApiDocument:
         self._registry: Registry[Any] = Registry().with_resource(DOCUMENT_URI, resource)
         self._format_checker = format_checker()
         self._validators: dict[str, Any] = {}
+        self._acceptors: dict[str, Callable[[Any], bool]] = {}
 
     @classmethod
     def packaged(cls) -> ApiDocument:
@@ -79,8 +84,11 @@ class ApiDocument:
         """Raise ``ValidationFailed`` unless ``instance`` matches the schema at ``pointer``.
 
         ``pointer`` is a JSON pointer into the document, e.g.
-        ``/components/schemas/JobRequest``.
+        ``/components/schemas/JobRequest``. The compiled acceptor answers first; only what it
+        does not accept is validated again, by jsonschema, for the failures' details.
         """
+        if self._accepts(pointer, instance):
+            return
         errors = list(self._validator(pointer).iter_errors(instance))
         if errors:
             raise failure(errors)
@@ -91,6 +99,8 @@ class ApiDocument:
         """Check ``instance`` against the schema at ``pointer`` as ``validate`` does, except
         that the items of its array ``field`` fail on their own: the failures inside item
         ``i`` are answered, by index, instead of raised (anything else is raised)."""
+        if self._accepts(pointer, instance):
+            return {}
         whole: list[ValidationError] = []
         by_item: dict[int, list[ValidationError]] = {}
         for error in self._validator(pointer).iter_errors(instance):
@@ -102,6 +112,15 @@ class ApiDocument:
         if whole:
             raise failure(whole)
         return {index: failure(errors) for index, errors in by_item.items()}
+
+    def _accepts(self, pointer: str, instance: Any) -> bool:
+        """Whether the schema at ``pointer`` accepts ``instance``, by its compiled acceptor
+        (``compiled_acceptor``), built once."""
+        acceptor = self._acceptors.get(pointer)
+        if acceptor is None:
+            acceptor = compiled_acceptor(inline_references(self.content, f"#{pointer}"))
+            self._acceptors[pointer] = acceptor
+        return acceptor(instance)
 
     def _validator(self, pointer: str) -> Any:
         """The validator of the schema at ``pointer``, built once: of the schema with its
@@ -192,26 +211,102 @@ def has_space(value: str) -> bool:
     return re.search(SPACE_PATTERN, value) is not None
 
 
+def pattern_matcher(pattern: str) -> Callable[[str], bool]:
+    """Whether a string matches ``pattern`` as JSON Schema's ``pattern`` asks (a search, with
+    Python's ``re``), the base64 pattern by ``is_standard_base64`` and the white-space one by
+    ``has_space``: the two that meet a whole attachment. Both validators use it
+    (``Validator``, ``compiled_acceptor``), so a pattern means the same to each."""
+    if pattern == BASE64_PATTERN:
+        return is_standard_base64
+    if pattern == SPACE_PATTERN:
+        return has_space
+    search = re.compile(pattern).search
+    return lambda value: search(value) is not None
+
+
 def _pattern(
     validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
-    """The ``pattern`` keyword, with the base64 pattern checked by ``is_standard_base64`` and
-    the white-space one by ``has_space``: the two that meet a whole attachment."""
-    if isinstance(instance, str):
-        if pattern == BASE64_PATTERN:
-            if not is_standard_base64(instance):
-                yield ValidationError(f"does not match {pattern!r}")
-            return
-        if pattern == SPACE_PATTERN:
-            if not has_space(instance):
-                yield ValidationError(f"does not match {pattern!r}")
-            return
-    yield from _JSONSCHEMA_PATTERN(validator, pattern, instance, schema)
+    """The ``pattern`` keyword, by ``pattern_matcher``."""
+    if isinstance(instance, str) and not _matcher(pattern)(instance):
+        yield ValidationError(f"does not match {pattern!r}")
 
 
-_JSONSCHEMA_PATTERN = Draft202012Validator.VALIDATORS["pattern"]
+_matcher = functools.lru_cache(maxsize=256)(pattern_matcher)
 Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
 """JSON Schema 2020-12 as jsonschema implements it, but for the ``pattern`` above."""
+
+
+# -- the compiled acceptor ----------------------------------------------------------------
+
+PYTHON_PATTERN = "x-python-pattern"
+"""What ``compiled_acceptor`` renames ``pattern`` to: a keyword of its own, run in Python."""
+SCHEMA_MEMBER = ("additionalProperties", "items", "not", "propertyNames", "contains")
+SCHEMA_LIST = ("allOf", "anyOf", "oneOf", "prefixItems")
+SCHEMA_MAP = ("properties", "$defs", "dependentSchemas")
+"""The keywords whose values are schemas: one, a list of them, or a map to them."""
+
+
+class _PythonPattern:
+    """``pattern`` as a custom keyword of jsonschema-rs, matched by ``pattern_matcher``."""
+
+    def __init__(self, parent_schema: Any, value: str, schema_path: Any) -> None:
+        self._matches = _matcher(value)
+
+    def validate(self, instance: Any) -> None:
+        if isinstance(instance, str) and not self._matches(instance):
+            raise ValueError("does not match the pattern")
+
+
+def compiled_acceptor(schema: Any) -> Callable[[Any], bool]:
+    """Whether ``schema`` (inlined: no ``$ref``) accepts an instance, by jsonschema-rs, a
+    compiled validator: about a third of jsonschema's time on a ``JobRequest``
+    (docs/performance.md, "Fifth pass"). It only ever accepts: a refusal, or an instance it
+    cannot take (a lone surrogate), goes to jsonschema, which names the failures.
+
+    What could make the two disagree is done by this package's own code in both: each
+    ``format`` by the checkers below, each ``pattern`` by ``pattern_matcher`` (Python's
+    ``re``, not the ECMA-262 expressions jsonschema-rs runs: their ``\\s`` and ``$`` differ).
+    ``tests/unit/test_document_validators.py`` compares the two on seeded random requests."""
+    validator = jsonschema_rs.Draft202012Validator(
+        _with_python_patterns(schema),
+        formats={
+            "email": is_email_address,
+            "date-time": is_date_time,
+            "uri": is_uri,
+            "origin": _is_valid_origin,
+        },
+        validate_formats=True,
+        keywords={PYTHON_PATTERN: _PythonPattern},
+    )
+
+    def accepts(instance: Any) -> bool:
+        try:
+            return bool(validator.is_valid(instance))
+        except Exception:  # a value it cannot convert (a lone surrogate): jsonschema decides
+            return False
+
+    return accepts
+
+
+def _with_python_patterns(schema: Any) -> Any:
+    """``schema`` with each ``pattern`` keyword renamed ``PYTHON_PATTERN`` (only keywords:
+    a property named ``pattern`` keeps its name)."""
+    if not isinstance(schema, Mapping):
+        return schema
+    copied: dict[str, Any] = {}
+    for keyword, value in schema.items():
+        if keyword == "pattern":
+            copied[PYTHON_PATTERN] = value
+        elif keyword in SCHEMA_MEMBER:
+            copied[keyword] = _with_python_patterns(value)
+        elif keyword in SCHEMA_LIST and isinstance(value, list):
+            copied[keyword] = [_with_python_patterns(item) for item in value]
+        elif keyword in SCHEMA_MAP and isinstance(value, Mapping):
+            copied[keyword] = {name: _with_python_patterns(item) for name, item in value.items()}
+        else:
+            copied[keyword] = value
+    return copied
 
 
 def schema_pointer(name: str) -> str:
@@ -256,6 +351,14 @@ def is_uri(value: object) -> bool:
     except ValueError:
         return False
     return parts.scheme.lower() not in {"http", "https"} or bool(parts.hostname)
+
+
+def _is_valid_origin(value: object) -> bool:
+    """``is_origin`` as a plain answer (the compiled acceptor's format check)."""
+    try:
+        return is_origin(value)
+    except ValueError:
+        return False
 
 
 def is_origin(value: object) -> bool:

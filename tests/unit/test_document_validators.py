@@ -1,11 +1,13 @@
 """The document's validators run each schema with its references inlined
 (``inline_references``): they find the same failures, with the same details, as a validator
 that resolves every reference, on each component schema's example and on many seeded random
-mutations of the examples."""
+mutations of the examples. The compiled acceptor (``compiled_acceptor``, jsonschema-rs)
+accepts exactly what jsonschema accepts, on the same instances."""
 
 from __future__ import annotations
 
 import copy
+import json
 import random
 from typing import Any
 
@@ -14,12 +16,15 @@ from jsonschema import ValidationError
 
 from mailbox_worker.api.document import (
     DOCUMENT_URI,
+    PYTHON_PATTERN,
     ApiDocument,
     Validator,
+    compiled_acceptor,
     failure,
     inline_references,
     schema_pointer,
 )
+from mailbox_worker.errors import ValidationFailed
 
 DOCUMENT = ApiDocument.packaged()
 SCHEMAS = DOCUMENT.content["components"]["schemas"]
@@ -43,6 +48,20 @@ JUNK: list[Any] = [
     "https://",
     "send",
     "é" * 300,
+    # Where Python's regular expressions and ECMA-262's differ: \s (\x1c-\x1f and \x85
+    # are white space to Python only, \ufeff to ECMA-262 only) and $ before a final \n.
+    "\x1c",
+    "a\x1fb",
+    "\x85",
+    "\ufeff",
+    "abc\n",
+    "INV-1\n",
+    "\u2028",
+    "x@y.example\n",
+    "2031-01-01T00:00:00Z\n",
+    "JVBERi0xLjQ=\n",
+    2**70,
+    1.0,
     [],
     [{}],
     {},
@@ -121,3 +140,60 @@ def test_inlined_schemas_fail_as_referenced_ones(name: str) -> None:
 def test_the_hot_schemas_hold_no_reference_once_inlined() -> None:
     for name in ("JobRequest", "JobBatchRequest"):
         assert "$ref" not in repr(inline_references(DOCUMENT.content, f"#{schema_pointer(name)}"))
+
+
+@pytest.mark.parametrize("name", WITH_EXAMPLES)
+def test_the_compiled_acceptor_accepts_what_jsonschema_accepts(name: str) -> None:
+    pointer = schema_pointer(name)
+    validator = DOCUMENT._validator(pointer)
+    accepts = compiled_acceptor(inline_references(DOCUMENT.content, f"#{pointer}"))
+    generator = random.Random(f"acceptor {name}")
+    example = SCHEMAS[name]["example"]
+    counts = {True: 0, False: 0}
+    for attempt in range(600):
+        instance = example
+        for _ in range(1 + attempt % 3):
+            instance = mutate(instance, generator)
+        valid = not list(validator.iter_errors(instance))
+        assert accepts(instance) == valid, instance
+        counts[valid] += 1
+    assert accepts(example)
+    assert counts[False]  # mutations were refused too
+
+
+def test_every_schema_compiles_and_the_idempotency_key_is_checked_alike() -> None:
+    for name in SCHEMAS:
+        compiled_acceptor(inline_references(DOCUMENT.content, f"#{schema_pointer(name)}"))
+    pointer = "/components/parameters/IdempotencyKey/schema"
+    validator = DOCUMENT._validator(pointer)
+    accepts = compiled_acceptor(inline_references(DOCUMENT.content, f"#{pointer}"))
+    for key in ["order-1", "", "a" * 300, "a b", "a\x1cb", "abc\n", "é", "\ufeff", 7]:
+        assert accepts(key) == (not list(validator.iter_errors(key))), key
+
+
+def test_patterns_are_matched_by_python_in_the_compiled_acceptor() -> None:
+    """Only keywords are renamed: a property named ``pattern`` keeps its name."""
+    schema = {
+        "type": "object",
+        "properties": {"pattern": {"type": "string", "pattern": "\\S"}},
+        "additionalProperties": False,
+    }
+    accepts = compiled_acceptor(schema)
+    assert accepts({"pattern": "x"})
+    assert not accepts({"pattern": "\x1c"})  # white space to Python's re, not to ECMA-262
+    assert not accepts({"other": "x"})
+    assert PYTHON_PATTERN not in repr(schema)  # the caller's schema is left as it was
+
+
+def test_an_instance_the_compiled_acceptor_cannot_take_goes_to_jsonschema() -> None:
+    document = ApiDocument(
+        json.dumps(
+            {"components": {"schemas": {"Key": {"type": "string", "maxLength": 5}}}}
+        ).encode()
+    )
+    pointer = schema_pointer("Key")
+    unpaired = "\ud800"  # a lone surrogate: jsonschema-rs cannot convert it
+    assert not document._accepts(pointer, unpaired)
+    document.validate(pointer, unpaired)  # jsonschema: a string of one character, valid
+    with pytest.raises(ValidationFailed):
+        document.validate(pointer, "\ud800" * 6)
