@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, Update, and_, bindparam, func, insert, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,7 +21,7 @@ from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox, untracked
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
-from mailbox_worker.jobs.enqueue_sql import COMPANIONS
+from mailbox_worker.jobs.enqueue_sql import INSERT_JOBS, NEW_JOB_COLUMNS
 from mailbox_worker.jobs.limits import recipient_count
 from mailbox_worker.jobs.transitions import (
     JOB_SETTLED,
@@ -175,9 +174,10 @@ class JobStore:
         first jobs of the keys that conflicted (only then); for a key whose first job is
         older than the window (only then), forget it (one ``UPDATE``) and insert its job
         again; insert the contents, events and outbox rows of the new jobs (one multi-row
-        ``INSERT`` per table; on PostgreSQL one statement with the workers' ``NOTIFY``,
-        ``jobs/enqueue_sql.py``). Forgetting expired keys only once one conflicts spares
-        every keyed enqueue an ``UPDATE`` (docs/performance.md, "The enqueue request").
+        ``INSERT`` per table). On PostgreSQL each insert of jobs is one statement with their
+        contents, events and the workers' ``NOTIFY`` (``jobs/enqueue_sql.py``). Forgetting
+        expired keys only once one conflicts spares every keyed enqueue an ``UPDATE``
+        (docs/performance.md, "The enqueue request").
         """
         now = self._clock()
         rows: list[dict[str, Any]] = []
@@ -199,7 +199,9 @@ class JobStore:
         if not rows:
             return []
         accounts = {new.account_id for new in news}
-        inserted = await _insert_rows(session, rows)
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        insert_rows = _insert_with_companions_postgresql if postgresql else _insert_rows
+        inserted = await insert_rows(session, rows, payloads, now)
         existing = await self._existing(session, rows, inserted, now)
         expired = [
             row
@@ -210,11 +212,9 @@ class JobStore:
         if expired:  # their keys' first jobs are older than the window: forget, insert
             forget = {row["idempotency_key"] for row in expired}
             await session.execute(self._forget_expired_keys(accounts, forget, now))
-            inserted |= await _insert_rows(session, expired)
+            inserted |= await insert_rows(session, expired, payloads, now)
             existing |= await self._existing(session, expired, inserted, now)
-        if session.get_bind().dialect.name == "postgresql":
-            await _add_companions_postgresql(session, payloads, inserted, now)
-        else:
+        if not postgresql:
             await self._add_companions(session, payloads, inserted, now)
         results: list[tuple[Job, bool] | Conflict] = []
         for new, slot in zip(news, slots, strict=True):
@@ -535,26 +535,51 @@ JOBS = cast(Table, Job.__table__)
 MAILBOXES = cast(Table, Mailbox.__table__)
 
 
-async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, Job]:
-    """The jobs of ``rows`` inserted (those whose key conflicted are not), by id.
+async def _insert_rows(
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    payloads: Mapping[str, dict[str, Any]],
+    now: dt.datetime,
+) -> dict[str, Job]:
+    """The jobs of ``rows`` inserted (those whose key conflicted are not), by id; their
+    contents and events are ``JobStore._add_companions``'s (SQLite).
 
     A Core ``INSERT … RETURNING`` of the table's columns, made into ``Job`` objects that no
     session tracks: the ORM's bulk insert did the same work for about twice the CPU (the
     enqueue transaction's statements: 2.0 to 2.3 ms, as Core 1.1 to 1.3 ms;
     docs/performance.md "Second pass")."""
-    insert = _INSERT_NEW_JOBS[session.get_bind().dialect.name]
-    returned = await session.execute(insert, rows)
+    returned = await session.execute(_INSERT_NEW_JOBS, rows)
     return {row.id: untracked(Job, row._mapping) for row in returned}
+
+
+async def _insert_with_companions_postgresql(
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    payloads: Mapping[str, dict[str, Any]],
+    now: dt.datetime,
+) -> dict[str, Job]:
+    """``_insert_rows`` and ``JobStore._add_companions`` in one statement, the workers'
+    ``NOTIFY`` included (``jobs/enqueue_sql.py``); the outbox event of each new ``held`` job
+    is flushed on commit."""
+    binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
+    binds["state"] = [str(state) for state in binds["state"]]
+    binds["payloads"] = [json.dumps(payloads[row["id"]]) for row in rows]
+    binds["event_ids"] = [new_id("jev") for _ in rows]
+    binds["now"] = now
+    binds["origin"] = origin()
+    returned = await session.execute(INSERT_JOBS, binds)
+    inserted = {row.id: untracked(Job, row._mapping) for row in returned}
+    for job in inserted.values():
+        announce(session, job, job.state, "enqueued", now)  # a held job's event
+    return inserted
 
 
 # The enqueue's statements, built once (a statement built per call costs more CPU than its
 # execution's Python side: docs/performance.md "Third pass").
-_INSERT_NEW_JOBS = {
-    # A jobs ``INSERT`` that skips a row whose key the account already used (the unique
-    # ``(account_id, idempotency_key)``; NULL keys never conflict), returning every column.
-    dialect: dialect_insert(JOBS).on_conflict_do_nothing().returning(*JOBS.columns)
-    for dialect, dialect_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
-}
+# A jobs ``INSERT`` that skips a row whose key the account already used (the unique
+# ``(account_id, idempotency_key)``; NULL keys never conflict), returning every column
+# (SQLite; PostgreSQL's is ``INSERT_JOBS``).
+_INSERT_NEW_JOBS = sqlite_insert(JOBS).on_conflict_do_nothing().returning(*JOBS.columns)
 _LOCK_ACCOUNT_MAILBOXES = (
     # The account's mailboxes among ``ids``, ``FOR KEY SHARE`` (``enqueue_for_mailboxes``).
     select(MAILBOXES)
@@ -565,29 +590,6 @@ _LOCK_ACCOUNT_MAILBOXES = (
     .order_by(MAILBOXES.c.id)
     .with_for_update(read=True, key_share=True)
 )
-
-
-async def _add_companions_postgresql(
-    session: AsyncSession,
-    payloads: dict[str, dict[str, Any]],
-    inserted: dict[str, Job],
-    now: dt.datetime,
-) -> None:
-    """``JobStore._add_companions`` in one statement (``jobs/enqueue_sql.py``)."""
-    created = list(inserted.values())
-    if not created:
-        return
-    binds = {
-        "job_ids": [job.id for job in created],
-        "payloads": [json.dumps(payloads[job.id]) for job in created],
-        "states": [str(job.state) for job in created],
-        "event_ids": [new_id("jev") for _ in created],
-        "now": now,
-        "origin": origin(),
-    }
-    await session.execute(COMPANIONS, binds)
-    for job in created:
-        announce(session, job, job.state, "enqueued", now)  # a held job's event; flushed on commit
 
 
 def _key_reused() -> Conflict:

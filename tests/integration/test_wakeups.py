@@ -64,6 +64,28 @@ async def test_an_enqueue_wakes_the_listener_on_commit(
     await wakes.next()
 
 
+async def test_an_enqueue_that_inserts_nothing_wakes_no_one(
+    stores: Stores, listening: tuple[DueListener, Wakes]
+) -> None:
+    """Its jobs' statement sends the ``NOTIFY`` only once it inserted one (jobs/enqueue_sql.py):
+    a replay of an ``Idempotency-Key`` inserts none. A batch of jobs sends one."""
+    _, wakes = listening
+    mailbox = await setup(stores)
+    before = await quiet(wakes)
+    await stores.jobs.enqueue_many(
+        [new_job(mailbox, key=f"k{n}", subject=f"s{n}") for n in range(3)]
+    )
+    await counted(wakes, before + 1)
+
+    before = await quiet(wakes)
+    _, created = await stores.jobs.enqueue(new_job(mailbox, key="k1", subject="s1"))
+    assert not created
+    async with stores.sessions.begin() as session:  # a marker, sent after it would have been
+        await session.execute(text("SELECT pg_notify(:channel, 'marker')"), {"channel": CHANNEL})
+    await counted(wakes, before + 1)
+    assert await quiet(wakes) == before + 1
+
+
 async def test_a_rolled_back_transaction_wakes_no_one(
     stores: Stores, listening: tuple[DueListener, Wakes]
 ) -> None:
