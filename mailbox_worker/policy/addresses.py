@@ -18,6 +18,10 @@ import re
 from email.headerregistry import Address
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*", re.ASCII)
+"""The common form: a dot-atom local part (RFC 5322 ``atext``) and an ASCII domain of
+non-empty labels, which the standard library parses back to itself every time."""
 
 
 def is_email_address(value: object) -> bool:
@@ -29,6 +33,13 @@ def is_email_address(value: object) -> bool:
     """
     if not isinstance(value, str):
         return True
+    if _PLAIN.fullmatch(value):
+        return True  # what the checks below accept, at a tenth of their cost (a regex)
+    return _parses_back(value)
+
+
+def _parses_back(value: str) -> bool:
+    """``is_email_address`` of a string, by the standard library's parser."""
     if value.count("@") != 1 or _CONTROL.search(value):
         return False
     local, _, domain = value.partition("@")
@@ -43,7 +54,9 @@ def is_email_address(value: object) -> bool:
             return False
     try:
         parsed = Address(addr_spec=value)
-    except (ValueError, IndexError, email.errors.MessageError):
+    # AttributeError: the parser's own failure on an unclosed domain literal ("a@[x": its
+    # defect list holds a defect where it expects a token), an address it cannot parse.
+    except (ValueError, IndexError, AttributeError, email.errors.MessageError):
         return False
     return parsed.addr_spec == value
 

@@ -180,6 +180,8 @@ def _to(address: str, **extra: str) -> dict[str, Any]:
 MALFORMED = [
     pytest.param(_to("not-an-address"), "invalid_address", "message.to[0].address", id="address"),
     pytest.param(_to("a@b@fabrikam.example"), "invalid_address", "message.to[0].address", id="2@"),
+    # An unclosed domain literal made the standard library's parser raise: a 500 before.
+    pytest.param(_to("a@[x"), "invalid_address", "message.to[0].address", id="a@[x"),
     pytest.param(
         _to("a@fabrikam.example\r\nBcc: x@evil.example"),
         "invalid_address",

@@ -1,10 +1,15 @@
-"""The address an identity provider reports for a mailbox: validated, and kept in one form."""
+"""The address an identity provider reports for a mailbox: validated, and kept in one form; the
+quick check of the common form agrees with the parser."""
 
 from __future__ import annotations
 
+import random
+import string
+
 import pytest
 
-from mailbox_worker.policy.addresses import mailbox_address, same_address
+from mailbox_worker.policy import addresses
+from mailbox_worker.policy.addresses import is_email_address, mailbox_address, same_address
 
 
 @pytest.mark.parametrize(
@@ -52,3 +57,33 @@ def test_the_same_mailbox_compares_equal_in_either_domain_form_and_any_case() ->
     assert same_address("BILLING@contoso.example", "billing@CONTOSO.example")
     assert not same_address("billing@contoso.example", "accounts@contoso.example")
     assert not same_address("billing@contoso.example", "billing@contoso.example.evil")
+
+
+def test_the_quick_form_is_one_the_parser_accepts() -> None:
+    """``is_email_address`` accepts the common form (a dot-atom local part, an ASCII domain)
+    by a regular expression, without the standard library's parser: on seeded random strings
+    of that form and of near misses, whatever the expression accepts the parser accepts."""
+    generator = random.Random("addresses")
+    atext = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+    alphabet = atext + '.@-"() \\[]<>,;:é\n'
+
+    def atom(characters: str) -> str:
+        return "".join(generator.choice(characters) for _ in range(generator.randint(1, 6)))
+
+    candidates = [
+        ".".join(atom(atext) for _ in range(generator.randint(1, 3)))
+        + "@"
+        + ".".join(atom(string.ascii_letters + string.digits + "-") for _ in range(1, 4))
+        for _ in range(3000)
+    ]
+    candidates += [
+        "".join(generator.choice(alphabet) for _ in range(generator.randint(3, 20)))
+        for _ in range(20000)
+    ]
+    quick = 0
+    for candidate in candidates:
+        if addresses._PLAIN.fullmatch(candidate):
+            quick += 1
+            assert addresses._parses_back(candidate), candidate
+        assert is_email_address(candidate) == addresses._parses_back(candidate), candidate
+    assert quick >= 3000  # every structured one, and some of the random ones

@@ -389,6 +389,8 @@ def test_a_mailbox_is_represented_as_the_document_says() -> None:
         ("@contoso.example", False),
         ("a@", False),
         ("", False),
+        ("a@[x", False),  # the standard library's parser fails on it (AttributeError)
+        ("a@[192.0.2.1]", True),
     ],
 )
 def test_email_addresses(value: str, valid: bool) -> None:
