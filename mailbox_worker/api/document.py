@@ -74,7 +74,7 @@ class ApiDocument:
         self._registry: Registry[Any] = Registry().with_resource(DOCUMENT_URI, resource)
         self._format_checker = format_checker()
         self._validators: dict[str, Any] = {}
-        self._acceptors: dict[str, Callable[[Any], bool]] = {}
+        self._acceptors: dict[str, Callable[[Any], bool] | None] = {}
 
     @classmethod
     def packaged(cls) -> ApiDocument:
@@ -116,11 +116,11 @@ class ApiDocument:
     def _accepts(self, pointer: str, instance: Any) -> bool:
         """Whether the schema at ``pointer`` accepts ``instance``, by its compiled acceptor
         (``compiled_acceptor``), built once."""
-        acceptor = self._acceptors.get(pointer)
-        if acceptor is None:
-            acceptor = compiled_acceptor(inline_references(self.content, f"#{pointer}"))
-            self._acceptors[pointer] = acceptor
-        return acceptor(instance)
+        if pointer not in self._acceptors:
+            schema = inline_references(self.content, f"#{pointer}")
+            self._acceptors[pointer] = compiled_acceptor(schema)
+        acceptor = self._acceptors[pointer]
+        return acceptor is not None and acceptor(instance)
 
     def _validator(self, pointer: str) -> Any:
         """The validator of the schema at ``pointer``, built once: of the schema with its
@@ -245,6 +245,22 @@ SCHEMA_MEMBER = ("additionalProperties", "items", "not", "propertyNames", "conta
 SCHEMA_LIST = ("allOf", "anyOf", "oneOf", "prefixItems")
 SCHEMA_MAP = ("properties", "$defs", "dependentSchemas")
 """The keywords whose values are schemas: one, a list of them, or a map to them."""
+UNWALKED = frozenset(
+    {
+        "$ref",
+        "$dynamicRef",
+        "patternProperties",
+        "if",
+        "then",
+        "else",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "dependencies",
+        "contentSchema",
+    }
+)
+"""Keywords ``_with_python_patterns`` does not walk (a pattern under one would be run by
+jsonschema-rs's own expressions): a schema with one gets no compiled acceptor."""
 
 
 class _PythonPattern:
@@ -258,7 +274,7 @@ class _PythonPattern:
             raise ValueError("does not match the pattern")
 
 
-def compiled_acceptor(schema: Any) -> Callable[[Any], bool]:
+def compiled_acceptor(schema: Any) -> Callable[[Any], bool] | None:
     """Whether ``schema`` (inlined: no ``$ref``) accepts an instance, by jsonschema-rs, a
     compiled validator: about a third of jsonschema's time on a ``JobRequest``
     (docs/performance.md, "Fifth pass"). It only ever accepts: a refusal, or an instance it
@@ -267,9 +283,16 @@ def compiled_acceptor(schema: Any) -> Callable[[Any], bool]:
     What could make the two disagree is done by this package's own code in both: each
     ``format`` by the checkers below, each ``pattern`` by ``pattern_matcher`` (Python's
     ``re``, not the ECMA-262 expressions jsonschema-rs runs: their ``\\s`` and ``$`` differ).
-    ``tests/unit/test_document_validators.py`` compares the two on seeded random requests."""
+    ``tests/unit/test_document_validators.py`` compares the two on seeded random requests.
+
+    None (jsonschema validates everything) for a schema with a keyword the renaming does not
+    walk (``UNWALKED``): none of the document's has one (tested)."""
+    try:
+        renamed = _with_python_patterns(schema)
+    except _Unwalked:
+        return None
     validator = jsonschema_rs.Draft202012Validator(
-        _with_python_patterns(schema),
+        renamed,
         formats={
             "email": is_email_address,
             "date-time": is_date_time,
@@ -289,6 +312,10 @@ def compiled_acceptor(schema: Any) -> Callable[[Any], bool]:
     return accepts
 
 
+class _Unwalked(Exception):
+    """A schema holds a keyword of ``UNWALKED``."""
+
+
 def _with_python_patterns(schema: Any) -> Any:
     """``schema`` with each ``pattern`` keyword renamed ``PYTHON_PATTERN`` (only keywords:
     a property named ``pattern`` keeps its name)."""
@@ -296,6 +323,8 @@ def _with_python_patterns(schema: Any) -> Any:
         return schema
     copied: dict[str, Any] = {}
     for keyword, value in schema.items():
+        if keyword in UNWALKED:
+            raise _Unwalked(keyword)
         if keyword == "pattern":
             copied[PYTHON_PATTERN] = value
         elif keyword in SCHEMA_MEMBER:

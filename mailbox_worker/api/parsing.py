@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Awaitable
 from typing import Any, NoReturn, TypeVar
@@ -80,8 +81,8 @@ async def within_body_timeout(request: web.Request, reading: Awaitable[Body]) ->
 
 
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (RFC 8259 in UTF-8, a leading BOM ignored; no NaN/Infinity, no unpaired
-    surrogates) or 400."""
+    """Strict JSON (RFC 8259 in UTF-8, a leading BOM ignored; no NaN/Infinity, no number
+    beyond the double range, no unpaired surrogates) or 400."""
     if not raw.strip():
         _invalid_json("the body is empty; a JSON object is expected")
     try:
@@ -90,7 +91,7 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         _invalid_json("the body is not UTF-8")
     try:
-        body = json.loads(text, parse_constant=_refuse_constant)
+        body = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except RecursionError:
         _invalid_json("the body is nested too deeply")
     except ValueError as error:
@@ -105,6 +106,16 @@ def parse_json(raw: bytes) -> Any:
 
 def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(literal: str) -> float:
+    """A JSON number with a fraction or exponent, as a float; one beyond the double range
+    (``1e400``, which would read as infinity) is refused, as I-JSON (RFC 7493) asks: no
+    validator need judge an infinity."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError("a number beyond the double range")
+    return value
 
 
 def _invalid_json(message: str) -> NoReturn:

@@ -14,11 +14,12 @@ import.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import String, Table, TextualSelect, bindparam, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import TypeEngine
 
 from mailbox_worker.db.models import Job, UTCDateTime
 from mailbox_worker.jobs.wakeups import CHANNEL
@@ -50,10 +51,18 @@ NEW_JOB_COLUMNS = (
 _POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]  # (SQLAlchemy's own)
 
 
+def _element_type(name: str) -> TypeEngine[Any]:
+    """The column's type, a string column's without its length: a cast to ``varchar(n)``
+    (the bind's own, as asyncpg's dialect writes it, or this statement's) cuts a longer value
+    short, where the insert's conversion into the column refuses it ("value too long"), as
+    a plain insert does."""
+    column_type = JOBS.c[name].type
+    return String() if isinstance(column_type, String) else column_type
+
+
 def _array_of(name: str) -> str:
-    """The bind ``:name`` as an array of the column's PostgreSQL type."""
-    sql_type = JOBS.c[name].type.compile(dialect=_POSTGRESQL)
-    return f"CAST(:{name} AS {sql_type}[])"
+    """The bind ``:name`` as an array of ``_element_type``."""
+    return f"CAST(:{name} AS {_element_type(name).compile(_POSTGRESQL)}[])"
 
 
 _NAMES = ", ".join(NEW_JOB_COLUMNS)
@@ -93,7 +102,7 @@ WHERE (SELECT count(*) FROM notified) >= 0
 """  # noqa: S608 - only constants of this module and of wakeups.py are interpolated
     )
     .bindparams(
-        *(bindparam(name, type_=ARRAY(JOBS.c[name].type)) for name in NEW_JOB_COLUMNS),
+        *(bindparam(name, type_=ARRAY(_element_type(name))) for name in NEW_JOB_COLUMNS),
         bindparam("payloads", type_=ARRAY(String)),
         bindparam("event_ids", type_=ARRAY(String)),
         bindparam("now", type_=UTCDateTime),

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import DBAPIError
 
 from mailbox_worker.db.models import Job, JobContent, JobEvent
 from mailbox_worker.errors import Conflict
@@ -139,3 +141,20 @@ async def test_concurrent_requests_with_one_key_make_one_job(stores: Stores) -> 
     assert len({job.id for job, _ in results}) == 1
     assert await count(stores, Job) == 1
     assert await count(stores, JobEvent) == 1
+
+
+async def test_a_value_too_long_for_its_column_is_refused_not_cut(stores: Stores) -> None:
+    """The PostgreSQL insert passes each column as an array (jobs/enqueue_sql.py) cast to its
+    type without a length: a value longer than the column is refused, as a plain insert
+    refuses it, rather than stored cut short (SQLite does not check lengths)."""
+    if stores.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite stores a string of any length")
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    long_domain = ".".join(["d" * 60] * 5)  # the Message-ID, <job_…@domain>, over 300
+    job = NewJob(
+        **{**new_job(account.id, mailbox.id, "k").__dict__, "message_id_domain": long_domain}
+    )
+    with pytest.raises(DBAPIError, match="too long"):
+        await stores.jobs.enqueue(job)
+    assert await count(stores, JobContent) == 0

@@ -65,13 +65,18 @@ def test_the_quick_form_is_one_the_parser_accepts() -> None:
     of that form and of near misses, whatever the expression accepts the parser accepts."""
     generator = random.Random("addresses")
     atext = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
-    alphabet = atext + '.@-"() \\[]<>,;:é\n'
+    alphabet = atext + '.@-"() \\[]<>,;:é\n' + "=?" * 5
 
     def atom(characters: str) -> str:
         return "".join(generator.choice(characters) for _ in range(generator.randint(1, 6)))
 
+    encoded = ["=?utf-8?q?a=40evil.example?=", "=?utf-8?b?YWJj?=", "=?us-ascii?q?x?=", "a=?b"]
+
+    def part() -> str:
+        return generator.choice(encoded) if generator.random() < 0.1 else atom(atext)
+
     candidates = [
-        ".".join(atom(atext) for _ in range(generator.randint(1, 3)))
+        ".".join(part() for _ in range(generator.randint(1, 3)))
         + "@"
         + ".".join(atom(string.ascii_letters + string.digits + "-") for _ in range(1, 4))
         for _ in range(3000)
@@ -82,8 +87,10 @@ def test_the_quick_form_is_one_the_parser_accepts() -> None:
     ]
     quick = 0
     for candidate in candidates:
-        if addresses._PLAIN.fullmatch(candidate):
+        if addresses._plain(candidate):
             quick += 1
             assert addresses._parses_back(candidate), candidate
         assert is_email_address(candidate) == addresses._parses_back(candidate), candidate
-    assert quick >= 3000  # every structured one, and some of the random ones
+    assert quick >= 2000  # most structured ones, and some of the random ones
+    # An encoded word in the local part is the parser's to judge: it decodes it.
+    assert not is_email_address("=?utf-8?q?a=40evil.example?=@fabrikam.example")

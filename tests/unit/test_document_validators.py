@@ -147,6 +147,7 @@ def test_the_compiled_acceptor_accepts_what_jsonschema_accepts(name: str) -> Non
     pointer = schema_pointer(name)
     validator = DOCUMENT._validator(pointer)
     accepts = compiled_acceptor(inline_references(DOCUMENT.content, f"#{pointer}"))
+    assert accepts is not None
     generator = random.Random(f"acceptor {name}")
     example = SCHEMAS[name]["example"]
     counts = {True: 0, False: 0}
@@ -163,10 +164,12 @@ def test_the_compiled_acceptor_accepts_what_jsonschema_accepts(name: str) -> Non
 
 def test_every_schema_compiles_and_the_idempotency_key_is_checked_alike() -> None:
     for name in SCHEMAS:
-        compiled_acceptor(inline_references(DOCUMENT.content, f"#{schema_pointer(name)}"))
+        schema = inline_references(DOCUMENT.content, f"#{schema_pointer(name)}")
+        assert compiled_acceptor(schema) is not None, name
     pointer = "/components/parameters/IdempotencyKey/schema"
     validator = DOCUMENT._validator(pointer)
     accepts = compiled_acceptor(inline_references(DOCUMENT.content, f"#{pointer}"))
+    assert accepts is not None
     for key in ["order-1", "", "a" * 300, "a b", "a\x1cb", "abc\n", "é", "\ufeff", 7]:
         assert accepts(key) == (not list(validator.iter_errors(key))), key
 
@@ -179,6 +182,7 @@ def test_patterns_are_matched_by_python_in_the_compiled_acceptor() -> None:
         "additionalProperties": False,
     }
     accepts = compiled_acceptor(schema)
+    assert accepts is not None
     assert accepts({"pattern": "x"})
     assert not accepts({"pattern": "\x1c"})  # white space to Python's re, not to ECMA-262
     assert not accepts({"other": "x"})
@@ -197,3 +201,14 @@ def test_an_instance_the_compiled_acceptor_cannot_take_goes_to_jsonschema() -> N
     document.validate(pointer, unpaired)  # jsonschema: a string of one character, valid
     with pytest.raises(ValidationFailed):
         document.validate(pointer, "\ud800" * 6)
+
+
+def test_a_schema_the_renaming_does_not_walk_gets_no_compiled_acceptor() -> None:
+    """A pattern under ``patternProperties`` (or ``if``...) would be run by jsonschema-rs's
+    own expressions, whose white space is not Python's: such a schema is jsonschema's alone."""
+    schema = {"patternProperties": {"": {"not": {"pattern": "\\s"}}}}
+    assert compiled_acceptor(schema) is None
+    schemas = {"Loose": schema}
+    document = ApiDocument(json.dumps({"components": {"schemas": schemas}}).encode())
+    with pytest.raises(ValidationFailed):
+        document.validate(schema_pointer("Loose"), {"k": "\x1c"})  # white space to Python

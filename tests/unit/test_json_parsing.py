@@ -98,3 +98,16 @@ def test_random_bodies_answer_as_the_walk() -> None:
         assert answer(raw) == expected, raw
         refused += isinstance(expected, str) and expected.startswith("the body contains")
     assert 0 < refused < 20_000  # both answers were met
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e999", "-1.8e308"])
+def test_a_number_beyond_the_double_range_is_refused(number: str) -> None:
+    """It would read as an infinity, which I-JSON excludes and no schema check expects."""
+    with pytest.raises(InvalidRequest) as refused:
+        parse_json(f'{{"priority": {number}}}'.encode())
+    assert refused.value.code == "invalid_json"
+
+
+def test_numbers_within_the_double_range_are_read() -> None:
+    body = parse_json(b'{"a": 1.7976931348623157e308, "b": -2.5e-320, "c": 10, "d": 1e2}')
+    assert body == {"a": 1.7976931348623157e308, "b": -2.5e-320, "c": 10, "d": 100.0}
