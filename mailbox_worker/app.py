@@ -245,6 +245,7 @@ class App:
             sessions,
             clock,
             idempotency_window=dt.timedelta(hours=settings.retention.idempotency_hours),
+            transaction_pooler=settings.database.transaction_pooler,
         )
         queue = JobQueue(
             sessions,

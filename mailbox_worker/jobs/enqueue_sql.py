@@ -16,7 +16,16 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import String, Table, TextualSelect, bindparam, text
+from sqlalchemy import (
+    BindParameter,
+    Boolean,
+    String,
+    Table,
+    TextualSelect,
+    bindparam,
+    column,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import TypeEngine
@@ -67,21 +76,13 @@ def _array_of(name: str) -> str:
 
 _NAMES = ", ".join(NEW_JOB_COLUMNS)
 _RETURNED = ", ".join(f"inserted.{column.name}" for column in JOBS.columns)
-
-INSERT_JOBS: TextualSelect = (
-    text(
-        f"""
-WITH input AS (
+_INPUT = f"""
+input AS (
     SELECT * FROM unnest({", ".join(_array_of(name) for name in NEW_JOB_COLUMNS)},
                          CAST(:payloads AS text[]), CAST(:event_ids AS varchar[]))
         AS input ({_NAMES}, payload, event_id)
-),
-inserted AS (
-    INSERT INTO jobs ({_NAMES})
-    SELECT {_NAMES} FROM input
-    ON CONFLICT DO NOTHING
-    RETURNING *
-),
+)"""  # noqa: S608 - only constants of this module are interpolated
+_COMPANIONS = f"""
 contents AS (
     INSERT INTO job_contents (job_id, payload)
     SELECT inserted.id, CAST(input.payload AS json)
@@ -94,21 +95,85 @@ events AS (
 ),
 notified AS (
     SELECT pg_notify('{CHANNEL}', :origin) WHERE EXISTS (SELECT 1 FROM inserted)
+)"""  # noqa: S608 - only a constant of wakeups.py is interpolated
+_BINDS: tuple[BindParameter[Any], ...] = (
+    *(bindparam(name, type_=ARRAY(_element_type(name))) for name in NEW_JOB_COLUMNS),
+    bindparam("payloads", type_=ARRAY(String)),
+    bindparam("event_ids", type_=ARRAY(String)),
+    bindparam("now", type_=UTCDateTime),
+    bindparam("origin", type_=String),
 )
+
+INSERT_JOBS: TextualSelect = (
+    text(
+        f"""
+WITH {_INPUT},
+inserted AS (
+    INSERT INTO jobs ({_NAMES})
+    SELECT {_NAMES} FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING *
+),{_COMPANIONS}
 SELECT {_RETURNED} FROM inserted
 -- Reading ``notified`` sends it (a SELECT in WITH runs only as far as it is read): once,
 -- before the first row, as the filter of the whole result.
 WHERE (SELECT count(*) FROM notified) >= 0
 """  # noqa: S608 - only constants of this module and of wakeups.py are interpolated
     )
-    .bindparams(
-        *(bindparam(name, type_=ARRAY(_element_type(name))) for name in NEW_JOB_COLUMNS),
-        bindparam("payloads", type_=ARRAY(String)),
-        bindparam("event_ids", type_=ARRAY(String)),
-        bindparam("now", type_=UTCDateTime),
-        bindparam("origin", type_=String),
-    )
+    .bindparams(*_BINDS)
     .columns(*JOBS.columns)
 )
 
-__all__ = ["INSERT_JOBS", "NEW_JOB_COLUMNS"]
+INSERT_JOBS_CHECKED: TextualSelect = (
+    text(
+        f"""
+WITH {_INPUT},
+expected AS (
+    SELECT * FROM unnest(CAST(:expected_ids AS varchar[]), CAST(:expected_states AS varchar[]),
+                         CAST(:expected_addresses AS varchar[]),
+                         CAST(:expected_capabilities AS text[]),
+                         CAST(:expected_providers AS varchar[]))
+        AS expected (id, state, address, capabilities, provider)
+),
+checked AS (
+    -- The mailboxes as the intake saw them, locked as the locking read does
+    -- (``JobStore.enqueue_for_mailboxes``); a row changed by a state change that commits
+    -- while this waits for it is read again as it is now, and no longer matches.
+    SELECT m.id FROM mailboxes AS m JOIN expected ON expected.id = m.id
+    WHERE m.account_id = :expected_account AND m.state = expected.state
+      AND m.address IS NOT DISTINCT FROM expected.address
+      AND CAST(m.capabilities AS jsonb) = CAST(expected.capabilities AS jsonb)
+      AND m.provider = expected.provider
+    FOR KEY SHARE OF m
+),
+verdict AS (
+    SELECT count(*) = cardinality(CAST(:expected_ids AS varchar[])) AS unchanged FROM checked
+),
+inserted AS (
+    INSERT INTO jobs ({_NAMES})
+    SELECT {_NAMES} FROM input WHERE (SELECT unchanged FROM verdict)
+    ON CONFLICT DO NOTHING
+    RETURNING *
+),{_COMPANIONS}
+-- One row with ``unchanged`` and no job when nothing was inserted.
+SELECT verdict.unchanged, {_RETURNED}
+FROM verdict LEFT JOIN inserted ON true
+WHERE (SELECT count(*) FROM notified) >= 0
+"""  # noqa: S608 - only constants of this module and of wakeups.py are interpolated
+    )
+    .bindparams(
+        *_BINDS,
+        bindparam("expected_ids", type_=ARRAY(String)),
+        bindparam("expected_states", type_=ARRAY(String)),
+        bindparam("expected_addresses", type_=ARRAY(String)),
+        bindparam("expected_capabilities", type_=ARRAY(String)),
+        bindparam("expected_providers", type_=ARRAY(String)),
+        bindparam("expected_account", type_=String),
+    )
+    .columns(column("unchanged", Boolean), *JOBS.columns)
+)
+"""``INSERT_JOBS`` for jobs the intake prepared from mailboxes it read without a lock (a
+single job, ``JobStore.enqueue_for_mailboxes``): it inserts them only if each mailbox is, under
+the lock, still as it was read (``unchanged``); otherwise nothing."""
+
+__all__ = ["INSERT_JOBS", "INSERT_JOBS_CHECKED", "NEW_JOB_COLUMNS"]

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, Update, and_, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox, untracked
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
-from mailbox_worker.jobs.enqueue_sql import INSERT_JOBS, NEW_JOB_COLUMNS
+from mailbox_worker.jobs.enqueue_sql import INSERT_JOBS, INSERT_JOBS_CHECKED, NEW_JOB_COLUMNS
 from mailbox_worker.jobs.limits import recipient_count
 from mailbox_worker.jobs.transitions import (
     JOB_SETTLED,
@@ -113,12 +114,29 @@ class JobStore:
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock = utcnow,
         idempotency_window: dt.timedelta = dt.timedelta(hours=24),
+        *,
+        transaction_pooler: bool = False,
     ) -> None:
+        """``transaction_pooler``: the database is reached through a pooler in transaction
+        mode (``database.transaction_pooler``), where every statement runs in a transaction."""
         self._sessions = sessions
         self._clock = clock
         self._idempotency_window = idempotency_window
         """How long an ``Idempotency-Key`` answers its first job (``retention.idempotency_hours``):
         a key older than that is forgotten, and its next use enqueues a new job."""
+        engine = sessions.kw.get("bind")
+        self._autocommit_sessions: async_sessionmaker[AsyncSession] | None = None
+        """Sessions whose statements commit one by one (PostgreSQL, no transaction pooler):
+        for the enqueue of one job from mailboxes read without a lock (``_enqueue_one``)."""
+        if (
+            isinstance(engine, AsyncEngine)
+            and engine.dialect.name == "postgresql"
+            and not transaction_pooler
+        ):
+            self._autocommit_sessions = async_sessionmaker(
+                engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+            )
+        self._mailboxes = MailboxSnapshots()
 
     async def enqueue(self, new: NewJob) -> tuple[Job, bool]:
         """Commit a job (and its content) and return ``(job, created)``.
@@ -153,16 +171,63 @@ class JobStore:
         (docs/architecture.md "Enqueue and mailbox state"). ``prepare`` runs inside the
         transaction and must not wait on anything.
         """
+        unlocked = self._autocommit_sessions
+        if unlocked is not None and len(mailbox_ids) == 1:
+            enqueued = await self._enqueue_one(unlocked, account_id, mailbox_ids[0], prepare)
+            if enqueued is not None:
+                return enqueued
         async with self._sessions.begin() as session:
             read = await session.execute(
                 _LOCK_ACCOUNT_MAILBOXES, {"ids": sorted(set(mailbox_ids)), "account_id": account_id}
             )
             # Core rows made into untracked objects, as for the jobs (``_insert_rows``).
             mailboxes = {row.id: untracked(Mailbox, row._mapping) for row in read}
+            self._mailboxes.keep(account_id, mailboxes.values())
             return await self._enqueue(session, prepare(mailboxes))
 
+    async def _enqueue_one(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        account_id: str,
+        mailbox_id: str,
+        prepare: Prepare,
+    ) -> list[tuple[Job, bool] | Conflict] | None:
+        """``enqueue_for_mailboxes`` of one request on PostgreSQL in one round trip, most
+        often: ``prepare`` runs on the mailbox as last read (``MailboxSnapshots``, else read
+        now, without a lock), and the job's statement (``INSERT_JOBS_CHECKED``, outside a
+        transaction) inserts it only if the mailbox, locked ``FOR KEY SHARE``, is still as
+        read. The same guarantee as the locking read's: a state change that commits first is
+        seen (PostgreSQL reads a row changed while it waited for the lock again), one that
+        comes later waits for the job. None when that path does not apply (a ``held`` job,
+        whose outbox event must commit with it) or the mailbox changed: the caller takes the
+        locking read. An expired key's second insert, should the key conflict, commits on its
+        own: a request's single job, so nothing commits apart from it."""
+        mailbox = self._mailboxes.get(account_id, mailbox_id)
+        if mailbox is None:
+            async with sessions() as session:
+                read = await session.execute(
+                    _READ_ACCOUNT_MAILBOXES, {"ids": [mailbox_id], "account_id": account_id}
+                )
+                found = [untracked(Mailbox, row._mapping) for row in read]
+            self._mailboxes.keep(account_id, found)
+            mailbox = found[0] if found else None
+        news = prepare({} if mailbox is None else {mailbox.id: mailbox})
+        if mailbox is None or not news:
+            return []  # refused by ``prepare`` (its answers say why)
+        if any(new.held for new in news):
+            return None
+        try:
+            async with sessions() as session:
+                return await self._enqueue(session, news, expected=[mailbox])
+        except _MailboxChanged:
+            self._mailboxes.forget(mailbox_id)
+            return None
+
     async def _enqueue(
-        self, session: AsyncSession, news: Sequence[NewJob]
+        self,
+        session: AsyncSession,
+        news: Sequence[NewJob],
+        expected: Sequence[Mailbox] | None = None,
     ) -> list[tuple[Job, bool] | Conflict]:
         """Insert every job of ``news`` in ``session``'s transaction; one result per job, in
         order.
@@ -173,10 +238,12 @@ class JobStore:
         CONFLICT DO NOTHING RETURNING``: a key the account used before conflicts), read the
         first jobs of the keys that conflicted (only then); for a key whose first job is
         older than the window (only then), forget it (one ``UPDATE``) and insert its job
-        again; insert the contents, events and outbox rows of the new jobs (one multi-row
-        ``INSERT`` per table). On PostgreSQL each insert of jobs is one statement with their
-        contents, events and the workers' ``NOTIFY`` (``jobs/enqueue_sql.py``). Forgetting
-        expired keys only once one conflicts spares every keyed enqueue an ``UPDATE``
+        again (with ``expected``, the mailboxes read without a lock, each insert checks they
+        are unchanged: ``_MailboxChanged`` otherwise); insert the contents, events and outbox
+        rows of the new jobs (one multi-row ``INSERT`` per table). On PostgreSQL each insert
+        of jobs is one statement with their contents, events and the workers' ``NOTIFY``
+        (``jobs/enqueue_sql.py``). Forgetting expired keys only once one conflicts spares every
+        keyed enqueue an ``UPDATE``
         (docs/performance.md, "The enqueue request").
         """
         now = self._clock()
@@ -200,8 +267,13 @@ class JobStore:
             return []
         accounts = {new.account_id for new in news}
         postgresql = session.get_bind().dialect.name == "postgresql"
-        insert_rows = _insert_with_companions_postgresql if postgresql else _insert_rows
-        inserted = await insert_rows(session, rows, payloads, now)
+
+        async def insert_rows(batch: Sequence[dict[str, Any]]) -> dict[str, Job]:
+            if not postgresql:
+                return await _insert_rows(session, batch, payloads, now)
+            return await _insert_with_companions_postgresql(session, batch, payloads, now, expected)
+
+        inserted = await insert_rows(rows)
         existing = await self._existing(session, rows, inserted, now)
         expired = [
             row
@@ -212,7 +284,7 @@ class JobStore:
         if expired:  # their keys' first jobs are older than the window: forget, insert
             forget = {row["idempotency_key"] for row in expired}
             await session.execute(self._forget_expired_keys(accounts, forget, now))
-            inserted |= await insert_rows(session, expired, payloads, now)
+            inserted |= await insert_rows(expired)
             existing |= await self._existing(session, expired, inserted, now)
         if not postgresql:
             await self._add_companions(session, payloads, inserted, now)
@@ -557,18 +629,36 @@ async def _insert_with_companions_postgresql(
     rows: Sequence[dict[str, Any]],
     payloads: Mapping[str, dict[str, Any]],
     now: dt.datetime,
+    expected: Sequence[Mailbox] | None = None,
 ) -> dict[str, Job]:
     """``_insert_rows`` and ``JobStore._add_companions`` in one statement, the workers'
     ``NOTIFY`` included (``jobs/enqueue_sql.py``); the outbox event of each new ``held`` job
-    is flushed on commit."""
+    is flushed on commit. With ``expected`` (mailboxes read without a lock), only if they are
+    unchanged (``INSERT_JOBS_CHECKED``): ``_MailboxChanged`` otherwise, nothing inserted."""
     binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
     binds["state"] = [str(state) for state in binds["state"]]
     binds["payloads"] = [json.dumps(payloads[row["id"]]) for row in rows]
     binds["event_ids"] = [new_id("jev") for _ in rows]
     binds["now"] = now
     binds["origin"] = origin()
-    returned = await session.execute(INSERT_JOBS, binds)
-    inserted = {row.id: untracked(Job, row._mapping) for row in returned}
+    if expected is None:
+        returned = await session.execute(INSERT_JOBS, binds)
+        inserted = {row.id: untracked(Job, row._mapping) for row in returned}
+    else:
+        binds["expected_account"] = rows[0]["account_id"]
+        binds["expected_ids"] = [mailbox.id for mailbox in expected]
+        binds["expected_states"] = [str(mailbox.state) for mailbox in expected]
+        binds["expected_addresses"] = [mailbox.address for mailbox in expected]
+        binds["expected_capabilities"] = [json.dumps(mailbox.capabilities) for mailbox in expected]
+        binds["expected_providers"] = [mailbox.provider for mailbox in expected]
+        returned_rows = (await session.execute(INSERT_JOBS_CHECKED, binds)).all()
+        if not returned_rows[0].unchanged:
+            raise _MailboxChanged
+        inserted = {
+            row.id: untracked(Job, {name: row._mapping[name] for name in _JOB_COLUMN_NAMES})
+            for row in returned_rows
+            if row.id is not None
+        }
     for job in inserted.values():
         announce(session, job, job.state, "enqueued", now)  # a held job's event
     return inserted
@@ -580,16 +670,56 @@ async def _insert_with_companions_postgresql(
 # ``(account_id, idempotency_key)``; NULL keys never conflict), returning every column
 # (SQLite; PostgreSQL's is ``INSERT_JOBS``).
 _INSERT_NEW_JOBS = sqlite_insert(JOBS).on_conflict_do_nothing().returning(*JOBS.columns)
-_LOCK_ACCOUNT_MAILBOXES = (
-    # The account's mailboxes among ``ids``, ``FOR KEY SHARE`` (``enqueue_for_mailboxes``).
+_READ_ACCOUNT_MAILBOXES = (
+    # The account's mailboxes among ``ids`` (``_enqueue_one``: no lock).
     select(MAILBOXES)
     .where(
         MAILBOXES.c.id.in_(bindparam("ids", expanding=True)),
         MAILBOXES.c.account_id == bindparam("account_id"),
     )
     .order_by(MAILBOXES.c.id)
-    .with_for_update(read=True, key_share=True)
 )
+# The same, ``FOR KEY SHARE`` (``enqueue_for_mailboxes``).
+_LOCK_ACCOUNT_MAILBOXES = _READ_ACCOUNT_MAILBOXES.with_for_update(read=True, key_share=True)
+_JOB_COLUMN_NAMES = [column.name for column in JOBS.columns]
+
+
+class _MailboxChanged(Exception):
+    """A mailbox read without a lock changed before the job's insert (nothing was inserted)."""
+
+
+class MailboxSnapshots:
+    """The mailboxes the intake read last, per process: ``JobStore._enqueue_one`` prepares a
+    job from one of these and its insert checks, under the row's lock, that the mailbox is
+    still the same, so an outdated one costs a second try, never a wrong job. Kept at most
+    ``SECONDS`` (what the API may hold of a deleted mailbox's row, in memory only) and at most
+    ``MOST`` of them."""
+
+    SECONDS = 30.0
+    MOST = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._kept: dict[str, tuple[str, Mailbox, float]] = {}
+
+    def get(self, account_id: str, mailbox_id: str) -> Mailbox | None:
+        kept = self._kept.get(mailbox_id)
+        if kept is None or kept[0] != account_id:
+            return None
+        if kept[2] <= self._clock():
+            del self._kept[mailbox_id]
+            return None
+        return kept[1]
+
+    def keep(self, account_id: str, mailboxes: Iterable[Mailbox]) -> None:
+        until = self._clock() + self.SECONDS
+        for mailbox in mailboxes:
+            if len(self._kept) >= self.MOST and mailbox.id not in self._kept:
+                self._kept.clear()
+            self._kept[mailbox.id] = (account_id, mailbox, until)
+
+    def forget(self, mailbox_id: str) -> None:
+        self._kept.pop(mailbox_id, None)
 
 
 def _key_reused() -> Conflict:

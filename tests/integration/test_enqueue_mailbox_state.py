@@ -3,7 +3,12 @@ transaction (``FOR KEY SHARE``), and the intake checks each request against them
 state change (``MailboxStore.set_state``, ``mark_connected``: ``FOR UPDATE``) under way is
 waited for and its outcome read, one that comes later waits for the jobs' commit, and a claim
 waits for neither. So the state a job was made for is its mailbox's when the job commits, and
-nothing is settled after the commit (docs/architecture.md "Enqueue and mailbox state")."""
+nothing is settled after the commit (docs/architecture.md "Enqueue and mailbox state").
+
+On PostgreSQL a request's single job takes another path first (``JobStore._enqueue_one``): the
+mailbox as last read, without a lock, and an insert that checks under the lock that it is
+unchanged, else the locking path. The interleavings below are the locking path's
+(``postgres_stores`` turns the other off); the last tests are the unlocked path's."""
 
 from __future__ import annotations
 
@@ -74,9 +79,19 @@ async def test_nothing_prepared_is_nothing_inserted(stores: Stores) -> None:
 
 
 @pytest.fixture
-def postgres_stores(stores: Stores) -> Stores:
+def postgres_stores(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> Stores:
+    """The stores on PostgreSQL, the enqueue of one job taking the locking path too."""
     if stores.engine.dialect.name != "postgresql":
         pytest.skip("SQLite's single writer serialises enqueues and state changes already")
+    monkeypatch.setattr(stores.jobs, "_autocommit_sessions", None)
+    return stores
+
+
+@pytest.fixture
+def unlocked_stores(stores: Stores) -> Stores:
+    """The stores on PostgreSQL as configured: one job's enqueue reads its mailbox unlocked."""
+    if stores.engine.dialect.name != "postgresql":
+        pytest.skip("the unlocked enqueue is PostgreSQL's")
     return stores
 
 
@@ -239,5 +254,110 @@ async def test_a_lost_grant_waits_for_an_enqueue_too(
     assert not isinstance(result, Conflict)
     # The worker's sweep after the change (Worker._lose_grant) holds the job.
     await stores.queue.hold_for_mailbox(mailbox.id, "invalid_grant", "consent needed")
+    job = await stores.jobs.get(result[0].id)
+    assert job is not None and job.state == "held"
+
+
+async def test_one_job_on_a_mailbox_read_before_is_one_statement(unlocked_stores: Stores) -> None:
+    stores = unlocked_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    seen: list[dict[str, str]] = []
+    one = preparing([new_job(account.id, mailbox.id, "first")], seen)
+    with statements(stores) as sent:
+        (first,) = await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], one)
+    assert sent[0].startswith("SELECT MAILBOXES"), sent  # read once, without a lock
+    assert "FOR KEY SHARE" not in " ".join(sent) and "BEGIN" not in sent, sent
+    two = preparing([new_job(account.id, mailbox.id, "second")], seen)
+    with statements(stores) as sent:
+        (second,) = await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], two)
+    assert sent == ["WITH INPUT AS"], sent  # no BEGIN, no read, no COMMIT
+    assert seen == [{mailbox.id: "connected"}] * 2
+    assert not isinstance(first, Conflict) and first[1]
+    assert not isinstance(second, Conflict) and second[1]
+    job = await stores.jobs.get(second[0].id)
+    assert job is not None and job.state == "queued"
+
+
+async def test_a_mailbox_changed_since_it_was_read_is_read_again(unlocked_stores: Stores) -> None:
+    """Disconnected after the intake last read it: the insert finds it changed, inserts
+    nothing, and the locking path reads it again and answers by its new state."""
+    stores = unlocked_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    await stores.jobs.enqueue_for_mailboxes(
+        account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "before")])
+    )
+    await stores.mailboxes.set_state(
+        mailbox.id, "disconnected", "disconnected_by_admin", expected=["connected"]
+    )
+    seen: list[dict[str, str]] = []
+    results = await stores.jobs.enqueue_for_mailboxes(
+        account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "after")], seen)
+    )
+    assert seen == [{mailbox.id: "connected"}, {mailbox.id: "disconnected"}]
+    assert len(results) == 1  # what this ``prepare`` gave was inserted by the locking path
+    counts = await stores.queue.count_by_state()
+    assert counts.get("queued") == 2, counts
+
+
+async def test_a_state_change_under_way_is_waited_for_by_the_insert(
+    unlocked_stores: Stores,
+) -> None:
+    """A change holding the row (``FOR UPDATE``, not committed) when the insert comes: the
+    insert waits for it, finds the mailbox changed once it commits, and inserts nothing; the
+    locking path then answers by the change's outcome."""
+    stores = unlocked_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    await stores.jobs.enqueue_for_mailboxes(
+        account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "before")])
+    )
+    seen: list[dict[str, str]] = []
+    refused: list[NewJob] = []
+
+    def prepare(mailboxes: Mapping[str, Mailbox]) -> Sequence[NewJob]:
+        seen.append({key: mailbox.state for key, mailbox in mailboxes.items()})
+        if mailboxes[mailbox.id].state == "disconnected":
+            refused.append(new_job(account.id, mailbox.id, "racing"))
+            return []  # as the intake refuses a disconnected mailbox's request
+        return [new_job(account.id, mailbox.id, "racing")]
+
+    async with stores.sessions.begin() as session:
+        await lock_for_state_change(session, mailbox.id)
+        await session.execute(
+            text("UPDATE mailboxes SET state = 'disconnected' WHERE id = :id"), {"id": mailbox.id}
+        )
+        enqueue = asyncio.create_task(
+            stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], prepare)
+        )
+        async with asyncio.timeout(30):
+            await until_one_waits(stores, enqueue)  # the insert waits for the change's commit
+    async with asyncio.timeout(30):
+        assert await enqueue == []
+    assert seen == [{mailbox.id: "connected"}, {mailbox.id: "disconnected"}]
+    assert len(refused) == 1
+    counts = await stores.queue.count_by_state()
+    assert counts.get("queued") == 1, counts  # only the job from before
+
+
+async def test_a_mailbox_needing_consent_again_since_it_was_read_holds_the_job(
+    unlocked_stores: Stores,
+) -> None:
+    stores = unlocked_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    await stores.jobs.enqueue_for_mailboxes(
+        account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "before")])
+    )
+    await stores.mailboxes.require_consent_again(mailbox, "invalid_grant", "test")
+
+    def prepare(mailboxes: Mapping[str, Mailbox]) -> Sequence[NewJob]:
+        held = mailboxes[mailbox.id].state == "reauth_required"
+        job = new_job(account.id, mailbox.id, "after")
+        return [NewJob(**{**job.__dict__, "held": held})]
+
+    (result,) = await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], prepare)
+    assert not isinstance(result, Conflict)
     job = await stores.jobs.get(result[0].id)
     assert job is not None and job.state == "held"
