@@ -218,7 +218,9 @@ class JobStore:
             return None
         try:
             async with sessions() as session:
-                return await self._enqueue(session, news, expected=[mailbox])
+                enqueued = await self._enqueue(session, news, expected=[mailbox])
+                await session.commit()  # nothing is pending: each statement committed
+                return enqueued
         except _MailboxChanged:
             self._mailboxes.forget(mailbox_id)
             return None
