@@ -35,10 +35,13 @@ class DatabaseSettings:
     """The ``[database]`` settings section (see ``config/mailbox-worker.toml``)."""
 
     url: str = "sqlite+aiosqlite:///var/mailbox-worker.db"
-    pool_size: int = 10
-    max_overflow: int = 10
+    pool_size: int = 20
+    max_overflow: int = 0
     """Connections opened beyond ``pool_size`` when all are busy, closed when returned
-    (SQLAlchemy's default); the pool holds at most ``pool_size + max_overflow``."""
+    (SQLAlchemy's behaviour); the pool holds at most ``pool_size + max_overflow``. None by
+    default: under bursts of short statements, overflow connections were closed as soon as
+    returned and opened again at the next burst, each paying its connection, authentication
+    and statement preparation (docs/performance.md, "Fifth pass")."""
     echo: bool = False
     transaction_pooler: bool = False
     """PostgreSQL is reached through a transaction-mode pooler such as PgBouncer."""
