@@ -6,9 +6,9 @@ transition shares is in ``jobs/transitions.py`` (states: docs/architecture.md#jo
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -198,10 +198,11 @@ class JobStore:
         transaction) inserts it only if the mailbox, locked ``FOR KEY SHARE``, is still as
         read. The same guarantee as the locking read's: a state change that commits first is
         seen (PostgreSQL reads a row changed while it waited for the lock again), one that
-        comes later waits for the job. None when that path does not apply (a ``held`` job,
-        whose outbox event must commit with it) or the mailbox changed: the caller takes the
-        locking read. An expired key's second insert, should the key conflict, commits on its
-        own: a request's single job, so nothing commits apart from it."""
+        comes later waits for the job. None when that path does not apply (``prepare``
+        refused, or made other than one job, or a ``held`` one, whose outbox event must commit
+        with it) or the mailbox changed: the caller takes the locking read. An expired key's
+        second insert, should the key conflict, commits on its own: the request's single job,
+        so nothing commits apart from it."""
         mailbox = self._mailboxes.get(account_id, mailbox_id)
         if mailbox is None:
             async with sessions() as session:
@@ -210,11 +211,13 @@ class JobStore:
                 )
                 found = [untracked(Mailbox, row._mapping) for row in read]
             self._mailboxes.keep(account_id, found)
-            mailbox = found[0] if found else None
-        news = prepare({} if mailbox is None else {mailbox.id: mailbox})
-        if mailbox is None or not news:
-            return []  # refused by ``prepare`` (its answers say why)
-        if any(new.held for new in news):
+            if not found:
+                return None  # not the account's: the locking read answers that
+            mailbox = found[0]
+        news = prepare({mailbox.id: mailbox})
+        if len(news) != 1 or news[0].held:
+            # Refused (by what may be an earlier state: only the locking read may refuse), or
+            # not a single job, or a held one (its outbox event commits with it).
             return None
         try:
             async with sessions() as session:
@@ -693,35 +696,44 @@ class _MailboxChanged(Exception):
 class MailboxSnapshots:
     """The mailboxes the intake read last, per process: ``JobStore._enqueue_one`` prepares a
     job from one of these and its insert checks, under the row's lock, that the mailbox is
-    still the same, so an outdated one costs a second try, never a wrong job. Kept at most
-    ``SECONDS`` (what the API may hold of a deleted mailbox's row, in memory only) and at most
-    ``MOST`` of them."""
+    still the same, so an outdated one costs a second try, never a wrong job. Each is dropped
+    ``seconds`` after it was read (a timer of the event loop: what a process holds of a
+    mailbox's row, in memory only, is at most that old), and all of them once ``MOST`` are
+    kept."""
 
     SECONDS = 30.0
     MOST = 10_000
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._kept: dict[str, tuple[str, Mailbox, float]] = {}
+    def __init__(self, seconds: float = SECONDS) -> None:
+        self._seconds = seconds
+        self._kept: dict[str, tuple[str, Mailbox, asyncio.TimerHandle]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def get(self, account_id: str, mailbox_id: str) -> Mailbox | None:
+        """The mailbox as last read, if it is ``account_id``'s and was read in time."""
         kept = self._kept.get(mailbox_id)
-        if kept is None or kept[0] != account_id:
-            return None
-        if kept[2] <= self._clock():
-            del self._kept[mailbox_id]
-            return None
-        return kept[1]
+        return kept[1] if kept is not None and kept[0] == account_id else None
 
     def keep(self, account_id: str, mailboxes: Iterable[Mailbox]) -> None:
-        until = self._clock() + self.SECONDS
+        loop = asyncio.get_running_loop()
         for mailbox in mailboxes:
-            if len(self._kept) >= self.MOST and mailbox.id not in self._kept:
-                self._kept.clear()
-            self._kept[mailbox.id] = (account_id, mailbox, until)
+            self.forget(mailbox.id)
+            if len(self._kept) >= self.MOST:
+                self.clear()
+            timer = loop.call_later(self._seconds, self._kept.pop, mailbox.id, None)
+            self._kept[mailbox.id] = (account_id, mailbox, timer)
 
     def forget(self, mailbox_id: str) -> None:
-        self._kept.pop(mailbox_id, None)
+        kept = self._kept.pop(mailbox_id, None)
+        if kept is not None:
+            kept[2].cancel()
+
+    def clear(self) -> None:
+        for _, _, timer in self._kept.values():
+            timer.cancel()
+        self._kept.clear()
 
 
 def _key_reused() -> Conflict:

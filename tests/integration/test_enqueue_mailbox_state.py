@@ -19,16 +19,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from mailbox_worker.db.mailboxes import lock_for_state_change
-from mailbox_worker.db.models import Mailbox
+from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.jobs import store as store_module
-from mailbox_worker.jobs.store import NewJob
+from mailbox_worker.jobs.store import JobStore, NewJob
 
 from .conftest import Stores
 from .test_enqueue_many import new_job, statements
+
+READ = "SELECT MAILBOXES.ID, MAILBOXES.ACCOUNT_ID,"
+"""The first words of the mailboxes' read, locked or not."""
 
 
 def preparing(news: Sequence[NewJob], seen: list[dict[str, str]] | None = None) -> Any:
@@ -266,8 +269,7 @@ async def test_one_job_on_a_mailbox_read_before_is_one_statement(unlocked_stores
     one = preparing([new_job(account.id, mailbox.id, "first")], seen)
     with statements(stores) as sent:
         (first,) = await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], one)
-    assert sent[0].startswith("SELECT MAILBOXES"), sent  # read once, without a lock
-    assert "FOR KEY SHARE" not in " ".join(sent) and "BEGIN" not in sent, sent
+    assert sent == [READ, "WITH INPUT AS"], sent  # read once (unlocked), then the insert
     two = preparing([new_job(account.id, mailbox.id, "second")], seen)
     with statements(stores) as sent:
         (second,) = await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], two)
@@ -361,3 +363,94 @@ async def test_a_mailbox_needing_consent_again_since_it_was_read_holds_the_job(
     assert not isinstance(result, Conflict)
     job = await stores.jobs.get(result[0].id)
     assert job is not None and job.state == "held"
+
+
+async def test_a_refusal_is_the_locking_reads_not_the_snapshots(unlocked_stores: Stores) -> None:
+    """A request refused by the mailbox as last read (not connected yet) is refused only by
+    the locking read, which sees the mailbox as it is now: connected in between."""
+    stores = unlocked_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.mailboxes.create(account.id, "microsoft", ["send"], actor="test")
+    seen: list[dict[str, str]] = []
+
+    def prepare(mailboxes: Mapping[str, Mailbox]) -> Sequence[NewJob]:
+        seen.append({key: row.state for key, row in mailboxes.items()})
+        ready = mailboxes.get(mailbox.id)
+        return [new_job(account.id, mailbox.id, None)] if ready and ready.address else []
+
+    assert await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], prepare) == []
+    await stores.mailboxes.mark_connected(mailbox.id, "billing@contoso.example", ["Mail.Send"])
+    seen.clear()
+    (result,) = await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], prepare)
+    assert not isinstance(result, Conflict) and result[1]
+    # The snapshot (pending) refused; the locking read (connected) accepted.
+    assert seen == [{mailbox.id: "pending_consent"}, {mailbox.id: "connected"}]
+
+
+async def test_an_address_changed_since_it_was_read_is_read_again(
+    unlocked_stores: Stores,
+) -> None:
+    stores = unlocked_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    addresses: list[str | None] = []
+
+    def prepare(mailboxes: Mapping[str, Mailbox]) -> Sequence[NewJob]:
+        addresses.append(mailboxes[mailbox.id].address)
+        return [new_job(account.id, mailbox.id, None)]
+
+    await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], prepare)
+    async with stores.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE mailboxes SET address = 'ap@contoso.example' WHERE id = :id"),
+            {"id": mailbox.id},
+        )
+    addresses.clear()
+    await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], prepare)
+    assert addresses == ["billing@contoso.example", "ap@contoso.example"]
+
+
+async def test_idempotency_holds_on_the_unlocked_path(unlocked_stores: Stores) -> None:
+    stores = unlocked_stores
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+
+    async def enqueue(digest: str) -> tuple[Job, bool] | Conflict:
+        job = new_job(account.id, mailbox.id, "key-1", digest=digest)
+        (result,) = await stores.jobs.enqueue_for_mailboxes(
+            account.id, [mailbox.id], preparing([job])
+        )
+        return result
+
+    first = await enqueue("a")
+    with statements(stores) as sent:
+        again = await enqueue("a")
+    assert sent[0] == "WITH INPUT AS", sent  # from the snapshot, then the key's first job
+    reused = await enqueue("b")
+    assert not isinstance(first, Conflict) and first[1]
+    assert not isinstance(again, Conflict) and not again[1] and again[0].id == first[0].id
+    assert isinstance(reused, Conflict) and reused.code == "idempotency_key_reused"
+
+
+async def test_behind_a_transaction_pooler_every_enqueue_reads_under_the_lock(
+    unlocked_stores: Stores,
+) -> None:
+    stores = unlocked_stores
+    jobs = JobStore(stores.sessions, transaction_pooler=True)
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    sent: list[str] = []
+
+    def record(*args: Any) -> None:
+        sent.append(str(args[2]))
+
+    event.listen(stores.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        for key in ("k1", "k2"):
+            await jobs.enqueue_for_mailboxes(
+                account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, key)])
+            )
+    finally:
+        event.remove(stores.engine.sync_engine, "before_cursor_execute", record)
+    reads = [statement for statement in sent if statement.startswith("SELECT mailboxes")]
+    assert len(reads) == 2 and all("FOR KEY SHARE" in read for read in reads), sent
