@@ -169,7 +169,9 @@ class JobStore:
         sees them; a claim (``FOR NO KEY UPDATE``) does not wait. So no consent or disconnect
         can slip between the check and the commit, and nothing needs settling after it
         (docs/architecture.md "Enqueue and mailbox state"). ``prepare`` runs inside the
-        transaction and must not wait on anything.
+        transaction and must not wait on anything. On PostgreSQL one mailbox's request tries
+        ``_enqueue_one`` first (the same guarantee in one round trip); ``prepare`` may then run
+        twice, each time on the mailbox as read.
         """
         unlocked = self._autocommit_sessions
         if unlocked is not None and len(mailbox_ids) == 1:
@@ -248,8 +250,7 @@ class JobStore:
         rows of the new jobs (one multi-row ``INSERT`` per table). On PostgreSQL each insert
         of jobs is one statement with their contents, events and the workers' ``NOTIFY``
         (``jobs/enqueue_sql.py``). Forgetting expired keys only once one conflicts spares every
-        keyed enqueue an ``UPDATE``
-        (docs/performance.md, "The enqueue request").
+        keyed enqueue an ``UPDATE`` (docs/performance.md, "The enqueue request").
         """
         now = self._clock()
         rows: list[dict[str, Any]] = []
@@ -275,7 +276,7 @@ class JobStore:
 
         async def insert_rows(batch: Sequence[dict[str, Any]]) -> dict[str, Job]:
             if not postgresql:
-                return await _insert_rows(session, batch, payloads, now)
+                return await _insert_rows(session, batch)
             return await _insert_with_companions_postgresql(session, batch, payloads, now, expected)
 
         inserted = await insert_rows(rows)
@@ -612,12 +613,7 @@ JOBS = cast(Table, Job.__table__)
 MAILBOXES = cast(Table, Mailbox.__table__)
 
 
-async def _insert_rows(
-    session: AsyncSession,
-    rows: Sequence[dict[str, Any]],
-    payloads: Mapping[str, dict[str, Any]],
-    now: dt.datetime,
-) -> dict[str, Job]:
+async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[str, Job]:
     """The jobs of ``rows`` inserted (those whose key conflicted are not), by id; their
     contents and events are ``JobStore._add_companions``'s (SQLite).
 
