@@ -5,14 +5,17 @@ Prints figures; never passes or fails on time. PostgreSQL runs when
 MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and dropped).
 
     .venv/bin/python bench/enqueue_http.py [--requests 2000] [--concurrency 32]
-        [--batches 20] [--batch-size 500] [--pdf-bytes 10000] [--backend sqlite|postgresql]
+        [--batches 20] [--batch-size 500] [--batch-clients 4] [--pdf-bytes 10000]
+        [--backend sqlite|postgresql]
 
 The daemon is ``mailbox-worker serve`` in a subprocess (the API and its worker in one
 process, as deployed today), configured through MAILBOX_WORKER_* variables, with the per-key
 rate limit off (``api.rate_limit_per_second = 0``) and the default log level. Every job is
 scheduled a day ahead (``send_at``), so the worker claims none: this measures the API. The
 load comes from this process (aiohttp, ``--concurrency`` requests in flight) and shares the
-machine's cores with the daemon. A batch endpoint the daemon does not have (404) is
+machine's cores with the daemon. Batches are sent one at a time, then ``--batch-clients`` at a
+time (an integrator with several batches ready need not wait for each answer), each run
+``--batches`` batches of fresh invoices. A batch endpoint the daemon does not have (404) is
 reported as such, so the same script measures an older checkout (run it with that
 checkout's interpreter: ``/path/to/checkout/.venv/bin/python bench/enqueue_http.py``).
 """
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import datetime as dt
+import json
 import os
 import socket
 import statistics
@@ -187,33 +191,48 @@ async def single(
 
 
 async def batched(
-    base_url: str, key: str, mailbox_id: str, pdf: str, batches: int, size: int
+    base_url: str, key: str, mailbox_id: str, pdf: str, batches: int, size: int, clients: int
 ) -> dict[str, float] | None:
-    headers = {"Authorization": f"Bearer {key}"}
+    """``batches`` batches of ``size`` invoices, ``clients`` of them in flight at a time. The
+    bodies are encoded before the clock starts: the client's own JSON encoding (several MB a
+    batch) is not the daemon's work, and on a small machine it would take the daemon's cores."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    first = uuid.uuid4().int % 10**9
     bodies = [
-        {
-            "items": [
-                {
-                    **job_request(mailbox_id, pdf, batch * size + number),
-                    "idempotency_key": uuid.uuid4().hex,
-                }
-                for number in range(size)
-            ]
-        }
+        json.dumps(
+            {
+                "items": [
+                    {
+                        **job_request(mailbox_id, pdf, first + batch * size + number),
+                        "idempotency_key": uuid.uuid4().hex,
+                    }
+                    for number in range(size)
+                ]
+            }
+        ).encode()
         for batch in range(batches)
     ]
-    async with aiohttp.ClientSession() as http:
-        started = time.perf_counter()
-        for body in bodies:
-            url = f"{base_url}/v1/job-batches"
-            async with http.post(url, json=body, headers=headers) as answer:
+    missing = False
+
+    async def client(http: aiohttp.ClientSession) -> None:
+        nonlocal missing
+        while bodies and not missing:
+            body = bodies.pop()
+            async with http.post(
+                f"{base_url}/v1/job-batches", data=body, headers=headers
+            ) as answer:
                 if answer.status in {404, 405}:  # no such route
-                    return None
+                    missing = True
+                    return
                 results = (await answer.json())["items"]
                 if answer.status != 200 or any(r["status"] != "created" for r in results):
                     raise RuntimeError(f"answered {answer.status}: {results[:1]}")
+
+    async with aiohttp.ClientSession() as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
         elapsed = time.perf_counter() - started
-    return {"per_s": batches * size / elapsed}
+    return None if missing else {"per_s": batches * size / elapsed}
 
 
 async def run(url: str, scratch: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -224,12 +243,15 @@ async def run(url: str, scratch: Path, args: argparse.Namespace) -> dict[str, An
         one = await single(base_url, key, mailbox_id, pdf, args.requests, args.concurrency)
         # The warm-up's requests are in the daemon's CPU time too.
         one["cpu_ms"] = 1000 * (cpu_seconds(pid) - before) / (args.requests + WARM_UP)
-        before = cpu_seconds(pid)
-        many = None
-        if args.batches > 0:
-            many = await batched(base_url, key, mailbox_id, pdf, args.batches, args.batch_size)
-        if many is not None:
-            many["cpu_ms"] = 1000 * (cpu_seconds(pid) - before) / (args.batches * args.batch_size)
+        many: dict[int, dict[str, float] | None] = {}
+        for clients in sorted({1, args.batch_clients}) if args.batches > 0 else []:
+            before = cpu_seconds(pid)
+            many[clients] = figures = await batched(
+                base_url, key, mailbox_id, pdf, args.batches, args.batch_size, clients
+            )
+            if figures is not None:
+                invoices = args.batches * args.batch_size
+                figures["cpu_ms"] = 1000 * (cpu_seconds(pid) - before) / invoices
     return {"single": one, "batch": many}
 
 
@@ -239,6 +261,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--pdf-bytes", type=int, default=10_000)
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], action="append")
     args = parser.parse_args()
@@ -265,7 +288,8 @@ async def main() -> None:
                 await connection.close()
     print(
         f"requests={args.requests} concurrency={args.concurrency} batches={args.batches}"
-        f"x{args.batch_size} pdf_bytes={args.pdf_bytes} cores={os.cpu_count()}"
+        f"x{args.batch_size} batch_clients=1,{args.batch_clients} pdf_bytes={args.pdf_bytes}"
+        f" cores={os.cpu_count()}"
     )
     for backend, figures in results.items():
         one = figures["single"]
@@ -274,14 +298,14 @@ async def main() -> None:
             f"(p50 {one['p50_ms']:.0f} ms, p99 {one['p99_ms']:.0f} ms, "
             f"daemon CPU {one['cpu_ms']:.1f} ms/req)   "
         )
-        batch = figures["batch"]
-        line += (
-            "POST /v1/job-batches: not available"
-            if batch is None
-            else f"POST /v1/job-batches {batch['per_s']:7.0f} invoices/s "
-            f"(daemon CPU {batch['cpu_ms']:.2f} ms/invoice)"
-        )
-        line += f"   ratio batch/single {batch['per_s'] / one['per_s']:.1f}" if batch else ""
+        for clients, batch in figures["batch"].items():
+            line += f"\n{'':<11} POST /v1/job-batches, {clients} in flight: " + (
+                "not available"
+                if batch is None
+                else f"{batch['per_s']:7.0f} invoices/s "
+                f"(daemon CPU {batch['cpu_ms']:.2f} ms/invoice, "
+                f"{batch['per_s'] / one['per_s']:.1f} x single)"
+            )
         print(line)
 
 

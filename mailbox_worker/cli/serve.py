@@ -35,6 +35,7 @@ from tenacity.wait import wait_base
 from mailbox_worker.app import ROLES, App, Role
 from mailbox_worker.config import Settings
 from mailbox_worker.errors import ConfigError
+from mailbox_worker.gc_tuning import settle_after_startup
 from mailbox_worker.periodic import wait_seconds
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ async def _stop_when_orphaned(supervisor: int, stop: asyncio.Event) -> None:
 async def serve(args: argparse.Namespace, settings: Settings, app: App) -> int:
     """Run ``args.role`` in this process and supervise ``args.workers`` worker processes
     until SIGTERM or SIGINT; the exit status (1 when the supervisor gave up)."""
+    settle_after_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -30,10 +30,10 @@ Both are built once, at import; a claim only binds its parameters.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Integer, Interval, String, TextualSelect, bindparam, column, text
+from sqlalchemy import Integer, Interval, String, TextualSelect, bindparam, column, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from mailbox_worker.db.models import Job, Mailbox, UTCDateTime
+from mailbox_worker.db.models import Job, JSONText, Mailbox, UTCDateTime
 from mailbox_worker.states import JobState, MailboxState
 
 QUEUED, RUNNING, CONNECTED = (
@@ -248,7 +248,7 @@ ORDER BY chosen.rank, chosen.position
         bindparam("event_at", type_=UTCDateTime),
         bindparam("worker", type_=String),
     )
-    .columns(*Job.__table__.columns, column("payload", JSON), column("due", Integer))
+    .columns(*Job.__table__.columns, column("payload", JSONText()), column("due", Integer))
 )
 
 __all__ = ["JOB_COLUMNS", "LEASE_JOBS", "LOCK_MAILBOXES", "MAILBOX_COLUMNS"]

@@ -85,7 +85,9 @@ input AS (
 _COMPANIONS = f"""
 contents AS (
     INSERT INTO job_contents (job_id, payload)
-    SELECT inserted.id, CAST(input.payload AS json)
+    -- Text, serialised by this package from a validated document: no parse here
+    -- (migration 0017).
+    SELECT inserted.id, input.payload
     FROM inserted JOIN input ON input.id = inserted.id
 ),
 events AS (

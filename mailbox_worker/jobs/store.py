@@ -24,6 +24,7 @@ from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.jobs.enqueue_sql import INSERT_JOBS, INSERT_JOBS_CHECKED, NEW_JOB_COLUMNS
 from mailbox_worker.jobs.limits import recipient_count
+from mailbox_worker.jobs.message_json import dumps_message
 from mailbox_worker.jobs.transitions import (
     JOB_SETTLED,
     RETRY,
@@ -638,7 +639,7 @@ async def _insert_with_companions_postgresql(
     unchanged (``INSERT_JOBS_CHECKED``): ``_MailboxChanged`` otherwise, nothing inserted."""
     binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
     binds["state"] = [str(state) for state in binds["state"]]
-    binds["payloads"] = [json.dumps(payloads[row["id"]]) for row in rows]
+    binds["payloads"] = [dumps_message(payloads[row["id"]]) for row in rows]
     binds["event_ids"] = [new_id("jev") for _ in rows]
     binds["now"] = now
     binds["origin"] = origin()

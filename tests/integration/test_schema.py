@@ -279,3 +279,55 @@ async def test_migration_0015_counts_the_recipients_of_jobs_not_yet_claimed(
         await engine.dispose()
     assert counts == {"job_queued": 4, "job_held": 1, "job_no_one": 1, "job_running": 7}
     assert counts["job_queued"] == recipient_count(payloads["job_queued"])
+
+
+async def test_migration_0017_keeps_each_payload_as_written_in_a_text_column(
+    database_url: str,
+) -> None:
+    """Migration 0017: on PostgreSQL ``job_contents.payload`` becomes ``text`` (the server no
+    longer parses what this package serialised), each stored payload keeps its exact text and
+    its lz4 compression setting, and the models read it back as the document it was."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    if engine.dialect.name != "postgresql":
+        await engine.dispose()
+        pytest.skip("SQLite's payload column is text already; 0017 changes nothing there")
+    now = utcnow()
+    # Spacing and key order as a client might have sent them: a json column keeps its input
+    # verbatim, and so must the conversion.
+    written = '{"to": [{"address": "ap@fabrikam.example"}],  "subject":"Rechnung \\u00e4"}'
+    column_type = text(
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_name = 'job_contents' AND column_name = 'payload'"
+    )
+    compression = text(
+        "SELECT attcompression FROM pg_attribute "
+        "WHERE attrelid = CAST('job_contents' AS regclass) AND attname = 'payload'"
+    )
+    try:
+        await migrate.upgrade(engine, "0016")
+        async with engine.begin() as connection:
+            assert await connection.scalar(column_type) == "json"
+            compression_before = await connection.scalar(compression)
+            await insert_account_and_mailbox(connection, now)
+            await connection.execute(
+                text(
+                    "INSERT INTO jobs (id, account_id, mailbox_id, mode, state, request_sha256, "
+                    "message_id, attempts, transient_failures, run_after, created_at, "
+                    "updated_at) VALUES ('job_1', 'acc_1', 'mbx_1', 'send', 'queued', "
+                    "repeat('0', 64), '<m@x>', 0, 0, now(), now(), now())"
+                )
+            )
+            await connection.execute(
+                text("INSERT INTO job_contents (job_id, payload) VALUES ('job_1', :payload)"),
+                {"payload": written},
+            )
+        await migrate.upgrade(engine)
+        async with engine.connect() as connection:
+            assert await connection.scalar(column_type) == "text"
+            assert await connection.scalar(compression) == compression_before
+            stored = await connection.scalar(text("SELECT payload FROM job_contents"))
+            read = await connection.scalar(select(JobContent.payload))
+    finally:
+        await engine.dispose()
+    assert stored == written
+    assert read == {"to": [{"address": "ap@fabrikam.example"}], "subject": "Rechnung ä"}
