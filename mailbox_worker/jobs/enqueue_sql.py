@@ -79,16 +79,20 @@ _RETURNED = ", ".join(f"inserted.{column.name}" for column in JOBS.columns)
 _INPUT = f"""
 input AS (
     SELECT * FROM unnest({", ".join(_array_of(name) for name in NEW_JOB_COLUMNS)},
-                         CAST(:payloads AS text[]), CAST(:event_ids AS varchar[]))
-        AS input ({_NAMES}, payload, event_id)
+                         CAST(:event_ids AS varchar[]))
+        AS input ({_NAMES}, event_id)
 )"""  # noqa: S608 - only constants of this module are interpolated
 _COMPANIONS = f"""
 contents AS (
+    -- The payloads go from their own array straight into the insert, never through
+    -- ``input``, which is materialised (it is read three times) and hashed for the joins:
+    -- that copied each payload (mostly an invoice's base64) twice more.
     INSERT INTO job_contents (job_id, payload)
+    SELECT given.id, given.payload
+    FROM unnest(CAST(:id AS varchar[]), CAST(:payloads AS text[])) AS given (id, payload)
     -- Text, serialised by this package from a validated document: no parse here
     -- (migration 0017).
-    SELECT inserted.id, input.payload
-    FROM inserted JOIN input ON input.id = inserted.id
+    WHERE given.id IN (SELECT inserted.id FROM inserted)
 ),
 events AS (
     INSERT INTO job_events (job_id, at, kind, from_state, to_state, code, public_id)
