@@ -26,7 +26,7 @@ from mailbox_worker.errors import (
     PayloadTooLarge,
     RequestError,
 )
-from mailbox_worker.jobs.message_json import pieces
+from mailbox_worker.jobs.message_json import Marked, dumps_message, mark, pieces
 from mailbox_worker.jobs.mime import build_message, message_size_bound, message_size_ceiling
 from mailbox_worker.jobs.store import JobFilter, JobStore, NewJob, Position
 from mailbox_worker.jobs.transitions import (
@@ -163,16 +163,21 @@ class JobIntake:
         it anew. The key is looked up only when a check fails; otherwise the insert meets it
         (``JobStore.enqueue_for_mailboxes``), which saves a read on the common path.
         """
-        digests = [_request_digest(submission.body) for submission in submissions]
+        # Each message's attachments checked once, for its digest and its stored JSON.
+        marks = [mark(_message_of(submission.body)) for submission in submissions]
+        digests = [
+            _request_digest(submission.body, marked)
+            for submission, marked in zip(submissions, marks, strict=True)
+        ]
         checked: list[NewJob | RequestError] = []
 
         def prepare(mailboxes: Mapping[str, Mailbox]) -> list[NewJob]:
             # In the jobs' transaction, the mailboxes read and locked (JobStore).
             checked.clear()  # one list of answers per run, should a run ever be repeated
-            for submission, digest in zip(submissions, digests, strict=True):
+            for submission, digest, marked in zip(submissions, digests, marks, strict=True):
                 mailbox = mailboxes.get(str(submission.body["mailbox_id"]))
                 try:
-                    checked.append(self._prepare(principal, submission, digest, mailbox))
+                    checked.append(self._prepare(principal, submission, digest, marked, mailbox))
                 except RequestError as error:
                     checked.append(error)
             return [new for new in checked if isinstance(new, NewJob)]
@@ -216,6 +221,7 @@ class JobIntake:
         principal: Principal,
         submission: Submission,
         digest: str,
+        marked: Marked | None,
         mailbox: Mailbox | None,
     ) -> NewJob:
         """The job a submission asks for, once its mailbox (None: not one of the account's)
@@ -254,6 +260,7 @@ class JobIntake:
             mailbox_id=mailbox.id,
             mode=mode,
             payload=message,
+            payload_json=dumps_message(message, marked),
             request_sha256=digest,
             message_id_domain=domain,
             idempotency_key=submission.idempotency_key,
@@ -405,13 +412,13 @@ def decoded_size(content_base64: str) -> int | None:
     return len(content_base64) // 4 * 3 - padding
 
 
-def _request_digest(body: Any) -> str:
+def _request_digest(body: Any, marked: Marked | None) -> str:
     """The SHA-256 of the body's canonical JSON (sorted keys, no spaces, UTF-8): the same for
     the same request however its client ordered and spaced it. The attachments' base64,
     nearly all of the bytes, is hashed as it is rather than through ``json.dumps``
-    (``jobs/message_json.py``)."""
+    (``marked``: ``mark`` of the body's message; ``jobs/message_json.py``)."""
     digest = hashlib.sha256()
-    for piece in pieces(body, _canonical, _message_of, _with_message):
+    for piece in pieces(body, _canonical, marked, _with_message):
         digest.update(piece.encode())
     return digest.hexdigest()
 
@@ -420,7 +427,7 @@ def _message_of(body: Any) -> Any:
     return body.get("message") if isinstance(body, dict) else None
 
 
-def _with_message(body: Any, message: Any) -> Any:
+def _with_message(body: Any, message: dict[str, Any]) -> Any:
     return {**body, "message": message}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 MARKER = "\x00attachment:"
@@ -31,10 +32,18 @@ def json_plain(text: str) -> bool:
     return len(raw.translate(None, _JSON_ESCAPED)) == len(raw)
 
 
-def _marked(message: Any) -> tuple[dict[str, Any], list[str]] | None:
-    """``message`` with each attachment's ``content_base64`` replaced by a marker, and the
-    contents in order; None when there is none to replace, or when one is not a string that
-    JSON writes as it is."""
+@dataclass(frozen=True)
+class Marked:
+    """A message with each attachment's ``content_base64`` replaced by a marker, and the
+    contents, in order (``mark``)."""
+
+    message: dict[str, Any]
+    contents: list[str]
+
+
+def mark(message: Any) -> Marked | None:
+    """``message`` marked, or None when it has no attachment content to replace, or one that
+    is not a string JSON writes as it is (checked here once, for every dump made from it)."""
     if not isinstance(message, dict):
         return None
     attachments = message.get("attachments")
@@ -51,26 +60,25 @@ def _marked(message: Any) -> tuple[dict[str, Any], list[str]] | None:
         {**attachment, "content_base64": f"{MARKER}{index}"}
         for index, attachment in enumerate(attachments)
     ]
-    return {**message, "attachments": marked}, contents
+    return Marked({**message, "attachments": marked}, contents)
 
 
 def pieces(
     document: Any,
     dump: Callable[[Any], str],
-    message_of: Callable[[Any], Any] = lambda document: document,
-    with_message: Callable[[Any, Any], Any] = lambda document, message: message,
+    marked: Marked | None,
+    with_marked: Callable[[Any, dict[str, Any]], Any] = lambda document, message: message,
 ) -> list[str]:
     """``dump(document)`` in pieces whose concatenation is exactly that text, the attachments'
     base64 as pieces of their own, not copied through ``dump``.
 
-    ``message_of(document)`` is the message whose attachments are spliced in, and
-    ``with_message(document, marked)`` the document with that message replaced (by default
-    the document is the message)."""
-    found = _marked(message_of(document))
-    if found is None:
+    ``marked`` is ``mark`` of the document's message, and ``with_marked(document, message)``
+    the document with the marked message in its place (by default the document is the
+    message)."""
+    if marked is None:
         return [dump(document)]
-    marked, contents = found
-    parts = dump(with_message(document, marked)).split(_MARKER_JSON)
+    contents = marked.contents
+    parts = dump(with_marked(document, marked.message)).split(_MARKER_JSON)
     if len(parts) != len(contents) + 1:  # a marker in the document itself
         return [dump(document)]
     spliced = [parts[0]]
@@ -82,9 +90,10 @@ def pieces(
     return spliced
 
 
-def dumps_message(message: Any) -> str:
-    """``json.dumps(message)``, exactly, the attachments' base64 spliced in."""
-    return "".join(pieces(message, json.dumps))
+def dumps_message(message: Any, marked: Marked | None = None) -> str:
+    """``json.dumps(message)``, exactly, the attachments' base64 spliced in (``marked``:
+    ``mark(message)`` when the caller has it already)."""
+    return "".join(pieces(message, json.dumps, marked if marked is not None else mark(message)))
 
 
-__all__ = ["MARKER", "dumps_message", "json_plain", "pieces"]
+__all__ = ["MARKER", "Marked", "dumps_message", "json_plain", "mark", "pieces"]

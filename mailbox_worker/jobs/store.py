@@ -54,6 +54,10 @@ class NewJob:
     """Not claimed before then (scheduled dispatch); None: as soon as possible."""
     priority: int = 0
     """Higher first among the jobs of its mailbox (``JobQueue.claim``)."""
+    payload_json: str | None = None
+    """``json.dumps(payload)``, when the caller made it already (the intake, which checked
+    the attachments once for this and the digest: ``jobs/message_json.py``); None: the
+    store makes it where it needs it (PostgreSQL)."""
 
 
 Prepare = Callable[[Mapping[str, Mailbox]], Sequence[NewJob]]
@@ -260,6 +264,7 @@ class JobStore:
         call used its key (it answers that job's result)."""
         first_of_key: dict[tuple[str, str], int] = {}
         payloads: dict[str, dict[str, Any]] = {}
+        texts: dict[str, str | None] = {}
         for new in news:
             key = new.idempotency_key
             if key is not None and (new.account_id, key) in first_of_key:
@@ -270,6 +275,7 @@ class JobStore:
             slots.append(len(rows))
             rows.append(self._job_row(new, now))
             payloads[rows[-1]["id"]] = new.payload
+            texts[rows[-1]["id"]] = new.payload_json
         if not rows:
             return []
         accounts = {new.account_id for new in news}
@@ -278,7 +284,12 @@ class JobStore:
         async def insert_rows(batch: Sequence[dict[str, Any]]) -> dict[str, Job]:
             if not postgresql:
                 return await _insert_rows(session, batch)
-            return await _insert_with_companions_postgresql(session, batch, payloads, now, expected)
+            json_texts = {
+                row["id"]: texts[row["id"]] or dumps_message(payloads[row["id"]]) for row in batch
+            }
+            return await _insert_with_companions_postgresql(
+                session, batch, json_texts, now, expected
+            )
 
         inserted = await insert_rows(rows)
         existing = await self._existing(session, rows, inserted, now)
@@ -629,7 +640,7 @@ async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
 async def _insert_with_companions_postgresql(
     session: AsyncSession,
     rows: Sequence[dict[str, Any]],
-    payloads: Mapping[str, dict[str, Any]],
+    payloads: Mapping[str, str],
     now: dt.datetime,
     expected: Sequence[Mailbox] | None = None,
 ) -> dict[str, Job]:
@@ -639,7 +650,7 @@ async def _insert_with_companions_postgresql(
     unchanged (``INSERT_JOBS_CHECKED``): ``_MailboxChanged`` otherwise, nothing inserted."""
     binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
     binds["state"] = [str(state) for state in binds["state"]]
-    binds["payloads"] = [dumps_message(payloads[row["id"]]) for row in rows]
+    binds["payloads"] = [payloads[row["id"]] for row in rows]
     binds["event_ids"] = [new_id("jev") for _ in rows]
     binds["now"] = now
     binds["origin"] = origin()
