@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from sqlalchemy import Select, Table, Update, and_, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import audit_row
@@ -130,17 +130,20 @@ class JobStore:
         """How long an ``Idempotency-Key`` answers its first job (``retention.idempotency_hours``):
         a key older than that is forgotten, and its next use enqueues a new job."""
         engine = sessions.kw.get("bind")
+        self._autocommit: AsyncEngine | None = None
+        """The engine with statements that commit one by one (PostgreSQL, no transaction
+        pooler): for the enqueue of one job from mailboxes read without a lock
+        (``_enqueue_one``), through a Core connection (no session: about 65 µs of CPU less
+        per request; docs/performance.md "Sixth pass")."""
         self._autocommit_sessions: async_sessionmaker[AsyncSession] | None = None
-        """Sessions whose statements commit one by one (PostgreSQL, no transaction pooler):
-        for the enqueue of one job from mailboxes read without a lock (``_enqueue_one``)."""
+        """Sessions on ``_autocommit``: for that enqueue when its key conflicted."""
         if (
             isinstance(engine, AsyncEngine)
             and engine.dialect.name == "postgresql"
             and not transaction_pooler
         ):
-            self._autocommit_sessions = async_sessionmaker(
-                engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-            )
+            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._autocommit_sessions = async_sessionmaker(self._autocommit, expire_on_commit=False)
         self._mailboxes = MailboxSnapshots()
 
     async def enqueue(self, new: NewJob) -> tuple[Job, bool]:
@@ -178,9 +181,8 @@ class JobStore:
         ``_enqueue_one`` first (the same guarantee in one round trip); ``prepare`` may then run
         twice, each time on the mailbox as read.
         """
-        unlocked = self._autocommit_sessions
-        if unlocked is not None and len(mailbox_ids) == 1:
-            enqueued = await self._enqueue_one(unlocked, account_id, mailbox_ids[0], prepare)
+        if len(mailbox_ids) == 1:
+            enqueued = await self._enqueue_one(account_id, mailbox_ids[0], prepare)
             if enqueued is not None:
                 return enqueued
         async with self._sessions.begin() as session:
@@ -193,11 +195,7 @@ class JobStore:
             return await self._enqueue(session, prepare(mailboxes))
 
     async def _enqueue_one(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        account_id: str,
-        mailbox_id: str,
-        prepare: Prepare,
+        self, account_id: str, mailbox_id: str, prepare: Prepare
     ) -> list[tuple[Job, bool] | Conflict] | None:
         """``enqueue_for_mailboxes`` of one request on PostgreSQL in one round trip, most
         often: ``prepare`` runs on the mailbox as last read (``MailboxSnapshots``, else read
@@ -205,15 +203,19 @@ class JobStore:
         transaction) inserts it only if the mailbox, locked ``FOR KEY SHARE``, is still as
         read. The same guarantee as the locking read's: a state change that commits first is
         seen (PostgreSQL reads a row changed while it waited for the lock again), one that
-        comes later waits for the job. None when that path does not apply (``prepare``
-        refused, or made other than one job, or a ``held`` one, whose outbox event must commit
-        with it) or the mailbox changed: the caller takes the locking read. An expired key's
-        second insert, should the key conflict, commits on its own: the request's single job,
-        so nothing commits apart from it."""
+        comes later waits for the job. None when that path does not apply (no autocommit
+        engine, ``prepare`` refused, or made other than one job, or a ``held`` one, whose
+        outbox event must commit with it) or the mailbox changed: the caller takes the
+        locking read. A key that conflicted (a replay, a reuse, an expired key) is answered
+        by ``_enqueue`` in a session of its own: the request's single job, so nothing
+        commits apart from it."""
+        engine, sessions = self._autocommit, self._autocommit_sessions
+        if engine is None or sessions is None:
+            return None
         mailbox = self._mailboxes.get(account_id, mailbox_id)
         if mailbox is None:
-            async with sessions() as session:
-                read = await session.execute(
+            async with engine.connect() as connection:
+                read = await connection.execute(
                     _READ_ACCOUNT_MAILBOXES, {"ids": [mailbox_id], "account_id": account_id}
                 )
                 found = [untracked(Mailbox, row._mapping) for row in read]
@@ -226,8 +228,19 @@ class JobStore:
             # Refused (by what may be an earlier state: only the locking read may refuse), or
             # not a single job, or a held one (its outbox event commits with it).
             return None
+        (new,) = news
+        now = self._clock()
+        row = self._job_row(new, now)
+        text = new.payload_json or dumps_message(new.payload)
         try:
-            async with sessions() as session:
+            async with engine.connect() as connection:
+                inserted = await _insert_with_companions_postgresql(
+                    connection, [row], {row["id"]: text}, now, expected=[mailbox]
+                )
+            job = inserted.get(row["id"])
+            if job is not None:
+                return [(job, True)]
+            async with sessions() as session:  # the key conflicted: nothing was inserted
                 enqueued = await self._enqueue(session, news, expected=[mailbox])
                 await session.commit()  # nothing is pending: each statement committed
                 return enqueued
@@ -287,9 +300,12 @@ class JobStore:
             json_texts = {
                 row["id"]: texts[row["id"]] or dumps_message(payloads[row["id"]]) for row in batch
             }
-            return await _insert_with_companions_postgresql(
+            inserted = await _insert_with_companions_postgresql(
                 session, batch, json_texts, now, expected
             )
+            for job in inserted.values():
+                announce(session, job, job.state, "enqueued", now)  # a held job's event
+            return inserted
 
         inserted = await insert_rows(rows)
         existing = await self._existing(session, rows, inserted, now)
@@ -638,16 +654,17 @@ async def _insert_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
 
 
 async def _insert_with_companions_postgresql(
-    session: AsyncSession,
+    executor: AsyncSession | AsyncConnection,
     rows: Sequence[dict[str, Any]],
     payloads: Mapping[str, str],
     now: dt.datetime,
     expected: Sequence[Mailbox] | None = None,
 ) -> dict[str, Job]:
     """``_insert_rows`` and ``JobStore._add_companions`` in one statement, the workers'
-    ``NOTIFY`` included (``jobs/enqueue_sql.py``); the outbox event of each new ``held`` job
-    is flushed on commit. With ``expected`` (mailboxes read without a lock), only if they are
-    unchanged (``INSERT_JOBS_CHECKED``): ``_MailboxChanged`` otherwise, nothing inserted."""
+    ``NOTIFY`` included (``jobs/enqueue_sql.py``), in ``executor``'s transaction (or, on an
+    autocommit connection, committed). With ``expected`` (mailboxes read without a lock),
+    only if they are unchanged (``INSERT_JOBS_CHECKED``): ``_MailboxChanged`` otherwise,
+    nothing inserted. The caller announces the new ``held`` jobs."""
     binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
     binds["state"] = [str(state) for state in binds["state"]]
     binds["payloads"] = [payloads[row["id"]] for row in rows]
@@ -655,7 +672,7 @@ async def _insert_with_companions_postgresql(
     binds["now"] = now
     binds["origin"] = origin()
     if expected is None:
-        returned = await session.execute(INSERT_JOBS, binds)
+        returned = await executor.execute(INSERT_JOBS, binds)
         inserted = {row.id: untracked(Job, row._mapping) for row in returned}
     else:
         binds["expected_account"] = rows[0]["account_id"]
@@ -664,7 +681,7 @@ async def _insert_with_companions_postgresql(
         binds["expected_addresses"] = [mailbox.address for mailbox in expected]
         binds["expected_capabilities"] = [json.dumps(mailbox.capabilities) for mailbox in expected]
         binds["expected_providers"] = [mailbox.provider for mailbox in expected]
-        returned_rows = (await session.execute(INSERT_JOBS_CHECKED, binds)).all()
+        returned_rows = (await executor.execute(INSERT_JOBS_CHECKED, binds)).all()
         if not returned_rows[0].unchanged:
             raise _MailboxChanged
         inserted = {
@@ -672,8 +689,6 @@ async def _insert_with_companions_postgresql(
             for row in returned_rows
             if row.id is not None
         }
-    for job in inserted.values():
-        announce(session, job, job.state, "enqueued", now)  # a held job's event
     return inserted
 
 

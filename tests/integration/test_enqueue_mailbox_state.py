@@ -86,7 +86,7 @@ def postgres_stores(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> Stores:
     """The stores on PostgreSQL, the enqueue of one job taking the locking path too."""
     if stores.engine.dialect.name != "postgresql":
         pytest.skip("SQLite's single writer serialises enqueues and state changes already")
-    monkeypatch.setattr(stores.jobs, "_autocommit_sessions", None)
+    monkeypatch.setattr(stores.jobs, "_autocommit", None)
     return stores
 
 
@@ -454,3 +454,29 @@ async def test_behind_a_transaction_pooler_every_enqueue_reads_under_the_lock(
         event.remove(stores.engine.sync_engine, "before_cursor_execute", record)
     reads = [statement for statement in sent if statement.startswith("SELECT mailboxes")]
     assert len(reads) == 2 and all("FOR KEY SHARE" in read for read in reads), sent
+
+
+async def test_an_expired_key_on_the_unlocked_path_makes_a_new_job(unlocked_stores: Stores) -> None:
+    """The one-statement insert meets the old key and inserts nothing; the session that
+    answers a conflicted key forgets it and inserts the job, once."""
+    stores = unlocked_stores
+    now = [dt.datetime.now(dt.UTC)]
+    jobs = JobStore(stores.sessions, lambda: now[0], idempotency_window=dt.timedelta(hours=1))
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+
+    async def enqueue() -> tuple[Job, bool] | Conflict:
+        job = new_job(account.id, mailbox.id, "key-1")
+        (result,) = await jobs.enqueue_for_mailboxes(account.id, [mailbox.id], preparing([job]))
+        return result
+
+    first = await enqueue()
+    now[0] += dt.timedelta(hours=2)
+    with statements(stores) as sent:
+        second = await enqueue()
+    assert not isinstance(first, Conflict) and not isinstance(second, Conflict)
+    assert second[1] and second[0].id != first[0].id
+    assert sent.count("WITH INPUT AS") == 3, sent  # conflicted, then conflicted, then inserted
+    async with stores.sessions() as session:
+        keys = dict((await session.execute(text("SELECT id, idempotency_key FROM jobs"))).all())
+    assert keys == {first[0].id: None, second[0].id: "key-1"}
