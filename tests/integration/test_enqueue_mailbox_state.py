@@ -478,5 +478,6 @@ async def test_an_expired_key_on_the_unlocked_path_makes_a_new_job(unlocked_stor
     assert second[1] and second[0].id != first[0].id
     assert sent.count("WITH INPUT AS") == 3, sent  # conflicted, then conflicted, then inserted
     async with stores.sessions() as session:
-        keys = dict((await session.execute(text("SELECT id, idempotency_key FROM jobs"))).all())
+        rows = (await session.execute(text("SELECT id, idempotency_key FROM jobs"))).all()
+    keys = {row[0]: row[1] for row in rows}
     assert keys == {first[0].id: None, second[0].id: "key-1"}
