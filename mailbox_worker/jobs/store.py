@@ -673,7 +673,11 @@ async def _insert_with_companions_postgresql(
     binds["origin"] = origin()
     if expected is None:
         returned = await executor.execute(INSERT_JOBS, binds)
-        inserted = {row.id: untracked(Job, row._mapping) for row in returned}
+        # By position (the statement returns the table's columns in order): a row's mapping
+        # view costs about three times as much as ``zip`` (2.3 µs a job).
+        inserted = {
+            row.id: untracked(Job, zip(_JOB_COLUMN_NAMES, row, strict=True)) for row in returned
+        }
     else:
         binds["expected_account"] = rows[0]["account_id"]
         binds["expected_ids"] = [mailbox.id for mailbox in expected]
@@ -684,8 +688,8 @@ async def _insert_with_companions_postgresql(
         returned_rows = (await executor.execute(INSERT_JOBS_CHECKED, binds)).all()
         if not returned_rows[0].unchanged:
             raise _MailboxChanged
-        inserted = {
-            row.id: untracked(Job, {name: row._mapping[name] for name in _JOB_COLUMN_NAMES})
+        inserted = {  # ``unchanged``, then the table's columns in order
+            row.id: untracked(Job, zip(_JOB_COLUMN_NAMES, row[1:], strict=True))
             for row in returned_rows
             if row.id is not None
         }
