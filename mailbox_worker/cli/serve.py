@@ -33,9 +33,9 @@ from tenacity import wait_exponential
 from tenacity.wait import wait_base
 
 from mailbox_worker.app import ROLES, App, Role
+from mailbox_worker.cli.collector import settle_after_startup
 from mailbox_worker.config import Settings
 from mailbox_worker.errors import ConfigError
-from mailbox_worker.gc_tuning import settle_after_startup
 from mailbox_worker.periodic import wait_seconds
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailbox_worker.gc_tuning import YOUNG_THRESHOLD, settle_after_startup
+from mailbox_worker.cli.collector import YOUNG_THRESHOLD, settle_after_startup
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ YOUNG_THRESHOLD = 50_000
 
 def settle_after_startup() -> None:
     """Collect, freeze the objects startup made, and collect the young generation less often.
-    Call once, when the process has built what it keeps (``cli/serve.py``)."""
+    Call once, when the process has built what it keeps (``cli/serve.py``; the allocator's
+    setting, ``cli/allocator.py``, is made at the command's start)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
