@@ -22,7 +22,7 @@ from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox, untracked
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
-from mailbox_worker.jobs.enqueue_sql import INSERT_JOBS, INSERT_JOBS_CHECKED, NEW_JOB_COLUMNS
+from mailbox_worker.jobs.enqueue_sql import INSERT_JOB_CHECKED, INSERT_JOBS, NEW_JOB_COLUMNS
 from mailbox_worker.jobs.limits import recipient_count
 from mailbox_worker.jobs.message_json import dumps_message
 from mailbox_worker.jobs.transitions import (
@@ -199,7 +199,7 @@ class JobStore:
     ) -> list[tuple[Job, bool] | Conflict] | None:
         """``enqueue_for_mailboxes`` of one request on PostgreSQL in one round trip, most
         often: ``prepare`` runs on the mailbox as last read (``MailboxSnapshots``, else read
-        now, without a lock), and the job's statement (``INSERT_JOBS_CHECKED``, outside a
+        now, without a lock), and the job's statement (``INSERT_JOB_CHECKED``, outside a
         transaction) inserts it only if the mailbox, locked ``FOR KEY SHARE``, is still as
         read. The same guarantee as the locking read's: a state change that commits first is
         seen (PostgreSQL reads a row changed while it waited for the lock again), one that
@@ -235,13 +235,13 @@ class JobStore:
         try:
             async with engine.connect() as connection:
                 inserted = await _insert_with_companions_postgresql(
-                    connection, [row], {row["id"]: text}, now, expected=[mailbox]
+                    connection, [row], {row["id"]: text}, now, expected=mailbox
                 )
             job = inserted.get(row["id"])
             if job is not None:
                 return [(job, True)]
             async with sessions() as session:  # the key conflicted: nothing was inserted
-                enqueued = await self._enqueue(session, news, expected=[mailbox])
+                enqueued = await self._enqueue(session, news, expected=mailbox)
                 await session.commit()  # nothing is pending: each statement committed
                 return enqueued
         except _MailboxChanged:
@@ -252,7 +252,7 @@ class JobStore:
         self,
         session: AsyncSession,
         news: Sequence[NewJob],
-        expected: Sequence[Mailbox] | None = None,
+        expected: Mailbox | None = None,
     ) -> list[tuple[Job, bool] | Conflict]:
         """Insert every job of ``news`` in ``session``'s transaction; one result per job, in
         order.
@@ -263,12 +263,13 @@ class JobStore:
         CONFLICT DO NOTHING RETURNING``: a key the account used before conflicts), read the
         first jobs of the keys that conflicted (only then); for a key whose first job is
         older than the window (only then), forget it (one ``UPDATE``) and insert its job
-        again (with ``expected``, the mailboxes read without a lock, each insert checks they
-        are unchanged: ``_MailboxChanged`` otherwise); insert the contents, events and outbox
-        rows of the new jobs (one multi-row ``INSERT`` per table). On PostgreSQL each insert
-        of jobs is one statement with their contents, events and the workers' ``NOTIFY``
-        (``jobs/enqueue_sql.py``). Forgetting expired keys only once one conflicts spares every
-        keyed enqueue an ``UPDATE`` (docs/performance.md, "The enqueue request").
+        again (with ``expected``, a single job's mailbox read without a lock, each insert
+        checks it is unchanged: ``_MailboxChanged`` otherwise); insert the contents, events
+        and outbox rows of the new jobs (one multi-row ``INSERT`` per table). On PostgreSQL
+        each insert of jobs is one statement with their contents, events and the workers'
+        ``NOTIFY`` (``jobs/enqueue_sql.py``). Forgetting expired keys only once one conflicts
+        spares every keyed enqueue an ``UPDATE`` (docs/performance.md, "The enqueue
+        request").
         """
         now = self._clock()
         rows: list[dict[str, Any]] = []
@@ -658,20 +659,20 @@ async def _insert_with_companions_postgresql(
     rows: Sequence[dict[str, Any]],
     payloads: Mapping[str, str],
     now: dt.datetime,
-    expected: Sequence[Mailbox] | None = None,
+    expected: Mailbox | None = None,
 ) -> dict[str, Job]:
     """``_insert_rows`` and ``JobStore._add_companions`` in one statement, the workers'
     ``NOTIFY`` included (``jobs/enqueue_sql.py``), in ``executor``'s transaction (or, on an
-    autocommit connection, committed). With ``expected`` (mailboxes read without a lock),
-    only if they are unchanged (``INSERT_JOBS_CHECKED``): ``_MailboxChanged`` otherwise,
-    nothing inserted. The caller announces the new ``held`` jobs."""
-    binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
-    binds["state"] = [str(state) for state in binds["state"]]
-    binds["payloads"] = [payloads[row["id"]] for row in rows]
-    binds["event_ids"] = [new_id("jev") for _ in rows]
-    binds["now"] = now
-    binds["origin"] = origin()
+    autocommit connection, committed). With ``expected`` (the mailbox of a single job, read
+    without a lock), only if it is unchanged (``INSERT_JOB_CHECKED``): ``_MailboxChanged``
+    otherwise, nothing inserted. The caller announces the new ``held`` jobs."""
     if expected is None:
+        binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
+        binds["state"] = [str(state) for state in binds["state"]]
+        binds["payloads"] = [payloads[row["id"]] for row in rows]
+        binds["event_ids"] = [new_id("jev") for _ in rows]
+        binds["now"] = now
+        binds["origin"] = origin()
         returned = await executor.execute(INSERT_JOBS, binds)
         # By position (the statement returns the table's columns in order): a row's mapping
         # view costs about three times as much as ``zip`` (2.3 µs a job).
@@ -679,13 +680,20 @@ async def _insert_with_companions_postgresql(
             row.id: untracked(Job, zip(_JOB_COLUMN_NAMES, row, strict=True)) for row in returned
         }
     else:
-        binds["expected_account"] = rows[0]["account_id"]
-        binds["expected_ids"] = [mailbox.id for mailbox in expected]
-        binds["expected_states"] = [str(mailbox.state) for mailbox in expected]
-        binds["expected_addresses"] = [mailbox.address for mailbox in expected]
-        binds["expected_capabilities"] = [json.dumps(mailbox.capabilities) for mailbox in expected]
-        binds["expected_providers"] = [mailbox.provider for mailbox in expected]
-        returned_rows = (await executor.execute(INSERT_JOBS_CHECKED, binds)).all()
+        (row,) = rows
+        binds = {name: row[name] for name in NEW_JOB_COLUMNS}
+        binds["state"] = str(row["state"])
+        binds["payload"] = payloads[row["id"]]
+        binds["event_id"] = new_id("jev")
+        binds["now"] = now
+        binds["origin"] = origin()
+        binds["expected_id"] = expected.id
+        binds["expected_account"] = expected.account_id
+        binds["expected_state"] = str(expected.state)
+        binds["expected_address"] = expected.address
+        binds["expected_capabilities"] = json.dumps(expected.capabilities)
+        binds["expected_provider"] = expected.provider
+        returned_rows = (await executor.execute(INSERT_JOB_CHECKED, binds)).all()
         if not returned_rows[0].unchanged:
             raise _MailboxChanged
         inserted = {  # ``unchanged``, then the table's columns in order

@@ -144,9 +144,10 @@ async def test_concurrent_requests_with_one_key_make_one_job(stores: Stores) -> 
 
 
 async def test_a_value_too_long_for_its_column_is_refused_not_cut(stores: Stores) -> None:
-    """The PostgreSQL insert passes each column as an array (jobs/enqueue_sql.py) cast to its
-    type without a length: a value longer than the column is refused, as a plain insert
-    refuses it, rather than stored cut short (SQLite does not check lengths)."""
+    """The PostgreSQL inserts pass each column as an array, or for one job as a value
+    (jobs/enqueue_sql.py), cast to its type without a length: a value longer than the column
+    is refused, as a plain insert refuses it, rather than stored cut short (SQLite does not
+    check lengths)."""
     if stores.engine.dialect.name != "postgresql":
         pytest.skip("SQLite stores a string of any length")
     account = await stores.accounts.create_account("acme")
@@ -157,4 +158,7 @@ async def test_a_value_too_long_for_its_column_is_refused_not_cut(stores: Stores
     )
     with pytest.raises(DBAPIError, match="too long"):
         await stores.jobs.enqueue(job)
+    # The one-job path's statement binds each value on its own (INSERT_JOB_CHECKED).
+    with pytest.raises(DBAPIError, match="too long"):
+        await stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], lambda _: [job])
     assert await count(stores, JobContent) == 0
