@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailbox_worker.db.models import OutboxEvent
+from mailbox_worker.db.models import Job, JobEvent, OutboxEvent
 from mailbox_worker.jobs.claims import ClaimedJob
-from mailbox_worker.jobs.queue import Lease
+from mailbox_worker.jobs.queue import JobQueue, Lease
 from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.states import JobState
 
@@ -120,3 +120,23 @@ async def test_each_job_of_a_batch_is_answered_for_itself(stores: Stores) -> Non
     queued = await stores.jobs.get(claimed[1].job.id)
     assert queued is not None
     assert (queued.state, queued.transient_failures, queued.finished_at) == ("queued", 1, None)
+
+
+async def test_the_batch_writes_keep_each_time_to_the_microsecond(stores: Stores) -> None:
+    """The batches' times (arrays on PostgreSQL, JSON on SQLite) are the clock's, to the
+    microsecond, on both databases."""
+    # A minute after the enqueue (the job is due then), with microseconds of its own.
+    now = dt.datetime.now(dt.UTC).replace(microsecond=123457) + dt.timedelta(minutes=1)
+    mailbox = await setup(stores)
+    await stores.jobs.enqueue(new_job(mailbox, key="k1"))
+    queue = JobQueue(stores.sessions, clock=lambda: now)
+    (claimed,) = await queue.claim("w1", 1, LEASE)
+    assert await queue.start_attempt(claimed.lease)
+    async with stores.sessions() as session:
+        assert await session.scalar(select(Job.in_flight_since)) == now
+    assert await queue.finish(claimed.lease, Outcome(JobState.SENT))
+    async with stores.sessions() as session:
+        job = (await session.scalars(select(Job))).one()
+        events = (await session.scalars(select(JobEvent.at))).all()
+    assert (job.state, job.finished_at, job.updated_at) == (JobState.SENT, now, now)
+    assert events.count(now) >= 3  # claimed, attempt started, sent
