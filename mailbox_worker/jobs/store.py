@@ -206,9 +206,9 @@ class JobStore:
         comes later waits for the job. None when that path does not apply (no autocommit
         engine, ``prepare`` refused, or made other than one job, or a ``held`` one, whose
         outbox event must commit with it) or the mailbox changed: the caller takes the
-        locking read. A key that conflicted (a replay, a reuse, an expired key) is answered
-        by ``_enqueue`` in a session of its own: the request's single job, so nothing
-        commits apart from it."""
+        locking read. A key that conflicted is answered by its first job (a replay, a
+        reuse), read in a session of its own; an expired one by ``_enqueue`` in that session:
+        the request's single job, so nothing commits apart from it."""
         engine, sessions = self._autocommit, self._autocommit_sessions
         if engine is None or sessions is None:
             return None
@@ -240,7 +240,15 @@ class JobStore:
             job = inserted.get(row["id"])
             if job is not None:
                 return [(job, True)]
-            async with sessions() as session:  # the key conflicted: nothing was inserted
+            # The key conflicted and nothing was inserted: the key's first job answers (a
+            # replay, or a reuse by another request), read without sending the insert again.
+            async with sessions() as session:
+                existing = await self._existing(session, [row], inserted, now)
+                first = existing.get((row["account_id"], row["idempotency_key"]))
+                if first is not None:
+                    same = first.request_sha256 == new.request_sha256
+                    return [(first, False) if same else _key_reused()]
+                # Its first job is older than the window: forget the key and insert.
                 enqueued = await self._enqueue(session, news, expected=mailbox)
                 await session.commit()  # nothing is pending: each statement committed
                 return enqueued

@@ -9,6 +9,13 @@ unchanged (``json`` keeps its input verbatim). Changing a column's type resets i
 compression, so the column's compression and storage (0016's) are read first and set again.
 The models read and write it with ``JSONText``. SQLite's column is text already: nothing to do.
 
+Deploying it (docs/deploy.md "Migrations that need the old processes stopped"): PostgreSQL
+has no direct cast from ``json`` to ``text``, so the table is rewritten under an exclusive lock
+(about 4 s per 190 MB of payloads on the development machine, in either direction; enqueues
+and claims wait meanwhile, and the table needs its size again in free disk). Processes of the
+release before read ``payload`` as ``json``: once this has run they would get its text, and
+every job they claimed would fail and be retried until they were replaced. Stop them first.
+
 Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-06 16:00:00.000000
