@@ -57,7 +57,11 @@ class NewJob:
     payload_json: str | None = None
     """``json.dumps(payload)``, when the caller made it already (the intake, which checked
     the attachments once for this and the digest: ``jobs/message_json.py``); None: the
-    store makes it where it needs it (PostgreSQL)."""
+    store makes it where it needs it (PostgreSQL: ``payload_text``)."""
+
+    def payload_text(self) -> str:
+        """``json.dumps(payload)``: ``payload_json``, or made now."""
+        return self.payload_json if self.payload_json is not None else dumps_message(self.payload)
 
 
 Prepare = Callable[[Mapping[str, Mailbox]], Sequence[NewJob]]
@@ -231,7 +235,7 @@ class JobStore:
         (new,) = news
         now = self._clock()
         row = self._job_row(new, now)
-        text = new.payload_json or dumps_message(new.payload)
+        text = new.payload_text()
         try:
             async with engine.connect() as connection:
                 inserted = await _insert_with_companions_postgresql(
@@ -286,7 +290,8 @@ class JobStore:
         call used its key (it answers that job's result)."""
         first_of_key: dict[tuple[str, str], int] = {}
         payloads: dict[str, dict[str, Any]] = {}
-        texts: dict[str, str | None] = {}
+        news_by_id: dict[str, NewJob] = {}
+        """Per row id, its job (PostgreSQL: the payload's text, ``NewJob.payload_text``)."""
         for new in news:
             key = new.idempotency_key
             if key is not None and (new.account_id, key) in first_of_key:
@@ -297,7 +302,7 @@ class JobStore:
             slots.append(len(rows))
             rows.append(self._job_row(new, now))
             payloads[rows[-1]["id"]] = new.payload
-            texts[rows[-1]["id"]] = new.payload_json
+            news_by_id[rows[-1]["id"]] = new
         if not rows:
             return []
         accounts = {new.account_id for new in news}
@@ -306,9 +311,7 @@ class JobStore:
         async def insert_rows(batch: Sequence[dict[str, Any]]) -> dict[str, Job]:
             if not postgresql:
                 return await _insert_rows(session, batch)
-            json_texts = {
-                row["id"]: texts[row["id"]] or dumps_message(payloads[row["id"]]) for row in batch
-            }
+            json_texts = {row["id"]: news_by_id[row["id"]].payload_text() for row in batch}
             inserted = await _insert_with_companions_postgresql(
                 session, batch, json_texts, now, expected
             )
