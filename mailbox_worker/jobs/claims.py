@@ -27,7 +27,7 @@ from mailbox_worker.db.models import (
     UTCDateTime,
     untracked,
 )
-from mailbox_worker.jobs.claim_sql import JOB_COLUMNS, LEASE_JOBS, LOCK_MAILBOXES, MAILBOX_COLUMNS
+from mailbox_worker.jobs.claim_sql import CLAIM, JOB_COLUMNS, MAILBOX_COLUMNS, MAILBOX_PREFIX
 from mailbox_worker.jobs.limits import (
     DAILY_WINDOW,
     RATE_WINDOW,
@@ -39,7 +39,6 @@ from mailbox_worker.jobs.limits import (
     claim_share,
     deferral,
     effective_limits,
-    effective_limits_of,
     recipient_count,
     round_robin,
     within_daily_cap,
@@ -206,71 +205,57 @@ class Claims:
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """``claim`` on PostgreSQL, in ``connection``'s transaction, in two statements
-        (``jobs/claim_sql.py``): lock the mailboxes, then read their usage and lease their
-        jobs. No session: a claim is only these Core statements."""
+        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim`` (``jobs/claim_sql.py``)
+        on ``connection``, which the caller opens outside an explicit transaction (one round
+        trip; the call's implicit transaction is the claim's) or, behind a transaction pooler,
+        in one. No session: a claim is this one Core statement."""
         if limit <= 0:
             return ClaimBatch([], more=False)
-        owner, expires_at = lease_owner(worker), now + lease
-        locked = (
-            await connection.execute(
-                LOCK_MAILBOXES,
-                {"now": now, "default_concurrency": self._limits.max_concurrency, "limit": limit},
-            )
-        ).all()
-        # One row even when no mailbox was locked: then its mailbox columns are null.
-        due, next_due = int(locked[0].due), locked[0].next_due
-        if locked[0].id is None:
-            return ClaimBatch([], more=False, due_left=due > 0, next_due=next_due)
-        share = claim_share(limit, len(locked))
-        limits = [
-            effective_limits_of(
-                row.provider,
-                row.max_concurrency,
-                row.rate_per_minute,
-                row.daily_recipient_cap,
-                self._limits,
-            )
-            for row in locked
-        ]
+        providers = self._limits.providers
         rows = (
             await connection.execute(
-                LEASE_JOBS,
+                CLAIM,
                 {
-                    "mailbox_ids": [row.id for row in locked],
-                    "concurrency": [each.max_concurrency for each in limits],
-                    "rate": [each.rate_per_minute for each in limits],
-                    "cap": [each.daily_recipient_cap for each in limits],
                     "now": now,
+                    "limit": limit,
+                    "default_concurrency": self._limits.max_concurrency,
+                    "providers": list(providers),
+                    "provider_rates": [each.rate_per_minute for each in providers.values()],
+                    "provider_caps": [each.daily_recipient_cap for each in providers.values()],
                     "minute_ago": now - RATE_WINDOW,
                     "day_ago": now - DAILY_WINDOW,
                     "rate_window": RATE_WINDOW,
                     "daily_window": DAILY_WINDOW,
-                    "limit": limit,
-                    "share": share,
-                    "owner": owner,
-                    "expires_at": expires_at,
+                    "owner": (owner := lease_owner(worker)),
+                    "expires_at": now + lease,
                     "event_at": self._clock(),
                     "worker": worker,
                 },
             )
         ).all()
-        mailboxes = {
-            row.id: untracked(Mailbox, {name: row._mapping[name] for name in MAILBOX_COLUMNS})
-            for row in locked
-        }
+        # At least one row; a row without a job carries the counts only.
+        first = rows[0]
+        due, next_due, locked = int(first.due), first.next_due, int(first.locked)
+        if not locked:
+            return ClaimBatch([], more=False, due_left=due > 0, next_due=next_due)
         claimed = []
+        mailboxes: dict[str, Mailbox] = {}
         per_mailbox: dict[str, int] = {}
         for row in rows:
+            if row.id is None:
+                break
             values = row._mapping
             job = untracked(Job, {name: values[name] for name in JOB_COLUMNS})
+            mailbox = mailboxes.get(job.mailbox_id)
+            if mailbox is None:
+                mailbox = mailboxes[job.mailbox_id] = untracked(
+                    Mailbox, {name: values[MAILBOX_PREFIX + name] for name in MAILBOX_COLUMNS}
+                )
             leased = Lease(job.id, worker, owner)
-            claimed.append(ClaimedJob(job, values["payload"], leased, mailboxes[job.mailbox_id]))
+            claimed.append(ClaimedJob(job, values["payload"], leased, mailbox))
             per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1
-        waiting = int(locked[0].waiting)
-        more = _more(limit, len(locked), waiting, share, list(per_mailbox.values()))
-        if rows:  # counted in the lease's own snapshot, which may see jobs the lock's did not
-            due = int(rows[0].due)
+        share = claim_share(limit, locked)
+        more = _more(limit, locked, int(first.waiting), share, list(per_mailbox.values()))
         due_left = more or due > len(claimed)
         return ClaimBatch(claimed, more, due_left=due_left, next_due=next_due)
 

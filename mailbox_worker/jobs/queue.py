@@ -172,8 +172,8 @@ class JobQueue:
             return ClaimBatch([], more=False)
 
         async def claim() -> ClaimBatch:
-            if self._postgresql:  # Core statements only: a connection, not a session
-                async with self._engine.begin() as connection:
+            if self._postgresql:  # one statement: the write connection, not a session
+                async with self._write_connection() as connection:
                     return await self._claims.claim_postgresql(
                         connection, worker, limit, lease, self._clock()
                     )

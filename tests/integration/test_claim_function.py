@@ -1,0 +1,137 @@
+"""PostgreSQL's claim is one call of ``mailbox_worker_claim`` (migration 0018): one statement
+sent outside a transaction, whose commit does not wait for the WAL's flush and whose plans are
+generic only inside it. What it claims, and the limits it keeps, are the queue's tests
+(``test_queue.py``, ``test_mailbox_limits.py``), run on both databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import Connection, event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mailbox_worker.clock import utcnow
+from mailbox_worker.config import DatabaseSettings
+from mailbox_worker.db import migrate
+from mailbox_worker.db.engine import create_engine
+from mailbox_worker.jobs.claims import Claims
+from mailbox_worker.jobs.limits import LimitDefaults
+
+from .conftest import Stores
+from .test_queue import LEASE, new_job, setup
+
+FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim'")
+
+
+# PostgreSQL only (SQLite's claim is its own path in Python, under BEGIN IMMEDIATE, and has
+# no function): the shared fixtures' backend parameter is narrowed to PostgreSQL.
+ON_POSTGRESQL = [pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture
+def postgresql(stores: Stores) -> Stores:
+    assert stores.engine.dialect.name == "postgresql"
+    return stores
+
+
+@pytest.fixture
+async def empty_postgresql(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    assert engine.dialect.name == "postgresql"
+    yield engine
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
+async def test_migration_0018_creates_the_function_and_its_downgrade_drops_it(
+    empty_postgresql: AsyncEngine,
+) -> None:
+    engine = empty_postgresql
+    await migrate.upgrade(engine, "0017")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTION) == 0
+    await migrate.upgrade(engine)
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTION) == 1
+
+    def downgrade(connection: Connection) -> None:
+        config = migrate.alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0017")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(downgrade)
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTION) == 0
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores) -> None:
+    stores = postgresql
+    mailbox = await setup(stores)
+    job, _ = await stores.jobs.enqueue(new_job(mailbox))
+    sent: list[tuple[str, bool]] = []
+
+    def record(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        sent.append((statement, connection.in_transaction()))
+
+    event.listen(stores.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        claimed = await stores.queue.claim("w1", 4, LEASE)
+    finally:
+        event.remove(stores.engine.sync_engine, "before_cursor_execute", record)
+    assert [each.job.id for each in claimed] == [job.id]
+    assert claimed[0].mailbox.id == mailbox.id
+    assert claimed[0].payload == new_job(mailbox).payload
+    assert len(sent) == 1
+    statement, _ = sent[0]
+    assert "mailbox_worker_claim(" in statement
+    # AUTOCOMMIT: SQLAlchemy sends no BEGIN and no COMMIT around it.
+    async with stores.engine.connect() as connection:
+        state = await connection.scalar(
+            text("SELECT state FROM jobs WHERE id = :id"), {"id": job.id}
+        )
+    assert state == "running"
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_the_claims_commit_does_not_wait_for_the_flush_and_plans_stay_generic_inside(
+    postgresql: Stores,
+) -> None:
+    """``synchronous_commit`` is off until the claim's transaction ends (the attempt's start,
+    which is flushed, carries the claim's WAL before it), and ``plan_cache_mode`` is
+    ``force_generic_plan`` only inside the function: neither reaches another statement."""
+    stores = postgresql
+    mailbox = await setup(stores)
+    await stores.jobs.enqueue(new_job(mailbox))
+    claims = Claims(LimitDefaults(), utcnow)
+    async with stores.engine.connect() as connection:
+        default_commit = await connection.scalar(text("SHOW synchronous_commit"))
+        default_plans = await connection.scalar(text("SHOW plan_cache_mode"))
+        assert default_commit == "on" and default_plans == "auto"
+        await connection.commit()
+        async with connection.begin():
+            batch = await claims.claim_postgresql(connection, "w1", 4, LEASE, utcnow())
+            assert len(batch.jobs) == 1
+            assert await connection.scalar(text("SHOW synchronous_commit")) == "off"
+            assert await connection.scalar(text("SHOW plan_cache_mode")) == default_plans
+        assert await connection.scalar(text("SHOW synchronous_commit")) == default_commit
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_a_claim_with_nothing_due_reports_the_next_due_time(postgresql: Stores) -> None:
+    """No mailbox locked: one row with the counts only (``ClaimBatch``)."""
+    stores = postgresql
+    mailbox = await setup(stores)
+    later = utcnow() + dt.timedelta(hours=1)
+    await stores.jobs.enqueue(new_job(mailbox))
+    async with stores.engine.begin() as connection:
+        await connection.execute(text("UPDATE jobs SET run_after = :later"), {"later": later})
+    batch = await stores.queue.claim_batch("w1", 4, LEASE)
+    assert batch.jobs == [] and not batch.more and not batch.due_left
+    assert batch.next_due is not None
+    assert abs((batch.next_due - later).total_seconds()) < 0.001
