@@ -8,7 +8,8 @@ import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
-from tenacity import wait_fixed, wait_none
+from tenacity import RetryCallState, wait_fixed, wait_none
+from tenacity.wait import wait_base
 
 from mailbox_worker.errors import DatabaseUnavailable
 from mailbox_worker.jobs.outcomes import OutcomeWriter
@@ -97,3 +98,29 @@ async def test_the_database_answering_cuts_the_backoff_short() -> None:
             writer.database_answered()
             await asyncio.sleep(0)
     assert task.result() is True
+
+
+async def test_the_waits_count_the_first_try_as_the_first_attempt() -> None:
+    """The first try runs outside tenacity; its failure is still attempt 1, so the backoff
+    after it is the first wait (0.2 s with the default), not the second."""
+    asked: list[int] = []
+
+    class Recorded(wait_base):
+        def __call__(self, retry_state: RetryCallState) -> float:
+            asked.append(retry_state.attempt_number)
+            return 0.0
+
+    writer = OutcomeWriter(PrometheusTelemetry(CollectorRegistry()), backoff=Recorded())
+    failures = [DatabaseUnavailable("away"), DatabaseUnavailable("still away")]
+    tries = 0
+
+    async def write() -> bool:
+        nonlocal tries
+        tries += 1
+        if failures:
+            raise failures.pop(0)
+        return True
+
+    assert await writer.write(LEASE, "sent", write) is True
+    assert tries == 3
+    assert asked == [1, 2]
