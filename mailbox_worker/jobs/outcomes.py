@@ -62,7 +62,13 @@ class OutcomeWriter:
         try:
             recorded = await write()
         except Exception as error:  # any failure: kept and tried again
-            recorded = await self._retry(lease, state, write, error)
+            failure = error
+        else:
+            self._written(lease, state, recorded)
+            return recorded
+        # Outside the handler: a later failure must not carry this one as its context (the
+        # log would call a bug after an outage "database unavailable").
+        recorded = await self._retry(lease, state, write, failure)
         self._written(lease, state, recorded)
         return recorded
 

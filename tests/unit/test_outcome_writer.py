@@ -124,3 +124,25 @@ async def test_the_waits_count_the_first_try_as_the_first_attempt() -> None:
     assert await writer.write(LEASE, "sent", write) is True
     assert tries == 3
     assert asked == [1, 2]
+
+
+async def test_a_bug_after_an_outage_is_logged_as_a_bug_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first try's failure (the database away) is not the context of a later one: a bug on
+    the second try is an error with its traceback, not a "database unavailable" warning."""
+    writer = OutcomeWriter(PrometheusTelemetry(CollectorRegistry()), backoff=wait_none())
+    errors: list[Exception] = [DatabaseUnavailable("away"), RuntimeError("a bug")]
+
+    async def write() -> bool:
+        if errors:
+            raise errors.pop(0)
+        return True
+
+    with caplog.at_level(logging.WARNING, logger="mailbox_worker"):
+        assert await writer.write(LEASE, "sent", write) is True
+    outage, bug = (r for r in caplog.records if "outcome_write" in r.getMessage())
+    assert outage.levelno == logging.WARNING and "database unavailable" in outage.getMessage()
+    assert bug.levelno == logging.ERROR
+    assert "unexpected RuntimeError" in bug.getMessage()
+    assert "in write" in bug.getMessage()  # its (redacted) traceback
