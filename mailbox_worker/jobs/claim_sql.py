@@ -1,6 +1,6 @@
-"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim`` (migration
+"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0018`` (migration
 0018), sent outside an explicit transaction, so a claim is one round trip and one (implicit)
-transaction whose commit does not wait for the WAL's flush.
+transaction.
 
 The function runs two statements, each in a snapshot of its own: it locks the candidate
 mailboxes (their whole rows: the worker sends each claimed job with its mailbox as read
@@ -42,14 +42,15 @@ CLAIM: TextualSelect = (
     text(
         f"""
 SELECT {_SELECTED}
-FROM mailbox_worker_claim(
+FROM mailbox_worker_claim_0018(
     CAST(:now AS timestamptz), CAST(:limit AS integer), CAST(:default_concurrency AS integer),
     CAST(:providers AS varchar[]), CAST(:provider_rates AS integer[]),
     CAST(:provider_caps AS integer[]),
     CAST(:minute_ago AS timestamptz), CAST(:day_ago AS timestamptz),
     CAST(:rate_window AS interval), CAST(:daily_window AS interval),
     CAST(:owner AS varchar), CAST(:expires_at AS timestamptz), CAST(:event_at AS timestamptz),
-    CAST(:worker AS varchar)) AS claim
+    CAST(:worker AS varchar)) WITH ORDINALITY AS claim
+ORDER BY claim.ordinality
 """  # noqa: S608 - only constants of this module are interpolated
     )
     .bindparams(

@@ -74,30 +74,14 @@ class Deferral:
 
 
 def effective_limits(mailbox: Mailbox, defaults: LimitDefaults) -> MailboxLimits:
-    """The mailbox's own limits, its provider's defaults where it has none."""
-    return effective_limits_of(
-        mailbox.provider,
-        mailbox.max_concurrency,
-        mailbox.rate_per_minute,
-        mailbox.daily_recipient_cap,
-        defaults,
-    )
-
-
-def effective_limits_of(
-    provider: str,
-    max_concurrency: int | None,
-    rate_per_minute: int | None,
-    daily_recipient_cap: int | None,
-    defaults: LimitDefaults,
-) -> MailboxLimits:
-    """``effective_limits`` of a mailbox given by its provider and its own limits (None:
-    none of its own)."""
-    provider_limits = defaults.providers.get(provider, ProviderLimits())
+    """The mailbox's own limits, its provider's defaults where it has none (NULL or 0).
+    PostgreSQL's claim function (migration 0018) repeats these rules in SQL; a change here is
+    a new claim function there."""
+    provider_limits = defaults.providers.get(mailbox.provider, ProviderLimits())
     return MailboxLimits(
-        max_concurrency=max_concurrency or defaults.max_concurrency,
-        rate_per_minute=rate_per_minute or provider_limits.rate_per_minute,
-        daily_recipient_cap=daily_recipient_cap or provider_limits.daily_recipient_cap,
+        max_concurrency=mailbox.max_concurrency or defaults.max_concurrency,
+        rate_per_minute=mailbox.rate_per_minute or provider_limits.rate_per_minute,
+        daily_recipient_cap=mailbox.daily_recipient_cap or provider_limits.daily_recipient_cap,
     )
 
 
@@ -166,7 +150,7 @@ def claim_share(limit: int, mailboxes: int) -> int:
     up. A claim reads no mailbox's jobs beyond it, so it reads at most about ``limit`` jobs
     rather than ``limit`` of each mailbox; when some mailboxes have fewer jobs than their
     share, the claim takes fewer than ``limit`` and the worker, having claimed some, claims
-    again at once."""
+    again at once. PostgreSQL's claim function (migration 0018) repeats it in SQL."""
     return -(-limit // max(mailboxes, 1))
 
 
@@ -187,7 +171,6 @@ __all__ = [
     "claim_share",
     "deferral",
     "effective_limits",
-    "effective_limits_of",
     "recipient_count",
     "round_robin",
     "within_daily_cap",

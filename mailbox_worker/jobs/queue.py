@@ -167,7 +167,14 @@ class JobQueue:
 
     async def claim_batch(self, worker: str, limit: int, lease: dt.timedelta) -> ClaimBatch:
         """``claim``, and whether claiming again at once could find more
-        (``ClaimBatch.more``)."""
+        (``ClaimBatch.more``).
+
+        On PostgreSQL the claim is one statement in its own implicit transaction: once sent,
+        it commits whatever happens to the caller. A claim whose answer is lost (the caller
+        cancelled, the connection dropped after the server ran it) leaves its jobs ``running``
+        under a lease no one holds until it expires (``worker.lease_seconds``); recovery then
+        requeues them (no request left for them). The worker does not cancel a claim when it
+        stops: it finishes its pass first."""
         if limit <= 0:
             return ClaimBatch([], more=False)
 

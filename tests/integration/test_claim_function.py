@@ -1,7 +1,7 @@
-"""PostgreSQL's claim is one call of ``mailbox_worker_claim`` (migration 0018): one statement
-sent outside a transaction, whose commit does not wait for the WAL's flush and whose plans are
-generic only inside it. What it claims, and the limits it keeps, are the queue's tests
-(``test_queue.py``, ``test_mailbox_limits.py``), run on both databases."""
+"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0018`` (migration 0018): one
+statement sent outside a transaction, whose plans are generic inside it only. What it claims,
+and the limits it keeps, are the queue's tests (``test_queue.py``, ``test_mailbox_limits.py``),
+run on both databases."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from mailbox_worker.jobs.limits import LimitDefaults
 from .conftest import Stores
 from .test_queue import LEASE, new_job, setup
 
-FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim'")
+FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
 
 
 # PostgreSQL only (SQLite's claim is its own path in Python, under BEGIN IMMEDIATE, and has
@@ -77,49 +77,53 @@ async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores
     sent: list[tuple[str, bool]] = []
 
     def record(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
-        sent.append((statement, connection.in_transaction()))
+        # The server connection's own state once the statement ran: no transaction open.
+        driver = connection.connection.driver_connection
+        sent.append((statement, driver.is_in_transaction()))
 
-    event.listen(stores.engine.sync_engine, "before_cursor_execute", record)
+    event.listen(stores.engine.sync_engine, "after_cursor_execute", record)
     try:
         claimed = await stores.queue.claim("w1", 4, LEASE)
     finally:
-        event.remove(stores.engine.sync_engine, "before_cursor_execute", record)
+        event.remove(stores.engine.sync_engine, "after_cursor_execute", record)
     assert [each.job.id for each in claimed] == [job.id]
     assert claimed[0].mailbox.id == mailbox.id
     assert claimed[0].payload == new_job(mailbox).payload
     assert len(sent) == 1
-    statement, _ = sent[0]
-    assert "mailbox_worker_claim(" in statement
-    # AUTOCOMMIT: SQLAlchemy sends no BEGIN and no COMMIT around it.
+    statement, in_transaction = sent[0]
+    assert "mailbox_worker_claim_0018(" in statement
+    assert not in_transaction
     async with stores.engine.connect() as connection:
         state = await connection.scalar(
             text("SELECT state FROM jobs WHERE id = :id"), {"id": job.id}
         )
-    assert state == "running"
+    assert state == "running"  # committed by the statement's own transaction
 
 
 @pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
-async def test_the_claims_commit_does_not_wait_for_the_flush_and_plans_stay_generic_inside(
+async def test_the_functions_plans_are_generic_and_nothing_else_is_changed(
     postgresql: Stores,
 ) -> None:
-    """``synchronous_commit`` is off until the claim's transaction ends (the attempt's start,
-    which is flushed, carries the claim's WAL before it), and ``plan_cache_mode`` is
-    ``force_generic_plan`` only inside the function: neither reaches another statement."""
+    """``plan_cache_mode`` is the function's own setting: set while it runs, as it was after;
+    the claim's commit waits for the flush like any other (a claim the server forgot after a
+    draft was made would leave that draft behind)."""
     stores = postgresql
     mailbox = await setup(stores)
     await stores.jobs.enqueue(new_job(mailbox))
     claims = Claims(LimitDefaults(), utcnow)
     async with stores.engine.connect() as connection:
+        settings = await connection.scalar(
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
+        )
+        assert settings == ["plan_cache_mode=force_generic_plan"]
         default_commit = await connection.scalar(text("SHOW synchronous_commit"))
         default_plans = await connection.scalar(text("SHOW plan_cache_mode"))
-        assert default_commit == "on" and default_plans == "auto"
         await connection.commit()
         async with connection.begin():
             batch = await claims.claim_postgresql(connection, "w1", 4, LEASE, utcnow())
             assert len(batch.jobs) == 1
-            assert await connection.scalar(text("SHOW synchronous_commit")) == "off"
             assert await connection.scalar(text("SHOW plan_cache_mode")) == default_plans
-        assert await connection.scalar(text("SHOW synchronous_commit")) == default_commit
+            assert await connection.scalar(text("SHOW synchronous_commit")) == default_commit
 
 
 @pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)

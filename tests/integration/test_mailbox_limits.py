@@ -11,7 +11,7 @@ from sqlalchemy import insert, select, update
 
 from mailbox_worker.clock import new_id, utcnow
 from mailbox_worker.db.models import Job, JobContent, Mailbox
-from mailbox_worker.jobs.limits import LimitDefaults
+from mailbox_worker.jobs.limits import LimitDefaults, ProviderLimits
 from mailbox_worker.jobs.queue import JobQueue, Lease
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.transitions import Outcome
@@ -372,3 +372,55 @@ async def test_a_claim_that_skipped_a_mailbox_another_claimer_held_may_have_left
         assert batch.more
     again = await queue.claim_batch("w", 8, LEASE)
     assert (len(again.jobs), again.more) == (3, False)
+
+
+# The provider's defaults, for a mailbox without limits of its own (``limits.effective_limits``,
+# which PostgreSQL's claim function repeats in SQL): a rate, a daily cap, a mailbox's 0 meaning
+# "none of its own", and a provider without defaults.
+RATE_TWO = LimitDefaults(max_concurrency=10, providers={"microsoft": ProviderLimits(2, None)})
+CAP_THREE = LimitDefaults(max_concurrency=10, providers={"microsoft": ProviderLimits(None, 3)})
+
+
+async def claimed_then_pause(
+    stores: Stores, defaults: LimitDefaults, **limits: int | None
+) -> tuple[int, str | None]:
+    """How many of 6 due jobs a claim of 10 takes under ``defaults`` (the mailbox's own
+    ``limits`` set first), and the mailbox's pause reason after a second claim."""
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, defaults)
+    mailbox = await new_mailbox(stores, "acme", "billing@contoso.example")
+    if limits:
+        await set_limits(stores, mailbox, **limits)
+    await enqueue(stores, mailbox, 6)
+    first = await queue.claim("w", 10, LEASE)
+    await finish_all(queue, [item.lease for item in first])
+    clock.advance(dt.timedelta(seconds=1))
+    await queue.claim("w", 10, LEASE)
+    after = await stores.mailboxes.get(mailbox.id)
+    assert after is not None
+    return len(first), after.pause_reason
+
+
+async def test_a_providers_default_rate_applies_to_a_mailbox_without_its_own(
+    stores: Stores,
+) -> None:
+    assert await claimed_then_pause(stores, RATE_TWO) == (2, "rate_limit")
+
+
+async def test_a_providers_default_daily_cap_applies_to_a_mailbox_without_its_own(
+    stores: Stores,
+) -> None:
+    assert await claimed_then_pause(stores, CAP_THREE) == (3, "daily_cap")
+
+
+async def test_a_mailboxs_own_zero_means_its_providers_default(stores: Stores) -> None:
+    assert await claimed_then_pause(stores, RATE_TWO, rate_per_minute=0) == (2, "rate_limit")
+
+
+async def test_a_mailboxs_own_limit_wins_over_its_providers_default(stores: Stores) -> None:
+    assert await claimed_then_pause(stores, RATE_TWO, rate_per_minute=4) == (4, "rate_limit")
+
+
+async def test_a_provider_without_defaults_has_no_rate_nor_cap(stores: Stores) -> None:
+    defaults = LimitDefaults(max_concurrency=10, providers={"google": ProviderLimits(1, 1)})
+    assert await claimed_then_pause(stores, defaults) == (6, None)
