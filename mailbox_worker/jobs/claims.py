@@ -205,13 +205,14 @@ class Claims:
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim`` (``jobs/claim_sql.py``)
-        on ``connection``, which the caller opens outside an explicit transaction (one round
-        trip; the call's implicit transaction is the claim's) or, behind a transaction pooler,
-        in one. No session: a claim is this one Core statement."""
+        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0018``
+        (``jobs/claim_sql.py``) on ``connection``, which the caller opens outside an explicit
+        transaction (one round trip; the call's implicit transaction is the claim's) or,
+        behind a transaction pooler, in one. No session: a claim is this one Core statement."""
         if limit <= 0:
             return ClaimBatch([], more=False)
         providers = self._limits.providers
+        owner = lease_owner(worker)
         rows = (
             await connection.execute(
                 CLAIM,
@@ -226,7 +227,7 @@ class Claims:
                     "day_ago": now - DAILY_WINDOW,
                     "rate_window": RATE_WINDOW,
                     "daily_window": DAILY_WINDOW,
-                    "owner": (owner := lease_owner(worker)),
+                    "owner": owner,
                     "expires_at": now + lease,
                     "event_at": self._clock(),
                     "worker": worker,
