@@ -22,6 +22,7 @@ from mailbox_worker.db.accounts import audit_row
 from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox, untracked
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
+from mailbox_worker.jobs.coalescing import Coalescer
 from mailbox_worker.jobs.enqueue_sql import INSERT_JOB_CHECKED, INSERT_JOBS, NEW_JOB_COLUMNS
 from mailbox_worker.jobs.limits import recipient_count
 from mailbox_worker.jobs.message_json import dumps_message
@@ -149,6 +150,11 @@ class JobStore:
             self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
             self._autocommit_sessions = async_sessionmaker(self._autocommit, expire_on_commit=False)
         self._mailboxes = MailboxSnapshots()
+        self._single_calls: Coalescer[_Call, _Answer] = Coalescer(
+            self._enqueue_calls, key=id, most=SINGLE_CALLS_MOST
+        )
+        """Single-job enqueues (``POST /v1/jobs``) that arrive while one is being written go
+        together (``jobs/coalescing.py``): a lone request waits for nothing."""
 
     async def enqueue(self, new: NewJob) -> tuple[Job, bool]:
         """Commit a job (and its content) and return ``(job, created)``.
@@ -185,18 +191,62 @@ class JobStore:
         ``_enqueue_one`` first (the same guarantee in one round trip); ``prepare`` may then run
         twice, each time on the mailbox as read.
         """
+        call = _Call(account_id, tuple(mailbox_ids), prepare)
+        answer: _Answer
         if len(mailbox_ids) == 1:
-            enqueued = await self._enqueue_one(account_id, mailbox_ids[0], prepare)
+            answer = await self._single_calls.submit(call)
+        else:
+            (answer,) = await self._enqueue_locking([call])
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def _enqueue_calls(self, calls: Sequence[_Call]) -> list[_Answer]:
+        """Single-job calls that arrived together (``_single_calls``): a lone one as
+        ``_enqueue_one`` (PostgreSQL, one round trip) or else the locking read; several in
+        one transaction of the locking read (``_enqueue_locking``), so that under load one
+        commit carries many requests (on SQLite, one holder of the write lock instead of
+        each request queueing for it)."""
+        if len(calls) == 1:
+            (call,) = calls
+            enqueued = await self._enqueue_one(call.account_id, call.mailbox_ids[0], call.prepare)
             if enqueued is not None:
-                return enqueued
+                return [enqueued]
+        return await self._enqueue_locking(calls)
+
+    async def _enqueue_locking(self, calls: Sequence[_Call]) -> list[_Answer]:
+        """``calls`` in one transaction: every mailbox they name read and locked first (one
+        ``SELECT … FOR KEY SHARE``), each call's ``prepare`` given only its own account's,
+        then all their jobs inserted by one ``_enqueue``. A call whose ``prepare`` raised
+        gets its exception and adds no job; the others are unaffected."""
         async with self._sessions.begin() as session:
-            read = await session.execute(
-                _LOCK_ACCOUNT_MAILBOXES, {"ids": sorted(set(mailbox_ids)), "account_id": account_id}
-            )
+            ids = sorted({mailbox_id for call in calls for mailbox_id in call.mailbox_ids})
+            accounts = sorted({call.account_id for call in calls})
+            read = await session.execute(_LOCK_MAILBOXES, {"ids": ids, "accounts": accounts})
             # Core rows made into untracked objects, as for the jobs (``_insert_rows``).
-            mailboxes = {row.id: untracked(Mailbox, row._mapping) for row in read}
-            self._mailboxes.keep(account_id, mailboxes.values())
-            return await self._enqueue(session, prepare(mailboxes))
+            mailboxes = [untracked(Mailbox, row._mapping) for row in read]
+            prepared: list[Sequence[NewJob] | Exception] = []
+            for call in calls:
+                own = {
+                    mailbox.id: mailbox
+                    for mailbox in mailboxes
+                    if mailbox.account_id == call.account_id and mailbox.id in call.mailbox_ids
+                }
+                self._mailboxes.keep(call.account_id, own.values())
+                try:
+                    prepared.append(call.prepare(own))
+                except Exception as error:  # that call's own failure, not the others'
+                    prepared.append(error)
+            enqueued = iter(
+                await self._enqueue(
+                    session,
+                    [new for news in prepared if not isinstance(news, Exception) for new in news],
+                )
+            )
+            return [
+                news if isinstance(news, Exception) else [next(enqueued) for _ in news]
+                for news in prepared
+            ]
 
     async def _enqueue_one(
         self, account_id: str, mailbox_id: str, prepare: Prepare
@@ -730,9 +780,35 @@ _READ_ACCOUNT_MAILBOXES = (
     )
     .order_by(MAILBOXES.c.id)
 )
-# The same, ``FOR KEY SHARE`` (``enqueue_for_mailboxes``).
-_LOCK_ACCOUNT_MAILBOXES = _READ_ACCOUNT_MAILBOXES.with_for_update(read=True, key_share=True)
+# The mailboxes among ``ids`` of the ``accounts``, ``FOR KEY SHARE`` (``_enqueue_locking``: each
+# call then sees only its own account's).
+_LOCK_MAILBOXES = (
+    select(MAILBOXES)
+    .where(
+        MAILBOXES.c.id.in_(bindparam("ids", expanding=True)),
+        MAILBOXES.c.account_id.in_(bindparam("accounts", expanding=True)),
+    )
+    .order_by(MAILBOXES.c.id)
+    .with_for_update(read=True, key_share=True)
+)
 _JOB_COLUMN_NAMES = [column.name for column in JOBS.columns]
+
+
+SINGLE_CALLS_MOST = 200
+"""The most single-job enqueues one transaction carries."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Call:
+    """One ``enqueue_for_mailboxes`` call."""
+
+    account_id: str
+    mailbox_ids: tuple[str, ...]
+    prepare: Prepare
+
+
+_Answer = list[tuple[Job, bool] | Conflict] | Exception
+"""A call's results, or the exception its ``prepare`` raised."""
 
 
 class _MailboxChanged(Exception):
