@@ -9,13 +9,18 @@ instead of each paying its own (group commit, done where the writes are known).
 
 A caller cancelled before its write left is taken out of the batch, so nothing is written for
 it; once its batch has left, the write happens as it would have without the batching.
+
+With ``senders`` above one, that many batches may be on their way at once, each taking what
+has gathered when it starts: a write waits only once all of them are busy. Writes of one key
+then keep their order only within a batch, so that is for writes that do not depend on one
+another (the enqueue of new jobs: ``JobStore``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -27,23 +32,26 @@ class Coalescer(Generic[Item, Result]):
         flush: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]],
         key: Callable[[Item], Hashable],
         most: int = 500,
+        senders: int = 1,
     ) -> None:
         """``flush(items)`` writes a batch and answers for each item, in order; a batch holds
         at most ``most`` items and never two with the same ``key`` (those wait for the next
-        batch, so that one job's writes stay in order)."""
+        batch, so that, with one sender, one job's writes stay in order); at most
+        ``senders`` batches are written at once."""
         self._flush = flush
         self._key = key
         self._most = most
+        self._senders = senders
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._sending: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
         """``item``'s answer once its batch is written; its batch's exception if that failed."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         entry = (item, future)
         self._pending.append(entry)
-        if self._sending is None:
-            self._sending = asyncio.create_task(self._send())
+        if len(self._sending) < self._senders:
+            self._sending.add(asyncio.create_task(self._send()))
         try:
             return await future
         except asyncio.CancelledError:
@@ -70,10 +78,12 @@ class Coalescer(Generic[Item, Result]):
                     if not future.done():
                         future.set_result(result)
         finally:
-            self._sending = None
-            for _, future in self._pending:  # only when the task itself was cancelled
-                future.cancel()
-            self._pending = []
+            # At once, not in a done callback: a write submitted from now on starts a sender.
+            self._sending.discard(cast("asyncio.Task[None]", asyncio.current_task()))
+            if not self._sending:
+                for _, future in self._pending:  # only when the last sender was cancelled
+                    future.cancel()
+                self._pending = []
 
     def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         batch: list[tuple[Item, asyncio.Future[Result]]] = []

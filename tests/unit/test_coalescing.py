@@ -90,3 +90,40 @@ async def test_a_caller_cancelled_before_its_batch_left_is_not_written() -> None
     recorder.gate.set()
     assert (await first, await kept) == ("done a/1", "done c/1")
     assert recorder.batches == [["a/1"], ["c/1"]]
+
+
+async def test_a_write_submitted_as_its_answer_arrives_is_sent() -> None:
+    # The sender has ended by the time its caller resumes: the next write must start another.
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.flush, key=job_of)
+
+    async def twice() -> str:
+        await coalescer.submit("a/1")
+        return await coalescer.submit("a/2")
+
+    assert await asyncio.wait_for(twice(), timeout=5) == "done a/2"
+    assert recorder.batches == [["a/1"], ["a/2"]]
+
+
+async def test_with_two_senders_a_write_waits_only_once_both_are_busy() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    coalescer = Coalescer(recorder.flush, key=job_of, senders=2)
+    first = asyncio.create_task(coalescer.submit("a/1"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(coalescer.submit("b/1"))
+    await asyncio.sleep(0)  # the second caller starts a sender...
+    await asyncio.sleep(0)  # ...which takes its write
+    assert recorder.batches == [["a/1"], ["b/1"]]  # both on their way at once
+    later = [asyncio.create_task(coalescer.submit(f"{name}/1")) for name in "cd"]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(recorder.batches) == 2  # they wait for a sender
+    recorder.gate.set()
+    assert await asyncio.gather(first, second, *later) == [
+        "done a/1",
+        "done b/1",
+        "done c/1",
+        "done d/1",
+    ]
+    assert recorder.batches == [["a/1"], ["b/1"], ["c/1", "d/1"]]
