@@ -207,4 +207,55 @@ one-element array: 25 arrays fewer to encode (asyncpg checks each element's type
 runs each array's item processor), about 40 µs of CPU per request (docs/performance.md
 "Sixth pass")."""
 
-__all__ = ["INSERT_JOBS", "INSERT_JOB_CHECKED", "NEW_JOB_COLUMNS"]
+INSERT_JOBS_CHECKED: TextualSelect = (
+    text(
+        f"""
+WITH {_INPUT},
+expected AS (
+    SELECT * FROM unnest(CAST(:expected_ids AS varchar[]), CAST(:expected_accounts AS varchar[]),
+                         CAST(:expected_states AS varchar[]),
+                         CAST(:expected_addresses AS varchar[]),
+                         CAST(:expected_capabilities AS varchar[]),
+                         CAST(:expected_providers AS varchar[]))
+        AS expected (id, account_id, state, address, capabilities, provider)
+),
+checked AS (
+    -- Each mailbox as the intake saw it, locked as the locking read does; a row changed by
+    -- a state change that commits while this waits for it is read again as it is now
+    -- (the join's condition included), and no longer matches.
+    SELECT m.id FROM mailboxes AS m JOIN expected ON expected.id = m.id
+    WHERE m.account_id = expected.account_id AND m.state = expected.state
+      AND m.address IS NOT DISTINCT FROM expected.address
+      AND CAST(m.capabilities AS jsonb) = CAST(expected.capabilities AS jsonb)
+      AND m.provider = expected.provider
+    FOR KEY SHARE OF m
+),
+verdict AS (
+    SELECT count(*) = (SELECT count(*) FROM expected) AS unchanged FROM checked
+),
+inserted AS (
+    INSERT INTO jobs ({_NAMES})
+    SELECT {_NAMES} FROM input WHERE (SELECT unchanged FROM verdict)
+    ON CONFLICT DO NOTHING
+    RETURNING *
+),{_COMPANIONS}
+SELECT verdict.unchanged, {_RETURNED}
+FROM verdict LEFT JOIN inserted ON true
+WHERE (SELECT count(*) FROM notified) >= 0
+"""  # noqa: S608 - only constants of this module and of wakeups.py are interpolated
+    )
+    .bindparams(
+        *_BINDS,
+        *(
+            bindparam(f"expected_{name}", type_=ARRAY(String))
+            for name in ("ids", "accounts", "states", "addresses", "capabilities", "providers")
+        ),
+    )
+    .columns(column("unchanged", Boolean), *JOBS.columns)
+)
+"""``INSERT_JOB_CHECKED`` for several jobs, on several mailboxes read without a lock
+(``JobStore._enqueue_unlocked``: requests that arrived together): all of them are inserted
+only if every mailbox (each named once in the ``expected_*`` arrays) is still as read;
+otherwise none."""
+
+__all__ = ["INSERT_JOBS", "INSERT_JOBS_CHECKED", "INSERT_JOB_CHECKED", "NEW_JOB_COLUMNS"]

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
+from mailbox_worker.db.mailboxes import lock_for_state_change
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.jobs.store import NewJob, Prepare
 
 from .conftest import Stores
-from .test_enqueue_mailbox_state import preparing
+from .test_enqueue_mailbox_state import preparing, waiting_for_a_lock
 from .test_enqueue_many import new_job, statements
 
 
@@ -135,3 +137,132 @@ async def test_one_key_twice_together_is_one_job(stores: Stores) -> None:
     assert isinstance(conflict, Conflict)
     assert conflict.code == "idempotency_key_reused"
     assert sum((await stores.queue.count_by_state()).values()) == 1
+
+
+# PostgreSQL: requests that arrive together on mailboxes the process has read take the
+# unlocked path together (``JobStore._enqueue_unlocked``): one checked insert, no transaction.
+# The shared fixtures' backend parameter narrowed to PostgreSQL, as in test_claim_function.py.
+ON_POSTGRESQL = [pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+async def warm(stores: Stores, mailboxes: Sequence[Mailbox]) -> None:
+    """Each mailbox read by the process (a job enqueued on it)."""
+    for mailbox in mailboxes:
+        await stores.jobs.enqueue(new_job(mailbox.account_id, mailbox.id, None))
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_together_on_mailboxes_read_before_is_one_statement(stores: Stores) -> None:
+    acme = await stores.accounts.create_account("acme")
+    globex = await stores.accounts.create_account("globex")
+    mailboxes = [await stores.connected_mailbox(acme.id), await stores.connected_mailbox(globex.id)]
+    await stores.jobs.enqueue_for_mailboxes(
+        acme.id, [mailboxes[0].id], preparing([new_job(acme.id, mailboxes[0].id, None)])
+    )
+    await stores.jobs.enqueue_for_mailboxes(
+        globex.id, [mailboxes[1].id], preparing([new_job(globex.id, mailboxes[1].id, None)])
+    )
+
+    with statements(stores) as sent:
+        answers = await asyncio.gather(
+            *(
+                stores.jobs.enqueue_for_mailboxes(
+                    mailbox.account_id,
+                    [mailbox.id],
+                    preparing([new_job(mailbox.account_id, mailbox.id, f"k{i}")]),
+                )
+                for i, mailbox in enumerate([*mailboxes, *mailboxes])
+            )
+        )
+
+    assert sent == ["WITH INPUT AS"], sent  # no BEGIN, no read, no COMMIT
+    assert all(answer[0][1] for answer in answers)  # type: ignore[index]
+    assert (await stores.queue.count_by_state()).get("queued") == 6
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_together_one_mailbox_changed_sends_all_by_the_locking_read(stores: Stores) -> None:
+    """One of two mailboxes disconnected since the process read it: the checked insert
+    inserts nothing, and the locking read answers every request, by the mailboxes as they
+    are now."""
+    account = await stores.accounts.create_account("acme")
+    kept = await stores.connected_mailbox(account.id)
+    lost = await stores.connected_mailbox(account.id)
+    for mailbox in (kept, lost):
+        await stores.jobs.enqueue_for_mailboxes(
+            account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, None)])
+        )
+    await stores.mailboxes.set_state(
+        lost.id, "disconnected", "disconnected_by_admin", expected=["connected"]
+    )
+    seen: list[str] = []
+
+    def refusing_disconnected(mailbox_id: str) -> Prepare:
+        def prepare(mailboxes: Mapping[str, Mailbox]) -> Sequence[NewJob]:
+            seen.append(f"{mailbox_id[-4:]}:{mailboxes[mailbox_id].state}")
+            if mailboxes[mailbox_id].state != "connected":
+                return []  # as the intake refuses a disconnected mailbox's request
+            return [new_job(account.id, mailbox_id, None)]
+
+        return prepare
+
+    with statements(stores) as sent:
+        answers = await asyncio.gather(
+            stores.jobs.enqueue_for_mailboxes(
+                account.id, [kept.id], refusing_disconnected(kept.id)
+            ),
+            stores.jobs.enqueue_for_mailboxes(
+                account.id, [lost.id], refusing_disconnected(lost.id)
+            ),
+        )
+
+    assert [len(answer) for answer in answers] == [1, 0]
+    # Prepared from the snapshots (both connected), then again under the lock.
+    assert seen == [
+        f"{kept.id[-4:]}:connected",
+        f"{lost.id[-4:]}:connected",
+        f"{kept.id[-4:]}:connected",
+        f"{lost.id[-4:]}:disconnected",
+    ]
+    assert job_inserts(sent) == 2, sent  # the checked one (nothing), the locking path's
+    assert (await stores.queue.count_by_state()).get("queued") == 3
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_together_a_state_change_under_way_is_waited_for(stores: Stores) -> None:
+    """A change holding one of the mailboxes (``FOR UPDATE``, not committed) when the
+    checked insert comes: the insert waits, finds that mailbox changed once the change
+    commits (PostgreSQL reads the row again, its join included), and inserts nothing."""
+    account = await stores.accounts.create_account("acme")
+    kept = await stores.connected_mailbox(account.id)
+    lost = await stores.connected_mailbox(account.id)
+    await warm(stores, [kept, lost])
+    states: list[str] = []
+
+    def prepare_on(mailbox_id: str) -> Prepare:
+        def prepare(mailboxes: Mapping[str, Mailbox]) -> Sequence[NewJob]:
+            states.append(mailboxes[mailbox_id].state)
+            if mailboxes[mailbox_id].state != "connected":
+                return []
+            return [new_job(account.id, mailbox_id, None)]
+
+        return prepare
+
+    async with stores.sessions.begin() as session:
+        await lock_for_state_change(session, lost.id)
+        await session.execute(
+            text("UPDATE mailboxes SET state = 'disconnected' WHERE id = :id"), {"id": lost.id}
+        )
+        together = asyncio.gather(
+            stores.jobs.enqueue_for_mailboxes(account.id, [kept.id], prepare_on(kept.id)),
+            stores.jobs.enqueue_for_mailboxes(account.id, [lost.id], prepare_on(lost.id)),
+        )
+        async with asyncio.timeout(30):
+            while not await waiting_for_a_lock(stores):
+                await asyncio.sleep(0.01)
+        assert (await stores.queue.count_by_state()).get("queued") == 2  # nothing yet
+    async with asyncio.timeout(30):
+        answers = await together
+    assert [len(answer) for answer in answers] == [1, 0]
+    assert states == ["connected", "connected", "connected", "disconnected"]
+    assert (await stores.queue.count_by_state()).get("queued") == 3
