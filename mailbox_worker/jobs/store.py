@@ -895,11 +895,10 @@ _JOB_COLUMN_NAMES = [column.name for column in JOBS.columns]
 SINGLE_CALLS_MOST = 200
 """The most single-job enqueues one transaction carries."""
 SINGLE_CALLS_SENDERS = 4
-"""PostgreSQL: the single-job enqueues written at once before the next ones wait and go
-together. Fewer gather more per commit (``POST /v1/jobs`` alone: 1,584 req/s with one, 1,466
-with four, 1,309 with eight); more keep more requests on the one-round-trip path, which
-matters when the API shares its event loop with a busy worker, since the gathered path takes
-four round trips (docs/performance.md, "Eighth pass")."""
+"""PostgreSQL: how many batches of single-job enqueues are written at once before the next
+requests wait and go together. One or four measured alike for the API alone (1,556 and 1,701
+req/s); where the API shares its event loop with a busy worker, four kept more requests
+moving (382 and 420 req/s end to end; docs/performance.md, "Eighth pass")."""
 
 
 @dataclass(frozen=True, eq=False)
