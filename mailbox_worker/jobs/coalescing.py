@@ -33,15 +33,20 @@ class Coalescer(Generic[Item, Result]):
         key: Callable[[Item], Hashable],
         most: int = 500,
         senders: int = 1,
+        size: Callable[[Item], int] | None = None,
+        most_size: int = 0,
     ) -> None:
         """``flush(items)`` writes a batch and answers for each item, in order; a batch holds
         at most ``most`` items and never two with the same ``key`` (those wait for the next
         batch, so that, with one sender, one job's writes stay in order); at most
-        ``senders`` batches are written at once."""
+        ``senders`` batches are written at once. With ``size``, a batch also holds items of
+        at most ``most_size`` in all, except that its first item goes whatever its size."""
         self._flush = flush
         self._key = key
         self._most = most
         self._senders = senders
+        self._size = size
+        self._most_size = most_size
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -89,11 +94,15 @@ class Coalescer(Generic[Item, Result]):
         batch: list[tuple[Item, asyncio.Future[Result]]] = []
         keys: set[Hashable] = set()
         waiting = []
+        total = 0
         for entry in self._pending:
             key = self._key(entry[0])
-            if len(batch) < self._most and key not in keys:
+            size = 0 if self._size is None else self._size(entry[0])
+            fits = not batch or self._size is None or total + size <= self._most_size
+            if len(batch) < self._most and key not in keys and fits:
                 keys.add(key)
                 batch.append(entry)
+                total += size
             else:
                 waiting.append(entry)
         self._pending = waiting

@@ -183,8 +183,11 @@ class JobIntake:
             return [new for new in checked if isinstance(new, NewJob)]
 
         mailbox_ids = [str(submission.body["mailbox_id"]) for submission in submissions]
+        size = sum(len(content) for marked in marks if marked for content in marked.contents)
         enqueued = iter(
-            await self._jobs.enqueue_for_mailboxes(principal.account_id, mailbox_ids, prepare)
+            await self._jobs.enqueue_for_mailboxes(
+                principal.account_id, mailbox_ids, prepare, size=size
+            )
         )
         results: list[tuple[JobView, bool] | RequestError] = []
         created: list[Job] = []

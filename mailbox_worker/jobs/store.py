@@ -161,6 +161,8 @@ class JobStore:
             key=id,
             most=SINGLE_CALLS_MOST,
             senders=SINGLE_CALLS_SENDERS if postgresql else 1,
+            size=lambda call: call.size,
+            most_size=SINGLE_CALLS_MOST_BYTES,
         )
         """Single-job enqueues (``POST /v1/jobs``) that arrive while ``senders`` are being
         written go together (``jobs/coalescing.py``): a request waits only once that many are
@@ -185,7 +187,7 @@ class JobStore:
             return await self._enqueue(session, news)
 
     async def enqueue_for_mailboxes(
-        self, account_id: str, mailbox_ids: Sequence[str], prepare: Prepare
+        self, account_id: str, mailbox_ids: Sequence[str], prepare: Prepare, *, size: int = 0
     ) -> list[tuple[Job, bool] | Conflict]:
         """Read the account's mailboxes among ``mailbox_ids`` and enqueue the jobs ``prepare``
         makes of them, in one transaction: the intake checks a request against its mailbox as
@@ -199,9 +201,11 @@ class JobStore:
         (docs/architecture.md "Enqueue and mailbox state"). ``prepare`` runs inside the
         transaction and must not wait on anything. On PostgreSQL one mailbox's request tries
         ``_enqueue_one`` first (the same guarantee in one round trip); ``prepare`` may then run
-        twice, each time on the mailbox as read.
+        twice, each time on the mailbox as read. ``size``: about how many bytes the jobs'
+        contents hold (their attachments), which bounds what one write of requests that
+        arrived together carries (``SINGLE_CALLS_MOST_BYTES``).
         """
-        call = _Call(account_id, tuple(mailbox_ids), prepare)
+        call = _Call(account_id, tuple(mailbox_ids), prepare, size)
         answer: _Answer
         if len(mailbox_ids) == 1:
             answer = await self._single_calls.submit(call)
@@ -894,6 +898,10 @@ _JOB_COLUMN_NAMES = [column.name for column in JOBS.columns]
 
 SINGLE_CALLS_MOST = 200
 """The most single-job enqueues one transaction carries."""
+SINGLE_CALLS_MOST_BYTES = 32 * 1024 * 1024
+"""The most bytes of contents one write of single-job enqueues carries: requests of up to
+``server.max_request_bytes`` each must not make one statement of gigabytes (PostgreSQL
+refuses a parameter over 1 GB, and the driver copies every one into one buffer)."""
 SINGLE_CALLS_SENDERS = 4
 """PostgreSQL: how many batches of single-job enqueues are written at once before the next
 requests wait and go together. One or four measured alike for the API alone (1,556 and 1,701
@@ -908,6 +916,7 @@ class _Call:
     account_id: str
     mailbox_ids: tuple[str, ...]
     prepare: Prepare
+    size: int
 
 
 _Answer = list[tuple[Job, bool] | Conflict] | Exception

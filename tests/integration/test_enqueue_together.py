@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 from mailbox_worker.db.mailboxes import lock_for_state_change
 from mailbox_worker.db.models import Job, Mailbox
 from mailbox_worker.errors import Conflict
+from mailbox_worker.jobs import store as store_module
 from mailbox_worker.jobs.store import NewJob, Prepare
 
 from .conftest import Stores
@@ -266,3 +267,28 @@ async def test_together_a_state_change_under_way_is_waited_for(stores: Stores) -
     assert [len(answer) for answer in answers] == [1, 0]
     assert states == ["connected", "connected", "connected", "disconnected"]
     assert (await stores.queue.count_by_state()).get("queued") == 3
+
+
+async def test_a_write_of_requests_together_carries_at_most_its_bytes(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SINGLE_CALLS_MOST_BYTES", 1_000)
+    jobs = store_module.JobStore(stores.sessions)
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+
+    with statements(stores) as sent:
+        answers = await asyncio.gather(
+            *(
+                jobs.enqueue_for_mailboxes(
+                    account.id,
+                    [mailbox.id],
+                    preparing([new_job(account.id, mailbox.id, f"k{i}")]),
+                    size=600,
+                )
+                for i in range(3)
+            )
+        )
+
+    assert job_inserts(sent) == 3, sent  # 600 + 600 would be over 1,000: one each
+    assert all(answer[0][1] for answer in answers)  # type: ignore[index]

@@ -127,3 +127,20 @@ async def test_with_two_senders_a_write_waits_only_once_both_are_busy() -> None:
         "done d/1",
     ]
     assert recorder.batches == [["a/1"], ["b/1"], ["c/1", "d/1"]]
+
+
+async def test_a_batch_holds_at_most_most_size_but_always_its_first_item() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    sizes = {"a/1": 1, "big/1": 50, "b/1": 6, "c/1": 3, "d/1": 2}
+    coalescer = Coalescer(recorder.flush, key=job_of, size=sizes.__getitem__, most_size=10)
+    first = asyncio.create_task(coalescer.submit("a/1"))
+    await asyncio.sleep(0)
+    others = [
+        asyncio.create_task(coalescer.submit(item)) for item in ("big/1", "b/1", "c/1", "d/1")
+    ]
+    await asyncio.sleep(0)
+    recorder.gate.set()
+    await asyncio.gather(first, *others)
+    # "big/1" alone (a first item goes whatever its size); then 6 + 3 (2 more would be 11).
+    assert recorder.batches == [["a/1"], ["big/1"], ["b/1", "c/1"], ["d/1"]]
