@@ -183,7 +183,7 @@ class JobIntake:
             return [new for new in checked if isinstance(new, NewJob)]
 
         mailbox_ids = [str(submission.body["mailbox_id"]) for submission in submissions]
-        size = sum(len(content) for marked in marks if marked for content in marked.contents)
+        size = sum(map(_content_size, submissions))
         enqueued = iter(
             await self._jobs.enqueue_for_mailboxes(
                 principal.account_id, mailbox_ids, prepare, size=size
@@ -454,3 +454,19 @@ def _future_time(value: Any, now: dt.datetime, name: str, code: str) -> dt.datet
     if moment <= now:
         raise InvalidRequest(f"{name} is in the past", code=code)
     return moment
+
+
+def _content_size(submission: Submission) -> int:
+    """About how many characters a submission's stored message holds: its bodies and its
+    attachments' base64, the parts that can be large (``JobStore.enqueue_for_mailboxes``)."""
+    message = submission.body.get("message")
+    if not isinstance(message, Mapping):
+        return 0
+    size = sum(
+        len(part) for part in (message.get("text"), message.get("html")) if isinstance(part, str)
+    )
+    for attachment in message.get("attachments") or ():
+        content = attachment.get("content_base64") if isinstance(attachment, Mapping) else None
+        if isinstance(content, str):
+            size += len(content)
+    return size

@@ -231,7 +231,10 @@ class JobStore:
         rest = [call for call, answer in zip(calls, answers, strict=True) if answer is None]
         if not rest:
             return [answer for answer in answers if answer is not None]
-        locked = iter(await self._enqueue_locking(rest))
+        try:
+            locked = iter(await self._enqueue_locking(rest))
+        except Exception as error:  # only theirs: the others' jobs are committed
+            return [error if answer is None else answer for answer in answers]
         return [next(locked) if answer is None else answer for answer in answers]
 
     async def _enqueue_unlocked(self, calls: Sequence[_Call]) -> list[_Answer | None]:
@@ -814,6 +817,10 @@ async def _insert_with_companions_postgresql(
     (``INSERT_JOB_CHECKED``, ``INSERT_JOBS_CHECKED``): ``_MailboxChanged`` otherwise, nothing
     inserted. The caller announces the new ``held`` jobs."""
     if expected is None or not isinstance(expected, Mailbox):
+        # In the order of their keys: two statements inserting the same keys (a burst sent
+        # twice at once) then wait on each other's rows in one order, never in a cycle
+        # (``ON CONFLICT`` waits for a row in progress; without the order they deadlocked).
+        rows = sorted(rows, key=_key_order)
         binds: dict[str, Any] = {name: [row[name] for row in rows] for name in NEW_JOB_COLUMNS}
         binds["state"] = [str(state) for state in binds["state"]]
         binds["payloads"] = [payloads[row["id"]] for row in rows]
@@ -921,6 +928,10 @@ class _Call:
 
 _Answer = list[tuple[Job, bool] | Conflict] | Exception
 """A call's results, or the exception its ``prepare`` raised."""
+
+
+def _key_order(row: Mapping[str, Any]) -> tuple[str, str]:
+    return (row["account_id"], row["idempotency_key"] or "")
 
 
 class _MailboxChanged(Exception):

@@ -292,3 +292,62 @@ async def test_a_write_of_requests_together_carries_at_most_its_bytes(
 
     assert job_inserts(sent) == 3, sent  # 600 + 600 would be over 1,000: one each
     assert all(answer[0][1] for answer in answers)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_requests_committed_together_keep_their_answers_when_the_rest_fails(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request's job commits by the checked statement; the second's (refused by
+    the mailbox as last read) goes to the locking path, which fails: only the second gets
+    the failure, the first its job."""
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    await warm(stores, [mailbox])
+
+    async def failing(calls: Sequence[object]) -> list[object]:
+        raise RuntimeError("database away")
+
+    monkeypatch.setattr(stores.jobs, "_enqueue_locking", failing)
+    committed, failed = await asyncio.gather(
+        stores.jobs.enqueue_for_mailboxes(
+            account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, "kept")])
+        ),
+        stores.jobs.enqueue_for_mailboxes(account.id, [mailbox.id], preparing([])),
+        return_exceptions=True,
+    )
+
+    assert isinstance(failed, RuntimeError)
+    ((job, created),) = committed  # type: ignore[misc]
+    assert created and job.idempotency_key == "kept"
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_jobs_together_are_inserted_in_the_order_of_their_keys(stores: Stores) -> None:
+    """Two statements inserting the same keys in opposite orders each waited for the other's
+    rows and deadlocked; in the keys' order they cannot. Read back by their place in the
+    table (a new table fills in insertion order)."""
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id)
+    await warm(stores, [mailbox])
+    keys = [f"key-{i:02d}" for i in range(12)]
+
+    await asyncio.gather(
+        *(
+            stores.jobs.enqueue_for_mailboxes(
+                account.id, [mailbox.id], preparing([new_job(account.id, mailbox.id, key)])
+            )
+            for key in reversed(keys)
+        )
+    )
+
+    async with stores.sessions() as session:
+        stored = list(
+            await session.scalars(
+                text(
+                    "SELECT idempotency_key FROM jobs WHERE idempotency_key LIKE 'key-%' "
+                    "ORDER BY ctid"
+                )
+            )
+        )
+    assert stored == keys
