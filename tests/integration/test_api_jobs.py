@@ -533,11 +533,13 @@ async def test_a_job_is_made_for_its_mailboxs_state_when_it_commits(
     )
     enqueue_jobs = api.app.jobs.enqueue_for_mailboxes
 
-    async def consent_lands_first(account_id: str, mailbox_ids: Any, prepare: Any) -> Any:
+    async def consent_lands_first(
+        account_id: str, mailbox_ids: Any, prepare: Any, **options: Any
+    ) -> Any:
         assert await api.mailboxes.set_state(
             mailbox_id, "connected", None, expected=["reauth_required"]
         )
-        return await enqueue_jobs(account_id, mailbox_ids, prepare)
+        return await enqueue_jobs(account_id, mailbox_ids, prepare, **options)
 
     monkeypatch.setattr(api.app.jobs, "enqueue_for_mailboxes", consent_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
@@ -552,11 +554,13 @@ async def test_a_job_for_a_mailbox_disconnected_meanwhile_is_refused(
     _, key, mailbox_id = caller
     enqueue_jobs = api.app.jobs.enqueue_for_mailboxes
 
-    async def disconnect_lands_first(account_id: str, mailbox_ids: Any, prepare: Any) -> Any:
+    async def disconnect_lands_first(
+        account_id: str, mailbox_ids: Any, prepare: Any, **options: Any
+    ) -> Any:
         assert await api.mailboxes.set_state(
             mailbox_id, "disconnected", "disconnected_by_admin", expected=["connected"]
         )
-        return await enqueue_jobs(account_id, mailbox_ids, prepare)
+        return await enqueue_jobs(account_id, mailbox_ids, prepare, **options)
 
     monkeypatch.setattr(api.app.jobs, "enqueue_for_mailboxes", disconnect_lands_first)
     answer = await enqueue(api, key, job_request(mailbox_id))
