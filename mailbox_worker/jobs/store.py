@@ -202,7 +202,7 @@ class JobStore:
         transaction and must not wait on anything. On PostgreSQL one mailbox's request tries
         ``_enqueue_one`` first (the same guarantee in one round trip); ``prepare`` may then run
         twice, each time on the mailbox as read. ``size``: about how many bytes the jobs'
-        contents hold (their attachments), which bounds what one write of requests that
+        contents hold (their bodies and attachments), which bounds what one write of requests that
         arrived together carries (``SINGLE_CALLS_MOST_BYTES``).
         """
         call = _Call(account_id, tuple(mailbox_ids), prepare, size)
@@ -217,10 +217,11 @@ class JobStore:
 
     async def _enqueue_calls(self, calls: Sequence[_Call]) -> list[_Answer]:
         """Single-job calls that arrived together (``_single_calls``): a lone one as
-        ``_enqueue_one`` (PostgreSQL, one round trip) or else the locking read; several in
-        one transaction of the locking read (``_enqueue_locking``), so that under load one
-        commit carries many requests (on SQLite, one holder of the write lock instead of
-        each request queueing for it)."""
+        ``_enqueue_one`` (PostgreSQL, one round trip) or else the locking read; several by
+        ``_enqueue_unlocked`` (PostgreSQL, one statement), then those it did not answer in one
+        transaction of the locking read (``_enqueue_locking``). So under load one write
+        carries many requests (on SQLite, one holder of the write lock instead of each
+        request queueing for it)."""
         if len(calls) == 1:
             (call,) = calls
             enqueued = await self._enqueue_one(call.account_id, call.mailbox_ids[0], call.prepare)
@@ -312,13 +313,14 @@ class JobStore:
             accounts = sorted({call.account_id for call in calls})
             read = await session.execute(_LOCK_MAILBOXES, {"ids": ids, "accounts": accounts})
             # Core rows made into untracked objects, as for the jobs (``_insert_rows``).
-            mailboxes = [untracked(Mailbox, row._mapping) for row in read]
+            mailboxes = {row.id: untracked(Mailbox, row._mapping) for row in read}
             prepared: list[Sequence[NewJob] | Exception] = []
             for call in calls:
+                named = (mailboxes.get(mailbox_id) for mailbox_id in call.mailbox_ids)
                 own = {
                     mailbox.id: mailbox
-                    for mailbox in mailboxes
-                    if mailbox.account_id == call.account_id and mailbox.id in call.mailbox_ids
+                    for mailbox in named
+                    if mailbox is not None and mailbox.account_id == call.account_id
                 }
                 self._mailboxes.keep(call.account_id, own.values())
                 try:
