@@ -360,7 +360,7 @@ class JobStore:
         if mailbox is None:
             async with engine.connect() as connection:
                 read = await connection.execute(
-                    _READ_ACCOUNT_MAILBOXES, {"ids": [mailbox_id], "account_id": account_id}
+                    _READ_MAILBOXES, {"ids": [mailbox_id], "accounts": [account_id]}
                 )
                 found = [untracked(Mailbox, row._mapping) for row in read]
             self._mailboxes.keep(account_id, found)
@@ -881,17 +881,8 @@ async def _insert_with_companions_postgresql(
 # ``(account_id, idempotency_key)``; NULL keys never conflict), returning every column
 # (SQLite; PostgreSQL's is ``INSERT_JOBS``).
 _INSERT_NEW_JOBS = sqlite_insert(JOBS).on_conflict_do_nothing().returning(*JOBS.columns)
-_READ_ACCOUNT_MAILBOXES = (
-    # The account's mailboxes among ``ids`` (``_enqueue_one``: no lock).
-    select(MAILBOXES)
-    .where(
-        MAILBOXES.c.id.in_(bindparam("ids", expanding=True)),
-        MAILBOXES.c.account_id == bindparam("account_id"),
-    )
-    .order_by(MAILBOXES.c.id)
-)
-# The mailboxes among ``ids`` of the ``accounts`` (``_enqueue_unlocked``: no lock; each call
-# then takes only its own account's).
+# The mailboxes among ``ids`` of the ``accounts`` (``_enqueue_one``, ``_enqueue_unlocked``: no
+# lock; each call then takes only its own account's).
 _READ_MAILBOXES = (
     select(MAILBOXES)
     .where(
@@ -929,7 +920,8 @@ class _Call:
 
 
 _Answer = list[tuple[Job, bool] | Conflict] | Exception
-"""A call's results, or the exception its ``prepare`` raised."""
+"""A call's results, or the exception that failed it alone (its ``prepare`` raised, or the
+locking path failed after other calls of its batch had committed)."""
 
 
 def _key_order(row: Mapping[str, Any]) -> tuple[str, str]:
