@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from mailbox_worker.db.sqlite_driver import one_trip_dbapi
+
 
 @dataclass(frozen=True)
 class DatabaseSettings:
@@ -57,7 +59,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         database = url.database or ""
         if database and database != ":memory:":
             create_private_file(Path(database).expanduser())
-        engine = create_async_engine(url, echo=settings.echo)
+        engine = create_async_engine(url, echo=settings.echo, module=one_trip_dbapi())
         _configure_sqlite(engine)
         return engine
     return create_async_engine(
@@ -127,7 +129,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def on_begin(connection: Any) -> None:
         if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
             return  # no transaction at all: a WAL checkpoint cannot run inside one
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Sent with the transaction's first statement, in its trip to aiosqlite's thread
+        # (``db/sqlite_driver.py``).
+        connection.connection.dbapi_connection.begin_immediate()
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
