@@ -18,7 +18,7 @@ module (``create_async_engine(..., module=...)``, the documented way to give a d
 DBAPI); ``db/engine.py`` does so for every SQLite engine.
 
 Server-side cursors (``stream()``, which nothing here uses on SQLite) keep SQLAlchemy's own
-class.
+class; a transaction's ``BEGIN IMMEDIATE`` then goes in a trip of its own before it.
 """
 
 from __future__ import annotations
@@ -149,6 +149,19 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         begin, self._begin_pending = self._begin_pending, False
         self._transaction_sent = self._transaction_sent or begin
         return begin
+
+    def cursor(self, server_side: bool = False) -> Any:
+        if server_side and self._begin_pending:
+            # SQLAlchemy's own cursor runs the statement; the transaction's begin goes first,
+            # in a trip of its own.
+            connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+            self.take_begin()
+            try:
+                on_thread: Callable[..., Awaitable[Any]] = connection._execute
+                await_(on_thread(connection._conn.execute, "BEGIN IMMEDIATE"))
+            except Exception as error:
+                self._handle_exception(error)
+        return super().cursor(server_side)
 
     def commit(self) -> None:
         self._begin_pending = False

@@ -193,3 +193,19 @@ async def test_a_cancelled_statement_does_not_leave_its_transaction_open(
         await connection.execute(insert(ITEMS), {"name": "after"})
     async with engine.connect() as connection:
         assert await connection.scalar(select(ITEMS.c.name)) == "after"
+
+
+async def test_a_streamed_first_statement_still_begins_the_transaction(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A server-side cursor (``stream()``) runs on SQLAlchemy's own cursor class, not in one
+    trip; the transaction's ``BEGIN IMMEDIATE`` goes before it all the same."""
+    async with engine.begin() as connection:
+        await connection.execute(insert(ITEMS), [{"name": "a"}, {"name": "b"}])
+    async with engine.begin() as connection:
+        streamed = await connection.stream(select(ITEMS.c.name).order_by(ITEMS.c.id))
+        assert [row.name async for row in streamed] == ["a", "b"]
+        async with aiosqlite.connect(tmp_path / "d.db", isolation_level=None) as other:
+            await other.execute("PRAGMA busy_timeout=0")
+            with pytest.raises(aiosqlite.OperationalError, match="locked"):
+                await other.execute("BEGIN IMMEDIATE")
