@@ -1,24 +1,30 @@
 """SQLite through aiosqlite with one trip to its thread per statement.
 
 aiosqlite runs each connection's ``sqlite3`` calls on a thread of its own, and every call is a
-trip there and back: the statement queued, the thread woken, the answer handed back to the
-event loop through its self-pipe. SQLAlchemy's adapter for it (``sqlalchemy.dialects.sqlite
-.aiosqlite``) makes four such trips per statement: open a cursor, execute, fetch the rows,
-close the cursor. On the reference machine a trip costs about 60 µs of CPU, more than SQLite
-takes to run most of our statements, and a job's dozen statements and four transactions on
-SQLite cost it three times the CPU they cost on PostgreSQL (docs/performance.md, "Ninth pass").
+trip there and back: the call queued, the thread woken, the answer handed back to the event
+loop through its self-pipe. SQLAlchemy's adapter for it (``sqlalchemy.dialects.sqlite
+.aiosqlite``) makes four such trips per statement (open a cursor, execute, fetch the rows,
+close the cursor), plus one for each ``BEGIN IMMEDIATE``, commit and rollback, the pool's
+rollback of every connection returned included. On the machine of docs/performance.md's
+"Ninth pass" a trip cost about 80 µs of CPU, far more than SQLite takes to run most of our
+statements, and an idle job took 83 of them.
 
 This adapter keeps SQLAlchemy's dialect, its aiosqlite connection and everything else as they
-are, and changes only the cursor: ``execute`` and ``executemany`` run the whole statement
-(cursor, execute, rows, close) in one function on the connection's thread, through
-``aiosqlite.Connection._execute``, the same queue aiosqlite's own methods use. The rows,
-description, row count and last row id come back together and are kept on the cursor, which
-is what SQLAlchemy reads after an execute. It is handed to SQLAlchemy as the dialect's DBAPI
-module (``create_async_engine(..., module=...)``, the documented way to give a dialect another
-DBAPI); ``db/engine.py`` does so for every SQLite engine.
+are, and changes three things (21 trips per idle job):
 
-Server-side cursors (``stream()``, which nothing here uses on SQLite) keep SQLAlchemy's own
-class; a transaction's ``BEGIN IMMEDIATE`` then goes in a trip of its own before it.
+* ``execute`` and ``executemany`` run the whole statement (cursor, execute, rows, close) in
+  one function on the connection's thread, through ``aiosqlite.Connection._execute``, the
+  queue aiosqlite's own methods use. The rows, description, row count and last row id come
+  back together and are kept on the cursor, which is what SQLAlchemy reads after an execute;
+* a transaction's ``BEGIN IMMEDIATE`` (SQLAlchemy's "begin" event, ``db/engine.py``) goes in
+  the trip of its first statement;
+* a commit or rollback of a transaction whose ``BEGIN IMMEDIATE`` never went sends nothing.
+
+It is handed to SQLAlchemy as the dialect's DBAPI module (``create_async_engine(...,
+module=...)``, the documented way to give a dialect another DBAPI); ``db/engine.py`` does so
+for every SQLite engine. Server-side cursors (``stream()``, which nothing here uses on SQLite)
+keep SQLAlchemy's own class; a transaction's ``BEGIN IMMEDIATE`` then goes in a trip of its
+own before it. Tests: ``tests/integration/test_sqlite_driver.py``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,12 @@ def _run(
         return description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
+
+
+def _on_thread(connection: aiosqlite.Connection, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` on the connection's thread: one trip (aiosqlite's queue)."""
+    send: Callable[..., Awaitable[Any]] = connection._execute
+    return send(function, *args)
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -115,8 +127,9 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         adapted: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
         async with adapted._execute_mutex:
             begin = adapted.take_begin()
-            on_thread: Callable[..., Awaitable[_Answer]] = connection._execute
-            answer = await on_thread(_run, connection._conn, operation, parameters, many, begin)
+            answer: _Answer = await _on_thread(
+                connection, _run, connection._conn, operation, parameters, many, begin
+            )
         self._description, rows, self._rowcount, self._lastrowid = answer
         self._rows = collections.deque(rows)
 
@@ -157,8 +170,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
             connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
             self.take_begin()
             try:
-                on_thread: Callable[..., Awaitable[Any]] = connection._execute
-                await_(on_thread(connection._conn.execute, "BEGIN IMMEDIATE"))
+                await_(_on_thread(connection, connection._conn.execute, "BEGIN IMMEDIATE"))
             except Exception as error:
                 self._handle_exception(error)
         return super().cursor(server_side)
