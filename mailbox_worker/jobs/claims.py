@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, Select, bindparam, exists, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailbox_worker.clock import Clock, new_id
 from mailbox_worker.db.models import (
@@ -122,9 +122,10 @@ def _more(limit: int, locked: int, waiting: int, share: int, per_mailbox: Sequen
 
 
 class Claims:
-    """The claim's statements, run in a transaction the caller opens: on PostgreSQL a
-    connection's (``claim_postgresql``: Core statements only), on SQLite a session's
-    (``claim``)."""
+    """The claim's statements, Core only, on a connection the caller opens: on PostgreSQL
+    outside an explicit transaction (``claim_postgresql``: one call), on SQLite in its
+    ``BEGIN IMMEDIATE`` transaction (``claim``; no ORM session: its jobs and mailboxes come
+    back ``untracked``, as PostgreSQL's do, docs/performance.md "Ninth pass")."""
 
     def __init__(self, limits: LimitDefaults, clock: Clock) -> None:
         """``limits``: what applies to mailboxes without limits of their own."""
@@ -133,14 +134,14 @@ class Claims:
 
     async def claim(
         self,
-        session: AsyncSession,
+        connection: AsyncConnection,
         worker: str,
         limit: int,
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
         """Lease at most ``limit`` due jobs of connected mailboxes to ``worker`` in
-        ``session``'s transaction, within each mailbox's limits, sharing the slots between
+        ``connection``'s transaction, within each mailbox's limits, sharing the slots between
         accounts in turns. (On PostgreSQL, ``claim_postgresql`` does the same for less.)
 
         Pick the mailboxes with due jobs that are neither paused nor at their concurrency,
@@ -152,25 +153,26 @@ class Claims:
         """
         if limit <= 0:
             return ClaimBatch([], more=False)
-        if session.get_bind().dialect.name == "postgresql":
-            connection = await session.connection()
+        if connection.dialect.name == "postgresql":
             return await self.claim_postgresql(connection, worker, limit, lease, now)
         owner = lease_owner(worker)
-        mailboxes = await self._lock_mailboxes(session, now, limit)
+        mailboxes = await self._lock_mailboxes(connection, now, limit)
         if not mailboxes:
-            return await self._batch(session, [], False, now)
-        usages = await self._usage(session, [mailbox.id for mailbox in mailboxes], now)
+            return await self._batch(connection, [], False, now)
+        usages = await self._usage(connection, [mailbox.id for mailbox in mailboxes], now)
         limits = [effective_limits(mailbox, self._limits) for mailbox in mailboxes]
         share = claim_share(limit, len(mailboxes))
         next_ids = []
         for mailbox, mailbox_limits in zip(mailboxes, limits, strict=True):
-            most = min(share, await self._allowance(session, mailbox, mailbox_limits, usages, now))
+            most = min(
+                share, await self._allowance(connection, mailbox, mailbox_limits, usages, now)
+            )
             next_ids.append(
-                await self._next_job_ids(session, mailbox.id, most, now) if most else []
+                await self._next_job_ids(connection, mailbox.id, most, now) if most else []
             )
         shares = round_robin(limit, [len(ids) for ids in next_ids])
         wanted = [ids[:given] for ids, given in zip(next_ids, shares, strict=True)]
-        payloads = await self._payloads(session, [i for ids in wanted for i in ids])
+        payloads = await self._payloads(connection, [i for ids in wanted for i in ids])
         chosen: list[str] = []
         for mailbox, mailbox_limits, wanted_ids in zip(mailboxes, limits, wanted, strict=True):
             ids = [job_id for job_id in wanted_ids if job_id in payloads]  # content purged
@@ -179,14 +181,14 @@ class Claims:
             fit = within_daily_cap(mailbox_limits, usage, counts)
             if ids and not fit:
                 until = (usage.oldest_claim_last_day or now) + DAILY_WINDOW
-                await self._defer(session, mailbox.id, Deferral(until, "daily_cap"))
+                await self._defer(connection, mailbox.id, Deferral(until, "daily_cap"))
             chosen += ids[:fit]
         # One writer at a time on SQLite: nothing is skipped for another claimer's lock.
         locked = len(mailboxes)
         more = _more(limit, locked, locked, share, [len(ids) for ids in wanted])
         if not chosen:
-            return await self._batch(session, [], more, now)
-        claimed = await self._lease(session, worker, owner, chosen, now + lease, now)
+            return await self._batch(connection, [], more, now)
+        claimed = await self._lease(connection, worker, owner, chosen, now + lease, now)
         by_id = {mailbox.id: mailbox for mailbox in mailboxes}
         jobs = [
             ClaimedJob(
@@ -195,7 +197,7 @@ class Claims:
             for i in chosen
             if i in claimed
         ]
-        return await self._batch(session, jobs, more, now)
+        return await self._batch(connection, jobs, more, now)
 
     async def claim_postgresql(
         self,
@@ -262,7 +264,7 @@ class Claims:
 
     async def _allowance(
         self,
-        session: AsyncSession,
+        connection: AsyncConnection,
         mailbox: Mailbox,
         limits: MailboxLimits,
         usages: Mapping[str, MailboxUsage],
@@ -271,13 +273,13 @@ class Claims:
         """How many jobs the locked mailbox may have now; 0, deferring it, at a rate or cap."""
         deferred = deferral(limits, usages[mailbox.id], now)
         if deferred is not None:
-            await self._defer(session, mailbox.id, deferred)
+            await self._defer(connection, mailbox.id, deferred)
             return 0
         return allowance(limits, usages[mailbox.id])
 
     async def _lease(
         self,
-        session: AsyncSession,
+        connection: AsyncConnection,
         worker: str,
         owner: str,
         job_ids: Sequence[str],
@@ -288,7 +290,8 @@ class Claims:
         ``owner`` (``lease_owner``), with their claim time, each with its event naming
         ``worker``."""
         binds = {"ids": list(job_ids), "owner": owner, "expires_at": expires_at, "now": now}
-        claimed = {job.id: job for job in (await session.scalars(_SQLITE_LEASE, binds)).all()}
+        rows = (await connection.execute(_SQLITE_LEASE, binds)).all()
+        claimed = {row.id: untracked(Job, row._mapping) for row in rows}
         if claimed:
             at = self._clock()
             events = [
@@ -303,11 +306,11 @@ class Claims:
                 }
                 for job_id in claimed
             ]
-            await session.execute(insert(JobEvent), events)
+            await connection.execute(insert(JobEvent), events)
         return claimed
 
     async def _lock_mailboxes(
-        self, session: AsyncSession, now: dt.datetime, limit: int
+        self, connection: AsyncConnection, now: dt.datetime, limit: int
     ) -> list[Mailbox]:
         """Up to ``limit`` connected, unpaused mailboxes of unpaused accounts below their
         concurrency that have due jobs (SQLite: the transaction's write lock serialises
@@ -316,10 +319,11 @@ class Claims:
         one index lookup per mailbox, so the scan does not grow with the number of queued jobs
         (``_SQLITE_LOCK_MAILBOXES``)."""
         binds = {"now": now, "default_concurrency": self._limits.max_concurrency, "limit": limit}
-        return list((await session.scalars(_SQLITE_LOCK_MAILBOXES, binds)).all())
+        rows = (await connection.execute(_SQLITE_LOCK_MAILBOXES, binds)).all()
+        return [untracked(Mailbox, row._mapping) for row in rows]
 
     async def _batch(
-        self, session: AsyncSession, jobs: list[ClaimedJob], more: bool, now: dt.datetime
+        self, connection: AsyncConnection, jobs: list[ClaimedJob], more: bool, now: dt.datetime
     ) -> ClaimBatch:
         """The SQLite claim's answer. Unless it leased jobs and may have left more (then the
         worker claims again at once, and the rest of the queue is not read), one more
@@ -328,11 +332,11 @@ class Claims:
         not yet due becomes due."""
         if jobs and more:
             return ClaimBatch(jobs, more=True)
-        due_left, next_due = (await session.execute(_SQLITE_QUEUE_AHEAD, {"now": now})).one()
+        due_left, next_due = (await connection.execute(_SQLITE_QUEUE_AHEAD, {"now": now})).one()
         return ClaimBatch(jobs, more, due_left=more or bool(due_left), next_due=next_due)
 
     async def _usage(
-        self, session: AsyncSession, mailbox_ids: Sequence[str], now: dt.datetime
+        self, connection: AsyncConnection, mailbox_ids: Sequence[str], now: dt.datetime
     ) -> dict[str, MailboxUsage]:
         """Each locked mailbox's running jobs and its claims in the rate and daily windows.
 
@@ -344,7 +348,7 @@ class Claims:
             "day_ago": now - DAILY_WINDOW,
         }
         usages = dict.fromkeys(mailbox_ids, MailboxUsage())
-        for row in (await session.execute(_SQLITE_USAGE, binds)).all():
+        for row in (await connection.execute(_SQLITE_USAGE, binds)).all():
             usages[row[0]] = MailboxUsage(
                 running=int(row[1]),
                 claimed_last_minute=int(row[2]),
@@ -355,32 +359,33 @@ class Claims:
         return usages
 
     async def _next_job_ids(
-        self, session: AsyncSession, mailbox_id: str, count: int, now: dt.datetime
+        self, connection: AsyncConnection, mailbox_id: str, count: int, now: dt.datetime
     ) -> list[str]:
         """The mailbox's next ``count`` due jobs: higher priority first, then the longest
         waiting."""
         binds = {"mailbox_id": mailbox_id, "now": now, "count": count}
-        return list((await session.scalars(_SQLITE_NEXT_JOB_IDS, binds)).all())
+        return list((await connection.scalars(_SQLITE_NEXT_JOB_IDS, binds)).all())
 
     async def _payloads(
-        self, session: AsyncSession, job_ids: Sequence[str]
+        self, connection: AsyncConnection, job_ids: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
         if not job_ids:
             return {}
-        contents = await session.execute(_SQLITE_PAYLOADS, {"ids": list(job_ids)})
+        contents = await connection.execute(_SQLITE_PAYLOADS, {"ids": list(job_ids)})
         return {row[0]: row[1] for row in contents}
 
-    async def _defer(self, session: AsyncSession, mailbox_id: str, deferred: Deferral) -> None:
+    async def _defer(
+        self, connection: AsyncConnection, mailbox_id: str, deferred: Deferral
+    ) -> None:
         """Skip the mailbox until its capacity returns, so its jobs are not rescanned each
         poll; they stay ``queued``. A later pause already set is kept."""
-        await session.execute(
+        await connection.execute(
             update(Mailbox)
             .where(
                 Mailbox.id == mailbox_id,
                 or_(Mailbox.paused_until.is_(None), Mailbox.paused_until < deferred.until),
             )
             .values(paused_until=deferred.until, pause_reason=deferred.reason)
-            .execution_options(synchronize_session=False)
         )
 
 
@@ -390,7 +395,7 @@ _QUEUED = Job.state == JobState.QUEUED
 _NOW = bindparam("now", type_=UTCDateTime)
 
 
-def _sqlite_lock_mailboxes() -> Select[Mailbox]:
+def _sqlite_lock_mailboxes() -> Select[Any]:
     oldest_due = (
         select(func.min(Job.run_after))
         .where(Job.mailbox_id == Mailbox.id, _QUEUED)
@@ -435,7 +440,7 @@ def _sqlite_lock_mailboxes() -> Select[Mailbox]:
         .subquery("turns")
     )
     return (
-        select(Mailbox)
+        select(*Mailbox.__table__.columns)  # rows of columns: the claim builds ``untracked``
         .join(turns, turns.c.id == Mailbox.id)
         .order_by(turns.c.turn, turns.c.oldest_due, Mailbox.id)
         .limit(bindparam("limit", type_=Integer))
@@ -483,8 +488,7 @@ _SQLITE_LEASE = (
         updated_at=_NOW,
         claimed_at=_NOW,
     )
-    .returning(Job)
-    .execution_options(synchronize_session=False)
+    .returning(*Job.__table__.columns)
 )
 _SQLITE_QUEUE_AHEAD = select(
     exists().where(_QUEUED, Job.run_after <= _NOW),

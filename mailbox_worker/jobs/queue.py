@@ -184,8 +184,8 @@ class JobQueue:
                     return await self._claims.claim_postgresql(
                         connection, worker, limit, lease, self._clock()
                     )
-            async with self._sessions.begin() as session:
-                return await self._claims.claim(session, worker, limit, lease, self._clock())
+            async with self._write_connection() as connection:  # BEGIN IMMEDIATE
+                return await self._claims.claim(connection, worker, limit, lease, self._clock())
 
         return await self._retrying(claim)
 
