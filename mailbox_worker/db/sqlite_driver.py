@@ -43,6 +43,9 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
+BEGIN = "BEGIN IMMEDIATE"
+"""How every transaction on SQLite begins (``db/engine.py``)."""
+
 _Answer = tuple[Any, list[Any], int, int | None]
 """What one statement leaves: description, rows, row count, last row id."""
 
@@ -53,7 +56,7 @@ def _run(
     """The statement, on the connection's own thread, from cursor to close; ``begin``: the
     transaction's ``BEGIN IMMEDIATE`` first (``OneTripConnection.begin_immediate``)."""
     if begin:
-        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(BEGIN)
     cursor = connection.cursor()
     try:
         if many:
@@ -170,7 +173,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
             connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
             self.take_begin()
             try:
-                await_(_on_thread(connection, connection._conn.execute, "BEGIN IMMEDIATE"))
+                await_(_on_thread(connection, connection._conn.execute, BEGIN))
             except Exception as error:
                 self._handle_exception(error)
         return super().cursor(server_side)

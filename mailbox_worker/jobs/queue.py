@@ -78,8 +78,8 @@ class JobQueue:
         # A single-statement write needs no explicit transaction on PostgreSQL: its own,
         # implicit one saves the BEGIN and COMMIT round-trips (docs/architecture.md).
         self._engine = engine
-        self._postgresql = engine.dialect.name == "postgresql"
-        self._autocommit_writes = self._postgresql and not transaction_pooler
+        postgresql = engine.dialect.name == "postgresql"
+        self._autocommit_writes = postgresql and not transaction_pooler
         self._autocommit = (
             engine.execution_options(isolation_level="AUTOCOMMIT")
             if self._autocommit_writes
@@ -179,12 +179,9 @@ class JobQueue:
             return ClaimBatch([], more=False)
 
         async def claim() -> ClaimBatch:
-            if self._postgresql:  # one statement: the write connection, not a session
-                async with self._write_connection() as connection:
-                    return await self._claims.claim_postgresql(
-                        connection, worker, limit, lease, self._clock()
-                    )
-            async with self._write_connection() as connection:  # BEGIN IMMEDIATE
+            # The write connection: PostgreSQL's claim is one statement outside an explicit
+            # transaction, SQLite's runs in its BEGIN IMMEDIATE (``Claims.claim`` picks).
+            async with self._write_connection() as connection:
                 return await self._claims.claim(connection, worker, limit, lease, self._clock())
 
         return await self._retrying(claim)
