@@ -23,7 +23,7 @@ from mailbox_worker.cli import keys as key_commands
 from mailbox_worker.cli import mailboxes as mailbox_commands
 from mailbox_worker.cli import serve as serve_command
 from mailbox_worker.cli import settings_view
-from mailbox_worker.cli.allocator import fix_mmap_threshold
+from mailbox_worker.cli.allocator import tune_malloc
 from mailbox_worker.cli.output import OK, emit_json
 from mailbox_worker.config import Settings, load_settings
 from mailbox_worker.errors import ConfigError, MailboxWorkerError
@@ -135,8 +135,9 @@ async def _app(settings: Settings, *, migrate: bool = True) -> AsyncIterator[App
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     serve_command.check_arguments(args, settings)
-    # Before the app allocates: large invoices' buffers go back to the system when freed.
-    fix_mmap_threshold()
+    # Before the app allocates: large invoices' buffers go back to the system when freed,
+    # smaller ones' memory is kept for the next job.
+    tune_malloc()
     async with _app(settings, migrate=False) as app:
         # A daemon may start before its database, or while it restarts: wait for it.
         await app.migrate(wait=serve_command.DATABASE_WAIT)

@@ -1,4 +1,5 @@
-"""glibc's malloc told to give large blocks back to the system as soon as they are freed.
+"""glibc's malloc told to give large blocks back to the system as soon as they are freed, and
+to keep the smaller ones' memory for the next invoice.
 
 Each large invoice in flight allocates a few buffers of its size (the payload's base64, the
 built MIME, its base64 for Graph: 10-20 MB each for a 10 MB PDF). glibc serves blocks above
@@ -10,11 +11,20 @@ highest and creeps up as the holes fragment. Setting the threshold explicitly tu
 adjustment off. Measured with ``bench/memory.py`` (docs/performance.md#memory): with 8 jobs of
 10 MB in flight the daemon's RSS was 787 MiB without and 531 MiB with a fixed 128 KiB
 threshold. The cost is an ``mmap`` and page faults per large buffer (system CPU), which is
-why only blocks of ``MMAP_THRESHOLD`` and more go that way: a 100 KB invoice's buffers stay
-on the heap as before.
+why only blocks of ``MMAP_THRESHOLD`` and more go that way.
 
-The variable ``MALLOC_MMAP_THRESHOLD_`` in the environment wins (glibc reads it at start and
-this leaves it alone); on another C library (musl, macOS) nothing is done.
+Turning the adjustment off also stops glibc raising ``M_TRIM_THRESHOLD`` with it (to twice
+the mmap threshold): it stays at 128 KiB, and whenever more than that is free at the top of
+the heap, ``free`` gives it back. A 100 KB invoice's buffers (its request, its base64 as a
+str, the insert's parameters, its MIME: 130-550 KB each) are freed between jobs, so the heap
+shrank after nearly every one and the next job faulted the same pages in again: 65 page faults
+a job end to end, 17 with ``TRIM_THRESHOLD`` (docs/performance.md "Tenth pass"). The heap now
+keeps up to ``TRIM_THRESHOLD`` free for the next job (each of glibc's arenas does: the main
+heap, a thread's); blocks of ``MMAP_THRESHOLD`` and more never come from it.
+
+A variable in the environment wins over each setting (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``: glibc reads them at start and this leaves that one alone); on
+another C library (musl, macOS) nothing is done.
 """
 
 from __future__ import annotations
@@ -27,25 +37,39 @@ import platform
 
 log = logging.getLogger(__name__)
 
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-"""``mallopt``'s parameter number for the threshold (glibc's malloc.h)."""
+"""``mallopt``'s parameter numbers (glibc's malloc.h)."""
 MMAP_THRESHOLD = 1024 * 1024
 """Blocks of 1 MiB and more are mapped on their own and returned when freed."""
-ENVIRONMENT_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
+TRIM_THRESHOLD = 8 * 1024 * 1024
+"""Up to 8 MiB free at the top of the heap is kept for the next allocations."""
+SETTINGS = (
+    ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+    ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+)
+"""Each setting: the environment variable that wins over it, ``mallopt``'s parameter, the
+value."""
 
 
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes; whether it was set by this call."""
-    if ENVIRONMENT_VARIABLE in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
+def tune_malloc() -> list[str]:
+    """Set glibc's thresholds (``SETTINGS``) that the environment does not; the names of the
+    environment variables of those set by this call."""
+    if platform.libc_ver()[0] != "glibc":
+        return []
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        done = int(libc.mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(threshold)))
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
-        return False
-    if not done:
-        log.warning("mallopt(M_MMAP_THRESHOLD, %d) was refused", threshold)
-    return bool(done)
+        return []
+    done: list[str] = []
+    for variable, parameter, value in SETTINGS:
+        if variable in os.environ:
+            continue
+        if mallopt(ctypes.c_int(parameter), ctypes.c_int(value)):
+            done.append(variable)
+        else:
+            log.warning("mallopt(%d, %d) was refused", parameter, value)
+    return done
 
 
-__all__ = ["MMAP_THRESHOLD", "fix_mmap_threshold"]
+__all__ = ["MMAP_THRESHOLD", "SETTINGS", "TRIM_THRESHOLD", "tune_malloc"]
