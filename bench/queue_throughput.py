@@ -39,6 +39,7 @@ from sqlalchemy import event, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailbox_worker.clock import new_id
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.accounts import AccountStore
@@ -131,11 +132,12 @@ class Ours:
         return jobs / (time.perf_counter() - started)
 
     async def fill(self, jobs: int) -> None:
-        """``jobs`` queued jobs, inserted in bulk (not what is measured)."""
+        """``jobs`` queued jobs, inserted in bulk (not what is measured), with ids made as the
+        daemon makes them (``new_id``: their order is their indexes' order)."""
         now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
         rows = []
         for number in range(jobs):
-            job_id = f"job_{uuid.uuid4().hex}"
+            job_id = new_id("job")
             rows.append(
                 {
                     "id": job_id,
