@@ -133,7 +133,7 @@ class Ours:
 
     async def fill(self, jobs: int) -> None:
         """``jobs`` queued jobs, inserted in bulk (not what is measured), with ids made as the
-        daemon makes them (``new_id``: their order is their indexes' order)."""
+        daemon makes them (``new_id``)."""
         now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
         rows = []
         for number in range(jobs):
