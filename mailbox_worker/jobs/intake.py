@@ -163,8 +163,12 @@ class JobIntake:
         it anew. The key is looked up only when a check fails; otherwise the insert meets it
         (``JobStore.enqueue_for_mailboxes``), which saves a read on the common path.
         """
-        # Each message's attachments checked once, for its digest and its stored JSON.
-        marks = [mark(_message_of(submission.body)) for submission in submissions]
+        # Each message's attachments marked once, for its digest and its stored JSON; the
+        # document's base64 pattern, which the API checked, already proved that their
+        # contents need no JSON escape.
+        marks = [
+            mark(_message_of(submission.body), base64_checked=True) for submission in submissions
+        ]
         digests = [
             _request_digest(submission.body, marked)
             for submission, marked in zip(submissions, marks, strict=True)

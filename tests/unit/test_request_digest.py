@@ -109,3 +109,46 @@ def test_random_payloads_dump_as_json_dumps() -> None:
     assert (
         spliced > 100
     )  # some of the seeded bodies take the splice (223 of them), not the whole dump
+
+
+def base64_body(generator: random.Random) -> Any:
+    """A body as the API lets one through: every attachment's content standard base64."""
+    attachments = [
+        {
+            "filename": generator.choice(["a.pdf", "é.pdf", "\x00attachment:0"]),
+            "content_type": "application/pdf",
+            "content_base64": base64.b64encode(
+                generator.randbytes(generator.randrange(40))
+            ).decode(),
+        }
+        for _ in range(generator.randrange(4))
+    ]
+    body = random_body(generator)
+    body["message"]["attachments"] = attachments
+    return body
+
+
+def test_checked_base64_marks_as_the_check_does() -> None:
+    """A validated submission's contents are base64, which needs no JSON escape: marked
+    without reading them again, the message is marked as with the check, and its digest and
+    stored JSON are the same."""
+    generator = random.Random(13)
+    for _ in range(2_000):
+        body = base64_body(generator)
+        message = _message_of(body)
+        checked = mark(message, base64_checked=True)
+        assert checked == mark(message), body
+        assert _request_digest(body, checked) == canonical_digest(body), body
+        assert dumps_message(message, checked) == json.dumps(message), body
+
+
+def test_checked_base64_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    def read(text: str) -> bool:
+        raise AssertionError("a checked content was read again")
+
+    monkeypatch.setattr("mailbox_worker.jobs.message_json.json_plain", read)
+    message = {"attachments": [{"content_base64": "QUJD"}, {"content_base64": "QQ=="}]}
+    marked = mark(message, base64_checked=True)
+    assert marked is not None and marked.contents == ["QUJD", "QQ=="]
+    with pytest.raises(AssertionError):
+        mark(message)
