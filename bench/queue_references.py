@@ -3,7 +3,9 @@ PostgreSQL database in the same run: pgqueuer (its own API: ``Queries.enqueue`` 
 ``QueueManager`` in drain mode with a no-op entrypoint) and a raw asyncpg loop that claims a
 batch with ``SELECT … FOR UPDATE SKIP LOCKED`` and completes it with one ``UPDATE``.
 
-Each function takes a plain ``postgresql://`` DSN and returns jobs per second.
+Each function takes a plain ``postgresql://`` DSN; an enqueue returns jobs per second, a drain
+its ``Drained`` figures (jobs per second and the CPU each drained job cost this process and
+PostgreSQL, ``CpuMeter``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
+from _daemon import postgres_cpu_seconds
 
 RAW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw_jobs (
@@ -37,6 +42,44 @@ RAW_COMPLETE = "UPDATE raw_jobs SET state = 'done', updated_at = now() WHERE id 
 PAYLOAD = b"x" * 500
 
 
+@dataclass(frozen=True)
+class Drained:
+    """A drain's figures: jobs per second, and the CPU seconds each drained job cost this
+    process (the queue's client side) and the PostgreSQL server (None: not on this machine)."""
+
+    rate: float
+    client_cpu: float
+    server_cpu: float | None
+
+
+class CpuMeter:
+    """The CPU time this process and the PostgreSQL server whose postmaster is ``postmaster``
+    (None: not measured) spend within ``measuring()``; ``drained(jobs, seconds)`` makes it a
+    ``Drained``. The server's is all of its processes' (``_daemon.postgres_cpu_seconds``), so
+    nothing else should use it meanwhile."""
+
+    def __init__(self, postmaster: int | None) -> None:
+        self._postmaster = postmaster
+        self._client = 0.0
+        self._server = 0.0
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        client, server = time.process_time(), self._server_seconds()
+        try:
+            yield
+        finally:
+            self._client = time.process_time() - client
+            self._server = self._server_seconds() - server
+
+    def drained(self, jobs: int, seconds: float) -> Drained:
+        server = self._server / jobs if self._postmaster is not None else None
+        return Drained(jobs / seconds, self._client / jobs, server)
+
+    def _server_seconds(self) -> float:
+        return postgres_cpu_seconds(self._postmaster) if self._postmaster is not None else 0.0
+
+
 async def raw_enqueue(dsn: str, jobs: int) -> float:
     """One job per transaction (an implicit one: a single INSERT), from one connection."""
     connection = await asyncpg.connect(dsn)
@@ -50,7 +93,9 @@ async def raw_enqueue(dsn: str, jobs: int) -> float:
         await connection.close()
 
 
-async def raw_drain(dsn: str, jobs: int, workers: int, batch: int = 100) -> float:
+async def raw_drain(
+    dsn: str, jobs: int, workers: int, meter: CpuMeter, batch: int = 100
+) -> Drained:
     """Claim ``batch`` jobs (SKIP LOCKED) and complete them, from ``workers`` connections."""
     setup = await asyncpg.connect(dsn)
     try:
@@ -71,13 +116,14 @@ async def raw_drain(dsn: str, jobs: int, workers: int, batch: int = 100) -> floa
                 done += len(ids)
 
     try:
-        started = time.perf_counter()
-        counts = await asyncio.gather(*(work() for _ in range(workers)))
-        seconds = time.perf_counter() - started
+        with meter.measuring():
+            started = time.perf_counter()
+            counts = await asyncio.gather(*(work() for _ in range(workers)))
+            seconds = time.perf_counter() - started
     finally:
         await pool.close()
     assert sum(counts) == jobs, counts
-    return jobs / seconds
+    return meter.drained(jobs, seconds)
 
 
 async def pgqueuer_enqueue(dsn: str, jobs: int) -> float:
@@ -96,7 +142,7 @@ async def pgqueuer_enqueue(dsn: str, jobs: int) -> float:
         await connection.close()
 
 
-async def pgqueuer_drain(dsn: str, jobs: int, batch: int) -> float:
+async def pgqueuer_drain(dsn: str, jobs: int, batch: int, meter: CpuMeter) -> Drained:
     """pgqueuer's ``QueueManager.run(mode=drain)`` with a no-op entrypoint, ``batch`` jobs a
     dequeue; the jobs are enqueued first in batches of 1,000."""
     from pgqueuer.qm import QueueManager
@@ -118,19 +164,20 @@ async def pgqueuer_drain(dsn: str, jobs: int, batch: int) -> float:
             nonlocal done
             done += 1
 
-        started = time.perf_counter()
-        await manager.run(
-            dequeue_timeout=timedelta(seconds=0.05),
-            batch_size=batch,
-            mode=QueueExecutionMode.drain,
-            log_aggregation_interval=timedelta(0),
-        )
-        seconds = time.perf_counter() - started
+        with meter.measuring():
+            started = time.perf_counter()
+            await manager.run(
+                dequeue_timeout=timedelta(seconds=0.05),
+                batch_size=batch,
+                mode=QueueExecutionMode.drain,
+                log_aggregation_interval=timedelta(0),
+            )
+            seconds = time.perf_counter() - started
     finally:
         if not connection.is_closed():
             await connection.close()
     assert done == jobs, (done, jobs)
-    return jobs / seconds
+    return meter.drained(jobs, seconds)
 
 
 async def _install(queries: object) -> None:

@@ -1,8 +1,10 @@
 """Queue throughput: drain (claim + start + finish of no-op jobs) and enqueue, ours against
 pgqueuer and a raw asyncpg ``SKIP LOCKED`` loop on the same PostgreSQL in the same run, and ours
-on SQLite. Prints jobs/s, the ratios ours/pgqueuer and ours/raw, and the database work per
-processed job (statements, transactions, commits and rollbacks, counted with SQLAlchemy event
-listeners). Never passes or fails on time (issue 9, bench (a)).
+on SQLite. Prints jobs/s, the ratios ours/pgqueuer and ours/raw, the CPU each drained job
+cost this process (the queue's client side) and, when the server runs on this machine,
+PostgreSQL (all its processes, from /proc), and the database work per processed job
+(statements, transactions, commits and rollbacks, counted with SQLAlchemy event listeners).
+Never passes or fails on time (issue 9, bench (a)).
 
     make bench    # or: .venv/bin/python bench/queue_throughput.py [--sizes 1000,10000]
         [--workers 4] [--batch 100] [--mailboxes 20] [--enqueue-jobs 1000] [--skip-references]
@@ -54,6 +56,8 @@ from mailbox_worker.states import JobState
 
 sys.path.insert(0, str(Path(__file__).parent))
 import queue_references
+from _daemon import postgres_postmaster
+from queue_references import CpuMeter, Drained
 
 NO_LIMITS = LimitDefaults(max_concurrency=1_000_000, providers={})
 PAYLOAD = {"to": [{"address": "ap@fabrikam.example"}], "subject": "Invoice", "text": "x" * 500}
@@ -164,8 +168,8 @@ class Ours:
                 )
 
     async def drain(
-        self, jobs: int, workers: int, batch: int, dsn: str | None
-    ) -> tuple[float, Counter[str]]:
+        self, jobs: int, workers: int, batch: int, dsn: str | None, meter: CpuMeter
+    ) -> tuple[Drained, Counter[str]]:
         async def run(item: Any) -> None:
             assert await self.queue.start_attempt(item.lease)
             assert await self.queue.finish(item.lease, SENT)
@@ -188,7 +192,7 @@ class Ours:
             return done
 
         before = await server_transactions(dsn) if dsn else 0
-        with counting(self.engine) as counts:
+        with counting(self.engine) as counts, meter.measuring():
             started = time.perf_counter()
             done = sum(await asyncio.gather(*(work(f"w{n}") for n in range(workers))))
             seconds = time.perf_counter() - started
@@ -196,7 +200,7 @@ class Ours:
             await asyncio.sleep(1.0)  # statistics reach pg_stat_database within a second
             counts["pg_transactions"] = await server_transactions(dsn) - before
         assert done == jobs, (done, jobs)
-        return jobs / seconds, counts
+        return meter.drained(jobs, seconds), counts
 
 
 async def server_transactions(dsn: str) -> int:
@@ -231,13 +235,19 @@ async def job_updates(dsn: str) -> tuple[int, int]:
 
 
 async def ours(
-    url: str, args: argparse.Namespace, size: int, dsn: str | None = None
+    url: str,
+    args: argparse.Namespace,
+    size: int,
+    dsn: str | None = None,
+    meter: CpuMeter | None = None,
 ) -> dict[str, Any]:
     bench = Ours(url)
     try:
         await bench.prepare(args.mailboxes)
         await bench.fill(size)
-        drain, counts = await bench.drain(size, args.workers, args.batch, dsn)
+        drained, counts = await bench.drain(
+            size, args.workers, args.batch, dsn, meter or CpuMeter(None)
+        )
         enqueue = await bench.enqueue(min(size, args.enqueue_jobs))
     finally:
         await bench.engine.dispose()
@@ -248,7 +258,7 @@ async def ours(
         await asyncio.sleep(0.5)
         counts["job_updates"], counts["hot_updates"] = await job_updates(dsn)
     per_job = {name: count / size for name, count in counts.items()}
-    return {"drain": drain, "enqueue": enqueue, "per_job": per_job}
+    return {"drain": drained.rate, "drained": drained, "enqueue": enqueue, "per_job": per_job}
 
 
 @contextmanager
@@ -302,40 +312,49 @@ async def main() -> None:
                 lite = await ours(url, args, size)
             print(
                 f"  sqlite   ours      drain {lite['drain']:8.0f} jobs/s  "
-                f"enqueue {lite['enqueue']:6.0f} jobs/s  per job: {_per_job(lite)}"
+                f"enqueue {lite['enqueue']:6.0f} jobs/s  {_cpu(lite['drained'])}  "
+                f"per job: {_per_job(lite)}"
             )
         if not postgres:
             print("  postgresql: set MAILBOX_WORKER_TEST_POSTGRES_URL to measure it")
             continue
         url, dsn, drop = await scratch_postgres(postgres)
+        meter = CpuMeter(await postgres_postmaster(postgres))
         try:
-            pg = await ours(url, args, size, dsn)
+            pg = await ours(url, args, size, dsn, meter)
             raw_drain = raw_enqueue = pgq_drain = pgq_enqueue = None
             best_batch = 0
             if not args.skip_references:
                 enqueue_jobs = min(size, args.enqueue_jobs)
-                raw_drain = await queue_references.raw_drain(dsn, size, args.workers)
+                raw = await queue_references.raw_drain(dsn, size, args.workers, meter)
+                raw_drain = raw.rate
                 raw_enqueue = await queue_references.raw_enqueue(dsn, enqueue_jobs)
                 pgq_drain = 0.0
+                pgq_best = raw
                 for batch in (10, 100):
-                    rate = await queue_references.pgqueuer_drain(dsn, size, batch)
-                    print(f"  postgres pgqueuer  drain {rate:8.0f} jobs/s  (batch {batch})")
-                    if rate > pgq_drain:
-                        pgq_drain, best_batch = rate, batch
+                    pgq = await queue_references.pgqueuer_drain(dsn, size, batch, meter)
+                    print(
+                        f"  postgres pgqueuer  drain {pgq.rate:8.0f} jobs/s  (batch {batch})  "
+                        f"{_cpu(pgq)}"
+                    )
+                    if pgq.rate > pgq_drain:
+                        pgq_drain, best_batch, pgq_best = pgq.rate, batch, pgq
                 pgq_enqueue = await queue_references.pgqueuer_enqueue(dsn, enqueue_jobs)
                 print(
                     f"  postgres raw       drain {raw_drain:8.0f} jobs/s  "
-                    f"enqueue {raw_enqueue:6.0f} jobs/s"
+                    f"enqueue {raw_enqueue:6.0f} jobs/s  {_cpu(raw)}"
                 )
                 print(
                     f"  postgres pgqueuer  drain {pgq_drain:8.0f} jobs/s  "
-                    f"enqueue {pgq_enqueue:6.0f} jobs/s  (best batch {best_batch})"
+                    f"enqueue {pgq_enqueue:6.0f} jobs/s  (best batch {best_batch})  "
+                    f"{_cpu(pgq_best)}"
                 )
         finally:
             await drop()
         print(
             f"  postgres ours      drain {pg['drain']:8.0f} jobs/s  "
-            f"enqueue {pg['enqueue']:6.0f} jobs/s  per job: {_per_job(pg)}"
+            f"enqueue {pg['enqueue']:6.0f} jobs/s  {_cpu(pg['drained'])}  "
+            f"per job: {_per_job(pg)}"
         )
         print(
             f"  ratios   drain ours/pgqueuer {ratio(pg['drain'], pgq_drain)}  "
@@ -343,6 +362,12 @@ async def main() -> None:
             f"enqueue ours/pgqueuer {ratio(pg['enqueue'], pgq_enqueue)}  "
             f"ours/raw {ratio(pg['enqueue'], raw_enqueue)}"
         )
+
+
+def _cpu(drained: Drained) -> str:
+    """CPU per drained job: this process's (the queue's client side), PostgreSQL's."""
+    server = "n/a" if drained.server_cpu is None else f"{drained.server_cpu * 1e6:.0f} us"
+    return f"CPU per job: client {drained.client_cpu * 1e6:.0f} us, PostgreSQL {server}"
 
 
 def _per_job(figures: dict[str, Any]) -> str:
