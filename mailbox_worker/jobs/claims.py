@@ -207,7 +207,7 @@ class Claims:
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0018``
+        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0019``
         (``jobs/claim_sql.py``) on ``connection``, which the caller opens outside an explicit
         transaction (one round trip; the call's implicit transaction is the claim's) or,
         behind a transaction pooler, in one. No session: a claim is this one Core statement."""

@@ -75,8 +75,8 @@ class Deferral:
 
 def effective_limits(mailbox: Mailbox, defaults: LimitDefaults) -> MailboxLimits:
     """The mailbox's own limits, its provider's defaults where it has none (NULL or 0).
-    PostgreSQL's claim function (migration 0018) repeats these rules in SQL; a change here is
-    a new claim function there."""
+    PostgreSQL's claim function (migration 0018's, as 0019 left it) repeats these rules in SQL;
+    a change here is a new claim function there."""
     provider_limits = defaults.providers.get(mailbox.provider, ProviderLimits())
     return MailboxLimits(
         max_concurrency=mailbox.max_concurrency or defaults.max_concurrency,
@@ -150,7 +150,8 @@ def claim_share(limit: int, mailboxes: int) -> int:
     up. A claim reads no mailbox's jobs beyond it, so it reads at most about ``limit`` jobs
     rather than ``limit`` of each mailbox; when some mailboxes have fewer jobs than their
     share, the claim takes fewer than ``limit`` and the worker, having claimed some, claims
-    again at once. PostgreSQL's claim function (migration 0018) repeats it in SQL."""
+    again at once. PostgreSQL's claim function (migration 0018's, as 0019 left it) repeats it
+    in SQL."""
     return -(-limit // max(mailboxes, 1))
 
 

@@ -1,7 +1,7 @@
-"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0018`` (migration 0018): one
-statement sent outside a transaction, whose plans are generic inside it only. What it claims,
-and the limits it keeps, are the queue's tests (``test_queue.py``, ``test_mailbox_limits.py``),
-run on both databases."""
+"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0019`` (migration 0019, 0018's
+function with each mailbox's oldest due job looked up once): one statement sent outside a
+transaction, whose plans are generic inside it only. What it claims, and the limits it keeps,
+are the queue's tests (``test_queue.py``, ``test_mailbox_limits.py``), run on both databases."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, TextClause, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailbox_worker.clock import utcnow
@@ -25,6 +25,10 @@ from .conftest import Stores
 from .test_queue import LEASE, new_job, setup
 
 FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
+FUNCTIONS = text(
+    "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
+    "WHERE proname LIKE 'mailbox\\_worker\\_claim\\_%'"
+)
 
 
 # PostgreSQL only (SQLite's claim is its own path in Python, under BEGIN IMMEDIATE, and has
@@ -69,6 +73,76 @@ async def test_migration_0018_creates_the_function_and_its_downgrade_drops_it(
         assert await connection.scalar(FUNCTION) == 0
 
 
+@pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
+async def test_migration_0019_adds_its_function_beside_0018s_and_its_downgrade_drops_it(
+    empty_postgresql: AsyncEngine,
+) -> None:
+    """The release before calls 0018's function during a deploy: 0019 keeps it."""
+    engine = empty_postgresql
+    await migrate.upgrade(engine, "0018")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == ["mailbox_worker_claim_0018"]
+    await migrate.upgrade(engine, "0019")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0018",
+            "mailbox_worker_claim_0019",
+        ]
+
+    def downgrade(connection: Connection) -> None:
+        config = migrate.alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0018")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(downgrade)
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == ["mailbox_worker_claim_0018"]
+
+
+LOOKUPS = text(
+    "SELECT pg_stat_get_xact_numscans(CAST('ix_jobs_mailbox_id_state_run_after' AS regclass))"
+)
+"""This transaction's scans of the index that each mailbox's oldest due job is found in."""
+
+
+def call(version: str) -> TextClause:
+    """A claim by the function of migration ``version``, no limits but concurrency 4, under
+    the lease ``o1``: the claimed jobs' ids (one NULL row when it claimed none)."""
+    return text(
+        f"""SELECT (claim.claimed_job).id FROM mailbox_worker_claim_{version}(
+            now(), 10, 4, CAST(ARRAY[] AS varchar[]), CAST(ARRAY[] AS integer[]),
+            CAST(ARRAY[] AS integer[]), now() - interval '1 minute', now() - interval '1 day',
+            interval '1 minute', interval '1 day', 'o1', now() + interval '1 minute', now(),
+            'w1') AS claim"""  # noqa: S608 - the version is one of this test's constants
+    )
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_each_mailboxs_oldest_due_job_is_looked_up_once_per_claim(
+    postgresql: Stores,
+) -> None:
+    """0018's function looked each mailbox's oldest due job up twice (in the filter and in
+    the output of its first statement), 0019's once: counted as this transaction's scans of
+    the index the lookup reads, a claim by each function in a transaction of its own that is
+    rolled back after, so that both claim from the same queue."""
+    stores = postgresql
+    account = await stores.accounts.create_account("acme")
+    mailboxes = 3
+    for number in range(mailboxes):
+        mailbox = await stores.connected_mailbox(account.id, f"billing{number}@contoso.example")
+        await stores.jobs.enqueue(new_job(mailbox))
+    scans: dict[str, int] = {}
+    for version in ("0018", "0019"):
+        async with stores.engine.connect() as connection, connection.begin() as transaction:
+            before = await connection.scalar(LOOKUPS)
+            claimed = (await connection.scalars(call(version))).all()
+            assert len(claimed) == mailboxes and None not in claimed, version
+            scans[version] = await connection.scalar(LOOKUPS) - before
+            await transaction.rollback()
+    assert scans == {"0018": 2 * mailboxes, "0019": mailboxes}
+
+
 @pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
 async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores) -> None:
     stores = postgresql
@@ -91,7 +165,7 @@ async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores
     assert claimed[0].payload == new_job(mailbox).payload
     assert len(sent) == 1
     statement, in_transaction = sent[0]
-    assert "mailbox_worker_claim_0018(" in statement
+    assert "mailbox_worker_claim_0019(" in statement
     assert not in_transaction
     async with stores.engine.connect() as connection:
         state = await connection.scalar(
@@ -113,7 +187,7 @@ async def test_the_functions_plans_are_generic_and_nothing_else_is_changed(
     claims = Claims(LimitDefaults(), utcnow)
     async with stores.engine.connect() as connection:
         settings = await connection.scalar(
-            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0019'")
         )
         assert settings == ["plan_cache_mode=force_generic_plan"]
         default_commit = await connection.scalar(text("SHOW synchronous_commit"))
