@@ -105,7 +105,7 @@ async def watch_lag(stop: asyncio.Event, lags: list[float]) -> None:
 async def measure(
     name: str, messages: list[bytes], concurrency: int, send: Callable[[bytes], Awaitable[None]]
 ) -> None:
-    stop, lags = asyncio.Event(), []
+    stop, lags = asyncio.Event(), list[float]()
     watcher = asyncio.create_task(watch_lag(stop, lags))
     slots = asyncio.Semaphore(concurrency)
 

@@ -94,7 +94,7 @@ def main() -> None:
     )
     options = parser.parse_args()
     old = reference(options.reference)
-    rows = []
+    rows: list[tuple[str, str, float, float]] = []
     for label, payload in messages().items():
         sizes = [
             len(base64.b64decode(each["content_base64"]))
@@ -108,7 +108,8 @@ def main() -> None:
                     keywords["decoded_sizes"] = sizes
                 call = functools.partial(getattr(module, function), payload, **keywords)
                 figures.append(per_call_us(call, options.repeat))
-            rows.append((label, function, *figures))
+            before, after = figures
+            rows.append((label, function, before, after))
     built = {
         label: len(mime.build_message(p, message_id=MESSAGE_ID, sender=SENDER))
         for label, p in messages().items()

@@ -40,6 +40,7 @@ from mailbox_worker.jobs.limits import LimitDefaults
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 from mailbox_worker.jobs.transitions import Outcome
+from mailbox_worker.states import JobState
 
 NO_LIMITS = LimitDefaults(max_concurrency=1_000_000, providers={})
 PAYLOAD = {"to": [{"address": "ap@fabrikam.example"}], "subject": "Invoice", "text": "x" * 500}
@@ -71,7 +72,7 @@ class Dispatcher:
         started = time.perf_counter()
         (claimed,) = await self._queue.claim("bench", 1, dt.timedelta(seconds=60))
         await self._queue.start_attempt(claimed.lease)
-        await self._queue.finish(claimed.lease, Outcome("sent"))
+        await self._queue.finish(claimed.lease, Outcome(JobState.SENT))
         return time.perf_counter() - started
 
 
