@@ -80,4 +80,16 @@ ORDER BY claim.ordinality
     )
 )
 
-__all__ = ["CLAIM", "JOB_COLUMNS", "MAILBOX_COLUMNS", "MAILBOX_PREFIX"]
+PAYLOAD_AT = len(JOB_COLUMNS)
+"""Where ``CLAIM``'s row holds the payload: after the job's columns, before the mailbox's."""
+COUNTS_AT = PAYLOAD_AT + 1 + len(MAILBOX_COLUMNS)
+"""Where ``CLAIM``'s row holds the claim's counts, after the mailbox's columns."""
+
+__all__ = [
+    "CLAIM",
+    "COUNTS_AT",
+    "JOB_COLUMNS",
+    "MAILBOX_COLUMNS",
+    "MAILBOX_PREFIX",
+    "PAYLOAD_AT",
+]

@@ -27,7 +27,13 @@ from mailbox_worker.db.models import (
     UTCDateTime,
     untracked,
 )
-from mailbox_worker.jobs.claim_sql import CLAIM, JOB_COLUMNS, MAILBOX_COLUMNS, MAILBOX_PREFIX
+from mailbox_worker.jobs.claim_sql import (
+    CLAIM,
+    COUNTS_AT,
+    JOB_COLUMNS,
+    MAILBOX_COLUMNS,
+    PAYLOAD_AT,
+)
 from mailbox_worker.jobs.limits import (
     DAILY_WINDOW,
     RATE_WINDOW,
@@ -247,15 +253,16 @@ class Claims:
         for row in rows:
             if row.id is None:
                 break
-            values = row._mapping
-            job = untracked(Job, {name: values[name] for name in JOB_COLUMNS})
+            # By position, as ``CLAIM`` selects them: a row's mapping view, looked up by name
+            # for each of some fifty columns, cost about a sixth of a drain's client CPU.
+            job = untracked(Job, zip(JOB_COLUMNS, row[:PAYLOAD_AT], strict=True))
             mailbox = mailboxes.get(job.mailbox_id)
             if mailbox is None:
                 mailbox = mailboxes[job.mailbox_id] = untracked(
-                    Mailbox, {name: values[MAILBOX_PREFIX + name] for name in MAILBOX_COLUMNS}
+                    Mailbox, zip(MAILBOX_COLUMNS, row[PAYLOAD_AT + 1 : COUNTS_AT], strict=True)
                 )
             leased = Lease(job.id, worker, owner)
-            claimed.append(ClaimedJob(job, values["payload"], leased, mailbox))
+            claimed.append(ClaimedJob(job, row[PAYLOAD_AT], leased, mailbox))
             per_mailbox[job.mailbox_id] = per_mailbox.get(job.mailbox_id, 0) + 1
         share = claim_share(limit, locked)
         more = _more(limit, locked, int(first.waiting), share, list(per_mailbox.values()))
