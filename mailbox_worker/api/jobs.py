@@ -37,7 +37,8 @@ async def enqueue(request: web.Request) -> web.Response:
     principal = await require(request, JOBS_WRITE)
     key = idempotency_key(request)
     body = await read_json(request, "JobRequest")
-    job, created = await services(request).jobs.submit(principal, Submission(body, key))
+    submission = Submission(body, key, base64_checked=True)  # read_json validated it
+    job, created = await services(request).jobs.submit(principal, submission)
     return web.json_response(
         job_json(job), status=202 if created else 200, headers={"Location": job_location(job.id)}
     )
@@ -51,7 +52,8 @@ async def enqueue_batch(request: web.Request) -> web.Response:
     items: list[Any] = body[BATCH_ITEMS]
     refused: dict[int, RequestError] = dict(item_failures)
     submissions = [
-        (index, Submission(_job_request(item), item.get("idempotency_key")))
+        # The items not refused passed their schema (read_json_items).
+        (index, Submission(_job_request(item), item.get("idempotency_key"), base64_checked=True))
         for index, item in enumerate(items)
         if index not in refused
     ]

@@ -25,15 +25,20 @@ from mailbox_worker.api.services import (
 def timestamp(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    return _utc_text(value)
+    if value.tzinfo is dt.UTC:  # as the database's times are read (db/models.py UTCDateTime)
+        return _utc_text(value)
+    return _text(value)
 
 
-@functools.lru_cache(maxsize=1024)
-def _utc_text(value: dt.datetime) -> str:
-    """``value`` as RFC 3339 UTC text. Remembered: the jobs of one batch share their times
-    (created, updated), and formatting them was 2 % of a batch's CPU (docs/performance.md
-    "Eleventh pass"); equal instants make the same text whatever their zones."""
+def _text(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_utc_text = functools.lru_cache(maxsize=1024)(_text)
+"""``_text`` remembered for times in UTC: the jobs of one batch share their times (created,
+updated), and formatting them was 2 % of a batch's CPU (docs/performance.md "Eleventh pass").
+Only for UTC: two equal times of another zone may differ in ``fold`` (a wall time that occurs
+twice) and so in their text, which a cache keyed by equality would confuse."""
 
 
 def job_location(job_id: str) -> str:

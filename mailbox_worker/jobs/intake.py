@@ -52,6 +52,11 @@ class Submission:
 
     body: Mapping[str, Any]
     idempotency_key: str | None
+    base64_checked: bool = False
+    """Whether the body passed the API document's ``JobRequest`` schema, whose base64 pattern
+    admits only characters JSON writes as they are: the intake then does not read each
+    attachment's content again to know it (``message_json.mark``). The API's handlers say so;
+    any other caller gets the check."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +168,10 @@ class JobIntake:
         it anew. The key is looked up only when a check fails; otherwise the insert meets it
         (``JobStore.enqueue_for_mailboxes``), which saves a read on the common path.
         """
-        # Each message's attachments marked once, for its digest and its stored JSON; the
-        # document's base64 pattern, which the API checked, already proved that their
-        # contents need no JSON escape.
+        # Each message's attachments marked once, for its digest and its stored JSON.
         marks = [
-            mark(_message_of(submission.body), base64_checked=True) for submission in submissions
+            mark(_message_of(submission.body), base64_checked=submission.base64_checked)
+            for submission in submissions
         ]
         digests = [
             _request_digest(submission.body, marked)

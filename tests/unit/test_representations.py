@@ -4,6 +4,7 @@ same instant whatever its zone (the text is remembered per instant: api/represen
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 from mailbox_worker.api.representations import timestamp
 
@@ -21,3 +22,15 @@ def test_the_same_instant_in_other_zones_reads_the_same() -> None:
     # In either order: whichever is formatted first, the other reads the same text.
     assert timestamp(ahead) == timestamp(value) == timestamp(behind) == "2026-12-07T23:30:00.000Z"
     assert timestamp(value + dt.timedelta(milliseconds=1)) == "2026-12-07T23:30:00.001Z"
+
+
+def test_a_wall_time_that_occurs_twice_reads_as_each_instant() -> None:
+    """Equal as datetimes, but not the same instant: 02:30 on the night Berlin's clocks go
+    back is 00:30Z the first time (fold 0) and 01:30Z the second (fold 1), in either order."""
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    first = dt.datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
+    second = first.replace(fold=1)
+    assert first == second  # what a cache keyed by equality would confuse
+    assert timestamp(second) == "2026-10-25T01:30:00.000Z"
+    assert timestamp(first) == "2026-10-25T00:30:00.000Z"
+    assert timestamp(second) == "2026-10-25T01:30:00.000Z"
