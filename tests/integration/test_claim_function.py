@@ -50,6 +50,18 @@ async def empty_postgresql(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Alembic's downgrade of ``engine``'s database to ``revision``."""
+
+    def run(connection: Connection) -> None:
+        config = migrate.alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
 @pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
 async def test_migration_0018_creates_the_function_and_its_downgrade_drops_it(
     empty_postgresql: AsyncEngine,
@@ -61,14 +73,7 @@ async def test_migration_0018_creates_the_function_and_its_downgrade_drops_it(
     await migrate.upgrade(engine)
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTION) == 1
-
-    def downgrade(connection: Connection) -> None:
-        config = migrate.alembic_config()
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0017")
-
-    async with engine.begin() as connection:
-        await connection.run_sync(downgrade)
+    await downgrade(engine, "0017")
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTION) == 0
 
@@ -88,14 +93,7 @@ async def test_migration_0019_adds_its_function_beside_0018s_and_its_downgrade_d
             "mailbox_worker_claim_0018",
             "mailbox_worker_claim_0019",
         ]
-
-    def downgrade(connection: Connection) -> None:
-        config = migrate.alembic_config()
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0018")
-
-    async with engine.begin() as connection:
-        await connection.run_sync(downgrade)
+    await downgrade(engine, "0018")
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTIONS) == ["mailbox_worker_claim_0018"]
 
