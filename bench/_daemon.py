@@ -340,6 +340,48 @@ class DaemonProcess:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
+@dataclass
+class FloorProcess(DaemonProcess):
+    """``bench/_floor_daemon.py`` in the daemon's place (``end_to_end.py --floor``): the
+    fewest steps the daemon's promises allow per job, so its CPU per job is the daemon's
+    floor on this machine."""
+
+    arguments: list[str] = field(default_factory=list)
+
+    def launch(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("_floor_daemon.py")),
+                    *self.arguments,
+                ],
+                stdout=log,
+                stderr=log,
+            )
+
+
+def floor_environment(
+    work: Path, sandbox: SandboxProcess, database_url: str, concurrency: int
+) -> FloorProcess:
+    """The floor's process on PostgreSQL ``database_url``: its mailboxes are the sandbox's
+    users, named by address, each with the token the sandbox minted (``start_sandbox(...,
+    tokens=True)``)."""
+    from sqlalchemy.engine import make_url
+
+    port = free_port()
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    mailboxes = {address: [address, token] for address, token in sandbox.tokens.items()}
+    arguments = [
+        *("--dsn", dsn, "--port", str(port), "--graph", f"{sandbox.base_url}/v1.0"),
+        *("--ca", str(sandbox.ca), "--mailboxes", json.dumps(mailboxes)),
+        *("--concurrency", str(concurrency)),
+    ]
+    floor = FloorProcess({}, f"http://127.0.0.1:{port}", work / "floor.log", arguments=arguments)
+    floor.mailbox_ids = sorted(mailboxes)
+    return floor
+
+
 def daemon_environment(
     work: Path, sandbox: SandboxProcess, database_url: str, extra: dict[str, str]
 ) -> DaemonProcess:
@@ -455,16 +497,18 @@ class JobStates:
     """Counts the daemon's jobs by state straight from its database (so that following them
     costs the daemon nothing)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, table: str = "jobs") -> None:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         self._engine = create_async_engine(database_url)
+        self._table = table
 
     async def counts(self) -> dict[str, int]:
         from sqlalchemy import text
 
         async with self._engine.connect() as connection:
-            rows = await connection.execute(text("SELECT state, count(*) FROM jobs GROUP BY state"))
+            query = f"SELECT state, count(*) FROM {self._table} GROUP BY state"  # noqa: S608
+            rows = await connection.execute(text(query))
             return {str(state): int(count) for state, count in rows}
 
     async def final(self) -> int:

@@ -3,7 +3,7 @@ to the sandbox's Graph, followed to their final state — on SQLite and (if conf
 PostgreSQL, 20 mailboxes, 100 KB PDFs (issue 9, benchmark b).
 
     .venv/bin/python bench/end_to_end.py [--jobs 1000] [--mailboxes 20] [--concurrency 8]
-        [--posters 16] [--databases sqlite postgres]
+        [--posters 16] [--databases sqlite postgres] [--floor also|only|no]
 
 Prints, per database: the HTTP enqueue rate and its latency p50/p99, the completion rate (jobs
 per second between 10 % and 90 % of them final, and overall), and the daemon's CPU per job (its
@@ -12,6 +12,11 @@ likewise, for comparison). The sandbox runs
 in a process of its own; the jobs are followed by counting them in the database, not through
 the daemon. Ratios are to the figures measured before issue 9 (docs/performance.md). Never
 passes or fails on time. PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set.
+
+On PostgreSQL the same load then goes to the floor (``bench/_floor_daemon.py``: the fewest
+steps the daemon's promises allow per job, in a process that does nothing else), and the
+daemon's CPU per job is printed against the floor's: what this machine allows a Python
+process at all (docs/performance.md "Twelfth pass").
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import asyncio
 import time
 
 from _daemon import (
+    DaemonProcess,
     JobStates,
     cpu_seconds,
     daemon_environment,
     database_kinds,
+    floor_environment,
     follow,
     median,
     pdf_bytes,
@@ -50,16 +57,22 @@ WARM_UP = 40
 async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
     pdf = pdf_bytes(100 * 1024)
     with work_directory() as work:
-        sandbox = start_sandbox(work / "sandbox", arguments.mailboxes)
+        sandbox = start_sandbox(work / "sandbox", arguments.mailboxes, tokens=arguments.floor_run)
         try:
             async with scratch_database(kind, work) as url:
-                extra = {"MAILBOX_WORKER_WORKER__CONCURRENCY": str(arguments.concurrency)}
-                daemon = daemon_environment(work, sandbox, url, extra)
-                daemon.serve_arguments = arguments.serve.split()
+                if arguments.floor_run:
+                    daemon: DaemonProcess = floor_environment(
+                        work, sandbox, url, arguments.concurrency
+                    )
+                else:
+                    extra = {"MAILBOX_WORKER_WORKER__CONCURRENCY": str(arguments.concurrency)}
+                    daemon = daemon_environment(work, sandbox, url, extra)
+                    daemon.serve_arguments = arguments.serve.split()
                 await daemon.start()
-                states = JobStates(url)
+                states = JobStates(url, "floor_jobs" if arguments.floor_run else "jobs")
                 try:
-                    await prepare(daemon, sandbox, arguments.mailboxes)
+                    if not arguments.floor_run:
+                        await prepare(daemon, sandbox, arguments.mailboxes)
                     # Tokens fetched and connections opened before the clock starts.
                     warm = await post_invoices(daemon, WARM_UP, pdf, arguments.posters)
                     await follow(states, 0, len(warm.job_ids), time.perf_counter(), 300)
@@ -106,10 +119,13 @@ async def run(kind: str, arguments: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def report(kind: str, figures: dict[str, float], jobs: int, mailboxes: int) -> None:
+def report(
+    kind: str, figures: dict[str, float], jobs: int, mailboxes: int, floor: bool = False
+) -> None:
     reference = REFERENCE[kind]
     print(
-        f"end to end, {kind}, {jobs} jobs, {mailboxes} mailboxes, 100 KB PDF:\n"
+        f"end to end, {kind}{' (floor)' if floor else ''}, {jobs} jobs, {mailboxes} mailboxes, "
+        "100 KB PDF:\n"
         f"  HTTP enqueue      {figures['enqueue']:8.0f} req/s "
         f"({figures['enqueue'] / reference['enqueue']:.2f} x {reference['enqueue']:.0f}), "
         f"p50 {figures['enqueue_p50_ms']:.0f} ms, p99 {figures['enqueue_p99_ms']:.0f} ms\n"
@@ -143,10 +159,27 @@ def main() -> None:
     parser.add_argument("--posters", type=int, default=16, help="concurrent HTTP clients")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
     parser.add_argument("--serve", default="", help="more arguments of serve: '--workers 2'")
+    parser.add_argument(
+        "--floor",
+        choices=["also", "only", "no"],
+        default="also",
+        help="on PostgreSQL, also (or only) run bench/_floor_daemon.py in the daemon's place",
+    )
     arguments = parser.parse_args()
+    measured: dict[str, dict[str, float]] = {}
     for kind in database_kinds(arguments.databases):
-        figures = asyncio.run(run(kind, arguments))
-        report(kind, figures, arguments.jobs, arguments.mailboxes)
+        runs = {"also": [False, True], "only": [True], "no": [False]}[arguments.floor]
+        for floor in runs if kind == "postgres" else [False]:
+            arguments.floor_run = floor
+            figures = asyncio.run(run(kind, arguments))
+            report(kind, figures, arguments.jobs, arguments.mailboxes, floor)
+            measured["floor" if floor else kind] = figures
+    if "floor" in measured and "postgres" in measured:
+        ours, least = measured["postgres"]["cpu_ms"], measured["floor"]["cpu_ms"]
+        print(
+            f"daemon CPU per job, PostgreSQL: {ours:.2f} ms against the floor's {least:.2f} ms "
+            f"({ours / least:.2f} x)"
+        )
 
 
 if __name__ == "__main__":

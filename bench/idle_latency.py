@@ -11,14 +11,17 @@ Below each line, where the time went (p50s on the same clock): the POST's answer
 ``sendMail`` request reaching the sandbox's handler, and the sandbox's own handling from there
 until it stored the message (its checks and MIME parsing, not the daemon's).
 
-    .venv/bin/python bench/idle_latency.py [--jobs 200] [--layouts all,split]
+    .venv/bin/python bench/idle_latency.py [--jobs 200] [--layouts all,split,floor]
         [--source /work/main]
 
 Layouts: ``all`` is one ``serve`` process (the intake wakes its worker in-process); ``split``
 (PostgreSQL only) is a ``serve --role api`` process and a ``serve --role worker`` process,
 which only a wake-up across processes (LISTEN/NOTIFY) or the poll brings together;
 ``split-poll`` is the same with the worker polling only (``worker.poll_interval``, 1 s by
-default), as behind a transaction pooler. PostgreSQL
+default), as behind a transaction pooler; ``floor`` (PostgreSQL only) is
+``bench/_floor_daemon.py`` in the daemon's place: the fewest steps the daemon's promises allow
+between the POST and the ``sendMail``, in a process that does nothing else, so the lowest
+latency this machine allows (docs/performance.md "Twelfth pass"). PostgreSQL
 runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and
 dropped). ``--source`` runs the daemon from another checkout (e.g. before a change; ``split``
 needs ``serve --role``).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import ssl
 import statistics
@@ -50,9 +54,10 @@ from sqlalchemy.engine import make_url
 
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
-from mailbox_worker.sandbox.microsoft.state import StoredMessage
+from mailbox_worker.sandbox.microsoft.state import DEFAULT_CLIENT_ID, AccessToken, StoredMessage
 
 ADDRESS = "billing@contoso.example"
+FLOOR_ADDRESS = "floor@contoso.example"
 SETTLE = 0.05
 """Seconds left after each receipt, for the daemon to record the outcome before the next POST."""
 
@@ -133,6 +138,23 @@ class Receipt:
         return self.arrived - started
 
 
+async def ready(base: str, process: asyncio.subprocess.Process, log: Path) -> None:
+    """Until ``base``'s ``/readyz`` answers 200; an error with the log's tail if the process
+    ends first."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(120):
+        while True:
+            try:
+                async with http.get(f"{base}/readyz") as answer:
+                    if answer.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if process.returncode is not None:
+                tail = (await asyncio.to_thread(log.read_text))[-2000:]
+                raise RuntimeError(f"the process ended: {tail}")
+            await asyncio.sleep(0.1)
+
+
 @asynccontextmanager
 async def serving(
     values: dict[str, str], port: int, log: Path, *arguments: str, **extra: str
@@ -159,19 +181,43 @@ async def serving(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(120):
-            while True:
-                try:
-                    async with http.get(f"{base}/readyz") as answer:
-                        if answer.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                if process.returncode is not None:
-                    tail = (await asyncio.to_thread(log.read_text))[-2000:]
-                    raise RuntimeError(f"serve ended: {tail}")
-                await asyncio.sleep(0.1)
+        await ready(base, process, log)
         yield base, process.pid
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 60)
+
+
+@asynccontextmanager
+async def floor_serving(
+    url: str, sandbox: Sandbox, port: int, log: Path
+) -> AsyncIterator[tuple[str, int, dict[str, Any]]]:
+    """``bench/_floor_daemon.py`` on ``port``, ready: its base URL, pid and the body to POST.
+    Its Graph token is minted in the sandbox for a user of its own (the daemon gets its own
+    by consent and refresh, off the measured path)."""
+    user = sandbox.state.add_user(FLOOR_ADDRESS, "Floor")
+    token = f"floor-{uuid.uuid4().hex}"
+    sandbox.state.access_tokens[token] = AccessToken(
+        DEFAULT_CLIENT_ID, user.object_id, ["Mail.Send"], time.time() + 86_400
+    )
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+    arguments = [
+        *("--dsn", dsn, "--port", str(port), "--graph", sandbox.graph_url),
+        *("--ca", str(sandbox.ca_path)),
+        *("--mailboxes", json.dumps({"floor": [FLOOR_ADDRESS, token]})),
+    ]
+    with log.open("ab") as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("_floor_daemon.py")),
+            *arguments,
+            stdout=output,
+            stderr=output,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await ready(base, process, log)
+        yield base, process.pid, invoice("floor")
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 60)
@@ -208,6 +254,10 @@ async def measure(url: str, layout: str, jobs: int, source: Path | None) -> Meas
             # caching with it): the worker then only polls, as behind PgBouncer.
             poll_only = {"MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true"}
             log = folder / "daemon.log"
+            if layout == "floor":
+                floor = floor_serving(url, sandbox, api_port, log)
+                async with floor as (base, pid, body), aiohttp.ClientSession() as http:
+                    return await timed(http, base, body, receipt, jobs, [pid])
             async with serving(values, api_port, log, *api_role) as (base, api_pid):
                 if split:
                     extra = poll_only if layout == "split-poll" else {}
@@ -235,43 +285,60 @@ async def post_one_by_one(
         ) as answer:
             created = await answer.json()
         await play_admin_consent(plain, created["authorization_url"], ADDRESS, context)
-        body: dict[str, Any] = {
-            "mailbox_id": created["mailbox"]["id"],
-            "mode": "send",
-            "message": {
-                "to": [{"address": "ap@fabrikam.example"}],
-                "subject": "Invoice",
-                "text": "Attached.",
-                "attachments": [
-                    {
-                        "filename": "i.pdf",
-                        "content_type": "application/pdf",
-                        "content_base64": base64.b64encode(b"%PDF-1.4 " + b"x" * 2000).decode(),
-                    }
-                ],
-            },
-        }
-        latencies, answered, arrived = [], [], []
-        cpu_before = 0.0
-        for number in range(jobs + 5):  # the first five warm the daemon up
-            if number == 5:
-                cpu_before = sum(cpu_seconds(pid) for pid in pids)
-            receipt.received.clear()
-            receipt.arrived = None
-            started = time.perf_counter()
-            async with http.post(f"{base}/v1/jobs", json=body) as answer:
-                answered_at = time.perf_counter()
-                if answer.status != 202:
-                    raise RuntimeError(f"enqueue answered {answer.status}: {await answer.text()}")
-            async with asyncio.timeout(30):
-                await receipt.received.wait()
-            if number >= 5:
-                latencies.append(time.perf_counter() - started)
-                answered.append(answered_at - started)
-                arrived.append(receipt.arrived_after(started))
-            await asyncio.sleep(SETTLE)
-        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-        return Measured(latencies, cpu / jobs, answered, arrived)
+        return await timed(http, base, invoice(created["mailbox"]["id"]), receipt, jobs, pids)
+
+
+def invoice(mailbox_id: str) -> dict[str, Any]:
+    """The body of each timed ``POST /v1/jobs``."""
+    return {
+        "mailbox_id": mailbox_id,
+        "mode": "send",
+        "message": {
+            "to": [{"address": "ap@fabrikam.example"}],
+            "subject": "Invoice",
+            "text": "Attached.",
+            "attachments": [
+                {
+                    "filename": "i.pdf",
+                    "content_type": "application/pdf",
+                    "content_base64": base64.b64encode(b"%PDF-1.4 " + b"x" * 2000).decode(),
+                }
+            ],
+        },
+    }
+
+
+async def timed(
+    http: aiohttp.ClientSession,
+    base: str,
+    body: dict[str, Any],
+    receipt: Receipt,
+    jobs: int,
+    pids: list[int],
+) -> Measured:
+    """``jobs`` POSTs of ``body`` one at a time (after five that warm the daemon up), each
+    after the previous one was received and ``SETTLE`` passed."""
+    latencies, answered, arrived = [], [], []
+    cpu_before = 0.0
+    for number in range(jobs + 5):  # the first five warm the daemon up
+        if number == 5:
+            cpu_before = sum(cpu_seconds(pid) for pid in pids)
+        receipt.received.clear()
+        receipt.arrived = None
+        started = time.perf_counter()
+        async with http.post(f"{base}/v1/jobs", json=body) as answer:
+            answered_at = time.perf_counter()
+            if answer.status != 202:
+                raise RuntimeError(f"enqueue answered {answer.status}: {await answer.text()}")
+        async with asyncio.timeout(30):
+            await receipt.received.wait()
+        if number >= 5:
+            latencies.append(time.perf_counter() - started)
+            answered.append(answered_at - started)
+            arrived.append(receipt.arrived_after(started))
+        await asyncio.sleep(SETTLE)
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    return Measured(latencies, cpu / jobs, answered, arrived)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -299,7 +366,7 @@ def report(database: str, layout: str, measured: Measured) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--layouts", default="all,split")
+    parser.add_argument("--layouts", default="all,split,floor")
     parser.add_argument("--source", type=Path, default=None)
     args = parser.parse_args()
     layouts = args.layouts.split(",")

@@ -1,6 +1,7 @@
 """Queue throughput: drain (claim + start + finish of no-op jobs) and enqueue, ours against
-pgqueuer and a raw asyncpg ``SKIP LOCKED`` loop on the same PostgreSQL in the same run, and ours
-on SQLite. Prints jobs/s, the ratios ours/pgqueuer and ours/raw, the CPU each drained job
+pgqueuer, a raw asyncpg ``SKIP LOCKED`` loop and the promises' floor (``queue_layouts.FLOOR``:
+the fewest writes the daemon's promises need per job) on the same PostgreSQL in the same run,
+and ours on SQLite. Prints jobs/s, the ratios ours/pgqueuer and ours/raw, the CPU each drained job
 cost this process (the queue's client side) and, when the server runs on this machine,
 PostgreSQL (all its processes, from /proc), and the database work per processed job
 (statements, transactions, commits and rollbacks, counted with SQLAlchemy event listeners).
@@ -55,6 +56,7 @@ from mailbox_worker.jobs.transitions import Outcome
 from mailbox_worker.states import JobState
 
 sys.path.insert(0, str(Path(__file__).parent))
+import queue_layouts
 import queue_references
 from _daemon import postgres_postmaster
 from queue_references import CpuMeter, Drained
@@ -322,13 +324,17 @@ async def main() -> None:
         meter = CpuMeter(await postgres_postmaster(postgres))
         try:
             pg = await ours(url, args, size, dsn, meter)
-            raw_drain = raw_enqueue = pgq_drain = pgq_enqueue = None
+            raw_drain = raw_enqueue = pgq_drain = pgq_enqueue = floor_drain = None
             best_batch = 0
             if not args.skip_references:
                 enqueue_jobs = min(size, args.enqueue_jobs)
                 raw = await queue_references.raw_drain(dsn, size, args.workers, meter)
                 raw_drain = raw.rate
                 raw_enqueue = await queue_references.raw_enqueue(dsn, enqueue_jobs)
+                floor = await queue_layouts.layout_drain(
+                    dsn, queue_layouts.FLOOR, size, args.workers, meter, args.batch
+                )
+                floor_drain = floor.rate
                 pgq_drain = 0.0
                 pgq_best = raw
                 for batch in (10, 100):
@@ -345,6 +351,10 @@ async def main() -> None:
                     f"enqueue {raw_enqueue:6.0f} jobs/s  {_cpu(raw)}"
                 )
                 print(
+                    f"  postgres floor     drain {floor_drain:8.0f} jobs/s  "
+                    f"(the promises' fewest writes, no mailbox limits)  {_cpu(floor)}"
+                )
+                print(
                     f"  postgres pgqueuer  drain {pgq_drain:8.0f} jobs/s  "
                     f"enqueue {pgq_enqueue:6.0f} jobs/s  (best batch {best_batch})  "
                     f"{_cpu(pgq_best)}"
@@ -358,7 +368,9 @@ async def main() -> None:
         )
         print(
             f"  ratios   drain ours/pgqueuer {ratio(pg['drain'], pgq_drain)}  "
-            f"ours/raw {ratio(pg['drain'], raw_drain)}   "
+            f"ours/raw {ratio(pg['drain'], raw_drain)}  "
+            f"ours/floor {ratio(pg['drain'], floor_drain)}  "
+            f"floor/pgqueuer {ratio(floor_drain or 0.0, pgq_drain)}   "
             f"enqueue ours/pgqueuer {ratio(pg['enqueue'], pgq_enqueue)}  "
             f"ours/raw {ratio(pg['enqueue'], raw_enqueue)}"
         )

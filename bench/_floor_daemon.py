@@ -1,0 +1,202 @@
+"""The idle path's floor: the fewest steps the daemon's promises allow between a ``POST /v1/jobs``
+and Graph receiving the message, in a process that does nothing else. ``bench/idle_latency.py``
+runs it as its ``floor`` layout, with the same client, sandbox and PostgreSQL as the daemon, so
+that the daemon's idle latency can be read against what this machine allows at all.
+
+The steps are the daemon's, each its own committed transaction where the daemon's is
+(docs/architecture.md, "Jobs"):
+
+1. the job is committed before the ``202`` (one ``INSERT`` with its event row);
+2. the worker, woken in-process, leases it in a transaction committed before any provider
+   request (one ``UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`` with the transition's event);
+3. the attempt is marked in flight and committed before the request (one ``UPDATE`` with its
+   event): a crash after it cannot send again blindly;
+4. the message is built (from a template) and POSTed, base64, to Graph's ``sendMail`` over
+   HTTPS with a token already in memory;
+5. the outcome is recorded (after the receipt: not on the measured path).
+
+What it leaves out is everything else the daemon does on that path: the API key's check,
+validation, idempotency, the mailbox's limits and state, the token's store, metrics and logs.
+It is a bench's reference, not a queue: one table, no lease expiry, no retry.
+
+    python bench/_floor_daemon.py --dsn D --port P --graph URL --ca FILE --mailboxes JSON
+        [--concurrency 8]
+
+``--mailboxes`` maps each ``mailbox_id`` the POSTs may name to its address and a Graph token
+(``{"mbx": ["a@contoso.example", "token"]}``). ``bench/end_to_end.py --floor`` runs it under
+load, where its CPU per job is the floor of the daemon's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import ssl
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS floor_jobs (
+    id text PRIMARY KEY, state text NOT NULL, payload text NOT NULL,
+    run_after timestamptz NOT NULL, lease_owner text, lease_expires_at timestamptz,
+    in_flight_since timestamptz, finished_at timestamptz);
+CREATE INDEX IF NOT EXISTS floor_jobs_due ON floor_jobs (state, run_after);
+CREATE TABLE IF NOT EXISTS floor_events (
+    id bigserial PRIMARY KEY, job_id text NOT NULL, at timestamptz NOT NULL, kind text NOT NULL);
+"""
+
+ENQUEUE = """
+WITH job AS (INSERT INTO floor_jobs (id, state, payload, run_after)
+             VALUES ($1, 'queued', $2, now()) RETURNING id)
+INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'enqueued' FROM job
+"""
+CLAIM = """
+WITH leased AS (
+    UPDATE floor_jobs SET state = 'running', lease_owner = $1,
+                          lease_expires_at = now() + interval '5 minutes'
+    WHERE id IN (SELECT id FROM floor_jobs WHERE state = 'queued' AND run_after <= now()
+                 ORDER BY run_after LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING id, payload),
+events AS (INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'running' FROM leased)
+SELECT id, payload FROM leased
+"""
+MARK = """
+WITH marked AS (UPDATE floor_jobs SET in_flight_since = now()
+                WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING id)
+INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'attempt' FROM marked
+RETURNING job_id
+"""
+FINISH = """
+WITH done AS (UPDATE floor_jobs SET state = 'sent', finished_at = now()
+              WHERE id = $1 AND lease_owner = $2 RETURNING id)
+INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'sent' FROM done
+"""
+OWNER = "floor"
+
+
+class Floor:
+    def __init__(self, arguments: argparse.Namespace) -> None:
+        self.arguments = arguments
+        self.wake = asyncio.Event()
+        self.pool: asyncpg.Pool[Any] | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.running: set[asyncio.Task[None]] = set()
+        self.mailboxes: dict[str, list[str]] = json.loads(arguments.mailboxes)
+
+    async def start(self, app: web.Application) -> None:
+        self.pool = await asyncpg.create_pool(self.arguments.dsn, min_size=2, max_size=4)
+        async with self.pool.acquire() as connection:
+            await connection.execute(SCHEMA)
+        context = ssl.create_default_context(cafile=self.arguments.ca)
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+        app["worker"] = asyncio.create_task(self.work())
+
+    async def stop(self, app: web.Application) -> None:
+        app["worker"].cancel()
+        if self.http is not None:
+            await self.http.close()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def enqueue(self, request: web.Request) -> web.Response:
+        assert self.pool is not None
+        text = await request.text()
+        json.loads(text)  # a JSON document, as the daemon's intake requires at least
+        job_id = "job_" + secrets.token_hex(16)
+        await self.pool.execute(ENQUEUE, job_id, text)
+        self.wake.set()
+        return web.json_response({"id": job_id, "state": "queued"}, status=202)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
+    async def work(self) -> None:
+        assert self.pool is not None
+        while True:
+            with contextlib.suppress(TimeoutError):  # the poll: nothing is missed for long
+                await asyncio.wait_for(self.wake.wait(), 1.0)
+            self.wake.clear()
+            free = self.arguments.concurrency - len(self.running)
+            if free <= 0:
+                continue
+            for job_id, payload in await self.pool.fetch(CLAIM, OWNER, free):
+                task = asyncio.create_task(self.deliver(job_id, payload))
+                self.running.add(task)
+                task.add_done_callback(self.done)
+
+    def done(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self.wake.set()
+
+    async def deliver(self, job_id: str, payload: str) -> None:
+        assert self.pool is not None and self.http is not None
+        if await self.pool.fetchval(MARK, job_id, OWNER) is None:
+            return
+        document = json.loads(payload)
+        address, token = self.mailboxes[document["mailbox_id"]]
+        mime = build(job_id, address, document["message"])
+        async with self.http.post(
+            f"{self.arguments.graph}/me/sendMail",
+            data=base64.b64encode(mime),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "text/plain",
+            },
+        ) as answer:
+            await answer.read()
+            if answer.status != 202:
+                raise RuntimeError(f"sendMail answered {answer.status}")
+        await self.pool.execute(FINISH, job_id, OWNER)
+
+
+def build(job_id: str, sender: str, message: dict[str, Any]) -> bytes:
+    """The message as MIME, from a template: the headers, the text, each attachment's base64
+    (already base64 in the request) in lines of 76. The least a correct message takes; the
+    daemon builds it with ``email.message`` (``jobs/mime.py``), which does more (encoded
+    words, other bodies, folding)."""
+    boundary = secrets.token_hex(16)
+    parts = [
+        f"From: {sender}\r\nTo: {', '.join(each['address'] for each in message['to'])}\r\n"
+        f"Subject: {message['subject']}\r\nMessage-ID: <{job_id}@floor.example>\r\n"
+        f'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"{message.get('text', '')}\r\n"
+    ]
+    for attachment in message.get("attachments", []):
+        content = attachment["content_base64"]
+        lines = "\r\n".join(content[at : at + 76] for at in range(0, len(content), 76))
+        parts.append(
+            f"--{boundary}\r\nContent-Type: {attachment['content_type']}\r\n"
+            "Content-Transfer-Encoding: base64\r\n"
+            f'Content-Disposition: attachment; filename="{attachment["filename"]}"\r\n\r\n'
+            f"{lines}\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n")
+    return "".join(parts).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("dsn", "graph", "ca", "mailboxes"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=8)
+    arguments = parser.parse_args()
+    floor = Floor(arguments)
+    app = web.Application()
+    app.router.add_post("/v1/jobs", floor.enqueue)
+    app.router.add_get("/readyz", floor.ready)
+    app.on_startup.append(floor.start)
+    app.on_cleanup.append(floor.stop)
+    web.run_app(app, host="127.0.0.1", port=arguments.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
