@@ -4,7 +4,7 @@ runs it as its ``floor`` layout, with the same client, sandbox and PostgreSQL as
 that the daemon's idle latency can be read against what this machine allows at all.
 
 The steps are the daemon's, each its own committed transaction where the daemon's is
-(docs/architecture.md, "Jobs"):
+(docs/architecture.md, "Job states" and promise 1):
 
 1. the job is committed before the ``202`` (one ``INSERT`` with its event row);
 2. the worker, woken in-process, leases it in a transaction committed before any provider
