@@ -15,11 +15,14 @@ The steps are the daemon's, each its own committed transaction where the daemon'
    HTTPS with a token already in memory;
 5. the outcome is recorded (after the receipt: not on the measured path).
 
+It also takes ``POST /v1/job-batches`` (all the items in one statement), for
+``bench/enqueue_http.py --floor``, and honours ``send_at``.
+
 What it leaves out is everything else the daemon does on that path: the API key's check,
 validation, idempotency, the mailbox's limits and state, the token's store, metrics and logs.
 It is a bench's reference, not a queue: one table, no lease expiry, no retry.
 
-    python bench/_floor_daemon.py --dsn D --port P --graph URL --ca FILE --mailboxes JSON
+    python bench/_floor_daemon.py --dsn D --port P [--graph URL --ca FILE --mailboxes JSON]
         [--concurrency 8]
 
 ``--mailboxes`` maps each ``mailbox_id`` the POSTs may name to its address and a Graph token
@@ -33,6 +36,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import json
 import secrets
 import ssl
@@ -54,7 +58,9 @@ CREATE TABLE IF NOT EXISTS floor_events (
 
 ENQUEUE = """
 WITH job AS (INSERT INTO floor_jobs (id, state, payload, run_after)
-             VALUES ($1, 'queued', $2, now()) RETURNING id)
+             SELECT id, 'queued', payload, coalesce(run_after, now())
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS new (id, payload, run_after)
+             RETURNING id)
 INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'enqueued' FROM job
 """
 CLAIM = """
@@ -106,13 +112,30 @@ class Floor:
             await self.pool.close()
 
     async def enqueue(self, request: web.Request) -> web.Response:
-        assert self.pool is not None
+        """``POST /v1/jobs``: the body stored as it came, once it parsed as JSON."""
         text = await request.text()
-        json.loads(text)  # a JSON document, as the daemon's intake requires at least
-        job_id = "job_" + secrets.token_hex(16)
-        await self.pool.execute(ENQUEUE, job_id, text)
-        self.wake.set()
+        (job_id,) = await self.insert([(text, json.loads(text))])
         return web.json_response({"id": job_id, "state": "queued"}, status=202)
+
+    async def enqueue_batch(self, request: web.Request) -> web.Response:
+        """``POST /v1/job-batches``: each item stored as JSON text, all in one statement."""
+        items = json.loads(await request.read())["items"]
+        ids = await self.insert([(json.dumps(item), item) for item in items])
+        answers = [{"status": "created", "id": job_id, "state": "queued"} for job_id in ids]
+        return web.json_response({"items": answers})
+
+    async def insert(self, jobs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """The jobs (their stored text, their document) committed with their events, due at
+        their ``send_at`` or now; the worker woken. Their ids."""
+        assert self.pool is not None
+        ids = ["job_" + secrets.token_hex(16) for _ in jobs]
+        due = [
+            dt.datetime.fromisoformat(document["send_at"]) if "send_at" in document else None
+            for _, document in jobs
+        ]
+        await self.pool.execute(ENQUEUE, ids, [text for text, _ in jobs], due)
+        self.wake.set()
+        return ids
 
     async def ready(self, request: web.Request) -> web.Response:
         return web.json_response({"ready": True})
@@ -184,14 +207,17 @@ def build(job_id: str, sender: str, message: dict[str, Any]) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("dsn", "graph", "ca", "mailboxes"):
-        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--graph", default="", help="Graph's base URL (none: nothing is sent)")
+    parser.add_argument("--ca", default=None, help="the CA that signs Graph's certificate")
+    parser.add_argument("--mailboxes", default="{}")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=8)
     arguments = parser.parse_args()
     floor = Floor(arguments)
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # a batch of 500 is about 7 MB
     app.router.add_post("/v1/jobs", floor.enqueue)
+    app.router.add_post("/v1/job-batches", floor.enqueue_batch)
     app.router.add_get("/readyz", floor.ready)
     app.on_startup.append(floor.start)
     app.on_cleanup.append(floor.stop)

@@ -6,7 +6,7 @@ MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and dropp
 
     .venv/bin/python bench/enqueue_http.py [--requests 2000] [--concurrency 32]
         [--batches 20] [--batch-size 500] [--batch-clients 4] [--pdf-bytes 10000]
-        [--backend sqlite|postgresql]
+        [--backend sqlite|postgresql] [--floor also|only|no]
 
 The daemon is ``mailbox-worker serve`` in a subprocess (the API and its worker in one
 process, as deployed today), configured through MAILBOX_WORKER_* variables, with the per-key
@@ -18,6 +18,10 @@ time (an integrator with several batches ready need not wait for each answer), e
 ``--batches`` batches of fresh invoices. A batch endpoint the daemon does not have (404) is
 reported as such, so the same script measures an older checkout (run it with that
 checkout's interpreter: ``/path/to/checkout/.venv/bin/python bench/enqueue_http.py``).
+
+On PostgreSQL the same requests then go to the floor (line ``floor``): ``bench/_floor_daemon.py``,
+which stores each body (each item of a batch, in one statement) once it parsed as JSON and does
+nothing else (no key, validation, idempotency or limits; docs/performance.md "Twelfth pass").
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
@@ -41,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _daemon import postgres_cpu_seconds, postgres_postmaster
+from sqlalchemy.engine import make_url
 
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
@@ -235,23 +242,62 @@ async def batched(
     return None if missing else {"per_s": batches * size / elapsed}
 
 
-async def run(url: str, scratch: Path, args: argparse.Namespace) -> dict[str, Any]:
-    key, mailbox_id = await prepare(url)
+@asynccontextmanager
+async def floor_daemon(url: str, scratch: Path) -> AsyncIterator[tuple[str, int]]:
+    """``bench/_floor_daemon.py`` on PostgreSQL ``url`` (nothing to send: every job is due a
+    day ahead), ready; its base URL and pid."""
+    port = free_port()
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+    script = Path(__file__).with_name("_floor_daemon.py")
+    with (scratch / "floor.log").open("ab") as log:
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited
+            [sys.executable, str(script), "--dsn", dsn, "--port", str(port)],
+            stdout=log,
+            stderr=log,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(f"{base_url}/readyz") as answer:
+                        if answer.status == 200:
+                            break
+                if process.poll() is not None:
+                    raise RuntimeError((scratch / "floor.log").read_text()[-2000:])
+                await asyncio.sleep(0.1)
+        yield base_url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+async def run(
+    url: str, scratch: Path, args: argparse.Namespace, floor: bool = False
+) -> dict[str, Any]:
+    """The single POSTs then the batches, against the daemon or (``floor``) the floor."""
+    key, mailbox_id = ("floor", "floor") if floor else await prepare(url)
     pdf = base64.b64encode(b"%PDF-1.4\n" + os.urandom(args.pdf_bytes)).decode()
-    async with daemon(url, scratch) as (base_url, pid):
+    serving = floor_daemon(url, scratch) if floor else daemon(url, scratch)
+    async with serving as (base_url, pid):
         before = cpu_seconds(pid)
         one = await single(base_url, key, mailbox_id, pdf, args.requests, args.concurrency)
         # The warm-up's requests are in the daemon's CPU time too.
         one["cpu_ms"] = 1000 * (cpu_seconds(pid) - before) / (args.requests + WARM_UP)
         many: dict[int, dict[str, float] | None] = {}
+        postmaster = await postgres_postmaster(url) if url.startswith("postgresql") else None
         for clients in sorted({1, args.batch_clients}) if args.batches > 0 else []:
             before = cpu_seconds(pid)
+            server_before = postgres_cpu_seconds(postmaster) if postmaster else 0.0
             many[clients] = figures = await batched(
                 base_url, key, mailbox_id, pdf, args.batches, args.batch_size, clients
             )
             if figures is not None:
                 invoices = args.batches * args.batch_size
                 figures["cpu_ms"] = 1000 * (cpu_seconds(pid) - before) / invoices
+                if postmaster:
+                    server = postgres_cpu_seconds(postmaster) - server_before
+                    figures["postgres_cpu_ms"] = 1000 * server / invoices
     return {"single": one, "batch": many}
 
 
@@ -264,6 +310,12 @@ async def main() -> None:
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--pdf-bytes", type=int, default=10_000)
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], action="append")
+    parser.add_argument(
+        "--floor",
+        choices=["also", "only", "no"],
+        default="also",
+        help="on PostgreSQL, also (or only) measure bench/_floor_daemon.py the same way",
+    )
     args = parser.parse_args()
     backends = args.backend or ["sqlite", "postgresql"]
     results: dict[str, dict[str, Any]] = {}
@@ -274,7 +326,6 @@ async def main() -> None:
         postgres = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
         if postgres and "postgresql" in backends:
             import asyncpg
-            from sqlalchemy.engine import make_url
 
             name = f"mw_bench_{uuid.uuid4().hex[:8]}"
             admin = make_url(postgres).set(drivername="postgresql").render_as_string(False)
@@ -282,7 +333,10 @@ async def main() -> None:
             await connection.execute(f'CREATE DATABASE "{name}"')
             try:
                 url = make_url(postgres).set(database=name).render_as_string(False)
-                results["postgresql"] = await run(url, scratch, args)
+                if args.floor != "only":
+                    results["postgresql"] = await run(url, scratch, args)
+                if args.floor != "no":
+                    results["floor"] = await run(url, scratch, args, floor=True)
             finally:
                 await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
                 await connection.close()
@@ -304,7 +358,12 @@ async def main() -> None:
                 if batch is None
                 else f"{batch['per_s']:7.0f} invoices/s "
                 f"(daemon CPU {batch['cpu_ms']:.2f} ms/invoice, "
-                f"{batch['per_s'] / one['per_s']:.1f} x single)"
+                + (
+                    f"PostgreSQL's {batch['postgres_cpu_ms']:.2f}, "
+                    if "postgres_cpu_ms" in batch
+                    else ""
+                )
+                + f"{batch['per_s'] / one['per_s']:.1f} x single)"
             )
         print(line)
 
