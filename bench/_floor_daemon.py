@@ -48,7 +48,7 @@ from aiohttp import web
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS floor_jobs (
-    id text PRIMARY KEY, state text NOT NULL, payload text NOT NULL,
+    id text PRIMARY KEY, state text NOT NULL, payload text COMPRESSION lz4 NOT NULL,
     run_after timestamptz NOT NULL, lease_owner text, lease_expires_at timestamptz,
     in_flight_since timestamptz, finished_at timestamptz);
 CREATE INDEX IF NOT EXISTS floor_jobs_due ON floor_jobs (state, run_after);
