@@ -342,9 +342,9 @@ class DaemonProcess:
 
 @dataclass
 class FloorProcess(DaemonProcess):
-    """``bench/_floor_daemon.py`` in the daemon's place (``end_to_end.py --floor``): the
-    fewest steps the daemon's promises allow per job, so its CPU per job is the daemon's
-    floor on this machine."""
+    """``bench/_floor_daemon.py`` in the daemon's place (``end_to_end.py --floor``): the steps
+    promise 1 requires per job and nothing else, so its CPU per job is a floor of the
+    daemon's on this machine."""
 
     arguments: list[str] = field(default_factory=list)
 

@@ -1,33 +1,40 @@
-"""The idle path's floor: the fewest steps the daemon's promises allow between a ``POST /v1/jobs``
-and Graph receiving the message, in a process that does nothing else. ``bench/idle_latency.py``
-runs it as its ``floor`` layout, with the same client, sandbox and PostgreSQL as the daemon, so
-that the daemon's idle latency can be read against what this machine allows at all.
+"""The floor: the steps promise 1 requires between a ``POST /v1/jobs`` and Graph receiving
+the message, in a process that does nothing else. ``bench/idle_latency.py`` (layout ``floor``),
+``bench/end_to_end.py`` and ``bench/enqueue_http.py`` (``--floor``) run it in the daemon's
+place, with the same client, sandbox and PostgreSQL, so that the daemon's figures can be read
+against what this machine allows a process that keeps those promises
+(docs/performance.md "Twelfth pass").
 
 The steps are the daemon's, each its own committed transaction where the daemon's is
 (docs/architecture.md, "Job states" and promise 1):
 
-1. the job is committed before the ``202`` (one ``INSERT`` with its event row);
-2. the worker, woken in-process, leases it in a transaction committed before any provider
-   request (one ``UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`` with the transition's event);
-3. the attempt is marked in flight and committed before the request (one ``UPDATE`` with its
-   event): a crash after it cannot send again blindly;
+1. the job is committed before the ``202`` (one ``INSERT`` with its event row), once per
+   idempotency key (a key used before answers with its first job);
+2. the worker, woken in-process, leases it under an owner of its own claim, in a transaction
+   committed before any provider request (one ``UPDATE … FOR UPDATE SKIP LOCKED …
+   RETURNING`` with the transition's event);
+3. the attempt is marked in flight, under the unexpired lease, and committed before the
+   request (one ``UPDATE`` with its event): a crash after it cannot send again blindly;
 4. the message is built (from a template) and POSTed, base64, to Graph's ``sendMail`` over
    HTTPS with a token already in memory;
-5. the outcome is recorded (after the receipt: not on the measured path).
+5. the outcome is recorded with its event and the outbox row of the integrator's callback
+   (after the receipt: outside ``idle_latency``'s measure, inside ``end_to_end``'s).
 
-It also takes ``POST /v1/job-batches`` (all the items in one statement), for
-``bench/enqueue_http.py --floor``, and honours ``send_at``.
+It also takes ``POST /v1/job-batches`` (all the items in one statement) and honours
+``send_at``.
 
-What it leaves out is everything else the daemon does on that path: the API key's check,
-validation, idempotency, the mailbox's limits and state, the token's store, metrics and logs.
-It is a bench's reference, not a queue: one table, no lease expiry, no retry.
+What it leaves out is everything else the daemon does: the API key's check, validation, the
+comparison of a replayed body with the first (409), the mailbox's state (held jobs, refused
+mailboxes), promise 5's per-mailbox limits (concurrency, rate, daily cap: the claim takes the
+oldest due jobs of any mailbox), the token's store, metrics and logs. It is a bench's
+reference, not a queue: no lease renewal or recovery, no retry (a failed send is recorded as
+``failed``).
 
     python bench/_floor_daemon.py --dsn D --port P [--graph URL --ca FILE --mailboxes JSON]
         [--concurrency 8]
 
 ``--mailboxes`` maps each ``mailbox_id`` the POSTs may name to its address and a Graph token
-(``{"mbx": ["a@contoso.example", "token"]}``). ``bench/end_to_end.py --floor`` runs it under
-load, where its CPU per job is the floor of the daemon's.
+(``{"mbx": ["a@contoso.example", "token"]}``).
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import secrets
 import ssl
+import sys
 from typing import Any
 
 import aiohttp
@@ -49,20 +58,30 @@ from aiohttp import web
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS floor_jobs (
     id text PRIMARY KEY, state text NOT NULL, payload text COMPRESSION lz4 NOT NULL,
+    idempotency_key text UNIQUE, request_sha256 text NOT NULL,
     run_after timestamptz NOT NULL, lease_owner text, lease_expires_at timestamptz,
-    in_flight_since timestamptz, finished_at timestamptz);
+    in_flight_since timestamptz, attempts integer NOT NULL DEFAULT 0,
+    finished_at timestamptz, last_error text);
 CREATE INDEX IF NOT EXISTS floor_jobs_due ON floor_jobs (state, run_after);
 CREATE TABLE IF NOT EXISTS floor_events (
     id bigserial PRIMARY KEY, job_id text NOT NULL, at timestamptz NOT NULL, kind text NOT NULL);
+CREATE TABLE IF NOT EXISTS floor_outbox (
+    id bigserial PRIMARY KEY, job_id text NOT NULL, kind text NOT NULL,
+    created_at timestamptz NOT NULL);
 """
 
 ENQUEUE = """
-WITH job AS (INSERT INTO floor_jobs (id, state, payload, run_after)
-             SELECT id, 'queued', payload, coalesce(run_after, now())
-             FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS new (id, payload, run_after)
-             RETURNING id)
-INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'enqueued' FROM job
+WITH job AS (INSERT INTO floor_jobs
+                 (id, state, payload, idempotency_key, request_sha256, run_after)
+             SELECT id, 'queued', payload, key, digest, coalesce(run_after, now())
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                 AS new (id, payload, key, digest, run_after)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id, idempotency_key),
+events AS (INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'enqueued' FROM job)
+SELECT id, idempotency_key FROM job
 """
+REPLAYED = "SELECT idempotency_key, id FROM floor_jobs WHERE idempotency_key = ANY($1::text[])"
 CLAIM = """
 WITH leased AS (
     UPDATE floor_jobs SET state = 'running', lease_owner = $1,
@@ -74,17 +93,20 @@ events AS (INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'runnin
 SELECT id, payload FROM leased
 """
 MARK = """
-WITH marked AS (UPDATE floor_jobs SET in_flight_since = now()
-                WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING id)
+WITH marked AS (UPDATE floor_jobs SET in_flight_since = now(), attempts = attempts + 1
+                WHERE id = $1 AND lease_owner = $2 AND state = 'running'
+                  AND lease_expires_at > now()
+                RETURNING id)
 INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'attempt' FROM marked
 RETURNING job_id
 """
 FINISH = """
-WITH done AS (UPDATE floor_jobs SET state = 'sent', finished_at = now()
-              WHERE id = $1 AND lease_owner = $2 RETURNING id)
-INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'sent' FROM done
+WITH done AS (UPDATE floor_jobs SET state = $3, finished_at = now(), last_error = $4,
+                                    lease_owner = NULL, lease_expires_at = NULL
+              WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING id),
+events AS (INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), $3 FROM done)
+INSERT INTO floor_outbox (job_id, kind, created_at) SELECT id, 'job.' || $3, now() FROM done
 """
-OWNER = "floor"
 
 
 class Floor:
@@ -94,6 +116,7 @@ class Floor:
         self.pool: asyncpg.Pool[Any] | None = None
         self.http: aiohttp.ClientSession | None = None
         self.running: set[asyncio.Task[None]] = set()
+        self.worker: asyncio.Task[None] | None = None
         self.mailboxes: dict[str, list[str]] = json.loads(arguments.mailboxes)
 
     async def start(self, app: web.Application) -> None:
@@ -102,10 +125,13 @@ class Floor:
             await connection.execute(SCHEMA)
         context = ssl.create_default_context(cafile=self.arguments.ca)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
-        app["worker"] = asyncio.create_task(self.work())
+        self.worker = asyncio.create_task(self.work())
 
     async def stop(self, app: web.Application) -> None:
-        app["worker"].cancel()
+        tasks = [task for task in [self.worker, *self.running] if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.http is not None:
             await self.http.close()
         if self.pool is not None:
@@ -114,7 +140,9 @@ class Floor:
     async def enqueue(self, request: web.Request) -> web.Response:
         """``POST /v1/jobs``: the body stored as it came, once it parsed as JSON."""
         text = await request.text()
-        (job_id,) = await self.insert([(text, json.loads(text))])
+        document = json.loads(text)
+        document.setdefault("idempotency_key", request.headers.get("Idempotency-Key"))
+        (job_id,) = await self.insert([(text, document)])
         return web.json_response({"id": job_id, "state": "queued"}, status=202)
 
     async def enqueue_batch(self, request: web.Request) -> web.Response:
@@ -126,16 +154,26 @@ class Floor:
 
     async def insert(self, jobs: list[tuple[str, dict[str, Any]]]) -> list[str]:
         """The jobs (their stored text, their document) committed with their events, due at
-        their ``send_at`` or now; the worker woken. Their ids."""
+        their ``send_at`` or now, each once per idempotency key (a key used before answers
+        with its first job, whatever the body: the daemon compares the digests too); the
+        worker woken. Their ids."""
         assert self.pool is not None
         ids = ["job_" + secrets.token_hex(16) for _ in jobs]
+        keys = [document.get("idempotency_key") for _, document in jobs]
+        digests = [hashlib.sha256(text.encode()).hexdigest() for text, _ in jobs]
         due = [
             dt.datetime.fromisoformat(document["send_at"]) if "send_at" in document else None
             for _, document in jobs
         ]
-        await self.pool.execute(ENQUEUE, ids, [text for text, _ in jobs], due)
+        texts = [text for text, _ in jobs]
+        inserted = await self.pool.fetch(ENQUEUE, ids, texts, keys, digests, due)
         self.wake.set()
-        return ids
+        if len(inserted) == len(jobs):
+            return ids
+        first = dict(await self.pool.fetch(REPLAYED, [key for key in keys if key]))
+        return [
+            first.get(key, job_id) if key else job_id for key, job_id in zip(keys, ids, strict=True)
+        ]
 
     async def ready(self, request: web.Request) -> web.Response:
         return web.json_response({"ready": True})
@@ -149,8 +187,15 @@ class Floor:
             free = self.arguments.concurrency - len(self.running)
             if free <= 0:
                 continue
-            for job_id, payload in await self.pool.fetch(CLAIM, OWNER, free):
-                task = asyncio.create_task(self.deliver(job_id, payload))
+            owner = "floor:" + secrets.token_hex(8)  # one per claim, as the daemon's leases
+            try:
+                claimed = await self.pool.fetch(CLAIM, owner, free)
+            except (OSError, asyncpg.PostgresError) as error:  # said, and tried again
+                print(f"claim: {error!r}", file=sys.stderr, flush=True)
+                await asyncio.sleep(0.1)
+                continue
+            for job_id, payload in claimed:
+                task = asyncio.create_task(self.deliver(job_id, payload, owner))
                 self.running.add(task)
                 task.add_done_callback(self.done)
 
@@ -158,10 +203,24 @@ class Floor:
         self.running.discard(task)
         self.wake.set()
 
-    async def deliver(self, job_id: str, payload: str) -> None:
+    async def deliver(self, job_id: str, payload: str, owner: str) -> None:
+        """The job sent, then its outcome recorded: ``sent``, or ``failed`` with the error's
+        text (a bench must not wait for a job that will never be final)."""
+        assert self.pool is not None
+        try:
+            await self.send(job_id, payload, owner)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # recorded, and the job final
+            print(f"{job_id}: {error!r}", file=sys.stderr, flush=True)
+            await self.pool.execute(FINISH, job_id, owner, "failed", repr(error))
+        else:
+            await self.pool.execute(FINISH, job_id, owner, "sent", None)
+
+    async def send(self, job_id: str, payload: str, owner: str) -> None:
         assert self.pool is not None and self.http is not None
-        if await self.pool.fetchval(MARK, job_id, OWNER) is None:
-            return
+        if await self.pool.fetchval(MARK, job_id, owner) is None:
+            raise RuntimeError("the lease was lost before the request")
         document = json.loads(payload)
         address, token = self.mailboxes[document["mailbox_id"]]
         mime = build(job_id, address, document["message"])
@@ -176,7 +235,6 @@ class Floor:
             await answer.read()
             if answer.status != 202:
                 raise RuntimeError(f"sendMail answered {answer.status}")
-        await self.pool.execute(FINISH, job_id, OWNER)
 
 
 def build(job_id: str, sender: str, message: dict[str, Any]) -> bytes:

@@ -19,9 +19,9 @@ Layouts: ``all`` is one ``serve`` process (the intake wakes its worker in-proces
 which only a wake-up across processes (LISTEN/NOTIFY) or the poll brings together;
 ``split-poll`` is the same with the worker polling only (``worker.poll_interval``, 1 s by
 default), as behind a transaction pooler; ``floor`` (PostgreSQL only) is
-``bench/_floor_daemon.py`` in the daemon's place: the fewest steps the daemon's promises allow
-between the POST and the ``sendMail``, in a process that does nothing else, so the lowest
-latency this machine allows (docs/performance.md "Twelfth pass"). PostgreSQL
+``bench/_floor_daemon.py`` in the daemon's place: the steps promise 1 requires between the
+POST and the ``sendMail``, in a process that does nothing else, so a floor of the latency
+this machine allows (docs/performance.md "Twelfth pass"). PostgreSQL
 runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and
 dropped). ``--source`` runs the daemon from another checkout (e.g. before a change; ``split``
 needs ``serve --role``).
@@ -138,6 +138,16 @@ class Receipt:
         return self.arrived - started
 
 
+async def stopped(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended within 60 s."""
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 async def ready(base: str, process: asyncio.subprocess.Process, log: Path) -> None:
     """Until ``base``'s ``/readyz`` answers 200; an error with the log's tail if the process
     ends first."""
@@ -184,8 +194,7 @@ async def serving(
         await ready(base, process, log)
         yield base, process.pid
     finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 60)
+        await stopped(process)
 
 
 @asynccontextmanager
@@ -219,8 +228,7 @@ async def floor_serving(
         await ready(base, process, log)
         yield base, process.pid, invoice("floor")
     finally:
-        process.terminate()
-        await asyncio.wait_for(process.wait(), 60)
+        await stopped(process)
 
 
 async def measure(url: str, layout: str, jobs: int, source: Path | None) -> Measured:
@@ -244,20 +252,20 @@ async def measure(url: str, layout: str, jobs: int, source: Path | None) -> Meas
 
             sandbox.state.store_message = record  # type: ignore[method-assign]
             sandbox.state.count = counted  # type: ignore[method-assign]
-            values = environment(url, sandbox, folder, source)
-            account = cli(values, "accounts", "create", "Bench Ltd")
-            api_key = cli(values, "keys", "create", "--account", account)
             api_port = free_port()
-            split = layout.startswith("split")
-            api_role = ("--role", "api") if split else ()
-            # The transaction-pooler setting is what turns the listener off (and statement
-            # caching with it): the worker then only polls, as behind PgBouncer.
-            poll_only = {"MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true"}
             log = folder / "daemon.log"
             if layout == "floor":
                 floor = floor_serving(url, sandbox, api_port, log)
                 async with floor as (base, pid, body), aiohttp.ClientSession() as http:
                     return await timed(http, base, body, receipt, jobs, [pid])
+            values = environment(url, sandbox, folder, source)
+            account = cli(values, "accounts", "create", "Bench Ltd")
+            api_key = cli(values, "keys", "create", "--account", account)
+            split = layout.startswith("split")
+            api_role = ("--role", "api") if split else ()
+            # The transaction-pooler setting is what turns the listener off (and statement
+            # caching with it): the worker then only polls, as behind PgBouncer.
+            poll_only = {"MAILBOX_WORKER_DATABASE__TRANSACTION_POOLER": "true"}
             async with serving(values, api_port, log, *api_role) as (base, api_pid):
                 if split:
                     extra = poll_only if layout == "split-poll" else {}

@@ -10,13 +10,14 @@ Every layout drains the same way: ``--workers`` connections each lease ``--batch
 their transition's event (one statement, its own commit, as before any provider request),
 mark them in flight with the attempt's event (one statement, its own commit), and finish them
 with their event and the outbox row of the integrator's callback (one statement). Those are
-the writes the daemon's promises need per job (docs/architecture.md). The claim takes the
-oldest due jobs whatever their mailbox: no per-mailbox limit, which the daemon's claim applies.
+the writes promise 1 needs per job (docs/architecture.md). The claim takes the oldest due jobs
+whatever their mailbox: promise 5's per-mailbox limits (concurrency, rate, daily cap), which
+the daemon's claim applies under the mailboxes' row locks, are not here, and neither is their
+cost.
 
 Layouts:
 
-* ``floor``: the queue's rows alone (two indexes); the fewest writes. No implementation of
-  the promises does less.
+* ``floor``: the queue's rows alone (two indexes); the fewest writes promise 1 allows.
 * ``queue+record@finish``: a narrow queue table whose row is deleted at the finish, and the
   job's record (five indexes: the key, the idempotency key and three for the API's lists)
   updated once, at the finish.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import time
 import uuid
@@ -132,6 +134,7 @@ record AS (UPDATE floor_records SET state = 'running', updated_at = now()
 START = """
 WITH marked AS (UPDATE floor_jobs SET in_flight_since = now(), attempts = attempts + 1
                 WHERE id = ANY($1::text[]) AND lease_owner = $2 AND state = 'running'
+                  AND lease_expires_at > now()
                 RETURNING id)
 INSERT INTO floor_events (job_id, at, kind) SELECT id, now(), 'attempt' FROM marked
 """
@@ -207,7 +210,8 @@ async def layout_drain(
     dsn: str, layout: Layout, jobs: int, workers: int, meter: CpuMeter, batch: int = 100
 ) -> Drained:
     """``jobs`` jobs enqueued in ``layout`` (not measured), then drained by ``workers``
-    connections, ``batch`` at a time: lease, mark, finish, each one statement and commit."""
+    connections, ``batch`` at a time: lease, mark, finish, each one statement and commit (each
+    claim's own lease owner, as the daemon's)."""
     setup = await asyncpg.connect(dsn)
     try:
         await setup.execute(layout.schema)
@@ -219,16 +223,18 @@ async def layout_drain(
         await setup.close()
     pool = await asyncpg.create_pool(dsn, min_size=workers, max_size=workers)
 
-    async def work(owner: str) -> int:
+    async def work(worker: str) -> int:
         done = 0
         async with pool.acquire() as connection:
-            while True:
+            for claim in itertools.count():
+                owner = f"{worker}:{claim}"
                 ids = [row[0] for row in await connection.fetch(layout.claim, owner, batch)]
                 if not ids:
-                    return done
+                    break
                 await connection.execute(layout.start, ids, owner)
                 await connection.execute(layout.finish, ids, owner)
                 done += len(ids)
+        return done
 
     try:
         with meter.measuring():

@@ -1,6 +1,7 @@
 """Queue throughput: drain (claim + start + finish of no-op jobs) and enqueue, ours against
-pgqueuer, a raw asyncpg ``SKIP LOCKED`` loop and the promises' floor (``queue_layouts.FLOOR``:
-the fewest writes the daemon's promises need per job) on the same PostgreSQL in the same run,
+pgqueuer, a raw asyncpg ``SKIP LOCKED`` loop and the floor (``queue_layouts.FLOOR``: the fewest
+writes promise 1 needs per job, without promise 5's mailbox limits) on the same PostgreSQL in
+the same run,
 and ours on SQLite. Prints jobs/s, the ratios ours/pgqueuer and ours/raw, the CPU each drained job
 cost this process (the queue's client side) and, when the server runs on this machine,
 PostgreSQL (all its processes, from /proc), and the database work per processed job
@@ -352,7 +353,7 @@ async def main() -> None:
                 )
                 print(
                     f"  postgres floor     drain {floor_drain:8.0f} jobs/s  "
-                    f"(the promises' fewest writes, no mailbox limits)  {_cpu(floor)}"
+                    f"(promise 1's fewest writes, no mailbox limits)  {_cpu(floor)}"
                 )
                 print(
                     f"  postgres pgqueuer  drain {pgq_drain:8.0f} jobs/s  "
