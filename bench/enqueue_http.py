@@ -91,6 +91,20 @@ async def prepare(url: str) -> tuple[str, str]:
         await engine.dispose()
 
 
+async def ready(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until ``base_url``'s ``/readyz`` answers 200 (60 s at most); an error with the log's
+    tail if the process ends first."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(60):
+        while True:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with http.get(f"{base_url}/readyz") as answer:
+                    if answer.status == 200:
+                        return
+            if process.poll() is not None:
+                raise RuntimeError((await asyncio.to_thread(log.read_text))[-2000:])
+            await asyncio.sleep(0.1)
+
+
 @asynccontextmanager
 async def daemon(url: str, scratch: Path) -> AsyncIterator[tuple[str, int]]:
     port = free_port()
@@ -121,18 +135,7 @@ async def daemon(url: str, scratch: Path) -> AsyncIterator[tuple[str, int]]:
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(60):
-                while True:
-                    try:
-                        async with http.get(f"{base_url}/readyz") as answer:
-                            if answer.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    if process.poll() is not None:
-                        raise RuntimeError((scratch / "daemon.log").read_text()[-2000:])
-                    await asyncio.sleep(0.1)
+        await ready(base_url, process, scratch / "daemon.log")
         yield base_url, process.pid
     finally:
         process.send_signal(2)  # SIGINT: a clean stop (lets a profiler write its file)
@@ -259,15 +262,7 @@ async def floor_daemon(url: str, scratch: Path) -> AsyncIterator[tuple[str, int]
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(60):
-            while True:
-                with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(f"{base_url}/readyz") as answer:
-                        if answer.status == 200:
-                            break
-                if process.poll() is not None:
-                    raise RuntimeError((scratch / "floor.log").read_text()[-2000:])
-                await asyncio.sleep(0.1)
+        await ready(base_url, process, scratch / "floor.log")
         yield base_url, process.pid
     finally:
         process.terminate()

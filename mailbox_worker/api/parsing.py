@@ -65,8 +65,28 @@ async def read_json_items(
 async def _read_any_json(request: web.Request) -> Any:
     if request.content_type != JSON_MEDIA_TYPE or (request.charset or "utf-8").lower() != "utf-8":
         raise UnsupportedMediaType(f"the body must be {JSON_MEDIA_TYPE} (UTF-8)")
-    raw = await within_body_timeout(request, request.read())
+    raw = await within_body_timeout(request, read_body(request))
     return parse_json(raw)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, whole: what ``request.read()`` returns, without its two copies (it
+    gathers the chunks in a ``bytearray``, then copies that into ``bytes``). Here the chunks
+    are joined once, and a body that arrived in one is not copied at all: for a batch of 500
+    invoices, 7 MB less to copy and to fault in (docs/performance.md "Twelfth pass"). Past
+    ``max_request_bytes`` (the application's ``client_max_size``), aiohttp's 413, as its own
+    reading raises it. The stream is consumed: the body is read once, here."""
+    limit = services(request).max_request_bytes
+    stream = request.content
+    stream.set_read_chunk_size(limit)  # as aiohttp's read(): large bodies in large chunks
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.readany():
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def within_body_timeout(request: web.Request, reading: Awaitable[Body]) -> Body:

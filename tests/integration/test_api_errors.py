@@ -6,6 +6,7 @@ Every failure is JSON ``{"error": {"code", "message"}}`` with a stable code and 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -225,6 +226,42 @@ async def test_a_body_over_the_limit_is_too_large(api: RunningApi) -> None:
     assert (answer.status, answer.error_code) == (413, "payload_too_large")
     assert str(MAX_REQUEST_BYTES) in answer.json()["error"]["message"]
     assert sum((await api.queue.count_by_state()).values()) == 0
+
+
+async def test_a_body_sent_in_many_chunks_is_read_whole(api: RunningApi) -> None:
+    """The body is read chunk by chunk (``parsing.read_body``): one sent in pieces, with
+    pauses between them so that each arrives on its own, is the same request as one sent at
+    once, and the job it makes says so."""
+    account_id, key = await api.account_with_key()
+    mailbox = await api.connected_mailbox(account_id)
+    body = json.dumps(job_request(mailbox.id, text="y" * 200_000)).encode()
+    pieces = [body[at : at + 50_000] for at in range(0, len(body), 50_000)]
+    host, port = api.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        for piece in pieces:
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        length = next(
+            int(line.split(":", 1)[1])
+            for line in head.split("\r\n")
+            if line.lower().startswith("content-length:")
+        )
+        answer = json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert len(pieces) > 4
+    assert head.startswith("HTTP/1.1 202"), answer
+    stored = await api.jobs.payload(answer["id"])
+    assert stored is not None and "y" * 200_000 in json.dumps(stored)
 
 
 # -- routes ---------------------------------------------------------------------------------
