@@ -2,10 +2,11 @@
 
 Each step has its own answer, in this order: a body of another media type → 415
 ``unsupported_media_type``; a body over ``max_request_bytes`` → 413 ``payload_too_large``
-(aiohttp's ``HTTPRequestEntityTooLarge``, raised by ``read_body`` while reading); a body not received within ``body_timeout`` → 408
-``request_timeout``; bytes that are not UTF-8 I-JSON → 400 ``invalid_json``; JSON that does
-not match the document → 400 with details (see ``document``). A client that hangs up while
-sending is aiohttp's ``ConnectionResetError``, left to the error middleware (499).
+(aiohttp's ``HTTPRequestEntityTooLarge``, raised by ``read_body`` while reading); a body not
+received within ``body_timeout`` → 408 ``request_timeout``; bytes that are not UTF-8 I-JSON →
+400 ``invalid_json``; JSON that does not match the document → 400 with details (see
+``document``). A client that hangs up while sending is aiohttp's ``ConnectionResetError``, left
+to the error middleware (499).
 """
 
 from __future__ import annotations
