@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,23 @@ def postgres_cpu_seconds(postmaster: int) -> float:
             with contextlib.suppress(OSError):
                 total += cpu_seconds(int(child))
     return total
+
+
+async def wait_ready(
+    base_url: str, ended: Callable[[], bool], log: Path, limit: float = 120.0
+) -> None:
+    """Until ``base_url``'s ``/readyz`` answers 200 (``limit`` seconds at most); an error with
+    ``log``'s tail if the process ends first (``ended()``)."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(limit):
+        while True:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with http.get(f"{base_url}/readyz") as answer:
+                    if answer.status == 200:
+                        return
+            if ended():
+                tail = (await asyncio.to_thread(log.read_text))[-4000:]
+                raise RuntimeError(f"the process ended: {tail}")
+            await asyncio.sleep(0.1)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -316,16 +333,9 @@ class DaemonProcess:
             raise
 
     async def _ready(self) -> None:
-        assert self.process is not None
-        async with aiohttp.ClientSession() as http, asyncio.timeout(120):
-            while True:
-                with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(f"{self.base_url}/readyz") as answer:
-                        if answer.status == 200:
-                            return
-                if self.process.poll() is not None:
-                    raise RuntimeError(self.log_path.read_text()[-4000:])
-                await asyncio.sleep(0.1)
+        process = self.process
+        assert process is not None
+        await wait_ready(self.base_url, lambda: process.poll() is not None, self.log_path)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -31,11 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _daemon import postgres_cpu_seconds, postgres_postmaster
+from _daemon import (
+    cpu_seconds,
+    free_port,
+    postgres_cpu_seconds,
+    postgres_postmaster,
+    wait_ready,
+)
 from sqlalchemy.engine import make_url
 
 from mailbox_worker.config import DatabaseSettings
@@ -60,18 +64,6 @@ from mailbox_worker.db.mailboxes import MailboxStore
 ADDRESS = "billing@contoso.example"
 WARM_UP = 8
 """Requests sent before the measured ones (connections opened, caches filled)."""
-
-
-def cpu_seconds(pid: int) -> float:
-    """The user + system CPU time a process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def prepare(url: str) -> tuple[str, str]:
@@ -89,20 +81,6 @@ async def prepare(url: str) -> tuple[str, str]:
         return issued.secret, mailbox.id
     finally:
         await engine.dispose()
-
-
-async def ready(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Until ``base_url``'s ``/readyz`` answers 200 (60 s at most); an error with the log's
-    tail if the process ends first."""
-    async with aiohttp.ClientSession() as http, asyncio.timeout(60):
-        while True:
-            with contextlib.suppress(aiohttp.ClientConnectionError):
-                async with http.get(f"{base_url}/readyz") as answer:
-                    if answer.status == 200:
-                        return
-            if process.poll() is not None:
-                raise RuntimeError((await asyncio.to_thread(log.read_text))[-2000:])
-            await asyncio.sleep(0.1)
 
 
 @asynccontextmanager
@@ -135,7 +113,7 @@ async def daemon(url: str, scratch: Path) -> AsyncIterator[tuple[str, int]]:
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        await ready(base_url, process, scratch / "daemon.log")
+        await wait_ready(base_url, lambda: process.poll() is not None, scratch / "daemon.log", 60)
         yield base_url, process.pid
     finally:
         process.send_signal(2)  # SIGINT: a clean stop (lets a profiler write its file)
@@ -262,7 +240,7 @@ async def floor_daemon(url: str, scratch: Path) -> AsyncIterator[tuple[str, int]
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        await ready(base_url, process, scratch / "floor.log")
+        await wait_ready(base_url, lambda: process.poll() is not None, scratch / "floor.log", 60)
         yield base_url, process.pid
     finally:
         process.terminate()

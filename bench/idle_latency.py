@@ -49,7 +49,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from _daemon import cpu_seconds
+from _daemon import cpu_seconds, free_port, wait_ready
 from sqlalchemy.engine import make_url
 
 from mailbox_worker.demo import play_admin_consent
@@ -60,14 +60,6 @@ ADDRESS = "billing@contoso.example"
 FLOOR_ADDRESS = "floor@contoso.example"
 SETTLE = 0.05
 """Seconds left after each receipt, for the daemon to record the outcome before the next POST."""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def environment(url: str, sandbox: Sandbox, folder: Path, source: Path | None) -> dict[str, str]:
@@ -148,23 +140,6 @@ async def stopped(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
-async def ready(base: str, process: asyncio.subprocess.Process, log: Path) -> None:
-    """Until ``base``'s ``/readyz`` answers 200; an error with the log's tail if the process
-    ends first."""
-    async with aiohttp.ClientSession() as http, asyncio.timeout(120):
-        while True:
-            try:
-                async with http.get(f"{base}/readyz") as answer:
-                    if answer.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if process.returncode is not None:
-                tail = (await asyncio.to_thread(log.read_text))[-2000:]
-                raise RuntimeError(f"the process ended: {tail}")
-            await asyncio.sleep(0.1)
-
-
 @asynccontextmanager
 async def serving(
     values: dict[str, str], port: int, log: Path, *arguments: str, **extra: str
@@ -191,7 +166,7 @@ async def serving(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        await ready(base, process, log)
+        await wait_ready(base, lambda: process.returncode is not None, log)
         yield base, process.pid
     finally:
         await stopped(process)
@@ -225,7 +200,7 @@ async def floor_serving(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        await ready(base, process, log)
+        await wait_ready(base, lambda: process.returncode is not None, log)
         yield base, process.pid, invoice("floor")
     finally:
         await stopped(process)

@@ -55,8 +55,7 @@ CREATE TABLE IF NOT EXISTS floor_outbox (
     created_at timestamptz NOT NULL
 );
 """
-QUEUE = """
-CREATE TABLE IF NOT EXISTS floor_jobs (
+QUEUE_COLUMNS = """
     id text PRIMARY KEY,
     state text NOT NULL DEFAULT 'queued',
     payload bytea,
@@ -65,7 +64,10 @@ CREATE TABLE IF NOT EXISTS floor_jobs (
     lease_expires_at timestamptz,
     in_flight_since timestamptz,
     attempts integer NOT NULL DEFAULT 0,
-    finished_at timestamptz
+    finished_at timestamptz"""
+"""A queued job's columns: the queue's own table holds these, today's ``jobs`` more."""
+QUEUE = f"""
+CREATE TABLE IF NOT EXISTS floor_jobs ({QUEUE_COLUMNS}
 );
 CREATE INDEX IF NOT EXISTS floor_jobs_due ON floor_jobs (run_after, id) WHERE state = 'queued';
 """
@@ -82,17 +84,8 @@ CREATE INDEX IF NOT EXISTS floor_records_reference
     ON floor_records (account_id, reference, created_at, id);
 CREATE INDEX IF NOT EXISTS floor_records_state ON floor_records (account_id, state, created_at, id);
 """
-JOBS_TODAY = """
-CREATE TABLE IF NOT EXISTS floor_jobs (
-    id text PRIMARY KEY,
-    state text NOT NULL DEFAULT 'queued',
-    payload bytea,
-    run_after timestamptz NOT NULL DEFAULT now(),
-    lease_owner text,
-    lease_expires_at timestamptz,
-    in_flight_since timestamptz,
-    attempts integer NOT NULL DEFAULT 0,
-    finished_at timestamptz,
+JOBS_TODAY = f"""
+CREATE TABLE IF NOT EXISTS floor_jobs ({QUEUE_COLUMNS},
     account_id text NOT NULL DEFAULT 'acc_1', mailbox_id text NOT NULL DEFAULT 'mbx_1',
     idempotency_key text, reference text, priority integer NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(), claimed_at timestamptz
