@@ -10,6 +10,7 @@ Never passes or fails on time (issue 9, bench (a)).
 
     make bench    # or: .venv/bin/python bench/queue_throughput.py [--sizes 1000,10000]
         [--workers 4] [--batch 100] [--mailboxes 20] [--enqueue-jobs 1000] [--skip-references]
+        [--limits none|unbinding]
 
 PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created
 and dropped); the references need the ``bench`` extra (requirements/bench.txt).
@@ -17,7 +18,9 @@ and dropped); the references need the ``bench`` extra (requirements/bench.txt).
 Ours drains as the daemon's worker does: ``--workers`` claimers, each claiming up to
 ``--batch`` jobs at once and running ``start_attempt`` then ``finish`` for each claimed job
 concurrently. Mailbox limits are lifted (no rate, no daily cap, concurrency far above the
-batch): this measures the queue, not the limits. A claim locks its mailboxes' rows, so jobs
+batch): this measures the queue, not the limits; ``--limits unbinding`` sets a rate and a
+daily cap too high to bind, so that the claim reads the mailboxes' usage as it does with the
+providers' defaults. A claim locks its mailboxes' rows, so jobs
 are spread over ``--mailboxes`` mailboxes. The drain's jobs are inserted in bulk beforehand;
 enqueue is measured separately, one job per ``JobStore.enqueue`` (one transaction each).
 """
@@ -50,7 +53,7 @@ from mailbox_worker.db.accounts import AccountStore
 from mailbox_worker.db.engine import create_engine, create_session_factory
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Job, JobContent
-from mailbox_worker.jobs.limits import LimitDefaults
+from mailbox_worker.jobs.limits import LimitDefaults, ProviderLimits
 from mailbox_worker.jobs.queue import JobQueue
 from mailbox_worker.jobs.store import JobStore, NewJob
 from mailbox_worker.jobs.transitions import Outcome
@@ -63,6 +66,13 @@ from _daemon import postgres_postmaster
 from queue_references import CpuMeter, Drained
 
 NO_LIMITS = LimitDefaults(max_concurrency=1_000_000, providers={})
+UNBINDING_LIMITS = LimitDefaults(
+    max_concurrency=1_000_000,
+    providers={"microsoft": ProviderLimits(rate_per_minute=1_000_000, daily_recipient_cap=10**9)},
+)
+"""Limits as a provider's defaults set them, too high to bind: the claim reads every mailbox's
+usage in the rate and daily windows, as it does in production, and defers nothing."""
+LIMITS = {"none": NO_LIMITS, "unbinding": UNBINDING_LIMITS}
 PAYLOAD = {"to": [{"address": "ap@fabrikam.example"}], "subject": "Invoice", "text": "x" * 500}
 SENT = Outcome(JobState.SENT)
 LEASE = dt.timedelta(seconds=60)
@@ -104,10 +114,10 @@ class Ours:
     """The engine's queue on one database: a connected account with ``mailbox_count``
     mailboxes."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, limits: LimitDefaults = NO_LIMITS) -> None:
         self.engine = create_engine(DatabaseSettings(url=url))
         self.sessions = create_session_factory(self.engine)
-        self.queue = JobQueue(self.sessions, limits=NO_LIMITS)
+        self.queue = JobQueue(self.sessions, limits=limits)
         self.store = JobStore(self.sessions)
         self.account_id = ""
         self.mailbox_ids: list[str] = []
@@ -244,7 +254,7 @@ async def ours(
     dsn: str | None = None,
     meter: CpuMeter | None = None,
 ) -> dict[str, Any]:
-    bench = Ours(url)
+    bench = Ours(url, LIMITS[args.limits])
     try:
         await bench.prepare(args.mailboxes)
         await bench.fill(size)
@@ -301,12 +311,18 @@ async def main() -> None:
     parser.add_argument("--enqueue-jobs", type=int, default=1000)
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--limits",
+        choices=sorted(LIMITS),
+        default="none",
+        help="none: no rate or daily cap (the queue alone); unbinding: both set too high to bind",
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     postgres = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
     print(
         f"workers={args.workers} batch={args.batch} mailboxes={args.mailboxes} "
-        f"enqueue_jobs={args.enqueue_jobs} cpus={os.cpu_count()}"
+        f"enqueue_jobs={args.enqueue_jobs} limits={args.limits} cpus={os.cpu_count()}"
     )
     for size in sizes:
         print(f"\nN={size}")
