@@ -1,13 +1,14 @@
-"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0019`` (migration
-0019, which made 0018's function look up each mailbox's oldest due job once), sent outside an
-explicit transaction, so a claim is one round trip and one (implicit) transaction.
+"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0020`` (migration
+0020, which made 0019's function lock the mailboxes one at a time until they can fill the
+claim), sent outside an explicit transaction, so a claim is one round trip and one (implicit)
+transaction.
 
-The function runs two statements, each in a snapshot of its own: it locks the candidate
-mailboxes (their whole rows: the worker sends each claimed job with its mailbox as read
-under this lock, without reading it again), then reads their usage and leases their jobs by
-the rules of ``jobs/limits.py`` (the SQLite path applies the same functions in Python). The
-docstring of ``db/migrations/versions/0018_claim_function.py`` has the rules and why two
-statements.
+The function first locks the candidate mailboxes (their whole rows: the worker sends each
+claimed job with its mailbox as read under this lock, without reading it again), then, in a
+statement of its own and so in a snapshot taken after the last lock, reads their usage and
+leases their jobs by the rules of ``jobs/limits.py`` (the SQLite path applies the same
+functions in Python). The docstrings of ``db/migrations/versions/0018_claim_function.py`` and
+``0020_claim_in_turn.py`` have the rules and why the usage is read apart.
 
 ``CLAIM`` selects each leased job's columns, its payload (no payload is parsed in the
 database), its mailbox's columns (prefixed ``mailbox__``, ``MAILBOX_PREFIX``, which no job
@@ -42,7 +43,7 @@ CLAIM: TextualSelect = (
     text(
         f"""
 SELECT {_SELECTED}
-FROM mailbox_worker_claim_0019(
+FROM mailbox_worker_claim_0020(
     CAST(:now AS timestamptz), CAST(:limit AS integer), CAST(:default_concurrency AS integer),
     CAST(:providers AS varchar[]), CAST(:provider_rates AS integer[]),
     CAST(:provider_caps AS integer[]),

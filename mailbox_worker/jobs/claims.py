@@ -42,9 +42,11 @@ from mailbox_worker.jobs.limits import (
     MailboxLimits,
     MailboxUsage,
     allowance,
+    claim_room,
     claim_share,
     deferral,
     effective_limits,
+    mailboxes_to_lock,
     recipient_count,
     round_robin,
     within_daily_cap,
@@ -103,7 +105,8 @@ class ClaimBatch:
     jobs: list[ClaimedJob]
     more: bool
     """True when the claim stopped at a bound of its own rather than for want of due jobs:
-    it locked ``limit`` mailboxes (others may have due jobs), skipped a mailbox with due jobs
+    it locked ``limit`` mailboxes or stopped locking once the locked ones could fill it
+    (``limits.mailboxes_to_lock``: others may have due jobs), skipped a mailbox with due jobs
     that another claimer held locked (PostgreSQL's ``SKIP LOCKED``: that claim may be over by
     now), leased ``limit`` jobs, or gave a mailbox its whole share (``limits.claim_share``: it
     may have more). False means every mailbox with due jobs was locked by this claim and gave
@@ -162,7 +165,7 @@ class Claims:
         if connection.dialect.name == "postgresql":
             return await self.claim_postgresql(connection, worker, limit, lease, now)
         owner = lease_owner(worker)
-        mailboxes = await self._lock_mailboxes(connection, now, limit)
+        mailboxes, waiting = await self._lock_mailboxes(connection, now, limit)
         if not mailboxes:
             return await self._batch(connection, [], False, now)
         usages = await self._usage(connection, [mailbox.id for mailbox in mailboxes], now)
@@ -189,9 +192,9 @@ class Claims:
                 until = (usage.oldest_claim_last_day or now) + DAILY_WINDOW
                 await self._defer(connection, mailbox.id, Deferral(until, "daily_cap"))
             chosen += ids[:fit]
-        # One writer at a time on SQLite: nothing is skipped for another claimer's lock.
-        locked = len(mailboxes)
-        more = _more(limit, locked, locked, share, [len(ids) for ids in wanted])
+        # One writer at a time on SQLite: nothing is skipped for another claimer's lock, but
+        # the claim may have stopped before mailboxes it could not fill.
+        more = _more(limit, len(mailboxes), waiting, share, [len(ids) for ids in wanted])
         if not chosen:
             return await self._batch(connection, [], more, now)
         claimed = await self._lease(connection, worker, owner, chosen, now + lease, now)
@@ -213,7 +216,7 @@ class Claims:
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0019``
+        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0020``
         (``jobs/claim_sql.py``) on ``connection``, which the caller opens outside an explicit
         transaction (one round trip; the call's implicit transaction is the claim's) or,
         behind a transaction pooler, in one. No session: a claim is this one Core statement."""
@@ -318,16 +321,27 @@ class Claims:
 
     async def _lock_mailboxes(
         self, connection: AsyncConnection, now: dt.datetime, limit: int
-    ) -> list[Mailbox]:
-        """Up to ``limit`` connected, unpaused mailboxes of unpaused accounts below their
-        concurrency that have due jobs (SQLite: the transaction's write lock serialises
-        claims), in turns between accounts (each account's mailbox with
-        the oldest due job first, then every account's second, ...). Each probe of ``jobs`` is
-        one index lookup per mailbox, so the scan does not grow with the number of queued jobs
-        (``_SQLITE_LOCK_MAILBOXES``)."""
+    ) -> tuple[list[Mailbox], int]:
+        """The mailboxes this claim takes jobs of (SQLite: the transaction's write lock
+        serialises claims), and how many were candidates. The candidates are the connected,
+        unpaused mailboxes of unpaused accounts below their concurrency that have due jobs, in
+        turns between accounts (each account's mailbox with the oldest due job first, then
+        every account's second, ...); the claim takes the first ones whose rooms can fill it
+        (``limits.mailboxes_to_lock``), as PostgreSQL's claim locks them. Each probe of
+        ``jobs`` reads one index range per mailbox, of at most ``limit`` entries, so the scan
+        does not grow with the number of queued jobs (``_SQLITE_LOCK_MAILBOXES``)."""
         binds = {"now": now, "default_concurrency": self._limits.max_concurrency, "limit": limit}
         rows = (await connection.execute(_SQLITE_LOCK_MAILBOXES, binds)).all()
-        return [untracked(Mailbox, row._mapping) for row in rows]
+        if not rows:
+            return [], 0
+        accounts = sum(1 for row in rows if row.turn == 1)
+        rooms = [claim_room(limit, row.due, row.free, accounts) for row in rows]
+        taken = rows[: mailboxes_to_lock(limit, rooms)]
+        width = len(MAILBOX_COLUMNS)
+        mailboxes = [
+            untracked(Mailbox, zip(MAILBOX_COLUMNS, row[:width], strict=True)) for row in taken
+        ]
+        return mailboxes, int(rows[0].waiting)
 
     async def _batch(
         self, connection: AsyncConnection, jobs: list[ClaimedJob], more: bool, now: dt.datetime
@@ -403,12 +417,21 @@ _NOW = bindparam("now", type_=UTCDateTime)
 
 
 def _sqlite_lock_mailboxes() -> Select[Any]:
+    limit = bindparam("limit", type_=Integer)
     oldest_due = (
         select(func.min(Job.run_after))
         .where(Job.mailbox_id == Mailbox.id, _QUEUED)
         .correlate(Mailbox)
         .scalar_subquery()
     )
+    due_jobs = (
+        select(Job.id)
+        .where(Job.mailbox_id == Mailbox.id, _QUEUED, Job.run_after <= _NOW)
+        .limit(limit)
+        .correlate(Mailbox)
+        .subquery("due_jobs")
+    )
+    due = select(func.count()).select_from(due_jobs).scalar_subquery()
     running = (
         select(func.count())
         .where(Job.mailbox_id == Mailbox.id, Job.state == JobState.RUNNING)
@@ -422,12 +445,18 @@ def _sqlite_lock_mailboxes() -> Select[Any]:
         .correlate(Mailbox)
     )
     default_concurrency = bindparam("default_concurrency", type_=Integer)
+    free = func.coalesce(Mailbox.max_concurrency, default_concurrency) - running
     waiting = (
-        select(Mailbox.id, Mailbox.account_id, oldest_due.label("oldest_due"))
+        select(
+            Mailbox.id,
+            Mailbox.account_id,
+            oldest_due.label("oldest_due"),
+            free.label("free"),
+        )
         .where(
             Mailbox.state == MailboxState.CONNECTED,
             or_(Mailbox.paused_until.is_(None), Mailbox.paused_until <= _NOW),
-            running < func.coalesce(Mailbox.max_concurrency, default_concurrency),
+            free > 0,
             ~account_paused,
         )
         .subquery("waiting")
@@ -436,21 +465,31 @@ def _sqlite_lock_mailboxes() -> Select[Any]:
         select(
             waiting.c.id,
             waiting.c.oldest_due,
+            waiting.c.free,
             func.row_number()
             .over(
                 partition_by=waiting.c.account_id,
                 order_by=(waiting.c.oldest_due, waiting.c.id),
             )
             .label("turn"),
+            func.count().over().label("waiting"),
         )
         .where(waiting.c.oldest_due <= _NOW)
         .subquery("turns")
     )
     return (
-        select(*Mailbox.__table__.columns)  # rows of columns: the claim builds ``untracked``
+        # Rows of the mailbox's columns (the claim builds ``untracked``), then what its room
+        # is made of (``limits.claim_room``) and how many mailboxes were candidates.
+        select(
+            *Mailbox.__table__.columns,
+            turns.c.turn,
+            turns.c.free,
+            due.label("due"),
+            turns.c.waiting,
+        )
         .join(turns, turns.c.id == Mailbox.id)
         .order_by(turns.c.turn, turns.c.oldest_due, Mailbox.id)
-        .limit(bindparam("limit", type_=Integer))
+        .limit(limit)
     )
 
 

@@ -75,7 +75,7 @@ class Deferral:
 
 def effective_limits(mailbox: Mailbox, defaults: LimitDefaults) -> MailboxLimits:
     """The mailbox's own limits, its provider's defaults where it has none (NULL or 0).
-    PostgreSQL's claim function (migration 0018's, as 0019 left it) repeats these rules in SQL;
+    PostgreSQL's claim function (migration 0018's, as 0020 left it) repeats these rules in SQL;
     a change here is a new claim function there."""
     provider_limits = defaults.providers.get(mailbox.provider, ProviderLimits())
     return MailboxLimits(
@@ -150,9 +150,34 @@ def claim_share(limit: int, mailboxes: int) -> int:
     up. A claim reads no mailbox's jobs beyond it, so it reads at most about ``limit`` jobs
     rather than ``limit`` of each mailbox; when some mailboxes have fewer jobs than their
     share, the claim takes fewer than ``limit`` and the worker, having claimed some, claims
-    again at once. PostgreSQL's claim function (migration 0018's, as 0019 left it) repeats it
+    again at once. PostgreSQL's claim function (migration 0018's, as 0020 left it) repeats it
     in SQL."""
     return -(-limit // max(mailboxes, 1))
+
+
+def claim_room(limit: int, due: int, free: int, accounts: int) -> int:
+    """How many jobs of a claim of ``limit`` a mailbox can take, as far as the claim knows
+    before it locks the mailbox and reads its usage: its ``due`` jobs, below its concurrency
+    (``free`` slots), and at most an equal part of the claim for each of the ``accounts`` with
+    due jobs (so that one account's mailbox, however much it may take, leaves room for the
+    others' in the same claim). Its rate and daily cap, read after the lock, may allow it
+    less."""
+    return max(0, min(due, free, claim_share(limit, accounts)))
+
+
+def mailboxes_to_lock(limit: int, rooms: Sequence[int]) -> int:
+    """How many of the candidate mailboxes (in turn order, each with its ``claim_room``) a
+    claim of ``limit`` locks: the first ones whose rooms together hold ``limit`` jobs, and no
+    more than ``limit`` mailboxes. A claim that locks only what it can fill leaves the other
+    mailboxes to claimers running at the same time, instead of making them wait for its lock
+    (docs/architecture.md#mailbox-limits). PostgreSQL's claim function (migration 0020's)
+    repeats it in SQL, passing over mailboxes another claimer holds."""
+    taken = 0
+    for locked, room in enumerate(rooms[:limit], start=1):
+        taken += room
+        if taken >= limit:
+            return locked
+    return min(len(rooms), limit)
 
 
 def recipient_count(payload: Mapping[str, Any]) -> int:
@@ -169,9 +194,11 @@ __all__ = [
     "MailboxUsage",
     "ProviderLimits",
     "allowance",
+    "claim_room",
     "claim_share",
     "deferral",
     "effective_limits",
+    "mailboxes_to_lock",
     "recipient_count",
     "round_robin",
     "within_daily_cap",

@@ -1,12 +1,17 @@
-"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0019`` (migration 0019, 0018's
-function with each mailbox's oldest due job looked up once): one statement sent outside a
-transaction, whose plans are generic inside it only. What it claims, and the limits it keeps,
-are the queue's tests (``test_queue.py``, ``test_mailbox_limits.py``), run on both databases."""
+"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0020`` (migration 0020: 0019's
+function locking mailboxes one at a time until they can fill the claim; 0019's looked each
+mailbox's oldest due job up once): one statement sent outside a transaction, whose plans are
+generic inside it only, and two claims at once take different mailboxes. What it claims, and
+the limits it keeps, are the queue's tests (``test_queue.py``, ``test_mailbox_limits.py``),
+run on both databases."""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +19,7 @@ from alembic import command
 from sqlalchemy import Connection, TextClause, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import mailbox_worker.db.migrations
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
@@ -29,6 +35,18 @@ FUNCTIONS = text(
     "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
     "WHERE proname LIKE 'mailbox\\_worker\\_claim\\_%'"
 )
+
+
+def migration_0018() -> ModuleType:
+    """Migration 0018's module, loaded from its file as Alembic loads it."""
+    versions = Path(mailbox_worker.db.migrations.__file__).parent / "versions"
+    spec = importlib.util.spec_from_file_location(
+        "test_claim_migration_0018", versions / "0018_claim_function.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # PostgreSQL only (SQLite's claim is its own path in Python, under BEGIN IMMEDIATE, and has
@@ -70,7 +88,7 @@ async def test_migration_0018_creates_the_function_and_its_downgrade_drops_it(
     await migrate.upgrade(engine, "0017")
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTION) == 0
-    await migrate.upgrade(engine)
+    await migrate.upgrade(engine, "0018")
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTION) == 1
     await downgrade(engine, "0017")
@@ -96,6 +114,27 @@ async def test_migration_0019_adds_its_function_beside_0018s_and_its_downgrade_d
     await downgrade(engine, "0018")
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTIONS) == ["mailbox_worker_claim_0018"]
+
+
+@pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
+async def test_migration_0020_adds_its_function_drops_0018s_and_its_downgrade_undoes_both(
+    empty_postgresql: AsyncEngine,
+) -> None:
+    """The release before calls 0019's function during a deploy: 0020 keeps it, and drops
+    0018's, which no supported release calls (docs/deploy.md)."""
+    engine = empty_postgresql
+    await migrate.upgrade(engine, "0020")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0019",
+            "mailbox_worker_claim_0020",
+        ]
+    await downgrade(engine, "0019")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0018",
+            "mailbox_worker_claim_0019",
+        ]
 
 
 SCANS = text(
@@ -141,6 +180,8 @@ async def test_each_mailboxs_oldest_due_job_is_looked_up_once_per_claim(
     scans: dict[str, int] = {}
     for version in ("0018", "0019"):
         async with stores.engine.connect() as connection, connection.begin() as transaction:
+            if version == "0018":  # dropped by 0020: made again in this transaction only
+                await connection.execute(text(migration_0018().CREATE))
             before = await connection.scalar(SCANS)
             claimed = (await connection.scalars(call(version))).all()
             assert len(claimed) == mailboxes and None not in claimed, version
@@ -171,7 +212,7 @@ async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores
     assert claimed[0].payload == new_job(mailbox).payload
     assert len(sent) == 1
     statement, in_transaction = sent[0]
-    assert "mailbox_worker_claim_0019(" in statement
+    assert "mailbox_worker_claim_0020(" in statement
     assert not in_transaction
     async with stores.engine.connect() as connection:
         state = await connection.scalar(
@@ -193,7 +234,7 @@ async def test_the_functions_plans_are_generic_and_nothing_else_is_changed(
     claims = Claims(LimitDefaults(), utcnow)
     async with stores.engine.connect() as connection:
         settings = await connection.scalar(
-            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0019'")
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0020'")
         )
         assert settings == ["plan_cache_mode=force_generic_plan"]
         default_commit = await connection.scalar(text("SHOW synchronous_commit"))
@@ -219,3 +260,41 @@ async def test_a_claim_with_nothing_due_reports_the_next_due_time(postgresql: St
     assert batch.jobs == [] and not batch.more and not batch.due_left
     assert batch.next_due is not None
     assert abs((batch.next_due - later).total_seconds()) < 0.001
+
+
+UNLOCKED = text(
+    "SELECT array_agg(id ORDER BY id) FROM "
+    "(SELECT id FROM mailboxes FOR NO KEY UPDATE SKIP LOCKED) AS unlocked"
+)
+"""The mailboxes no other transaction holds (taken and let go with this one's end)."""
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_two_claims_at_once_take_different_mailboxes(postgresql: Stores) -> None:
+    """A claim locks mailboxes only until they can fill it (migration 0020), so a claim made
+    while another is still open takes the next mailbox instead of finding every one locked
+    (0019's, which locked up to its limit of them at once, leased nothing here). The first
+    claim is held open by calling the function inside a transaction, as a claim in progress
+    would hold its locks."""
+    stores = postgresql
+    account = await stores.accounts.create_account("acme")
+    mailboxes = []
+    for number in range(3):
+        mailbox = await stores.connected_mailbox(account.id, f"billing{number}@contoso.example")
+        mailboxes.append(mailbox)
+        for job in range(10):
+            await stores.jobs.enqueue(new_job(mailbox, subject=f"Invoice {number}.{job}"))
+    async with stores.engine.begin() as connection:  # each may run 20: room for the claim
+        await connection.execute(text("UPDATE mailboxes SET max_concurrency = 20"))
+    claims = Claims(LimitDefaults(), utcnow)
+    async with stores.engine.connect() as first, first.begin():
+        held = await claims.claim_postgresql(first, "w1", 10, LEASE, utcnow())
+        assert {item.mailbox.id for item in held.jobs} == {mailboxes[0].id}
+        assert (len(held.jobs), held.more) == (10, True)
+        async with stores.engine.connect() as other:
+            async with other.begin():
+                unlocked = await other.scalar(UNLOCKED)
+            assert unlocked == sorted(mailbox.id for mailbox in mailboxes[1:])
+            second = await claims.claim_postgresql(other, "w2", 10, LEASE, utcnow())
+            assert {item.mailbox.id for item in second.jobs} == {mailboxes[1].id}
+            assert len(second.jobs) == 10

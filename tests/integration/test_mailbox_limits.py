@@ -350,6 +350,34 @@ async def test_a_claim_that_gave_a_mailbox_its_whole_share_may_have_left_jobs(
     assert (len(again.jobs), again.more) == (6, False)
 
 
+async def test_a_claim_takes_the_mailboxes_it_can_fill_and_no_more(stores: Stores) -> None:
+    """A claim stops at the mailboxes whose room can fill it (``limits.mailboxes_to_lock``),
+    leaving the next to a claim made at the same time, and says it may have left jobs; the
+    room of each account's mailbox is at most its account's part of the claim."""
+    clock = SteppedClock()
+    queue = JobQueue(stores.sessions, clock, LimitDefaults())
+    first = await new_mailbox(stores, "acme", "billing@contoso.example")
+    second = await stores.connected_mailbox(first.account_id, "sales@contoso.example")
+    for mailbox in (first, second):
+        await set_limits(stores, mailbox, max_concurrency=20)
+        await enqueue(stores, mailbox, 10)
+    batch = await queue.claim_batch("w", 8, LEASE)
+    assert [item.job.mailbox_id for item in batch.jobs] == [first.id] * 8
+    assert batch.more
+
+    other = await new_mailbox(stores, "globex", "billing@globex.example")
+    await set_limits(stores, other, max_concurrency=20)
+    await enqueue(stores, other, 10)
+    # Two accounts: a room of at most 4 each. In turns, the first has 2 left, the other
+    # account's mailbox 4, so the second is locked too (without the account's part the other
+    # mailbox's 8 would have filled the claim, and it alone would have had a second turn).
+    # Three locked: a share of 3 each.
+    batch = await queue.claim_batch("w", 8, LEASE)
+    taken = [item.job.mailbox_id for item in batch.jobs]
+    assert [taken.count(mailbox.id) for mailbox in (first, other, second)] == [2, 3, 3]
+    assert batch.more
+
+
 async def test_a_claim_that_skipped_a_mailbox_another_claimer_held_may_have_left_jobs(
     stores: Stores,
 ) -> None:

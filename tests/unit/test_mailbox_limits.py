@@ -11,9 +11,11 @@ from mailbox_worker.jobs.limits import (
     MailboxLimits,
     MailboxUsage,
     allowance,
+    claim_room,
     claim_share,
     deferral,
     effective_limits,
+    mailboxes_to_lock,
     recipient_count,
     round_robin,
     within_daily_cap,
@@ -39,6 +41,24 @@ def test_claim_share_is_the_fair_share_rounded_up() -> None:
         for limit in range(1, 60)
         for mailboxes in range(1, 30)
     )
+
+
+def test_a_mailboxs_room_is_its_due_jobs_below_its_concurrency_and_its_accounts_part() -> None:
+    assert claim_room(100, due=500, free=4, accounts=1) == 4  # the providers' concurrency
+    assert claim_room(100, due=3, free=20, accounts=1) == 3  # all it has due
+    assert claim_room(100, due=500, free=10**6, accounts=1) == 100  # the whole claim
+    assert claim_room(100, due=500, free=10**6, accounts=3) == 34  # one account's part
+    assert claim_room(8, due=5, free=0, accounts=2) == 0
+    assert claim_room(8, due=5, free=-1, accounts=2) == 0  # over its limit (lowered since)
+
+
+def test_a_claim_locks_the_mailboxes_it_can_fill_and_no_more() -> None:
+    assert mailboxes_to_lock(100, [100, 100, 100]) == 1
+    assert mailboxes_to_lock(100, [4] * 30) == 25  # the providers' concurrency: 25 of 30
+    assert mailboxes_to_lock(10, [4, 1, 4, 4]) == 4  # 4 + 1 + 4 is 9: one more
+    assert mailboxes_to_lock(10, [1, 1, 1]) == 3  # all of them, and the claim is not full
+    assert mailboxes_to_lock(2, [0, 0, 0, 0]) == 2  # never more mailboxes than the limit
+    assert mailboxes_to_lock(8, []) == 0
 
 
 def test_mailbox_values_override_the_provider_defaults() -> None:
