@@ -1,7 +1,7 @@
-"""Migration 0020 makes its claim function from 0019's text (``_changed``): the name, three
-variables and statement 1. A migration is history, so that text must never change; if 0018's
-or 0019's file were edited, 0020's function would change with it without a word, and this
-test is what says so."""
+"""Migration 0020 makes its claim function from 0019's text (``_changed``): the name, one
+setting, three variables and statement 1. A migration is history, so that text must never
+change; if 0018's or 0019's file were edited, 0020's function would change with it without a
+word, and this test is what says so."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import mailbox_worker.db.migrations
 
 VERSIONS = Path(mailbox_worker.db.migrations.__file__).parent / "versions"
-CREATED_0020 = "92bfdf7413a93da01e70de4d298fbad25eada443125340569ccb6521b6119b58"
+CREATED_0020 = "1254a3f62757b441f4014ec4b2aab29b28397b5e02ca771fa7dccedbc1f60403"
 """The SHA-256 of 0020's ``CREATE FUNCTION`` as released."""
 
 
@@ -32,7 +32,7 @@ def test_0020s_function_is_the_one_released() -> None:
     assert hashlib.sha256(created.encode()).hexdigest() == CREATED_0020
 
 
-def test_0020s_function_is_0019s_with_its_name_its_variables_and_statement_1() -> None:
+def test_0020s_function_is_0019s_with_its_name_settings_variables_and_statement_1() -> None:
     module = migration("0020_claim_in_turn.py")
     old = migration("0019_claim_lookup_once.py").CREATE
     new = module.CREATE
@@ -43,7 +43,9 @@ def test_0020s_function_is_0019s_with_its_name_its_variables_and_statement_1() -
     restored = new[:new_start] + old[old_start:old_end] + new[new_end:]
     restored = restored.replace("mailbox_worker_claim_0020(", "mailbox_worker_claim_0019(")
     restored = restored.replace(module._DECLARED_NOW, module._DECLARED)
+    restored = restored.replace(module._SETTINGS_NOW, module._SETTINGS)
     assert restored == old
+    assert "SET jit = off\n" in new and "jit" not in old
     assert "FOR NO KEY UPDATE SKIP LOCKED" in module.STATEMENT_1
     assert "FOR NO KEY UPDATE OF m SKIP LOCKED" not in new  # 0019's lock of them all is gone
 

@@ -17,6 +17,16 @@ the SQLite claim applies in Python). Claimers running at once take different mai
 the providers' default concurrency (4) the room of a mailbox is at most 4, so a claim of 100
 still locks up to 25 mailboxes; a mailbox allowed more can fill more of the claim.
 
+The function is also never compiled by PostgreSQL's JIT (``jit`` set off on it, as
+``plan_cache_mode`` is, so on nothing else). With the tables analysed, as autovacuum keeps
+them, the planner's estimate of statement 2 (a thousand rows assumed for the locked mailboxes'
+array, each with its usage read) passes ``jit_above_cost``, and every claim compiled it: about
+75 ms of a 100 ms claim of 80 jobs from 10,000 queued, measured with ``auto_explain``; a
+drain of 10,000 jobs ran at a quarter of its speed on a never-analysed table (docs/
+performance.md "Thirteenth pass"). The benchmarks and tests ran on tables too fresh to be
+analysed, which is why it went unseen. JIT pays for long analytical queries, never for a
+claim.
+
 The lock also checks the mailbox again as it is locked (connected, not paused): a mailbox
 disconnected after the candidates were read is passed over. Its due jobs are counted in the
 same index read that finds its oldest queued job (``jobs (mailbox_id, state, run_after)``),
@@ -51,6 +61,8 @@ depends_on = None
 NAME = "mailbox_worker_claim_0020"
 QUEUED, RUNNING, CONNECTED = "queued", "running", "connected"
 
+_SETTINGS = "SET plan_cache_mode = force_generic_plan\n"
+_SETTINGS_NOW = "SET plan_cache_mode = force_generic_plan\nSET jit = off\n"
 _DECLARED = """\
     v_share integer;
 BEGIN"""
@@ -141,10 +153,12 @@ def _migration_0019() -> ModuleType:
 
 
 def _changed(create: str, old_name: str) -> str:
-    """0019's ``CREATE FUNCTION`` as this migration's: its name, its variables and statement 1."""
+    """0019's ``CREATE FUNCTION`` as this migration's: its name, its settings, its variables
+    and statement 1."""
     start, end = create.find(_STATEMENT_1_START), create.find(_STATEMENT_1_END)
     if (
         create.count(_DECLARED) != 1
+        or create.count(_SETTINGS) != 1
         or create.count(f"{old_name}(") != 1
         or create.count(_STATEMENT_1_START) != 1
         or create.count(_STATEMENT_1_END) != 1
@@ -152,7 +166,8 @@ def _changed(create: str, old_name: str) -> str:
     ):
         raise RuntimeError("migration 0019's function is not the one 0020 changes")
     changed = create[:start] + STATEMENT_1 + create[end:]
-    return changed.replace(f"{old_name}(", f"{NAME}(").replace(_DECLARED, _DECLARED_NOW)
+    changed = changed.replace(f"{old_name}(", f"{NAME}(").replace(_DECLARED, _DECLARED_NOW)
+    return changed.replace(_SETTINGS, _SETTINGS_NOW)
 
 
 _0019 = _migration_0019()
