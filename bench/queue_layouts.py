@@ -329,6 +329,7 @@ CREATE OR REPLACE FUNCTION floor_claim(p_owner text, p_limit integer)
 RETURNS TABLE (claimed_id text, claimed_payload bytea)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -431,8 +432,9 @@ END
 $function$;
 """
 """The daemon's claim (migration 0018's function, without the accounts' pause and the counts'
-return) over a layout: ``usage`` reads the mailbox's usage, ``claimed`` and ``ledger`` record
-the claim for later windows, ``record`` updates the job's record."""
+return; its JIT off, as migration 0020 set it) over a layout: ``lock`` is statement 1,
+``usage`` reads the mailbox's usage, ``claimed`` and ``ledger`` record the claim for later
+windows, ``record`` updates the job's record."""
 LIMITED_CLAIM_CALL = "SELECT claimed_id, claimed_payload FROM floor_claim($1, $2)"
 
 

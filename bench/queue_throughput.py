@@ -10,7 +10,7 @@ Never passes or fails on time (issue 9, bench (a)).
 
     make bench    # or: .venv/bin/python bench/queue_throughput.py [--sizes 1000,10000]
         [--workers 4] [--batch 100] [--mailboxes 20] [--enqueue-jobs 1000] [--skip-references]
-        [--limits none|unbinding]
+        [--limits none|unbinding] [--analysed]
 
 PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created
 and dropped); the references need the ``bench`` extra (requirements/bench.txt).
@@ -20,9 +20,12 @@ Ours drains as the daemon's worker does: ``--workers`` claimers, each claiming u
 concurrently. Mailbox limits are lifted (no rate, no daily cap, concurrency far above the
 batch): this measures the queue, not the limits; ``--limits unbinding`` sets a rate and a
 daily cap too high to bind, so that the claim reads the mailboxes' usage as it does with the
-providers' defaults. A claim locks its mailboxes' rows, so jobs
-are spread over ``--mailboxes`` mailboxes. The drain's jobs are inserted in bulk beforehand;
-enqueue is measured separately, one job per ``JobStore.enqueue`` (one transaction each).
+providers' defaults; ``--analysed`` gathers the tables' statistics before the drain, as
+autovacuum keeps them in a running database (the planner then plans differently, and up to
+migration 0019 compiled the claim with its JIT; docs/performance.md "Thirteenth pass"). A
+claim locks its mailboxes' rows, so jobs are spread over ``--mailboxes`` mailboxes. The
+drain's jobs are inserted in bulk beforehand; enqueue is measured separately, one job per
+``JobStore.enqueue`` (one transaction each).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -180,6 +183,13 @@ class Ours:
                     insert(JobContent), [{"job_id": r["id"], "payload": PAYLOAD} for r in chunk]
                 )
 
+    async def analyse(self) -> None:
+        """The tables' statistics gathered, as autovacuum gathers them in a running
+        database (the drain's tables are otherwise too new to have any)."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text("ANALYZE"))
+
     async def drain(
         self, jobs: int, workers: int, batch: int, dsn: str | None, meter: CpuMeter
     ) -> tuple[Drained, Counter[str]]:
@@ -258,6 +268,8 @@ async def ours(
     try:
         await bench.prepare(args.mailboxes)
         await bench.fill(size)
+        if args.analysed:
+            await bench.analyse()
         drained, counts = await bench.drain(
             size, args.workers, args.batch, dsn, meter or CpuMeter(None)
         )
@@ -312,6 +324,11 @@ async def main() -> None:
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument(
+        "--analysed",
+        action="store_true",
+        help="ANALYZE ours' tables after the fill, as autovacuum would in a running database",
+    )
+    parser.add_argument(
         "--limits",
         choices=sorted(LIMITS),
         default="none",
@@ -322,7 +339,8 @@ async def main() -> None:
     postgres = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
     print(
         f"workers={args.workers} batch={args.batch} mailboxes={args.mailboxes} "
-        f"enqueue_jobs={args.enqueue_jobs} limits={args.limits} cpus={os.cpu_count()}"
+        f"enqueue_jobs={args.enqueue_jobs} limits={args.limits} analysed={args.analysed} "
+        f"cpus={os.cpu_count()}"
     )
     for size in sizes:
         print(f"\nN={size}")
