@@ -67,7 +67,7 @@ e2e: setup
 # on time. Every script of BENCHES that exists runs in turn (a missing one is named and skipped);
 # their PostgreSQL parts run when MAILBOX_WORKER_TEST_POSTGRES_URL is set. The bench-only
 # dependencies come from requirements/bench.txt when it exists.
-BENCHES = queue_throughput queue_layouts enqueue_http end_to_end idle_latency slow_provider \
+BENCHES = queue_throughput queue_layouts claim_scaling enqueue_http end_to_end idle_latency slow_provider \
 	memory sandbox_cost gmail_transport mime_build
 
 bench: setup

@@ -1,0 +1,105 @@
+"""What one claim costs PostgreSQL as the connected mailboxes grow: one job due, in one
+mailbox of N, claimed by a call of each claim function (the release before's and this one's),
+on analysed tables. Prints the median time of a claim per function and N. Never passes or
+fails on time (docs/performance.md "Thirteenth pass").
+
+    .venv/bin/python bench/claim_scaling.py [--mailboxes 20,1000,5000] [--claims 61]
+        [--functions mailbox_worker_claim_0019,mailbox_worker_claim_0020]
+
+PostgreSQL runs at MAILBOX_WORKER_TEST_POSTGRES_URL (a scratch database per N, dropped).
+Between claims the job is put back in the queue; every claim must take it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+import asyncpg
+from queue_throughput import Ours, scratch_postgres
+
+CALL = """
+SELECT (claim.claimed_job).id FROM {function}(
+    now(), 8, 4, CAST(ARRAY['microsoft'] AS varchar[]), ARRAY[30], ARRAY[10000],
+    now() - interval '1 minute', now() - interval '1 day', interval '1 minute',
+    interval '1 day', 'o1', now() + interval '1 minute', now(), 'w1') AS claim
+"""
+"""A claim of up to 8 jobs with the providers' defaults (concurrency 4, Exchange's rate and
+daily cap), as a worker with 8 free slots makes it."""
+
+
+async def claim_times(dsn: str, mailboxes: int, functions: list[str], claims: int) -> list[float]:
+    """The median seconds of a claim by each of ``functions`` with ``mailboxes`` connected
+    mailboxes, one of which has one due job."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        # Copies of the first mailbox, connected as it is (bulk, not measured).
+        columns = [
+            row[0]
+            for row in await connection.fetch(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'mailboxes' AND column_name NOT IN ('id', 'address')"
+            )
+        ]
+        listed = ", ".join(columns)
+        await connection.execute(
+            f"INSERT INTO mailboxes (id, address, {listed}) "  # noqa: S608 - catalog names
+            f"SELECT 'mbx_copy' || n, 'copy' || n || '@contoso.example', {listed} "
+            f"FROM mailboxes, generate_series(2, {mailboxes}) AS n"
+        )
+        await connection.execute("ANALYZE")
+        medians = []
+        for function in functions:
+            times = []
+            for _ in range(claims):
+                await connection.execute(
+                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, claimed_at = NULL"
+                )
+                started = time.perf_counter()
+                rows = await connection.fetch(CALL.format(function=function))
+                times.append(time.perf_counter() - started)
+                assert rows[0][0] is not None, function  # the job was claimed
+            medians.append(statistics.median(times))
+        return medians
+    finally:
+        await connection.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mailboxes", default="20,1000,5000")
+    parser.add_argument("--claims", type=int, default=61)
+    parser.add_argument(
+        "--functions", default="mailbox_worker_claim_0019,mailbox_worker_claim_0020"
+    )
+    args = parser.parse_args()
+    base = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
+    if not base:
+        print("set MAILBOX_WORKER_TEST_POSTGRES_URL to measure the claim")
+        return
+    functions = args.functions.split(",")
+    print(f"one due job, a claim of up to 8, median of {args.claims} claims per function")
+    for mailboxes in (int(each) for each in args.mailboxes.split(",")):
+        url, dsn, drop = await scratch_postgres(base)
+        try:
+            ours = Ours(url)
+            try:
+                await ours.prepare(1)
+                await ours.fill(1)
+            finally:
+                await ours.engine.dispose()
+            medians = await claim_times(dsn, mailboxes, functions, args.claims)
+        finally:
+            await drop()
+        figures = "  ".join(
+            f"{function} {median * 1e3:6.2f} ms"
+            for function, median in zip(functions, medians, strict=True)
+        )
+        print(f"  {mailboxes:6d} connected mailboxes: {figures}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
