@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib.util
 from collections.abc import AsyncIterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import asyncpg
@@ -21,11 +18,11 @@ from alembic import command
 from sqlalchemy import Connection, TextClause, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import mailbox_worker.db.migrations
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
 from mailbox_worker.db import migrate
 from mailbox_worker.db.engine import create_engine
+from mailbox_worker.db.migrations import load_version
 from mailbox_worker.jobs.claims import Claims
 from mailbox_worker.jobs.limits import LimitDefaults
 
@@ -37,18 +34,6 @@ FUNCTIONS = text(
     "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
     "WHERE proname LIKE 'mailbox\\_worker\\_claim\\_%'"
 )
-
-
-def migration_0018() -> ModuleType:
-    """Migration 0018's module, loaded from its file as Alembic loads it."""
-    versions = Path(mailbox_worker.db.migrations.__file__).parent / "versions"
-    spec = importlib.util.spec_from_file_location(
-        "test_claim_migration_0018", versions / "0018_claim_function.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # PostgreSQL only (SQLite's claim is its own path in Python, under BEGIN IMMEDIATE, and has
@@ -183,7 +168,7 @@ async def test_each_mailboxs_oldest_due_job_is_looked_up_once_per_claim(
     for version in ("0018", "0019"):
         async with stores.engine.connect() as connection, connection.begin() as transaction:
             if version == "0018":  # dropped by 0020: made again in this transaction only
-                await connection.execute(text(migration_0018().CREATE))
+                await connection.execute(text(load_version("0018_claim_function.py").CREATE))
             before = await connection.scalar(SCANS)
             claimed = (await connection.scalars(call(version))).all()
             assert len(claimed) == mailboxes and None not in claimed, version

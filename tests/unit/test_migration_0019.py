@@ -5,25 +5,13 @@ clause. A migration is history, so that text must never change; if 0018's file w
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-import mailbox_worker.db.migrations
+from mailbox_worker.db.migrations import load_version as migration
 
-VERSIONS = Path(mailbox_worker.db.migrations.__file__).parent / "versions"
 CREATED_0019 = "818f4988ccf0d91d30b2117a1f4b0f5336454e9414935b08e47ba6ee91a12041"
 """The SHA-256 of 0019's ``CREATE FUNCTION`` as released."""
-
-
-def migration(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"test_migration_{name}", VERSIONS / name)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_0019s_function_is_the_one_released() -> None:

@@ -6,25 +6,13 @@ word, and this test is what says so."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-import mailbox_worker.db.migrations
+from mailbox_worker.db.migrations import load_version as migration
 
-VERSIONS = Path(mailbox_worker.db.migrations.__file__).parent / "versions"
 CREATED_0020 = "b9be8760e1c636f9f29d501de2d0bf78ee3f4aa3e6b4f3d0e9287e9d4c7e2fb3"
 """The SHA-256 of 0020's ``CREATE FUNCTION`` as released."""
-
-
-def migration(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"test_migration_{name}", VERSIONS / name)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_0020s_function_is_the_one_released() -> None:

@@ -34,11 +34,9 @@ Create Date: 2026-12-07 05:10:00.000000
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from mailbox_worker.db.migrations import load_version
 
 revision = "0019"
 down_revision = "0018"
@@ -57,16 +55,6 @@ _SUBQUERY_END_KEPT = """\
             ) AS waiting"""
 
 
-def _migration_0018() -> ModuleType:
-    """Migration 0018's module, loaded from its file as Alembic loads it."""
-    path = Path(__file__).with_name("0018_claim_function.py")
-    spec = importlib.util.spec_from_file_location("mailbox_worker_migration_0018", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _changed(create: str, old_name: str) -> str:
     """0018's ``CREATE FUNCTION`` as this migration's: its name and the subquery's end."""
     if create.count(_SUBQUERY_END) != 1 or create.count(f"{old_name}(") != 1:
@@ -74,7 +62,7 @@ def _changed(create: str, old_name: str) -> str:
     return create.replace(f"{old_name}(", f"{NAME}(").replace(_SUBQUERY_END, _SUBQUERY_END_KEPT)
 
 
-_0018 = _migration_0018()
+_0018 = load_version("0018_claim_function.py")
 CREATE = _changed(_0018.CREATE, "mailbox_worker_claim_0018")
 DROP = _0018.DROP.replace("mailbox_worker_claim_0018(", f"{NAME}(")
 

@@ -48,11 +48,9 @@ Create Date: 2026-12-07 09:20:00.000000
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from mailbox_worker.db.migrations import load_version
 
 revision = "0020"
 down_revision = "0019"
@@ -60,7 +58,9 @@ branch_labels = None
 depends_on = None
 
 NAME = "mailbox_worker_claim_0020"
-QUEUED, RUNNING, CONNECTED = "queued", "running", "connected"
+_0019 = load_version("0019_claim_lookup_once.py")
+_0018 = _0019._0018
+QUEUED, RUNNING, CONNECTED = _0018.QUEUED, _0018.RUNNING, _0018.CONNECTED
 
 _SETTINGS = "SET plan_cache_mode = force_generic_plan\n"
 _SETTINGS_NOW = "SET plan_cache_mode = force_generic_plan\nSET jit = off\n"
@@ -78,9 +78,6 @@ _STATEMENT_1_START = (
 )
 _STATEMENT_1_END = "    v_locked := coalesce(cardinality(v_mailboxes), 0);\n"
 _CONCURRENCY = "coalesce(mb.max_concurrency, p_default_concurrency)"
-_DUE = f"""(SELECT count(*) FROM (SELECT 1 FROM jobs AS j
-                                  WHERE j.state = '{QUEUED}' AND j.run_after <= p_now
-                                  LIMIT p_limit + 1) AS due_jobs)"""  # noqa: S608 - constants
 STATEMENT_1 = f"""\
     -- 1. Lock the mailboxes one at a time, in turns between accounts, until their rooms hold
     --    the claim (and see the queue, for the worker's next wait).
@@ -134,22 +131,12 @@ STATEMENT_1 = f"""\
         v_mailboxes := array_append(v_mailboxes, v_mailbox);
         v_room := v_room + coalesce(v_candidate.room, 0);
     END LOOP;
-    SELECT {_DUE},
+    SELECT {_0018._DUE},
            (SELECT min(j.run_after) FROM jobs AS j
             WHERE j.state = '{QUEUED}' AND j.run_after > p_now)
     INTO v_due, v_next_due;
 
 """  # noqa: S608 - only constants of this module are interpolated
-
-
-def _migration_0019() -> ModuleType:
-    """Migration 0019's module, loaded from its file as Alembic loads it."""
-    path = Path(__file__).with_name("0019_claim_lookup_once.py")
-    spec = importlib.util.spec_from_file_location("mailbox_worker_migration_0019", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _changed(create: str, old_name: str) -> str:
@@ -170,10 +157,8 @@ def _changed(create: str, old_name: str) -> str:
     return changed.replace(_SETTINGS, _SETTINGS_NOW)
 
 
-_0019 = _migration_0019()
 CREATE = _changed(_0019.CREATE, "mailbox_worker_claim_0019")
 DROP = _0019.DROP.replace("mailbox_worker_claim_0019(", f"{NAME}(")
-_0018 = _0019._0018
 
 
 def upgrade() -> None:
