@@ -27,12 +27,14 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
 )
 from sqlalchemy import inspect as inspect_mapped
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import ClassManager, DeclarativeBase, Mapped, configure_mappers, mapped_column
 
 from mailbox_worker.clock import new_id
+from mailbox_worker.states import JobState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -268,6 +270,18 @@ Index(
     Job.priority.desc(),
     Job.run_after,
     Job.created_at,
+)
+
+# The claim's candidates: each mailbox with queued jobs once, by a skip scan (one probe per
+# mailbox, its oldest queued job first), so a claim costs the mailboxes with queued jobs and
+# not every connected one (migration 0021). Queued jobs only: a claim or a completion adds no
+# entry. Queries name the state as a constant, which the predicate needs to be used.
+Index(
+    "ix_jobs_queued",
+    Job.mailbox_id,
+    Job.run_after,
+    postgresql_where=Job.state == literal_column(f"'{JobState.QUEUED}'"),
+    sqlite_where=Job.state == literal_column(f"'{JobState.QUEUED}'"),
 )
 
 

@@ -1,5 +1,6 @@
-"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0020`` (migration
-0020, which made 0019's function lock the mailboxes one at a time until they can fill the
+"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0021`` (migration
+0021, which made 0020's function find its candidates from the queued jobs instead of from
+every connected mailbox; 0020's locks the mailboxes one at a time until they can fill the
 claim), sent outside an explicit transaction, so a claim is one round trip and one (implicit)
 transaction.
 
@@ -8,7 +9,8 @@ claimed job with its mailbox as read under this lock, without reading it again),
 statement of its own and so in a snapshot taken after the last lock, reads their usage and
 leases their jobs by the rules of ``jobs/limits.py`` (the SQLite path applies the same
 functions in Python). The docstrings of ``db/migrations/versions/0018_claim_function.py`` and
-``0020_claim_in_turn.py`` have the rules and why the usage is read apart.
+``0020_claim_in_turn.py`` have the rules and why the usage is read apart, and
+``0021_claim_from_queued.py`` how the candidates are found.
 
 ``CLAIM`` selects each leased job's columns, its payload (no payload is parsed in the
 database), its mailbox's columns (prefixed ``mailbox__``, ``MAILBOX_PREFIX``, which no job
@@ -43,7 +45,7 @@ CLAIM: TextualSelect = (
     text(
         f"""
 SELECT {_SELECTED}
-FROM mailbox_worker_claim_0020(
+FROM mailbox_worker_claim_0021(
     CAST(:now AS timestamptz), CAST(:limit AS integer), CAST(:default_concurrency AS integer),
     CAST(:providers AS varchar[]), CAST(:provider_rates AS integer[]),
     CAST(:provider_caps AS integer[]),

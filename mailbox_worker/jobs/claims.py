@@ -14,7 +14,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, Select, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    CTE,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    column,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailbox_worker.clock import Clock, new_id
@@ -216,7 +230,7 @@ class Claims:
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0020``
+        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0021``
         (``jobs/claim_sql.py``) on ``connection``, which the caller opens outside an explicit
         transaction (one round trip; the call's implicit transaction is the claim's) or,
         behind a transaction pooler, in one. No session: a claim is this one Core statement."""
@@ -416,8 +430,27 @@ _QUEUED = Job.state == JobState.QUEUED
 _NOW = bindparam("now", type_=UTCDateTime)
 
 
+def _sqlite_queued_mailboxes() -> CTE:
+    """Each mailbox with queued jobs once, by a skip scan of ``ix_jobs_queued`` (migration
+    0021): the first mailbox id after the last one found, one probe each, so that the claim
+    reads the mailboxes with queued jobs and not every connected one. Text, because the
+    index is named (``INDEXED BY``, which Core cannot say; without statistics SQLite's
+    planner preferred ``jobs (state, run_after)`` and a sort of every queued job at each
+    step) and the state is a constant in it, as the index's predicate needs."""
+    step = f"""
+        SELECT j.mailbox_id FROM jobs AS j INDEXED BY ix_jobs_queued
+        WHERE j.state = '{JobState.QUEUED}' {{after}} ORDER BY j.mailbox_id LIMIT 1"""  # noqa: S608 - constants only
+    found = f"""
+        SELECT ({step.format(after="")}) AS mailbox_id
+        UNION ALL
+        SELECT ({step.format(after="AND j.mailbox_id > queued.mailbox_id")})
+        FROM queued WHERE queued.mailbox_id IS NOT NULL"""  # noqa: S608 - constants only
+    return text(found).columns(column("mailbox_id", String)).cte("queued", recursive=True)
+
+
 def _sqlite_lock_mailboxes() -> Select[Any]:
     limit = bindparam("limit", type_=Integer)
+    queued = _sqlite_queued_mailboxes()
     oldest_due = (
         select(func.min(Job.run_after))
         .where(Job.mailbox_id == Mailbox.id, _QUEUED)
@@ -453,6 +486,7 @@ def _sqlite_lock_mailboxes() -> Select[Any]:
             oldest_due.label("oldest_due"),
             free.label("free"),
         )
+        .join(queued, queued.c.mailbox_id == Mailbox.id)
         .where(
             Mailbox.state == MailboxState.CONNECTED,
             or_(Mailbox.paused_until.is_(None), Mailbox.paused_until <= _NOW),

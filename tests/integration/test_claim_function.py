@@ -1,9 +1,10 @@
-"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0020`` (migration 0020: 0019's
-function locking mailboxes one at a time until they can fill the claim; 0019's looked each
-mailbox's oldest due job up once): one statement sent outside a transaction, whose plans are
-generic inside it only, and two claims at once take different mailboxes. What it claims, and
-the limits it keeps, are the queue's tests (``test_queue.py``, ``test_mailbox_limits.py``),
-run on both databases."""
+"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0021`` (migration 0021: 0020's
+function finding its candidates from the queued jobs; 0020's locks mailboxes one at a time
+until they can fill the claim; 0019's looked each mailbox's oldest due job up once): one
+statement sent outside a transaction, whose plans are generic inside it only, whose reads do
+not grow with the idle mailboxes, and two claims at once take different mailboxes. What it
+claims, and the limits it keeps, are the queue's tests (``test_queue.py``,
+``test_mailbox_limits.py``), run on both databases."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import asyncpg
 import pytest
 from alembic import command
 from sqlalchemy import Connection, TextClause, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailbox_worker.clock import utcnow
 from mailbox_worker.config import DatabaseSettings
@@ -29,6 +30,12 @@ from mailbox_worker.jobs.limits import LimitDefaults
 from .conftest import Stores
 from .test_queue import LEASE, new_job, setup
 
+DROPPED = {
+    "0018": load_version("0018_claim_function.py"),
+    "0019": load_version("0019_claim_lookup_once.py"),
+}
+"""The migrations whose functions a later one dropped (0020 and 0021), made again by the
+tests that compare them with the newest."""
 FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
 FUNCTIONS = text(
     "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
@@ -124,6 +131,42 @@ async def test_migration_0020_adds_its_function_drops_0018s_and_its_downgrade_un
         ]
 
 
+@pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
+async def test_migration_0021_adds_its_function_and_index_drops_0019s_and_its_downgrade_undoes_them(
+    empty_postgresql: AsyncEngine,
+) -> None:
+    """The release before calls 0020's function during a deploy: 0021 keeps it, and drops
+    0019's, which only the release before that calls (docs/deploy.md)."""
+    engine = empty_postgresql
+    await migrate.upgrade(engine, "0021")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0020",
+            "mailbox_worker_claim_0021",
+        ]
+        assert await connection.scalar(QUEUED_INDEX) == (
+            "CREATE INDEX ix_jobs_queued ON public.jobs USING btree (mailbox_id, run_after)"
+            " WHERE ((state)::text = 'queued'::text)"
+        )
+    await downgrade(engine, "0020")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0019",
+            "mailbox_worker_claim_0020",
+        ]
+        assert await connection.scalar(QUEUED_INDEX) is None
+
+
+QUEUED_INDEX = text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_queued'")
+
+
+async def made_again(connection: AsyncConnection, version: str) -> None:
+    """The function of migration ``version``, if a later migration dropped it, made again in
+    ``connection``'s transaction only (the caller rolls it back)."""
+    if version in DROPPED:
+        await connection.execute(text(DROPPED[version].CREATE))
+
+
 SCANS = text(
     "SELECT pg_stat_get_xact_numscans(CAST('jobs' AS regclass)) + "
     "(SELECT sum(pg_stat_get_xact_numscans(indexrelid)) FROM pg_index "
@@ -167,8 +210,7 @@ async def test_each_mailboxs_oldest_due_job_is_looked_up_once_per_claim(
     scans: dict[str, int] = {}
     for version in ("0018", "0019"):
         async with stores.engine.connect() as connection, connection.begin() as transaction:
-            if version == "0018":  # dropped by 0020: made again in this transaction only
-                await connection.execute(text(load_version("0018_claim_function.py").CREATE))
+            await made_again(connection, version)
             before = await connection.scalar(SCANS)
             claimed = (await connection.scalars(call(version))).all()
             assert len(claimed) == mailboxes and None not in claimed, version
@@ -199,7 +241,7 @@ async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores
     assert claimed[0].payload == new_job(mailbox).payload
     assert len(sent) == 1
     statement, in_transaction = sent[0]
-    assert "mailbox_worker_claim_0020(" in statement
+    assert "mailbox_worker_claim_0021(" in statement
     assert not in_transaction
     async with stores.engine.connect() as connection:
         state = await connection.scalar(
@@ -222,7 +264,7 @@ async def test_the_functions_plans_are_generic_and_nothing_else_is_changed(
     claims = Claims(LimitDefaults(), utcnow)
     async with stores.engine.connect() as connection:
         settings = await connection.scalar(
-            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0020'")
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0021'")
         )
         assert settings == ["plan_cache_mode=force_generic_plan", "jit=off"]
         default_commit = await connection.scalar(text("SHOW synchronous_commit"))
@@ -295,8 +337,9 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
     """With the tables analysed, the planner's estimate of the claim's second statement passed
     ``jit_above_cost`` and PostgreSQL compiled it at every claim (about 75 ms of a 100 ms
     claim, migration 0020's docstring). Here every statement passes it (``jit_above_cost``
-    0): 0019's function is compiled, 0020's is not. Seen through ``auto_explain``'s plans,
-    sent to this connection as notices; each claim is rolled back."""
+    0): 0019's function is compiled, 0021's (as 0020's) is not. Seen through
+    ``auto_explain``'s plans, sent to this connection as notices; each claim is rolled
+    back."""
     stores = postgresql
     mailbox = await setup(stores)
     await stores.jobs.enqueue(new_job(mailbox))
@@ -317,11 +360,13 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
             " SET jit_above_cost = 0; SET client_min_messages = notice"
         )
         compiled = {}
-        for version in ("0019", "0020"):
+        for version in ("0019", "0021"):
             notices.clear()
             transaction = connection.transaction()
             await transaction.start()
             try:
+                if version == "0019":  # dropped by 0021: made again in this transaction only
+                    await connection.execute(DROPPED["0019"].CREATE)
                 claimed = [row[0] for row in await connection.fetch(call(version).text)]
                 assert len(claimed) == 1 and None not in claimed, version  # statement 2 ran
                 await asyncio.sleep(0)  # asyncpg hands the notices over with call_soon
@@ -337,4 +382,44 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
             compiled[version] = any("JIT:" in notice for notice in inside)
     finally:
         await connection.close()
-    assert compiled == {"0019": True, "0020": False}
+    assert compiled == {"0019": True, "0021": False}
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+@pytest.mark.parametrize("analysed", [False, True], ids=["never-analysed", "analysed"])
+async def test_a_claims_reads_do_not_grow_with_the_idle_mailboxes(
+    postgresql: Stores, analysed: bool
+) -> None:
+    """0020's claim looked up every connected mailbox, idle or not (about 2 us each: 20 ms a
+    claim at 10,000); 0021's finds the mailboxes with queued jobs from ``ix_jobs_queued`` and
+    looks up only those. Counted as this transaction's scans of ``jobs`` (of the table and of
+    its indexes), a claim of the one due job by each function, in a transaction rolled back
+    after, with 3 and then 33 idle connected mailboxes, each with a job sent long ago (also
+    with the tables analysed, when the planner may choose other plans)."""
+    stores = postgresql
+    account = await stores.accounts.create_account("acme")
+    busy = await stores.connected_mailbox(account.id, "busy@contoso.example")
+    await stores.jobs.enqueue(new_job(busy))
+    scans: dict[tuple[str, int], int] = {}
+    idle = 0
+    for wanted in (3, 33):
+        while idle < wanted:
+            mailbox = await stores.connected_mailbox(account.id, f"idle{idle}@contoso.example")
+            await stores.jobs.enqueue(new_job(mailbox, subject=f"sent {idle}"))
+            idle += 1
+        async with stores.engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE jobs SET state = 'sent' WHERE mailbox_id <> :busy"),
+                {"busy": busy.id},
+            )
+            if analysed:
+                await connection.execute(text("ANALYZE jobs, mailboxes"))
+        for version in ("0020", "0021"):
+            async with stores.engine.connect() as connection, connection.begin() as transaction:
+                before = await connection.scalar(SCANS)
+                claimed = (await connection.scalars(call(version))).all()
+                assert len(claimed) == 1 and None not in claimed, version
+                scans[version, idle] = await connection.scalar(SCANS) - before
+                await transaction.rollback()
+    assert scans["0021", 33] == scans["0021", 3]
+    assert scans["0020", 33] - scans["0020", 3] >= 2 * 30  # two probes per idle mailbox

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text, update
 
 from mailbox_worker.clock import utcnow
-from mailbox_worker.db.models import Job, Mailbox
+from mailbox_worker.db.models import Account, Job, Mailbox
 from mailbox_worker.errors import Conflict
 from mailbox_worker.jobs.queue import Lease, lease_owner
 from mailbox_worker.jobs.store import NewJob
@@ -130,6 +130,62 @@ async def test_claim_skips_future_jobs_and_mailboxes_without_consent(stores: Sto
     await stores.jobs.enqueue(new_job(other, subject="pending consent"))
     claimed = await stores.queue.claim("w", 10, LEASE)
     assert [c.job.id for c in claimed] == [due.id]
+
+
+async def test_claim_passes_over_every_mailbox_with_queued_jobs_that_may_not_send(
+    stores: Stores,
+) -> None:
+    """The claim finds its candidates from the queued jobs (migration 0021): a mailbox with
+    queued jobs that may not send now (disconnected, paused, of a paused account, at its
+    concurrency, its jobs not due yet) is passed over wherever it falls in the order of the
+    mailboxes' ids, and the rest are claimed. Three of each, so that every kind falls
+    between claimable ones whatever the random ids."""
+    account = await stores.accounts.create_account("acme")
+    paused_account = await stores.accounts.create_account("paused")
+    later = utcnow() + dt.timedelta(hours=1)
+    claimable: set[str] = set()
+    for number in range(3):
+        name = f"{number}@contoso.example"
+        sendable = await stores.connected_mailbox(account.id, f"send{name}")
+        due, _ = await stores.jobs.enqueue(new_job(sendable, subject=f"due {number}"))
+        claimable.add(due.id)
+        disconnected = await stores.connected_mailbox(account.id, f"gone{name}")
+        paused = await stores.connected_mailbox(account.id, f"paused{name}")
+        elsewhere = await stores.connected_mailbox(paused_account.id, f"other{name}")
+        busy = await stores.connected_mailbox(account.id, f"busy{name}")
+        waiting = await stores.connected_mailbox(account.id, f"later{name}")
+        for mailbox in (disconnected, paused, elsewhere, busy, waiting):
+            await stores.jobs.enqueue(new_job(mailbox, subject=f"held {number}"))
+        await stores.jobs.enqueue(new_job(busy, subject=f"running {number}"))
+        async with stores.sessions.begin() as session:
+            await session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == disconnected.id)
+                .values(state=MailboxState.DISCONNECTED)
+            )
+            await session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == paused.id)
+                .values(paused_until=later, pause_reason="rate_limit")
+            )
+            await session.execute(
+                update(Mailbox).where(Mailbox.id == busy.id).values(max_concurrency=1)
+            )
+            await session.execute(
+                update(Job)
+                .where(Job.mailbox_id == busy.id, Job.request_sha256 == f"running {number}")
+                .values(state=JobState.RUNNING)
+            )
+            await session.execute(
+                update(Job).where(Job.mailbox_id == waiting.id).values(run_after=later)
+            )
+    async with stores.sessions.begin() as session:  # as AccountRights.pause leaves it
+        await session.execute(
+            update(Account).where(Account.id == paused_account.id).values(paused_at=utcnow())
+        )
+    claimed = await stores.queue.claim("w", 100, LEASE)
+    assert {each.job.id for each in claimed} == claimable
+    assert await stores.queue.claim("w", 100, LEASE) == []
 
 
 async def test_outcome_is_recorded_only_by_the_lease_holder(stores: Stores) -> None:
