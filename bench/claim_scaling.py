@@ -4,7 +4,11 @@ on analysed tables. Prints the median time of a claim per function and N. Never 
 fails on time (docs/performance.md "Thirteenth pass").
 
     .venv/bin/python bench/claim_scaling.py [--mailboxes 20,1000,5000] [--claims 61]
-        [--functions mailbox_worker_claim_0019,mailbox_worker_claim_0020]
+        [--sent 20] [--functions mailbox_worker_claim_0020,mailbox_worker_claim_0021]
+
+Each mailbox but the one with the due job has ``--sent`` jobs sent long ago (the history a
+mailbox in use has; the release before 0021 read past them for every mailbox). A function a
+later migration dropped is made again from its migration's text for the run.
 
 PostgreSQL runs at MAILBOX_WORKER_TEST_POSTGRES_URL (a scratch database per N, dropped).
 Between claims the job is put back in the queue; every claim must take it.
@@ -21,6 +25,8 @@ import time
 import asyncpg
 from queue_throughput import Ours, scratch_postgres
 
+from mailbox_worker.db.migrations import VERSIONS, load_version
+
 CALL = """
 SELECT (claim.claimed_job).id FROM {function}(
     now(), 8, 4, CAST(ARRAY['microsoft'] AS varchar[]), ARRAY[30], ARRAY[10000],
@@ -31,11 +37,26 @@ SELECT (claim.claimed_job).id FROM {function}(
 daily cap), as a worker with 8 free slots makes it."""
 
 
-async def claim_times(dsn: str, mailboxes: int, functions: list[str], claims: int) -> list[float]:
+def function_text(function: str) -> str:
+    """``CREATE FUNCTION`` of the claim function named ``function`` (``…_claim_NNNN``), from
+    its migration's file."""
+    version = function.rsplit("_", 1)[1]
+    (path,) = VERSIONS.glob(f"{version}_*.py")
+    return str(load_version(path.name).CREATE)
+
+
+async def claim_times(
+    dsn: str, mailboxes: int, functions: list[str], claims: int, sent: int
+) -> list[float]:
     """The median seconds of a claim by each of ``functions`` with ``mailboxes`` connected
-    mailboxes, one of which has one due job."""
+    mailboxes, one of which has one due job and each other ``sent`` sent jobs."""
     connection = await asyncpg.connect(dsn)
     try:
+        for function in functions:  # one a later migration dropped: made again
+            exists = "SELECT count(*) FROM pg_proc WHERE proname = $1"
+            if not await connection.fetchval(exists, function):
+                await connection.execute(function_text(function))
+        job_id = await connection.fetchval("SELECT id FROM jobs")
         # Copies of the first mailbox, connected as it is (bulk, not measured).
         columns = [
             row[0]
@@ -50,13 +71,28 @@ async def claim_times(dsn: str, mailboxes: int, functions: list[str], claims: in
             f"SELECT 'mbx_copy' || n, 'copy' || n || '@contoso.example', {listed} "
             f"FROM mailboxes, generate_series(2, {mailboxes}) AS n"
         )
+        job_columns = ", ".join(
+            row[0]
+            for row in await connection.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
+                "AND column_name NOT IN ('id', 'mailbox_id', 'state', 'idempotency_key')"
+            )
+        )
+        await connection.execute(
+            f"INSERT INTO jobs (id, mailbox_id, state, {job_columns}) "  # noqa: S608 - catalog
+            f"SELECT 'job_sent' || n || '_' || k, 'mbx_copy' || n, 'sent', {job_columns} "
+            f"FROM jobs, generate_series(2, {mailboxes}) AS n, generate_series(1, {sent}) AS k"
+        )
+        await connection.execute("UPDATE jobs SET claimed_at = now() - interval '2 days'")
         await connection.execute("ANALYZE")
         medians = []
         for function in functions:
             times = []
             for _ in range(claims):
                 await connection.execute(
-                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, claimed_at = NULL"
+                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, claimed_at = NULL "
+                    "WHERE id = $1",
+                    job_id,
                 )
                 started = time.perf_counter()
                 rows = await connection.fetch(CALL.format(function=function))
@@ -72,8 +108,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mailboxes", default="20,1000,5000")
     parser.add_argument("--claims", type=int, default=61)
+    parser.add_argument("--sent", type=int, default=20)
     parser.add_argument(
-        "--functions", default="mailbox_worker_claim_0019,mailbox_worker_claim_0020"
+        "--functions", default="mailbox_worker_claim_0020,mailbox_worker_claim_0021"
     )
     args = parser.parse_args()
     base = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
@@ -81,7 +118,10 @@ async def main() -> None:
         print("set MAILBOX_WORKER_TEST_POSTGRES_URL to measure the claim")
         return
     functions = args.functions.split(",")
-    print(f"one due job, a claim of up to 8, median of {args.claims} claims per function")
+    print(
+        f"one due job, {args.sent} sent per other mailbox, a claim of up to 8,"
+        f" median of {args.claims} claims per function"
+    )
     for mailboxes in (int(each) for each in args.mailboxes.split(",")):
         url, dsn, drop = await scratch_postgres(base)
         try:
@@ -91,7 +131,7 @@ async def main() -> None:
                 await ours.fill(1)
             finally:
                 await ours.engine.dispose()
-            medians = await claim_times(dsn, mailboxes, functions, args.claims)
+            medians = await claim_times(dsn, mailboxes, functions, args.claims, args.sent)
         finally:
             await drop()
         figures = "  ".join(
