@@ -12,7 +12,7 @@ Below each line, where the time went (p50s on the same clock): the POST's answer
 until it stored the message (its checks and MIME parsing, not the daemon's).
 
     .venv/bin/python bench/idle_latency.py [--jobs 200] [--layouts all,split,floor]
-        [--source /work/main]
+        [--source /work/main] [--idle-mailboxes 0]
 
 Layouts: ``all`` is one ``serve`` process (the intake wakes its worker in-process); ``split``
 (PostgreSQL only) is a ``serve --role api`` process and a ``serve --role worker`` process,
@@ -24,7 +24,9 @@ POST and the ``sendMail``, in a process that does nothing else, so a floor of th
 this machine allows (docs/performance.md "Twelfth pass"). PostgreSQL
 runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and
 dropped). ``--source`` runs the daemon from another checkout (e.g. before a change; ``split``
-needs ``serve --role``).
+needs ``serve --role``). ``--idle-mailboxes N`` adds N connected mailboxes with nothing queued
+(copies of the timed one's row, inserted before the timing): every claim up to migration 0020
+looked each connected mailbox up (docs/performance.md "Fourteenth pass").
 """
 
 from __future__ import annotations
@@ -41,17 +43,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import asyncpg
 from _daemon import cpu_seconds, free_port, wait_ready
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.engine import make_url
 
+from mailbox_worker.config import DatabaseSettings
+from mailbox_worker.db.engine import create_engine
+from mailbox_worker.db.models import Mailbox
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.sandbox.microsoft.state import DEFAULT_CLIENT_ID, AccessToken, StoredMessage
@@ -206,7 +212,29 @@ async def floor_serving(
         await stopped(process)
 
 
-async def measure(url: str, layout: str, jobs: int, source: Path | None) -> Measured:
+async def add_idle_mailboxes(url: str, mailbox_id: str, count: int) -> None:
+    """``count`` connected copies of mailbox ``mailbox_id``'s row (not timed), then the
+    tables' statistics, as autovacuum would gather them."""
+    if not count:
+        return
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        async with engine.begin() as connection:
+            table = cast(Table, Mailbox.__table__)
+            row = (await connection.execute(select(table).where(table.c.id == mailbox_id))).one()
+            copies = [
+                {**row._mapping, "id": f"mbx_idle{n}", "address": f"idle{n}@contoso.example"}
+                for n in range(count)
+            ]
+            await connection.execute(insert(table), copies)
+            await connection.execute(text("ANALYZE"))
+    finally:
+        await engine.dispose()
+
+
+async def measure(
+    url: str, layout: str, jobs: int, source: Path | None, idle_mailboxes: int = 0
+) -> Measured:
     """Seconds from each POST to the sandbox storing the message, and the daemon's CPU."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -234,6 +262,10 @@ async def measure(url: str, layout: str, jobs: int, source: Path | None) -> Meas
                 async with floor as (base, pid, body), aiohttp.ClientSession() as http:
                     return await timed(http, base, body, receipt, jobs, [pid])
             values = environment(url, sandbox, folder, source)
+
+            async def idle(mailbox_id: str) -> None:
+                await add_idle_mailboxes(url, mailbox_id, idle_mailboxes)
+
             account = cli(values, "accounts", "create", "Bench Ltd")
             api_key = cli(values, "keys", "create", "--account", account)
             split = layout.startswith("split")
@@ -247,8 +279,10 @@ async def measure(url: str, layout: str, jobs: int, source: Path | None) -> Meas
                     worker = serving(values, free_port(), log, "--role", "worker", **extra)
                     async with worker as (_, worker_pid):
                         pids = [api_pid, worker_pid]
-                        return await post_one_by_one(base, api_key, sandbox, receipt, jobs, pids)
-                return await post_one_by_one(base, api_key, sandbox, receipt, jobs, [api_pid])
+                        return await post_one_by_one(
+                            base, api_key, sandbox, receipt, jobs, pids, idle
+                        )
+                return await post_one_by_one(base, api_key, sandbox, receipt, jobs, [api_pid], idle)
 
 
 async def post_one_by_one(
@@ -258,7 +292,9 @@ async def post_one_by_one(
     receipt: Receipt,
     jobs: int,
     pids: list[int],
+    before: Callable[[str], Awaitable[None]],
 ) -> Measured:
+    """Connect a mailbox, run ``before`` with its id, then time ``jobs`` invoices to it."""
     context = ssl.create_default_context(cafile=str(sandbox.ca_path))
     headers = {"Authorization": f"Bearer {api_key}"}
     async with aiohttp.ClientSession(headers=headers) as http, aiohttp.ClientSession() as plain:
@@ -268,6 +304,7 @@ async def post_one_by_one(
         ) as answer:
             created = await answer.json()
         await play_admin_consent(plain, created["authorization_url"], ADDRESS, context)
+        await before(created["mailbox"]["id"])
         return await timed(http, base, invoice(created["mailbox"]["id"]), receipt, jobs, pids)
 
 
@@ -351,12 +388,16 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--layouts", default="all,split,floor")
     parser.add_argument("--source", type=Path, default=None)
+    parser.add_argument("--idle-mailboxes", type=int, default=0)
     args = parser.parse_args()
+    idle = args.idle_mailboxes
+    if idle:
+        print(f"{idle} more connected mailboxes, idle")
     layouts = args.layouts.split(",")
     with tempfile.TemporaryDirectory() as scratch:
         if "all" in layouts:
             url = f"sqlite+aiosqlite:///{scratch}/bench.db"
-            report("sqlite", "all", await measure(url, "all", args.jobs, args.source))
+            report("sqlite", "all", await measure(url, "all", args.jobs, args.source, idle))
     postgres = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")
     if not postgres:
         print("postgresql: skipped (set MAILBOX_WORKER_TEST_POSTGRES_URL)")
@@ -368,7 +409,8 @@ async def main() -> None:
         await connection.execute(f'CREATE DATABASE "{name}"')
         try:
             url = make_url(postgres).set(database=name).render_as_string(False)
-            report("postgresql", layout, await measure(url, layout, args.jobs, args.source))
+            measured = await measure(url, layout, args.jobs, args.source, idle)
+            report("postgresql", layout, measured)
         finally:
             await connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
             await connection.close()
