@@ -4,10 +4,13 @@ on analysed tables. Prints the median time of a claim per function and N. Never 
 fails on time (docs/performance.md "Thirteenth pass").
 
     .venv/bin/python bench/claim_scaling.py [--mailboxes 20,1000,5000] [--claims 61]
-        [--sent 20] [--functions mailbox_worker_claim_0020,mailbox_worker_claim_0021]
+        [--sent 20] [--claimed-today 0,1000,9000]
+        [--functions mailbox_worker_claim_0020,mailbox_worker_claim_0021]
 
 Each mailbox but the one with the due job has ``--sent`` jobs sent long ago (the history a
-mailbox in use has; the release before 0021 read past them for every mailbox). A function a
+mailbox in use has; the release before 0021 read past them for every mailbox). With
+``--claimed-today``, the due job's mailbox has sent that many jobs in the last day (claimed two
+hours ago): each claim of it reads them for its daily cap. A function a
 later migration dropped is made again from its migration's text for the run.
 
 PostgreSQL runs at MAILBOX_WORKER_TEST_POSTGRES_URL (a scratch database per N, dropped).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import time
@@ -46,10 +50,11 @@ def function_text(function: str) -> str:
 
 
 async def claim_times(
-    dsn: str, mailboxes: int, functions: list[str], claims: int, sent: int
+    dsn: str, mailboxes: int, functions: list[str], claims: int, sent: int, claimed_today: int
 ) -> list[float]:
     """The median seconds of a claim by each of ``functions`` with ``mailboxes`` connected
-    mailboxes, one of which has one due job and each other ``sent`` sent jobs."""
+    mailboxes, one of which has one due job and ``claimed_today`` jobs sent today, and each
+    other ``sent`` jobs sent long ago."""
     connection = await asyncpg.connect(dsn)
     try:
         for function in functions:  # one a later migration dropped: made again
@@ -84,6 +89,17 @@ async def claim_times(
             f"FROM jobs, generate_series(2, {mailboxes}) AS n, generate_series(1, {sent}) AS k"
         )
         await connection.execute("UPDATE jobs SET claimed_at = now() - interval '2 days'")
+        # The due job's own mailbox: jobs sent today, inside the daily window but not the
+        # rate's (its cap is 10,000 recipients: fewer, so that it is not deferred).
+        await connection.execute(
+            f"INSERT INTO jobs (id, mailbox_id, state, {job_columns}) "  # noqa: S608 - catalog
+            f"SELECT 'job_today' || k, mailbox_id, 'sent', {job_columns} "
+            f"FROM jobs, generate_series(1, {claimed_today}) AS k WHERE id = $1",
+            job_id,
+        )
+        await connection.execute(
+            "UPDATE jobs SET claimed_at = now() - interval '2 hours' WHERE id LIKE 'job_today%'"
+        )
         await connection.execute("ANALYZE")
         medians = []
         for function in functions:
@@ -109,6 +125,7 @@ async def main() -> None:
     parser.add_argument("--mailboxes", default="20,1000,5000")
     parser.add_argument("--claims", type=int, default=61)
     parser.add_argument("--sent", type=int, default=20)
+    parser.add_argument("--claimed-today", default="0")
     parser.add_argument(
         "--functions", default="mailbox_worker_claim_0020,mailbox_worker_claim_0021"
     )
@@ -122,7 +139,9 @@ async def main() -> None:
         f"one due job, {args.sent} sent per other mailbox, a claim of up to 8,"
         f" median of {args.claims} claims per function"
     )
-    for mailboxes in (int(each) for each in args.mailboxes.split(",")):
+    sizes = [int(each) for each in args.mailboxes.split(",")]
+    busy = [int(each) for each in args.claimed_today.split(",")]
+    for mailboxes, claimed_today in itertools.product(sizes, busy):
         url, dsn, drop = await scratch_postgres(base)
         try:
             ours = Ours(url)
@@ -131,14 +150,17 @@ async def main() -> None:
                 await ours.fill(1)
             finally:
                 await ours.engine.dispose()
-            medians = await claim_times(dsn, mailboxes, functions, args.claims, args.sent)
+            medians = await claim_times(
+                dsn, mailboxes, functions, args.claims, args.sent, claimed_today
+            )
         finally:
             await drop()
         figures = "  ".join(
             f"{function} {median * 1e3:6.2f} ms"
             for function, median in zip(functions, medians, strict=True)
         )
-        print(f"  {mailboxes:6d} connected mailboxes: {figures}")
+        today = f", {claimed_today} sent today by the due job's" if claimed_today else ""
+        print(f"  {mailboxes:6d} connected mailboxes{today}: {figures}")
 
 
 if __name__ == "__main__":
