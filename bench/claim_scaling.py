@@ -5,7 +5,7 @@ fails on time (docs/performance.md "Thirteenth pass").
 
     .venv/bin/python bench/claim_scaling.py [--mailboxes 20,1000,5000] [--claims 61]
         [--sent 20] [--claimed-today 0,1000,9000]
-        [--functions mailbox_worker_claim_0020,mailbox_worker_claim_0021]
+        [--functions mailbox_worker_claim_0021,mailbox_worker_claim_0022]
 
 Each mailbox but the one with the due job has ``--sent`` jobs sent long ago (the history a
 mailbox in use has; the release before 0021 read past them for every mailbox). With
@@ -127,7 +127,7 @@ async def main() -> None:
     parser.add_argument("--sent", type=int, default=20)
     parser.add_argument("--claimed-today", default="0")
     parser.add_argument(
-        "--functions", default="mailbox_worker_claim_0020,mailbox_worker_claim_0021"
+        "--functions", default="mailbox_worker_claim_0021,mailbox_worker_claim_0022"
     )
     args = parser.parse_args()
     base = os.environ.get("MAILBOX_WORKER_TEST_POSTGRES_URL")

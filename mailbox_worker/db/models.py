@@ -285,6 +285,23 @@ Index(
 )
 
 
+class MailboxClaimHour(Base):
+    """The recipients of a mailbox's jobs claimed in one hour (UTC), for its daily cap: a
+    claim reads the window's whole hours here and only the jobs of the hour it starts in
+    (migration 0022). Kept by triggers on ``jobs`` (a claim time set, moved or deleted), never
+    written by the daemon itself; hours older than two days are deleted by retention."""
+
+    __tablename__ = "mailbox_claim_hours"
+
+    mailbox_id: Mapped[str] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[dt.datetime] = mapped_column(UTCDateTime, primary_key=True)
+    recipients: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index(None, "hour"),)  # retention finds the old hours of every mailbox
+
+
 class JobContent(Base):
     """What the message says (recipients, subject, bodies, attachments). Purged separately."""
 

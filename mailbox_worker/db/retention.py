@@ -21,6 +21,8 @@ Each pass of ``Retention.purge`` removes, per kind (the ``kind`` label of
 - ``disconnected_mailboxes``: a mailbox disconnected more than ``events_days`` ago keeps its row
   (the tombstone: its id, provider, state and dates) but loses its address and the provider
   identity it was pinned to (PP-2, PP-4; its tokens went at the disconnect).
+- ``claim_hours``: a mailbox's recipients by the hour (``mailbox_claim_hours``) older than
+  ``CLAIM_HOURS_KEPT``: the daily cap reads only the last day's (migration 0022).
 
 Every statement deletes (or blanks) at most ``batch_size`` rows chosen by primary key, in a
 transaction of its own; between two batches the pass sleeps ``pause`` seconds, so the worker's
@@ -38,7 +40,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Delete, Update, delete, func, or_, select, update
+from sqlalchemy import Delete, Update, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, utcnow
@@ -49,6 +51,7 @@ from mailbox_worker.db.models import (
     JobContent,
     JobEvent,
     Mailbox,
+    MailboxClaimHour,
     OAuthState,
     OutboxEvent,
 )
@@ -61,6 +64,10 @@ log = logging.getLogger(__name__)
 
 MAX_EVENTS_DAYS = 90
 """The longest ``events_days`` may be: the privacy policy keeps traces 90 days (PP-4)."""
+
+CLAIM_HOURS_KEPT = dt.timedelta(days=2)
+"""How long a mailbox's recipients by the hour are kept: the daily cap reads the last day's,
+and a job's claim is counted back out of its hour for two days (migration 0022)."""
 
 CONTENT_PURGEABLE: frozenset[str] = frozenset(TERMINAL - {JobState.UNKNOWN})
 """Job states whose content may go: ``unknown`` is terminal but a settlement may queue it again."""
@@ -120,6 +127,7 @@ class Retention:
             "oauth_states": self._oauth_states,
             "idempotency_keys": self._idempotency_keys,
             "disconnected_mailboxes": self._disconnected_mailboxes,
+            "claim_hours": self._claim_hours,
         }
 
     async def purge(self, stop: asyncio.Event | None = None) -> dict[str, int]:
@@ -224,6 +232,16 @@ class Retention:
             .with_for_update(of=JobContent, skip_locked=True)
         )
         return delete(JobContent).where(JobContent.job_id.in_(chosen))
+
+    def _claim_hours(self, now: dt.datetime, limit: int) -> Delete:
+        chosen = (
+            select(MailboxClaimHour.mailbox_id, MailboxClaimHour.hour)
+            .where(MailboxClaimHour.hour < now - CLAIM_HOURS_KEPT)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        key = tuple_(MailboxClaimHour.mailbox_id, MailboxClaimHour.hour)
+        return delete(MailboxClaimHour).where(key.in_(chosen))
 
     def _oauth_states(self, now: dt.datetime, limit: int) -> Delete:
         chosen = (

@@ -1,16 +1,17 @@
-"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0021`` (migration
-0021, which made 0020's function find its candidates from the queued jobs instead of from
-every connected mailbox; 0020's locks the mailboxes one at a time until they can fill the
-claim), sent outside an explicit transaction, so a claim is one round trip and one (implicit)
-transaction.
+"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0022`` (migration
+0022, which made 0021's function read the daily window's whole hours from
+``mailbox_claim_hours``; 0021's finds its candidates from the queued jobs, 0020's locks the
+mailboxes one at a time until they can fill the claim), sent outside an explicit transaction,
+so a claim is one round trip and one (implicit) transaction.
 
 The function first locks the candidate mailboxes (their whole rows: the worker sends each
 claimed job with its mailbox as read under this lock, without reading it again), then, in a
 statement of its own and so in a snapshot taken after the last lock, reads their usage and
 leases their jobs by the rules of ``jobs/limits.py`` (the SQLite path applies the same
 functions in Python). The docstrings of ``db/migrations/versions/0018_claim_function.py`` and
-``0020_claim_in_turn.py`` have the rules and why the usage is read apart, and
-``0021_claim_from_queued.py`` how the candidates are found.
+``0020_claim_in_turn.py`` have the rules and why the usage is read apart,
+``0021_claim_from_queued.py`` how the candidates are found and ``0022_claims_by_hour.py`` how
+the daily window is read.
 
 ``CLAIM`` selects each leased job's columns, its payload (no payload is parsed in the
 database), its mailbox's columns (prefixed ``mailbox__``, ``MAILBOX_PREFIX``, which no job
@@ -45,7 +46,7 @@ CLAIM: TextualSelect = (
     text(
         f"""
 SELECT {_SELECTED}
-FROM mailbox_worker_claim_0021(
+FROM mailbox_worker_claim_0022(
     CAST(:now AS timestamptz), CAST(:limit AS integer), CAST(:default_concurrency AS integer),
     CAST(:providers AS varchar[]), CAST(:provider_rates AS integer[]),
     CAST(:provider_caps AS integer[]),

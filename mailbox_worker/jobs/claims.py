@@ -38,6 +38,7 @@ from mailbox_worker.db.models import (
     JobContent,
     JobEvent,
     Mailbox,
+    MailboxClaimHour,
     UTCDateTime,
     untracked,
 )
@@ -70,6 +71,8 @@ from mailbox_worker.states import JobState, MailboxState
 OWNER_LENGTH = 80
 """The width of ``jobs.lease_owner`` (``String(80)``)."""
 SUFFIX_BYTES = 6
+HOUR = dt.timedelta(hours=1)
+"""The daily window's whole hours are read from ``mailbox_claim_hours`` (migration 0022)."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,7 @@ class Claims:
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0021``
+        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0022``
         (``jobs/claim_sql.py``) on ``connection``, which the caller opens outside an explicit
         transaction (one round trip; the call's implicit transaction is the claim's) or,
         behind a transaction pooler, in one. No session: a claim is this one Core statement."""
@@ -377,10 +380,12 @@ class Claims:
 
         In the claim's own ``BEGIN IMMEDIATE`` transaction, after every earlier claim
         committed."""
+        day_ago = (now - DAILY_WINDOW).astimezone(dt.UTC)  # the hours are UTC's
         binds = {
             "ids": list(mailbox_ids),
             "minute_ago": now - RATE_WINDOW,
-            "day_ago": now - DAILY_WINDOW,
+            "day_ago": day_ago,
+            "whole_hours": day_ago.replace(minute=0, second=0, microsecond=0) + HOUR,
         }
         usages = dict.fromkeys(mailbox_ids, MailboxUsage())
         for row in (await connection.execute(_SQLITE_USAGE, binds)).all():
@@ -528,23 +533,36 @@ def _sqlite_lock_mailboxes() -> Select[Any]:
 
 
 def _sqlite_usage() -> Select[str, int, int, int, dt.datetime | None, dt.datetime | None]:
-    in_minute = Job.claimed_at > bindparam("minute_ago", type_=UTCDateTime)
-    in_day = Job.claimed_at > bindparam("day_ago", type_=UTCDateTime)
-    return (
-        select(
-            Job.mailbox_id,
-            func.count().filter(Job.state == JobState.RUNNING),
-            func.count().filter(in_minute),
-            func.coalesce(func.sum(Job.recipient_count).filter(in_day), 0),
-            func.min(Job.claimed_at).filter(in_minute),
-            func.min(Job.claimed_at).filter(in_day),
-        )
-        .where(
-            Job.mailbox_id.in_(bindparam("ids", expanding=True)),
-            or_(Job.state == JobState.RUNNING, in_day),
-        )
-        .group_by(Job.mailbox_id)
+    """Each locked mailbox's usage, by index probes of its own: its running jobs, its claims
+    in the rate window, and the recipients of its claims in the daily window, the window's
+    whole hours from ``mailbox_claim_hours`` and the claims of the hour it starts in from
+    ``jobs`` (migration 0022), as PostgreSQL's claim reads them."""
+    minute_ago = bindparam("minute_ago", type_=UTCDateTime)
+    day_ago = bindparam("day_ago", type_=UTCDateTime)
+    whole_hours = bindparam("whole_hours", type_=UTCDateTime)
+    own = Job.mailbox_id == Mailbox.id
+
+    def scalar(column: Any, *where: Any) -> Any:
+        return select(column).where(own, *where).correlate(Mailbox).scalar_subquery()
+
+    in_minute = Job.claimed_at > minute_ago
+    hours = (
+        select(func.sum(MailboxClaimHour.recipients))
+        .where(MailboxClaimHour.mailbox_id == Mailbox.id, MailboxClaimHour.hour >= whole_hours)
+        .correlate(Mailbox)
+        .scalar_subquery()
     )
+    first_hour = scalar(
+        func.sum(Job.recipient_count), Job.claimed_at > day_ago, Job.claimed_at < whole_hours
+    )
+    return select(
+        Mailbox.id,
+        scalar(func.count(), Job.state == JobState.RUNNING),
+        scalar(func.count(), in_minute),
+        func.coalesce(hours, 0) + func.coalesce(first_hour, 0),
+        scalar(func.min(Job.claimed_at), in_minute),
+        scalar(func.min(Job.claimed_at), Job.claimed_at > day_ago),
+    ).where(Mailbox.id.in_(bindparam("ids", expanding=True)))
 
 
 _SQLITE_LOCK_MAILBOXES = _sqlite_lock_mailboxes()

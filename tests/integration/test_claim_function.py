@@ -1,10 +1,11 @@
-"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0021`` (migration 0021: 0020's
-function finding its candidates from the queued jobs; 0020's locks mailboxes one at a time
-until they can fill the claim; 0019's looked each mailbox's oldest due job up once): one
-statement sent outside a transaction, whose plans are generic inside it only, whose reads do
-not grow with the idle mailboxes, and two claims at once take different mailboxes. What it
-claims, and the limits it keeps, are the queue's tests (``test_queue.py``,
-``test_mailbox_limits.py``), run on both databases."""
+"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0022`` (migration 0022: 0021's
+function reading the daily window's whole hours from ``mailbox_claim_hours``; 0021's finds its
+candidates from the queued jobs; 0020's locks mailboxes one at a time until they can fill the
+claim; 0019's looked each mailbox's oldest due job up once): one statement sent outside a
+transaction, whose plans are generic inside it only, whose reads grow neither with the idle
+mailboxes nor with the jobs a mailbox sent today, and two claims at once take different
+mailboxes. What it claims, and the limits it keeps, are the queue's tests (``test_queue.py``,
+``test_mailbox_limits.py``, ``test_claim_hours.py``), run on both databases."""
 
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ from mailbox_worker.jobs.limits import LimitDefaults
 
 from .conftest import Stores
 from .test_queue import LEASE, new_job, setup
+from .test_schema import insert_account_and_mailbox
 
 DROPPED = {
     "0018": load_version("0018_claim_function.py"),
     "0019": load_version("0019_claim_lookup_once.py"),
+    "0020": load_version("0020_claim_in_turn.py"),
 }
-"""The migrations whose functions a later one dropped (0020 and 0021), made again by the
-tests that compare them with the newest."""
+"""The migrations whose functions a later one dropped (0020, 0021 and 0022), made again by
+the tests that compare them with the newest."""
 FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
 FUNCTIONS = text(
     "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
@@ -157,6 +160,49 @@ async def test_migration_0021_adds_its_function_and_index_drops_0019s_and_its_do
         assert await connection.scalar(QUEUED_INDEX) is None
 
 
+@pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
+async def test_migration_0022_counts_the_hours_claimed_and_its_downgrade_undoes_it(
+    empty_postgresql: AsyncEngine,
+) -> None:
+    """0022 fills ``mailbox_claim_hours`` from the jobs claimed in the last two days, keeps
+    0021's function for the release before and drops 0020's (docs/deploy.md); its downgrade
+    restores 0020's and drops the table, its triggers and its function."""
+    engine = empty_postgresql
+    await migrate.upgrade(engine, "0021")
+    async with engine.begin() as connection:
+        await insert_account_and_mailbox(connection, utcnow())
+        await connection.execute(
+            text(
+                "INSERT INTO jobs (id, account_id, mailbox_id, mode, state, request_sha256,"
+                " message_id, attempts, transient_failures, run_after, created_at, updated_at,"
+                " priority, recipient_count, claimed_at)"
+                " SELECT 'job_' || n, 'acc_1', 'mbx_1', 'send', 'sent', '', '', 1, 0, now(),"
+                " now(), now(), 0, n, CAST(:hour AS timestamptz) + n * interval '1 minute'"
+                " FROM generate_series(1, 3) AS n"
+            ),
+            {"hour": utcnow().replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=5)},
+        )
+    await migrate.upgrade(engine, "0022")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0021",
+            "mailbox_worker_claim_0022",
+        ]
+        counted = (await connection.execute(text("SELECT * FROM mailbox_claim_hours"))).all()
+        assert [(row.mailbox_id, row.recipients) for row in counted] == [("mbx_1", 6)]
+    await downgrade(engine, "0021")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0020",
+            "mailbox_worker_claim_0021",
+        ]
+        assert await connection.scalar(text("SELECT to_regclass('mailbox_claim_hours')")) is None
+        assert await connection.scalar(TRIGGERS) == 0
+
+
+TRIGGERS = text("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'jobs\\_claim\\_hours%'")
+
+
 QUEUED_INDEX = text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_queued'")
 
 
@@ -176,15 +222,20 @@ SCANS = text(
 lookup reads is the planner's choice, by the table's statistics)."""
 
 
-def call(version: str) -> TextClause:
-    """A claim by the function of migration ``version``, no limits but concurrency 4, under
-    the lease ``o1``: the claimed jobs' ids (one NULL row when it claimed none)."""
+NO_DEFAULTS = "CAST(ARRAY[] AS varchar[]), CAST(ARRAY[] AS integer[]), CAST(ARRAY[] AS integer[])"
+EXCHANGE = "CAST(ARRAY['microsoft'] AS varchar[]), ARRAY[30], ARRAY[10000]"
+"""The providers' defaults: none, or Exchange's rate (30 a minute) and daily cap (10,000)."""
+
+
+def call(version: str, defaults: str = NO_DEFAULTS) -> TextClause:
+    """A claim by the function of migration ``version``, concurrency 4 and the providers'
+    ``defaults`` (none: no rate nor cap), under the lease ``o1``: the claimed jobs' ids (one
+    NULL row when it claimed none)."""
     return text(
         f"""SELECT (claim.claimed_job).id FROM mailbox_worker_claim_{version}(
-            now(), 10, 4, CAST(ARRAY[] AS varchar[]), CAST(ARRAY[] AS integer[]),
-            CAST(ARRAY[] AS integer[]), now() - interval '1 minute', now() - interval '1 day',
+            now(), 10, 4, {defaults}, now() - interval '1 minute', now() - interval '1 day',
             interval '1 minute', interval '1 day', 'o1', now() + interval '1 minute', now(),
-            'w1') AS claim"""  # noqa: S608 - the version is one of this test's constants
+            'w1') AS claim"""  # noqa: S608 - this test's constants only
     )
 
 
@@ -241,7 +292,7 @@ async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores
     assert claimed[0].payload == new_job(mailbox).payload
     assert len(sent) == 1
     statement, in_transaction = sent[0]
-    assert "mailbox_worker_claim_0021(" in statement
+    assert "mailbox_worker_claim_0022(" in statement
     assert not in_transaction
     async with stores.engine.connect() as connection:
         state = await connection.scalar(
@@ -264,7 +315,7 @@ async def test_the_functions_plans_are_generic_and_nothing_else_is_changed(
     claims = Claims(LimitDefaults(), utcnow)
     async with stores.engine.connect() as connection:
         settings = await connection.scalar(
-            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0021'")
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0022'")
         )
         assert settings == ["plan_cache_mode=force_generic_plan", "jit=off"]
         default_commit = await connection.scalar(text("SHOW synchronous_commit"))
@@ -337,7 +388,7 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
     """With the tables analysed, the planner's estimate of the claim's second statement passed
     ``jit_above_cost`` and PostgreSQL compiled it at every claim (about 75 ms of a 100 ms
     claim, migration 0020's docstring). Here every statement passes it (``jit_above_cost``
-    0): 0019's function is compiled, 0021's (as 0020's) is not. Seen through
+    0): 0019's function is compiled, 0022's (as 0020's and 0021's) is not. Seen through
     ``auto_explain``'s plans, sent to this connection as notices; each claim is rolled
     back."""
     stores = postgresql
@@ -360,7 +411,7 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
             " SET jit_above_cost = 0; SET client_min_messages = notice"
         )
         compiled = {}
-        for version in ("0019", "0021"):
+        for version in ("0019", "0022"):
             notices.clear()
             transaction = connection.transaction()
             await transaction.start()
@@ -382,7 +433,7 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
             compiled[version] = any("JIT:" in notice for notice in inside)
     finally:
         await connection.close()
-    assert compiled == {"0019": True, "0021": False}
+    assert compiled == {"0019": True, "0022": False}
 
 
 @pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
@@ -416,6 +467,7 @@ async def test_a_claims_reads_do_not_grow_with_the_idle_mailboxes(
                 await connection.execute(text("ANALYZE jobs, mailboxes"))
         for version in ("0020", "0021"):
             async with stores.engine.connect() as connection, connection.begin() as transaction:
+                await made_again(connection, version)
                 before = await connection.scalar(SCANS)
                 claimed = (await connection.scalars(call(version))).all()
                 assert len(claimed) == 1 and None not in claimed, version
@@ -423,3 +475,77 @@ async def test_a_claims_reads_do_not_grow_with_the_idle_mailboxes(
                 await transaction.rollback()
     assert scans["0021", 33] == scans["0021", 3]
     assert scans["0020", 33] - scans["0020", 3] >= 2 * 30  # two probes per idle mailbox
+
+
+READS = text(
+    "SELECT pg_stat_get_xact_tuples_fetched(CAST('jobs' AS regclass)) + "
+    "(SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index "
+    "WHERE indrelid = CAST('jobs' AS regclass))"
+)
+"""This transaction's rows of ``jobs`` read: heap rows fetched, and index entries returned
+by every index of it."""
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_a_claims_reads_do_not_grow_with_the_jobs_a_mailbox_sent_today(
+    postgresql: Stores,
+) -> None:
+    """0021's claim read every job a mailbox it locked had claimed in the last day, for the
+    daily cap; 0022's reads the whole hours from ``mailbox_claim_hours`` and only the jobs of
+    the hour the window starts in. Counted as this transaction's rows of ``jobs`` read, a claim
+    of the one due job by each function, rolled back after, with 20 and then 200 jobs sent two
+    hours ago by the same mailbox (inside the window, not in its first hour). The mailbox also
+    has 5,000 jobs sent three days ago and the tables are analysed, as in a database in use:
+    on a table of a few hundred rows the planner reads all of a mailbox's jobs whatever the
+    query."""
+    stores = postgresql
+    account = await stores.accounts.create_account("acme")
+    mailbox = await stores.connected_mailbox(account.id, "busy@contoso.example")
+    due, _ = await stores.jobs.enqueue(new_job(mailbox))
+    copies = text(
+        "INSERT INTO jobs (id, account_id, mailbox_id, mode, state, request_sha256, message_id,"
+        " attempts, transient_failures, run_after, created_at, updated_at, priority,"
+        " recipient_count, claimed_at)"
+        " SELECT :prefix || n, account_id, mailbox_id, mode, 'sent', request_sha256,"
+        " message_id, 1, 0, run_after, created_at, updated_at, 0, 1,"
+        " now() - CAST(:ago AS interval)"
+        " FROM jobs, generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS n"
+        " WHERE id = :due"
+    )
+    async with stores.engine.begin() as connection:
+        await connection.execute(
+            copies,
+            {"prefix": "old", "first": 1, "last": 5000, "ago": dt.timedelta(days=3), "due": due.id},
+        )
+    reads: dict[tuple[str, int], int] = {}
+    sent = 0
+    for wanted in (20, 200):
+        async with stores.engine.begin() as connection:
+            await connection.execute(
+                copies,
+                {
+                    "prefix": "today",
+                    "first": sent + 1,
+                    "last": wanted,
+                    "ago": dt.timedelta(hours=2),
+                    "due": due.id,
+                },
+            )
+        sent = wanted
+        for version in ("0021", "0022"):
+            # statistics, and no index entries left by the claims rolled back before (with
+            # so few, vacuum would leave the indexes alone unless told)
+            async with stores.engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await autocommit.execute(
+                    text("VACUUM (INDEX_CLEANUP ON, ANALYZE) jobs, mailbox_claim_hours")
+                )
+            async with stores.engine.connect() as connection, connection.begin() as transaction:
+                before = await connection.scalar(READS)
+                # with a daily cap, as the providers' defaults always set one
+                claimed = (await connection.scalars(call(version, EXCHANGE))).all()
+                assert claimed == [due.id], version
+                reads[version, sent] = await connection.scalar(READS) - before
+                await transaction.rollback()
+    assert reads["0022", 200] == reads["0022", 20]
+    assert reads["0021", 200] - reads["0021", 20] >= 180
