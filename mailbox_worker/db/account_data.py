@@ -32,6 +32,7 @@ from mailbox_worker.db.models import (
     JobContent,
     JobEvent,
     Mailbox,
+    MailboxClaimHour,
     MailboxKey,
     OAuthState,
     OutboxEvent,
@@ -149,6 +150,10 @@ class AccountData:
                     delete(TokenRecord).where(TokenRecord.mailbox_id.in_(mailbox_ids)),
                 ),
                 ("mailbox_keys", delete(MailboxKey).where(MailboxKey.mailbox_id.in_(mailbox_ids))),
+                (
+                    "mailbox_claim_hours",
+                    delete(MailboxClaimHour).where(MailboxClaimHour.mailbox_id.in_(mailbox_ids)),
+                ),
                 ("mailboxes", delete(Mailbox).where(Mailbox.id.in_(mailbox_ids))),
                 ("api_keys", delete(ApiKey).where(ApiKey.id.in_(key_ids))),
                 (

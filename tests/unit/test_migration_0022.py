@@ -12,7 +12,7 @@ import pytest
 
 from mailbox_worker.db.migrations import load_version as migration
 
-CREATED_0022 = "419b64d86a752422c12624eb09352583bbba470afc8874e0bbf5073fba6c4ce7"
+CREATED_0022 = "5daa5a86aab2c8981c70e7166700bea56a896861184798a5cc54ae2a85014437"
 """The SHA-256 of 0022's ``CREATE FUNCTION`` as released."""
 
 

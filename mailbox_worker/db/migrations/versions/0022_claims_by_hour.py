@@ -25,6 +25,14 @@ them (``db/retention.py``). The migration fills the hours of the last two days f
 after creating the triggers, whose lock on ``jobs`` keeps every write out until it commits:
 no claim falls between the two.
 
+The usage read also counts the running jobs by the mailbox's own index range: 0021's read
+them in one scan with its claims, which the planner made a scan of every running job of every
+mailbox (``jobs (state, run_after)``), once per mailbox locked.
+
+The triggers live on ``jobs``: a later migration that rebuilds that table on SQLite
+(``batch_alter_table`` copies it to a new table) must create them again;
+``tests/integration/test_claim_hours.py`` fails at head without them.
+
 The claim function is 0021's text with the name, one variable, and the usage read of
 statement 2 changed (``_changed``, which fails rather than create anything else if 0021's text
 no longer holds them; ``tests/unit/test_migration_0022.py`` holds the result to the text
@@ -116,10 +124,14 @@ _COUNT_UP_SQLITE = f"""
     SELECT NEW.mailbox_id, {_HOUR_SQLITE.format("NEW.claimed_at")}, NEW.recipient_count
     WHERE NEW.claimed_at IS NOT NULL
     ON CONFLICT (mailbox_id, hour) DO UPDATE SET recipients = recipients + excluded.recipients;"""
+# SQLite's null-safe "differs" is IS NOT (IS DISTINCT FROM only came in SQLite 3.39).
+_CHANGED_SQLITE = """(OLD.claimed_at IS NOT NEW.claimed_at
+       OR OLD.recipient_count IS NOT NEW.recipient_count
+       OR OLD.mailbox_id IS NOT NEW.mailbox_id)"""
 TRIGGERS_SQLITE = [
     f"""CREATE TRIGGER jobs_claim_hours_update
     AFTER UPDATE OF claimed_at, recipient_count, mailbox_id ON jobs
-    FOR EACH ROW WHEN {_CHANGED}
+    FOR EACH ROW WHEN {_CHANGED_SQLITE}
     BEGIN{_COUNT_DOWN_SQLITE}{_COUNT_UP_SQLITE}
     END""",
     f"""CREATE TRIGGER jobs_claim_hours_insert AFTER INSERT ON jobs
@@ -179,19 +191,18 @@ _USED = """\
 """
 _USED_NOW = f"""\
         FROM locked CROSS JOIN LATERAL (
-            SELECT minute.running, minute.claimed_last_minute, minute.oldest_minute,
+            SELECT (SELECT count(*) FROM jobs AS j
+                    WHERE j.mailbox_id = locked.mailbox_id AND j.state = '{_0020.RUNNING}')
+                       AS running,
+                   minute.claimed_last_minute, minute.oldest_minute,
                    day.recipients_last_day, day.oldest_day
             FROM (
-                SELECT count(*) FILTER (WHERE job.state = 'running') AS running,
-                       count(*) FILTER (WHERE job.claimed_at > p_minute_ago)
-                           AS claimed_last_minute,
-                       min(job.claimed_at) FILTER (WHERE job.claimed_at > p_minute_ago)
-                           AS oldest_minute
+                -- the rate window (only with a rate): its claims, by (mailbox_id, claimed_at)
+                SELECT count(*) AS claimed_last_minute, min(job.claimed_at) AS oldest_minute
                 FROM jobs AS job
                 WHERE job.mailbox_id = locked.mailbox_id
-                  AND (job.state = 'running'
-                       OR job.claimed_at > CASE WHEN locked.rate IS NOT NULL THEN p_minute_ago
-                                                ELSE CAST('infinity' AS timestamptz) END)
+                  AND job.claimed_at > CASE WHEN locked.rate IS NOT NULL THEN p_minute_ago
+                                            ELSE CAST('infinity' AS timestamptz) END
             ) AS minute CROSS JOIN LATERAL (
                 -- the daily window: its whole hours from {TABLE}, the claims of the hour it
                 -- starts in from jobs, and its oldest claim (only with a daily cap)
