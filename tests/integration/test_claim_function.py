@@ -35,10 +35,9 @@ from .test_schema import insert_account_and_mailbox
 DROPPED = {
     "0018": load_version("0018_claim_function.py"),
     "0019": load_version("0019_claim_lookup_once.py"),
-    "0020": load_version("0020_claim_in_turn.py"),
 }
-"""The migrations whose functions a later one dropped (0020, 0021 and 0022), made again by
-the tests that compare them with the newest."""
+"""The migrations whose functions a later one dropped (0020 and 0021), made again by the
+tests that compare them with the newest."""
 FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
 FUNCTIONS = text(
     "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
@@ -164,9 +163,10 @@ async def test_migration_0021_adds_its_function_and_index_drops_0019s_and_its_do
 async def test_migration_0022_counts_the_hours_claimed_and_its_downgrade_undoes_it(
     empty_postgresql: AsyncEngine,
 ) -> None:
-    """0022 fills ``mailbox_claim_hours`` from the jobs claimed in the last two days, keeps
-    0021's function for the release before and drops 0020's (docs/deploy.md); its downgrade
-    restores 0020's and drops the table, its triggers and its function."""
+    """0022 fills ``mailbox_claim_hours`` from the jobs claimed in the last two days and adds
+    its function beside 0021's and 0020's: the release before 0021 and 0022 (released
+    together) calls 0020's (docs/deploy.md). Its downgrade drops the function, the table, its
+    triggers and their function."""
     engine = empty_postgresql
     await migrate.upgrade(engine, "0021")
     async with engine.begin() as connection:
@@ -185,6 +185,7 @@ async def test_migration_0022_counts_the_hours_claimed_and_its_downgrade_undoes_
     await migrate.upgrade(engine, "0022")
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0020",
             "mailbox_worker_claim_0021",
             "mailbox_worker_claim_0022",
         ]

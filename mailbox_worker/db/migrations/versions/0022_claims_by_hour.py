@@ -36,9 +36,10 @@ The triggers live on ``jobs``: a later migration that rebuilds that table on SQL
 The claim function is 0021's text with the name, one variable, and the usage read of
 statement 2 changed (``_changed``, which fails rather than create anything else if 0021's text
 no longer holds them; ``tests/unit/test_migration_0022.py`` holds the result to the text
-released). 0021's function stays for the release before, and its claims are counted in the
-hours by the triggers; 0020's, which only the release before 0021 calls, is dropped
-(docs/deploy.md). SQLite has the same table and triggers; its claim reads them the same way
+released). 0021's function stays, and 0020's too: 0021 and 0022 were released together, so
+the release before calls 0020's, and the triggers count its claims in the hours as they count
+every claim. The first claim migration of a later release drops both (docs/deploy.md).
+SQLite has the same table and triggers; its claim reads them the same way
 (``jobs/claims.py``).
 
 Revision ID: 0022
@@ -267,7 +268,6 @@ def upgrade() -> None:
             op.execute(statement)
         op.execute(FILL_PG)
         op.execute(CREATE)
-        op.execute(_0020.DROP)
     else:
         for statement in TRIGGERS_SQLITE:
             op.execute(statement)
@@ -276,7 +276,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(_0020.CREATE)
         op.execute(DROP)
         for statement in DROP_PG:
             op.execute(statement)
