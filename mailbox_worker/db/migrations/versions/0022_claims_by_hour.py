@@ -163,16 +163,57 @@ FROM jobs WHERE claimed_at > strftime('%Y-%m-%d %H:%M:%f', 'now', '-{KEPT}')
 GROUP BY 1, 2
 """  # noqa: S608 - constants only
 
-# The claim function: 0021's, with the daily window read from the hours.
+# The claim function: 0021's, with each candidate's due jobs counted once it is locked, and
+# the daily window read from the hours.
 _DECLARED = """\
     v_mailbox mailboxes;
 BEGIN"""
 _DECLARED_NOW = f"""\
     v_mailbox mailboxes;
+    v_due_here integer;
     -- the first whole hour inside the daily window: the hours from it on are read from
     -- {TABLE}, the claims before it (after p_day_ago) from jobs
     v_whole_hours timestamptz := {_HOUR_PG.format("p_day_ago")} + interval '1 hour';
 BEGIN"""
+_ROOM = f"""\
+        SELECT turns.id, turns.waiting,
+               least(turns.due, turns.free,
+                     (p_limit + turns.accounts - 1) / turns.accounts) AS room
+        FROM (
+            SELECT ranked.id, ranked.free, ranked.waiting, ranked.turn, ranked.oldest_due,
+                   count(*) FILTER (WHERE ranked.turn = 1) OVER () AS accounts,
+                   -- its due jobs, counted only for a mailbox that has one, up to its room
+                   (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
+                                          WHERE j.mailbox_id = ranked.id
+                                            AND j.state = '{_0020.QUEUED}'
+                                            AND j.run_after <= p_now
+                                          LIMIT least(p_limit, ranked.free)) AS due_jobs)
+                       AS due
+            FROM (
+"""  # noqa: S608 - 0021's text, which this one replaces
+_ROOM_NOW = """\
+        -- the room before its due jobs are counted: they are, once it is locked
+        SELECT turns.id, turns.waiting,
+               least(turns.free, (p_limit + turns.accounts - 1) / turns.accounts) AS room
+        FROM (
+            SELECT ranked.id, ranked.free, ranked.waiting, ranked.turn, ranked.oldest_due,
+                   count(*) FILTER (WHERE ranked.turn = 1) OVER () AS accounts
+            FROM (
+"""
+_LOCKED = """\
+        v_mailboxes := array_append(v_mailboxes, v_mailbox);
+        v_room := v_room + coalesce(v_candidate.room, 0);
+"""
+_LOCKED_NOW = f"""\
+        v_mailboxes := array_append(v_mailboxes, v_mailbox);
+        -- its due jobs, up to its room: counted only for the mailboxes locked
+        SELECT count(*) INTO v_due_here
+        FROM (SELECT 1 FROM jobs AS j
+              WHERE j.mailbox_id = v_candidate.id AND j.state = '{_0020.QUEUED}'
+                AND j.run_after <= p_now
+              LIMIT v_candidate.room) AS due_jobs;
+        v_room := v_room + v_due_here;
+"""  # noqa: S608 - only constants of this module are interpolated
 _USED = """\
         FROM locked CROSS JOIN LATERAL (
             SELECT count(*) FILTER (WHERE job.state = 'running') AS running,
@@ -228,16 +269,20 @@ _USED_NOW = f"""\
 
 
 def _changed(create: str, old_name: str) -> str:
-    """0021's ``CREATE FUNCTION`` as this migration's: its name, one variable and the usage
-    read."""
-    if (
-        create.count(f"{old_name}(") != 1
-        or create.count(_DECLARED) != 1
-        or create.count(_USED) != 1
-    ):
+    """0021's ``CREATE FUNCTION`` as this migration's: its name, two variables, the rooms of
+    statement 1's candidates, the lock loop's count of due jobs, and the usage read."""
+    replaced = {
+        _DECLARED: _DECLARED_NOW,
+        _ROOM: _ROOM_NOW,
+        _LOCKED: _LOCKED_NOW,
+        _USED: _USED_NOW,
+    }
+    if create.count(f"{old_name}(") != 1 or any(create.count(old) != 1 for old in replaced):
         raise RuntimeError("migration 0021's function is not the one 0022 changes")
     changed = create.replace(f"{old_name}(", f"{NAME}(")
-    return changed.replace(_DECLARED, _DECLARED_NOW).replace(_USED, _USED_NOW)
+    for old, new in replaced.items():
+        changed = changed.replace(old, new)
+    return changed
 
 
 CREATE = _changed(_0021.CREATE, "mailbox_worker_claim_0021")
