@@ -25,6 +25,12 @@ them (``db/retention.py``). The migration fills the hours of the last two days f
 after creating the triggers, whose lock on ``jobs`` keeps every write out until it commits:
 no claim falls between the two.
 
+Statement 1 also counts a candidate's due jobs only once it has locked it, in the lock loop
+(its room is the same: its due jobs, below its concurrency, at most its account's part of the
+claim). 0021 counted them for every candidate before sorting them into turns, though a claim
+locks about 25: with 5,556 mailboxes with due jobs, 11,113 of a claim's 61,166 buffers went to
+mailboxes it never locked (docs/performance.md "Fourteenth pass").
+
 The usage read also counts the running jobs by the mailbox's own index range: 0021's read
 them in one scan with its claims, which the planner made a scan of every running job of every
 mailbox (``jobs (state, run_after)``), once per mailbox locked.
