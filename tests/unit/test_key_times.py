@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -166,15 +170,49 @@ def test_processes_adding_keys_to_one_file_lose_none(tmp_path: Path) -> None:
     assert added <= set(FileKeySource(path).key_ids())
 
 
-def test_a_key_file_in_a_directory_we_cannot_write_is_read_only(tmp_path: Path) -> None:
-    path = tmp_path / "mounted" / "keys.json"
-    source = FileKeySource(path, create_if_missing=True)
-    source.active_key()
-    assert not source.read_only
-    path.parent.chmod(0o500)
+def as_unprivileged_user(check: Callable[[], bool]) -> bool:
+    """``check()`` in a forked copy of this process that has given up root for the user
+    ``nobody``, as the daemon runs in its image (not root): root writes anywhere, so a
+    directory it cannot write does not exist for it. Unprivileged already: ``check()``."""
+    if os.geteuid() != 0:
+        return check()
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe, then exits
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(child, 0)
+    assert answer in (b"0", b"1"), "the unprivileged check did not answer"
+    return answer == b"1"
+
+
+def test_a_key_file_in_a_directory_we_cannot_write_is_read_only() -> None:
+    # A folder of its own: pytest's are private to the user running it, which nobody may not
+    # enter.
+    folder = Path(tempfile.mkdtemp(prefix="mw-keys-"))
+    folder.chmod(0o755)
+    path = folder / "mounted" / "keys.json"
     try:
-        if os.access(path.parent, os.W_OK):
-            pytest.skip("running as a user that writes anywhere (root)")
-        assert FileKeySource(path).read_only
+        source = FileKeySource(path, create_if_missing=True)
+        source.active_key()
+        assert not source.read_only
+        path.parent.chmod(0o555)  # a read-only mount, as far as the daemon's user can tell
+        assert as_unprivileged_user(lambda: FileKeySource(path).read_only)
+        # and where that user may write, the same file is not
+        writable = folder / "writable" / "keys.json"
+        FileKeySource(writable, create_if_missing=True).active_key()
+        writable.parent.chmod(0o777)
+        assert not as_unprivileged_user(lambda: FileKeySource(writable).read_only)
     finally:
         path.parent.chmod(0o700)
+        shutil.rmtree(folder)
