@@ -20,3 +20,19 @@ def load_version(filename: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def lines_of(text: str, first: str, last: str) -> str:
+    """The run of whole lines of ``text`` from the line ``first`` to the next line ``last``,
+    both included (compared without their line ends): the part of an earlier migration's
+    text that a later one replaces, taken from that text rather than written out again.
+    Raises ``RuntimeError`` unless ``first`` is exactly one line of ``text`` and ``last``
+    follows it, so a later migration cannot replace what its predecessor no longer holds."""
+    rows = text.splitlines(keepends=True)
+    starts = [number for number, row in enumerate(rows) if row.rstrip("\n") == first]
+    if len(starts) != 1:
+        raise RuntimeError(f"{first.strip()!r} is not one line of the text")
+    for end in range(starts[0], len(rows)):
+        if rows[end].rstrip("\n") == last:
+            return "".join(rows[starts[0] : end + 1])
+    raise RuntimeError(f"{last.strip()!r} does not follow {first.strip()!r}")

@@ -23,7 +23,7 @@ Nothing else differs: the same rules, results and settings (its plans generic).
 
 The function is 0018's text with the name and that one clause changed (``_changed``, which
 fails rather than create anything else if 0018's text no longer holds the clause;
-``tests/unit/test_migration_0019.py`` holds the result to the text released). 0018's
+``tests/unit/test_claim_migrations.py`` holds the result to the text released). 0018's
 function stays for the release before, which calls it during a deploy; the next migration that
 changes the claim drops it (docs/deploy.md). SQLite has no function: nothing to do there.
 

@@ -27,7 +27,7 @@ enqueues, claims and completions until it is built: measured in docs/deploy.md.
 
 The function is 0020's text with the name and statement 1's candidate query changed
 (``_changed``, which fails rather than create anything else if 0020's text no longer holds
-it; ``tests/unit/test_migration_0021.py`` holds the result to the text released). 0020's
+it; ``tests/unit/test_claim_migrations.py`` holds the result to the text released). 0020's
 function stays for the release before; 0019's, which only the release before 0020 calls, is
 dropped (docs/deploy.md).
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 from alembic import op
 from sqlalchemy import text
 
-from mailbox_worker.db.migrations import load_version
+from mailbox_worker.db.migrations import lines_of, load_version
 
 revision = "0021"
 down_revision = "0020"
@@ -54,11 +54,13 @@ _0020 = load_version("0020_claim_in_turn.py")
 _0019, _0018 = _0020._0019, _0020._0018
 QUEUED, RUNNING, CONNECTED = _0018.QUEUED, _0018.RUNNING, _0018.CONNECTED
 
-_COMMENT = """\
-    -- 1. Lock the mailboxes one at a time, in turns between accounts, until their rooms hold
-    --    the claim (and see the queue, for the worker's next wait).
-    FOR v_candidate IN
-"""
+# Each part of 0020's text this replaces (taken from it), then what replaces it: statement
+# 1's comment and the start of its candidates query, and how the candidates are read.
+_COMMENT = lines_of(
+    _0020.CREATE,
+    "    -- 1. Lock the mailboxes one at a time, in turns between accounts, until their rooms hold",
+    "    FOR v_candidate IN",
+)
 _COMMENT_NOW = f"""\
     -- 1. Lock the mailboxes one at a time, in turns between accounts, until their rooms hold
     --    the claim (and see the queue, for the worker's next wait). The candidates are the
@@ -78,22 +80,7 @@ _COMMENT_NOW = f"""\
             ) AS next
         )
 """  # noqa: S608 - only constants of this module are interpolated
-_WAITING = f"""\
-                FROM (
-                    SELECT mb.id, mb.account_id,
-                           (SELECT min(j.run_after) FROM jobs AS j
-                            WHERE j.mailbox_id = mb.id AND j.state = '{QUEUED}') AS oldest_due,
-                           {_0020._CONCURRENCY} - (SELECT count(*) FROM jobs AS j
-                                             WHERE j.mailbox_id = mb.id
-                                               AND j.state = '{RUNNING}') AS free
-                    FROM mailboxes AS mb
-                    WHERE mb.state = '{CONNECTED}'
-                      AND (mb.paused_until IS NULL OR mb.paused_until <= p_now)
-                      AND NOT EXISTS (SELECT 1 FROM accounts AS a
-                                      WHERE a.id = mb.account_id AND a.paused_at IS NOT NULL)
-                    OFFSET 0  -- a plan of its own: each mailbox's jobs looked up once
-                ) AS waiting
-"""  # noqa: S608 - 0020's text, which this one replaces
+_WAITING = lines_of(_0020.CREATE, "                FROM (", "                ) AS waiting")
 _WAITING_NOW = f"""\
                 FROM (
                     SELECT mb.id, mb.account_id, queued.oldest_due, mb.free

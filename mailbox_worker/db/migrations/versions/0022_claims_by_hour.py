@@ -41,7 +41,7 @@ The triggers live on ``jobs``: a later migration that rebuilds that table on SQL
 
 The claim function is 0021's text with the name, one variable, and the usage read of
 statement 2 changed (``_changed``, which fails rather than create anything else if 0021's text
-no longer holds them; ``tests/unit/test_migration_0022.py`` holds the result to the text
+no longer holds them; ``tests/unit/test_claim_migrations.py`` holds the result to the text
 released). 0021's function stays, and 0020's too: 0021 and 0022 were released together, so
 the release before calls 0020's, and the triggers count its claims in the hours as they count
 every claim. The first claim migration of a later release drops both (docs/deploy.md).
@@ -58,7 +58,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from mailbox_worker.db.migrations import load_version
+from mailbox_worker.db.migrations import lines_of, load_version
 from mailbox_worker.db.models import UTCDateTime
 
 revision = "0022"
@@ -170,7 +170,8 @@ GROUP BY 1, 2
 """  # noqa: S608 - constants only
 
 # The claim function: 0021's, with each candidate's due jobs counted once it is locked, and
-# the daily window read from the hours.
+# the daily window read from the hours. Each part of 0021's text this replaces (taken from it,
+# but for two lines), then what replaces it.
 _DECLARED = """\
     v_mailbox mailboxes;
 BEGIN"""
@@ -181,22 +182,7 @@ _DECLARED_NOW = f"""\
     -- {TABLE}, the claims before it (after p_day_ago) from jobs
     v_whole_hours timestamptz := {_HOUR_PG.format("p_day_ago")} + interval '1 hour';
 BEGIN"""
-_ROOM = f"""\
-        SELECT turns.id, turns.waiting,
-               least(turns.due, turns.free,
-                     (p_limit + turns.accounts - 1) / turns.accounts) AS room
-        FROM (
-            SELECT ranked.id, ranked.free, ranked.waiting, ranked.turn, ranked.oldest_due,
-                   count(*) FILTER (WHERE ranked.turn = 1) OVER () AS accounts,
-                   -- its due jobs, counted only for a mailbox that has one, up to its room
-                   (SELECT count(*) FROM (SELECT 1 FROM jobs AS j
-                                          WHERE j.mailbox_id = ranked.id
-                                            AND j.state = '{_0020.QUEUED}'
-                                            AND j.run_after <= p_now
-                                          LIMIT least(p_limit, ranked.free)) AS due_jobs)
-                       AS due
-            FROM (
-"""  # noqa: S608 - 0021's text, which this one replaces
+_ROOM = lines_of(_0021.CREATE, "        SELECT turns.id, turns.waiting,", "            FROM (")
 _ROOM_NOW = """\
         -- the room before its due jobs are counted: they are, once it is locked
         SELECT turns.id, turns.waiting,
@@ -206,10 +192,11 @@ _ROOM_NOW = """\
                    count(*) FILTER (WHERE ranked.turn = 1) OVER () AS accounts
             FROM (
 """
-_LOCKED = """\
-        v_mailboxes := array_append(v_mailboxes, v_mailbox);
-        v_room := v_room + coalesce(v_candidate.room, 0);
-"""
+_LOCKED = lines_of(
+    _0021.CREATE,
+    "        v_mailboxes := array_append(v_mailboxes, v_mailbox);",
+    "        v_room := v_room + coalesce(v_candidate.room, 0);",
+)
 _LOCKED_NOW = f"""\
         v_mailboxes := array_append(v_mailboxes, v_mailbox);
         -- its due jobs, up to its room: counted only for the mailboxes locked
@@ -220,23 +207,7 @@ _LOCKED_NOW = f"""\
               LIMIT v_candidate.room) AS due_jobs;
         v_room := v_room + v_due_here;
 """  # noqa: S608 - only constants of this module are interpolated
-_USED = """\
-        FROM locked CROSS JOIN LATERAL (
-            SELECT count(*) FILTER (WHERE job.state = 'running') AS running,
-                   count(*) FILTER (WHERE job.claimed_at > p_minute_ago) AS claimed_last_minute,
-                   coalesce(sum(job.recipient_count) FILTER (WHERE job.claimed_at > p_day_ago),
-                            0) AS recipients_last_day,
-                   min(job.claimed_at) FILTER (WHERE job.claimed_at > p_minute_ago)
-                       AS oldest_minute,
-                   min(job.claimed_at) FILTER (WHERE job.claimed_at > p_day_ago) AS oldest_day
-            FROM jobs AS job
-            WHERE job.mailbox_id = locked.mailbox_id
-              AND (job.state = 'running'
-                   OR job.claimed_at > CASE WHEN locked.cap IS NOT NULL THEN p_day_ago
-                                            WHEN locked.rate IS NOT NULL THEN p_minute_ago
-                                            ELSE CAST('infinity' AS timestamptz) END)
-        ) AS used
-"""
+_USED = lines_of(_0021.CREATE, "        FROM locked CROSS JOIN LATERAL (", "        ) AS used")
 _USED_NOW = f"""\
         FROM locked CROSS JOIN LATERAL (
             SELECT (SELECT count(*) FROM jobs AS j
