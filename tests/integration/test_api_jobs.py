@@ -188,6 +188,20 @@ MALFORMED = [
         "message.to[0].address",
         id="CRLF in address",
     ),
+    # Past RFC 5321's 254 octets as the message would carry it, the domain in IDNA form: 31
+    # characters, 271 octets in that form (tests/unit/test_addresses.py has the edges).
+    pytest.param(
+        _to("a@" + ".".join(["㍿"] * 15)),
+        "invalid_address",
+        "message.to[0].address",
+        id="over 254 octets in IDNA form",
+    ),
+    pytest.param(
+        _to("a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 62),
+        "invalid_address",
+        "message.to[0].address",
+        id="255 ASCII octets",
+    ),
     pytest.param(
         _to("Ann <ann@fabrikam.example>"),
         "invalid_address",

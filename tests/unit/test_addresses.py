@@ -94,3 +94,47 @@ def test_the_quick_form_is_one_the_parser_accepts() -> None:
     assert quick >= 2000  # most structured ones, and some of the random ones
     # An encoded word in the local part is the parser's to judge: it decodes it.
     assert not is_email_address("=?utf-8?q?a=40evil.example?=@fabrikam.example")
+
+
+@pytest.mark.parametrize(
+    ("value", "octets"),
+    [
+        ("a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 61, 254),
+        ("a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 62, 255),
+        # 27 and 31 characters; each "㍿" is "xn--6oqv20b1zgzxr" in the message.
+        ("a@" + ".".join(["㍿"] * 13), 235),
+        ("a@" + ".".join(["㍿"] * 15), 271),
+        # A quoted local part counts with its quotes.
+        ('"a b"' + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 63 + "." + "e" * 56, 254),
+        ('"a b"' + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 63 + "." + "e" * 57, 255),
+    ],
+)
+def test_an_address_is_at_most_254_octets_as_the_message_carries_it(
+    value: str, octets: int
+) -> None:
+    """RFC 5321 (4.5.3.1.3) limits a path to 256 octets with its angle brackets; a longer
+    address passed the API before and could only fail at the provider. The domain counts in its
+    ASCII (IDNA) form, which may be far longer than it was written."""
+    assert len(value) <= 320  # the API document's maxLength lets each of them through
+    assert is_email_address(value) is (octets <= addresses.MAX_ADDRESS_OCTETS)
+    assert addresses._parses_back(value) is (octets <= addresses.MAX_ADDRESS_OCTETS)
+    local, _, domain = value.partition("@")
+    assert len(local) + 1 + len(domain.encode("idna")) == octets
+
+
+def test_the_remembered_answers_are_the_codecs_and_the_parsers() -> None:
+    """``ascii_domain`` and ``_parses_back`` keep their answers for strings seen recently; a
+    remembered answer is the one computed afresh, for values seen first and again."""
+    values = ["rechnung@bücher.example", "a@" + ".".join(["㍿"] * 15), "x@bü..example"]
+    values += [f"kunde{index}@straße{index % 7}.example" for index in range(50)]
+    for _ in range(2):
+        for value in values:
+            domain = value.partition("@")[2]
+            assert addresses._parses_back(value) is addresses._parses_back.__wrapped__(value)
+            try:
+                expected = domain.encode("idna").decode("ascii")
+            except UnicodeError:
+                with pytest.raises(UnicodeError):
+                    addresses.ascii_domain(domain)
+            else:
+                assert addresses.ascii_domain(domain) == expected
