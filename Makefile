@@ -25,8 +25,9 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/mailbox-worker demo
 
+# The end-to-end tests run beside the others, in a second pytest process (scripts/run-tests).
 test: check browser
-	$(BIN)/pytest
+	@scripts/run-tests $(BIN)/pytest
 
 # Debian's chromium + chromedriver for the admin-page tests (installed when absent and
 # possible; the test says so visibly when they cannot be had).
