@@ -388,6 +388,7 @@ JOB_CODES: Mapping[str, CodeMeaning] = _codes(
     delivery_error=("the provider call failed", False),
     invalid_recipients=("the provider refused a recipient", False),
     mime_invalid=("the provider refused the message's MIME", False),
+    invalid_message=("the message can no longer be built; its rules changed since", False),
     message_too_large=("the message exceeds the provider's size limit", False),
     scope_missing=("the grant lacks a permission the operation needs", False),
     send_as_denied=("the mailbox may not send as this sender", False),

@@ -49,7 +49,7 @@ from email.message import Message
 from email.utils import encode_rfc2231, format_datetime, formataddr, quote
 from typing import Any
 
-from mailbox_worker.policy.addresses import ascii_domain
+from mailbox_worker.policy.domains import ascii_domain
 
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
 """The modern policy, for the rare headers it folds (see the module docstring)."""

@@ -427,7 +427,15 @@ class Worker:
         job, lease = claimed.job, claimed.lease
         provider = self._providers[mailbox.provider]
         # The payload is let go once built (ClaimedJob.take_payload): a retry claims it again.
-        mime = build_message(claimed.take_payload(), message_id=job.message_id, sender=sender)
+        try:
+            mime = build_message(claimed.take_payload(), message_id=job.message_id, sender=sender)
+        except ValueError as error:
+            # The intake built or bounded this message, so only a rule changed since can refuse
+            # it: a domain IDNA 2008 disallows, queued when IDNA 2003 spelled it (docs/api.md,
+            # "Addresses"). It can never be sent: it fails, quoting nothing of the message.
+            reason = f"the message can no longer be built ({type(error).__name__})"
+            await self._finish(claimed, Outcome(JobState.FAILED, "invalid_message", reason))
+            return
         try:
             token = await self._tokens.get(mailbox)
         except ReauthRequired as error:

@@ -5,16 +5,16 @@ One validator serves every address that reaches a mail header: the API document 
 mailbox must pass ``mailbox_address`` (the same check, narrowed to the plain form a mailbox
 has: a dot-atom local part and a domain name, no quoted local part, no domain literal).
 
-Internationalised domains are accepted and kept in their ASCII (IDNA) form, lower-cased, which
-is what mail headers carry; ``same_address`` compares two addresses in that form, the local
-part case-insensitively (as every provider we speak to treats it). An address is at most
-``MAX_ADDRESS_OCTETS`` long in that form.
+Internationalised domains are accepted and kept in their ASCII (IDNA 2008) form
+(``policy/domains.py``), lower-cased, which is what mail headers carry; ``same_address``
+compares two addresses in that form, the local part case-insensitively (as every provider we
+speak to treats it). An address is at most ``MAX_ADDRESS_OCTETS`` long in that form.
 
-The standard library's IDNA codec and address parser are pure Python: 36 to 250 µs for one
-internationalised address, where an ASCII one takes 1 µs. Their answers for a string never
-change, so they are kept for the strings seen most recently (``CACHED_STRINGS``): an invoicing
-app writes to the same customers again and again (docs/performance.md, "The addresses'
-checks").
+The IDNA encoder and the standard library's address parser are pure Python: 36 to 250 µs for
+one internationalised address, where an ASCII one takes 1 µs. Their answers for a string never
+change, so the parser's are kept for the addresses seen most recently (``CACHED_STRINGS``), as
+the encoder's are for domains: an invoicing app writes to the same customers again and again
+(docs/performance.md, "The addresses' checks").
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import functools
 import re
 from email.headerregistry import Address
 
+from mailbox_worker.policy.domains import ascii_domain
+
 MAX_ADDRESS_OCTETS = 254
 """The longest address a mail server must take: RFC 5321 (4.5.3.1.3) limits a path to 256
 octets, its angle brackets included. Counted as the message carries it, the domain in its
@@ -32,7 +34,7 @@ ASCII (IDNA) form (the local part is ASCII: the parser refuses any other). ``a@`
 hundred labels of "㍿" is 201 characters, and 1,801 octets in that form ("xn--6oqv20b1zgzxr"
 a label)."""
 CACHED_STRINGS = 4096
-"""How many strings' answers each cache keeps (each answer of at most 320 characters)."""
+"""How many addresses' answers the parser's cache keeps (each of at most 320 characters)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -85,14 +87,6 @@ def _parses_back(value: str) -> bool:
     except (ValueError, IndexError, AttributeError, email.errors.MessageError):
         return False
     return parsed.addr_spec == value
-
-
-@functools.lru_cache(maxsize=CACHED_STRINGS)
-def ascii_domain(domain: str) -> str:
-    """An internationalised domain in its ASCII (IDNA) form, as mail headers require it:
-    ``bücher.example`` becomes ``xn--bcher-kva.example``. Raises ``UnicodeError`` for a
-    domain that has none (a label empty or over 63 characters in that form)."""
-    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
 
 
 def mailbox_address(value: str) -> str | None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from mailbox_worker.policy.domains import ascii_domain
+
 DEFAULT_PORTS: Final = {"https": 443, "http": 80}
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
@@ -48,7 +50,7 @@ def origin(url: str) -> str:
         raise ValueError("has no host")
     if not host.isascii():
         try:
-            host = host.encode("idna").decode("ascii")
+            host = ascii_domain(host)  # as aiohttp's URLs (yarl) spell it
         except UnicodeError:
             raise ValueError("has a host that is not a valid internationalised name") from None
     if ":" in host:

@@ -21,6 +21,8 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from mailbox_worker.policy.domains import ascii_domain
+
 HTTPS = "https"
 HTTP = "http"
 DEFAULT_PORTS = {HTTPS: 443, HTTP: 80}
@@ -108,7 +110,7 @@ def _host(text: str) -> str:
         raise ValueError("may be an IPv6 literal only for [::1]")
     if not text.isascii():
         try:
-            text = text.encode("idna").decode("ascii")
+            text = ascii_domain(text)  # as the browser's Origin header spells it
         except UnicodeError:
             raise ValueError("has a host that is not a valid internationalised name") from None
     host = text.lower()

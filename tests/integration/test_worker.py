@@ -133,8 +133,10 @@ class Harness:
     stop: asyncio.Event
     running: asyncio.Task[None]
 
-    async def enqueue(self, mode: str = "send", subject: str = "Invoice") -> Job:
-        payload = {"to": [{"address": "ap@fabrikam.example"}], "subject": subject, "text": "hi"}
+    async def enqueue(
+        self, mode: str = "send", subject: str = "Invoice", to: str = "ap@fabrikam.example"
+    ) -> Job:
+        payload = {"to": [{"address": to}], "subject": subject, "text": "hi"}
         job, _ = await self.stores.jobs.enqueue(
             NewJob(
                 self.mailbox.account_id, self.mailbox.id, mode, payload, subject, "contoso.example"
@@ -244,6 +246,21 @@ async def test_permanent_error_fails_at_once(harness: Harness) -> None:
     harness.provider.script.append(PermanentError("bad rcpt", code="invalid_recipients"))
     job = await harness.settled(await harness.enqueue())
     assert (job.state, job.last_error_code, job.attempts) == ("failed", "invalid_recipients", 1)
+
+
+async def test_a_message_that_can_no_longer_be_built_fails_without_a_provider_call(
+    harness: Harness,
+) -> None:
+    """A job queued while IDNA 2003 spelled its recipient's domain (``☃.net``, which IDNA
+    2008 disallows; docs/api.md, "Addresses") fails at once with ``invalid_message``: it was an
+    internal error retried until its attempts ran out. The reason quotes nothing of it."""
+    job = await harness.settled(await harness.enqueue(to="ap@☃.net"))
+    assert (job.state, job.last_error_code, job.attempts) == ("failed", "invalid_message", 0)
+    assert job.last_error_message == "the message can no longer be built (InvalidCodepoint)"
+    assert harness.provider.calls == [] and harness.tokens.issued == 0
+    sent = await harness.settled(await harness.enqueue(to="ap@straße.example"))
+    recipient = email.message_from_bytes(harness.provider.calls[0][2].mime)["To"]
+    assert (sent.state, recipient) == ("sent", "ap@xn--strae-oqa.example")
 
 
 async def test_unknown_outcome_is_never_retried(harness: Harness) -> None:

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
-from mailbox_worker.policy.addresses import ascii_domain
+from mailbox_worker.policy.domains import ascii_domain
 
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
 

@@ -7,8 +7,9 @@ import random
 import string
 
 import pytest
+import yarl
 
-from mailbox_worker.policy import addresses
+from mailbox_worker.policy import addresses, domains
 from mailbox_worker.policy.addresses import is_email_address, mailbox_address, same_address
 
 
@@ -122,9 +123,10 @@ def test_an_address_is_at_most_254_octets_as_the_message_carries_it(
     assert len(local) + 1 + len(domain.encode("idna")) == octets
 
 
-def test_the_remembered_answers_are_the_codecs_and_the_parsers() -> None:
-    """``ascii_domain`` and ``_parses_back`` keep their answers for strings seen recently; a
-    remembered answer is the one computed afresh, for values seen first and again."""
+def test_the_remembered_answers_are_the_ones_computed_afresh() -> None:
+    """``_parses_back`` keeps its answers for addresses seen recently, ``ascii_domain`` its
+    for domains; a remembered answer is the one computed afresh, for values seen first and
+    again."""
     values = ["rechnung@bücher.example", "a@" + ".".join(["㍿"] * 15), "x@bü..example"]
     values += [f"kunde{index}@straße{index % 7}.example" for index in range(50)]
     for _ in range(2):
@@ -132,9 +134,38 @@ def test_the_remembered_answers_are_the_codecs_and_the_parsers() -> None:
             domain = value.partition("@")[2]
             assert addresses._parses_back(value) is addresses._parses_back.__wrapped__(value)
             try:
-                expected = domain.encode("idna").decode("ascii")
+                expected = domains.ascii_domain.__wrapped__(domain)
             except UnicodeError:
                 with pytest.raises(UnicodeError):
-                    addresses.ascii_domain(domain)
+                    domains.ascii_domain(domain)
             else:
-                assert addresses.ascii_domain(domain) == expected
+                assert domains.ascii_domain(domain) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "canonical"),
+    [
+        ("info@straße.de", "info@xn--strae-oqa.de"),
+        ("info@ελληνικός.gr", "info@xn--qxaegecap6byf.gr"),
+        ("Info@Bücher.Example", "Info@xn--bcher-kva.example"),
+        ("info@bücher。example", "info@xn--bcher-kva.example"),  # an ideographic full stop
+    ],
+)
+def test_a_domain_is_spelled_as_mail_systems_and_browsers_spell_it(
+    value: str, canonical: str
+) -> None:
+    """IDNA 2008 with UTS #46 (non-transitional), as yarl spells a URL's host. The standard
+    library's IDNA 2003 sent straße.de to strasse.de, and ελληνικός.gr to another name: other
+    domains, with other owners."""
+    assert mailbox_address(value) == canonical
+    domain = value.partition("@")[2]
+    assert domains.ascii_domain(domain).lower() == yarl.URL(f"https://{domain}/").raw_host
+    assert not same_address("info@straße.de", "info@strasse.de")
+
+
+@pytest.mark.parametrize("value", ["info@☃.net", "info@فارسی\u200c.ir", "info@bü_cher.example"])
+def test_a_domain_idna_2008_disallows_is_refused(value: str) -> None:
+    """A symbol (IDNA 2003 took ☃), a joiner out of its context, an underscore in an
+    internationalised label."""
+    assert not is_email_address(value)
+    assert mailbox_address(value) is None

@@ -24,6 +24,7 @@ POLICY = EgressPolicy.for_endpoints(
         ("https://graph.microsoft.com:8443/", "https://graph.microsoft.com:8443"),
         ("https://user:secret@graph.microsoft.com/", "https://graph.microsoft.com"),
         ("https://Bücher.example/x", "https://xn--bcher-kva.example"),
+        ("https://straße.de/x", "https://xn--strae-oqa.de"),  # where aiohttp connects
         ("http://localhost:80/x", "http://localhost"),
         ("http://[::1]:3000/x", "http://[::1]:3000"),
     ],

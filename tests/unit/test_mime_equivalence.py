@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mailbox_worker.jobs.mime import build_message, decode_attachment
-from mailbox_worker.policy.addresses import ascii_domain
+from mailbox_worker.policy.domains import ascii_domain
 
 from . import mime_reference
 

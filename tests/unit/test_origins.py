@@ -19,6 +19,8 @@ from mailbox_worker.policy.origins import normalise_origin, url_origin
         ("https://invoicing.example:", "https://invoicing.example"),
         ("https://Bücher.example", "https://xn--bcher-kva.example"),
         ("https://xn--bcher-kva.example", "https://xn--bcher-kva.example"),
+        # IDNA 2008, as a browser's Origin header spells it (IDNA 2003 said strasse.de).
+        ("https://straße.de", "https://xn--strae-oqa.de"),
         ("https://192.0.2.10:9000", "https://192.0.2.10:9000"),
         ("http://localhost:8080", "http://localhost:8080"),
         ("http://127.0.0.1:80", "http://127.0.0.1"),
