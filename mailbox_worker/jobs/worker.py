@@ -430,10 +430,12 @@ class Worker:
         try:
             mime = build_message(claimed.take_payload(), message_id=job.message_id, sender=sender)
         except ValueError as error:
-            # The intake built or bounded this message, so only a rule changed since can refuse
-            # it: a domain IDNA 2008 disallows, queued when IDNA 2003 spelled it (docs/api.md,
-            # "Addresses"). It can never be sent: it fails, quoting nothing of the message.
+            # The intake built or bounded this message, so only a change since can refuse it: a
+            # rule (a domain IDNA 2008 disallows, queued when IDNA 2003 spelled it; docs/api.md,
+            # "Addresses"), or a new release of the builder's libraries. Building it again
+            # cannot help: it fails, and the log names the job and the error's type only.
             reason = f"the message can no longer be built ({type(error).__name__})"
+            log.warning("job %s: %s; it fails", job.id, reason)
             await self._finish(claimed, Outcome(JobState.FAILED, "invalid_message", reason))
             return
         try:

@@ -33,8 +33,12 @@ octets, its angle brackets included. Counted as the message carries it, the doma
 ASCII (IDNA) form (the local part is ASCII: the parser refuses any other). ``a@`` and a
 hundred labels of "㍿" is 201 characters, and 1,801 octets in that form ("xn--6oqv20b1zgzxr"
 a label)."""
+MAX_CHARACTERS = 320
+"""The API document's ``maxLength`` for an address. A longer string is refused before any
+other work: JSON Schema checks the format of a string that breaks its ``maxLength`` too, and
+the cache must not keep strings of any length (a request may be 16 MB)."""
 CACHED_STRINGS = 4096
-"""How many addresses' answers the parser's cache keeps (each of at most 320 characters)."""
+"""How many addresses' answers the parser's cache keeps (each of at most ``MAX_CHARACTERS``)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -52,6 +56,8 @@ def is_email_address(value: object) -> bool:
     """
     if not isinstance(value, str):
         return True
+    if len(value) > MAX_CHARACTERS:
+        return False
     if _plain(value):
         return len(value) <= MAX_ADDRESS_OCTETS
     return _parses_back(value)
@@ -75,10 +81,11 @@ def _parses_back(value: str) -> bool:
     if any(not label for label in domain.split(".")):
         return False
     try:  # an internationalised domain must have an ASCII (IDNA) form for the headers
-        written = len(local) + 1 + len(ascii_domain(domain))
+        written = ascii_domain(domain)
     except UnicodeError:
         return False
-    if written > MAX_ADDRESS_OCTETS:
+    # UTS #46 turns U+3002, U+FF0E and U+FF61 into dots: "b。" is "b.", its last label empty.
+    if len(local) + 1 + len(written) > MAX_ADDRESS_OCTETS or "" in written.split("."):
         return False
     try:
         parsed = Address(addr_spec=value)

@@ -24,8 +24,10 @@ CACHED_DOMAINS = 4096
 def ascii_domain(domain: str) -> str:
     """``domain`` in its ASCII form, as mail headers and URLs carry it: ``bücher.example``
     becomes ``xn--bcher-kva.example``, ``straße.de`` ``xn--strae-oqa.de``. An ASCII name is
-    returned as it is. Raises ``UnicodeError`` for a name that has no such form: a label that
-    IDNA 2008 disallows (``☃.net``), an empty one, or one over 63 octets."""
+    returned as it is, unchecked. Raises ``UnicodeError`` for an internationalised name that
+    has no such form: a label that IDNA 2008 disallows (``☃.net``), an empty label before the
+    last, a label over 63 octets or a name over 253. A trailing dot, or a character UTS #46
+    maps to one (``b。``), is kept: callers that need a host name refuse it themselves."""
     if domain.isascii():
         return domain
     return idna.encode(domain, uts46=True, transitional=False).decode("ascii")

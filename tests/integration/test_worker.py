@@ -249,7 +249,7 @@ async def test_permanent_error_fails_at_once(harness: Harness) -> None:
 
 
 async def test_a_message_that_can_no_longer_be_built_fails_without_a_provider_call(
-    harness: Harness,
+    harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A job queued while IDNA 2003 spelled its recipient's domain (``☃.net``, which IDNA
     2008 disallows; docs/api.md, "Addresses") fails at once with ``invalid_message``: it was an
@@ -258,6 +258,8 @@ async def test_a_message_that_can_no_longer_be_built_fails_without_a_provider_ca
     assert (job.state, job.last_error_code, job.attempts) == ("failed", "invalid_message", 0)
     assert job.last_error_message == "the message can no longer be built (InvalidCodepoint)"
     assert harness.provider.calls == [] and harness.tokens.issued == 0
+    logged = [record.getMessage() for record in caplog.records if job.id in record.getMessage()]
+    assert logged == [f"job {job.id}: {job.last_error_message}; it fails"]
     sent = await harness.settled(await harness.enqueue(to="ap@straße.example"))
     recipient = email.message_from_bytes(harness.provider.calls[0][2].mime)["To"]
     assert (sent.state, recipient) == ("sent", "ap@xn--strae-oqa.example")
