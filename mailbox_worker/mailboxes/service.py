@@ -48,7 +48,7 @@ from mailbox_worker.errors import (
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.jobs.store import JobStore
 from mailbox_worker.mailboxes.revocations import Revocations
-from mailbox_worker.policy.addresses import mailbox_address, same_address
+from mailbox_worker.policy.addresses import mailbox_address, same_address, spelled_by_idna_2003
 from mailbox_worker.policy.consent import needs_admin_approval
 from mailbox_worker.policy.identities import AccountId, may_connect
 from mailbox_worker.policy.origins import normalise_origin, url_origin
@@ -233,7 +233,11 @@ def examine(mailbox: Mailbox, grant: Grant) -> tuple[str, AccountId] | Refusal:
         return Refusal(
             "address_invalid", "The sign-in gave an address that is not a valid mail address."
         )
-    if mailbox.address is not None and not same_address(mailbox.address, address):
+    if (
+        mailbox.address is not None
+        and not same_address(mailbox.address, address)
+        and not _spelled_before(mailbox, grant.address)
+    ):
         return Refusal(
             "address_mismatch", "You signed in as another mailbox than the one being reconnected."
         )
@@ -242,6 +246,21 @@ def examine(mailbox: Mailbox, grant: Grant) -> tuple[str, AccountId] | Refusal:
     if not may_connect(pinned_account(mailbox), grant.account):
         return IDENTITY_MISMATCH
     return address, grant.account
+
+
+def _spelled_before(mailbox: Mailbox, reported: str) -> bool:
+    """Whether ``mailbox`` holds ``reported`` as IDNA 2003 spelled it, for a mailbox pinned
+    to its account: the account check that follows then decides, and the connect stores
+    today's spelling (docs/identity.md, "Addresses spelled before IDNA 2008"). An unpinned
+    mailbox has only its address to go by, and IDNA 2003's spelling of one domain is another
+    domain's name: it is refused."""
+    before = spelled_by_idna_2003(reported)
+    return (
+        mailbox.address is not None
+        and before is not None
+        and pinned_account(mailbox) is not None
+        and same_address(mailbox.address, before)
+    )
 
 
 class MailboxService:

@@ -112,6 +112,21 @@ def mailbox_address(value: str) -> str | None:
     return f"{local}@{ascii_domain(domain).lower()}"
 
 
+def spelled_by_idna_2003(value: str) -> str | None:
+    """A mailbox's address as ``mailbox_address`` spelled it until 2026-12-07, with the
+    standard library's IDNA 2003 codec (``straße.de`` as ``strasse.de``), or None where that
+    spelling was the same as today's or there was none. A mailbox connected then keeps that
+    spelling until its next connect (docs/identity.md, "Addresses spelled before IDNA 2008")."""
+    local, _, domain = value.partition("@")
+    if domain.isascii():
+        return None
+    try:
+        before = f"{local}@{domain.encode('idna').decode('ascii').lower()}"
+    except UnicodeError:
+        return None
+    return None if before == mailbox_address(value) else before
+
+
 def same_address(first: str, second: str) -> bool:
     """Whether two valid addresses name the same mailbox (domain in ASCII form, any case)."""
     return _comparable(first) == _comparable(second)

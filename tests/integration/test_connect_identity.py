@@ -227,3 +227,45 @@ async def test_an_internationalised_domain_is_kept_in_ascii_form(world: World) -
         },
     )
     assert job.state == "queued"
+
+
+async def test_an_address_stored_under_idna_2003_is_spelled_anew_at_its_pinned_reconnect(
+    world: World,
+) -> None:
+    """Until 2026-12-07 ``straße.example`` was stored as IDNA 2003 spelled it,
+    ``strasse.example``: another domain's name. A pinned mailbox reconnects as the same
+    account and gets today's spelling; an unpinned one, which has only its address to go by,
+    is refused (docs/identity.md, "Addresses spelled before IDNA 2008")."""
+    reported = "rechnung@straße.example"
+    world.sandbox.state.add_user(reported, "Rechnung")
+    mailbox = await world.connected(login=reported)
+    assert mailbox.address == "rechnung@xn--strae-oqa.example"
+
+    async def stored_as(address: str, *, pinned_to: tuple[str | None, str | None]) -> None:
+        async with world.app.sessions.begin() as session:
+            await session.execute(
+                update(Mailbox)
+                .where(Mailbox.id == mailbox.id)
+                .values(
+                    address=address,
+                    identity_tenant=pinned_to[0],
+                    identity_subject=pinned_to[1],
+                )
+            )
+
+    account = await pinned(world, mailbox.id)
+    await stored_as("rechnung@strasse.example", pinned_to=(None, None))
+    await lose_the_grant(world, mailbox.id)
+    assert await reconnect(world, mailbox.id, reported) == "address_mismatch"
+
+    await stored_as("rechnung@strasse.example", pinned_to=account)
+    assert await reconnect(world, mailbox.id, reported) == "connected"
+    again = await world.app.mailboxes.get(mailbox.id)
+    assert again is not None and again.address == "rechnung@xn--strae-oqa.example"
+    assert await pinned(world, mailbox.id) == account
+
+    # Another mailbox whose address IDNA 2003 spelled the same is still another mailbox.
+    world.sandbox.state.add_user("rechnung@strasse.example", "Elsewhere")
+    await stored_as("rechnung@strasse.example", pinned_to=account)
+    await lose_the_grant(world, mailbox.id)
+    assert await reconnect(world, mailbox.id, "rechnung@strasse.example") == "identity_mismatch"

@@ -183,3 +183,19 @@ def test_a_domain_idna_2008_disallows_is_refused(value: str) -> None:
     internationalised label."""
     assert not is_email_address(value)
     assert mailbox_address(value) is None
+
+
+@pytest.mark.parametrize(
+    ("reported", "before"),
+    [
+        ("rechnung@straße.example", "rechnung@strasse.example"),
+        ("info@ελληνικός.gr", "info@xn--qxaegecap4c9d.gr"),
+        ("rechnung@bücher.example", None),  # spelled the same by both
+        ("billing@contoso.example", None),  # ASCII: stored as it came
+        ("info@☃.net", "info@xn--n3h.net"),  # IDNA 2008 has no spelling for it at all
+    ],
+)
+def test_a_mailbox_address_as_idna_2003_spelled_it(reported: str, before: str | None) -> None:
+    """What a mailbox connected before 2026-12-07 holds, where it differs from today's
+    spelling (docs/identity.md, "Addresses spelled before IDNA 2008")."""
+    assert addresses.spelled_by_idna_2003(reported) == before
