@@ -33,6 +33,8 @@ octets, its angle brackets included. Counted as the message carries it, the doma
 ASCII (IDNA) form (the local part is ASCII: the parser refuses any other). ``a@`` and a
 hundred labels of "㍿" is 201 characters, and 1,801 octets in that form ("xn--6oqv20b1zgzxr"
 a label)."""
+MAX_LABEL_OCTETS = 63
+"""The longest label of a domain name (RFC 1035, 2.3.4)."""
 MAX_CHARACTERS = 320
 """The API document's ``maxLength`` for an address. A longer string is refused before any
 other work: JSON Schema checks the format of a string that breaks its ``maxLength`` too, and
@@ -42,9 +44,10 @@ CACHED_STRINGS = 4096
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*", re.ASCII)
-"""The common form: a dot-atom local part (RFC 5322 ``atext``) and an ASCII domain of
-non-empty labels, which the standard library parses back to itself every time."""
+_LABEL = r"[A-Za-z0-9-]{1,63}"
+_PLAIN = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*", re.ASCII)
+"""The common form: a dot-atom local part (RFC 5322 ``atext``) and an ASCII domain of labels
+of 1 to 63 characters, which the standard library parses back to itself every time."""
 
 
 def is_email_address(value: object) -> bool:
@@ -85,7 +88,11 @@ def _parses_back(value: str) -> bool:
     except UnicodeError:
         return False
     # UTS #46 turns U+3002, U+FF0E and U+FF61 into dots: "b。" is "b.", its last label empty.
-    if len(local) + 1 + len(written) > MAX_ADDRESS_OCTETS or "" in written.split("."):
+    # A DNS label has 1 to 63 octets (RFC 1035), an ASCII one as much as an encoded one.
+    labels = written.split(".")
+    if len(local) + 1 + len(written) > MAX_ADDRESS_OCTETS or not all(
+        0 < len(label) <= MAX_LABEL_OCTETS for label in labels
+    ):
         return False
     try:
         parsed = Address(addr_spec=value)

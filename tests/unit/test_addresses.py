@@ -199,3 +199,15 @@ def test_a_mailbox_address_as_idna_2003_spelled_it(reported: str, before: str | 
     """What a mailbox connected before 2026-12-07 holds, where it differs from today's
     spelling (docs/identity.md, "Addresses spelled before IDNA 2008")."""
     assert addresses.spelled_by_idna_2003(reported) == before
+
+
+@pytest.mark.parametrize(
+    ("longest", "too_long"),
+    [("b" * 63, "b" * 64), ("bücher" + "b" * 50, "bücher" + "b" * 51)],  # 63 and 64 octets
+)
+def test_a_label_over_63_octets_is_refused_ascii_or_not(longest: str, too_long: str) -> None:
+    """RFC 1035 bounds a DNS label at 63 octets. The IDNA encoder checks an internationalised
+    label; an ASCII one was not checked at all."""
+    assert is_email_address(f"a@{longest}.example")
+    assert not is_email_address(f"a@{too_long}.example")
+    assert mailbox_address(f"a@{too_long}.example") is None
