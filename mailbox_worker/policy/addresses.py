@@ -81,14 +81,12 @@ def _parses_back(value: str) -> bool:
     local, _, domain = value.partition("@")
     if not local or not domain or any(character.isspace() for character in domain):
         return False
-    if any(not label for label in domain.split(".")):
-        return False
     try:  # an internationalised domain must have an ASCII (IDNA) form for the headers
         written = ascii_domain(domain)
     except UnicodeError:
         return False
-    # UTS #46 turns U+3002, U+FF0E and U+FF61 into dots: "b。" is "b.", its last label empty.
-    # A DNS label has 1 to 63 octets (RFC 1035), an ASCII one as much as an encoded one.
+    # A DNS label has 1 to 63 octets (RFC 1035), ASCII or encoded; checked once spelled, as
+    # UTS #46 turns U+3002, U+FF0E and U+FF61 into dots ("b。" is "b.", its last label empty).
     labels = written.split(".")
     if len(local) + 1 + len(written) > MAX_ADDRESS_OCTETS or not all(
         0 < len(label) <= MAX_LABEL_OCTETS for label in labels

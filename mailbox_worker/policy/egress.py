@@ -48,11 +48,10 @@ def origin(url: str) -> str:
     host = parts.hostname  # lower-cased, without brackets or credentials
     if not host:
         raise ValueError("has no host")
-    if not host.isascii():
-        try:
-            host = ascii_domain(host)  # as aiohttp's URLs (yarl) spell it
-        except UnicodeError:
-            raise ValueError("has a host that is not a valid internationalised name") from None
+    try:
+        host = ascii_domain(host)  # as aiohttp's URLs (yarl) spell it
+    except UnicodeError:
+        raise ValueError("has a host that is not a valid internationalised name") from None
     if ":" in host:
         host = f"[{host}]"
     if scheme == "http" and host not in LOOPBACK_HOSTS:

@@ -108,11 +108,10 @@ def _host(text: str) -> str:
         if text.lower() in ("[::1]", "[0:0:0:0:0:0:0:1]"):
             return "[::1]"
         raise ValueError("may be an IPv6 literal only for [::1]")
-    if not text.isascii():
-        try:
-            text = ascii_domain(text)  # as the browser's Origin header spells it
-        except UnicodeError:
-            raise ValueError("has a host that is not a valid internationalised name") from None
+    try:
+        text = ascii_domain(text)  # as the browser's Origin header spells it
+    except UnicodeError:
+        raise ValueError("has a host that is not a valid internationalised name") from None
     host = text.lower()
     if _ENDS_IN_NUMBER.search(host):
         try:
