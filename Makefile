@@ -69,7 +69,7 @@ e2e: setup
 # their PostgreSQL parts run when MAILBOX_WORKER_TEST_POSTGRES_URL is set. The bench-only
 # dependencies come from requirements/bench.txt when it exists.
 BENCHES = queue_throughput queue_layouts claim_scaling enqueue_http end_to_end idle_latency slow_provider \
-	memory sandbox_cost gmail_transport mime_build
+	memory sandbox_cost gmail_transport mime_build loop_hold
 
 bench: setup
 	@if [ -f requirements/bench.txt ]; then \

@@ -36,8 +36,10 @@ async def enqueue(request: web.Request) -> web.Response:
     """202 with the new job, or 200 with the first job on an idempotent replay."""
     principal = await require(request, JOBS_WRITE)
     key = idempotency_key(request)
-    body = await read_json(request, "JobRequest")
-    submission = Submission(body, key, base64_checked=True)  # read_json validated it
+    spellings: dict[str, str] = {}
+    body = await read_json(request, "JobRequest", spellings=spellings)
+    # read_json validated it, and spelled its domains.
+    submission = Submission(body, key, base64_checked=True, spellings=spellings)
     job, created = await services(request).jobs.submit(principal, submission)
     return web.json_response(
         job_json(job), status=202 if created else 200, headers={"Location": job_location(job.id)}
@@ -48,12 +50,23 @@ async def enqueue_batch(request: web.Request) -> web.Response:
     """200 with one result per item (``JobBatchResult``): each item is enqueued, replayed or
     refused as ``POST /v1/jobs`` would answer it alone; the created jobs commit together."""
     principal = await require(request, JOBS_WRITE)
-    body, item_failures = await read_json_items(request, BATCH_SCHEMA, BATCH_ITEMS)
+    spellings: dict[str, str] = {}
+    body, item_failures = await read_json_items(
+        request, BATCH_SCHEMA, BATCH_ITEMS, spellings=spellings
+    )
     items: list[Any] = body[BATCH_ITEMS]
     refused: dict[int, RequestError] = dict(item_failures)
     submissions = [
         # The items not refused passed their schema (read_json_items).
-        (index, Submission(_job_request(item), item.get("idempotency_key"), base64_checked=True))
+        (
+            index,
+            Submission(
+                _job_request(item),
+                item.get("idempotency_key"),
+                base64_checked=True,
+                spellings=spellings,
+            ),
+        )
         for index, item in enumerate(items)
         if index not in refused
     ]

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailbox_worker.accounts import Principal
@@ -37,6 +37,7 @@ from mailbox_worker.jobs.transitions import (
     message_id_for,
 )
 from mailbox_worker.policy.addresses import same_address
+from mailbox_worker.policy.domains import spellings_kept
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
 
@@ -57,6 +58,10 @@ class Submission:
     admits only characters JSON writes as they are: the intake then does not read each
     attachment's content again to know it (``message_json.mark``). The API's handlers say so;
     any other caller gets the check."""
+    spellings: dict[str, str] = field(default_factory=dict)
+    """The ASCII forms of its internationalised domains the API's checks spelled
+    (``policy/domains.spellings_kept``): the intake's checks, which spell the same recipients
+    again, read them here rather than encode them a second time."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,9 @@ class JobIntake:
             for submission, digest, marked in zip(submissions, digests, marks, strict=True):
                 mailbox = mailboxes.get(str(submission.body["mailbox_id"]))
                 try:
-                    checked.append(self._prepare(principal, submission, digest, marked, mailbox))
+                    with spellings_kept(submission.spellings):
+                        new = self._prepare(principal, submission, digest, marked, mailbox)
+                    checked.append(new)
                 except RequestError as error:
                     checked.append(error)
             return [new for new in checked if isinstance(new, NewJob)]

@@ -134,16 +134,16 @@ def test_answers_are_remembered_for_addresses_of_the_documents_length_only() -> 
     longer than the document's ``maxLength`` is refused before either, and never kept (JSON
     Schema checks its format too, and a request may be 16 MB)."""
     addresses._parses_back.cache_clear()
-    domains.ascii_domain.cache_clear()
+    domains._spelled.cache_clear()
     for _ in range(3):
         assert is_email_address("rechnung@bücher.example")
         assert mailbox_address("Rechnung@Bücher.example") == "Rechnung@xn--bcher-kva.example"
     assert addresses._parses_back.cache_info().misses == 2  # the two spellings, once each
-    assert domains.ascii_domain.cache_info().misses == 2  # bücher.example, Bücher.example
+    assert domains._spelled.cache_info().misses == 2  # bücher.example, Bücher.example
     for length in (321, 100_000):
         assert not is_email_address("a@" + "㍿" * (length - 2))
     assert addresses._parses_back.cache_info().currsize == 2
-    assert domains.ascii_domain.cache_info().currsize == 2
+    assert domains._spelled.cache_info().currsize == 2
 
 
 @pytest.mark.parametrize("stop", ["\u3002", "\uff0e", "\uff61", "."])
@@ -211,3 +211,20 @@ def test_a_label_over_63_octets_is_refused_ascii_or_not(longest: str, too_long: 
     assert is_email_address(f"a@{longest}.example")
     assert not is_email_address(f"a@{too_long}.example")
     assert mailbox_address(f"a@{too_long}.example") is None
+
+
+def test_spellings_kept_answer_within_and_are_left_alone_outside() -> None:
+    """``spellings_kept`` holds what was spelled within it, whatever the cache keeps, and
+    answers from it; outside it nothing is added."""
+    kept: dict[str, str] = {}
+    with domains.spellings_kept(kept):
+        assert domains.ascii_domain("bücher.example") == "xn--bcher-kva.example"
+        assert domains.ascii_domain("example.com") == "example.com"  # ASCII: as it is
+        kept["straße.de"] = "remembered.example"
+        assert domains.ascii_domain("straße.de") == "remembered.example"
+        with pytest.raises(UnicodeError):
+            domains.ascii_domain("☃.net")
+    assert kept == {"bücher.example": "xn--bcher-kva.example", "straße.de": "remembered.example"}
+    assert domains.ascii_domain("straße.de") == "xn--strae-oqa.de"
+    assert domains.ascii_domain("ελληνικός.gr").startswith("xn--")
+    assert "ελληνικός.gr" not in kept
