@@ -28,7 +28,7 @@ from mailbox_worker.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from mailbox_worker.policy.domains import spellings_kept
+from mailbox_worker.policy.domains import FEW_TO_SPELL, spellings_kept
 
 JSON_MEDIA_TYPE = "application/json"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
@@ -44,10 +44,6 @@ Body = TypeVar("Body")
 Checked = TypeVar("Checked")
 
 
-FEW_ADDRESSES = 32
-"""A body that may hold more internationalised domains than this is parsed and checked in a
-thread, beside the event loop: encoding one takes 0.3 to 1 ms, and 15,000 new ones in 1.3 MB
-held the loop for 5.6 to 7.6 s (docs/performance.md, "The addresses' checks")."""
 ESCAPES_LOOKED_AT = 10_000
 """Escapes ``could_hold_the_loop`` looks at for a ``\\u`` one, at most: past them it takes the
 body for one that may have it."""
@@ -109,16 +105,17 @@ async def _read_checked(
 
 def could_hold_the_loop(raw: bytes) -> bool:
     """Whether parsing and checking ``raw`` could take the event loop for long: more
-    addresses than ``FEW_ADDRESSES`` in a body that may spell a domain outside ASCII (a byte
-    outside ASCII, or a ``\\u`` escape). An ASCII body without such an escape, as a batch of
-    plain invoices is, is told in about a millisecond per 7 MB.
+    addresses than ``FEW_TO_SPELL`` in a body that may spell a domain outside ASCII (a byte
+    outside ASCII, or a ``\\u`` escape); 15,000 new ones in 1.3 MB held it 5.6 to 7.6 s
+    (docs/performance.md, "The addresses' checks"). An ASCII body without such an escape, as
+    a batch of plain invoices is, is told in about a millisecond per 7 MB.
 
     Size alone is not such a reason. A batch of 500 plain invoices (7 MB) held the loop 45 to
     99 ms with its checks in a thread and 68 ms without, and four such batches in flight
     went 12 % slower in a thread (the threads and the loop contending for the interpreter)."""
     if raw.isascii() and not _may_escape_unicode(raw):
         return False
-    return raw.count(b"@") > FEW_ADDRESSES
+    return raw.count(b"@") > FEW_TO_SPELL
 
 
 def _may_escape_unicode(raw: bytes) -> bool:

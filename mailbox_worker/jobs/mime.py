@@ -49,7 +49,7 @@ from email.message import Message
 from email.utils import encode_rfc2231, format_datetime, formataddr, quote
 from typing import Any
 
-from mailbox_worker.policy.domains import ascii_domain
+from mailbox_worker.policy.domains import FEW_TO_SPELL, ascii_domain
 
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
 """The modern policy, for the rare headers it folds (see the module docstring)."""
@@ -95,6 +95,21 @@ def build_message(
         for item in payload.get("attachments") or ()
     ]
     return _flatten(_message(payload, message_id, sender, date, bodies))
+
+
+ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
+"""The payload's lists of addresses, the sender's aside."""
+
+
+def spells_few_domains(payload: Mapping[str, Any]) -> bool:
+    """Whether building ``payload`` spells at most ``FEW_TO_SPELL`` internationalised domains
+    (of its addresses, sender's aside): few enough to build it on the event loop."""
+    international = 0
+    for field in ADDRESS_FIELDS:
+        for item in payload.get(field) or ():
+            if not str(item.get("address", "")).isascii():
+                international += 1
+    return international <= FEW_TO_SPELL
 
 
 def recipients(payload: Mapping[str, Any]) -> Sequence[str]:
@@ -146,9 +161,7 @@ def message_size_ceiling(
     limit (tests/unit/test_message_size_bound.py checks it is never below it).
     """
     sender_item = {"address": sender, "name": (payload.get("from") or {}).get("name")}
-    lists = [[sender_item]] + [
-        list(payload.get(field) or ()) for field in ("to", "cc", "bcc", "reply_to")
-    ]
+    lists = [[sender_item]] + [list(payload.get(field) or ()) for field in ADDRESS_FIELDS]
     attachments = payload.get("attachments") or ()
     values = [payload.get("subject") or "", message_id]
     values += [str(item.get("name") or "") for items in lists for item in items]

@@ -57,7 +57,7 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.jobs.claims import ClaimBatch
 from mailbox_worker.jobs.limits import LimitDefaults, ProviderLimits
-from mailbox_worker.jobs.mime import build_message
+from mailbox_worker.jobs.mime import build_message, spells_few_domains
 from mailbox_worker.jobs.outcomes import OutcomeWriter
 from mailbox_worker.jobs.progress import JobProgress, LeaseLost, recorded_draft
 from mailbox_worker.jobs.queue import ClaimedJob, JobQueue, Lease
@@ -427,8 +427,13 @@ class Worker:
         job, lease = claimed.job, claimed.lease
         provider = self._providers[mailbox.provider]
         # The payload is let go once built (ClaimedJob.take_payload): a retry claims it again.
+        payload = claimed.take_payload()
+        build = functools.partial(build_message, payload, message_id=job.message_id, sender=sender)
         try:
-            mime = build_message(claimed.take_payload(), message_id=job.message_id, sender=sender)
+            # Many new internationalised domains would hold the loop, and every other job's
+            # lease and call with it, for up to seconds (docs/performance.md, "The addresses'
+            # checks"): such a message is built in a thread.
+            mime = build() if spells_few_domains(payload) else await asyncio.to_thread(build)
         except ValueError as error:
             # The intake built or bounded this message, so only a change since can refuse it: a
             # rule (a domain IDNA 2008 disallows, queued when IDNA 2003 spelled it; docs/api.md,

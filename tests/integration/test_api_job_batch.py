@@ -10,7 +10,6 @@ from typing import Any
 import idna
 import pytest
 
-from mailbox_worker.api import parsing
 from mailbox_worker.policy import domains
 from mailbox_worker.states import JobState
 from tests.integration.api_harness import Answer, RunningApi, job_request
@@ -156,11 +155,11 @@ async def test_a_batch_of_many_new_domains_is_checked_beside_the_loop_and_spelle
 ) -> None:
     """Encoding a new internationalised domain takes 0.3 to 1 ms: a batch of thousands of them
     held the event loop, and every other request with it, for seconds (docs/performance.md,
-    "The addresses' checks"). More than ``FEW_ADDRESSES`` of them are checked in a thread,
+    "The addresses' checks"). More than ``FEW_TO_SPELL`` of them are checked in a thread,
     each spelled once for the API's checks and the intake's together, even where they are
     more than the encoder's cache keeps."""
     _, key, mailbox_id = caller
-    spelled = _new_domains(3 * parsing.FEW_ADDRESSES, "batch")
+    spelled = _new_domains(3 * domains.FEW_TO_SPELL, "batch")
     items = [
         job_request(mailbox_id, to=[{"address": f"a@{domain}"} for domain in spelled[n::3]])
         for n in range(3)
@@ -182,7 +181,7 @@ async def test_a_request_of_few_new_domains_is_checked_on_the_loop(
     """A thread's hand-over costs more than a small request's checks: one with a few new
     domains stays on the loop, and its domains are still spelled once."""
     _, key, mailbox_id = caller
-    spelled = _new_domains(parsing.FEW_ADDRESSES // 2, "few")
+    spelled = _new_domains(domains.FEW_TO_SPELL // 2, "few")
     calls = _spy_on_the_encoder(monkeypatch)
     loop_thread = threading.get_ident()
     body = job_request(mailbox_id, to=[{"address": f"a@{domain}"} for domain in spelled])

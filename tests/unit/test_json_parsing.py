@@ -12,12 +12,12 @@ import pytest
 
 from mailbox_worker.api.parsing import (
     ESCAPES_LOOKED_AT,
-    FEW_ADDRESSES,
     _has_unpaired_surrogate,
     could_hold_the_loop,
     parse_json,
 )
 from mailbox_worker.errors import InvalidRequest
+from mailbox_worker.policy.domains import FEW_TO_SPELL
 
 PIECES = [
     "a",
@@ -128,17 +128,17 @@ def _recipients(count: int, domain: str) -> bytes:
     [
         (b"{}", False),
         (b'{"pdf": "' + b"A" * 20_000_000 + b'"}', False),  # large: not a reason alone
-        (_recipients(FEW_ADDRESSES + 1, "example.com"), False),  # many, all ASCII
-        (_recipients(FEW_ADDRESSES, "bücher.example"), False),  # few internationalised
+        (_recipients(FEW_TO_SPELL + 1, "example.com"), False),  # many, all ASCII
+        (_recipients(FEW_TO_SPELL, "bücher.example"), False),  # few internationalised
         # Many that may be internationalised: as JSON escapes, or as UTF-8.
-        (_recipients(FEW_ADDRESSES + 1, "bücher.example"), True),
-        (_recipients(FEW_ADDRESSES + 1, "bücher.example").decode("unicode_escape").encode(), True),
+        (_recipients(FEW_TO_SPELL + 1, "bücher.example"), True),
+        (_recipients(FEW_TO_SPELL + 1, "bücher.example").decode("unicode_escape").encode(), True),
         # Escapes other than \u are no reason; past the ones looked at, any may be.
-        (_recipients(FEW_ADDRESSES + 1, "example.com")[:-1] + b', "text": "a\\nb\\tc"}', False),
-        (_recipients(FEW_ADDRESSES + 1, "example.com")[:-1] + b', "u": "\\u0041"}', True),
+        (_recipients(FEW_TO_SPELL + 1, "example.com")[:-1] + b', "text": "a\\nb\\tc"}', False),
+        (_recipients(FEW_TO_SPELL + 1, "example.com")[:-1] + b', "u": "\\u0041"}', True),
         (b'{"text": "' + b"\\n" * ESCAPES_LOOKED_AT + b'\\u0041"}', False),  # no address
         (
-            _recipients(FEW_ADDRESSES + 1, "x")[:-1]
+            _recipients(FEW_TO_SPELL + 1, "x")[:-1]
             + b', "t": "'
             + b"\\n" * ESCAPES_LOOKED_AT
             + b'"}',

@@ -7,7 +7,8 @@ from email import policy
 
 import pytest
 
-from mailbox_worker.jobs.mime import build_message, recipients
+from mailbox_worker.jobs.mime import build_message, recipients, spells_few_domains
+from mailbox_worker.policy.domains import FEW_TO_SPELL
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
 
@@ -172,3 +173,17 @@ def test_lines_end_in_crlf_and_stay_within_998_characters() -> None:
     assert lines[-1] == b"" and max(map(len, lines)) <= 998
     assert len(parse(raw)["To"].addresses) == 300
     assert parse(raw)["Subject"] == "é" * 998
+
+
+def test_a_message_spells_few_domains_when_its_lists_hold_few_internationalised_ones() -> None:
+    """Every list counts (To, Cc, Bcc, Reply-To); ASCII domains do not, nor does the sender,
+    the mailbox's own address, spelled once per mailbox."""
+    few = {
+        "to": [{"address": f"a@{n}.bücher.example"} for n in range(FEW_TO_SPELL - 3)],
+        "cc": [{"address": "b@bücher.example"}],
+        "bcc": [{"address": "c@bücher.example"}, {"address": "c@example.com"}],
+        "reply_to": [{"address": "d@bücher.example"}],
+        "from": {"address": "billing@bücher.example"},
+    }
+    assert spells_few_domains(few)
+    assert not spells_few_domains({**few, "cc": [*few["cc"], {"address": "e@bücher.example"}]})
