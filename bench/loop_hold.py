@@ -5,9 +5,10 @@ Prints figures; never passes or fails on time. PostgreSQL runs when
 MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and dropped).
 
     .venv/bin/python bench/loop_hold.py [--items 30] [--recipients 500] [--rounds 2]
-        [--backend sqlite|postgres]
+        [--together 1] [--backend sqlite|postgres]
 
-Two batches, each posted ``--rounds`` times (fresh keys and domains each time) to one
+Two batches, each posted ``--rounds`` times (``--together`` copies at once; fresh keys and
+domains each time) to one
 ``mailbox-worker serve`` (the API and its worker in one process, as deployed by default):
 
 * ``plain``: 500 invoices with a 10 KB PDF and one recipient each (about 7 MB), the batch an
@@ -82,8 +83,9 @@ def new_domains_batch(mailbox_id: str, items: int, recipients: int) -> bytes:
     return json.dumps({"items": batch}, ensure_ascii=False).encode()
 
 
-async def post_while_probing(base_url: str, key: str, body: bytes) -> dict[str, float]:
-    """Post ``body`` to ``/v1/job-batches`` while asking ``/healthz`` one request at a time."""
+async def post_while_probing(base_url: str, key: str, bodies: list[bytes]) -> dict[str, float]:
+    """Post ``bodies`` to ``/v1/job-batches`` at once while asking ``/healthz`` one request at
+    a time."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     waits: list[float] = []
     done = asyncio.Event()
@@ -96,21 +98,24 @@ async def post_while_probing(base_url: str, key: str, body: bytes) -> dict[str, 
             waits.append(time.perf_counter() - started)
             await asyncio.sleep(0.005)
 
+    async def post(http: aiohttp.ClientSession, body: bytes) -> None:
+        async with http.post(f"{base_url}/v1/job-batches", data=body, headers=headers) as answer:
+            results = (await answer.json())["items"]
+        if answer.status != 200 or any(result["status"] != "created" for result in results):
+            raise RuntimeError(f"answered {answer.status}: {results[:1]}")
+
     async with aiohttp.ClientSession() as http, aiohttp.ClientSession() as prober:
         probing = asyncio.create_task(probe(prober))
         await asyncio.sleep(0.2)  # the probe's connection open and its first answers in
         waits.clear()
         started = time.perf_counter()
-        async with http.post(f"{base_url}/v1/job-batches", data=body, headers=headers) as answer:
-            results = (await answer.json())["items"]
+        await asyncio.gather(*(post(http, body) for body in bodies))
         elapsed = time.perf_counter() - started
         done.set()
         await probing
-    if answer.status != 200 or any(result["status"] != "created" for result in results):
-        raise RuntimeError(f"answered {answer.status}: {results[:1]}")
     return {
         "seconds": elapsed,
-        "mb": len(body) / 1e6,
+        "mb": sum(map(len, bodies)) / 1e6,
         "probes": len(waits),
         "p50_ms": 1000 * statistics.median(waits),
         "max_ms": 1000 * max(waits),
@@ -120,13 +125,20 @@ async def post_while_probing(base_url: str, key: str, body: bytes) -> dict[str, 
 async def run(kind: str, url: str, scratch: Path, args: argparse.Namespace) -> None:
     key, mailbox_id = await prepare(url)
     async with daemon(url, scratch) as (base_url, _pid):
-        await post_while_probing(base_url, key, plain_batch(mailbox_id))  # warm-up
+        await post_while_probing(base_url, key, [plain_batch(mailbox_id)])  # warm-up
+        together = args.together
         for round_ in range(1, args.rounds + 1):
-            for name, body in (
-                ("plain", plain_batch(mailbox_id)),
-                ("new domains", new_domains_batch(mailbox_id, args.items, args.recipients)),
+            for name, bodies in (
+                ("plain", [plain_batch(mailbox_id) for _ in range(together)]),
+                (
+                    "new domains",
+                    [
+                        new_domains_batch(mailbox_id, args.items, args.recipients)
+                        for _ in range(together)
+                    ],
+                ),
             ):
-                f = await post_while_probing(base_url, key, body)
+                f = await post_while_probing(base_url, key, bodies)
                 print(
                     f"  {kind:<10} round {round_}  {name:<12} {f['mb']:5.2f} MB answered in "
                     f"{f['seconds']:6.2f} s   /healthz p50 {f['p50_ms']:6.1f} ms, longest "
@@ -140,9 +152,14 @@ async def main() -> None:
     parser.add_argument("--items", type=int, default=30)
     parser.add_argument("--recipients", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--together", type=int, default=1, help="batches posted at once")
     parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
     args = parser.parse_args()
-    print(f"items={args.items} recipients={args.recipients} rounds={args.rounds}", flush=True)
+    print(
+        f"items={args.items} recipients={args.recipients} rounds={args.rounds} "
+        f"together={args.together}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="loop-hold-") as directory:
         work = Path(directory)
         for kind in database_kinds(args.backend or ["sqlite", "postgres"]):

@@ -16,6 +16,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
@@ -44,6 +45,12 @@ Body = TypeVar("Body")
 Checked = TypeVar("Checked")
 
 
+_COSTLY_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costly-checks")
+"""The one thread of the process that parses and checks bodies that could hold the loop
+(``could_hold_the_loop``): such requests wait for each other there, and take at most one
+thread from the loop's share of the interpreter. Not the loop's default executor, whose
+threads refresh access tokens (``tokens/access_tokens.py``) and redeem consents: six such
+requests would have taken them all."""
 ESCAPES_LOOKED_AT = 10_000
 """Escapes ``could_hold_the_loop`` looks at for a ``\\u`` one, at most: past them it takes the
 body for one that may have it."""
@@ -99,7 +106,7 @@ async def _read_checked(
             return body, check(body)
 
     if could_hold_the_loop(raw):
-        return await asyncio.to_thread(parse_and_check)
+        return await asyncio.get_running_loop().run_in_executor(_COSTLY_CHECKS, parse_and_check)
     return parse_and_check()
 
 

@@ -36,6 +36,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -108,6 +109,10 @@ class WorkerSettings:
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 5.0
+_COSTLY_BUILDS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costly-builds")
+"""The one thread of the process that builds messages of many internationalised domains
+(``mime.spells_few_domains``): they wait for each other there rather than take the loop's
+default executor, whose threads refresh access tokens (``tokens/access_tokens.py``)."""
 LOOP_BACKOFF = wait_exponential(multiplier=0.5, max=15.0)
 """Waits after consecutive failed passes of the loop: 0.5 s, 1 s, 2 s... at most 15 s."""
 
@@ -433,7 +438,10 @@ class Worker:
             # Many new internationalised domains would hold the loop, and every other job's
             # lease and call with it, for up to seconds (docs/performance.md, "The addresses'
             # checks"): such a message is built in a thread.
-            mime = build() if spells_few_domains(payload) else await asyncio.to_thread(build)
+            if spells_few_domains(payload):
+                mime = build()
+            else:
+                mime = await asyncio.get_running_loop().run_in_executor(_COSTLY_BUILDS, build)
         except ValueError as error:
             # The intake built or bounded this message, so only a change since can refuse it: a
             # rule (a domain IDNA 2008 disallows, queued when IDNA 2003 spelled it; docs/api.md,
