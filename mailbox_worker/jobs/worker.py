@@ -58,7 +58,7 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.jobs.claims import ClaimBatch
 from mailbox_worker.jobs.limits import LimitDefaults, ProviderLimits
-from mailbox_worker.jobs.mime import build_message, spells_few_domains
+from mailbox_worker.jobs.mime import build_message, builds_quickly
 from mailbox_worker.jobs.outcomes import OutcomeWriter
 from mailbox_worker.jobs.progress import JobProgress, LeaseLost, recorded_draft
 from mailbox_worker.jobs.queue import ClaimedJob, JobQueue, Lease
@@ -110,8 +110,8 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 5.0
 _COSTLY_BUILDS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costly-builds")
-"""The one thread of the process that builds messages of many internationalised domains
-(``mime.spells_few_domains``): they wait for each other there rather than take the loop's
+"""The one thread of the process that builds messages too slow to build on the loop
+(``mime.builds_quickly``): they wait for each other there rather than take the loop's
 default executor, whose threads refresh access tokens (``tokens/access_tokens.py``)."""
 LOOP_BACKOFF = wait_exponential(multiplier=0.5, max=15.0)
 """Waits after consecutive failed passes of the loop: 0.5 s, 1 s, 2 s... at most 15 s."""
@@ -426,22 +426,29 @@ class Worker:
         await self._deliver(claimed, mailbox, mailbox.address)
         self._telemetry.job_processed(mailbox.provider, job.mode, time.perf_counter() - started)
 
+    @staticmethod
+    async def _build(claimed: ClaimedJob, sender: str) -> bytes:
+        """The claimed job's message, from ``sender``. Its payload is let go here
+        (``ClaimedJob.take_payload``: a retry claims it again), so that a large invoice is
+        not held through the provider's call. One that would hold the loop, and every other
+        job's lease and call with it, for up to seconds (many internationalised domains or
+        irregular addresses; docs/performance.md, "The addresses' checks") is built in a
+        thread of its own. Raises ``ValueError`` as ``build_message`` does."""
+        payload = claimed.take_payload()
+        build = functools.partial(
+            build_message, payload, message_id=claimed.job.message_id, sender=sender
+        )
+        if builds_quickly(payload):
+            return build()
+        return await asyncio.get_running_loop().run_in_executor(_COSTLY_BUILDS, build)
+
     async def _deliver(self, claimed: ClaimedJob, mailbox: Mailbox, sender: str) -> None:
         """Token, MIME, the provider's calls and the outcome of one job of a connected
         ``mailbox`` whose address is ``sender``."""
         job, lease = claimed.job, claimed.lease
         provider = self._providers[mailbox.provider]
-        # The payload is let go once built (ClaimedJob.take_payload): a retry claims it again.
-        payload = claimed.take_payload()
-        build = functools.partial(build_message, payload, message_id=job.message_id, sender=sender)
         try:
-            # Many new internationalised domains would hold the loop, and every other job's
-            # lease and call with it, for up to seconds (docs/performance.md, "The addresses'
-            # checks"): such a message is built in a thread.
-            if spells_few_domains(payload):
-                mime = build()
-            else:
-                mime = await asyncio.get_running_loop().run_in_executor(_COSTLY_BUILDS, build)
+            mime = await self._build(claimed, sender)
         except ValueError as error:
             # The intake built or bounded this message, so only a change since can refuse it: a
             # rule (a domain IDNA 2008 disallows, queued when IDNA 2003 spelled it; docs/api.md,

@@ -10,7 +10,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import email
+import gc
 import threading
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
@@ -271,6 +273,24 @@ async def test_a_message_that_can_no_longer_be_built_fails_without_a_provider_ca
     sent = await harness.settled(await harness.enqueue(to="ap@straße.example"))
     recipient = email.message_from_bytes(harness.provider.calls[0][2].mime)["To"]
     assert (sent.state, recipient) == ("sent", "ap@xn--strae-oqa.example")
+
+
+async def test_the_payload_is_let_go_before_the_provider_call(harness: Harness) -> None:
+    """Once its message is built, a job's payload (a large invoice's base64) is no longer held
+    by the worker through the provider's call (docs/performance.md#memory)."""
+    subject = f"Invoice {uuid.uuid4().hex}"
+    alive: list[int] = []
+
+    def payloads_alive() -> None:
+        gc.collect()
+        alive.append(
+            sum(1 for o in gc.get_objects() if type(o) is dict and o.get("subject") == subject)
+        )
+
+    harness.provider.script.append(payloads_alive)
+    sent = await harness.settled(await harness.enqueue(subject=subject))
+    assert sent.state == "sent"
+    assert alive == [0]
 
 
 @pytest.mark.parametrize("new_domains", [FEW_TO_SPELL, FEW_TO_SPELL + 1])

@@ -133,6 +133,8 @@ def _recipients(count: int, domain: str) -> bytes:
         # Many that may be internationalised: as JSON escapes, or as UTF-8.
         (_recipients(FEW_TO_SPELL + 1, "bücher.example"), True),
         (_recipients(FEW_TO_SPELL + 1, "bücher.example").decode("unicode_escape").encode(), True),
+        # "@" escaped too, as JSON allows.
+        (_recipients(FEW_TO_SPELL + 1, "bücher.example").replace(b"@", b"\\u0040"), True),
         # Escapes other than \u are no reason; past the ones looked at, any may be.
         (_recipients(FEW_TO_SPELL + 1, "example.com")[:-1] + b', "text": "a\\nb\\tc"}', False),
         (_recipients(FEW_TO_SPELL + 1, "example.com")[:-1] + b', "u": "\\u0041"}', True),
