@@ -87,7 +87,7 @@ class ApiDocument:
         ``/components/schemas/JobRequest``. The compiled acceptor answers first; only what it
         does not accept is validated again, by jsonschema, for the failures' details.
         """
-        if self._accepts(pointer, instance):
+        if self.accepts(pointer, instance):
             return
         errors = list(self._validator(pointer).iter_errors(instance))
         if errors:
@@ -99,7 +99,7 @@ class ApiDocument:
         """Check ``instance`` against the schema at ``pointer`` as ``validate`` does, except
         that the items of its array ``field`` fail on their own: the failures inside item
         ``i`` are answered, by index, instead of raised (anything else is raised)."""
-        if self._accepts(pointer, instance):
+        if self.accepts(pointer, instance):
             return {}
         whole: list[ValidationError] = []
         by_item: dict[int, list[ValidationError]] = {}
@@ -113,9 +113,10 @@ class ApiDocument:
             raise failure(whole)
         return {index: failure(errors) for index, errors in by_item.items()}
 
-    def _accepts(self, pointer: str, instance: Any) -> bool:
+    def accepts(self, pointer: str, instance: Any) -> bool:
         """Whether the schema at ``pointer`` accepts ``instance``, by its compiled acceptor
-        (``compiled_acceptor``), built once."""
+        (``compiled_acceptor``), built once. Where it does not, ``validate`` names the
+        failures, at several times the cost."""
         if pointer not in self._acceptors:
             schema = inline_references(self.content, f"#{pointer}")
             self._acceptors[pointer] = compiled_acceptor(schema)

@@ -63,7 +63,12 @@ def is_email_address(value: object) -> bool:
         return False
     if _plain(value):
         return len(value) <= MAX_ADDRESS_OCTETS
-    return _parses_back(value)
+    if not _parses_back(value):
+        return False
+    # Its domain spelled here even where the answer came from the cache, so that the spellings
+    # a request keeps (``domains.spellings_kept``) hold it for the work that follows.
+    ascii_domain(value.partition("@")[2])
+    return True
 
 
 def _plain(value: str) -> bool:

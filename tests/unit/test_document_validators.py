@@ -197,7 +197,7 @@ def test_an_instance_the_compiled_acceptor_cannot_take_goes_to_jsonschema() -> N
     )
     pointer = schema_pointer("Key")
     unpaired = "\ud800"  # a lone surrogate: jsonschema-rs cannot convert it
-    assert not document._accepts(pointer, unpaired)
+    assert not document.accepts(pointer, unpaired)
     document.validate(pointer, unpaired)  # jsonschema: a string of one character, valid
     with pytest.raises(ValidationFailed):
         document.validate(pointer, "\ud800" * 6)

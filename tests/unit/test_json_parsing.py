@@ -12,6 +12,7 @@ import pytest
 
 from mailbox_worker.api.parsing import (
     ESCAPES_LOOKED_AT,
+    MANY_ASCII_ADDRESSES,
     _has_unpaired_surrogate,
     could_hold_the_loop,
     parse_json,
@@ -129,6 +130,8 @@ def _recipients(count: int, domain: str) -> bytes:
         (b"{}", False),
         (b'{"pdf": "' + b"A" * 20_000_000 + b'"}', False),  # large: not a reason alone
         (_recipients(FEW_TO_SPELL + 1, "example.com"), False),  # many, all ASCII
+        (_recipients(MANY_ASCII_ADDRESSES, "example.com"), False),  # the most on the loop
+        (_recipients(MANY_ASCII_ADDRESSES + 1, "example.com"), True),  # some may be irregular
         (_recipients(FEW_TO_SPELL, "bücher.example"), False),  # few internationalised
         # Many that may be internationalised: as JSON escapes, or as UTF-8.
         (_recipients(FEW_TO_SPELL + 1, "bücher.example"), True),
