@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import json
 import math
 import re
@@ -28,10 +27,12 @@ from mailbox_worker.api.document import schema_pointer
 from mailbox_worker.errors import (
     InvalidRequest,
     RequestTimeout,
+    SlowWorkDeferred,
     UnsupportedMediaType,
     ValidationFailed,
 )
-from mailbox_worker.policy.domains import FEW_TO_SPELL, spellings_kept
+from mailbox_worker.policy import slow_steps
+from mailbox_worker.policy.domains import spellings_kept
 
 JSON_MEDIA_TYPE = "application/json"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
@@ -45,21 +46,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 Body = TypeVar("Body")
 Checked = TypeVar("Checked")
-
-
 _COSTLY_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costly-checks")
-"""The one thread of the process that parses and checks bodies that could hold the loop
-(``could_hold_the_loop``): such requests wait for each other there, and take at most one
-thread from the loop's share of the interpreter. Not the loop's default executor, whose
-threads refresh access tokens (``tokens/access_tokens.py``) and redeem consents: six such
-requests would have taken them all."""
-MANY_ASCII_ADDRESSES = 1_000
-"""A body with more addresses than this is checked in a thread whatever it spells: 1,000
-irregular ASCII addresses take about 0.1 s (``could_hold_the_loop``). A batch of the most
-items, one recipient each, stays on the loop."""
-ESCAPES_LOOKED_AT = 10_000
-"""Escapes ``could_hold_the_loop`` looks at for a ``\\u`` one, at most: past them it takes the
-body for one that may have it."""
+"""The one thread of the process that checks bodies too slow to check on the loop
+(``_read_checked``): such requests wait for each other there, and take at most one thread
+from the loop's share of the interpreter. Not the loop's default executor, whose threads
+refresh access tokens (``tokens/access_tokens.py``) and redeem consents: six such requests
+would have taken them all."""
 
 
 async def read_json(
@@ -112,33 +104,30 @@ async def _read_checked(
     """The body parsed, and what ``check`` answered of it (``accepted`` where the schema at
     ``pointer`` accepts it).
 
-    Nothing that could hold the event loop, which every other request, the worker's leases
-    and the health checks would wait for, runs on it. A body that could
-    (``could_hold_the_loop``) is parsed and checked in a thread of its own. Any other is
-    parsed and accepted on the loop by the compiled validator; a body it refuses is explained
-    (each failure named, by jsonschema, pure Python) in that thread: one bad item in a batch
-    of 500 plain invoices took 184 ms to explain, against 13 ms to accept."""
+    Nothing that could hold the event loop for long, which every other request, the worker's
+    leases and the health checks would wait for, runs on it. The body is parsed and accepted
+    on the loop by the compiled validator within a budget of slow steps (``slow_steps``: a
+    new internationalised domain, an address outside the common form); one that spends it is
+    checked again in a thread of its own, and one the validator refuses is explained there
+    (each failure named, by jsonschema, pure Python: one bad item among 500 plain invoices took
+    184 ms, against 13 ms to accept). Both keep the domains they spelled in ``spellings``."""
     if request.content_type != JSON_MEDIA_TYPE or (request.charset or "utf-8").lower() != "utf-8":
         raise UnsupportedMediaType(f"the body must be {JSON_MEDIA_TYPE} (UTF-8)")
     raw = await within_body_timeout(request, read_body(request))
     kept = {} if spellings is None else spellings
+    body = parse_json(raw)
 
-    def parse_and_check() -> tuple[Any, Checked]:
-        with spellings_kept(kept):
-            body = parse_json(raw)
-            return body, check(body)
-
-    def explain(body: Any) -> Checked:
+    def explain() -> Checked:
         with spellings_kept(kept):
             return check(body)
 
-    if could_hold_the_loop(raw):
-        return await _beside_the_loop(parse_and_check)
-    with spellings_kept(kept):
-        body = parse_json(raw)
-        if document(request).accepts(pointer, body):
-            return body, accepted
-    return body, await _beside_the_loop(functools.partial(explain, body))
+    try:
+        with spellings_kept(kept), slow_steps.within_budget():
+            if document(request).accepts(pointer, body):
+                return body, accepted
+    except SlowWorkDeferred:
+        pass
+    return body, await _beside_the_loop(explain)
 
 
 async def _beside_the_loop(work: Callable[[], Checked]) -> Checked:
@@ -146,42 +135,6 @@ async def _beside_the_loop(work: Callable[[], Checked]) -> Checked:
     context = contextvars.copy_context()
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_COSTLY_CHECKS, context.run, work)
-
-
-def could_hold_the_loop(raw: bytes) -> bool:
-    """Whether parsing and checking ``raw`` could take the event loop for long, by its
-    addresses, which are what a check may spend most on (docs/performance.md, "The addresses'
-    checks"): more than ``FEW_TO_SPELL`` in a body that may spell a domain outside ASCII (a
-    byte outside ASCII, or a ``\\u`` escape), where each new domain costs 0.3 to 1 ms and
-    15,000 in 1.3 MB held the loop 6.8 to 8.5 s; or more than ``MANY_ASCII_ADDRESSES`` in any
-    body, where an irregular one (a quoted local part, a domain literal, an underscore) goes
-    to the standard library's parser, 75 to 96 µs each. A batch of plain invoices, one
-    recipient each, is told in about a millisecond per 7 MB, and stays on the loop.
-
-    Size alone is not such a reason. A batch of 500 plain invoices (7 MB) held the loop 45 to
-    99 ms with its checks in a thread and 68 ms without, and four such batches in flight
-    went 12 % slower in a thread (the threads and the loop contending for the interpreter)."""
-    # JSON may write "@" as an escape; it has no letter to write in either case.
-    addresses = raw.count(b"@") + raw.count(b"\\u0040")
-    if addresses > MANY_ASCII_ADDRESSES:
-        return True
-    if raw.isascii() and not _may_escape_unicode(raw):
-        return False
-    return addresses > FEW_TO_SPELL
-
-
-def _may_escape_unicode(raw: bytes) -> bool:
-    """Whether ``raw`` has a ``\\u`` escape, or more escapes than are worth looking at. Each
-    backslash is found by ``memchr``; ``b"\\\\u" in raw`` took 8 ms for a 7 MB batch."""
-    start = 0
-    for _ in range(ESCAPES_LOOKED_AT):
-        found = raw.find(b"\\", start)
-        if found < 0:
-            return False
-        if raw[found + 1 : found + 2] == b"u":
-            return True
-        start = found + 2
-    return True
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -49,7 +49,8 @@ from email.message import Message
 from email.utils import encode_rfc2231, format_datetime, formataddr, quote
 from typing import Any
 
-from mailbox_worker.policy.domains import FEW_TO_SPELL, ascii_domain
+from mailbox_worker.policy.domains import ascii_domain
+from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
 
 SMTP_POLICY = policy.SMTP.clone(max_line_length=998)
 """The modern policy, for the rare headers it folds (see the module docstring)."""
@@ -103,18 +104,18 @@ ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
 
 def builds_quickly(payload: Mapping[str, Any]) -> bool:
     """Whether ``build_message`` of ``payload`` takes a few milliseconds at most: whether at
-    most ``FEW_TO_SPELL`` of its addresses (the sender's aside) are in lists the builder cannot
-    write as they are. A list is written as it is when each of its addresses is ASCII, a
-    dot-atom at a dot-atom (``_mailbox``); otherwise each of its addresses goes through the
-    email package's header classes, about 100 µs each, and an internationalised domain costs
-    its encoding too, 0.3 to 1 ms when it is new (docs/performance.md, "The addresses'
-    checks")."""
+    most ``SLOW_STEPS_ON_THE_LOOP`` of its addresses (the sender's aside) are in lists the
+    builder cannot write as they are. A list is written as it is when each of its addresses
+    is ASCII, a dot-atom at a dot-atom (``_mailbox``); otherwise each of its addresses goes
+    through the email package's header classes, about 100 µs each, and an internationalised
+    domain costs its encoding too, 0.3 to 1 ms when it is new (docs/performance.md, "The
+    addresses' checks")."""
     slow = 0
     for field in ADDRESS_FIELDS:
         items = payload.get(field) or ()
         if not all(map(_written_as_is, items)):
             slow += len(items)
-    return slow <= FEW_TO_SPELL
+    return slow <= SLOW_STEPS_ON_THE_LOOP
 
 
 def _written_as_is(item: Mapping[str, Any]) -> bool:

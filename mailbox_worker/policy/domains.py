@@ -18,15 +18,12 @@ from contextvars import ContextVar
 
 import idna
 
+from mailbox_worker.policy import slow_steps
+
 CACHED_DOMAINS = 4096
 """How many domains' ASCII forms are kept. The encoder is pure Python (25 µs for
 ``bücher.example``), and an invoicing app writes to the same customers again and again."""
 
-
-FEW_TO_SPELL = 32
-"""How many internationalised domains a piece of work may spell on the event loop: each new one
-costs 0.3 to 1 ms to encode, and the standard library's address parser as much again. Work
-that may spell more is done in a thread (the API's checks, a message's build)."""
 
 _KEPT: ContextVar[dict[str, str] | None] = ContextVar("domain_spellings", default=None)
 """The spellings one request keeps (``spellings_kept``), where there are."""
@@ -52,6 +49,7 @@ def ascii_domain(domain: str) -> str:
 
 @functools.lru_cache(maxsize=CACHED_DOMAINS)
 def _spelled(domain: str) -> str:
+    slow_steps.spend()  # 0.3 to 1 ms, pure Python
     return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
 
 

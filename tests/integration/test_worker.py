@@ -39,7 +39,7 @@ from mailbox_worker.events.outbox import Outbox
 from mailbox_worker.jobs.store import NewJob
 from mailbox_worker.jobs.worker import Worker
 from mailbox_worker.policy import domains
-from mailbox_worker.policy.domains import FEW_TO_SPELL
+from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
 from mailbox_worker.prometheus import PrometheusTelemetry
 from mailbox_worker.providers.base import (
     UNTRACKED,
@@ -293,13 +293,14 @@ async def test_the_payload_is_let_go_before_the_provider_call(harness: Harness) 
     assert alive == [0]
 
 
-@pytest.mark.parametrize("new_domains", [FEW_TO_SPELL, FEW_TO_SPELL + 1])
+@pytest.mark.parametrize("new_domains", [SLOW_STEPS_ON_THE_LOOP, SLOW_STEPS_ON_THE_LOOP + 1])
 async def test_a_message_of_many_new_domains_is_built_beside_the_loop(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, new_domains: int
 ) -> None:
     """Each new internationalised domain costs 0.3 to 1 ms to spell: a message with more
-    than ``FEW_TO_SPELL`` is built in a thread, so that it does not hold the loop (and every
-    other job's lease and call) for up to seconds; one with fewer is built on the loop."""
+    than ``SLOW_STEPS_ON_THE_LOOP`` is built in a thread, so that it does not hold the loop
+    (and every other job's lease and call) for up to seconds; one with fewer is built on the
+    loop."""
     spelled = [f"worker{n}.bücher.example" for n in range(new_domains)]
     encode = idna.encode
     threads: set[str] = set()
@@ -318,7 +319,7 @@ async def test_a_message_of_many_new_domains_is_built_beside_the_loop(
     recipients = email.message_from_bytes(harness.provider.calls[0][2].mime)["To"]
     assert recipients.count("@worker") == new_domains and "xn--bcher-kva" in recipients
     on_the_loop = threading.current_thread().name  # the worker runs on the test's loop
-    assert threads == {on_the_loop if new_domains <= FEW_TO_SPELL else "costly-builds_0"}
+    assert threads == {on_the_loop if new_domains <= SLOW_STEPS_ON_THE_LOOP else "costly-builds_0"}
 
 
 async def test_unknown_outcome_is_never_retried(harness: Harness) -> None:

@@ -11,14 +11,10 @@ from typing import Any
 import pytest
 
 from mailbox_worker.api.parsing import (
-    ESCAPES_LOOKED_AT,
-    MANY_ASCII_ADDRESSES,
     _has_unpaired_surrogate,
-    could_hold_the_loop,
     parse_json,
 )
 from mailbox_worker.errors import InvalidRequest
-from mailbox_worker.policy.domains import FEW_TO_SPELL
 
 PIECES = [
     "a",
@@ -118,38 +114,3 @@ def test_a_number_beyond_the_double_range_is_refused(number: str) -> None:
 def test_numbers_within_the_double_range_are_read() -> None:
     body = parse_json(b'{"a": 1.7976931348623157e308, "b": -2.5e-320, "c": 10, "d": 1e2}')
     assert body == {"a": 1.7976931348623157e308, "b": -2.5e-320, "c": 10, "d": 100.0}
-
-
-def _recipients(count: int, domain: str) -> bytes:
-    return json.dumps({"to": [{"address": f"a{n}@{domain}"} for n in range(count)]}).encode()
-
-
-@pytest.mark.parametrize(
-    ("raw", "off_the_loop"),
-    [
-        (b"{}", False),
-        (b'{"pdf": "' + b"A" * 20_000_000 + b'"}', False),  # large: not a reason alone
-        (_recipients(FEW_TO_SPELL + 1, "example.com"), False),  # many, all ASCII
-        (_recipients(MANY_ASCII_ADDRESSES, "example.com"), False),  # the most on the loop
-        (_recipients(MANY_ASCII_ADDRESSES + 1, "example.com"), True),  # some may be irregular
-        (_recipients(FEW_TO_SPELL, "bücher.example"), False),  # few internationalised
-        # Many that may be internationalised: as JSON escapes, or as UTF-8.
-        (_recipients(FEW_TO_SPELL + 1, "bücher.example"), True),
-        (_recipients(FEW_TO_SPELL + 1, "bücher.example").decode("unicode_escape").encode(), True),
-        # "@" escaped too, as JSON allows.
-        (_recipients(FEW_TO_SPELL + 1, "bücher.example").replace(b"@", b"\\u0040"), True),
-        # Escapes other than \u are no reason; past the ones looked at, any may be.
-        (_recipients(FEW_TO_SPELL + 1, "example.com")[:-1] + b', "text": "a\\nb\\tc"}', False),
-        (_recipients(FEW_TO_SPELL + 1, "example.com")[:-1] + b', "u": "\\u0041"}', True),
-        (b'{"text": "' + b"\\n" * ESCAPES_LOOKED_AT + b'\\u0041"}', False),  # no address
-        (
-            _recipients(FEW_TO_SPELL + 1, "x")[:-1]
-            + b', "t": "'
-            + b"\\n" * ESCAPES_LOOKED_AT
-            + b'"}',
-            True,
-        ),
-    ],
-)
-def test_what_is_checked_beside_the_loop(raw: bytes, off_the_loop: bool) -> None:
-    assert could_hold_the_loop(raw) is off_the_loop

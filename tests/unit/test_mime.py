@@ -8,7 +8,7 @@ from email import policy
 import pytest
 
 from mailbox_worker.jobs.mime import build_message, builds_quickly, recipients
-from mailbox_worker.policy.domains import FEW_TO_SPELL
+from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
 
@@ -181,7 +181,7 @@ def test_a_message_builds_quickly_with_few_addresses_in_lists_not_written_as_the
     encoded word, a domain literal); lists of plain ASCII addresses do not count, nor does the
     sender, the mailbox's own address."""
     few = {
-        "to": [{"address": f"a@{n}.bücher.example"} for n in range(FEW_TO_SPELL - 3)],
+        "to": [{"address": f"a@{n}.bücher.example"} for n in range(SLOW_STEPS_ON_THE_LOOP - 3)],
         "cc": [{"address": "b@bücher.example"}],
         "bcc": [{"address": '"c d"@example.com'}, {"address": "c@example.com"}],
         "reply_to": [{"address": f"d{n}@example.com"} for n in range(500)],

@@ -1,0 +1,48 @@
+"""A budget of slow steps for work done on the event loop: pure bookkeeping, no I/O.
+
+Most checks of a request take microseconds, but a few steps take about a millisecond each: a
+new internationalised domain's encoding (0.3 to 1 ms, ``policy/domains.py``) and the standard
+library's parse of an address outside the common form (75 to 96 µs, ``policy/addresses.py``).
+A request may hold tens of thousands of them, and while they run on the loop every other
+request, the worker's leases and the health checks wait: 15,000 new domains in a 1.3 MB batch
+held it 6.8 to 8.5 s (docs/performance.md, "The addresses' checks"). So the API checks a
+request on the loop within a budget of such steps (``within_budget``); a request that spends
+it raises ``SlowWorkDeferred`` and is checked again in a thread of its own. Each slow step
+calls ``spend`` before its work, which outside a budget costs one context variable's read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+from mailbox_worker.errors import SlowWorkDeferred
+
+SLOW_STEPS_ON_THE_LOOP = 32
+"""Slow steps the API's checks may take on the loop, about 30 ms at most on this project's
+development machine."""
+
+_LEFT: ContextVar[list[int] | None] = ContextVar("slow_steps_left", default=None)
+
+
+@contextlib.contextmanager
+def within_budget(steps: int = SLOW_STEPS_ON_THE_LOOP) -> Iterator[None]:
+    """Within, the ``steps``-th call of ``spend`` and every later one raise
+    ``SlowWorkDeferred``."""
+    token = _LEFT.set([steps])
+    try:
+        yield
+    finally:
+        _LEFT.reset(token)
+
+
+def spend() -> None:
+    """Count one slow step against the budget in force, if any; ``SlowWorkDeferred`` once it
+    is spent (before the step's work)."""
+    left = _LEFT.get()
+    if left is None:
+        return
+    if left[0] <= 0:
+        raise SlowWorkDeferred("the checks' slow steps on the event loop are spent")
+    left[0] -= 1
