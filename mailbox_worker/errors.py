@@ -15,7 +15,6 @@ machine-readable ``code`` (used in API answers, job results and metric labels) a
     │   ├── ReauthRequired          the grant is gone (invalid_grant, consent revoked): hold jobs
     │   └── OutcomeUnknown          the request may have reached the provider; never retried blindly
     ├── PolicyViolation             an operation our privacy rules forbid was attempted
-    ├── SlowWorkDeferred            work on the event loop spent its slow steps; done in a thread
     └── VaultError                  token storage problems; fail closed
         ├── KeyUnavailable          the key-encryption key named by a record is not available
         ├── DecryptionFailed        ciphertext, key or associated data do not match
@@ -155,13 +154,6 @@ class PolicyViolation(MailboxWorkerError):
     """An operation forbidden by our privacy rules (e.g. a Gmail call outside the allow-list)."""
 
     code = "policy_violation"
-
-
-class SlowWorkDeferred(MailboxWorkerError):
-    """Work on the event loop spent its budget of slow steps (``policy/slow_steps.py``): an
-    internal signal, never an answer; the caller does the work again in a thread."""
-
-    code = "slow_work_deferred"
 
 
 class VaultError(MailboxWorkerError):
@@ -454,7 +446,6 @@ INTERNAL_CODES: Mapping[str, CodeMeaning] = _codes(
     revoke_unavailable=("a grant's revocation could not reach the provider yet", True),
     revoke_failed=("the provider refused a grant's revocation", False),
     unexpected_response=("(the Python client) the answer was not the API's JSON", True),
-    slow_work_deferred=("checks moved from the event loop to a thread (never logged)", True),
 )
 """Codes for logs, metrics, the operator and the Python client's own errors: never in an API
 answer or a job."""

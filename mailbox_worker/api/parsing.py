@@ -27,12 +27,12 @@ from mailbox_worker.api.document import schema_pointer
 from mailbox_worker.errors import (
     InvalidRequest,
     RequestTimeout,
-    SlowWorkDeferred,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from mailbox_worker.policy import slow_steps
 from mailbox_worker.policy.domains import spellings_kept
+from mailbox_worker.policy.slow_steps import SlowWorkDeferred
 
 JSON_MEDIA_TYPE = "application/json"
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"

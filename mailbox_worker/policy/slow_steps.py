@@ -17,11 +17,16 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-from mailbox_worker.errors import SlowWorkDeferred
-
 SLOW_STEPS_ON_THE_LOOP = 32
 """Slow steps the API's checks may take on the loop, about 30 ms at most on this project's
 development machine."""
+
+
+class SlowWorkDeferred(Exception):
+    """The budget in force is spent: an internal signal, never an answer, caught where the
+    budget was set (``api/parsing.py``), which does the work again in a thread. Not in
+    ``errors.py``'s tree, as policy imports nothing of ours (as ``jobs.progress.LeaseLost``)."""
+
 
 _LEFT: ContextVar[list[int] | None] = ContextVar("slow_steps_left", default=None)
 

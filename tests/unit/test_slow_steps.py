@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from mailbox_worker.errors import SlowWorkDeferred
 from mailbox_worker.policy import addresses, domains, slow_steps
+from mailbox_worker.policy.slow_steps import SlowWorkDeferred
 
 
 def test_a_budget_allows_its_steps_then_defers_every_later_one() -> None:
