@@ -119,7 +119,10 @@ async def _read_checked(
 
     def explain() -> Checked:
         with spellings_kept(kept):
-            return check(body)
+            try:
+                return check(body)
+            except RecursionError:  # jsonschema compares nested items recursively
+                _invalid_json("the body is nested too deeply")
 
     try:
         with spellings_kept(kept), slow_steps.within_budget():

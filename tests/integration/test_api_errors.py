@@ -164,6 +164,20 @@ async def test_a_body_that_is_not_json_is_invalid_json(api: RunningApi, raw: byt
     assert (answer.status, answer.error_code) == (400, "invalid_json"), answer.body
 
 
+async def test_a_body_too_deep_to_explain_is_invalid_json(api: RunningApi) -> None:
+    """JSON the parser takes (under its 1,000 levels) but nested too deep for jsonschema to
+    name its failures: two equal arrays 400 deep where the items must be unique made
+    jsonschema raise RecursionError, answered 500."""
+    _, key = await api.account_with_key()
+    deep = "[" * 400 + "]" * 400
+    raw = f'{{"provider": "microsoft", "capabilities": [{deep}, {deep}]}}'.encode()
+    answer = await api.call(
+        "POST", "/v1/mailboxes", key=key, data=raw, headers={"Content-Type": "application/json"}
+    )
+    assert (answer.status, answer.error_code) == (400, "invalid_json"), answer.body
+    assert "nested too deeply" in answer.json()["error"]["message"]
+
+
 async def test_a_leading_byte_order_mark_is_ignored(api: RunningApi) -> None:
     """RFC 8259 8.1: a parser may ignore a BOM; some .NET clients send one."""
     _, key = await api.account_with_key()
