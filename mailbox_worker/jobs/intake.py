@@ -58,10 +58,11 @@ class Submission:
     admits only characters JSON writes as they are: the intake then does not read each
     attachment's content again to know it (``message_json.mark``). The API's handlers say so;
     any other caller gets the check."""
-    spellings: dict[str, str] = field(default_factory=dict)
+    spellings: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     """The ASCII forms of its internationalised domains the API's checks spelled
     (``policy/domains.spellings_kept``): the intake's checks, which spell the same recipients
-    again, read them here rather than encode them a second time."""
+    again, read them here rather than encode them a second time. One dictionary serves every
+    item of a batch: it is no part of the submission's repr or equality."""
 
 
 @dataclass(frozen=True)
