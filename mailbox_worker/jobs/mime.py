@@ -121,9 +121,14 @@ def builds_quickly(payload: Mapping[str, Any]) -> bool:
 def _written_as_is(item: Mapping[str, Any]) -> bool:
     address = str(item.get("address", ""))
     local, _, domain = address.rpartition("@")
+    return address.isascii() and _dot_atoms(local, domain)
+
+
+def _dot_atoms(local: str, domain: str) -> bool:
+    """Whether ``local@domain`` (the domain in ASCII form) is written as it is: both dot-atoms,
+    and no "=?" that a reader could take for an encoded word."""
     return (
-        address.isascii()
-        and _DOT_ATOM.fullmatch(local) is not None
+        _DOT_ATOM.fullmatch(local) is not None
         and _DOT_ATOM.fullmatch(domain) is not None
         and "=?" not in local
     )
@@ -384,7 +389,7 @@ def _mailbox(item: Mapping[str, Any]) -> str | None:
     plain ASCII dot-atom."""
     local, _, domain = str(item["address"]).rpartition("@")
     domain = ascii_domain(domain)
-    if not _DOT_ATOM.fullmatch(local) or not _DOT_ATOM.fullmatch(domain) or "=?" in local:
+    if not _dot_atoms(local, domain):
         return None
     address = f"{local}@{domain}"
     name = _single_line(item.get("name") or "")

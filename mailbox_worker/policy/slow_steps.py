@@ -33,8 +33,8 @@ _LEFT: ContextVar[list[int] | None] = ContextVar("slow_steps_left", default=None
 
 @contextlib.contextmanager
 def within_budget(steps: int = SLOW_STEPS_ON_THE_LOOP) -> Iterator[None]:
-    """Within, the ``steps``-th call of ``spend`` and every later one raise
-    ``SlowWorkDeferred``."""
+    """Within, ``spend`` may be called ``steps`` times; the next call, and every later one,
+    raises ``SlowWorkDeferred``."""
     token = _LEFT.set([steps])
     try:
         yield
