@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from tests.tools import REQUIRE_TOOLS
+
 from .conftest import ADDRESS, Daemon, start
 
 pytestmark = pytest.mark.e2e
@@ -44,10 +46,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def browser_paths() -> None:
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
     if missing:
-        pytest.skip(
+        reason = (
             f"headless Chromium is not installed ({', '.join(missing)} missing): "
             "run scripts/ensure-chromium (as root, with apt-get) to run this test"
         )
+        if REQUIRE_TOOLS:  # .ci/run installs it: its absence there is a failure, not a skip
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 @pytest.fixture
