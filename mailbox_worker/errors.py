@@ -352,6 +352,10 @@ API_ERROR_CODES: Mapping[str, CodeMeaning] = _codes(
     internal_error=("an unexpected failure; it was logged with the request id", True),
     database_unavailable=("the database cannot be reached; wait `Retry-After` seconds", True),
     too_many_connections=("the server has too many open connections; retry later", True),
+    server_busy=(
+        "the server is busy with other costly requests; wait `Retry-After` seconds",
+        True,
+    ),
 )
 """``Error.code``: every code of an API failure answer."""
 

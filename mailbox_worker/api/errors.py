@@ -7,6 +7,8 @@
 - aiohttp's ``HTTPException`` (unknown route, wrong method, body too large) → a stable code;
 - an exception that says the database cannot be reached (the ``database_unavailable``
   predicate the middleware is given) → ``503 database_unavailable`` with ``Retry-After``;
+- a full lane of costly checks (``lanes.LaneFull``) → ``503 server_busy`` with ``Retry-After``;
+  a client gone before its checks' turn (``lanes.WorkAbandoned``) → 499, as one that hung up;
 - anything else → ``500 internal_error`` with a generic message. The traceback goes to the
   server log only, and without the exception's message unless it is one of ours: foreign
   messages (a database driver's, say) may quote request data.
@@ -25,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from mailbox_worker import lanes
 from mailbox_worker.api.request_id import HEADER as REQUEST_ID_HEADER
 from mailbox_worker.api.request_id import new_id, request_id
 from mailbox_worker.errors import (
@@ -102,12 +105,25 @@ def error_middleware(
             if isinstance(error, RequestTimeout):
                 response.force_close()  # the rest of a body too slow to wait for: not reused
             return response
+        except lanes.LaneFull as full:
+            # Too many requests wait for the costly checks' thread (mailbox_worker/lanes.py).
+            log.warning("%s: refused %s %s", full, request.method, route_template(request))
+            return error_response(
+                503,
+                "server_busy",
+                "the server is busy checking other requests of many new internationalised "
+                "domains or irregular addresses; try again later",
+                identifier=request_id(request),
+                headers={"Retry-After": str(full.retry_after)},
+            )
         except web.HTTPException as error:
             if error.status < 400:
                 raise  # a redirect raised by aiohttp itself: not a failure
             return _http_error(request, error, max_request_bytes)
         except Exception as error:
-            if isinstance(error, ConnectionResetError) and _client_gone(request):
+            if isinstance(error, lanes.WorkAbandoned) or (
+                isinstance(error, ConnectionResetError) and client_gone(request)
+            ):
                 # The client hung up mid-request (aiohttp's ClientConnectionResetError): no
                 # one is left to answer, and it is not the server's failure.
                 log.info(
@@ -149,8 +165,9 @@ def error_middleware(
     return middleware
 
 
-def _client_gone(request: web.Request) -> bool:
-    """Whether the client's own connection is closed (then a reset was the client's)."""
+def client_gone(request: web.Request) -> bool:
+    """Whether the client's own connection is closed (then a reset was the client's). It only
+    reads the transport's state, so a lane's thread may ask it too (``api/parsing.py``)."""
     transport = request.transport
     return transport is None or transport.is_closing()
 

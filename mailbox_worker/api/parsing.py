@@ -12,18 +12,18 @@ to the error middleware (499).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
+from mailbox_worker import lanes
 from mailbox_worker.api.context import document, services
 from mailbox_worker.api.document import schema_pointer
+from mailbox_worker.api.errors import client_gone
 from mailbox_worker.errors import (
     InvalidRequest,
     RequestTimeout,
@@ -46,12 +46,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 Body = TypeVar("Body")
 Checked = TypeVar("Checked")
-_COSTLY_CHECKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costly-checks")
-"""The one thread of the process that checks bodies too slow to check on the loop
-(``_read_checked``): such requests wait for each other there, and take at most one thread
-from the loop's share of the interpreter. Not the loop's default executor, whose threads
-refresh access tokens (``tokens/access_tokens.py``) and redeem consents: six such requests
-would have taken them all."""
 
 
 async def read_json(
@@ -130,14 +124,14 @@ async def _read_checked(
                 return body, accepted
     except SlowWorkDeferred:
         pass
-    return body, await _beside_the_loop(explain)
+    return body, await _beside_the_loop(request, explain, len(raw))
 
 
-async def _beside_the_loop(work: Callable[[], Checked]) -> Checked:
-    """``work()`` in the costly checks' thread, in the request's context (its id in the logs)."""
-    context = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_COSTLY_CHECKS, context.run, work)
+async def _beside_the_loop(request: web.Request, work: Callable[[], Checked], size: int) -> Checked:
+    """``work()`` for ``request``, which holds ``size`` bytes of body, in the costly checks'
+    lane (``lanes.CHECKS``). A full lane raises ``LaneFull`` (``503 server_busy``); a client
+    that hung up before the work's turn, ``WorkAbandoned`` (499), its work not done."""
+    return await lanes.CHECKS.run(work, size=size, wanted=lambda: not client_gone(request))
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -36,12 +36,12 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from tenacity import wait_exponential
 
+from mailbox_worker import lanes
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.mailboxes import MailboxStore
 from mailbox_worker.db.models import Mailbox
@@ -109,10 +109,6 @@ class WorkerSettings:
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 5.0
-_COSTLY_BUILDS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costly-builds")
-"""The one thread of the process that builds messages too slow to build on the loop
-(``mime.builds_quickly``): they wait for each other there rather than take the loop's
-default executor, whose threads refresh access tokens (``tokens/access_tokens.py``)."""
 LOOP_BACKOFF = wait_exponential(multiplier=0.5, max=15.0)
 """Waits after consecutive failed passes of the loop: 0.5 s, 1 s, 2 s... at most 15 s."""
 
@@ -433,14 +429,14 @@ class Worker:
         not held through the provider's call. One that would hold the loop, and every other
         job's lease and call with it, for up to seconds (many internationalised domains or
         irregular addresses; docs/performance.md, "The addresses' checks") is built in a
-        thread of its own. Raises ``ValueError`` as ``build_message`` does."""
+        lane of its own (``lanes.BUILDS``). Raises ``ValueError`` as ``build_message`` does."""
         payload = claimed.take_payload()
         build = functools.partial(
             build_message, payload, message_id=claimed.job.message_id, sender=sender
         )
         if builds_quickly(payload):
             return build()
-        return await asyncio.get_running_loop().run_in_executor(_COSTLY_BUILDS, build)
+        return await lanes.BUILDS.run(build)
 
     async def _deliver(self, claimed: ClaimedJob, mailbox: Mailbox, sender: str) -> None:
         """Token, MIME, the provider's calls and the outcome of one job of a connected

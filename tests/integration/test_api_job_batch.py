@@ -3,17 +3,25 @@ each item answered as ``POST /v1/jobs`` would answer it alone."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import threading
 from typing import Any
 
 import idna
 import pytest
+from aiohttp import web
+from yarl import URL
 
+from mailbox_worker import lanes
+from mailbox_worker.api import parsing
 from mailbox_worker.api.document import ApiDocument
+from mailbox_worker.api.errors import client_gone
 from mailbox_worker.policy import addresses, domains
 from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
 from mailbox_worker.states import JobState
+from tests import raw_http
 from tests.integration.api_harness import Answer, RunningApi, job_request
 
 
@@ -229,3 +237,103 @@ async def test_a_refused_body_is_explained_beside_the_loop(
     single = await api.call("POST", "/v1/jobs", key=key, json_body={"mailbox_id": mailbox_id})
     assert single.status == 400, single.body
     assert single.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.fixture
+def narrow_lane(monkeypatch: pytest.MonkeyPatch) -> lanes.Lane:
+    """The costly checks' lane, admitting one work at a time."""
+    lane = lanes.Lane("costly-checks", admits_bytes=1)
+    monkeypatch.setattr(lanes, "CHECKS", lane)
+    return lane
+
+
+async def occupy(lane: lanes.Lane, gate: threading.Event) -> asyncio.Future[bool]:
+    """A work holding ``lane`` until ``gate`` is set, started."""
+    started = threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return gate.wait(10)
+
+    held = asyncio.ensure_future(lane.run(hold, size=1))
+    async with asyncio.timeout(10):
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+    return held
+
+
+async def test_a_costly_request_finding_the_lane_full_is_answered_503_server_busy(
+    api: RunningApi, caller: tuple[str, str, str], narrow_lane: lanes.Lane
+) -> None:
+    """Each request waiting for the costly checks holds its parsed body, while the loop reads
+    others: past what the lane admits it is refused at once, with ``Retry-After``, and nothing
+    is done. Requests checked on the loop are not concerned."""
+    _, key, mailbox_id = caller
+    costly = [
+        job_request(mailbox_id, to=[{"address": f"a@{domain}"} for domain in spelled])
+        for spelled in [_new_domains(2 * SLOW_STEPS_ON_THE_LOOP, "busy")]
+    ]
+    gate = threading.Event()
+    held = await occupy(narrow_lane, gate)
+
+    refused = await batch(api, key, costly)
+    plain = await batch(api, key, [job_request(mailbox_id)])
+
+    assert refused.status == 503, refused.body
+    assert refused.error_code == "server_busy"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert plain.status == 200, plain.body
+    gate.set()
+    assert await held
+    jobs = await api.call("GET", "/v1/jobs", key=key)
+    assert len(jobs.json()["items"]) == 1  # the refused batch left nothing behind
+    accepted = await batch(api, key, costly)
+    assert accepted.status == 200, accepted.body
+    assert [item["status"] for item in accepted.json()["items"]] == ["created"]
+
+
+async def test_a_request_whose_client_hung_up_while_it_waited_for_the_lane_is_not_checked(
+    api: RunningApi,
+    caller: tuple[str, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that gives up on a costly request does not keep the ones behind it waiting
+    for checks no one will read."""
+    _, key, mailbox_id = caller
+    waiting: list[web.Request] = []
+    beside_the_loop = parsing._beside_the_loop
+
+    async def spy(request: web.Request, work: Any, size: int) -> Any:
+        waiting.append(request)
+        return await beside_the_loop(request, work, size)
+
+    monkeypatch.setattr(parsing, "_beside_the_loop", spy)
+    spelled = _new_domains(2 * SLOW_STEPS_ON_THE_LOOP, "gone")
+    body = json.dumps(
+        {"items": [job_request(mailbox_id, to=[{"address": f"a@{d}"} for d in spelled])]}
+    ).encode()
+    gate = threading.Event()
+    held = await occupy(lanes.CHECKS, gate)
+    calls = _spy_on_the_encoder(monkeypatch)
+    port = URL(api.base_url).port
+    assert port is not None
+
+    async with raw_http.connection(port) as (_, writer):
+        writer.write(raw_http.post_head("/v1/job-batches", key, length=len(body)) + body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            while not waiting:
+                await asyncio.sleep(0.001)
+    async with asyncio.timeout(10):
+        while not client_gone(waiting[0]):
+            await asyncio.sleep(0.001)
+    gate.set()
+    assert await held
+    async with asyncio.timeout(10):
+        while lanes.CHECKS.held:
+            await asyncio.sleep(0.001)
+
+    assert [thread for _, thread in calls if thread.startswith("costly-checks")] == []
+    assert len(calls) <= SLOW_STEPS_ON_THE_LOOP  # the loop's share, before it deferred
+    jobs = await api.call("GET", "/v1/jobs", key=key)
+    assert jobs.json()["items"] == []

@@ -1,0 +1,121 @@
+"""Lanes: threads beside the event loop, for work too slow to do on it.
+
+One event loop serves every request, renews the worker's leases and answers the health checks;
+work that holds it for more than a few milliseconds holds all of them (docs/performance.md,
+"The addresses' checks"). Such work runs in a lane: one thread of its own, in the caller's
+context (its request id in the logs). Not the loop's default executor, whose threads refresh
+access tokens (``tokens/access_tokens.py``) and redeem consents: a few slow requests would
+have taken them all.
+
+- ``CHECKS``: the API's costly checks of requests with many new internationalised domains or
+  irregular addresses, and of bodies the compiled validator refused (``api/parsing.py``,
+  ``jobs/intake.py``). Each work holds its request's parsed body while it waits, and the loop
+  goes on reading other bodies meanwhile; so the lane admits works while the bodies they hold
+  come to at most ``CHECKS_ADMITTED_BYTES`` (a work alone in the lane is always admitted).
+  Past that it refuses at once: ``LaneFull``, which the API answers ``503 server_busy`` with
+  ``Retry-After`` (``api/errors.py``).
+- ``BUILDS``: the worker's messages too slow to build on the loop (``jobs/worker.py``). The
+  worker's concurrency bounds them, so it admits them all.
+
+A work whose requester is gone by its turn (``run``'s ``wanted``) is not done
+(``WorkAbandoned``): a client that hung up does not keep the works behind it waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+Result = TypeVar("Result")
+
+CHECKS_ADMITTED_BYTES = 64 * 1024 * 1024
+"""The request bytes the costly checks' lane holds at once: four bodies of the default
+``server.max_request_bytes`` (16 MiB), each several times that once parsed."""
+_LONGEST_RETRY_AFTER = 60
+
+
+class LaneFull(Exception):
+    """The lane holds as much as it admits. An internal signal, not in ``errors.py``'s tree
+    (the kernel's modules do not import each other): the API answers it ``503 server_busy``,
+    with ``retry_after`` (whole seconds, at least 1) for ``Retry-After``."""
+
+    def __init__(self, lane: str, retry_after: int) -> None:
+        super().__init__(f"the {lane} lane is full")
+        self.retry_after = retry_after
+
+
+class WorkAbandoned(Exception):
+    """The work's requester was gone by its turn (``run``'s ``wanted``): it was not done."""
+
+
+class Lane:
+    """One thread beside the loop, admitting works while the bytes they hold come to at most
+    ``admits_bytes`` (None: every work)."""
+
+    def __init__(self, name: str, *, admits_bytes: int | None = None) -> None:
+        self.name = name
+        self.admits_bytes = admits_bytes
+        self.held = 0
+        """Works admitted and not finished, the one running included."""
+        self.held_bytes = 0
+        self._lock = threading.Lock()  # both change on the loop and in the lane's thread
+        self._seconds = 0.0  # a moving average of the works' durations, for Retry-After
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(
+        self,
+        work: Callable[[], Result],
+        *,
+        size: int = 0,
+        wanted: Callable[[], bool] | None = None,
+    ) -> Result:
+        """``work()`` in the lane's thread, in the caller's context; ``size`` is the bytes it
+        holds while it waits. ``LaneFull`` when the lane cannot admit it; ``WorkAbandoned``
+        when ``wanted()`` says no at the work's turn (asked in the lane's thread, so it must
+        only read)."""
+        with self._lock:
+            limit = self.admits_bytes
+            if limit is not None and self.held and self.held_bytes + size > limit:
+                raise LaneFull(self.name, self.retry_after())
+            self.held += 1
+            self.held_bytes += size
+        context = contextvars.copy_context()
+
+        def turn() -> Result:
+            if wanted is not None and not wanted():
+                raise WorkAbandoned(f"the work waiting in the {self.name} lane was abandoned")
+            started = time.perf_counter()
+            try:
+                return context.run(work)
+            finally:
+                self._seconds += (time.perf_counter() - started - self._seconds) / 4
+
+        def release() -> None:
+            with self._lock:
+                self.held -= 1
+                self.held_bytes -= size
+
+        try:
+            future = self._thread.submit(turn)
+        except BaseException:
+            release()
+            raise
+        # Released when the work is done, or cancelled before its turn; not when the caller
+        # stops waiting: a work already running holds its place until it ends.
+        future.add_done_callback(lambda _: release())
+        return await asyncio.wrap_future(future)
+
+    def retry_after(self) -> int:
+        """Whole seconds until the works held now are likely done, from 1 to 60."""
+        expected = math.ceil(self._seconds * max(self.held, 1))
+        return min(max(expected, 1), _LONGEST_RETRY_AFTER)
+
+
+CHECKS = Lane("costly-checks", admits_bytes=CHECKS_ADMITTED_BYTES)
+BUILDS = Lane("costly-builds")
