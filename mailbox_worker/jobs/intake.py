@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailbox_worker import lanes
 from mailbox_worker.accounts import Principal
 from mailbox_worker.clock import Clock, utcnow
 from mailbox_worker.db.models import Job, JobEvent, Mailbox
@@ -27,7 +28,13 @@ from mailbox_worker.errors import (
     RequestError,
 )
 from mailbox_worker.jobs.message_json import Marked, dumps_message, mark, pieces
-from mailbox_worker.jobs.mime import build_message, message_size_bound, message_size_ceiling
+from mailbox_worker.jobs.mime import (
+    build_message,
+    folded_address_lists,
+    lists_folded_slowly,
+    message_size_bound,
+    message_size_ceiling,
+)
 from mailbox_worker.jobs.store import JobFilter, JobStore, NewJob, Position
 from mailbox_worker.jobs.transitions import (
     CANCEL_UNKNOWN,
@@ -38,8 +45,13 @@ from mailbox_worker.jobs.transitions import (
 )
 from mailbox_worker.policy.addresses import same_address
 from mailbox_worker.policy.domains import spellings_kept
+from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
+
+Folded = Mapping[str, str] | ValueError | None
+"""A message's address lists folded beforehand (``mime.folded_address_lists``), the
+``ValueError`` folding raised, or None: not folded, for the bound to fold itself."""
 
 MessageLimit = Callable[[str, str, Sequence[str]], int | None]
 """``(provider, mode, capabilities) ->`` the largest message in bytes the provider's transport
@@ -184,22 +196,25 @@ class JobIntake:
             for submission, marked in zip(submissions, marks, strict=True)
         ]
         checked: list[NewJob | RequestError] = []
+        size = sum(map(_content_size, submissions))
+        folded = await _fold_costly_lists(submissions, size)
 
         def prepare(mailboxes: Mapping[str, Mailbox]) -> list[NewJob]:
             # In the jobs' transaction, the mailboxes read and locked (JobStore).
             checked.clear()  # one list of answers per run, should a run ever be repeated
-            for submission, digest, marked in zip(submissions, digests, marks, strict=True):
+            for submission, digest, marked, lists in zip(
+                submissions, digests, marks, folded, strict=True
+            ):
                 mailbox = mailboxes.get(str(submission.body["mailbox_id"]))
                 try:
                     with spellings_kept(submission.spellings):
-                        new = self._prepare(principal, submission, digest, marked, mailbox)
+                        new = self._prepare(principal, submission, digest, marked, mailbox, lists)
                     checked.append(new)
                 except RequestError as error:
                     checked.append(error)
             return [new for new in checked if isinstance(new, NewJob)]
 
         mailbox_ids = [str(submission.body["mailbox_id"]) for submission in submissions]
-        size = sum(map(_content_size, submissions))
         enqueued = iter(
             await self._jobs.enqueue_for_mailboxes(
                 principal.account_id, mailbox_ids, prepare, size=size
@@ -242,9 +257,11 @@ class JobIntake:
         digest: str,
         marked: Marked | None,
         mailbox: Mailbox | None,
+        folded: Folded = None,
     ) -> NewJob:
         """The job a submission asks for, once its mailbox (None: not one of the account's)
-        can take it and the message fits."""
+        can take it and the message fits (its address lists ``folded`` beforehand, if they
+        were)."""
         body = submission.body
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
@@ -273,7 +290,7 @@ class JobIntake:
         if send_at is not None and deadline is not None and send_at >= deadline:
             raise InvalidRequest("send_at must be before the deadline", code="invalid_send_at")
         domain = mailbox.address.rpartition("@")[2]
-        self._check_size(message, mailbox, mode, domain)
+        self._check_size(message, mailbox, mode, domain, folded)
         return NewJob(
             account_id=principal.account_id,
             mailbox_id=mailbox.id,
@@ -303,7 +320,7 @@ class JobIntake:
             self._wake_worker()
 
     def _check_size(
-        self, message: dict[str, Any], mailbox: Mailbox, mode: str, domain: str
+        self, message: dict[str, Any], mailbox: Mailbox, mode: str, domain: str, folded: Folded
     ) -> None:
         sender, provider, capabilities = (
             mailbox.address or "",
@@ -326,19 +343,28 @@ class JobIntake:
                 code="provider_not_supported",
             )
         placeholder = message_id_for("job_" + "0" * 32, domain)
-        ceiling = message_size_ceiling(
-            message, message_id=placeholder, sender=sender, decoded_sizes=sizes
+        # Lists folded beforehand hold an address the ceiling cannot count: it would say None,
+        # after a look at each of their addresses, on the loop.
+        ceiling = (
+            None
+            if folded is not None
+            else message_size_ceiling(
+                message, message_id=placeholder, sender=sender, decoded_sizes=sizes
+            )
         )
         if ceiling is not None and ceiling <= limit:
             return  # far below the limit, as nearly every invoice is: nothing to encode
         try:
             # The bound costs the same for any attachment size; the worker builds the message
             # itself, so it is built in full here only when the bound is over the limit.
+            if isinstance(folded, ValueError):
+                raise folded
             size = message_size_bound(
-                message, message_id=placeholder, sender=sender, decoded_sizes=sizes
+                message, message_id=placeholder, sender=sender, decoded_sizes=sizes, folded=folded
             )
             if size > limit:
-                size = len(build_message(message, message_id=placeholder, sender=sender))
+                built = build_message(message, message_id=placeholder, sender=sender, folded=folded)
+                size = len(built)
         except ValueError as error:
             raise InvalidRequest(
                 f"the message cannot be built: {type(error).__name__}", code="invalid_message"
@@ -440,6 +466,37 @@ def _request_digest(body: Any, marked: Marked | None) -> str:
     for piece in pieces(body, _canonical, marked, _with_message):
         digest.update(piece.encode())
     return digest.hexdigest()
+
+
+async def _fold_costly_lists(submissions: Sequence[Submission], size: int) -> list[Folded]:
+    """Each submission's address lists folded beforehand, where folding them in the jobs'
+    transaction would hold the loop: when the submissions' lists folded by the email package
+    (quoted or internationalised local parts, ``mime.lists_folded_slowly``, about 100 µs an
+    address) hold more than ``SLOW_STEPS_ON_THE_LOOP`` addresses, they are folded in the
+    costly checks' lane (``lanes.CHECKS``; ``size`` is the request bytes held meanwhile), and
+    nothing is folded on the loop. A 16 MB batch of such lists would have held it for a minute
+    and more (docs/performance.md, "The addresses' checks")."""
+    messages = [_message_of(submission.body) for submission in submissions]
+    costs = [
+        lists_folded_slowly(message) if isinstance(message, Mapping) else 0 for message in messages
+    ]
+    if sum(costs) <= SLOW_STEPS_ON_THE_LOOP:
+        return [None] * len(submissions)
+
+    def fold() -> list[Folded]:
+        folded: list[Folded] = []
+        for submission, message, cost in zip(submissions, messages, costs, strict=True):
+            if not cost:
+                folded.append(None)
+                continue
+            try:
+                with spellings_kept(submission.spellings):
+                    folded.append(folded_address_lists(message))
+            except ValueError as error:  # raised in the transaction, in its turn
+                folded.append(error)
+        return folded
+
+    return await lanes.CHECKS.run(fold, size=size)
 
 
 def _message_of(body: Any) -> Any:

@@ -41,7 +41,7 @@ import datetime as dt
 import io
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email import base64mime, policy
 from email.generator import BytesGenerator
 from email.headerregistry import Address
@@ -84,22 +84,55 @@ def build_message(
     message_id: str,
     sender: str,
     date: dt.datetime | None = None,
+    folded: Mapping[str, str] | None = None,
 ) -> bytes:
     """The RFC 5322 bytes of ``payload``, sent from ``sender`` with ``message_id``.
 
     ``payload["from"]`` may carry a display name; its address is the mailbox's own
-    (the intake checks that). Raises ``ValueError`` on undecodable attachments, on a message
+    (the intake checks that). ``folded`` is ``folded_address_lists(payload)``, when the caller
+    computed it beforehand. Raises ``ValueError`` on undecodable attachments, on a message
     without a body and on a header value with a line break.
     """
     bodies = [
         _base64_body(_checked_base64(item["content_base64"]))
         for item in payload.get("attachments") or ()
     ]
-    return _flatten(_message(payload, message_id, sender, date, bodies))
+    return _flatten(_message(payload, message_id, sender, date, bodies, folded))
 
 
 ADDRESS_FIELDS = ("to", "cc", "bcc", "reply_to")
 """The payload's lists of addresses, the sender's aside."""
+_ADDRESS_HEADERS = {"to": "To", "cc": "Cc", "bcc": "Bcc", "reply_to": "Reply-To"}
+
+
+def folded_address_lists(payload: Mapping[str, Any]) -> dict[str, str]:
+    """The values of ``payload``'s address headers (To, Cc, Bcc, Reply-To), by header name,
+    as ``build_message`` writes them. A list holding an address that is not a dot-atom at a
+    dot-atom (``lists_folded_slowly``) is folded by the email package's header classes, about
+    100 µs an address: the intake folds such lists beside the loop and hands them to
+    ``message_size_bound`` (docs/performance.md, "The addresses' checks"). Raises
+    ``ValueError`` as ``build_message`` would."""
+    return {
+        header: _addresses(header, payload[field])
+        for field, header in _ADDRESS_HEADERS.items()
+        if field == "to" or payload.get(field)
+    }
+
+
+def lists_folded_slowly(payload: Mapping[str, Any]) -> int:
+    """The addresses in ``payload``'s lists that ``build_message`` folds with the email
+    package's header classes: every address of a list holding one whose local part is not an
+    ASCII dot-atom (quoted, internationalised) or whose domain, in ASCII, is not one (a
+    literal). Domains outside ASCII count as their IDNA form, a dot-atom: they cost their
+    encoding, which the API's checks spent already (``spellings_kept``)."""
+    return _in_lists_not_all(payload, _folded_quickly)
+
+
+def _folded_quickly(item: Mapping[str, Any]) -> bool:
+    """Whether ``_mailbox`` writes the item as it is once its domain is spelled in ASCII."""
+    local, _, domain = str(item.get("address", "")).rpartition("@")
+    spelled = domain if domain.isascii() else "xn--a"  # an IDNA form: letters, digits, hyphens
+    return local.isascii() and _dot_atoms(local, spelled)
 
 
 def builds_quickly(payload: Mapping[str, Any]) -> bool:
@@ -110,12 +143,19 @@ def builds_quickly(payload: Mapping[str, Any]) -> bool:
     through the email package's header classes, about 100 µs each, and an internationalised
     domain costs its encoding too, 0.3 to 1 ms when it is new (docs/performance.md, "The
     addresses' checks")."""
+    return _in_lists_not_all(payload, _written_as_is) <= SLOW_STEPS_ON_THE_LOOP
+
+
+def _in_lists_not_all(
+    payload: Mapping[str, Any], quick: Callable[[Mapping[str, Any]], bool]
+) -> int:
+    """The addresses in ``payload``'s lists of which not every address is ``quick``."""
     slow = 0
     for field in ADDRESS_FIELDS:
         items = payload.get(field) or ()
-        if not all(map(_written_as_is, items)):
+        if not all(map(quick, items)):
             slow += len(items)
-    return slow <= SLOW_STEPS_ON_THE_LOOP
+    return slow
 
 
 def _written_as_is(item: Mapping[str, Any]) -> bool:
@@ -140,7 +180,12 @@ def recipients(payload: Mapping[str, Any]) -> Sequence[str]:
 
 
 def message_size_bound(
-    payload: Mapping[str, Any], *, message_id: str, sender: str, decoded_sizes: Sequence[int]
+    payload: Mapping[str, Any],
+    *,
+    message_id: str,
+    sender: str,
+    decoded_sizes: Sequence[int],
+    folded: Mapping[str, str] | None = None,
 ) -> int:
     """At least the length of ``build_message(payload, …)``, and at most
     ``BOUND_SLACK_PER_PART`` bytes per MIME part more, without encoding the attachments.
@@ -150,13 +195,15 @@ def message_size_bound(
     to check them). The message is built with empty attachments (headers, bodies and parts
     as sent; the boundaries have a fixed length) and each attachment's base64 is added by
     arithmetic: 4 characters per 3 bytes, padded, in lines of 996 characters (747 bytes),
-    each ending in CRLF. Raises ``ValueError`` when the message cannot be built (as
+    each ending in CRLF. ``folded`` is ``folded_address_lists(payload)``, when the caller
+    computed it beforehand. Raises ``ValueError`` when the message cannot be built (as
     ``build_message``).
     """
     attachments = payload.get("attachments") or ()
     if len(decoded_sizes) != len(attachments):
         raise ValueError("one decoded size per attachment is needed")
-    size = len(_flatten(_message(payload, message_id, sender, None, [""] * len(attachments))))
+    empty = [""] * len(attachments)
+    size = len(_flatten(_message(payload, message_id, sender, None, empty, folded)))
     per_line = _BASE64_LINE // 4 * 3
     for count in decoded_sizes:
         size += 4 * -(-count // 3) + 2 * -(-count // per_line)
@@ -269,16 +316,17 @@ def _message(
     sender: str,
     date: dt.datetime | None,
     attachment_bodies: Sequence[str],
+    folded: Mapping[str, str] | None = None,
 ) -> _Part:
     """The part tree of ``payload``, its top-level headers first; ``attachment_bodies`` are
-    the encoded bodies of its attachments, in order."""
+    the encoded bodies of its attachments, in order; ``folded``, when given, its address
+    lists as ``folded_address_lists`` wrote them."""
     top = _Part(policy=_POLICY)
     sender_name = (payload.get("from") or {}).get("name") or ""
     top["From"] = _addresses("From", [{"address": sender, "name": sender_name}])
-    top["To"] = _addresses("To", payload["to"])
-    for field, header in (("cc", "Cc"), ("bcc", "Bcc"), ("reply_to", "Reply-To")):
-        if payload.get(field):
-            top[header] = _addresses(header, payload[field])
+    lists = folded_address_lists(payload) if folded is None else folded
+    for header, value in lists.items():
+        top[header] = value
     top["Subject"] = _unstructured("Subject", payload["subject"])
     top["Date"] = format_datetime(date or dt.datetime.now(dt.UTC))
     top["Message-ID"] = _single_line(message_id)

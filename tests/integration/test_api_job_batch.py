@@ -18,6 +18,7 @@ from mailbox_worker import lanes
 from mailbox_worker.api import parsing
 from mailbox_worker.api.document import ApiDocument
 from mailbox_worker.api.errors import client_gone
+from mailbox_worker.jobs import mime
 from mailbox_worker.policy import addresses, domains
 from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
 from mailbox_worker.states import JobState
@@ -147,7 +148,7 @@ def _new_domains(count: int, tag: str) -> list[str]:
 def _spy_on_the_encoder(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Every IDNA encoding from now on, as ``(domain, thread name)``; the encoder's cache keeps
     one domain only, as if the request held more new ones than it keeps."""
-    monkeypatch.setattr(domains, "_spelled", functools.lru_cache(1)(domains._spelled.__wrapped__))
+    monkeypatch.setattr(domains, "_spelling", functools.lru_cache(1)(domains._spelling.__wrapped__))
     encode = idna.encode
     calls: list[tuple[str, str]] = []
 
@@ -337,3 +338,80 @@ async def test_a_request_whose_client_hung_up_while_it_waited_for_the_lane_is_no
     assert len(calls) <= SLOW_STEPS_ON_THE_LOOP  # the loop's share, before it deferred
     jobs = await api.call("GET", "/v1/jobs", key=key)
     assert jobs.json()["items"] == []
+
+
+def _spy_on_the_folding(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every header the email package folds from now on, as ``(header, thread name)``."""
+    fold = mime._modern_fold
+    calls: list[tuple[str, str]] = []
+
+    def spy(name: str, value: Any) -> str:
+        calls.append((name, threading.current_thread().name))
+        return fold(name, value)
+
+    monkeypatch.setattr(mime, "_modern_fold", spy)
+    return calls
+
+
+async def test_a_batch_of_lists_folded_slowly_is_sized_beside_the_loop(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list holding one quoted address is folded by the email package, about 100 µs an
+    address, and the intake's exact size bound folded it in the jobs' transaction, on the
+    loop: a 16 MB batch of such lists would have held it for a minute and more. Past the
+    budget of slow steps they are folded in the costly checks' lane before the transaction,
+    and the answers are the same."""
+    _, key, mailbox_id = caller
+    quoted = {"address": '"a b"@fabrikam.example'}
+    lists = [[quoted, *({"address": f"ap{n}@fabrikam.example"} for n in range(40))]]
+    items = [job_request(mailbox_id, to=to, cc=to) for to in lists * 2]
+    calls = _spy_on_the_folding(monkeypatch)
+    on_the_loop = threading.current_thread().name
+
+    answer = await batch(api, key, items)
+
+    assert answer.status == 200, answer.body
+    assert [item["status"] for item in answer.json()["items"]] == ["created"] * 2
+    folded = [(header, thread) for header, thread in calls if header in ("To", "Cc")]
+    assert sorted(header for header, _ in folded) == ["Cc", "Cc", "To", "To"]
+    assert {thread for _, thread in folded} == {"costly-checks_0"}
+    assert on_the_loop not in {thread for _, thread in calls}
+
+
+async def test_a_request_of_few_lists_folded_slowly_is_sized_on_the_loop(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, key, mailbox_id = caller
+    to = [{"address": '"a b"@fabrikam.example'}, {"address": "ap@fabrikam.example"}]
+    calls = _spy_on_the_folding(monkeypatch)
+    on_the_loop = threading.current_thread().name
+
+    answer = await api.call("POST", "/v1/jobs", key=key, json_body=job_request(mailbox_id, to=to))
+
+    assert answer.status == 202, answer.body
+    assert calls == [("To", on_the_loop)]
+
+
+async def test_a_list_that_cannot_be_folded_fails_its_item_alone(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folding beside the loop keeps the builder's error for its item's turn in the
+    transaction: that item is answered ``invalid_message``, the others are created."""
+    _, key, mailbox_id = caller
+    quoted = [{"address": f'"a b{n}"@fabrikam.example'} for n in range(SLOW_STEPS_ON_THE_LOOP)]
+    fold = mime._modern_fold
+
+    def failing(name: str, value: Any) -> str:
+        if name == "Cc":
+            raise ValueError("cannot fold")
+        return fold(name, value)
+
+    monkeypatch.setattr(mime, "_modern_fold", failing)
+    items = [job_request(mailbox_id, to=quoted), job_request(mailbox_id, to=quoted, cc=quoted)]
+
+    answer = await batch(api, key, items)
+
+    assert answer.status == 200, answer.body
+    results = answer.json()["items"]
+    assert [item["status"] for item in results] == ["created", "error"]
+    assert results[1]["error"]["code"] == "invalid_message"

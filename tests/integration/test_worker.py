@@ -311,7 +311,7 @@ async def test_a_message_of_many_new_domains_is_built_beside_the_loop(
         return answer
 
     monkeypatch.setattr(idna, "encode", spy)
-    domains._spelled.cache_clear()
+    domains._spelling.cache_clear()
 
     sent = await harness.settled(await harness.enqueue(to=[f"ap@{d}" for d in spelled]))
 

@@ -4,15 +4,21 @@ most its stated slack: checked on many random messages (seeded, so a failure rep
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import random
+import re
 import string
 from typing import Any
 
 import pytest
 
+from mailbox_worker.jobs import mime
 from mailbox_worker.jobs.mime import (
+    ADDRESS_FIELDS,
     BOUND_SLACK_PER_PART,
     build_message,
+    folded_address_lists,
+    lists_folded_slowly,
     message_size_bound,
     message_size_ceiling,
 )
@@ -194,3 +200,54 @@ def test_the_ceiling_counts_addresses_as_written_not_as_given() -> None:
     built, bound = built_and_bound(payload)
     ceiling = ceiling_of(payload)
     assert ceiling is not None and ceiling >= bound == len(built)
+
+
+def unbounded(message: bytes) -> bytes:
+    """``message`` with its random part boundaries (``=_`` and 32 hex digits) made equal."""
+    return re.sub(rb"=_[0-9a-f]{32}", b"=_boundary", message)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_lists_folded_beforehand_give_the_same_message_and_bound(seed: int) -> None:
+    """The intake folds costly address lists beside the loop and hands them to the bound
+    (``folded``): the message and its bound are the same as when the builder folds them."""
+    payload = equivalence_payload(random.Random(seed))
+    sizes = [len(base64.b64decode(item["content_base64"])) for item in payload["attachments"]]
+    who: dict[str, Any] = {"message_id": "<job_1@contoso.example>", "sender": "b@contoso.example"}
+    date = dt.datetime(2026, 12, 7, 20, 0, tzinfo=dt.UTC)
+    folded = folded_address_lists(payload)
+
+    assert list(folded) == [
+        header
+        for field, header in zip(ADDRESS_FIELDS, ("To", "Cc", "Bcc", "Reply-To"), strict=True)
+        if field == "to" or payload.get(field)
+    ]
+    assert unbounded(build_message(payload, **who, date=date, folded=folded)) == unbounded(
+        build_message(payload, **who, date=date)
+    )
+    assert message_size_bound(
+        payload, **who, decoded_sizes=sizes, folded=folded
+    ) == message_size_bound(payload, **who, decoded_sizes=sizes)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_lists_folded_slowly_counts_the_lists_the_email_package_folds(seed: int) -> None:
+    """Every address of a list holding one the builder cannot write as it is (a quoted or
+    internationalised local part, a domain literal), and no other."""
+    payload = equivalence_payload(random.Random(seed))
+    lists = [payload.get(field) or [] for field in ADDRESS_FIELDS]
+    expected = sum(len(items) for items in lists if None in map(mime._mailbox, items))
+
+    assert lists_folded_slowly(payload) == expected
+
+
+def test_lists_folded_slowly_by_example() -> None:
+    plain = {"address": "ap@fabrikam.example"}
+    payload = {
+        "to": [plain, {"address": "ap@bücher.example"}],  # an IDN domain: written as it is
+        "cc": [plain, {"address": '"a b"@fabrikam.example'}, plain],
+        "bcc": [{"address": "rené@fabrikam.example"}],
+        "reply_to": [{"address": "ap@[192.0.2.1]"}],
+    }
+    assert lists_folded_slowly(payload) == 3 + 1 + 1
+    assert lists_folded_slowly({"to": [plain, {"address": "a=?b@fabrikam.example"}]}) == 2

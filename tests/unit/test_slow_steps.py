@@ -37,7 +37,9 @@ def test_a_new_domain_and_an_irregular_address_spend_a_step_a_plain_address_none
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Caches answer without a step: a domain or an address checked before costs nothing."""
-    monkeypatch.setattr(domains, "_spelled", functools.lru_cache(16)(domains._spelled.__wrapped__))
+    monkeypatch.setattr(
+        domains, "_spelling", functools.lru_cache(16)(domains._spelling.__wrapped__)
+    )
     monkeypatch.setattr(
         addresses, "_parses_back", functools.lru_cache(16)(addresses._parses_back.__wrapped__)
     )
