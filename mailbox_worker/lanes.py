@@ -11,9 +11,10 @@ have taken them all.
   irregular addresses, and of bodies the compiled validator refused (``api/parsing.py``,
   ``jobs/intake.py``). Each work holds its request's parsed body while it waits, and the loop
   goes on reading other bodies meanwhile; so the lane admits works while the bodies they hold
-  come to at most ``CHECKS_ADMITTED_BYTES`` (a work alone in the lane is always admitted).
-  Past that it refuses at once: ``LaneFull``, which the API answers ``503 server_busy`` with
-  ``Retry-After`` (``api/errors.py``).
+  come to at most ``CHECKS_ADMITTED_BYTES``. Past that it refuses at once: ``LaneFull``,
+  which the API answers ``503 server_busy`` with ``Retry-After`` (``api/errors.py``). A work
+  alone in the lane, and a small one (``CHECKS_ALWAYS_ADMITTED``: an ordinary request whose
+  body the validator refused, to be explained), are always admitted.
 - ``BUILDS``: the worker's messages too slow to build on the loop (``jobs/worker.py``). The
   worker's concurrency bounds them, so it admits them all.
 
@@ -37,6 +38,9 @@ Result = TypeVar("Result")
 CHECKS_ADMITTED_BYTES = 64 * 1024 * 1024
 """The request bytes the costly checks' lane holds at once: four bodies of the default
 ``server.max_request_bytes`` (16 MiB), each several times that once parsed."""
+CHECKS_ALWAYS_ADMITTED = 64 * 1024
+"""Works holding at most these bytes are admitted whatever the lane holds: they cost it little
+memory, and an invalid request of ordinary size is answered 400, not 503."""
 _LONGEST_RETRY_AFTER = 60
 
 
@@ -56,11 +60,15 @@ class WorkAbandoned(Exception):
 
 class Lane:
     """One thread beside the loop, admitting works while the bytes they hold come to at most
-    ``admits_bytes`` (None: every work)."""
+    ``admits_bytes`` (None: every work), and a work of at most ``always_admits`` bytes
+    whatever it holds."""
 
-    def __init__(self, name: str, *, admits_bytes: int | None = None) -> None:
+    def __init__(
+        self, name: str, *, admits_bytes: int | None = None, always_admits: int = 0
+    ) -> None:
         self.name = name
         self.admits_bytes = admits_bytes
+        self.always_admits = always_admits
         self.held = 0
         """Works admitted and not finished, the one running included."""
         self.held_bytes = 0
@@ -81,7 +89,8 @@ class Lane:
         only read)."""
         with self._lock:
             limit = self.admits_bytes
-            if limit is not None and self.held and self.held_bytes + size > limit:
+            full = limit is not None and self.held > 0 and self.held_bytes + size > limit
+            if full and size > self.always_admits:
                 raise LaneFull(self.name, self.retry_after())
             self.held += 1
             self.held_bytes += size
@@ -117,5 +126,7 @@ class Lane:
         return min(max(expected, 1), _LONGEST_RETRY_AFTER)
 
 
-CHECKS = Lane("costly-checks", admits_bytes=CHECKS_ADMITTED_BYTES)
+CHECKS = Lane(
+    "costly-checks", admits_bytes=CHECKS_ADMITTED_BYTES, always_admits=CHECKS_ALWAYS_ADMITTED
+)
 BUILDS = Lane("costly-builds")

@@ -111,8 +111,8 @@ def error_middleware(
             return error_response(
                 503,
                 "server_busy",
-                "the server is busy checking other requests of many new internationalised "
-                "domains or irregular addresses; try again later",
+                "the server is busy with other requests too costly to check on its event loop; "
+                "try again later",
                 identifier=request_id(request),
                 headers={"Retry-After": str(full.retry_after)},
             )

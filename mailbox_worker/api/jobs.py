@@ -18,7 +18,13 @@ from mailbox_worker.api.pagination import (
     page_limit,
     timestamp,
 )
-from mailbox_worker.api.parsing import idempotency_key, read_json, read_json_items
+from mailbox_worker.api.parsing import (
+    body_bytes,
+    client_present,
+    idempotency_key,
+    read_json,
+    read_json_items,
+)
 from mailbox_worker.api.representations import job_json, job_location
 from mailbox_worker.api.services import JobFilter, Submission
 from mailbox_worker.errors import RequestError, ValidationFailed
@@ -39,7 +45,14 @@ async def enqueue(request: web.Request) -> web.Response:
     spellings: dict[str, str] = {}
     body = await read_json(request, "JobRequest", spellings=spellings)
     # read_json validated it, and spelled its domains.
-    submission = Submission(body, key, base64_checked=True, spellings=spellings)
+    submission = Submission(
+        body,
+        key,
+        base64_checked=True,
+        spellings=spellings,
+        request_bytes=body_bytes(request),
+        client_present=client_present(request),
+    )
     job, created = await services(request).jobs.submit(principal, submission)
     return web.json_response(
         job_json(job), status=202 if created else 200, headers={"Location": job_location(job.id)}
@@ -56,6 +69,7 @@ async def enqueue_batch(request: web.Request) -> web.Response:
     )
     items: list[Any] = body[BATCH_ITEMS]
     refused: dict[int, RequestError] = dict(item_failures)
+    size, present = body_bytes(request), client_present(request)
     submissions = [
         # The items not refused passed their schema (read_json_items).
         (
@@ -65,6 +79,8 @@ async def enqueue_batch(request: web.Request) -> web.Response:
                 item.get("idempotency_key"),
                 base64_checked=True,
                 spellings=spellings,
+                request_bytes=size,
+                client_present=present,
             ),
         )
         for index, item in enumerate(items)

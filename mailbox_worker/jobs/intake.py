@@ -29,9 +29,10 @@ from mailbox_worker.errors import (
 )
 from mailbox_worker.jobs.message_json import Marked, dumps_message, mark, pieces
 from mailbox_worker.jobs.mime import (
+    addresses_in,
     build_message,
     folded_address_lists,
-    lists_folded_slowly,
+    folding_steps,
     message_size_bound,
     message_size_ceiling,
 )
@@ -45,7 +46,7 @@ from mailbox_worker.jobs.transitions import (
 )
 from mailbox_worker.policy.addresses import same_address
 from mailbox_worker.policy.domains import spellings_kept
-from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
+from mailbox_worker.policy.slow_steps import ADDRESSES_ON_THE_LOOP, SLOW_STEPS_ON_THE_LOOP
 from mailbox_worker.states import JobState, MailboxState
 from mailbox_worker.telemetry import Telemetry
 
@@ -75,6 +76,12 @@ class Submission:
     (``policy/domains.spellings_kept``): the intake's checks, which spell the same recipients
     again, read them here rather than encode them a second time. One dictionary serves every
     item of a batch: it is no part of the submission's repr or equality."""
+    request_bytes: int = field(default=0, repr=False, compare=False)
+    """The bytes of the request it came in (every item of a batch shares them), which it
+    holds while it waits for the costly checks' lane (``lanes.CHECKS``)."""
+    client_present: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    """Whether the request's client is still connected: work for one that hung up is not done
+    (``lanes.Lane.run``'s ``wanted``)."""
 
 
 @dataclass(frozen=True)
@@ -186,29 +193,19 @@ class JobIntake:
         it anew. The key is looked up only when a check fails; otherwise the insert meets it
         (``JobStore.enqueue_for_mailboxes``), which saves a read on the common path.
         """
-        # Each message's attachments marked once, for its digest and its stored JSON.
-        marks = [
-            mark(_message_of(submission.body), base64_checked=submission.base64_checked)
-            for submission in submissions
-        ]
-        digests = [
-            _request_digest(submission.body, marked)
-            for submission, marked in zip(submissions, marks, strict=True)
-        ]
+        worked = await _worked_out(submissions)
+        digests = [each.digest for each in worked]
         checked: list[NewJob | RequestError] = []
         size = sum(map(_content_size, submissions))
-        folded = await _fold_costly_lists(submissions, size)
 
         def prepare(mailboxes: Mapping[str, Mailbox]) -> list[NewJob]:
             # In the jobs' transaction, the mailboxes read and locked (JobStore).
             checked.clear()  # one list of answers per run, should a run ever be repeated
-            for submission, digest, marked, lists in zip(
-                submissions, digests, marks, folded, strict=True
-            ):
+            for submission, each in zip(submissions, worked, strict=True):
                 mailbox = mailboxes.get(str(submission.body["mailbox_id"]))
                 try:
                     with spellings_kept(submission.spellings):
-                        new = self._prepare(principal, submission, digest, marked, mailbox, lists)
+                        new = self._prepare(principal, submission, each, mailbox)
                     checked.append(new)
                 except RequestError as error:
                     checked.append(error)
@@ -254,14 +251,11 @@ class JobIntake:
         self,
         principal: Principal,
         submission: Submission,
-        digest: str,
-        marked: Marked | None,
+        worked: _WorkedOut,
         mailbox: Mailbox | None,
-        folded: Folded = None,
     ) -> NewJob:
         """The job a submission asks for, once its mailbox (None: not one of the account's)
-        can take it and the message fits (its address lists ``folded`` beforehand, if they
-        were)."""
+        can take it and the message fits (with what was ``worked`` out of it beforehand)."""
         body = submission.body
         if mailbox is None:
             raise NotFound("no such mailbox in this account", code="mailbox_not_found")
@@ -290,14 +284,14 @@ class JobIntake:
         if send_at is not None and deadline is not None and send_at >= deadline:
             raise InvalidRequest("send_at must be before the deadline", code="invalid_send_at")
         domain = mailbox.address.rpartition("@")[2]
-        self._check_size(message, mailbox, mode, domain, folded)
+        self._check_size(message, mailbox, mode, domain, worked.folded)
         return NewJob(
             account_id=principal.account_id,
             mailbox_id=mailbox.id,
             mode=mode,
             payload=message,
-            payload_json=dumps_message(message, marked),
-            request_sha256=digest,
+            payload_json=worked.payload_json or dumps_message(message, worked.marked),
+            request_sha256=worked.digest,
             message_id_domain=domain,
             idempotency_key=submission.idempotency_key,
             reference=body.get("reference"),
@@ -468,35 +462,60 @@ def _request_digest(body: Any, marked: Marked | None) -> str:
     return digest.hexdigest()
 
 
-async def _fold_costly_lists(submissions: Sequence[Submission], size: int) -> list[Folded]:
-    """Each submission's address lists folded beforehand, where folding them in the jobs'
-    transaction would hold the loop: when the submissions' lists folded by the email package
-    (quoted or internationalised local parts, ``mime.lists_folded_slowly``, about 100 µs an
-    address) hold more than ``SLOW_STEPS_ON_THE_LOOP`` addresses, they are folded in the
-    costly checks' lane (``lanes.CHECKS``; ``size`` is the request bytes held meanwhile), and
-    nothing is folded on the loop. A 16 MB batch of such lists would have held it for a minute
-    and more (docs/performance.md, "The addresses' checks")."""
-    messages = [_message_of(submission.body) for submission in submissions]
-    costs = [
-        lists_folded_slowly(message) if isinstance(message, Mapping) else 0 for message in messages
-    ]
-    if sum(costs) <= SLOW_STEPS_ON_THE_LOOP:
-        return [None] * len(submissions)
+@dataclass(frozen=True)
+class _WorkedOut:
+    """What the intake works out of a submission before the jobs' transaction."""
 
-    def fold() -> list[Folded]:
-        folded: list[Folded] = []
-        for submission, message, cost in zip(submissions, messages, costs, strict=True):
-            if not cost:
-                folded.append(None)
+    marked: Marked | None
+    """Its message's attachments, marked once for its digest and its stored JSON."""
+    digest: str
+    payload_json: str | None = None
+    """Its message as stored, when written beforehand; else written in the transaction."""
+    folded: Folded = None
+
+
+async def _worked_out(submissions: Sequence[Submission]) -> list[_WorkedOut]:
+    """Each submission's digest, and for a costly request its stored JSON and its address
+    lists folded, all of it beside the loop (``lanes.CHECKS``), for the transaction to use.
+
+    A request is costly when it holds more than ``ADDRESSES_ON_THE_LOOP`` addresses (each
+    costs a few µs to hash, write and size: 0.3 s for the 300,000 of an 11 MB batch), or
+    when its lists take more than ``SLOW_STEPS_ON_THE_LOOP`` slow steps to fold
+    (``mime.folding_steps``: lists the email package folds, about 100 µs an address; an
+    address too long for a line, 15 to 35 ms). A 16 MB batch of such lists held the loop for
+    a minute and more, in the transaction (docs/performance.md, "The addresses' checks")."""
+    messages = [_message_of(submission.body) for submission in submissions]
+    mappings = [message if isinstance(message, Mapping) else {} for message in messages]
+
+    def work_out(costly: bool) -> list[_WorkedOut]:
+        worked = []
+        for submission, message, mapping in zip(submissions, messages, mappings, strict=True):
+            marked = mark(message, base64_checked=submission.base64_checked)
+            digest = _request_digest(submission.body, marked)
+            if not (costly and mapping):
+                worked.append(_WorkedOut(marked, digest))
                 continue
+            folded: Folded
             try:
                 with spellings_kept(submission.spellings):
-                    folded.append(folded_address_lists(message))
+                    folded = folded_address_lists(mapping)
             except ValueError as error:  # raised in the transaction, in its turn
-                folded.append(error)
-        return folded
+                folded = error
+            payload_json = dumps_message(dict(mapping), marked)
+            worked.append(_WorkedOut(marked, digest, payload_json, folded))
+        return worked
 
-    return await lanes.CHECKS.run(fold, size=size)
+    if sum(map(addresses_in, mappings)) <= ADDRESSES_ON_THE_LOOP:
+        steps = 0
+        for submission, mapping in zip(submissions, mappings, strict=True):
+            with spellings_kept(submission.spellings):
+                steps += folding_steps(mapping)
+        if steps <= SLOW_STEPS_ON_THE_LOOP:
+            return work_out(costly=False)
+    first = submissions[0]
+    return await lanes.CHECKS.run(
+        lambda: work_out(costly=True), size=first.request_bytes, wanted=first.client_present
+    )
 
 
 def _message_of(body: Any) -> Any:

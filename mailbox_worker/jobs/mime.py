@@ -41,7 +41,7 @@ import datetime as dt
 import io
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from email import base64mime, policy
 from email.generator import BytesGenerator
 from email.headerregistry import Address
@@ -107,11 +107,11 @@ _ADDRESS_HEADERS = {"to": "To", "cc": "Cc", "bcc": "Bcc", "reply_to": "Reply-To"
 
 def folded_address_lists(payload: Mapping[str, Any]) -> dict[str, str]:
     """The values of ``payload``'s address headers (To, Cc, Bcc, Reply-To), by header name,
-    as ``build_message`` writes them. A list holding an address that is not a dot-atom at a
-    dot-atom (``lists_folded_slowly``) is folded by the email package's header classes, about
-    100 µs an address: the intake folds such lists beside the loop and hands them to
-    ``message_size_bound`` (docs/performance.md, "The addresses' checks"). Raises
-    ``ValueError`` as ``build_message`` would."""
+    as ``build_message`` writes them. Folding a list costs a few µs an address, and about
+    100 µs where the email package's header classes fold it (``folding_steps``): the intake
+    folds the lists of a request with many addresses beside the loop and hands them to the
+    size checks (docs/performance.md, "The addresses' checks"). Raises ``ValueError`` as
+    ``build_message`` would."""
     return {
         header: _addresses(header, payload[field])
         for field, header in _ADDRESS_HEADERS.items()
@@ -119,49 +119,66 @@ def folded_address_lists(payload: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def lists_folded_slowly(payload: Mapping[str, Any]) -> int:
-    """The addresses in ``payload``'s lists that ``build_message`` folds with the email
-    package's header classes: every address of a list holding one whose local part is not an
-    ASCII dot-atom (quoted, internationalised) or whose domain, in ASCII, is not one (a
-    literal). Domains outside ASCII count as their IDNA form, a dot-atom: they cost their
-    encoding, which the API's checks spent already (``spellings_kept``)."""
-    return _in_lists_not_all(payload, _folded_quickly)
+def addresses_in(payload: Mapping[str, Any]) -> int:
+    """How many addresses ``payload``'s lists hold (the sender's aside)."""
+    return sum(len(payload.get(field) or ()) for field in ADDRESS_FIELDS)
 
 
-def _folded_quickly(item: Mapping[str, Any]) -> bool:
-    """Whether ``_mailbox`` writes the item as it is once its domain is spelled in ASCII."""
-    local, _, domain = str(item.get("address", "")).rpartition("@")
-    spelled = domain if domain.isascii() else "xn--a"  # an IDNA form: letters, digits, hyphens
-    return local.isascii() and _dot_atoms(local, spelled)
+def folding_steps(payload: Mapping[str, Any]) -> int:
+    """The slow steps (``policy/slow_steps.py``) of folding ``payload``'s lists once their
+    domains are spelled: one per address of a list the email package's header classes fold
+    (one of its addresses is not a dot-atom at a dot-atom, about 100 to 500 µs each), and
+    more than the loop's whole budget for an address that may not fit on a line (a long name
+    outside ASCII: 15 to 35 ms each). Errs on the side of counting."""
+    return _list_steps(payload, spelled=True)
 
 
 def builds_quickly(payload: Mapping[str, Any]) -> bool:
-    """Whether ``build_message`` of ``payload`` takes a few milliseconds at most: whether at
-    most ``SLOW_STEPS_ON_THE_LOOP`` of its addresses (the sender's aside) are in lists the
-    builder cannot write as they are. A list is written as it is when each of its addresses
-    is ASCII, a dot-atom at a dot-atom (``_mailbox``); otherwise each of its addresses goes
-    through the email package's header classes, about 100 µs each, and an internationalised
-    domain costs its encoding too, 0.3 to 1 ms when it is new (docs/performance.md, "The
-    addresses' checks")."""
-    return _in_lists_not_all(payload, _written_as_is) <= SLOW_STEPS_ON_THE_LOOP
+    """Whether ``build_message`` of ``payload`` takes a few milliseconds at most: whether its
+    lists' slow steps (the sender's aside) are at most ``SLOW_STEPS_ON_THE_LOOP``. Those of
+    ``folding_steps``, and an internationalised domain's, which the builder encodes (0.3 to
+    1 ms when it is new): a list holding one counts each of its addresses
+    (docs/performance.md, "The addresses' checks")."""
+    return _list_steps(payload, spelled=False) <= SLOW_STEPS_ON_THE_LOOP
 
 
-def _in_lists_not_all(
-    payload: Mapping[str, Any], quick: Callable[[Mapping[str, Any]], bool]
-) -> int:
-    """The addresses in ``payload``'s lists of which not every address is ``quick``."""
-    slow = 0
-    for field in ADDRESS_FIELDS:
+_TOO_LONG_STEPS = SLOW_STEPS_ON_THE_LOOP + 1
+"""An address that may not fit on a line sends the list to the modern policy, which splits its
+name's encoded word: 15 to 35 ms each on the development machine."""
+
+
+def _list_steps(payload: Mapping[str, Any], *, spelled: bool) -> int:
+    steps = 0
+    for field, header in _ADDRESS_HEADERS.items():
         items = payload.get(field) or ()
-        if not all(map(quick, items)):
-            slow += len(items)
-    return slow
+        line = MAX_LINE - len(header) - 3  # as ``_plain_mailboxes`` measures
+        costs = [_steps(item, line, spelled) for item in items]
+        if any(costs):
+            steps += sum(max(cost, 1) for cost in costs)
+    return steps
 
 
-def _written_as_is(item: Mapping[str, Any]) -> bool:
-    address = str(item.get("address", ""))
-    local, _, domain = address.rpartition("@")
-    return address.isascii() and _dot_atoms(local, domain)
+def _steps(item: Mapping[str, Any], line: int, spelled: bool) -> int:
+    """0 when ``_mailbox`` writes ``item`` as it is within ``line`` characters; 1 when it
+    cannot (or, ``spelled`` false, when its domain needs encoding); ``_TOO_LONG_STEPS`` when
+    it may pass the line."""
+    local, _, domain = str(item.get("address", "")).rpartition("@")
+    if domain.isascii():
+        written = domain
+    elif not spelled:
+        return 1
+    else:
+        try:
+            written = ascii_domain(domain)  # spelled by the API's checks (``spellings_kept``)
+        except ValueError:
+            return 1
+    if not (local.isascii() and _dot_atoms(local, written)):
+        return 1
+    name = str(item.get("name") or "")
+    # As written: quoted with escapes, or one encoded word (UTF-8, base64), and " <…>".
+    longest_name = max(2 * len(name) + 2, 14 + 4 * -(-len(name.encode("utf-8")) // 3))
+    longest = len(local) + 1 + len(written) + (longest_name + 3 if name else 0)
+    return _TOO_LONG_STEPS if longest > line else 0
 
 
 def _dot_atoms(local: str, domain: str) -> bool:
@@ -211,7 +228,12 @@ def message_size_bound(
 
 
 def message_size_ceiling(
-    payload: Mapping[str, Any], *, message_id: str, sender: str, decoded_sizes: Sequence[int]
+    payload: Mapping[str, Any],
+    *,
+    message_id: str,
+    sender: str,
+    decoded_sizes: Sequence[int],
+    folded: Mapping[str, str] | None = None,
 ) -> int | None:
     """A quick upper bound of ``message_size_bound`` (so of the built message's length),
     from the payload's lengths alone, nothing encoded or folded; None when the payload has
@@ -228,9 +250,14 @@ def message_size_ceiling(
     headers and the top-level ones (Date, Message-ID, MIME-Version). It is some kilobytes
     above the exact size, which the intake computes only when this is over the provider's
     limit (tests/unit/test_message_size_bound.py checks it is never below it).
+
+    ``folded``, ``folded_address_lists(payload)`` computed beforehand, counts the lists as
+    they are written, exactly, without a look at each address.
     """
     sender_item = {"address": sender, "name": (payload.get("from") or {}).get("name")}
-    lists = [[sender_item]] + [list(payload.get(field) or ()) for field in ADDRESS_FIELDS]
+    lists = [[sender_item]]
+    if folded is None:
+        lists += [list(payload.get(field) or ()) for field in ADDRESS_FIELDS]
     attachments = payload.get("attachments") or ()
     values = [payload.get("subject") or "", message_id]
     values += [str(item.get("name") or "") for items in lists for item in items]
@@ -255,6 +282,8 @@ def message_size_ceiling(
         # NFKC can make far longer than the UTF-8: "㍿" is "xn--6oqv20b1zgzxr"), twice over
         # for a list the modern policy folds instead.
         size += 100 + sum(2 * len(mailbox or "") + 40 for mailbox in mailboxes)
+    if folded is not None:
+        size += sum(len(header) + len(value) + 4 for header, value in folded.items())
     for body in ("text", "html"):
         if payload.get(body) is not None:
             size += 64 + 4 * utf8(payload[body])

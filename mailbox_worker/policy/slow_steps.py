@@ -22,6 +22,14 @@ SLOW_STEPS_ON_THE_LOOP = 32
 development machine."""
 
 
+ADDRESSES_ON_THE_LOOP = 2_000
+"""Addresses a request may carry and still be handled on the loop. Each costs a few µs there
+however common its form: checked against its format, hashed into the request's digest,
+written into the stored message, measured for the size check; an 11 MB batch of 300,000 held
+the loop 0.6 to 1.1 s. Past this many, that work is done beside the loop too
+(docs/performance.md, "The addresses' checks")."""
+
+
 class SlowWorkDeferred(Exception):
     """The budget in force is spent: an internal signal, never an answer, caught where the
     budget was set (``api/parsing.py``), which does the work again in a thread. Not in

@@ -231,6 +231,17 @@ def test_a_domain_without_an_ascii_form_is_encoded_once() -> None:
     assert kinds == {idna.InvalidCodepoint}  # as the encoder raised it: job errors name it
 
 
+def test_names_longer_than_any_domain_are_never_remembered() -> None:
+    """A return origin's host is spelled before its length is checked, and a failure's
+    message quotes its label: such strings are encoded each time, never kept."""
+    domains._spelling.cache_clear()
+    longest, too_long = "ü" * domains.CACHED_LENGTH, "ü" * (domains.CACHED_LENGTH + 1)
+    for name in (longest, too_long, "☃" * 80_000):
+        with pytest.raises(UnicodeError):
+            domains.ascii_domain(name)
+    assert domains._spelling.cache_info().currsize == 1  # the longest that can be a domain
+
+
 def test_spellings_kept_answer_within_and_are_left_alone_outside() -> None:
     """``spellings_kept`` holds what was spelled within it, whatever the cache keeps, and
     answers from it; outside it nothing is added."""

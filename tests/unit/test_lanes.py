@@ -72,6 +72,23 @@ async def test_a_work_alone_is_admitted_whatever_its_size() -> None:
     assert await lane.run(lambda: "large", size=1_000) == "large"
 
 
+async def test_a_small_work_is_admitted_whatever_the_lane_holds() -> None:
+    """An ordinary request refused by the validator is explained in the lane: it gets its
+    400, not a 503, however many large bodies wait there."""
+    lane = Lane("test-lane", admits_bytes=10, always_admits=2)
+    gate, ran = threading.Event(), list[str]()
+    first = asyncio.ensure_future(lane.run(blocked(gate, ran, "large"), size=10))
+    await until(lambda: ran == ["large"])
+    small = asyncio.ensure_future(lane.run(blocked(gate, ran, "small"), size=2))
+    await asyncio.sleep(0)
+
+    with pytest.raises(LaneFull):
+        await lane.run(blocked(gate, ran, "medium"), size=3)
+    assert lane.held_bytes == 12
+    gate.set()
+    assert list(await asyncio.gather(first, small)) == ["large", "small"]
+
+
 async def test_a_lane_without_a_limit_admits_every_work() -> None:
     lane = Lane("test-lane")
     gate, ran = threading.Event(), list[str]()

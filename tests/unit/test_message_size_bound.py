@@ -4,7 +4,6 @@ most its stated slack: checked on many random messages (seeded, so a failure rep
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import random
 import re
 import string
@@ -18,11 +17,12 @@ from mailbox_worker.jobs.mime import (
     BOUND_SLACK_PER_PART,
     build_message,
     folded_address_lists,
-    lists_folded_slowly,
+    folding_steps,
     message_size_bound,
     message_size_ceiling,
 )
 from mailbox_worker.policy.addresses import is_email_address
+from mailbox_worker.policy.slow_steps import SLOW_STEPS_ON_THE_LOOP
 
 from .test_mime_equivalence import random_payload as equivalence_payload
 
@@ -207,41 +207,90 @@ def unbounded(message: bytes) -> bytes:
     return re.sub(rb"=_[0-9a-f]{32}", b"=_boundary", message)
 
 
-@pytest.mark.parametrize("seed", range(300))
-def test_lists_folded_beforehand_give_the_same_message_and_bound(seed: int) -> None:
-    """The intake folds costly address lists beside the loop and hands them to the bound
-    (``folded``): the message and its bound are the same as when the builder folds them."""
-    payload = equivalence_payload(random.Random(seed))
+def with_long_names(rng: random.Random, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with some names long enough, outside ASCII, that a mailbox may not fit on
+    a line (200 emoji: over 1,000 characters as one encoded word), or nearly."""
+    for field in ADDRESS_FIELDS:
+        for item in payload.get(field) or ():
+            if rng.random() < 0.15:
+                item["name"] = rng.choice(["📧", "請", "é", "a"]) * rng.choice([150, 180, 200])
+    return payload
+
+
+def payloads(seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    return with_long_names(rng, equivalence_payload(rng)) if seed % 2 else random_payload(rng)
+
+
+def header_values(message: bytes) -> list[tuple[str, str]]:
+    """The message's top-level headers, as written (folds kept)."""
+    head = message.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    return [
+        (name, value)
+        for name, _, value in (field.partition(": ") for field in re.split(r"\r\n(?! )", head))
+    ]
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_lists_folded_beforehand_are_what_the_message_carries(seed: int) -> None:
+    """The intake folds a costly request's lists beside the loop and hands them to the size
+    checks (``folded``): they are the To, Cc, Bcc and Reply-To headers of the built message,
+    in its order, and the bound and ceiling given them are the same as without."""
+    payload = payloads(seed)
     sizes = [len(base64.b64decode(item["content_base64"])) for item in payload["attachments"]]
     who: dict[str, Any] = {"message_id": "<job_1@contoso.example>", "sender": "b@contoso.example"}
-    date = dt.datetime(2026, 12, 7, 20, 0, tzinfo=dt.UTC)
     folded = folded_address_lists(payload)
+    built = build_message(payload, **who)
 
-    assert list(folded) == [
-        header
-        for field, header in zip(ADDRESS_FIELDS, ("To", "Cc", "Bcc", "Reply-To"), strict=True)
-        if field == "to" or payload.get(field)
-    ]
-    assert unbounded(build_message(payload, **who, date=date, folded=folded)) == unbounded(
-        build_message(payload, **who, date=date)
+    lists = {"To", "Cc", "Bcc", "Reply-To"}
+    assert [(name, value) for name, value in header_values(built) if name in lists] == list(
+        folded.items()
     )
-    assert message_size_bound(
-        payload, **who, decoded_sizes=sizes, folded=folded
-    ) == message_size_bound(payload, **who, decoded_sizes=sizes)
+    bound = message_size_bound(payload, **who, decoded_sizes=sizes, folded=folded)
+    assert bound == message_size_bound(payload, **who, decoded_sizes=sizes) == len(built)
+    ceiling = message_size_ceiling(payload, **who, decoded_sizes=sizes, folded=folded)
+    assert ceiling is None or ceiling >= bound
 
 
-@pytest.mark.parametrize("seed", range(300))
-def test_lists_folded_slowly_counts_the_lists_the_email_package_folds(seed: int) -> None:
-    """Every address of a list holding one the builder cannot write as it is (a quoted or
-    internationalised local part, a domain literal), and no other."""
-    payload = equivalence_payload(random.Random(seed))
-    lists = [payload.get(field) or [] for field in ADDRESS_FIELDS]
-    expected = sum(len(items) for items in lists if None in map(mime._mailbox, items))
+@pytest.mark.parametrize("seed", range(150))
+def test_folding_steps_count_every_list_the_email_package_folds(seed: int) -> None:
+    """Each address of a list the builder hands to the email package counts a step, and an
+    address too long for a line more than the loop's whole budget: whatever the builder
+    folds that way (seen by a spy on ``_modern_fold``) is counted, over the budget when a
+    mailbox passed the line."""
+    payload = payloads(seed)
+    folded_by_email: list[str] = []
+    fold = mime._modern_fold
 
-    assert lists_folded_slowly(payload) == expected
+    def spy(name: str, value: Any) -> str:
+        folded_by_email.append(name)
+        return fold(name, value)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mime, "_modern_fold", spy)
+        folded_address_lists(payload)
+    headers = dict(zip(("To", "Cc", "Bcc", "Reply-To"), ADDRESS_FIELDS, strict=True))
+    slow = [payload[headers[name]] for name in folded_by_email]
+    too_long = any(
+        len(mailbox) > mime.MAX_LINE - len(name) - 3
+        for name in folded_by_email
+        for mailbox in map(mime._mailbox, payload[headers[name]])
+        if mailbox is not None
+    )
+
+    steps = folding_steps(payload)
+    assert steps >= sum(map(len, slow))
+    if too_long:
+        assert steps > SLOW_STEPS_ON_THE_LOOP
+    if not folded_by_email:
+        assert steps == 0 or any(  # counted only for a name that may pass the line
+            len(str(item.get("name", "")).encode()) > 400
+            for field in ADDRESS_FIELDS
+            for item in payload.get(field) or ()
+        )
 
 
-def test_lists_folded_slowly_by_example() -> None:
+def test_folding_steps_by_example() -> None:
     plain = {"address": "ap@fabrikam.example"}
     payload = {
         "to": [plain, {"address": "ap@bücher.example"}],  # an IDN domain: written as it is
@@ -249,5 +298,10 @@ def test_lists_folded_slowly_by_example() -> None:
         "bcc": [{"address": "rené@fabrikam.example"}],
         "reply_to": [{"address": "ap@[192.0.2.1]"}],
     }
-    assert lists_folded_slowly(payload) == 3 + 1 + 1
-    assert lists_folded_slowly({"to": [plain, {"address": "a=?b@fabrikam.example"}]}) == 2
+    assert folding_steps(payload) == 3 + 1 + 1
+    assert not mime.builds_quickly({"to": [plain] * 40 + [{"address": "a=?b@fabrikam.example"}]})
+    assert folding_steps({"to": [plain, {"address": "a=?b@fabrikam.example"}]}) == 2
+    long_name = {**plain, "name": "📧" * 200}
+    assert folding_steps({"to": [long_name]}) > SLOW_STEPS_ON_THE_LOOP
+    assert not mime.builds_quickly({"to": [long_name]})
+    assert folding_steps({"to": [{**plain, "name": "請" * 200}]}) == 0  # 814 characters: fits
