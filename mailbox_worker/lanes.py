@@ -18,8 +18,10 @@ have taken them all.
 - ``BUILDS``: the worker's messages too slow to build on the loop (``jobs/worker.py``). The
   worker's concurrency bounds them, so it admits them all.
 
-A work whose requester is gone by its turn (``run``'s ``wanted``) is not done
-(``WorkAbandoned``): a client that hung up does not keep the works behind it waiting.
+A request admitted once is admitted again (its checks, then its message's size): it is not
+refused halfway, its first work done for nothing. A work whose requester is gone by its turn
+(``run``'s ``wanted``) is not done (``WorkAbandoned``): a client that hung up does not keep
+the works behind it waiting.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ CHECKS_ALWAYS_ADMITTED = 64 * 1024
 """Works holding at most these bytes are admitted whatever the lane holds: they cost it little
 memory, and an invalid request of ordinary size is answered 400, not 503."""
 _LONGEST_RETRY_AFTER = 60
+
+
+_ADMITTED: contextvars.ContextVar[tuple[Lane, ...]] = contextvars.ContextVar(
+    "lanes_admitted", default=()
+)
+"""The lanes the current task (a request's handler) was admitted to."""
 
 
 class LaneFull(Exception):
@@ -84,16 +92,19 @@ class Lane:
         wanted: Callable[[], bool] | None = None,
     ) -> Result:
         """``work()`` in the lane's thread, in the caller's context; ``size`` is the bytes it
-        holds while it waits. ``LaneFull`` when the lane cannot admit it; ``WorkAbandoned``
-        when ``wanted()`` says no at the work's turn (asked in the lane's thread, so it must
-        only read)."""
+        holds while it waits. ``LaneFull`` when the lane cannot admit it (never when the
+        calling task was admitted before); ``WorkAbandoned`` when ``wanted()`` says no at the
+        work's turn (asked in the lane's thread, so it must only read)."""
+        admitted = _ADMITTED.get()
         with self._lock:
             limit = self.admits_bytes
             full = limit is not None and self.held > 0 and self.held_bytes + size > limit
-            if full and size > self.always_admits:
+            if full and size > self.always_admits and self not in admitted:
                 raise LaneFull(self.name, self.retry_after())
             self.held += 1
             self.held_bytes += size
+        if self not in admitted:
+            _ADMITTED.set((*admitted, self))
         context = contextvars.copy_context()
 
         def turn() -> Result:

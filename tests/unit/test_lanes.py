@@ -89,6 +89,34 @@ async def test_a_small_work_is_admitted_whatever_the_lane_holds() -> None:
     assert list(await asyncio.gather(first, small)) == ["large", "small"]
 
 
+async def test_a_task_admitted_once_is_admitted_again() -> None:
+    """A request's checks, then its message's size: once admitted, it is not refused at its
+    second work, which would waste the first; another request is."""
+    lane = Lane("test-lane", admits_bytes=10)
+    gate, ran = threading.Event(), list[str]()
+    checked, proceed = asyncio.Event(), asyncio.Event()
+
+    async def request() -> list[str]:
+        first = await lane.run(lambda: "checked", size=4)
+        checked.set()
+        await proceed.wait()
+        second = await lane.run(lambda: "sized", size=5)
+        return [first, second]
+
+    handler = asyncio.ensure_future(request())  # a task of its own, as aiohttp's handlers
+    await checked.wait()
+    other = asyncio.ensure_future(lane.run(blocked(gate, ran, "other"), size=6))
+    await until(lambda: ran == ["other"])
+    proceed.set()
+    await until(lambda: lane.held == 2)  # the handler's second work, behind the other: 11 bytes
+
+    with pytest.raises(LaneFull):
+        await lane.run(lambda: "refused", size=5)
+    gate.set()
+    assert await handler == ["checked", "sized"]
+    assert await other == "other"
+
+
 async def test_a_lane_without_a_limit_admits_every_work() -> None:
     lane = Lane("test-lane")
     gate, ran = threading.Event(), list[str]()
