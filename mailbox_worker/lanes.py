@@ -13,8 +13,9 @@ have taken them all.
   goes on reading other bodies meanwhile; so the lane admits works while the bodies they hold
   come to at most ``CHECKS_ADMITTED_BYTES``. Past that it refuses at once: ``LaneFull``,
   which the API answers ``503 server_busy`` with ``Retry-After`` (``api/errors.py``). A work
-  alone in the lane, and a small one (``CHECKS_ALWAYS_ADMITTED``: an ordinary request whose
-  body the validator refused, to be explained), are always admitted.
+  alone in the lane is always admitted, and a small one (``CHECKS_ALWAYS_ADMITTED``: an
+  ordinary request whose body the validator refused, to be explained) while the lane holds
+  fewer than ``ALWAYS_ADMITTED_WORKS``.
 - ``BUILDS``: the worker's messages too slow to build on the loop (``jobs/worker.py``). The
   worker's concurrency bounds them, so it admits them all.
 
@@ -43,6 +44,8 @@ CHECKS_ADMITTED_BYTES = 64 * 1024 * 1024
 CHECKS_ALWAYS_ADMITTED = 64 * 1024
 """Works holding at most these bytes are admitted whatever the lane holds: they cost it little
 memory, and an invalid request of ordinary size is answered 400, not 503."""
+ALWAYS_ADMITTED_WORKS = 64
+"""Small works are always admitted while the lane holds fewer works than this."""
 _LONGEST_RETRY_AFTER = 60
 
 
@@ -68,8 +71,8 @@ class WorkAbandoned(Exception):
 
 class Lane:
     """One thread beside the loop, admitting works while the bytes they hold come to at most
-    ``admits_bytes`` (None: every work), and a work of at most ``always_admits`` bytes
-    whatever it holds."""
+    ``admits_bytes`` (None: every work), and a work of at most ``always_admits`` bytes while
+    it holds fewer than ``ALWAYS_ADMITTED_WORKS``."""
 
     def __init__(
         self, name: str, *, admits_bytes: int | None = None, always_admits: int = 0
@@ -99,11 +102,13 @@ class Lane:
         with self._lock:
             limit = self.admits_bytes
             full = limit is not None and self.held > 0 and self.held_bytes + size > limit
-            if full and size > self.always_admits and self not in admitted:
+            small = size <= self.always_admits and self.held < ALWAYS_ADMITTED_WORKS
+            if full and not small and self not in admitted:
                 raise LaneFull(self.name, self.retry_after())
             self.held += 1
             self.held_bytes += size
-        if self not in admitted:
+        if self not in admitted and not (full and small):
+            # Admitted on its size and the lane's room, not as a small work: admitted again.
             _ADMITTED.set((*admitted, self))
         context = contextvars.copy_context()
 

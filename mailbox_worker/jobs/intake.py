@@ -290,7 +290,11 @@ class JobIntake:
             mailbox_id=mailbox.id,
             mode=mode,
             payload=message,
-            payload_json=worked.payload_json or dumps_message(message, worked.marked),
+            payload_json=(
+                dumps_message(message, worked.marked)
+                if worked.payload_json is None
+                else worked.payload_json
+            ),
             request_sha256=worked.digest,
             message_id_domain=domain,
             idempotency_key=submission.idempotency_key,
@@ -337,13 +341,12 @@ class JobIntake:
                 code="provider_not_supported",
             )
         placeholder = message_id_for("job_" + "0" * 32, domain)
-        # Lists folded beforehand hold an address the ceiling cannot count: it would say None,
-        # after a look at each of their addresses, on the loop.
+        # Lists folded beforehand are counted as written, without a look at each address.
         ceiling = (
             None
-            if folded is not None
+            if isinstance(folded, ValueError)
             else message_size_ceiling(
-                message, message_id=placeholder, sender=sender, decoded_sizes=sizes
+                message, message_id=placeholder, sender=sender, decoded_sizes=sizes, folded=folded
             )
         )
         if ceiling is not None and ceiling <= limit:

@@ -147,11 +147,21 @@ _TOO_LONG_STEPS = SLOW_STEPS_ON_THE_LOOP + 1
 name's encoded word: 15 to 35 ms each on the development machine."""
 
 
+_LONGEST_ADDRESS = "a" * 64 + "@" + "b" * 189
+"""An address of 254 octets, the longest a mailbox's own address can be (RFC 5321)."""
+
+
 def _list_steps(payload: Mapping[str, Any], *, spelled: bool) -> int:
     steps = 0
-    for field, header in _ADDRESS_HEADERS.items():
-        items = payload.get(field) or ()
-        line = MAX_LINE - len(header) - 3  # as ``_plain_mailboxes`` measures
+    lists = [(header, payload.get(field) or ()) for field, header in _ADDRESS_HEADERS.items()]
+    sender = payload.get("from")
+    if not spelled and isinstance(sender, Mapping) and sender.get("name"):
+        # The worker writes the sender's name beside the mailbox's own address (at most 254
+        # octets, spelled once per mailbox): only a name that may pass the line costs.
+        longest = {"address": _LONGEST_ADDRESS, "name": sender["name"]}
+        steps += _steps(longest, MAX_LINE - len("From") - 3, True)
+    for header, items in lists:
+        line = MAX_LINE - len(header) - 3  # as ``_addresses`` measures
         costs = [_steps(item, line, spelled) for item in items]
         if any(costs):
             steps += sum(max(cost, 1) for cost in costs)
@@ -159,26 +169,30 @@ def _list_steps(payload: Mapping[str, Any], *, spelled: bool) -> int:
 
 
 def _steps(item: Mapping[str, Any], line: int, spelled: bool) -> int:
-    """0 when ``_mailbox`` writes ``item`` as it is within ``line`` characters; 1 when it
-    cannot (or, ``spelled`` false, when its domain needs encoding); ``_TOO_LONG_STEPS`` when
-    it may pass the line."""
+    """0 when ``_mailbox`` writes ``item`` as it is within ``line`` characters;
+    ``_TOO_LONG_STEPS`` when it may pass the line, as it is or folded by the email package
+    (which then splits its name's encoded word); else 1 when it cannot be written as it is
+    (or, ``spelled`` false, when its domain needs encoding)."""
     local, _, domain = str(item.get("address", "")).rpartition("@")
-    if domain.isascii():
-        written = domain
-    elif not spelled:
-        return 1
-    else:
+    written: str | None = domain
+    if not domain.isascii():
         try:
-            written = ascii_domain(domain)  # spelled by the API's checks (``spellings_kept``)
+            written = ascii_domain(domain) if spelled else None
         except ValueError:
-            return 1
-    if not (local.isascii() and _dot_atoms(local, written)):
-        return 1
+            written = None
+    plain = written is not None and local.isascii() and _dot_atoms(local, written)
     name = str(item.get("name") or "")
-    # As written: quoted with escapes, or one encoded word (UTF-8, base64), and " <…>".
-    longest_name = max(2 * len(name) + 2, 14 + 4 * -(-len(name.encode("utf-8")) // 3))
-    longest = len(local) + 1 + len(written) + (longest_name + 3 if name else 0)
-    return _TOO_LONG_STEPS if longest > line else 0
+    if name:
+        # As written: quoted with escapes, or one encoded word (UTF-8, base64), and " <…>";
+        # the local part quoted, the domain at its longest when not spelled.
+        longest_name = max(2 * len(name) + 2, 14 + 4 * -(-len(name.encode("utf-8")) // 3))
+        longest_local = len(local) if plain else 2 * len(local.encode("utf-8")) + 2
+        longest_domain = len(written) if written is not None else 253
+        if longest_local + 1 + longest_domain + longest_name + 3 > line:
+            return _TOO_LONG_STEPS
+    elif plain and written is not None and len(local) + 1 + len(written) > line:
+        return _TOO_LONG_STEPS
+    return 0 if plain else 1
 
 
 def _dot_atoms(local: str, domain: str) -> bool:

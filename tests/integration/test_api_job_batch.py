@@ -24,7 +24,7 @@ from mailbox_worker.policy import addresses, domains
 from mailbox_worker.policy.slow_steps import ADDRESSES_ON_THE_LOOP, SLOW_STEPS_ON_THE_LOOP
 from mailbox_worker.states import JobState
 from tests import raw_http
-from tests.integration.api_harness import Answer, RunningApi, job_request
+from tests.integration.api_harness import MAILBOX_ADDRESS, Answer, RunningApi, job_request
 
 
 async def batch(api: RunningApi, key: str, items: list[Any]) -> Answer:
@@ -438,7 +438,10 @@ def _quoted_lists(mailbox_id: str, items: int, per_list: int) -> list[dict[str, 
 
 
 async def test_the_folding_asks_the_lane_for_the_requests_bytes(
-    api: RunningApi, caller: tuple[str, str, str], narrow_lane: lanes.Lane
+    api: RunningApi,
+    caller: tuple[str, str, str],
+    narrow_lane: lanes.Lane,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The lists are folded holding the request's parsed body, addresses included: a lane
     that cannot hold the body's bytes refuses it, 503, and nothing is done."""
@@ -448,6 +451,17 @@ async def test_the_folding_asks_the_lane_for_the_requests_bytes(
     narrow_lane.admits_bytes = len(body)  # with the work below: one byte short
     gate = threading.Event()
     held = await occupy(narrow_lane, gate)
+    worked_out = intake_module._worked_out
+    refusals: list[str] = []
+
+    async def spy(submissions: Any) -> Any:
+        try:
+            return await worked_out(submissions)
+        except lanes.LaneFull as full:
+            refusals.append(str(full))
+            raise
+
+    monkeypatch.setattr(intake_module, "_worked_out", spy)
 
     try:
         refused = await api.call(
@@ -463,6 +477,7 @@ async def test_the_folding_asks_the_lane_for_the_requests_bytes(
     assert await held
     assert refused.status == 503, refused.body
     assert refused.error_code == "server_busy"
+    assert refusals == ["the costly-checks lane is full"]  # the intake's, not the checks'
     assert (await api.call("GET", "/v1/jobs", key=key)).json()["items"] == []
 
 
@@ -472,8 +487,11 @@ async def test_the_folding_asks_the_lane_for_the_requests_bytes(
         pytest.param({"to": [{"address": "ap@fabrikam.example", "name": "📧" * 200}]}, id="long"),
         pytest.param(
             {
-                field: [{"address": f"ap{n}@fabrikam.example"} for n in range(500)]
-                for field in ("to", "cc", "bcc", "reply_to")
+                "from": {"address": MAILBOX_ADDRESS, "name": "📧" * 200},
+                **{
+                    field: [{"address": f"ap{n}@fabrikam.example"} for n in range(500)]
+                    for field in ("to", "cc", "bcc", "reply_to")
+                },
             },
             id="many",
         ),
@@ -509,6 +527,14 @@ async def test_lists_costly_to_size_for_another_reason_are_folded_beside_the_loo
 
     monkeypatch.setattr(mime, "_addresses", addresses_spy)
     threads = _spy_on_threads(monkeypatch)
+    bound = mime.message_size_bound
+    bounds: list[str] = []
+
+    def bound_spy(*args: Any, **kwargs: Any) -> int:
+        bounds.append(threading.current_thread().name)
+        return bound(*args, **kwargs)
+
+    monkeypatch.setattr(intake_module, "message_size_bound", bound_spy)
 
     answer = await batch(api, key, [job_request(mailbox_id, **lists)] * 2)
 
@@ -516,6 +542,7 @@ async def test_lists_costly_to_size_for_another_reason_are_folded_beside_the_loo
     assert [item["status"] for item in answer.json()["items"]] == ["created"] * 2
     assert folded_in == ["costly-checks_0"] * 2
     assert written_on_the_loop == []
+    assert bounds == []  # far below the limit: the ceiling, counting the folded lists, says so
     # The stored JSON and the digest too; a body of many addresses is checked there as well.
     assert threads["dumps_message"] == ["costly-checks_0"] * 2
     assert threads["_request_digest"] == ["costly-checks_0"] * 2
@@ -557,3 +584,24 @@ async def test_a_plain_request_is_worked_out_on_the_loop(
         "_request_digest": [on_the_loop] * 2,
         "accepts": [on_the_loop],
     }
+
+
+async def test_address_keys_written_with_escapes_are_counted_too(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"addr\\u0065ss"`` is the key ``address`` to JSON: a body of many such keys is checked
+    beside the loop as one with plain keys is."""
+    _, key, mailbox_id = caller
+    to = [{"address": f"ap{n}@fabrikam.example"} for n in range(500)]
+    items = [job_request(mailbox_id, to=to, cc=to, bcc=to)] * 2
+    body = json.dumps({"items": items}).replace('"address"', '"addr\\u0065ss"').encode()
+    assert body.count(b'"address"') == 0
+    threads = _spy_on_threads(monkeypatch)
+
+    answer = await api.call(
+        "POST", "/v1/job-batches", key=key, data=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert answer.status == 200, answer.body
+    assert [item["status"] for item in answer.json()["items"]] == ["created"] * 2
+    assert threads["accepts"] == ["costly-checks_0"]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from mailbox_worker import lanes
 from mailbox_worker.lanes import Lane, LaneFull, WorkAbandoned
 
 TAG: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="none")
@@ -87,6 +88,30 @@ async def test_a_small_work_is_admitted_whatever_the_lane_holds() -> None:
     assert lane.held_bytes == 12
     gate.set()
     assert list(await asyncio.gather(first, small)) == ["large", "small"]
+
+
+async def test_small_works_are_admitted_while_the_lane_holds_few(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However small, works are not admitted without end: past ``ALWAYS_ADMITTED_WORKS`` held,
+    the bytes rule alone decides. A task admitted as small is not admitted again for it."""
+    monkeypatch.setattr(lanes, "ALWAYS_ADMITTED_WORKS", 2)
+    lane = Lane("test-lane", admits_bytes=10, always_admits=2)
+    gate, ran = threading.Event(), list[str]()
+    first = asyncio.ensure_future(lane.run(blocked(gate, ran, "large"), size=10))
+    await until(lambda: ran == ["large"])
+
+    async def small() -> tuple[Lane, ...]:
+        await lane.run(lambda: "small", size=2)  # admitted as small: 1 work held
+        return lanes._ADMITTED.get()
+
+    second = asyncio.ensure_future(small())
+    await until(lambda: lane.held == 2)
+    with pytest.raises(LaneFull):
+        await lane.run(lambda: "small again", size=1)  # 2 works held already
+    gate.set()
+    assert lane not in await second  # admitted as small: not admitted again for it
+    assert await first
 
 
 async def test_a_task_admitted_once_is_admitted_again() -> None:
