@@ -8,12 +8,10 @@ the built message fits the provider's limit. A job row is committed before this 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -475,19 +473,13 @@ class _WorkedOut:
     """Its message's attachments, marked once for its digest and its stored JSON."""
     digest: str
     payload_json: str | None = None
-    """Its message as stored (None for a body without a message, which fails its checks)."""
+    """Its message as stored, when written beforehand; else written in the transaction."""
     folded: Folded = None
 
 
-TURN_SECONDS = 0.005
-"""The longest the intake works out items on the loop before it lets others run: a batch of
-1,000 items of 15 KB of text took 130 to 240 ms in one stretch."""
-
-
 async def _worked_out(submissions: Sequence[Submission]) -> list[_WorkedOut]:
-    """Each submission's digest and stored JSON, for the transaction to use; on the loop, in
-    turns of at most ``TURN_SECONDS``, or for a costly request beside it (``lanes.CHECKS``),
-    with its address lists folded too.
+    """Each submission's digest, and for a costly request its stored JSON and its address
+    lists folded, all of it beside the loop (``lanes.CHECKS``), for the transaction to use.
 
     A request is costly when it holds more than ``ADDRESSES_ON_THE_LOOP`` addresses (each
     costs a few µs to hash, write and size: 0.3 s for the 300,000 of an 11 MB batch), or
@@ -495,46 +487,37 @@ async def _worked_out(submissions: Sequence[Submission]) -> list[_WorkedOut]:
     (``mime.folding_steps``: lists the email package folds, about 100 µs an address; an
     address too long for a line, 15 to 35 ms). A 16 MB batch of such lists held the loop for
     a minute and more, in the transaction (docs/performance.md, "The addresses' checks")."""
-    items = []
-    for submission in submissions:
-        message = _message_of(submission.body)
-        items.append((submission, message, message if isinstance(message, Mapping) else {}))
+    messages = [_message_of(submission.body) for submission in submissions]
+    mappings = [message if isinstance(message, Mapping) else {} for message in messages]
 
-    def one(
-        submission: Submission, message: Any, mapping: Mapping[str, Any], fold: bool
-    ) -> _WorkedOut:
-        marked = mark(message, base64_checked=submission.base64_checked)
-        digest = _request_digest(submission.body, marked)
-        if not mapping:
-            return _WorkedOut(marked, digest)
-        folded: Folded = None
-        if fold:
+    def work_out(costly: bool) -> list[_WorkedOut]:
+        worked = []
+        for submission, message, mapping in zip(submissions, messages, mappings, strict=True):
+            marked = mark(message, base64_checked=submission.base64_checked)
+            digest = _request_digest(submission.body, marked)
+            if not (costly and mapping):
+                worked.append(_WorkedOut(marked, digest))
+                continue
+            folded: Folded
             try:
                 with spellings_kept(submission.spellings):
                     folded = folded_address_lists(mapping)
             except ValueError as error:  # raised in the transaction, in its turn
                 folded = error
-        return _WorkedOut(marked, digest, dumps_message(dict(mapping), marked), folded)
+            payload_json = dumps_message(dict(mapping), marked)
+            worked.append(_WorkedOut(marked, digest, payload_json, folded))
+        return worked
 
-    if sum(addresses_in(mapping) for _, _, mapping in items) <= ADDRESSES_ON_THE_LOOP:
+    if sum(map(addresses_in, mappings)) <= ADDRESSES_ON_THE_LOOP:
         steps = 0
-        for submission, _, mapping in items:
+        for submission, mapping in zip(submissions, mappings, strict=True):
             with spellings_kept(submission.spellings):
                 steps += folding_steps(mapping)
         if steps <= SLOW_STEPS_ON_THE_LOOP:
-            worked = []
-            turn = time.perf_counter()
-            for item in items:
-                worked.append(one(*item, fold=False))
-                if time.perf_counter() - turn > TURN_SECONDS:
-                    await asyncio.sleep(0)  # the other requests' turn, the leases', the probes'
-                    turn = time.perf_counter()
-            return worked
+            return work_out(costly=False)
     first = submissions[0]
     return await lanes.CHECKS.run(
-        lambda: [one(*item, fold=True) for item in items],
-        size=first.request_bytes,
-        wanted=first.client_present,
+        lambda: work_out(costly=True), size=first.request_bytes, wanted=first.client_present
     )
 
 
