@@ -83,6 +83,8 @@ class Lane:
         self.held = 0
         """Works admitted and not finished, the one running included."""
         self.held_bytes = 0
+        self.refused = 0
+        """Works refused since the process started (``LaneFull``)."""
         self._lock = threading.Lock()  # both change on the loop and in the lane's thread
         self._seconds = 0.0  # a moving average of the works' durations, for Retry-After
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -104,6 +106,7 @@ class Lane:
             full = limit is not None and self.held > 0 and self.held_bytes + size > limit
             small = size <= self.always_admits and self.held < ALWAYS_ADMITTED_WORKS
             if full and not small and self not in admitted:
+                self.refused += 1
                 raise LaneFull(self.name, self.retry_after())
             self.held += 1
             self.held_bytes += size
@@ -146,3 +149,5 @@ CHECKS = Lane(
     "costly-checks", admits_bytes=CHECKS_ADMITTED_BYTES, always_admits=CHECKS_ALWAYS_ADMITTED
 )
 BUILDS = Lane("costly-builds")
+LANES = (CHECKS, BUILDS)
+"""Every lane of the process, for the metrics (``mailbox_worker_lane_*``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -19,8 +19,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from mailbox_worker import lanes
 
 if TYPE_CHECKING:
     from mailbox_worker.telemetry import Telemetry
@@ -39,6 +44,39 @@ def status_class(status: int | None) -> str:
     return "none" if status is None else f"{status // 100}xx"
 
 
+class LaneCollector(Collector):
+    """The lanes beside the event loop (``mailbox_worker/lanes.py``), read at each scrape: the
+    works each holds, their request bytes, and the works it refused."""
+
+    def __init__(self, watched: Sequence[lanes.Lane] = lanes.LANES) -> None:
+        self._lanes = watched
+
+    def collect(self) -> Iterator[Metric]:
+        works = GaugeMetricFamily(
+            "mailbox_worker_lane_works",
+            "Works admitted to a thread beside the event loop and not finished, the running one "
+            "included.",
+            labels=["lane"],
+        )
+        held = GaugeMetricFamily(
+            "mailbox_worker_lane_bytes",
+            "Request bytes the works in a lane hold.",
+            labels=["lane"],
+        )
+        refused = CounterMetricFamily(
+            "mailbox_worker_lane_refusals",
+            "Works a full lane refused (answered 503 server_busy).",
+            labels=["lane"],
+        )
+        for lane in self._lanes:
+            works.add_metric([lane.name], lane.held)
+            held.add_metric([lane.name], lane.held_bytes)
+            refused.add_metric([lane.name], lane.refused)
+        yield works
+        yield held
+        yield refused
+
+
 class PrometheusTelemetry:
     """The adapter; ``version`` is the daemon's, exported as ``mailbox_worker_build_info``."""
 
@@ -51,6 +89,7 @@ class PrometheusTelemetry:
             registry=registry,
         )
         build_info.labels(version=version, python=platform.python_version()).set(1)
+        registry.register(LaneCollector())
         self._jobs_enqueued = Counter(
             "mailbox_worker_jobs_enqueued",
             "Dispatch jobs accepted by the API.",
