@@ -3,7 +3,6 @@ each item answered as ``POST /v1/jobs`` would answer it alone."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import threading
@@ -25,6 +24,7 @@ from mailbox_worker.policy.slow_steps import ADDRESSES_ON_THE_LOOP, SLOW_STEPS_O
 from mailbox_worker.states import JobState
 from tests import raw_http
 from tests.integration.api_harness import MAILBOX_ADDRESS, Answer, RunningApi, job_request
+from tests.lanes_harness import occupy, until
 
 
 async def batch(api: RunningApi, key: str, items: list[Any]) -> Answer:
@@ -249,21 +249,6 @@ def narrow_lane(monkeypatch: pytest.MonkeyPatch) -> lanes.Lane:
     return lane
 
 
-async def occupy(lane: lanes.Lane, gate: threading.Event) -> asyncio.Future[bool]:
-    """A work holding ``lane`` until ``gate`` is set, started."""
-    started = threading.Event()
-
-    def hold() -> bool:
-        started.set()
-        return gate.wait(10)
-
-    held = asyncio.ensure_future(lane.run(hold, size=1))
-    async with asyncio.timeout(10):
-        while not started.is_set():
-            await asyncio.sleep(0.001)
-    return held
-
-
 async def test_a_costly_request_finding_the_lane_full_is_answered_503_server_busy(
     api: RunningApi, caller: tuple[str, str, str], narrow_lane: lanes.Lane
 ) -> None:
@@ -328,18 +313,12 @@ async def test_a_request_whose_client_hung_up_while_it_waited_for_the_lane_is_no
         async with raw_http.connection(port) as (_, writer):
             writer.write(raw_http.post_head("/v1/job-batches", key, length=len(body)) + body)
             await writer.drain()
-            async with asyncio.timeout(10):
-                while not waiting:
-                    await asyncio.sleep(0.001)
-        async with asyncio.timeout(10):
-            while not client_gone(waiting[0]):
-                await asyncio.sleep(0.001)
+            await until(lambda: bool(waiting))
+        await until(lambda: client_gone(waiting[0]))
     finally:
         gate.set()
     assert await held
-    async with asyncio.timeout(10):
-        while narrow_lane.held:
-            await asyncio.sleep(0.001)
+    await until(lambda: not narrow_lane.held)
 
     assert [thread for _, thread in calls if thread.startswith("costly-checks")] == []
     assert len(calls) <= SLOW_STEPS_ON_THE_LOOP  # the loop's share, before it deferred

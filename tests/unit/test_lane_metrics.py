@@ -3,7 +3,6 @@ at each scrape: what an operator sees of the costly checks' lane filling up."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import pytest
@@ -11,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from mailbox_worker.lanes import Lane, LaneFull
 from mailbox_worker.prometheus import LaneCollector, PrometheusTelemetry
+from tests.lanes_harness import occupy
 
 
 def test_every_lane_of_the_process_is_on_the_page() -> None:
@@ -33,16 +33,8 @@ async def test_a_lanes_works_bytes_and_refusals_are_read_at_each_scrape() -> Non
     def sample(name: str) -> float | None:
         return registry.get_sample_value(name, labels)
 
-    gate, started = threading.Event(), threading.Event()
-
-    def hold() -> bool:
-        started.set()
-        return gate.wait(10)
-
-    held = asyncio.ensure_future(lane.run(hold, size=5))
-    async with asyncio.timeout(10):
-        while not started.is_set():
-            await asyncio.sleep(0.001)
+    gate = threading.Event()
+    held = await occupy(lane, gate, size=5)
     with pytest.raises(LaneFull):
         await lane.run(lambda: None, size=1)
 

@@ -11,6 +11,7 @@ import pytest
 
 from mailbox_worker import lanes
 from mailbox_worker.lanes import Lane, LaneFull, WorkAbandoned
+from tests.lanes_harness import until
 
 TAG: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="none")
 
@@ -24,12 +25,6 @@ def blocked(gate: threading.Event, ran: list[str], name: str) -> Callable[[], st
         return name
 
     return work
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 async def test_a_work_runs_in_the_lanes_thread_in_the_callers_context() -> None:
