@@ -341,21 +341,17 @@ class JobIntake:
                 code="provider_not_supported",
             )
         placeholder = message_id_for("job_" + "0" * 32, domain)
-        # Lists folded beforehand are counted as written, without a look at each address.
-        ceiling = (
-            None
-            if isinstance(folded, ValueError)
-            else message_size_ceiling(
+        try:
+            if isinstance(folded, ValueError):
+                raise folded  # folding it beforehand failed: its answer, in its turn
+            # Lists folded beforehand are counted as written, without a look at each address.
+            ceiling = message_size_ceiling(
                 message, message_id=placeholder, sender=sender, decoded_sizes=sizes, folded=folded
             )
-        )
-        if ceiling is not None and ceiling <= limit:
-            return  # far below the limit, as nearly every invoice is: nothing to encode
-        try:
+            if ceiling is not None and ceiling <= limit:
+                return  # far below the limit, as nearly every invoice is: nothing to encode
             # The bound costs the same for any attachment size; the worker builds the message
             # itself, so it is built in full here only when the bound is over the limit.
-            if isinstance(folded, ValueError):
-                raise folded
             size = message_size_bound(
                 message, message_id=placeholder, sender=sender, decoded_sizes=sizes, folded=folded
             )
