@@ -30,6 +30,7 @@ from mailbox_worker.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from mailbox_worker.jobs.mime import ADDRESS_FIELDS
 from mailbox_worker.policy import slow_steps
 from mailbox_worker.policy.domains import spellings_kept
 from mailbox_worker.policy.slow_steps import ADDRESSES_ON_THE_LOOP, SlowWorkDeferred
@@ -107,8 +108,10 @@ async def _read_checked(
     checked again in a thread of its own, and one the validator refuses is explained there
     (each failure named, by jsonschema, pure Python: one bad item among 500 plain invoices took
     184 ms, against 13 ms to accept). A body with more than ``ADDRESSES_ON_THE_LOOP`` addresses
-    is parsed and checked there from the start: each address costs a few µs to check however
-    common its form. Both keep the domains they spelled in ``spellings``."""
+    is checked there from the start: each address costs a few µs to check however common its
+    form. Its parse stays here: the JSON parser holds the interpreter's lock from start to end,
+    so that in a thread it held the loop as long (193 ms for 12 MB of addresses). Both keep
+    the domains they spelled in ``spellings``."""
     if request.content_type != JSON_MEDIA_TYPE or (request.charset or "utf-8").lower() != "utf-8":
         raise UnsupportedMediaType(f"the body must be {JSON_MEDIA_TYPE} (UTF-8)")
     raw = await within_body_timeout(request, read_body(request))
@@ -121,17 +124,16 @@ async def _read_checked(
             except RecursionError:  # jsonschema compares nested items recursively
                 _invalid_json("the body is nested too deeply")
 
-    if _many_addresses(raw):
+    body = parse_json(raw)
+    if _addresses_in(body) > ADDRESSES_ON_THE_LOOP:
 
-        def parse_and_check() -> tuple[Any, Checked]:
-            body = parse_json(raw)
+        def accept_or_explain() -> Checked:
             with spellings_kept(kept):
                 if document(request).accepts(pointer, body):
-                    return body, accepted
-            return body, explain(body)
+                    return accepted
+            return explain(body)
 
-        return await _beside_the_loop(request, parse_and_check, len(raw))
-    body = parse_json(raw)
+        return body, await _beside_the_loop(request, accept_or_explain, len(raw))
     try:
         with spellings_kept(kept), slow_steps.within_budget():
             if document(request).accepts(pointer, body):
@@ -141,23 +143,23 @@ async def _read_checked(
     return body, await _beside_the_loop(request, lambda: explain(body), len(raw))
 
 
-_ADDRESS_KEY = b'"address"'
-# A key can be disguised only by escaping its letters: each such escape counts as a key.
-_ESCAPED_LETTERS = tuple(b"\\u00" + code for code in (b"61", b"64", b"65", b"72", b"73"))
-
-
-def _many_addresses(raw: bytes) -> bool:
-    """Whether ``raw`` may hold more than ``ADDRESSES_ON_THE_LOOP`` addresses: whether it has
-    as many ``"address"`` keys, or escapes of the letters of one (``\\u0061`` ...), counted
-    in C (a few ms for 16 MB, and not at all for a body too short to hold them). It errs on
-    the side of counting."""
-    shortest = ADDRESSES_ON_THE_LOOP * len(b'{"address":"a@b"}')
-    if len(raw) <= shortest:
-        return False
-    keys = raw.count(_ADDRESS_KEY)
-    if b"\\u00" in raw:
-        keys += sum(map(raw.count, _ESCAPED_LETTERS))
-    return keys > ADDRESSES_ON_THE_LOOP
+def _addresses_in(body: Any) -> int:
+    """How many addresses the parsed ``body`` holds where the document checks addresses: the
+    message's lists and its sender, of a job request or of each item of a batch (the only
+    places of an ``email`` format but a mailbox's ``login_hint``). Errs on the side of
+    counting: any list there counts its length, whatever it holds. A few µs a request, where
+    a search of the raw bytes for the ``"address"`` key cost about 1 ms a MB of body
+    (docs/performance.md, "Eighteenth pass")."""
+    items = body.get("items") if isinstance(body, dict) else None
+    count = 0
+    for each in (body, *items) if isinstance(items, list) else (body,):
+        message = each.get("message") if isinstance(each, dict) else None
+        if isinstance(message, dict):
+            count += 1  # its sender, if any
+            for field in ADDRESS_FIELDS:
+                if isinstance(listed := message.get(field), list):
+                    count += len(listed)
+    return count
 
 
 async def _beside_the_loop(request: web.Request, work: Callable[[], Checked], size: int) -> Checked:
