@@ -10,7 +10,7 @@ Never passes or fails on time (issue 9, bench (a)).
 
     make bench    # or: .venv/bin/python bench/queue_throughput.py [--sizes 1000,10000]
         [--workers 4] [--batch 100] [--mailboxes 20] [--enqueue-jobs 1000] [--skip-references]
-        [--limits none|unbinding] [--analysed]
+        [--limits none|unbinding] [--analysed] [--history N]
 
 PostgreSQL runs when MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created
 and dropped); the references need the ``bench`` extra (requirements/bench.txt).
@@ -22,7 +22,9 @@ batch): this measures the queue, not the limits; ``--limits unbinding`` sets a r
 daily cap too high to bind, so that the claim reads the mailboxes' usage as it does with the
 providers' defaults; ``--analysed`` gathers the tables' statistics before the drain, as
 autovacuum keeps them in a running database (the planner then plans differently, and up to
-migration 0019 compiled the claim with its JIT; docs/performance.md "Thirteenth pass"). A
+migration 0019 compiled the claim with its JIT; docs/performance.md "Thirteenth pass");
+``--history N`` first puts N jobs sent two days ago in the tables and vacuums them, as a
+database in use holds its finished jobs (docs/performance.md "Eighteenth pass"). A
 claim locks its mailboxes' rows, so jobs are spread over ``--mailboxes`` mailboxes. The
 drain's jobs are inserted in bulk beforehand; enqueue is measured separately, one job per
 ``JobStore.enqueue`` (one transaction each).
@@ -151,30 +153,36 @@ class Ours:
             )
         return jobs / (time.perf_counter() - started)
 
-    async def fill(self, jobs: int) -> None:
+    async def fill(self, jobs: int, history: int = 0) -> None:
         """``jobs`` queued jobs, inserted in bulk (not what is measured), with ids made as the
-        daemon makes them (``new_id``)."""
+        daemon makes them (``new_id``); first ``history`` jobs sent two days ago, as a
+        database in use holds (``--history``)."""
         now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        before = now - dt.timedelta(days=2)
         rows = []
-        for number in range(jobs):
+        for number in range(history + jobs):
             job_id = new_id("job")
+            sent = number < history
             rows.append(
                 {
                     "id": job_id,
                     "account_id": self.account_id,
                     "mailbox_id": self.mailbox_ids[number % len(self.mailbox_ids)],
                     "mode": "send",
-                    "state": JobState.QUEUED,
+                    "state": JobState.SENT if sent else JobState.QUEUED,
                     "request_sha256": "0" * 64,
                     "message_id": f"<{job_id}@contoso.example>",
-                    "attempts": 0,
+                    "attempts": 1 if sent else 0,
                     "transient_failures": 0,
-                    "run_after": now,
-                    "created_at": now,
-                    "updated_at": now,
+                    "run_after": before if sent else now,
+                    "created_at": before if sent else now,
+                    "updated_at": before if sent else now,
+                    "claimed_at": before if sent else None,
+                    "finished_at": before if sent else None,
                     "priority": 0,
                 }
             )
+        jobs += history
         async with self.sessions.begin() as session:
             for start in range(0, jobs, 1000):
                 chunk = rows[start : start + 1000]
@@ -182,6 +190,12 @@ class Ours:
                 await session.execute(
                     insert(JobContent), [{"job_id": r["id"], "payload": PAYLOAD} for r in chunk]
                 )
+
+    async def vacuum(self) -> None:
+        """The history's pages marked visible to all, as autovacuum leaves them."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text("VACUUM"))
 
     async def analyse(self) -> None:
         """The tables' statistics gathered, as autovacuum gathers them in a running
@@ -267,7 +281,9 @@ async def ours(
     bench = Ours(url, LIMITS[args.limits])
     try:
         await bench.prepare(args.mailboxes)
-        await bench.fill(size)
+        await bench.fill(size, args.history)
+        if args.history:
+            await bench.vacuum()
         if args.analysed:
             await bench.analyse()
         drained, counts = await bench.drain(
@@ -329,6 +345,13 @@ async def main() -> None:
         help="ANALYZE ours' tables after the fill, as autovacuum would in a running database",
     )
     parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="jobs sent two days before the drain, in ours' tables (a database in use); "
+        "vacuumed, as autovacuum would",
+    )
+    parser.add_argument(
         "--limits",
         choices=sorted(LIMITS),
         default="none",
@@ -340,6 +363,7 @@ async def main() -> None:
     print(
         f"workers={args.workers} batch={args.batch} mailboxes={args.mailboxes} "
         f"enqueue_jobs={args.enqueue_jobs} limits={args.limits} analysed={args.analysed} "
+        f"history={args.history} "
         f"cpus={os.cpu_count()}"
     )
     for size in sizes:

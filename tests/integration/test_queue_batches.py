@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+import pytest
+from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mailbox_worker.clock import utcnow
 from mailbox_worker.db.models import Job, JobEvent, OutboxEvent
+from mailbox_worker.jobs import job_writes
 from mailbox_worker.jobs.claims import ClaimedJob
 from mailbox_worker.jobs.queue import JobQueue, Lease
 from mailbox_worker.jobs.transitions import Outcome
@@ -24,6 +27,7 @@ from .conftest import Stores
 from .test_queue import new_job, setup
 
 LEASE = dt.timedelta(seconds=60)
+ON_POSTGRESQL = [pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @contextmanager
@@ -141,3 +145,69 @@ async def test_the_batch_writes_keep_each_time_to_the_microsecond(stores: Stores
         events = (await session.scalars(select(JobEvent.at))).all()
     assert (job.state, job.finished_at, job.updated_at) == (JobState.SENT, now, now)
     assert events.count(now) >= 3  # claimed, attempt started, sent
+
+
+INDEX_SCANS = text(
+    "SELECT indexrelid::regclass::text, pg_stat_get_xact_numscans(indexrelid) FROM pg_index "
+    "WHERE indrelid = CAST('jobs' AS regclass)"
+)
+"""This transaction's scans of each index of ``jobs``, by name."""
+HISTORY = text(
+    "INSERT INTO jobs (id, account_id, mailbox_id, mode, state, request_sha256, message_id,"
+    " attempts, transient_failures, run_after, created_at, updated_at, priority,"
+    " recipient_count, claimed_at, finished_at)"
+    " SELECT 'old' || n, account_id, mailbox_id, mode, 'sent', request_sha256, message_id,"
+    " 1, 0, run_after, created_at, updated_at, 0, 1, now() - interval '3 days',"
+    " now() - interval '3 days'"
+    " FROM (SELECT * FROM jobs LIMIT 1) AS job, generate_series(1, 3000) AS n"
+)
+
+
+async def _index_scans(connection: AsyncConnection) -> dict[str, int]:
+    return {str(name): int(count) for name, count in (await connection.execute(INDEX_SCANS))}
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+@pytest.mark.parametrize("plans", ["force_generic_plan", "force_custom_plan"])
+async def test_a_batch_reads_its_jobs_by_their_keys_whatever_the_statistics(
+    stores: Stores, plans: str
+) -> None:
+    """The statistics of a database in use: many jobs sent long ago, gathered at a moment when
+    no job ran. They put one running job where there are dozens, and the batch writes then
+    read every running job through ``jobs (state, run_after)``, once for each job of the
+    input in the generic plan. They read each job by its key instead, in either plan, counted
+    as this transaction's scans of each index of ``jobs``."""
+    claimed = await claimed_jobs(stores, 1)
+    for number in range(40):
+        await stores.jobs.enqueue(new_job(claimed[0].mailbox, key=f"more{number}"))
+    async with stores.engine.begin() as connection:
+        await connection.execute(HISTORY)
+    (only,) = claimed
+    assert await stores.queue.finish(only.lease, Outcome(JobState.SENT))  # none running now
+    async with stores.engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(text("VACUUM ANALYZE jobs"))
+    leases = [item.lease for item in await stores.queue.claim("w1", 40, LEASE)]
+    assert len(leases) >= 4
+
+    async with stores.engine.connect() as connection, connection.begin() as transaction:
+        await connection.execute(text(f"SET LOCAL plan_cache_mode = {plans}"))
+        before = await _index_scans(connection)
+        now = utcnow()
+        started = await job_writes.start(
+            connection, [job_writes.Start(x.job_id, x.owner, x.worker, now, now) for x in leases]
+        )
+        values = job_writes.leave_values(state=JobState.SENT, now=now, code=None, message=None)
+        left = await job_writes.leave_running(
+            connection,
+            [job_writes.Leave(x.job_id, x.owner, values, x.worker, None, now) for x in leases],
+        )
+        scans = {
+            name: count - before[name]
+            for name, count in (await _index_scans(connection)).items()
+            if count > before[name]
+        }
+        await transaction.rollback()
+
+    assert started == left == [True] * len(leases)
+    assert set(scans) == {"pk_jobs"}, scans
