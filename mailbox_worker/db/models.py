@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as inspect_mapped
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import ClassManager, DeclarativeBase, Mapped, configure_mappers, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from mailbox_worker.clock import new_id
 from mailbox_worker.states import JobState
@@ -259,6 +260,17 @@ class Job(Base):
         Index(None, "account_id", "reference", "created_at", "id"),
         Index(None, "account_id", "state", "created_at", "id"),
     )
+
+
+def keyed_state() -> ColumnElement[str]:
+    """``jobs.state || ''``: a job's state, to compare where the job's key already picks the
+    row (its id, or a list of ids), so that no index on the state can serve the comparison and
+    both databases read the job by its key. Through an index on the state, PostgreSQL's
+    statistics decide, and taken while no job was in that state they count one where there
+    are hundreds; SQLite, without statistics, chose ``jobs (state, run_after)`` for three ids
+    or more. Either then read every job in the state, once per call or per job
+    (docs/performance.md "Eighteenth pass")."""
+    return Job.state.concat(literal_column("''"))
 
 
 # The claim's order within a mailbox: read in index order, it stops after the few jobs it takes

@@ -40,6 +40,7 @@ from mailbox_worker.db.models import (
     Mailbox,
     MailboxClaimHour,
     UTCDateTime,
+    keyed_state,
     untracked,
 )
 from mailbox_worker.jobs.claim_sql import (
@@ -578,7 +579,7 @@ _SQLITE_PAYLOADS = select(JobContent.job_id, JobContent.payload).where(
 )
 _SQLITE_LEASE = (
     update(Job)
-    .where(Job.id.in_(bindparam("ids", expanding=True)), _QUEUED)
+    .where(Job.id.in_(bindparam("ids", expanding=True)), keyed_state() == JobState.QUEUED)
     .values(
         state=JobState.RUNNING,
         lease_owner=bindparam("owner"),

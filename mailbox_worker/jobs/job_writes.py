@@ -41,7 +41,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailbox_worker.clock import new_id
-from mailbox_worker.db.models import Job, JobEvent, OutboxEvent, UTCDateTime
+from mailbox_worker.db.models import Job, JobEvent, OutboxEvent, UTCDateTime, keyed_state
 from mailbox_worker.events.types import EVENT_ID_PREFIX, EventType
 from mailbox_worker.jobs.transitions import ANNOUNCED_STATES
 from mailbox_worker.states import TERMINAL, JobState
@@ -235,7 +235,7 @@ _SQLITE_TIME = _sqlite_time_processor()
 _SQLITE_TIMES = ("now", "finished_at", "run_after")
 _held = (
     (Job.id == bindparam("job_id"))
-    & (Job.state == JobState.RUNNING)
+    & (keyed_state() == JobState.RUNNING)
     & (Job.lease_owner == bindparam("owner"))
 )
 RECORD_IDS = (

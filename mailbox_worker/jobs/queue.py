@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbox_worker.clock import Clock, utcnow
-from mailbox_worker.db.models import Job
+from mailbox_worker.db.models import Job, keyed_state
 from mailbox_worker.jobs import job_writes
 from mailbox_worker.jobs.claims import ClaimBatch, ClaimedJob, Claims, Lease, lease_owner
 from mailbox_worker.jobs.coalescing import Coalescer
@@ -201,7 +201,7 @@ class JobQueue:
                     update(Job)
                     .where(
                         _held_under(leases),
-                        Job.state == JobState.RUNNING,
+                        keyed_state() == JobState.RUNNING,
                         Job.in_flight_since.is_(None),
                     )
                     .values(
@@ -243,7 +243,7 @@ class JobQueue:
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Job)
-                .where(_held_under(leases), Job.state == JobState.RUNNING)
+                .where(_held_under(leases), keyed_state() == JobState.RUNNING)
                 .values(lease_expires_at=now + duration)
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
@@ -377,7 +377,7 @@ class JobQueue:
             ids = [job.id for job in jobs]
             await session.execute(
                 update(Job)
-                .where(Job.id.in_(ids), Job.state == JobState.RUNNING)
+                .where(Job.id.in_(ids), keyed_state() == JobState.RUNNING)
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,

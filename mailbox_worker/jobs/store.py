@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from mailbox_worker.clock import Clock, new_id, utcnow
 from mailbox_worker.db.accounts import audit_row
-from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox, untracked
+from mailbox_worker.db.models import Job, JobContent, JobEvent, Mailbox, keyed_state, untracked
 from mailbox_worker.errors import Conflict
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.jobs.coalescing import Coalescer
@@ -747,7 +747,7 @@ class JobStore:
             job = (
                 await session.scalars(
                     update(Job)
-                    .where(owned, Job.state == JobState.UNKNOWN)
+                    .where(owned, keyed_state() == JobState.UNKNOWN)
                     .values(**values)
                     .returning(Job)
                 )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailbox_worker.db.models import Job, JobEvent
+from mailbox_worker.db.models import Job, JobEvent, keyed_state
 from mailbox_worker.events.outbox import outbox_row
 from mailbox_worker.states import TERMINAL, JobState
 
@@ -154,7 +154,7 @@ def announce(
 
 def held_by(job_id: str, worker: str) -> ColumnElement[bool]:
     """The job is ``running`` under ``worker``'s lease: the guard of every worker update."""
-    return and_(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker)
+    return and_(Job.id == job_id, keyed_state() == JobState.RUNNING, Job.lease_owner == worker)
 
 
 async def move_each(
@@ -177,7 +177,7 @@ async def move_each(
         state = job.state
         await session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.state == state)
+            .where(Job.id == job.id, keyed_state() == state)
             .values(
                 state=to_state,
                 updated_at=now,
