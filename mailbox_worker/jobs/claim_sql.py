@@ -1,8 +1,9 @@
-"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0022`` (migration
-0022, which made 0021's function read the daily window's whole hours from
-``mailbox_claim_hours``; 0021's finds its candidates from the queued jobs, 0020's locks the
-mailboxes one at a time until they can fill the claim), sent outside an explicit transaction,
-so a claim is one round trip and one (implicit) transaction.
+"""The claim on PostgreSQL: one call of the function ``mailbox_worker_claim_0023`` (migration
+0023, which made 0022's function compare the states of a mailbox's own jobs as values, so
+that stale statistics cannot send those reads through every job in the state; 0022's reads the
+daily window's whole hours from ``mailbox_claim_hours``, 0021's finds its candidates from the
+queued jobs, 0020's locks the mailboxes one at a time until they can fill the claim), sent
+outside an explicit transaction, so a claim is one round trip and one (implicit) transaction.
 
 The function first locks the candidate mailboxes (their whole rows: the worker sends each
 claimed job with its mailbox as read under this lock, without reading it again), then, in a
@@ -10,8 +11,8 @@ statement of its own and so in a snapshot taken after the last lock, reads their
 leases their jobs by the rules of ``jobs/limits.py`` (the SQLite path applies the same
 functions in Python). The docstrings of ``db/migrations/versions/0018_claim_function.py`` and
 ``0020_claim_in_turn.py`` have the rules and why the usage is read apart,
-``0021_claim_from_queued.py`` how the candidates are found and ``0022_claims_by_hour.py`` how
-the daily window is read.
+``0021_claim_from_queued.py`` how the candidates are found, ``0022_claims_by_hour.py`` how
+the daily window is read and ``0023_claim_states_as_values.py`` why the states are values.
 
 ``CLAIM`` selects each leased job's columns, its payload (no payload is parsed in the
 database), its mailbox's columns (prefixed ``mailbox__``, ``MAILBOX_PREFIX``, which no job
@@ -46,7 +47,7 @@ CLAIM: TextualSelect = (
     text(
         f"""
 SELECT {_SELECTED}
-FROM mailbox_worker_claim_0022(
+FROM mailbox_worker_claim_0023(
     CAST(:now AS timestamptz), CAST(:limit AS integer), CAST(:default_concurrency AS integer),
     CAST(:providers AS varchar[]), CAST(:provider_rates AS integer[]),
     CAST(:provider_caps AS integer[]),

@@ -234,7 +234,7 @@ class Claims:
         lease: dt.timedelta,
         now: dt.datetime,
     ) -> ClaimBatch:
-        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0022``
+        """``claim`` on PostgreSQL: one call of ``mailbox_worker_claim_0023``
         (``jobs/claim_sql.py``) on ``connection``, which the caller opens outside an explicit
         transaction (one round trip; the call's implicit transaction is the claim's) or,
         behind a transaction pooler, in one. No session: a claim is this one Core statement."""

@@ -1,5 +1,7 @@
-"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0022`` (migration 0022: 0021's
-function reading the daily window's whole hours from ``mailbox_claim_hours``; 0021's finds its
+"""PostgreSQL's claim is one call of ``mailbox_worker_claim_0023`` (migration 0023: 0022's
+function comparing the states of a mailbox's own jobs as values, so that statistics of a
+moment when no job had the state do not send those reads through every job in it; 0022's reads
+the daily window's whole hours from ``mailbox_claim_hours``; 0021's finds its
 candidates from the queued jobs; 0020's locks mailboxes one at a time until they can fill the
 claim; 0019's looked each mailbox's oldest due job up once): one statement sent outside a
 transaction, whose plans are generic inside it only, whose reads grow neither with the idle
@@ -35,9 +37,11 @@ from .test_schema import insert_account_and_mailbox
 DROPPED = {
     "0018": load_version("0018_claim_function.py"),
     "0019": load_version("0019_claim_lookup_once.py"),
+    "0020": load_version("0020_claim_in_turn.py"),
+    "0021": load_version("0021_claim_from_queued.py"),
 }
-"""The migrations whose functions a later one dropped (0020 and 0021), made again by the
-tests that compare them with the newest."""
+"""The migrations whose functions a later one dropped (0020, 0021 and 0023), made again by
+the tests that compare them with the newest."""
 FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
 FUNCTIONS = text(
     "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
@@ -204,6 +208,28 @@ async def test_migration_0022_counts_the_hours_claimed_and_its_downgrade_undoes_
 TRIGGERS = text("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'jobs\\_claim\\_hours%'")
 
 
+@pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
+async def test_migration_0023_adds_its_function_drops_0020s_and_0021s_and_its_downgrade_undoes_it(
+    empty_postgresql: AsyncEngine,
+) -> None:
+    """The release before calls 0022's function, which 0023 leaves in place; 0020's and
+    0021's, which only the releases before that call, go (docs/deploy.md)."""
+    engine = empty_postgresql
+    await migrate.upgrade(engine, "0023")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0022",
+            "mailbox_worker_claim_0023",
+        ]
+    await downgrade(engine, "0022")
+    async with engine.connect() as connection:
+        assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0020",
+            "mailbox_worker_claim_0021",
+            "mailbox_worker_claim_0022",
+        ]
+
+
 QUEUED_INDEX = text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_queued'")
 
 
@@ -293,7 +319,7 @@ async def test_a_claim_is_one_statement_outside_a_transaction(postgresql: Stores
     assert claimed[0].payload == new_job(mailbox).payload
     assert len(sent) == 1
     statement, in_transaction = sent[0]
-    assert "mailbox_worker_claim_0022(" in statement
+    assert "mailbox_worker_claim_0023(" in statement
     assert not in_transaction
     async with stores.engine.connect() as connection:
         state = await connection.scalar(
@@ -316,7 +342,7 @@ async def test_the_functions_plans_are_generic_and_nothing_else_is_changed(
     claims = Claims(LimitDefaults(), utcnow)
     async with stores.engine.connect() as connection:
         settings = await connection.scalar(
-            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0022'")
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'mailbox_worker_claim_0023'")
         )
         assert settings == ["plan_cache_mode=force_generic_plan", "jit=off"]
         default_commit = await connection.scalar(text("SHOW synchronous_commit"))
@@ -389,7 +415,7 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
     """With the tables analysed, the planner's estimate of the claim's second statement passed
     ``jit_above_cost`` and PostgreSQL compiled it at every claim (about 75 ms of a 100 ms
     claim, migration 0020's docstring). Here every statement passes it (``jit_above_cost``
-    0): 0019's function is compiled, 0022's (as 0020's and 0021's) is not. Seen through
+    0): 0019's function is compiled, 0023's (as 0020's to 0022's) is not. Seen through
     ``auto_explain``'s plans, sent to this connection as notices; each claim is rolled
     back."""
     stores = postgresql
@@ -412,7 +438,7 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
             " SET jit_above_cost = 0; SET client_min_messages = notice"
         )
         compiled = {}
-        for version in ("0019", "0022"):
+        for version in ("0019", "0023"):
             notices.clear()
             transaction = connection.transaction()
             await transaction.start()
@@ -434,7 +460,7 @@ async def test_the_claim_is_never_compiled_by_the_jit(postgresql: Stores) -> Non
             compiled[version] = any("JIT:" in notice for notice in inside)
     finally:
         await connection.close()
-    assert compiled == {"0019": True, "0022": False}
+    assert compiled == {"0019": True, "0023": False}
 
 
 @pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
@@ -542,6 +568,7 @@ async def test_a_claims_reads_do_not_grow_with_the_jobs_a_mailbox_sent_today(
                     text("VACUUM (INDEX_CLEANUP ON, ANALYZE) jobs, mailbox_claim_hours")
                 )
             async with stores.engine.connect() as connection, connection.begin() as transaction:
+                await made_again(connection, version)
                 before = await connection.scalar(READS)
                 # with a daily cap, as the providers' defaults always set one
                 claimed = (await connection.scalars(call(version, EXCHANGE))).all()
@@ -550,3 +577,42 @@ async def test_a_claims_reads_do_not_grow_with_the_jobs_a_mailbox_sent_today(
                 await transaction.rollback()
     assert reads["0022", 200] == reads["0022", 20]
     assert reads["0021", 200] - reads["0021", 20] >= 180
+
+
+@pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
+async def test_a_claims_reads_do_not_go_through_every_running_job(postgresql: Stores) -> None:
+    """Statistics gathered while no job ran count one running job where there are 300 (the
+    jobs of other mailboxes, leased since). 0022's claim then counted the running jobs of the
+    mailbox it looked at, and of the one it locked, through ``jobs (state, run_after)``: every
+    running job, twice. 0023's compares the state as a value and reads the mailbox's own
+    range. Counted as this transaction's rows of ``jobs`` read, a claim of the one due job
+    by each function, rolled back after."""
+    stores = postgresql
+    account = await stores.accounts.create_account("acme")
+    due_mailbox = await stores.connected_mailbox(account.id, "due@contoso.example")
+    busy = await stores.connected_mailbox(account.id, "busy@contoso.example")
+    async with stores.engine.begin() as connection:
+        await connection.execute(text("UPDATE mailboxes SET max_concurrency = 1000"))
+    await stores.jobs.enqueue(new_job(due_mailbox))
+    for number in range(300):
+        await stores.jobs.enqueue(new_job(busy, key=f"busy{number}"))
+    async with stores.engine.connect() as connection:  # none is running yet
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(text("ANALYZE jobs"))
+    async with stores.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE jobs SET state = 'running', lease_owner = 'o0', claimed_at = now(),"
+                " lease_expires_at = now() + interval '1 hour' WHERE mailbox_id = :busy"
+            ),
+            {"busy": busy.id},
+        )
+    reads: dict[str, int] = {}
+    for version in ("0022", "0023"):
+        async with stores.engine.connect() as connection, connection.begin() as transaction:
+            before = await connection.scalar(READS)
+            claimed = (await connection.scalars(call(version))).all()
+            assert len(claimed) == 1 and None not in claimed, version
+            reads[version] = await connection.scalar(READS) - before
+            await transaction.rollback()
+    assert reads["0022"] - reads["0023"] >= 300, reads

@@ -18,6 +18,9 @@ RELEASED = {
     "0020_claim_in_turn.py": "b9be8760e1c636f9f29d501de2d0bf78ee3f4aa3e6b4f3d0e9287e9d4c7e2fb3",
     "0021_claim_from_queued.py": "56fc2eefd3e8b85f497d0e53daad96b9822dd4804b9130d64af58684247b0adc",
     "0022_claims_by_hour.py": "d0ab4f0ae70eee1fa5c437237ebbda916985e5ccf19dbc5058a979c3a7b51a6d",
+    "0023_claim_states_as_values.py": (
+        "bde80e0ff5e7770cc3c04a0be4fa91f966a55e2313db1066e2b8ab26053eb4fb"
+    ),
 }
 """The SHA-256 of each one's ``CREATE FUNCTION`` as released."""
 BEFORE = {
@@ -25,6 +28,7 @@ BEFORE = {
     "0020_claim_in_turn.py": "mailbox_worker_claim_0019",
     "0021_claim_from_queued.py": "mailbox_worker_claim_0020",
     "0022_claims_by_hour.py": "mailbox_worker_claim_0021",
+    "0023_claim_states_as_values.py": "mailbox_worker_claim_0022",
 }
 """The function each one's is made from."""
 
@@ -102,3 +106,18 @@ def test_0022s_function_is_0021s_with_its_name_variables_rooms_and_usage_read() 
     # the daily window's whole hours come from the table, no longer from every job of the day
     assert "FROM mailbox_claim_hours AS h" in new
     assert "FILTER (WHERE job.claimed_at > p_day_ago)" not in new
+
+
+def test_0023s_function_is_0022s_with_its_name_two_variables_and_four_comparisons() -> None:
+    module = migration("0023_claim_states_as_values.py")
+    old = migration("0022_claims_by_hour.py").CREATE
+    new = module.CREATE
+    restored = new.replace("mailbox_worker_claim_0023(", "mailbox_worker_claim_0022(")
+    for before, after in module._REPLACED.items():
+        assert new.count(after) == 1
+        restored = restored.replace(after, before)
+    assert restored == old
+    # a mailbox's own jobs by value; the skip scan of the partial index keeps its constant
+    assert new.count("= v_running") == 2 and new.count("= v_queued") == 2
+    assert new.count("j.state = 'queued'") == old.count("j.state = 'queued'") - 1
+    assert "WHERE j.state = 'queued' AND j.mailbox_id > queued.mailbox_id" in new
