@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import socket
 
+import aiohttp
+
 SPAN = 4
 """Ports after the one returned that are free too: ``serve --workers N`` puts each worker
 process's own server on ``server.port + 1 + i`` (docs/deploy.md#prometheus)."""
+
+
+NOT_LISTENING = (aiohttp.ClientConnectionError, aiohttp.ClientResponseError)
+"""What an HTTP request to a port nothing listens on (yet, or any more) may raise: refused or
+reset, or, since ``free_port`` picks from the ephemeral range, the request read back as its
+own answer. Connecting to such a port, the OS may pick that very port as the connection's
+own end (a TCP self-connection), and aiohttp answers the request line it reads where a status
+line was expected with ``ClientResponseError`` (400, "Bad status line")."""
 
 
 def free_port(span: int = SPAN) -> int:

@@ -34,6 +34,7 @@ from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.sandbox.controls import AMBIGUOUS_KINDS
 from mailbox_worker.sandbox.microsoft.state import ConcurrencyRefusal
 from mailbox_worker.states import TERMINAL
+from tests.ports import NOT_LISTENING
 
 from .conftest import Daemon, call, connect_mailbox, start
 
@@ -428,7 +429,7 @@ async def _with_retries(attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> tu
     for _ in range(200):
         try:
             status, body = await attempt()
-        except (aiohttp.ClientConnectionError, TimeoutError):
+        except (*NOT_LISTENING, TimeoutError):
             await asyncio.sleep(0.2)
             continue
         if status == CLIENT_CLOSED_REQUEST:

@@ -25,7 +25,7 @@ from mailbox_worker.config import load_settings
 from mailbox_worker.db.models import JobEvent
 from mailbox_worker.demo import play_admin_consent
 from mailbox_worker.sandbox import Sandbox
-from tests.ports import free_port
+from tests.ports import NOT_LISTENING, free_port
 
 from ..conftest import create_postgres_database, drop_postgres_database, require_postgres
 
@@ -102,7 +102,7 @@ async def start(daemon: Daemon) -> None:
                     async with http.get(f"{daemon.base_url}/readyz") as answer:
                         if answer.status == 200:
                             return
-                except aiohttp.ClientConnectionError:
+                except NOT_LISTENING:
                     pass
                 assert daemon.process.poll() is None, daemon.log_path.read_text()
                 await asyncio.sleep(0.1)

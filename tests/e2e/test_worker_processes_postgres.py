@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from mailbox_worker.sandbox import Sandbox
+from tests.ports import NOT_LISTENING
 
 from .conftest import (
     ADDRESS,
@@ -70,7 +71,7 @@ async def start_serving(daemon: Daemon, *arguments: str, ready_urls: list[str]) 
                         async with http.get(url) as answer:
                             if answer.status == 200:
                                 break
-                    except aiohttp.ClientConnectionError:
+                    except NOT_LISTENING:
                         pass
                     assert daemon.process.poll() is None, daemon.log_path.read_text()
                     await asyncio.sleep(0.1)
