@@ -16,7 +16,9 @@ NOT_LISTENING = (aiohttp.ClientConnectionError, aiohttp.ClientResponseError)
 reset, or, since ``free_port`` picks from the ephemeral range, the request read back as its
 own answer. Connecting to such a port, the OS may pick that very port as the connection's
 own end (a TCP self-connection), and aiohttp answers the request line it reads where a status
-line was expected with ``ClientResponseError`` (400, "Bad status line")."""
+line was expected with ``ClientResponseError`` (400, "Bad status line"). For readiness polls
+only: ``ContentTypeError`` (a body that is not JSON) is a ``ClientResponseError`` too, and a
+call that reads JSON must not take it for a server not yet up."""
 
 
 def free_port(span: int = SPAN) -> int:

@@ -34,7 +34,6 @@ from mailbox_worker.sandbox import Sandbox
 from mailbox_worker.sandbox.controls import AMBIGUOUS_KINDS
 from mailbox_worker.sandbox.microsoft.state import ConcurrencyRefusal
 from mailbox_worker.states import TERMINAL
-from tests.ports import NOT_LISTENING
 
 from .conftest import Daemon, call, connect_mailbox, start
 
@@ -429,7 +428,7 @@ async def _with_retries(attempt: Callable[[], Awaitable[tuple[int, Any]]]) -> tu
     for _ in range(200):
         try:
             status, body = await attempt()
-        except (*NOT_LISTENING, TimeoutError):
+        except (aiohttp.ClientConnectionError, TimeoutError):
             await asyncio.sleep(0.2)
             continue
         if status == CLIENT_CLOSED_REQUEST:

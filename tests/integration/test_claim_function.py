@@ -29,6 +29,8 @@ from mailbox_worker.db.engine import create_engine
 from mailbox_worker.db.migrations import load_version
 from mailbox_worker.jobs.claims import Claims
 from mailbox_worker.jobs.limits import LimitDefaults
+from mailbox_worker.jobs.transitions import Outcome
+from mailbox_worker.states import JobState
 
 from .conftest import Stores
 from .test_queue import LEASE, new_job, setup
@@ -37,11 +39,10 @@ from .test_schema import insert_account_and_mailbox
 DROPPED = {
     "0018": load_version("0018_claim_function.py"),
     "0019": load_version("0019_claim_lookup_once.py"),
-    "0020": load_version("0020_claim_in_turn.py"),
     "0021": load_version("0021_claim_from_queued.py"),
 }
-"""The migrations whose functions a later one dropped (0020, 0021 and 0023), made again by
-the tests that compare them with the newest."""
+"""The migrations whose functions a later one dropped (0018's and 0019's by 0020 and 0021,
+0021's by 0023), made again by the tests that compare them with the newest."""
 FUNCTION = text("SELECT count(*) FROM pg_proc WHERE proname = 'mailbox_worker_claim_0018'")
 FUNCTIONS = text(
     "SELECT array_agg(proname ORDER BY proname) FROM pg_proc "
@@ -209,15 +210,16 @@ TRIGGERS = text("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'jobs\\_claim
 
 
 @pytest.mark.parametrize("database_url", ON_POSTGRESQL, indirect=True)
-async def test_migration_0023_adds_its_function_drops_0020s_and_0021s_and_its_downgrade_undoes_it(
+async def test_migration_0023_adds_its_function_drops_0021s_and_its_downgrade_undoes_it(
     empty_postgresql: AsyncEngine,
 ) -> None:
-    """The release before calls 0022's function, which 0023 leaves in place; 0020's and
-    0021's, which only the releases before that call, go (docs/deploy.md)."""
+    """The release before calls 0022's function, or 0020's (0021 and 0022 came together),
+    which 0023 leaves in place; 0021's, which no release calls, goes (docs/deploy.md)."""
     engine = empty_postgresql
     await migrate.upgrade(engine, "0023")
     async with engine.connect() as connection:
         assert await connection.scalar(FUNCTIONS) == [
+            "mailbox_worker_claim_0020",
             "mailbox_worker_claim_0022",
             "mailbox_worker_claim_0023",
         ]
@@ -579,40 +581,49 @@ async def test_a_claims_reads_do_not_grow_with_the_jobs_a_mailbox_sent_today(
     assert reads["0021", 200] - reads["0021", 20] >= 180
 
 
+COPIES = text(
+    "WITH made AS (INSERT INTO jobs (id, account_id, mailbox_id, mode, state,"
+    " request_sha256, message_id, attempts, transient_failures, run_after, created_at,"
+    " updated_at, priority, recipient_count)"
+    " SELECT :prefix || n, account_id, mailbox_id, mode, :state, request_sha256,"
+    " message_id, 0, 0, now() - interval '1 minute', now(), now(), 0, 1"
+    " FROM jobs, generate_series(1, CAST(:count AS integer)) AS n WHERE id = :first"
+    " RETURNING id)"
+    " INSERT INTO job_contents (job_id, payload)"
+    " SELECT made.id, content.payload FROM made, job_contents AS content"
+    " WHERE content.job_id = :first"
+)
+"""``count`` copies of the job ``first`` in ``state``, with its content, their ids starting
+``prefix``."""
+
+
 @pytest.mark.parametrize("migrated_database_url", ON_POSTGRESQL, indirect=True)
-async def test_a_claims_reads_do_not_go_through_every_running_job(postgresql: Stores) -> None:
-    """Statistics gathered while no job ran count one running job where there are 300 (the
-    jobs of other mailboxes, leased since). 0022's claim then counted the running jobs of the
-    mailbox it looked at, and of the one it locked, through ``jobs (state, run_after)``: every
-    running job, twice. 0023's compares the state as a value and reads the mailbox's own
-    range. Counted as this transaction's rows of ``jobs`` read, a claim of the one due job
-    by each function, rolled back after."""
+async def test_a_claim_leases_its_jobs_by_key_whatever_the_backlog(postgresql: Stores) -> None:
+    """With the statistics taken while no job was queued, then 2,000 queued: the next jobs of
+    a mailbox, compared as any state, are estimated as a share of the table, and a lease that
+    compared the state as a constant joined them to every queued job (2,000 rows read for a
+    claim of 4). Counted as this transaction's rows of ``jobs`` read by a claim of 0023's,
+    rolled back after."""
     stores = postgresql
-    account = await stores.accounts.create_account("acme")
-    due_mailbox = await stores.connected_mailbox(account.id, "due@contoso.example")
-    busy = await stores.connected_mailbox(account.id, "busy@contoso.example")
-    async with stores.engine.begin() as connection:
-        await connection.execute(text("UPDATE mailboxes SET max_concurrency = 1000"))
-    await stores.jobs.enqueue(new_job(due_mailbox))
-    for number in range(300):
-        await stores.jobs.enqueue(new_job(busy, key=f"busy{number}"))
-    async with stores.engine.connect() as connection:  # none is running yet
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await autocommit.execute(text("ANALYZE jobs"))
+    mailbox = await setup(stores)
+    first, _ = await stores.jobs.enqueue(new_job(mailbox))
+    (only,) = await stores.queue.claim("w0", 1, LEASE)
+    assert await stores.queue.finish(only.lease, Outcome(JobState.SENT))
     async with stores.engine.begin() as connection:
         await connection.execute(
-            text(
-                "UPDATE jobs SET state = 'running', lease_owner = 'o0', claimed_at = now(),"
-                " lease_expires_at = now() + interval '1 hour' WHERE mailbox_id = :busy"
-            ),
-            {"busy": busy.id},
+            COPIES, {"prefix": "old", "state": "sent", "count": 5000, "first": first.id}
         )
-    reads: dict[str, int] = {}
-    for version in ("0022", "0023"):
-        async with stores.engine.connect() as connection, connection.begin() as transaction:
-            before = await connection.scalar(READS)
-            claimed = (await connection.scalars(call(version))).all()
-            assert len(claimed) == 1 and None not in claimed, version
-            reads[version] = await connection.scalar(READS) - before
-            await transaction.rollback()
-    assert reads["0022"] - reads["0023"] >= 300, reads
+    async with stores.engine.connect() as connection:  # none is queued yet
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(text("VACUUM ANALYZE jobs"))
+    async with stores.engine.begin() as connection:
+        await connection.execute(
+            COPIES, {"prefix": "new", "state": "queued", "count": 2000, "first": first.id}
+        )
+    async with stores.engine.connect() as connection, connection.begin() as transaction:
+        before = await connection.scalar(READS)
+        claimed = (await connection.scalars(call("0023"))).all()
+        read = await connection.scalar(READS) - before
+        await transaction.rollback()
+    assert len(claimed) == 4 and None not in claimed
+    assert read < 200, read

@@ -71,6 +71,19 @@ def test_a_body_of_any_shape_is_counted_without_failing(body: Any) -> None:
     assert _addresses_in(body) in (0, 1)
 
 
+def test_a_batch_of_more_items_than_the_limit_counts_them_unread() -> None:
+    """Millions of empty items are not walked on the loop: their checks go beside it."""
+    body = {"items": [0] * (ADDRESSES_ON_THE_LOOP * 1000)}
+
+    assert _addresses_in(body) == ADDRESSES_ON_THE_LOOP * 1000
+
+
+def test_the_count_stops_once_past_the_limit() -> None:
+    items = [{"message": _message(to=500)}] * 100
+
+    assert ADDRESSES_ON_THE_LOOP < _addresses_in({"items": items}) <= ADDRESSES_ON_THE_LOOP + 501
+
+
 def test_a_list_of_anything_counts_its_length() -> None:
     """Errs on the side of counting: what the list holds is the validator's to refuse."""
     body = {"message": {"to": ["x"] * 2_500}}

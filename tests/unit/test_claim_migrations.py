@@ -19,7 +19,7 @@ RELEASED = {
     "0021_claim_from_queued.py": "56fc2eefd3e8b85f497d0e53daad96b9822dd4804b9130d64af58684247b0adc",
     "0022_claims_by_hour.py": "d0ab4f0ae70eee1fa5c437237ebbda916985e5ccf19dbc5058a979c3a7b51a6d",
     "0023_claim_states_as_values.py": (
-        "bde80e0ff5e7770cc3c04a0be4fa91f966a55e2313db1066e2b8ab26053eb4fb"
+        "32082d073358454aa92d4baa288c07a75095c83ebcc0962d92de8761106e723e"
     ),
 }
 """The SHA-256 of each one's ``CREATE FUNCTION`` as released."""
@@ -108,7 +108,7 @@ def test_0022s_function_is_0021s_with_its_name_variables_rooms_and_usage_read() 
     assert "FILTER (WHERE job.claimed_at > p_day_ago)" not in new
 
 
-def test_0023s_function_is_0022s_with_its_name_two_variables_and_four_comparisons() -> None:
+def test_0023s_function_is_0022s_with_its_name_two_variables_and_five_comparisons() -> None:
     module = migration("0023_claim_states_as_values.py")
     old = migration("0022_claims_by_hour.py").CREATE
     new = module.CREATE
@@ -121,3 +121,4 @@ def test_0023s_function_is_0022s_with_its_name_two_variables_and_four_comparison
     assert new.count("= v_running") == 2 and new.count("= v_queued") == 2
     assert new.count("j.state = 'queued'") == old.count("j.state = 'queued'") - 1
     assert "WHERE j.state = 'queued' AND j.mailbox_id > queued.mailbox_id" in new
+    assert "WHERE jobs.id = chosen.id AND (jobs.state || '') = 'queued'" in new
