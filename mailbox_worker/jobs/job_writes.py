@@ -96,12 +96,10 @@ def _binds(columns: dict[str, str]) -> list[BindParameter[Any]]:
     return [bindparam(name, type_=_ARRAY_TYPES[kind]) for name, kind in columns.items()]
 
 
-# The job's state, compared so that no index on it can serve the comparison: each input row's
-# job is then read by its key. Through an index on the state, the planner's statistics decide,
-# and they are as old as the last ANALYZE: taken while no job ran, they put one running job
-# where there are hundreds, and the generic plan scanned every running job, once for each of
-# them, against the whole input (19.8 -> 51.7 ms a batch with a history of sent jobs;
-# docs/performance.md "Eighteenth pass"). As ``+jobs.state`` does for SQLite below.
+# ``models.keyed_state()`` in these statements' text: each input row's job read by its key,
+# never through an index on the state (with stale statistics the generic plan read every
+# running job once for each job of the batch: 19.8 -> 51.7 ms a batch; docs/performance.md
+# "Eighteenth pass"). As ``+jobs.state`` does for SQLite below.
 _NOT_BY_STATE = "(jobs.state || '')"
 
 LEAVE_RUNNING_POSTGRESQL: TextualSelect = (

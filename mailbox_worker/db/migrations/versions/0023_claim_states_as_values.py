@@ -47,8 +47,7 @@ NAME = "mailbox_worker_claim_0023"
 
 _0022 = load_version("0022_claims_by_hour.py")
 _0021 = _0022._0021
-_0020 = _0022._0020
-QUEUED, RUNNING = _0020.QUEUED, _0020.RUNNING
+QUEUED, RUNNING = _0022._0020.QUEUED, _0022._0020.RUNNING
 
 # Each part of 0022's text this replaces, then what replaces it.
 _REPLACED = {
