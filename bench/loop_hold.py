@@ -5,11 +5,11 @@ Prints figures; never passes or fails on time. PostgreSQL runs when
 MAILBOX_WORKER_TEST_POSTGRES_URL is set (a scratch database is created and dropped).
 
     .venv/bin/python bench/loop_hold.py [--items 30] [--recipients 500] [--rounds 2]
-        [--together 1] [--backend sqlite|postgres]
+        [--together 1] [--numbers-mb 7.5] [--backend sqlite|postgres]
 
-Two batches, each posted ``--rounds`` times (``--together`` copies at once; fresh keys and
-domains each time) to one
-``mailbox-worker serve`` (the API and its worker in one process, as deployed by default):
+Three batches and a single request, each posted ``--rounds`` times (``--together`` copies at
+once; fresh keys and domains each time) to one ``mailbox-worker serve`` (the API and its
+worker in one process, as deployed by default):
 
 * ``plain``: 500 invoices with a 10 KB PDF and one recipient each (about 7 MB), the batch an
   invoicing app sends;
@@ -19,7 +19,9 @@ domains each time) to one
 * ``quoted lists``: ``--items`` invoices with four lists (To, Cc, Bcc, Reply-To) of
   ``--recipients`` addresses each, one of them quoted and the rest at one internationalised
   domain: the lists the email package folds, about 100 µs an address, for the intake's exact
-  size bound and the worker's message.
+  size bound and the worker's message;
+* ``numbers``: a single job request (``POST /v1/jobs``) whose reference is ``--numbers-mb`` of
+  floats, which the parser checks one by one in Python and the schema refuses (400).
 
 While a batch is in flight another client asks ``/healthz`` in a loop, one request at a time;
 the figures are the batch's answer time and the health checks' p50 and longest. A health
@@ -101,9 +103,20 @@ def quoted_lists_batch(mailbox_id: str, items: int, recipients: int) -> bytes:
     return json.dumps({"items": batch}, ensure_ascii=False).encode()
 
 
-async def post_while_probing(base_url: str, key: str, bodies: list[bytes]) -> dict[str, float]:
-    """Post ``bodies`` to ``/v1/job-batches`` at once while asking ``/healthz`` one request at
-    a time."""
+def numbers_request(mailbox_id: str, megabytes: float) -> bytes:
+    """A job request whose reference is a list of floats, ``megabytes`` of them: the densest
+    JSON the parser checks in Python (each float for its range), refused 400 by the schema."""
+    floats = ",".join(["0.5"] * int(megabytes * 1e6 / 4))
+    body = json.dumps(job_request(mailbox_id, "", 0))
+    return body.replace('"reference": "', f'"reference": [{floats}], "ignored": "', 1).encode()
+
+
+async def post_while_probing(
+    base_url: str, key: str, bodies: list[bytes], path: str = "/v1/job-batches"
+) -> dict[str, float]:
+    """Post ``bodies`` to ``path`` at once while asking ``/healthz`` one request at a time. A
+    batch must be answered with every item created; a single request (``/v1/jobs``), with 400
+    (the refused bodies this script sends there)."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     waits: list[float] = []
     done = asyncio.Event()
@@ -117,8 +130,13 @@ async def post_while_probing(base_url: str, key: str, bodies: list[bytes]) -> di
             await asyncio.sleep(0.005)
 
     async def post(http: aiohttp.ClientSession, body: bytes) -> None:
-        async with http.post(f"{base_url}/v1/job-batches", data=body, headers=headers) as answer:
-            results = (await answer.json())["items"]
+        async with http.post(f"{base_url}{path}", data=body, headers=headers) as answer:
+            answered = await answer.json()
+        if path != "/v1/job-batches":
+            if answer.status != 400:
+                raise RuntimeError(f"answered {answer.status}: {answered}")
+            return
+        results = answered["items"]
         if answer.status != 200 or any(result["status"] != "created" for result in results):
             raise RuntimeError(f"answered {answer.status}: {results[:1]}")
 
@@ -164,12 +182,20 @@ async def run(kind: str, url: str, scratch: Path, args: argparse.Namespace) -> N
                 ),
             ):
                 f = await post_while_probing(base_url, key, bodies)
-                print(
-                    f"  {kind:<10} round {round_}  {name:<12} {f['mb']:5.2f} MB answered in "
-                    f"{f['seconds']:6.2f} s   /healthz p50 {f['p50_ms']:6.1f} ms, longest "
-                    f"{f['max_ms']:7.1f} ms ({f['probes']:.0f} probes)",
-                    flush=True,
-                )
+                _print(kind, round_, name, f)
+            if args.numbers_mb:
+                bodies = [numbers_request(mailbox_id, args.numbers_mb) for _ in range(together)]
+                f = await post_while_probing(base_url, key, bodies, "/v1/jobs")
+                _print(kind, round_, "numbers", f)
+
+
+def _print(kind: str, round_: int, name: str, f: dict[str, float]) -> None:
+    print(
+        f"  {kind:<10} round {round_}  {name:<12} {f['mb']:5.2f} MB answered in "
+        f"{f['seconds']:6.2f} s   /healthz p50 {f['p50_ms']:6.1f} ms, longest "
+        f"{f['max_ms']:7.1f} ms ({f['probes']:.0f} probes)",
+        flush=True,
+    )
 
 
 async def main() -> None:
@@ -178,6 +204,12 @@ async def main() -> None:
     parser.add_argument("--recipients", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--together", type=int, default=1, help="batches posted at once")
+    parser.add_argument(
+        "--numbers-mb",
+        type=float,
+        default=7.5,
+        help="MB of floats in a refused single request (0: none)",
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgres"], action="append")
     args = parser.parse_args()
     print(

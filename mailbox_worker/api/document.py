@@ -30,6 +30,7 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError, val
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from mailbox_worker.api import schema_keywords
 from mailbox_worker.errors import ValidationFailed
 from mailbox_worker.policy.addresses import is_email_address
 from mailbox_worker.policy.origins import normalise_origin
@@ -234,8 +235,11 @@ def _pattern(
 
 
 _matcher = functools.lru_cache(maxsize=256)(pattern_matcher)
-Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
-"""JSON Schema 2020-12 as jsonschema implements it, but for the ``pattern`` above."""
+Validator = validators.extend(
+    Draft202012Validator, {"pattern": _pattern, **schema_keywords.KEYWORDS}
+)
+"""JSON Schema 2020-12 as jsonschema implements it, but for the ``pattern`` above and the
+keywords that would quote a whole list or object in their messages (``schema_keywords``)."""
 
 
 # -- the compiled acceptor ----------------------------------------------------------------

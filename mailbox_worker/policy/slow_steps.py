@@ -30,6 +30,14 @@ the loop 0.6 to 1.1 s. Past this many, that work is done beside the loop too
 (docs/performance.md, "The addresses' checks")."""
 
 
+BYTES_PARSED_ON_THE_LOOP = 256 * 1024
+"""Bodies up to this size are parsed on the loop; a larger one is parsed and checked in a
+thread, in one turn. The parse of 256 KB of the densest JSON takes 2.5 to 6 ms on this
+project's development machine (a list of floats the slowest: each goes through a check in
+Python), where an invoice with a 100 KB PDF takes 0.06 ms; 7.6 MB of floats held the loop 276
+to 511 ms (docs/performance.md, "Nineteenth pass")."""
+
+
 class SlowWorkDeferred(Exception):
     """The budget in force is spent: an internal signal, never an answer, caught where the
     budget was set (``api/parsing.py``), which does the work again in a thread. Not in

@@ -3,6 +3,7 @@ each item answered as ``POST /v1/jobs`` would answer it alone."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import threading
@@ -20,7 +21,11 @@ from mailbox_worker.api.errors import client_gone
 from mailbox_worker.jobs import intake as intake_module
 from mailbox_worker.jobs import mime
 from mailbox_worker.policy import addresses, domains
-from mailbox_worker.policy.slow_steps import ADDRESSES_ON_THE_LOOP, SLOW_STEPS_ON_THE_LOOP
+from mailbox_worker.policy.slow_steps import (
+    ADDRESSES_ON_THE_LOOP,
+    BYTES_PARSED_ON_THE_LOOP,
+    SLOW_STEPS_ON_THE_LOOP,
+)
 from mailbox_worker.states import JobState
 from tests import raw_http
 from tests.integration.api_harness import MAILBOX_ADDRESS, Answer, RunningApi, job_request
@@ -584,3 +589,86 @@ async def test_address_keys_written_with_escapes_are_counted_too(
     assert answer.status == 200, answer.body
     assert [item["status"] for item in answer.json()["items"]] == ["created"] * 2
     assert threads["accepts"] == ["costly-checks_0"]
+
+
+def _spy_on_parsing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads the body's parse runs in from now on."""
+    threads: list[str] = []
+    parse = parsing.parse_json
+
+    def spy(raw: bytes) -> Any:
+        threads.append(threading.current_thread().name)
+        return parse(raw)
+
+    monkeypatch.setattr(parsing, "parse_json", spy)
+    return threads
+
+
+def _with_pdf(mailbox_id: str, size: int) -> dict[str, Any]:
+    """A job request whose body is about ``size`` bytes, nearly all of it its PDF's base64."""
+    attachment = {
+        "filename": "INV-2024-0042.pdf",
+        "content_type": "application/pdf",
+        "content_base64": base64.b64encode(b"%PDF-1.4\n" + bytes(size * 3 // 4)).decode(),
+    }
+    return job_request(mailbox_id, attachments=[attachment])
+
+
+async def test_a_large_body_is_parsed_and_checked_beside_the_loop_in_one_turn(
+    api: RunningApi, caller: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON parser holds the loop while it parses, and a body of the densest JSON takes
+    about 25 ms a MB (a float's check is Python): a body larger than
+    ``BYTES_PARSED_ON_THE_LOOP`` is parsed in the costly checks' thread, and checked there in
+    the same turn. An ordinary invoice, its PDF 100 KB, is parsed and checked on the loop; a
+    batch of two invoices of 150 KB PDFs, beside it."""
+    _, key, mailbox_id = caller
+    parsed_in = _spy_on_parsing(monkeypatch)
+    threads = _spy_on_threads(monkeypatch)
+    on_the_loop = threading.current_thread().name
+    ordinary = _with_pdf(mailbox_id, 100 * 1024)
+    large = [_with_pdf(mailbox_id, 150 * 1024) for _ in range(2)]
+    assert len(json.dumps(ordinary)) < BYTES_PARSED_ON_THE_LOOP < len(json.dumps(large))
+
+    single = await api.call("POST", "/v1/jobs", key=key, json_body=ordinary)
+    answer = await batch(api, key, large)
+
+    assert single.status == 202, single.body
+    assert answer.status == 200, answer.body
+    assert [item["status"] for item in answer.json()["items"]] == ["created"] * 2
+    assert parsed_in == [on_the_loop, "costly-checks_0"]
+    assert threads["accepts"] == [on_the_loop, "costly-checks_0"]
+
+
+@pytest.mark.parametrize(
+    ("filler", "code"),
+    [
+        pytest.param("0.5", "invalid_request", id="floats the schema refuses"),
+        pytest.param("1e400", "invalid_json", id="a number beyond the double range"),
+        pytest.param("0.5,", "invalid_json", id="not JSON"),
+    ],
+)
+async def test_a_large_body_refused_beside_the_loop_is_answered_as_on_it(
+    api: RunningApi, caller: tuple[str, str, str], filler: str, code: str
+) -> None:
+    """What the parse or the checks refuse in the lane's thread is answered 400 with its
+    code, as on the loop, and nothing is stored."""
+    _, key, mailbox_id = caller
+    numbers = ",".join([filler] * (BYTES_PARSED_ON_THE_LOOP // len(filler) + 1))
+    body = json.dumps(job_request(mailbox_id)).replace('"INV-2024-0042"', f"[{numbers}]", 1)
+    assert len(body) > BYTES_PARSED_ON_THE_LOOP
+
+    answer = await api.call(
+        "POST",
+        "/v1/jobs",
+        key=key,
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert answer.status == 400, answer.body
+    assert answer.json()["error"]["code"] == code
+    assert b"Traceback" not in answer.body
+    listed = await api.call("GET", f"/v1/jobs?mailbox_id={mailbox_id}", key=key)
+    assert listed.status == 200, listed.body
+    assert listed.json()["items"] == []
